@@ -1,0 +1,1 @@
+"""Code generation: lowering graphnet graphs to native and OpenCL kernels."""

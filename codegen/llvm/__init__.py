@@ -1,0 +1,1 @@
+"""The LLVM backend: IR emission, GEMM generation and JIT compilation."""

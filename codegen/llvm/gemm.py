@@ -1,0 +1,435 @@
+"""A BLIS-style GEMM, C (+)= op(A) @ op(B) in float32/float64, emitted as LLVM IR (no BLAS).
+
+The emitted function runs BLIS's five loops over one call (or one partition slice):
+
+    for jc in N range, step NC:              columns of a B panel
+      for pc in 0..K, step KC:               K blocks (at least one, so K == 0 still writes C)
+        pack B[pc:pc+kc, jc:jc+nc]           into NR-wide micro-panels, zero padded
+        for ic in M range, step MC:
+          pack A[ic:ic+mc, pc:pc+kc]         into MR-tall micro-panels, zero padded
+          for jr in 0..nc, step NR:
+            for ir in 0..mc, step MR:
+              micro-kernel: an MR x NR tile of vector accumulators (FMA, broadcast A),
+              then the C tile update (the epilogue runs on the last K block)
+
+Transposed operands only change the strides the packing routines read with, so there is no
+separate transpose copy. The packed panels live in a caller-provided workspace
+(`workspace_bytes`); the emitted code allocates nothing but one MR x NR stack tile for edges.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal
+
+from llvmlite import ir
+
+from codegen.llvm.target import TargetInfo
+
+Epilogue = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, int], ir.Value]
+"""`epilogue(builder, row, col, acc, width) -> value to store`, the fusion hook.
+
+Called while the final value of C[row, col:col+width] is stored (after the last K block,
+and after adding the old C when accumulating). `acc` is a `<width x T>` vector and every one
+of its lanes is inside C: `width` is the kernel's vector width for whole vectors and 1 for
+the columns of an N edge. `row` and `col` are i64. The callback may be called at several
+call sites (its code is emitted more than once) and must leave the builder in the block
+where its result is available.
+"""
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_PTR = ir.PointerType()
+_ELEMENT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """One GEMM: C[M, N] (+)= op(A)[M, K] @ op(B)[K, N], all row-major and contiguous.
+
+    `trans_a`: A is stored as (K, M); `trans_b`: B is stored as (N, K). A static extent is
+    baked into the code as a constant (the matching argument is then ignored); None makes it
+    a runtime argument.
+    """
+
+    dtype: Literal["float32", "float64"]
+    trans_a: bool
+    trans_b: bool
+    m: int | None
+    n: int | None
+    k: int | None
+    accumulate: bool
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Register tile (mr x nr) and cache blocks (kc, mc, nc); nr is a multiple of the vector
+    width, mc of mr and nc of nr."""
+
+    mr: int
+    nr: int
+    kc: int
+    mc: int
+    nc: int
+
+
+def default_blocking(dtype: str, target: TargetInfo) -> Blocking:
+    """Tile sizes that keep MR x NR accumulators plus one row of B in the vector registers."""
+    w = target.lanes(dtype)
+    if target.vector_bits == 0:
+        mr, nr = 4, 4
+    elif target.vector_registers >= 32:
+        mr, nr = 6, 4 * w
+    else:
+        mr, nr = 6, 2 * w
+    kc = 256 if dtype == "float32" else 128
+    return Blocking(mr=mr, nr=nr, kc=kc, mc=16 * mr, nc=4096 // nr * nr)
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _buffer_elements(spec: GemmSpec, blk: Blocking, max_m: int | None) -> tuple[int, int]:
+    """Elements of the packed-B and packed-A buffers (B first, A at the next 64-byte boundary)."""
+    kc = blk.kc if spec.k is None else max(1, min(blk.kc, spec.k))
+    nc = blk.nc if spec.n is None else min(blk.nc, _round_up(max(spec.n, 1), blk.nr))
+    m = spec.m if spec.m is not None else max_m
+    mc = blk.mc if m is None else min(blk.mc, _round_up(max(m, 1), blk.mr))
+    return kc * nc, kc * mc
+
+
+def _a_offset_bytes(spec: GemmSpec, blk: Blocking) -> int:
+    b_elems, _ = _buffer_elements(spec, blk, None)
+    return _round_up(b_elems * _itemsize(spec.dtype), 64)
+
+
+def _itemsize(dtype: str) -> int:
+    return 4 if dtype == "float32" else 8
+
+
+def workspace_bytes(spec: GemmSpec, target: TargetInfo, max_m: int | None,
+                    blocking: Blocking | None = None) -> int:
+    """Size of the packing workspace one call needs (per thread when partitioned).
+
+    `max_m` bounds a runtime M (None: assume the full MC block). The workspace must be
+    64-byte aligned.
+    """
+    blk = blocking or default_blocking(spec.dtype, target)
+    _, a_elems = _buffer_elements(spec, blk, max_m)
+    return _a_offset_bytes(spec, blk) + _round_up(a_elems * _itemsize(spec.dtype), 64)
+
+
+def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
+              epilogue: Epilogue | None = None, *, partition: Literal["m", "n"] | None = None,
+              blocking: Blocking | None = None) -> ir.Function:
+    """Emit `void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)` into `module`.
+
+    With `partition="n"` (or "m") two more arguments `i64 begin, i64 end` restrict the call to
+    the columns (rows) begin..end of C, so a thread pool can run slices concurrently, each with
+    its own workspace. A, B and C must not overlap (the pointers are marked noalias).
+    """
+    blk = blocking or default_blocking(spec.dtype, target)
+    w = target.lanes(spec.dtype)
+    if blk.nr % w or blk.mc % blk.mr or blk.nc % blk.nr:
+        raise ValueError(f"blocking {blk} does not fit vector width {w}")
+    params = [_I64] * 3 + [_PTR] * 4 + ([_I64] * 2 if partition else [])
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
+    names = ["M", "N", "K", "A", "B", "C", "workspace"] + ([f"{partition}_begin", f"{partition}_end"]
+                                                            if partition else [])
+    for arg, arg_name in zip(fn.args, names):
+        arg.name = arg_name
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    fn.attributes.add("nounwind")
+    _GemmEmitter(fn, spec, target, blk, epilogue, partition).emit()
+    return fn
+
+
+class _GemmEmitter:
+    """Holds the builder and the IR types while one GEMM function is written."""
+
+    def __init__(self, fn: ir.Function, spec: GemmSpec, target: TargetInfo, blk: Blocking,
+                 epilogue: Epilogue | None, partition: str | None) -> None:
+        self.fn, self.spec, self.target, self.blk = fn, spec, target, blk
+        self.epilogue, self.partition = epilogue, partition
+        self.t = _ELEMENT_TYPES[spec.dtype]
+        self.w = target.lanes(spec.dtype)
+        self.vt = ir.VectorType(self.t, self.w)
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.align = _itemsize(spec.dtype)
+
+    # -- small IR helpers -------------------------------------------------------------------
+
+    def gep(self, ptr: ir.Value, index: ir.Value | int) -> ir.Value:
+        return self.b.gep(ptr, [_c(index)], inbounds=True, source_etype=self.t)
+
+    def load(self, ptr: ir.Value, typ: ir.Type) -> ir.Value:
+        return self.b.load(ptr, typ=typ, align=self.align)
+
+    def store(self, value: ir.Value, ptr: ir.Value) -> None:
+        self.b.store(value, ptr, align=self.align)
+
+    def add(self, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        return self.b.add(x, _c(y))
+
+    def mul(self, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        return self.b.mul(x, _c(y))
+
+    def min(self, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        y = _c(y)
+        return self.b.select(self.b.icmp_signed("<", x, y), x, y)
+
+    def less(self, x: ir.Value, y: ir.Value | int) -> ir.Value:
+        return self.b.icmp_signed("<", x, _c(y))
+
+    def splat(self, scalar: ir.Value, vt: ir.VectorType) -> ir.Value:
+        one = self.b.insert_element(ir.Constant(vt, ir.Undefined), scalar, _I32(0))
+        mask = ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count)
+        return self.b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), mask)
+
+    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        if not self.target.has_fma:
+            return self.b.fadd(self.b.fmul(x, y), acc)
+        suffix = "f32" if self.spec.dtype == "float32" else "f64"
+        return self.b.call(_intrinsic(self.fn.module, f"llvm.fma.v{self.w}{suffix}", self.vt, 3), [x, y, acc])
+
+    @contextmanager
+    def loop(self, start: ir.Value | int, stop: ir.Value | int, step: int = 1, name: str = "i",
+             at_least_once: bool = False) -> Iterator[ir.Value]:
+        """for i in range(start, stop, step) as SSA (phi) loop; `at_least_once` makes it a do-while."""
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        done = b.append_basic_block(f"{name}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(_I64, name)
+        i.add_incoming(_c(start), pre)
+        if at_least_once:
+            b.branch(body)
+        else:
+            b.cbranch(self.less(i, stop), body, done)
+        b.position_at_end(body)
+        yield i
+        nxt = self.add(i, step)
+        i.add_incoming(nxt, b.block)
+        if at_least_once:
+            b.cbranch(self.less(nxt, stop), head, done)
+        else:
+            b.branch(head)
+        b.position_at_end(done)
+
+    # -- the loop nest ----------------------------------------------------------------------
+
+    def emit(self) -> None:
+        spec, blk, b = self.spec, self.blk, self.b
+        args = self.fn.args
+        m = _c(spec.m) if spec.m is not None else args[0]
+        n = _c(spec.n) if spec.n is not None else args[1]
+        k = _c(spec.k) if spec.k is not None else args[2]
+        a, bmat, c, ws = args[3:7]
+        m_lo, m_hi, n_lo, n_hi = _c(0), m, _c(0), n
+        if self.partition == "m":
+            m_lo, m_hi = args[7], self.min(args[8], m)
+        elif self.partition == "n":
+            n_lo, n_hi = args[7], self.min(args[8], n)
+        self.tile = b.alloca(ir.ArrayType(self.t, blk.mr * blk.nr), name="edge_tile")
+        self.tile.align = 64
+        self.tile.type = _PTR  # llvmlite types allocas as typed pointers; LLVM 22 has only ptr
+        b_pack = ws
+        a_pack = b.gep(ws, [_c(_a_offset_bytes(spec, blk))], inbounds=True, source_etype=ir.IntType(8))
+        # (k stride, row/column stride) of each operand as the packing routines read it
+        a_sk, a_sj = (m, _c(1)) if spec.trans_a else (_c(1), k)
+        b_sk, b_sj = (_c(1), k) if spec.trans_b else (n, _c(1))
+        self.n_dim = n
+
+        with self.loop(n_lo, n_hi, blk.nc, "jc") as jc:
+            nc = self.min(b.sub(n_hi, jc), blk.nc)
+            with self.loop(0, k, blk.kc, "pc", at_least_once=True) as pc:
+                kc = self.min(b.sub(k, pc), blk.kc)
+                first = _bool(False) if spec.accumulate else b.icmp_signed("==", pc, _c(0))
+                last = b.icmp_signed(">=", self.add(pc, blk.kc), k)
+                b_src = self.gep(bmat, b.add(self.mul(jc, b_sj), self.mul(pc, b_sk)))
+                self.pack(b_pack, b_src, b_sk, b_sj, kc, nc, blk.nr, unit_j=not spec.trans_b)
+                with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
+                    mc = self.min(b.sub(m_hi, ic), blk.mc)
+                    a_src = self.gep(a, b.add(self.mul(ic, a_sj), self.mul(pc, a_sk)))
+                    self.pack(a_pack, a_src, a_sk, a_sj, kc, mc, blk.mr, unit_j=spec.trans_a)
+                    with self.loop(0, nc, blk.nr, "jr") as jr:
+                        nr = self.min(b.sub(nc, jr), blk.nr)
+                        bp = self.gep(b_pack, self.mul(jr, kc))
+                        with self.loop(0, mc, blk.mr, "ir") as ir_:
+                            mr = self.min(b.sub(mc, ir_), blk.mr)
+                            ap = self.gep(a_pack, self.mul(ir_, kc))
+                            acc = self.micro_kernel(kc, ap, bp)
+                            self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first, last)
+        b.ret_void()
+
+    # -- packing ----------------------------------------------------------------------------
+
+    def pack(self, dst: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value, kc: ir.Value,
+             count: ir.Value, width: int, unit_j: bool) -> None:
+        """Copy a kc x count block (element (k, j) at src[k*sk + j*sj]) into width-wide panels.
+
+        Panel p holds columns p*width.. as dst[p*width*kc + k*width + j], zero padded past `count`.
+        """
+        b = self.b
+        with self.loop(0, count, width, "pack") as j0:
+            panel = self.gep(dst, self.mul(j0, kc))
+            src0 = self.gep(src, self.mul(j0, sj))
+            valid = b.sub(count, j0)
+            full = b.icmp_signed(">=", valid, _c(width))
+            with b.if_else(full) as (then, otherwise):
+                with then:
+                    if unit_j and width % self.w == 0:
+                        self.pack_rows_vector(panel, src0, sk, kc, width)
+                    else:
+                        self.pack_columns(panel, src0, sk, sj, kc, width)
+                with otherwise:
+                    self.pack_edge(panel, src0, sk, sj, kc, width, valid)
+
+    def pack_rows_vector(self, panel: ir.Value, src: ir.Value, sk: ir.Value, kc: ir.Value,
+                         width: int) -> None:
+        """Full panel whose rows are contiguous in the source: vector copies."""
+        with self.loop(0, kc, 1, "pk") as kk:
+            row = self.gep(src, self.mul(kk, sk))
+            out = self.gep(panel, self.mul(kk, width))
+            for v in range(0, width, self.w):
+                self.store(self.load(self.gep(row, v), self.vt), self.gep(out, v))
+
+    def pack_columns(self, panel: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value,
+                     kc: ir.Value, width: int) -> None:
+        """Full panel read one column at a time (contiguous in k when the operand is transposed)."""
+        for j in range(width):
+            col = self.gep(src, self.mul(sj, j))
+            with self.loop(0, kc, 1, "pc") as kk:
+                value = self.load(self.gep(col, self.mul(kk, sk)), self.t)
+                self.store(value, self.gep(panel, self.add(self.mul(kk, width), j)))
+
+    def pack_edge(self, panel: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value, kc: ir.Value,
+                  width: int, valid: ir.Value) -> None:
+        """Last, partial panel: columns past `valid` are zero (reads clamped to stay in bounds)."""
+        b = self.b
+        zero = ir.Constant(self.t, 0.0)
+        with self.loop(0, kc, 1, "pe") as kk:
+            row = self.gep(src, self.mul(kk, sk))
+            out = self.gep(panel, self.mul(kk, width))
+            for j in range(width):
+                jj = self.min(b.sub(valid, _c(1)), j)
+                value = self.load(self.gep(row, self.mul(jj, sj)), self.t)
+                self.store(b.select(self.less(_c(j), valid), value, zero), self.gep(out, j))
+
+    # -- micro-kernel and C update ------------------------------------------------------------
+
+    def micro_kernel(self, kc: ir.Value, ap: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
+        """The MR x NR tile of accumulators summed over kc, as SSA values (phis) at loop exit."""
+        b, blk, w = self.b, self.blk, self.w
+        nv = blk.nr // w
+        pre = b.block
+        head = b.append_basic_block("k.head")
+        body = b.append_basic_block("k.body")
+        done = b.append_basic_block("k.done")
+        b.branch(head)
+        b.position_at_end(head)
+        kk = b.phi(_I64, "k")
+        kk.add_incoming(_c(0), pre)
+        acc = [[b.phi(self.vt, f"acc{r}_{v}") for v in range(nv)] for r in range(blk.mr)]
+        zero = ir.Constant(self.vt, None)
+        for phi in _flat(acc):
+            phi.add_incoming(zero, pre)
+        b.cbranch(self.less(kk, kc), body, done)
+        b.position_at_end(body)
+        brow = self.gep(bp, self.mul(kk, blk.nr))
+        arow = self.gep(ap, self.mul(kk, blk.mr))
+        bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
+        new = []
+        for r in range(blk.mr):
+            a = self.splat(self.load(self.gep(arow, r), self.t), self.vt)
+            new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
+        kk.add_incoming(self.add(kk, 1), b.block)
+        for phi, value in zip(_flat(acc), _flat(new)):
+            phi.add_incoming(value, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        return acc
+
+    def update_tile(self, acc: list[list[ir.Value]], row: ir.Value, col: ir.Value, mr: ir.Value,
+                    nr: ir.Value, c: ir.Value, first: ir.Value, last: ir.Value) -> None:
+        """C tile (+)= acc; whole tiles straight from registers, edge tiles via a stack tile."""
+        b, blk = self.b, self.blk
+        whole = b.and_(b.icmp_signed("==", mr, _c(blk.mr)), b.icmp_signed("==", nr, _c(blk.nr)))
+        with b.if_else(whole) as (then, otherwise):
+            with then:
+                self.for_last(last, lambda epi: self.update_whole(acc, row, col, c, first, epi))
+            with otherwise:
+                for r in range(blk.mr):
+                    for v, value in enumerate(acc[r]):
+                        self.store(value, self.gep(self.tile, r * blk.nr + v * self.w))
+                self.for_last(last, lambda epi: self.update_edge(row, col, mr, nr, c, first, epi))
+
+    def for_last(self, last: ir.Value, emit: Callable[[bool], None]) -> None:
+        """Emit the C update twice, with the epilogue (last K block) and without."""
+        if self.epilogue is None:
+            emit(False)
+            return
+        with self.b.if_else(last) as (then, otherwise):
+            with then:
+                emit(True)
+            with otherwise:
+                emit(False)
+
+    def update_whole(self, acc: list[list[ir.Value]], row: ir.Value, col: ir.Value, c: ir.Value,
+                     first: ir.Value, with_epilogue: bool) -> None:
+        for r, values in enumerate(acc):
+            crow = self.gep(c, self.b.add(self.mul(self.add(row, r), self.n_dim), col))
+            for v, value in enumerate(values):
+                self.update(self.gep(crow, v * self.w), value, first, self.add(row, r),
+                            self.add(col, v * self.w), self.w, with_epilogue)
+
+    def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
+                    first: ir.Value, with_epilogue: bool) -> None:
+        b, w = self.b, self.w
+        whole_vectors = self.mul(b.sdiv(nr, _c(w)), w)
+        with self.loop(0, mr, 1, "er") as r:
+            crow = self.gep(c, b.add(self.mul(b.add(row, r), self.n_dim), col))
+            trow = self.gep(self.tile, self.mul(r, self.blk.nr))
+            for j, width, step in ((_c(0), w, w), (whole_vectors, 1, 1)):
+                stop = whole_vectors if width == w else nr
+                with self.loop(j, stop, step, "ec") as jj:
+                    vt = ir.VectorType(self.t, width)
+                    value = self.load(self.gep(trow, jj), vt)
+                    self.update(self.gep(crow, jj), value, first, b.add(row, r), b.add(col, jj),
+                                width, with_epilogue)
+
+    def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value, row: ir.Value, col: ir.Value,
+               width: int, with_epilogue: bool) -> None:
+        """Store value (+ old C unless this is the first K block of an overwriting GEMM)."""
+        b = self.b
+        vt = ir.VectorType(self.t, width)
+        old = self.load(ptr, vt)
+        value = b.fadd(value, b.select(first, ir.Constant(vt, None), old))
+        if with_epilogue:
+            value = self.epilogue(b, row, col, value, width)
+        self.store(value, ptr)
+
+
+def _c(value: ir.Value | int) -> ir.Value:
+    return value if isinstance(value, ir.Value) else ir.Constant(_I64, value)
+
+
+def _bool(value: bool) -> ir.Constant:
+    return ir.Constant(ir.IntType(1), int(value))
+
+
+def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
+    return [value for row in rows for value in row]
+
+
+def _intrinsic(module: ir.Module, name: str, typ: ir.Type, arity: int) -> ir.Function:
+    """A vector intrinsic declared by hand (`declare_intrinsic` rejects vector types)."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(typ, [typ] * arity), name=name)
