@@ -283,8 +283,10 @@ class _GemmEmitter:
             full = b.icmp_signed(">=", valid, _c(width))
             with b.if_else(full) as (then, otherwise):
                 with then:
-                    if unit_j and width % self.w == 0:
+                    if unit_j:
                         self.pack_rows_vector(panel, src0, sk, kc, width)
+                    elif width % self.w == 0 and self.w > 1:
+                        self.pack_transposed(panel, src0, sj, kc, width)
                     else:
                         self.pack_columns(panel, src0, sk, sj, kc, width)
                 with otherwise:
@@ -297,7 +299,45 @@ class _GemmEmitter:
             row = self.gep(src, self.mul(kk, sk))
             out = self.gep(panel, self.mul(kk, width))
             for v in range(0, width, self.w):
-                self.store(self.load(self.gep(row, v), self.vt), self.gep(out, v))
+                vt = ir.VectorType(self.t, min(self.w, width - v))
+                self.store(self.load(self.gep(row, v), vt), self.gep(out, v))
+
+    def pack_transposed(self, panel: ir.Value, src: ir.Value, sj: ir.Value, kc: ir.Value,
+                        width: int) -> None:
+        """Full panel whose columns are contiguous in the source (a transposed operand).
+
+        w x w blocks are loaded as w vectors along k, transposed in registers and stored as w
+        rows along j; the last kc % w rows are copied one element at a time.
+        """
+        b, w = self.b, self.w
+        k_vec = self.mul(b.sdiv(kc, _c(w)), w)
+        with self.loop(0, k_vec, w, "pt") as k0:
+            for j0 in range(0, width, w):
+                columns = [self.load(self.gep(src, b.add(self.mul(sj, j0 + j), k0)), self.vt)
+                           for j in range(w)]
+                rows = self.transpose(columns)
+                for p, row in enumerate(rows):
+                    self.store(row, self.gep(panel, self.add(self.mul(self.add(k0, p), width), j0)))
+        with self.loop(k_vec, kc, 1, "ptk") as kk:
+            for j in range(width):
+                value = self.load(self.gep(src, b.add(self.mul(sj, j), kk)), self.t)
+                self.store(value, self.gep(panel, self.add(self.mul(kk, width), j)))
+
+    def transpose(self, vectors: list[ir.Value]) -> list[ir.Value]:
+        """Transpose a w x w block held in w vectors: log2(w) stages of 2x2 block swaps."""
+        w = self.w
+        vectors = list(vectors)
+        d = w // 2
+        while d:
+            low = [p if p & d == 0 else w + p - d for p in range(w)]
+            high = [p + d if p & d == 0 else w + p for p in range(w)]
+            for i in range(w):
+                if i & d == 0:
+                    x, y = vectors[i], vectors[i + d]
+                    vectors[i] = self.b.shuffle_vector(x, y, _mask(low))
+                    vectors[i + d] = self.b.shuffle_vector(x, y, _mask(high))
+            d //= 2
+        return vectors
 
     def pack_columns(self, panel: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value,
                      kc: ir.Value, width: int) -> None:
@@ -421,6 +461,10 @@ def _c(value: ir.Value | int) -> ir.Value:
 
 def _bool(value: bool) -> ir.Constant:
     return ir.Constant(ir.IntType(1), int(value))
+
+
+def _mask(indices: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(_I32, len(indices)), indices)
 
 
 def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:

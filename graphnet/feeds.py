@@ -1,0 +1,73 @@
+"""Validation of the arrays fed to a compiled function: the boundary native code relies on."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .graph import Node, shape_str
+
+
+class FeedSpec:
+    """The placeholders of a compiled function, checked on every call before anything runs."""
+
+    def __init__(self, placeholders: Sequence[Node]):
+        self.nodes = list(placeholders)
+        self.names = [p.attrs["name"] for p in self.nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.shapes = [p.shape for p in self.nodes]
+        self.dtypes = [p.dtype for p in self.nodes]
+        self.has_batch = any(None in s for s in self.shapes)
+
+    def check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
+        """Return the feeds as contiguous arrays in placeholder order, and the batch size."""
+        if len(feeds) != len(self.names) or any(k not in self.index for k in feeds):
+            self._names_error(feeds)
+        arrays: list[np.ndarray] = []
+        batch, batch_from = None, None
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
+            arr = self._convert(name, feeds[name], dtype)
+            if arr.ndim != len(shape):
+                raise ValueError(f"feed '{name}': expected rank {len(shape)} {shape_str(shape)}, "
+                                 f"got rank {arr.ndim} {shape_str(arr.shape)}")
+            for want, got in zip(shape, arr.shape):
+                if want is None:
+                    if batch is None:
+                        batch, batch_from = got, name
+                    elif got != batch:
+                        raise ValueError(f"feed '{name}': batch size {got} differs from feed '{batch_from}' ({batch})")
+                elif want != got:
+                    raise ValueError(f"feed '{name}': expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
+            arrays.append(arr)
+        if batch == 0:
+            raise ValueError(f"feed '{batch_from}': empty batch (batch size 0)")
+        return arrays, batch or 1
+
+    def _convert(self, name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+        if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
+            return value
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"feed '{name}': expected a numeric array of {dtype}, got {type(value).__name__}")
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"feed '{name}': cannot convert to an array of {dtype}: {e}") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"feed '{name}': expected a numeric array of {dtype}, got dtype {arr.dtype}")
+        if dtype.kind in "iub" and arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise TypeError(f"feed '{name}': expected integers ({dtype}), got non-integral floats")
+        if dtype.kind == "b" and arr.dtype.kind != "b":
+            raise TypeError(f"feed '{name}': expected bool, got {arr.dtype}")
+        return np.ascontiguousarray(arr, dtype=dtype)
+
+    def _names_error(self, feeds: dict[str, Any]) -> None:
+        missing = [n for n in self.names if n not in feeds]
+        extra = [k for k in feeds if k not in self.index]
+        parts = []
+        if missing:
+            parts.append("missing feed(s) " + ", ".join(f"'{m}' {shape_str(self.shapes[self.index[m]])}" for m in missing))
+        if extra:
+            parts.append("unknown feed(s) " + ", ".join(f"'{e}'" for e in extra) +
+                         " (placeholders: " + ", ".join(self.names) + ")")
+        raise ValueError("; ".join(parts))

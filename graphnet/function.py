@@ -1,0 +1,124 @@
+"""`gn.compile`: fetches + updates -> pass pipeline -> a backend -> a callable `Function`."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import ops
+from .errors import ShapeError
+from .feeds import FeedSpec
+from .graph import Node, shape_str
+from .passes.pipeline import Pass, PassRecord, run_pipeline
+from .program import Program
+
+BACKENDS = {
+    "numpy": "codegen.numpy_backend:NumpyBackend",
+    "llvm": "codegen.llvm.backend:LLVMBackend",
+    "opencl": "codegen.opencl.backend:OpenCLBackend",
+}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    backend: str = "llvm"
+    training: bool = False
+    check_numerics: bool = False
+
+
+def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: bool | None = None,
+            check_numerics: bool = False, passes: Sequence[Pass] | None = None) -> "Function":
+    """Compile `fetches` (a node, list, tuple or dict of nodes) and `updates` into a callable.
+
+    `updates` (pairs (variable, new value), a dict, or an optimizer's result) are applied in place
+    after the fetches are computed. `training` (default: True when updates are given) enables dropout.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    training = updates is not None if training is None else bool(training)
+    flat, rebuild = _flatten(fetches)
+    pairs = _update_pairs(updates)
+    if training:
+        pairs = _with_rng_step(flat, pairs)
+    program, records = run_pipeline(Program(flat, pairs), passes, training=training)
+    options = CompileOptions(backend, training, check_numerics)
+    module, cls = BACKENDS[backend].split(":")
+    executable = getattr(importlib.import_module(module), cls)(program, options)
+    fn = Function(program, executable, rebuild, records, options)
+    if os.environ.get("GRAPHNET_DUMP"):
+        fn.dump(os.environ["GRAPHNET_DUMP"])
+    return fn
+
+
+class Function:
+    """A compiled function: call it with feeds by placeholder name."""
+
+    def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
+                 options: CompileOptions):
+        self.program, self.executable, self.records, self.options = program, executable, records, options
+        self._rebuild = rebuild
+        self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]))
+
+    @property
+    def graph(self):
+        """The optimised graph this function runs."""
+        nodes = self.program.nodes()
+        return nodes[0].graph if nodes else None
+
+    def __call__(self, **feeds: Any) -> Any:
+        arrays, batch = self.feeds.check(feeds)
+        return self._rebuild(self.executable.run(arrays, batch))
+
+    def dump(self, directory: str) -> str:
+        """Write the graph after each pass and the backend's artifacts (loop IR, code) into `directory`."""
+        from .dump import dump_function
+        return dump_function(self, directory)
+
+
+def _flatten(fetches: Any):
+    if isinstance(fetches, Node):
+        return [fetches], lambda out: out[0]
+    if isinstance(fetches, dict):
+        keys = list(fetches)
+        return [_check_fetch(fetches[k]) for k in keys], lambda out: dict(zip(keys, out))
+    if isinstance(fetches, (list, tuple)):
+        kind = type(fetches)
+        return [_check_fetch(f) for f in fetches], lambda out: kind(out) if kind is tuple else list(out)
+    raise TypeError(f"fetches must be a node, list, tuple or dict of nodes, got {type(fetches).__name__}")
+
+
+def _check_fetch(f: Any) -> Node:
+    if not isinstance(f, Node):
+        raise TypeError(f"fetch {f!r} is not a graph node")
+    return f
+
+
+def _update_pairs(updates: Any) -> list[tuple[Node, Node]]:
+    if updates is None:
+        return []
+    items = updates.items() if isinstance(updates, dict) else updates
+    pairs = []
+    for var, value in items:
+        if not isinstance(var, Node) or var.op.name != "variable":
+            raise TypeError(f"update target {var!r} is not a variable")
+        (value,) = ops.promote([value]) if isinstance(value, Node) else ops.promote([var, value])[1:]
+        if value.graph is not var.graph:
+            raise ValueError(f"update of {var.name}: value belongs to another graph")
+        if value.shape != var.shape or value.dtype != var.dtype:
+            raise ShapeError(f"update of {var.name}: value is {value.dtype} {shape_str(value.shape)}, variable is "
+                             f"{var.dtype} {shape_str(var.shape)} (value created at {value.source})")
+        pairs.append((var, value))
+    if len({id(v) for v, _ in pairs}) != len(pairs):
+        raise ValueError("a variable is updated twice in one function")
+    return pairs
+
+
+def _with_rng_step(fetches: list[Node], pairs: list[tuple[Node, Node]]) -> list[tuple[Node, Node]]:
+    """Training functions that draw dropout masks advance the graph's step counter each call."""
+    program = Program(fetches, pairs)
+    steps = {n.inputs[1] for n in program.nodes() if n.op.name == "dropout"}
+    updated = {v for v, _ in pairs}
+    return pairs + [(s, s + np.int32(1)) for s in sorted(steps - updated, key=lambda n: n.id)]

@@ -1,0 +1,296 @@
+"""The graph IR: nodes (tensors), graphs, variables and structural hashing.
+
+A `Node` is one op application: op, inputs, attributes, static shape (``None`` marks the batch
+dimension, the one size fixed only at call time), dtype and the user's source line. Nodes are
+immutable and interned by structure, so building the same expression twice yields one node.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+
+from .errors import ShapeError
+from .source import user_location
+
+if TYPE_CHECKING:
+    from .ops.base import Op
+
+Shape = tuple  # tuple[int | None, ...]; None is the batch dimension
+
+
+def shape_str(shape: Shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class Constant:
+    """A constant's value, hashed by content so equal constants intern to one node."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.array(array, copy=True)
+        self.array.setflags(write=False)
+        self._key = (self.array.dtype.str, self.array.shape, hashlib.sha1(self.array.tobytes()).hexdigest())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Constant) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        if self.array.size <= 4:
+            return np.array2string(self.array, separator=",", precision=6).replace("\n", "")
+        return f"<{self.array.dtype} {shape_str(self.array.shape)} #{self._key[2][:8]}>"
+
+
+class Variable:
+    """The persistent value behind a variable node, shared by every compiled function.
+
+    Backends that keep a device copy register a `mirror` with `pull()`/`push()` so that
+    `value` and `assign` stay coherent with the device.
+    """
+
+    def __init__(self, name: str, value: np.ndarray, trainable: bool):
+        self.name = name
+        self.array = np.ascontiguousarray(value)
+        self.trainable = trainable
+        self.mirrors: list[Any] = []
+
+    def read(self) -> np.ndarray:
+        for mirror in self.mirrors:
+            mirror.pull(self)
+        return self.array.copy()
+
+    def write(self, value: Any) -> None:
+        value = np.asarray(value)
+        if value.shape != self.array.shape:
+            raise ValueError(f"assign to variable '{self.name}': expected shape {self.array.shape}, got {value.shape}")
+        if value.dtype.kind not in "fiub":
+            raise TypeError(f"assign to variable '{self.name}': cannot assign dtype {value.dtype}")
+        self.array[...] = value  # in place: native code holds this buffer's address
+        for mirror in self.mirrors:
+            mirror.push(self)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Node:
+    """One op application in a graph; also the user's tensor handle (operators build new nodes)."""
+
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "source", "graph", "id", "__weakref__")
+    __array_priority__ = 1000  # numpy defers `array + node` to Node.__radd__
+
+    def __init__(self, op: "Op", inputs: tuple["Node", ...], attrs: dict, shape: Shape, dtype: np.dtype,
+                 source: str, graph: "Graph", id: int):
+        self.op, self.inputs, self.attrs = op, inputs, attrs
+        self.shape, self.dtype, self.source, self.graph, self.id = shape, dtype, source, graph, id
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.attrs.get("name") or f"{self.op.name}_{self.id}"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {self.dtype} {shape_str(self.shape)} at {self.source}>"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:  # identity; tensors do not compare elementwise
+        return self is other
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"the truth value of graph node {self.name} is unknown until the graph runs")
+
+    # ---- variables ------------------------------------------------------------------------
+    @property
+    def value(self) -> np.ndarray:
+        """A numpy copy of a variable's current value."""
+        return self._variable().read()
+
+    def assign(self, value: Any) -> None:
+        """Set a variable's value in place (every compiled function sees it)."""
+        self._variable().write(value)
+
+    @property
+    def trainable(self) -> bool:
+        return self._variable().trainable
+
+    def _variable(self) -> Variable:
+        if self.op.name != "variable":
+            raise TypeError(f"{self.name} is not a variable")
+        return self.attrs["var"]
+
+    # ---- tensor methods -------------------------------------------------------------------
+    @property
+    def T(self) -> "Node":
+        from . import ops
+        return ops.transpose(self)
+
+    def sum(self, axis=None, keepdims: bool = False) -> "Node":
+        from . import ops
+        return ops.sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False) -> "Node":
+        from . import ops
+        return ops.mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims: bool = False) -> "Node":
+        from . import ops
+        return ops.max(self, axis, keepdims)
+
+    def reshape(self, *shape) -> "Node":
+        from . import ops
+        return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def _bin(self, name: str, other: Any, reverse: bool = False) -> "Node":
+        from . import ops
+        fn = getattr(ops, name)
+        return fn(other, self) if reverse else fn(self, other)
+
+    def __add__(self, o): return self._bin("add", o)
+    def __radd__(self, o): return self._bin("add", o, True)
+    def __sub__(self, o): return self._bin("subtract", o)
+    def __rsub__(self, o): return self._bin("subtract", o, True)
+    def __mul__(self, o): return self._bin("multiply", o)
+    def __rmul__(self, o): return self._bin("multiply", o, True)
+    def __truediv__(self, o): return self._bin("divide", o)
+    def __rtruediv__(self, o): return self._bin("divide", o, True)
+    def __pow__(self, o): return self._bin("power", o)
+    def __rpow__(self, o): return self._bin("power", o, True)
+    def __matmul__(self, o): return self._bin("matmul", o)
+    def __rmatmul__(self, o): return self._bin("matmul", o, True)
+    def __lt__(self, o): return self._bin("less", o)
+    def __le__(self, o): return self._bin("less_equal", o)
+    def __gt__(self, o): return self._bin("greater", o)
+    def __ge__(self, o): return self._bin("greater_equal", o)
+
+    def __neg__(self):
+        from . import ops
+        return ops.negative(self)
+
+
+_local = threading.local()
+
+
+class Graph:
+    """A container of interned nodes. Use as a context manager to make it the default graph."""
+
+    def __init__(self, intern: bool = True):
+        self.nodes: list[Node] = []
+        self.placeholders: dict[str, Node] = {}
+        self.variables: dict[str, Node] = {}
+        self.intern = intern
+        self._interned: dict[tuple, Node] = {}
+
+    def __enter__(self) -> "Graph":
+        _stack().append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _stack().pop()
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def apply(self, op: "Op", inputs: Sequence[Node], attrs: dict | None = None, source: str | None = None) -> Node:
+        """Create (or find) the node `op(*inputs, **attrs)`, checking its shape and dtype rule."""
+        inputs = tuple(inputs)
+        attrs = dict(attrs or {})
+        for x in inputs:
+            if x.graph is not self:
+                raise ValueError(f"{op.name}: input {x.name} belongs to another graph (created at {x.source})")
+        key = (op.name, tuple(x.id for x in inputs), _freeze(attrs))
+        if self.intern and key in self._interned:
+            return self._interned[key]
+        source = source or user_location()
+        try:
+            shape, dtype = op.infer(inputs, attrs)
+        except ShapeError as e:
+            raise ShapeError(f"{op.name}: {e} (at {source})") from None
+        node = Node(op, inputs, attrs, tuple(shape), np.dtype(dtype), source, self, len(self.nodes))
+        self.nodes.append(node)
+        if self.intern:
+            self._interned[key] = node
+        return node
+
+    def to_networkx(self, outputs: Iterable[Node] | None = None) -> nx.DiGraph:
+        """A networkx DiGraph of the nodes (all, or those `outputs` depend on); edges point to consumers."""
+        nodes = self.nodes if outputs is None else ancestors(outputs)
+        g = nx.DiGraph()
+        for n in nodes:
+            g.add_node(n, op=n.op.name, shape=n.shape, dtype=str(n.dtype), source=n.source)
+            for i, x in enumerate(n.inputs):
+                g.add_edge(x, n, index=i)
+        return g
+
+
+def ancestors(outputs: Iterable[Node]) -> list[Node]:
+    """Every node `outputs` depend on (including them), in a topological order."""
+    outputs = list(outputs)
+    if not outputs:
+        return []
+    g = nx.DiGraph()
+    stack = list(outputs)
+    seen = set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        g.add_node(n)
+        for x in n.inputs:
+            g.add_edge(x, n)
+            stack.append(x)
+    return list(nx.lexicographical_topological_sort(g, key=lambda n: n.id))
+
+
+def structural_hash(outputs: Sequence[Node], extra: Any = ()) -> str:
+    """A canonical hash of the computation producing `outputs`, independent of node ids.
+
+    Variables and placeholders hash by name, shape and dtype (not by value), constants by content.
+    """
+    digests: dict[Node, str] = {}
+    for n in ancestors(outputs):
+        attrs = {k: (v.name if isinstance(v, Variable) else v) for k, v in n.attrs.items()}
+        text = repr((n.op.name, [digests[x] for x in n.inputs], _freeze(attrs), n.shape, n.dtype.str))
+        digests[n] = hashlib.sha256(text.encode()).hexdigest()
+    top = repr(([digests[o] for o in outputs], extra))
+    return hashlib.sha256(top.encode()).hexdigest()
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.dtype):
+        return value.str
+    return value
+
+
+def _stack() -> list[Graph]:
+    if not hasattr(_local, "stack"):
+        _local.stack = [Graph()]
+    return _local.stack
+
+
+def get_default_graph() -> Graph:
+    """The graph new nodes go into when none of their inputs names one."""
+    return _stack()[-1]
+
+
+def reset_default_graph() -> Graph:
+    """Replace the bottom default graph with a fresh one (outside any `with Graph()`)."""
+    _stack()[0] = Graph()
+    return _stack()[0]

@@ -1,0 +1,216 @@
+"""Elementwise ops: each row holds the numpy reference, the gradient and the scalar lowering.
+
+Gradients are written in graphnet ops (so they can be differentiated again); `y` is the op's own
+output node, `g` the incoming gradient.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import ops
+from ..errors import ShapeError
+from ..graph import Node
+from .base import FLOATS, REGISTRY, Example, Op, apply, broadcast_shapes, register, require_float, same_dtype
+
+
+# ---- unary ------------------------------------------------------------------------------------
+class Unary(Op):
+    kind = "elementwise"
+
+    def __init__(self, name: str, ref: Callable, grad: Callable | None, scalar: Callable,
+                 low: float = -2.0, high: float = 2.0, smooth: bool = True):
+        self.name, self._ref, self._grad, self._scalar = name, ref, grad, scalar
+        self.differentiable = grad is not None
+        self.examples = (Example([(None, 3)], low=low, high=high, smooth=smooth), Example([(2, 3, 4)], low=low,
+                                                                                          high=high, smooth=smooth))
+
+    def infer(self, inputs, attrs):
+        require_float(inputs[0])
+        return inputs[0].shape, inputs[0].dtype
+
+    def numpy(self, x, **attrs):
+        with np.errstate(all="ignore"):
+            return np.asarray(self._ref(x, **attrs), x.dtype)
+
+    def grad(self, node, g):
+        return [self._grad(node.inputs[0], node, g, **node.attrs)] if self._grad else [None]
+
+    def scalar(self, s, x, **attrs):
+        return self._scalar(s, x, **attrs)
+
+
+def _stable_sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+UNARY = [
+    Unary("negative", np.negative, lambda x, y, g: -g, lambda s, x: s.neg(x)),
+    Unary("exp", np.exp, lambda x, y, g: g * y, lambda s, x: s.exp(x)),
+    Unary("log", np.log, lambda x, y, g: g / x, lambda s, x: s.log(x), low=0.2, high=3.0),
+    Unary("sqrt", np.sqrt, lambda x, y, g: g / (2 * y), lambda s, x: s.sqrt(x), low=0.2, high=3.0),
+    Unary("abs", np.abs, lambda x, y, g: g * ops.sign(x), lambda s, x: s.abs(x), smooth=False),
+    Unary("sign", np.sign, lambda x, y, g: None,
+          lambda s, x: s.select(s.gt(x, 0), 1, s.select(s.lt(x, 0), -1, s.mul(x, 0))), smooth=False),
+    Unary("tanh", np.tanh, lambda x, y, g: g * (1 - y * y), lambda s, x: s.tanh(x)),
+    Unary("sigmoid", _stable_sigmoid, lambda x, y, g: g * y * (1 - y),
+          lambda s, x: s.div(1, s.add(1, s.exp(s.neg(x))))),
+    Unary("relu", lambda x: np.maximum(x, 0), lambda x, y, g: ops.where(x > 0, g, 0),
+          lambda s, x: s.select(s.lt(x, 0), 0, x), smooth=False),
+    Unary("softplus", lambda x: np.logaddexp(0, x), lambda x, y, g: g * ops.sigmoid(x),
+          lambda s, x: s.add(s.max(x, 0), s.log1p(s.exp(s.neg(s.abs(x)))))),
+    Unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, alpha * x),
+          lambda x, y, g, alpha: ops.where(x > 0, g, g * alpha),
+          lambda s, x, alpha: s.select(s.gt(x, 0), x, s.mul(x, alpha)), smooth=False),
+    Unary("clip", lambda x, lo, hi: np.clip(x, lo, hi),
+          lambda x, y, g, lo, hi: ops.where(x < lo, 0, ops.where(x > hi, 0, g)),
+          lambda s, x, lo, hi: s.select(s.lt(x, lo), lo, s.select(s.gt(x, hi), hi, x)), smooth=False),
+    Unary("stop_gradient", lambda x: x, lambda x, y, g: None, lambda s, x: x),
+]
+for _op in UNARY:
+    REGISTRY[_op.name] = _op
+REGISTRY["leaky_relu"].examples = (Example([(None, 3)], {"alpha": 0.1}, smooth=False),)
+REGISTRY["clip"].examples = (Example([(None, 3)], {"lo": -0.5, "hi": 0.7}, smooth=False),)
+REGISTRY["stop_gradient"].differentiable = True  # its gradient is defined: zero
+
+
+@register
+class Cast(Op):
+    name = "cast"
+    examples = (Example([(None, 3)], {"dtype": np.dtype(np.float64)}),)
+
+    def infer(self, inputs, attrs):
+        if np.dtype(attrs["dtype"]).kind not in "fiub":
+            raise ShapeError(f"cannot cast to {attrs['dtype']}")
+        return inputs[0].shape, attrs["dtype"]
+
+    def numpy(self, x, dtype):
+        return x.astype(dtype)
+
+    def grad(self, node, g):
+        x = node.inputs[0]
+        return [ops.cast(g, x.dtype) if x.dtype in FLOATS else None]
+
+    def scalar(self, s, x, dtype):
+        return s.cast(x, dtype)
+
+
+# ---- binary (numpy broadcasting) --------------------------------------------------------------
+class Binary(Op):
+    kind = "elementwise"
+    examples = (Example([(None, 3), (None, 3)]), Example([(None, 3), (3,)]), Example([(2, 1, 4), (3, 1)]))
+
+    def infer(self, inputs, attrs):
+        dtype = same_dtype(inputs)
+        if dtype.kind == "b":
+            raise ShapeError(f"arithmetic on bool tensors is not supported (cast first)")
+        return broadcast_shapes(*(x.shape for x in inputs)), dtype
+
+
+def _binary(name: str, ref, grad, scalar, low=-2.0, high=2.0, smooth=True):
+    cls = type(name.title(), (Binary,), {
+        "name": name, "numpy": lambda self, a, b: np.asarray(ref(a, b)),
+        "grad": lambda self, node, g: list(grad(*node.inputs, node, g)),
+        "scalar": lambda self, s, a, b: scalar(s, a, b)})
+    if (low, high, smooth) != (-2.0, 2.0, True):
+        cls.examples = tuple(Example(e.shapes, low=low, high=high, smooth=smooth) for e in Binary.examples)
+    register(cls)
+
+
+def _half(c, g):
+    return ops.where(c, g * 0.5, 0)
+
+
+_binary("add", np.add, lambda a, b, y, g: (g, g), lambda s, a, b: s.add(a, b))
+_binary("subtract", np.subtract, lambda a, b, y, g: (g, -g), lambda s, a, b: s.sub(a, b))
+_binary("multiply", np.multiply, lambda a, b, y, g: (g * b, g * a), lambda s, a, b: s.mul(a, b))
+_binary("divide", np.divide, lambda a, b, y, g: (g / b, -g * y / b), lambda s, a, b: s.div(a, b),
+        low=0.3, high=2.0)
+_binary("power", np.power, lambda a, b, y, g: (g * b * a ** (b - 1), g * ops.log(a) * y),
+        lambda s, a, b: s.pow(a, b), low=0.3, high=2.0)
+# PyTorch's convention: at a tie each input gets half the gradient.
+_binary("maximum", np.maximum, lambda a, b, y, g: (ops.where(a > b, g, _half(ops.equal(a, b), g)),
+                                                   ops.where(b > a, g, _half(ops.equal(a, b), g))),
+        lambda s, a, b: s.select(s.lt(a, b), b, a), smooth=False)
+_binary("minimum", np.minimum, lambda a, b, y, g: (ops.where(a < b, g, _half(ops.equal(a, b), g)),
+                                                   ops.where(b < a, g, _half(ops.equal(a, b), g))),
+        lambda s, a, b: s.select(s.gt(a, b), b, a), smooth=False)
+
+
+class Compare(Op):
+    kind = "elementwise"
+    differentiable = False
+    examples = (Example([(None, 3), (None, 3)]), Example([(None, 3), (3,)]))
+
+    def infer(self, inputs, attrs):
+        same_dtype(inputs)
+        return broadcast_shapes(*(x.shape for x in inputs)), np.dtype(bool)
+
+    def grad(self, node, g):
+        return [None, None]
+
+
+for _name, _ref, _ins in [("less", np.less, "lt"), ("less_equal", np.less_equal, "le"),
+                          ("greater", np.greater, "gt"), ("greater_equal", np.greater_equal, "ge"),
+                          ("equal", np.equal, "eq"), ("not_equal", np.not_equal, "ne")]:
+    register(type(_name.title(), (Compare,), {
+        "name": _name, "numpy": (lambda ref: lambda self, a, b: np.asarray(ref(a, b)))(_ref),
+        "scalar": (lambda ins: lambda self, s, a, b: getattr(s, ins)(a, b))(_ins)}))
+
+
+@register
+class Where(Op):
+    name = "where"
+    examples = (Example([(None, 3), (None, 3), (None, 3)], int_inputs={0: (bool, 2)}),
+                Example([(None, 3), (None, 3), ()], int_inputs={0: (bool, 2)}))
+
+    def infer(self, inputs, attrs):
+        cond, a, b = inputs
+        if cond.dtype != bool:
+            raise ShapeError(f"condition must be bool, got {cond.dtype}")
+        return broadcast_shapes(cond.shape, a.shape, b.shape), same_dtype([a, b])
+
+    def numpy(self, c, a, b):
+        return np.asarray(np.where(c, a, b))
+
+    def grad(self, node, g):
+        c = node.inputs[0]
+        return [None, ops.where(c, g, 0), ops.where(c, 0, g)]
+
+    def scalar(self, s, c, a, b):
+        return s.select(c, a, b)
+
+
+@register
+class Dropout(Op):
+    """Inverted dropout; inputs (x, step); the mask is keyed by (seed, step, element index)."""
+
+    name = "dropout"
+    examples = (Example([(None, 8)], {"rate": 0.3, "seed": 7}, int_inputs={1: (np.int32, 100)}),)
+
+    def infer(self, inputs, attrs):
+        x, step = inputs
+        require_float(x)
+        if step.shape != () or step.dtype.kind not in "iu":
+            raise ShapeError(f"step must be an integer scalar, got {step.dtype} {step.shape}")
+        if not 0 <= attrs["rate"] < 1:
+            raise ShapeError(f"rate must be in [0, 1), got {attrs['rate']}")
+        return x.shape, x.dtype
+
+    def numpy(self, x, step, rate, seed):
+        from ..ops.scalar import evaluate_scalar
+        return evaluate_scalar(self, [x, np.asarray(step)], {"rate": rate, "seed": seed}, x.shape).copy()
+
+    def grad(self, node, g):
+        return [ops.graph_dropout(g, node.inputs[1], **node.attrs), None]
+
+    def scalar(self, s, x, step, rate, seed):
+        from ..random import uniform
+        keep = s.ge(uniform(s, seed, step, s.index(), x.dtype), s.const(rate, x.dtype))
+        return s.select(keep, s.mul(x, s.const(1.0 / (1.0 - rate), x.dtype)), s.const(0, x.dtype))
+
+
+def unary(name: str, x: Any, **attrs: Any) -> Node:
+    return apply(name, [x], **attrs)

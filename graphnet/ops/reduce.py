@@ -1,0 +1,60 @@
+"""Reductions over axes (sum, max), with numpy's keepdims semantics."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..errors import ShapeError
+from .base import Example, Op, register
+
+
+class Reduce(Op):
+    kind = "reduce"
+    examples = (Example([(None, 3)], {"axes": (1,), "keepdims": False}),
+                Example([(None, 3)], {"axes": (0,), "keepdims": True}),
+                Example([(None, 3)], {"axes": (0, 1), "keepdims": False}),
+                Example([(2, 3, 4)], {"axes": (0, 2), "keepdims": True}))
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        if x.dtype.kind == "b":
+            raise ShapeError("cannot reduce a bool tensor (cast first)")
+        axes, keep = attrs["axes"], attrs["keepdims"]
+        if any(not 0 <= a < x.ndim for a in axes):
+            raise ShapeError(f"axes {axes} out of range for shape {x.shape}")
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keep else \
+            tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return shape, x.dtype
+
+
+def keepdims_shape(x, axes) -> tuple:
+    return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+
+
+@register
+class Sum(Reduce):
+    name = "sum"
+
+    def numpy(self, x, axes, keepdims):
+        return np.asarray(np.sum(x, axis=axes, keepdims=keepdims), x.dtype)
+
+    def grad(self, node, g):
+        x = node.inputs[0]
+        return [ops.broadcast_to(ops.reshape(g, keepdims_shape(x, node.attrs["axes"])), x.shape)]
+
+
+@register
+class Max(Reduce):
+    name = "max"
+    examples = tuple(Example(e.shapes, e.attrs, smooth=False) for e in Reduce.examples)
+
+    def numpy(self, x, axes, keepdims):
+        return np.asarray(np.max(x, axis=axes, keepdims=keepdims), x.dtype)
+
+    def grad(self, node, g):
+        # Ties share the gradient evenly (torch.amax's convention).
+        x, axes = node.inputs[0], node.attrs["axes"]
+        keep = keepdims_shape(x, axes)
+        hit = ops.cast(ops.equal(x, ops.reshape(node, keep)), x.dtype)
+        share = hit / ops.sum(hit, axes, keepdims=True)
+        return [share * ops.reshape(g, keep)]

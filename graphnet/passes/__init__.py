@@ -1,0 +1,11 @@
+"""Graph passes: small functions Program -> Program, run in order by `run_pipeline`."""
+from .cse import cse
+from .dce import dce
+from .fold import fold_constants
+from .pipeline import DEFAULT_PASSES, PassRecord, run_pipeline, verify
+from .simplify import simplify
+from .stabilize import stabilize
+from .training import strip_dropout
+
+__all__ = ["cse", "dce", "fold_constants", "simplify", "stabilize", "strip_dropout", "run_pipeline",
+           "verify", "DEFAULT_PASSES", "PassRecord"]
