@@ -26,6 +26,7 @@ class PassRecord:
     nodes: int
     seconds: float
     text: str
+    program: Program  # the graph after this pass (dumps draw it)
 
 
 def verify(prog: Program, before: Program | None = None) -> None:
@@ -49,12 +50,12 @@ def run_pipeline(prog: Program, passes: Sequence[Pass] | None = None, training: 
     """Run `passes` (default: DEFAULT_PASSES, after strip_dropout outside training)."""
     if passes is None:
         passes = list(DEFAULT_PASSES) if training else [strip_dropout] + list(DEFAULT_PASSES)
-    records = [PassRecord("input", len(prog.nodes()), 0.0, prog.to_text())]
+    records = [PassRecord("input", len(prog.nodes()), 0.0, prog.to_text(), prog)]
     for p in passes:
         start = time.perf_counter()
         new = p(prog)
         if check:
             verify(new, prog)
         prog = new
-        records.append(PassRecord(p.__name__, len(prog.nodes()), time.perf_counter() - start, prog.to_text()))
+        records.append(PassRecord(p.__name__, len(prog.nodes()), time.perf_counter() - start, prog.to_text(), prog))
     return prog, records
