@@ -49,7 +49,8 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     executable = getattr(importlib.import_module(module), cls)(program, options)
     fn = Function(program, executable, rebuild, records, options)
     if os.environ.get("GRAPHNET_DUMP"):
-        fn.dump(os.environ["GRAPHNET_DUMP"])
+        from .dump import dump_numbered
+        dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
     return fn
 
 

@@ -1,0 +1,217 @@
+"""Graphviz pictures of graphs and compiled functions.
+
+Forward, backward (gradient) and optimizer-update nodes get distinct colours, fused regions (or a
+backend's kernels) become clusters, edges carry shapes and every node's tooltip holds the user's
+source line, so a picture answers "what did the compiler make of my code, and where did it come
+from". Only DOT text is produced here; `render` hands it to Graphviz's `dot` binary (Debian package
+`graphviz`) when installed, since nothing renders DOT in pure Python.
+"""
+from __future__ import annotations
+
+import html
+import linecache
+import os
+import shutil
+import subprocess
+import warnings
+from typing import Any, Iterable, Mapping
+
+from .function import Function
+from .graph import Graph, Node, shape_str
+from .program import Program
+
+COLOURS = {"input": "#eeeeee", "forward": "#cfe2ff", "backward": "#ffd8a8", "update": "#c3f0c8"}
+SOURCE_OPS = {"placeholder", "variable", "constant", "batch_size"}
+FORMATS = {"svg", "png", "pdf"}
+
+
+def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Mapping[Node, str] | None = None,
+           title: str | None = None) -> str:
+    """DOT text for a compiled function, a Program, a whole Graph, or the nodes some outputs need.
+
+    `kernels` (node -> kernel name) draws a backend's kernels as clusters instead of the
+    program's fusion regions; for a compiled function it defaults to the backend's
+    `kernel_names()` where the backend has one. Scalar constants are written into their
+    consumers' labels.
+    """
+    if kernels is None and isinstance(obj, Function) and hasattr(obj.executable, "kernel_names"):
+        kernels = obj.executable.kernel_names()
+    program = as_program(obj)
+    kinds = classify(program)
+    groups = dict(program.regions if kernels is None else kernels)
+    nodes = [n for n in program.nodes() if not _inlined(n)]
+    ids = {n: f"n{i}" for i, n in enumerate(nodes)}
+    fetches = set(program.fetches)
+
+    lines = ["digraph graphnet {",
+             '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, labelloc=b, newrank=true];',
+             '  node [style="filled,rounded", shape=box, fontname="Helvetica", fontsize=10, penwidth=0.8];',
+             '  edge [fontname="Helvetica", fontsize=8, fontcolor="#555555", color="#777777", arrowsize=0.6];',
+             *_legend(title, {kinds[n] for n in nodes})]
+    clusters: dict[str, list[Node]] = {}
+    for n in nodes:
+        clusters.setdefault(groups.get(n, ""), []).append(n)
+    for index, (name, members) in enumerate(sorted(clusters.items(), key=lambda kv: kv[0])):
+        indent = "  "
+        if name:
+            lines.append(f"  subgraph cluster_{index} {{")
+            lines.append(f'    label={quote(name)}; style="dashed,rounded"; color="#555555"; fontsize=9;')
+            indent = "    "
+        for n in members:
+            lines.append(indent + _node_line(ids[n], n, kinds[n], n in fetches))
+        if name:
+            lines.append("  }")
+    for n in nodes:
+        for x in n.inputs:
+            if x in ids:
+                label = _edge_label(x)
+                lines.append(f"  {ids[x]} -> {ids[n]} [label={quote(label)}, tooltip={quote(label)}];")
+    for var, value in program.updates:
+        if value in ids:
+                lines.append(f'  {ids[value]} -> {ids[var]} [style=dashed, color="#2f9e44", label="update", '
+                         f'fontcolor="#2f9e44", constraint=false];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def as_program(obj: Any) -> Program:
+    """The Program a picture shows: a function's optimised program, or fetches of the given nodes."""
+    if isinstance(obj, Function):
+        return obj.program
+    if isinstance(obj, Program):
+        return obj
+    if isinstance(obj, Graph):
+        used = {x for n in obj.nodes for x in n.inputs}
+        return Program([n for n in obj.nodes if n not in used])
+    if isinstance(obj, Node):
+        return Program([obj])
+    if isinstance(obj, (list, tuple)) and all(isinstance(n, Node) for n in obj):
+        return Program(list(obj))
+    raise TypeError(f"to_dot: expected a compiled function, Program, Graph or graph nodes, got {type(obj).__name__}")
+
+
+def classify(program: Program) -> dict[Node, str]:
+    """Each node's role: "input" (leaves), "forward", "backward" or "update".
+
+    Forward nodes are those the fetches depend on; update nodes are the optimizer-fusion pass's
+    "update:" regions and the values written to variables; whatever else feeds an update is the
+    gradient computation.
+    """
+    forward = set(Program(program.fetches).nodes())
+    update = {n for n, region in program.regions.items() if region.startswith("update:")}
+    update |= {value for _, value in program.updates if value not in forward}
+    kinds = {}
+    for n in program.nodes():
+        if n.op.name in SOURCE_OPS:
+            kinds[n] = "input"
+        elif n in forward:
+            kinds[n] = "forward"
+        elif n in update:
+            kinds[n] = "update"
+        else:
+            kinds[n] = "backward"
+    return kinds
+
+
+def to_svg(dot_text: str) -> str | None:
+    """SVG text rendered by `dot`, or None when Graphviz is not installed."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    return _run_dot(exe, "svg", dot_text).decode()
+
+
+def render(dot_text: str, path: str) -> str:
+    """Render DOT text to `path` (.svg, .png or .pdf) with Graphviz; returns the file written.
+
+    Without `dot` on PATH the DOT text goes to `path` with the suffix .dot and a warning says so.
+    """
+    stem, ext = os.path.splitext(path)
+    fmt = ext.lstrip(".").lower()
+    if fmt != "dot" and fmt not in FORMATS:
+        raise ValueError(f"render: cannot write '{path}': use one of .svg, .png, .pdf or .dot")
+    exe = shutil.which("dot")
+    if fmt == "dot" or exe is None:
+        written = stem + ".dot"
+        with open(written, "w") as f:
+            f.write(dot_text)
+        if fmt != "dot":
+            warnings.warn(f"Graphviz 'dot' not found (install the graphviz package): wrote {written} "
+                          f"instead of {path}", stacklevel=2)
+        return written
+    with open(path, "wb") as f:
+        f.write(_run_dot(exe, fmt, dot_text))
+    return path
+
+
+def quote(text: Any) -> str:
+    """A DOT double-quoted string; newlines become DOT's centred line breaks."""
+    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _run_dot(exe: str, fmt: str, dot_text: str) -> bytes:
+    done = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"dot -T{fmt} failed: {done.stderr.decode().strip()}")
+    return done.stdout
+
+
+def _inlined(n: Node) -> bool:
+    return n.op.name == "constant" and n.attrs["value"].array.size == 1
+
+
+def _node_line(node_id: str, n: Node, kind: str, fetched: bool) -> str:
+    attrs = {"label": _label(n), "tooltip": _tooltip(n, kind), "fillcolor": COLOURS[kind]}
+    if n.op.name == "placeholder":
+        attrs["shape"] = "invhouse"
+    elif n.op.name == "variable":
+        attrs["shape"] = "cylinder"
+    if fetched:
+        attrs["peripheries"] = "2"
+    return f"{node_id} [" + ", ".join(f"{k}={quote(v)}" for k, v in attrs.items()) + "];"
+
+
+def _label(n: Node) -> str:
+    if n.op.name in ("placeholder", "variable"):
+        return n.attrs["name"]
+    if n.op.name == "constant":
+        return f"constant {shape_str(n.shape)}"
+    args = ", ".join(_scalar(x) if _inlined(x) else "·" for x in n.inputs)
+    extra = {k: v for k, v in n.attrs.items() if k not in ("name", "var", "value")}
+    details = " ".join(f"{k}={_short(v)}" for k, v in extra.items())
+    return f"{n.op.name}({args})" + (f"\n{details}" if details else "")
+
+
+def _scalar(n: Node) -> str:
+    value = n.attrs["value"].array.item()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _tooltip(n: Node, kind: str) -> str:
+    lines = [f"{n.name}: {n.op.name} -> {n.dtype} {shape_str(n.shape)} [{kind}]", n.source]
+    path, _, line = n.source.rpartition(":")
+    if line.isdigit():
+        code = linecache.getline(path, int(line)).strip()
+        if code:
+            lines.append(code)
+    return "\n".join(lines)
+
+
+def _edge_label(x: Node) -> str:
+    return shape_str(x.shape) + ("" if x.dtype.name == "float32" else f" {x.dtype.name}")
+
+
+def _legend(title: str | None, kinds: set[str]) -> list[str]:
+    """The graph label: the title over one coloured cell per kind present."""
+    rows = []
+    if title:
+        rows.append(f'<tr><td colspan="{max(len(kinds), 1)}">{html.escape(title, quote=False)}</td></tr>')
+    if kinds:
+        rows.append("<tr>" + "".join(f'<td bgcolor="{COLOURS[k]}"> {k} </td>' for k in COLOURS if k in kinds) + "</tr>")
+    return [f'  label=<<table border="0" cellspacing="4">{"".join(rows)}</table>>;'] if rows else []
