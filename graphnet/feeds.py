@@ -11,37 +11,53 @@ from .graph import Node, shape_str
 class FeedSpec:
     """The placeholders of a compiled function, checked on every call before anything runs."""
 
-    def __init__(self, placeholders: Sequence[Node]):
+    def __init__(self, placeholders: Sequence[Node], optional: Sequence[Node] = (), needs_batch: bool = False):
+        """`optional`: the graph's other placeholders, accepted (and checked) but not needed: a result
+        may have a batch dimension without reading any batched input (e.g. a zero gradient), and
+        then a fed placeholder still tells its size. `needs_batch`: some result has one."""
         self.nodes = list(placeholders)
         self.names = [p.attrs["name"] for p in self.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.shapes = [p.shape for p in self.nodes]
         self.dtypes = [p.dtype for p in self.nodes]
         self.has_batch = any(None in s for s in self.shapes)
+        self.optional = {p.attrs["name"]: p for p in optional if p.attrs["name"] not in self.index}
+        self.needs_batch = needs_batch
 
     def check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
         """Return the feeds as contiguous arrays in placeholder order, and the batch size."""
-        if len(feeds) != len(self.names) or any(k not in self.index for k in feeds):
+        if any(n not in feeds for n in self.names) or any(k not in self.index and k not in self.optional for k in feeds):
             self._names_error(feeds)
         arrays: list[np.ndarray] = []
-        batch, batch_from = None, None
+        batch: list = [None, None]  # size, and the feed it came from
         for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
-            arr = self._convert(name, feeds[name], dtype)
-            if arr.ndim != len(shape):
-                raise ValueError(f"feed '{name}': expected rank {len(shape)} {shape_str(shape)}, "
-                                 f"got rank {arr.ndim} {shape_str(arr.shape)}")
-            for want, got in zip(shape, arr.shape):
-                if want is None:
-                    if batch is None:
-                        batch, batch_from = got, name
-                    elif got != batch:
-                        raise ValueError(f"feed '{name}': batch size {got} differs from feed '{batch_from}' ({batch})")
-                elif want != got:
-                    raise ValueError(f"feed '{name}': expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
-            arrays.append(arr)
-        if batch == 0:
-            raise ValueError(f"feed '{batch_from}': empty batch (batch size 0)")
-        return arrays, batch or 1
+            arrays.append(self._check_one(name, feeds[name], shape, dtype, batch))
+        for name in feeds:
+            if name in self.optional:
+                self._check_one(name, feeds[name], self.optional[name].shape, self.optional[name].dtype, batch)
+        size, source = batch
+        if size == 0:
+            raise ValueError(f"feed '{source}': empty batch (batch size 0)")
+        if size is None and self.needs_batch:
+            batched = [f"'{n}'" for n, p in self.optional.items() if None in p.shape]
+            raise ValueError("the result has a batch dimension but no fed placeholder sets its size; " +
+                             ("feed one of: " + ", ".join(batched) if batched else "the graph has no batched placeholder"))
+        return arrays, size or 1
+
+    def _check_one(self, name: str, value: Any, shape: tuple, dtype: np.dtype, batch: list) -> np.ndarray:
+        arr = self._convert(name, value, dtype)
+        if arr.ndim != len(shape):
+            raise ValueError(f"feed '{name}': expected rank {len(shape)} {shape_str(shape)}, "
+                             f"got rank {arr.ndim} {shape_str(arr.shape)}")
+        for want, got in zip(shape, arr.shape):
+            if want is None:
+                if batch[0] is None:
+                    batch[:] = [got, name]
+                elif got != batch[0]:
+                    raise ValueError(f"feed '{name}': batch size {got} differs from feed '{batch[1]}' ({batch[0]})")
+            elif want != got:
+                raise ValueError(f"feed '{name}': expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
+        return arr
 
     def _convert(self, name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
@@ -63,7 +79,7 @@ class FeedSpec:
 
     def _names_error(self, feeds: dict[str, Any]) -> None:
         missing = [n for n in self.names if n not in feeds]
-        extra = [k for k in feeds if k not in self.index]
+        extra = [k for k in feeds if k not in self.index and k not in self.optional]
         parts = []
         if missing:
             parts.append("missing feed(s) " + ", ".join(f"'{m}' {shape_str(self.shapes[self.index[m]])}" for m in missing))

@@ -47,7 +47,9 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)
-    fn = Function(program, executable, rebuild, records, options)
+    user_nodes = flat + [var for var, _ in pairs]
+    fn = Function(program, executable, rebuild, records, options,
+                  user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else ())
     if os.environ.get("GRAPHNET_DUMP"):
         from .dump import dump_numbered
         dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
@@ -58,10 +60,12 @@ class Function:
     """A compiled function: call it with feeds by placeholder name."""
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
-                 options: CompileOptions):
+                 options: CompileOptions, user_placeholders: Sequence[Node] = ()):
         self.program, self.executable, self.records, self.options = program, executable, records, options
         self._rebuild = rebuild
-        self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]))
+        needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
+        self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
+                              needs_batch)
 
     @property
     def graph(self):

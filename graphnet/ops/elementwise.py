@@ -188,7 +188,7 @@ class Dropout(Op):
     """Inverted dropout; inputs (x, step); the mask is keyed by (seed, step, element index)."""
 
     name = "dropout"
-    examples = (Example([(None, 8)], {"rate": 0.3, "seed": 7}, int_inputs={1: (np.int32, 100)}),)
+    examples = (Example([(None, 8), ()], {"rate": 0.3, "seed": 7}, int_inputs={1: (np.int32, 100)}),)
 
     def infer(self, inputs, attrs):
         x, step = inputs
