@@ -3,7 +3,7 @@
 Define a static graph of ops, differentiate it symbolically, fuse the optimizer into the step,
 and compile the whole training step to native code (LLVM), OpenCL, or the numpy reference.
 """
-from . import init
+from . import init, viz
 from .autodiff import gradients
 from .errors import NumericsError, ShapeError
 from .function import Function, compile
