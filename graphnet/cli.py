@@ -1,0 +1,173 @@
+"""The `graphnet` command: `demo` (train the pass-the-class model), `dump` (pictures and generated
+code of a grid model or of your own script) and `bench` (the benchmark grid).
+
+Mistakes on the command line (unknown options or configurations, missing files) end with exit
+status 2 and one line saying what is wrong, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import runpy
+import sys
+from typing import Any, Sequence
+
+SCRIPT_CONVENTION = """\
+A script for --script defines build(), which compiles the model and returns a compiled function
+(gn.compile's result), a list of them, or a dict {name: function}; it may take a `backend`
+keyword, which receives --backend when that is given. The script runs with
+__name__ != "__main__", so its training code under `if __name__ == "__main__":` is skipped."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class UsageError(Exception):
+    """A mistake in the command's arguments or files: reported in one line with exit status 2."""
+
+
+def default_backend() -> str:
+    """The LLVM backend where it is installed, else the numpy reference."""
+    from .function import BACKENDS
+    module = BACKENDS["llvm"].split(":")[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return "llvm" if found else "numpy"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .function import BACKENDS
+    from .peers import GRID
+    parser = _Parser(prog="graphnet", description="graphnet: a compiler for neural-network training steps.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    demo = commands.add_parser("demo", help="train the course's 'will I pass this class?' model",
+                               description="Train the pass-the-class model (two features: lectures attended, "
+                                           "hours on the final project) with a progress bar, then print the "
+                                           "chance that a student with 4 lectures and 5 hours passes.")
+    demo.add_argument("--backend", choices=list(BACKENDS), default=default_backend(),
+                      help="code generator (default: %(default)s)")
+    demo.add_argument("--epochs", type=_positive, default=100, help="training epochs (default: %(default)s)")
+
+    dump = commands.add_parser("dump", help="write graph pictures, generated code and an HTML report",
+                               description="Compile a model and write, into --out, the graph after each pass "
+                                           "(text and DOT), the final graph as SVG (with Graphviz), the generated "
+                                           "code, report.html and summary.txt.",
+                               epilog=SCRIPT_CONVENTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = dump.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config", choices=list(GRID), help="a benchmark-grid model's training step")
+    model.add_argument("--script", metavar="PATH", help="a Python file defining build() (see below)")
+    dump.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    dump.add_argument("--backend", choices=list(BACKENDS),
+                      help=f"code generator (default for --config: {default_backend()})")
+
+    commands.add_parser("bench", add_help=False, help="benchmark the training step against numpy, PyTorch and "
+                                                      "JAX (options: graphnet bench --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return {"demo": _demo, "dump": _dump}[args.command](args)
+    except UsageError as e:
+        print(f"graphnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+    model, probability = demo.train(backend=args.backend, epochs=args.epochs, verbose=1)
+    lectures, hours = demo.STUDENT[0]
+    print(f"A student who attends {lectures:g} lectures and spends {hours:g} hours on the final project "
+          f"passes with probability {probability:.2f}: {'likely to pass' if probability >= 0.5 else 'at risk'}.")
+    return 0
+
+
+def _dump(args: argparse.Namespace) -> int:
+    from .dump import dump_function
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.config:
+        from .grid import build_grid_model
+        from .peers import GRID
+        step = build_grid_model(args.config, backend=args.backend or default_backend()).step
+        functions = {f"{GRID[args.config].label} training step": step}
+    else:
+        functions = _script_functions(args.script, args.backend)
+    single = len(functions) == 1
+    for i, (name, fn) in enumerate(functions.items()):
+        folder = args.out if single else os.path.join(args.out, f"{i:02d}_{_slug(name)}")
+        dump_function(fn, folder, title=name)
+        files = sorted(os.listdir(folder))
+        print(f"{name}: wrote {len(files)} files to {folder} "
+              f"({'graph.svg, ' if 'graph.svg' in files else ''}report.html, summary.txt, ...)")
+    return 0
+
+
+def _script_functions(path: str, backend: str | None) -> dict[str, Any]:
+    from .function import Function
+    if not os.path.isfile(path):
+        raise UsageError(f"no such script: {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)  # the script may import its neighbours
+    try:
+        namespace = runpy.run_path(path, run_name="__graphnet_dump__")
+    finally:
+        sys.path.remove(folder)
+    build = namespace.get("build")
+    if not callable(build):
+        raise UsageError(f"{path} defines no build() function (the convention: graphnet dump --help)")
+    if backend is not None:
+        if "backend" not in inspect.signature(build).parameters:
+            raise UsageError(f"--backend given but build() in {path} takes no `backend` argument")
+        result = build(backend=backend)
+    else:
+        result = build()
+    if isinstance(result, Function):
+        result = {"build": result}
+    elif isinstance(result, (list, tuple)):
+        result = {f"function {i}": fn for i, fn in enumerate(result)}
+    if not isinstance(result, dict) or not result or not all(isinstance(f, Function) for f in result.values()):
+        raise UsageError(f"build() in {path} returned {type(result).__name__}, not compiled functions "
+                         "(gn.compile results)")
+    return {str(k): v for k, v in result.items()}
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from .bench import main as bench_main
+    except ModuleNotFoundError as e:
+        if e.name != "graphnet.bench":
+            raise
+        print("graphnet bench: error: the benchmark module graphnet.bench is not part of this installation",
+              file=sys.stderr)
+        return 2
+    return bench_main(argv) or 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text}'")
+    return value
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:40]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
