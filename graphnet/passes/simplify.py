@@ -41,8 +41,8 @@ def simplify_node(node: Node, inputs: list[Node]) -> Node | None:
         if perm == tuple(range(len(perm))):
             return x
         if x.op.name == "transpose":
-            inner = x.attrs["perm"]
-            return ops.transpose(x.inputs[0], tuple(inner[p] for p in perm))
+            composed = tuple(x.attrs["perm"][p] for p in perm)
+            return x.inputs[0] if composed == tuple(range(len(perm))) else ops.transpose(x.inputs[0], composed)
     if name in ("reshape", "broadcast_to", "cast") and _same(node, inputs[0]):
         return inputs[0]
     if name == "reshape" and inputs[0].op.name == "reshape":
