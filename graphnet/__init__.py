@@ -14,6 +14,9 @@ from .ops import (abs, add, batch_size, broadcast_to, cast, clip, constant, divi
                   reshape, sigmoid, sign, softmax, softplus, sqrt, stop_gradient, subtract, sum, tanh, transpose,
                   variable, where, zeros_like)
 from .random import set_seed
+from . import callbacks, layers  # noqa: E402
+from .model import Model, Sequential, load_model  # noqa: E402
+from . import losses, optim  # noqa: E402  (after the ops they build on)
 
 Tensor = Node
 __version__ = "0.1.0"

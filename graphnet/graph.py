@@ -57,7 +57,7 @@ class Variable:
 
     def __init__(self, name: str, value: np.ndarray, trainable: bool):
         self.name = name
-        self.array = np.ascontiguousarray(value)
+        self.array = np.array(value, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
         self.trainable = trainable
         self.mirrors: list[Any] = []
 

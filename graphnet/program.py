@@ -21,6 +21,7 @@ class Program:
     fetches: list[Node]
     updates: list[tuple[Node, Node]] = field(default_factory=list)  # (variable node, its new value)
     regions: dict[Node, str] = field(default_factory=dict)  # node -> fusion region name
+    gradients: dict[Node, Node] = field(default_factory=dict)  # parameter -> its gradient (set by optimizers)
 
     @property
     def outputs(self) -> list[Node]:
@@ -58,7 +59,8 @@ class Program:
             mapping[node] = new
         return Program([mapping[f] for f in self.fetches],
                        [(mapping[v], mapping[x]) for v, x in self.updates],
-                       {mapping[n]: r for n, r in self.regions.items() if n in mapping})
+                       {mapping[n]: r for n, r in self.regions.items() if n in mapping},
+                       {mapping[p]: mapping[g] for p, g in self.gradients.items() if p in mapping and g in mapping})
 
     def to_text(self) -> str:
         """One line per node: `%id = op(inputs) {attrs} : dtype shape  # file:line [region]`."""
@@ -76,6 +78,9 @@ class Program:
         lines.append("fetch " + ", ".join(names[f] for f in self.fetches))
         for var, value in self.updates:
             lines.append(f"update {names[var]} <- {names[value]}")
+        for param, grad in self.gradients.items():
+            if param in names and grad in names:
+                lines.append(f"gradient {names[param]} = {names[grad]}")
         return "\n".join(lines)
 
 

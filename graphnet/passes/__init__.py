@@ -2,10 +2,11 @@
 from .cse import cse
 from .dce import dce
 from .fold import fold_constants
+from .fuse_optimizer import fuse_optimizer
 from .pipeline import DEFAULT_PASSES, PassRecord, run_pipeline, verify
 from .simplify import simplify
 from .stabilize import stabilize
 from .training import strip_dropout
 
-__all__ = ["cse", "dce", "fold_constants", "simplify", "stabilize", "strip_dropout", "run_pipeline",
-           "verify", "DEFAULT_PASSES", "PassRecord"]
+__all__ = ["cse", "dce", "fold_constants", "fuse_optimizer", "simplify", "stabilize", "strip_dropout",
+           "run_pipeline", "verify", "DEFAULT_PASSES", "PassRecord"]

@@ -11,13 +11,14 @@ from ..program import Program
 from .cse import cse
 from .dce import dce
 from .fold import fold_constants
+from .fuse_optimizer import fuse_optimizer
 from .simplify import simplify
 from .stabilize import stabilize
 from .training import strip_dropout
 
 Pass = Callable[[Program], Program]
 
-DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, cse, dce]
+DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, cse, dce, fuse_optimizer]
 
 
 @dataclass

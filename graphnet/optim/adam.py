@@ -1,0 +1,54 @@
+"""Adam, AMSGrad and AdamW (decoupled weight decay), with PyTorch's bias correction."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import ops
+from ..graph import Node
+from .base import Optimizer, check_number, lerp
+
+
+class Adam(Optimizer):
+    """m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g*g; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    (amsgrad: vmax = max(vmax, v) in place of v)."""
+
+    decoupled = False
+
+    def __init__(self, lr: float | Node = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, clipnorm: float | None = None):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+        self.betas = (check_number("betas[0]", betas[0], 0, 1, high_open=True),
+                      check_number("betas[1]", betas[1], 0, 1, high_open=True))
+        self.eps = check_number("eps", eps, 0, low_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, 0)
+        self.amsgrad = bool(amsgrad)
+        super().__init__(lr, clipnorm)
+
+    def slots(self) -> dict[str, float]:
+        return dict.fromkeys(["m", "v"] + (["vmax"] if self.amsgrad else []), 0.0)
+
+    def _step(self, p, g, state, t, lr):
+        b1, b2 = self.betas
+        if self.weight_decay and self.decoupled:
+            p = p * self.cast(1 - lr * self.weight_decay, p)
+        elif self.weight_decay:
+            g = g + self.weight_decay * p
+        new = {"m": lerp(state["m"], g, 1 - b1), "v": state["v"] * b2 + (1 - b2) * g * g}
+        second = new["v"]
+        if self.amsgrad:
+            second = new["vmax"] = ops.maximum(state["vmax"], new["v"])
+        step_size = self.cast(lr / (1 - b1 ** t), p)
+        bias2_sqrt = self.cast(ops.sqrt(1 - b2 ** t), p)
+        denom = ops.sqrt(second) / bias2_sqrt + self.eps
+        return p - step_size * (new["m"] / denom), new
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= (1 - lr*weight_decay) before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, lr: float | Node = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, clipnorm: float | None = None):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, clipnorm)
