@@ -11,6 +11,7 @@ import networkx as nx
 
 from . import ops
 from .graph import Node, ancestors
+from .source import source_of
 
 
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
@@ -40,10 +41,11 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
         if node not in grads or node.op.kind == "source":
             continue
         g = _add_n(grads[node])
-        for inp, gi in zip(node.inputs, node.op.grad(node, g)):
-            if gi is None or inp not in relevant:
-                continue
-            grads.setdefault(inp, []).append(ops.sum_to(gi, inp.shape))
+        with source_of(node.source):  # a gradient node points at the line of the op it differentiates
+            for inp, gi in zip(node.inputs, node.op.grad(node, g)):
+                if gi is None or inp not in relevant:
+                    continue
+                grads.setdefault(inp, []).append(ops.sum_to(gi, inp.shape))
     result = [_add_n(grads[x]) if x in grads else ops.zeros_like(x) for x in xs]
     return result[0] if single else result
 
@@ -55,7 +57,6 @@ def stabilized(ys: list[Node]) -> list[Node]:
     inf/inf; the user's nodes are left as they are.
     """
     from .passes.stabilize import stabilize_node
-    from .source import source_of
     subst: dict[Node, Node] = {}
     for node in ancestors(ys):
         inputs = [subst.get(x, x) for x in node.inputs]
