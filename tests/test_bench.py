@@ -1,0 +1,145 @@
+"""The benchmark harness: peers train and agree, statistics helpers, tables, and one end-to-end run."""
+import json
+
+import numpy as np
+import pytest
+
+from graphnet import bench
+from graphnet.peers import GRID, PEERS, PeerUnavailable, grid_data
+
+
+def test_grid_flops_follow_benchmarks_md():
+    assert GRID["tiny"].flops == 6 * 32 * (2 * 3 + 3 * 1)
+    assert GRID["wide"].flops == 6 * 512 * (1024 * 4096 * 2)
+
+
+def test_grid_data_matches_each_loss():
+    _, y = grid_data(GRID["tiny"])
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    _, y = grid_data(GRID["small"])
+    assert np.all(y.sum(axis=1) == 1)
+    x, y = grid_data(GRID["wide"])
+    assert x.dtype == y.dtype == np.float32 and y.shape == (512, 1024)
+
+
+@pytest.mark.parametrize("config", ["tiny", "small", "medium"])
+def test_numpy_peer_loss_decreases(config):
+    peer = PEERS["numpy"](GRID[config])
+    losses = [float(peer.step()) for _ in range(30)]
+    assert losses[-1] < losses[0]
+    assert all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("config", ["tiny", "small", "medium", "wide"])
+def test_numpy_and_torch_peers_agree_on_first_losses(config):
+    pytest.importorskip("torch")
+    if config == "wide":
+        config = bench.GridConfig("wide-narrow", (16, 64, 8), 32, "tanh", "mse")  # wide's activation and loss
+    else:
+        config = GRID[config]
+    ours, theirs = PEERS["numpy"](config), PEERS["torch"](config)
+    for _ in range(4):
+        np.testing.assert_allclose(float(ours.step()), float(theirs.step()), rtol=2e-5)
+
+
+def test_jax_peer_agrees_with_numpy():
+    pytest.importorskip("jax")
+    ours, theirs = PEERS["numpy"](GRID["tiny"]), PEERS["jax"](GRID["tiny"])
+    for _ in range(3):
+        np.testing.assert_allclose(float(ours.step()), float(theirs.step()), rtol=1e-5)
+
+
+def test_graphnet_system_trains_the_same_model_as_the_peers():
+    system = bench.graphnet_system(GRID["small"], "numpy")
+    peer = PEERS["numpy"](GRID["small"])
+    for _ in range(3):
+        (loss,) = system.step()
+        np.testing.assert_allclose(float(loss), float(peer.step()), rtol=2e-5)
+    assert system.compile_cold > 0 and system.compile_warm is None  # the numpy backend has no cache
+
+
+def test_missing_peer_is_reported_not_raised(monkeypatch):
+    def unavailable(config):
+        raise PeerUnavailable("not installed here")
+    monkeypatch.setitem(bench.PEERS, "torch", unavailable)
+    result = bench.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
+    assert result["torch"]["error"] == "not available: not installed here"
+    assert result["numpy"]["median"] > 0
+
+
+def test_summarize_median_and_range():
+    stats = bench.summarize([3.0, 1.0, 2.0, 10.0])
+    assert (stats.median, stats.low, stats.high, stats.repeats) == (2.5, 1.0, 10.0, 4)
+
+
+def test_interleaved_order_rotates_and_covers_every_system():
+    rounds = bench.interleaved_order(["a", "b", "c"], 4)
+    assert len(rounds) == 4
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a"]
+    assert bench.interleaved_order([], 2) == [[], []]
+
+
+def test_calibrate_reaches_min_time(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def step():
+        clock[0] += 1e-3
+    assert bench.calibrate(step, 0.01) == 11  # 1 step: 1 ms, too short; then 1.1 x 10 ms worth
+    assert bench.time_loop(step, 5) == pytest.approx(1e-3)
+
+
+def test_thread_env(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x intra_op_parallelism_threads=4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    one = bench.thread_env("1")
+    assert one["OPENBLAS_NUM_THREADS"] == one["GRAPHNET_NUM_THREADS"] == one["OMP_NUM_THREADS"] == "1"
+    assert one["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false "
+                                "intra_op_parallelism_threads=1")
+    default = bench.thread_env("all")
+    assert "OMP_NUM_THREADS" not in default and "GRAPHNET_NUM_THREADS" not in default
+    assert default["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+
+
+def test_format_time():
+    assert bench.format_time(1.49e-3) == "1.49 ms"
+    assert bench.format_time(880e-9) == "880 ns"
+    assert bench.format_time(None) == "-"
+    assert bench.format_stats({"median": 61.9e-6, "low": 60e-6, "high": 1.2e-4}) == "61.9 us (60-120)"
+
+
+def _entry(median):
+    return {"median": median, "low": median * 0.9, "high": median * 1.2, "repeats": 7, "version": "1",
+            "threads": "1", "note": "", "compile_cold": 0.5, "compile_warm": 0.1, "first_call": 0.3}
+
+
+def test_markdown_ratios_and_missing_systems():
+    report = {"threads": "1", "cores": 2, "configs": {"small": {
+        "graphnet-llvm": _entry(50e-6), "numpy": _entry(100e-6), "torch": {"error": "not available: no torch"},
+        "gemm-floor": _entry(25e-6), "ctypes-call": _entry(1e-6)}}}
+    text = bench.markdown([report], ["graphnet-llvm", "numpy", "torch"])
+    lines = text.splitlines()
+    assert "| config | graphnet-llvm | numpy | torch | gemm-floor | ctypes-call |" in lines
+    assert "| small 64-128-10 b64 | 50 us (45-60) | 100 us (90-120) | - | 25 us (22.5-30) | 1 us (0.9-1.2) |" in lines
+    assert ("| config | numpy / graphnet-llvm | torch / graphnet-llvm | graphnet-llvm / gemm-floor | "
+            "graphnet-llvm / ctypes-call |") in lines
+    assert "| small 64-128-10 b64 | 2.00x | - | 2.00x | 50.00x |" in lines
+    assert "- small / torch: not available: no torch" in lines
+    gflops = GRID["small"].flops / 50e-6 / 1e9
+    assert f"| small 64-128-10 b64 | {gflops:.3g} | {gflops / 2:.3g} | - | {gflops * 2:.3g} |" in lines
+
+
+def test_bench_end_to_end_tiny(tmp_path):
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    code = bench.main(["--configs", "tiny", "--systems", "graphnet-numpy,numpy", "--threads", "1",
+                       "--repeats", "3", "--min-time", "0.005", "--markdown", str(out), "--json", str(raw)])
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert "| config | graphnet-numpy | numpy | gemm-floor | ctypes-call |" in lines
+    assert any(line.startswith("| config | numpy / graphnet-numpy |") for line in lines)
+    (report,) = json.loads(raw.read_text())["reports"]
+    measured = report["configs"]["tiny"]
+    for system in ("graphnet-numpy", "numpy", "gemm-floor"):
+        assert measured[system]["repeats"] == 3 and measured[system]["low"] <= measured[system]["median"]
+    assert measured["graphnet-numpy"]["compile_cold"] > 0
