@@ -1,0 +1,130 @@
+"""The LLVM backend: a compiled function is one native call `graphnet_step(N, buffers)`.
+
+Per call, Python only stores the feeds' data pointers into a cached pointer array (parameters,
+optimizer state, constants and the arena's temporaries keep their cached addresses), makes one
+ctypes call, and copies the fetched buffers out. `check_numerics=True` compiles every node as its
+own kernel and runs the kernels one by one, checking each result.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+import graphnet
+from graphnet.errors import NumericsError
+from graphnet.program import Program
+
+from ..loopir import LoopProgram
+from ..lower import lower
+from ..memory import allocate, plan_arena
+from . import cache
+from .jit import Compiler, Library, host_target
+from .render import Renderer
+
+_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
+INITIAL_CAPACITY = 64
+_SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
+            for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"), os.path.join("llvm", "jit.py"))]
+
+
+def _codegen_digest() -> str:
+    """Cached objects are rebuilt when the code generator itself changes."""
+    return cache.cache_key(*(open(p).read() for p in _SOURCES))
+
+
+class LLVMBackend:
+    def __init__(self, program: Program, options, opt: int = 3, wide: bool | None = None):
+        self.program, self.check = program, options.check_numerics
+        self.lp: LoopProgram = lower(program, fuse=not self.check)
+        self.compiler = Compiler(host_target(wide), opt)
+        self._ir_text: str | None = None
+        constants = sorted(n.attrs["value"]._key for n in program.nodes() if n.op.name == "constant")
+        self.key = cache.cache_key(program.hash(), constants, self.compiler.target, opt, self.check,
+                                   graphnet.__version__, _codegen_digest())
+        obj = cache.load(self.key)
+        self.cache_hit = obj is not None
+        if obj is None:
+            obj = self.compiler.object_code(self.ir_text)
+            cache.store(self.key, obj)
+        self.library = Library(self.compiler, obj)
+        self.step = _STEP(self.library.address("graphnet_step"))
+        self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
+        self._bind_buffers()
+
+    @property
+    def ir_text(self) -> str:
+        if self._ir_text is None:
+            self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout).render()
+        return self._ir_text
+
+    # ---- buffers ------------------------------------------------------------------------
+    def _bind_buffers(self) -> None:
+        self.slots = (ctypes.c_void_p * max(1, len(self.lp.buffers)))()
+        self.slots_address = ctypes.addressof(self.slots)
+        self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
+        for i, arr in self.keep.items():
+            if not arr.flags.c_contiguous or arr.dtype != self.lp.buffers[i].dtype:
+                raise TypeError(f"buffer {self.lp.buffers[i].name} is not a contiguous {self.lp.buffers[i].dtype} array")
+            self.slots[i] = arr.ctypes.data
+        self.inputs = list(self.lp.inputs)
+        self._layout(INITIAL_CAPACITY)
+
+    def _layout(self, capacity: int) -> None:
+        """(Re)plan and allocate the arena for batches up to `capacity`."""
+        self.plan = plan_arena(self.lp, capacity)
+        self.arena = allocate(self.plan.nbytes)
+        base = self.arena.ctypes.data
+        for b, offset in self.plan.offsets.items():
+            self.slots[b] = base + offset
+        self.views: dict[int, list[np.ndarray]] = {}
+
+    def view(self, buffer: int, batch: int) -> np.ndarray:
+        b = self.lp.buffers[buffer]
+        shape = tuple(batch if d is None else d for d in b.shape)
+        if b.id in self.keep:
+            return self.keep[b.id]
+        if b.id in self.plan.offsets:
+            start = self.plan.offsets[b.id]
+            return self.arena[start:start + b.elements(batch) * b.dtype.itemsize].view(b.dtype).reshape(shape)
+        raise AssertionError(f"buffer {b} has no storage")
+
+    def _fetch_views(self, batch: int) -> list[np.ndarray]:
+        views = self.views.get(batch)
+        if views is None:
+            views = self.views[batch] = [self.view(f, batch) for f in self.lp.fetches]
+        return views
+
+    # ---- calls --------------------------------------------------------------------------
+    def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
+        if batch > self.plan.capacity:
+            self._layout(max(batch, 2 * self.plan.capacity))
+        slots = self.slots
+        for i, a in zip(self.inputs, arrays):
+            slots[i] = a.ctypes.data
+        if self.check:
+            self._run_checked(arrays, batch)
+        else:
+            self.step(batch, self.slots_address)
+        return [v.copy() for v in self._fetch_views(batch)]
+
+    def _run_checked(self, arrays: list[np.ndarray], batch: int) -> None:
+        values = {i: a for i, a in zip(self.inputs, arrays)}
+
+        def finite(buffer: int) -> bool:
+            v = values.get(buffer)
+            v = self.view(buffer, batch) if v is None else v
+            return v.dtype.kind != "f" or bool(np.all(np.isfinite(v)))
+
+        for kernel, fn in zip(self.lp.kernels, self.kernels):
+            inputs_finite = all(finite(ld.buffer) for ld in kernel.loads())
+            fn(batch, self.slots_address)
+            for s in kernel.stores:
+                if inputs_finite and not finite(s.buffer):
+                    raise NumericsError(f"{s.node} produced a non-finite value (kernel {kernel.name}, created at "
+                                        f"{s.source})")
+
+    def artifacts(self) -> dict[str, str]:
+        return {"loopir.txt": self.lp.to_text(), "module.ll": self.ir_text,
+                "module.s": self.compiler.assembly(self.ir_text)}

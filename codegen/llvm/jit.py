@@ -1,0 +1,71 @@
+"""LLVM IR text -> optimized object code for the host CPU -> callable addresses.
+
+The target machine uses the host's CPU name and feature string read at run time. These CPUs tune
+for 256-bit vectors; with `wide=True` (the default where AVX-512 exists) the feature string gets
+`-prefer-256-bit` so the loop vectorizer emits zmm registers: benchmarks/step_bench.py measures
+both. Objects are loaded into an MCJIT engine (libm symbols such as log1pf resolve from the
+process), so a cached object needs no linker.
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+
+from .target import TargetInfo
+
+
+def host_target(wide: bool | None = None) -> TargetInfo:
+    """The host CPU; `wide`: vectorize with 512-bit registers (default: when AVX-512 is present)."""
+    host = TargetInfo.host()
+    if wide is None:
+        wide = host.vector_bits >= 512
+    if wide and host.vector_bits >= 512:
+        return TargetInfo(host.cpu, host.features + ",-prefer-256-bit", host.vector_bits, host.has_fma,
+                          host.vector_registers)
+    return host
+
+
+class Compiler:
+    """Parses, optimizes and emits one module at a fixed optimization level."""
+
+    def __init__(self, target: TargetInfo, opt: int = 3):
+        self.target, self.opt = target, opt
+        self.tm = target.target_machine(opt=opt)
+
+    @property
+    def triple(self) -> str:
+        return self.tm.triple
+
+    @property
+    def data_layout(self) -> str:
+        return str(self.tm.target_data)
+
+    def optimize(self, text: str) -> llvm.ModuleRef:
+        module = llvm.parse_assembly(text)
+        module.verify()
+        pto = llvm.create_pipeline_tuning_options(speed_level=self.opt)
+        pto.loop_vectorization = self.opt >= 2
+        pto.slp_vectorization = self.opt >= 2
+        pb = llvm.create_pass_builder(self.tm, pto)
+        pb.getModulePassManager().run(module, pb)
+        return module
+
+    def object_code(self, text: str) -> bytes:
+        return self.tm.emit_object(self.optimize(text))
+
+    def assembly(self, text: str) -> str:
+        return self.tm.emit_assembly(self.optimize(text))
+
+
+class Library:
+    """An object file loaded for execution; keep it alive while its addresses are in use."""
+
+    def __init__(self, compiler: Compiler, obj: bytes):
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), compiler.tm)
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self.engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        address = self.engine.get_function_address(name)
+        if not address:
+            raise RuntimeError(f"symbol {name} missing from the compiled object")
+        return address

@@ -1,0 +1,309 @@
+"""Loop IR -> LLVM IR (text), one function per kernel plus the entry point.
+
+    void graphnet_step(i64 N, ptr buffers)   calls every kernel in order
+    void k<i>_<ops>(i64 N, ptr buffers)        one kernel (check_numerics runs them one by one)
+
+Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
+memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
+to LLVM instructions or intrinsics through the tables below. Fast-math is limited to `reassoc` and
+`contract` on the accumulation of reductions and matmuls (summation order, fused multiply-add):
+results differ from the numpy reference by rounding only, and NaN/Inf flow through as data.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType()
+REDUCE_FLAGS = ("reassoc", "contract")
+
+_FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
+_INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor_"}
+_FLOAT_INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "abs": "llvm.fabs",
+                    "tanh": "llvm.tanh", "max": "llvm.maximum", "min": "llvm.minimum", "pow": "llvm.pow"}
+_LIBM = {"log1p": ("log1pf", "log1p")}
+_FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
+_ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def value_type(dtype: np.dtype) -> ir.Type:
+    if dtype == np.float32:
+        return ir.FloatType()
+    if dtype == np.float64:
+        return ir.DoubleType()
+    if dtype.kind == "b":
+        return I1
+    return ir.IntType(dtype.itemsize * 8)
+
+
+def storage_type(dtype: np.dtype) -> ir.Type:
+    return I8 if dtype.kind == "b" else value_type(dtype)
+
+
+class Renderer:
+    def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = ""):
+        self.lp = lp
+        self.module = ir.Module("graphnet")
+        self.module.triple, self.module.data_layout = triple, datalayout
+        self._functions: dict[str, ir.Function] = {}
+
+    def render(self) -> str:
+        """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
+        names = [self._kernel(k) for k in self.lp.kernels]
+        step = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), "graphnet_step")
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        for name in names:
+            b.call(self.module.get_global(name), step.args)
+        b.ret_void()
+        text = str(self.module)
+        for k in self.lp.kernels:
+            comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
+            text = text.replace(f'define internal void @"{k.name}_body"', comment + f'define internal void @"{k.name}_body"', 1)
+        return text
+
+    # ---- declarations -------------------------------------------------------------------
+    def _declare(self, name: str, ret: ir.Type, args: list) -> ir.Function:
+        fn = self._functions.get(name)
+        if fn is None:
+            fn = self._functions[name] = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return fn
+
+    def _intrinsic(self, base: str, t: ir.Type, arity: int) -> ir.Function:
+        suffix = "f32" if isinstance(t, ir.FloatType) else "f64"
+        return self._declare(f"{base}.{suffix}", t, [t] * arity)
+
+    # ---- kernels ------------------------------------------------------------------------
+    def _kernel(self, k: Kernel) -> str:
+        used = sorted({s.buffer for s in k.stores} | {ld.buffer for ld in k.loads()} |
+                      ({k.reduce.scratch} if k.reduce is not None and k.reduce.scratch is not None else set()))
+        body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(used)), f"{k.name}_body")
+        body.linkage = "internal"
+        body.args[0].name = "N"
+        for arg, buf in zip(body.args[1:], used):
+            arg.name = f"b{buf}"
+            arg.add_attribute("noalias")
+        outer = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), k.name)
+        b = ir.IRBuilder(outer.append_basic_block("entry"))
+        ptrs = [b.load(b.gep(outer.args[1], [ir.Constant(I64, buf)], source_etype=PTR), name=f"b{buf}", typ=PTR)
+                for buf in used]
+        b.call(body, [outer.args[0]] + ptrs)
+        b.ret_void()
+        _KernelEmitter(self, k, body, dict(zip(used, body.args[1:]))).emit()
+        return k.name
+
+
+class _KernelEmitter:
+    def __init__(self, r: Renderer, k: Kernel, fn: ir.Function, ptrs: dict):
+        self.r, self.k, self.fn, self.ptrs = r, k, fn, ptrs
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.N = fn.args[0]
+        self.vars: dict[int, ir.Value] = {}
+        self.acc: ir.Value | None = None
+
+    def extent(self, var: int) -> ir.Value:
+        d = self.k.domain[var]
+        return self.N if d is None else ir.Constant(I64, d)
+
+    def loop(self, var: int, body) -> None:
+        b = self.b
+        pre = b.block
+        head = self.fn.append_basic_block(f"v{var}")
+        inner = self.fn.append_basic_block(f"v{var}.body")
+        done = self.fn.append_basic_block(f"v{var}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=f"v{var}")
+        i.add_incoming(ir.Constant(I64, 0), pre)
+        b.cbranch(b.icmp_signed("<", i, self.extent(var)), inner, done)
+        b.position_at_end(inner)
+        self.vars[var] = i
+        body()
+        i.add_incoming(b.add(i, ir.Constant(I64, 1), flags=["nuw", "nsw"]), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def nest(self, variables, body) -> None:
+        if not variables:
+            body()
+        else:
+            self.loop(variables[0], lambda: self.nest(variables[1:], body))
+
+    def offset(self, aff) -> ir.Value:
+        terms = []
+        for var, coef, nexp in aff.terms:
+            term = self.vars[var]
+            if coef != 1:
+                term = self.b.mul(term, ir.Constant(I64, coef), flags=["nsw"])
+            for _ in range(nexp):
+                term = self.b.mul(term, self.N, flags=["nsw"])
+            terms.append(term)
+        if not terms:
+            return ir.Constant(I64, 0)
+        total = terms[0]
+        for term in terms[1:]:
+            total = self.b.add(total, term, flags=["nsw"])
+        return total
+
+    def element(self, buffer: int, offset: ir.Value, dtype: np.dtype) -> ir.Value:
+        return self.b.gep(self.ptrs[buffer], [offset], inbounds=True, source_etype=storage_type(dtype))
+
+    # ---- the kernel body ----------------------------------------------------------------
+    def emit(self) -> None:
+        k, b = self.k, self.b
+        red = k.reduce
+        if red is None:
+            self.nest(list(k.order), self.stores)
+        elif red.scratch is None:
+            slot = b.alloca(value_type(red.value.dtype), name="acc")
+            kept = [v for v in k.order if v not in red.axes]
+
+            def reduce_into_register():
+                b.store(self.identity(red), slot)
+                self.nest(list(red.axes), lambda: b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot))
+                self.acc = b.load(slot, typ=slot.allocated_type)
+                self.stores()
+            self.nest(kept, reduce_into_register)
+        else:
+            inner = k.order[-1]
+            outer = [v for v in k.order[:-1] if v not in red.axes]
+            dtype = red.value.dtype
+
+            def cell():
+                return self.element(red.scratch, self.vars[inner], dtype)
+
+            def reduce_into_row():
+                self.loop(inner, lambda: b.store(self.identity(red), cell()))
+                self.nest(list(red.axes) + [inner],
+                          lambda: b.store(self.combine(red, b.load(cell(), typ=value_type(dtype)),
+                                                     self.expr_root(red.value)), cell()))
+
+                def finish():
+                    self.acc = b.load(cell(), typ=value_type(dtype))
+                    self.stores()
+                self.loop(inner, finish)
+            self.nest(outer, reduce_into_row)
+        b.ret_void()
+
+    def identity(self, red) -> ir.Value:
+        t = value_type(red.value.dtype)
+        if red.op == "sum":
+            return ir.Constant(t, 0.0 if red.value.dtype.kind == "f" else 0)
+        if red.value.dtype.kind == "f":
+            return ir.Constant(t, float("-inf"))
+        info = np.iinfo(red.value.dtype)
+        return ir.Constant(t, int(info.min))
+
+    def combine(self, red, acc: ir.Value, x: ir.Value) -> ir.Value:
+        b, dtype = self.b, red.value.dtype
+        if red.op == "sum":
+            return b.fadd(acc, x, flags=REDUCE_FLAGS) if dtype.kind == "f" else b.add(acc, x)
+        if dtype.kind == "f":
+            return b.call(self.r._intrinsic("llvm.maximum", acc.type, 2), [acc, x])
+        return b.select(b.icmp_signed(">", x, acc) if dtype.kind == "i" else b.icmp_unsigned(">", x, acc), x, acc)
+
+    def expr_root(self, e: Expr) -> ir.Value:
+        memo: dict = {}
+        if isinstance(e, Op) and e.name == "mul" and self.k.reduce is not None and self.k.reduce.contraction \
+                and e.dtype.kind == "f":
+            a, c = (self.expr(x, memo) for x in e.args)
+            return self.b.fmul(a, c, flags=("contract",))
+        return self.expr(e, memo)
+
+    def stores(self) -> None:
+        memo: dict = {}
+        values = [(s, self.expr(s.value, memo)) for s in self.k.stores]
+        for s, v in values:
+            if s.value.dtype.kind == "b":
+                v = self.b.zext(v, I8)
+            self.b.store(v, self.element(s.buffer, self.offset(s.offset), s.value.dtype))
+
+    # ---- scalar expressions -------------------------------------------------------------
+    def expr(self, e: Expr, memo: dict) -> ir.Value:
+        key = e
+        if key in memo:
+            return memo[key]
+        b = self.b
+        if isinstance(e, Const):
+            t = value_type(e.dtype)
+            v = ir.Constant(t, float(e.value) if e.dtype.kind == "f" else int(e.value) & ((1 << t.width) - 1)
+                            if isinstance(t, ir.IntType) else e.value)
+        elif isinstance(e, Load):
+            v = b.load(self.element(e.buffer, self.offset(e.offset), e.dtype), typ=storage_type(e.dtype))
+            if e.dtype.kind == "b":
+                v = b.trunc(v, I1)
+        elif isinstance(e, Index):
+            v = b.trunc(self.offset(e.offset), I32)
+        elif isinstance(e, Size):
+            v = self.convert(self.N, np.dtype(np.int64), e.dtype)
+        elif isinstance(e, Acc):
+            v = self.acc
+        else:
+            v = self.op(e, [self.expr(a, memo) for a in e.args])
+        memo[key] = v
+        return v
+
+    def op(self, e: Op, args: list) -> ir.Value:
+        b, name, t = self.b, e.name, e.dtype
+        src = e.args[0].dtype
+        if name == "cast":
+            return self.convert(args[0], src, t)
+        if name == "select":
+            return b.select(args[0], args[1], args[2])
+        if src.kind == "f":
+            if name in _FLOAT_BINARY:
+                return getattr(b, _FLOAT_BINARY[name])(*args)
+            if name == "neg":
+                return b.fneg(args[0])
+            if name in _FLOAT_INTRINSIC:
+                return b.call(self.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)), args)
+            if name in _LIBM:
+                f32, f64 = _LIBM[name]
+                fn = self.r._declare(f32 if src == np.float32 else f64, args[0].type, [args[0].type])
+                return b.call(fn, args)
+            if name in _FCMP:
+                return b.fcmp_ordered(_FCMP[name], *args)
+            if name == "ne":
+                return b.fcmp_unordered("!=", *args)
+        else:
+            signed = src.kind == "i"
+            if src.kind == "b" and name in ("eq", "ne"):
+                return b.icmp_unsigned(_ICMP[name], *args)
+            if name in _INT_BINARY:
+                return getattr(b, _INT_BINARY[name])(*args)
+            if name in _ICMP:
+                return (b.icmp_signed if signed else b.icmp_unsigned)(_ICMP[name], *args)
+            if name == "neg":
+                return b.neg(args[0])
+            if name == "div":
+                return (b.sdiv if signed else b.udiv)(*args)
+            if name == "shr":
+                return (b.ashr if signed else b.lshr)(*args)
+            if name in ("max", "min"):
+                op = {"max": ">", "min": "<"}[name]
+                return b.select((b.icmp_signed if signed else b.icmp_unsigned)(op, *args), *args)
+            if name == "abs":
+                return b.select(b.icmp_signed("<", args[0], ir.Constant(args[0].type, 0)), b.neg(args[0]), args[0]) \
+                    if signed else args[0]
+        raise NotImplementedError(f"scalar instruction {name} on {src} has no LLVM lowering")
+
+    def convert(self, v: ir.Value, src: np.dtype, dst: np.dtype) -> ir.Value:
+        b, t = self.b, value_type(dst)
+        if src == dst:
+            return v
+        if dst.kind == "b":
+            return b.fcmp_unordered("!=", v, ir.Constant(v.type, 0.0)) if src.kind == "f" else \
+                b.icmp_unsigned("!=", v, ir.Constant(v.type, 0))
+        if src.kind == "f" and dst.kind == "f":
+            return b.fpext(v, t) if dst.itemsize > src.itemsize else b.fptrunc(v, t)
+        if src.kind == "f":
+            return b.fptosi(v, t) if dst.kind == "i" else b.fptoui(v, t)
+        if dst.kind == "f":
+            return b.sitofp(v, t) if src.kind == "i" else b.uitofp(v, t)
+        if dst.itemsize > src.itemsize:
+            return b.sext(v, t) if src.kind == "i" else b.zext(v, t)
+        if dst.itemsize < src.itemsize:
+            return b.trunc(v, t)
+        return v

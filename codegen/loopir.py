@@ -1,0 +1,247 @@
+"""The loop-level IR every native backend renders (LLVM here; OpenCL renders the same objects).
+
+A `LoopProgram` is a list of buffers and a list of kernels run in order.
+
+Buffers (`Buffer.kind`): "input" (a feed), "variable" (a parameter or optimizer state: the
+persistent `Variable.array`, written in place), "constant" (a read-only array), "temp" (an
+intermediate in the arena). Every buffer is dense, row-major, of a static shape in which `None`
+is the runtime batch size N.
+
+A kernel is one loop nest over `domain` (extents, `None` = N); loop variable `v<d>` runs over
+dimension d. Each `Store` writes `value` at `offset` (an `Affine`: sum of var * stride, a stride
+being `coef * N**nexp`) of one buffer. Values are scalar expression trees:
+
+  Const(value, dtype)        Load(buffer, offset, dtype)    Size(dtype): N as a number
+  Index(offset): uint32 flat index (dropout's counter)      Acc(dtype): the kernel's reduction result
+  Op(name, args, dtype)      name is one of graphnet.ops.scalar.SCALAR_INSTRUCTIONS
+
+A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` ("sum" or "max") over the
+vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
+such a kernel over (M, N, K) summing A[i, k] * B[k, j]; `reduce.contraction` names the two loads so
+a renderer may call a GEMM instead. Stores of one kernel happen after all of its values for that
+element are computed, so a kernel may read and rewrite a buffer at the same element (in-place
+optimizer updates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from graphnet.graph import shape_str
+
+Term = tuple  # (var, coef, nexp): var * coef * N**nexp
+
+
+@dataclass(frozen=True)
+class Affine:
+    terms: tuple = ()
+
+    def __str__(self) -> str:
+        parts = []
+        for var, coef, nexp in self.terms:
+            factor = "*".join(([str(coef)] if coef != 1 else []) + (["N"] if nexp else []))
+            parts.append(f"v{var}" + (f"*{factor}" if factor else ""))
+        return " + ".join(parts) or "0"
+
+    def stride(self, var: int) -> tuple[int, int]:
+        for v, coef, nexp in self.terms:
+            if v == var:
+                return coef, nexp
+        return 0, 0
+
+
+def affine(forms: tuple, shape: tuple) -> Affine:
+    """The row-major offset of the element whose coordinate d is loop var forms[d] (None: 0)."""
+    terms, coef, nexp = [], 1, 0
+    for form, dim in zip(reversed(forms), reversed(shape)):
+        if form is not None and dim != 1:
+            terms.append((form, coef, nexp))
+        if dim is None:
+            nexp += 1
+        else:
+            coef *= dim
+    return Affine(tuple(sorted(terms)))
+
+
+@dataclass(frozen=True)
+class Buffer:
+    id: int
+    name: str
+    kind: str  # input | variable | constant | temp
+    shape: tuple
+    dtype: np.dtype
+
+    def elements(self, batch: int) -> int:
+        return int(np.prod([batch if d is None else d for d in self.shape], dtype=np.int64))
+
+    def __str__(self) -> str:
+        return f"b{self.id} {self.kind} {self.name}: {self.dtype} {shape_str(self.shape)}"
+
+
+class Expr:
+    """Base of the scalar expression nodes (immutable; structurally equal nodes compare equal)."""
+
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: Any
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"{self.value!r}:{self.dtype}"
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    buffer: int
+    offset: Affine
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"b{self.buffer}[{self.offset}]"
+
+
+@dataclass(frozen=True)
+class Index(Expr):
+    offset: Affine
+    dtype: np.dtype = np.dtype(np.uint32)
+
+    def __str__(self) -> str:
+        return f"index({self.offset})"
+
+
+@dataclass(frozen=True)
+class Size(Expr):
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"N:{self.dtype}"
+
+
+@dataclass(frozen=True)
+class Acc(Expr):
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return "acc"
+
+
+@dataclass(frozen=True)
+class Op(Expr):
+    name: str
+    args: tuple
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        extra = f":{self.dtype}" if self.name == "cast" else ""
+        return f"{self.name}{extra}(" + ", ".join(str(a) for a in self.args) + ")"
+
+
+def walk(expr: Expr):
+    """Every node of an expression tree (with repeats), parents first."""
+    yield expr
+    if isinstance(expr, Op):
+        for a in expr.args:
+            yield from walk(a)
+
+
+@dataclass
+class Store:
+    buffer: int
+    offset: Affine
+    value: Expr
+    node: str  # the graph node computed here, for comments and error messages
+    source: str  # the user's file:line that created it
+
+
+@dataclass
+class Reduce:
+    op: str  # sum | max
+    axes: tuple  # the loop vars reduced over
+    value: Expr
+    contraction: Optional[tuple] = None  # (Load a, Load b) when value is a * b (a matmul)
+    scratch: Optional[int] = None  # a row of accumulators over the innermost (kept) var, when set
+
+
+@dataclass
+class Kernel:
+    name: str
+    domain: tuple
+    stores: list
+    reduce: Optional[Reduce] = None
+    order: tuple = ()  # loop vars outermost first (reduced vars inside the kept ones, but a scratch
+    #                    row's var innermost)
+
+    def loads(self) -> list[Load]:
+        exprs = [s.value for s in self.stores] + ([self.reduce.value] if self.reduce else [])
+        return [e for x in exprs for e in walk(x) if isinstance(e, Load)]
+
+    def to_text(self) -> str:
+        head = f"kernel {self.name} over " + " x ".join(f"v{d}<{'N' if n is None else n}"
+                                                         for d, n in enumerate(self.domain))
+        lines = [head + ("" if self.domain else "()") + "  order " + ",".join(f"v{v}" for v in self.order)]
+        if self.reduce:
+            kind = "matmul " if self.reduce.contraction else ""
+            row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""
+            lines.append(f"  acc = {kind}{self.reduce.op} over "
+                         f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {self.reduce.value}")
+        for s in self.stores:
+            lines.append(f"  b{s.buffer}[{s.offset}] = {s.value}    # {s.node} at {s.source}")
+        return "\n".join(lines)
+
+
+@dataclass
+class LoopProgram:
+    buffers: list
+    kernels: list
+    fetches: list = field(default_factory=list)  # buffer ids holding each fetch after the call
+    inputs: list = field(default_factory=list)  # buffer ids of the feeds, in sorted-name order
+    storage: dict = field(default_factory=dict)  # variable/constant buffer id -> its numpy array
+
+    def to_text(self) -> str:
+        lines = [str(b) for b in self.buffers]
+        lines += ["", "fetch " + ", ".join(f"b{f}" for f in self.fetches), ""]
+        lines += [k.to_text() for k in self.kernels]
+        return "\n".join(lines) + "\n"
+
+
+class ExprBuilder:
+    """The builder `s` handed to each op's `scalar(s, ...)`: it returns expression nodes.
+
+    Python numbers take the other operand's dtype; `index()` is the flat index of the element
+    of the node being lowered (`index` is its Affine).
+    """
+
+    def __init__(self, index: Affine):
+        self._index = index
+
+    @staticmethod
+    def _coerce(a: Any, like: Expr) -> Expr:
+        return a if isinstance(a, Expr) else Const(np.asarray(a).astype(like.dtype).item(), like.dtype)
+
+    def _bin(self, name: str, a: Any, b: Any, dtype: Any = None) -> Op:
+        like = a if isinstance(a, Expr) else b
+        a, b = self._coerce(a, like), self._coerce(b, like)
+        return Op(name, (a, b), np.dtype(dtype) if dtype is not None else a.dtype)
+
+    def const(self, value, dtype): return Const(np.asarray(value).astype(dtype).item(), np.dtype(dtype))
+    def index(self): return Index(self._index)
+    def cast(self, x, dtype): return x if x.dtype == np.dtype(dtype) else Op("cast", (x,), np.dtype(dtype))
+
+    def select(self, c, a, b):
+        like = a if isinstance(a, Expr) else b
+        return Op("select", (c, self._coerce(a, like), self._coerce(b, like)), like.dtype)
+
+    def shr(self, a, bits): return Op("shr", (a, Const(int(bits), a.dtype)), a.dtype)
+
+
+for _name in ("add", "sub", "mul", "div", "max", "min", "pow", "xor"):
+    setattr(ExprBuilder, _name, (lambda n: lambda self, a, b: self._bin(n, a, b))(_name))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(ExprBuilder, _name, (lambda n: lambda self, a, b: self._bin(n, a, b, bool))(_name))
+for _name in ("neg", "exp", "log", "log1p", "sqrt", "abs", "tanh"):
+    setattr(ExprBuilder, _name, (lambda n: lambda self, x: Op(n, (x,), x.dtype))(_name))
