@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph import Node
+from ..graph import Node, shape_str
+from ..source import user_location
 from .base import REGISTRY, Example, Op, apply, constant, graph_of, normalize_axes, promote  # noqa: F401
 from .sources import batch_size, placeholder, variable  # noqa: F401
 from . import elementwise, linalg, movement, nn, reduce  # noqa: F401,E402  (registers the ops)
@@ -80,13 +81,16 @@ def broadcast_to(x: Any, shape: Sequence[int | None]) -> Node:
     return x if x.shape == shape else apply("broadcast_to", [x], shape=shape)
 
 
+def _axes(name: str, axis: Any, x: Node) -> tuple[int, ...]:
+    try:
+        return normalize_axes(axis, x.ndim)
+    except ShapeError as e:
+        raise ShapeError(f"{name}: {e} of {shape_str(x.shape)} (at {user_location()})") from None
+
+
 def _reduce(name: str, x: Any, axis: Any, keepdims: bool) -> Node:
     (x,) = promote([x])
-    try:
-        axes = normalize_axes(axis, x.ndim)
-    except ShapeError as e:
-        raise ShapeError(f"{name}: {e}") from None
-    return apply(name, [x], axes=axes, keepdims=bool(keepdims))
+    return apply(name, [x], axes=_axes(name, axis, x), keepdims=bool(keepdims))
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
@@ -100,7 +104,7 @@ def max(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     """Sum divided by the element count (the runtime batch size included where reduced)."""
     (x,) = promote([x])
-    axes = normalize_axes(axis, x.ndim)
+    axes = _axes("mean", axis, x)
     count = math.prod(x.shape[a] for a in axes if x.shape[a] is not None)
     total = sum(x, axes, keepdims) * (1.0 / count)
     return total / batch_size(x) if builtins.any(x.shape[a] is None for a in axes) else total
@@ -119,12 +123,12 @@ def sum_to(x: Node, shape: tuple) -> Node:
 
 def softmax(x: Any, axis: int = -1) -> Node:
     (x,) = promote([x])
-    return apply("softmax", [x], axis=normalize_axes(axis, x.ndim)[0])
+    return apply("softmax", [x], axis=_axes("softmax", axis, x)[0])
 
 
 def log_softmax(x: Any, axis: int = -1) -> Node:
     (x,) = promote([x])
-    return apply("log_softmax", [x], axis=normalize_axes(axis, x.ndim)[0])
+    return apply("log_softmax", [x], axis=_axes("log_softmax", axis, x)[0])
 
 
 def one_hot(labels: Any, depth: int, dtype: Any = np.float32) -> Node:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Constant, Graph, Node, get_default_graph, shape_str
+from ..source import user_location
 
 REGISTRY: dict[str, "Op"] = {}
 
@@ -84,7 +85,7 @@ def constant(value: Any, dtype: Any = None, graph: Graph | None = None) -> Node:
     if arr.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray):
         arr = arr.astype(np.float32)  # Python floats default to float32, as everywhere in graphnet
     if arr.dtype.kind not in "fiub":
-        raise TypeError(f"cannot make a constant of dtype {arr.dtype}")
+        raise TypeError(f"cannot make a constant of dtype {arr.dtype} (at {user_location()})")
     return (graph or get_default_graph()).apply(REGISTRY["constant"], (), {"value": Constant(arr)})
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Graph, Node, Variable, get_default_graph
+from ..source import user_location
 from .base import Op, register
 
 
@@ -66,7 +67,7 @@ def placeholder(name: str, shape: tuple, dtype: Any = np.float32, graph: Graph |
         raise ValueError(f"a placeholder named '{name}' already exists (created at {graph.placeholders[name].source})")
     dtype = np.dtype(dtype)
     if dtype.kind not in "fiub":
-        raise TypeError(f"placeholder '{name}': unsupported dtype {dtype}")
+        raise TypeError(f"placeholder '{name}': unsupported dtype {dtype} (at {user_location()})")
     node = graph.apply(_PLACEHOLDER, (), {"name": name, "shape": shape, "dtype": dtype})
     graph.placeholders[name] = node
     return node
@@ -80,7 +81,7 @@ def variable(name: str, initial_value: Any, trainable: bool = True, dtype: Any =
     if dtype is None and arr.dtype == np.float64 and not isinstance(initial_value, np.ndarray):
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"variable '{name}': unsupported dtype {arr.dtype}")
+        raise TypeError(f"variable '{name}': unsupported dtype {arr.dtype} (at {user_location()})")
     if name in graph.variables:
         raise ValueError(f"a variable named '{name}' already exists (created at {graph.variables[name].source})")
     node = graph.apply(_VARIABLE, (), {"name": name, "var": Variable(name, arr, trainable)})
