@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
-    model, probability = demo.train(backend=args.backend, epochs=args.epochs, verbose=1)
+    probability = demo.train(backend=args.backend, epochs=args.epochs, verbose=1).probability
     lectures, hours = demo.STUDENT[0]
     print(f"A student who attends {lectures:g} lectures and spends {hours:g} hours on the final project "
           f"passes with probability {probability:.2f}: {'likely to pass' if probability >= 0.5 else 'at risk'}.")

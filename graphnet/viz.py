@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Iterable, Mapping
 
 from .function import Function
-from .graph import Graph, Node, shape_str
+from .graph import Graph, Node, ancestors, shape_str
 from .program import Program
 
 COLOURS = {"input": "#eeeeee", "forward": "#cfe2ff", "backward": "#ffd8a8", "update": "#c3f0c8"}
@@ -47,7 +47,7 @@ def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Map
              '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, labelloc=b, newrank=true];',
              '  node [style="filled,rounded", shape=box, fontname="Helvetica", fontsize=10, penwidth=0.8];',
              '  edge [fontname="Helvetica", fontsize=8, fontcolor="#555555", color="#777777", arrowsize=0.6];',
-             *_legend(title, {kinds[n] for n in nodes})]
+             *_legend(title, {kinds[n] for n in nodes}, bool(program.updates))]
     clusters: dict[str, list[Node]] = {}
     for n in nodes:
         clusters.setdefault(groups.get(n, ""), []).append(n)
@@ -68,8 +68,8 @@ def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Map
                 lines.append(f"  {ids[x]} -> {ids[n]} [label={quote(label)}, tooltip={quote(label)}];")
     for var, value in program.updates:
         if value in ids:
-                lines.append(f'  {ids[value]} -> {ids[var]} [style=dashed, color="#2f9e44", label="update", '
-                         f'fontcolor="#2f9e44", constraint=false];')
+                lines.append(f'  {ids[value]} -> {ids[var]} [style=dashed, color="#2f9e4488", penwidth=0.7, '
+                         f'tooltip={quote("writes " + var.name)}, constraint=false];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -93,11 +93,13 @@ def as_program(obj: Any) -> Program:
 def classify(program: Program) -> dict[Node, str]:
     """Each node's role: "input" (leaves), "forward", "backward" or "update".
 
-    Forward nodes are those the fetches depend on; update nodes are the optimizer-fusion pass's
-    "update:" regions and the values written to variables; whatever else feeds an update is the
-    gradient computation.
+    Forward nodes are those the fetches depend on. Where an optimizer recorded the parameters'
+    gradients (`Program.gradients`), backward nodes are what those gradients are computed from and
+    the rest is the optimizer's update; otherwise update nodes are the "update:" fusion regions and
+    the values written to variables, and whatever else feeds an update counts as backward.
     """
     forward = set(Program(program.fetches).nodes())
+    backward = set(ancestors(list(program.gradients.values())))
     update = {n for n, region in program.regions.items() if region.startswith("update:")}
     update |= {value for _, value in program.updates if value not in forward}
     kinds = {}
@@ -106,7 +108,7 @@ def classify(program: Program) -> dict[Node, str]:
             kinds[n] = "input"
         elif n in forward:
             kinds[n] = "forward"
-        elif n in update:
+        elif n in update or (program.gradients and n not in backward):
             kinds[n] = "update"
         else:
             kinds[n] = "backward"
@@ -207,11 +209,14 @@ def _edge_label(x: Node) -> str:
     return shape_str(x.shape) + ("" if x.dtype.name == "float32" else f" {x.dtype.name}")
 
 
-def _legend(title: str | None, kinds: set[str]) -> list[str]:
-    """The graph label: the title over one coloured cell per kind present."""
+def _legend(title: str | None, kinds: set[str], writes: bool) -> list[str]:
+    """The graph label: the title over one coloured cell per kind present (and the update edges' style)."""
     rows = []
     if title:
-        rows.append(f'<tr><td colspan="{max(len(kinds), 1)}">{html.escape(title, quote=False)}</td></tr>')
+        rows.append(f'<tr><td colspan="{max(len(kinds) + writes, 1)}">{html.escape(title, quote=False)}</td></tr>')
     if kinds:
-        rows.append("<tr>" + "".join(f'<td bgcolor="{COLOURS[k]}"> {k} </td>' for k in COLOURS if k in kinds) + "</tr>")
+        cells = "".join(f'<td bgcolor="{COLOURS[k]}"> {k} </td>' for k in COLOURS if k in kinds)
+        if writes:
+            cells += '<td><font color="#2f9e44">- - -&gt; writes a variable</font></td>'
+        rows.append(f"<tr>{cells}</tr>")
     return [f'  label=<<table border="0" cellspacing="4">{"".join(rows)}</table>>;'] if rows else []
