@@ -64,26 +64,35 @@ class GemmSpec:
 @dataclass(frozen=True)
 class Blocking:
     """Register tile (mr x nr) and cache blocks (kc, mc, nc); nr is a multiple of the vector
-    width, mc of mr and nc of nr."""
+    width, mc of mr and nc of nr. Without `pack_a` (only for an untransposed A) the kernel
+    reads whole tiles of A in place and packs only the M edge."""
 
     mr: int
     nr: int
     kc: int
     mc: int
     nc: int
+    pack_a: bool = True
 
 
-def default_blocking(dtype: str, target: TargetInfo) -> Blocking:
-    """Tile sizes that keep MR x NR accumulators plus one row of B in the vector registers."""
-    w = target.lanes(dtype)
+def default_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
+    """Tile sizes that keep MR x NR accumulators plus one row of B in the vector registers.
+
+    A static N narrower than the usual tile gets fewer, taller vector columns.
+    """
+    w = target.lanes(spec.dtype)
     if target.vector_bits == 0:
-        mr, nr = 4, 4
-    elif target.vector_registers >= 32:
-        mr, nr = 6, 4 * w
+        mr, nv = 4, 4
     else:
-        mr, nr = 6, 2 * w
-    kc = 256 if dtype == "float32" else 128
-    return Blocking(mr=mr, nr=nr, kc=kc, mc=16 * mr, nc=4096 // nr * nr)
+        mr, nv = 6, (4 if target.vector_registers >= 32 else 2)
+    kc = 256 if spec.dtype == "float32" else 128
+    if spec.n is not None and 0 < spec.n < nv * w:
+        nv = -(-spec.n // w)
+        mr = min(14, (target.vector_registers - nv - 4) // nv)
+        kc *= 4  # B panels are narrow: longer K blocks amortise the (scalar) edge updates
+    nr = nv * w
+    return Blocking(mr=mr, nr=nr, kc=kc, mc=(96 // mr) * mr, nc=4096 // nr * nr,
+                    pack_a=spec.trans_a)
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -96,6 +105,8 @@ def _buffer_elements(spec: GemmSpec, blk: Blocking, max_m: int | None) -> tuple[
     nc = blk.nc if spec.n is None else min(blk.nc, _round_up(max(spec.n, 1), blk.nr))
     m = spec.m if spec.m is not None else max_m
     mc = blk.mc if m is None else min(blk.mc, _round_up(max(m, 1), blk.mr))
+    if not blk.pack_a:
+        mc = blk.mr
     return kc * nc, kc * mc
 
 
@@ -115,7 +126,7 @@ def workspace_bytes(spec: GemmSpec, target: TargetInfo, max_m: int | None,
     `max_m` bounds a runtime M (None: assume the full MC block). The workspace must be
     64-byte aligned.
     """
-    blk = blocking or default_blocking(spec.dtype, target)
+    blk = blocking or default_blocking(spec, target)
     _, a_elems = _buffer_elements(spec, blk, max_m)
     return _a_offset_bytes(spec, blk) + _round_up(a_elems * _itemsize(spec.dtype), 64)
 
@@ -129,9 +140,9 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
     the columns (rows) begin..end of C, so a thread pool can run slices concurrently, each with
     its own workspace. A, B and C must not overlap (the pointers are marked noalias).
     """
-    blk = blocking or default_blocking(spec.dtype, target)
+    blk = blocking or default_blocking(spec, target)
     w = target.lanes(spec.dtype)
-    if blk.nr % w or blk.mc % blk.mr or blk.nc % blk.nr:
+    if blk.nr % w or blk.mc % blk.mr or blk.nc % blk.nr or (spec.trans_a and not blk.pack_a):
         raise ValueError(f"blocking {blk} does not fit vector width {w}")
     params = [_I64] * 3 + [_PTR] * 4 + ([_I64] * 2 if partition else [])
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
@@ -256,14 +267,19 @@ class _GemmEmitter:
                 with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
                     mc = self.min(b.sub(m_hi, ic), blk.mc)
                     a_src = self.gep(a, b.add(self.mul(ic, a_sj), self.mul(pc, a_sk)))
-                    self.pack(a_pack, a_src, a_sk, a_sj, kc, mc, blk.mr, unit_j=spec.trans_a)
+                    if blk.pack_a:
+                        self.pack(a_pack, a_src, a_sk, a_sj, kc, mc, blk.mr, unit_j=spec.trans_a)
                     with self.loop(0, nc, blk.nr, "jr") as jr:
                         nr = self.min(b.sub(nc, jr), blk.nr)
                         bp = self.gep(b_pack, self.mul(jr, kc))
                         with self.loop(0, mc, blk.mr, "ir") as ir_:
                             mr = self.min(b.sub(mc, ir_), blk.mr)
-                            ap = self.gep(a_pack, self.mul(ir_, kc))
-                            acc = self.micro_kernel(kc, ap, bp)
+                            if blk.pack_a:
+                                acc = self.micro_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1),
+                                                        _c(blk.mr), bp)
+                            else:
+                                acc = self.unpacked_a_kernel(kc, self.gep(a_src, self.mul(ir_, k)), k,
+                                                             mr, a_pack, bp)
                             self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first, last)
         b.ret_void()
 
@@ -319,9 +335,9 @@ class _GemmEmitter:
                 for p, row in enumerate(rows):
                     self.store(row, self.gep(panel, self.add(self.mul(self.add(k0, p), width), j0)))
         with self.loop(k_vec, kc, 1, "ptk") as kk:
-            for j in range(width):
+            with self.loop(0, width, 1, "ptj") as j:
                 value = self.load(self.gep(src, b.add(self.mul(sj, j), kk)), self.t)
-                self.store(value, self.gep(panel, self.add(self.mul(kk, width), j)))
+                self.store(value, self.gep(panel, b.add(self.mul(kk, width), j)))
 
     def transpose(self, vectors: list[ir.Value]) -> list[ir.Value]:
         """Transpose a w x w block held in w vectors: log2(w) stages of 2x2 block swaps."""
@@ -341,12 +357,12 @@ class _GemmEmitter:
 
     def pack_columns(self, panel: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value,
                      kc: ir.Value, width: int) -> None:
-        """Full panel read one column at a time (contiguous in k when the operand is transposed)."""
-        for j in range(width):
+        """Full panel read one column at a time (scalar code: no vectors to transpose with)."""
+        with self.loop(0, width, 1, "pcj") as j:
             col = self.gep(src, self.mul(sj, j))
-            with self.loop(0, kc, 1, "pc") as kk:
+            with self.loop(0, kc, 1, "pck") as kk:
                 value = self.load(self.gep(col, self.mul(kk, sk)), self.t)
-                self.store(value, self.gep(panel, self.add(self.mul(kk, width), j)))
+                self.store(value, self.gep(panel, self.b.add(self.mul(kk, width), j)))
 
     def pack_edge(self, panel: ir.Value, src: ir.Value, sk: ir.Value, sj: ir.Value, kc: ir.Value,
                   width: int, valid: ir.Value) -> None:
@@ -356,15 +372,41 @@ class _GemmEmitter:
         with self.loop(0, kc, 1, "pe") as kk:
             row = self.gep(src, self.mul(kk, sk))
             out = self.gep(panel, self.mul(kk, width))
-            for j in range(width):
+            with self.loop(0, width, 1, "pej") as j:
                 jj = self.min(b.sub(valid, _c(1)), j)
                 value = self.load(self.gep(row, self.mul(jj, sj)), self.t)
-                self.store(b.select(self.less(_c(j), valid), value, zero), self.gep(out, j))
+                self.store(b.select(self.less(j, valid), value, zero), self.gep(out, j))
 
     # -- micro-kernel and C update ------------------------------------------------------------
 
-    def micro_kernel(self, kc: ir.Value, ap: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
-        """The MR x NR tile of accumulators summed over kc, as SSA values (phis) at loop exit."""
+    def unpacked_a_kernel(self, kc: ir.Value, a: ir.Value, lda: ir.Value, mr: ir.Value,
+                          a_pack: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
+        """Micro-kernel reading a whole MR-row tile of A in place; an M edge is packed first."""
+        b, blk = self.b, self.blk
+        results = []
+        with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
+            with then:
+                results.append((self.micro_kernel(kc, a, lda, _c(1), bp), b.block))
+            with otherwise:
+                self.pack_edge(a_pack, a, _c(1), lda, kc, blk.mr, mr)
+                results.append((self.micro_kernel(kc, a_pack, _c(1), _c(blk.mr), bp), b.block))
+        merged = []
+        for r in range(blk.mr):
+            row = []
+            for v in range(blk.nr // self.w):
+                phi = b.phi(self.vt)
+                for acc, block in results:
+                    phi.add_incoming(acc[r][v], block)
+                row.append(phi)
+            merged.append(row)
+        return merged
+
+    def micro_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value,
+                     bp: ir.Value) -> list[list[ir.Value]]:
+        """The MR x NR tile of accumulators summed over kc, as SSA values (phis) at loop exit.
+
+        A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR).
+        """
         b, blk, w = self.b, self.blk, self.w
         nv = blk.nr // w
         pre = b.block
@@ -382,11 +424,11 @@ class _GemmEmitter:
         b.cbranch(self.less(kk, kc), body, done)
         b.position_at_end(body)
         brow = self.gep(bp, self.mul(kk, blk.nr))
-        arow = self.gep(ap, self.mul(kk, blk.mr))
+        arow = self.gep(ap, self.mul(kk, a_k))
         bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
         new = []
         for r in range(blk.mr):
-            a = self.splat(self.load(self.gep(arow, r), self.t), self.vt)
+            a = self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt)
             new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
         kk.add_incoming(self.add(kk, 1), b.block)
         for phi, value in zip(_flat(acc), _flat(new)):

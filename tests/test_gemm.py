@@ -1,0 +1,241 @@
+"""The generated GEMM against a float64 numpy reference: every transpose combination, static
+and runtime extents, edge sizes, accumulate, epilogue fusion, partitions, and the AVX2 and
+scalar code paths (run on this host through target machines with those features)."""
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from codegen.llvm.gemm import Blocking, GemmSpec, default_blocking, emit_gemm, workspace_bytes
+from codegen.llvm.target import AVX2, SCALAR, TargetInfo
+
+HOST = TargetInfo.host()
+SSE = TargetInfo.from_features("x86-64", "+sse2")
+TARGETS = {"host": HOST, "avx2": AVX2, "sse": SSE, "scalar": SCALAR}
+SIZES = [(1, 1, 1), (3, 17, 5), (17, 3, 63), (65, 63, 129), (129, 65, 17), (2, 130, 300), (0, 5, 3), (4, 6, 0)]
+GUARD = 64  # elements after C and after the workspace that must stay untouched
+
+
+def small_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
+    """Tiny cache blocks so that small sizes run several K, M and N blocks."""
+    blk = default_blocking(spec, target)
+    return Blocking(mr=blk.mr, nr=blk.nr, kc=8, mc=2 * blk.mr, nc=2 * blk.nr, pack_a=blk.pack_a)
+
+
+class Jit:
+    """Compile a module with a target machine matching `target`, look up functions by name."""
+
+    def __init__(self, module: ir.Module, target: TargetInfo) -> None:
+        if target.vector_bits == 512 and target != HOST:
+            raise ValueError("only the host may use 512-bit vectors")
+        module.triple = llvm.get_process_triple()
+        parsed = llvm.parse_assembly(str(module))
+        parsed.verify()
+        self.engine = llvm.create_mcjit_compiler(parsed, target.target_machine(opt=3))
+        self.engine.finalize_object()
+
+    def function(self, name: str, extra: int = 0):
+        signature = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4,
+                                     *[ctypes.c_int64] * extra)
+        fn = signature(self.engine.get_function_address(name))
+        fn.jit = self  # the machine code lives as long as the engine
+        return fn
+
+
+def operands(spec: GemmSpec, m: int, n: int, k: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if spec.trans_a else (m, k)).astype(spec.dtype)
+    b = rng.standard_normal((n, k) if spec.trans_b else (k, n)).astype(spec.dtype)
+    c = np.full(m * n + GUARD, 7.0, spec.dtype)  # C followed by a guard
+    c[: m * n] = rng.standard_normal(m * n)
+    return a, b, c
+
+
+def reference(spec: GemmSpec, a: np.ndarray, b: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact-ish result and an error bound per element (float64)."""
+    op_a = (a.T if spec.trans_a else a).astype(np.float64)
+    op_b = (b.T if spec.trans_b else b).astype(np.float64)
+    ref = op_a @ op_b + (c0 if spec.accumulate else 0.0)
+    eps = np.finfo(spec.dtype).eps
+    bound = (op_a.shape[1] + 2) * eps * (np.abs(op_a) @ np.abs(op_b) + np.abs(c0))
+    return ref, bound + 1e-30
+
+
+def call_and_check(fn, spec: GemmSpec, target: TargetInfo, m: int, n: int, k: int, blocking=None,
+                   extra: tuple[int, ...] = (), max_m: int | None = None) -> np.ndarray:
+    a, b, c = operands(spec, m, n, k)
+    c0 = c[: m * n].reshape(m, n).astype(np.float64)
+    size = workspace_bytes(spec, target, max_m if max_m is not None else m, blocking)
+    ws = np.zeros(size // 8 + 8 + GUARD, np.float64)
+    base = (ws.ctypes.data + 63) // 64 * 64
+    fn(m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, base, *extra)
+    result = c[: m * n].reshape(m, n)
+    ref, bound = reference(spec, a, b, c0)
+    assert np.all(np.abs(result - ref) <= bound), f"max error {np.abs(result - ref).max()}"
+    assert np.all(c[m * n:] == 7.0), "wrote past C"
+    offset = (base - ws.ctypes.data) // 8 + -(-size // 8)
+    assert not ws[offset:].any(), "wrote past the workspace"
+    return result
+
+
+def runtime_specs(dtype: str) -> list[GemmSpec]:
+    return [GemmSpec(dtype, ta, tb, None, None, None, acc)
+            for ta, tb, acc in itertools.product([False, True], repeat=3)]
+
+
+@pytest.fixture(scope="module")
+def runtime_kernels():
+    """All transposes x accumulate x dtype, one module per target; small cache blocks everywhere
+    and the default blocking on the host too."""
+    compiled = {}
+    for label, target in TARGETS.items():
+        module = ir.Module(label)
+        entries = []
+        for dtype in ("float32", "float64"):
+            for i, spec in enumerate(runtime_specs(dtype)):
+                for blocked in ((False, True) if target == HOST else (True,)):
+                    blk = small_blocking(spec, target) if blocked else None
+                    name = f"g_{dtype}_{i}_{int(blocked)}"
+                    emit_gemm(module, name, spec, target, blocking=blk)
+                    entries.append((name, spec, blk))
+        jit = Jit(module, target)
+        compiled[label] = (jit, target, [(jit.function(name), spec, blk) for name, spec, blk in entries])
+    return compiled
+
+
+@pytest.mark.parametrize("label", list(TARGETS))
+def test_runtime_extents(runtime_kernels, label):
+    _, target, entries = runtime_kernels[label]
+    for fn, spec, blk in entries:
+        for m, n, k in SIZES:
+            call_and_check(fn, spec, target, m, n, k, blk, max_m=max(m, 130))
+
+
+def test_runtime_extents_with_small_max_m(runtime_kernels):
+    """workspace_bytes honours max_m: a workspace sized for M is enough for a call with M."""
+    _, target, entries = runtime_kernels["host"]
+    for fn, spec, blk in entries[:8]:
+        call_and_check(fn, spec, target, 5, 70, 40, blk)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_static_extents(dtype):
+    sizes = [(1, 1, 1), (6, 64, 8), (17, 10, 63), (63, 129, 65), (130, 3, 257), (7, 200, 1)]
+    module = ir.Module("static")
+    cases = []
+    for i, ((m, n, k), (ta, tb)) in enumerate(itertools.product(sizes, [(0, 0), (1, 0), (0, 1), (1, 1)])):
+        spec = GemmSpec(dtype, bool(ta), bool(tb), m, n, k, accumulate=(i + i // 4) % 2 == 1)
+        emit_gemm(module, f"s{i}", spec, HOST)
+        cases.append((f"s{i}", spec))
+    jit = Jit(module, HOST)
+    for name, spec in cases:
+        call_and_check(jit.function(name), spec, HOST, spec.m, spec.n, spec.k)
+
+
+def test_static_extents_ignore_arguments():
+    spec = GemmSpec("float32", False, False, 9, 33, 20, False)
+    module = ir.Module("ignore")
+    emit_gemm(module, "g", spec, HOST)
+    fn = Jit(module, HOST).function("g")
+    a, b, c = operands(spec, 9, 33, 20)
+    ws = np.zeros(workspace_bytes(spec, HOST, None) // 4 + 16, np.float32)
+    fn(1, 1, 1, a.ctypes.data, b.ctypes.data, c.ctypes.data, (ws.ctypes.data + 63) // 64 * 64)
+    np.testing.assert_allclose(c[: 9 * 33].reshape(9, 33), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def bias_relu(bias: np.ndarray, dtype: str):
+    """An epilogue adding bias[col:col+width] (pointer baked in) and applying relu."""
+    element = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+    address = bias.ctypes.data
+
+    def epilogue(builder: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value, width: int) -> ir.Value:
+        base = builder.inttoptr(ir.Constant(ir.IntType(64), address), ir.PointerType())
+        ptr = builder.gep(base, [col], inbounds=True, source_etype=element)
+        vt = ir.VectorType(element, width)
+        value = builder.fadd(acc, builder.load(ptr, typ=vt, align=bias.itemsize))
+        zero = ir.Constant(vt, None)
+        return builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+
+    return epilogue
+
+
+@pytest.mark.parametrize("label", ["host", "avx2", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_epilogue_bias_relu(label, dtype):
+    target = TARGETS[label]
+    shapes = [(65, 70, 33), (5, 3, 300), (24, 128, 16)]
+    bias = np.random.default_rng(1).standard_normal(200).astype(dtype)
+    module = ir.Module("epilogue")
+    cases = []
+    for i, ((m, n, k), (ta, tb), static) in enumerate(
+            itertools.product(shapes, [(False, False), (True, True)], [False, True])):
+        spec = GemmSpec(dtype, ta, tb, m if static else None, n if static else None, k if static else None, False)
+        blk = None if static else small_blocking(spec, target)
+        emit_gemm(module, f"e{i}", spec, target, bias_relu(bias, dtype), blocking=blk)
+        cases.append((f"e{i}", spec, blk, (m, n, k)))
+    jit = Jit(module, target)
+    for name, spec, blk, (m, n, k) in cases:
+        a, b, c = operands(spec, m, n, k)
+        ws = np.zeros(workspace_bytes(spec, target, m, blk) // 8 + 8, np.float64)
+        jit.function(name)(m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data,
+                           (ws.ctypes.data + 63) // 64 * 64)
+        ref, bound = reference(spec, a, b, np.zeros((m, n)))
+        expected = np.maximum(ref + bias[:n], 0.0)
+        assert np.all(np.abs(c[: m * n].reshape(m, n) - expected) <= bound + 4 * np.finfo(dtype).eps * np.abs(expected))
+
+
+def test_epilogue_with_accumulate_sees_the_full_sum():
+    spec = GemmSpec("float32", False, False, None, None, None, True)
+    bias = np.zeros(64, np.float32)
+    module = ir.Module("acc_epilogue")
+    emit_gemm(module, "g", spec, HOST, bias_relu(bias, "float32"), blocking=small_blocking(spec, HOST))
+    fn = Jit(module, HOST).function("g")
+    m, n, k = 13, 40, 30
+    a, b, c = operands(spec, m, n, k)
+    c0 = c[: m * n].reshape(m, n).astype(np.float64).copy()
+    ws = np.zeros(workspace_bytes(spec, HOST, m, small_blocking(spec, HOST)) // 8 + 8)
+    fn(m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, (ws.ctypes.data + 63) // 64 * 64)
+    np.testing.assert_allclose(c[: m * n].reshape(m, n), np.maximum(c0 + a.astype(np.float64) @ b, 0),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", ["m", "n"])
+def test_partitioned_slices_cover_the_result(axis):
+    module = ir.Module("partition")
+    specs = [GemmSpec("float32", ta, tb, None, 70, None, False) for ta, tb in [(False, False), (True, True)]]
+    for i, spec in enumerate(specs):
+        emit_gemm(module, f"p{i}", spec, HOST, partition=axis)
+    jit = Jit(module, HOST)
+    m, n, k = 45, 70, 33
+    extent = m if axis == "m" else n
+    for i, spec in enumerate(specs):
+        fn = jit.function(f"p{i}", extra=2)
+        a, b, c = operands(spec, m, n, k)
+        for begin, end in [(0, 7), (7, 30), (30, extent + 5)]:
+            ws = np.zeros(workspace_bytes(spec, HOST, m) // 8 + 8)
+            fn(m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, (ws.ctypes.data + 63) // 64 * 64, begin, end)
+        ref, bound = reference(spec, a, b, np.zeros((m, n)))
+        assert np.all(np.abs(c[: m * n].reshape(m, n) - ref) <= bound)
+
+
+def test_target_info_from_features():
+    assert TargetInfo.from_features("x", "+avx512f,+avx2,+fma").lanes("float32") == 16
+    avx2 = TargetInfo.from_features("x", "+avx2,-avx512f,+fma")
+    assert (avx2.lanes("float32"), avx2.lanes("float64"), avx2.has_fma) == (8, 4, True)
+    assert TargetInfo.from_features("x", "+sse2,-fma").lanes("float64") == 2
+    assert SCALAR.lanes("float32") == 1 and not SCALAR.has_fma
+    host = llvm.get_host_cpu_features().flatten()
+    assert HOST.has_fma == ("+fma" in host.split(","))
+
+
+def test_workspace_shrinks_with_static_extents():
+    target = HOST
+    small = GemmSpec("float32", True, True, 8, 16, 8, False)
+    large = GemmSpec("float32", True, True, None, None, None, False)
+    assert workspace_bytes(small, target, None) < 16 * 1024 < workspace_bytes(large, target, None)
+    assert workspace_bytes(small, target, None) % 64 == 0
