@@ -11,10 +11,12 @@ results differ from the numpy reference by rounding only, and NaN/Inf flow throu
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from llvmlite import ir
 
-from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size
+from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -27,6 +29,8 @@ _FLOAT_INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "
 _LIBM = {"log1p": ("log1pf", "log1p")}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "pow"}
+_SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 
 def value_type(dtype: np.dtype) -> ir.Type:
@@ -49,6 +53,7 @@ class Renderer:
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._functions: dict[str, ir.Function] = {}
+        self._loops = 0
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
@@ -62,7 +67,15 @@ class Renderer:
         for k in self.lp.kernels:
             comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
             text = text.replace(f'define internal void @"{k.name}_body"', comment + f'define internal void @"{k.name}_body"', 1)
-        return text
+        return _SCALAR_LOOP.sub(r"\1 = distinct !{\1, \2}", text)
+
+    def scalar_loop_id(self) -> ir.Value:
+        """Loop metadata keeping a loop scalar: vectorizing libm calls only scalarizes them again,
+        at a large cost in compile time. (Made `distinct` and self-referencing in the text.)"""
+        self._loops += 1
+        off = self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.enable"),
+                                        ir.Constant(I1, 0)])
+        return self.module.add_metadata([ir.MetaDataString(self.module, f"graphnet.scalar.{self._loops}"), off])
 
     # ---- declarations -------------------------------------------------------------------
     def _declare(self, name: str, ret: ir.Type, args: list) -> ir.Function:
@@ -86,6 +99,7 @@ class Renderer:
             arg.name = f"b{buf}"
             arg.add_attribute("noalias")
         outer = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), k.name)
+        outer.attributes.add("noinline")  # the entry point calls kernels; it does not copy them
         b = ir.IRBuilder(outer.append_basic_block("entry"))
         ptrs = [b.load(b.gep(outer.args[1], [ir.Constant(I64, buf)], source_etype=PTR), name=f"b{buf}", typ=PTR)
                 for buf in used]
@@ -107,7 +121,7 @@ class _KernelEmitter:
         d = self.k.domain[var]
         return self.N if d is None else ir.Constant(I64, d)
 
-    def loop(self, var: int, body) -> None:
+    def loop(self, var: int, body, scalar: bool = False) -> None:
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"v{var}")
@@ -122,14 +136,16 @@ class _KernelEmitter:
         self.vars[var] = i
         body()
         i.add_incoming(b.add(i, ir.Constant(I64, 1), flags=["nuw", "nsw"]), b.block)
-        b.branch(head)
+        latch = b.branch(head)
+        if scalar:
+            latch.set_metadata("llvm.loop", self.r.scalar_loop_id())
         b.position_at_end(done)
 
-    def nest(self, variables, body) -> None:
+    def nest(self, variables, body, scalar: bool = False) -> None:
         if not variables:
             body()
         else:
-            self.loop(variables[0], lambda: self.nest(variables[1:], body))
+            self.loop(variables[0], lambda: self.nest(variables[1:], body, scalar), scalar)
 
     def offset(self, aff) -> ir.Value:
         terms = []
@@ -154,18 +170,21 @@ class _KernelEmitter:
     def emit(self) -> None:
         k, b = self.k, self.b
         red = k.reduce
+        slow_value = red is not None and _transcendental(red.value)
+        slow_stores = any(_transcendental(s.value) for s in k.stores)
         if red is None:
-            self.nest(list(k.order), self.stores)
+            self.nest(list(k.order), self.stores, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
 
             def reduce_into_register():
                 b.store(self.identity(red), slot)
-                self.nest(list(red.axes), lambda: b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot))
+                self.nest(list(red.axes), lambda: b.store(self.combine(red, b.load(slot, typ=slot.allocated_type),
+                                                                      self.expr_root(red.value)), slot), slow_value)
                 self.acc = b.load(slot, typ=slot.allocated_type)
                 self.stores()
-            self.nest(kept, reduce_into_register)
+            self.nest(kept, reduce_into_register, slow_value or slow_stores)
         else:
             inner = k.order[-1]
             outer = [v for v in k.order[:-1] if v not in red.axes]
@@ -178,13 +197,13 @@ class _KernelEmitter:
                 self.loop(inner, lambda: b.store(self.identity(red), cell()))
                 self.nest(list(red.axes) + [inner],
                           lambda: b.store(self.combine(red, b.load(cell(), typ=value_type(dtype)),
-                                                     self.expr_root(red.value)), cell()))
+                                                     self.expr_root(red.value)), cell()), slow_value)
 
                 def finish():
                     self.acc = b.load(cell(), typ=value_type(dtype))
                     self.stores()
-                self.loop(inner, finish)
-            self.nest(outer, reduce_into_row)
+                self.loop(inner, finish, slow_stores)
+            self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
 
     def identity(self, red) -> ir.Value:
@@ -307,3 +326,7 @@ class _KernelEmitter:
         if dst.itemsize < src.itemsize:
             return b.trunc(v, t)
         return v
+
+
+def _transcendental(e: Expr) -> bool:
+    return any(isinstance(x, Op) and x.name in TRANSCENDENTAL for x in walk(e))
