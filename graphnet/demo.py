@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import callbacks, layers, optim
-from .model import History, Model
+from .callbacks import History
+from .model import Model
 from .random import set_seed
 
 STUDENT = np.array([[4.0, 5.0]], np.float32)  # 4 lectures attended, 5 hours on the final project
