@@ -138,7 +138,9 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
 
     With `partition="n"` (or "m") two more arguments `i64 begin, i64 end` restrict the call to
     the columns (rows) begin..end of C, so a thread pool can run slices concurrently, each with
-    its own workspace. A, B and C must not overlap (the pointers are marked noalias).
+    its own workspace. A, B and C must not overlap (the pointers are marked noalias); the
+    workspace holds `workspace_bytes(spec, target, max_m)` bytes for calls with M <= max_m.
+    The pointers are LLVM 22 opaque `ptr`s; T* in the signature says what they point to.
     """
     blk = blocking or default_blocking(spec, target)
     w = target.lanes(spec.dtype)
