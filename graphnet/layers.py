@@ -73,6 +73,7 @@ class Layer:
         self.name = name
         self.output: SymbolicTensor | None = None
         self.weights: dict[str, Node] = {}  # set by build: weight name -> variable node
+        self.owner: object | None = None  # the model this layer belongs to (layers are not shared)
 
     @property
     def kind(self) -> str:

@@ -63,18 +63,18 @@ class Model:
             if not isinstance(t.layer, InputLayer):
                 raise ValueError(f"model inputs must come from Input(...), got {t!r}")
         self.layers = _collect_layers(self.inputs, self.outputs)
-        _name_layers(self.layers)
         for layer in self.layers:
-            owner = getattr(layer, "_owner", None)
-            if owner is not None and owner is not self:
+            if layer.owner is not None:
                 raise ValueError(f"layer '{layer.name}' already belongs to another model; graphnet models do not "
                                  f"share layers")
-            layer._owner = self
+        _name_layers(self.layers)
+        for layer in self.layers:
+            layer.owner = self
         self.name = name or "model"
         self.seed = int(numpy_rng().integers(2 ** 31))  # keys the per-epoch shuffles, so resumed fits replay
         self.stop_training = False
         self.optimizer: Any = None
-        self.backend = "llvm"
+        self.backend = "llvm"  # compile(backend=...) sets it; predict on an uncompiled model uses it too
         self.history: History | None = None
         self._config: _CompileConfig | None = None
         self._built = self._instantiate()

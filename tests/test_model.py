@@ -295,6 +295,11 @@ def test_model_construction_errors():
         gn.Model(a, gn.layers.Add()([Dense(2)(a), Dense(2)(stray)]))
     with pytest.raises(ValueError, match="Input"):
         gn.Sequential([Dense(2)])
+    inputs = Input((2,))
+    hidden = Dense(2)(inputs)
+    gn.Model(inputs, Dense(1)(hidden))
+    with pytest.raises(ValueError, match="already belongs to another model"):
+        gn.Model(inputs, hidden)
     x = Input((2,))
     with pytest.raises(ValueError, match="unique"):
         gn.Model(x, Dense(1, name="d")(Dense(2, name="d")(x)))
