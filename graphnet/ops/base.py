@@ -86,7 +86,7 @@ def constant(value: Any, dtype: Any = None, graph: Graph | None = None) -> Node:
         arr = arr.astype(np.float32)  # Python floats default to float32, as everywhere in graphnet
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a constant of dtype {arr.dtype} (at {user_location()})")
-    return (graph or get_default_graph()).apply(REGISTRY["constant"], (), {"value": Constant(arr)})
+    return (graph if graph is not None else get_default_graph()).apply(REGISTRY["constant"], (), {"value": Constant(arr)})
 
 
 def promote(values: Sequence[Any]) -> list[Node]:

@@ -57,7 +57,7 @@ class BatchSize(Source):
 
 def placeholder(name: str, shape: tuple, dtype: Any = np.float32, graph: Graph | None = None) -> Node:
     """An input fed at call time by `name`; a `None` dimension is the batch size."""
-    graph = graph or get_default_graph()
+    graph = graph if graph is not None else get_default_graph()  # an empty Graph is falsy (len 0)
     shape = tuple(None if d is None else int(d) for d in shape)
     if sum(d is None for d in shape) > 1:
         raise ShapeError(f"placeholder '{name}': only one dimension may be None (the batch)")
@@ -76,7 +76,7 @@ def placeholder(name: str, shape: tuple, dtype: Any = np.float32, graph: Graph |
 def variable(name: str, initial_value: Any, trainable: bool = True, dtype: Any = None,
              graph: Graph | None = None) -> Node:
     """A persistent tensor (a parameter or optimizer state); `.value` / `.assign` read and set it."""
-    graph = graph or get_default_graph()
+    graph = graph if graph is not None else get_default_graph()  # an empty Graph is falsy (len 0)
     arr = np.array(initial_value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and not isinstance(initial_value, np.ndarray):
         arr = arr.astype(np.float32)
