@@ -8,6 +8,8 @@ import graphnet as gn
 from graphnet.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from graphnet.layers import Dense, Input
 
+BACKEND = "numpy"  # the code generator every model in this file compiles with
+
 
 def data(n=24):
     rng = np.random.default_rng(0)
@@ -18,7 +20,7 @@ def data(n=24):
 def regression(optimizer=None):
     inputs = Input((3,))
     model = gn.Model(inputs, Dense(1)(inputs))
-    model.compile(optimizer or gn.optim.SGD(lr=0.05), "mse", backend="numpy")
+    model.compile(optimizer or gn.optim.SGD(lr=0.05), "mse", backend=BACKEND)
     return model
 
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+BACKEND = "numpy"  # the code generator every model in this file compiles with
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
@@ -18,7 +19,7 @@ def load(name):
 def test_pass_the_class(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     probability = load("pass_the_class").main(["--epochs", "40", "--out", str(tmp_path), "--quiet"],
-                                              backend="numpy")
+                                              backend=BACKEND)
     assert 0.5 < probability < 0.95  # near the boundary, on the passing side of the synthetic rule
     out = capsys.readouterr().out
     assert f"P(pass | 4 lectures, 5 hours) = {probability:.3f}" in out
@@ -27,19 +28,19 @@ def test_pass_the_class(tmp_path, capsys):
 
 def test_pass_the_class_without_matplotlib(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    load("pass_the_class").main(["--epochs", "3", "--out", str(tmp_path), "--quiet"], backend="numpy")
+    load("pass_the_class").main(["--epochs", "3", "--out", str(tmp_path), "--quiet"], backend=BACKEND)
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not os.listdir(tmp_path)
 
 
 def test_digits_reaches_95_percent():
-    accuracy = load("digits").main(["--epochs", "20", "--quiet"], backend="numpy")
+    accuracy = load("digits").main(["--epochs", "20", "--quiet"], backend=BACKEND)
     assert accuracy >= 0.95
 
 
 def test_optimizers(tmp_path):
     pytest.importorskip("matplotlib")
-    curves = load("optimizers").main(["--epochs", "8", "--out", str(tmp_path)], backend="numpy")
+    curves = load("optimizers").main(["--epochs", "8", "--out", str(tmp_path)], backend=BACKEND)
     assert set(curves) == {"sgd", "momentum", "adagrad", "adadelta", "rmsprop", "adam", "adamw"}
     for name, losses in curves.items():
         assert len(losses) == 8 and losses[-1] < losses[0], name

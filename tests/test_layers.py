@@ -5,6 +5,8 @@ import pytest
 import graphnet as gn
 from graphnet.layers import Activation, Add, Dense, Dropout, Flatten, Input
 
+BACKEND = "numpy"  # the code generator every model in this file compiles with
+
 
 def forward(model, x):
     return model.predict(np.asarray(x, np.float32))
@@ -14,7 +16,7 @@ def test_dense_computes_activation_of_affine_map():
     inputs = Input((3,))
     outputs = Dense(4, activation="tanh")(inputs)
     model = gn.Model(inputs, outputs)
-    model.compile("sgd", "mse", backend="numpy")
+    model.compile("sgd", "mse", backend=BACKEND)
     kernel, bias = model.get_weights()
     bias += 0.5
     model.set_weights([kernel, bias])
@@ -29,7 +31,7 @@ def test_activation_by_callable_and_layer_and_no_bias():
     hidden = Dense(3, activation=gn.relu, use_bias=False)(inputs)
     outputs = Activation("sigmoid")(hidden)
     model = gn.Model(inputs, outputs)
-    model.backend = "numpy"
+    model.backend = BACKEND
     (kernel,) = model.get_weights()
     x = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     np.testing.assert_allclose(forward(model, x), 1 / (1 + np.exp(-np.maximum(x @ kernel, 0))), rtol=1e-6)
@@ -55,7 +57,7 @@ def test_flatten_and_dense_rank_check():
     flat = Flatten()(inputs)
     assert flat.shape == (None, 6)
     model = gn.Model(inputs, flat)
-    model.backend = "numpy"
+    model.backend = BACKEND
     x = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
     np.testing.assert_array_equal(model.predict(x), x.reshape(2, 6))
 
@@ -109,10 +111,10 @@ def test_model_is_an_ordinary_graph():
     inputs = Input((2,))
     outputs = Dense(1)(inputs)
     model = gn.Model(inputs, outputs)
-    model.compile("sgd", "mse", backend="numpy")
+    model.compile("sgd", "mse", backend=BACKEND)
     kernel = model.weights[0]
     (grad,) = gn.gradients(model.loss, [kernel])
-    fn = gn.compile(grad, backend="numpy")
+    fn = gn.compile(grad, backend=BACKEND)
     x = np.array([[1.0, 2.0]], np.float32)
     y = np.array([[0.0]], np.float32)
     w, b = model.get_weights()

@@ -8,6 +8,8 @@ import graphnet as gn
 import graphnet.model as model_module
 from graphnet.layers import Dense, Dropout, Input
 
+BACKEND = "numpy"  # the code generator every model in this file compiles with
+
 
 def students(n=64, seed=0):
     rng = np.random.default_rng(seed)
@@ -20,7 +22,7 @@ def pass_model(optimizer="adam", metrics=("accuracy",)):
     inputs = Input((2,))
     outputs = Dense(1, activation="sigmoid")(Dense(3, activation="relu")(inputs))
     model = gn.Model(inputs, outputs)
-    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=list(metrics), backend="numpy")
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=list(metrics), backend=BACKEND)
     return model
 
 
@@ -28,7 +30,7 @@ def classifier(classes=3, loss="sparse_categorical_crossentropy", dropout=0.0, m
     layers = [Input((4,)), Dense(8, activation="relu")]
     layers += [Dropout(dropout)] if dropout else []
     model = gn.Sequential(layers + [Dense(classes, activation="softmax")])
-    model.compile(gn.optim.Adam(lr=1e-2), loss, list(metrics), backend="numpy")
+    model.compile(gn.optim.Adam(lr=1e-2), loss, list(metrics), backend=BACKEND)
     return model
 
 
@@ -130,11 +132,11 @@ def test_multi_input_multi_output_model():
     kind = Dense(3, activation="softmax", name="kind")(joined)
     model = gn.Model([a, b], [score, kind])
     with pytest.raises(ValueError, match="mae needs targets shaped like the output"):
-        model.compile("adam", ["mse", "sparse_categorical_crossentropy"], ["mae"], backend="numpy")
+        model.compile("adam", ["mse", "sparse_categorical_crossentropy"], ["mae"], backend=BACKEND)
     rng = np.random.default_rng(0)
     xa, xb = rng.normal(size=(20, 2)), rng.normal(size=(20, 3))
     ys, yk = rng.normal(size=(20, 1)), rng.integers(0, 3, 20)
-    model.compile("adam", ["mse", "sparse_categorical_crossentropy"], ["accuracy"], backend="numpy")
+    model.compile("adam", ["mse", "sparse_categorical_crossentropy"], ["accuracy"], backend=BACKEND)
     history = model.fit({"a": xa, "b": xb}, {"score": ys, "kind": yk}, epochs=2, batch_size=8, verbose=0)
     assert set(history.history) == {"loss", "score_loss", "score_accuracy", "kind_loss", "kind_accuracy"}
     first = history.history
@@ -148,7 +150,7 @@ def test_recompile_keeps_weights():
     model = pass_model()
     model.fit(x, y, epochs=2, verbose=0)
     before = model.get_weights()
-    model.compile("sgd", "mse", backend="numpy")
+    model.compile("sgd", "mse", backend=BACKEND)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
@@ -162,7 +164,7 @@ def test_dropout_only_in_training():
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5)
     np.testing.assert_array_equal(model.predict(x), model.predict(x))
     y = np.zeros(16, np.int64)
-    model.compile(gn.optim.SGD(lr=0.0), "sparse_categorical_crossentropy", backend="numpy")
+    model.compile(gn.optim.SGD(lr=0.0), "sparse_categorical_crossentropy", backend=BACKEND)
     train_loss = model.fit(x, y, batch_size=16, verbose=0).history["loss"][0]
     assert train_loss != pytest.approx(model.evaluate(x, y), rel=1e-3)
 
@@ -281,7 +283,7 @@ def test_fit_before_compile_and_bad_arguments():
     x, y = students(10)
     with pytest.raises(RuntimeError, match="compile"):
         model.fit(x, y)
-    model.compile("sgd", "mse", backend="numpy")
+    model.compile("sgd", "mse", backend=BACKEND)
     with pytest.raises(ValueError, match="batch_size"):
         model.fit(x, y, batch_size=0)
     with pytest.raises(ValueError, match="validation_split"):
