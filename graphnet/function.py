@@ -43,7 +43,8 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     pairs = _update_pairs(updates)
     if training:
         pairs = _with_rng_step(flat, pairs)
-    program, records = run_pipeline(Program(flat, pairs), passes, training=training)
+    gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
+    program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training)
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)
