@@ -25,12 +25,11 @@ def dump_function(fn, directory: str, title: str | None = None) -> str:
     artifacts = fn.executable.artifacts()
     for name, text in artifacts.items():
         _write(os.path.join(directory, name), text)
-    dot_text = viz.to_dot(fn, title=title)
+    dot_text, svg = report.report_graph(fn, artifacts, title)
     _write(os.path.join(directory, "graph.dot"), dot_text)
-    svg = viz.to_svg(dot_text)
     if svg is not None:
         _write(os.path.join(directory, "graph.svg"), svg)
-    _write(os.path.join(directory, "report.html"), report.html_report(fn, dot_text, svg, title))
+    _write(os.path.join(directory, "report.html"), report.html_report(fn, artifacts, dot_text, svg, title))
     program = fn.program
     head = [f"backend: {fn.options.backend}", f"training: {fn.options.training}",
             f"program: {program.hash()[:16]}",

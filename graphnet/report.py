@@ -30,28 +30,89 @@ summary { cursor: pointer; font-family: monospace; padding: 0.2em 0; }
 
 def write_report(fn: Function, path: str, title: str | None = None) -> str:
     """Write `fn`'s report to `path` (rendering the graph with Graphviz when installed)."""
-    dot_text = viz.to_dot(fn, title=title)
+    artifacts = fn.executable.artifacts()
+    dot_text, svg = report_graph(fn, artifacts, title)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(html_report(fn, dot_text, viz.to_svg(dot_text), title))
+        f.write(html_report(fn, artifacts, dot_text, svg, title))
     return path
 
 
-def html_report(fn: Function, dot_text: str, svg: str | None, title: str | None = None) -> str:
+def report_graph(fn: Function, artifacts: dict[str, str], title: str | None = None) -> tuple[str, str | None]:
+    """The report's picture: DOT text whose kernel clusters link to their code, and its SVG (None
+    without Graphviz)."""
+    urls = {name: f"#{_anchor(name)}" for name in kernel_code(artifacts)}
+    dot_text = viz.to_dot(fn, title=title, cluster_urls=urls)
+    return dot_text, viz.to_svg(dot_text)
+
+
+def html_report(fn: Function, artifacts: dict[str, str], dot_text: str, svg: str | None,
+                title: str | None = None) -> str:
     """The report's HTML; `svg` is the rendered `dot_text`, or None to show the DOT text instead."""
     title = title or f"{fn.options.backend} function {fn.program.hash()[:8]}"
-    updates = len(fn.program.updates)
-    meta = (f"backend <b>{fn.options.backend}</b> · {'training' if fn.options.training else 'inference'} · "
-            f"{len(fn.program.fetches)} fetches · {updates} variable updates · "
-            f"{len(fn.program.nodes())} nodes · program {fn.program.hash()[:8]}")
+    meta = (f"backend <b>{html.escape(fn.options.backend)}</b> · "
+            f"{'training' if fn.options.training else 'inference'} · {len(fn.program.fetches)} fetches · "
+            f"{len(fn.program.updates)} variable updates · {len(fn.program.nodes())} nodes · "
+            f"program {fn.program.hash()[:8]}")
     parts = [f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
              f"<title>graphnet: {html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>",
              f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{meta}</p>',
              "<h2>Passes</h2>", _pass_table(fn),
              '<div class="side">', '<section><h2>Graph</h2><div class="graph">', _graph(dot_text, svg),
-             "</div></section>", '<section><h2>Generated code</h2><div class="code">', _code(fn),
-             "</div></section>", "</div>",
+             "</div></section>", '<section><h2>Generated code</h2><div class="code">',
+             _code(fn.options.backend, artifacts), "</div></section>", "</div>",
              "<h2>Graph after each pass</h2>", _pass_texts(fn), "</body>\n</html>\n"]
     return "\n".join(parts)
+
+
+def kernel_code(artifacts: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Each kernel's share of the generated code: kernel name -> [(file name, text)].
+
+    The kernels are those the loop IR lists (`kernel NAME over ...`); their code is found by name:
+    LLVM `define`s and OpenCL `__kernel`s named NAME or NAME_..., assembly from the label NAME:
+    to the function's end.
+    """
+    units = [(file, name, text) for file, source in artifacts.items() for name, text in _units(source)]
+    kernels = {name: [] for _, name, _ in units if name.startswith(_LOOP_KERNEL)}
+    for file, name, text in units:
+        bare = name.removeprefix(_LOOP_KERNEL)
+        for kernel in kernels:
+            if bare == kernel.removeprefix(_LOOP_KERNEL) or bare.startswith(kernel.removeprefix(_LOOP_KERNEL) + "_"):
+                kernels[kernel].append((file, text))
+    return {k.removeprefix(_LOOP_KERNEL): pieces for k, pieces in kernels.items()}
+
+
+_LOOP_KERNEL = "loop:"  # marks the loop IR's units, which define the kernels
+_STARTS = [  # (pattern of a unit's first line, how the unit ends, prefix for its name)
+    (re.compile(r"^kernel (\S+) over\b"), "dedent", _LOOP_KERNEL),
+    (re.compile(r'^define [^@]*@"?([^"(\s]+)"?\('), "}", ""),
+    (re.compile(r"^(?:__kernel|kernel)\s+void\s+(\w+)\s*\("), "}", ""),
+    (re.compile(r'^"?([A-Za-z_][\w.$]*)"?:\s*$'), ".Lfunc_end", ""),
+]
+
+
+def _units(source: str) -> list[tuple[str, str]]:
+    """The named functions/kernels of one code file, each with its text."""
+    lines = source.splitlines()
+    units, i = [], 0
+    while i < len(lines):
+        for pattern, end, prefix in _STARTS:
+            match = pattern.match(lines[i])
+            if match:
+                j = i + 1
+                while j < len(lines) and not _ends(lines[j], end):
+                    j += 1
+                stop = j if end == "dedent" else min(j + 1, len(lines))
+                units.append((prefix + match.group(1), "\n".join(lines[i:stop])))
+                i = stop - 1
+                break
+        i += 1
+    return units
+
+
+def _ends(line: str, end: str) -> bool:
+    if end == "dedent":
+        return not line[:1].isspace()
+    return line.startswith(end)
 
 
 def _pass_table(fn: Function) -> str:
@@ -73,13 +134,25 @@ def _graph(dot_text: str, svg: str | None) -> str:
     return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg)  # HTML needs no namespace URLs for inline SVG
 
 
-def _code(fn: Function) -> str:
-    artifacts = fn.executable.artifacts()
+def _code(backend: str, artifacts: dict[str, str]) -> str:
     if not artifacts:
-        return (f"<p>The {html.escape(fn.options.backend)} backend generates no code: it evaluates the "
-                "optimised graph node by node.</p>")
-    return "\n".join(f"<details open><summary>{html.escape(name)} ({text.count(chr(10)) + 1} lines)</summary>"
-                     f"<pre>{html.escape(text)}</pre></details>" for name, text in artifacts.items())
+        return (f"<p>The {html.escape(backend)} backend generates no code: it evaluates the optimised graph "
+                "node by node.</p>")
+    kernels = kernel_code(artifacts)
+    parts = [f'<details id="{_anchor(name)}"><summary>kernel {html.escape(name)} '
+             f"({', '.join(html.escape(file) for file, _ in pieces)})</summary>"
+             + "".join(f"<p>{html.escape(file)}</p><pre>{html.escape(text)}</pre>" for file, text in pieces)
+             + "</details>" for name, pieces in kernels.items()]
+    if kernels:
+        parts.append("<h3>Whole files</h3>")
+    parts += [f"<details{'' if kernels else ' open'}><summary>{html.escape(name)} "
+              f"({text.count(chr(10)) + 1} lines)</summary><pre>{html.escape(text)}</pre></details>"
+              for name, text in artifacts.items()]
+    return "\n".join(parts)
+
+
+def _anchor(kernel: str) -> str:
+    return "kernel-" + re.sub(r"[^\w-]", "_", kernel)
 
 
 def _pass_texts(fn: Function) -> str:

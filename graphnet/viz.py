@@ -26,16 +26,16 @@ FORMATS = {"svg", "png", "pdf"}
 
 
 def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Mapping[Node, str] | None = None,
-           title: str | None = None) -> str:
+           title: str | None = None, cluster_urls: Mapping[str, str] | None = None) -> str:
     """DOT text for a compiled function, a Program, a whole Graph, or the nodes some outputs need.
 
     `kernels` (node -> kernel name) draws a backend's kernels as clusters instead of the
-    program's fusion regions; for a compiled function it defaults to the backend's
-    `kernel_names()` where the backend has one. Scalar constants are written into their
-    consumers' labels.
+    program's fusion regions; for a compiled function it defaults to `backend_kernels`.
+    `cluster_urls` (cluster name -> URL) makes clusters links. Scalar constants are written into
+    their consumers' labels.
     """
-    if kernels is None and isinstance(obj, Function) and hasattr(obj.executable, "kernel_names"):
-        kernels = obj.executable.kernel_names()
+    if kernels is None and isinstance(obj, Function):
+        kernels = backend_kernels(obj)
     program = as_program(obj)
     kinds = classify(program)
     groups = dict(program.regions if kernels is None else kernels)
@@ -56,6 +56,8 @@ def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Map
         if name:
             lines.append(f"  subgraph cluster_{index} {{")
             lines.append(f'    label={quote(name)}; style="dashed,rounded"; color="#555555"; fontsize=9;')
+            if cluster_urls and name in cluster_urls:
+                lines.append(f"    URL={quote(cluster_urls[name])}; tooltip={quote('code of ' + name)};")
             indent = "    "
         for n in members:
             lines.append(indent + _node_line(ids[n], n, kinds[n], n in fetches))
@@ -88,6 +90,32 @@ def as_program(obj: Any) -> Program:
     if isinstance(obj, (list, tuple)) and all(isinstance(n, Node) for n in obj):
         return Program(list(obj))
     raise TypeError(f"to_dot: expected a compiled function, Program, Graph or graph nodes, got {type(obj).__name__}")
+
+
+def backend_kernels(fn: Function) -> dict[Node, str] | None:
+    """Node -> kernel name for backends that lower to the loop IR (their `lp`), else None.
+
+    A kernel's stores name the nodes it writes; a node computed inside a kernel without being
+    stored (e.g. the matmul under a fused bias and activation) joins its consumers' kernel when
+    they all share one.
+    """
+    lp = getattr(fn.executable, "lp", None)
+    if lp is None:
+        return None
+    nodes = fn.program.nodes()
+    by_name = {n.name: n for n in nodes}
+    kernels = {by_name[s.node]: k.name for k in lp.kernels for s in k.stores if s.node in by_name}
+    consumers: dict[Node, list[Node]] = {}
+    for n in nodes:
+        for x in n.inputs:
+            consumers.setdefault(x, []).append(n)
+    for n in reversed(nodes):
+        if n in kernels or n.op.name in SOURCE_OPS or n not in consumers:
+            continue
+        homes = {kernels.get(c) for c in consumers[n]}
+        if len(homes) == 1 and None not in homes:
+            kernels[n] = homes.pop()
+    return kernels
 
 
 def classify(program: Program) -> dict[Node, str]:

@@ -10,7 +10,7 @@ import pytest
 import graphnet as gn
 from graphnet import viz
 from graphnet.program import Program
-from graphnet.report import write_report
+from graphnet.report import kernel_code, write_report
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot is not installed")
 
@@ -132,9 +132,9 @@ def test_render_without_graphviz_writes_dot_and_says_so(tmp_path, monkeypatch):
 
 
 def assert_self_contained(page: str) -> None:
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
-    assert "http://" not in page and "https://" not in page
-    assert "<script" not in page and "<link" not in page and "@import" not in page
+    """No reference a browser would fetch: no remote src/href, no scripts, stylesheets or CSS urls."""
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, re.I)
+    assert "<script" not in page and "<link" not in page and "@import" not in page and "url(" not in page
 
 
 @needs_dot
@@ -192,3 +192,58 @@ def test_forward_only_function_has_no_backward_or_update_nodes():
     fn = gn.compile(gn.softmax(x @ W), backend="numpy")
     assert set(viz.classify(fn.program).values()) == {"input", "forward"}
     assert "backward" not in viz.to_dot(fn)
+
+
+ARTIFACTS = {
+    "loopir.txt": "b0 input x: float32 (N,)\n\nkernel k0_add over v0<N  order v0\n  b1[v0] = add(b0[v0], 1.0)  # add_3 at m.py:1\n"
+                  "kernel k1_exp over v0<N  order v0\n  b2[v0] = exp(b1[v0])  # exp_4 at m.py:2\nfetch b2\n",
+    "module.ll": 'define internal void @"k0_add_body"(i64 %"N")\n{\nentry:\n  ret void\n}\n\n'
+                 'define void @"k0_add"(i64 %".1")\n{\n  ret void\n}\ndefine void @"graphnet_step"(i64 %".1")\n{\n}\n',
+    "module.s": "\t.text\nk0_add:\n\tret\n.Lfunc_end0:\n\t.size\tk0_add, .Lfunc_end0-k0_add\nk1_exp:\n\tvzeroupper\n"
+                ".Lfunc_end1:\n",
+    "kernels.cl": "__kernel void k1_exp(__global float *b2)\n{\n  b2[0] = 1;\n}\n",
+}
+
+
+def test_kernel_code_splits_each_file_by_kernel():
+    code = kernel_code(ARTIFACTS)
+    assert list(code) == ["k0_add", "k1_exp"]
+    assert [file for file, _ in code["k0_add"]] == ["loopir.txt", "module.ll", "module.ll", "module.s"]
+    assert code["k0_add"][0][1].splitlines() == ARTIFACTS["loopir.txt"].splitlines()[2:4]
+    assert code["k0_add"][1][1].startswith('define internal void @"k0_add_body"') and code["k0_add"][1][1].endswith("}")
+    assert code["k0_add"][3][1] == "k0_add:\n\tret\n.Lfunc_end0:"
+    assert code["k1_exp"] == [("loopir.txt", ARTIFACTS["loopir.txt"].splitlines()[4] + "\n" +
+                               ARTIFACTS["loopir.txt"].splitlines()[5]),
+                              ("module.s", "k1_exp:\n\tvzeroupper\n.Lfunc_end1:"),
+                              ("kernels.cl", ARTIFACTS["kernels.cl"].strip())]
+    assert kernel_code({"module.ll": ARTIFACTS["module.ll"]}) == {}  # no loop IR: no kernels to group by
+
+
+def test_report_groups_code_by_kernel_and_links_clusters(tmp_path):
+    step, _, _ = sgd_step()
+    step.executable.artifacts = lambda: ARTIFACTS
+    page = open(write_report(step, str(tmp_path / "r.html"))).read()
+    assert '<details id="kernel-k0_add"><summary>kernel k0_add (loopir.txt, module.ll, module.ll, module.s)' in page
+    assert "<h3>Whole files</h3>" in page and "kernels.cl (5 lines)" in page
+    assert_self_contained(page)
+
+
+def test_llvm_kernels_become_clusters_linked_to_their_code(tmp_path):
+    pytest.importorskip("codegen.llvm.backend")
+    x = gn.placeholder("x", (None, 2))
+    W = gn.variable("W", gn.init.glorot_uniform((2, 3), seed=0))
+    b = gn.variable("b", np.zeros(3, np.float32))
+    loss = gn.mean(gn.relu(x @ W + b))
+    step = gn.compile(loss, updates=[(W, W - 0.1 * gn.gradients(loss, W))], backend="llvm")
+    kernels = viz.backend_kernels(step)
+    assert kernels and set(kernels) <= set(step.program.nodes())
+    add = next(n for n in step.program.nodes() if n.op.name == "relu").inputs[0]
+    matmul = add.inputs[0]
+    assert kernels[matmul] == kernels[add]  # the bias add is fused into the matmul's kernel
+    text = viz.to_dot(step)
+    assert f"label={viz.quote(kernels[add])}" in text
+    page = open(write_report(step, str(tmp_path / "r.html"))).read()
+    if shutil.which("dot"):
+        assert f'xlink:href="#kernel-{kernels[add]}"' in page
+    assert f'<details id="kernel-{kernels[add]}">' in page
+    assert_self_contained(page)
