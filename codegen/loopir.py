@@ -165,6 +165,8 @@ class Reduce:
     value: Expr
     contraction: Optional[tuple] = None  # (Load a, Load b) when value is a * b (a matmul)
     scratch: Optional[int] = None  # a row of accumulators over the innermost (kept) var, when set
+    workspace: Optional[int] = None  # when set: a GEMM computes the whole (M, N) result into `scratch`
+    #                                  first (using this buffer for packing); the stores then read it
 
 
 @dataclass
@@ -180,6 +182,12 @@ class Kernel:
         exprs = [s.value for s in self.stores] + ([self.reduce.value] if self.reduce else [])
         return [e for x in exprs for e in walk(x) if isinstance(e, Load)]
 
+    def buffers(self) -> list[int]:
+        """Every buffer the kernel touches."""
+        extra = [self.reduce.scratch, self.reduce.workspace] if self.reduce is not None else []
+        found = [s.buffer for s in self.stores] + [ld.buffer for ld in self.loads()] + [b for b in extra if b is not None]
+        return sorted(set(found))
+
     def to_text(self) -> str:
         head = f"kernel {self.name} over " + " x ".join(f"v{d}<{'N' if n is None else n}"
                                                          for d, n in enumerate(self.domain))
@@ -187,6 +195,8 @@ class Kernel:
         if self.reduce:
             kind = "matmul " if self.reduce.contraction else ""
             row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""
+            if self.reduce.workspace is not None:
+                row = f" by GEMM into b{self.reduce.scratch} (workspace b{self.reduce.workspace})"
             lines.append(f"  acc = {kind}{self.reduce.op} over "
                          f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {self.reduce.value}")
         for s in self.stores:

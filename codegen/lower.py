@@ -14,6 +14,7 @@ Fusion rules (one kernel = one loop nest):
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 
@@ -82,9 +83,9 @@ class _KernelBuild:
 
 
 class Lowering:
-    def __init__(self, prog: Program, fuse: bool = True):
+    def __init__(self, prog: Program, fuse: bool = True, gemm_workspace=None):
         self.prog = expand_composites(prog)
-        self.fuse = fuse
+        self.fuse, self.gemm_workspace = fuse, gemm_workspace
         self.nodes = self.prog.nodes()
         self.consumers: dict[Node, list[Node]] = defaultdict(list)
         for n in self.nodes:
@@ -195,6 +196,26 @@ class Lowering:
                 stack.extend(n.inputs)
         return deps
 
+    def _placement_order(self) -> list[Node]:
+        """Roots in a topological order that computes uniform values (no placeholder among their
+        inputs: learning-rate schedules, bias corrections) first, so that the optimizer region
+        finds the gradient's kernel to be the latest one it reads from."""
+        batched: dict[Node, bool] = {}
+        for n in self.nodes:
+            batched[n] = n.op.name == "placeholder" or any(batched[x] for x in n.inputs)
+        pending = {n: len(set(n.inputs)) for n in self.nodes}
+        ready = [(batched[n], n.id, n) for n in self.nodes if pending[n] == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, _, n = heapq.heappop(ready)
+            order.append(n)
+            for c in dict.fromkeys(self.consumers[n]):
+                pending[c] -= 1
+                if pending[c] == 0:
+                    heapq.heappush(ready, (batched[c], c.id, c))
+        return [n for n in order if n in self.roots]
+
     def _place(self, r: Node) -> None:
         buffer = self._buffer(r.name, "temp", r.shape, r.dtype)
         kind = r.op.kind
@@ -250,9 +271,8 @@ class Lowering:
                 buffer = self._buffer(f"copy_{n.name}", "temp", n.shape, n.dtype)
                 kb.members[n] = _Member(n, ident, self._expr(n, ident, kb), buffer)
                 copy_buffer[n] = buffer
-        for n in self.nodes:
-            if n in self.roots:
-                self._place(n)
+        for n in self._placement_order():
+            self._place(n)
 
         def home(n: Node) -> int:
             return copy_buffer[n] if n in copy_buffer else self.buffer_of[n]
@@ -288,21 +308,31 @@ class Lowering:
         return kernel
 
     def _choose_order(self, k: Kernel) -> None:
-        """Loop order: with a reduction, accumulate a row in scratch memory when the var with the
-        most unit-stride accesses is kept (matmul A @ B, bias gradients), else in a register."""
+        """Loop order of a reduction: the var with the most unit-stride accesses in the accumulated
+        value (plus one for a unit-stride store) goes innermost. A kept var there accumulates a row
+        in scratch memory (matmul A @ B, bias gradients); otherwise a register accumulates (ties)."""
         variables = list(range(len(k.domain)))
         if k.reduce is None:
             k.order = tuple(variables)
             return
-        accesses = k.loads() + [Load(s.buffer, s.offset, s.value.dtype) for s in k.stores]
-        score = {v: sum(a.offset.stride(v) == (1, 0) for a in accesses) for v in variables}
-        inner = max(variables, key=lambda v: (score[v], v))
-        kept = [v for v in variables if v not in k.reduce.axes]
+        red = k.reduce
+        kept = [v for v in variables if v not in red.axes]
+        if red.contraction is not None and self.gemm_workspace is not None:
+            layout = gemm_layout(k)
+            if layout is not None:
+                k.order = tuple(kept) + tuple(red.axes)
+                red.scratch = self._buffer(f"c_{k.name}", "temp", k.domain[:2], red.value.dtype)
+                nbytes = self.gemm_workspace(red.value.dtype, *layout)
+                red.workspace = self._buffer(f"pack_{k.name}", "temp", (nbytes,), np.dtype(np.uint8))
+                return
+        score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in _loads(red.value)) +
+                 any(s.offset.stride(v) == (1, 0) for s in k.stores) for v in variables}
+        inner = max(variables, key=lambda v: (score[v], v in red.axes, v))
         if inner in kept and k.domain[inner] != 1:
-            k.order = tuple(v for v in kept if v != inner) + tuple(k.reduce.axes) + (inner,)
-            k.reduce.scratch = self._buffer(f"row_{k.name}", "temp", (k.domain[inner],), k.reduce.value.dtype)
+            k.order = tuple(v for v in kept if v != inner) + tuple(red.axes) + (inner,)
+            red.scratch = self._buffer(f"row_{k.name}", "temp", (k.domain[inner],), red.value.dtype)
         else:
-            k.order = tuple(kept) + tuple(k.reduce.axes)
+            k.order = tuple(kept) + tuple(red.axes)
 
     def _place_updates(self, kernels: list[Kernel], home) -> dict[int, int]:
         """Map value buffers to the variable buffers they can be written into in place."""
@@ -323,6 +353,36 @@ class Lowering:
         return redirect
 
 
+def _loads(e: Expr) -> list[Load]:
+    return [x for x in walk(e) if isinstance(x, Load)]
+
+
+def _stride_of(extent) -> tuple:
+    return (1, 1) if extent is None else (extent, 0)
+
+
+def _row_major(load: Load, rows: int, cols: int, domain: tuple) -> bool:
+    """Does `load` read a dense row-major matrix indexed (var rows, var cols)?"""
+    terms = {v for v, _, _ in load.offset.terms}
+    if not terms <= {rows, cols}:
+        return False
+    ok_cols = load.offset.stride(cols) == (1, 0) or domain[cols] == 1
+    ok_rows = load.offset.stride(rows) == _stride_of(domain[cols]) or domain[rows] == 1
+    return ok_cols and ok_rows
+
+
+def gemm_layout(k: Kernel):
+    """(trans_a, trans_b) when both operands of a matmul kernel are dense matrices, else None."""
+    a, b = k.reduce.contraction
+    if a.dtype.kind != "f" or len(k.domain) != 3:
+        return None
+    ta = None if not _row_major(a, 2, 0, k.domain) else True
+    ta = False if _row_major(a, 0, 2, k.domain) else ta
+    tb = None if not _row_major(b, 1, 2, k.domain) else True
+    tb = False if _row_major(b, 2, 1, k.domain) else tb
+    return None if ta is None or tb is None else (ta, tb)
+
+
 def _remap(kernels: list[Kernel], redirect: dict[int, int]) -> None:
     def expr(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer in redirect:
@@ -340,5 +400,7 @@ def _remap(kernels: list[Kernel], redirect: dict[int, int]) -> None:
                 k.reduce.contraction = tuple(expr(x) for x in k.reduce.contraction)
 
 
-def lower(prog: Program, fuse: bool = True) -> LoopProgram:
-    return Lowering(prog, fuse).run()
+def lower(prog: Program, fuse: bool = True, gemm_workspace=None) -> LoopProgram:
+    """`gemm_workspace(dtype, trans_a, trans_b) -> bytes`: matmuls of dense operands are marked for
+    a GEMM routine needing that much packing space (None: every matmul is a loop nest)."""
+    return Lowering(prog, fuse, gemm_workspace).run()

@@ -29,10 +29,7 @@ def live_ranges(lp: LoopProgram) -> dict[int, tuple[int, int]]:
     temps = {b.id for b in lp.buffers if b.kind == "temp"}
     ranges: dict[int, list[int]] = {}
     for i, k in enumerate(lp.kernels):
-        used = [s.buffer for s in k.stores] + [ld.buffer for ld in k.loads()]
-        if k.reduce is not None and k.reduce.scratch is not None:
-            used.append(k.reduce.scratch)
-        for b in used:
+        for b in k.buffers():
             if b in temps:
                 r = ranges.setdefault(b, [i, i])
                 r[0], r[1] = min(r[0], i), max(r[1], i)

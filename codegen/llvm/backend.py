@@ -11,6 +11,7 @@ import ctypes
 import os
 
 import numpy as np
+from llvmlite import ir
 
 import graphnet
 from graphnet.errors import NumericsError
@@ -21,7 +22,8 @@ from ..lower import lower
 from ..memory import allocate, plan_arena
 from . import cache
 from .jit import Compiler, Library, host_target
-from .render import Renderer
+from .gemm import GemmSpec, emit_gemm, workspace_bytes
+from .render import Renderer, gemm_symbol, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 INITIAL_CAPACITY = 64
@@ -34,11 +36,15 @@ def _codegen_digest() -> str:
     return cache.cache_key(*(open(p).read() for p in _SOURCES))
 
 
+def _gemm_digest() -> str:
+    return cache.cache_key(open(os.path.join(os.path.dirname(__file__), "gemm.py")).read())
+
+
 class LLVMBackend:
     def __init__(self, program: Program, options, opt: int = 3, wide: bool | None = None):
         self.program, self.check = program, options.check_numerics
-        self.lp: LoopProgram = lower(program, fuse=not self.check)
         self.compiler = Compiler(host_target(wide), opt)
+        self.lp: LoopProgram = lower(program, fuse=not self.check, gemm_workspace=self._gemm_workspace)
         self._ir_text: str | None = None
         constants = sorted(n.attrs["value"]._key for n in program.nodes() if n.op.name == "constant")
         self.key = cache.cache_key(program.hash(), constants, self.compiler.target, opt, self.check,
@@ -48,10 +54,30 @@ class LLVMBackend:
         if obj is None:
             obj = self.compiler.object_code(self.ir_text)
             cache.store(self.key, obj)
-        self.library = Library(self.compiler, obj)
+        gemms = [self._gemm_object(*g) for g in required_gemms(self.lp)]
+        self.library = Library(self.compiler, gemms + [obj])
         self.step = _STEP(self.library.address("graphnet_step"))
         self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
         self._bind_buffers()
+
+    def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool) -> GemmSpec:
+        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, None, None, None, False)
+
+    def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool) -> int:
+        return workspace_bytes(self._gemm_spec(dtype, trans_a, trans_b), self.compiler.target, None)
+
+    def _gemm_object(self, dtype: str, trans_a: bool, trans_b: bool) -> bytes:
+        """One GEMM routine per (dtype, transposes) with runtime sizes, cached across programs."""
+        spec = self._gemm_spec(dtype, trans_a, trans_b)
+        key = cache.cache_key("gemm", spec, self.compiler.target, graphnet.__version__, _gemm_digest())
+        obj = cache.load(key)
+        if obj is None:
+            module = ir.Module("graphnet_gemm")
+            module.triple, module.data_layout = self.compiler.triple, self.compiler.data_layout
+            emit_gemm(module, gemm_symbol(dtype, trans_a, trans_b), spec, self.compiler.target)
+            obj = self.compiler.object_code(str(module), optimize=False)
+            cache.store(key, obj)
+        return obj
 
     @property
     def ir_text(self) -> str:

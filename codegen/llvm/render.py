@@ -16,6 +16,7 @@ import re
 import numpy as np
 from llvmlite import ir
 
+from ..lower import gemm_layout
 from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -54,6 +55,7 @@ class Renderer:
         self.module.triple, self.module.data_layout = triple, datalayout
         self._functions: dict[str, ir.Function] = {}
         self._loops = 0
+        self.gemms: set[tuple] = set()  # (dtype name, trans_a, trans_b) the kernels call
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
@@ -90,8 +92,7 @@ class Renderer:
 
     # ---- kernels ------------------------------------------------------------------------
     def _kernel(self, k: Kernel) -> str:
-        used = sorted({s.buffer for s in k.stores} | {ld.buffer for ld in k.loads()} |
-                      ({k.reduce.scratch} if k.reduce is not None and k.reduce.scratch is not None else set()))
+        used = k.buffers()
         body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(used)), f"{k.name}_body")
         body.linkage = "internal"
         body.args[0].name = "N"
@@ -174,6 +175,15 @@ class _KernelEmitter:
         slow_stores = any(_transcendental(s.value) for s in k.stores)
         if red is None:
             self.nest(list(k.order), self.stores, slow_stores)
+        elif red.workspace is not None:
+            self.gemm(red)
+            dtype = red.value.dtype
+
+            def from_c():
+                index = b.add(b.mul(self.vars[0], self.extent(1)), self.vars[1])
+                self.acc = b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
+                self.stores()
+            self.nest([0, 1], from_c, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
@@ -205,6 +215,16 @@ class _KernelEmitter:
                 self.loop(inner, finish, slow_stores)
             self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
+
+    def gemm(self, red) -> None:
+        """C = op(A) @ op(B) by the GEMM routine (codegen/llvm/gemm.py), into the scratch buffer."""
+        a, b = red.contraction
+        layout = gemm_layout(self.k)
+        name = gemm_symbol(red.value.dtype, *layout)
+        self.r.gemms.add((red.value.dtype.name, *layout))
+        fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
+        self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
+                         self.ptrs[red.scratch], self.ptrs[red.workspace]])
 
     def identity(self, red) -> ir.Value:
         t = value_type(red.value.dtype)
@@ -330,3 +350,13 @@ class _KernelEmitter:
 
 def _transcendental(e: Expr) -> bool:
     return any(isinstance(x, Op) and x.name in TRANSCENDENTAL for x in walk(e))
+
+
+def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool) -> str:
+    return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+
+def required_gemms(lp: LoopProgram) -> list[tuple]:
+    """(dtype name, trans_a, trans_b) of every GEMM routine the program's kernels call."""
+    found = {(k.reduce.value.dtype.name, *gemm_layout(k)) for k in lp.kernels
+             if k.reduce is not None and k.reduce.workspace is not None}
+    return sorted(found)
