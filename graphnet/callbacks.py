@@ -33,7 +33,7 @@ class Callback:
 
 
 class CallbackList:
-    """Calls each hook on every callback in order."""
+    """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op."""
 
     def __init__(self, callbacks: Sequence[Callback], model: "Model", params: dict):
         self.callbacks = list(callbacks)
@@ -45,10 +45,13 @@ class CallbackList:
     def __getattr__(self, hook: str) -> Callable[..., None]:
         if not hook.startswith("on_"):
             raise AttributeError(hook)
+        base = getattr(Callback, hook)
+        methods = [getattr(cb, hook) for cb in self.callbacks if getattr(type(cb), hook) is not base]
 
         def call(*args: Any) -> None:
-            for cb in self.callbacks:
-                getattr(cb, hook)(*args)
+            for method in methods:
+                method(*args)
+        setattr(self, hook, call)  # resolved once per hook
         return call
 
 

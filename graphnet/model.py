@@ -181,7 +181,7 @@ class Model:
             raise ValueError(f"compile: {len(losses)} losses for {len(self.outputs)} outputs")
         for item in losses:
             objectives.loss_name(item)
-        metrics = list(metrics or [])
+        metrics = [metrics] if isinstance(metrics, str) or callable(metrics) else list(metrics or [])
         keys = [objectives.check_metric(m) for m in metrics]
         optimizer = _make_optimizer(optimizer)
 
@@ -314,16 +314,21 @@ class Model:
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else np.arange(n)
+            if shuffle:  # one gather per epoch; the batches are then contiguous views
+                order = np.random.default_rng([self.seed, epoch]).permutation(n)
+                epoch_x, epoch_y = [a[order] for a in xs], [a[order] for a in ys]
+            else:
+                epoch_x, epoch_y = xs, ys
             sums = dict.fromkeys(self._built.fetch_keys, 0.0)
             seen = 0
             for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size]
+                batch = slice(step * batch_size, (step + 1) * batch_size)
                 cbs.on_batch_begin(step, {})
-                values = train(**self._feeds(xs, ys, idx))
-                seen += len(idx)
+                values = train(**self._feeds(epoch_x, epoch_y, batch))
+                size = min(n, batch.stop) - batch.start
+                seen += size
                 for key, v in zip(self._built.fetch_keys, values):
-                    sums[key] += float(v) * len(idx)
+                    sums[key] += float(v) * size
                 cbs.on_batch_end(step, {k: s / seen for k, s in sums.items()})
             logs = {k: s / seen for k, s in sums.items()}
             if val is not None:
