@@ -160,3 +160,18 @@ def test_uncompiled_model_round_trip(tmp_path):
     loaded = gn.load_model(tmp_path / "m.npz")
     assert loaded.optimizer is None and [t.layer.name for t in loaded.inputs] == ["a", "b"]
     assert same(loaded.get_weights(), model.get_weights())
+
+
+@pytest.mark.parametrize("name", sorted(gn.optim.BY_NAME))
+def test_every_optimizer_survives_save_and_load(tmp_path, name):
+    x, y = data()
+    optimizer = gn.optim.BY_NAME[name](lr=0.03)
+    model = build(optimizer=optimizer)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = gn.load_model(tmp_path / "m.npz")
+    assert type(loaded.optimizer) is type(optimizer)
+    for key, value in vars(optimizer).items():
+        if not key.startswith("_") and key not in ("lr", "name"):
+            assert getattr(loaded.optimizer, key) == value, key
+    assert same([v.value for v in loaded.optimizer.variables()], [v.value for v in model.optimizer.variables()])
