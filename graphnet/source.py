@@ -35,7 +35,7 @@ def user_location() -> str:
     frame = sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIRS) and not filename.startswith("<frozen"):
+        if not filename.startswith(_PACKAGE_DIRS) and not frame.f_code.co_filename.startswith("<frozen"):
             return f"{_short(filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
