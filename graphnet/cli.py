@@ -133,10 +133,11 @@ def _script_functions(path: str, backend: str | None) -> dict[str, Any]:
         result = build(backend=backend)
     else:
         result = build()
+    script = os.path.basename(path)
     if isinstance(result, Function):
-        result = {"build": result}
+        result = {f"{script} build()": result}
     elif isinstance(result, (list, tuple)):
-        result = {f"function {i}": fn for i, fn in enumerate(result)}
+        result = {f"{script} build()[{i}]": fn for i, fn in enumerate(result)}
     if not isinstance(result, dict) or not result or not all(isinstance(f, Function) for f in result.values()):
         raise UsageError(f"build() in {path} returned {type(result).__name__}, not compiled functions "
                          "(gn.compile results)")

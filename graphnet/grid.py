@@ -15,6 +15,7 @@ from .function import Function, compile
 from .graph import Graph
 from .ops.sources import placeholder, variable
 from .peers import BETAS, EPS, GRID, LR, GridConfig, grid_params
+from .source import source_of
 
 ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh}
 LOSSES = {
@@ -44,7 +45,7 @@ def build_grid_model(name: str, backend: str = "llvm", optimizer: Any = "adam") 
     if name not in GRID:
         raise ValueError(f"unknown grid configuration '{name}' (choose from {', '.join(GRID)})")
     config = GRID[name]
-    with Graph() as graph:
+    with Graph() as graph, source_of(f"graphnet/grid.py ({name} model)"):
         x = placeholder("x", (None, config.layers[0]))
         y = placeholder("y", (None, config.layers[-1]))
         h = x
