@@ -514,3 +514,16 @@ def test_no_regions_without_an_optimizer():
     w = gn.variable("w", np.ones(3, np.float32))
     f = gn.compile(gn.sum(w), updates=[(w, w * 0.5)], backend="numpy")
     assert f.program.regions == {} and f.program.gradients == {}
+
+
+def test_fusion_pass_text_before_and_after():
+    x = gn.placeholder("x", (None, 3))
+    w = gn.variable("w", np.zeros((3, 1), np.float32))
+    loss = gn.mean(x @ w)
+    step = gn.compile(loss, updates=gn.optim.SGD(0.1).minimize(loss), backend="numpy")
+    before, after = step.records[-2].text.splitlines(), step.records[-1].text.splitlines()
+    assert len(before) == len(after)
+    changed = [(b, a) for b, a in zip(before, after) if b != a]
+    # exactly the two nodes of p - lr*g: the scaled gradient and the parameter write
+    assert [a.split(" = ")[1].split("(")[0] for _, a in changed] == ["multiply", "subtract"]
+    assert all(a == b + " [update:w]" for b, a in changed)

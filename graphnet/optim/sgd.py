@@ -1,8 +1,8 @@
 """Stochastic gradient descent with optional momentum, dampening, Nesterov momentum and weight decay."""
 from __future__ import annotations
 
-from ..graph import Node
 from .. import ops
+from ..graph import Node
 from .base import Optimizer, check_number
 
 
