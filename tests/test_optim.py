@@ -527,3 +527,16 @@ def test_fusion_pass_text_before_and_after():
     # exactly the two nodes of p - lr*g: the scaled gradient and the parameter write
     assert [a.split(" = ")[1].split("(")[0] for _, a in changed] == ["multiply", "subtract"]
     assert all(a == b + " [update:w]" for b, a in changed)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DEFAULTS))
+def test_constructor_arguments_read_back_as_attributes(name):
+    """Model.save stores an optimizer as its class and constructor arguments read from attributes."""
+    cls = getattr(gn.optim, name)
+    hyper = {"lr": 0.5, "clipnorm": 2.0, "weight_decay": 0.25}
+    opt = cls(**hyper)
+    arguments = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    config = {p: (float(getattr(opt, p).value) if p == "lr" else getattr(opt, p)) for p in arguments}
+    assert {k: config[k] for k in hyper} == hyper
+    again = cls(**config)
+    assert {p: getattr(again, p) for p in arguments if p != "lr"} == {p: config[p] for p in arguments if p != "lr"}
