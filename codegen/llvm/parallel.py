@@ -1,0 +1,233 @@
+"""Parallel-for in generated code, on libgomp's persistent thread pool.
+
+`emit_parallel_for` outlines a loop body over [0, total) into a slice function and calls it through
+`GOMP_parallel`, which reuses the pool's threads (no thread start per call). Each thread computes
+its own slice from `omp_get_thread_num`/`omp_get_num_threads`; the calling thread runs slice 0.
+Work below a caller-given size, or a build with one thread, calls the body directly, so small
+problems never pay for threads ("no threading cliff"), and a process without libgomp gets serial
+code that does not reference it.
+
+libgomp must be loaded with RTLD_GLOBAL before JIT code that references it is finalized: MCJIT
+resolves symbols from the process's global scope and otherwise jumps to address 0 (a segfault, no
+Python error). `load_runtime()` does that and is called by `emit_parallel_for`; an engine that loads
+a cached object must call it itself before `finalize_object()`.
+
+Idle workers: after a region libgomp's workers spin (GOMP_SPINCOUNT iterations of `pause`, default
+300,000 with OMP_WAIT_POLICY unset; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex. On a
+machine with as many threads as cores a spinning worker takes the core another pool (OpenBLAS)
+needs; a sleeping one costs a futex wake at the next region. `load_runtime` sets GOMP_SPINCOUNT to
+`SPIN_COUNT` when neither variable is set (benchmarks/parallel_bench.py measures the trade-off);
+libgomp reads it once, when it is loaded.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Callable
+
+from llvmlite import ir
+
+from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
+from codegen.llvm.target import TargetInfo
+
+SPIN_COUNT = 10_000
+"""Default GOMP_SPINCOUNT (iterations of `pause`, ~0.2 ms on the machines measured)."""
+
+MAX_DEFAULT_THREADS = 8
+"""Default thread cap: the grid's GEMMs split into at most 16 column panels, and each thread
+re-packs all of A; more threads only add packing. (Measured on 2 cores only.)"""
+
+PARALLEL_MIN_FLOPS = 2_000_000
+"""GEMMs below this many flops (2*M*N*K) stay on one thread (see benchmarks/parallel_bench.py)."""
+
+_I32, _I64, _PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
+_LIBRARY = "libgomp.so.1"
+
+Body = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, list], None]
+"""`body(builder, slice, begin, end, captured)`: emit the work for [begin, end) of the range.
+
+`slice` (i64) is the thread's index, below the `threads` the loop was emitted for (use it to
+pick per-thread scratch memory); `captured` are the loop's captured values as seen inside the body.
+The body must leave the builder in a block without a terminator.
+"""
+
+_runtime: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def load_runtime() -> bool:
+    """Load libgomp into the process's global symbol scope (once); False if it cannot be loaded.
+
+    The reason for a failure is `runtime_failure()`; callers then emit serial code.
+    """
+    global _runtime, _failure
+    if _runtime is not None:
+        return True
+    if _failure is not None:
+        return False
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    try:
+        _runtime = ctypes.CDLL(_LIBRARY, mode=os.RTLD_GLOBAL)
+    except OSError as e:
+        _failure = f"{_LIBRARY} could not be loaded ({e}); generated code runs on one thread"
+        return False
+    return True
+
+
+def runtime_failure() -> str | None:
+    """Why `load_runtime()` failed, or None."""
+    return _failure
+
+
+def num_threads() -> int:
+    """Threads for generated code: $GRAPHNET_NUM_THREADS, else the CPUs this process may use
+    (at most MAX_DEFAULT_THREADS)."""
+    env = os.environ.get("GRAPHNET_NUM_THREADS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"GRAPHNET_NUM_THREADS must be a positive integer, not {env!r}")
+        return value
+    return max(1, min(MAX_DEFAULT_THREADS, len(os.sched_getaffinity(0))))
+
+
+def threads_for(flops: int, threads: int | None = None) -> int:
+    """Threads worth using for a GEMM of `flops` (2*M*N*K): one below PARALLEL_MIN_FLOPS."""
+    threads = num_threads() if threads is None else threads
+    return 1 if flops < PARALLEL_MIN_FLOPS else threads
+
+
+def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total: ir.Value, body: Body,
+                      captured: list[ir.Value], threads: int, *, grain: int = 1,
+                      work: ir.Value | None = None, min_work: int = 0) -> None:
+    """Run `body` over [0, total) split into at most `threads` slices, at the builder's position.
+
+    Slice bounds are multiples of `grain` (a GEMM's NR or MR, so only the last slice has edge
+    tiles). At run time the loop is serial when `work` (i64, default `total`) is below `min_work`
+    or the range has a single grain. `threads` <= 1, or no libgomp, emits the body inline.
+    `name` names the outlined functions; it must be unique in the module.
+    """
+    if threads <= 1 or not load_runtime():
+        body(builder, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total, list(captured))
+        return
+    frame = ir.LiteralStructType([_I64] + [v.type for v in captured])
+    slice_fn = _emit_slice(module, f"{name}.slice", frame, body)
+    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, slice_fn, grain)
+
+    data = _entry_alloca(builder, frame)
+    for i, value in enumerate([total] + list(captured)):
+        builder.store(value, _field(builder, frame, data, i))
+    grains = _ceil_div(builder, total, grain)
+    team = builder.select(builder.icmp_signed("<", grains, ir.Constant(_I64, threads)), grains,
+                          ir.Constant(_I64, threads))
+    if min_work > 0:
+        small = builder.icmp_signed("<", total if work is None else work, ir.Constant(_I64, min_work))
+        team = builder.select(small, ir.Constant(_I64, 1), team)
+    with builder.if_else(builder.icmp_signed(">", team, ir.Constant(_I64, 1))) as (parallel, serial):
+        with parallel:
+            gomp = _declare(module, "GOMP_parallel", ir.VoidType(), [_PTR, _PTR, _I32, _I32])
+            builder.call(gomp, [omp_fn, data, builder.trunc(team, _I32), ir.Constant(_I32, 0)])
+        with serial:
+            builder.call(slice_fn, [data, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total])
+
+
+def _emit_slice(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body) -> ir.Function:
+    """`void name(ptr frame, i64 slice, i64 begin, i64 end)`: the body with its captures unpacked."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR, _I64, _I64, _I64]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, arg_name in zip(fn.args, ("frame", "slice", "begin", "end")):
+        arg.name = arg_name
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    captured = [b.load(_field(b, frame, fn.args[0], i), typ=t) for i, t in enumerate(frame.elements) if i > 0]
+    body(b, fn.args[1], fn.args[2], fn.args[3], captured)
+    b.ret_void()
+    return fn
+
+
+def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, slice_fn: ir.Function,
+                    grain: int) -> ir.Function:
+    """`void name(ptr frame)`, run by every thread of the team: thread t takes grains
+    [t*per, (t+1)*per) of ceil(total/grain), per = ceil(grains/team)."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    data = fn.args[0]
+    data.name = "frame"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    total = b.load(_field(b, frame, data, 0), typ=_I64)
+    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", _I32, []), []), _I64)
+    team = b.sext(b.call(_declare(module, "omp_get_num_threads", _I32, []), []), _I64)
+    per = b.mul(_ceil_div(b, _ceil_div(b, total, grain), team), ir.Constant(_I64, grain))
+    begin = b.mul(tid, per)
+    end = b.add(begin, per)
+    end = b.select(b.icmp_signed("<", end, total), end, total)
+    with b.if_then(b.icmp_signed("<", begin, end)):
+        b.call(slice_fn, [data, tid, begin, end])
+    b.ret_void()
+    return fn
+
+
+def _ceil_div(b: ir.IRBuilder, x: ir.Value, d: int | ir.Value) -> ir.Value:
+    d = d if isinstance(d, ir.Value) else ir.Constant(_I64, d)
+    return b.sdiv(b.add(x, b.sub(d, ir.Constant(_I64, 1))), d)
+
+
+def _field(b: ir.IRBuilder, frame: ir.LiteralStructType, data: ir.Value, i: int) -> ir.Value:
+    return b.gep(data, [ir.Constant(_I32, 0), ir.Constant(_I32, i)], inbounds=True, source_etype=frame)
+
+
+def _entry_alloca(b: ir.IRBuilder, frame: ir.LiteralStructType) -> ir.Value:
+    """The captures' frame, allocated once in the entry block (not per loop iteration)."""
+    with b.goto_entry_block():
+        slot = b.alloca(frame, name="parallel_frame")
+    slot.type = _PTR  # llvmlite types allocas as typed pointers; LLVM 22 has only ptr
+    return slot
+
+
+def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(ret, args), name=name)
+
+
+def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, threads: int,
+                       max_m: int | None = None, min_flops: int = PARALLEL_MIN_FLOPS) -> ir.Function:
+    """`void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)`, emit_gemm's signature, with
+    the columns of C split across up to `threads` threads in NR-wide panels.
+
+    The workspace holds `parallel_workspace_bytes(spec, target, threads, max_m)`: thread t packs
+    into the t-th `workspace_bytes(spec, target, max_m)` bytes (a multiple of 64, so every slice
+    stays 64-byte aligned). GEMMs under `min_flops` (2*M*N*K at run time) run on the caller's thread.
+    """
+    if threads <= 1 or not load_runtime():
+        return emit_gemm(module, name, spec, target)
+    kernel = emit_gemm(module, f"{name}.partition", spec, target, partition="n")
+    kernel.linkage = "internal"
+    stride = workspace_bytes(spec, target, max_m)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 4), name=name)
+    for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace")):
+        arg.name = arg_name
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n, k = (ir.Constant(_I64, d) if d is not None else arg for d, arg in zip((spec.m, spec.n, spec.k), fn.args))
+    flops = b.mul(b.mul(b.mul(m, n), k), ir.Constant(_I64, 2))
+
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        ws = b.gep(captured[6], [b.mul(slice_, ir.Constant(_I64, stride))], inbounds=True, source_etype=ir.IntType(8))
+        b.call(kernel, captured[:6] + [ws, begin, end])
+
+    emit_parallel_for(module, b, name, n, body, list(fn.args), threads,
+                      grain=default_blocking(spec, target).nr, work=flops, min_work=min_flops)
+    b.ret_void()
+    return fn
+
+
+def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int, max_m: int | None = None) -> int:
+    """Workspace of `emit_parallel_gemm`: one packing workspace per thread."""
+    return max(1, threads) * workspace_bytes(spec, target, max_m)

@@ -1,0 +1,201 @@
+"""The parallel-for runtime: slices cover the range on grain boundaries, parallel GEMMs equal the
+serial one, small work and GRAPHNET_NUM_THREADS=1 stay serial, and a missing libgomp falls back."""
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import textwrap
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from codegen.llvm import parallel
+from codegen.llvm.gemm import GemmSpec, emit_gemm, workspace_bytes
+from codegen.llvm.target import TargetInfo
+
+HOST = TargetInfo.host()
+I64, PTR = ir.IntType(64), ir.PointerType()
+GEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4)
+GUARD = 256
+FILL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+
+needs_runtime = pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))
+
+
+class Jit:
+    """MCJIT for one module; the runtime is loaded (by the emitters) before finalizing."""
+
+    def __init__(self, module: ir.Module) -> None:
+        module.triple = llvm.get_process_triple()
+        parsed = llvm.parse_assembly(str(module))
+        parsed.verify()
+        self.text = str(module)
+        self.engine = llvm.create_mcjit_compiler(parsed, HOST.target_machine(opt=2))
+        self.engine.finalize_object()
+
+    def function(self, name: str, signature):
+        fn = signature(self.engine.get_function_address(name))
+        fn.jit = self  # the machine code lives as long as the engine
+        return fn
+
+
+def fill_module(threads: int, grain: int, min_work: int) -> Jit:
+    """`fill(total, work, out)`: out[i] = index of the slice that ran i (slices over [0, total))."""
+    module = ir.Module("fill")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR]), "fill")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
+        pre = b.block
+        head, loop, done = (b.append_basic_block(n) for n in ("head", "loop", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64)
+        i.add_incoming(begin, pre)
+        b.cbranch(b.icmp_signed("<", i, end), loop, done)
+        b.position_at_end(loop)
+        b.store(slice_, b.gep(captured[0], [i], source_etype=I64))
+        i.add_incoming(b.add(i, ir.Constant(I64, 1)), loop)
+        b.branch(head)
+        b.position_at_end(done)
+
+    parallel.emit_parallel_for(module, b, "fill", fn.args[0], body, [fn.args[2]], threads, grain=grain,
+                               work=fn.args[1], min_work=min_work)
+    b.ret_void()
+    return Jit(module)
+
+
+def run_fill(jit: Jit, total: int, work: int) -> np.ndarray:
+    out = np.full(total + 8, -1, np.int64)
+    jit.function("fill", FILL)(total, work, out.ctypes.data)
+    assert np.all(out[total:] == -1), "wrote past the range"
+    return out[:total]
+
+
+@needs_runtime
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("total,grain", [(1000, 1), (1000, 64), (130, 64), (65, 16)])
+def test_slices_cover_range_on_grain_boundaries(threads, total, grain):
+    jit = fill_module(threads, grain, min_work=0)
+    assert "GOMP_parallel" in jit.text
+    owner = run_fill(jit, total, work=0)
+    grains = -(-total // grain)
+    used = min(threads, grains)
+    assert set(owner.tolist()) == set(range(used)), "every slice runs, each on its own thread index"
+    starts = np.flatnonzero(np.diff(owner)) + 1
+    assert np.all(np.diff(owner) >= 0) and np.all(starts % grain == 0)
+
+
+@needs_runtime
+def test_small_work_and_single_grain_stay_serial():
+    jit = fill_module(2, 16, min_work=1000)
+    assert np.all(run_fill(jit, 512, work=999) == 0)
+    assert set(run_fill(jit, 512, work=1000).tolist()) == {0, 1}
+    assert np.all(run_fill(jit, 16, work=10**6) == 0), "one grain: no team"
+    assert run_fill(jit, 0, work=10**6).size == 0
+
+
+def gemm_module(spec: GemmSpec, threads: int, min_flops: int = 0) -> Jit:
+    module = ir.Module("gemm")
+    emit_gemm(module, "serial", spec, HOST)
+    parallel.emit_parallel_gemm(module, "parallel", spec, HOST, threads, min_flops=min_flops)
+    return Jit(module)
+
+
+def aligned_workspace(nbytes: int) -> tuple[np.ndarray, int]:
+    """A 64-byte aligned workspace followed by GUARD bytes of 0xAB (the bytes after `nbytes`)."""
+    raw = np.full(nbytes + 64 + GUARD, 0xAB, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes + GUARD], raw.ctypes.data + start
+
+
+def compare(jit: Jit, spec: GemmSpec, m: int, n: int, k: int, threads: int) -> None:
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    a = rng.standard_normal((k, m) if spec.trans_a else (m, k)).astype(spec.dtype)
+    b = rng.standard_normal((n, k) if spec.trans_b else (k, n)).astype(spec.dtype)
+    c0 = rng.standard_normal((m, n)).astype(spec.dtype)
+    results = []
+    for name, ws_bytes in (("serial", workspace_bytes(spec, HOST, m)),
+                           ("parallel", parallel.parallel_workspace_bytes(spec, HOST, threads))):
+        c = c0.copy()
+        raw, ws = aligned_workspace(ws_bytes)
+        jit.function(name, GEMM)(m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, ws)
+        assert np.all(raw[ws_bytes:] == 0xAB), f"{name} wrote past its workspace"
+        results.append(c)
+    # the same kernel over the same K blocks: the columns of C come out bit for bit the same
+    np.testing.assert_array_equal(results[1], results[0])
+    op_a, op_b = (a.T if spec.trans_a else a), (b.T if spec.trans_b else b)
+    expected = op_a.astype(np.float64) @ op_b + (c0 if spec.accumulate else 0)
+    np.testing.assert_allclose(results[0], expected, rtol=1e-3, atol=1e-3 * np.sqrt(k + 1))
+
+
+@needs_runtime
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("trans_a,trans_b,accumulate", [(False, False, False), (True, False, False),
+                                                        (False, True, True)])
+def test_parallel_gemm_equals_serial(threads, trans_a, trans_b, accumulate):
+    spec = GemmSpec("float32", trans_a, trans_b, None, None, None, accumulate)
+    jit = gemm_module(spec, threads)
+    assert ("GOMP_parallel" in jit.text) == (threads > 1)
+    for m, n, k in [(1, 1, 1), (5, 200, 3), (37, 129, 70), (64, 300, 257), (128, 1000, 16), (3, 64, 0)]:
+        compare(jit, spec, m, n, k, threads)
+
+
+@needs_runtime
+def test_parallel_gemm_static_float64():
+    spec = GemmSpec("float64", False, False, 33, 250, 41, False)
+    compare(gemm_module(spec, 2), spec, 33, 250, 41, 2)
+
+
+def test_num_threads_env(monkeypatch):
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    assert parallel.num_threads() == 1
+    spec = GemmSpec("float32", False, False, None, None, None, False)
+    jit = gemm_module(spec, parallel.num_threads())
+    assert "GOMP" not in jit.text and "omp_get" not in jit.text
+    compare(jit, spec, 40, 300, 50, 1)
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "3")
+    assert parallel.num_threads() == 3
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="GRAPHNET_NUM_THREADS"):
+        parallel.num_threads()
+    monkeypatch.delenv("GRAPHNET_NUM_THREADS")
+    assert 1 <= parallel.num_threads() <= parallel.MAX_DEFAULT_THREADS
+
+
+def test_threads_for_threshold():
+    assert parallel.threads_for(parallel.PARALLEL_MIN_FLOPS - 1, 4) == 1
+    assert parallel.threads_for(parallel.PARALLEL_MIN_FLOPS, 4) == 4
+
+
+def test_missing_runtime_falls_back_to_serial(monkeypatch):
+    monkeypatch.setattr(parallel, "_LIBRARY", "libgomp-that-does-not-exist.so.9")
+    monkeypatch.setattr(parallel, "_runtime", None)
+    monkeypatch.setattr(parallel, "_failure", None)
+    assert parallel.load_runtime() is False
+    assert "libgomp-that-does-not-exist" in parallel.runtime_failure()
+    jit = fill_module(2, 1, min_work=0)
+    assert "GOMP" not in jit.text and "omp_get" not in jit.text
+    assert np.all(run_fill(jit, 100, work=0) == 0)
+    spec = GemmSpec("float32", False, True, None, None, None, False)
+    jit = gemm_module(spec, 2)
+    assert "GOMP" not in jit.text
+    compare(jit, spec, 20, 150, 30, 2)
+
+
+@needs_runtime
+def test_process_exits_cleanly_after_parallel_regions():
+    """libgomp's pool outlives the engine; exit (with spinning workers) must not crash."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from tests.test_parallel import fill_module, run_fill
+        jit = fill_module(2, 1, min_work=0)
+        assert set(run_fill(jit, 1000, work=0).tolist()) == {0, 1}
+        del jit
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
