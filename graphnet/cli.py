@@ -86,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
-    probability = demo.train(backend=args.backend, epochs=args.epochs, verbose=1).probability
+    result = demo.train(backend=args.backend, epochs=args.epochs, verbose=1)
+    history, probability = result.history.history, result.probability
+    print(f"Trained {len(history['loss'])} epochs (at most {args.epochs}, early stopping on val_loss) on the "
+          f"{args.backend} backend; validation accuracy {history['val_accuracy'][-1]:.2f}.")
     lectures, hours = demo.STUDENT[0]
     print(f"A student who attends {lectures:g} lectures and spends {hours:g} hours on the final project "
           f"passes with probability {probability:.2f}: {'likely to pass' if probability >= 0.5 else 'at risk'}.")

@@ -70,7 +70,7 @@ def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Map
                 lines.append(f"  {ids[x]} -> {ids[n]} [label={quote(label)}, tooltip={quote(label)}];")
     for var, value in program.updates:
         if value in ids:
-                lines.append(f'  {ids[value]} -> {ids[var]} [style=dashed, color="#2f9e4488", penwidth=0.7, '
+            lines.append(f'  {ids[value]} -> {ids[var]} [style=dashed, color="#2f9e4488", penwidth=0.7, '
                          f'tooltip={quote("writes " + var.name)}, constraint=false];')
     lines.append("}")
     return "\n".join(lines) + "\n"
