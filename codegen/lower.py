@@ -37,6 +37,9 @@ def expand_composites(prog: Program) -> Program:
     return prog.rebuild(rule)
 
 
+GEMM_MIN_STATIC = 4096  # below this many multiply-adds per batch row a loop nest beats packing panels
+
+
 class NotFusable(Exception):
     pass
 
@@ -291,7 +294,7 @@ class Lowering:
             src = redirect.get(home(value), home(value))
             finals.append(Kernel(f"assign_{var.attrs['name']}", var.shape, [Store(
                 self.buffer_of[var], affine(ident, var.shape), Load(src, affine(ident, var.shape), var.dtype),
-                f"update {var.attrs['name']}", value.source)]))
+                f"update {var.attrs['name']}", value.source)], order=ident))
         kernels = [k for k in kernels if k.stores] + finals
         for i, k in enumerate(kernels):
             k.name = f"k{i}_{k.name}"
@@ -317,7 +320,8 @@ class Lowering:
             return
         red = k.reduce
         kept = [v for v in variables if v not in red.axes]
-        if red.contraction is not None and self.gemm_workspace is not None:
+        static = math.prod(d for d in k.domain if d is not None)
+        if red.contraction is not None and self.gemm_workspace is not None and static >= GEMM_MIN_STATIC:
             layout = gemm_layout(k)
             if layout is not None:
                 k.order = tuple(kept) + tuple(red.axes)

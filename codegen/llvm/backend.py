@@ -95,6 +95,7 @@ class LLVMBackend:
                 raise TypeError(f"buffer {self.lp.buffers[i].name} is not a contiguous {self.lp.buffers[i].dtype} array")
             self.slots[i] = arr.ctypes.data
         self.inputs = list(self.lp.inputs)
+        self.last_inputs: list = [None] * len(self.inputs)  # referenced, so their ids are not reused
         self._layout(INITIAL_CAPACITY)
 
     def _layout(self, capacity: int) -> None:
@@ -126,9 +127,11 @@ class LLVMBackend:
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
         if batch > self.plan.capacity:
             self._layout(max(batch, 2 * self.plan.capacity))
-        slots = self.slots
-        for i, a in zip(self.inputs, arrays):
-            slots[i] = a.ctypes.data
+        slots, last = self.slots, self.last_inputs
+        for j, a in enumerate(arrays):
+            if a is not last[j]:  # the same array object again keeps its (cached) address
+                slots[self.inputs[j]] = a.ctypes.data
+                last[j] = a
         if self.check:
             self._run_checked(arrays, batch)
         else:

@@ -27,8 +27,8 @@ def host_target(wide: bool | None = None) -> TargetInfo:
 class Compiler:
     """Parses, optimizes and emits one module at a fixed optimization level."""
 
-    def __init__(self, target: TargetInfo, opt: int = 3):
-        self.target, self.opt = target, opt
+    def __init__(self, target: TargetInfo, opt: int = 3, unroll: bool = False):
+        self.target, self.opt, self.unroll = target, opt, unroll
         self.tm = target.target_machine(opt=opt)
 
     @property
@@ -45,6 +45,7 @@ class Compiler:
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt)
         pto.loop_vectorization = self.opt >= 2
         pto.slp_vectorization = self.opt >= 2
+        pto.loop_unrolling = self.unroll
         pb = llvm.create_pass_builder(self.tm, pto)
         pb.getModulePassManager().run(module, pb)
         return module

@@ -1,0 +1,127 @@
+"""Whole training steps on the LLVM backend against the numpy backend: a hand-written SGD update,
+every optimizer in gn.optim, dropout, partial batches, float64 gradient checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from helpers import check_grad
+
+SIZES = (5, 7, 3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("llvm-cache")))
+    yield
+    mp.undo()
+
+
+def mlp(backend: str, updates_for, dtype=np.float32, dropout: float = 0.0, fetch_params: bool = False):
+    """A 2-layer softmax classifier in a fresh graph; returns (step function, parameters)."""
+    with gn.Graph():
+        rng = np.random.default_rng(0)
+        x = gn.placeholder("x", (None, SIZES[0]), dtype)
+        y = gn.placeholder("y", (None,), np.int64)
+        params, h = [], x
+        for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+            w = gn.variable(f"w{i}", rng.uniform(-1, 1, (a, b)).astype(dtype))
+            bias = gn.variable(f"b{i}", rng.uniform(-0.1, 0.1, b).astype(dtype))
+            params += [w, bias]
+            h = h @ w + bias
+            if i == 0:
+                h = gn.dropout(gn.tanh(h), dropout, seed=3) if dropout else gn.tanh(h)
+        loss = -gn.mean(gn.sum(gn.log_softmax(h, 1) * gn.one_hot(y, SIZES[-1], dtype), 1))
+        fetches = [loss] + (params if fetch_params else [])
+        return gn.compile(fetches, updates_for(loss, params), backend=backend), params
+
+
+def hand_sgd(loss, params):
+    grads = gn.gradients(loss, params)
+    return [(p, p - 0.1 * g) for p, g in zip(params, grads)]
+
+
+def data(batch: int, seed: int, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(batch, SIZES[0])).astype(dtype), "y": rng.integers(0, SIZES[-1], batch)}
+
+
+def train_both(updates_for, batches=(16, 16, 5, 1, 33, 16), dtype=np.float32, **kw):
+    runs = {}
+    for backend in ("numpy", "llvm"):
+        step, params = mlp(backend, updates_for, dtype, **kw)
+        losses = [step(**data(b, i, dtype)) for i, b in enumerate(batches)]
+        runs[backend] = losses, [p.value for p in params]
+    return runs
+
+
+def assert_same(runs, rtol=2e-5, atol=2e-6):
+    (ref_losses, ref_params), (losses, params) = runs["numpy"], runs["llvm"]
+    for a, b in zip(ref_losses, losses):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=rtol, atol=atol)
+    for u, v in zip(ref_params, params):
+        np.testing.assert_allclose(v, u, rtol=rtol, atol=atol)
+
+
+def test_hand_written_sgd_matches_numpy_with_partial_batches():
+    assert_same(train_both(hand_sgd))
+
+
+@pytest.mark.parametrize("name", sorted(gn.optim.BY_NAME))
+def test_every_optimizer_matches_numpy(name):
+    runs = train_both(lambda loss, params: gn.optim.get(name).minimize(loss))
+    assert_same(runs)
+    assert not np.allclose(runs["llvm"][1][0], mlp("numpy", hand_sgd)[1][0].value)  # the step did move
+
+
+def test_float64_training_matches_numpy_tightly():
+    assert_same(train_both(lambda loss, params: gn.optim.Adam(lr=0.01).minimize(loss), dtype=np.float64),
+                rtol=1e-11, atol=1e-12)
+
+
+def test_dropout_masks_identical_across_backends():
+    assert_same(train_both(hand_sgd, dropout=0.4))
+
+
+def test_fetched_parameters_are_the_values_before_the_update():
+    step, params = mlp("llvm", hand_sgd, fetch_params=True)
+    before = [p.value for p in params]
+    out = step(**data(8, 0))
+    for old, fetched, p in zip(before, out[1:], params):
+        np.testing.assert_array_equal(fetched, old)
+        assert not np.array_equal(p.value, old)
+
+
+def test_updates_are_simultaneous_assignments():
+    """a <- b, b <- a swaps; c <- c + a reads the old a."""
+    with gn.Graph():
+        a = gn.variable("a", np.array([1.0, 2.0], np.float32))
+        b = gn.variable("b", np.array([3.0, 4.0], np.float32))
+        c = gn.variable("c", np.array([10.0, 20.0], np.float32))
+        step = gn.compile([a * 1], [(a, b), (b, a), (c, c + a)], backend="llvm")
+        out = step()
+        np.testing.assert_array_equal(out[0], [1, 2])
+        np.testing.assert_array_equal(a.value, [3, 4])
+        np.testing.assert_array_equal(b.value, [1, 2])
+        np.testing.assert_array_equal(c.value, [11, 22])
+
+
+def test_assign_between_calls_is_seen_by_native_code():
+    step, params = mlp("llvm", hand_sgd)
+    params[0].assign(np.zeros(params[0].value.shape, np.float32))
+    params[2].assign(np.zeros(params[2].value.shape, np.float32))
+    loss = step(**data(4, 0))[0]
+    np.testing.assert_allclose(loss, np.log(SIZES[-1]) - 0.0, atol=0.2)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, w: gn.tanh(x @ w),
+    lambda x, w: gn.log_softmax(x @ w, 1),
+    lambda x, w: gn.sum(gn.softplus(x) * gn.sigmoid(x), 1, keepdims=True) @ gn.reshape(gn.sum(w, 0), (1, 2)),
+])
+def test_float64_gradient_check(fn):
+    rng = np.random.default_rng(0)
+    check_grad(fn, [rng.normal(size=(4, 3)), rng.normal(size=(3, 2))], shapes=[(None, 3), (3, 2)], backend="llvm")
