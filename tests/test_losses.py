@@ -97,7 +97,7 @@ def test_bce_gradient_at_zero_logit_is_sigmoid_minus_target():
     np.testing.assert_allclose(grad, [[0.25], [-0.25]], rtol=1e-15)  # (0.5 - y) / 2
 
 
-def test_bce_from_probabilities_matches_torch_and_clips():
+def test_bce_from_probabilities_clips():
     p = np.array([[0.01], [0.3], [0.5], [0.99], [0.0], [1.0]], np.float32)
     y = np.array([[0.0], [1.0], [1.0], [0.0], [1.0], [0.0]], np.float32)
     value, grad = loss_and_grad(gn.losses.binary_cross_entropy, p, y)
@@ -106,9 +106,14 @@ def test_bce_from_probabilities_matches_torch_and_clips():
     pc = np.clip(p, np.float32(eps), np.float32(1 - eps)).astype(np.float64)  # the bounds as float32 holds them
     np.testing.assert_allclose(value, -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)), rtol=1e-5)
     np.testing.assert_allclose(grad[4:], 0.0)  # clipped: no gradient, as for a clamp
+
+
+def test_bce_from_probabilities_matches_torch():
+    p = np.array([[0.01], [0.3], [0.5], [0.99]], np.float32)
+    y = np.array([[0.0], [1.0], [1.0], [0.0]], np.float32)
     want, want_grad = torch_loss_and_grad(lambda torch, z, t: torch.nn.functional.binary_cross_entropy(z, t),
-                                          p[:4], y[:4])
-    got, got_grad = loss_and_grad(gn.losses.binary_cross_entropy, p[:4], y[:4])
+                                          p, y)
+    got, got_grad = loss_and_grad(gn.losses.binary_cross_entropy, p, y)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5)
 
@@ -140,7 +145,13 @@ def test_softmax_cross_entropy_at_extreme_logits(labels):
     want_value, want_grad = closed_form_softmax_ce(LOGITS, IDS)
     np.testing.assert_allclose(value, want_value, rtol=1e-6)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("labels", ["ids", "one_hot"])
+def test_softmax_cross_entropy_matches_torch_at_extreme_logits(labels):
+    y = IDS if labels == "ids" else np.eye(3, dtype=np.float32)[IDS]
     expected = torch_loss_and_grad(lambda torch, z, t: torch.nn.functional.cross_entropy(z, t), LOGITS, y)
+    value, grad = loss_and_grad(gn.losses.softmax_cross_entropy, LOGITS, y)
     np.testing.assert_allclose(value, expected[0], rtol=1e-6)
     np.testing.assert_allclose(grad, expected[1], rtol=1e-6, atol=1e-12)
 
