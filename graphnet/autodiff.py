@@ -31,7 +31,10 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
             raise TypeError(f"gradients: cannot differentiate with respect to {x.name} of dtype {x.dtype} "
                             f"(created at {x.source}): only float tensors have gradients")
 
-    ys = stabilized(ys)
+    stable = stabilized(ys)
+    kept = set(ancestors(stable))
+    if all(x in kept for x in xs if x in set(ancestors(ys))):
+        ys = stable  # else a rewrite bypasses an x (d log(sigmoid(z)) / d sigmoid(z)): keep the written form
     relevant = _between(xs, ys)
     grads: dict[Node, list[Node]] = {}
     for y, seed in zip(ys, seeds):

@@ -262,7 +262,8 @@ def structural_hash(outputs: Sequence[Node], extra: Any = ()) -> str:
     """
     digests: dict[Node, str] = {}
     for n in ancestors(outputs):
-        attrs = {k: (v.name if isinstance(v, Variable) else v) for k, v in n.attrs.items()}
+        attrs = {k: (v.name if isinstance(v, Variable) else v._key if isinstance(v, Constant) else v)
+                 for k, v in n.attrs.items()}
         text = repr((n.op.name, [digests[x] for x in n.inputs], _freeze(attrs), n.shape, n.dtype.str))
         digests[n] = hashlib.sha256(text.encode()).hexdigest()
     top = repr(([digests[o] for o in outputs], extra))

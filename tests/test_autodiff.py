@@ -183,3 +183,10 @@ def test_user_nodes_are_left_as_written():
     y = gn.log(gn.sigmoid(z))
     gn.gradients(gn.sum(y), z)
     assert y.op.name == "log" and y.inputs[0].op.name == "sigmoid"
+
+
+def test_gradient_with_respect_to_an_intermediate_the_stable_form_bypasses():
+    z = gn.placeholder("z", (3,), F64)
+    s = gn.sigmoid(z)
+    Z = np.array([-1.0, 0.0, 2.0])
+    np.testing.assert_allclose(run(gn.gradients(gn.sum(gn.log(s)), s), {"z": Z}), 1 + np.exp(-Z))

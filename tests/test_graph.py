@@ -51,7 +51,8 @@ def test_canonical_hash_is_stable_across_identical_graphs():
     assert Program([_build(gn.Graph())]).hash() == Program([_build(gn.Graph())]).hash()
 
 
-@pytest.mark.parametrize("change", [dict(scale=3.0), dict(activation=gn.sigmoid), dict(width=4)])
+@pytest.mark.parametrize("change", [dict(scale=3.0), dict(scale=2.0000002), dict(activation=gn.sigmoid),
+                                    dict(width=4)])
 def test_canonical_hash_changes_with_structure(change):
     assert structural_hash([_build(gn.Graph())]) != structural_hash([_build(gn.Graph(), **change)])
 
