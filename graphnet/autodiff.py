@@ -32,8 +32,8 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
                             f"(created at {x.source}): only float tensors have gradients")
 
     stable = stabilized(ys)
-    kept = set(ancestors(stable))
-    if all(x in kept for x in xs if x in set(ancestors(ys))):
+    written, kept = set(ancestors(ys)), set(ancestors(stable))
+    if all(x in kept for x in xs if x in written):
         ys = stable  # else a rewrite bypasses an x (d log(sigmoid(z)) / d sigmoid(z)): keep the written form
     relevant = _between(xs, ys)
     grads: dict[Node, list[Node]] = {}
