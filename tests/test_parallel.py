@@ -187,13 +187,19 @@ def test_missing_runtime_falls_back_to_serial(monkeypatch):
 
 
 @needs_runtime
-def test_process_exits_cleanly_after_parallel_regions():
-    """libgomp's pool outlives the engine; exit (with spinning workers) must not crash."""
+def test_forked_child_runs_serially_and_processes_exit_cleanly():
+    """libgomp's pool does not survive fork: the child must not wait for the parent's workers.
+    The pool outlives the engine; exit with workers still spinning must not crash."""
     script = textwrap.dedent("""
-        import numpy as np
+        import os
         from tests.test_parallel import fill_module, run_fill
         jit = fill_module(2, 1, min_work=0)
         assert set(run_fill(jit, 1000, work=0).tolist()) == {0, 1}
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if set(run_fill(jit, 1000, work=0).tolist()) == {0} else 3)
+        assert os.waitpid(pid, 0)[1] == 0, "child failed"
+        assert set(run_fill(jit, 1000, work=0).tolist()) == {0, 1}, "the parent stays parallel"
         del jit
         print("ok")
     """)

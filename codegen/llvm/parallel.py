@@ -12,6 +12,11 @@ resolves symbols from the process's global scope and otherwise jumps to address 
 Python error). `load_runtime()` does that and is called by `emit_parallel_for`; an engine that loads
 a cached object must call it itself before `finalize_object()`.
 
+Fork: libgomp's pool does not survive fork (a child's first region waits forever for workers that
+were not copied). `load_runtime` registers a fork handler that sets the process-global flag
+`graphnet_parallel_serial` (an i32 every region reads, bound with `llvm.add_symbol`), so a forked
+child runs every region on its calling thread.
+
 Idle workers: after a region libgomp's workers spin (GOMP_SPINCOUNT iterations of `pause`, default
 300,000 with OMP_WAIT_POLICY unset; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex. On a
 machine with as many threads as cores a spinning worker takes the core another pool (OpenBLAS)
@@ -25,6 +30,7 @@ import ctypes
 import os
 from typing import Callable
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 
 from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
@@ -51,8 +57,10 @@ pick per-thread scratch memory); `captured` are the loop's captured values as se
 The body must leave the builder in a block without a terminator.
 """
 
+_SERIAL_FLAG = "graphnet_parallel_serial"
 _runtime: ctypes.CDLL | None = None
 _failure: str | None = None
+_serial = ctypes.c_int32(0)
 
 
 def load_runtime() -> bool:
@@ -72,7 +80,13 @@ def load_runtime() -> bool:
     except OSError as e:
         _failure = f"{_LIBRARY} could not be loaded ({e}); generated code runs on one thread"
         return False
+    llvm.add_symbol(_SERIAL_FLAG, ctypes.addressof(_serial))
+    os.register_at_fork(after_in_child=_run_serially)
     return True
+
+
+def _run_serially() -> None:
+    _serial.value = 1
 
 
 def runtime_failure() -> str | None:
@@ -127,6 +141,8 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
     if min_work > 0:
         small = builder.icmp_signed("<", total if work is None else work, ir.Constant(_I64, min_work))
         team = builder.select(small, ir.Constant(_I64, 1), team)
+    forked = builder.icmp_signed("!=", builder.load(_serial_flag(module), typ=_I32), ir.Constant(_I32, 0))
+    team = builder.select(forked, ir.Constant(_I64, 1), team)
     with builder.if_else(builder.icmp_signed(">", team, ir.Constant(_I64, 1))) as (parallel, serial):
         with parallel:
             gomp = _declare(module, "GOMP_parallel", ir.VoidType(), [_PTR, _PTR, _I32, _I32])
@@ -187,6 +203,13 @@ def _entry_alloca(b: ir.IRBuilder, frame: ir.LiteralStructType) -> ir.Value:
         slot = b.alloca(frame, name="parallel_frame")
     slot.type = _PTR  # llvmlite types allocas as typed pointers; LLVM 22 has only ptr
     return slot
+
+
+def _serial_flag(module: ir.Module) -> ir.GlobalVariable:
+    flag = module.globals.get(_SERIAL_FLAG)
+    if flag is None:
+        flag = ir.GlobalVariable(module, _I32, name=_SERIAL_FLAG)
+    return flag
 
 
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
