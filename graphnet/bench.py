@@ -19,6 +19,7 @@ import gc
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads,
 GRAPHNET_SYSTEMS = {"graphnet-llvm": "llvm", "graphnet-numpy": "numpy"}
 CEILINGS = ("gemm-floor", "ctypes-call")
 DEFAULT_SYSTEMS = "graphnet-llvm,graphnet-numpy,numpy,torch,torch-fused,jax"
+SETTLE = 0.02  # seconds of rest before each timed loop, so the previous system's spinning threads go idle
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GRAPHNET_NUM_THREADS")
 
 
@@ -126,8 +128,8 @@ def graphnet_system(config: GridConfig, backend: str) -> System:
                 os.environ["GRAPHNET_CACHE_DIR"] = previous
     feeds = model.feeds(x, y)
     fn = model.step
-    threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})")
     cached = backend != "numpy"
+    threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if cached else blas_threads()
     return System(f"graphnet-{backend}", gn.__version__, threads, lambda: fn(**feeds),
                   f"backend={backend}", times[0], times[1] if cached else None)
 
@@ -172,19 +174,18 @@ def ctypes_call(config: GridConfig) -> System:
     def step():
         fn(*args)
 
-    return System("ctypes-call", f"ctypes {ctypes.__version__}", "1", step,
+    return System("ctypes-call", f"CPython {platform.python_version()}", "1", step,
                   f"no-op C function, {n_args} pointer arguments")
 
 
 def _compile_noop(n_args: int) -> Any:
-    directory = tempfile.mkdtemp(prefix="graphnet-bench-noop-")
     params = ", ".join(f"void *a{i}" for i in range(n_args))
-    source, library = Path(directory, "noop.c"), Path(directory, "noop.so")
-    source.write_text(f"void noop({params}) {{}}\n")
-    cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", str(source), "-o", str(library)], check=True,
-                   capture_output=True, text=True)
-    return ctypes.CDLL(str(library))
+    with tempfile.TemporaryDirectory(prefix="graphnet-bench-noop-") as directory:
+        source, library = Path(directory, "noop.c"), Path(directory, "noop.so")
+        source.write_text(f"void noop({params}) {{}}\n")
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", str(source), "-o", str(library)],
+                       check=True, capture_output=True, text=True)
+        return ctypes.CDLL(str(library))  # stays mapped after the file is gone
 
 
 def build_system(name: str, config: GridConfig) -> System:
@@ -245,6 +246,7 @@ def measure_config(config: GridConfig, names: list[str], repeats: int, min_time:
             if "error" in result[name]:
                 continue
             system, loops = ready[name]
+            time.sleep(SETTLE)
             try:
                 times[name].append(time_loop(system.step, loops))
             except Exception as e:
@@ -370,12 +372,16 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
                 for name, entries in configs.items()]
         lines += ["### GFLOP/s", ""] + _table(["config"] + [s for s in names if s != "ctypes-call"], rows) + [""]
         for system in ours:
-            header = ["config"] + [f"{p} / {system}" for p in peers] + [f"{system} / {c}" for c in CEILINGS]
+            header = (["config"] + [f"{p} / {system}" for p in peers] + [f"best peer / {system}"]
+                      + [f"{system} / {c}" for c in CEILINGS])
             rows = []
             for name, entries in configs.items():
                 t = _median(entries.get(system))
                 row = [GRID[name].label]
                 row += [_ratio(_median(entries.get(p)), t) for p in peers]
+                measured = [(m, p) for p in peers if (m := _median(entries.get(p)))]
+                best, best_name = min(measured) if measured else (None, "")
+                row.append(f"{_ratio(best, t)} ({best_name})" if best and t else "-")
                 row += [_ratio(t, _median(entries.get(c))) for c in CEILINGS]
                 rows.append(row)
             lines += [f"### {system}: speed-up over each peer (> 1: graphnet faster) and distance to the ceilings",
@@ -393,7 +399,10 @@ def _gflops(config: GridConfig, seconds: float | None) -> str:
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> str:
-    return "-" if not numerator or not denominator else f"{numerator / denominator:.2f}x"
+    if not numerator or not denominator:
+        return "-"
+    ratio = numerator / denominator
+    return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:.3g}x"
 
 
 def _compile_table(configs: dict, names: list[str]) -> list[str]:

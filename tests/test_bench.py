@@ -122,9 +122,9 @@ def test_markdown_ratios_and_missing_systems():
     lines = text.splitlines()
     assert "| config | graphnet-llvm | numpy | torch | gemm-floor | ctypes-call |" in lines
     assert "| small 64-128-10 b64 | 50 us (45-60) | 100 us (90-120) | - | 25 us (22.5-30) | 1 us (0.9-1.2) |" in lines
-    assert ("| config | numpy / graphnet-llvm | torch / graphnet-llvm | graphnet-llvm / gemm-floor | "
-            "graphnet-llvm / ctypes-call |") in lines
-    assert "| small 64-128-10 b64 | 2.00x | - | 2.00x | 50.00x |" in lines
+    assert ("| config | numpy / graphnet-llvm | torch / graphnet-llvm | best peer / graphnet-llvm | "
+            "graphnet-llvm / gemm-floor | graphnet-llvm / ctypes-call |") in lines
+    assert "| small 64-128-10 b64 | 2.00x | - | 2.00x (numpy) | 2.00x | 50.00x |" in lines
     assert "- small / torch: not available: no torch" in lines
     gflops = GRID["small"].flops / 50e-6 / 1e9
     assert f"| small 64-128-10 b64 | {gflops:.3g} | {gflops / 2:.3g} | - | {gflops * 2:.3g} |" in lines
