@@ -168,6 +168,20 @@ def test_unary_lowering_agrees_at_extremes(name, dtype):
     np.testing.assert_allclose(lowered, reference, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("op,example", ELEMENTWISE)
+def test_scalar_lowering_propagates_nan_like_numpy(op, example):
+    xs, node = op_graph(op, example, np.float32)
+    arrays = example_inputs(op, example, np.float32)
+    for i in float_inputs(example):
+        arrays[i].reshape(-1)[i::3] = np.nan
+    lowered = evaluate_scalar(op, arrays, dict(node.attrs), concrete(node.shape, 3))
+    reference = op.numpy(*arrays, **node.attrs)
+    if node.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(lowered), np.isnan(reference))
+    else:
+        np.testing.assert_array_equal(lowered, reference)
+
+
 COMPOSITE = [c for c in CASES if c.values[0].kind == "composite"]
 
 

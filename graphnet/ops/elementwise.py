@@ -133,10 +133,10 @@ _binary("power", np.power, lambda a, b, y, g: (g * b * a ** (b - 1), g * ops.log
 # PyTorch's convention: at a tie each input gets half the gradient.
 _binary("maximum", np.maximum, lambda a, b, y, g: (ops.where(a > b, g, _half(ops.equal(a, b), g)),
                                                    ops.where(b > a, g, _half(ops.equal(a, b), g))),
-        lambda s, a, b: s.select(s.lt(a, b), b, a), smooth=False)
+        lambda s, a, b: s.max(a, b), smooth=False)  # max/min propagate NaN, as numpy does
 _binary("minimum", np.minimum, lambda a, b, y, g: (ops.where(a < b, g, _half(ops.equal(a, b), g)),
                                                    ops.where(b < a, g, _half(ops.equal(a, b), g))),
-        lambda s, a, b: s.select(s.gt(a, b), b, a), smooth=False)
+        lambda s, a, b: s.min(a, b), smooth=False)
 
 
 class Compare(Op):
