@@ -19,21 +19,22 @@ def private_cache(tmp_path_factory):
     mp.undo()
 
 
-def mlp(backend: str, updates_for, dtype=np.float32, dropout: float = 0.0, fetch_params: bool = False):
+def mlp(backend: str, updates_for, dtype=np.float32, dropout: float = 0.0, fetch_params: bool = False,
+        sizes: tuple = SIZES):
     """A 2-layer softmax classifier in a fresh graph; returns (step function, parameters)."""
     with gn.Graph():
         rng = np.random.default_rng(0)
-        x = gn.placeholder("x", (None, SIZES[0]), dtype)
+        x = gn.placeholder("x", (None, sizes[0]), dtype)
         y = gn.placeholder("y", (None,), np.int64)
         params, h = [], x
-        for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             w = gn.variable(f"w{i}", rng.uniform(-1, 1, (a, b)).astype(dtype))
             bias = gn.variable(f"b{i}", rng.uniform(-0.1, 0.1, b).astype(dtype))
             params += [w, bias]
             h = h @ w + bias
             if i == 0:
                 h = gn.dropout(gn.tanh(h), dropout, seed=3) if dropout else gn.tanh(h)
-        loss = -gn.mean(gn.sum(gn.log_softmax(h, 1) * gn.one_hot(y, SIZES[-1], dtype), 1))
+        loss = -gn.mean(gn.sum(gn.log_softmax(h, 1) * gn.one_hot(y, sizes[-1], dtype), 1))
         fetches = [loss] + (params if fetch_params else [])
         return gn.compile(fetches, updates_for(loss, params), backend=backend), params
 
@@ -43,16 +44,18 @@ def hand_sgd(loss, params):
     return [(p, p - 0.1 * g) for p, g in zip(params, grads)]
 
 
-def data(batch: int, seed: int, dtype=np.float32):
+def data(batch: int, seed: int, dtype=np.float32, sizes: tuple = SIZES):
     rng = np.random.default_rng(seed)
-    return {"x": rng.normal(size=(batch, SIZES[0])).astype(dtype), "y": rng.integers(0, SIZES[-1], batch)}
+    return {"x": rng.normal(size=(batch, sizes[0])).astype(dtype), "y": rng.integers(0, sizes[-1], batch)}
 
 
-def train_both(updates_for, batches=(16, 16, 5, 1, 33, 16), dtype=np.float32, **kw):
+def train_both(updates_for, batches=(16, 16, 5, 1, 33, 16), dtype=np.float32, sizes: tuple = SIZES, **kw):
     runs = {}
     for backend in ("numpy", "llvm"):
-        step, params = mlp(backend, updates_for, dtype, **kw)
-        losses = [step(**data(b, i, dtype)) for i, b in enumerate(batches)]
+        step, params = mlp(backend, updates_for, dtype, sizes=sizes, **kw)
+        if backend == "llvm":
+            runs["kernels"] = step.executable.lp.to_text()
+        losses = [step(**data(b, i, dtype, sizes)) for i, b in enumerate(batches)]
         runs[backend] = losses, [p.value for p in params]
     return runs
 
@@ -125,3 +128,28 @@ def test_assign_between_calls_is_seen_by_native_code():
 def test_float64_gradient_check(fn):
     rng = np.random.default_rng(0)
     check_grad(fn, [rng.normal(size=(4, 3)), rng.normal(size=(3, 2))], shapes=[(None, 3), (3, 2)], backend="llvm")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_path_all_transposes_and_epilogues(dtype):
+    """Matmuls large enough for the GEMM routine: A @ B, A.T @ B, A @ B.T with fused epilogues."""
+    rng = np.random.default_rng(0)
+    a = gn.placeholder("a", (None, 40), dtype)
+    w = gn.variable("w", rng.normal(size=(40, 30)).astype(dtype))
+    v = gn.variable("v", rng.normal(size=(50, 30)).astype(dtype))
+    h = gn.relu(a @ w + 0.5)
+    fetches = [h, gn.transpose(a) @ h, gn.tanh(h @ gn.transpose(v)), gn.sum(h, 0)]
+    feeds = [{"a": rng.normal(size=(n, 40)).astype(dtype)} for n in (33, 1, 70)]
+    ref, fn = gn.compile(fetches, backend="numpy"), gn.compile(fetches, backend="llvm")
+    assert "GEMM" in fn.executable.lp.to_text()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for f in feeds:
+        for e, g in zip(ref(**f), fn(**f)):
+            np.testing.assert_allclose(g, e, **tol)
+
+
+def test_wider_mlp_with_adam_uses_gemm_and_matches_numpy():
+    runs = train_both(lambda loss, params: gn.optim.Adam(lr=0.01).minimize(loss), batches=(32, 7, 32),
+                      sizes=(48, 64, 10))
+    assert "GEMM" in runs["kernels"]
+    assert_same(runs, rtol=1e-4, atol=1e-5)
