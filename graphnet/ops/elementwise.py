@@ -164,7 +164,8 @@ for _name, _ref, _ins in [("less", np.less, "lt"), ("less_equal", np.less_equal,
 class Where(Op):
     name = "where"
     examples = (Example([(None, 3), (None, 3), (None, 3)], int_inputs={0: (bool, 2)}),
-                Example([(None, 3), (None, 3), ()], int_inputs={0: (bool, 2)}))
+                Example([(None, 3), (None, 3), ()], int_inputs={0: (bool, 2)}),
+                Example([(3,), (None, 1), (None, 3)], int_inputs={0: (bool, 2)}))
 
     def infer(self, inputs, attrs):
         cond, a, b = inputs

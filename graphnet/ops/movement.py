@@ -57,7 +57,8 @@ def resolve_reshape(old: tuple, new: tuple) -> tuple:
 @register
 class Reshape(Movement):
     name = "reshape"
-    examples = (Example([(None, 6)], {"shape": (None, 2, 3)}), Example([(2, 3, 4)], {"shape": (4, 6)}))
+    examples = (Example([(None, 6)], {"shape": (None, 2, 3)}), Example([(2, 3, 4)], {"shape": (4, 6)}),
+                Example([(None, 6)], {"shape": (-1, 3, 2)}))
 
     def infer(self, inputs, attrs):
         return resolve_reshape(inputs[0].shape, attrs["shape"]), inputs[0].dtype
