@@ -75,6 +75,10 @@ class FeedSpec:
                 raise TypeError(f"feed '{name}': expected integers ({dtype}), got non-integral floats")
         if dtype.kind == "b" and arr.dtype.kind != "b":
             raise TypeError(f"feed '{name}': expected bool, got {arr.dtype}")
+        if dtype.kind in "iu" and arr.size and arr.dtype.kind in "iuf":
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise TypeError(f"feed '{name}': values outside the range of {dtype} (would wrap around)")
         return np.ascontiguousarray(arr, dtype=dtype)
 
     def _names_error(self, feeds: dict[str, Any]) -> None:

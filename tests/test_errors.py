@@ -164,6 +164,8 @@ BAD_FEEDS = [
     ({**GOOD, "x": [[1.0, 2.0, 3.0], [4.0, 5.0]]}, TypeError, ["'x'"]),
     ({**GOOD, "x": np.array([["a", "b", "c"]] * 2)}, TypeError, ["'x'", "<U1"]),
     ({**GOOD, "labels": np.array([0.5, 1.0])}, TypeError, ["'labels'", "int32"]),
+    ({**GOOD, "labels": np.array([1, 2 ** 40])}, TypeError, ["'labels'", "range of int32"]),
+    ({**GOOD, "labels": np.array([-1.0, 3e10])}, TypeError, ["'labels'", "range of int32"]),
     ({**GOOD, "x": np.ones((0, 3), np.float32), "labels": np.ones(0, np.int32)}, ValueError, ["empty batch"]),
 ]
 
