@@ -65,7 +65,7 @@ REFERENCE = {
     "greater_equal": lambda a, b: a >= b,
     "equal": lambda a, b: a == b,
     "not_equal": lambda a, b: a != b,
-    "where": lambda c, a, b: c * a + (1 - c) * b if np.ndim(a) == np.ndim(b) else np.select([c], [a], b),
+    "where": lambda c, a, b: np.choose(c.astype(int), [b, a]),
     "matmul": lambda a, b: np.einsum("ik,kj->ij", a, b),
     "transpose": lambda x, perm: np.einsum(x, list(range(x.ndim)), [int(p) for p in perm]),
     "reshape": lambda x, shape: x.ravel().reshape([-1 if d is None else d for d in shape]),
