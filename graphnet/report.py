@@ -72,13 +72,14 @@ def kernel_code(artifacts: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
     to the function's end.
     """
     units = [(file, name, text) for file, source in artifacts.items() for name, text in _units(source)]
-    kernels = {name: [] for _, name, _ in units if name.startswith(_LOOP_KERNEL)}
+    code: dict[str, list[tuple[str, str]]] = {name.removeprefix(_LOOP_KERNEL): []
+                                              for _, name, _ in units if name.startswith(_LOOP_KERNEL)}
     for file, name, text in units:
-        bare = name.removeprefix(_LOOP_KERNEL)
-        for kernel in kernels:
-            if bare == kernel.removeprefix(_LOOP_KERNEL) or bare.startswith(kernel.removeprefix(_LOOP_KERNEL) + "_"):
-                kernels[kernel].append((file, text))
-    return {k.removeprefix(_LOOP_KERNEL): pieces for k, pieces in kernels.items()}
+        name = name.removeprefix(_LOOP_KERNEL)
+        owner = max((k for k in code if name == k or name.startswith(k + "_")), key=len, default=None)
+        if owner is not None:
+            code[owner].append((file, text))
+    return code
 
 
 _LOOP_KERNEL = "loop:"  # marks the loop IR's units, which define the kernels
