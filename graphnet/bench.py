@@ -2,7 +2,7 @@
 
 For every thread setting a fresh worker process (this module with `--worker-out`) is started with
 the thread environment set before any library loads (OPENBLAS/OMP/MKL_NUM_THREADS,
-GRAPHNET_NUM_THREADS, XLA_FLAGS). Per configuration the worker builds every system, compiles and
+GRAPHNET_NUM_THREADS) and, for a thread count, pinned to that many cores (JAX follows only that). Per configuration the worker builds every system, compiles and
 warms it up, calibrates a loop of steps lasting at least `--min-time`, then times the systems in
 interleaved rounds (the order rotates every round) so machine drift hits all alike. It writes JSON
 after each configuration; the parent turns it into markdown tables, a chart and a JSON file.
@@ -260,6 +260,7 @@ def measure_config(config: GridConfig, names: list[str], repeats: int, min_time:
 
 def run_worker(args: argparse.Namespace) -> None:
     (threads,) = args.threads
+    pin_threads(threads)
     report = {"threads": threads, "cores": _cores(), "python": sys.version.split()[0], "configs": {}}
     names = list(dict.fromkeys(args.systems + list(CEILINGS)))
     for config_name in args.configs:
@@ -270,21 +271,16 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def thread_env(threads: str) -> dict[str, str]:
     """The environment of a worker for a thread setting: 'all' leaves every library at its default."""
-    env = dict(os.environ)
-    for var in THREAD_VARS:
-        env.pop(var, None)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     if threads != "all":
-        for var in THREAD_VARS:
-            env[var] = threads
-        if threads == "1":
-            flags.append("--xla_cpu_multi_thread_eigen=false")
-        flags.append(f"intra_op_parallelism_threads={threads}")
-    env["XLA_FLAGS"] = " ".join(flags)
-    if not env["XLA_FLAGS"]:
-        del env["XLA_FLAGS"]
+        env.update({var: threads for var in THREAD_VARS})
     return env
+
+
+def pin_threads(threads: str) -> None:
+    """Restrict this process to `threads` cores: XLA sizes its thread pool by the CPU affinity, not by flags."""
+    if threads != "all" and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(threads)])
 
 
 def run_threads(args: argparse.Namespace, threads: str) -> dict:
@@ -486,7 +482,8 @@ def _threads(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphnet bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="graphnet bench", description="Training-step time of graphnet against numpy, "
+                                "PyTorch and JAX on the benchmark grid (BENCHMARKS.md).")
     p.add_argument("--configs", type=_list(GRID), default=list(GRID), help="grid rows (default: all)")
     p.add_argument("--systems", type=_list(list(GRAPHNET_SYSTEMS) + list(PEERS)), default=DEFAULT_SYSTEMS.split(","),
                    help=f"systems to compare (default: {DEFAULT_SYSTEMS}; also torch-foreach); the ceilings "

@@ -229,10 +229,9 @@ def torch_peer(config: GridConfig, seed: int = 0, impl: str = "for-loop") -> Pee
 # ---------------------------------------------------------------------------------------------- jax
 
 def jax_threads() -> str:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads=1" in flags:
-        return "1 (XLA_FLAGS)"
-    return f"{os.cpu_count()} (XLA default)"
+    """XLA's CPU thread pool has one thread per core this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} (cores in the CPU affinity)"
 
 
 def jax_peer(config: GridConfig, seed: int = 0) -> Peer:
