@@ -2,8 +2,8 @@
 
 For every thread setting a fresh worker process (this module with `--worker-out`) is started with
 the thread environment set before any library loads (OPENBLAS/OMP/MKL_NUM_THREADS,
-GRAPHNET_NUM_THREADS) and, for a thread count, pinned to that many cores (JAX follows only that). Per configuration the worker builds every system, compiles and
-warms it up, calibrates a loop of steps lasting at least `--min-time`, then times the systems in
+GRAPHNET_NUM_THREADS) and, for a thread count, pinned to that many cores (JAX heeds only that).
+Per configuration the worker builds every system, compiles and warms it up, calibrates a loop of steps lasting at least `--min-time`, then times the systems in
 interleaved rounds (the order rotates every round) so machine drift hits all alike. It writes JSON
 after each configuration; the parent turns it into markdown tables, a chart and a JSON file.
 
@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import __version__
 from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads, grid_data
 
 GRAPHNET_SYSTEMS = {"graphnet-llvm": "llvm", "graphnet-numpy": "numpy"}
@@ -107,17 +108,19 @@ def _peer_system(peer: Peer) -> System:
 
 
 def graphnet_system(config: GridConfig, backend: str) -> System:
-    """A graphnet training step, compiled twice: with an empty cache (cold), then with it filled (warm)."""
-    import graphnet as gn
+    """A graphnet training step, compiled with an empty cache (cold), then again with it filled (warm).
+
+    graphnet is imported here, not at the top, so that a broken build shows as one failed system.
+    """
     from .grid import build_grid_model
 
-    x, y = grid_data(config)
+    cached = backend != "numpy"  # the numpy backend keeps no compile cache
     times = []
     with tempfile.TemporaryDirectory(prefix="graphnet-bench-cache-") as cache:
         previous = os.environ.get("GRAPHNET_CACHE_DIR")
         os.environ["GRAPHNET_CACHE_DIR"] = cache
         try:
-            for _ in range(2):
+            for _ in range(2 if cached else 1):
                 start = time.perf_counter()
                 model = build_grid_model(config.name, backend)
                 times.append(time.perf_counter() - start)
@@ -126,12 +129,11 @@ def graphnet_system(config: GridConfig, backend: str) -> System:
                 os.environ.pop("GRAPHNET_CACHE_DIR", None)
             else:
                 os.environ["GRAPHNET_CACHE_DIR"] = previous
-    feeds = model.feeds(x, y)
+    feeds = model.feeds(*grid_data(config))
     fn = model.step
-    cached = backend != "numpy"
     threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if cached else blas_threads()
-    return System(f"graphnet-{backend}", gn.__version__, threads, lambda: fn(**feeds),
-                  f"backend={backend}", times[0], times[1] if cached else None)
+    return System(f"graphnet-{backend}", __version__, threads, lambda: fn(**feeds), f"backend={backend}",
+                  times[0], times[1] if cached else None)
 
 
 def gemm_floor(config: GridConfig) -> System:
