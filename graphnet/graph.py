@@ -7,6 +7,8 @@ immutable and interned by structure, so building the same expression twice yield
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -237,22 +239,32 @@ class Graph:
 
 def ancestors(outputs: Iterable[Node]) -> list[Node]:
     """Every node `outputs` depend on (including them), in a topological order."""
-    outputs = list(outputs)
-    if not outputs:
-        return []
-    g = nx.DiGraph()
-    stack = list(outputs)
-    seen = set()
+    # Kahn's algorithm taking the smallest id first (networkx's lexicographical_topological_sort,
+    # without building a DiGraph: compiles call this dozens of times).
+    stack, seen = list(outputs), set()
+    consumers: dict[Node, list[Node]] = {}
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
-        g.add_node(n)
-        for x in n.inputs:
-            g.add_edge(x, n)
+        consumers.setdefault(n, [])
+        for x in set(n.inputs):
+            consumers.setdefault(x, []).append(n)
             stack.append(x)
-    return list(nx.lexicographical_topological_sort(g, key=lambda n: n.id))
+    pending = {n: len(set(n.inputs)) for n in consumers}
+    tie = itertools.count()  # ids are unique within a graph; this keeps heap entries comparable anyway
+    ready = [(n.id, next(tie), n) for n in consumers if pending[n] == 0]
+    heapq.heapify(ready)
+    order: list[Node] = []
+    while ready:
+        n = heapq.heappop(ready)[2]
+        order.append(n)
+        for c in consumers[n]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                heapq.heappush(ready, (c.id, next(tie), c))
+    return order
 
 
 def structural_hash(outputs: Sequence[Node], extra: Any = ()) -> str:
