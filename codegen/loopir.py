@@ -188,7 +188,7 @@ class Kernel:
         found = [s.buffer for s in self.stores] + [ld.buffer for ld in self.loads()] + [b for b in extra if b is not None]
         return sorted(set(found))
 
-    def to_text(self) -> str:
+    def to_text(self, sources: bool = True) -> str:
         head = f"kernel {self.name} over " + " x ".join(f"v{d}<{'N' if n is None else n}"
                                                          for d, n in enumerate(self.domain))
         lines = [head + ("" if self.domain else "()") + "  order " + ",".join(f"v{v}" for v in self.order)]
@@ -200,7 +200,8 @@ class Kernel:
             lines.append(f"  acc = {kind}{self.reduce.op} over "
                          f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {self.reduce.value}")
         for s in self.stores:
-            lines.append(f"  b{s.buffer}[{s.offset}] = {s.value}    # {s.node} at {s.source}")
+            where = f"    # {s.node} at {s.source}" if sources else ""
+            lines.append(f"  b{s.buffer}[{s.offset}] = {s.value}{where}")
         return "\n".join(lines)
 
 
@@ -212,10 +213,11 @@ class LoopProgram:
     inputs: list = field(default_factory=list)  # buffer ids of the feeds, in sorted-name order
     storage: dict = field(default_factory=dict)  # variable/constant buffer id -> its numpy array
 
-    def to_text(self) -> str:
+    def to_text(self, sources: bool = True) -> str:
+        """The readable form (dumps); without `sources` it is what the generated code depends on."""
         lines = [str(b) for b in self.buffers]
         lines += ["", "fetch " + ", ".join(f"b{f}" for f in self.fetches), ""]
-        lines += [k.to_text() for k in self.kernels]
+        lines += [k.to_text(sources) for k in self.kernels]
         return "\n".join(lines) + "\n"
 
 

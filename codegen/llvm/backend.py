@@ -46,8 +46,10 @@ class LLVMBackend:
         self.compiler = Compiler(host_target(wide), opt)
         self.lp: LoopProgram = lower(program, fuse=not self.check, gemm_workspace=self._gemm_workspace)
         self._ir_text: str | None = None
-        constants = sorted(n.attrs["value"]._key for n in program.nodes() if n.op.name == "constant")
-        self.key = cache.cache_key(program.hash(), constants, self.compiler.target, opt, self.check,
+        # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
+        # inlined constant, exactly), the target and the flags: key on those rather than on
+        # Program.hash(), which prints small constants at six digits.
+        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, opt, self.check,
                                    graphnet.__version__, _codegen_digest())
         obj = cache.load(self.key)
         self.cache_hit = obj is not None

@@ -276,8 +276,11 @@ class _KernelEmitter:
         b = self.b
         if isinstance(e, Const):
             t = value_type(e.dtype)
-            v = ir.Constant(t, float(e.value) if e.dtype.kind == "f" else int(e.value) & ((1 << t.width) - 1)
-                            if isinstance(t, ir.IntType) else e.value)
+            if e.dtype.kind == "f":
+                v = ir.Constant(t, float(e.value))
+            else:  # two's complement in the signed range LLVM's parser expects
+                bits = int(e.value) & ((1 << t.width) - 1)
+                v = ir.Constant(t, bits - (1 << t.width) if t.width > 1 and bits >> (t.width - 1) else bits)
         elif isinstance(e, Load):
             v = b.load(self.element(e.buffer, self.offset(e.offset), e.dtype), typ=storage_type(e.dtype))
             if e.dtype.kind == "b":
