@@ -16,6 +16,7 @@ Medians of the repeats; ratios are against a peer timed in the same loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -28,7 +29,10 @@ from pathlib import Path
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from threadpoolctl import threadpool_limits
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # numpy's thread count then comes from OPENBLAS_NUM_THREADS, one process per count
+    threadpool_limits = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codegen.llvm import parallel  # noqa: E402
@@ -36,9 +40,9 @@ from codegen.llvm.gemm import GemmSpec  # noqa: E402
 from codegen.llvm.target import TargetInfo  # noqa: E402
 
 CONFIGS = {"large": (256, [784, 1024, 1024, 10]), "wide": (512, [1024, 4096, 1024])}
-SPIN_SETTINGS = {"passive": {"OMP_WAIT_POLICY": "passive"}, "spin 10k (default here)": {},
-                 "spin 300k (libgomp default)": {"GOMP_SPINCOUNT": "300000"},
-                 "active": {"OMP_WAIT_POLICY": "active"}}
+SPIN_SETTINGS = {f"GOMP_SPINCOUNT={parallel.SPIN_COUNT} (graphnet default)": {},
+                 "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+                 "300000 (libgomp default)": {"GOMP_SPINCOUNT": "300000"}, "active": {"OMP_WAIT_POLICY": "active"}}
 _GEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4)
 _REPS = ctypes.CFUNCTYPE(None, ctypes.c_int64)
 _I64 = ir.IntType(64)
@@ -94,26 +98,40 @@ def layer_gemms(batch: int, n_in: int, n_out: int) -> list[tuple[str, bool, bool
             ("dY@W^T", False, True, batch, n_in, n_out)]
 
 
-def bench_gemm(configs: list[str], repeats: int) -> None:
-    print("## GEMM (float32), median ms; ratio = numpy time / generated time at the same thread count\n")
-    print("| config | GEMM | M x N x K | gen 1T | gen 2T | numpy 1T | numpy 2T | gen 2T/1T speedup "
-          "| gen/numpy 1T | gen/numpy 2T |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+def blas_threads(n: int):
+    """OpenBLAS limited to n threads: threadpoolctl, else the OPENBLAS_NUM_THREADS this process
+    was started with (main() then runs one process per thread count)."""
+    if threadpool_limits is not None:
+        return threadpool_limits(n, user_api="blas")
+    if os.environ.get("OPENBLAS_NUM_THREADS") != str(n):
+        raise RuntimeError(f"without threadpoolctl, run with OPENBLAS_NUM_THREADS={n}")
+    return contextlib.nullcontext()
+
+
+def bench_gemm(configs: list[str], repeats: int, threads: list[int]) -> None:
+    print("## GEMM (float32), median ms; numpy/gen > 1 means the generated code is faster\n")
+    heads = [h for t in threads for h in (f"gen {t}T", f"numpy {t}T", f"numpy/gen {t}T")]
+    if threads == [1, 2]:
+        heads.append("gen 2T/1T speedup")
+    print("| config | GEMM | M x N x K | " + " | ".join(heads) + " |")
+    print("|---|---|---|" + "---|" * len(heads))
     for name in configs:
         batch, sizes = CONFIGS[name]
         for n_in, n_out in zip(sizes, sizes[1:]):
             for label, ta, tb, m, n, k in layer_gemms(batch, n_in, n_out):
-                g = Gemms(ta, tb, m, n, k, [1, 2])
-                t = {}
-                for _ in range(repeats):  # interleave the four systems, one repeat at a time
-                    for t_count in (1, 2):
-                        t.setdefault(f"gen{t_count}", []).append(median_ms(g.calls[t_count], 1))
-                        with threadpool_limits(t_count, user_api="blas"):
-                            t.setdefault(f"np{t_count}", []).append(median_ms(g.numpy, 1))
-                med = {key: statistics.median(v) for key, v in t.items()}
-                print(f"| {name} | {label} | {m}x{n}x{k} | {med['gen1']:.2f} | {med['gen2']:.2f} | "
-                      f"{med['np1']:.2f} | {med['np2']:.2f} | {med['gen1'] / med['gen2']:.2f} | "
-                      f"{med['np1'] / med['gen1']:.2f} | {med['np2'] / med['gen2']:.2f} |", flush=True)
+                g = Gemms(ta, tb, m, n, k, threads)
+                times: dict[str, list[float]] = {}
+                for _ in range(repeats):  # interleaved: one repeat of every system at a time
+                    for t in threads:
+                        times.setdefault(f"gen{t}", []).append(median_ms(g.calls[t], 1))
+                        with blas_threads(t):
+                            times.setdefault(f"np{t}", []).append(median_ms(g.numpy, 1))
+                med = {key: statistics.median(v) for key, v in times.items()}
+                cells = [f"{v:.2f}" for t in threads for v in (med[f"gen{t}"], med[f"np{t}"],
+                                                                 med[f"np{t}"] / med[f"gen{t}"])]
+                if threads == [1, 2]:
+                    cells.append(f"{med['gen1'] / med['gen2']:.2f}")
+                print(f"| {name} | {label} | {m}x{n}x{k} | " + " | ".join(cells) + " |", flush=True)
 
 
 def region_engine(threads: int):
@@ -141,42 +159,51 @@ def region_engine(threads: int):
 
 
 def region_costs(repeats: int, threads: int = 2) -> dict[str, float]:
-    """Microseconds per empty region: back to back, and the first one after a 20 ms idle gap."""
+    """Microseconds per empty region: back to back in native code, and the first one after a 50 us
+    busy gap (about one elementwise kernel between two GEMMs) or a 20 ms idle gap (between steps)."""
     regions = region_engine(threads)
     reps = 20_000
-    hot = median_ms(lambda: regions(reps), repeats) * 1e3 / reps
-    after_gap = []
-    for _ in range(repeats):
-        time.sleep(0.02)
-        start = time.perf_counter()
-        regions(1)
-        after_gap.append(1e6 * (time.perf_counter() - start))
+    out = {"hot_us": median_ms(lambda: regions(reps), repeats) * 1e3 / reps}
     serial = region_engine(1)
     call = median_ms(lambda: serial(1), repeats, inner=1000) * 1e3
-    return {"hot_us": hot, "after_gap_us": statistics.median(after_gap) - call, "ctypes_call_us": call}
+    for label, gap in (("busy_50us", 50e-6), ("idle_20ms", 0.02)):
+        times = []
+        for _ in range(max(repeats, 15)):
+            if gap < 1e-3:
+                end = time.perf_counter() + gap
+                while time.perf_counter() < end:
+                    pass
+            else:
+                time.sleep(gap)
+            start = time.perf_counter()
+            regions(1)
+            times.append(1e6 * (time.perf_counter() - start) - call)
+        out[f"after_{label}_us"] = statistics.median(times)
+    return out
 
 
 def bench_region(repeats: int) -> None:
-    print("\n## Empty parallel region (2 threads)\n")
+    print("\n## Empty parallel region (2 threads), median us (a ctypes call's overhead subtracted)\n")
     r = region_costs(repeats)
-    print(f"back to back: {r['hot_us']:.2f} us; first after a 20 ms idle gap: {r['after_gap_us']:.1f} us "
-          f"(ctypes call overhead {r['ctypes_call_us']:.2f} us subtracted)")
+    print(f"back to back: {r['hot_us']:.2f}; after a 50 us busy gap: {r['after_busy_50us_us']:.1f}; "
+          f"after a 20 ms idle gap: {r['after_idle_20ms_us']:.1f}")
 
 
 def bench_threshold(repeats: int) -> None:
-    print("\n## Threshold: 1 vs 2 threads on small GEMMs (X@W layout), median us\n")
-    print("| M x N x K | MFLOP | 1T | 2T | 2T speedup |")
-    print("|---|---|---|---|---|")
-    for m, n, k in [(32, 128, 64), (64, 128, 64), (64, 128, 128), (64, 256, 128), (128, 256, 256),
-                    (128, 256, 784), (256, 256, 256), (256, 512, 784)]:
+    print("\n## Threshold: 1 vs 2 threads on small GEMMs (X@W layout), us: median (min)\n")
+    print("| M x N x K | MFLOP | 1T | 2T | 2T speedup, medians | 2T speedup, minima |")
+    print("|---|---|---|---|---|---|")
+    for m, n, k in [(32, 128, 64), (64, 128, 128), (64, 256, 128), (128, 256, 256), (128, 512, 256),
+                    (256, 256, 256), (256, 512, 784), (256, 1024, 784)]:
         g = Gemms(False, False, m, n, k, [1, 2])
         one, two = [], []
         inner = max(1, int(2e7 // (2 * m * n * k)))
         for _ in range(repeats):
-            one.append(median_ms(g.calls[1], 1, inner))
-            two.append(median_ms(g.calls[2], 1, inner))
-        t1, t2 = statistics.median(one) * 1e3, statistics.median(two) * 1e3
-        print(f"| {m}x{n}x{k} | {2 * m * n * k / 1e6:.1f} | {t1:.1f} | {t2:.1f} | {t1 / t2:.2f} |", flush=True)
+            one.append(1e3 * median_ms(g.calls[1], 1, inner))
+            two.append(1e3 * median_ms(g.calls[2], 1, inner))
+        t1, t2 = statistics.median(one), statistics.median(two)
+        print(f"| {m}x{n}x{k} | {2 * m * n * k / 1e6:.1f} | {t1:.1f} ({min(one):.1f}) | {t2:.1f} ({min(two):.1f}) | "
+              f"{t1 / t2:.2f} | {min(one) / min(two):.2f} |", flush=True)
 
 
 def spin_worker(repeats: int) -> dict[str, float]:
@@ -184,7 +211,7 @@ def spin_worker(repeats: int) -> dict[str, float]:
     g = Gemms(False, False, 256, 1024, 784, [2])
     regions = region_engine(2)
     out = {}
-    with threadpool_limits(2, user_api="blas"):
+    with blas_threads(2):
         def after(first, second, settle: float) -> float:
             times = []
             for _ in range(repeats):
@@ -206,21 +233,31 @@ def spin_worker(repeats: int) -> dict[str, float]:
 
 
 def bench_spin(repeats: int) -> None:
-    print("\n## Idle pools: libgomp wait setting vs OpenBLAS (256x1024x784 sgemm, 2 threads each), median\n")
-    print("| libgomp setting | numpy alone ms | numpy right after a region | gen alone ms | "
-          "gen right after numpy | gen+numpy alternating ms | region back to back us | region after 20 ms gap us |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n## Idle pools: libgomp wait setting vs OpenBLAS (256x1024x784 sgemm, 2 threads each), medians\n")
+    print("| libgomp setting | numpy alone ms | numpy right after a region ms | gen alone ms | gen right after "
+          "numpy ms | gen+numpy alternating ms | region back to back us | after 50 us busy | after 20 ms idle |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, env in SPIN_SETTINGS.items():
         environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         done = subprocess.run([sys.executable, __file__, "--spin-worker", "--repeats", str(repeats)],
-                              env={**environ, **env}, capture_output=True, text=True, timeout=600)
+                              env={**environ, "OPENBLAS_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=600)
         if done.returncode:
             print(f"| {label} | failed: {done.stderr.strip().splitlines()[-1:]} |")
             continue
         r = json.loads(done.stdout)
         print(f"| {label} | {r['numpy_alone_ms']:.2f} | {r['numpy_after_region_ms']:.2f} | {r['gen_alone_ms']:.2f} | "
               f"{r['gen_after_numpy_ms']:.2f} | {r['alternating_pair_ms']:.2f} | {r['hot_us']:.2f} | "
-              f"{r['after_gap_us']:.1f} |", flush=True)
+              f"{r['after_busy_50us_us']:.1f} | {r['after_idle_20ms_us']:.1f} |", flush=True)
+
+
+def gemm_section(configs: list[str], repeats: int) -> None:
+    if threadpool_limits is not None:
+        bench_gemm(configs, repeats, [1, 2])
+        return
+    print("(threadpoolctl not installed: one process per thread count, OPENBLAS_NUM_THREADS set)\n")
+    for t in (1, 2):
+        subprocess.run([sys.executable, __file__, "--gemm-threads", str(t), "--repeats", str(repeats),
+                        "--config", *configs], env={**os.environ, "OPENBLAS_NUM_THREADS": str(t)}, check=True)
 
 
 def main() -> None:
@@ -230,17 +267,22 @@ def main() -> None:
     ap.add_argument("--sections", nargs="+", default=["gemm", "region", "threshold", "spin"],
                     choices=["gemm", "region", "threshold", "spin"])
     ap.add_argument("--spin-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gemm-threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not parallel.load_runtime():
         sys.exit(parallel.runtime_failure())
     if args.spin_worker:
         print(json.dumps(spin_worker(args.repeats)))
         return
+    if args.gemm_threads:
+        bench_gemm(args.config, args.repeats, [args.gemm_threads])
+        return
+    spin = {k: os.environ[k] for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ}
     print(f"CPU {HOST.cpu}, {len(os.sched_getaffinity(0))} usable cores, load average "
-          f"{os.getloadavg()[0]:.1f}; numpy {np.__version__}; GOMP_SPINCOUNT "
-          f"{os.environ.get('GOMP_SPINCOUNT')}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}\n")
+          f"{os.getloadavg()[0]:.1f}; numpy {np.__version__}; libgomp wait setting "
+          f"{spin or f'GOMP_SPINCOUNT={parallel.SPIN_COUNT} (graphnet default)'}\n")
     for section in args.sections:
-        {"gemm": lambda: bench_gemm(args.config, args.repeats), "region": lambda: bench_region(args.repeats),
+        {"gemm": lambda: gemm_section(args.config, args.repeats), "region": lambda: bench_region(args.repeats),
          "threshold": lambda: bench_threshold(args.repeats), "spin": lambda: bench_spin(args.repeats)}[section]()
 
 

@@ -17,12 +17,17 @@ were not copied). `load_runtime` registers a fork handler that sets the process-
 `graphnet_parallel_serial` (an i32 every region reads, bound with `llvm.add_symbol`), so a forked
 child runs every region on its calling thread.
 
-Idle workers: after a region libgomp's workers spin (GOMP_SPINCOUNT iterations of `pause`, default
-300,000 with OMP_WAIT_POLICY unset; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex. On a
-machine with as many threads as cores a spinning worker takes the core another pool (OpenBLAS)
-needs; a sleeping one costs a futex wake at the next region. `load_runtime` sets GOMP_SPINCOUNT to
-`SPIN_COUNT` when neither variable is set (benchmarks/parallel_bench.py measures the trade-off);
-libgomp reads it once, when it is loaded.
+Idle workers: after a region libgomp's workers spin GOMP_SPINCOUNT iterations of `pause` (300,000
+when neither it nor OMP_WAIT_POLICY is set; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex;
+the calling thread spins the same way at the region's closing barrier. On a machine with as many
+threads as cores, and more so on a shared one, a spinner holds the core the thread it waits for (or
+OpenBLAS's threads) needs: measured here (2 busy vCPUs, `pause` ~50 ns), a region after an idle gap
+cost about as long as the whole spin (~0.5 ms at 10,000, 9-16 ms at libgomp's default, 10-12 ms with
+OMP_WAIT_POLICY=active), against ~50 us when nothing spins, while back-to-back regions cost ~2 us
+spinning and ~10-18 us not (benchmarks/parallel_bench.py, section "spin"). So `load_runtime` loads
+libgomp with GOMP_SPINCOUNT=`SPIN_COUNT` unless the user set either variable; the setting is
+restored afterwards (libgomp reads it once, when it is loaded) so that other OpenMP runtimes loaded
+later, such as PyTorch's, are not affected.
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ from llvmlite import ir
 from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
 from codegen.llvm.target import TargetInfo
 
-SPIN_COUNT = 10_000
-"""Default GOMP_SPINCOUNT (iterations of `pause`, ~0.2 ms on the machines measured)."""
+SPIN_COUNT = 0
+"""GOMP_SPINCOUNT for graphnet's libgomp: sleep at once (the module docstring says why)."""
 
 MAX_DEFAULT_THREADS = 8
 """Default thread cap: the grid's GEMMs split into at most 16 column panels, and each thread
@@ -73,13 +78,17 @@ def load_runtime() -> bool:
         return True
     if _failure is not None:
         return False
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    default_spin = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if default_spin:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
         _runtime = ctypes.CDLL(_LIBRARY, mode=os.RTLD_GLOBAL)
     except OSError as e:
         _failure = f"{_LIBRARY} could not be loaded ({e}); generated code runs on one thread"
         return False
+    finally:
+        if default_spin:
+            del os.environ["GOMP_SPINCOUNT"]
     llvm.add_symbol(_SERIAL_FLAG, ctypes.addressof(_serial))
     os.register_at_fork(after_in_child=_run_serially)
     return True
