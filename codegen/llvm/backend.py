@@ -22,7 +22,8 @@ from ..lower import lower
 from ..memory import allocate, plan_arena
 from . import cache
 from .jit import Compiler, Library, host_target
-from .gemm import GemmSpec, emit_gemm, workspace_bytes
+from .gemm import GemmSpec
+from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
 from .render import Renderer, gemm_symbol, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
@@ -37,13 +38,14 @@ def _codegen_digest() -> str:
 
 
 def _gemm_digest() -> str:
-    return cache.cache_key(open(os.path.join(os.path.dirname(__file__), "gemm.py")).read())
+    return cache.cache_key(*(open(os.path.join(os.path.dirname(__file__), f)).read() for f in ("gemm.py", "parallel.py")))
 
 
 class LLVMBackend:
     def __init__(self, program: Program, options, opt: int = 3, wide: bool | None = None):
         self.program, self.check = program, options.check_numerics
         self.compiler = Compiler(host_target(wide), opt)
+        self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self.lp: LoopProgram = lower(program, fuse=not self.check, gemm_workspace=self._gemm_workspace)
         self._ir_text: str | None = None
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
@@ -66,17 +68,17 @@ class LLVMBackend:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, None, None, None, False)
 
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool) -> int:
-        return workspace_bytes(self._gemm_spec(dtype, trans_a, trans_b), self.compiler.target, None)
+        return parallel_workspace_bytes(self._gemm_spec(dtype, trans_a, trans_b), self.compiler.target, self.threads)
 
     def _gemm_object(self, dtype: str, trans_a: bool, trans_b: bool) -> bytes:
         """One GEMM routine per (dtype, transposes) with runtime sizes, cached across programs."""
         spec = self._gemm_spec(dtype, trans_a, trans_b)
-        key = cache.cache_key("gemm", spec, self.compiler.target, graphnet.__version__, _gemm_digest())
+        key = cache.cache_key("gemm", spec, self.compiler.target, self.threads, graphnet.__version__, _gemm_digest())
         obj = cache.load(key)
         if obj is None:
             module = ir.Module("graphnet_gemm")
             module.triple, module.data_layout = self.compiler.triple, self.compiler.data_layout
-            emit_gemm(module, gemm_symbol(dtype, trans_a, trans_b), spec, self.compiler.target)
+            emit_parallel_gemm(module, gemm_symbol(dtype, trans_a, trans_b), spec, self.compiler.target, self.threads)
             obj = self.compiler.object_code(str(module), optimize=False)
             cache.store(key, obj)
         return obj
