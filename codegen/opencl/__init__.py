@@ -1,0 +1,1 @@
+"""The OpenCL backend: the loop IR rendered to OpenCL C and run through pyopencl (optional extra)."""

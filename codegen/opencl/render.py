@@ -1,0 +1,374 @@
+"""Loop IR -> OpenCL C: one `__kernel` per loop-IR kernel, plus how to launch each.
+
+Every kernel takes `(long N, [arena, byte offsets of its temporaries], its other buffers)`, N being
+the batch size. A kernel has one of three shapes:
+- "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
+  inside the work-item (softmax's row max and sum, small reductions);
+- "group": one work-group per kept element when the kept domain is small and static and the
+  reduction is long or runs over the batch (bias gradients, the loss): work-items stride over the
+  reduced elements, then combine their partial results in local memory;
+- "tiled": a matmul (`reduce.contraction`) in TS x TS tiles staged in local memory, TS chosen from
+  the device's limits; the kernel's stores (bias, activation, optimizer: the fused epilogue) run
+  once per output element.
+A work-item computes all its values before it stores any, so in-place updates (a kernel reading and
+rewriting the same element) are safe. Scalar instructions map to C through the tables below; bool
+values are C `bool`, stored as `uchar`.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..loopir import Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size
+
+_CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
+          "u1": "uchar", "u2": "ushort", "u4": "uint", "u8": "ulong", "b1": "bool"}
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "xor": "^", "shr": ">>",
+          "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+_FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh",
+               "pow": "pow", "max": "gn_max", "min": "gn_min"}
+_INT_CALL = {"max": "max", "min": "min", "abs": "gn_iabs"}
+GROUP_REDUCE_MIN = 1024  # a static reduction at least this long uses a work-group per kept element
+GROUP_REDUCE_MAX_KEPT = 4096  # ... when it keeps at most this many elements
+
+PRELUDE = """\
+/* numpy semantics: maximum and minimum propagate NaN (fmax and fmin would drop it) */
+#define gn_max(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
+#define gn_min(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
+#define gn_iabs(a) ((a) < 0 ? -(a) : (a))
+"""
+
+
+def ctype(dtype: np.dtype) -> str:
+    return _CTYPE[np.dtype(dtype).str[1:]]
+
+
+def storage_ctype(dtype: np.dtype) -> str:
+    return "uchar" if np.dtype(dtype).kind == "b" else ctype(dtype)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The device limits the kernels are shaped by."""
+
+    max_work_group_size: int
+    local_mem_size: int
+
+    def group_size(self) -> int:
+        """Work-items per group of flat and group kernels: a power of two, at most 256."""
+        return 1 << min(8, self.max_work_group_size.bit_length() - 1)
+
+    def tile(self, itemsize: int) -> int:
+        """The matmul tile edge: the largest of 16, 8, 4, 2 whose work-group and two tiles fit."""
+        for ts in (16, 8, 4, 2):
+            if ts * ts <= self.max_work_group_size and 2 * ts * ts * itemsize <= self.local_mem_size:
+                return ts
+        return 1
+
+
+Count = tuple  # (static factor, power of N): static * N**nexp
+
+
+def count(extents) -> Count:
+    extents = list(extents)
+    return math.prod(e for e in extents if e is not None), sum(e is None for e in extents)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to enqueue one kernel. Per NDRange dimension: items to cover (a Count), items one
+    work-group covers, and the work-group's size in that dimension."""
+
+    name: str
+    shape: str  # flat | group | tiled
+    dims: tuple  # ((Count, per_group, local), ...)
+    buffers: tuple  # buffer ids, in argument order after N (temps first, as arena offsets)
+    temps: int  # how many of `buffers` are arena temporaries
+
+    @property
+    def local_size(self) -> tuple:
+        return tuple(local for _, _, local in self.dims)
+
+    def global_size(self, batch: int) -> tuple:
+        return tuple(max(1, -(-(static * batch ** nexp) // per)) * local for (static, nexp), per, local in self.dims)
+
+
+def render(lp: LoopProgram, limits: Limits) -> tuple[str, list[Launch], bool]:
+    """(OpenCL C source, one Launch per kernel in order, whether the source needs float64)."""
+    bodies, launches, double = [], [], False
+    functions: dict[str, str] = {}  # code -> the name of the first kernel with that code
+    for k in lp.kernels:
+        writer = _KernelWriter(lp, k, limits)
+        code = writer.code()
+        name = functions.setdefault(code, writer.name)
+        bodies.append(writer.comment() + (code.replace("{name}", name, 1) if name == writer.name else f"/* runs {name} */\n"))
+        launches.append(Launch(name, *writer.launch))
+        double |= writer.double
+    head = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n" if double else ""
+    return head + PRELUDE + "\n" + "\n".join(bodies), launches, double
+
+
+def _extent(e) -> str:
+    return "N" if e is None else str(e)
+
+
+def _count_text(c: Count) -> str:
+    static, nexp = c
+    return "*".join(([str(static)] if static != 1 or not nexp else []) + ["N"] * nexp)
+
+
+def literal(value, dtype: np.dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "true" if value else "false"
+    if dtype.kind == "f":
+        v = float(value)
+        if math.isnan(v):
+            return "NAN" if dtype == np.float32 else "(double)NAN"
+        if math.isinf(v):
+            text = "INFINITY" if dtype == np.float32 else "(double)INFINITY"
+            return text if v > 0 else "(-" + text + ")"
+        text = f"{v:.9g}" if dtype == np.float32 else repr(v)
+        text += "" if any(c in text for c in ".e") else ".0"
+        return text + "f" if dtype == np.float32 else text
+    v = int(value)
+    if dtype.kind == "u":
+        return f"({ctype(dtype)}){v}u" if dtype.itemsize < 4 else f"{v}u" + ("L" if dtype.itemsize == 8 else "")
+    if dtype.itemsize == 8:
+        return f"({v + 1}L - 1L)" if v == -2 ** 63 else f"{v}L"
+    if v == -2 ** 31:
+        return "(-2147483647 - 1)"
+    return f"({ctype(dtype)}){v}" if dtype.itemsize < 4 else (f"({v})" if v < 0 else str(v))
+
+
+def _identity(op: str, dtype: np.dtype) -> str:
+    if op == "sum":
+        return literal(0, dtype)
+    if dtype.kind == "f":
+        return literal(float("-inf"), dtype)
+    return literal(np.iinfo(dtype).min, dtype)
+
+
+def _combine(op: str, dtype: np.dtype, a: str, b: str) -> str:
+    if op == "sum":
+        return f"{a} + {b}"
+    return f"gn_max({a}, {b})" if dtype.kind == "f" else f"max({a}, {b})"
+
+
+class _KernelWriter:
+    def __init__(self, lp: LoopProgram, k: Kernel, limits: Limits):
+        self.lp, self.k, self.limits = lp, k, limits
+        self.name = re.sub(r"\W", "_", k.name)  # kernel names carry variable names ("rng/step")
+        self.lines: list[str] = []
+        self.double = False
+        self.temp = 0
+        used = sorted({s.buffer for s in k.stores} | {ld.buffer for ld in k.loads()})
+        temps = [b for b in used if lp.buffers[b].kind == "temp"]
+        self.buffers = tuple(temps + [b for b in used if b not in temps])
+        self.ntemps = len(temps)
+        self.param = {b: f"p{j}" for j, b in enumerate(self.buffers)}  # positional: equal kernels share code
+        red = k.reduce
+        self.kept = [v for v in range(len(k.domain)) if red is None or v not in red.axes]
+        if red is not None and red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
+            self.shape = "tiled"
+        elif red is not None and self._group_reduce():
+            self.shape = "group"
+        else:
+            self.shape = "flat"
+
+    def _group_reduce(self) -> bool:
+        kept = [self.k.domain[v] for v in self.kept]
+        reduced = [self.k.domain[v] for v in self.k.reduce.axes]
+        long_reduce = None in reduced or math.prod(reduced) >= GROUP_REDUCE_MIN
+        return None not in kept and math.prod(kept) <= GROUP_REDUCE_MAX_KEPT and long_reduce
+
+    # ---- text helpers -------------------------------------------------------------------
+    def ctype(self, dtype: np.dtype) -> str:
+        self.double |= np.dtype(dtype) == np.float64
+        return ctype(dtype)
+
+    def emit(self, line: str, depth: int) -> None:
+        self.lines.append("    " * depth + line)
+
+    def offset(self, aff: Affine, names: dict) -> str:
+        parts = []
+        for var, coef, nexp in aff.terms:
+            factors = [names[var]] + ([str(coef)] if coef != 1 else []) + ["N"] * nexp
+            parts.append("*".join(factors))
+        return " + ".join(parts) or "0"
+
+    def decompose(self, index: str, variables: list, depth: int) -> None:
+        """Declare loop vars `variables` (row-major) from the flat index variable `index`."""
+        live = [v for v in variables if self.k.domain[v] != 1]
+        for v in variables:
+            if self.k.domain[v] == 1:
+                self.emit(f"const long v{v} = 0;", depth)
+        for i, v in enumerate(reversed(live)):
+            if i == len(live) - 1:
+                self.emit(f"const long v{v} = {index};", depth)
+            else:
+                e = _extent(self.k.domain[v])
+                self.emit(f"const long v{v} = {index} % {e}; {index} /= {e};", depth)
+
+    # ---- scalar expressions -------------------------------------------------------------
+    def value(self, e: Expr, memo: dict, depth: int, names: dict | None = None) -> str:
+        """C text of `e`; every instruction becomes a named local (shared subtrees once)."""
+        if isinstance(e, Const):
+            self.ctype(e.dtype)
+            return literal(e.value, e.dtype)
+        if isinstance(e, Acc):
+            return "acc"
+        if isinstance(e, Size):
+            return f"(({self.ctype(e.dtype)})N)"
+        if e in memo:
+            return memo[e]
+        names = names or _VARS
+        if isinstance(e, Load):
+            text = f"{self.param[e.buffer]}[{self.offset(e.offset, names)}]"
+            if e.dtype.kind == "b":
+                text = f"({text} != 0)"
+        elif isinstance(e, Index):
+            text = f"(uint)({self.offset(e.offset, names)})"
+        else:
+            text = self.op(e, [self.value(a, memo, depth, names) for a in e.args])
+        name = f"t{self.temp}"
+        self.temp += 1
+        self.emit(f"const {self.ctype(e.dtype)} {name} = {text};", depth)
+        memo[e] = name
+        return name
+
+    def op(self, e: Op, args: list[str]) -> str:
+        name, src = e.name, e.args[0].dtype
+        if name == "cast":
+            if e.dtype.kind == "b":
+                return f"({args[0]} != {literal(0, src)})"
+            return f"({self.ctype(e.dtype)})({args[0]})"
+        if name == "select":
+            return f"({args[0]} ? {args[1]} : {args[2]})"
+        if name == "neg":
+            return f"(-{args[0]})"
+        if name in _INFIX:
+            return f"({args[0]} {_INFIX[name]} {args[1]})"
+        table = _FLOAT_CALL if src.kind == "f" else _INT_CALL
+        if name in table:
+            return f"{table[name]}({', '.join(args)})"
+        if name == "abs" and src.kind in "ub":
+            return args[0]
+        raise NotImplementedError(f"scalar instruction {name} on {src} has no OpenCL C rendering")
+
+    def stores(self, depth: int) -> None:
+        memo: dict = {}
+        values = [(s, self.value(s.value, memo, depth)) for s in self.k.stores]
+        for s, v in values:
+            if s.value.dtype.kind == "b":
+                v = f"(uchar)({v})"
+            self.emit(f"{self.param[s.buffer]}[{self.offset(s.offset, _VARS)}] = {v};", depth)
+
+    # ---- kernels ------------------------------------------------------------------------
+    def code(self) -> str:
+        """The kernel as C with its name left as `{name}`: kernels equal up to their buffers render
+        to equal text, so one function serves them all (pocl compiles each function separately)."""
+        getattr(self, "_" + self.shape)()
+        dtype = {b: storage_ctype(self.lp.buffers[b].dtype) for b in self.buffers}
+        args = ["const long N"] + (["__global uchar* arena"] if self.ntemps else [])
+        args += [f"const ulong o{j}" for j in range(self.ntemps)]
+        args += [f"__global {dtype[b]}* {self.param[b]}" for b in self.buffers[self.ntemps:]]
+        head = ["__kernel void {name}(" + ", ".join(args) + ") {"]
+        for j, b in enumerate(self.buffers[:self.ntemps]):
+            head.append(f"    __global {dtype[b]}* p{j} = (__global {dtype[b]}*)(arena + o{j});")
+        for b in self.buffers:
+            self.ctype(self.lp.buffers[b].dtype)
+        return "\n".join(head + self.lines + ["}", ""])
+
+    def comment(self) -> str:
+        """The loop IR of the kernel and which buffer each parameter is."""
+        params = ", ".join(f"{self.param[b]}=b{b}" for b in self.buffers)
+        return "".join(f"/* {line} */\n" for line in self.k.to_text().splitlines() + [f"  {params}"])
+
+    def _set_launch(self, dims: tuple) -> None:
+        self.launch = (self.shape, dims, self.buffers, self.ntemps)
+
+    def _flat(self) -> None:
+        k, red = self.k, self.k.reduce
+        size = self.limits.group_size()
+        total = count(k.domain[v] for v in self.kept)
+        self._set_launch(((total, size, size),))
+        self.emit("long i = get_global_id(0);", 1)
+        self.emit(f"if (i >= {_count_text(total)}) return;", 1)
+        self.decompose("i", self.kept, 1)
+        if red is not None:
+            t = self.ctype(red.value.dtype)
+            self.emit(f"{t} acc = {_identity(red.op, red.value.dtype)};", 1)
+            for depth, v in enumerate(red.axes, start=1):
+                self.emit(f"for (long v{v} = 0; v{v} < {_extent(k.domain[v])}; ++v{v}) {{", depth)
+            inner = len(red.axes) + 1
+            x = self.value(red.value, {}, inner)
+            self.emit(f"acc = {_combine(red.op, red.value.dtype, 'acc', x)};", inner)
+            for depth in range(len(red.axes), 0, -1):
+                self.emit("}", depth)
+        self.stores(1)
+
+    def _group(self) -> None:
+        k, red = self.k, self.k.reduce
+        size = self.limits.group_size()
+        t, dtype = self.ctype(red.value.dtype), red.value.dtype
+        self._set_launch(((count(k.domain[v] for v in self.kept), 1, size),))
+        self.emit(f"__local {t} part[{size}];", 1)
+        self.emit("long g = get_group_id(0);", 1)
+        self.emit("const int lid = get_local_id(0);", 1)
+        self.decompose("g", self.kept, 1)
+        self.emit(f"{t} acc = {_identity(red.op, dtype)};", 1)
+        total = _count_text(count(k.domain[v] for v in red.axes))
+        self.emit(f"for (long r = lid; r < {total}; r += {size}) {{", 1)
+        self.emit("long i = r;", 2)
+        self.decompose("i", list(red.axes), 2)
+        x = self.value(red.value, {}, 2)
+        self.emit(f"acc = {_combine(red.op, dtype, 'acc', x)};", 2)
+        self.emit("}", 1)
+        self.emit("part[lid] = acc;", 1)
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 1)
+        self.emit(f"for (int s = {size // 2}; s > 0; s >>= 1) {{", 1)
+        self.emit(f"if (lid < s) part[lid] = {_combine(red.op, dtype, 'part[lid]', 'part[lid + s]')};", 2)
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        self.emit("}", 1)
+        self.emit("if (lid != 0) return;", 1)
+        self.emit("acc = part[0];", 1)
+        self.stores(1)
+
+    def _tiled(self) -> None:
+        k, red = self.k, self.k.reduce
+        a, b = red.contraction
+        dtype = red.value.dtype
+        t = self.ctype(dtype)
+        ts = self.limits.tile(dtype.itemsize)
+        rows, cols, depth = (_extent(e) for e in k.domain)
+        self._set_launch(((count([k.domain[1]]), ts, ts), (count([k.domain[0]]), ts, ts)))
+        zero = literal(0, dtype)
+        self.emit(f"__local {t} As[{ts}][{ts}];", 1)
+        self.emit(f"__local {t} Bs[{ts}][{ts}];", 1)
+        self.emit("const int tx = get_local_id(0), ty = get_local_id(1);", 1)
+        self.emit(f"const long v1 = get_group_id(0) * {ts} + tx;", 1)
+        self.emit(f"const long v0 = get_group_id(1) * {ts} + ty;", 1)
+        self.emit(f"{t} acc = {zero};", 1)
+        self.emit(f"for (long k0 = 0; k0 < {depth}; k0 += {ts}) {{", 1)
+        a_at = self.offset(a.offset, {0: "v0", 2: "(k0 + tx)"})
+        b_at = self.offset(b.offset, {2: "(k0 + ty)", 1: "v1"})
+        self.emit(f"As[ty][tx] = (v0 < {rows} && k0 + tx < {depth}) ? {self.param[a.buffer]}[{a_at}] : {zero};", 2)
+        self.emit(f"Bs[ty][tx] = (k0 + ty < {depth} && v1 < {cols}) ? {self.param[b.buffer]}[{b_at}] : {zero};", 2)
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        self.emit(f"for (int kk = 0; kk < {ts}; ++kk) acc += As[ty][kk] * Bs[kk][tx];", 2)
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        self.emit("}", 1)
+        self.emit(f"if (v0 >= {rows} || v1 >= {cols}) return;", 1)
+        self.stores(1)
+
+
+class _Vars(dict):
+    def __missing__(self, var: int) -> str:
+        return f"v{var}"
+
+
+_VARS = _Vars()
