@@ -208,6 +208,11 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _load_average() -> float | None:
+    """Other processes' load: on a shared machine it explains noisy or slow rounds."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def _error(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()
     return text[0][:300] if text else type(e).__name__
@@ -262,11 +267,12 @@ def measure_config(config: GridConfig, names: list[str], repeats: int, min_time:
 
 def run_worker(args: argparse.Namespace) -> None:
     (threads,) = args.threads
+    report = {"threads": threads, "cores": _cores(), "python": sys.version.split()[0], "load": {}, "configs": {}}
     pin_threads(threads)
-    report = {"threads": threads, "cores": _cores(), "python": sys.version.split()[0], "configs": {}}
     names = list(dict.fromkeys(args.systems + list(CEILINGS)))
     for config_name in args.configs:
         _log(f"[threads={threads}] {GRID[config_name].label}")
+        report["load"][config_name] = _load_average()
         report["configs"][config_name] = measure_config(GRID[config_name], names, args.repeats, args.min_time)
         Path(args.worker_out).write_text(json.dumps(report, indent=1))
 
@@ -355,6 +361,10 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
     for report in reports:
         configs = report["configs"]
         lines += [f"## {_thread_title(report)}", ""]
+        if report.get("load"):
+            loads = ", ".join(f"{name} {load:.1f}" for name, load in report["load"].items() if load is not None)
+            lines += [f"Machine load (1-minute load average) before each configuration: {loads or 'unknown'} "
+                      f"on {report.get('cores', '?')} cores.", ""]
         if report.get("failure"):
             lines += [f"Note: {report['failure']}", ""]
         rows = []
