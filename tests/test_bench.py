@@ -67,6 +67,17 @@ def test_missing_peer_is_reported_not_raised(monkeypatch):
     assert result["numpy"]["median"] > 0
 
 
+def test_failing_system_is_reported_not_raised(monkeypatch):
+    def broken(config):
+        def step():
+            raise FloatingPointError("nan in the loss")
+        return bench.Peer("torch", "0", "1", step)
+    monkeypatch.setitem(bench.PEERS, "torch", broken)
+    result = bench.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
+    assert result["torch"] == {"error": "FloatingPointError: nan in the loss"}
+    assert result["numpy"]["repeats"] == 2
+
+
 def test_summarize_median_and_range():
     stats = bench.summarize([3.0, 1.0, 2.0, 10.0])
     assert (stats.median, stats.low, stats.high, stats.repeats) == (2.5, 1.0, 10.0, 4)
