@@ -149,8 +149,6 @@ class Lowering:
                 raise NotFusable(n)
             return member.value
         if n in self.buffer_of:
-            if n in self.roots and n not in self.kernel_of:
-                raise NotFusable(n)  # computed later (cannot happen in topological order)
             return Load(self.buffer_of[n], affine(forms, n.shape), n.dtype)
         return self._define(n, forms, kb)
 
@@ -162,8 +160,7 @@ class Lowering:
             return Size(n.dtype)
         if n.op.kind == "elementwise":
             args = [self._expr(x, _broadcast_forms(forms, x.shape, n.shape), kb) for x in n.inputs]
-            attrs = {k: v for k, v in n.attrs.items()}
-            return n.op.scalar(ExprBuilder(affine(forms, n.shape)), *args, **attrs)
+            return n.op.scalar(ExprBuilder(affine(forms, n.shape)), *args, **n.attrs)
         x = n.inputs[0] if n.inputs else None
         if name == "transpose":
             inner = [None] * len(forms)
