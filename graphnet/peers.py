@@ -8,7 +8,7 @@ count to quote next to its time. torch and jax are imported only when their peer
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -59,7 +59,6 @@ class Peer:
     threads: str
     step: Callable[[], Any]
     note: str = ""
-    state: dict = field(default_factory=dict, repr=False)
 
 
 def grid_data(config: GridConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +179,7 @@ def numpy_peer(config: GridConfig, seed: int = 0) -> Peer:
         adam.update([g for pair in zip(dws, dbs) for g in pair])
         return loss
 
-    return Peer("numpy", np.__version__, blas_threads(), step, state={"params": adam.params})
+    return Peer("numpy", np.__version__, blas_threads(), step, "hand-written forward, backward and Adam, in place")
 
 
 # ---------------------------------------------------------------------------------------------- torch
@@ -223,7 +222,7 @@ def torch_peer(config: GridConfig, seed: int = 0, impl: str = "for-loop") -> Pee
 
     name = "torch" if impl == "for-loop" else f"torch-{impl}"
     return Peer(name, torch.__version__, str(torch.get_num_threads()), step,
-                note=f"eager, torch.optim.Adam ({impl})", state={"params": params})
+                note=f"eager, torch.optim.Adam ({impl})")
 
 
 # ---------------------------------------------------------------------------------------------- jax
@@ -279,8 +278,7 @@ def jax_peer(config: GridConfig, seed: int = 0) -> Peer:
             state["params"], state["m"], state["v"], state["t"], x, y)
         return loss.block_until_ready()
 
-    return Peer("jax", jax.__version__, jax_threads(), step, note="jax.jit of the whole step, donated buffers",
-                state=state)
+    return Peer("jax", jax.__version__, jax_threads(), step, note="jax.jit of the whole step, donated buffers")
 
 
 PEERS: dict[str, Callable[..., Peer]] = {
