@@ -6,6 +6,8 @@ import ctypes
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
+from typing import Iterator
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -42,6 +44,23 @@ class Jit:
         return fn
 
 
+@contextmanager
+def cfor(b: ir.IRBuilder, start: ir.Value, stop: ir.Value) -> Iterator[ir.Value]:
+    """for i in range(start, stop) as a phi loop."""
+    pre = b.block
+    head, loop, done = (b.append_basic_block(n) for n in ("for.head", "for.body", "for.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), loop, done)
+    b.position_at_end(loop)
+    yield i
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
 def fill_module(threads: int, grain: int, min_work: int) -> Jit:
     """`fill(total, work, out)`: out[i] = index of the slice that ran i (slices over [0, total))."""
     module = ir.Module("fill")
@@ -49,18 +68,8 @@ def fill_module(threads: int, grain: int, min_work: int) -> Jit:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
     def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
-        pre = b.block
-        head, loop, done = (b.append_basic_block(n) for n in ("head", "loop", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(begin, pre)
-        b.cbranch(b.icmp_signed("<", i, end), loop, done)
-        b.position_at_end(loop)
-        b.store(slice_, b.gep(captured[0], [i], source_etype=I64))
-        i.add_incoming(b.add(i, ir.Constant(I64, 1)), loop)
-        b.branch(head)
-        b.position_at_end(done)
+        with cfor(b, begin, end) as i:
+            b.store(slice_, b.gep(captured[0], [i], source_etype=I64))
 
     parallel.emit_parallel_for(module, b, "fill", fn.args[0], body, [fn.args[2]], threads, grain=grain,
                                work=fn.args[1], min_work=min_work)
@@ -96,6 +105,39 @@ def test_small_work_and_single_grain_stay_serial():
     assert set(run_fill(jit, 512, work=1000).tolist()) == {0, 1}
     assert np.all(run_fill(jit, 16, work=10**6) == 0), "one grain: no team"
     assert run_fill(jit, 0, work=10**6).size == 0
+
+
+@needs_runtime
+def test_regions_inside_a_loop_reuse_one_frame():
+    """`count(reps, total, out)` runs `reps` regions from inside a loop, each adding 1 to out[0:total]."""
+    module = ir.Module("count")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR]), "count")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    entry = b.block
+    head, loop, done = (b.append_basic_block(n) for n in ("head", "loop", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    rep = b.phi(I64)
+    rep.add_incoming(ir.Constant(I64, 0), entry)
+    b.cbranch(b.icmp_signed("<", rep, fn.args[0]), loop, done)
+    b.position_at_end(loop)
+
+    def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
+        with cfor(b, begin, end) as i:
+            cell = b.gep(captured[0], [i], source_etype=I64)
+            b.store(b.add(b.load(cell, typ=I64), ir.Constant(I64, 1)), cell)
+
+    parallel.emit_parallel_for(module, b, "count", fn.args[1], body, [fn.args[2]], 2, grain=8)
+    rep.add_incoming(b.add(rep, ir.Constant(I64, 1)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+    jit = Jit(module)
+    assert jit.text.count("alloca") == 1 and "entry:\n  %\"parallel_frame\" = alloca" in jit.text
+    out = np.zeros(1000, np.int64)
+    jit.function("count", ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p))(
+        50, 1000, out.ctypes.data)
+    assert np.all(out == 50)
 
 
 def gemm_module(spec: GemmSpec, threads: int, min_flops: int = 0) -> Jit:

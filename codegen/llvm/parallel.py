@@ -45,10 +45,10 @@ SPIN_COUNT = 0
 """GOMP_SPINCOUNT for graphnet's libgomp: sleep at once (the module docstring says why)."""
 
 MAX_DEFAULT_THREADS = 8
-"""Default thread cap: the grid's GEMMs split into at most 16 column panels, and each thread
-re-packs all of A; more threads only add packing. (Measured on 2 cores only.)"""
+"""Cap on the default thread count: every thread of a column-split GEMM re-packs all of A, so
+the gain per thread shrinks (an unmeasured guess: only 2 cores were available to measure)."""
 
-PARALLEL_MIN_FLOPS = 2_000_000
+PARALLEL_MIN_FLOPS = 10_000_000
 """GEMMs below this many flops (2*M*N*K) stay on one thread (see benchmarks/parallel_bench.py)."""
 
 _I32, _I64, _PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
@@ -160,6 +160,43 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
             builder.call(slice_fn, [data, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total])
 
 
+def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, threads: int,
+                       max_m: int | None = None, min_flops: int = PARALLEL_MIN_FLOPS) -> ir.Function:
+    """`void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)`, emit_gemm's signature, with
+    the columns of C split across up to `threads` threads in NR-wide panels.
+
+    The workspace holds `parallel_workspace_bytes(spec, target, threads, max_m)`: thread t packs
+    into the t-th `workspace_bytes(spec, target, max_m)` bytes (a multiple of 64, so every slice
+    stays 64-byte aligned). GEMMs under `min_flops` (2*M*N*K at run time) run on the caller's thread.
+    """
+    if threads <= 1 or not load_runtime():
+        return emit_gemm(module, name, spec, target)
+    kernel = emit_gemm(module, f"{name}.partition", spec, target, partition="n")
+    kernel.linkage = "internal"
+    stride = workspace_bytes(spec, target, max_m)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 4), name=name)
+    for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace")):
+        arg.name = arg_name
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n, k = (ir.Constant(_I64, d) if d is not None else arg for d, arg in zip((spec.m, spec.n, spec.k), fn.args))
+    flops = b.mul(b.mul(b.mul(m, n), k), ir.Constant(_I64, 2))
+
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        ws = b.gep(captured[6], [b.mul(slice_, ir.Constant(_I64, stride))], inbounds=True, source_etype=ir.IntType(8))
+        b.call(kernel, captured[:6] + [ws, begin, end])
+
+    emit_parallel_for(module, b, name, n, body, list(fn.args), threads,
+                      grain=default_blocking(spec, target).nr, work=flops, min_work=min_flops)
+    b.ret_void()
+    return fn
+
+
+def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int, max_m: int | None = None) -> int:
+    """Workspace of `emit_parallel_gemm`: one packing workspace per thread."""
+    return max(1, threads) * workspace_bytes(spec, target, max_m)
+
+
 def _emit_slice(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body) -> ir.Function:
     """`void name(ptr frame, i64 slice, i64 begin, i64 end)`: the body with its captures unpacked."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR, _I64, _I64, _I64]), name=name)
@@ -226,40 +263,3 @@ def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) ->
     if existing is not None:
         return existing
     return ir.Function(module, ir.FunctionType(ret, args), name=name)
-
-
-def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, threads: int,
-                       max_m: int | None = None, min_flops: int = PARALLEL_MIN_FLOPS) -> ir.Function:
-    """`void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)`, emit_gemm's signature, with
-    the columns of C split across up to `threads` threads in NR-wide panels.
-
-    The workspace holds `parallel_workspace_bytes(spec, target, threads, max_m)`: thread t packs
-    into the t-th `workspace_bytes(spec, target, max_m)` bytes (a multiple of 64, so every slice
-    stays 64-byte aligned). GEMMs under `min_flops` (2*M*N*K at run time) run on the caller's thread.
-    """
-    if threads <= 1 or not load_runtime():
-        return emit_gemm(module, name, spec, target)
-    kernel = emit_gemm(module, f"{name}.partition", spec, target, partition="n")
-    kernel.linkage = "internal"
-    stride = workspace_bytes(spec, target, max_m)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 4), name=name)
-    for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace")):
-        arg.name = arg_name
-    fn.attributes.add("nounwind")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m, n, k = (ir.Constant(_I64, d) if d is not None else arg for d, arg in zip((spec.m, spec.n, spec.k), fn.args))
-    flops = b.mul(b.mul(b.mul(m, n), k), ir.Constant(_I64, 2))
-
-    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
-        ws = b.gep(captured[6], [b.mul(slice_, ir.Constant(_I64, stride))], inbounds=True, source_etype=ir.IntType(8))
-        b.call(kernel, captured[:6] + [ws, begin, end])
-
-    emit_parallel_for(module, b, name, n, body, list(fn.args), threads,
-                      grain=default_blocking(spec, target).nr, work=flops, min_work=min_flops)
-    b.ret_void()
-    return fn
-
-
-def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int, max_m: int | None = None) -> int:
-    """Workspace of `emit_parallel_gemm`: one packing workspace per thread."""
-    return max(1, threads) * workspace_bytes(spec, target, max_m)
