@@ -138,6 +138,18 @@ def test_gradients_match_numpy(backward, case):
         np.testing.assert_allclose(got, expected, **_tolerance(np.float64))
 
 
+def test_matmul_tiles_with_ragged_edges():
+    """Sizes that fill no tile evenly, both operands transposed in the gradients, a fused epilogue."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 37))
+        w = gn.variable("w", np.random.default_rng(0).normal(size=(37, 130)).astype(np.float32))
+        y = gn.tanh(x @ w + 1.0)
+        ref, fn = _both([y] + gn.gradients(gn.sum(y * y), [x, w]))
+    data = np.random.default_rng(1).normal(size=(70, 37)).astype(np.float32)
+    for e, o in zip(ref(x=data), fn(x=data)):
+        np.testing.assert_allclose(o, e, rtol=1e-4, atol=1e-4)
+
+
 # ---- optimizers ---------------------------------------------------------------------------------
 def test_every_optimizer_matches_numpy():
     """Each configuration trains its own copy of a small tanh/softmax model; all

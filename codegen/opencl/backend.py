@@ -82,7 +82,7 @@ class OpenCLBackend:
             if buffer in self.plan.offsets:
                 self.cl.enqueue_copy(self.rt.queue, out, self.arena, src_offset=self.plan.offsets[buffer])
             else:
-                self.cl.enqueue_copy(self.rt.queue, out, self.feeds.get(buffer) or self.fixed[buffer])
+                self.cl.enqueue_copy(self.rt.queue, out, self.feeds[buffer] if buffer in self.feeds else self.fixed[buffer])
         return out
 
     # ---- calls --------------------------------------------------------------------------

@@ -61,12 +61,14 @@ class Limits:
         """Work-items per group of flat and group kernels: a power of two, at most 256."""
         return 1 << min(8, self.max_work_group_size.bit_length() - 1)
 
-    def tile(self, itemsize: int) -> int:
-        """The matmul tile edge: the largest of 16, 8, 4, 2 whose work-group and two tiles fit."""
-        for ts in (16, 8, 4, 2):
-            if ts * ts <= self.max_work_group_size and 2 * ts * ts * itemsize <= self.local_mem_size:
-                return ts
-        return 1
+    def tile(self, itemsize: int) -> tuple[int, int, int]:
+        """Matmul blocking (R, W, TSK): R x R work-items, W x W results each, TSK-deep slices; the
+        largest whose work-group fits the device and whose two (R*W) x TSK tiles fit local memory."""
+        for r, w in ((16, 4), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1)):
+            tsk = min(16, r * w)
+            if r * r <= self.max_work_group_size and 2 * tsk * r * w * itemsize <= self.local_mem_size:
+                return r, w, tsk
+        raise RuntimeError("the OpenCL device has no room for a matmul tile")
 
 
 Count = tuple  # (static factor, power of N): static * N**nexp
@@ -339,31 +341,50 @@ class _KernelWriter:
         self.stores(1)
 
     def _tiled(self) -> None:
+        """Each work-group computes a TS x TS block of the result (TS = R*W) from TSK-deep slices
+        of A and B staged in local memory; each of its R x R work-items accumulates W x W results
+        in registers, strided by R so that neighbouring work-items touch neighbouring columns."""
         k, red = self.k, self.k.reduce
         a, b = red.contraction
         dtype = red.value.dtype
         t = self.ctype(dtype)
-        ts = self.limits.tile(dtype.itemsize)
+        r, w, tsk = self.limits.tile(dtype.itemsize)
+        ts = r * w
         rows, cols, depth = (_extent(e) for e in k.domain)
-        self._set_launch(((count([k.domain[1]]), ts, ts), (count([k.domain[0]]), ts, ts)))
+        self._set_launch(((count([k.domain[1]]), ts, r), (count([k.domain[0]]), ts, r)))
         zero = literal(0, dtype)
-        self.emit(f"__local {t} As[{ts}][{ts}];", 1)
-        self.emit(f"__local {t} Bs[{ts}][{ts}];", 1)
-        self.emit("const int tx = get_local_id(0), ty = get_local_id(1);", 1)
-        self.emit(f"const long v1 = get_group_id(0) * {ts} + tx;", 1)
-        self.emit(f"const long v0 = get_group_id(1) * {ts} + ty;", 1)
-        self.emit(f"{t} acc = {zero};", 1)
-        self.emit(f"for (long k0 = 0; k0 < {depth}; k0 += {ts}) {{", 1)
-        a_at = self.offset(a.offset, {0: "v0", 2: "(k0 + tx)"})
-        b_at = self.offset(b.offset, {2: "(k0 + ty)", 1: "v1"})
-        self.emit(f"As[ty][tx] = (v0 < {rows} && k0 + tx < {depth}) ? {self.param[a.buffer]}[{a_at}] : {zero};", 2)
-        self.emit(f"Bs[ty][tx] = (k0 + ty < {depth} && v1 < {cols}) ? {self.param[b.buffer]}[{b_at}] : {zero};", 2)
-        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
-        self.emit(f"for (int kk = 0; kk < {ts}; ++kk) acc += As[ty][kk] * Bs[kk][tx];", 2)
-        self.emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
-        self.emit("}", 1)
-        self.emit(f"if (v0 >= {rows} || v1 >= {cols}) return;", 1)
-        self.stores(1)
+        emit = self.emit
+        emit(f"__local {t} As[{tsk}][{ts}];", 1)
+        emit(f"__local {t} Bs[{tsk}][{ts}];", 1)
+        emit(f"const int tx = get_local_id(0), ty = get_local_id(1), lid = ty * {r} + tx;", 1)
+        emit(f"const long row0 = get_group_id(1) * {ts}, col0 = get_group_id(0) * {ts};", 1)
+        emit(f"{t} accs[{w}][{w}];", 1)
+        emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) accs[wm][wn] = {zero};", 1)
+        emit(f"for (long k0 = 0; k0 < {depth}; k0 += {tsk}) {{", 1)
+        emit(f"for (int l = lid; l < {ts * tsk}; l += {r * r}) {{", 2)
+        emit(f"const long v0 = row0 + l / {tsk}, v2 = k0 + l % {tsk};", 3)
+        emit(f"As[l % {tsk}][l / {tsk}] = (v0 < {rows} && v2 < {depth}) ? "
+             f"{self.param[a.buffer]}[{self.offset(a.offset, _VARS)}] : {zero};", 3)
+        emit("}", 2)
+        emit(f"for (int l = lid; l < {ts * tsk}; l += {r * r}) {{", 2)
+        emit(f"const long v2 = k0 + l / {ts}, v1 = col0 + l % {ts};", 3)
+        emit(f"Bs[l / {ts}][l % {ts}] = (v2 < {depth} && v1 < {cols}) ? "
+             f"{self.param[b.buffer]}[{self.offset(b.offset, _VARS)}] : {zero};", 3)
+        emit("}", 2)
+        emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        emit(f"for (int kk = 0; kk < {tsk}; ++kk) {{", 2)
+        emit(f"{t} a[{w}], b[{w}];", 3)
+        emit(f"for (int i = 0; i < {w}; ++i) {{ a[i] = As[kk][ty + i * {r}]; b[i] = Bs[kk][tx + i * {r}]; }}", 3)
+        emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) accs[wm][wn] += a[wm] * b[wn];", 3)
+        emit("}", 2)
+        emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
+        emit("}", 1)
+        emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) {{", 1)
+        emit(f"const long v0 = row0 + ty + wm * {r}, v1 = col0 + tx + wn * {r};", 2)
+        emit(f"if (v0 >= {rows} || v1 >= {cols}) continue;", 2)
+        emit(f"const {t} acc = accs[wm][wn];", 2)
+        self.stores(2)
+        emit("}", 1)
 
 
 class _Vars(dict):
