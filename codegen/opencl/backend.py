@@ -82,7 +82,8 @@ class OpenCLBackend:
             if buffer in self.plan.offsets:
                 self.cl.enqueue_copy(self.rt.queue, out, self.arena, src_offset=self.plan.offsets[buffer])
             else:
-                self.cl.enqueue_copy(self.rt.queue, out, self.feeds[buffer] if buffer in self.feeds else self.fixed[buffer])
+                source = self.feeds[buffer] if buffer in self.feeds else self.fixed[buffer]
+                self.cl.enqueue_copy(self.rt.queue, out, source)
         return out
 
     # ---- calls --------------------------------------------------------------------------

@@ -7,9 +7,12 @@ the batch size. A kernel has one of three shapes:
 - "group": one work-group per kept element when the kept domain is small and static and the
   reduction is long or runs over the batch (bias gradients, the loss): work-items stride over the
   reduced elements, then combine their partial results in local memory;
-- "tiled": a matmul (`reduce.contraction`) in TS x TS tiles staged in local memory, TS chosen from
+- "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
+  in local memory, each work-item holding a W x W block of sums in registers, sizes chosen from
   the device's limits; the kernel's stores (bias, activation, optimizer: the fused epilogue) run
   once per output element.
+Kernels equal up to which buffers they use share one OpenCL function (pocl compiles each function
+on first launch, 0.1-0.3 s: the optimizer update of same-shaped parameters is compiled once).
 A work-item computes all its values before it stores any, so in-place updates (a kernel reading and
 rewriting the same element) are safe. Scalar instructions map to C through the tables below; bool
 values are C `bool`, stored as `uchar`.
@@ -106,7 +109,8 @@ def render(lp: LoopProgram, limits: Limits) -> tuple[str, list[Launch], bool]:
         writer = _KernelWriter(lp, k, limits)
         code = writer.code()
         name = functions.setdefault(code, writer.name)
-        bodies.append(writer.comment() + (code.replace("{name}", name, 1) if name == writer.name else f"/* runs {name} */\n"))
+        text = code.replace("{name}", name, 1) if name == writer.name else f"/* runs {name} */\n"
+        bodies.append(writer.comment() + text)
         launches.append(Launch(name, *writer.launch))
         double |= writer.double
     head = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n" if double else ""

@@ -64,7 +64,8 @@ def choose_device(spec: str | None = None):
         if spec == index or spec.lower() in dev.name.lower():
             return dev
     names = "; ".join(f"{index} {dev.name}" for index, dev in found)
-    raise RuntimeError(f"no OpenCL device matches '{spec}' (GRAPHNET_OPENCL_DEVICE takes P:D or part of a name): {names}")
+    raise RuntimeError(f"no OpenCL device matches '{spec}' (GRAPHNET_OPENCL_DEVICE takes P:D or part of a "
+                       f"name): {names}")
 
 
 class Runtime:
