@@ -4,9 +4,10 @@ Every kernel takes `(long N, [arena, byte offsets of its temporaries], its other
 the batch size. A kernel has one of three shapes:
 - "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
   inside the work-item (softmax's row max and sum, small reductions);
-- "group": one work-group per kept element when the kept domain is small and static and the
-  reduction is long or runs over the batch (bias gradients, the loss): work-items stride over the
-  reduced elements, then combine their partial results in local memory;
+- "group": one work-group per kept element when one work-item per kept element would leave most
+  of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
+  and the reduction is long or runs over the batch: work-items stride over the reduced elements,
+  then combine their partial results in local memory;
 - "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
   in local memory, each work-item holding a W x W block of sums in registers, sizes chosen from
   the device's limits; the kernel's stores (bias, activation, optimizer: the fused epilogue) run
@@ -34,8 +35,8 @@ _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "xor": "^", "shr": ">>
 _FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh",
                "pow": "pow", "max": "gn_max", "min": "gn_min"}
 _INT_CALL = {"max": "max", "min": "min", "abs": "gn_iabs"}
-GROUP_REDUCE_MIN = 1024  # a static reduction at least this long uses a work-group per kept element
-GROUP_REDUCE_MAX_KEPT = 4096  # ... when it keeps at most this many elements
+GROUP_REDUCE_MIN = 1024  # a static reduction at least this long may use a work-group per kept element
+BUSY_PER_UNIT = 32  # work-items per compute unit below which a flat kernel leaves the device idle
 
 PRELUDE = """\
 /* numpy semantics: maximum and minimum propagate NaN (fmax and fmin would drop it) */
@@ -59,6 +60,7 @@ class Limits:
 
     max_work_group_size: int
     local_mem_size: int
+    compute_units: int
 
     def group_size(self) -> int:
         """Work-items per group of flat and group kernels: a power of two, at most 256."""
@@ -189,7 +191,9 @@ class _KernelWriter:
         kept = [self.k.domain[v] for v in self.kept]
         reduced = [self.k.domain[v] for v in self.k.reduce.axes]
         long_reduce = None in reduced or math.prod(reduced) >= GROUP_REDUCE_MIN
-        return None not in kept and math.prod(kept) <= GROUP_REDUCE_MAX_KEPT and long_reduce
+        if None in kept or not long_reduce:
+            return False
+        return math.prod(kept) < BUSY_PER_UNIT * self.limits.compute_units
 
     # ---- text helpers -------------------------------------------------------------------
     def ctype(self, dtype: np.dtype) -> str:

@@ -76,7 +76,7 @@ class Runtime:
         self.device = device
         self.context = cl.Context([device])
         self.queue = cl.CommandQueue(self.context, device)
-        self.limits = Limits(device.max_work_group_size, device.local_mem_size)
+        self.limits = Limits(device.max_work_group_size, device.local_mem_size, device.max_compute_units)
         self.fp64 = bool(device.double_fp_config) or "cl_khr_fp64" in device.extensions
         rounded = bool(device.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT)
         self.options = ["-cl-fp32-correctly-rounded-divide-sqrt"] if rounded else []
