@@ -20,7 +20,8 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from graphnet.grid import build_grid_model
-from graphnet.peers import GRID, grid_data, numpy_peer
+from codegen.llvm.parallel import load_runtime, num_threads
+from graphnet.peers import GRID, blas_threads, grid_data, numpy_peer
 
 
 def per_step(fn, repeats: int, budget: float = 0.2) -> tuple[float, float, float]:
@@ -85,7 +86,9 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", default=list(GRID))
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    print(f"llvmlite {llvm.llvm_version_info}, host {llvm.get_host_cpu_name()}, numpy {np.__version__}, 1 thread")
+    threads = num_threads() if load_runtime() else 1
+    print(f"llvmlite {llvm.llvm_version_info}, host {llvm.get_host_cpu_name()}, numpy {np.__version__} "
+          f"({blas_threads()}), graphnet GEMM threads {threads}")
     print(f"{'config':<8} {'llvm ms':>9} {'np-backend':>10} {'np-hand':>9} {'x hand':>7} {'GFLOP/s':>8} "
           f"{'cold s':>7} {'warm s':>7}")
     for name in args.configs:

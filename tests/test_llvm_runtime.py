@@ -159,3 +159,21 @@ def test_temporaries_share_arena_memory(cache_dir):
     for _ in range(6):
         expected = np.tanh(expected)
     np.testing.assert_allclose(fn(x=feed), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fetching_sources_and_assigning_from_feeds(cache_dir):
+    x = gn.placeholder("x", (None, 2))
+    v = gn.variable("v", np.zeros(2, np.float32))
+    count = gn.variable("count", np.int32(5))
+    fetches = [x, v, gn.constant(np.arange(3, dtype=np.float32)), gn.batch_size(x), x > 0.5, count]
+    updates = [(v, gn.sum(x, 0)), (count, count + np.int32(2))]
+    llvm_fn = gn.compile(fetches, updates, backend="llvm")
+    feed = np.array([[0.25, 1.0], [0.75, 2.0], [1.0, -1.0]], np.float32)
+    first = llvm_fn(x=feed)
+    np.testing.assert_array_equal(first[0], feed)
+    np.testing.assert_array_equal(first[1], [0, 0])
+    np.testing.assert_array_equal(first[2], [0, 1, 2])
+    assert first[3] == 3 and first[4].dtype == bool and first[4].tolist() == (feed > 0.5).tolist()
+    assert first[5] == 5 and count.value == 7
+    np.testing.assert_array_equal(v.value, feed.sum(0))
+    assert llvm_fn(x=feed[:1])[1].tolist() == feed.sum(0).tolist()
