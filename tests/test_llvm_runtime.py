@@ -177,3 +177,14 @@ def test_fetching_sources_and_assigning_from_feeds(cache_dir):
     assert first[5] == 5 and count.value == 7
     np.testing.assert_array_equal(v.value, feed.sum(0))
     assert llvm_fn(x=feed[:1])[1].tolist() == feed.sum(0).tolist()
+
+
+def test_calls_from_several_threads_with_growing_batches(cache_dir):
+    from concurrent.futures import ThreadPoolExecutor
+    x, w, y, loss, updates = model(width=32)
+    fn = gn.compile(y, backend="llvm")
+    feeds = [np.random.default_rng(b).normal(size=(b, 3)).astype(np.float32) for b in (5, 300, 7, 900, 2, 1500)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: fn(x=f), feeds * 3))
+    for f, r in zip(feeds * 3, results):
+        np.testing.assert_allclose(r, np.tanh(f @ w.value), rtol=1e-5, atol=1e-6)

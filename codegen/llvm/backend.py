@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -100,6 +101,7 @@ class LLVMBackend:
             self.slots[i] = arr.ctypes.data
         self.inputs = list(self.lp.inputs)
         self.last_inputs: list = [None] * len(self.inputs)  # referenced, so their ids are not reused
+        self.lock = threading.Lock()
         self._layout(INITIAL_CAPACITY)
 
     def _layout(self, capacity: int) -> None:
@@ -129,18 +131,19 @@ class LLVMBackend:
 
     # ---- calls --------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
-        if batch > self.plan.capacity:
-            self._layout(max(batch, 2 * self.plan.capacity))
-        slots, last = self.slots, self.last_inputs
-        for j, a in enumerate(arrays):
-            if a is not last[j]:  # the same array object again keeps its (cached) address
-                slots[self.inputs[j]] = a.ctypes.data
-                last[j] = a
-        if self.check:
-            self._run_checked(arrays, batch)
-        else:
-            self.step(batch, self.slots_address)
-        return [v.copy() for v in self._fetch_views(batch)]
+        with self.lock:  # the native call releases the GIL; one call at a time owns the arena
+            if batch > self.plan.capacity:
+                self._layout(max(batch, 2 * self.plan.capacity))
+            slots, last = self.slots, self.last_inputs
+            for j, a in enumerate(arrays):
+                if a is not last[j]:  # the same array object again keeps its (cached) address
+                    slots[self.inputs[j]] = a.ctypes.data
+                    last[j] = a
+            if self.check:
+                self._run_checked(arrays, batch)
+            else:
+                self.step(batch, self.slots_address)
+            return [v.copy() for v in self._fetch_views(batch)]
 
     def _run_checked(self, arrays: list[np.ndarray], batch: int) -> None:
         values = {i: a for i, a in zip(self.inputs, arrays)}
