@@ -185,8 +185,8 @@ class Kernel:
     def buffers(self) -> list[int]:
         """Every buffer the kernel touches."""
         extra = [self.reduce.scratch, self.reduce.workspace] if self.reduce is not None else []
-        found = [s.buffer for s in self.stores] + [ld.buffer for ld in self.loads()] + [b for b in extra if b is not None]
-        return sorted(set(found))
+        found = [s.buffer for s in self.stores] + [ld.buffer for ld in self.loads()]
+        return sorted(set(found + [b for b in extra if b is not None]))
 
     def to_text(self, sources: bool = True) -> str:
         head = f"kernel {self.name} over " + " x ".join(f"v{d}<{'N' if n is None else n}"

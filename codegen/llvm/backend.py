@@ -39,7 +39,8 @@ def _codegen_digest() -> str:
 
 
 def _gemm_digest() -> str:
-    return cache.cache_key(*(open(os.path.join(os.path.dirname(__file__), f)).read() for f in ("gemm.py", "parallel.py")))
+    here = os.path.dirname(__file__)
+    return cache.cache_key(*(open(os.path.join(here, f)).read() for f in ("gemm.py", "parallel.py")))
 
 
 class LLVMBackend:
@@ -97,7 +98,8 @@ class LLVMBackend:
         self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
         for i, arr in self.keep.items():
             if not arr.flags.c_contiguous or arr.dtype != self.lp.buffers[i].dtype:
-                raise TypeError(f"buffer {self.lp.buffers[i].name} is not a contiguous {self.lp.buffers[i].dtype} array")
+                b = self.lp.buffers[i]
+                raise TypeError(f"buffer {b.name} is not a contiguous {b.dtype} array")
             self.slots[i] = arr.ctypes.data
         self.inputs = list(self.lp.inputs)
         self.last_inputs: list = [None] * len(self.inputs)  # referenced, so their ids are not reused

@@ -56,7 +56,6 @@ class Renderer:
         self.module.triple, self.module.data_layout = triple, datalayout
         self._functions: dict[str, ir.Function] = {}
         self._loops = 0
-        self.gemms: set[tuple] = set()  # (dtype name, trans_a, trans_b) the kernels call
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
@@ -69,7 +68,8 @@ class Renderer:
         text = str(self.module)
         for k in self.lp.kernels:
             comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
-            text = text.replace(f'define internal void @"{k.name}_body"', comment + f'define internal void @"{k.name}_body"', 1)
+            head = f'define internal void @"{k.name}_body"'
+            text = text.replace(head, comment + head, 1)
         return _SCALAR_LOOP.sub(r"\1 = distinct !{\1, \2}", text)
 
     def scalar_loop_id(self) -> ir.Value:
@@ -230,7 +230,6 @@ class _KernelEmitter:
         a, b = red.contraction
         layout = gemm_layout(self.k)
         name = gemm_symbol(red.value.dtype, *layout)
-        self.r.gemms.add((red.value.dtype.name, *layout))
         fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
         self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
                          self.ptrs[red.scratch], self.ptrs[red.workspace]])
