@@ -153,3 +153,15 @@ def test_wider_mlp_with_adam_uses_gemm_and_matches_numpy():
                       sizes=(48, 64, 10))
     assert "GEMM" in runs["kernels"]
     assert_same(runs, rtol=1e-4, atol=1e-5)
+
+
+def test_unfused_checking_build_trains_like_numpy():
+    """check_numerics=True compiles one kernel per node and runs them one by one."""
+    runs = {}
+    for backend in ("numpy", "llvm"):
+        with gn.Graph():
+            step, params = mlp(backend, lambda loss, ps: gn.optim.Adam(lr=0.01).minimize(loss))
+        step = gn.compile(step.program.fetches, step.program.updates, backend=backend, check_numerics=True)
+        losses = [step(**data(b, i)) for i, b in enumerate((16, 3, 16))]
+        runs[backend] = losses, [p.value for p in params]
+    assert_same(runs)
