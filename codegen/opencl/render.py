@@ -68,8 +68,10 @@ class Limits:
 
     def tile(self, itemsize: int) -> tuple[int, int, int]:
         """Matmul blocking (R, W, TSK): R x R work-items, W x W results each, TSK-deep slices; the
-        largest whose work-group fits the device and whose two (R*W) x TSK tiles fit local memory."""
-        for r, w in ((16, 4), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1)):
+        first whose work-group fits the device and whose two (R*W) x TSK tiles fit local memory.
+        8 x 8 work-items of 8 x 8 results ran the medium grid model 1.5-2x faster on pocl than
+        16 x 16 of 4 x 4 (the next best of nine shapes tried)."""
+        for r, w in ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1)):
             tsk = min(16, r * w)
             if r * r <= self.max_work_group_size and 2 * tsk * r * w * itemsize <= self.local_mem_size:
                 return r, w, tsk
