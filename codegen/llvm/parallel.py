@@ -21,10 +21,12 @@ Idle workers: after a region libgomp's workers spin GOMP_SPINCOUNT iterations of
 when neither it nor OMP_WAIT_POLICY is set; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex;
 the calling thread spins the same way at the region's closing barrier. On a machine with as many
 threads as cores, and more so on a shared one, a spinner holds the core the thread it waits for (or
-OpenBLAS's threads) needs: measured here (2 busy vCPUs, `pause` ~50 ns), a region after an idle gap
-cost about as long as the whole spin (~0.5 ms at 10,000, 9-16 ms at libgomp's default, 10-12 ms with
-OMP_WAIT_POLICY=active), against ~50 us when nothing spins, while back-to-back regions cost ~2 us
-spinning and ~10-18 us not (benchmarks/parallel_bench.py, section "spin"). So `load_runtime` loads
+OpenBLAS's threads) needs. Measured on 2 vCPUs shared with other jobs (`pause` ~50 ns): while the
+other jobs kept the cores busy, a region after an idle gap cost about as long as the whole spin
+(~0.5 ms at 10,000, 7-24 ms at libgomp's default, 10-38 ms with OMP_WAIT_POLICY=active) against
+~50 us when nothing spins; back-to-back regions cost 0.6-2 us spinning and 7-18 us not
+(benchmarks/parallel_bench.py, section "spin"). A few us per GEMM is <1% of the grid's steps that
+use threads, a lost spin is not, so `load_runtime` loads
 libgomp with GOMP_SPINCOUNT=`SPIN_COUNT` unless the user set either variable; the setting is
 restored afterwards (libgomp reads it once, when it is loaded) so that other OpenMP runtimes loaded
 later, such as PyTorch's, are not affected.
