@@ -5,8 +5,10 @@
 
 - gemm: the three GEMMs of every dense layer of the large and wide grid configurations (X@W,
   X^T@dY, dY@W^T), generated code (codegen/llvm/parallel.py over gemm.py) on 1 and 2 threads
-  against numpy's OpenBLAS on 1 and 2 threads (threadpoolctl), interleaved per shape.
-- region: an empty parallel region run back to back in native code, and once after an idle gap.
+  against numpy's OpenBLAS on 1 and 2 threads, interleaved per shape (numpy's threads set with
+  threadpoolctl; without it, one process per thread count with OPENBLAS_NUM_THREADS).
+- region: an empty parallel region back to back in native code, after a 50 us busy gap and after
+  a 20 ms idle gap.
 - threshold: 1 vs 2 threads on small GEMMs, to place PARALLEL_MIN_FLOPS.
 - spin: per libgomp wait setting (each in a fresh process, since libgomp reads it when loaded),
   OpenBLAS right after a region, generated code right after OpenBLAS, and the two alternating.
