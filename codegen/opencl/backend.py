@@ -37,19 +37,19 @@ class OpenCLBackend:
         self.program, self.cache_hit = rt.build(self.source)
         self.kernels = [self.cl.Kernel(self.program, launch.name) for launch in self.launches]
         variables = {n.attrs["name"]: n.attrs["var"] for n in program.variables}
+        written = {s.buffer for k in self.lp.kernels for s in k.stores}
         self.fixed: dict[int, object] = {}  # buffer id -> device buffer that never moves
-        self.copies = []  # (Variable, DeviceCopy) for every variable the kernels use
+        self.copies, self.written = [], []  # (Variable, DeviceCopy) of the variables used / written
         for b in self.lp.buffers:
             if b.kind == "variable":
                 var = variables[b.name]
                 copy = device_copy(rt, var)
                 self.copies.append((var, copy))
+                if b.id in written:
+                    self.written.append((var, copy))
                 self.fixed[b.id] = copy.buffer
             elif b.kind == "constant":
                 self.fixed[b.id] = rt.buffer(0, np.ascontiguousarray(self.lp.storage[b.id], b.dtype))
-        written = {s.buffer for k in self.lp.kernels for s in k.stores}
-        self.written = [(var, copy) for (var, copy), b in
-                        zip(self.copies, [b for b in self.lp.buffers if b.kind == "variable"]) if b.id in written]
         self.batch = None
         self._layout(INITIAL_CAPACITY)
 
