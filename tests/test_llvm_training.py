@@ -165,3 +165,23 @@ def test_unfused_checking_build_trains_like_numpy():
         losses = [step(**data(b, i)) for i, b in enumerate((16, 3, 16))]
         runs[backend] = losses, [p.value for p in params]
     assert_same(runs)
+
+
+def test_large_loops_split_over_threads_match_numpy():
+    """Sizes above the parallel thresholds: elementwise, GEMM epilogue and an in-place update (SGD:
+    Adam's first step is sign(g) * lr, which float rounding flips where g is nearly zero)."""
+    feed = np.random.default_rng(1).normal(size=(520, 600)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "llvm"):
+        with gn.Graph():
+            x = gn.placeholder("x", (None, 600))
+            w = gn.variable("w", np.random.default_rng(0).normal(size=(600, 512)).astype(np.float32) * 0.05)
+            h = gn.tanh(x @ w)
+            loss = gn.mean(h * h) + gn.mean(gn.exp(-x * x))
+            fn = gn.compile([loss, h], gn.optim.SGD(lr=0.5).minimize(loss), backend=backend)
+            results[backend] = [fn(x=feed) for _ in range(2)], w.value
+    for a, b in zip(results["numpy"][0], results["llvm"][0]):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results["llvm"][1], results["numpy"][1], rtol=1e-4, atol=1e-5)
+    assert ".par" in fn.executable.ir_text or fn.executable.threads == 1

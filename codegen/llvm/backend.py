@@ -53,7 +53,7 @@ class LLVMBackend:
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
-        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, opt, self.check,
+        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, opt, self.check, self.threads,
                                    graphnet.__version__, _codegen_digest())
         obj = cache.load(self.key)
         self.cache_hit = obj is not None
@@ -88,7 +88,8 @@ class LLVMBackend:
     @property
     def ir_text(self) -> str:
         if self._ir_text is None:
-            self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout).render()
+            self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout,
+                                     self.threads).render()
         return self._ir_text
 
     # ---- buffers ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..lower import gemm_layout
+from .parallel import emit_parallel_for
 from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -31,6 +32,8 @@ _LIBM = {"log1p": ("log1pf", "log1p")}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 UNROLL_MAX = 4
+PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads (waking them costs ~50 us)
+PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm
 TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "pow"}
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
@@ -50,8 +53,8 @@ def storage_type(dtype: np.dtype) -> ir.Type:
 
 
 class Renderer:
-    def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = ""):
-        self.lp = lp
+    def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1):
+        self.lp, self.threads = lp, threads
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._functions: dict[str, ir.Function] = {}
@@ -123,16 +126,18 @@ class _KernelEmitter:
         d = self.k.domain[var]
         return self.N if d is None else ir.Constant(I64, d)
 
-    def loop(self, var: int, body, scalar: bool = False) -> None:
-        """A counted loop over `var`; short static ones are unrolled here (LLVM's unroller is off:
-        it tripled compile time for no measurable gain on the long loops)."""
+    def loop(self, var: int, body, scalar: bool = False, bounds: tuple | None = None) -> None:
+        """A counted loop over `var` (or over `bounds` = (begin, end) of it); short static ones
+        are unrolled here (LLVM's unroller is off: it tripled compile time for no measurable gain
+        on the long loops)."""
         b = self.b
         extent = self.k.domain[var]
-        if extent is not None and extent <= UNROLL_MAX:
+        if bounds is None and extent is not None and extent <= UNROLL_MAX:
             for c in range(extent):
                 self.vars[var] = ir.Constant(I64, c)
                 body()
             return
+        begin, end = bounds or (ir.Constant(I64, 0), self.extent(var))
         pre = b.block
         head = self.fn.append_basic_block(f"v{var}")
         inner = self.fn.append_basic_block(f"v{var}.body")
@@ -140,8 +145,8 @@ class _KernelEmitter:
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64, name=f"v{var}")
-        i.add_incoming(ir.Constant(I64, 0), pre)
-        b.cbranch(b.icmp_signed("<", i, self.extent(var)), inner, done)
+        i.add_incoming(begin, pre)
+        b.cbranch(b.icmp_signed("<", i, end), inner, done)
         b.position_at_end(inner)
         self.vars[var] = i
         body()
@@ -156,6 +161,30 @@ class _KernelEmitter:
             body()
         else:
             self.loop(variables[0], lambda: self.nest(variables[1:], body, scalar), scalar)
+
+    def parallel_nest(self, variables, body, scalar: bool) -> None:
+        """`nest`, with the outermost loop split over the thread pool when the kernel is large
+        (at run time: below the work threshold, or with one thread, it runs on the caller)."""
+        outer = variables[0] if variables else None
+        threads = self.r.threads
+        if threads <= 1 or outer is None or (self.k.domain[outer] is not None and self.k.domain[outer] <= UNROLL_MAX):
+            self.nest(variables, body, scalar)
+            return
+        work = ir.Constant(I64, 1)
+        for v in variables:
+            work = self.b.mul(work, self.extent(v))
+        saved = (self.b, self.fn, self.N, self.ptrs)
+        buffers = list(self.ptrs)
+
+        def slice_body(builder, slice_, begin, end, captured):
+            self.b, self.fn, self.N = builder, builder.function, captured[0]
+            self.ptrs = dict(zip(buffers, captured[1:]))
+            self.loop(outer, lambda: self.nest(variables[1:], body, scalar), scalar, (begin, end))
+
+        emit_parallel_for(self.r.module, self.b, f"{self.k.name}.par", self.extent(outer), slice_body,
+                          [self.N] + [self.ptrs[x] for x in buffers], threads, work=work,
+                          min_work=PARALLEL_MIN_SLOW if scalar else PARALLEL_MIN_FAST)
+        self.b, self.fn, self.N, self.ptrs = saved
 
     def offset(self, aff) -> ir.Value:
         terms = []
@@ -183,16 +212,16 @@ class _KernelEmitter:
         slow_value = red is not None and _transcendental(red.value)
         slow_stores = any(_transcendental(s.value) for s in k.stores)
         if red is None:
-            self.nest(list(k.order), self.stores, slow_stores)
+            self.parallel_nest(list(k.order), self.stores, slow_stores)
         elif red.workspace is not None:
             self.gemm(red)
             dtype = red.value.dtype
 
-            def from_c():
-                index = b.add(b.mul(self.vars[0], self.extent(1)), self.vars[1])
-                self.acc = b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
+            def from_c():  # self.b: this may run in the parallel loop's outlined function
+                index = self.b.add(self.b.mul(self.vars[0], self.extent(1)), self.vars[1])
+                self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            self.nest([0, 1], from_c, slow_stores)
+            self.parallel_nest([0, 1], from_c, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
