@@ -21,6 +21,11 @@ such a kernel over (M, N, K) summing A[i, k] * B[k, j]; `reduce.contraction` nam
 a renderer may call a GEMM instead. Stores of one kernel happen after all of its values for that
 element are computed, so a kernel may read and rewrite a buffer at the same element (in-place
 optimizer updates).
+
+Schedule hints a renderer may follow or ignore (the memory plan already holds their buffers):
+`Kernel.order` lists the loop vars outermost first; `Reduce.scratch` is a row of accumulators
+indexed by the innermost kept var (so the reduced loops sit outside a unit-stride loop), or, with
+`Reduce.workspace`, the whole (M, N) product computed by a GEMM before the stores read it.
 """
 from __future__ import annotations
 
