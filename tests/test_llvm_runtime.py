@@ -188,3 +188,11 @@ def test_calls_from_several_threads_with_growing_batches(cache_dir):
         results = list(pool.map(lambda f: fn(x=f), feeds * 3))
     for f, r in zip(feeds * 3, results):
         np.testing.assert_allclose(r, np.tanh(f @ w.value), rtol=1e-5, atol=1e-6)
+
+
+def test_integer_division_by_zero_does_not_trap(cache_dir):
+    a = gn.placeholder("a", (None,), np.int32)
+    b = gn.placeholder("b", (None,), np.int32)
+    fn = gn.compile(gn.divide(a, b), backend="llvm")
+    out = fn(a=np.array([7, -7, 5, np.iinfo(np.int32).min], np.int32), b=np.array([2, 2, 0, -1], np.int32))
+    assert out[:2].tolist() == [3, -3]

@@ -356,8 +356,17 @@ class _KernelEmitter:
                 return (b.icmp_signed if signed else b.icmp_unsigned)(_ICMP[name], *args)
             if name == "neg":
                 return b.neg(args[0])
-            if name == "div":
-                return (b.sdiv if signed else b.udiv)(*args)
+            if name == "div":  # x / 0 gives 0 and MIN / -1 wraps, instead of trapping (SIGFPE)
+                x, y = args
+                zero, one = ir.Constant(y.type, 0), ir.Constant(y.type, 1)
+                by_zero = b.icmp_unsigned("==", y, zero)
+                safe = b.select(by_zero, one, y)
+                if signed:
+                    minus_one = b.icmp_signed("==", safe, ir.Constant(y.type, -1))
+                    quotient = b.select(minus_one, b.neg(x), b.sdiv(x, b.select(minus_one, one, safe)))
+                else:
+                    quotient = b.udiv(x, safe)
+                return b.select(by_zero, zero, quotient)
             if name == "shr":
                 return (b.ashr if signed else b.lshr)(*args)
             if name in ("max", "min"):
