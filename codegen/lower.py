@@ -37,7 +37,7 @@ def expand_composites(prog: Program) -> Program:
     return prog.rebuild(rule)
 
 
-GEMM_MIN_STATIC = 256  # below this many multiply-adds per batch row a loop nest beats packing panels
+GEMM_MIN_STATIC = 128  # below this many multiply-adds per batch row a loop nest beats packing panels
 
 
 class NotFusable(Exception):
