@@ -5,9 +5,11 @@
 
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
-to LLVM instructions or intrinsics through the tables below. Fast-math is limited to `reassoc` and
-`contract` on the accumulation of reductions and matmuls (summation order, fused multiply-add):
-results differ from the numpy reference by rounding only, and NaN/Inf flow through as data.
+to LLVM instructions or intrinsics through the tables below; exp, log, log1p and tanh are inline
+branch-free code from vmath.py, which vectorizes (only pow still calls libm and keeps its loop
+scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions and
+matmuls (summation order, fused multiply-add): results differ from the numpy reference by rounding
+only, and NaN/Inf flow through as data.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..lower import gemm_layout
+from . import vmath
 from .parallel import emit_parallel_for
 from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
 
@@ -26,15 +29,14 @@ REDUCE_FLAGS = ("reassoc", "contract")
 
 _FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor"}
-_FLOAT_INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "abs": "llvm.fabs",
-                    "tanh": "llvm.tanh", "max": "llvm.maximum", "min": "llvm.minimum", "pow": "llvm.pow"}
-_LIBM = {"log1p": ("log1pf", "log1p")}
+_FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximum", "min": "llvm.minimum",
+                    "pow": "llvm.pow"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 UNROLL_MAX = 4
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads (waking them costs ~50 us)
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm
-TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "pow"}
+TRANSCENDENTAL = {"pow"}  # calls libm
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 
@@ -338,10 +340,8 @@ class _KernelEmitter:
                 return b.fneg(args[0])
             if name in _FLOAT_INTRINSIC:
                 return b.call(self.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)), args)
-            if name in _LIBM:
-                f32, f64 = _LIBM[name]
-                fn = self.r._declare(f32 if src == np.float32 else f64, args[0].type, [args[0].type])
-                return b.call(fn, args)
+            if name in vmath.FUNCTIONS:
+                return vmath.emit(b, name, args[0])
             if name in _FCMP:
                 return b.fcmp_ordered(_FCMP[name], *args)
             if name == "ne":
