@@ -23,9 +23,31 @@ class FeedSpec:
         self.has_batch = any(None in s for s in self.shapes)
         self.optional = {p.attrs["name"]: p for p in optional if p.attrs["name"] not in self.index}
         self.needs_batch = needs_batch
+        # The fast path: the batch size of the last call that passed the full check, and the exact
+        # (name, dtype, shape) each placeholder's feed had then. Feeds that match these exactly, are
+        # ndarrays and C-contiguous pass the same checks, so need no other.
+        self._last: tuple[int, list] | None = None
 
     def check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
         """Return the feeds as contiguous arrays in placeholder order, and the batch size."""
+        last = self._last
+        if last is not None and len(feeds) == len(last[1]):
+            arrays = []
+            for name, dtype, shape in last[1]:
+                a = feeds.get(name)
+                if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape or not a.flags.c_contiguous:
+                    break
+                arrays.append(a)
+            else:
+                return arrays, last[0]
+        arrays, batch = self._check(feeds)
+        if last is None or batch != last[0]:
+            self._last = (batch, [(n, np.dtype(d), tuple(batch if x is None else x for x in s))
+                                  for n, d, s in zip(self.names, self.dtypes, self.shapes)])
+        return arrays, batch
+
+    def _check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
+        """The general path: converts what it can and explains what it cannot."""
         if any(n not in feeds for n in self.names) or any(k not in self.index and k not in self.optional for k in feeds):
             self._names_error(feeds)
         arrays: list[np.ndarray] = []
@@ -91,3 +113,4 @@ class FeedSpec:
             parts.append("unknown feed(s) " + ", ".join(f"'{e}'" for e in extra) +
                          " (placeholders: " + ", ".join(self.names) + ")")
         raise ValueError("; ".join(parts))
+

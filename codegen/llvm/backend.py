@@ -33,6 +33,27 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"), os.path.join("llvm", "jit.py"))]
 
 
+def _data_offset() -> int | None:
+    """Where an ndarray object keeps its data pointer (numpy's C ABI: right after the object header),
+    confirmed on probe arrays; None where that does not hold (another Python implementation)."""
+    offset = object.__basicsize__
+    for probe in (np.zeros(3), np.zeros((2, 5), np.int8)[1:], np.ones(0, np.float32)):
+        if probe.ctypes.data != (ctypes.c_void_p.from_address(id(probe) + offset).value or 0):
+            return None
+    return offset
+
+
+_DATA_OFFSET = _data_offset()
+_read_pointer = ctypes.c_void_p.from_address
+
+
+def data_pointer(a: np.ndarray) -> int:
+    """`a.ctypes.data`, about 6x faster (0.16 against 0.95 us): read from the array object."""
+    if _DATA_OFFSET is None:
+        return a.ctypes.data
+    return _read_pointer(id(a) + _DATA_OFFSET).value or 0
+
+
 def _codegen_digest() -> str:
     """Cached objects are rebuilt when the code generator itself changes."""
     return cache.cache_key(*(open(p).read() for p in _SOURCES))
@@ -115,6 +136,7 @@ class LLVMBackend:
         for b, offset in self.plan.offsets.items():
             self.slots[b] = base + offset
         self.views: dict[int, list[np.ndarray]] = {}
+        self.batch, self.fetch_views = 0, []
 
     def view(self, buffer: int, batch: int) -> np.ndarray:
         b = self.lp.buffers[buffer]
@@ -126,27 +148,34 @@ class LLVMBackend:
             return self.arena[start:start + b.elements(batch) * b.dtype.itemsize].view(b.dtype).reshape(shape)
         raise AssertionError(f"buffer {b} has no storage")
 
-    def _fetch_views(self, batch: int) -> list[np.ndarray]:
+    def _set_batch(self, batch: int) -> None:
+        """Grow the arena if needed and select the fetched buffers' views for this batch size."""
+        if batch > self.plan.capacity:
+            self._layout(max(batch, 2 * self.plan.capacity))
         views = self.views.get(batch)
         if views is None:
             views = self.views[batch] = [self.view(f, batch) for f in self.lp.fetches]
-        return views
+        self.batch, self.fetch_views = batch, views
 
     # ---- calls --------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
-        with self.lock:  # the native call releases the GIL; one call at a time owns the arena
-            if batch > self.plan.capacity:
-                self._layout(max(batch, 2 * self.plan.capacity))
+        self.lock.acquire()  # the native call releases the GIL; one call at a time owns the arena
+        try:
+            if batch != self.batch:
+                self._set_batch(batch)
             slots, last = self.slots, self.last_inputs
             for j, a in enumerate(arrays):
                 if a is not last[j]:  # the same array object again keeps its (cached) address
-                    slots[self.inputs[j]] = a.ctypes.data
+                    slots[self.inputs[j]] = data_pointer(a)
                     last[j] = a
             if self.check:
                 self._run_checked(arrays, batch)
             else:
                 self.step(batch, self.slots_address)
-            return [v.copy() for v in self._fetch_views(batch)]
+            views = self.fetch_views
+            return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
+        finally:
+            self.lock.release()
 
     def _run_checked(self, arrays: list[np.ndarray], batch: int) -> None:
         values = {i: a for i, a in zip(self.inputs, arrays)}

@@ -1,0 +1,115 @@
+"""The per-call path of a compiled function (feed check fast path, cached feed addresses, fetch
+copies): after calls that warm every cache, bad feeds are still refused before native code runs,
+results never alias each other, and batch sizes may change from call to call."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm.backend import data_pointer
+
+BACKENDS = ["numpy", "llvm"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("call-path-cache")))
+    yield
+    mp.undo()
+
+
+def _model(backend: str):
+    """A one-layer training step (fetches: loss, predictions) and its weight variable."""
+    rng = np.random.default_rng(0)
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3))
+        y = gn.placeholder("y", (None, 2))
+        w = gn.variable("w", rng.standard_normal((3, 2)).astype(np.float32))
+        out = x @ w
+        loss = gn.losses.mse(out, y)
+        step = gn.compile([loss, out], updates=gn.optim.SGD(lr=0.1).minimize(loss), backend=backend)
+    return step, w
+
+
+def _batch(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_are_fresh_arrays(backend):
+    step, _ = _model(backend)
+    x, y = _batch(8)
+    first = step(x=x, y=y)
+    kept = [r.copy() for r in first]
+    second = step(x=x, y=y)
+    for a, b, k in zip(first, second, kept):
+        assert not np.shares_memory(a, b)
+        np.testing.assert_array_equal(a, k)  # the second call changed nothing the caller holds
+    assert not np.array_equal(first[0], second[0])  # the weights moved between the calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_feeds_are_refused_after_the_fast_path_is_warm(backend):
+    step, w = _model(backend)
+    x, y = _batch(8)
+    step(x=x, y=y)
+    before = w.attrs["var"].read()
+    bad = [
+        (dict(x=x[:, :2].copy(), y=y), "expected shape"),
+        (dict(x=x, y=y[:5]), "batch size"),
+        (dict(x=x), "missing"),
+        (dict(x=x, y=y, z=y), "unknown"),
+        (dict(x=x[:0], y=y[:0]), "empty batch"),
+        (dict(x=x.reshape(-1), y=y), "rank"),
+        (dict(x=x, y="abc"), "numeric"),
+    ]
+    for feeds, mention in bad:
+        with pytest.raises((ValueError, TypeError), match=mention):
+            step(**feeds)
+    np.testing.assert_array_equal(w.attrs["var"].read(), before)  # refused before anything ran
+
+
+def test_an_array_reshaped_in_place_is_checked_again():
+    step, _ = _model("llvm")
+    x, y = _batch(8)
+    step(x=x, y=y)
+    x.shape = (12, 2)  # the same object, now the wrong shape
+    with pytest.raises(ValueError, match="expected shape"):
+        step(x=x, y=y)
+
+
+def test_converted_feeds_give_the_same_results():
+    """Non-contiguous, float64 and read-only feeds take the general path and match contiguous ones."""
+    x, y = _batch(8)
+    reference = _model("llvm")[0](x=x, y=y)
+    ro = x.copy()
+    ro.flags.writeable = False
+    wide = np.zeros((8, 6), np.float32)
+    wide[:, ::2] = x
+    for feed in (np.asfortranarray(x), x.astype(np.float64), ro, wide[:, ::2], x.tolist()):
+        got = _model("llvm")[0](x=feed, y=y)
+        for g, r in zip(got, reference):
+            np.testing.assert_array_equal(g, r)
+
+
+def test_batch_sizes_change_between_calls():
+    """Partial batches, a batch beyond the arena's first capacity, new array objects each call."""
+    steps = {b: _model(b)[0] for b in BACKENDS}
+    data_x, data_y = _batch(300, seed=1)
+    for start, stop in [(0, 32), (32, 39), (39, 71), (71, 72), (72, 272), (272, 300), (0, 32)]:
+        x, y = data_x[start:stop], data_y[start:stop]
+        got, expected = steps["llvm"](x=x, y=y), steps["numpy"](x=x, y=y)
+        assert got[1].shape == (stop - start, 2)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_data_pointer_matches_numpy():
+    base = np.arange(40, dtype=np.float32).reshape(8, 5)
+    ro = base.copy()
+    ro.flags.writeable = False
+    for a in (base, base[3:], base[:, 1:], base.T, ro, np.zeros(0, np.int8), np.ones((), np.float64)):
+        assert data_pointer(a) == a.ctypes.data
