@@ -13,9 +13,10 @@ from codegen.llvm import vmath
 from codegen.llvm.jit import Compiler, Library, host_target
 
 I64, PTR = ir.IntType(64), ir.PointerType()
-FUNCTIONS = vmath.FUNCTIONS
+FUNCTIONS = ("exp", "log", "log1p", "tanh")
+ARITY = {"pow": 2}
 # max ulp error allowed (measured over the sweeps: exp, log, log1p <= 1.13, tanh <= 2.35)
-TOLERANCE = {"exp": 1.5, "log": 1.5, "log1p": 1.5, "tanh": 2.5}
+TOLERANCE = {"exp": 1.5, "log": 1.5, "log1p": 1.5, "tanh": 2.5, "pow": 1.0}
 
 
 def _elem(dtype: np.dtype) -> ir.Type:
@@ -23,14 +24,17 @@ def _elem(dtype: np.dtype) -> ir.Type:
 
 
 def build(dtype, lanes: int = 0):
-    """{name: f(x) -> y}: one JIT-compiled loop per function over scalars (left to the loop
+    """{name: f(*xs) -> y}: one JIT-compiled loop per function over scalars (left to the loop
     vectorizer) or over explicit `<lanes x T>` vectors."""
     compiler = Compiler(host_target())
     module = ir.Module("vmath_test")
     module.triple, module.data_layout = compiler.triple, compiler.data_layout
     t = ir.VectorType(_elem(np.dtype(dtype)), lanes) if lanes else _elem(np.dtype(dtype))
-    for name in FUNCTIONS:
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR]), name)
+    align = np.dtype(dtype).itemsize  # numpy guarantees no more, also for vectors
+    names = [n for n in vmath.FUNCTIONS if vmath.provides(n, np.dtype(dtype))]
+    for name in names:
+        arity = ARITY.get(name, 1)
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (arity + 1)), name)
         for a in fn.args[1:]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -42,24 +46,24 @@ def build(dtype, lanes: int = 0):
         i.add_incoming(ir.Constant(I64, 0), entry)
         b.cbranch(b.icmp_signed("<", i, fn.args[0]), body, done)
         b.position_at_end(body)
-        align = np.dtype(dtype).itemsize  # numpy guarantees no more for vectors
-        x = b.load(b.gep(fn.args[1], [i], source_etype=t), typ=t, align=align)
-        b.store(vmath.emit(b, name, x), b.gep(fn.args[2], [i], source_etype=t), align=align)
+        xs = [b.load(b.gep(p, [i], source_etype=t), typ=t, align=align) for p in fn.args[1:-1]]
+        b.store(vmath.emit(b, name, *xs), b.gep(fn.args[-1], [i], source_etype=t), align=align)
         i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
         b.branch(head)
         b.position_at_end(done)
         b.ret_void()
     library = Library(compiler, [compiler.object_code(str(module))])
-    proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
 
-    def wrap(address):
-        def call(x):
-            x = np.ascontiguousarray(x, dtype)
-            y = np.empty_like(x)
-            proto(address)(x.size // max(lanes, 1), x.ctypes.data, y.ctypes.data)
+    def wrap(address, arity):
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * (arity + 1))
+
+        def call(*xs):
+            xs = [np.ascontiguousarray(x, dtype) for x in np.broadcast_arrays(*xs)]
+            y = np.empty_like(xs[0])
+            proto(address)(y.size // max(lanes, 1), *[x.ctypes.data for x in xs], y.ctypes.data)
             return y
         return call
-    functions = {name: wrap(library.address(name)) for name in FUNCTIONS}
+    functions = {name: wrap(library.address(name), ARITY.get(name, 1)) for name in names}
     functions["_library"] = library  # keeps the code alive
     return functions
 
@@ -153,6 +157,30 @@ def test_explicit_vectors_agree_with_the_scalar_code(kernels, dtype, lanes):
         with np.errstate(all="ignore"):
             reference = getattr(np, name)(x.astype(np.longdouble))
         assert max_ulp(vector[name](x), reference) <= TOLERANCE[name]
+
+
+def test_float32_pow_against_numpy_float64(kernels):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(0, 4, 500_000), rng.uniform(-3, 3, 500_000)]).astype(np.float32)
+    y = np.concatenate([rng.uniform(-40, 40, 500_000), rng.integers(-30, 30, 500_000)]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        reference = np.power(x.astype(np.float64), y.astype(np.float64))
+    err = max_ulp(kernels[np.float32]["pow"](x, y), reference)
+    print(f"float32 pow: max {err:.3f} ulp over {x.size} pairs")
+    assert err <= TOLERANCE["pow"]
+
+
+def test_float32_pow_special_values_match_numpy(kernels):
+    values = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0, -3.0, 2.5, -2.5, np.inf, -np.inf, np.nan,
+                       1e-30, 1e30, 100.0], np.float32)
+    x, y = (a.ravel() for a in np.meshgrid(values, values))
+    with np.errstate(all="ignore"):
+        want = np.power(x.astype(np.float64), y.astype(np.float64)).astype(np.float32)
+    got = kernels[np.float32]["pow"](x, y)
+    assert np.array_equal(got, want, equal_nan=True), [(a, c, g, w) for a, c, g, w in zip(x, y, got, want)
+                                                        if not (g == w or (np.isnan(g) and np.isnan(w)))]
+    numbers = ~np.isnan(want)
+    assert np.array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
 
 
 def test_model_with_tanh_sigmoid_softplus_vectorizes_without_libm_calls(tmp_path, monkeypatch):

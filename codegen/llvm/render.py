@@ -5,9 +5,9 @@
 
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
-to LLVM instructions or intrinsics through the tables below; exp, log, log1p and tanh are inline
-branch-free code from vmath.py, which vectorizes (only pow still calls libm and keeps its loop
-scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions and
+to LLVM instructions or intrinsics through the tables below; exp, log, log1p, tanh and float32 pow
+are inline branch-free code from vmath.py, which vectorizes (float64 pow still calls libm and keeps
+its loop scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions and
 matmuls (summation order, fused multiply-add): results differ from the numpy reference by rounding
 only, and NaN/Inf flow through as data.
 """
@@ -31,12 +31,12 @@ _FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor"}
 _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximum", "min": "llvm.minimum",
                     "pow": "llvm.pow"}
+_LIBM = {"pow"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 UNROLL_MAX = 4
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads (waking them costs ~50 us)
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm
-TRANSCENDENTAL = {"pow"}  # calls libm
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 
@@ -59,7 +59,6 @@ class Renderer:
         self.lp, self.threads = lp, threads
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
-        self._functions: dict[str, ir.Function] = {}
         self._loops = 0
 
     def render(self) -> str:
@@ -87,9 +86,9 @@ class Renderer:
 
     # ---- declarations -------------------------------------------------------------------
     def _declare(self, name: str, ret: ir.Type, args: list) -> ir.Function:
-        fn = self._functions.get(name)
+        fn = self.module.globals.get(name)  # vmath declares intrinsics too
         if fn is None:
-            fn = self._functions[name] = ir.Function(self.module, ir.FunctionType(ret, args), name)
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
         return fn
 
     def _intrinsic(self, base: str, t: ir.Type, arity: int) -> ir.Function:
@@ -338,10 +337,10 @@ class _KernelEmitter:
                 return getattr(b, _FLOAT_BINARY[name])(*args)
             if name == "neg":
                 return b.fneg(args[0])
+            if vmath.provides(name, src):
+                return vmath.emit(b, name, *args)
             if name in _FLOAT_INTRINSIC:
                 return b.call(self.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)), args)
-            if name in vmath.FUNCTIONS:
-                return vmath.emit(b, name, args[0])
             if name in _FCMP:
                 return b.fcmp_ordered(_FCMP[name], *args)
             if name == "ne":
@@ -398,7 +397,9 @@ class _KernelEmitter:
 
 
 def _transcendental(e: Expr) -> bool:
-    return any(isinstance(x, Op) and x.name in TRANSCENDENTAL for x in walk(e))
+    """Whether `e` calls libm (every function vmath lacks)."""
+    return any(isinstance(x, Op) and x.name in _LIBM and not vmath.provides(x.name, x.args[0].dtype)
+               for x in walk(e))
 
 
 def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool) -> str:

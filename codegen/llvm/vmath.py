@@ -1,4 +1,4 @@
-"""exp, log, log1p and tanh as inline LLVM IR that vectorizes, for float and double scalars or vectors.
+"""exp, log, log1p, tanh (and float32 pow) as inline LLVM IR that vectorizes, for float and double scalars or vectors.
 
 libm calls keep a loop scalar (~20 ns per tanh); these are branch-free sequences of arithmetic,
 integer bit operations and selects, so the loop vectorizer widens them like any other expression
@@ -74,13 +74,16 @@ class _Math:
 
     def fma(self, a, x, y) -> ir.Value:
         """a * x + y, fused where the target has FMA (the algorithms are accurate either way)."""
-        t = self.t
-        suffix = ("f32" if self.f is _F32 else "f64") if not self.lanes else \
-            f"v{self.lanes}{'f32' if self.f is _F32 else 'f64'}"
+        return self.intrinsic("fmuladd", a, x, y)
+
+    def intrinsic(self, name: str, *args) -> ir.Value:
+        """A call of llvm.`name` on values of this type (declared by hand: llvmlite cannot for vectors)."""
+        t, f32 = self.t, self.f is _F32
+        suffix = f"v{self.lanes}" if self.lanes else ""
+        full = f"llvm.{name}.{suffix}{'f32' if f32 else 'f64'}"
         module = self.b.module
-        name = f"llvm.fmuladd.{suffix}"
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(t, [t, t, t]), name)
-        return self.b.call(fn, [a, x, y])
+        fn = module.globals.get(full) or ir.Function(module, ir.FunctionType(t, [t] * len(args)), full)
+        return self.b.call(fn, list(args))
 
     def horner(self, x, coefficients) -> ir.Value:
         acc = self.c(coefficients[-1])
@@ -138,12 +141,8 @@ class _Math:
     def tanh(self, x) -> ir.Value:
         """sign(x) * y / (y + 2) with y = expm1(2|x|): relative errors in y shrink in the quotient."""
         b = self.b
-        sign_bit = self.i(-(1 << (self.it.element.width if self.lanes else self.it.width) - 1))
-        bits = b.bitcast(x, self.it)
-        magnitude = b.bitcast(b.and_(bits, b.not_(sign_bit)), self.t)
-        y = self.expm1_limited(b.fmul(magnitude, self.c(2.0)))
-        t = b.bitcast(b.fdiv(y, b.fadd(y, self.c(2.0))), self.it)
-        return b.bitcast(b.or_(t, b.and_(bits, sign_bit)), self.t)
+        y = self.expm1_limited(b.fmul(self.intrinsic("fabs", x), self.c(2.0)))
+        return self.intrinsic("copysign", b.fdiv(y, b.fadd(y, self.c(2.0))), x)
 
     def log_parts(self, x) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(e, f, s): x = 2^e (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)), e as a float, s = f / (2 + f);
@@ -195,13 +194,42 @@ class _Math:
         result = b.select(self.eq(x, self.c(0.0)), x, result)  # keeps -0
         return b.select(b.fcmp_unordered("uno", x, x), x, result)
 
+    def pow(self, x, y) -> ir.Value:
+        """float32 x^y as exp(y log|x|) in double precision (exact to well under an ulp of float), with
+        C99's (numpy's) rules for negative bases, zeros, infinities and NaN."""
+        b = self.b
+        wide = _Math(b, self._shape(ir.DoubleType()))
+        magnitude = self.intrinsic("fabs", x)
+        r = wide.exp(b.fmul(b.fpext(y, wide.t), wide.log(b.fpext(magnitude, wide.t))))
+        r = b.fptrunc(r, self.t)
+        integral = self.eq(self.intrinsic("trunc", y), y)
+        half = b.fmul(y, self.c(0.5))
+        odd = b.and_(integral, b.fcmp_unordered("!=", self.intrinsic("trunc", half), half))
+        negative = b.bitcast(x, self.it)
+        negative = b.icmp_signed("<", negative, self.i(0))  # the sign bit, -0 included
+        r = b.select(b.and_(negative, odd), b.fneg(r), r)
+        finite_negative = b.and_(self.lt(x, self.c(0.0)), self.lt(self.c(-math.inf), x))
+        r = b.select(b.and_(finite_negative, b.not_(integral)), self.c(math.nan), r)
+        one = b.or_(self.eq(x, self.c(1.0)), self.eq(y, self.c(0.0)))
+        infinite_y = self.eq(self.intrinsic("fabs", y), self.c(math.inf))
+        one = b.or_(one, b.and_(self.eq(magnitude, self.c(1.0)), infinite_y))
+        return b.select(one, self.c(1.0), r)
 
-FUNCTIONS = ("exp", "log", "log1p", "tanh")
-"""The scalar instructions this module emits inline."""
+
+FUNCTIONS = {"exp": ("float32", "float64"), "log": ("float32", "float64"), "log1p": ("float32", "float64"),
+             "tanh": ("float32", "float64"), "pow": ("float32",)}
+"""The scalar instructions this module emits inline, and for which dtypes (float64 pow stays with
+libm: exp(y log x) in double precision loses up to ~10 bits near overflow)."""
 
 
-def emit(b: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
-    """`name`(x) (one of FUNCTIONS) at the builder's position; x is float, double or a vector of them."""
-    if name not in FUNCTIONS:
-        raise ValueError(f"vmath has no {name}")
-    return getattr(_Math(b, x.type), name)(x)
+def provides(name: str, dtype) -> bool:
+    return str(dtype) in FUNCTIONS.get(name, ())
+
+
+def emit(b: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    """`name`(*args) (one of FUNCTIONS) at the builder's position; the arguments are float or double
+    scalars or vectors of them, all of one type."""
+    math_ = _Math(b, args[0].type)
+    if name not in FUNCTIONS or ("float32" if math_.f is _F32 else "float64") not in FUNCTIONS[name]:
+        raise ValueError(f"vmath has no {name} for {args[0].type}")
+    return getattr(math_, name)(*args)
