@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -67,6 +68,7 @@ class Function:
         needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
                               needs_batch)
+        self._check, self._run = self.feeds.check, executable.run  # bound once: the per-call path is short
 
     @property
     def graph(self):
@@ -75,8 +77,8 @@ class Function:
         return nodes[0].graph if nodes else None
 
     def __call__(self, **feeds: Any) -> Any:
-        arrays, batch = self.feeds.check(feeds)
-        return self._rebuild(self.executable.run(arrays, batch))
+        arrays, batch = self._check(feeds)
+        return self._rebuild(self._run(arrays, batch))
 
     def dump(self, directory: str) -> str:
         """Write the graph after each pass and the backend's artifacts (loop IR, code) into `directory`."""
@@ -86,13 +88,12 @@ class Function:
 
 def _flatten(fetches: Any):
     if isinstance(fetches, Node):
-        return [fetches], lambda out: out[0]
+        return [fetches], operator.itemgetter(0)
     if isinstance(fetches, dict):
         keys = list(fetches)
         return [_check_fetch(fetches[k]) for k in keys], lambda out: dict(zip(keys, out))
     if isinstance(fetches, (list, tuple)):
-        kind = type(fetches)
-        return [_check_fetch(f) for f in fetches], lambda out: kind(out) if kind is tuple else list(out)
+        return [_check_fetch(f) for f in fetches], tuple if type(fetches) is tuple else list
     raise TypeError(f"fetches must be a node, list, tuple or dict of nodes, got {type(fetches).__name__}")
 
 
