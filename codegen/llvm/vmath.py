@@ -139,10 +139,17 @@ class _Math:
         return self.fma(scale, self.expm1_reduced(r), self.b.fsub(scale, self.c(1.0)))
 
     def tanh(self, x) -> ir.Value:
-        """sign(x) * y / (y + 2) with y = expm1(2|x|): relative errors in y shrink in the quotient."""
+        """sign(x) * y / (y + 2) with y = expm1(2|x|): relative errors in y shrink in the quotient.
+        One correction step removes the rounding of y + 2 and of the division."""
         b = self.b
         y = self.expm1_limited(b.fmul(self.intrinsic("fabs", x), self.c(2.0)))
-        return self.intrinsic("copysign", b.fdiv(y, b.fadd(y, self.c(2.0))), x)
+        d = b.fadd(y, self.c(2.0))
+        d_err = b.fsub(y, b.fsub(d, self.c(2.0)))  # y + 2 = d + d_err exactly (|y| <= 2 here or d_err = 0)
+        inverse = b.fdiv(self.c(1.0), d)
+        t = b.fmul(y, inverse)
+        residual = b.fsub(self.fma(b.fneg(t), d, y), b.fmul(t, d_err))  # y - t (y + 2)
+        t = self.fma(residual, inverse, t)
+        return self.intrinsic("copysign", t, x)
 
     def log_parts(self, x) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(e, f, s): x = 2^e (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)), e as a float, s = f / (2 + f);
