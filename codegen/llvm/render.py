@@ -7,9 +7,9 @@ Each kernel's body is an internal function taking its buffers as separate `noali
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
 to LLVM instructions or intrinsics through the tables below; exp, log, log1p, tanh and float32 pow
 are inline branch-free code from vmath.py, which vectorizes (float64 pow still calls libm and keeps
-its loop scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions and
-matmuls (summation order, fused multiply-add): results differ from the numpy reference by rounding
-only, and NaN/Inf flow through as data.
+its loop scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions
+and matmuls (summation order, fused multiply-add): results differ from the numpy reference by
+rounding only, and NaN/Inf flow through as data.
 """
 from __future__ import annotations
 
@@ -210,8 +210,8 @@ class _KernelEmitter:
     def emit(self) -> None:
         k, b = self.k, self.b
         red = k.reduce
-        slow_value = red is not None and _transcendental(red.value)
-        slow_stores = any(_transcendental(s.value) for s in k.stores)
+        slow_value = red is not None and _calls_libm(red.value)
+        slow_stores = any(_calls_libm(s.value) for s in k.stores)
         if red is None:
             self.parallel_nest(list(k.order), self.stores, slow_stores)
         elif red.workspace is not None:
@@ -396,7 +396,7 @@ class _KernelEmitter:
         return v
 
 
-def _transcendental(e: Expr) -> bool:
+def _calls_libm(e: Expr) -> bool:
     """Whether `e` calls libm (every function vmath lacks)."""
     return any(isinstance(x, Op) and x.name in _LIBM and not vmath.provides(x.name, x.args[0].dtype)
                for x in walk(e))

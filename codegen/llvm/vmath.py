@@ -1,12 +1,13 @@
-"""exp, log, log1p, tanh (and float32 pow) as inline LLVM IR that vectorizes, for float and double scalars or vectors.
+"""exp, log, log1p, tanh and float32 pow as inline LLVM IR that vectorizes (float or double, scalar or vector).
 
 libm calls keep a loop scalar (~20 ns per tanh); these are branch-free sequences of arithmetic,
 integer bit operations and selects, so the loop vectorizer widens them like any other expression
 (and they work as they are on explicit `<N x float>` values). Each reduces the argument with the
 exponent (x = n ln2 + r, or x = 2^e m) and evaluates a short Taylor series on the reduced range;
 special values (NaN, +-Inf, zero, negative arguments of log, overflow, underflow into denormals)
-come out as numpy gives them, through the IEEE arithmetic itself or a final select. Accuracy
-(tests/test_vmath.py): within ~1-2 ulp for float32 and a few ulp for float64.
+come out as numpy gives them, through the IEEE arithmetic itself or a final select. Measured by
+tests/test_vmath.py: exp, log, log1p within 1.1 ulp and tanh within 1.6 ulp (float32 and float64),
+float32 pow 0.5 ulp.
 """
 from __future__ import annotations
 
@@ -212,8 +213,7 @@ class _Math:
         integral = self.eq(self.intrinsic("trunc", y), y)
         half = b.fmul(y, self.c(0.5))
         odd = b.and_(integral, b.fcmp_unordered("!=", self.intrinsic("trunc", half), half))
-        negative = b.bitcast(x, self.it)
-        negative = b.icmp_signed("<", negative, self.i(0))  # the sign bit, -0 included
+        negative = b.icmp_signed("<", b.bitcast(x, self.it), self.i(0))  # the sign bit, -0 included
         r = b.select(b.and_(negative, odd), b.fneg(r), r)
         finite_negative = b.and_(self.lt(x, self.c(0.0)), self.lt(self.c(-math.inf), x))
         r = b.select(b.and_(finite_negative, b.not_(integral)), self.c(math.nan), r)
