@@ -7,6 +7,8 @@ import numpy as np
 
 from .graph import Node, shape_str
 
+_ndarray = np.ndarray
+
 
 class FeedSpec:
     """The placeholders of a compiled function, checked on every call before anything runs."""
@@ -24,24 +26,24 @@ class FeedSpec:
         self.optional = {p.attrs["name"]: p for p in optional if p.attrs["name"] not in self.index}
         self.needs_batch = needs_batch
         # The fast path: the batch size of the last call that passed the full check, and the exact
-        # (name, dtype, shape) each placeholder's feed had then. Feeds that match these exactly, are
-        # ndarrays and C-contiguous pass the same checks, so need no other.
-        self._last: tuple[int, list] | None = None
+        # (name, dtype, shape) each placeholder's feed had then (None before any). Feeds that match
+        # these exactly, are ndarrays and C-contiguous pass the same checks, so need no other.
+        self._last: tuple[int, list | None] = (0, None)
 
     def check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
         """Return the feeds as contiguous arrays in placeholder order, and the batch size."""
-        last = self._last
-        if last is not None and len(feeds) == len(last[1]):
+        last, expected = self._last
+        if expected is not None and len(feeds) == len(expected):
             arrays = []
-            for name, dtype, shape in last[1]:
+            for name, dtype, shape in expected:
                 a = feeds.get(name)
-                if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape or not a.flags.c_contiguous:
+                if type(a) is not _ndarray or a.dtype is not dtype or a.shape != shape or not a.flags.c_contiguous:
                     break
                 arrays.append(a)
             else:
-                return arrays, last[0]
+                return arrays, last
         arrays, batch = self._check(feeds)
-        if last is None or batch != last[0]:
+        if expected is None or batch != last:
             self._last = (batch, [(n, np.dtype(d), tuple(batch if x is None else x for x in s))
                                   for n, d, s in zip(self.names, self.dtypes, self.shapes)])
         return arrays, batch
