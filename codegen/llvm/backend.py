@@ -1,14 +1,15 @@
 """The LLVM backend: a compiled function is one native call `graphnet_step(N, buffers)`.
 
-Per call, Python only stores the feeds' data pointers into a cached pointer array (parameters,
-optimizer state, constants and the arena's temporaries keep their cached addresses), makes one
-ctypes call, and copies the fetched buffers out. `check_numerics=True` compiles every node as its
-own kernel and runs the kernels one by one, checking each result.
+Per call, Python only stores the data pointers of feeds it has not seen into a cached pointer
+array (parameters, optimizer state, constants and the arena's temporaries keep their cached
+addresses), makes one ctypes call, and copies the fetched buffers out. `check_numerics=True`
+compiles every node as its own kernel and runs the kernels one by one, checking each result.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 
 import numpy as np
@@ -35,7 +36,9 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
 
 def _data_offset() -> int | None:
     """Where an ndarray object keeps its data pointer (numpy's C ABI: right after the object header),
-    confirmed on probe arrays; None where that does not hold (another Python implementation)."""
+    confirmed on probe arrays; None where that does not hold. Only CPython's id() is an address."""
+    if sys.implementation.name != "cpython":
+        return None
     offset = object.__basicsize__
     for probe in (np.zeros(3), np.zeros((2, 5), np.int8)[1:], np.ones(0, np.float32)):
         if probe.ctypes.data != (ctypes.c_void_p.from_address(id(probe) + offset).value or 0):
