@@ -300,7 +300,7 @@ class Lowering:
         return LoopProgram(self.buffers, kernels, fetches, self.inputs, self.storage)
 
     def _finish(self, kb: _KernelBuild) -> Kernel:
-        stores = [Store(m.buffer, affine(m.view, m.node.shape), m.value, m.node.name, m.node.source)
+        stores = [Store(m.buffer, affine(m.view, m.node.shape), _reciprocals(m.value), m.node.name, m.node.source)
                   for m in kb.members.values()]
         names = [m.node.op.name for m in kb.members.values()]
         kernel = Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce)
@@ -390,6 +390,24 @@ def _swap_vars(k: Kernel, a: int, b: int) -> None:
         red.value = expr(red.value)
         if red.contraction is not None:
             red.contraction = tuple(expr(x) for x in reversed(red.contraction))
+
+
+def _invariant(e: Expr) -> bool:
+    """Is `e` the same at every element of the loop nest (a scalar load, N, constants)?"""
+    return all(not isinstance(x, (Acc, Index)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
+
+
+def _reciprocals(e: Expr) -> Expr:
+    """x / y with y loop-invariant (Adam's bias correction, a mean's N) -> x * (1 / y): the compiler
+    hoists one division out of the loop (divisions and square roots bound the fused Adam update)."""
+    if not isinstance(e, Op):
+        return e
+    args = tuple(_reciprocals(a) for a in e.args)
+    x = args[0]
+    if e.name == "div" and e.dtype.kind == "f" and not isinstance(args[1], Const) and _invariant(args[1]) \
+            and not _invariant(x):
+        return Op("mul", (x, Op("div", (Const(1.0, e.dtype), args[1]), e.dtype)), e.dtype)
+    return Op(e.name, args, e.dtype)
 
 
 def _loads(e: Expr) -> list[Load]:

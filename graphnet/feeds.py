@@ -103,7 +103,7 @@ class FeedSpec:
             info = np.iinfo(dtype)
             if arr.min() < info.min or arr.max() > info.max:
                 raise TypeError(f"feed '{name}': values outside the range of {dtype} (would wrap around)")
-        return np.ascontiguousarray(arr, dtype=dtype)
+        return np.asarray(arr, dtype=dtype, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
     def _names_error(self, feeds: dict[str, Any]) -> None:
         missing = [n for n in self.names if n not in feeds]

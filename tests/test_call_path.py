@@ -113,3 +113,13 @@ def test_data_pointer_matches_numpy():
     ro.flags.writeable = False
     for a in (base, base[3:], base[:, 1:], base.T, ro, np.zeros(0, np.int8), np.ones((), np.float64)):
         assert data_pointer(a) == a.ctypes.data
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scalar_placeholders_take_python_and_numpy_scalars(backend):
+    with gn.Graph():
+        s = gn.placeholder("s", ())
+        fn = gn.compile(s * 2.0, backend=backend)
+    for value in (1.5, np.float32(1.5), np.float64(1.5), np.array(1.5, np.float32), 1):
+        got = fn(s=value)
+        assert got.shape == () and got.dtype == np.float32 and float(got) == 2.0 * float(value)
