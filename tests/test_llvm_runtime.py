@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import cache
+from codegen.cache import LLVM_OBJECTS as cache
 
 
 @pytest.fixture

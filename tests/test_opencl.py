@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
+from codegen.cache import OPENCL_BINARIES
 from codegen.opencl import runtime
 from graphnet.errors import NumericsError
 from graphnet.grid import build_grid_model
@@ -293,13 +294,13 @@ def test_pocl_builds_are_left_to_its_own_cache(monkeypatch, tmp_path):
     fn = _tiny()
     if fn.executable.rt.device.platform.name not in runtime.SELF_CACHING:
         pytest.skip("not pocl")
-    assert not any(f.endswith(".bin") for _, _, fs in os.walk(runtime.cache_dir()) for f in fs)
+    assert not any(f.endswith(".bin") for _, _, fs in os.walk(OPENCL_BINARIES.directory()) for f in fs)
 
 
 def test_programs_are_cached_on_disk_and_damaged_entries_rebuilt(monkeypatch):
     monkeypatch.setattr(runtime, "SELF_CACHING", set())  # pocl's binaries too, on this small program
     first = _tiny()
-    entries = [os.path.join(d, f) for d, _, fs in os.walk(runtime.cache_dir()) for f in fs if f.endswith(".bin")]
+    entries = [os.path.join(d, f) for d, _, fs in os.walk(OPENCL_BINARIES.directory()) for f in fs if f.endswith(".bin")]
     assert len(entries) >= 1 and first.executable.cache_hit is False
     assert _tiny().executable.cache_hit is True
     for path in entries:

@@ -22,7 +22,8 @@ from graphnet.program import Program
 from ..loopir import LoopProgram
 from ..lower import lower
 from ..memory import allocate, plan_arena
-from . import cache
+from .. import cache
+from ..cache import LLVM_OBJECTS
 from .jit import Compiler, Library, host_target
 from .gemm import GemmSpec
 from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
@@ -31,7 +32,8 @@ from .render import Renderer, gemm_symbol, required_gemms
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 INITIAL_CAPACITY = 64
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
-            for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"), os.path.join("llvm", "jit.py"))]
+            for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"),
+                      os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"))]
 
 
 def _data_offset() -> int | None:
@@ -79,11 +81,11 @@ class LLVMBackend:
         # Program.hash(), which prints small constants at six digits.
         self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, opt, self.check, self.threads,
                                    graphnet.__version__, _codegen_digest())
-        obj = cache.load(self.key)
+        obj = LLVM_OBJECTS.load(self.key)
         self.cache_hit = obj is not None
         if obj is None:
             obj = self.compiler.object_code(self.ir_text)
-            cache.store(self.key, obj)
+            LLVM_OBJECTS.store(self.key, obj)
         gemms = [self._gemm_object(*g) for g in required_gemms(self.lp)]
         self.library = Library(self.compiler, gemms + [obj])
         self.step = _STEP(self.library.address("graphnet_step"))
@@ -100,13 +102,13 @@ class LLVMBackend:
         """One GEMM routine per (dtype, transposes) with runtime sizes, cached across programs."""
         spec = self._gemm_spec(dtype, trans_a, trans_b)
         key = cache.cache_key("gemm", spec, self.compiler.target, self.threads, graphnet.__version__, _gemm_digest())
-        obj = cache.load(key)
+        obj = LLVM_OBJECTS.load(key)
         if obj is None:
             module = ir.Module("graphnet_gemm")
             module.triple, module.data_layout = self.compiler.triple, self.compiler.data_layout
             emit_parallel_gemm(module, gemm_symbol(dtype, trans_a, trans_b), spec, self.compiler.target, self.threads)
             obj = self.compiler.object_code(str(module), optimize=False)
-            cache.store(key, obj)
+            LLVM_OBJECTS.store(key, obj)
         return obj
 
     @property

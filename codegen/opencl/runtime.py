@@ -16,18 +16,16 @@ for a generic work-group size, measured at 0.15-0.35 s per kernel (138 s for 382
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from ..cache import OPENCL_BINARIES, cache_key
 from .render import Limits
 
 INSTALL = ("install it with `pip install graphnet[opencl]` (pyopencl) and an OpenCL driver: "
            "`apt-get install pocl-opencl-icd` runs on the CPU, GPU vendors ship their own")
-_MAGIC = b"graphnet-opencl-1"
 SELF_CACHING = {"Portable Computing Language"}  # platforms whose binaries are not worth fetching
 
 
@@ -89,9 +87,8 @@ class Runtime:
     def build(self, source: str):
         """(the built program for `source`, whether it came from the disk cache)."""
         cl, d = self.cl, self.device
-        key = hashlib.sha256(repr((source, d.name, d.version, d.driver_version, d.platform.version,
-                                   self.options)).encode()).hexdigest()
-        binary = _load(key)
+        key = cache_key(source, d.name, d.version, d.driver_version, d.platform.version, self.options)
+        binary = OPENCL_BINARIES.load(key)
         if binary is not None:
             try:
                 return cl.Program(self.context, [d], [binary]).build(options=self.options), True
@@ -99,7 +96,7 @@ class Runtime:
                 pass  # a binary the driver no longer accepts: rebuild from source
         program = cl.Program(self.context, source).build(options=self.options, devices=[d])
         if d.platform.name not in SELF_CACHING:
-            _store(key, program.get_info(cl.program_info.BINARIES)[0])
+            OPENCL_BINARIES.store(key, program.get_info(cl.program_info.BINARIES)[0])
         return program, False
 
     def buffer(self, nbytes: int, host: np.ndarray | None = None):
@@ -167,40 +164,3 @@ def device_copy(rt: Runtime, var) -> DeviceCopy:
     copy = DeviceCopy(rt, var)
     var.mirrors.append(copy)
     return copy
-
-
-# ---- the binary cache -----------------------------------------------------------------------
-def cache_dir() -> str:
-    root = os.environ.get("GRAPHNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "graphnet")
-    return os.path.join(root, "opencl")
-
-
-def _path(key: str) -> str:
-    return os.path.join(cache_dir(), key[:2], key + ".bin")
-
-
-def _load(key: str) -> bytes | None:
-    try:
-        with open(_path(key), "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    header, _, payload = data.partition(b"\n")
-    return payload if header == _MAGIC + b" " + hashlib.sha256(payload).hexdigest().encode() else None
-
-
-def _store(key: str, payload: bytes) -> None:
-    """Write atomically (a private temporary file renamed into place); failing to write is no error."""
-    path = _path(key)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + b" " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass

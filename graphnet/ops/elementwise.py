@@ -105,7 +105,7 @@ class Binary(Op):
     def infer(self, inputs, attrs):
         dtype = same_dtype(inputs)
         if dtype.kind == "b":
-            raise ShapeError(f"arithmetic on bool tensors is not supported (cast first)")
+            raise ShapeError("arithmetic on bool tensors is not supported (cast first)")
         return broadcast_shapes(*(x.shape for x in inputs)), dtype
 
 

@@ -1,7 +1,6 @@
 """Training-mode specialisation: dropout is the identity outside training."""
 from __future__ import annotations
 
-from ..graph import Node
 from ..program import Program
 
 
