@@ -12,7 +12,7 @@ import numpy as np
 from . import ops
 from .errors import ShapeError
 from .feeds import FeedSpec
-from .graph import Node, shape_str
+from .graph import Node, Variable, shape_str
 from .passes.pipeline import Pass, PassRecord, run_pipeline
 from .program import Program
 
@@ -69,6 +69,9 @@ class Function:
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
                               needs_batch)
         self._check, self._run = self.feeds.check, executable.run  # bound once: the per-call path is short
+        host = not getattr(executable, "device_resident", False)
+        self._host_reads = [v.attrs["var"] for v in program.variables] if host else []
+        self._host_writes = [v.attrs["var"] for v, _ in program.updates] if host else []
 
     @property
     def graph(self):
@@ -78,7 +81,21 @@ class Function:
 
     def __call__(self, **feeds: Any) -> Any:
         arrays, batch = self._check(feeds)
+        if Variable.any_mirrors:
+            return self._rebuild(self._run_coherent(arrays, batch))
         return self._rebuild(self._run(arrays, batch))
+
+    def _run_coherent(self, arrays: list, batch: int) -> list:
+        """A host backend's step on variables that also live on a device: read the newest values
+        first, then tell the device copies what this step wrote."""
+        for var in self._host_reads:
+            for mirror in var.mirrors:
+                mirror.pull(var)
+        out = self._run(arrays, batch)
+        for var in self._host_writes:
+            for mirror in var.mirrors:
+                mirror.push(var)
+        return out
 
     def dump(self, directory: str) -> str:
         """Write the graph after each pass and the backend's artifacts (loop IR, code) into `directory`."""

@@ -63,6 +63,12 @@ class Variable:
         self.trainable = trainable
         self.mirrors: list[Any] = []
 
+    any_mirrors = False  # set once any variable gets a device copy: host backends then keep them coherent
+
+    def add_mirror(self, mirror: Any) -> None:
+        self.mirrors.append(mirror)
+        Variable.any_mirrors = True
+
     def read(self) -> np.ndarray:
         for mirror in self.mirrors:
             mirror.pull(self)

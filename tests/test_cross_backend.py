@@ -59,3 +59,37 @@ def test_dropout_mlp_training_matches_numpy(backend):
     np.testing.assert_allclose(pred, ref_pred, rtol=1e-3, atol=1e-5)
     for w, ref in zip(weights, ref_weights):
         np.testing.assert_allclose(w, ref, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif("opencl" not in NATIVE, reason="no OpenCL platform (apt-get install pocl-opencl-icd)")
+@pytest.mark.parametrize("host", ["numpy", "llvm"])
+def test_host_and_device_functions_share_variables_coherently(host):
+    """Alternating steps of a host-backend function and an OpenCL function on the same variables
+    follow the trajectory of one backend doing every step."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 3)).astype(np.float32)
+    Y = rng.normal(size=(16, 1)).astype(np.float32)
+
+    def build():
+        g = gn.Graph()
+        with g:
+            x, y = gn.placeholder("x", (None, 3)), gn.placeholder("y", (None, 1))
+            w = gn.variable("w", np.ones((3, 1), np.float32))
+            loss = gn.losses.mse(x @ w, y)
+            updates = gn.optim.SGD(lr=0.1, momentum=0.9).minimize(loss)
+        return w, loss, updates
+
+    w_ref, loss_ref, up_ref = build()
+    reference = gn.compile(loss_ref, updates=up_ref, backend="numpy")
+    w, loss, updates = build()
+    on_host = gn.compile(loss, updates=updates, backend=host)
+    on_device = gn.compile(loss, updates=updates, backend="opencl")
+    for i in range(6):
+        expected = reference(x=X, y=Y)
+        got = (on_host if i % 2 else on_device)(x=X, y=Y)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(w.value, w_ref.value, rtol=1e-5)
+    w.assign(np.zeros((3, 1), np.float32))
+    w_ref.assign(np.zeros((3, 1), np.float32))
+    np.testing.assert_allclose(on_host(x=X, y=Y), reference(x=X, y=Y), rtol=1e-5)
+    np.testing.assert_allclose(on_device(x=X, y=Y), reference(x=X, y=Y), rtol=1e-5)

@@ -24,6 +24,8 @@ INITIAL_CAPACITY = 64
 
 
 class OpenCLBackend:
+    device_resident = True  # variables live on the device; host copies are synchronised through mirrors
+
     def __init__(self, program: Program, options, device: str | None = None):
         self.rt = rt = runtime(device)
         self.cl = rt.cl

@@ -162,5 +162,5 @@ def device_copy(rt: Runtime, var) -> DeviceCopy:
     for mirror in var.mirrors:  # the host must hold the newest value before it is copied
         mirror.pull(var)
     copy = DeviceCopy(rt, var)
-    var.mirrors.append(copy)
+    var.add_mirror(copy)
     return copy
