@@ -43,7 +43,8 @@ class FeedSpec:
             else:
                 return arrays, last
         arrays, batch = self._check(feeds)
-        if expected is None or batch != last:
+        if (expected is None or batch != last) and (self.has_batch or not self.needs_batch):
+            # (a batch size set only by an optional feed is never cached: a later call may omit it)
             self._last = (batch, [(n, np.dtype(d), tuple(batch if x is None else x for x in s))
                                   for n, d, s in zip(self.names, self.dtypes, self.shapes)])
         return arrays, batch

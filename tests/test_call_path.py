@@ -123,3 +123,12 @@ def test_scalar_placeholders_take_python_and_numpy_scalars(backend):
     for value in (1.5, np.float32(1.5), np.float64(1.5), np.array(1.5, np.float32), 1):
         got = fn(s=value)
         assert got.shape == () and got.dtype == np.float32 and float(got) == 2.0 * float(value)
+
+
+def test_batch_set_only_by_an_optional_feed_is_not_reused():
+    x = gn.placeholder("x", (None, 2))
+    fn = gn.compile(gn.zeros_like(x))  # reads no input, but its size comes from x
+    assert fn(x=np.ones((5, 2), np.float32)).shape == (5, 2)
+    assert fn(x=np.ones((5, 2), np.float32)).shape == (5, 2)
+    with pytest.raises(ValueError, match="no fed placeholder sets its size"):
+        fn()
