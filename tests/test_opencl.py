@@ -235,13 +235,17 @@ def test_value_and_assign_stay_coherent_with_the_device():
 
 
 def test_dropout_masks_are_identical_to_numpy():
-    with gn.Graph():
+    with gn.Graph() as g:
         x = gn.placeholder("x", (None, 300))
         fetch = gn.dropout(x, 0.3)
         ref, fn = _both([fetch, gn.dropout(fetch, 0.5)], training=True)
+    step = g.variables["rng/step"]  # shared (and kept coherent): both functions must start from one value
     data = np.random.default_rng(0).uniform(1, 2, (50, 300)).astype(np.float32)
     for _ in range(3):  # the step counter advances: new masks each call, the same on both
-        expected, got = ref(x=data), fn(x=data)
+        start = step.value
+        expected = ref(x=data)
+        step.assign(start)
+        got = fn(x=data)
         for e, o in zip(expected, got):
             np.testing.assert_array_equal(o == 0, e == 0)
             np.testing.assert_allclose(o, e, rtol=1e-6)
@@ -249,16 +253,17 @@ def test_dropout_masks_are_identical_to_numpy():
 
 
 def test_float64_training_step():
-    with gn.Graph():
+    with gn.Graph() as g:
         x, y = gn.placeholder("x", (None, 3), np.float64), gn.placeholder("y", (None, 1), np.float64)
         w = gn.variable("w", np.full((3, 1), 0.5))
         loss = gn.losses.mse(x @ w, y)
         ref, fn = _both([loss], gn.optim.RMSProp(0.01).minimize(loss))
     data = np.random.default_rng(0).normal(size=(9, 4))
-    start = w.value
+    start = {name: v.value for name, v in g.variables.items()}  # the weight and the optimizer state
     runs = []
     for f in (ref, fn):
-        w.assign(start)
+        for name, value in start.items():
+            g.variables[name].assign(value)
         runs.append([f(x=data[:, :3], y=data[:, 3:])[0] for _ in range(4)] + [w.value])
     for e, o in zip(*runs):
         assert o.dtype == np.float64
