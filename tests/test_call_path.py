@@ -12,12 +12,7 @@ from codegen.llvm.backend import data_pointer
 BACKENDS = ["numpy", "llvm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("call-path-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
 
 
 def _model(backend: str):

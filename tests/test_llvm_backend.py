@@ -13,12 +13,7 @@ CASES = [pytest.param(name, i, id=f"{name}-{i}") for name, op in sorted(REGISTRY
          for i, _ in enumerate(op.examples)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("llvm-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
 
 
 def _tolerance(dtype) -> dict:

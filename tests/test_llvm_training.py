@@ -11,12 +11,7 @@ from helpers import check_grad
 SIZES = (5, 7, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("llvm-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
 
 
 def mlp(backend: str, updates_for, dtype=np.float32, dropout: float = 0.0, fetch_params: bool = False,

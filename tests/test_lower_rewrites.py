@@ -10,12 +10,7 @@ import pytest
 import graphnet as gn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("lower-rewrites-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
 
 
 def _gemm_domains(fn) -> list[tuple]:

@@ -42,12 +42,7 @@ OPTIMIZERS = [  # every optimizer class, each with most of its options (test_opt
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRAPHNET_CACHE_DIR", str(tmp_path_factory.mktemp("opencl-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
 
 
 def _tolerance(dtype) -> dict:
