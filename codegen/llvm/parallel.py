@@ -25,11 +25,14 @@ OpenBLAS's threads) needs. Measured on 2 vCPUs shared with other jobs (`pause` ~
 other jobs kept the cores busy, a region after an idle gap cost about as long as the whole spin
 (~0.5 ms at 10,000, 7-24 ms at libgomp's default, 10-38 ms with OMP_WAIT_POLICY=active) against
 ~50 us when nothing spins; back-to-back regions cost 0.6-2 us spinning and 7-18 us not
-(benchmarks/parallel_bench.py, section "spin"). A few us per GEMM is <1% of the grid's steps that
-use threads, a lost spin is not, so `load_runtime` loads
-libgomp with GOMP_SPINCOUNT=`SPIN_COUNT` unless the user set either variable; the setting is
-restored afterwards (libgomp reads it once, when it is loaded) so that other OpenMP runtimes loaded
-later, such as PyTorch's, are not affected.
+(benchmarks/parallel_bench.py, section "spin"). Not spinning at all cost more than measured
+there on a 2-vCPU znver4 VM (`pause` ~25 ns): a sleeping vCPU takes tens of us to wake, and the
+medium grid step (5 regions, serial kernels of up to ~60 us between them) took 1.32 ms on two
+threads against 1.07 ms with a short spin, while spins of 5,000 and more again lost whole time
+slices when another process kept a core busy. So `load_runtime` loads libgomp with
+GOMP_SPINCOUNT=`SPIN_COUNT` (a bound of ~20-100 us, by the CPU's `pause`) unless the user set either
+variable; the setting is restored afterwards (libgomp reads it once, when it is loaded) so that
+other OpenMP runtimes loaded later, such as PyTorch's, are not affected.
 """
 from __future__ import annotations
 
@@ -43,8 +46,9 @@ from llvmlite import ir
 from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
 from codegen.llvm.target import TargetInfo
 
-SPIN_COUNT = 0
-"""GOMP_SPINCOUNT for graphnet's libgomp: sleep at once (the module docstring says why)."""
+SPIN_COUNT = 2000
+"""GOMP_SPINCOUNT for graphnet's libgomp: spin across the gaps between a step's regions, then sleep
+(the module docstring says why)."""
 
 MAX_DEFAULT_THREADS = 8
 """Cap on the default thread count: every thread of a column-split GEMM re-packs all of A, so
