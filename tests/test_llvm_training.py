@@ -180,3 +180,29 @@ def test_large_loops_split_over_threads_match_numpy():
             np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results["llvm"][1], results["numpy"][1], rtol=1e-4, atol=1e-5)
     assert ".par" in fn.executable.ir_text or fn.executable.threads == 1
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_gemm_and_epilogue_in_one_region_match_numpy(monkeypatch, threads):
+    """A GEMM above the threshold runs with its epilogue in one region (columns, barrier, rows).
+    N = 256 is 4 column panels: with 3 threads one thread gets no columns and must still meet the
+    barrier and take its rows of the epilogue."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    feed = np.random.default_rng(2).normal(size=(300, 700)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "llvm"):
+        with gn.Graph():
+            x = gn.placeholder("x", (None, 700))
+            w = gn.variable("w", np.random.default_rng(3).normal(size=(700, 256)).astype(np.float32) * 0.05)
+            b = gn.variable("b", np.linspace(-1, 1, 256, dtype=np.float32))
+            h = gn.relu(x @ w + b)
+            loss = gn.mean(h * h)
+            fn = gn.compile([loss, h], gn.optim.SGD(lr=0.1).minimize(loss), backend=backend)
+            results[backend] = [fn(x=feed) for _ in range(2)], w.value, b.value
+    for a, c in zip(results["numpy"][0], results["llvm"][0]):
+        for u, v in zip(a, c):
+            np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
+    for u, v in zip(results["numpy"][1:], results["llvm"][1:]):
+        np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
+    if fn.executable.threads > 1:
+        assert "_rows" in fn.executable.ir_text and "GOMP_barrier" in fn.executable.ir_text

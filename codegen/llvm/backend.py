@@ -115,7 +115,7 @@ class LLVMBackend:
     def ir_text(self) -> str:
         if self._ir_text is None:
             self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout,
-                                     self.threads).render()
+                                     self.threads, self.compiler.target).render()
         return self._ir_text
 
     # ---- buffers ------------------------------------------------------------------------

@@ -132,20 +132,21 @@ def threads_for(flops: int, threads: int | None = None) -> int:
 
 def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total: ir.Value, body: Body,
                       captured: list[ir.Value], threads: int, *, grain: int = 1,
-                      work: ir.Value | None = None, min_work: int = 0) -> None:
+                      work: ir.Value | None = None, min_work: int = 0, every_thread: bool = False) -> None:
     """Run `body` over [0, total) split into at most `threads` slices, at the builder's position.
 
     Slice bounds are multiples of `grain` (a GEMM's NR or MR, so only the last slice has edge
     tiles). At run time the loop is serial when `work` (i64, default `total`) is below `min_work`
     or the range has a single grain. `threads` <= 1, or no libgomp, emits the body inline.
-    `name` names the outlined functions; it must be unique in the module.
+    `name` names the outlined functions; it must be unique in the module. With `every_thread` each
+    thread of the team runs `body`, even on an empty range (a body that meets a barrier needs that).
     """
     if threads <= 1 or not load_runtime():
         body(builder, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total, list(captured))
         return
     frame = ir.LiteralStructType([_I64] + [v.type for v in captured])
     slice_fn = _emit_slice(module, f"{name}.slice", frame, body)
-    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, slice_fn, grain)
+    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, slice_fn, grain, every_thread)
 
     data = _entry_alloca(builder, frame)
     for i, value in enumerate([total] + list(captured)):
@@ -174,11 +175,11 @@ def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: Tar
     The workspace holds `parallel_workspace_bytes(spec, target, threads, max_m)`: thread t packs
     into the t-th `workspace_bytes(spec, target, max_m)` bytes (a multiple of 64, so every slice
     stays 64-byte aligned). GEMMs under `min_flops` (2*M*N*K at run time) run on the caller's thread.
+    The slice routine it calls is exported as `column_slice_symbol(name)`.
     """
     if threads <= 1 or not load_runtime():
         return emit_gemm(module, name, spec, target)
-    kernel = emit_gemm(module, f"{name}.partition", spec, target, partition="n")
-    kernel.linkage = "internal"
+    kernel = emit_gemm(module, column_slice_symbol(name), spec, target, partition="n")
     stride = workspace_bytes(spec, target, max_m)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 4), name=name)
     for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace")):
@@ -193,9 +194,21 @@ def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: Tar
         b.call(kernel, captured[:6] + [ws, begin, end])
 
     emit_parallel_for(module, b, name, n, body, list(fn.args), threads,
-                      grain=default_blocking(spec, target).nr, work=flops, min_work=min_flops)
+                      grain=column_split(spec, target, max_m)[0], work=flops, min_work=min_flops)
     b.ret_void()
     return fn
+
+
+def column_slice_symbol(name: str) -> str:
+    """The exported slice routine of `emit_parallel_gemm`'s `name`: emit_gemm's signature plus
+    `i64 begin, i64 end`, computing C's columns [begin, end) (its `partition="n"`). Kernels with an
+    epilogue call it inside their own parallel region (codegen/llvm/render.py)."""
+    return f"{name}.columns"
+
+
+def column_split(spec: GemmSpec, target: TargetInfo, max_m: int | None = None) -> tuple[int, int]:
+    """(grain, workspace bytes per thread) with which `emit_parallel_gemm` splits C's columns."""
+    return default_blocking(spec, target).nr, workspace_bytes(spec, target, max_m)
 
 
 def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int, max_m: int | None = None) -> int:
@@ -218,7 +231,7 @@ def _emit_slice(module: ir.Module, name: str, frame: ir.LiteralStructType, body:
 
 
 def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, slice_fn: ir.Function,
-                    grain: int) -> ir.Function:
+                    grain: int, every_thread: bool) -> ir.Function:
     """`void name(ptr frame)`, run by every thread of the team: thread t takes grains
     [t*per, (t+1)*per) of ceil(total/grain), per = ceil(grains/team)."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
@@ -234,8 +247,11 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, s
     begin = b.mul(tid, per)
     end = b.add(begin, per)
     end = b.select(b.icmp_signed("<", end, total), end, total)
-    with b.if_then(b.icmp_signed("<", begin, end)):
-        b.call(slice_fn, [data, tid, begin, end])
+    if every_thread:
+        b.call(slice_fn, [data, tid, b.select(b.icmp_signed("<", begin, end), begin, end), end])
+    else:
+        with b.if_then(b.icmp_signed("<", begin, end)):
+            b.call(slice_fn, [data, tid, begin, end])
     b.ret_void()
     return fn
 

@@ -20,7 +20,9 @@ from llvmlite import ir
 
 from ..lower import gemm_layout
 from . import vmath
-from .parallel import emit_parallel_for
+from .gemm import GemmSpec
+from .parallel import PARALLEL_MIN_FLOPS, column_slice_symbol, column_split, emit_parallel_for
+from .target import TargetInfo
 from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -55,8 +57,9 @@ def storage_type(dtype: np.dtype) -> ir.Type:
 
 
 class Renderer:
-    def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1):
-        self.lp, self.threads = lp, threads
+    def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1,
+                 target: TargetInfo | None = None):
+        self.lp, self.threads, self.target = lp, threads, target  # target: the GEMMs' blocking
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._loops = 0
@@ -215,14 +218,17 @@ class _KernelEmitter:
         if red is None:
             self.parallel_nest(list(k.order), self.stores, slow_stores)
         elif red.workspace is not None:
-            self.gemm(red)
             dtype = red.value.dtype
 
             def from_c():  # self.b: this may run in the parallel loop's outlined function
                 index = self.b.add(self.b.mul(self.vars[0], self.extent(1)), self.vars[1])
                 self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            self.parallel_nest([0, 1], from_c, slow_stores)
+            if self.r.threads > 1 and self.r.target is not None:
+                self.gemm_by_columns(red, from_c, slow_stores)
+            else:
+                self.gemm(red)
+                self.parallel_nest([0, 1], from_c, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
@@ -263,6 +269,58 @@ class _KernelEmitter:
         fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
         self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
                          self.ptrs[red.scratch], self.ptrs[red.workspace]])
+
+    def gemm_by_columns(self, red, epilogue, scalar: bool) -> None:
+        """The GEMM and its epilogue in one parallel region: each thread computes a block of C's
+        columns, meets the others at a barrier, then applies the epilogue to a block of rows.
+        (A GEMM region followed by its own epilogue region pays a second wake of the pool, and an
+        epilogue below the elementwise threshold ran on one thread while the other idled. Column
+        blocks of the epilogue would share cache lines of the updated arrays between threads at
+        every row, which cost more than the whole serial epilogue.)"""
+        a, b = red.contraction
+        layout = gemm_layout(self.k)
+        name = gemm_symbol(red.value.dtype, *layout)
+        columns = self.r._declare(column_slice_symbol(name), ir.VoidType(), [I64] * 3 + [PTR] * 4 + [I64] * 2)
+        spec = GemmSpec(np.dtype(red.value.dtype).name, *layout, None, None, None, False)
+        grain, stride = column_split(spec, self.r.target)
+        saved = (self.b, self.fn, self.N, self.ptrs)
+        buffers = list(self.ptrs)
+        # The epilogue over rows [begin, end) gets its own function with `noalias` buffers: in the
+        # outlined slice, pointers loaded from the frame would need runtime alias checks.
+        tail = ir.Function(self.r.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)),
+                           f"{self.k.name}_rows")
+        tail.linkage = "internal"
+        for arg in tail.args[3:]:
+            arg.add_attribute("noalias")
+        self.b, self.fn, self.N = ir.IRBuilder(tail.append_basic_block("entry")), tail, tail.args[0]
+        self.ptrs = dict(zip(buffers, tail.args[3:]))
+        self.loop(0, lambda: self.nest([1], epilogue, scalar), scalar, (tail.args[1], tail.args[2]))
+        self.b.ret_void()
+        self.b, self.fn, self.N, self.ptrs = saved
+
+        def slice_body(builder, slice_, begin, end, captured):
+            self.N, ptrs = captured[0], dict(zip(buffers, captured[1:]))
+            ws = builder.gep(ptrs[red.workspace], [builder.mul(slice_, ir.Constant(I64, stride))],
+                             inbounds=True, source_etype=I8)
+            m = self.extent(0)
+            builder.call(columns, [m, self.extent(1), self.extent(2), ptrs[a.buffer], ptrs[b.buffer],
+                                   ptrs[red.scratch], ws, begin, end])
+            team = builder.sext(builder.call(self.r._declare("omp_get_num_threads", I32, []), []), I64)
+            with builder.if_then(builder.icmp_signed(">", team, ir.Constant(I64, 1))):
+                builder.call(self.r._declare("GOMP_barrier", ir.VoidType(), []), [])
+            rows = builder.sdiv(builder.add(m, builder.sub(team, ir.Constant(I64, 1))), team)
+            first = builder.mul(slice_, rows)
+            first = builder.select(builder.icmp_signed("<", first, m), first, m)
+            last = builder.add(first, rows)
+            last = builder.select(builder.icmp_signed("<", last, m), last, m)
+            builder.call(tail, [self.N, first, last] + captured[1:])
+
+        flops = self.b.mul(self.b.mul(self.b.mul(self.extent(0), self.extent(1)), self.extent(2)),
+                           ir.Constant(I64, 2))
+        emit_parallel_for(self.r.module, self.b, f"{self.k.name}.par", self.extent(1), slice_body,
+                          [self.N] + [self.ptrs[x] for x in buffers], self.r.threads, grain=grain, work=flops,
+                          min_work=PARALLEL_MIN_FLOPS, every_thread=True)
+        self.b, self.fn, self.N, self.ptrs = saved
 
     def identity(self, red) -> ir.Value:
         t = value_type(red.value.dtype)
