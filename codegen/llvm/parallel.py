@@ -27,10 +27,11 @@ other jobs kept the cores busy, a region after an idle gap cost about as long as
 ~50 us when nothing spins; back-to-back regions cost 0.6-2 us spinning and 7-18 us not
 (benchmarks/parallel_bench.py, section "spin"). Not spinning at all cost more than measured
 there on a 2-vCPU znver4 VM (`pause` ~25 ns): a sleeping vCPU takes tens of us to wake, and the
-medium grid step (5 regions, serial kernels of up to ~60 us between them) took 1.32 ms on two
-threads against 1.07 ms with a short spin, while spins of 5,000 and more again lost whole time
-slices when another process kept a core busy. So `load_runtime` loads libgomp with
-GOMP_SPINCOUNT=`SPIN_COUNT` (a bound of ~20-100 us, by the CPU's `pause`) unless the user set either
+medium grid step (5 regions, serial kernels of up to ~60 us between them) took 1.2 ms on two
+threads against 0.92 ms with a spin of 1,000-2,000; with a nice-19 busy loop on one core, 1,000
+took 0.99-1.03 ms, 0 1.24-1.29 ms, 2,000 1.0-1.6 ms and 5,000 2.6 ms (spinners lose whole time
+slices). So `load_runtime` loads libgomp with
+GOMP_SPINCOUNT=`SPIN_COUNT` (a bound of ~10-50 us, by the CPU's `pause`) unless the user set either
 variable; the setting is restored afterwards (libgomp reads it once, when it is loaded) so that
 other OpenMP runtimes loaded later, such as PyTorch's, are not affected.
 """
@@ -46,7 +47,7 @@ from llvmlite import ir
 from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
 from codegen.llvm.target import TargetInfo
 
-SPIN_COUNT = 2000
+SPIN_COUNT = 1000
 """GOMP_SPINCOUNT for graphnet's libgomp: spin across the gaps between a step's regions, then sleep
 (the module docstring says why)."""
 
