@@ -33,7 +33,9 @@ _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 INITIAL_CAPACITY = 64
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"),
-                      os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"))]
+                      os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
+                      # the step's regions and the GEMM slices' grain and workspace stride
+                      os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"))]
 
 
 def _data_offset() -> int | None:
