@@ -128,7 +128,8 @@ def _update_pairs(updates: Any) -> list[tuple[Node, Node]]:
     for var, value in items:
         if not isinstance(var, Node) or var.op.name != "variable":
             raise TypeError(f"update target {var!r} is not a variable")
-        (value,) = ops.promote([value]) if isinstance(value, Node) else ops.promote([var, value])[1:]
+        if not isinstance(value, Node):  # a number or array: broadcast to the variable, in its dtype
+            value = ops.broadcast_to(ops.promote([var, value])[1], var.shape)
         if value.graph is not var.graph:
             raise ValueError(f"update of {var.name}: value belongs to another graph")
         if value.shape != var.shape or value.dtype != var.dtype:

@@ -34,7 +34,7 @@ class Constant:
     __slots__ = ("array", "_key")
 
     def __init__(self, array: np.ndarray):
-        self.array = np.array(array, copy=True)
+        self.array = np.array(array, copy=True, order="C")  # a broadcast view would copy as Fortran-like strides
         self.array.setflags(write=False)
         self._key = (self.array.dtype.str, self.array.shape, hashlib.sha1(self.array.tobytes()).hexdigest())
 

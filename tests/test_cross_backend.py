@@ -93,3 +93,15 @@ def test_host_and_device_functions_share_variables_coherently(host):
     w_ref.assign(np.zeros((3, 1), np.float32))
     np.testing.assert_allclose(on_host(x=X, y=Y), reference(x=X, y=Y), rtol=1e-5)
     np.testing.assert_allclose(on_device(x=X, y=Y), reference(x=X, y=Y), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + NATIVE)
+def test_numbers_and_arrays_as_update_values_broadcast_to_the_variable(backend):
+    v = gn.variable("v", np.ones((2, 3), np.float32))
+    x = gn.placeholder("x", (None, 3))
+    gn.compile(gn.sum(x), updates={v: 5.0}, backend=backend)(x=np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(v.value, np.full((2, 3), 5.0))
+    gn.compile(gn.sum(x), updates={v: np.arange(3)}, backend=backend)(x=np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(v.value, [[0, 1, 2], [0, 1, 2]])
+    with pytest.raises(gn.ShapeError, match="cannot broadcast"):
+        gn.compile(gn.sum(x), updates={v: np.arange(4)}, backend=backend)
