@@ -91,14 +91,9 @@ def calibrate(step: Callable[[], Any], min_time: float) -> int:
 # ---------------------------------------------------------------------------------------------- systems
 
 @dataclass
-class System:
+class System(Peer):
     """A timed thing: a peer, a graphnet function or a ceiling, with what to quote about it."""
 
-    name: str
-    version: str
-    threads: str
-    step: Callable[[], Any]
-    note: str = ""
     compile_cold: float | None = None
     compile_warm: float | None = None
 
