@@ -39,6 +39,7 @@ except ImportError:  # numpy's thread count then comes from OPENBLAS_NUM_THREADS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codegen.llvm import parallel  # noqa: E402
 from codegen.llvm.gemm import GemmSpec  # noqa: E402
+from codegen.llvm.loops import for_range  # noqa: E402
 from codegen.llvm.target import TargetInfo  # noqa: E402
 
 CONFIGS = {"large": (256, [784, 1024, 1024, 10]), "wide": (512, [1024, 4096, 1024])}
@@ -146,18 +147,8 @@ def region_engine(threads: int):
     module = ir.Module("regions")
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64]), "regions")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    pre = b.block
-    head, body, done = (b.append_basic_block(n) for n in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(_I64)
-    i.add_incoming(ir.Constant(_I64, 0), pre)
-    b.cbranch(b.icmp_signed("<", i, fn.args[0]), body, done)
-    b.position_at_end(body)
-    parallel.emit_parallel_for(module, b, "empty", ir.Constant(_I64, threads), lambda *args: None, [], threads)
-    i.add_incoming(b.add(i, ir.Constant(_I64, 1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
+    with for_range(b, 0, fn.args[0]):
+        parallel.emit_parallel_for(module, b, "empty", ir.Constant(_I64, threads), lambda *args: None, [], threads)
     b.ret_void()
     engine = jit(module)
     regions = _REPS(engine.get_function_address("regions"))

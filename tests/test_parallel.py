@@ -6,8 +6,6 @@ import ctypes
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
-from typing import Iterator
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -16,6 +14,7 @@ from llvmlite import ir
 
 from codegen.llvm import parallel
 from codegen.llvm.gemm import GemmSpec, emit_gemm, workspace_bytes
+from codegen.llvm.loops import for_range
 from codegen.llvm.target import TargetInfo
 
 HOST = TargetInfo.host()
@@ -44,23 +43,6 @@ class Jit:
         return fn
 
 
-@contextmanager
-def cfor(b: ir.IRBuilder, start: ir.Value, stop: ir.Value) -> Iterator[ir.Value]:
-    """for i in range(start, stop) as a phi loop."""
-    pre = b.block
-    head, loop, done = (b.append_basic_block(n) for n in ("for.head", "for.body", "for.done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), loop, done)
-    b.position_at_end(loop)
-    yield i
-    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
-
 def fill_module(threads: int, grain: int, min_work: int) -> Jit:
     """`fill(total, work, out)`: out[i] = index of the slice that ran i (slices over [0, total))."""
     module = ir.Module("fill")
@@ -68,7 +50,7 @@ def fill_module(threads: int, grain: int, min_work: int) -> Jit:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
     def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
-        with cfor(b, begin, end) as i:
+        with for_range(b, begin, end) as i:
             b.store(slice_, b.gep(captured[0], [i], source_etype=I64))
 
     parallel.emit_parallel_for(module, b, "fill", fn.args[0], body, [fn.args[2]], threads, grain=grain,
@@ -113,24 +95,14 @@ def test_regions_inside_a_loop_reuse_one_frame():
     module = ir.Module("count")
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR]), "count")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    entry = b.block
-    head, loop, done = (b.append_basic_block(n) for n in ("head", "loop", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    rep = b.phi(I64)
-    rep.add_incoming(ir.Constant(I64, 0), entry)
-    b.cbranch(b.icmp_signed("<", rep, fn.args[0]), loop, done)
-    b.position_at_end(loop)
 
     def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
-        with cfor(b, begin, end) as i:
+        with for_range(b, begin, end) as i:
             cell = b.gep(captured[0], [i], source_etype=I64)
             b.store(b.add(b.load(cell, typ=I64), ir.Constant(I64, 1)), cell)
 
-    parallel.emit_parallel_for(module, b, "count", fn.args[1], body, [fn.args[2]], 2, grain=8)
-    rep.add_incoming(b.add(rep, ir.Constant(I64, 1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
+    with for_range(b, 0, fn.args[0], name="rep"):
+        parallel.emit_parallel_for(module, b, "count", fn.args[1], body, [fn.args[2]], 2, grain=8)
     b.ret_void()
     jit = Jit(module)
     assert jit.text.count("alloca") == 1 and "entry:\n  %\"parallel_frame\" = alloca" in jit.text

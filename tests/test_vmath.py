@@ -11,6 +11,7 @@ from llvmlite import ir
 import graphnet as gn
 from codegen.llvm import vmath
 from codegen.llvm.jit import Compiler, Library, host_target
+from codegen.llvm.loops import for_range
 from codegen.llvm.target import SCALAR
 
 I64, PTR = ir.IntType(64), ir.PointerType()
@@ -40,19 +41,9 @@ def build(dtype, lanes: int = 0, target=None):
         for a in fn.args[1:]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        head, body, done = (fn.append_basic_block(n) for n in ("head", "body", "done"))
-        entry = b.block
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(ir.Constant(I64, 0), entry)
-        b.cbranch(b.icmp_signed("<", i, fn.args[0]), body, done)
-        b.position_at_end(body)
-        xs = [b.load(b.gep(p, [i], source_etype=t), typ=t, align=align) for p in fn.args[1:-1]]
-        b.store(vmath.emit(b, name, *xs), b.gep(fn.args[-1], [i], source_etype=t), align=align)
-        i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        with for_range(b, 0, fn.args[0]) as i:
+            xs = [b.load(b.gep(p, [i], source_etype=t), typ=t, align=align) for p in fn.args[1:-1]]
+            b.store(vmath.emit(b, name, *xs), b.gep(fn.args[-1], [i], source_etype=t), align=align)
         b.ret_void()
     library = Library(compiler, [compiler.object_code(str(module))])
 

@@ -35,7 +35,8 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"),
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
                       # the step's regions and the GEMM slices' grain and workspace stride
-                      os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"))]
+                      os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
+                      os.path.join("llvm", "loops.py"))]
 
 
 def _data_offset() -> int | None:
@@ -68,7 +69,7 @@ def _codegen_digest() -> str:
 
 def _gemm_digest() -> str:
     here = os.path.dirname(__file__)
-    return cache.cache_key(*(open(os.path.join(here, f)).read() for f in ("gemm.py", "parallel.py")))
+    return cache.cache_key(*(open(os.path.join(here, f)).read() for f in ("gemm.py", "loops.py", "parallel.py")))
 
 
 class LLVMBackend:

@@ -18,12 +18,12 @@ separate transpose copy. The packed panels live in a caller-provided workspace
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 from llvmlite import ir
 
+from codegen.llvm.loops import for_range
 from codegen.llvm.target import TargetInfo
 
 Epilogue = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, int], ir.Value]
@@ -207,32 +207,9 @@ class _GemmEmitter:
         suffix = "f32" if self.spec.dtype == "float32" else "f64"
         return self.b.call(_intrinsic(self.fn.module, f"llvm.fma.v{self.w}{suffix}", self.vt, 3), [x, y, acc])
 
-    @contextmanager
     def loop(self, start: ir.Value | int, stop: ir.Value | int, step: int = 1, name: str = "i",
-             at_least_once: bool = False) -> Iterator[ir.Value]:
-        """for i in range(start, stop, step) as SSA (phi) loop; `at_least_once` makes it a do-while."""
-        b = self.b
-        pre = b.block
-        head = b.append_basic_block(f"{name}.head")
-        body = b.append_basic_block(f"{name}.body")
-        done = b.append_basic_block(f"{name}.done")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(_I64, name)
-        i.add_incoming(_c(start), pre)
-        if at_least_once:
-            b.branch(body)
-        else:
-            b.cbranch(self.less(i, stop), body, done)
-        b.position_at_end(body)
-        yield i
-        nxt = self.add(i, step)
-        i.add_incoming(nxt, b.block)
-        if at_least_once:
-            b.cbranch(self.less(nxt, stop), head, done)
-        else:
-            b.branch(head)
-        b.position_at_end(done)
+             at_least_once: bool = False):
+        return for_range(self.b, start, stop, step, name, at_least_once)
 
     # -- the loop nest ----------------------------------------------------------------------
 
