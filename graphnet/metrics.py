@@ -131,17 +131,28 @@ def _argmax_hits(output: Node, one_hot: Node) -> Node:
     return ops.mean(ops.cast(ops.equal(ops.sum(beaten, -1), 0.0), dtype))
 
 
-def check_targets(y: object, loss: LossArg, output: Node, what: str) -> np.ndarray:
-    """Validate one output's target array and return it in the placeholder's dtype and shape."""
+def as_numbers(value: object, what: str) -> np.ndarray:
+    """`value` as a numeric array, or a ValueError naming `what`."""
     try:
-        arr = np.asarray(y)
+        arr = np.asarray(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what}: cannot convert to an array: {e}") from None
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{what}: expected numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
+    """The NaN policy of fit/evaluate: non-finite data is rejected, naming its first row."""
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         row = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise ValueError(f"{what}: contains NaN or inf (first at row {row}); graphnet rejects non-finite labels")
+        raise ValueError(f"{what}: contains NaN or inf (first at row {row}){note}")
+
+
+def check_targets(y: object, loss: LossArg, output: Node, what: str) -> np.ndarray:
+    """Validate one output's target array and return it in the placeholder's dtype and shape."""
+    arr = as_numbers(y, what)
+    check_finite(arr, what, "; graphnet rejects non-finite labels")
     if is_sparse(loss):
         classes = output.shape[1]
         if arr.ndim == 2 and arr.shape[1] == 1:

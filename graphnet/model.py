@@ -235,20 +235,13 @@ class Model:
         arrays = []
         for t, node, value in zip(self.inputs, self._built.inputs, items):
             label = f"{what} (input '{t.layer.name}')" if self._multi_in else what
-            try:
-                arr = np.asarray(value)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{label}: cannot convert to an array: {e}") from None
-            if arr.dtype.kind not in "biuf":
-                raise ValueError(f"{label}: expected numbers, got dtype {arr.dtype}")
+            arr = objectives.as_numbers(value, label)
             want = node.shape[1:]
             if arr.ndim != node.ndim or arr.shape[1:] != want:
                 detail = (f" (feature width {arr.shape[-1]}, the model expects {want[-1]})"
                           if arr.ndim == node.ndim and arr.ndim >= 2 else "")
                 raise ValueError(f"{label}: expected shape {shape_str(node.shape)}, got {shape_str(arr.shape)}{detail}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                row = int(np.argwhere(~np.isfinite(arr))[0][0])
-                raise ValueError(f"{label}: contains NaN or inf (first at row {row})")
+            objectives.check_finite(arr, label)
             arrays.append(np.ascontiguousarray(arr, dtype=node.dtype))
         _same_length(arrays, what)
         return arrays
