@@ -21,32 +21,33 @@ class FeedSpec:
         self.names = [p.attrs["name"] for p in self.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.shapes = [p.shape for p in self.nodes]
-        self.dtypes = [p.dtype for p in self.nodes]
+        self.dtypes = [np.dtype(p.dtype) for p in self.nodes]
         self.has_batch = any(None in s for s in self.shapes)
         self.optional = {p.attrs["name"]: p for p in optional if p.attrs["name"] not in self.index}
         self.needs_batch = needs_batch
-        # The fast path: the batch size of the last call that passed the full check, and the exact
-        # (name, dtype, shape) each placeholder's feed had then (None before any). Feeds that match
-        # these exactly, are ndarrays and C-contiguous pass the same checks, so need no other.
-        self._last: tuple[int, list | None] = (0, None)
+        # The fast path: the batch size of the last call that passed the full check and the exact shape
+        # each placeholder's feed had then, as one tuple (replaced, never mutated, so a reader in another
+        # thread sees a consistent pair). Feeds that match these exactly, with the placeholder's dtype,
+        # as C-contiguous ndarrays, pass the same checks, so need no other.
+        self.last: tuple[int, tuple[tuple[int, ...], ...]] | None = None
 
     def check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:
         """Return the feeds as contiguous arrays in placeholder order, and the batch size."""
-        last, expected = self._last
-        if expected is not None and len(feeds) == len(expected):
+        last = self.last
+        if last is not None and len(feeds) == len(self.names):
+            batch, shapes = last
             arrays = []
-            for name, dtype, shape in expected:
+            for name, dtype, shape in zip(self.names, self.dtypes, shapes):
                 a = feeds.get(name)
                 if type(a) is not _ndarray or a.dtype is not dtype or a.shape != shape or not a.flags.c_contiguous:
                     break
                 arrays.append(a)
             else:
-                return arrays, last
+                return arrays, batch
         arrays, batch = self._check(feeds)
-        if (expected is None or batch != last) and (self.has_batch or not self.needs_batch):
+        if (last is None or batch != last[0]) and (self.has_batch or not self.needs_batch):
             # (a batch size set only by an optional feed is never cached: a later call may omit it)
-            self._last = (batch, [(n, np.dtype(d), tuple(batch if x is None else x for x in s))
-                                  for n, d, s in zip(self.names, self.dtypes, self.shapes)])
+            self.last = (batch, tuple(tuple(batch if x is None else x for x in s) for s in self.shapes))
         return arrays, batch
 
     def _check(self, feeds: dict[str, Any]) -> tuple[list[np.ndarray], int]:

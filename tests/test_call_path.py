@@ -127,3 +127,73 @@ def test_batch_set_only_by_an_optional_feed_is_not_reused():
     assert fn(x=np.ones((5, 2), np.float32)).shape == (5, 2)
     with pytest.raises(ValueError, match="no fed placeholder sets its size"):
         fn()
+
+
+def test_llvm_functions_take_the_generated_path_and_keep_the_fetch_structure():
+    """The specialised call path (codegen/llvm/call.py) returns what the general path returns."""
+    rng = np.random.default_rng(3)
+    with gn.Graph():
+        x = gn.placeholder("input 'x'", (None, 3))  # any placeholder name, quoted in the source
+        w = gn.variable("w", rng.standard_normal((3, 2)).astype(np.float32))
+        out = x @ w
+        fetches = {"node": out, "list": [out, out * 2.0], "tuple": (out,), "dict": {"a": out, "b": out.sum()}}
+        functions = {k: (gn.compile(f, backend="llvm"), gn.compile(f, backend="numpy")) for k, f in fetches.items()}
+    feed = {"input 'x'": rng.standard_normal((4, 3)).astype(np.float32)}
+    for kind, (fast, reference) in functions.items():
+        assert fast._call is not fast._general and "input 'x'" in fast._call.source
+        for _ in range(3):  # first call: general path; then the generated one
+            got, want = fast(**feed), reference(**feed)
+            assert type(got) is type(want), kind
+            flat_got = got.values() if isinstance(got, dict) else [got] if isinstance(got, np.ndarray) else got
+            flat_want = want.values() if isinstance(want, dict) else [want] if isinstance(want, np.ndarray) else want
+            for g, e in zip(flat_got, flat_want):
+                np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
+def test_check_numerics_functions_use_the_general_path():
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 2))
+        fn = gn.compile(x * 2.0, backend="llvm", check_numerics=True)
+    assert fn._call == fn._general
+    np.testing.assert_array_equal(fn(x=np.ones((2, 2), np.float32)), 2.0)
+
+
+def test_concurrent_calls_with_different_batches_are_consistent():
+    """Threads alternate batch sizes on one function: every result is the one a lone call gives."""
+    import threading
+
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3))
+        w = gn.variable("w", np.arange(6, dtype=np.float32).reshape(3, 2))
+        fn = gn.compile(gn.ops.tanh(x @ w) * 1.0, backend="llvm")
+    batches = {n: np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32) for n in (1, 7, 64, 200)}
+    expected = {n: np.tanh(b @ w.value) for n, b in batches.items()}
+    errors = []
+
+    def worker(seed: int) -> None:
+        order = np.random.default_rng(seed).choice(list(batches), 300)
+        for n in order:
+            got = fn(x=batches[n])
+            if got.shape != expected[n].shape or not np.allclose(got, expected[n], rtol=1e-5, atol=1e-6):
+                errors.append(n)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_the_generated_path_runs_only_when_the_backend_is_set_for_the_checked_batch():
+    """Another thread may check a new batch size (FeedSpec.last) before its run resizes the backend:
+    a call seeing that state must take the general path, not run with the other batch's buffers."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3))
+        fn = gn.compile(x * 2.0, backend="llvm")
+    eight, five = np.ones((8, 3), np.float32), np.ones((5, 3), np.float32)
+    fn(x=eight)
+    fn.feeds.last = (5, ((5, 3),))  # checked for 5, the backend still set for 8
+    assert fn.executable.batch == 8
+    got = fn(x=five)
+    assert got.shape == (5, 3) and fn.executable.batch == 5

@@ -2,7 +2,8 @@
 
 Per call, Python only stores the data pointers of feeds it has not seen into a cached pointer
 array (parameters, optimizer state, constants and the arena's temporaries keep their cached
-addresses), makes one ctypes call, and copies the fetched buffers out. `check_numerics=True`
+addresses), makes one ctypes call, and copies the fetched buffers out; `call.py` writes that path
+as source specialised to the function. `check_numerics=True`
 compiles every node as its own kernel and runs the kernels one by one, checking each result.
 """
 from __future__ import annotations
@@ -11,12 +12,14 @@ import ctypes
 import os
 import sys
 import threading
+from typing import Any, Callable
 
 import numpy as np
 from llvmlite import ir
 
 import graphnet
 from graphnet.errors import NumericsError
+from graphnet.feeds import FeedSpec
 from graphnet.program import Program
 
 from ..loopir import LoopProgram
@@ -24,6 +27,7 @@ from ..lower import lower
 from ..memory import allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS
+from .call import fast_call
 from .jit import Compiler, Library, host_target
 from .gemm import GemmSpec
 from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
@@ -184,6 +188,10 @@ class LLVMBackend:
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
         finally:
             self.lock.release()
+
+    def fast_call(self, spec: FeedSpec, rebuild: Callable, general: Callable[[dict], Any]) -> Callable[[dict], Any] | None:
+        """The function's per-call path specialised to its feeds (`call.py`); none with check_numerics."""
+        return None if self.check else fast_call(self, spec, rebuild, general, data_pointer)
 
     def _run_checked(self, arrays: list[np.ndarray], batch: int) -> None:
         values = {i: a for i, a in zip(self.inputs, arrays)}

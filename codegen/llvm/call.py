@@ -1,0 +1,64 @@
+"""The per-call path of a compiled native step, written as Python source specialised to one function.
+
+A tiny model's step is well under a microsecond of native code, so the Python around its ctypes call
+is most of the time a user sees. Like `dataclasses` writing each class's `__init__`, this writes one
+function's call path as straight-line source: the feeds' checks unrolled with the placeholders' names,
+dtypes and slots as constants, each input's address reused while the same array object comes back,
+one ctypes call, the fetched buffers copied out. It accepts only what the feed checks' own fast path
+accepts (`FeedSpec.last`: the exact shapes of the last fully checked call, the placeholders' dtypes,
+C-contiguous ndarrays, no extra feeds, no device mirrors); everything else, including a first call and
+a new batch size, goes to the general path, which converts, explains and raises.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from graphnet.feeds import FeedSpec
+from graphnet.graph import Variable
+
+
+def fast_call_source(n_feeds: int, slots: list[int], names: list[str], n_fetches: int, rebuild_list: bool) -> str:
+    """The source of `call(feeds)` for a function with these feeds (placeholder order) and fetches."""
+    lines = ["def call(feeds):",
+             f"    if len(feeds) == {n_feeds} and not Variable.any_mirrors and spec.last is not None:",
+             "        batch, shapes = spec.last"]
+    lines += [f"        a{i} = feeds.get({name!r})" for i, name in enumerate(names)]
+    tests = [f"type(a{i}) is ndarray and a{i}.dtype is d{i} and a{i}.shape == shapes[{i}] and a{i}.flags.c_contiguous"
+             for i in range(n_feeds)]
+    lines.append(f"        if {' and '.join(tests) or 'True'}:")
+    lines += ["            with lock:",
+              "                if backend.batch == batch:"]
+    for i, slot in enumerate(slots):
+        lines += [f"                    if a{i} is not last_inputs[{i}]:",
+                  f"                        slot_array[{slot}] = pointer(a{i})",
+                  f"                        last_inputs[{i}] = a{i}"]
+    copies = ", ".join(f"views[{k}].copy()" for k in range(n_fetches))
+    result = f"[{copies}]" if rebuild_list else f"rebuild([{copies}])"
+    lines += ["                    step(batch, address)",
+              "                    views = backend.fetch_views",
+              f"                    return {result}",
+              "    return general(feeds)"]
+    return "\n".join(lines) + "\n"
+
+
+def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable[[dict], Any],
+              pointer: Callable[[np.ndarray], int]) -> Callable[[dict], Any]:
+    """`general(feeds)` with the common case (same shapes as the last checked call) made short.
+
+    `backend` provides `lock`, `batch`, `step(batch, address)`, `slots`/`slots_address` (the buffer
+    address table), `inputs` (each feed's slot) and `last_inputs` (the array object behind each).
+    """
+    source = fast_call_source(len(spec.names), list(backend.inputs), spec.names, len(backend.lp.fetches),
+                              rebuild is list)
+    namespace: dict[str, Any] = {
+        "Variable": Variable, "ndarray": np.ndarray, "spec": spec, "backend": backend, "lock": backend.lock,
+        "last_inputs": backend.last_inputs, "slot_array": backend.slots, "pointer": pointer,
+        "step": backend.step, "address": backend.slots_address, "rebuild": rebuild, "general": general,
+        **{f"d{i}": d for i, d in enumerate(spec.dtypes)},
+    }
+    exec(compile(source, "<graphnet fast call>", "exec"), namespace)
+    call = namespace["call"]
+    call.source = source
+    return call
