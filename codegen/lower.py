@@ -325,7 +325,7 @@ class Lowering:
             if layout is not None:
                 k.order = tuple(kept) + tuple(red.axes)
                 red.scratch = self._buffer(f"c_{k.name}", "temp", k.domain[:2], red.value.dtype)
-                nbytes = self.gemm_workspace(red.value.dtype, *layout)
+                nbytes = self.gemm_workspace(red.value.dtype, *layout, k.domain[0])
                 red.workspace = self._buffer(f"pack_{k.name}", "temp", (nbytes,), np.dtype(np.uint8))
                 return
         score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in _loads(red.value)) +
@@ -458,6 +458,6 @@ def _remap(kernels: list[Kernel], redirect: dict[int, int]) -> None:
 
 
 def lower(prog: Program, fuse: bool = True, gemm_workspace=None) -> LoopProgram:
-    """`gemm_workspace(dtype, trans_a, trans_b) -> bytes`: matmuls of dense operands are marked for
+    """`gemm_workspace(dtype, trans_a, trans_b, m) -> bytes` (m: C's static row count or None): matmuls of dense operands are marked for
     a GEMM routine needing that much packing space (None: every matmul is a loop nest)."""
     return Lowering(prog, fuse, gemm_workspace).run()

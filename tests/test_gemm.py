@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from codegen.llvm.gemm import Blocking, GemmSpec, default_blocking, emit_gemm, workspace_bytes
+from codegen.llvm.gemm import SMALL_M, Blocking, GemmSpec, default_blocking, emit_gemm, specialised_m, workspace_bytes
 from codegen.llvm.target import AVX2, SCALAR, TargetInfo
 
 HOST = TargetInfo.host()
@@ -135,6 +135,25 @@ def test_static_extents(dtype):
     jit = Jit(module, HOST)
     for name, spec in cases:
         call_and_check(jit.function(name), spec, HOST, spec.m, spec.n, spec.k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_specialised_small_m(dtype):
+    """A static M below SMALL_M (runtime N and K, as the backend compiles them) is split into equal
+    register tiles, and every transpose gives the right result at sizes with N and K edges."""
+    module = ir.Module("small_m")
+    cases = []
+    for i, (m, (ta, tb)) in enumerate(itertools.product([1, 5, 10, 13, 31], [(0, 0), (1, 0), (0, 1), (1, 1)])):
+        spec = GemmSpec(dtype, bool(ta), bool(tb), specialised_m(m), None, None, accumulate=i % 2 == 1)
+        emit_gemm(module, f"m{i}", spec, HOST)
+        cases.append((f"m{i}", spec))
+    jit = Jit(module, HOST)
+    for name, spec in cases:
+        for n, k in [(1, 1), (70, 33), (130, 300)]:
+            call_and_check(jit.function(name), spec, HOST, spec.m, n, k)
+    ten = default_blocking(GemmSpec("float32", False, False, 10, None, None, False), HOST)
+    assert ten.mr * -(-10 // ten.mr) == 10  # no edge tile
+    assert specialised_m(SMALL_M) is None and specialised_m(None) is None
 
 
 def test_static_extents_ignore_arguments():

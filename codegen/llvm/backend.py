@@ -29,7 +29,7 @@ from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import fast_call
 from .jit import Compiler, Library, host_target
-from .gemm import GemmSpec
+from .gemm import GemmSpec, specialised_m
 from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
 from .render import Renderer, gemm_symbol, required_gemms
 
@@ -99,21 +99,22 @@ class LLVMBackend:
         self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
         self._bind_buffers()
 
-    def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool) -> GemmSpec:
-        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, None, None, None, False)
+    def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> GemmSpec:
+        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), None, None, False)
 
-    def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool) -> int:
-        return parallel_workspace_bytes(self._gemm_spec(dtype, trans_a, trans_b), self.compiler.target, self.threads)
+    def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> int:
+        spec = self._gemm_spec(dtype, trans_a, trans_b, m)
+        return parallel_workspace_bytes(spec, self.compiler.target, self.threads)
 
-    def _gemm_object(self, dtype: str, trans_a: bool, trans_b: bool) -> bytes:
-        """One GEMM routine per (dtype, transposes) with runtime sizes, cached across programs."""
-        spec = self._gemm_spec(dtype, trans_a, trans_b)
+    def _gemm_object(self, dtype: str, trans_a: bool, trans_b: bool, m: int | None) -> bytes:
+        """One GEMM routine per (dtype, transposes, small static M), runtime N and K, cached across programs."""
+        spec = self._gemm_spec(dtype, trans_a, trans_b, m)
         key = cache.cache_key("gemm", spec, self.compiler.target, self.threads, graphnet.__version__, _gemm_digest())
         obj = LLVM_OBJECTS.load(key)
         if obj is None:
             module = ir.Module("graphnet_gemm")
             module.triple, module.data_layout = self.compiler.triple, self.compiler.data_layout
-            emit_parallel_gemm(module, gemm_symbol(dtype, trans_a, trans_b), spec, self.compiler.target, self.threads)
+            emit_parallel_gemm(module, gemm_symbol(dtype, trans_a, trans_b, spec.m), spec, self.compiler.target, self.threads)
             obj = self.compiler.object_code(str(module), optimize=False)
             LLVM_OBJECTS.store(key, obj)
         return obj

@@ -75,10 +75,22 @@ class Blocking:
     pack_a: bool = True
 
 
+SMALL_M = 32
+"""A static M below this gets a GEMM routine of its own (`specialised_m`)."""
+
+
+def specialised_m(m: int | None) -> int | None:
+    """The M a program's GEMM routine is compiled for: a static M below SMALL_M (such as a 10-class
+    output layer's transposed GEMMs), else None (runtime M, one routine shared by all shapes)."""
+    return m if m is not None and 0 < m < SMALL_M else None
+
+
 def default_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
     """Tile sizes that keep MR x NR accumulators plus one row of B in the vector registers.
 
-    A static N narrower than the usual tile gets fewer, taller vector columns.
+    A static N narrower than the usual tile gets fewer, taller vector columns. A static M below
+    SMALL_M is split into equal tiles (10 rows as 5 + 5, not 6 + a 4-row edge through the stack
+    tile): 1.16-1.3x faster at the small grid model's 10 x 128 x 64 and 10 x 64 x 128 GEMMs.
     """
     w = target.lanes(spec.dtype)
     if target.vector_bits == 0:
@@ -90,6 +102,9 @@ def default_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
         nv = -(-spec.n // w)
         mr = min(14, (target.vector_registers - nv - 4) // nv)
         kc *= 4  # B panels are narrow: longer K blocks amortise the (scalar) edge updates
+    if spec.m is not None and 0 < spec.m < SMALL_M:
+        tiles = -(-spec.m // mr)
+        mr = -(-spec.m // tiles)
     nr = nv * w
     return Blocking(mr=mr, nr=nr, kc=kc, mc=(96 // mr) * mr, nc=4096 // nr * nr,
                     pack_a=spec.trans_a)

@@ -20,7 +20,7 @@ from llvmlite import ir
 
 from ..lower import gemm_layout
 from . import vmath
-from .gemm import GemmSpec
+from .gemm import GemmSpec, specialised_m
 from .parallel import PARALLEL_MIN_FLOPS, column_slice_symbol, column_split, emit_parallel_for
 from .target import TargetInfo
 from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
@@ -264,8 +264,7 @@ class _KernelEmitter:
     def gemm(self, red) -> None:
         """C = op(A) @ op(B) by the GEMM routine (codegen/llvm/gemm.py), into the scratch buffer."""
         a, b = red.contraction
-        layout = gemm_layout(self.k)
-        name = gemm_symbol(red.value.dtype, *layout)
+        name = gemm_symbol(*gemm_routine(self.k))
         fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
         self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
                          self.ptrs[red.scratch], self.ptrs[red.workspace]])
@@ -278,10 +277,10 @@ class _KernelEmitter:
         blocks of the epilogue would share cache lines of the updated arrays between threads at
         every row, which cost more than the whole serial epilogue.)"""
         a, b = red.contraction
-        layout = gemm_layout(self.k)
-        name = gemm_symbol(red.value.dtype, *layout)
+        routine = gemm_routine(self.k)
+        name = gemm_symbol(*routine)
         columns = self.r._declare(column_slice_symbol(name), ir.VoidType(), [I64] * 3 + [PTR] * 4 + [I64] * 2)
-        spec = GemmSpec(np.dtype(red.value.dtype).name, *layout, None, None, None, False)
+        spec = GemmSpec(*routine, None, None, False)
         grain, stride = column_split(spec, self.r.target)
         saved = (self.b, self.fn, self.N, self.ptrs)
         buffers = list(self.ptrs)
@@ -460,11 +459,18 @@ def _calls_libm(e: Expr) -> bool:
                for x in walk(e))
 
 
-def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool) -> str:
-    return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None) -> str:
+    """The GEMM routine for these transposes (and a specialised static M, see gemm.specialised_m)."""
+    static = "" if m is None else f"_m{m}"
+    return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{static}"
+
+
+def gemm_routine(k: Kernel) -> tuple[str, bool, bool, int | None]:
+    """(dtype name, trans_a, trans_b, specialised M or None) of the GEMM routine kernel `k` calls."""
+    return (k.reduce.value.dtype.name, *gemm_layout(k), specialised_m(k.domain[0]))
+
 
 def required_gemms(lp: LoopProgram) -> list[tuple]:
-    """(dtype name, trans_a, trans_b) of every GEMM routine the program's kernels call."""
-    found = {(k.reduce.value.dtype.name, *gemm_layout(k)) for k in lp.kernels
-             if k.reduce is not None and k.reduce.workspace is not None}
-    return sorted(found)
+    """`gemm_routine` of every GEMM routine the program's kernels call."""
+    found = {gemm_routine(k) for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None}
+    return sorted(found, key=lambda r: (*r[:3], r[3] or 0))
