@@ -1,6 +1,6 @@
 """Generated GEMM vs numpy's matmul (OpenBLAS), one thread each, at the benchmark grid's shapes.
 
-For every dense layer (in -> out) of the medium, large and wide configurations it times the
+For every dense layer (in -> out) of the small, medium, large and wide configurations it times the
 three GEMMs of a training step: X@W (batch,in)@(in,out), X^T@dY (in,batch)@(batch,out) and
 dY@W^T (batch,out)@(out,in). Median of the repeats, GFLOP/s and the ratio to numpy.
 
@@ -31,6 +31,7 @@ from codegen.llvm.gemm import GemmSpec, emit_gemm, workspace_bytes  # noqa: E402
 from codegen.llvm.target import TargetInfo  # noqa: E402
 
 CONFIGS = {
+    "small": (64, [64, 128, 10]),
     "medium": (128, [784, 256, 256, 10]),
     "large": (256, [784, 1024, 1024, 10]),
     "wide": (512, [1024, 4096, 1024]),
