@@ -7,19 +7,19 @@ Per configuration the worker builds every system, compiles and warms it up, cali
 interleaved rounds (the order rotates every round) so machine drift hits all alike. It writes JSON
 after each configuration; the parent turns it into markdown tables, a chart and a JSON file.
 
-Two ceilings run alongside the peers: `gemm-floor` (numpy's float32 matmuls of the step at the
-same shapes, nothing else) and `ctypes-call` (a native no-op called through ctypes with as many
-array arguments as the step has: feeds, loss, and each parameter with its two Adam moments).
+Four reference points ("ceilings") run alongside the peers: `gemm-floor` (numpy's float32 matmuls
+of the step at the same shapes, nothing else) and, compiled with the system C compiler
+(ceilings.py), `ctypes-call` (a native no-op called through ctypes with as many array arguments as
+the step has: feeds, loss, and each parameter with its two Adam moments), `c-step` (the step written
+by hand in plain single-threaded C) and `fma-peak` (the step's FLOPs at the machine's FMA peak).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,10 +33,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
+from .ceilings import C_STEP_MAX_FLOPS, Ceiling, c_step, ctypes_call, fma_peak
 from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads, grid_data
 
 GRAPHNET_SYSTEMS = {"graphnet-llvm": "llvm", "graphnet-numpy": "numpy"}
-CEILINGS = ("gemm-floor", "ctypes-call")
+CEILINGS = ("gemm-floor", "ctypes-call", "c-step", "fma-peak")
 DEFAULT_SYSTEMS = "graphnet-llvm,graphnet-numpy,numpy,torch,torch-fused,jax"
 SETTLE = 0.02  # seconds of rest before each timed loop, so the previous system's spinning threads go idle
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GRAPHNET_NUM_THREADS")
@@ -96,6 +97,7 @@ class System(Peer):
 
     compile_cold: float | None = None
     compile_warm: float | None = None
+    work: float = 1.0  # configuration steps' worth of work per call of `step`; timings are divided by it
 
 
 def _peer_system(peer: Peer) -> System:
@@ -154,35 +156,8 @@ def gemm_floor(config: GridConfig) -> System:
                   "numpy float32 matmuls at the step's shapes (the input layer needs no dX)")
 
 
-_NOOP_LIBS: dict[int, Any] = {}
-
-
-def ctypes_call(config: GridConfig) -> System:
-    """A native no-op with the step's number of array arguments, called via CFUNCTYPE with cached ints."""
-    n_params = 2 * (len(config.layers) - 1)
-    n_args = 3 + 3 * n_params
-    if n_args not in _NOOP_LIBS:
-        _NOOP_LIBS[n_args] = _compile_noop(n_args)
-    address = ctypes.cast(_NOOP_LIBS[n_args].noop, ctypes.c_void_p).value
-    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n_args)(address)
-    arrays = [np.zeros(16, np.float32) for _ in range(n_args)]
-    args = [a.ctypes.data for a in arrays]
-
-    def step():
-        fn(*args)
-
-    return System("ctypes-call", f"CPython {platform.python_version()}", "1", step,
-                  f"no-op C function, {n_args} pointer arguments")
-
-
-def _compile_noop(n_args: int) -> Any:
-    params = ", ".join(f"void *a{i}" for i in range(n_args))
-    with tempfile.TemporaryDirectory(prefix="graphnet-bench-noop-") as directory:
-        source, library = Path(directory, "noop.c"), Path(directory, "noop.so")
-        source.write_text(f"void noop({params}) {{}}\n")
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", str(source), "-o", str(library)],
-                       check=True, capture_output=True, text=True)
-        return ctypes.CDLL(str(library))  # stays mapped after the file is gone
+NATIVE_CEILINGS: dict[str, Callable[[GridConfig], Ceiling]] = {
+    "ctypes-call": ctypes_call, "c-step": c_step, "fma-peak": fma_peak}
 
 
 def build_system(name: str, config: GridConfig) -> System:
@@ -190,8 +165,9 @@ def build_system(name: str, config: GridConfig) -> System:
         return graphnet_system(config, GRAPHNET_SYSTEMS[name])
     if name == "gemm-floor":
         return gemm_floor(config)
-    if name == "ctypes-call":
-        return ctypes_call(config)
+    if name in NATIVE_CEILINGS:
+        ceiling = NATIVE_CEILINGS[name](config)
+        return System(ceiling.name, ceiling.version, ceiling.threads, ceiling.step, ceiling.note, work=ceiling.work)
     if name in PEERS:
         return _peer_system(PEERS[name](config))
     raise ValueError(f"unknown system '{name}'")
@@ -250,7 +226,7 @@ def measure_config(config: GridConfig, names: list[str], repeats: int, min_time:
             system, loops = ready[name]
             time.sleep(SETTLE)
             try:
-                times[name].append(time_loop(system.step, loops))
+                times[name].append(time_loop(system.step, loops) / system.work)
             except Exception as e:
                 result[name]["error"] = _error(e)
     for name, values in times.items():
@@ -494,7 +470,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", type=_list(GRID), default=list(GRID), help="grid rows (default: all)")
     p.add_argument("--systems", type=_list(list(GRAPHNET_SYSTEMS) + list(PEERS)), default=DEFAULT_SYSTEMS.split(","),
                    help=f"systems to compare (default: {DEFAULT_SYSTEMS}; also torch-foreach); the ceilings "
-                        "gemm-floor and ctypes-call always run")
+                        f"{', '.join(CEILINGS)} always run (c-step up to {C_STEP_MAX_FLOPS / 1e9:g} GFLOP per step)")
     p.add_argument("--threads", type=_threads, default=["1", "all"], help="thread settings, e.g. 1,all (default)")
     p.add_argument("--repeats", type=int, default=7, help="timed loops per system (default 7)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds one timed loop lasts at least (default 0.2)")

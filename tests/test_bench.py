@@ -125,17 +125,21 @@ def _entry(median):
 def test_markdown_ratios_and_missing_systems():
     report = {"threads": "1", "cores": 2, "configs": {"small": {
         "graphnet-llvm": _entry(50e-6), "numpy": _entry(100e-6), "torch": {"error": "not available: no torch"},
-        "gemm-floor": _entry(25e-6), "ctypes-call": _entry(1e-6)}}}
+        "gemm-floor": _entry(25e-6), "ctypes-call": _entry(1e-6), "c-step": _entry(40e-6),
+        "fma-peak": _entry(5e-6)}}}
     text = bench.markdown([report], ["graphnet-llvm", "numpy", "torch"])
     lines = text.splitlines()
-    assert "| config | graphnet-llvm | numpy | torch | gemm-floor | ctypes-call |" in lines
-    assert "| small 64-128-10 b64 | 50 us (45-60) | 100 us (90-120) | - | 25 us (22.5-30) | 1 us (0.9-1.2) |" in lines
+    assert "| config | graphnet-llvm | numpy | torch | gemm-floor | ctypes-call | c-step | fma-peak |" in lines
+    assert ("| small 64-128-10 b64 | 50 us (45-60) | 100 us (90-120) | - | 25 us (22.5-30) | 1 us (0.9-1.2) | "
+            "40 us (36-48) | 5 us (4.5-6) |") in lines
     assert ("| config | numpy / graphnet-llvm | torch / graphnet-llvm | best peer / graphnet-llvm | "
-            "graphnet-llvm / gemm-floor | graphnet-llvm / ctypes-call |") in lines
-    assert "| small 64-128-10 b64 | 2.00x | - | 2.00x (numpy) | 2.00x | 50.00x |" in lines
+            "graphnet-llvm / gemm-floor | graphnet-llvm / ctypes-call | graphnet-llvm / c-step | "
+            "graphnet-llvm / fma-peak |") in lines
+    assert "| small 64-128-10 b64 | 2.00x | - | 2.00x (numpy) | 2.00x | 50.00x | 1.25x | 10.00x |" in lines
     assert "- small / torch: not available: no torch" in lines
     gflops = GRID["small"].flops / 50e-6 / 1e9
-    assert f"| small 64-128-10 b64 | {gflops:.3g} | {gflops / 2:.3g} | - | {gflops * 2:.3g} |" in lines
+    assert (f"| small 64-128-10 b64 | {gflops:.3g} | {gflops / 2:.3g} | - | {gflops * 2:.3g} | {gflops * 1.25:.3g} "
+            f"| {gflops * 10:.3g} |") in lines
 
 
 def test_bench_end_to_end_tiny(tmp_path):
@@ -144,7 +148,7 @@ def test_bench_end_to_end_tiny(tmp_path):
                        "--repeats", "3", "--min-time", "0.005", "--markdown", str(out), "--json", str(raw)])
     assert code == 0
     lines = out.read_text().splitlines()
-    assert "| config | graphnet-numpy | numpy | gemm-floor | ctypes-call |" in lines
+    assert "| config | graphnet-numpy | numpy | gemm-floor | ctypes-call | c-step | fma-peak |" in lines
     assert any(line.startswith("| config | numpy / graphnet-numpy |") for line in lines)
     (report,) = json.loads(raw.read_text())["reports"]
     measured = report["configs"]["tiny"]
