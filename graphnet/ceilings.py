@@ -11,6 +11,7 @@ A missing or failing compiler shows as a failed system in the tables, never as a
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import subprocess
@@ -25,7 +26,9 @@ import numpy as np
 from .peers import GridConfig, Peer, PeerUnavailable, grid_data, grid_params
 
 NATIVE = Path(__file__).with_name("native")
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]  # no -ffast-math: float results as written
+# No -ffast-math: the float arithmetic runs as written. -fno-math-errno only drops errno for sqrt of a
+# negative number (Adam's v never is), which lets the compiler vectorise sqrtf.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
 C_STEP_MAX_FLOPS = 5e9  # wide (25.8 GFLOP) takes the plain C loops over 2 s a step: too long for a default run
 FMA_CALL_SECONDS = 0.005  # one timed call of the FMA kernel lasts about this long
 
@@ -41,7 +44,7 @@ def compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-def compile_c(source: str, flags: list[str], libraries: list[str] = ()) -> ctypes.CDLL:
+def compile_c(source: str, flags: list[str], libraries: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile C source text to a shared library in a temporary directory and load it."""
     with tempfile.TemporaryDirectory(prefix="graphnet-ceiling-") as directory:
         path, library = Path(directory, "source.c"), Path(directory, "library.so")
@@ -52,7 +55,7 @@ def compile_c(source: str, flags: list[str], libraries: list[str] = ()) -> ctype
         except FileNotFoundError as e:
             raise PeerUnavailable(f"no C compiler ({compiler()} not found)") from e
         except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"{' '.join(command[:-3])} failed: {e.stderr.strip()[:300]}") from e
+            raise RuntimeError(f"{compiler()} {' '.join(flags)} failed: {e.stderr.strip()[:300]}") from e
         return ctypes.CDLL(str(library))  # stays mapped after the file is gone
 
 
@@ -72,17 +75,17 @@ def _function(library: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> 
 
 # ---------------------------------------------------------------------------------------------- ctypes-call
 
-_NOOP_LIBS: dict[int, ctypes.CDLL] = {}
+@functools.cache
+def _noop_library(n_args: int) -> ctypes.CDLL:
+    params = ", ".join(f"void *a{i}" for i in range(n_args))
+    return compile_c(f"void noop({params}) {{}}\n", ["-O2"])
 
 
 def ctypes_call(config: GridConfig) -> Ceiling:
     """A native no-op with the step's number of array arguments, called via CFUNCTYPE with cached ints."""
     n_params = 2 * (len(config.layers) - 1)
     n_args = 3 + 3 * n_params  # feeds, loss, and each parameter with its two Adam moments
-    if n_args not in _NOOP_LIBS:
-        params = ", ".join(f"void *a{i}" for i in range(n_args))
-        _NOOP_LIBS[n_args] = compile_c(f"void noop({params}) {{}}\n", ["-O2"])
-    fn = _function(_NOOP_LIBS[n_args], "noop", None, *[ctypes.c_void_p] * n_args)
+    fn = _function(_noop_library(n_args), "noop", None, *[ctypes.c_void_p] * n_args)
     arrays = [np.zeros(16, np.float32) for _ in range(n_args)]
     args = [a.ctypes.data for a in arrays]
 
@@ -90,7 +93,7 @@ def ctypes_call(config: GridConfig) -> Ceiling:
         fn(*args)
 
     return Ceiling("ctypes-call", f"CPython {platform.python_version()}", "1", step,
-                f"no-op C function, {n_args} pointer arguments")
+                   f"no-op C function, {n_args} pointer arguments")
 
 
 # ---------------------------------------------------------------------------------------------- c-step
@@ -115,8 +118,7 @@ class CStep:
                    "MAX_WIDTH": max(config.layers), "MAX_WEIGHTS": max(a * b for a, b in layers),
                    "HIDDEN_TANH": int(config.activation == "tanh"), "LOSS": _LOSSES[config.loss]}
         flags = CFLAGS + [f"-D{name}={value}" for name, value in defines.items()]
-        self.flags = " ".join(CFLAGS)
-        library = compile_c((NATIVE / "train_step.c").read_text(), flags, ["-lm"])
+        library = compile_c((NATIVE / "train_step.c").read_text(), flags, ("-lm",))
         self.x, self.y = grid_data(config, seed)
         self.params = [a.copy() for pair in grid_params(config, seed) for a in pair]
         self.moments = [(np.zeros_like(p), np.zeros_like(p)) for p in self.params]
@@ -136,19 +138,16 @@ def c_step(config: GridConfig) -> Ceiling:
                               f"too long (runs up to {C_STEP_MAX_FLOPS / 1e9:g} GFLOP)")
     model = CStep(config)
     return Ceiling("c-step", compiler_version(), "1", model.step,
-                f"hand-written C forward, backward and Adam (native/train_step.c), single-threaded, sizes "
-                f"as compile-time constants, {model.flags}, called through ctypes")
+                   f"hand-written C forward, backward and Adam (native/train_step.c), single-threaded, sizes as "
+                   f"compile-time constants, {' '.join(CFLAGS)}, called through ctypes; run up to "
+                   f"{C_STEP_MAX_FLOPS / 1e9:g} GFLOP per step")
 
 
 # ---------------------------------------------------------------------------------------------- fma-peak
 
-_FMA_LIB: list[ctypes.CDLL] = []
-
-
+@functools.cache
 def fma_library() -> ctypes.CDLL:
-    if not _FMA_LIB:
-        _FMA_LIB.append(compile_c((NATIVE / "fma_peak.c").read_text(), CFLAGS + ["-fopenmp"]))
-    return _FMA_LIB[0]
+    return compile_c((NATIVE / "fma_peak.c").read_text(), CFLAGS + ["-fopenmp"])
 
 
 def allowed_cores() -> int:
@@ -193,7 +192,8 @@ def fma_peak(config: GridConfig) -> Ceiling:
     The bench divides the timed call by `work`, so the per-step time is the step's FLOPs at peak rate.
     """
     kernel = FmaPeak.calibrated(allowed_cores())
+    isa = "AVX-512" if kernel.lanes == 16 else "AVX2"
     return Ceiling("fma-peak", compiler_version(), str(kernel.threads), kernel.run,
-                   f"{kernel.chains} chains of {kernel.lanes}-lane FMAs per thread on registers "
-                   f"({' '.join(CFLAGS)} -fopenmp), one OpenMP thread per allowed core; per-step time = the "
-                   "step's FLOPs / this peak", kernel.flops / config.flops)
+                   f"{kernel.chains} chains of {isa} FMAs per thread on registers ({' '.join(CFLAGS)} -fopenmp), "
+                   "one OpenMP thread per allowed core; per-step time = the step's FLOPs / this peak",
+                   kernel.flops / config.flops)
