@@ -1,4 +1,5 @@
 """The compiled-C reference points of `graphnet bench`: the C step trains exactly the grid's model."""
+import platform
 import shutil
 import time
 
@@ -12,6 +13,8 @@ from graphnet.peers import GRID, PEERS, GridConfig, PeerUnavailable, grid_data, 
 pytestmark = pytest.mark.skipif(shutil.which(ceilings.compiler()) is None,
                                 reason=f"no C compiler ({ceilings.compiler()}) found")
 
+x86_only = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                              reason="native/fma_peak.c is written for x86 AVX-512 or AVX2")
 NARROW_WIDE = GridConfig("narrow-wide", (16, 64, 8), 32, "tanh", "mse")  # wide's activation and loss, small
 
 
@@ -38,6 +41,7 @@ def test_c_step_is_left_out_above_its_flop_limit():
         ceilings.c_step(GRID["wide"])
 
 
+@x86_only
 def test_fma_peak_bounds_the_c_step():
     kernel = ceilings.FmaPeak.calibrated(threads=1, seconds=0.002)
     assert kernel.lanes in (8, 16)
@@ -49,6 +53,7 @@ def test_fma_peak_bounds_the_c_step():
     assert max(kernel.gflops() for _ in range(3)) > c_step_gflops  # one thread: nothing beats its FMA units
 
 
+@x86_only
 def test_fma_peak_runs_one_thread_per_allowed_core():
     ceiling = ceilings.fma_peak(GRID["small"])
     assert ceiling.threads == str(ceilings.allowed_cores())
