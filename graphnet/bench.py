@@ -347,9 +347,16 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
                 row.append("-" if median is None else format_stats(entry))
             rows.append(row)
         lines += ["### Per-step time, median (min-max)", ""] + _table(["config"] + names, rows) + [""]
-        rows = [[GRID[name].label] + [_gflops(GRID[name], _median(entries.get(s))) for s in names if s != "ctypes-call"]
+        rated = [s for s in names if s not in ("ctypes-call", "fma-peak")]
+        rows = [[GRID[name].label] + [_gflops(GRID[name], _median(entries.get(s))) for s in rated]
                 for name, entries in configs.items()]
-        lines += ["### GFLOP/s", ""] + _table(["config"] + [s for s in names if s != "ctypes-call"], rows) + [""]
+        lines += ["### GFLOP/s", ""] + _table(["config"] + rated, rows) + [""]
+        peaks = [GRID[name].needed_flops / m for name, entries in configs.items()
+                 if (m := _median(entries.get("fma-peak")))]
+        if peaks:
+            lines += [f"fma-peak: {statistics.median(peaks) / 1e9:.3g} GFLOP/s (median over the configurations), "
+                      "the FMA throughput of the threads above; its per-step time is the FLOPs a step must do (the "
+                      "count above less the input layer's input gradient) at that rate.", ""]
         for system in ours:
             header = (["config"] + [f"{p} / {system}" for p in peers] + [f"best peer / {system}"]
                       + [f"{system} / {c}" for c in CEILINGS])

@@ -4,9 +4,8 @@
 - `c-step`: the grid's training step written by hand in plain C (native/train_step.c), one thread,
   called through ctypes like graphnet's own steps: what graphnet's generated code should approach.
 - `fma-peak`: the machine's float32 FMA throughput on the allowed cores (native/fma_peak.c); its
-  per-step time is the step's FLOPs at that rate. Those are BENCHMARKS.md's count, which includes the
-  input layer's input gradient that no step computes, so a step can come in below it by that share
-  (a quarter of medium's FLOPs); otherwise nothing runs faster.
+  per-step time is the FLOPs a step must do (`GridConfig.needed_flops`: BENCHMARKS.md's count less the
+  input layer's input gradient) at that rate, a time no step can beat.
 
 A missing or failing compiler shows as a failed system in the tables, never as a failed benchmark.
 """
@@ -197,6 +196,6 @@ def fma_peak(config: GridConfig) -> Ceiling:
     isa = "AVX-512" if kernel.lanes == 16 else "AVX2"
     return Ceiling("fma-peak", compiler_version(), str(kernel.threads), kernel.run,
                    f"{kernel.chains} chains of {isa} FMAs per thread on registers ({' '.join(CFLAGS)} -fopenmp), "
-                   "one OpenMP thread per allowed core; per-step time = the step's FLOPs / this peak (FLOPs as "
-                   "BENCHMARKS.md counts them, with the input layer's input gradient no step computes)",
-                   kernel.flops / config.flops)
+                   "one OpenMP thread per allowed core; per-step time = the FLOPs a step must do (BENCHMARKS.md's "
+                   "count less the input layer's input gradient) / this peak",
+                   kernel.flops / config.needed_flops)

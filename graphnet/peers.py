@@ -35,6 +35,11 @@ class GridConfig:
         return 6 * self.batch * sum(a * b for a, b in zip(self.layers, self.layers[1:]))
 
     @property
+    def needed_flops(self) -> int:
+        """The FLOPs a step must do: `flops` less the input layer's input gradient, which nothing needs."""
+        return self.flops - 2 * self.batch * self.layers[0] * self.layers[1]
+
+    @property
     def label(self) -> str:
         return f"{self.name} {'-'.join(map(str, self.layers))} b{self.batch}"
 
