@@ -134,7 +134,7 @@ def _loss_and_grad(config: GridConfig, z: np.ndarray, y: np.ndarray) -> tuple[np
     """The loss (mean over the batch; over all elements for mse) and its gradient w.r.t. the output z."""
     if config.loss == "bce_logits":
         loss = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
-        return loss, (1 / (1 + np.exp(-z)) - y) / z.shape[0]
+        return loss, (1 / (1 + np.exp(-z)) - y) / z.size  # the mean is over every element, as torch's
     if config.loss == "softmax_ce":
         shifted = z - z.max(axis=1, keepdims=True)
         e = np.exp(shifted)

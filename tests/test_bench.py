@@ -30,6 +30,23 @@ def test_numpy_peer_loss_decreases(config):
     assert all(np.isfinite(losses))
 
 
+@pytest.mark.parametrize("loss", ["bce_logits", "softmax_ce", "mse"])
+def test_numpy_peer_loss_gradients_match_finite_differences(loss):
+    """(Adam hides a wrongly scaled gradient, so the peers' agreement on losses cannot show one.)"""
+    from graphnet.peers import _loss_and_grad
+    config = bench.GridConfig("check", (4, 3), 5, "relu", loss)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 3))
+    y = np.eye(3)[rng.integers(0, 3, 5)] if loss == "softmax_ce" else (rng.random((5, 3)) < 0.5).astype(float)
+    _, grad = _loss_and_grad(config, z, y)
+    h, numeric = 1e-6, np.zeros_like(z)
+    for i in np.ndindex(z.shape):
+        step = np.zeros_like(z)
+        step[i] = h
+        numeric[i] = (_loss_and_grad(config, z + step, y)[0] - _loss_and_grad(config, z - step, y)[0]) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("config", ["tiny", "small", "medium", "wide"])
 def test_numpy_and_torch_peers_agree_on_first_losses(config):
     pytest.importorskip("torch")
