@@ -130,6 +130,8 @@ class LLVMBackend:
     def _bind_buffers(self) -> None:
         self.slots = (ctypes.c_void_p * max(1, len(self.lp.buffers)))()
         self.slots_address = ctypes.addressof(self.slots)
+        # The call's arguments as ctypes objects: ctypes converts them ~0.14 us faster than ints.
+        self.slots_arg = ctypes.c_void_p(self.slots_address)
         self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
         for i, arr in self.keep.items():
             if not arr.flags.c_contiguous or arr.dtype != self.lp.buffers[i].dtype:
@@ -149,7 +151,7 @@ class LLVMBackend:
         for b, offset in self.plan.offsets.items():
             self.slots[b] = base + offset
         self.views: dict[int, list[np.ndarray]] = {}
-        self.batch, self.fetch_views = 0, []
+        self.batch, self.batch_arg, self.fetch_views = 0, ctypes.c_int64(0), []
 
     def view(self, buffer: int, batch: int) -> np.ndarray:
         b = self.lp.buffers[buffer]
@@ -168,7 +170,7 @@ class LLVMBackend:
         views = self.views.get(batch)
         if views is None:
             views = self.views[batch] = [self.view(f, batch) for f in self.lp.fetches]
-        self.batch, self.fetch_views = batch, views
+        self.batch, self.batch_arg, self.fetch_views = batch, ctypes.c_int64(batch), views
 
     # ---- calls --------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
@@ -184,7 +186,7 @@ class LLVMBackend:
             if self.check:
                 self._run_checked(arrays, batch)
             else:
-                self.step(batch, self.slots_address)
+                self.step(self.batch_arg, self.slots_arg)
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
         finally:

@@ -36,7 +36,7 @@ def fast_call_source(n_feeds: int, slots: list[int], names: list[str], n_fetches
                   f"                        last_inputs[{i}] = a{i}"]
     copies = ", ".join(f"views[{k}].copy()" for k in range(n_fetches))
     result = f"[{copies}]" if rebuild_list else f"rebuild([{copies}])"
-    lines += ["                    step(batch, address)",
+    lines += ["                    step(backend.batch_arg, address)",
               "                    views = backend.fetch_views",
               f"                    return {result}",
               "    return general(feeds)"]
@@ -47,15 +47,16 @@ def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable
               pointer: Callable[[np.ndarray], int]) -> Callable[[dict], Any]:
     """`general(feeds)` with the common case (same shapes as the last checked call) made short.
 
-    `backend` provides `lock`, `batch`, `step(batch, address)`, `slots`/`slots_address` (the buffer
-    address table), `inputs` (each feed's slot) and `last_inputs` (the array object behind each).
+    `backend` provides `lock`, `batch` (and `batch_arg`, the same as a ctypes object), `step(batch_arg,
+    slots_arg)`, `slots` (the buffer address table; `slots_arg` its address), `inputs` (each feed's slot)
+    and `last_inputs` (the array object behind each).
     """
     source = fast_call_source(len(spec.names), list(backend.inputs), spec.names, len(backend.lp.fetches),
                               rebuild is list)
     namespace: dict[str, Any] = {
         "Variable": Variable, "ndarray": np.ndarray, "spec": spec, "backend": backend, "lock": backend.lock,
         "last_inputs": backend.last_inputs, "slot_array": backend.slots, "pointer": pointer,
-        "step": backend.step, "address": backend.slots_address, "rebuild": rebuild, "general": general,
+        "step": backend.step, "address": backend.slots_arg, "rebuild": rebuild, "general": general,
         **{f"d{i}": d for i, d in enumerate(spec.dtypes)},
     }
     exec(compile(source, "<graphnet fast call>", "exec"), namespace)
