@@ -57,6 +57,7 @@ def test_bad_feeds_are_refused_after_the_fast_path_is_warm(backend):
         (dict(x=x, y=y[:5]), "batch size"),
         (dict(x=x), "missing"),
         (dict(x=x, y=y, z=y), "unknown"),
+        (dict(x=x, z=y), "missing feed.*'y'.*unknown feed.*'z'"),  # as many feeds as placeholders
         (dict(x=x[:0], y=y[:0]), "empty batch"),
         (dict(x=x.reshape(-1), y=y), "rank"),
         (dict(x=x, y="abc"), "numeric"),
@@ -197,3 +198,13 @@ def test_the_generated_path_runs_only_when_the_backend_is_set_for_the_checked_ba
     assert fn.executable.batch == 8
     got = fn(x=five)
     assert got.shape == (5, 3) and fn.executable.batch == 5
+
+
+def test_functions_without_placeholders_take_the_generated_path():
+    with gn.Graph():
+        counter = gn.variable("counter", np.zeros(3, np.float32))
+        fn = gn.compile(counter * 2.0, updates=[(counter, counter + 1.0)], training=False)
+    assert "def call" in fn._call.source
+    for expected in range(4):  # the first call checks (no feeds), the others take the generated path
+        np.testing.assert_array_equal(fn(), 2.0 * expected)
+    np.testing.assert_array_equal(counter.value, 4.0)

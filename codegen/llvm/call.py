@@ -24,7 +24,11 @@ def fast_call_source(n_feeds: int, slots: list[int], names: list[str], n_fetches
     lines = ["def call(feeds):",
              f"    if len(feeds) == {n_feeds} and not Variable.any_mirrors and spec.last is not None:",
              "        batch, shapes = spec.last"]
-    lines += [f"        a{i} = feeds.get({name!r})" for i, name in enumerate(names)]
+    if names:
+        lines.append("        try:")
+        lines += [f"            a{i} = feeds[{name!r}]" for i, name in enumerate(names)]
+        lines += ["        except KeyError:",
+                  "            return general(feeds)"]
     tests = [f"type(a{i}) is ndarray and a{i}.dtype is d{i} and a{i}.shape == shapes[{i}] and a{i}.flags.c_contiguous"
              for i in range(n_feeds)]
     lines.append(f"        if {' and '.join(tests) or 'True'}:")
