@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import operator
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -70,7 +71,8 @@ class Function:
                               needs_batch)
         self._check, self._run = self.feeds.check, executable.run  # bound once: the per-call path is short
         fast = getattr(executable, "fast_call", None)
-        self._call = (fast and fast(self.feeds, rebuild, self._general)) or self._general
+        general = weakref.WeakMethod(self._general)  # no cycle through the fast path: arenas free on `del`
+        self._call = (fast and fast(self.feeds, rebuild, lambda feeds: general()(feeds))) or self._general
         host = not getattr(executable, "device_resident", False)
         self._host_reads = [v.attrs["var"] for v in program.variables] if host else []
         self._host_writes = [v.attrs["var"] for v, _ in program.updates] if host else []

@@ -208,3 +208,20 @@ def test_functions_without_placeholders_take_the_generated_path():
     for expected in range(4):  # the first call checks (no feeds), the others take the generated path
         np.testing.assert_array_equal(fn(), 2.0 * expected)
     np.testing.assert_array_equal(counter.value, 4.0)
+
+
+def test_a_dropped_function_frees_its_arena_without_the_cycle_collector():
+    import gc
+    import weakref
+
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3))
+        fn = gn.compile(x * 2.0, backend="llvm")
+    fn(x=np.ones((2, 3), np.float32))
+    executable = weakref.ref(fn.executable)
+    gc.disable()
+    try:
+        del fn
+        assert executable() is None
+    finally:
+        gc.enable()

@@ -64,6 +64,6 @@ def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable
         **{f"d{i}": d for i, d in enumerate(spec.dtypes)},
     }
     exec(compile(source, "<graphnet fast call>", "exec"), namespace)
-    call = namespace["call"]
+    call = namespace.pop("call")  # (left in its own globals it would be a reference cycle)
     call.source = source
     return call
