@@ -65,7 +65,7 @@ class GemmSpec:
 class Blocking:
     """Register tile (mr x nr) and cache blocks (kc, mc, nc); nr is a multiple of the vector
     width, mc of mr and nc of nr. Without `pack_a` (only for an untransposed A) the kernel
-    reads whole tiles of A in place and packs only the M edge."""
+    reads A in place, M edge included."""
 
     mr: int
     nr: int
@@ -121,7 +121,7 @@ def _buffer_elements(spec: GemmSpec, blk: Blocking, max_m: int | None) -> tuple[
     m = spec.m if spec.m is not None else max_m
     mc = blk.mc if m is None else min(blk.mc, _round_up(max(m, 1), blk.mr))
     if not blk.pack_a:
-        mc = blk.mr
+        mc = 0  # A is read in place, edges included
     return kc * nc, kc * mc
 
 
@@ -269,11 +269,10 @@ class _GemmEmitter:
                         with self.loop(0, mc, blk.mr, "ir") as ir_:
                             mr = self.min(b.sub(mc, ir_), blk.mr)
                             if blk.pack_a:
-                                acc = self.micro_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1),
-                                                        _c(blk.mr), bp)
+                                acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1),
+                                                       _c(blk.mr), mr, bp)
                             else:
-                                acc = self.unpacked_a_kernel(kc, self.gep(a_src, self.mul(ir_, k)), k,
-                                                             mr, a_pack, bp)
+                                acc = self.tile_kernel(kc, self.gep(a_src, self.mul(ir_, k)), k, _c(1), mr, bp)
                             self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first, last)
         b.ret_void()
 
@@ -373,22 +372,42 @@ class _GemmEmitter:
 
     # -- micro-kernel and C update ------------------------------------------------------------
 
-    def unpacked_a_kernel(self, kc: ir.Value, a: ir.Value, lda: ir.Value, mr: ir.Value,
-                          a_pack: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
-        """Micro-kernel reading a whole MR-row tile of A in place; an M edge is packed first."""
+    def tile_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value, mr: ir.Value,
+                    bp: ir.Value) -> list[list[ir.Value]]:
+        """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
+        ap[r * a_row + k * a_k]). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
+        no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
+        six-row tiles and a 2-row one, which used to cost a whole 6-row tile)."""
         b, blk = self.b, self.blk
+        zero = ir.Constant(self.vt, None)
         results = []
         with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
             with then:
-                results.append((self.micro_kernel(kc, a, lda, _c(1), bp), b.block))
+                results.append((self.micro_kernel(kc, ap, a_row, a_k, bp), b.block))
             with otherwise:
-                self.pack_edge(a_pack, a, _c(1), lda, kc, blk.mr, mr)
-                results.append((self.micro_kernel(kc, a_pack, _c(1), _c(blk.mr), bp), b.block))
+                merge = b.append_basic_block("edge.merge")
+                dispatch = b.block
+                switch = b.switch(mr, merge)
+                edge_results = []
+                for rows in range(1, blk.mr):
+                    block = b.append_basic_block(f"edge{rows}")
+                    switch.add_case(_c(rows), block)
+                    b.position_at_end(block)
+                    acc = self.micro_kernel(kc, ap, a_row, a_k, bp, rows)
+                    edge_results.append((acc + [[zero] * len(acc[0])] * (blk.mr - rows), b.block))
+                    b.branch(merge)
+                b.position_at_end(merge)
+                edge = self.merge(edge_results + [([[zero] * (blk.nr // self.w)] * blk.mr, dispatch)])
+                results.append((edge, b.block))
+        return self.merge(results)
+
+    def merge(self, results: list[tuple[list[list[ir.Value]], ir.Block]]) -> list[list[ir.Value]]:
+        """Phis joining the accumulator tiles computed in several predecessor blocks."""
         merged = []
-        for r in range(blk.mr):
+        for r in range(self.blk.mr):
             row = []
-            for v in range(blk.nr // self.w):
-                phi = b.phi(self.vt)
+            for v in range(self.blk.nr // self.w):
+                phi = self.b.phi(self.vt)
                 for acc, block in results:
                     phi.add_incoming(acc[r][v], block)
                 row.append(phi)
@@ -396,12 +415,12 @@ class _GemmEmitter:
         return merged
 
     def micro_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value,
-                     bp: ir.Value) -> list[list[ir.Value]]:
-        """The MR x NR tile of accumulators summed over kc, as SSA values (phis) at loop exit.
-
-        A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR).
+                     bp: ir.Value, rows: int | None = None) -> list[list[ir.Value]]:
+        """The `rows` x NR tile (default MR) of accumulators summed over kc, as SSA values (phis) at
+        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR).
         """
         b, blk, w = self.b, self.blk, self.w
+        rows = blk.mr if rows is None else rows
         nv = blk.nr // w
         pre = b.block
         head = b.append_basic_block("k.head")
@@ -411,7 +430,7 @@ class _GemmEmitter:
         b.position_at_end(head)
         kk = b.phi(_I64, "k")
         kk.add_incoming(_c(0), pre)
-        acc = [[b.phi(self.vt, f"acc{r}_{v}") for v in range(nv)] for r in range(blk.mr)]
+        acc = [[b.phi(self.vt, f"acc{r}_{v}") for v in range(nv)] for r in range(rows)]
         zero = ir.Constant(self.vt, None)
         for phi in _flat(acc):
             phi.add_incoming(zero, pre)
@@ -421,7 +440,7 @@ class _GemmEmitter:
         arow = self.gep(ap, self.mul(kk, a_k))
         bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
         new = []
-        for r in range(blk.mr):
+        for r in range(rows):
             a = self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt)
             new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
         kk.add_incoming(self.add(kk, 1), b.block)
