@@ -2,7 +2,10 @@
 
 For every dense layer (in -> out) of the small, medium, large and wide configurations it times the
 three GEMMs of a training step: X@W (batch,in)@(in,out), X^T@dY (in,batch)@(batch,out) and
-dY@W^T (batch,out)@(out,in). Median of the repeats, GFLOP/s and the ratio to numpy.
+dY@W^T (batch,out)@(out,in). Each runs as the LLVM backend runs it: the routine for its transposes
+with runtime N and K (a static M only below gemm.SMALL_M), and a product with fewer than
+lower.GEMM_NARROW columns as its transpose (marked "^T" after the label). Median of the repeats,
+GFLOP/s and the ratio to numpy's matmul of the same product.
 
     python benchmarks/gemm_bench.py [--repeats 7] [--dtype float32] [--config large ...]
 """
@@ -27,7 +30,8 @@ import numpy as np
 from llvmlite import ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codegen.llvm.gemm import GemmSpec, emit_gemm, workspace_bytes  # noqa: E402
+from codegen.llvm.gemm import GemmSpec, emit_gemm, specialised_m, workspace_bytes  # noqa: E402
+from codegen.lower import GEMM_NARROW  # noqa: E402
 from codegen.llvm.target import TargetInfo  # noqa: E402
 
 CONFIGS = {
@@ -89,11 +93,14 @@ def bench_one(label: str, ta: bool, tb: bool, m: int, n: int, k: int, dtype: str
     rng = np.random.default_rng(0)
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
-    c = np.empty((m, n), dtype)
-    compiled = Compiled(GemmSpec(dtype, ta, tb, m, n, k, accumulate=False), target)
-    args = (m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, compiled.ws_ptr)
     op_a, op_b = (a.T if ta else a), (b.T if tb else b)
-    ref = np.empty_like(c)
+    ref = np.empty((m, n), dtype)
+    narrow = n < GEMM_NARROW and m >= 2 * n  # as codegen/lower.py's _narrow_columns
+    if narrow:  # C^T = op(B)^T @ op(A)^T: B's storage read as the transposed product's A, and A's as its B
+        label, a, b, ta, tb, m, n = label + "^T", b, a, not tb, not ta, n, m
+    c = np.empty((m, n), dtype)
+    compiled = Compiled(GemmSpec(dtype, ta, tb, specialised_m(m), None, None, accumulate=False), target)
+    args = (m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, compiled.ws_ptr)
 
     def ours() -> None:
         compiled.fn(*args)
@@ -103,7 +110,7 @@ def bench_one(label: str, ta: bool, tb: bool, m: int, n: int, k: int, dtype: str
 
     ours()
     theirs()
-    error = float(np.abs(c - ref).max() / max(1e-30, np.abs(ref).max()))
+    error = float(np.abs((c.T if narrow else c) - ref).max() / max(1e-30, np.abs(ref).max()))
     t_ours, t_np = time_pair(ours, theirs, repeats)
     flops = 2.0 * m * n * k
     med_ours, med_np = statistics.median(t_ours), statistics.median(t_np)
@@ -122,7 +129,7 @@ def main() -> None:
     print(f"host {target.cpu}, {target.vector_bits}-bit vectors, fma={target.has_fma}; "
           f"numpy {np.__version__}, 1 thread ({'threadpoolctl' if threadpool_limits else 'env'}); "
           f"{args.dtype}, median of {args.repeats}")
-    print(f"{'config':7} {'gemm':7} {'M':>5} {'N':>5} {'K':>5} {'ours GF/s':>10} {'numpy GF/s':>10} "
+    print(f"{'config':7} {'gemm':8} {'M':>5} {'N':>5} {'K':>5} {'ours GF/s':>10} {'numpy GF/s':>10} "
           f"{'% numpy':>8} {'compile ms':>10} {'rel err':>8}")
     limits = threadpool_limits(1) if threadpool_limits else None
     try:
@@ -131,7 +138,7 @@ def main() -> None:
             for n_in, n_out in zip(sizes, sizes[1:]):
                 for gemm in layer_gemms(batch, n_in, n_out):
                     r = bench_one(*gemm, args.dtype, target, args.repeats)
-                    print(f"{config:7} {r['label']:7} {r['m']:5} {r['n']:5} {r['k']:5} {r['ours']:10.1f} "
+                    print(f"{config:7} {r['label']:8} {r['m']:5} {r['n']:5} {r['k']:5} {r['ours']:10.1f} "
                           f"{r['numpy']:10.1f} {100 * r['ratio']:7.0f}% {r['compile_ms']:10.0f} "
                           f"{r['error']:8.1e}", flush=True)
     finally:
