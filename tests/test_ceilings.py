@@ -1,7 +1,6 @@
 """The compiled-C reference points of `graphnet bench`: the C step trains exactly the grid's model."""
 import platform
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -42,15 +41,19 @@ def test_c_step_is_left_out_above_its_flop_limit():
 
 
 @x86_only
-def test_fma_peak_bounds_the_c_step():
-    kernel = ceilings.FmaPeak.calibrated(threads=1, seconds=0.002)
+def test_fma_kernel_runs_its_chains():
+    """The kernel's sum is the recurrence it claims to run (acc <- 0.999999 acc + 1e-6 from acc = i, per
+    chain, lane and thread); its FLOP count follows from the same sizes. (No timing here: the benchmark
+    measures speed.)"""
+    kernel = ceilings.FmaPeak(iterations=1000, threads=2)
     assert kernel.lanes in (8, 16)
-    assert kernel.flops == 2 * kernel.lanes * kernel.chains * kernel.iterations
-    assert min(kernel.seconds() for _ in range(3)) >= 0.002 * 0.5  # calibrated to about that long
-    c_step = ceilings.c_step(GRID["small"])
-    c_step.step()
-    c_step_gflops = GRID["small"].flops / min(_seconds(c_step.step) for _ in range(3)) / 1e9
-    assert max(kernel.gflops() for _ in range(3)) > c_step_gflops  # one thread: nothing beats its FMA units
+    assert kernel.flops == 2 * kernel.lanes * kernel.chains * kernel.iterations * 2
+    acc = np.arange(kernel.chains, dtype=np.float64)
+    for _ in range(kernel.iterations):
+        acc = 0.999999 * acc + 1e-6
+    np.testing.assert_allclose(kernel.run(), 2 * kernel.lanes * acc.sum(), rtol=1e-4)
+    calibrated = ceilings.FmaPeak.calibrated(threads=1, seconds=0.002)
+    assert calibrated.threads == 1 and calibrated.iterations % 4096 == 0
 
 
 @x86_only
@@ -58,13 +61,6 @@ def test_fma_peak_runs_one_thread_per_allowed_core():
     ceiling = ceilings.fma_peak(GRID["small"])
     assert ceiling.threads == str(ceilings.allowed_cores())
     assert ceiling.work > 1  # one timed call holds the FLOPs of many small steps
-
-
-def _seconds(step, loops: int = 20) -> float:
-    start = time.perf_counter()
-    for _ in range(loops):
-        step()
-    return (time.perf_counter() - start) / loops
 
 
 def test_compile_errors_name_the_compiler(monkeypatch):
