@@ -19,10 +19,11 @@ from graphnet.feeds import FeedSpec
 from graphnet.graph import Variable
 
 
-def fast_call_source(n_feeds: int, slots: list[int], names: list[str], n_fetches: int, rebuild_list: bool) -> str:
-    """The source of `call(feeds)` for a function with these feeds (placeholder order) and fetches."""
+def fast_call_source(names: list[str], slots: list[int], n_fetches: int, rebuild_list: bool) -> str:
+    """The source of `call(feeds)` for a function with these placeholders (in order, with their buffer
+    slots) and fetches."""
     lines = ["def call(feeds):",
-             f"    if len(feeds) == {n_feeds} and not Variable.any_mirrors and spec.last is not None:",
+             f"    if len(feeds) == {len(names)} and not Variable.any_mirrors and spec.last is not None:",
              "        batch, shapes = spec.last"]
     if names:
         lines.append("        try:")
@@ -30,7 +31,7 @@ def fast_call_source(n_feeds: int, slots: list[int], names: list[str], n_fetches
         lines += ["        except KeyError:",
                   "            return general(feeds)"]
     tests = [f"type(a{i}) is ndarray and a{i}.dtype is d{i} and a{i}.shape == shapes[{i}] and a{i}.flags.c_contiguous"
-             for i in range(n_feeds)]
+             for i in range(len(names))]
     lines.append(f"        if {' and '.join(tests) or 'True'}:")
     lines += ["            with lock:",
               "                if backend.batch == batch:"]
@@ -55,8 +56,7 @@ def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable
     slots_arg)`, `slots` (the buffer address table; `slots_arg` its address), `inputs` (each feed's slot)
     and `last_inputs` (the array object behind each).
     """
-    source = fast_call_source(len(spec.names), list(backend.inputs), spec.names, len(backend.lp.fetches),
-                              rebuild is list)
+    source = fast_call_source(spec.names, list(backend.inputs), len(backend.lp.fetches), rebuild is list)
     namespace: dict[str, Any] = {
         "Variable": Variable, "ndarray": np.ndarray, "spec": spec, "backend": backend, "lock": backend.lock,
         "last_inputs": backend.last_inputs, "slot_array": backend.slots, "pointer": pointer,
