@@ -1,18 +1,36 @@
 """The per-call path of a compiled function (feed check fast path, cached feed addresses, fetch
 copies): after calls that warm every cache, bad feeds are still refused before native code runs,
-results never alias each other, and batch sizes may change from call to call."""
+results never alias each other, and batch sizes may change from call to call. Every test runs with
+the C call path (codegen/llvm/_call.c) and with the generated Python one."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import graphnet as gn
+import codegen.llvm.call as call_path
 from codegen.llvm.backend import data_pointer
 
 BACKENDS = ["numpy", "llvm"]
+NATIVE = call_path.native
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # compile cold, in a cache of its own
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def implementation(request, monkeypatch):
+    """Which fast path the LLVM functions compiled in the test get."""
+    if request.param == "native" and NATIVE is None:
+        pytest.skip("the C call path was not built (no C compiler at install time)")
+    monkeypatch.setattr(call_path, "native", NATIVE if request.param == "native" else None)
+    return request.param
+
+
+def _takes_the_fast_path(fn) -> bool:
+    if call_path.native is not None:
+        return isinstance(fn._call, call_path.native.FastCall)
+    return "def call" in fn._call.source
 
 
 def _model(backend: str):
@@ -141,7 +159,8 @@ def test_llvm_functions_take_the_generated_path_and_keep_the_fetch_structure():
         functions = {k: (gn.compile(f, backend="llvm"), gn.compile(f, backend="numpy")) for k, f in fetches.items()}
     feed = {"input 'x'": rng.standard_normal((4, 3)).astype(np.float32)}
     for kind, (fast, reference) in functions.items():
-        assert fast._call is not fast._general and "input 'x'" in fast._call.source
+        assert _takes_the_fast_path(fast)
+        assert call_path.native is not None or "input 'x'" in fast._call.source
         for _ in range(3):  # first call: general path; then the generated one
             got, want = fast(**feed), reference(**feed)
             assert type(got) is type(want), kind
@@ -204,7 +223,7 @@ def test_functions_without_placeholders_take_the_generated_path():
     with gn.Graph():
         counter = gn.variable("counter", np.zeros(3, np.float32))
         fn = gn.compile(counter * 2.0, updates=[(counter, counter + 1.0)], training=False)
-    assert "def call" in fn._call.source
+    assert _takes_the_fast_path(fn)
     for expected in range(4):  # the first call checks (no feeds), the others take the generated path
         np.testing.assert_array_equal(fn(), 2.0 * expected)
     np.testing.assert_array_equal(counter.value, 4.0)
@@ -225,3 +244,34 @@ def test_a_dropped_function_frees_its_arena_without_the_cycle_collector():
         assert executable() is None
     finally:
         gc.enable()
+
+
+def test_calls_keep_no_references_to_feeds_or_results():
+    """Reference counts around the C path: a warm call leaves its feeds and results as it found them."""
+    import sys
+
+    step, _ = _model("llvm")
+    x, y = _batch(8)
+    for _ in range(3):
+        step(x=x, y=y)
+    feeds = dict(x=x, y=y)
+    before = sys.getrefcount(x), sys.getrefcount(y), sys.getrefcount(feeds)
+    for _ in range(1000):
+        loss, out = step(**feeds)
+    assert (sys.getrefcount(x), sys.getrefcount(y), sys.getrefcount(feeds)) == before
+    assert sys.getrefcount(out) == 2  # the name and getrefcount's argument: nothing else holds it
+    x2 = x.copy()
+    step(x=x2, y=y)  # a new array in the slot drops the old one's reference
+    assert sys.getrefcount(x) == before[0] - 1
+
+
+def test_the_fast_path_works_after_a_refused_call():
+    """A refused call (the general path raises) leaves no lock held and no stale address behind."""
+    step, w = _model("llvm")
+    x, y = _batch(8)
+    step(x=x, y=y)
+    with pytest.raises(ValueError):
+        step(x=x[:, :2].copy(), y=y)
+    other = _model("llvm")[0]
+    other(x=x, y=y)
+    np.testing.assert_array_equal(step(x=x, y=y)[0], other(x=x, y=y)[0])

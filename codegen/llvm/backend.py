@@ -95,7 +95,8 @@ class LLVMBackend:
             LLVM_OBJECTS.store(self.key, obj)
         gemms = [self._gemm_object(*g) for g in required_gemms(self.lp)]
         self.library = Library(self.compiler, gemms + [obj])
-        self.step = _STEP(self.library.address("graphnet_step"))
+        self.step_address = self.library.address("graphnet_step")
+        self.step = _STEP(self.step_address)
         self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
         self._bind_buffers()
 

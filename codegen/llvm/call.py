@@ -8,6 +8,9 @@ one ctypes call, the fetched buffers copied out. It accepts only what the feed c
 accepts (`FeedSpec.last`: the exact shapes of the last fully checked call, the placeholders' dtypes,
 C-contiguous ndarrays, no extra feeds, no device mirrors); everything else, including a first call and
 a new batch size, goes to the general path, which converts, explains and raises.
+
+Where the optional C extension `_call.c` was built (`pip install` compiles it when a C compiler is
+there), the same path runs in C instead: ~0.7 us less per call on the tiny model (see `fast_call`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ import numpy as np
 
 from graphnet.feeds import FeedSpec
 from graphnet.graph import Variable
+
+try:
+    from . import _call as native
+except ImportError:  # built without a C compiler: the generated Python path below
+    native = None
 
 
 def fast_call_source(names: list[str], slots: list[int], n_fetches: int, rebuild_list: bool) -> str:
@@ -54,8 +62,13 @@ def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable
 
     `backend` provides `lock`, `batch` (and `batch_arg`, the same as a ctypes object), `step(batch_arg,
     slots_arg)`, `slots` (the buffer address table; `slots_arg` its address), `inputs` (each feed's slot)
-    and `last_inputs` (the array object behind each).
+    and `last_inputs` (the array object behind each), and `step_address` (the native step's address).
+    The C version (`native.FastCall`) and the generated Python one accept and refuse the same feeds.
     """
+    if native is not None:
+        return native.FastCall(backend, spec, Variable, tuple(spec.names), tuple(spec.dtypes), tuple(backend.inputs),
+                               backend.slots_address, backend.step_address, None if rebuild is list else rebuild,
+                               general)
     source = fast_call_source(spec.names, list(backend.inputs), len(backend.lp.fetches), rebuild is list)
     namespace: dict[str, Any] = {
         "Variable": Variable, "ndarray": np.ndarray, "spec": spec, "backend": backend, "lock": backend.lock,
