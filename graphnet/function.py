@@ -17,6 +17,21 @@ from .graph import Node, Variable, shape_str
 from .passes.pipeline import Pass, PassRecord, run_pipeline
 from .program import Program
 
+
+
+class PythonCall:
+    """`fn(**feeds)` -> `fn._call(feeds)`: Function's call where the C version (`_callable.c`, ~0.3 us
+    faster) was not built."""
+
+    def __call__(self, **feeds: Any) -> Any:
+        return self._call(feeds)
+
+
+try:
+    from ._callable import Callable as _CallBase
+except ImportError:  # installed without a C compiler
+    _CallBase = PythonCall
+
 BACKENDS = {
     "numpy": "codegen.numpy_backend:NumpyBackend",
     "llvm": "codegen.llvm.backend:LLVMBackend",
@@ -59,8 +74,12 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     return fn
 
 
-class Function:
-    """A compiled function: call it with feeds by placeholder name."""
+class Function(_CallBase):
+    """A compiled function: call it with feeds by placeholder name, `fn(x=..., labels=...)`.
+
+    The call passes the feeds to `self._call`: the backend's shorter path for the common case where it
+    has one (`fast_call`), else `_general`.
+    """
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
                  options: CompileOptions, user_placeholders: Sequence[Node] = ()):
@@ -82,9 +101,6 @@ class Function:
         """The optimised graph this function runs."""
         nodes = self.program.nodes()
         return nodes[0].graph if nodes else None
-
-    def __call__(self, **feeds: Any) -> Any:
-        return self._call(feeds)
 
     def _general(self, feeds: dict[str, Any]) -> Any:
         """Check (and convert) the feeds, run, rebuild the fetches' structure. A backend may offer a

@@ -275,3 +275,24 @@ def test_the_fast_path_works_after_a_refused_call():
     other = _model("llvm")[0]
     other(x=x, y=y)
     np.testing.assert_array_equal(step(x=x, y=y)[0], other(x=x, y=y)[0])
+
+
+@pytest.mark.parametrize("base", ["C", "Python"])
+def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
+    import graphnet.function as function
+
+    if base == "C":
+        callable_base = pytest.importorskip("graphnet._callable").Callable
+    else:
+        callable_base = function.PythonCall
+
+    class Recorder(callable_base):
+        pass
+
+    fn = Recorder()
+    fn._call = lambda feeds: feeds  # Function.__init__ sets it per instance
+    assert fn(x=1, y="a") == {"x": 1, "y": "a"} and fn() == {}
+    feeds = {"x": 2}
+    assert fn(**feeds) == feeds
+    with pytest.raises(TypeError):
+        fn(1)
