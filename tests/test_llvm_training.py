@@ -206,3 +206,26 @@ def test_gemm_and_epilogue_in_one_region_match_numpy(monkeypatch, threads):
         np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
     if fn.executable.threads > 1:
         assert "_rows" in fn.executable.ir_text and "GOMP_barrier" in fn.executable.ir_text
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_narrow_products_run_their_epilogue_along_the_stores(monkeypatch, threads):
+    """A 10-class layer's weight gradient is computed transposed (10 x 600, lower.py); its Adam epilogue
+    runs along the weight's rows (render.epilogue_order), on one thread or split over several."""
+    from codegen.llvm.render import epilogue_order
+
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    rng = np.random.default_rng(4)
+    feed = {"x": rng.normal(size=(2000, 600)).astype(np.float32), "y": rng.integers(0, 10, 2000).astype(np.int32)}
+    results = {}
+    for backend in ("numpy", "llvm"):
+        with gn.Graph():
+            x = gn.placeholder("x", (None, 600))
+            y = gn.placeholder("y", (None,), "int32")
+            w = gn.variable("w", np.random.default_rng(5).normal(size=(600, 10)).astype(np.float32) * 0.05)
+            loss = gn.losses.softmax_cross_entropy(x @ w, y)
+            fn = gn.compile([loss], gn.optim.Adam(lr=0.01).minimize(loss), backend=backend)
+            results[backend] = [fn(**feed)[0] for _ in range(3)], w.value
+    np.testing.assert_allclose(results["llvm"][0], results["numpy"][0], rtol=1e-5)
+    np.testing.assert_allclose(results["llvm"][1], results["numpy"][1], rtol=1e-5, atol=1e-6)
+    assert [1, 0] in [epilogue_order(k) for k in fn.executable.lp.kernels if k.reduce and k.reduce.workspace]

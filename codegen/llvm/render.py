@@ -228,7 +228,7 @@ class _KernelEmitter:
                 self.gemm_by_columns(red, from_c, slow_stores)
             else:
                 self.gemm(red)
-                self.parallel_nest([0, 1], from_c, slow_stores)
+                self.parallel_nest(epilogue_order(k), from_c, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
@@ -293,7 +293,8 @@ class _KernelEmitter:
             arg.add_attribute("noalias")
         self.b, self.fn, self.N = ir.IRBuilder(tail.append_basic_block("entry")), tail, tail.args[0]
         self.ptrs = dict(zip(buffers, tail.args[3:]))
-        self.loop(0, lambda: self.nest([1], epilogue, scalar), scalar, (tail.args[1], tail.args[2]))
+        outer, inner = epilogue_order(self.k)
+        self.loop(outer, lambda: self.nest([inner], epilogue, scalar), scalar, (tail.args[1], tail.args[2]))
         self.b.ret_void()
         self.b, self.fn, self.N, self.ptrs = saved
 
@@ -307,11 +308,12 @@ class _KernelEmitter:
             team = builder.sext(builder.call(self.r._declare("omp_get_num_threads", I32, []), []), I64)
             with builder.if_then(builder.icmp_signed(">", team, ir.Constant(I64, 1))):
                 builder.call(self.r._declare("GOMP_barrier", ir.VoidType(), []), [])
-            rows = builder.sdiv(builder.add(m, builder.sub(team, ir.Constant(I64, 1))), team)
+            span = self.extent(outer)
+            rows = builder.sdiv(builder.add(span, builder.sub(team, ir.Constant(I64, 1))), team)
             first = builder.mul(slice_, rows)
-            first = builder.select(builder.icmp_signed("<", first, m), first, m)
+            first = builder.select(builder.icmp_signed("<", first, span), first, span)
             last = builder.add(first, rows)
-            last = builder.select(builder.icmp_signed("<", last, m), last, m)
+            last = builder.select(builder.icmp_signed("<", last, span), last, span)
             builder.call(tail, [self.N, first, last] + captured[1:])
 
         flops = self.b.mul(self.b.mul(self.b.mul(self.extent(0), self.extent(1)), self.extent(2)),
@@ -457,6 +459,15 @@ def _calls_libm(e: Expr) -> bool:
     """Whether `e` calls libm (every function vmath lacks)."""
     return any(isinstance(x, Op) and x.name in _LIBM and not vmath.provides(x.name, x.args[0].dtype)
                for x in walk(e))
+
+
+def epilogue_order(k: Kernel) -> list[int]:
+    """The loop order of a GEMM kernel's epilogue over C: C's rows outermost, unless every store is
+    contiguous along C's columns instead (a narrow product computed transposed), whose stores would
+    otherwise be strided gathers and scatters (4x slower on the small model's output layer)."""
+    if k.stores and all(s.offset.stride(0) == (1, 0) and s.offset.stride(1) != (1, 0) for s in k.stores):
+        return [1, 0]
+    return [0, 1]
 
 
 def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None) -> str:
