@@ -296,3 +296,19 @@ def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
     assert fn(**feeds) == feeds
     with pytest.raises(TypeError):
         fn(1)
+
+
+def test_the_c_extensions_are_built_where_there_is_a_c_compiler():
+    """setup.py marks them optional, so a compile error would only print a warning at install time and
+    leave every call on the Python path: this is where it shows."""
+    import shutil
+    import sysconfig
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}): the Python call path is the one installed")
+    import graphnet._callable  # noqa: F401
+    import graphnet.function
+
+    assert NATIVE is not None, "codegen/llvm/_call.c did not build: reinstall with `pip install -e .` and read its warning"
+    assert graphnet.function.Function.__mro__[1] is graphnet._callable.Callable
