@@ -18,7 +18,6 @@ from .passes.pipeline import Pass, PassRecord, run_pipeline
 from .program import Program
 
 
-
 class PythonCall:
     """`fn(**feeds)` -> `fn._call(feeds)`: Function's call where the C version (`_callable.c`, ~0.3 us
     faster) was not built."""

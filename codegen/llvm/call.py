@@ -10,7 +10,7 @@ C-contiguous ndarrays, no extra feeds, no device mirrors); everything else, incl
 a new batch size, goes to the general path, which converts, explains and raises.
 
 Where the optional C extension `_call.c` was built (`pip install` compiles it when a C compiler is
-there), the same path runs in C instead: ~0.7 us less per call on the tiny model (see `fast_call`).
+there), the same path runs in C instead: ~0.8 us less per call on the tiny model (see `fast_call`).
 """
 from __future__ import annotations
 
