@@ -1,9 +1,9 @@
 /* The per-call path of a compiled native step, in C: `codegen/llvm/call.py`'s generated Python
- * path, without the interpreter. A tiny model's native step takes ~0.2 us; the Python around a ctypes
- * call costs ~1.5 us more, which is what this removes (JAX's jit dispatch is in C++ for the same
- * reason).
+ * path, without the interpreter. A tiny model's native step takes ~0.3 us; a call through the
+ * generated Python path (and ctypes) took 1.9 us, through this one 0.8 us (JAX's jit dispatch is
+ * C++ for the same reason).
  *
- * FastCall(backend, spec, variable_class, names, dtypes, slots, step_address, rebuild, general)
+ * FastCall(backend, spec, variable_class, names, dtypes, slots, slot_table, step, rebuild, general)
  * is called with the feeds dict. It runs the step only when the feeds are exactly what the general
  * path last accepted (FeedSpec.last): the same names, exact ndarrays of the placeholders' dtypes
  * (identity), the same shapes, C-contiguous, no device mirrors, and the arena sized for that batch.
