@@ -7,8 +7,10 @@
  * is called with the feeds dict. It runs the step only when the feeds are exactly what the general
  * path last accepted (FeedSpec.last): the same names, exact ndarrays of the placeholders' dtypes
  * (identity), the same shapes, C-contiguous, no device mirrors, and the arena sized for that batch.
- * Anything else is `general(feeds)`, which converts, explains and raises. The checks, the slot
- * table updates and the step run under the backend's lock, as in LLVMBackend.run.
+ * Anything else is `general(feeds)`, which converts, explains and raises. Then, under the backend's
+ * lock (as in LLVMBackend.run): the arena's batch is checked again (another thread may have changed
+ * it), the changed input addresses are written to the slot table, the step runs with the GIL
+ * released, and the fetches are copied out.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
