@@ -17,7 +17,9 @@ from codegen.llvm.target import AVX2, SCALAR, TargetInfo
 HOST = TargetInfo.host()
 SSE = TargetInfo.from_features("x86-64", "+sse2")
 TARGETS = {"host": HOST, "avx2": AVX2, "sse": SSE, "scalar": SCALAR}
-SIZES = [(1, 1, 1), (3, 17, 5), (17, 3, 63), (65, 63, 129), (129, 65, 17), (2, 130, 300), (0, 5, 3), (4, 6, 0)]
+SIZES = [(1, 1, 1), (3, 17, 5), (17, 3, 63), (65, 63, 129), (129, 65, 17), (2, 130, 300), (0, 5, 3), (4, 6, 0),
+         (200, 300, 260)]  # the last one packs an untransposed B (too big and read by too many row blocks
+                           # to be read in place, gemm.B_IN_PLACE_MAX); the others read it in place
 GUARD = 64  # elements after C and after the workspace that must stay untouched
 
 
