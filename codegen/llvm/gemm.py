@@ -83,9 +83,8 @@ B_IN_PLACE_MAX = 1 << 16
 """An untransposed B is read in place, not packed, when it has at most this many elements (K x N) or
 when at most two MC row blocks read it: its whole panels straight from B, an N edge still packed (so no
 read passes the end of a row). Interleaved A/B, one thread: 4-6% faster at the small and medium
-models' GEMMs with such a B, 22% at the small output layer's 10x128x64; with B read by more row blocks,
+models' GEMMs with such a B, 22-24% at the small output layer's 10x128x64; with B read by more row blocks,
 its strided rows cost more than packing (10% slower at 256x1024x784)."""
-"""A static M below this gets a GEMM routine of its own (`specialised_m`)."""
 
 
 def specialised_m(m: int | None) -> int | None:
@@ -446,7 +445,8 @@ class _GemmEmitter:
     def micro_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value,
                      bp: ir.Value, b_k: ir.Value, rows: int | None = None) -> list[list[ir.Value]]:
         """The `rows` x NR tile (default MR) of accumulators summed over kc, as SSA values (phis) at
-        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR).
+        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), the B row
+        of k at bp[k * b_k] (packed: b_k = NR; in place: b_k = N).
         """
         b, blk, w = self.b, self.blk, self.w
         rows = blk.mr if rows is None else rows
