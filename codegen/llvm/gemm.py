@@ -82,7 +82,7 @@ SMALL_M = 32
 B_IN_PLACE_MAX = 1 << 16
 """An untransposed B is read in place, not packed, when it has at most this many elements (K x N) or
 when at most two MC row blocks read it: its whole panels straight from B, an N edge still packed (so no
-read passes the end of a row). Interleaved A/B, one thread: 4-6% faster at the small and medium
+read passes the end of a row). Interleaved A/B, one thread: 1-6% faster at the small and medium
 models' GEMMs with such a B, 22-24% at the small output layer's 10x128x64; with B read by more row blocks,
 its strided rows cost more than packing (10% slower at 256x1024x784)."""
 
