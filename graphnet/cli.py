@@ -1,5 +1,6 @@
 """The `graphnet` command: `demo` (train the pass-the-class model), `dump` (pictures and generated
-code of a grid model or of your own script) and `bench` (the benchmark grid).
+code of a grid model or of your own script), `profile` (each kernel's time in a grid model's step)
+and `bench` (the benchmark grid).
 
 Mistakes on the command line (unknown options or configurations, missing files) end with exit
 status 2 and one line saying what is wrong, never a traceback.
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--backend", choices=list(BACKENDS),
                       help=f"code generator (default for --config: {default_backend()})")
 
+    prof = commands.add_parser("profile", help="time each native kernel of a grid model's training step",
+                               description="Compile a benchmark-grid model's training step with the LLVM backend "
+                                           "and print each kernel's median time inside the step, its share, "
+                                           "GFLOP/s for matrix products, and the source lines it computes. "
+                                           "From Python: step.profile(feeds).")
+    prof.add_argument("--config", choices=list(GRID), required=True, help="a benchmark-grid model")
+    prof.add_argument("--repeats", type=_positive, default=20, help="profiled steps (default: %(default)s)")
+    prof.add_argument("--threads", type=_positive, help="native threads (default: GRAPHNET_NUM_THREADS or all)")
+    prof.add_argument("--top", type=_positive, help="show only the slowest kernels")
+
     commands.add_parser("bench", add_help=False, help="benchmark the training step against numpy, PyTorch and "
                                                       "JAX (options: graphnet bench --help)")
     return parser
@@ -78,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"demo": _demo, "dump": _dump}[args.command](args)
+        return {"demo": _demo, "dump": _dump, "profile": _profile}[args.command](args)
     except UsageError as e:
         print(f"graphnet {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -114,6 +125,20 @@ def _dump(args: argparse.Namespace) -> int:
         files = sorted(os.listdir(folder))
         print(f"{name}: wrote {len(files)} files to {folder} "
               f"({'graph.svg, ' if 'graph.svg' in files else ''}report.html, summary.txt, ...)")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    if default_backend() != "llvm":
+        raise UsageError("profiling needs the llvm backend (llvmlite is not installed)")
+    if args.threads is not None:
+        os.environ["GRAPHNET_NUM_THREADS"] = str(args.threads)
+    from .grid import build_grid_model
+    from .peers import GRID, grid_data
+    model = build_grid_model(args.config, backend="llvm")
+    result = model.step.profile(model.feeds(*grid_data(GRID[args.config])), repeats=args.repeats)
+    print(f"{GRID[args.config].label} training step, llvm backend, {model.step.executable.threads} thread(s)")
+    print(result.table(args.top))
     return 0
 
 

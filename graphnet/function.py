@@ -126,6 +126,12 @@ class Function(_CallBase):
         from .dump import dump_function
         return dump_function(self, directory)
 
+    def profile(self, feeds: dict[str, Any], repeats: int = 20):
+        """Time each native kernel inside the step on these feeds (LLVM backend); the variables are
+        restored afterwards. Returns a `graphnet.profile.Profile` (print it for a table)."""
+        from .profile import profile
+        return profile(self, feeds, repeats)
+
 
 def _flatten(fetches: Any):
     if isinstance(fetches, Node):

@@ -12,6 +12,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +35,7 @@ from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_wo
 from .render import Renderer, gemm_symbol, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
+_PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 INITIAL_CAPACITY = 64
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"),
@@ -97,6 +99,7 @@ class LLVMBackend:
         self.library = Library(self.compiler, gemms + [obj])
         self.step_address = self.library.address("graphnet_step")
         self.step = _STEP(self.step_address)
+        self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
         self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
         self._bind_buffers()
 
@@ -174,7 +177,9 @@ class LLVMBackend:
         self.batch, self.batch_arg, self.fetch_views = batch, ctypes.c_int64(batch), views
 
     # ---- calls --------------------------------------------------------------------------
-    def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    def run(self, arrays: list[np.ndarray], batch: int, clock_ns: np.ndarray | None = None) -> list[np.ndarray]:
+        """The step on checked feeds; with `clock_ns` (int64, one more than the kernels) it also reads the
+        monotonic clock before the first kernel and after each one into it (graphnet/profile.py)."""
         self.lock.acquire()  # the native call releases the GIL; one call at a time owns the arena
         try:
             if batch != self.batch:
@@ -186,8 +191,12 @@ class LLVMBackend:
                     last[j] = a
             if self.check:
                 self._run_checked(arrays, batch)
-            else:
+            elif clock_ns is None:
                 self.step(self.batch_arg, self.slots_arg)
+            else:
+                if clock_ns.dtype != np.int64 or clock_ns.shape != (len(self.lp.kernels) + 1,):
+                    raise ValueError(f"clock_ns must be int64 of shape ({len(self.lp.kernels) + 1},)")
+                self.profiled_step(batch, self.slots_address, clock_ns.ctypes.data, time.CLOCK_MONOTONIC)
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
         finally:

@@ -1,6 +1,7 @@
 """Loop IR -> LLVM IR (text), one function per kernel plus the entry point.
 
     void graphnet_step(i64 N, ptr buffers)   calls every kernel in order
+    void graphnet_step_profiled(...)         the same, reading a clock between kernels (graphnet.profile)
     void k<i>_<ops>(i64 N, ptr buffers)        one kernel (check_numerics runs them one by one)
 
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
@@ -72,12 +73,35 @@ class Renderer:
         for name in names:
             b.call(self.module.get_global(name), step.args)
         b.ret_void()
+        self._profiled_step(names)
         text = str(self.module)
         for k in self.lp.kernels:
             comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
             head = f'define internal void @"{k.name}_body"'
             text = text.replace(head, comment + head, 1)
         return _SCALAR_LOOP.sub(r"\1 = distinct !{\1, \2}", text)
+
+    def _profiled_step(self, names: list[str]) -> None:
+        """`void graphnet_step_profiled(i64 N, ptr buffers, i64* ns, i32 clock)`: the step, reading
+        clock_gettime(clock) before the first kernel and after each one into ns[0..] (graphnet/profile.py)."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, I32]), "graphnet_step_profiled")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        clock_gettime = self._declare("clock_gettime", I32, [I32, PTR])
+        timespec = b.alloca(I64, size=ir.Constant(I32, 2))  # {tv_sec, tv_nsec}, two 64-bit fields on LP64
+        timespec.type = PTR  # llvmlite types allocas as typed pointers; LLVM 22 has only ptr
+
+        def stamp(i: int) -> None:
+            b.call(clock_gettime, [fn.args[3], timespec])
+            sec = b.load(timespec, typ=I64)
+            nsec = b.load(b.gep(timespec, [ir.Constant(I64, 1)], source_etype=I64), typ=I64)
+            ns = b.add(b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec)
+            b.store(ns, b.gep(fn.args[2], [ir.Constant(I64, i)], source_etype=I64))
+
+        stamp(0)
+        for i, name in enumerate(names):
+            b.call(self.module.get_global(name), fn.args[:2])
+            stamp(i + 1)
+        b.ret_void()
 
     def scalar_loop_id(self) -> ir.Value:
         """Loop metadata keeping a loop scalar: vectorizing libm calls only scalarizes them again,
