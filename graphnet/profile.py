@@ -3,11 +3,11 @@
 The LLVM backend's `graphnet_step_profiled` is the ordinary step with the monotonic clock read before
 the first kernel and after each one, so every kernel is timed where it runs: after the kernels before
 it, with the caches they left (a kernel timed alone, repeatedly, is faster). Each time includes one
-clock read (a one-element kernel measures 20-30 ns). The profiled steps train like ordinary calls; `profile` puts every variable back
-afterwards, so profiling does not change the model.
+clock read (a one-element kernel measures 20-30 ns). The profiled steps train like ordinary calls;
+`profile` puts every variable back afterwards, so profiling does not change the model.
 
     prof = step.profile(feeds)      # Function.profile; or `graphnet profile --config medium`
-    print(prof)                     # a table: kernel, median µs, share, GFLOP/s, source lines
+    print(prof)                     # a table: kernel, median us, share, GFLOP/s, nodes and source lines
 """
 from __future__ import annotations
 
