@@ -506,11 +506,22 @@ class _GemmEmitter:
 
     def update_whole(self, acc: list[list[ir.Value]], row: ir.Value, col: ir.Value, c: ir.Value,
                      first: ir.Value, with_epilogue: bool) -> None:
-        for r, values in enumerate(acc):
-            crow = self.gep(c, self.b.add(self.mul(self.add(row, r), self.n_dim), col))
-            for v, value in enumerate(values):
-                self.update(self.gep(crow, v * self.w), value, first, self.add(row, r),
-                            self.add(col, v * self.w), self.w, with_epilogue)
+        """A whole tile from registers; the first K block of an overwriting GEMM stores without reading C."""
+        def tile(overwrite: bool) -> None:
+            for r, values in enumerate(acc):
+                crow = self.gep(c, self.b.add(self.mul(self.add(row, r), self.n_dim), col))
+                for v, value in enumerate(values):
+                    self.update(self.gep(crow, v * self.w), value, overwrite, self.add(row, r),
+                                self.add(col, v * self.w), self.w, with_epilogue)
+
+        if self.spec.accumulate:
+            tile(False)
+            return
+        with self.b.if_else(first) as (then, otherwise):
+            with then:
+                tile(True)
+            with otherwise:
+                tile(False)
 
     def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
                     first: ir.Value, with_epilogue: bool) -> None:
@@ -527,13 +538,16 @@ class _GemmEmitter:
                     self.update(self.gep(crow, jj), value, first, b.add(row, r), b.add(col, jj),
                                 width, with_epilogue)
 
-    def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value, row: ir.Value, col: ir.Value,
+    def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value | bool, row: ir.Value, col: ir.Value,
                width: int, with_epilogue: bool) -> None:
-        """Store value (+ old C unless this is the first K block of an overwriting GEMM)."""
+        """Store value (+ old C unless this is the first K block of an overwriting GEMM; `first` may be
+        known here, True or False, or a runtime flag)."""
         b = self.b
         vt = ir.VectorType(self.t, width)
-        old = self.load(ptr, vt)
-        value = b.fadd(value, b.select(first, ir.Constant(vt, None), old))
+        if first is False:
+            value = b.fadd(value, self.load(ptr, vt))
+        elif first is not True:
+            value = b.fadd(value, b.select(first, ir.Constant(vt, None), self.load(ptr, vt)))
         if with_epilogue:
             value = self.epilogue(b, row, col, value, width)
         self.store(value, ptr)
