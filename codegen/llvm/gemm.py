@@ -497,8 +497,12 @@ class _GemmEmitter:
         """Emit the C update twice, with the epilogue (last K block) and without."""
         if self.epilogue is None:
             emit(False)
-            return
-        with self.b.if_else(last) as (then, otherwise):
+        else:
+            self.versions(last, emit)
+
+    def versions(self, flag: ir.Value, emit: Callable[[bool], None]) -> None:
+        """Two versions of some code: emit(True) runs where `flag` holds, emit(False) elsewhere."""
+        with self.b.if_else(flag) as (then, otherwise):
             with then:
                 emit(True)
             with otherwise:
@@ -516,12 +520,8 @@ class _GemmEmitter:
 
         if self.spec.accumulate:
             tile(False)
-            return
-        with self.b.if_else(first) as (then, otherwise):
-            with then:
-                tile(True)
-            with otherwise:
-                tile(False)
+        else:
+            self.versions(first, tile)
 
     def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
                     first: ir.Value, with_epilogue: bool) -> None:
