@@ -174,7 +174,13 @@ class Lowering:
                 return self._expr(x, _reshape_forms(forms, x.shape, n.shape), kb)
             if x not in self.buffer_of:
                 raise AssertionError(f"reshape input {x.name} is not materialized")
-            return Load(self.buffer_of[x], affine(forms, n.shape), n.dtype)
+            offset = affine(forms, n.shape)
+            member = kb.members.get(x)
+            if member is not None:  # computed in this kernel: only its own element may be read back
+                if affine(member.view, x.shape) != offset:
+                    raise NotFusable(n)
+                return member.value
+            return Load(self.buffer_of[x], offset, n.dtype)
         raise AssertionError(f"cannot inline {name} ({n.name}, at {n.source})")
 
     # ---- kernels ------------------------------------------------------------------------
@@ -312,7 +318,7 @@ class Lowering:
         value (plus one for a unit-stride store) goes innermost. A kept var there accumulates a row
         in scratch memory (matmul A @ B, bias gradients); otherwise a register accumulates (ties)."""
         variables = list(range(len(k.domain)))
-        if k.reduce is None:
+        if k.reduce is None or not variables:
             k.order = tuple(variables)
             return
         red = k.reduce

@@ -102,12 +102,14 @@ def max(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
-    """Sum divided by the element count (the runtime batch size included where reduced)."""
+    """Sum divided by the element count (the runtime batch size N once for each reduced batch axis)."""
     (x,) = promote([x])
     axes = _axes("mean", axis, x)
     count = math.prod(x.shape[a] for a in axes if x.shape[a] is not None)
     total = sum(x, axes, keepdims) * (1.0 / count)
-    return total / batch_size(x) if builtins.any(x.shape[a] is None for a in axes) else total
+    for _ in range(builtins.sum(x.shape[a] is None for a in axes)):  # N once per reduced batch axis
+        total = total / batch_size(x)
+    return total
 
 
 def sum_to(x: Node, shape: tuple) -> Node:

@@ -1,0 +1,88 @@
+"""Regression tests for the defects a differential fuzzing run found (issue [reliability]): each
+graph is run on every backend and compared with numpy's own computation of the same formula."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+
+
+def _backends() -> list[str]:
+    try:
+        import pyopencl as cl
+        has_opencl = any(p.get_devices() for p in cl.get_platforms())
+    except Exception:
+        has_opencl = False
+    return ["numpy", "llvm"] + (["opencl"] if has_opencl else [])
+
+
+BACKENDS = _backends()
+X = np.arange(40, dtype=np.float32).reshape(5, 8) / 7.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_through_reshape_of_transpose(backend):
+    x = gn.placeholder("x", (None, 8))
+    y = gn.reshape(gn.transpose(x), (None, 8))
+    (dx,) = gn.gradients(gn.sum(y * y), [x])
+    value, grad = gn.compile([y, dx], backend=backend)(x=X)
+    np.testing.assert_allclose(value, X.T.reshape(-1, 8), rtol=1e-6)
+    np.testing.assert_allclose(grad, 2 * X, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transpose_of_reshape_reads_only_written_elements(backend):
+    x = gn.placeholder("x", (None, 8))
+    z = gn.transpose(gn.reshape(x + 1, (8, None)))
+    (value,) = gn.compile([z], backend=backend)(x=X)
+    np.testing.assert_array_equal(value, (X + 1).reshape(8, -1).T)
+
+
+def test_reshape_that_reads_its_kernel_elsewhere_is_not_fused():
+    """The kernel that computes x + 1 must not also read it back at other elements."""
+    x = gn.placeholder("x", (None, 8))
+    z = gn.transpose(gn.reshape(x + 1, (8, None)))
+    lp = gn.compile([z], backend="llvm").executable.lp
+    for k in lp.kernels:
+        written = {s.buffer for s in k.stores}
+        reads = [ld for ld in k.loads() if ld.buffer in written]
+        assert all(any(ld.offset == s.offset for s in k.stores if s.buffer == ld.buffer) for ld in reads), k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_over_two_batch_axes_divides_by_n_squared(backend):
+    x = gn.placeholder("x", (None, 3))
+    gram = x @ x.T
+    m, loss = gn.mean(gram), gn.losses.mse(gram, 0.5 * gram)
+    (dx,) = gn.gradients(m, [x])
+    mean, mse, grad = gn.compile([m, loss, dx], backend=backend)(x=X[:, :3])
+    g = X[:, :3] @ X[:, :3].T
+    np.testing.assert_allclose(mean, g.mean(), rtol=1e-5)
+    np.testing.assert_allclose(mse, ((0.5 * g) ** 2).mean(), rtol=1e-5)
+    n = len(X)
+    np.testing.assert_allclose(grad, 2 * np.ones((n, n)) @ X[:, :3] / n ** 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reductions_of_a_rank0_tensor(backend):
+    w = gn.variable("w", np.float32(0.3))
+    v = gn.variable("v", np.array([0.1, -0.2, 0.5], np.float32))
+    terms = [gn.sum(w * w), gn.mean(w), gn.max(w), gn.losses.mse(w, 1.0),
+             gn.losses.softmax_cross_entropy(v, np.array([0, 1, 0], np.float32))]
+    loss = terms[0] + terms[1] + terms[2] + terms[3] + terms[4]
+    gw, gv = gn.gradients(loss, [w, v])
+    out = gn.compile(terms + [gw, gv], backend=backend)()
+    p = np.exp([0.1, -0.2, 0.5]) / np.exp([0.1, -0.2, 0.5]).sum()
+    np.testing.assert_allclose(out[:5], [0.09, 0.3, 0.3, 0.49, -np.log(p[1])], rtol=1e-5)
+    np.testing.assert_allclose(out[5], 0.6 + 1 + 1 - 1.4, rtol=1e-5)
+    np.testing.assert_allclose(out[6], p - [0, 1, 0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clipnorm_with_a_scalar_parameter(backend):
+    w = gn.variable("w", np.float32(3.0))
+    loss = gn.sum(w * w)
+    step = gn.compile([loss], updates=gn.optim.SGD(lr=0.5, clipnorm=1.0).minimize(loss), backend=backend)
+    step()
+    np.testing.assert_allclose(w.value, 3.0 - 0.5 * 1.0, rtol=1e-5)  # grad 6 clipped to norm 1
