@@ -1,19 +1,36 @@
 """A disk cache of compiled code (LLVM objects, OpenCL binaries), safe for concurrent processes
 without a lock.
 
-An entry is `<key><suffix>` holding a header line (magic and SHA-256 of the payload) and the
-payload. Writers write a private temporary file and `os.replace` it into place (atomic on POSIX),
-so readers see a whole old entry, a whole new one, or none; a reader that finds a damaged entry
-(checksum mismatch, truncation) treats it as a miss and the rebuilt payload replaces it.
+An entry is `<key><suffix>` holding a header line (magic, the entry's full key and the SHA-256 of
+the payload) and the payload. `load` returns a payload only if the header names the requested key
+and the checksum matches: an entry copied over another key's file, a truncated or a damaged one is a
+miss, and the rebuilt payload replaces it. Keys are SHA-256 digests of all the key material
+(`cache_key`), so the header binds the entry to everything it was compiled from.
+Writers write a private temporary file and `os.replace` it into place (atomic on POSIX), so readers
+see a whole old entry, a whole new one, or none.
+
+Loading native code from a directory is executing it, so the cache must be private to the user:
+graphnet creates its directories (and any missing parents) with mode 0700, and if the cache root,
+the namespace folder or an entry's folder is writable by group or others or owned by another user,
+the cache is bypassed (code is compiled in memory, nothing is read or written) with one
+`UnsafeCacheWarning` naming the directory and the reason, as pip and ccache do. An entry file that
+is writable by others or owned by another user is a miss.
 Location: $GRAPHNET_CACHE_DIR, else ~/.cache/graphnet, one subfolder per namespace.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
+import warnings
 
-_MAGIC = b"graphnet-cache-1"
+_MAGIC = b"graphnet-cache-2"
+_warned: set[str] = set()  # directories already warned about (one warning each per process)
+
+
+class UnsafeCacheWarning(UserWarning):
+    """The compile cache directory is not private to the user, so it is not used."""
 
 
 def cache_key(*parts: object) -> str:
@@ -24,32 +41,43 @@ class DiskCache:
     def __init__(self, namespace: str, suffix: str):
         self.namespace, self.suffix = namespace, suffix
 
+    def root(self) -> str:
+        return os.environ.get("GRAPHNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "graphnet")
+
     def directory(self) -> str:
-        root = os.environ.get("GRAPHNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "graphnet")
-        return os.path.join(root, self.namespace)
+        return os.path.join(self.root(), self.namespace)
 
     def entry_path(self, key: str) -> str:
         return os.path.join(self.directory(), key[:2], key + self.suffix)
 
     def load(self, key: str) -> bytes | None:
-        """The cached payload for `key`, or None if absent or damaged."""
+        """The cached payload for `key`, or None if absent, damaged, another key's, or the cache is unsafe."""
+        path = self.entry_path(key)
+        if not self._private(os.path.dirname(path)):
+            return None
         try:
-            with open(self.entry_path(key), "rb") as f:
+            with open(path, "rb") as f:
+                if _unsafe(os.fstat(f.fileno())):
+                    return None
                 data = f.read()
         except OSError:
             return None
         header, _, payload = data.partition(b"\n")
-        return payload if header == _header(payload) else None
+        return payload if header == _header(key, payload) else None
 
     def store(self, key: str, payload: bytes) -> None:
-        """Write an entry atomically; a failure to write (read-only disk, full disk) is not an error."""
+        """Write an entry atomically; a failure to write (read-only disk, full disk) or an unsafe cache is
+        not an error."""
         path = self.entry_path(key)
+        folder = os.path.dirname(path)
+        if not self._private(folder):  # before creating anything under an unsafe root
+            return
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            _makedirs_private(folder)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # mode 0600
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_header(payload) + b"\n" + payload)
+                    f.write(_header(key, payload) + b"\n" + payload)
                 os.replace(tmp, path)
             except BaseException:
                 os.unlink(tmp)
@@ -57,9 +85,55 @@ class DiskCache:
         except OSError:
             pass
 
+    def _private(self, folder: str) -> bool:
+        """Whether the root, namespace and entry folders that exist are all private to this user
+        (warns once per unsafe directory); a missing folder holds no entries and is safe."""
+        for d in (self.root(), self.directory(), folder):
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            reason = _unsafe(st)
+            if reason:
+                _warn_once(d, reason)
+                return False
+        return True
 
-def _header(payload: bytes) -> bytes:
-    return _MAGIC + b" " + hashlib.sha256(payload).hexdigest().encode()
+
+def _unsafe(st: os.stat_result) -> str | None:
+    """Why a file or directory with this status must not be trusted, or None."""
+    uid = os.getuid()
+    if st.st_uid != uid:
+        return f"it is owned by uid {st.st_uid}, not by the current user (uid {uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _warn_once(directory: str, reason: str) -> None:
+    if directory in _warned:
+        return
+    _warned.add(directory)
+    warnings.warn(f"graphnet: not using the compile cache in {directory}: {reason}; compiled code is "
+                  f"loaded from it, so it must be private to you (owned by you, mode 0700)",
+                  UnsafeCacheWarning, stacklevel=3)
+
+
+def _makedirs_private(path: str) -> None:
+    """`os.makedirs` creating every missing level with mode 0700 (makedirs gives parents the umask's mode)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # another process made it
+
+
+def _header(key: str, payload: bytes) -> bytes:
+    return b" ".join((_MAGIC, key.encode(), hashlib.sha256(payload).hexdigest().encode()))
 
 
 LLVM_OBJECTS = DiskCache("llvm", ".o")

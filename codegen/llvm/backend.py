@@ -68,14 +68,19 @@ def data_pointer(a: np.ndarray) -> int:
     return _read_pointer(id(a) + _DATA_OFFSET).value or 0
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def _codegen_digest() -> str:
     """Cached objects are rebuilt when the code generator itself changes."""
-    return cache.cache_key(*(open(p).read() for p in _SOURCES))
+    return cache.cache_key(*(_read(p) for p in _SOURCES))
 
 
 def _gemm_digest() -> str:
     here = os.path.dirname(__file__)
-    return cache.cache_key(*(open(os.path.join(here, f)).read() for f in ("gemm.py", "loops.py", "parallel.py")))
+    return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "loops.py", "parallel.py")))
 
 
 class LLVMBackend:
