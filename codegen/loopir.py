@@ -217,11 +217,14 @@ class LoopProgram:
     fetches: list = field(default_factory=list)  # buffer ids holding each fetch after the call
     inputs: list = field(default_factory=list)  # buffer ids of the feeds, in sorted-name order
     storage: dict = field(default_factory=dict)  # variable/constant buffer id -> its numpy array
+    assigns: list = field(default_factory=list)  # (variable buffer, value buffer): var <- value after
+    #                                              every kernel ran; loop passes turn them into kernels
 
     def to_text(self, sources: bool = True) -> str:
         """The readable form (dumps); without `sources` it is what the generated code depends on."""
         lines = [str(b) for b in self.buffers]
-        lines += ["", "fetch " + ", ".join(f"b{f}" for f in self.fetches), ""]
+        lines += ["", "fetch " + ", ".join(f"b{f}" for f in self.fetches)]
+        lines += [f"assign b{var} <- b{value}" for var, value in self.assigns] + [""]
         lines += [k.to_text(sources) for k in self.kernels]
         return "\n".join(lines) + "\n"
 

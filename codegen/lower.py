@@ -1,4 +1,5 @@
-"""Program -> loop IR: choose the materialized nodes, fuse, and place optimizer updates in place.
+"""Program -> loop IR: choose the materialized nodes and fuse them into kernels (nothing else:
+the rewrites after fusion are the loop passes of `loop_passes.py`, run by `lower`).
 
 Fusion rules (one kernel = one loop nest):
 - Elementwise and movement nodes are inlined into their single consumer as expression trees;
@@ -7,37 +8,27 @@ Fusion rules (one kernel = one loop nest):
   several consumers, feeds a broadcast into a larger shape, or feeds a matmul or a general reshape.
 - A root joins the latest kernel it reads from when it has that kernel's output shape and reads its
   members only at the same element: bias, activation and its derivative join the matmul that feeds
-  them, and the optimizer's region for a parameter joins the loop that produces its gradient.
-- An update `var <- value` writes `var` in place inside the value's kernel when nothing later reads
-  the old value and that kernel reads `var` only at the element it writes; otherwise the value goes
-  to a temporary copied into `var` after every kernel ran (simultaneous assignment).
+  them. An optimizer update joins the loop that produces its gradient only where the
+  optimizer-fusion pass put it in the parameter's region; otherwise it is a kernel of its own.
+- An update `var <- value` is recorded as an assignment (`LoopProgram.assigns`) for the loop passes
+  to write in place or copy after every kernel.
 """
 from __future__ import annotations
 
 import heapq
 import math
 from collections import defaultdict
+from typing import Sequence
 
 import numpy as np
 
 from graphnet.graph import Node
+from graphnet.passes.fuse_optimizer import gradient_flow, region_name
+from graphnet.passes.pipeline import PassRecord, run_passes
 from graphnet.program import Program
 
-from .loopir import (Acc, Affine, Buffer, Const, Expr, ExprBuilder, Index, Kernel, Load, LoopProgram, Op,
-                     Reduce, Size, Store, affine, walk)
-
-
-def expand_composites(prog: Program) -> Program:
-    """Replace composite ops (softmax, log_softmax, one_hot) by their primitive expansion."""
-    def rule(node: Node, inputs: list) -> Node | None:
-        if node.op.kind != "composite":
-            return None
-        graph = inputs[0].graph
-        return node.op.expand(graph.apply(node.op, inputs, node.attrs, source=node.source))
-    return prog.rebuild(rule)
-
-
-GEMM_MIN_STATIC = 128  # below this many multiply-adds per batch row a loop nest beats packing panels
+from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
+from .loopir import Acc, Buffer, Const, Expr, ExprBuilder, Kernel, Load, LoopProgram, Op, Reduce, Size, Store, affine
 
 
 class NotFusable(Exception):
@@ -86,9 +77,8 @@ class _KernelBuild:
 
 
 class Lowering:
-    def __init__(self, prog: Program, fuse: bool = True, gemm_workspace=None):
-        self.prog = expand_composites(prog)
-        self.fuse, self.gemm_workspace = fuse, gemm_workspace
+    def __init__(self, prog: Program, fuse: bool = True):
+        self.prog, self.fuse = prog, fuse
         self.nodes = self.prog.nodes()
         self.consumers: dict[Node, list[Node]] = defaultdict(list)
         for n in self.nodes:
@@ -98,6 +88,8 @@ class Lowering:
         self.buffer_of: dict[Node, int] = {}
         self.kernel_of: dict[Node, _KernelBuild] = {}
         self.kernels: list[_KernelBuild] = []
+        self.region_gradient = {region_name(p): g for p, g in self.prog.gradients.items()}
+        self.update_nodes = set().union(*(gradient_flow(p, g, self.consumers) for p, g in self.prog.gradients.items()))
 
     # ---- buffers and roots --------------------------------------------------------------
     def _buffer(self, name: str, kind: str, shape: tuple, dtype: np.dtype) -> int:
@@ -251,19 +243,31 @@ class Lowering:
         self.kernel_of[r] = kb
 
     def _fuse_into_producer(self, r: Node):
-        if not self.fuse:
-            return None, None, None
-        producers = [self.kernel_of[d] for d in self._root_deps(r)]
-        if not producers:
-            return None, None, None
-        kb = max(producers, key=lambda k: k.index)
-        if not _unit_reshape(kb.shape, r.shape):
+        """The kernel `r` joins, its view there and its value; (None, None, None) for a kernel of its own."""
+        kb = self._producer_kernel(r) if self.fuse else None
+        if kb is None or not _unit_reshape(kb.shape, r.shape):
             return None, None, None
         view = _reshape_forms(kb.view, r.shape, kb.shape)
         try:
             return kb, view, self._define(r, view, kb)
         except NotFusable:
             return None, None, None
+
+    def _producer_kernel(self, r: Node) -> _KernelBuild | None:
+        """The latest kernel `r` reads from. An optimizer update joins it only when the
+        optimizer-fusion pass put `r` in the parameter's region and that kernel produces the
+        gradient (a gradient computed inline is computed in whichever kernel the region joins)."""
+        producers = [self.kernel_of[d] for d in self._root_deps(r)]
+        if not producers:
+            return None
+        latest = max(producers, key=lambda k: k.index)
+        if r not in self.update_nodes:
+            return latest
+        region = self.prog.regions.get(r)
+        if region is None:
+            return None
+        grad = self.region_gradient[region]
+        return latest if grad not in self.kernel_of or self.kernel_of[grad] is latest else None
 
     # ---- the whole program --------------------------------------------------------------
     def run(self) -> LoopProgram:
@@ -284,186 +288,27 @@ class Lowering:
             return copy_buffer[n] if n in copy_buffer else self.buffer_of[n]
 
         kernels = [self._finish(kb) for kb in self.kernels]
-        loaded = {ld.buffer for k in kernels for ld in k.loads()}
-        wanted = {home(f) for f in self.prog.fetches} | {home(v) for var, v in self.prog.updates if v is not var}
-        for k in kernels:
-            k.stores = [s for s in k.stores if s.buffer in loaded or s.buffer in wanted]
-        redirect = self._place_updates(kernels, home)
-        finals = []
-        for var, value in self.prog.updates:
-            if value is var or redirect.get(home(value)) == self.buffer_of[var]:
-                continue
-            ident = tuple(range(var.ndim))
-            src = redirect.get(home(value), home(value))
-            finals.append(Kernel(f"assign_{var.attrs['name']}", var.shape, [Store(
-                self.buffer_of[var], affine(ident, var.shape), Load(src, affine(ident, var.shape), var.dtype),
-                f"update {var.attrs['name']}", value.source)], order=ident))
-        kernels = [k for k in kernels if k.stores] + finals
-        for i, k in enumerate(kernels):
-            k.name = f"k{i}_{k.name}"
-        _remap(kernels, redirect)
-        fetches = [redirect.get(home(f), home(f)) for f in self.prog.fetches]
-        return LoopProgram(self.buffers, kernels, fetches, self.inputs, self.storage)
+        assigns = [(self.buffer_of[var], home(value)) for var, value in self.prog.updates if value is not var]
+        return LoopProgram(self.buffers, kernels, [home(f) for f in self.prog.fetches], self.inputs, self.storage,
+                           assigns)
 
     def _finish(self, kb: _KernelBuild) -> Kernel:
-        stores = [Store(m.buffer, affine(m.view, m.node.shape), _reciprocals(m.value), m.node.name, m.node.source)
+        stores = [Store(m.buffer, affine(m.view, m.node.shape), m.value, m.node.name, m.node.source)
                   for m in kb.members.values()]
         names = [m.node.op.name for m in kb.members.values()]
-        kernel = Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce)
-        self._choose_order(kernel)
-        return kernel
-
-    def _choose_order(self, k: Kernel) -> None:
-        """Loop order of a reduction: the var with the most unit-stride accesses in the accumulated
-        value (plus one for a unit-stride store) goes innermost. A kept var there accumulates a row
-        in scratch memory (matmul A @ B, bias gradients); otherwise a register accumulates (ties)."""
-        variables = list(range(len(k.domain)))
-        if k.reduce is None or not variables:
-            k.order = tuple(variables)
-            return
-        red = k.reduce
-        kept = [v for v in variables if v not in red.axes]
-        static = math.prod(d for d in k.domain if d is not None)
-        if red.contraction is not None and self.gemm_workspace is not None and static >= GEMM_MIN_STATIC:
-            if _narrow_columns(k.domain):
-                _swap_vars(k, 0, 1)
-            layout = gemm_layout(k)
-            if layout is not None:
-                k.order = tuple(kept) + tuple(red.axes)
-                red.scratch = self._buffer(f"c_{k.name}", "temp", k.domain[:2], red.value.dtype)
-                nbytes = self.gemm_workspace(red.value.dtype, *layout, k.domain[0])
-                red.workspace = self._buffer(f"pack_{k.name}", "temp", (nbytes,), np.dtype(np.uint8))
-                return
-        score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in _loads(red.value)) +
-                 any(s.offset.stride(v) == (1, 0) for s in k.stores) for v in variables}
-        inner = max(variables, key=lambda v: (score[v], v in red.axes, v))
-        if inner in kept and k.domain[inner] != 1:
-            k.order = tuple(v for v in kept if v != inner) + tuple(red.axes) + (inner,)
-            red.scratch = self._buffer(f"row_{k.name}", "temp", (k.domain[inner],), red.value.dtype)
-        else:
-            k.order = tuple(kept) + tuple(red.axes)
-
-    def _place_updates(self, kernels: list[Kernel], home) -> dict[int, int]:
-        """Map value buffers to the variable buffers they can be written into in place."""
-        redirect: dict[int, int] = {}
-        for var, value in self.prog.updates:
-            if value is var or value.op.kind == "source":
-                continue
-            vbuf, ubuf = self.buffer_of[var], home(value)
-            if ubuf in redirect:
-                continue
-            kb = self.kernel_of[value]
-            k = kernels[kb.index]
-            store = next(s for s in k.stores if s.buffer == ubuf)
-            later = any(ld.buffer == vbuf for other in kernels[kb.index + 1:] for ld in other.loads())
-            same = all(ld.offset == store.offset for ld in k.loads() if ld.buffer == vbuf)
-            if not later and same and not any(s.buffer == vbuf for s in k.stores):
-                redirect[ubuf] = vbuf
-        return redirect
+        return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce)
 
 
-GEMM_NARROW = 32  # fewer output columns than this leave most of a GEMM's register tile (up to 64 wide) empty
-
-
-def _narrow_columns(domain: tuple) -> bool:
-    """Is a matmul's (M, N, K) output so narrow that computing its transpose (N, M) fills the tiles
-    better? (N=10, M=64: the (64, 10) product took as long as a (64, 64) one, its transpose 1/4 of that.)"""
-    m, n = domain[0], domain[1]
-    return n is not None and n < GEMM_NARROW and (m is None or m >= 2 * n)
-
-
-def _swap_vars(k: Kernel, a: int, b: int) -> None:
-    """Rename loop vars a <-> b throughout the kernel (the same loop nest, transposed)."""
-    def offset(o: Affine) -> Affine:
-        return Affine(tuple(sorted(({a: b, b: a}.get(v, v), coef, nexp) for v, coef, nexp in o.terms)))
-
-    def expr(e: Expr) -> Expr:
-        if isinstance(e, Load):
-            return Load(e.buffer, offset(e.offset), e.dtype)
-        if isinstance(e, Index):
-            return Index(offset(e.offset), e.dtype)
-        if isinstance(e, Op):
-            return Op(e.name, tuple(expr(x) for x in e.args), e.dtype)
-        return e
-    domain = list(k.domain)
-    domain[a], domain[b] = domain[b], domain[a]
-    k.domain = tuple(domain)
-    for s in k.stores:
-        s.offset, s.value = offset(s.offset), expr(s.value)
-    red = k.reduce
-    if red is not None:
-        red.axes = tuple({a: b, b: a}.get(v, v) for v in red.axes)
-        red.value = expr(red.value)
-        if red.contraction is not None:
-            red.contraction = tuple(expr(x) for x in reversed(red.contraction))
-
-
-def _invariant(e: Expr) -> bool:
-    """Is `e` the same at every element of the loop nest (a scalar load, N, constants)?"""
-    return all(not isinstance(x, (Acc, Index)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
-
-
-def _reciprocals(e: Expr) -> Expr:
-    """x / y with y loop-invariant (Adam's bias correction, a mean's N) -> x * (1 / y): the compiler
-    hoists one division out of the loop (divisions and square roots bound the fused Adam update)."""
-    if not isinstance(e, Op):
-        return e
-    args = tuple(_reciprocals(a) for a in e.args)
-    x = args[0]
-    if e.name == "div" and e.dtype.kind == "f" and not isinstance(args[1], Const) and _invariant(args[1]) \
-            and not _invariant(x):
-        return Op("mul", (x, Op("div", (Const(1.0, e.dtype), args[1]), e.dtype)), e.dtype)
-    return Op(e.name, args, e.dtype)
-
-
-def _loads(e: Expr) -> list[Load]:
-    return [x for x in walk(e) if isinstance(x, Load)]
-
-
-def _stride_of(extent) -> tuple:
-    return (1, 1) if extent is None else (extent, 0)
-
-
-def _row_major(load: Load, rows: int, cols: int, domain: tuple) -> bool:
-    """Does `load` read a dense row-major matrix indexed (var rows, var cols)?"""
-    terms = {v for v, _, _ in load.offset.terms}
-    if not terms <= {rows, cols}:
-        return False
-    ok_cols = load.offset.stride(cols) == (1, 0) or domain[cols] == 1
-    ok_rows = load.offset.stride(rows) == _stride_of(domain[cols]) or domain[rows] == 1
-    return ok_cols and ok_rows
-
-
-def gemm_layout(k: Kernel):
-    """(trans_a, trans_b) when both operands of a matmul kernel are dense matrices, else None."""
-    a, b = k.reduce.contraction
-    if a.dtype.kind != "f" or len(k.domain) != 3:
-        return None
-    ta = None if not _row_major(a, 2, 0, k.domain) else True
-    ta = False if _row_major(a, 0, 2, k.domain) else ta
-    tb = None if not _row_major(b, 1, 2, k.domain) else True
-    tb = False if _row_major(b, 2, 1, k.domain) else tb
-    return None if ta is None or tb is None else (ta, tb)
-
-
-def _remap(kernels: list[Kernel], redirect: dict[int, int]) -> None:
-    def expr(e: Expr) -> Expr:
-        if isinstance(e, Load) and e.buffer in redirect:
-            return Load(redirect[e.buffer], e.offset, e.dtype)
-        if isinstance(e, Op):
-            return Op(e.name, tuple(expr(a) for a in e.args), e.dtype)
-        return e
-    for k in kernels:
-        for s in k.stores:
-            s.buffer = redirect.get(s.buffer, s.buffer)
-            s.value = expr(s.value)
-        if k.reduce:
-            k.reduce.value = expr(k.reduce.value)
-            if k.reduce.contraction:
-                k.reduce.contraction = tuple(expr(x) for x in k.reduce.contraction)
-
-
-def lower(prog: Program, fuse: bool = True, gemm_workspace=None) -> LoopProgram:
-    """`gemm_workspace(dtype, trans_a, trans_b, m) -> bytes` (m: C's static row count or None): matmuls of dense operands are marked for
-    a GEMM routine needing that much packing space (None: every matmul is a loop nest)."""
-    return Lowering(prog, fuse, gemm_workspace).run()
+def lower(prog: Program, fuse: bool = True, loop_passes: Sequence[LoopPass] | None = None
+          ) -> tuple[LoopProgram, list[PassRecord]]:
+    """Fuse `prog` into kernels, then run `loop_passes` (default: LOOP_PASSES) through the verifying,
+    recording pass runner; kernels are numbered k0, k1, ... at the end. Returns the loop program and
+    one record per pass (the dumps' loop IR after each)."""
+    lp = Lowering(prog, fuse).run()
+    lp, records = run_passes(lp, LOOP_PASSES if loop_passes is None else loop_passes, verify=verify_loops,
+                             size=lambda p: len(p.kernels), first="lower")
+    for i, k in enumerate(lp.kernels):
+        k.name = f"k{i}_{k.name}"
+    if lp.assigns:
+        raise AssertionError("loop passes left assignments without kernels (copy_assignments must run)")
+    return lp, records

@@ -46,11 +46,14 @@ class CompileOptions:
 
 
 def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: bool | None = None,
-            check_numerics: bool = False, passes: Sequence[Pass] | None = None) -> "Function":
+            check_numerics: bool = False, passes: Sequence[Pass] | None = None,
+            fuse_optimizer: bool = True) -> "Function":
     """Compile `fetches` (a node, list, tuple or dict of nodes) and `updates` into a callable.
 
     `updates` (pairs (variable, new value), a dict, or an optimizer's result) are applied in place
     after the fetches are computed. `training` (default: True when updates are given) enables dropout.
+    `fuse_optimizer=False` leaves out the optimizer-fusion pass: each update becomes a kernel of its
+    own that reads the gradient from memory (same numbers; for comparisons and debugging).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
@@ -60,7 +63,8 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     if training:
         pairs = _with_rng_step(flat, pairs)
     gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
-    program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training)
+    program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
+                                    fuse_optimizer=fuse_optimizer)
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)

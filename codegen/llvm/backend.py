@@ -24,6 +24,7 @@ from graphnet.feeds import FeedSpec
 from graphnet.program import Program
 
 from ..loopir import LoopProgram
+from ..loop_passes import loop_pass_texts
 from ..lower import lower
 from ..memory import allocate, plan_arena
 from .. import cache
@@ -32,6 +33,7 @@ from .call import fast_call
 from .jit import Compiler, Library, host_target
 from .gemm import GemmSpec, specialised_m
 from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
+from .gemm_schedule import loop_passes
 from .render import Renderer, gemm_symbol, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
@@ -88,7 +90,7 @@ class LLVMBackend:
         self.program, self.check = program, options.check_numerics
         self.compiler = Compiler(host_target(wide), opt)
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
-        self.lp: LoopProgram = lower(program, fuse=not self.check, gemm_workspace=self._gemm_workspace)
+        self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=loop_passes(self._gemm_workspace))
         self._ir_text: str | None = None
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
@@ -228,5 +230,5 @@ class LLVMBackend:
                                         f"{s.source})")
 
     def artifacts(self) -> dict[str, str]:
-        return {"loopir.txt": self.lp.to_text(), "module.ll": self.ir_text,
+        return {**loop_pass_texts(self.loop_records), "loopir.txt": self.lp.to_text(), "module.ll": self.ir_text,
                 "module.s": self.compiler.assembly(self.ir_text)}

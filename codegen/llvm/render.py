@@ -19,7 +19,7 @@ import re
 import numpy as np
 from llvmlite import ir
 
-from ..lower import gemm_layout
+from .gemm_schedule import gemm_layout
 from . import vmath
 from .gemm import GemmSpec, specialised_m
 from .parallel import PARALLEL_MIN_FLOPS, column_slice_symbol, column_split, emit_parallel_for

@@ -15,6 +15,7 @@ from graphnet.errors import NumericsError
 from graphnet.program import Program
 
 from ..loopir import LoopProgram
+from ..loop_passes import loop_pass_texts
 from ..lower import lower
 from ..memory import plan_arena
 from .render import render
@@ -30,7 +31,7 @@ class OpenCLBackend:
         self.rt = rt = runtime(device)
         self.cl = rt.cl
         self.check = options.check_numerics
-        self.lp: LoopProgram = lower(program, fuse=not self.check)
+        self.lp, self.loop_records = lower(program, fuse=not self.check)
         self.source, self.launches, double = render(self.lp, rt.limits)
         if double and not rt.fp64:
             raise RuntimeError(f"this function computes in float64, which the OpenCL device {rt.device.name} does "
@@ -125,5 +126,5 @@ class OpenCLBackend:
                                         f"{s.source})")
 
     def artifacts(self) -> dict[str, str]:
-        return {"loopir.txt": self.lp.to_text(),
+        return {**loop_pass_texts(self.loop_records), "loopir.txt": self.lp.to_text(),
                 "kernels.cl": f"/* rendered for {self.rt.description} */\n" + self.source}

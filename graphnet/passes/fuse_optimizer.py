@@ -36,17 +36,28 @@ def fuse_optimizer(prog: Program) -> Program:
     return replace(prog, regions=regions)
 
 
+def _inside(n: Node, param: Node, grad: Node) -> bool:
+    return n.op.kind == "elementwise" and n.shape == param.shape and n.dtype == param.dtype and n is not grad
+
+
+def gradient_flow(param: Node, grad: Node, consumers: dict[Node, set[Node]]) -> set[Node]:
+    """The elementwise nodes of `param`'s shape and dtype that `grad` flows into: its update's
+    candidates, whether or not the pass fuses them."""
+    reached, stack = set(), [grad]
+    while stack:
+        for c in consumers[stack.pop()]:
+            if _inside(c, param, grad) and c not in reached:
+                reached.add(c)
+                stack.append(c)
+    return reached
+
+
 def update_region(prog: Program, param: Node, grad: Node, consumers: dict[Node, set[Node]]) -> set[Node]:
     """The nodes of `param`'s fused update (empty when its new value is not elementwise in `grad`)."""
     def inside(n: Node) -> bool:
-        return n.op.kind == "elementwise" and n.shape == param.shape and n.dtype == param.dtype and n is not grad
+        return _inside(n, param, grad)
 
-    reached, stack = set(), [grad]  # what the gradient flows into elementwise
-    while stack:
-        for c in consumers[stack.pop()]:
-            if inside(c) and c not in reached:
-                reached.add(c)
-                stack.append(c)
+    reached = gradient_flow(param, grad, consumers)
     writes = {value for _, value in prog.updates if value in reached}
     if dict(prog.updates).get(param) not in writes:
         return set()

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import networkx as nx
 
 from ..program import Program
 from .cse import cse
 from .dce import dce
+from .expand import expand_composites
 from .fold import fold_constants
 from .fuse_optimizer import fuse_optimizer
 from .simplify import simplify
@@ -18,16 +19,36 @@ from .training import strip_dropout
 
 Pass = Callable[[Program], Program]
 
-DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, cse, dce, fuse_optimizer]
+DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, expand_composites, cse, dce,
+                              fuse_optimizer]
 
 
 @dataclass
 class PassRecord:
     name: str
-    nodes: int
+    nodes: int  # the graph's nodes (a loop program: its kernels)
     seconds: float
     text: str
-    program: Program  # the graph after this pass (dumps draw it)
+    program: Any  # the Program after this pass (dumps draw it); loop passes rewrite one LoopProgram
+    #               in place, so for them `text` is the snapshot
+
+
+IR = TypeVar("IR")
+
+
+def run_passes(ir: IR, passes: Sequence[Callable[[IR], IR]], verify: Callable[[IR, IR], None] | None,
+               size: Callable[[IR], int], first: str = "input") -> tuple[IR, list[PassRecord]]:
+    """Run `passes` in order on a graph or loop program, checking each result with `verify(new, old)`
+    and recording its text; the first record (named `first`) is the input."""
+    records = [PassRecord(first, size(ir), 0.0, ir.to_text(), ir)]
+    for p in passes:
+        start = time.perf_counter()
+        new = p(ir)
+        if verify is not None:
+            verify(new, None if new is ir else ir)
+        ir = new
+        records.append(PassRecord(p.__name__, size(ir), time.perf_counter() - start, ir.to_text(), ir))
+    return ir, records
 
 
 def verify(prog: Program, before: Program | None = None) -> None:
@@ -46,17 +67,15 @@ def verify(prog: Program, before: Program | None = None) -> None:
                 raise AssertionError(f"output {old.name} changed from {old.shape} {old.dtype} to {new.shape} {new.dtype}")
 
 
+def default_passes(training: bool = True, fuse_optimizer: bool = True) -> list[Pass]:
+    """DEFAULT_PASSES, after strip_dropout outside training, without fuse_optimizer if asked."""
+    passes = list(DEFAULT_PASSES) if training else [strip_dropout] + list(DEFAULT_PASSES)
+    return passes if fuse_optimizer else [p for p in passes if p.__name__ != "fuse_optimizer"]
+
+
 def run_pipeline(prog: Program, passes: Sequence[Pass] | None = None, training: bool = True,
-                 check: bool = True) -> tuple[Program, list[PassRecord]]:
-    """Run `passes` (default: DEFAULT_PASSES, after strip_dropout outside training)."""
+                 check: bool = True, fuse_optimizer: bool = True) -> tuple[Program, list[PassRecord]]:
+    """Run `passes` (default: `default_passes(training, fuse_optimizer)`) on a graph program."""
     if passes is None:
-        passes = list(DEFAULT_PASSES) if training else [strip_dropout] + list(DEFAULT_PASSES)
-    records = [PassRecord("input", len(prog.nodes()), 0.0, prog.to_text(), prog)]
-    for p in passes:
-        start = time.perf_counter()
-        new = p(prog)
-        if check:
-            verify(new, prog)
-        prog = new
-        records.append(PassRecord(p.__name__, len(prog.nodes()), time.perf_counter() - start, prog.to_text(), prog))
-    return prog, records
+        passes = default_passes(training, fuse_optimizer)
+    return run_passes(prog, passes, verify if check else None, lambda p: len(p.nodes()))

@@ -1,0 +1,109 @@
+"""The LLVM backend's GEMM loop pass: which matmul kernels call a GEMM routine, in which layout.
+
+`use_gemm_routines(workspace)` is a LoopProgram -> LoopProgram pass the LLVM backend runs before
+`choose_loop_order`: a matmul kernel whose two operands are dense matrices and whose static size
+is large enough is marked to compute its whole (M, N) product with a GEMM routine into a scratch
+buffer (packing space from `workspace`), its stores reading that product (the epilogue).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op
+
+GEMM_MIN_STATIC = 128  # below this many multiply-adds per batch row a loop nest beats packing panels
+GEMM_NARROW = 32  # fewer output columns than this leave most of a GEMM's register tile (up to 64 wide) empty
+
+Workspace = Callable[..., int]  # (dtype, trans_a, trans_b, static m or None) -> packing bytes
+
+
+def use_gemm_routines(workspace: Workspace) -> LoopPass:
+    """The pass, for a backend whose GEMM routine needs `workspace(dtype, ta, tb, m)` bytes."""
+    def use_gemm_routines(lp: LoopProgram) -> LoopProgram:
+        for k in lp.kernels:
+            red = k.reduce
+            if red is None or red.contraction is None or k.order:
+                continue
+            if math.prod(d for d in k.domain if d is not None) < GEMM_MIN_STATIC:
+                continue
+            if narrow_columns(k.domain):
+                swap_vars(k, 0, 1)
+            layout = gemm_layout(k)
+            if layout is None:
+                continue
+            k.order = tuple(v for v in range(len(k.domain)) if v not in red.axes) + tuple(red.axes)
+            red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:2], red.value.dtype)
+            nbytes = workspace(red.value.dtype, *layout, k.domain[0])
+            red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)
+        return lp
+    return use_gemm_routines
+
+
+def narrow_columns(domain: tuple) -> bool:
+    """Is a matmul's (M, N, K) output so narrow that computing its transpose (N, M) fills the tiles
+    better? (Its N columns would leave most of each register tile empty.)"""
+    m, n = domain[0], domain[1]
+    return n is not None and n < GEMM_NARROW and (m is None or m >= 2 * n)
+
+
+def swap_vars(k: Kernel, a: int, b: int) -> None:
+    """Rename loop vars a <-> b throughout the kernel (the same loop nest, transposed)."""
+    def offset(o: Affine) -> Affine:
+        return Affine(tuple(sorted(({a: b, b: a}.get(v, v), coef, nexp) for v, coef, nexp in o.terms)))
+
+    def expr(e: Expr) -> Expr:
+        if isinstance(e, Load):
+            return Load(e.buffer, offset(e.offset), e.dtype)
+        if isinstance(e, Index):
+            return Index(offset(e.offset), e.dtype)
+        if isinstance(e, Op):
+            return Op(e.name, tuple(expr(x) for x in e.args), e.dtype)
+        return e
+    domain = list(k.domain)
+    domain[a], domain[b] = domain[b], domain[a]
+    k.domain = tuple(domain)
+    for s in k.stores:
+        s.offset, s.value = offset(s.offset), expr(s.value)
+    red = k.reduce
+    if red is not None:
+        red.axes = tuple({a: b, b: a}.get(v, v) for v in red.axes)
+        red.value = expr(red.value)
+        if red.contraction is not None:
+            red.contraction = tuple(expr(x) for x in reversed(red.contraction))
+
+
+def _stride_of(extent) -> tuple:
+    return (1, 1) if extent is None else (extent, 0)
+
+
+def _row_major(load: Load, rows: int, cols: int, domain: tuple) -> bool:
+    """Does `load` read a dense row-major matrix indexed (var rows, var cols)?"""
+    terms = {v for v, _, _ in load.offset.terms}
+    if not terms <= {rows, cols}:
+        return False
+    ok_cols = load.offset.stride(cols) == (1, 0) or domain[cols] == 1
+    ok_rows = load.offset.stride(rows) == _stride_of(domain[cols]) or domain[rows] == 1
+    return ok_cols and ok_rows
+
+
+def gemm_layout(k: Kernel):
+    """(trans_a, trans_b) when both operands of a matmul kernel are dense matrices, else None."""
+    a, b = k.reduce.contraction
+    if a.dtype.kind != "f" or len(k.domain) != 3:
+        return None
+    ta = None if not _row_major(a, 2, 0, k.domain) else True
+    ta = False if _row_major(a, 0, 2, k.domain) else ta
+    tb = None if not _row_major(b, 1, 2, k.domain) else True
+    tb = False if _row_major(b, 2, 1, k.domain) else tb
+    return None if ta is None or tb is None else (ta, tb)
+
+
+def loop_passes(workspace: Workspace) -> list[LoopPass]:
+    """The LLVM backend's loop passes: LOOP_PASSES with GEMM routines chosen before the loop order."""
+    passes = list(LOOP_PASSES)
+    passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace))
+    return passes

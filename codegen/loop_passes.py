@@ -1,0 +1,197 @@
+"""Loop passes: small rewrites LoopProgram -> LoopProgram, run in order after `lower` built the kernels.
+
+`LOOP_PASSES` is the list every native backend runs (a backend may add its own scheduling passes,
+as the LLVM backend adds `use_gemm_routines` before `choose_loop_order`). The passes run through
+`graphnet.passes.pipeline.run_passes`, which verifies the loop program after each one
+(`verify_loops`) and records its text for dumps. Each pass may mutate the program it is given
+and returns it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .loopir import Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Store, affine, walk
+
+LoopPass = Callable[[LoopProgram], LoopProgram]
+
+
+# ---- dead stores --------------------------------------------------------------------------
+def prune_dead_stores(lp: LoopProgram) -> LoopProgram:
+    """Drop stores nothing reads (not a later load, a fetch or an assignment's value), then kernels
+    left without stores. A stored buffer that some kernel reads is kept whatever the order: the
+    verifier rejects reads of buffers never written."""
+    wanted = set(lp.fetches) | {value for _, value in lp.assigns}
+    wanted |= {ld.buffer for k in lp.kernels for ld in k.loads()}
+    for k in lp.kernels:
+        k.stores = [s for s in k.stores if s.buffer in wanted]
+    lp.kernels = [k for k in lp.kernels if k.stores]
+    return lp
+
+
+# ---- optimizer updates in place -----------------------------------------------------------
+def write_updates_in_place(lp: LoopProgram) -> LoopProgram:
+    """An assignment `var <- value` becomes `value`'s kernel writing `var` in place when no later
+    kernel reads the old `var`, that kernel reads `var` only at the element it writes and does
+    not write `var` otherwise. Decided for every assignment on the program as given, then applied."""
+    redirect: dict[int, int] = {}
+    for var, value in lp.assigns:
+        if value in redirect or lp.buffers[value].kind != "temp":
+            continue
+        writers = [i for i, k in enumerate(lp.kernels) if any(s.buffer == value for s in k.stores)]
+        if len(writers) != 1:
+            continue
+        k = lp.kernels[writers[0]]
+        store = next(s for s in k.stores if s.buffer == value)
+        later = any(ld.buffer == var for other in lp.kernels[writers[0] + 1:] for ld in other.loads())
+        same = all(ld.offset == store.offset for ld in k.loads() if ld.buffer == var)
+        if not later and same and not any(s.buffer == var for s in k.stores):
+            redirect[value] = var
+    lp.assigns = [(var, value) for var, value in lp.assigns if redirect.get(value) != var]
+    _remap(lp, redirect)
+    return lp
+
+
+def copy_assignments(lp: LoopProgram) -> LoopProgram:
+    """The assignments left become copy kernels after every other kernel (all values are computed
+    before any variable they read is overwritten: simultaneous assignment)."""
+    for var, value in lp.assigns:
+        buf = lp.buffers[var]
+        at = affine(tuple(range(len(buf.shape))), buf.shape)
+        lp.kernels.append(Kernel(f"assign_{buf.name}", buf.shape, [Store(
+            var, at, Load(value, at, buf.dtype), f"update {buf.name}", "")], order=tuple(range(len(buf.shape)))))
+    lp.assigns = []
+    return lp
+
+
+def _remap(lp: LoopProgram, redirect: dict[int, int]) -> None:
+    def expr(e: Expr) -> Expr:
+        if isinstance(e, Load) and e.buffer in redirect:
+            return Load(redirect[e.buffer], e.offset, e.dtype)
+        if isinstance(e, Op):
+            return Op(e.name, tuple(expr(a) for a in e.args), e.dtype)
+        return e
+    for k in lp.kernels:
+        for s in k.stores:
+            s.buffer = redirect.get(s.buffer, s.buffer)
+            s.value = expr(s.value)
+        if k.reduce:
+            k.reduce.value = expr(k.reduce.value)
+            if k.reduce.contraction:
+                k.reduce.contraction = tuple(expr(x) for x in k.reduce.contraction)
+    lp.fetches = [redirect.get(f, f) for f in lp.fetches]
+
+
+# ---- arithmetic -----------------------------------------------------------------------------
+def hoist_reciprocals(lp: LoopProgram) -> LoopProgram:
+    """x / y with y loop-invariant (Adam's bias correction, a mean's N) -> x * (1 / y): the compiler
+    hoists one division out of the loop (divisions and square roots bound the fused Adam update)."""
+    for k in lp.kernels:
+        for s in k.stores:
+            s.value = _reciprocals(s.value)
+    return lp
+
+
+def _invariant(e: Expr) -> bool:
+    """Is `e` the same at every element of the loop nest (a scalar load, N, constants)?"""
+    return all(not isinstance(x, (Acc, Index)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
+
+
+def _reciprocals(e: Expr) -> Expr:
+    if not isinstance(e, Op):
+        return e
+    args = tuple(_reciprocals(a) for a in e.args)
+    x = args[0]
+    if e.name == "div" and e.dtype.kind == "f" and not isinstance(args[1], Const) and _invariant(args[1]) \
+            and not _invariant(x):
+        return Op("mul", (x, Op("div", (Const(1.0, e.dtype), args[1]), e.dtype)), e.dtype)
+    return Op(e.name, args, e.dtype)
+
+
+# ---- loop order -----------------------------------------------------------------------------
+def choose_loop_order(lp: LoopProgram) -> LoopProgram:
+    """Loop order of each kernel not yet scheduled. A reduction puts innermost the var with the most
+    unit-stride accesses in the accumulated value (plus one for a unit-stride store); a kept var
+    there accumulates a row in scratch memory (matmul A @ B, bias gradients), otherwise a register
+    accumulates (ties)."""
+    for k in lp.kernels:
+        if not k.order:
+            _choose_order(lp, k)
+    return lp
+
+
+def _choose_order(lp: LoopProgram, k: Kernel) -> None:
+    variables = list(range(len(k.domain)))
+    red = k.reduce
+    if red is None or not variables:
+        k.order = tuple(variables)
+        return
+    kept = [v for v in variables if v not in red.axes]
+    score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in loads(red.value)) +
+             any(s.offset.stride(v) == (1, 0) for s in k.stores) for v in variables}
+    inner = max(variables, key=lambda v: (score[v], v in red.axes, v))
+    if inner in kept and k.domain[inner] != 1:
+        k.order = tuple(v for v in kept if v != inner) + tuple(red.axes) + (inner,)
+        red.scratch = add_buffer(lp, f"row_{k.name}", (k.domain[inner],), red.value.dtype)
+    else:
+        k.order = tuple(kept) + tuple(red.axes)
+
+
+def add_buffer(lp: LoopProgram, name: str, shape: tuple, dtype) -> int:
+    """Append a temp buffer; returns its id."""
+    lp.buffers.append(Buffer(len(lp.buffers), name, "temp", tuple(shape), np.dtype(dtype)))
+    return len(lp.buffers) - 1
+
+
+def loads(e: Expr) -> list[Load]:
+    return [x for x in walk(e) if isinstance(x, Load)]
+
+
+LOOP_PASSES: list[LoopPass] = [prune_dead_stores, write_updates_in_place, copy_assignments, hoist_reciprocals,
+                               choose_loop_order]
+
+
+# ---- the verifier ---------------------------------------------------------------------------
+def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
+    """Check buffer references, loop vars within each domain, and that every temp a kernel reads
+    was written by an earlier kernel, or by this kernel at the same element (a kernel reading
+    elements of its own output that it has not written yet is a fusion bug)."""
+    written: set[int] = set()
+    n = len(lp.buffers)
+    for k in lp.kernels:
+        here = {s.buffer: s.offset for s in k.stores}
+        for s in k.stores:
+            _check_offset(k, s.offset, f"store to b{s.buffer}")
+            if not 0 <= s.buffer < n:
+                raise AssertionError(f"{k.name}: store to unknown buffer b{s.buffer}")
+        for ld in k.loads():
+            _check_offset(k, ld.offset, f"load of b{ld.buffer}")
+            if not 0 <= ld.buffer < n:
+                raise AssertionError(f"{k.name}: load of unknown buffer b{ld.buffer}")
+            if lp.buffers[ld.buffer].kind != "temp" or ld.buffer in written:
+                continue
+            if ld.buffer not in here:
+                raise AssertionError(f"{k.name}: reads b{ld.buffer} before any kernel wrote it")
+            if here[ld.buffer] != ld.offset:
+                raise AssertionError(f"{k.name}: reads b{ld.buffer}[{ld.offset}] while writing it at "
+                                     f"[{here[ld.buffer]}]")
+        if k.reduce is not None and any(not 0 <= a < len(k.domain) for a in k.reduce.axes):
+            raise AssertionError(f"{k.name}: reduces over vars {k.reduce.axes} outside its domain")
+        if k.order and sorted(k.order) != list(range(len(k.domain))):
+            raise AssertionError(f"{k.name}: order {k.order} is not a permutation of its loop vars")
+        written |= set(here)
+    for f in lp.fetches:
+        if lp.buffers[f].kind == "temp" and f not in written:
+            raise AssertionError(f"fetch b{f} is never written")
+
+
+def _check_offset(k: Kernel, offset: Affine, what: str) -> None:
+    if any(not 0 <= v < len(k.domain) for v, _, _ in offset.terms):
+        raise AssertionError(f"{k.name}: {what} uses a loop var outside its domain {k.domain}")
+
+
+
+def loop_pass_texts(records) -> dict[str, str]:
+    """Dump files `loop_NN_<pass>.txt`: the loop IR after each loop pass (from `lower`'s records)."""
+    return {f"loop_{i:02d}_{r.name}.txt": r.text for i, r in enumerate(records)}
