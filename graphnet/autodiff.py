@@ -15,11 +15,17 @@ from .source import source_of
 
 
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
-              grad_ys: Node | Sequence[Node] | None = None) -> list[Node] | Node:
-    """d(sum of ys)/d(x) for each x, as graph nodes (one per x; zeros where x is unconnected).
+              grad_ys: Node | Sequence[Node] | None = None,
+              unconnected: str = "zero") -> list[Node | None] | Node | None:
+    """d(sum of ys)/d(x) for each x, as graph nodes (one per x).
 
-    `grad_ys` seeds each y's gradient (default ones). Returns a list, or one node when `xs` is one.
+    `grad_ys` seeds each y's gradient (default ones). An x is unconnected when no differentiable
+    path leads from it to a y (none at all, or only through comparisons, integer casts,
+    stop_gradient): its gradient is zeros, or None with `unconnected="none"` (torch's "grad is
+    None"). Returns a list, or one node when `xs` is one.
     """
+    if unconnected not in ("zero", "none"):
+        raise ValueError(f"gradients: unconnected must be 'zero' or 'none', got {unconnected!r}")
     single = isinstance(xs, Node)
     ys = [ys] if isinstance(ys, Node) else list(ys)
     xs = [xs] if single else list(xs)
@@ -49,7 +55,8 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
                 if gi is None or inp not in relevant:
                     continue
                 grads.setdefault(inp, []).append(ops.sum_to(gi, inp.shape))
-    result = [_add_n(grads[x]) if x in grads else ops.zeros_like(x) for x in xs]
+    missing = (lambda x: None) if unconnected == "none" else ops.zeros_like
+    result = [_add_n(grads[x]) if x in grads else missing(x) for x in xs]
     return result[0] if single else result
 
 

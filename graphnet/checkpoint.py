@@ -3,14 +3,23 @@
 A save writes a temporary file in the target's directory, fsyncs it and renames it over the target
 (`os.replace` is atomic on POSIX and Windows), so a crash mid-save leaves the previous checkpoint
 whole. Reads use `allow_pickle=False`: a checkpoint can hold arrays and strings, never code.
+Reads check every array's header against its stored size and bound the total element count
+(MAX_ELEMENTS, 8 GiB of float32) before numpy allocates anything, so a crafted file cannot make a
+load allocate more than it holds.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
+
+MAX_ELEMENTS = 2 ** 31  # the most array elements a checkpoint, or a model loaded from one, may hold
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError)  # what a damaged archive raises
+_Header = tuple  # (member info, array key, shape, dtype, header bytes)
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -46,9 +55,57 @@ def _fsync_directory(directory: str) -> None:
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an .npz checkpoint; ValueError if it is not one."""
+    """Read every array of an .npz checkpoint; ValueError naming the file if it is not one, or if
+    its arrays claim more data than they hold or more than MAX_ELEMENTS elements in all (checked
+    from the array headers, before anything is allocated)."""
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    if head == np.lib.format.MAGIC_PREFIX:
+        raise ValueError(f"{name} is a .npy array file, not an .npz checkpoint (save_weights and save write .npz)")
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        with zipfile.ZipFile(name) as archive:
+            headers = [_array_header(archive, info) for info in archive.infolist()]
+    except _UNREADABLE as e:
+        raise ValueError(f"{name} is not a readable .npz checkpoint: {e}") from None
+    _check_sizes(headers, name, os.path.getsize(name))
+    try:
+        with np.load(name, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{os.fspath(path)} is not a readable .npz checkpoint: {e}") from None
+    except _UNREADABLE as e:
+        raise ValueError(f"{name} is not a readable .npz checkpoint: {e}") from None
+
+
+def _array_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Header:
+    """One .npy member's shape, dtype and header size, read without reading its data."""
+    key = info.filename.removesuffix(".npy")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"member '{info.filename}' has unsupported .npy format version {version}")
+        if dtype.hasobject:
+            raise ValueError(f"array '{key}' holds Python objects; checkpoints hold numbers and strings only")
+        return info, key, shape, dtype, f.tell()
+
+
+def _check_sizes(headers: list[_Header], name: str, archive_size: int) -> None:
+    """Each array's header agrees with its stored size, and the total is at most MAX_ELEMENTS."""
+    total = 0
+    for info, key, shape, dtype, header_size in headers:
+        count = math.prod(shape)
+        data_size = info.file_size - header_size
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size > archive_size:
+            raise ValueError(f"{name}: array '{key}' claims {info.file_size:,} bytes, more than the whole file "
+                             f"({archive_size:,} bytes)")
+        if count * dtype.itemsize > data_size:
+            raise ValueError(f"{name}: array '{key}' claims shape {shape} ({count:,} elements of {dtype}, "
+                             f"{count * dtype.itemsize:,} bytes) but holds only {max(data_size, 0):,} bytes")
+        total += count
+        if total > MAX_ELEMENTS:
+            raise ValueError(f"{name}: the arrays hold {total:,} elements or more (array '{key}' has {count:,}), "
+                             f"more than the limit of {MAX_ELEMENTS:,} elements a checkpoint may hold")
+

@@ -59,5 +59,6 @@ def dump_numbered(fn, root: str) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """UTF-8; a character UTF-8 cannot hold (a lone surrogate) is written as its escape."""
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(text)

@@ -10,6 +10,7 @@ import hashlib
 import heapq
 import itertools
 import threading
+import unicodedata
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import networkx as nx
@@ -22,6 +23,21 @@ if TYPE_CHECKING:
     from .ops.base import Op
 
 Shape = tuple  # tuple[int | None, ...]; None is the batch dimension
+
+
+def check_name(name: Any, what: str) -> str:
+    """`name` if it is a string without control characters (C0, DEL, C1, line and paragraph
+    separators) or lone surrogates: a name ends up in dumps, DOT pictures, reports and generated
+    code, where such characters break the file or the tool reading it. ValueError naming it."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be a string, got {type(name).__name__} {name!r}")
+    for i, c in enumerate(name):
+        category = unicodedata.category(c)
+        if category in ("Cc", "Zl", "Zp"):
+            raise ValueError(f"{what} name {name!r} contains the control character {c!r} at position {i}")
+        if category == "Cs":
+            raise ValueError(f"{what} name {name!r} contains the lone surrogate {c!r} at position {i}")
+    return name
 
 
 def shape_str(shape: Shape) -> str:

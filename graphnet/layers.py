@@ -6,6 +6,7 @@ is an ordinary graphnet graph. Each node keeps the source line of the layer call
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from typing import Any, Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import init, ops
-from .graph import Graph, Node, shape_str
+from .graph import Graph, Node, check_name, shape_str
 from .random import next_dropout_seed
 from .source import user_location
 
@@ -70,6 +71,8 @@ class Layer:
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"layer name must be a non-empty string without '/', got {name!r}")
+        if name is not None:
+            check_name(name, "layer")
         self.name = name
         self.output: SymbolicTensor | None = None
         self.weights: dict[str, Node] = {}  # set by build: weight name -> variable node
@@ -102,6 +105,10 @@ class Layer:
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
         raise NotImplementedError
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        """The shape of each weight `build` makes for inputs of these shapes (known before building)."""
+        return {}
 
     def _weight(self, graph: Graph, slot: str, value: np.ndarray, trainable: bool = True) -> Node:
         node = ops.variable(f"{self.name}/{slot}", value, trainable=trainable, graph=graph)
@@ -163,13 +170,16 @@ class Dense(Layer):
             raise ValueError(f"Dense expects (batch, features) inputs, got {shape_str(shape)}; add a Flatten layer")
         return (None, self.units)
 
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        return {"kernel": (shape[1], self.units), **({"bias": (self.units,)} if self.use_bias else {})}
+
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
         (x,) = inputs
-        fan_in = x.shape[1]
-        kernel = self._weight(graph, "kernel", init.BY_NAME[self.kernel_initializer]((fan_in, self.units)))
-        z = x @ kernel
+        shapes = self.weight_shapes([x.shape])
+        z = x @ self._weight(graph, "kernel", init.BY_NAME[self.kernel_initializer](shapes["kernel"]))
         if self.use_bias:
-            z = z + self._weight(graph, "bias", init.BY_NAME[self.bias_initializer]((self.units,)))
+            z = z + self._weight(graph, "bias", init.BY_NAME[self.bias_initializer](shapes["bias"]))
         return self.act(z)
 
     def get_config(self) -> dict:
@@ -242,3 +252,25 @@ class Add(Layer):
 
 
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add)}
+
+
+def from_config(class_name: str, config: dict) -> Layer:
+    """A layer rebuilt from its `get_config()`; ValueError for an unknown class or argument, a
+    missing argument, or a value the layer refuses."""
+    cls = LAYERS.get(class_name) if isinstance(class_name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown layer class {class_name!r} (known: {', '.join(LAYERS)})")
+    if not isinstance(config, dict):
+        raise ValueError(f"{class_name}: the layer config must be an object, got {type(config).__name__}")
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self")
+    unknown = [k for k in config if k not in params]
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in config]
+    if unknown or missing:
+        parts = ([f"unknown argument(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
+                ([f"missing argument(s) {', '.join(map(repr, missing))}"] if missing else [])
+        raise ValueError(f"{class_name}: {'; '.join(parts)} (it takes {', '.join(params)})")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as e:  # a value of the wrong type reaches a comparison or int()
+        raise ValueError(f"{class_name}: invalid config {config!r}: {e}") from None

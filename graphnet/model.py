@@ -18,10 +18,10 @@ import numpy as np
 
 from . import metrics as objectives
 from .callbacks import Callback, CallbackList, History, ProgressLogger
-from .checkpoint import load_npz, save_npz
+from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
-from .layers import LAYERS, InputLayer, Layer, SymbolicTensor
+from .layers import InputLayer, Layer, SymbolicTensor, from_config
 from .ops import RNG_STEP
 from .random import numpy_rng
 from .source import source_of
@@ -436,34 +436,147 @@ class Sequential(Model):
 
 def load_model(path: str | os.PathLike) -> Model:
     """Rebuild a model written by `Model.save`: architecture, weights, compile settings, optimizer
-    state and dropout step, so that `fit(..., initial_epoch=k)` continues the saved run exactly."""
+    state and dropout step, so that `fit(..., initial_epoch=k)` continues the saved run exactly.
+
+    A malformed file raises ValueError naming the file and what is wrong; the config is checked
+    (structure, layer arguments, connections, weight shapes against the stored weights, the
+    parameter count against `checkpoint.MAX_ELEMENTS`) before any weight is allocated."""
+    where = os.fspath(path)
     data = load_npz(path)
-    if "config" not in data:
-        raise ValueError(f"{os.fspath(path)} holds no model config (was it written by save_weights?)")
-    config = json.loads(str(data["config"]))
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(path)}: unknown model format {config.get('format')!r}")
-    tensors: dict[str, SymbolicTensor] = {}
-    for spec in config["layers"]:
-        cls = LAYERS.get(spec["class"])
-        if cls is None:
-            raise ValueError(f"{os.fspath(path)}: unknown layer class {spec['class']!r}")
-        layer = cls(**spec["config"])
-        name = spec["config"]["name"]
-        tensors[name] = layer.output if isinstance(layer, InputLayer) else layer([tensors[i] for i in spec["inbound"]])
-    inputs = [tensors[n] for n in config["inputs"]]
-    outputs = [tensors[n] for n in config["outputs"]]
-    model = Model(inputs if config["multi_input"] else inputs[0], outputs if config["multi_output"] else outputs[0],
-                  name=config["name"])
-    model.seed = int(config["seed"])
-    c = config["compile"]
+    config = _read_config(data, where)
+    tensors = _layers_from_config(config, where)
+    _check_weights(tensors, data, where)
+    inputs, outputs = (_ends(config, tensors, key, where) for key in ("inputs", "outputs"))
+    try:
+        model = Model(inputs if config["multi_input"] else inputs[0],
+                      outputs if config["multi_output"] else outputs[0], name=config["name"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: invalid model config: {e}") from None
+    model.seed = config["seed"]
+    c = config.get("compile")
     if c is not None:
-        model.compile(_optimizer_from_config(c["optimizer"]), c["loss"], c["metrics"], c["backend"])
-        _restore_optimizer(model.optimizer, data, os.fspath(path))
+        try:
+            model.compile(_optimizer_from_config(c["optimizer"]), c["loss"], c["metrics"], c["backend"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: invalid compile settings in the model config: {e}") from None
+        _restore_optimizer(model.optimizer, data, where)
     model.load_weights(path)
     if "state/rng_step" in data and RNG_STEP in model.graph.variables:
-        model.graph.variables[RNG_STEP].assign(data["state/rng_step"])
+        _assign_stored(model.graph.variables[RNG_STEP], data["state/rng_step"], "state/rng_step", where)
     return model
+
+
+# ---- reading a model config -----------------------------------------------------------------
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+_CONFIG_KEYS = {"name": str, "layers": list, "seed": int, "inputs": list, "outputs": list,
+                "multi_input": bool, "multi_output": bool}
+_LAYER_KEYS = {"class": str, "config": dict, "inbound": list}
+_COMPILE_KEYS = {"optimizer": dict, "loss": list, "metrics": list, "backend": str}
+
+
+def _read_config(data: dict[str, np.ndarray], where: str) -> dict:
+    """The model config, checked for the keys and types `load_model` relies on."""
+    if "config" not in data:
+        raise ValueError(f"{where} holds no model config (was it written by save_weights?)")
+    text = data["config"]
+    if text.shape != () or text.dtype.kind != "U":
+        raise ValueError(f"{where}: the model config is a {text.dtype} array of shape {text.shape}, not JSON text")
+    try:
+        config = json.loads(str(text))
+    except ValueError as e:
+        raise ValueError(f"{where}: the model config is not valid JSON: {e}") from None
+    _require(config, {}, "the config", where)
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{where}: unknown model format {config.get('format')!r}")
+    _require(config, _CONFIG_KEYS, "the config", where)
+    if config["seed"] < 0:
+        raise ValueError(f"{where}: invalid model config: seed {config['seed']} is negative")
+    for i, spec in enumerate(config["layers"]):
+        _require(spec, _LAYER_KEYS, f"layers[{i}]", where)
+    for key in ("inputs", "outputs"):
+        if not config[key] or not all(isinstance(n, str) for n in config[key]):
+            raise ValueError(f"{where}: invalid model config: '{key}' must be a non-empty list of layer names")
+        if not config[f"multi_{key[:-1]}"] and len(config[key]) != 1:
+            raise ValueError(f"{where}: invalid model config: {len(config[key])} {key} for a single-{key[:-1]} model")
+    if config.get("compile") is not None:
+        _require(config["compile"], _COMPILE_KEYS, "the compile settings", where)
+        _require(config["compile"]["optimizer"], {"class": str, "config": dict}, "the optimizer", where)
+    return config
+
+
+def _require(value: Any, keys: dict[str, type], what: str, where: str) -> None:
+    """`value` is a JSON object holding each of `keys` with a value of its type."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: invalid model config: {what} is {_JSON_TYPES.get(type(value), 'invalid')}, "
+                         f"not an object")
+    for key, kind in keys.items():
+        if key not in value:
+            raise ValueError(f"{where}: invalid model config: {what} lacks '{key}'")
+        item = value[key]
+        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+            raise ValueError(f"{where}: invalid model config: {what}'s '{key}' must be {_JSON_TYPES[kind]}, "
+                             f"got {_JSON_TYPES.get(type(item), 'invalid')} {item!r}")
+
+
+def _layers_from_config(config: dict, where: str) -> dict[str, SymbolicTensor]:
+    """Layer name -> its output, each layer built from its config and called on earlier layers."""
+    tensors: dict[str, SymbolicTensor] = {}
+    for i, spec in enumerate(config["layers"]):
+        name = spec["config"].get("name")
+        label = f"layer {name!r} (layers[{i}])" if isinstance(name, str) else f"layers[{i}]"
+        if not isinstance(name, str) or name in tensors:
+            problem = "a layer without a name" if not isinstance(name, str) else "a second layer of that name"
+            raise ValueError(f"{where}: invalid model config: {label} is {problem}")
+        dangling = [n for n in spec["inbound"] if not isinstance(n, str) or n not in tensors]
+        if dangling:
+            raise ValueError(f"{where}: invalid model config: {label} takes input from "
+                             f"{', '.join(map(repr, dangling))}, which no earlier layer is named")
+        try:
+            layer = from_config(spec["class"], spec["config"])
+            if isinstance(layer, InputLayer):
+                if spec["inbound"]:
+                    raise ValueError("an input layer takes no inbound layers")
+                tensors[name] = layer.output
+            else:
+                tensors[name] = layer([tensors[n] for n in spec["inbound"]])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: invalid model config: {label}: {e}") from None
+    return tensors
+
+
+def _check_weights(tensors: dict[str, SymbolicTensor], data: dict[str, np.ndarray], where: str) -> None:
+    """The config's weights, from the layers' shapes alone: at most MAX_ELEMENTS parameters in all,
+    and exactly the names and shapes of the stored weights (so building the model allocates no
+    more than the file holds)."""
+    shapes = {}
+    for name, t in tensors.items():
+        for slot, shape in t.layer.weight_shapes([x.shape for x in t.inbound]).items():
+            shapes[f"{name}/{slot}"] = shape
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > MAX_ELEMENTS:
+        largest = max(shapes, key=lambda n: math.prod(shapes[n]))
+        raise ValueError(f"{where}: the model config asks for {total:,} parameters, more than the limit of "
+                         f"{MAX_ELEMENTS:,} a loaded model may have (largest: '{largest}' of shape "
+                         f"{shape_str(shapes[largest])}, {math.prod(shapes[largest]):,} elements)")
+    stored = {k[len("weights/"):]: v for k, v in data.items() if k.startswith("weights/")}
+    missing = [n for n in shapes if n not in stored]
+    extra = [n for n in stored if n not in shapes]
+    if missing or extra:
+        raise ValueError(f"{where}: the model config and the stored weights disagree: missing weight(s) "
+                         f"{missing}, unexpected weight(s) {extra}")
+    for name, shape in shapes.items():
+        if stored[name].shape != shape:
+            raise ValueError(f"{where}: weight '{name}' has shape {shape_str(shape)} in the model config but "
+                             f"{shape_str(stored[name].shape)} in the stored weights")
+
+
+def _ends(config: dict, tensors: dict[str, SymbolicTensor], key: str, where: str) -> list[SymbolicTensor]:
+    """The model's input or output tensors named in the config."""
+    unknown = [n for n in config[key] if n not in tensors]
+    if unknown:
+        raise ValueError(f"{where}: invalid model config: {key} {', '.join(map(repr, unknown))} name no layer")
+    return [tensors[n] for n in config[key]]
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -478,7 +591,20 @@ def _restore_optimizer(optimizer: Any, data: dict[str, np.ndarray], path: str) -
         raise ValueError(f"{path}: optimizer state does not match the model's optimizer "
                          f"(missing {missing}, unexpected {extra})")
     for name, value in stored.items():
+        _check_stored(own[name], value, f"optimizer/{name}", path)
+    for name, value in stored.items():
         own[name].assign(value)
+
+
+def _check_stored(var: Node, value: np.ndarray, key: str, path: str) -> None:
+    if value.shape != var.shape or value.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: '{key}' is a {value.dtype} array of shape {shape_str(value.shape)}; the model "
+                         f"needs {var.dtype} of shape {shape_str(var.shape)}")
+
+
+def _assign_stored(var: Node, value: np.ndarray, key: str, path: str) -> None:
+    _check_stored(var, value, key, path)
+    var.assign(value)
 
 
 def _tensors(value: Any, what: str) -> list[SymbolicTensor]:
@@ -573,4 +699,7 @@ def _optimizer_from_config(config: dict) -> Any:
     cls = getattr(optim, config["class"], None)
     if not isinstance(cls, type) or not issubclass(cls, optim.Optimizer):
         raise ValueError(f"unknown optimizer class {config['class']!r} in the model config")
-    return cls(**config["config"])
+    try:
+        return cls(**config["config"])
+    except TypeError as e:  # an unknown or missing argument
+        raise ValueError(f"optimizer {config['class']}: {e}") from None

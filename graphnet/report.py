@@ -49,13 +49,13 @@ def html_report(fn: Function, artifacts: dict[str, str], dot_text: str, svg: str
                 title: str | None = None) -> str:
     """The report's HTML; `svg` is the rendered `dot_text`, or None to show the DOT text instead."""
     title = title or f"{fn.options.backend} function {fn.program.hash()[:8]}"
-    meta = (f"backend <b>{html.escape(fn.options.backend)}</b> · "
+    meta = (f"backend <b>{_escape(fn.options.backend)}</b> · "
             f"{'training' if fn.options.training else 'inference'} · {len(fn.program.fetches)} fetches · "
             f"{len(fn.program.updates)} variable updates · {len(fn.program.nodes())} nodes · "
             f"program {fn.program.hash()[:8]}")
     parts = [f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-             f"<title>graphnet: {html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>",
-             f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{meta}</p>',
+             f"<title>graphnet: {_escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>",
+             f"<h1>{_escape(title)}</h1>", f'<p class="meta">{meta}</p>',
              "<h2>Passes</h2>", _pass_table(fn),
              '<div class="side">', '<section><h2>Graph</h2><div class="graph">', _graph(dot_text, svg),
              "</div></section>", '<section><h2>Generated code</h2><div class="code">',
@@ -120,7 +120,7 @@ def _pass_table(fn: Function) -> str:
     rows = ["<table><tr><th>pass</th><th>nodes before</th><th>nodes after</th><th>change</th><th>ms</th></tr>"]
     for before, record in zip(fn.records, fn.records[1:]):
         change = record.nodes - before.nodes
-        rows.append(f"<tr><td>{html.escape(record.name)}</td><td>{before.nodes}</td><td>{record.nodes}</td>"
+        rows.append(f"<tr><td>{_escape(record.name)}</td><td>{before.nodes}</td><td>{record.nodes}</td>"
                     f"<td>{change:+d}</td><td>{record.seconds * 1e3:.2f}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -130,26 +130,32 @@ def _graph(dot_text: str, svg: str | None) -> str:
     if svg is None:
         return ('<p class="note">Graphviz <code>dot</code> is not installed, so this is the DOT text '
                 "(install the <code>graphviz</code> package to see the picture).</p>"
-                f"<pre>{html.escape(dot_text)}</pre>")
+                f"<pre>{_escape(dot_text)}</pre>")
     svg = re.sub(r"<!--.*?-->\s*", "", svg[svg.find("<svg"):], flags=re.S)
     return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg)  # HTML needs no namespace URLs for inline SVG
 
 
 def _code(backend: str, artifacts: dict[str, str]) -> str:
     if not artifacts:
-        return (f"<p>The {html.escape(backend)} backend generates no code: it evaluates the optimised graph "
+        return (f"<p>The {_escape(backend)} backend generates no code: it evaluates the optimised graph "
                 "node by node.</p>")
     kernels = kernel_code(artifacts)
-    parts = [f'<details id="{_anchor(name)}"><summary>kernel {html.escape(name)} '
-             f"({', '.join(html.escape(file) for file, _ in pieces)})</summary>"
-             + "".join(f"<p>{html.escape(file)}</p><pre>{html.escape(text)}</pre>" for file, text in pieces)
+    parts = [f'<details id="{_anchor(name)}"><summary>kernel {_escape(name)} '
+             f"({', '.join(_escape(file) for file, _ in pieces)})</summary>"
+             + "".join(f"<p>{_escape(file)}</p><pre>{_escape(text)}</pre>" for file, text in pieces)
              + "</details>" for name, pieces in kernels.items()]
     if kernels:
         parts.append("<h3>Whole files</h3>")
-    parts += [f"<details{'' if kernels else ' open'}><summary>{html.escape(name)} "
-              f"({text.count(chr(10)) + 1} lines)</summary><pre>{html.escape(text)}</pre></details>"
+    parts += [f"<details{'' if kernels else ' open'}><summary>{_escape(name)} "
+              f"({text.count(chr(10)) + 1} lines)</summary><pre>{_escape(text)}</pre></details>"
               for name, text in artifacts.items()]
     return "\n".join(parts)
+
+
+def _escape(text: str) -> str:
+    """HTML text with no raw control character or lone surrogate (names are checked when a graph is
+    built; generated code and pass texts keep their tabs and newlines)."""
+    return html.escape(viz.printable(text, keep="\t\n"))
 
 
 def _anchor(kernel: str) -> str:
@@ -157,5 +163,5 @@ def _anchor(kernel: str) -> str:
 
 
 def _pass_texts(fn: Function) -> str:
-    return "\n".join(f"<details><summary>{i:02d} {html.escape(r.name)} ({r.nodes} nodes)</summary>"
-                     f"<pre>{html.escape(r.text)}</pre></details>" for i, r in enumerate(fn.records))
+    return "\n".join(f"<details><summary>{i:02d} {_escape(r.name)} ({r.nodes} nodes)</summary>"
+                     f"<pre>{_escape(r.text)}</pre></details>" for i, r in enumerate(fn.records))

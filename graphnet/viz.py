@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import linecache
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -23,6 +24,8 @@ from .program import Program
 COLOURS = {"input": "#eeeeee", "forward": "#cfe2ff", "backward": "#ffd8a8", "update": "#c3f0c8"}
 SOURCE_OPS = {"placeholder", "variable", "constant", "batch_size"}
 FORMATS = {"svg", "png", "pdf"}
+# control characters (C0, DEL, C1), line and paragraph separators, lone surrogates: never raw in output
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Mapping[Node, str] | None = None,
@@ -175,9 +178,16 @@ def render(dot_text: str, path: str) -> str:
 
 
 def quote(text: Any) -> str:
-    """A DOT double-quoted string; newlines become DOT's centred line breaks."""
-    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    """A DOT double-quoted string; newlines become DOT's centred line breaks, other control
+    characters and lone surrogates (which break `dot` and UTF-8 files) show as Python escapes."""
+    lines = (printable(line).replace("\\", "\\\\").replace('"', '\\"') for line in str(text).split("\n"))
+    return '"' + "\\n".join(lines) + '"'
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with each control character (but those in `keep`) and lone surrogate written as its
+    Python escape (NUL as \\x00)."""
+    return UNPRINTABLE.sub(lambda m: m.group() if m.group() in keep else ascii(m.group())[1:-1], text)
 
 
 def _run_dot(exe: str, fmt: str, dot_text: str) -> bytes:
@@ -241,7 +251,8 @@ def _legend(title: str | None, kinds: set[str], writes: bool) -> list[str]:
     """The graph label: the title over one coloured cell per kind present (and the update edges' style)."""
     rows = []
     if title:
-        rows.append(f'<tr><td colspan="{max(len(kinds) + writes, 1)}">{html.escape(title, quote=False)}</td></tr>')
+        rows.append(f'<tr><td colspan="{max(len(kinds) + writes, 1)}">{html.escape(printable(title), quote=False)}'
+                    f'</td></tr>')
     if kinds:
         cells = "".join(f'<td bgcolor="{COLOURS[k]}"> {k} </td>' for k in COLOURS if k in kinds)
         if writes:

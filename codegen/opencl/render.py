@@ -32,8 +32,8 @@ _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int
           "u1": "uchar", "u2": "ushort", "u4": "uint", "u8": "ulong", "b1": "bool"}
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "xor": "^", "shr": ">>",
           "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-_FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh",
-               "pow": "pow", "max": "gn_max", "min": "gn_min"}
+_FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs",
+               "pow": "pow", "max": "gn_max", "min": "gn_min"}  # tanh: _KernelWriter.tanh
 _INT_CALL = {"max": "max", "min": "min", "abs": "gn_iabs"}
 GROUP_REDUCE_MIN = 1024  # a static reduction at least this long may use a work-group per kept element
 BUSY_PER_UNIT = 32  # work-items per compute unit below which a flat kernel leaves the device idle
@@ -260,8 +260,10 @@ class _KernelWriter:
             return f"({self.ctype(e.dtype)})({args[0]})"
         if name == "select":
             return f"({args[0]} ? {args[1]} : {args[2]})"
-        if name == "neg":
-            return f"(-{args[0]})"
+        if name == "neg":  # parenthesised: `-` before a negative literal would read as `--`
+            return f"(-({args[0]}))"
+        if name == "tanh" and src.kind == "f":
+            return self.tanh(args[0], src)
         if name in _INFIX:
             return f"({args[0]} {_INFIX[name]} {args[1]})"
         table = _FLOAT_CALL if src.kind == "f" else _INT_CALL
@@ -270,6 +272,14 @@ class _KernelWriter:
         if name == "abs" and src.kind in "ub":
             return args[0]
         raise NotImplementedError(f"scalar instruction {name} on {src} has no OpenCL C rendering")
+
+    def tanh(self, x: str, dtype: np.dtype) -> str:
+        """tanh that reaches +-1: beyond |x| = (mant + 3)/2 * ln2, tanh(x) rounds to +-1 (its distance
+        from 1, about 2 exp(-2|x|), is under half an ulp of 1), but pocl's float tanh stays one ulp
+        short even at +-inf; a NaN fails the comparison and goes to tanh."""
+        limit = (np.finfo(dtype).nmant + 3) / 2 * math.log(2)
+        one = literal(1.0, dtype)
+        return f"(fabs({x}) > {literal(limit, dtype)} ? copysign({one}, {x}) : tanh({x}))"
 
     def stores(self, depth: int) -> None:
         memo: dict = {}

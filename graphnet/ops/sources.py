@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph import Graph, Node, Variable, get_default_graph
+from ..graph import Graph, Node, Variable, check_name, get_default_graph
 from ..source import user_location
 from .base import Op, register
 
@@ -58,6 +58,7 @@ class BatchSize(Source):
 def placeholder(name: str, shape: tuple, dtype: Any = np.float32, graph: Graph | None = None) -> Node:
     """An input fed at call time by `name`; a `None` dimension is the batch size."""
     graph = graph if graph is not None else get_default_graph()  # an empty Graph is falsy (len 0)
+    check_name(name, "placeholder")
     shape = tuple(None if d is None else int(d) for d in shape)
     if sum(d is None for d in shape) > 1:
         raise ShapeError(f"placeholder '{name}': only one dimension may be None (the batch)")
@@ -77,6 +78,7 @@ def variable(name: str, initial_value: Any, trainable: bool = True, dtype: Any =
              graph: Graph | None = None) -> Node:
     """A persistent tensor (a parameter or optimizer state); `.value` / `.assign` read and set it."""
     graph = graph if graph is not None else get_default_graph()  # an empty Graph is falsy (len 0)
+    check_name(name, "variable")
     arr = np.array(initial_value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and not isinstance(initial_value, np.ndarray):
         arr = arr.astype(np.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -94,7 +95,8 @@ class Optimizer:
     # ---- public API -------------------------------------------------------------------------
     def minimize(self, loss: Node, var_list: Sequence[Node] | None = None) -> Updates:
         """Differentiate `loss` with respect to `var_list` (default: every trainable variable it
-        depends on) and return the parameter, state and step updates."""
+        depends on) and return the parameter, state and step updates. A variable with no
+        differentiable path to the loss gets no update and no state (a warning if var_list names it)."""
         if not isinstance(loss, Node):
             raise TypeError(f"minimize: loss must be a graph node, got {type(loss).__name__}")
         if loss.shape != ():
@@ -103,8 +105,16 @@ class Optimizer:
         if loss.dtype.kind != "f":
             raise TypeError(f"minimize: the loss must be a float scalar, got {loss.dtype}")
         params = self._connected_params(loss, var_list)
-        grads = gradients(loss, params)
-        return self.apply_gradients(list(zip(grads, params)))
+        grads = gradients(loss, params, unconnected="none")
+        # as torch.optim skips a parameter whose grad is None: a variable without a differentiable
+        # path to the loss gets no update at all (no weight decay, no momentum or moment change)
+        pairs = [(g, p) for g, p in zip(grads, params) if g is not None]
+        if var_list is not None:
+            _warn_skipped([p for g, p in zip(grads, params) if g is None], loss)
+        if not pairs:
+            raise ValueError(f"minimize: no trainable variable is connected to the loss {loss.name} "
+                             f"(created at {loss.source}) by a differentiable path")
+        return self.apply_gradients(pairs)
 
     def apply_gradients(self, grads_and_vars: Sequence[tuple[Node, Node]]) -> Updates:
         """The updates for given (gradient, parameter) pairs (what `minimize` returns)."""
@@ -207,6 +217,17 @@ def _check_param(p: Any, where: str) -> None:
         raise ValueError(f"{where}: variable {p.name} is not trainable")
     if p.dtype.kind != "f":
         raise TypeError(f"{where}: variable {p.name} has dtype {p.dtype}; only float variables are trained")
+
+
+def _warn_skipped(skipped: list[Node], loss: Node) -> None:
+    """Say which variables of an explicit var_list the loss depends on without a gradient: they
+    look trained but are not (one the loss does not depend on at all is skipped silently, as a
+    shared parameter list often holds some)."""
+    if skipped:
+        names = ", ".join(repr(p.attrs["name"]) for p in skipped)
+        warnings.warn(f"minimize: var_list variable(s) {names} reach the loss {loss.name} only through "
+                      f"non-differentiable ops (comparisons, integer casts, stop_gradient): no gradient, so they "
+                      f"are not updated", stacklevel=3)
 
 
 def _unique_name(graph: Graph, base: str) -> str:
