@@ -351,3 +351,14 @@ def test_quote_escapes_control_characters():
     text.encode("utf-8")
     html = report._escape("<a\x00b>\tc\nd\udcff")
     assert html == "&lt;a\\x00b&gt;\tc\nd\\udcff"  # generated code keeps its tabs and newlines
+
+
+def test_a_variable_reached_only_through_sign_gets_a_zero_gradient_like_torch():
+    """torch's sign() has a zero gradient (not None), so weight decay still moves such a parameter."""
+    w = gn.variable("w_sign", np.array([0.5, -2.0], np.float32))
+    loss = gn.sum(gn.sign(w))
+    (g,) = gn.gradients(loss, [w], unconnected="none")
+    assert g is not None
+    step = gn.compile([loss], updates=gn.optim.SGD(lr=0.1, weight_decay=0.5).minimize(loss), backend="numpy")
+    step()
+    np.testing.assert_allclose(w.value, [0.5 - 0.1 * 0.25, -2.0 + 0.1 * 1.0], rtol=1e-6)

@@ -52,7 +52,7 @@ UNARY = [
     Unary("log", np.log, lambda x, y, g: g / x, lambda s, x: s.log(x), low=0.2, high=3.0),
     Unary("sqrt", np.sqrt, lambda x, y, g: g / (2 * y), lambda s, x: s.sqrt(x), low=0.2, high=3.0),
     Unary("abs", np.abs, lambda x, y, g: g * ops.sign(x), lambda s, x: s.abs(x), smooth=False),
-    Unary("sign", np.sign, lambda x, y, g: None,
+    Unary("sign", np.sign, lambda x, y, g: ops.zeros_like(g),  # zero, not None: torch's sign has a gradient
           lambda s, x: s.select(s.gt(x, 0), 1, s.select(s.lt(x, 0), -1, s.mul(x, 0))), smooth=False),
     Unary("tanh", np.tanh, lambda x, y, g: g * (1 - y * y), lambda s, x: s.tanh(x)),
     Unary("sigmoid", _stable_sigmoid, lambda x, y, g: g * y * (1 - y),
