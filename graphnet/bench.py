@@ -36,7 +36,8 @@ from . import __version__
 from .ceilings import C_STEP_MAX_FLOPS, Ceiling, c_step, ctypes_call, fma_peak
 from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads, grid_data
 
-GRAPHNET_SYSTEMS = {"graphnet-llvm": "llvm", "graphnet-numpy": "numpy"}
+GRAPHNET_SYSTEMS = {"graphnet-llvm": ("llvm", True), "graphnet-numpy": ("numpy", True),
+                    "graphnet-llvm-unfused": ("llvm", False)}  # unfused: without the optimizer-fusion pass
 CEILINGS = ("gemm-floor", "ctypes-call", "c-step", "fma-peak")
 DEFAULT_SYSTEMS = "graphnet-llvm,graphnet-numpy,numpy,torch,torch-fused,jax"
 SETTLE = 0.02  # seconds of rest before each timed loop, so the previous system's spinning threads go idle
@@ -104,7 +105,7 @@ def _peer_system(peer: Peer) -> System:
     return System(peer.name, peer.version, peer.threads, peer.step, peer.note)
 
 
-def graphnet_system(config: GridConfig, backend: str) -> System:
+def graphnet_system(config: GridConfig, backend: str, fuse_optimizer: bool = True) -> System:
     """A graphnet training step, compiled with an empty cache (cold), then again with it filled (warm).
 
     graphnet is imported here, not at the top, so that a broken build shows as one failed system.
@@ -119,7 +120,7 @@ def graphnet_system(config: GridConfig, backend: str) -> System:
         try:
             for _ in range(2 if cached else 1):
                 start = time.perf_counter()
-                model = build_grid_model(config.name, backend)
+                model = build_grid_model(config.name, backend, fuse_optimizer=fuse_optimizer)
                 times.append(time.perf_counter() - start)
         finally:
             if previous is None:
@@ -129,8 +130,9 @@ def graphnet_system(config: GridConfig, backend: str) -> System:
     feeds = model.feeds(*grid_data(config))
     fn = model.step
     threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if cached else blas_threads()
-    return System(f"graphnet-{backend}", __version__, threads, lambda: fn(**feeds), f"backend={backend}",
-                  times[0], times[1] if cached else None)
+    name = f"graphnet-{backend}" + ("" if fuse_optimizer else "-unfused")
+    note = f"backend={backend}" + ("" if fuse_optimizer else ", fuse_optimizer=False")
+    return System(name, __version__, threads, lambda: fn(**feeds), note, times[0], times[1] if cached else None)
 
 
 def gemm_floor(config: GridConfig) -> System:
@@ -162,7 +164,7 @@ NATIVE_CEILINGS: dict[str, Callable[[GridConfig], Ceiling]] = {
 
 def build_system(name: str, config: GridConfig) -> System:
     if name in GRAPHNET_SYSTEMS:
-        return graphnet_system(config, GRAPHNET_SYSTEMS[name])
+        return graphnet_system(config, *GRAPHNET_SYSTEMS[name])
     if name == "gemm-floor":
         return gemm_floor(config)
     if name in NATIVE_CEILINGS:
@@ -372,6 +374,11 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
                 rows.append(row)
             lines += [f"### {system}: speed-up over each peer (> 1: graphnet faster) and distance to the ceilings",
                       ""] + _table(header, rows) + [""]
+        if {"graphnet-llvm", "graphnet-llvm-unfused"} <= set(names):
+            rows = [[GRID[name].label, _ratio(_median(entries.get("graphnet-llvm-unfused")),
+                                              _median(entries.get("graphnet-llvm")))] for name, entries in configs.items()]
+            lines += ["### What the optimizer-fusion pass buys: step time without it / with it", ""] + _table(
+                ["config", "graphnet-llvm-unfused / graphnet-llvm"], rows) + [""]
         lines += _compile_table(configs, names) + _systems_table(configs, names)
         errors = [f"- {name} / {system}: {entry['error']}" for name, entries in configs.items()
                   for system, entry in entries.items() if "error" in entry]

@@ -36,11 +36,12 @@ class GridModel:
         return {"x": x, "y": y}
 
 
-def build_grid_model(name: str, backend: str = "llvm", optimizer: Any = "adam") -> GridModel:
+def build_grid_model(name: str, backend: str = "llvm", optimizer: Any = "adam",
+                     fuse_optimizer: bool = True) -> GridModel:
     """Compile the training step of grid configuration `name` (tiny, small, medium, large, wide).
 
     `optimizer` is "adam" (the grid's Adam: lr 1e-3, betas (0.9, 0.999), eps 1e-8), another
-    optimizer's name with lr 1e-3, or a `gn.optim` optimizer object.
+    optimizer's name with lr 1e-3, or a `gn.optim` optimizer object; `fuse_optimizer` as in `gn.compile`.
     """
     if name not in GRID:
         raise ValueError(f"unknown grid configuration '{name}' (choose from {', '.join(GRID)})")
@@ -56,7 +57,7 @@ def build_grid_model(name: str, backend: str = "llvm", optimizer: Any = "adam") 
                 h = ACTIVATIONS[config.activation](h)
         loss = LOSSES[config.loss](h, y)
         updates = _optimizer(optimizer).minimize(loss)
-        step = compile([loss], updates=updates, backend=backend)
+        step = compile([loss], updates=updates, backend=backend, fuse_optimizer=fuse_optimizer)
     return GridModel(step, graph, config)
 
 
