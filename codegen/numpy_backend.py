@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphnet.errors import NumericsError
+from graphnet.function import step_lock
 from graphnet.program import Program
 
 
@@ -18,6 +19,7 @@ class NumpyBackend:
         self.order = program.nodes()
         self.placeholders = sorted(program.placeholders, key=lambda p: p.attrs["name"])
         self.check_numerics = options.check_numerics
+        self.lock = step_lock(program)  # held by run: the step reads and writes its variables in place
 
     def evaluate(self, arrays: list[np.ndarray], batch: int) -> dict:
         env = dict(zip(self.placeholders, arrays))
@@ -45,12 +47,13 @@ class NumpyBackend:
         return env
 
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
-        env = self.evaluate(arrays, batch)
-        results = [np.array(env[f], copy=True) for f in self.program.fetches]
-        new_values = [np.array(env[value], copy=True) for _, value in self.program.updates]
-        for (var, _), value in zip(self.program.updates, new_values):
-            var.attrs["var"].array[...] = value
-        return results
+        with self.lock.hold():
+            env = self.evaluate(arrays, batch)
+            results = [np.array(env[f], copy=True) for f in self.program.fetches]
+            new_values = [np.array(env[value], copy=True) for _, value in self.program.updates]
+            for (var, _), value in zip(self.program.updates, new_values):
+                var.attrs["var"].array[...] = value
+            return results
 
     @staticmethod
     def _check(node, value: np.ndarray, env: dict) -> None:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import operator
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,6 +38,90 @@ BACKENDS = {
     "llvm": "codegen.llvm.backend:LLVMBackend",
     "opencl": "codegen.opencl.backend:OpenCLBackend",
 }
+
+
+class StepLock:
+    """The lock every compiled function using one group of variables holds while its step runs.
+
+    Variables used by one function form a group, and groups merge when a new function uses variables
+    of several: so a function called from several threads, and functions sharing a variable (on any
+    backends), run one step at a time, while functions with disjoint variables run in parallel. A
+    function with no variables has a group of its own (its buffers still need the lock).
+
+    `with step_lock.hold():` holds it (re-entrant: a backend's `run` takes it again under the
+    Function's). A merge gives the absorbed groups' StepLocks the surviving group's `lock` after
+    acquiring theirs, so a caller that acquired `self.lock` and still finds it there holds the
+    group's lock; one that finds another lock there acquired an absorbed one and must retry (the
+    LLVM call paths do the same check).
+    """
+
+    __slots__ = ("lock", "root", "members", "serial")
+    _serials = itertools.count()
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.root = self  # the group's surviving StepLock; its `members` share its lock
+        self.members = [self]
+        self.serial = next(StepLock._serials)  # merges acquire groups' locks in this order
+
+    def hold(self) -> "_Held":
+        """A context manager holding the group's lock."""
+        return _Held(self)
+
+    def absorb(self, other: "StepLock") -> None:
+        """Merge `other`'s group into this one (both roots), once no step of either runs."""
+        locks = [s.lock for s in sorted((self, other), key=lambda s: s.serial)]
+        for lock in locks:
+            lock.acquire()
+        try:
+            for member in other.members:
+                member.lock, member.root = self.lock, self
+            self.members += other.members
+            other.members = []
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+
+class _Held:
+    """`StepLock.hold()`: releases the lock it acquired, whatever a merge did meanwhile."""
+
+    __slots__ = ("step_lock", "lock")
+
+    def __init__(self, step_lock: StepLock):
+        self.step_lock = step_lock
+
+    def __enter__(self) -> None:
+        step_lock = self.step_lock
+        lock = step_lock.lock
+        lock.acquire()
+        while lock is not step_lock.lock:  # merged while this thread waited: the group's lock is another
+            lock.release()
+            lock = step_lock.lock
+            lock.acquire()
+        self.lock = lock
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
+_merging = threading.Lock()  # one merge of groups at a time
+
+
+def step_lock(program: Program) -> StepLock:
+    """The StepLock of a compiled program's variables: their groups merged into one (the oldest
+    group survives), joined by the variables in no group yet; a new group where there are none."""
+    variables = {id(v.attrs["var"]): v.attrs["var"] for v in program.variables}.values()
+    with _merging:
+        roots = sorted({id(v.step_lock.root): v.step_lock.root for v in variables if v.step_lock}.values(),
+                       key=lambda s: s.serial)
+        group = roots[0] if roots else StepLock()
+        for other in roots[1:]:
+            group.absorb(other)
+        for var in variables:
+            if var.step_lock is None:
+                var.step_lock = group
+    return group
 
 
 @dataclass(frozen=True)
@@ -81,7 +167,8 @@ class Function(_CallBase):
     """A compiled function: call it with feeds by placeholder name, `fn(x=..., labels=...)`.
 
     The call passes the feeds to `self._call`: the backend's shorter path for the common case where it
-    has one (`fast_call`), else `_general`.
+    has one (`fast_call`), else `_general`. Every step holds `step_lock`, the StepLock of the function's
+    variables, so calls from several threads are safe (one step at a time per group of variables).
     """
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
@@ -91,7 +178,12 @@ class Function(_CallBase):
         needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
                               needs_batch)
+        # A backend's run holds its variables' StepLock (`lock`); around a backend without one, the Function does.
+        lock = getattr(executable, "lock", None)
+        self.step_lock: StepLock = lock if isinstance(lock, StepLock) else step_lock(program)
         self._check, self._run = self.feeds.check, executable.run  # bound once: the per-call path is short
+        if lock is not self.step_lock:
+            self._run = _locked(executable.run, self.step_lock)
         fast = getattr(executable, "fast_call", None)
         general = weakref.WeakMethod(self._general)  # no cycle through the fast path: arenas free on `del`
         self._call = (fast and fast(self.feeds, rebuild, lambda feeds: general()(feeds))) or self._general
@@ -115,15 +207,16 @@ class Function(_CallBase):
 
     def _run_coherent(self, arrays: list, batch: int) -> list:
         """A host backend's step on variables that also live on a device: read the newest values
-        first, then tell the device copies what this step wrote."""
-        for var in self._host_reads:
-            for mirror in var.mirrors:
-                mirror.pull(var)
-        out = self._run(arrays, batch)
-        for var in self._host_writes:
-            for mirror in var.mirrors:
-                mirror.push(var)
-        return out
+        first, then tell the device copies what this step wrote (all under the step lock)."""
+        with self.step_lock.hold():
+            for var in self._host_reads:
+                for mirror in var.mirrors:
+                    mirror.pull(var)
+            out = self._run(arrays, batch)
+            for var in self._host_writes:
+                for mirror in var.mirrors:
+                    mirror.push(var)
+            return out
 
     def dump(self, directory: str) -> str:
         """Write the graph after each pass and the backend's artifacts (loop IR, code) into `directory`."""
@@ -135,6 +228,14 @@ class Function(_CallBase):
         restored afterwards. Returns a `graphnet.profile.Profile` (print it for a table)."""
         from .profile import profile
         return profile(self, feeds, repeats)
+
+
+def _locked(run: Any, lock: StepLock) -> Any:
+    """`run` holding `lock`."""
+    def locked_run(arrays: list, batch: int) -> list:
+        with lock.hold():
+            return run(arrays, batch)
+    return locked_run
 
 
 def _flatten(fetches: Any):

@@ -6,6 +6,7 @@ immutable and interned by structure, so building the same expression twice yield
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -78,6 +79,7 @@ class Variable:
         self.array = np.array(value, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
         self.trainable = trainable
         self.mirrors: list[Any] = []
+        self.step_lock: Any = None  # graphnet.function.StepLock: held by the steps that use it, read and write
 
     any_mirrors = False  # set once any variable gets a device copy: host backends then keep them coherent
 
@@ -86,9 +88,10 @@ class Variable:
         Variable.any_mirrors = True
 
     def read(self) -> np.ndarray:
-        for mirror in self.mirrors:
-            mirror.pull(self)
-        return self.array.copy()
+        with self._held():
+            for mirror in self.mirrors:
+                mirror.pull(self)
+            return self.array.copy()
 
     def write(self, value: Any) -> None:
         value = np.asarray(value)
@@ -96,9 +99,14 @@ class Variable:
             raise ValueError(f"assign to variable '{self.name}': expected shape {self.array.shape}, got {value.shape}")
         if value.dtype.kind not in "fiub":
             raise TypeError(f"assign to variable '{self.name}': cannot assign dtype {value.dtype}")
-        self.array[...] = value  # in place: native code holds this buffer's address
-        for mirror in self.mirrors:
-            mirror.push(self)
+        with self._held():
+            self.array[...] = value  # in place: native code holds this buffer's address
+            for mirror in self.mirrors:
+                mirror.push(self)
+
+    def _held(self) -> Any:
+        """Its step lock held: no step that uses the variable runs meanwhile."""
+        return self.step_lock.hold() if self.step_lock is not None else contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return self.name

@@ -7,10 +7,14 @@
  * is called with the feeds dict. It runs the step only when the feeds are exactly what the general
  * path last accepted (FeedSpec.last): the same names, exact ndarrays of the placeholders' dtypes
  * (identity), the same shapes, C-contiguous, no device mirrors, and the arena sized for that batch.
- * Anything else is `general(feeds)`, which converts, explains and raises. Then, under the backend's
- * lock (as in LLVMBackend.run): the arena's batch is checked again (another thread may have changed
- * it), the changed input addresses are written to the slot table, the step runs with the GIL
- * released, and the fetches are copied out.
+ * Anything else is `general(feeds)`, which converts, explains and raises. Then, holding the step
+ * lock of the function's variables (backend.lock, a graphnet.function.StepLock, as LLVMBackend.run
+ * does): the arena's batch is checked again (another thread may have changed it), the inputs' data
+ * pointers are written to the slot table (every call: an array keeps its identity when resize or
+ * __setstate__ moves its data), the step runs with the GIL released, and the fetches are copied out.
+ * The lock is `step_lock.lock`: a merge of variable groups replaces it (after acquiring the old
+ * one), so a call acquires the lock it last found there and checks that it still is; otherwise it
+ * remembers the new one and the general path takes it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,12 +34,26 @@ typedef struct {
     Py_ssize_t n;
     void **slot_table;          /* the backend's buffer address table (a ctypes array) */
     step_fn step;
-    PyObject *last_inputs;      /* backend.last_inputs: the array object behind each input slot */
-    PyObject *acquire, *release;
+    PyObject *step_lock;        /* backend.lock: its `lock` attribute is the lock a call holds */
+    PyObject *lock, *acquire, *release;  /* the lock last found there, and its bound methods */
     PyObject *rebuild, *general;  /* rebuild is None when the fetches are returned as a list */
 } FastCall;
 
-static PyObject *s_batch, *s_fetch_views, *s_last, *s_any_mirrors;
+static PyObject *s_batch, *s_fetch_views, *s_last, *s_any_mirrors, *s_lock, *s_acquire, *s_release;
+
+/* Remember `lock` (the one now in step_lock.lock) and its bound methods; 0, or -1 with an exception. */
+static int set_lock(FastCall *self, PyObject *lock) {
+    PyObject *acquire = PyObject_GetAttr(lock, s_acquire);
+    PyObject *release = acquire != NULL ? PyObject_GetAttr(lock, s_release) : NULL;
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return -1;
+    }
+    Py_XSETREF(self->lock, Py_NewRef(lock));
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    return 0;
+}
 
 static PyObject *general_path(FastCall *self, PyObject *feeds) {
     return PyObject_CallOneArg(self->general, feeds);
@@ -100,14 +118,8 @@ static PyObject *run_locked(FastCall *self, PyObject **inputs, int64_t batch, in
         *miss = 1;
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < self->n; i++) {
-        PyObject *a = inputs[i];
-        if (PyList_GET_ITEM(self->last_inputs, i) != a) {  /* the same array keeps its address */
-            self->slot_table[self->slots[i]] = PyArray_DATA((PyArrayObject *)a);
-            Py_INCREF(a);
-            PyList_SetItem(self->last_inputs, i, a);
-        }
-    }
+    for (Py_ssize_t i = 0; i < self->n; i++)
+        self->slot_table[self->slots[i]] = PyArray_DATA((PyArrayObject *)inputs[i]);
     Py_BEGIN_ALLOW_THREADS
     self->step(batch, self->slot_table);
     Py_END_ALLOW_THREADS
@@ -159,18 +171,31 @@ static PyObject *fastcall_call(FastCall *self, PyObject *const *args, size_t nar
         return PyErr_NoMemory();
     long long batch = 0;
     int miss = 0, ok = check_feeds(self, feeds, inputs, &batch);
-    PyObject *result = NULL, *held = ok == 1 ? PyObject_CallNoArgs(self->acquire) : NULL;
-    if (held != NULL) {
-        Py_DECREF(held);
-        result = run_locked(self, inputs, batch, &miss);
-        PyObject *released = PyObject_CallNoArgs(self->release);
-        if (released == NULL)
-            Py_CLEAR(result);
-        Py_XDECREF(released);
+    PyObject *result = NULL;
+    if (ok == 1) {
+        /* this call's own references: another thread may replace the remembered lock meanwhile */
+        PyObject *lock = Py_NewRef(self->lock), *acquire = Py_NewRef(self->acquire);
+        PyObject *release = Py_NewRef(self->release), *held = PyObject_CallNoArgs(acquire);
+        if (held != NULL) {
+            Py_DECREF(held);
+            PyObject *now = PyObject_GetAttr(self->step_lock, s_lock);
+            if (now == lock)
+                result = run_locked(self, inputs, batch, &miss);
+            else if (now != NULL && (now == self->lock || set_lock(self, now) == 0))
+                miss = 1;  /* a merge replaced the lock: the general path takes the new one */
+            Py_XDECREF(now);
+            PyObject *released = PyObject_CallNoArgs(release);
+            if (released == NULL)
+                Py_CLEAR(result);
+            Py_XDECREF(released);
+        }
+        Py_DECREF(lock);
+        Py_DECREF(acquire);
+        Py_DECREF(release);
     }
     if (inputs != inputs_small)
         PyMem_Free(inputs);
-    if (ok == 0 || miss)
+    if (ok == 0 || (miss && !PyErr_Occurred()))
         return general_path(self, feeds);
     if (result != NULL && self->rebuild != Py_None) {
         PyObject *rebuilt = PyObject_CallOneArg(self->rebuild, result);
@@ -194,28 +219,21 @@ static PyObject *fastcall_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_ValueError, "FastCall: one dtype and slot per name, and non-null addresses");
         return NULL;
     }
-    PyObject *last_inputs = PyObject_GetAttrString(backend, "last_inputs");
-    PyObject *lock = last_inputs ? PyObject_GetAttrString(backend, "lock") : NULL;
-    if (lock == NULL || !PyList_CheckExact(last_inputs) || PyList_GET_SIZE(last_inputs) != n) {
-        Py_XDECREF(last_inputs);
-        Py_XDECREF(lock);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "FastCall: backend.last_inputs must be a list, one entry per name");
+    PyObject *step_lock = PyObject_GetAttrString(backend, "lock");
+    if (step_lock == NULL)
         return NULL;
-    }
     FastCall *self = (FastCall *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        Py_DECREF(last_inputs);
-        Py_DECREF(lock);
+        Py_DECREF(step_lock);
         return NULL;
     }
     self->vectorcall = (vectorcallfunc)fastcall_call;
-    self->last_inputs = last_inputs;
-    self->acquire = PyObject_GetAttrString(lock, "acquire");
-    self->release = PyObject_GetAttrString(lock, "release");
-    Py_DECREF(lock);
+    self->step_lock = step_lock;
+    PyObject *lock = PyObject_GetAttr(step_lock, s_lock);
+    int remembered = lock != NULL ? set_lock(self, lock) : -1;
+    Py_XDECREF(lock);
     self->slots = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
-    if (self->acquire == NULL || self->release == NULL || self->slots == NULL) {
+    if (remembered < 0 || self->slots == NULL) {
         Py_DECREF(self);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
@@ -247,7 +265,8 @@ static void fastcall_dealloc(FastCall *self) {
     Py_XDECREF(self->variable_class);
     Py_XDECREF(self->names);
     Py_XDECREF(self->dtypes);
-    Py_XDECREF(self->last_inputs);
+    Py_XDECREF(self->step_lock);
+    Py_XDECREF(self->lock);
     Py_XDECREF(self->acquire);
     Py_XDECREF(self->release);
     Py_XDECREF(self->rebuild);
@@ -278,7 +297,11 @@ PyMODINIT_FUNC PyInit__call(void) {
     s_fetch_views = PyUnicode_InternFromString("fetch_views");
     s_last = PyUnicode_InternFromString("last");
     s_any_mirrors = PyUnicode_InternFromString("any_mirrors");
-    if (!s_batch || !s_fetch_views || !s_last || !s_any_mirrors || PyType_Ready(&FastCallType) < 0)
+    s_lock = PyUnicode_InternFromString("lock");
+    s_acquire = PyUnicode_InternFromString("acquire");
+    s_release = PyUnicode_InternFromString("release");
+    if (!s_batch || !s_fetch_views || !s_last || !s_any_mirrors || !s_lock || !s_acquire || !s_release ||
+        PyType_Ready(&FastCallType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -5,13 +5,16 @@ and device, registered as the variable's mirror so `value` and `assign` stay coh
 are uploaded once, temporaries share one arena buffer laid out by codegen/memory.py. A call
 uploads the feeds, enqueues every kernel (arguments are set once; only N changes with the batch)
 and reads the fetched buffers back. `check_numerics=True` compiles every node as its own kernel
-and checks each result after its kernel ran.
+and checks each result after its kernel ran. A call holds the step lock of the function's variables
+(`graphnet.function.StepLock`): it owns the feed buffers, the arena, the kernels' arguments and the
+variables' device copies until its results are read back.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from graphnet.errors import NumericsError
+from graphnet.function import step_lock
 from graphnet.program import Program
 
 from ..loopir import LoopProgram
@@ -54,6 +57,7 @@ class OpenCLBackend:
             elif b.kind == "constant":
                 self.fixed[b.id] = rt.buffer(0, np.ascontiguousarray(self.lp.storage[b.id], b.dtype))
         self.batch = None
+        self.lock = step_lock(program)
         self._layout(INITIAL_CAPACITY)
 
     # ---- buffers ------------------------------------------------------------------------
@@ -91,6 +95,10 @@ class OpenCLBackend:
 
     # ---- calls --------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
+        with self.lock.hold():
+            return self._run(arrays, batch)
+
+    def _run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
         cl, queue = self.cl, self.rt.queue
         if batch > self.plan.capacity:
             self._layout(max(batch, 2 * self.plan.capacity))
