@@ -224,10 +224,27 @@ class Function(_CallBase):
         return dump_function(self, directory)
 
     def profile(self, feeds: dict[str, Any], repeats: int = 20):
-        """Time each native kernel inside the step on these feeds (LLVM backend); the variables are
-        restored afterwards. Returns a `graphnet.profile.Profile` (print it for a table)."""
-        from .profile import profile
-        return profile(self, feeds, repeats)
+        """Time each native kernel inside the step on these feeds (the LLVM backend's `profile`); the
+        variables are restored afterwards. Returns a `codegen.llvm.profile.Profile` (print it for a table)."""
+        if not hasattr(self.executable, "profile"):
+            raise TypeError(f"profiling needs the llvm backend, not {self.options.backend}")
+        arrays, batch = self._check(feeds)
+        variables = {id(v.attrs["var"]): v.attrs["var"] for v in self.program.variables}
+        variables.update({id(v.attrs["var"]): v.attrs["var"] for v, _ in self.program.updates})
+        saved = [(var, var.read()) for var in variables.values()]
+        try:
+            return self.executable.profile(arrays, batch, repeats)
+        finally:
+            for var, value in saved:
+                var.write(value)
+
+    def kernel_map(self) -> dict[Node, str] | None:
+        """Node -> native kernel name (pictures draw kernels as clusters); None for the numpy backend."""
+        lp = getattr(self.executable, "lp", None)
+        if lp is None:
+            return None
+        from .viz import kernel_map
+        return kernel_map(self.program, lp)
 
 
 def _locked(run: Any, lock: StepLock) -> Any:

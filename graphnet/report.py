@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import html
 import re
+from typing import TYPE_CHECKING
 
 from . import viz
-from .function import Function
+
+if TYPE_CHECKING:
+    from .function import Function
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }

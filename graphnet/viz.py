@@ -17,7 +17,6 @@ import subprocess
 import warnings
 from typing import Any, Iterable, Mapping
 
-from .function import Function
 from .graph import Graph, Node, ancestors, shape_str
 from .program import Program
 
@@ -28,17 +27,18 @@ FORMATS = {"svg", "png", "pdf"}
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Mapping[Node, str] | None = None,
+def to_dot(obj: Any, kernels: Mapping[Node, str] | None = None,
            title: str | None = None, cluster_urls: Mapping[str, str] | None = None) -> str:
-    """DOT text for a compiled function, a Program, a whole Graph, or the nodes some outputs need.
+    """DOT text for a Program, a whole Graph, the nodes some outputs need, or a compiled function
+    (anything with `.program` and `.kernel_map()`).
 
     `kernels` (node -> kernel name) draws a backend's kernels as clusters instead of the
-    program's fusion regions; for a compiled function it defaults to `backend_kernels`.
+    program's fusion regions; for a compiled function it defaults to its `kernel_map()`.
     `cluster_urls` (cluster name -> URL) makes clusters links. Scalar constants are written into
     their consumers' labels.
     """
-    if kernels is None and isinstance(obj, Function):
-        kernels = backend_kernels(obj)
+    if kernels is None and _compiled(obj):
+        kernels = obj.kernel_map()
     program = as_program(obj)
     kinds = classify(program)
     groups = dict(program.regions if kernels is None else kernels)
@@ -79,9 +79,13 @@ def to_dot(obj: Function | Program | Graph | Node | Iterable[Node], kernels: Map
     return "\n".join(lines) + "\n"
 
 
+def _compiled(obj: Any) -> bool:
+    return hasattr(obj, "program") and hasattr(obj, "kernel_map")
+
+
 def as_program(obj: Any) -> Program:
     """The Program a picture shows: a function's optimised program, or fetches of the given nodes."""
-    if isinstance(obj, Function):
+    if _compiled(obj):
         return obj.program
     if isinstance(obj, Program):
         return obj
@@ -95,17 +99,14 @@ def as_program(obj: Any) -> Program:
     raise TypeError(f"to_dot: expected a compiled function, Program, Graph or graph nodes, got {type(obj).__name__}")
 
 
-def backend_kernels(fn: Function) -> dict[Node, str] | None:
-    """Node -> kernel name for backends that lower to the loop IR (their `lp`), else None.
+def kernel_map(program: Program, lp: Any) -> dict[Node, str]:
+    """Node -> the name of the loop program `lp`'s kernel that computes it.
 
     A kernel's stores name the nodes it writes; a node computed inside a kernel without being
     stored (e.g. the matmul under a fused bias and activation) joins its consumers' kernel when
     they all share one.
     """
-    lp = getattr(fn.executable, "lp", None)
-    if lp is None:
-        return None
-    nodes = fn.program.nodes()
+    nodes = program.nodes()
     by_name = {n.name: n for n in nodes}
     kernels = {by_name[s.node]: k.name for k in lp.kernels for s in k.stores if s.node in by_name}
     consumers: dict[Node, list[Node]] = {}

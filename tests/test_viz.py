@@ -235,7 +235,7 @@ def test_llvm_kernels_become_clusters_linked_to_their_code(tmp_path):
     b = gn.variable("b", np.zeros(3, np.float32))
     loss = gn.mean(gn.relu(x @ W + b))
     step = gn.compile(loss, updates=[(W, W - 0.1 * gn.gradients(loss, W))], backend="llvm")
-    kernels = viz.backend_kernels(step)
+    kernels = step.kernel_map()
     assert kernels and set(kernels) <= set(step.program.nodes())
     add = next(n for n in step.program.nodes() if n.op.name == "relu").inputs[0]
     matmul = add.inputs[0]

@@ -162,7 +162,7 @@ class LLVMBackend:
     # ---- calls --------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], batch: int, clock_ns: np.ndarray | None = None) -> list[np.ndarray]:
         """The step on checked feeds; with `clock_ns` (int64, one more than the kernels) it also reads the
-        monotonic clock before the first kernel and after each one into it (graphnet/profile.py)."""
+        monotonic clock before the first kernel and after each one into it (profile.py)."""
         with self.lock.hold():  # the native call releases the GIL; one call at a time owns the arena
             if batch != self.batch:
                 self._set_batch(batch)
@@ -179,6 +179,11 @@ class LLVMBackend:
                 self.profiled_step(batch, self.slots_address, clock_ns.ctypes.data, time.CLOCK_MONOTONIC)
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
+
+    def profile(self, arrays: list[np.ndarray], batch: int, repeats: int):
+        """Each kernel's time inside the step on checked feeds (`profile.py`); the steps train."""
+        from .profile import profile_step
+        return profile_step(self, arrays, batch, repeats)
 
     def fast_call(self, spec: FeedSpec, rebuild: Callable, general: Callable[[dict], Any]) -> Callable[[dict], Any] | None:
         """The function's per-call path specialised to its feeds (`call.py`); none with check_numerics."""

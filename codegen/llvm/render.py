@@ -1,7 +1,7 @@
 """Loop IR -> LLVM IR (text), one function per kernel plus the entry point.
 
     void graphnet_step(i64 N, ptr buffers)   calls every kernel in order
-    void graphnet_step_profiled(...)         the same, reading a clock between kernels (graphnet.profile)
+    void graphnet_step_profiled(...)         the same, reading a clock between kernels (profile.py)
     void k<i>_<ops>(i64 N, ptr buffers)        one kernel (check_numerics runs them one by one)
 
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
@@ -83,7 +83,7 @@ class Renderer:
 
     def _profiled_step(self, names: list[str]) -> None:
         """`void graphnet_step_profiled(i64 N, ptr buffers, i64* ns, i32 clock)`: the step, reading
-        clock_gettime(clock) before the first kernel and after each one into ns[0..] (graphnet/profile.py)."""
+        clock_gettime(clock) before the first kernel and after each one into ns[0..] (profile.py)."""
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, I32]), "graphnet_step_profiled")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         clock_gettime = self._declare("clock_gettime", I32, [I32, PTR])

@@ -3,8 +3,8 @@
 The LLVM backend's `graphnet_step_profiled` is the ordinary step with the monotonic clock read before
 the first kernel and after each one, so every kernel is timed where it runs: after the kernels before
 it, with the caches they left (a kernel timed alone, repeatedly, is faster). Each time includes one
-clock read (a one-element kernel measures 20-30 ns). The profiled steps train like ordinary calls;
-`profile` puts every variable back afterwards, so profiling does not change the model.
+clock read (a one-element kernel takes tens of nanoseconds). The profiled steps train like ordinary
+calls; `Function.profile` puts every variable back afterwards, so profiling does not change the model.
 
     prof = step.profile(feeds)      # Function.profile; or `graphnet profile --config medium`
     print(prof)                     # a table: kernel, median us, share, GFLOP/s, nodes and source lines
@@ -61,29 +61,19 @@ class Profile:
         return self.table()
 
 
-def profile(fn: Any, feeds: dict[str, Any], repeats: int = 20) -> Profile:
-    """Run `fn` (an LLVM-compiled Function) `repeats` times on `feeds` (after one warm-up step) with the
-    clock read between kernels, then restore every variable it updated. Feeds are checked as a call
-    checks them."""
-    executable = fn.executable
-    lp = getattr(executable, "lp", None)
-    if not hasattr(executable, "profiled_step") or getattr(executable, "check", False):
-        raise TypeError("profiling needs the llvm backend, compiled without check_numerics")
+def profile_step(backend: Any, arrays: list[np.ndarray], batch: int, repeats: int) -> Profile:
+    """Run the LLVM backend's profiled step `repeats` times on checked feeds (after one warm-up step);
+    the caller restores the variables (the steps train)."""
+    if backend.check:
+        raise TypeError("profiling needs the llvm backend compiled without check_numerics")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    arrays, batch = fn._check(feeds)
-    variables = {id(v.attrs["var"]): v.attrs["var"] for v in fn.program.variables}
-    variables.update({id(v.attrs["var"]): v.attrs["var"] for v, _ in fn.program.updates})
-    saved = [(var, var.read()) for var in variables.values()]
+    lp = backend.lp
     clock = np.zeros(len(lp.kernels) + 1, np.int64)
     samples = []
-    try:
-        for _ in range(repeats + 1):
-            executable.run(arrays, batch, clock)
-            samples.append(np.diff(clock))
-    finally:
-        for var, value in saved:
-            var.write(value)
+    for _ in range(repeats + 1):
+        backend.run(arrays, batch, clock)
+        samples.append(np.diff(clock))
     times = np.median(np.array(samples[1:]), axis=0) * 1e-9
     steps = [s.sum() for s in samples[1:]]
     kernels = tuple(KernelTime(k.name, float(t), _flops(k, batch), tuple(s.node for s in k.stores),
