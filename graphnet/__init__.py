@@ -8,11 +8,7 @@ from .autodiff import gradients
 from .errors import NumericsError, ShapeError
 from .function import Function, compile
 from .graph import Graph, Node, get_default_graph, reset_default_graph
-from .ops import (abs, add, batch_size, broadcast_to, cast, clip, constant, divide, dropout, equal, exp,
-                  greater, greater_equal, leaky_relu, less, less_equal, log, log_softmax, matmul, max, maximum,
-                  mean, minimum, multiply, negative, not_equal, one_hot, ones_like, placeholder, power, relu,
-                  reshape, sigmoid, sign, softmax, softplus, sqrt, stop_gradient, subtract, sum, tanh, transpose,
-                  variable, where, zeros_like)
+from .ops import *  # noqa: F401,F403  (the public op functions: graphnet.ops.__all__, from the registry)
 from .random import set_seed
 from . import callbacks, layers  # noqa: E402
 from .model import Model, Sequential, load_model  # noqa: E402

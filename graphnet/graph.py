@@ -166,28 +166,22 @@ class Node:
     # ---- tensor methods -------------------------------------------------------------------
     @property
     def T(self) -> "Node":
-        from . import ops
-        return ops.transpose(self)
+        return _ops.transpose(self)
 
     def sum(self, axis=None, keepdims: bool = False) -> "Node":
-        from . import ops
-        return ops.sum(self, axis, keepdims)
+        return _ops.sum(self, axis, keepdims)
 
     def mean(self, axis=None, keepdims: bool = False) -> "Node":
-        from . import ops
-        return ops.mean(self, axis, keepdims)
+        return _ops.mean(self, axis, keepdims)
 
     def max(self, axis=None, keepdims: bool = False) -> "Node":
-        from . import ops
-        return ops.max(self, axis, keepdims)
+        return _ops.max(self, axis, keepdims)
 
     def reshape(self, *shape) -> "Node":
-        from . import ops
-        return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+        return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
     def _bin(self, name: str, other: Any, reverse: bool = False) -> "Node":
-        from . import ops
-        fn = getattr(ops, name)
+        fn = getattr(_ops, name)
         return fn(other, self) if reverse else fn(self, other)
 
     def __add__(self, o): return self._bin("add", o)
@@ -208,8 +202,17 @@ class Node:
     def __ge__(self, o): return self._bin("greater_equal", o)
 
     def __neg__(self):
-        from . import ops
-        return ops.negative(self)
+        return _ops.negative(self)
+
+
+_ops: Any = None  # graphnet.ops.api, which Node's operators and methods call
+
+
+def install_op_functions(module: Any) -> None:
+    """Called by graphnet.ops when it loads: the public op functions Node's operators call (graph.py
+    cannot import them, the ops are built on it)."""
+    global _ops
+    _ops = module
 
 
 _local = threading.local()

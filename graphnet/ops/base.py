@@ -40,6 +40,8 @@ class Op:
     kind: str = "elementwise"  # source | elementwise | reduce | matmul | movement | composite
     differentiable: bool = True
     needs_out_shape: bool = False  # numpy() also receives out_shape= (the batch size resolved)
+    signature: str = ""  # "unary" / "binary": the public function gn.<name>(x) / (a, b) is generated
+    #                      from the registry (ops/api.py); otherwise api.py has a hand-written one
     examples: Sequence[Example] = ()
 
     def infer(self, inputs: Sequence[Node], attrs: dict) -> tuple[tuple, np.dtype]:

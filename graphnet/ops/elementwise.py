@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import ops
+from . import api as ops
 from ..errors import ShapeError
 from ..graph import Node
 from .base import FLOATS, REGISTRY, Example, Op, apply, broadcast_shapes, register, require_float, same_dtype
@@ -23,6 +23,7 @@ class Unary(Op):
                  low: float = -2.0, high: float = 2.0, smooth: bool = True):
         self.name, self._ref, self._grad, self._scalar = name, ref, grad, scalar
         self.differentiable = grad is not None
+        self.signature = "unary"
         self.examples = (Example([(None, 3)], low=low, high=high, smooth=smooth), Example([(2, 3, 4)], low=low,
                                                                                           high=high, smooth=smooth))
 
@@ -73,6 +74,7 @@ for _op in UNARY:
     REGISTRY[_op.name] = _op
 REGISTRY["leaky_relu"].examples = (Example([(None, 3)], {"alpha": 0.1}, smooth=False),)
 REGISTRY["clip"].examples = (Example([(None, 3)], {"lo": -0.5, "hi": 0.7}, smooth=False),)
+REGISTRY["leaky_relu"].signature = REGISTRY["clip"].signature = ""  # attributes: functions in api.py
 REGISTRY["stop_gradient"].differentiable = True  # its gradient is defined: zero
 
 
@@ -100,6 +102,7 @@ class Cast(Op):
 # ---- binary (numpy broadcasting) --------------------------------------------------------------
 class Binary(Op):
     kind = "elementwise"
+    signature = "binary"
     examples = (Example([(None, 3), (None, 3)]), Example([(None, 3), (3,)]), Example([(2, 1, 4), (3, 1)]))
 
     def infer(self, inputs, attrs):
@@ -141,6 +144,7 @@ _binary("minimum", np.minimum, lambda a, b, y, g: (ops.where(a < b, g, _half(ops
 
 class Compare(Op):
     kind = "elementwise"
+    signature = "binary"
     differentiable = False
     examples = (Example([(None, 3), (None, 3)]), Example([(None, 3), (3,)]))
 

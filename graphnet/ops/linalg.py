@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from . import api as ops
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import Example, Op, register, require_float, same_dtype

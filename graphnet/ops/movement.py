@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import ops
+from . import api as ops
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import Example, Op, broadcast_shapes, register

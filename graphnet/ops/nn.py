@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from . import api as ops
 from ..errors import ShapeError
 from .base import Example, Op, register, require_float
 

@@ -1,0 +1,188 @@
+"""The public op functions: each builds one graph node through the op registry (see base.py).
+
+Elementwise ops with the plain signatures `f(x)` and `f(a, b)` (`Op.signature` "unary" or "binary")
+get their function from the registry (`function`), so adding such an op is one registry entry; the
+others are written here. The op families' gradient rules call these functions as `ops.<name>`:
+this module imports no family, so the registry can import it.
+"""
+from __future__ import annotations
+
+import builtins
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph import Node, shape_str
+from ..source import user_location
+from .base import REGISTRY, apply, constant, normalize_axes, promote
+from .sources import batch_size, placeholder, variable
+
+
+def function(name: str) -> Callable[..., Node]:
+    """The public function of a registered op whose `signature` is "unary" (f(x)) or "binary" (f(a, b))."""
+    op = REGISTRY[name]
+    if op.signature == "unary":
+        def fn(x: Any) -> Node:
+            return apply(name, [x])
+        fn.__doc__ = f"Elementwise {name}."
+    elif op.signature == "binary":
+        def fn(a: Any, b: Any) -> Node:
+            return apply(name, [a, b])
+        fn.__doc__ = f"Elementwise {name} with numpy broadcasting."
+    else:
+        raise ValueError(f"op {name} has no generated function (signature {op.signature!r})")
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def __getattr__(name: str) -> Callable[..., Node]:
+    """`ops.exp` and the like, generated from the registry on first use."""
+    op = REGISTRY.get(name)
+    if op is None or op.signature not in ("unary", "binary"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    fn = globals()[name] = function(name)
+    return fn
+
+
+def leaky_relu(x: Any, alpha: float = 0.01) -> Node:
+    return apply("leaky_relu", [x], alpha=float(alpha))
+
+
+def clip(x: Any, lo: float, hi: float) -> Node:
+    """Clamp into [lo, hi] (gradient 1 inside, 0 outside, as torch.clamp)."""
+    if lo > hi:
+        raise ValueError(f"clip: lo={lo} > hi={hi}")
+    return apply("clip", [x], lo=float(lo), hi=float(hi))
+
+
+def cast(x: Any, dtype: Any) -> Node:
+    (x,) = promote([x])
+    return x if x.dtype == np.dtype(dtype) else apply("cast", [x], dtype=np.dtype(dtype))
+
+
+def where(cond: Any, a: Any, b: Any) -> Node:
+    return apply("where", [cond, a, b])
+
+
+def matmul(a: Any, b: Any) -> Node:
+    return apply("matmul", [a, b])
+
+
+def transpose(x: Any, perm: Sequence[int] | None = None) -> Node:
+    (x,) = promote([x])
+    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) for p in perm)
+    return apply("transpose", [x], perm=perm)
+
+
+def reshape(x: Any, shape: Sequence[int | None]) -> Node:
+    (x,) = promote([x])
+    return apply("reshape", [x], shape=tuple(shape))
+
+
+def broadcast_to(x: Any, shape: Sequence[int | None]) -> Node:
+    (x,) = promote([x])
+    shape = tuple(shape)
+    return x if x.shape == shape else apply("broadcast_to", [x], shape=shape)
+
+
+def _axes(name: str, axis: Any, x: Node) -> tuple[int, ...]:
+    try:
+        return normalize_axes(axis, x.ndim)
+    except ShapeError as e:
+        raise ShapeError(f"{name}: {e} of {shape_str(x.shape)} (at {user_location()})") from None
+
+
+def _reduce(name: str, x: Any, axis: Any, keepdims: bool) -> Node:
+    (x,) = promote([x])
+    return apply(name, [x], axes=_axes(name, axis, x), keepdims=bool(keepdims))
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    return _reduce("sum", x, axis, keepdims)
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    return _reduce("max", x, axis, keepdims)
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    """Sum divided by the element count (the runtime batch size N once for each reduced batch axis)."""
+    (x,) = promote([x])
+    axes = _axes("mean", axis, x)
+    count = math.prod(x.shape[a] for a in axes if x.shape[a] is not None)
+    total = sum(x, axes, keepdims) * (1.0 / count)
+    for _ in range(builtins.sum(x.shape[a] is None for a in axes)):  # N once per reduced batch axis
+        total = total / batch_size(x)
+    return total
+
+
+def sum_to(x: Node, shape: tuple) -> Node:
+    """Sum a broadcast result back down to `shape` (the gradient of broadcasting)."""
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+    out = sum(x, axes, keepdims=True)
+    return reshape(out, shape)
+
+
+def softmax(x: Any, axis: int = -1) -> Node:
+    (x,) = promote([x])
+    return apply("softmax", [x], axis=_axes("softmax", axis, x)[0])
+
+
+def log_softmax(x: Any, axis: int = -1) -> Node:
+    (x,) = promote([x])
+    return apply("log_softmax", [x], axis=_axes("log_softmax", axis, x)[0])
+
+
+def one_hot(labels: Any, depth: int, dtype: Any = np.float32) -> Node:
+    return apply("one_hot", [labels], depth=int(depth), dtype=np.dtype(dtype))
+
+
+def zeros_like(x: Node) -> Node:
+    return broadcast_to(constant(0, x.dtype, graph=x.graph), x.shape)
+
+
+def ones_like(x: Node) -> Node:
+    return broadcast_to(constant(1, x.dtype, graph=x.graph), x.shape)
+
+
+RNG_STEP = "rng/step"
+
+
+def rng_step(graph) -> Node:
+    """The graph's dropout step counter (a non-trainable int32 variable advanced by training calls)."""
+    if RNG_STEP not in graph.variables:
+        variable(RNG_STEP, np.int32(0), trainable=False, graph=graph)
+    return graph.variables[RNG_STEP]
+
+
+def dropout(x: Any, rate: float, seed: int | None = None) -> Node:
+    """Inverted dropout, active only in functions compiled with training=True."""
+    from ..random import next_dropout_seed
+    if not 0 <= rate < 1:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    (x,) = promote([x])
+    if rate == 0:
+        return x
+    key = next_dropout_seed() if seed is None else int(seed) & 0xFFFFFFFF
+    return graph_dropout(x, rng_step(x.graph), rate=float(rate), seed=key)
+
+
+def graph_dropout(x: Node, step: Node, rate: float, seed: int) -> Node:
+    return apply("dropout", [x, step], rate=rate, seed=seed)
+
+
+def public_names() -> list[str]:
+    """The names `graphnet.ops` (and `graphnet`) export: the functions written here and every
+    registered op with a generated function."""
+    written = [n for n, v in globals().items() if not n.startswith("_") and inspect.isfunction(v)
+               and v.__module__ == __name__ and n not in ("function", "public_names", "graph_dropout", "rng_step")]
+    written += ["batch_size", "placeholder", "variable", "constant"]
+    generated = [n for n, op in REGISTRY.items() if op.signature in ("unary", "binary")]
+    return sorted(set(written + generated))
