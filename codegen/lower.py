@@ -107,7 +107,7 @@ class Lowering:
             if n.op.name == "variable":
                 self.buffer_of[n] = self._buffer(n.attrs["name"], "variable", n.shape, n.dtype)
                 self.storage[self.buffer_of[n]] = n.attrs["var"].array
-            elif n.op.name == "constant" and n.attrs["value"].array.size > 1:
+            elif n.op.name == "constant" and n.attrs["value"].array.size != 1:  # one element: inlined
                 self.buffer_of[n] = self._buffer(n.name, "constant", n.shape, n.dtype)
                 self.storage[self.buffer_of[n]] = n.attrs["value"].array
 

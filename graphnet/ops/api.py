@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import Node, shape_str
 from ..source import user_location
-from .base import REGISTRY, apply, constant, normalize_axes, promote
+from .base import REGISTRY, apply, constant, graph_of, normalize_axes, promote
 from .sources import batch_size, placeholder, variable
 
 
@@ -64,6 +64,9 @@ def cast(x: Any, dtype: Any) -> Node:
 
 
 def where(cond: Any, a: Any, b: Any) -> Node:
+    """`a` where `cond` else `b`; a numpy bool array or Python bool condition stays bool."""
+    if not isinstance(cond, Node) and np.asarray(cond).dtype == np.bool_:
+        cond = constant(np.asarray(cond), graph=graph_of([a, b]))
     return apply("where", [cond, a, b])
 
 

@@ -122,6 +122,15 @@ def _binary(name: str, ref, grad, scalar, low=-2.0, high=2.0, smooth=True):
     register(cls)
 
 
+def _power_grads(a, b, y, g):
+    """torch's conventions where the plain rules give 0 * inf: d/da is 0 where b == 0, and d/db is 0
+    where a == 0 and b >= 0 (the limit of y * log(a) there)."""
+    da = ops.where(ops.equal(b, 0), 0, g * b * a ** (b - 1))
+    log_a = ops.log(a)
+    db = g * y * ops.where(ops.equal(a, 0), ops.where(b >= 0, 0, log_a), log_a)
+    return da, db
+
+
 def _half(c, g):
     return ops.where(c, g * 0.5, 0)
 
@@ -131,8 +140,7 @@ _binary("subtract", np.subtract, lambda a, b, y, g: (g, -g), lambda s, a, b: s.s
 _binary("multiply", np.multiply, lambda a, b, y, g: (g * b, g * a), lambda s, a, b: s.mul(a, b))
 _binary("divide", np.divide, lambda a, b, y, g: (g / b, -g * y / b), lambda s, a, b: s.div(a, b),
         low=0.3, high=2.0)
-_binary("power", np.power, lambda a, b, y, g: (g * b * a ** (b - 1), g * ops.log(a) * y),
-        lambda s, a, b: s.pow(a, b), low=0.3, high=2.0)
+_binary("power", np.power, lambda a, b, y, g: _power_grads(a, b, y, g), lambda s, a, b: s.pow(a, b), low=0.3, high=2.0)
 # PyTorch's convention: at a tie each input gets half the gradient.
 _binary("maximum", np.maximum, lambda a, b, y, g: (ops.where(a > b, g, _half(ops.equal(a, b), g)),
                                                    ops.where(b > a, g, _half(ops.equal(a, b), g))),

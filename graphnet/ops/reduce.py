@@ -49,7 +49,8 @@ class Max(Reduce):
     examples = tuple(Example(e.shapes, e.attrs, smooth=False) for e in Reduce.examples)
 
     def numpy(self, x, axes, keepdims):
-        return np.asarray(np.max(x, axis=axes, keepdims=keepdims), x.dtype)
+        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min  # an empty max, as the native backends
+        return np.asarray(np.max(x, axis=axes, keepdims=keepdims, initial=lowest), x.dtype)
 
     def grad(self, node, g):
         # Ties share the gradient evenly (torch.amax's convention).
