@@ -1,6 +1,6 @@
 """The `graphnet` command: `demo` (train the pass-the-class model), `dump` (pictures and generated
-code of a grid model or of your own script), `profile` (each kernel's time in a grid model's step)
-and `bench` (the benchmark grid).
+code of a grid model or of your own script), `profile` (each kernel's time in a grid model's step),
+`bench` (the benchmark grid) and `fuzz` (random graphs checked on every backend, graphnet.testing).
 
 Mistakes on the command line (unknown options or configurations, missing files) end with exit
 status 2 and one line saying what is wrong, never a traceback.
@@ -43,8 +43,8 @@ def default_backend() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.peers import GRID
     from .function import BACKENDS
-    from .peers import GRID
     parser = _Parser(prog="graphnet", description="graphnet: a compiler for neural-network training steps.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", add_help=False, help="benchmark the training step against numpy, PyTorch and "
                                                       "JAX (options: graphnet bench --help)")
+    commands.add_parser("fuzz", add_help=False, help="differential fuzzing: random graphs on every backend against "
+                                                     "numpy and PyTorch (options: graphnet fuzz --help)")
     return parser
 
 
@@ -87,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if argv[:1] == ["fuzz"]:
+        from .testing.fuzz import main as fuzz_main
+        return fuzz_main(argv[1:], prog="graphnet fuzz")
     args = build_parser().parse_args(argv)
     try:
         return {"demo": _demo, "dump": _dump, "profile": _profile}[args.command](args)
@@ -112,8 +117,8 @@ def _dump(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} exists and is not a folder")
     if args.config:
-        from .grid import build_grid_model
-        from .peers import GRID
+        from .bench.grid import build_grid_model
+        from .bench.peers import GRID
         step = build_grid_model(args.config, backend=args.backend or default_backend()).step
         functions = {f"{GRID[args.config].label} training step": step}
     else:
@@ -133,8 +138,8 @@ def _profile(args: argparse.Namespace) -> int:
         raise UsageError("profiling needs the llvm backend (llvmlite is not installed)")
     if args.threads is not None:
         os.environ["GRAPHNET_NUM_THREADS"] = str(args.threads)
-    from .grid import build_grid_model
-    from .peers import GRID, grid_data
+    from .bench.grid import build_grid_model
+    from .bench.peers import GRID, grid_data
     model = build_grid_model(args.config, backend="llvm")
     result = model.step.profile(model.feeds(*grid_data(GRID[args.config])), repeats=args.repeats)
     print(f"{GRID[args.config].label} training step, llvm backend, {model.step.executable.threads} thread(s)")
@@ -174,9 +179,9 @@ def _script_functions(path: str, backend: str | None) -> dict[str, Any]:
 
 def _bench(argv: list[str]) -> int:
     try:
-        from .bench import main as bench_main
+        from .bench.runner import main as bench_main
     except ModuleNotFoundError as e:
-        if e.name != "graphnet.bench":
+        if e.name not in ("graphnet.bench", "graphnet.bench.runner"):  # any other missing module is a real error
             raise
         print("graphnet bench: error: the benchmark module graphnet.bench is not part of this installation",
               file=sys.stderr)

@@ -1,11 +1,14 @@
 """The benchmark harness: peers train and agree, statistics helpers, tables, and one end-to-end run."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from graphnet import bench
-from graphnet.peers import GRID, PEERS, PeerUnavailable, grid_data
+from graphnet.bench import ceilings, runner
+from graphnet.bench.peers import GRID, PEERS, PeerUnavailable, grid_data
 
 
 def test_grid_flops_follow_benchmarks_md():
@@ -33,8 +36,8 @@ def test_numpy_peer_loss_decreases(config):
 @pytest.mark.parametrize("loss", ["bce_logits", "softmax_ce", "mse"])
 def test_numpy_peer_loss_gradients_match_finite_differences(loss):
     """(Adam hides a wrongly scaled gradient, so the peers' agreement on losses cannot show one.)"""
-    from graphnet.peers import _loss_and_grad
-    config = bench.GridConfig("check", (4, 3), 5, "relu", loss)
+    from graphnet.bench.peers import _loss_and_grad
+    config = runner.GridConfig("check", (4, 3), 5, "relu", loss)
     rng = np.random.default_rng(0)
     z = rng.standard_normal((5, 3))
     y = np.eye(3)[rng.integers(0, 3, 5)] if loss == "softmax_ce" else (rng.random((5, 3)) < 0.5).astype(float)
@@ -51,7 +54,7 @@ def test_numpy_peer_loss_gradients_match_finite_differences(loss):
 def test_numpy_and_torch_peers_agree_on_first_losses(config):
     pytest.importorskip("torch")
     if config == "wide":
-        config = bench.GridConfig("wide-narrow", (16, 64, 8), 32, "tanh", "mse")  # wide's activation and loss
+        config = runner.GridConfig("wide-narrow", (16, 64, 8), 32, "tanh", "mse")  # wide's activation and loss
     else:
         config = GRID[config]
     ours, theirs = PEERS["numpy"](config), PEERS["torch"](config)
@@ -67,7 +70,7 @@ def test_jax_peer_agrees_with_numpy():
 
 
 def test_graphnet_system_trains_the_same_model_as_the_peers():
-    system = bench.graphnet_system(GRID["small"], "numpy")
+    system = runner.graphnet_system(GRID["small"], "numpy")
     peer = PEERS["numpy"](GRID["small"])
     for _ in range(3):
         (loss,) = system.step()
@@ -78,8 +81,8 @@ def test_graphnet_system_trains_the_same_model_as_the_peers():
 def test_missing_peer_is_reported_not_raised(monkeypatch):
     def unavailable(config):
         raise PeerUnavailable("not installed here")
-    monkeypatch.setitem(bench.PEERS, "torch", unavailable)
-    result = bench.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
+    monkeypatch.setitem(runner.PEERS, "torch", unavailable)
+    result = runner.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
     assert result["torch"]["error"] == "not available: not installed here"
     assert result["numpy"]["median"] > 0
 
@@ -88,50 +91,50 @@ def test_failing_system_is_reported_not_raised(monkeypatch):
     def broken(config):
         def step():
             raise FloatingPointError("nan in the loss")
-        return bench.Peer("torch", "0", "1", step)
-    monkeypatch.setitem(bench.PEERS, "torch", broken)
-    result = bench.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
+        return runner.Peer("torch", "0", "1", step)
+    monkeypatch.setitem(runner.PEERS, "torch", broken)
+    result = runner.measure_config(GRID["tiny"], ["torch", "numpy"], repeats=2, min_time=1e-3)
     assert result["torch"] == {"error": "FloatingPointError: nan in the loss"}
     assert result["numpy"]["repeats"] == 2
 
 
 def test_summarize_median_and_range():
-    stats = bench.summarize([3.0, 1.0, 2.0, 10.0])
+    stats = runner.summarize([3.0, 1.0, 2.0, 10.0])
     assert (stats.median, stats.low, stats.high, stats.repeats) == (2.5, 1.0, 10.0, 4)
 
 
 def test_interleaved_order_rotates_and_covers_every_system():
-    rounds = bench.interleaved_order(["a", "b", "c"], 4)
+    rounds = runner.interleaved_order(["a", "b", "c"], 4)
     assert len(rounds) == 4
     assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
     assert [r[0] for r in rounds] == ["a", "b", "c", "a"]
-    assert bench.interleaved_order([], 2) == [[], []]
+    assert runner.interleaved_order([], 2) == [[], []]
 
 
 def test_calibrate_reaches_min_time(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
 
     def step():
         clock[0] += 1e-3
-    assert bench.calibrate(step, 0.01) == 11  # 1 step: 1 ms, too short; then 1.1 x 10 ms worth
-    assert bench.time_loop(step, 5) == pytest.approx(1e-3)
+    assert runner.calibrate(step, 0.01) == 11  # 1 step: 1 ms, too short; then 1.1 x 10 ms worth
+    assert runner.time_loop(step, 5) == pytest.approx(1e-3)
 
 
 def test_thread_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    one = bench.thread_env("1")
+    one = runner.thread_env("1")
     assert one["OPENBLAS_NUM_THREADS"] == one["GRAPHNET_NUM_THREADS"] == one["OMP_NUM_THREADS"] == "1"
-    default = bench.thread_env("all")
+    default = runner.thread_env("all")
     assert "OMP_NUM_THREADS" not in default and "GRAPHNET_NUM_THREADS" not in default
     assert default["PATH"] == one["PATH"]
 
 
 def test_format_time():
-    assert bench.format_time(1.49e-3) == "1.49 ms"
-    assert bench.format_time(880e-9) == "880 ns"
-    assert bench.format_time(None) == "-"
-    assert bench.format_stats({"median": 61.9e-6, "low": 60e-6, "high": 1.2e-4}) == "61.9 us (60-120)"
+    assert runner.format_time(1.49e-3) == "1.49 ms"
+    assert runner.format_time(880e-9) == "880 ns"
+    assert runner.format_time(None) == "-"
+    assert runner.format_stats({"median": 61.9e-6, "low": 60e-6, "high": 1.2e-4}) == "61.9 us (60-120)"
 
 
 def _entry(median):
@@ -144,7 +147,7 @@ def test_markdown_ratios_and_missing_systems():
         "graphnet-llvm": _entry(50e-6), "numpy": _entry(100e-6), "torch": {"error": "not available: no torch"},
         "gemm-floor": _entry(25e-6), "ctypes-call": _entry(1e-6), "c-step": _entry(40e-6),
         "fma-peak": _entry(5e-6)}}}
-    text = bench.markdown([report], ["graphnet-llvm", "numpy", "torch"])
+    text = runner.markdown([report], ["graphnet-llvm", "numpy", "torch"])
     lines = text.splitlines()
     assert "| config | graphnet-llvm | numpy | torch | gemm-floor | ctypes-call | c-step | fma-peak |" in lines
     assert ("| small 64-128-10 b64 | 50 us (45-60) | 100 us (90-120) | - | 25 us (22.5-30) | 1 us (0.9-1.2) | "
@@ -162,8 +165,8 @@ def test_markdown_ratios_and_missing_systems():
 
 def test_bench_end_to_end_tiny(tmp_path):
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    code = bench.main(["--configs", "tiny", "--systems", "graphnet-numpy,numpy", "--threads", "1",
-                       "--repeats", "3", "--min-time", "0.005", "--markdown", str(out), "--json", str(raw)])
+    code = runner.main(["--configs", "tiny", "--systems", "graphnet-numpy,numpy", "--threads", "1",
+                        "--repeats", "3", "--min-time", "0.005", "--markdown", str(out), "--json", str(raw)])
     assert code == 0
     lines = out.read_text().splitlines()
     assert "| config | graphnet-numpy | numpy | gemm-floor | ctypes-call | c-step | fma-peak |" in lines
@@ -173,3 +176,23 @@ def test_bench_end_to_end_tiny(tmp_path):
     for system in ("graphnet-numpy", "numpy", "gemm-floor"):
         assert measured[system]["repeats"] == 3 and measured[system]["low"] <= measured[system]["median"]
     assert measured["graphnet-numpy"]["compile_cold"] > 0
+
+
+@pytest.mark.parametrize("module", ["graphnet.bench", "graphnet.bench.micro.gemm", "graphnet.bench.micro.parallel",
+                                    "graphnet.bench.micro.step"])
+def test_bench_modules_run_with_python_m(module):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
+
+
+def test_the_native_sources_are_package_data():
+    """A non-editable install ships exactly what pyproject.toml's package-data names; ceilings compile them."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parent.parent
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path.relative_to(root) for package, patterns in package_data.items() for pattern in patterns
+               for path in (root / package.replace(".", "/")).glob(pattern)}
+    sources = {path.relative_to(ceilings.NATIVE.parents[2]) for path in ceilings.NATIVE.glob("*.c")}
+    assert {"fma_peak.c", "train_step.c"} <= {path.name for path in sources}
+    assert sources <= shipped

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from graphnet import ceilings
-from graphnet.grid import build_grid_model
-from graphnet.peers import GRID, PEERS, GridConfig, PeerUnavailable, grid_data, grid_params
+from graphnet.bench import ceilings
+from graphnet.bench.grid import build_grid_model
+from graphnet.bench.peers import GRID, PEERS, GridConfig, PeerUnavailable, grid_data, grid_params
 
 pytestmark = pytest.mark.skipif(shutil.which(ceilings.compiler()) is None,
                                 reason=f"no C compiler ({ceilings.compiler()}) found")

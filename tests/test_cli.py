@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from graphnet.cli import main
-from graphnet.grid import build_grid_model
-from graphnet.peers import GRID, grid_data
+from graphnet.bench.grid import build_grid_model
+from graphnet.bench.peers import GRID, grid_data
 
 
 def graphnet(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:

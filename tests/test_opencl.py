@@ -16,9 +16,9 @@ import graphnet as gn
 from codegen.cache import OPENCL_BINARIES
 from codegen.opencl import runtime
 from graphnet.errors import NumericsError
-from graphnet.grid import build_grid_model
+from graphnet.bench.grid import build_grid_model
 from graphnet.ops import REGISTRY
-from graphnet.peers import GRID, grid_data
+from graphnet.bench.peers import GRID, grid_data
 from helpers import apply_op, concrete, example_inputs, float_inputs, input_dtypes
 
 try:

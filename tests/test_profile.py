@@ -9,8 +9,8 @@ import pytest
 
 import graphnet as gn
 from graphnet.cli import main
-from graphnet.grid import build_grid_model
-from graphnet.peers import GRID, grid_data
+from graphnet.bench.grid import build_grid_model
+from graphnet.bench.peers import GRID, grid_data
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 

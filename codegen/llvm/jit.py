@@ -2,7 +2,7 @@
 
 The target machine uses the host's CPU name and feature string read at run time. These CPUs tune
 for 256-bit vectors; with `wide=True` (the default where AVX-512 exists) the feature string gets
-`-prefer-256-bit` so the loop vectorizer emits zmm registers: benchmarks/step_bench.py measures
+`-prefer-256-bit` so the loop vectorizer emits zmm registers: graphnet/bench/micro/step.py measures
 both. Objects are loaded into an MCJIT engine (libm symbols such as log1pf resolve from the
 process), so a cached object needs no linker.
 """

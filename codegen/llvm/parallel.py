@@ -25,7 +25,7 @@ OpenBLAS's threads) needs. Measured on 2 vCPUs shared with other jobs (`pause` ~
 other jobs kept the cores busy, a region after an idle gap cost about as long as the whole spin
 (~0.5 ms at 10,000, 7-24 ms at libgomp's default, 10-38 ms with OMP_WAIT_POLICY=active) against
 ~50 us when nothing spins; back-to-back regions cost 0.6-2 us spinning and 7-18 us not
-(benchmarks/parallel_bench.py, section "spin"). Not spinning at all cost more than measured
+(graphnet/bench/micro/parallel.py, section "spin"). Not spinning at all cost more than measured
 there on a 2-vCPU znver4 VM (`pause` ~25 ns): a sleeping vCPU takes tens of us to wake, and the
 medium grid step (5 regions, serial kernels of up to ~60 us between them) took 1.2 ms on two
 threads against 0.92 ms with a spin of 1,000-2,000; with a nice-19 busy loop on one core, 1,000
@@ -56,7 +56,7 @@ MAX_DEFAULT_THREADS = 8
 the gain per thread shrinks (an unmeasured guess: only 2 cores were available to measure)."""
 
 PARALLEL_MIN_FLOPS = 10_000_000
-"""GEMMs below this many flops (2*M*N*K) stay on one thread (see benchmarks/parallel_bench.py)."""
+"""GEMMs below this many flops (2*M*N*K) stay on one thread (see graphnet/bench/micro/parallel.py)."""
 
 _I32, _I64, _PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 _LIBRARY = "libgomp.so.1"

@@ -6,7 +6,7 @@ tooltip points at the line of this file that created it.
 import os
 
 import graphnet as gn
-from graphnet.grid import build_grid_model
+from graphnet.bench.grid import build_grid_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from . import losses, ops, optim
-from .function import Function, compile
-from .graph import Graph
-from .ops.sources import placeholder, variable
+from graphnet import losses, ops, optim
+from graphnet.function import Function, compile
+from graphnet.graph import Graph
+from graphnet.ops.sources import placeholder, variable
+from graphnet.source import source_of
+
 from .peers import BETAS, EPS, GRID, LR, GridConfig, grid_params
-from .source import source_of
 
 ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh}
 LOSSES = {
@@ -46,7 +47,7 @@ def build_grid_model(name: str, backend: str = "llvm", optimizer: Any = "adam",
     if name not in GRID:
         raise ValueError(f"unknown grid configuration '{name}' (choose from {', '.join(GRID)})")
     config = GRID[name]
-    with Graph() as graph, source_of(f"graphnet/grid.py ({name} model)"):
+    with Graph() as graph, source_of(f"graphnet/bench/grid.py ({name} model)"):
         x = placeholder("x", (None, config.layers[0]))
         y = placeholder("y", (None, config.layers[-1]))
         h = x

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .init import glorot_uniform
+from graphnet.init import glorot_uniform
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 

@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
+from graphnet import __version__
+
 from .ceilings import C_STEP_MAX_FLOPS, Ceiling, c_step, ctypes_call, fma_peak
 from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads, grid_data
 

@@ -3,11 +3,11 @@
 For every dense layer (in -> out) of the small, medium, large and wide configurations it times the
 three GEMMs of a training step: X@W (batch,in)@(in,out), X^T@dY (in,batch)@(batch,out) and
 dY@W^T (batch,out)@(out,in). Each runs as the LLVM backend runs it: the routine for its transposes
-with runtime N and K (a static M only below gemm.SMALL_M), and a product with fewer than
-lower.GEMM_NARROW columns as its transpose (marked "^T" after the label). Median of the repeats,
-GFLOP/s and the ratio to numpy's matmul of the same product.
+with runtime N and K (a static M only below gemm.SMALL_M), and a product the backend computes
+transposed (`gemm_schedule.narrow_columns`) as its transpose (marked "^T" after the label). Median of
+the repeats, GFLOP/s and the ratio to numpy's matmul of the same product.
 
-    python benchmarks/gemm_bench.py [--repeats 7] [--dtype float32] [--config large ...]
+    python -m graphnet.bench.micro.gemm [--repeats 7] [--dtype float32] [--config large ...]
 """
 from __future__ import annotations
 
@@ -17,22 +17,19 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # fall back to the environment, which must be set before numpy loads
-    threadpool_limits = None
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codegen.llvm.gemm import GemmSpec, emit_gemm, specialised_m, workspace_bytes  # noqa: E402
-from codegen.lower import GEMM_NARROW  # noqa: E402
-from codegen.llvm.target import TargetInfo  # noqa: E402
+from codegen.llvm.gemm import GemmSpec, emit_gemm, specialised_m, workspace_bytes
+from codegen.llvm.gemm_schedule import narrow_columns
+from codegen.llvm.target import TargetInfo
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # numpy's thread count then comes from OPENBLAS_NUM_THREADS, read when numpy loads
+    threadpool_limits = None
 
 CONFIGS = {
     "small": (64, [64, 128, 10]),
@@ -95,7 +92,7 @@ def bench_one(label: str, ta: bool, tb: bool, m: int, n: int, k: int, dtype: str
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
     op_a, op_b = (a.T if ta else a), (b.T if tb else b)
     ref = np.empty((m, n), dtype)
-    narrow = n < GEMM_NARROW and m >= 2 * n  # as codegen/lower.py's _narrow_columns
+    narrow = narrow_columns((m, n, k))  # the LLVM backend's rule
     if narrow:  # C^T = op(B)^T @ op(A)^T: B's storage read as the transposed product's A, and A's as its B
         label, a, b, ta, tb, m, n = label + "^T", b, a, not tb, not ta, n, m
     c = np.empty((m, n), dtype)
@@ -125,6 +122,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--config", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
+    if threadpool_limits is None and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        sys.exit("without threadpoolctl, run with OPENBLAS_NUM_THREADS=1")
     target = TargetInfo.host()
     print(f"host {target.cpu}, {target.vector_bits}-bit vectors, fma={target.has_fma}; "
           f"numpy {np.__version__}, 1 thread ({'threadpoolctl' if threadpool_limits else 'env'}); "

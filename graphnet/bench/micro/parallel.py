@@ -1,7 +1,7 @@
 """Threads in generated code: parallel GEMM vs OpenBLAS, parallel-region cost, idle-pool interference.
 
-    python benchmarks/parallel_bench.py [--repeats 7] [--config large wide] [--sections gemm region
-                                          threshold spin]
+    python -m graphnet.bench.micro.parallel [--repeats 7] [--config large wide] [--sections gemm region
+                                              threshold spin]
 
 - gemm: the three GEMMs of every dense layer of the large and wide grid configurations (X@W,
   X^T@dY, dY@W^T), generated code (codegen/llvm/parallel.py over gemm.py) on 1 and 2 threads
@@ -26,22 +26,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
+
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # numpy's thread count then comes from OPENBLAS_NUM_THREADS, one process per count
     threadpool_limits = None
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codegen.llvm import parallel  # noqa: E402
-from codegen.llvm.gemm import GemmSpec  # noqa: E402
-from codegen.llvm.loops import for_range  # noqa: E402
-from codegen.llvm.target import TargetInfo  # noqa: E402
+from codegen.llvm import parallel
+from codegen.llvm.gemm import GemmSpec
+from codegen.llvm.loops import for_range
+from codegen.llvm.target import TargetInfo
 
+MODULE = "graphnet.bench.micro.parallel"  # the worker processes run this module again
 CONFIGS = {"large": (256, [784, 1024, 1024, 10]), "wide": (512, [1024, 4096, 1024])}
 SPIN_SETTINGS = {f"GOMP_SPINCOUNT={parallel.SPIN_COUNT} (graphnet default)": {},
                  "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
@@ -237,7 +237,7 @@ def bench_spin(repeats: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for label, env in SPIN_SETTINGS.items():
         environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-        done = subprocess.run([sys.executable, __file__, "--spin-worker", "--repeats", str(repeats)],
+        done = subprocess.run([sys.executable, "-m", MODULE, "--spin-worker", "--repeats", str(repeats)],
                               env={**environ, "OPENBLAS_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=600)
         if done.returncode:
             print(f"| {label} | failed: {done.stderr.strip().splitlines()[-1:]} |")
@@ -254,7 +254,7 @@ def gemm_section(configs: list[str], repeats: int) -> None:
         return
     print("(threadpoolctl not installed: one process per thread count, OPENBLAS_NUM_THREADS set)\n")
     for t in (1, 2):
-        subprocess.run([sys.executable, __file__, "--gemm-threads", str(t), "--repeats", str(repeats),
+        subprocess.run([sys.executable, "-m", MODULE, "--gemm-threads", str(t), "--repeats", str(repeats),
                         "--config", *configs], env={**os.environ, "OPENBLAS_NUM_THREADS": str(t)}, check=True)
 
 

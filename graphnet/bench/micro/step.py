@@ -5,7 +5,7 @@ backend's step and a hand-written numpy step; cold (empty cache) and warm (cache
 and for the tiny model the per-call overhead against bare ctypes calls of an empty native function
 with the same number of array arguments (feeds only, and every array the step touches).
 
-    python benchmarks/step_bench.py [tiny small medium ...] [--repeats 7]
+    python -m graphnet.bench.micro.step [tiny small medium ...] [--repeats 7]
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import time
 import llvmlite.binding as llvm
 import numpy as np
 
-from graphnet.grid import build_grid_model
 from codegen.llvm.parallel import load_runtime, num_threads
-from graphnet.peers import GRID, blas_threads, grid_data, numpy_peer
+
+from ..grid import build_grid_model
+from ..peers import GRID, blas_threads, grid_data, numpy_peer
 
 
 def per_step(fn, repeats: int, budget: float = 0.2) -> tuple[float, float, float]:

@@ -1,8 +1,8 @@
 /* The machine's float32 FMA throughput: the `fma-peak` reference point of `graphnet bench`.
  *
- * Each of `threads` OpenMP threads (graphnet/ceilings.py asks for one per allowed core) runs ACCUMULATORS
- * independent chains of vector FMAs on registers, with no loads or stores, so that the FMA units, not
- * their latency, set the pace: 12 chains cover 4-cycle latency x 2 FMA ports with room to spare.
+ * Each of `threads` OpenMP threads (graphnet/bench/ceilings.py asks for one per allowed core) runs
+ * ACCUMULATORS independent chains of vector FMAs on registers, with no loads or stores, so that the FMA
+ * units, not their latency, set the pace: 12 chains cover 4-cycle latency x 2 FMA ports with room to spare.
  * AVX-512 where the compiler targets it, else AVX2 with FMA.
  */
 #include <immintrin.h>

@@ -1,7 +1,7 @@
 /* A hand-written float32 training step of the benchmark grid's dense MLP (BENCHMARKS.md): forward,
  * loss, backward and PyTorch's Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8) in place, returning the loss.
  *
- * It is the `c-step` reference point of `graphnet bench` (graphnet/ceilings.py): what a competent
+ * It is the `c-step` reference point of `graphnet bench` (graphnet/bench/ceilings.py): what a competent
  * engineer writes by hand. Plain loops in an order that keeps the innermost one unit-stride so the
  * compiler vectorises it; no intrinsics, no BLAS, one thread. The sizes are compile-time constants:
  *   LAYERS       number of dense layers

@@ -1,0 +1,1 @@
+"""Micro-benchmarks of generated code, each run as `python -m graphnet.bench.micro.<name>`."""
