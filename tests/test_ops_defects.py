@@ -52,3 +52,29 @@ def test_zero_size_tensors_and_empty_reductions_agree(backend):
     np.testing.assert_array_equal(biggest, np.full((2, 4), -np.inf, np.float32))
     np.testing.assert_array_equal(total, np.zeros((2, 4), np.float32))
     assert same.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reshape_with_minus_one_beside_the_batch_axis(backend):
+    x = gn.placeholder("x", (None, 6))
+    y = gn.reshape(x, (None, -1, 2))
+    assert y.shape == (None, 3, 2)
+    X = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(gn.compile(y, backend=backend)(x=X), X.reshape(4, 3, 2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reshape_keeps_every_batch_axis(backend):
+    x = gn.placeholder("x", (None, 3))
+    gram = x @ x.T  # (N, N): N**2 elements
+    with pytest.raises(gn.ShapeError):
+        gn.reshape(gram, (1, None))  # one batch axis cannot hold N**2 elements
+    y = gn.reshape(gram, (None, 1, None))
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(gn.compile(y, backend=backend)(x=X), (X @ X.T).reshape(4, 1, 4))
+
+
+def test_broadcast_to_refuses_negative_sizes():
+    x = gn.placeholder("x", (None, 1))
+    with pytest.raises(gn.ShapeError, match="non-negative"):
+        gn.broadcast_to(x, (None, -1))

@@ -34,22 +34,22 @@ class Transpose(Movement):
 
 
 def resolve_reshape(old: tuple, new: tuple) -> tuple:
-    """Resolve -1 in `new` and check that element counts agree (None is the batch size)."""
+    """Resolve -1 in `new` and check that element counts agree. A shape holds static * N**k elements
+    (k: its None axes), so both the static product and k must match; -1 takes whichever is left."""
     new = tuple(None if d is None else int(d) for d in new)
     if sum(d == -1 for d in new) > 1 or any(d is not None and d < -1 for d in new):
         raise ShapeError(f"invalid target shape {new}")
-    static_old = math.prod(d for d in old if d is not None)
-    rest = math.prod(d for d in new if d not in (None, -1))
+    static_old, batch_old = math.prod(d for d in old if d is not None), sum(d is None for d in old)
+    rest, batch_new = math.prod(d for d in new if d not in (None, -1)), sum(d is None for d in new)
     if -1 in new:
-        if None in old and None not in new and static_old == rest:
+        if batch_old == batch_new + 1 and static_old == rest:
             fill = None
-        elif rest == 0 or static_old % rest:
+        elif batch_old != batch_new or rest == 0 or static_old % rest:
             raise ShapeError(f"cannot reshape {shape_str(old)} to {new}")
         else:
             fill = static_old // rest
         new = tuple(fill if d == -1 else d for d in new)
-    if (None in old) != (None in new) or sum(d is None for d in new) > 1 or \
-            math.prod(d for d in new if d is not None) != static_old:
+    if sum(d is None for d in new) != batch_old or math.prod(d for d in new if d is not None) != static_old:
         raise ShapeError(f"cannot reshape {shape_str(old)} to {shape_str(new)}")
     return new
 
@@ -60,12 +60,13 @@ class Reshape(Movement):
     examples = (Example([(None, 6)], {"shape": (None, 2, 3)}), Example([(2, 3, 4)], {"shape": (4, 6)}),
                 Example([(None, 6)], {"shape": (-1, 3, 2)}))
 
+    needs_out_shape = True
+
     def infer(self, inputs, attrs):
         return resolve_reshape(inputs[0].shape, attrs["shape"]), inputs[0].dtype
 
-    def numpy(self, x, shape):
-        n = x.size // max(1, math.prod(d for d in shape if d is not None)) if None in shape else None
-        return np.reshape(x, tuple(n if d is None else d for d in shape))
+    def numpy(self, x, shape, out_shape):
+        return np.reshape(x, out_shape)
 
     def grad(self, node, g):
         return [ops.reshape(g, node.inputs[0].shape)]
@@ -79,6 +80,8 @@ class BroadcastTo(Movement):
 
     def infer(self, inputs, attrs):
         x, shape = inputs[0], tuple(attrs["shape"])
+        if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 0) for d in shape):
+            raise ShapeError(f"cannot broadcast to {shape}: sizes must be non-negative integers or None")
         if broadcast_shapes(x.shape, shape) != shape:
             raise ShapeError(f"cannot broadcast {shape_str(x.shape)} to {shape_str(shape)}")
         return shape, x.dtype
