@@ -243,7 +243,7 @@ def _torch_fns(torch):
         "add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div, "power": torch.pow,
         "maximum": torch.maximum, "minimum": torch.minimum, "where": torch.where, "matmul": torch.matmul,
         "transpose": lambda x, perm: x.permute(*perm),
-        "reshape": lambda x, shape, out_shape=None: x.reshape(out_shape if out_shape is not None else [-1 if d is None else d for d in shape]),
+        "reshape": lambda x, shape, out_shape: x.reshape(out_shape),
         "broadcast_to": lambda x, shape, out_shape: x.expand(*out_shape),
         "softmax": lambda x, axis: torch.softmax(x, axis), "log_softmax": lambda x, axis: torch.log_softmax(x, axis),
         "sum": lambda x, axes, keepdims: x.sum(dim=axes, keepdim=keepdims),
