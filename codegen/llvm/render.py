@@ -201,18 +201,35 @@ class _KernelEmitter:
         work = ir.Constant(I64, 1)
         for v in variables:
             work = self.b.mul(work, self.extent(v))
-        saved = (self.b, self.fn, self.N, self.ptrs)
-        buffers = list(self.ptrs)
+        part = self.range_function(f"{self.k.name}_range", variables, body, scalar)
 
         def slice_body(builder, slice_, begin, end, captured):
-            self.b, self.fn, self.N = builder, builder.function, captured[0]
-            self.ptrs = dict(zip(buffers, captured[1:]))
-            self.loop(outer, lambda: self.nest(variables[1:], body, scalar), scalar, (begin, end))
+            builder.call(part, [captured[0], begin, end] + captured[1:])
 
         emit_parallel_for(self.r.module, self.b, f"{self.k.name}.par", self.extent(outer), slice_body,
-                          [self.N] + [self.ptrs[x] for x in buffers], threads, work=work,
+                          [self.N] + [self.ptrs[x] for x in self.ptrs], threads, work=work,
                           min_work=PARALLEL_MIN_SLOW if scalar else PARALLEL_MIN_FAST)
+
+    def range_function(self, name: str, variables: list[int], body, scalar: bool) -> ir.Function:
+        """`void name(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers, in `self.ptrs`'
+        order): the nest over `variables`, the outermost one over [begin, end). A parallel region's slice
+        calls it rather than holding the loop itself: the pointers a slice loads from its frame are not
+        `noalias`, so LLVM could not hoist a broadcast value's load and arithmetic out of the loop, would
+        vectorize it behind run-time alias checks, and its loop vectorizer takes time exponential in the
+        depth of such a loop-invariant expression (its uniformity check follows every path through it,
+        and vmath's functions use their argument several times)."""
+        saved = (self.b, self.fn, self.N, self.ptrs)
+        buffers = list(self.ptrs)
+        fn = ir.Function(self.r.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)), name)
+        fn.linkage = "internal"
+        for arg in fn.args[3:]:
+            arg.add_attribute("noalias")
+        self.b, self.fn, self.N = ir.IRBuilder(fn.append_basic_block("entry")), fn, fn.args[0]
+        self.ptrs = dict(zip(buffers, fn.args[3:]))
+        self.loop(variables[0], lambda: self.nest(variables[1:], body, scalar), scalar, (fn.args[1], fn.args[2]))
+        self.b.ret_void()
         self.b, self.fn, self.N, self.ptrs = saved
+        return fn
 
     def offset(self, aff) -> ir.Value:
         terms = []
@@ -308,19 +325,8 @@ class _KernelEmitter:
         grain, stride = column_split(spec, self.r.target)
         saved = (self.b, self.fn, self.N, self.ptrs)
         buffers = list(self.ptrs)
-        # The epilogue over rows [begin, end) gets its own function with `noalias` buffers: in the
-        # outlined slice, pointers loaded from the frame would need runtime alias checks.
-        tail = ir.Function(self.r.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)),
-                           f"{self.k.name}_rows")
-        tail.linkage = "internal"
-        for arg in tail.args[3:]:
-            arg.add_attribute("noalias")
-        self.b, self.fn, self.N = ir.IRBuilder(tail.append_basic_block("entry")), tail, tail.args[0]
-        self.ptrs = dict(zip(buffers, tail.args[3:]))
         outer, inner = epilogue_order(self.k)
-        self.loop(outer, lambda: self.nest([inner], epilogue, scalar), scalar, (tail.args[1], tail.args[2]))
-        self.b.ret_void()
-        self.b, self.fn, self.N, self.ptrs = saved
+        tail = self.range_function(f"{self.k.name}_rows", [outer, inner], epilogue, scalar)
 
         def slice_body(builder, slice_, begin, end, captured):
             self.N, ptrs = captured[0], dict(zip(buffers, captured[1:]))
