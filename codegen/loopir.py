@@ -13,9 +13,9 @@ being `coef * N**nexp`) of one buffer. Values are scalar expression trees:
 
   Const(value, dtype)        Load(buffer, offset, dtype)    Size(dtype): N as a number
   Index(offset): uint32 flat index (dropout's counter)      Acc(dtype): the kernel's reduction result
-  Op(name, args, dtype)      name is one of graphnet.ops.scalar.SCALAR_INSTRUCTIONS
+  Op(name, args, dtype)      name is one of graphnet.ops.scalar.INSTRUCTIONS
 
-A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` ("sum" or "max") over the
+A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
 such a kernel over (M, N, K) summing A[i, k] * B[k, j]; `reduce.contraction` names the two loads so
 a renderer may call a GEMM instead. Stores of one kernel happen after all of its values for that
@@ -30,11 +30,12 @@ indexed by the innermost kept var (so the reduced loops sit outside a unit-strid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from graphnet.graph import shape_str
+from graphnet.ops.scalar import INSTRUCTIONS, REDUCTIONS
 
 Term = tuple  # (var, coef, nexp): var * coef * N**nexp
 
@@ -259,9 +260,34 @@ class ExprBuilder:
     def shr(self, a, bits): return Op("shr", (a, Const(int(bits), a.dtype)), a.dtype)
 
 
-for _name in ("add", "sub", "mul", "div", "max", "min", "pow", "xor"):
-    setattr(ExprBuilder, _name, (lambda n: lambda self, a, b: self._bin(n, a, b))(_name))
-for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
-    setattr(ExprBuilder, _name, (lambda n: lambda self, a, b: self._bin(n, a, b, bool))(_name))
-for _name in ("neg", "exp", "log", "log1p", "sqrt", "abs", "tanh"):
-    setattr(ExprBuilder, _name, (lambda n: lambda self, x: Op(n, (x,), x.dtype))(_name))
+for _i in INSTRUCTIONS.values():
+    if _i.form == "binary":
+        setattr(ExprBuilder, _i.name, (lambda n: lambda self, a, b: self._bin(n, a, b))(_i.name))
+    elif _i.form == "compare":
+        setattr(ExprBuilder, _i.name, (lambda n: lambda self, a, b: self._bin(n, a, b, bool))(_i.name))
+    elif _i.form == "unary":
+        setattr(ExprBuilder, _i.name, (lambda n: lambda self, x: Op(n, (x,), x.dtype))(_i.name))
+
+
+class UnsupportedInstruction(NotImplementedError):
+    """A program uses an instruction or reduction a backend has no rendering for."""
+
+
+def check_renderable(lp: LoopProgram, backend: str, renders: Callable[[str, np.dtype], bool],
+                     reduces: Callable[[str, np.dtype], bool]) -> None:
+    """Raise UnsupportedInstruction naming the first scalar instruction (with its operand dtype) or
+    reduction of `lp` that the backend's `renders(name, dtype)` / `reduces(name, dtype)` refuses, and
+    where the program uses it. Renderers call it before emitting anything."""
+    for k in lp.kernels:
+        red = k.reduce
+        if red is not None and (red.op not in REDUCTIONS or not reduces(red.op, red.value.dtype)):
+            raise UnsupportedInstruction(f"the {backend} backend cannot render the reduction '{red.op}' "
+                                         f"over {red.value.dtype} (kernel {k.name})")
+        exprs = [(s.value, f"{s.node} at {s.source}") for s in k.stores] + ([(red.value, k.name)] if red else [])
+        for expr, where in exprs:
+            for e in walk(expr):
+                if isinstance(e, Op):
+                    dtype = e.args[0].dtype if e.args else e.dtype
+                    if e.name not in INSTRUCTIONS or not renders(e.name, dtype):
+                        raise UnsupportedInstruction(f"the {backend} backend cannot render the scalar instruction "
+                                                     f"'{e.name}' on {dtype} ({where}, kernel {k.name})")

@@ -15,16 +15,20 @@ rounding only, and NaN/Inf flow through as data.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 from llvmlite import ir
+
+from graphnet.ops.scalar import REDUCTIONS
 
 from .gemm_schedule import gemm_layout
 from . import vmath
 from .gemm import GemmSpec, specialised_m
 from .parallel import PARALLEL_MIN_FLOPS, column_slice_symbol, column_split, emit_parallel_for
 from .target import TargetInfo
-from ..loopir import Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, walk
+from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
+                      check_renderable, walk)
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -67,6 +71,7 @@ class Renderer:
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
+        check_renderable(self.lp, "LLVM", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype))
         names = [self._kernel(k) for k in self.lp.kernels]
         step = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), "graphnet_step")
         b = ir.IRBuilder(step.append_basic_block("entry"))
@@ -354,21 +359,15 @@ class _KernelEmitter:
         self.b, self.fn, self.N, self.ptrs = saved
 
     def identity(self, red) -> ir.Value:
-        t = value_type(red.value.dtype)
-        if red.op == "sum":
-            return ir.Constant(t, 0.0 if red.value.dtype.kind == "f" else 0)
-        if red.value.dtype.kind == "f":
-            return ir.Constant(t, float("-inf"))
-        info = np.iinfo(red.value.dtype)
-        return ir.Constant(t, int(info.min))
+        dtype = red.value.dtype
+        value = REDUCTIONS[red.op].identity(dtype)
+        return ir.Constant(value_type(dtype), float(value) if dtype.kind == "f" else int(value))
 
     def combine(self, red, acc: ir.Value, x: ir.Value) -> ir.Value:
-        b, dtype = self.b, red.value.dtype
-        if red.op == "sum":
-            return b.fadd(acc, x, flags=REDUCE_FLAGS) if dtype.kind == "f" else b.add(acc, x)
-        if dtype.kind == "f":
-            return b.call(self.r._intrinsic("llvm.maximum", acc.type, 2), [acc, x])
-        return b.select(b.icmp_signed(">", x, acc) if dtype.kind == "i" else b.icmp_unsigned(">", x, acc), x, acc)
+        name, dtype = REDUCTIONS[red.op].combine, red.value.dtype
+        if name == "add" and dtype.kind == "f":  # a sum may be reassociated (vector lanes, FMA)
+            return self.b.fadd(acc, x, flags=REDUCE_FLAGS)
+        return _rule(name, dtype)(self, [acc, x], dtype)
 
     def expr_root(self, e: Expr) -> ir.Value:
         memo: dict = {}
@@ -415,55 +414,23 @@ class _KernelEmitter:
         return v
 
     def op(self, e: Op, args: list) -> ir.Value:
-        b, name, t = self.b, e.name, e.dtype
-        src = e.args[0].dtype
-        if name == "cast":
-            return self.convert(args[0], src, t)
-        if name == "select":
-            return b.select(args[0], args[1], args[2])
-        if src.kind == "f":
-            if name in _FLOAT_BINARY:
-                return getattr(b, _FLOAT_BINARY[name])(*args)
-            if name == "neg":
-                return b.fneg(args[0])
-            if vmath.provides(name, src):
-                return vmath.emit(b, name, *args)
-            if name in _FLOAT_INTRINSIC:
-                return b.call(self.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)), args)
-            if name in _FCMP:
-                return b.fcmp_ordered(_FCMP[name], *args)
-            if name == "ne":
-                return b.fcmp_unordered("!=", *args)
+        rule = _rule(e.name, e.args[0].dtype)
+        if rule is None:  # check_renderable refuses such programs before rendering
+            raise UnsupportedInstruction(f"scalar instruction {e.name} on {e.args[0].dtype} has no LLVM lowering")
+        return rule(self, args, e.dtype)
+
+    def int_div(self, x: ir.Value, y: ir.Value, signed: bool) -> ir.Value:
+        """x / 0 gives 0 and MIN / -1 wraps, instead of trapping (SIGFPE)."""
+        b = self.b
+        zero, one = ir.Constant(y.type, 0), ir.Constant(y.type, 1)
+        by_zero = b.icmp_unsigned("==", y, zero)
+        safe = b.select(by_zero, one, y)
+        if signed:
+            minus_one = b.icmp_signed("==", safe, ir.Constant(y.type, -1))
+            quotient = b.select(minus_one, b.neg(x), b.sdiv(x, b.select(minus_one, one, safe)))
         else:
-            signed = src.kind == "i"
-            if src.kind == "b" and name in ("eq", "ne"):
-                return b.icmp_unsigned(_ICMP[name], *args)
-            if name in _INT_BINARY:
-                return getattr(b, _INT_BINARY[name])(*args)
-            if name in _ICMP:
-                return (b.icmp_signed if signed else b.icmp_unsigned)(_ICMP[name], *args)
-            if name == "neg":
-                return b.neg(args[0])
-            if name == "div":  # x / 0 gives 0 and MIN / -1 wraps, instead of trapping (SIGFPE)
-                x, y = args
-                zero, one = ir.Constant(y.type, 0), ir.Constant(y.type, 1)
-                by_zero = b.icmp_unsigned("==", y, zero)
-                safe = b.select(by_zero, one, y)
-                if signed:
-                    minus_one = b.icmp_signed("==", safe, ir.Constant(y.type, -1))
-                    quotient = b.select(minus_one, b.neg(x), b.sdiv(x, b.select(minus_one, one, safe)))
-                else:
-                    quotient = b.udiv(x, safe)
-                return b.select(by_zero, zero, quotient)
-            if name == "shr":
-                return (b.ashr if signed else b.lshr)(*args)
-            if name in ("max", "min"):
-                op = {"max": ">", "min": "<"}[name]
-                return b.select((b.icmp_signed if signed else b.icmp_unsigned)(op, *args), *args)
-            if name == "abs":
-                return b.select(b.icmp_signed("<", args[0], ir.Constant(args[0].type, 0)), b.neg(args[0]), args[0]) \
-                    if signed else args[0]
-        raise NotImplementedError(f"scalar instruction {name} on {src} has no LLVM lowering")
+            quotient = b.udiv(x, safe)
+        return b.select(by_zero, zero, quotient)
 
     def convert(self, v: ir.Value, src: np.dtype, dst: np.dtype) -> ir.Value:
         b, t = self.b, value_type(dst)
@@ -483,6 +450,59 @@ class _KernelEmitter:
         if dst.itemsize < src.itemsize:
             return b.trunc(v, t)
         return v
+
+
+Rule = Callable[["_KernelEmitter", list, np.dtype], ir.Value]  # (emitter, operands, result dtype) -> value
+
+
+def _rule(name: str, src: np.dtype) -> Rule | None:
+    """How scalar instruction `name` on operands of dtype `src` becomes LLVM IR (None: it does not)."""
+    if name == "cast":
+        return lambda em, args, dst: em.convert(args[0], src, dst)
+    if name == "select":
+        return lambda em, args, dst: em.b.select(*args)
+    if src.kind == "f":
+        if name in _FLOAT_BINARY:
+            return lambda em, args, dst: getattr(em.b, _FLOAT_BINARY[name])(*args)
+        if name == "neg":
+            return lambda em, args, dst: em.b.fneg(args[0])
+        if vmath.provides(name, src):
+            return lambda em, args, dst: vmath.emit(em.b, name, *args)
+        if name in _FLOAT_INTRINSIC:
+            return lambda em, args, dst: em.b.call(em.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)),
+                                                   args)
+        if name in _FCMP:
+            return lambda em, args, dst: em.b.fcmp_ordered(_FCMP[name], *args)
+        if name == "ne":
+            return lambda em, args, dst: em.b.fcmp_unordered("!=", *args)
+        return None
+    signed = src.kind == "i"
+    icmp = "icmp_signed" if signed else "icmp_unsigned"
+    if src.kind == "b":
+        return (lambda em, args, dst: em.b.icmp_unsigned(_ICMP[name], *args)) if name in ("eq", "ne") else None
+    if name in _INT_BINARY:
+        return lambda em, args, dst: getattr(em.b, _INT_BINARY[name])(*args)
+    if name in _ICMP:
+        return lambda em, args, dst: getattr(em.b, icmp)(_ICMP[name], *args)
+    if name == "neg":
+        return lambda em, args, dst: em.b.neg(args[0])
+    if name == "div":
+        return lambda em, args, dst: em.int_div(*args, signed)
+    if name == "shr":
+        return lambda em, args, dst: (em.b.ashr if signed else em.b.lshr)(*args)
+    if name in ("max", "min"):
+        return lambda em, args, dst: em.b.select(getattr(em.b, icmp)({"max": ">", "min": "<"}[name], *args), *args)
+    if name == "abs":
+        if not signed:
+            return lambda em, args, dst: args[0]
+        return lambda em, args, dst: em.b.select(em.b.icmp_signed("<", args[0], ir.Constant(args[0].type, 0)),
+                                                 em.b.neg(args[0]), args[0])
+    return None
+
+
+def renders(name: str, src: np.dtype) -> bool:
+    """Whether the LLVM renderer lowers scalar instruction `name` on operands of dtype `src`."""
+    return _rule(name, np.dtype(src)) is not None
 
 
 def _calls_libm(e: Expr) -> bool:

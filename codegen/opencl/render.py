@@ -26,7 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..loopir import Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size
+from graphnet.ops.scalar import REDUCTIONS
+
+from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
+                      check_renderable)
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
           "u1": "uchar", "u2": "ushort", "u4": "uint", "u8": "ulong", "b1": "bool"}
@@ -107,6 +110,7 @@ class Launch:
 
 def render(lp: LoopProgram, limits: Limits) -> tuple[str, list[Launch], bool]:
     """(OpenCL C source, one Launch per kernel in order, whether the source needs float64)."""
+    check_renderable(lp, "OpenCL", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype))
     bodies, launches, double = [], [], False
     functions: dict[str, str] = {}  # code -> the name of the first kernel with that code
     for k in lp.kernels:
@@ -155,17 +159,49 @@ def literal(value, dtype: np.dtype) -> str:
 
 
 def _identity(op: str, dtype: np.dtype) -> str:
-    if op == "sum":
-        return literal(0, dtype)
-    if dtype.kind == "f":
-        return literal(float("-inf"), dtype)
-    return literal(np.iinfo(dtype).min, dtype)
+    return literal(REDUCTIONS[op].identity(dtype), dtype)
 
 
 def _combine(op: str, dtype: np.dtype, a: str, b: str) -> str:
-    if op == "sum":
-        return f"{a} + {b}"
-    return f"gn_max({a}, {b})" if dtype.kind == "f" else f"max({a}, {b})"
+    return instruction(REDUCTIONS[op].combine, dtype, dtype, [a, b])
+
+
+def instruction(name: str, src: np.dtype, dst: np.dtype, args: list[str]) -> str | None:
+    """OpenCL C for scalar instruction `name` on operands of dtype `src` giving `dst` (None: no rendering)."""
+    if name == "cast":
+        return f"({args[0]} != {literal(0, src)})" if dst.kind == "b" else f"({ctype(dst)})({args[0]})"
+    if name == "select":
+        return f"({args[0]} ? {args[1]} : {args[2]})"
+    if name == "neg":  # parenthesised: `-` before a negative literal would read as `--`
+        return f"(-({args[0]}))"
+    if name == "tanh" and src.kind == "f":
+        return _tanh(args[0], src)
+    if name == "div" and src.kind in "iu":  # x / 0 gives 0 and MIN / -1 wraps, as on LLVM (C leaves both undefined)
+        a, b = args[:2]
+        wrap = f"{b} == {literal(-1, src)} ? (-({a})) : " if src.kind == "i" else ""
+        return f"({b} == {literal(0, src)} ? {literal(0, src)} : {wrap}{a} / {b})"
+    if name in _INFIX:
+        return f"({args[0]} {_INFIX[name]} {args[1]})"
+    table = _FLOAT_CALL if src.kind == "f" else _INT_CALL
+    if name in table:
+        return f"{table[name]}({', '.join(args)})"
+    if name == "abs" and src.kind in "ub":
+        return args[0]
+    return None
+
+
+def renders(name: str, src: np.dtype) -> bool:
+    """Whether `instruction` renders `name` on operands of dtype `src`."""
+    return instruction(name, np.dtype(src), np.dtype(src), ["a", "b", "c"]) is not None
+
+
+def _tanh(x: str, dtype: np.dtype) -> str:
+    """tanh that reaches +-1: beyond |x| = (mant + 3)/2 * ln2, tanh(x) rounds to +-1 (its distance
+    from 1, about 2 exp(-2|x|), is under half an ulp of 1), but pocl's float tanh stays one ulp
+    short even at +-inf; a NaN fails the comparison and goes to tanh."""
+    limit = (np.finfo(dtype).nmant + 3) / 2 * math.log(2)
+    one = literal(1.0, dtype)
+    return f"(fabs({x}) > {literal(limit, dtype)} ? copysign({one}, {x}) : tanh({x}))"
 
 
 class _KernelWriter:
@@ -253,33 +289,10 @@ class _KernelWriter:
         return name
 
     def op(self, e: Op, args: list[str]) -> str:
-        name, src = e.name, e.args[0].dtype
-        if name == "cast":
-            if e.dtype.kind == "b":
-                return f"({args[0]} != {literal(0, src)})"
-            return f"({self.ctype(e.dtype)})({args[0]})"
-        if name == "select":
-            return f"({args[0]} ? {args[1]} : {args[2]})"
-        if name == "neg":  # parenthesised: `-` before a negative literal would read as `--`
-            return f"(-({args[0]}))"
-        if name == "tanh" and src.kind == "f":
-            return self.tanh(args[0], src)
-        if name in _INFIX:
-            return f"({args[0]} {_INFIX[name]} {args[1]})"
-        table = _FLOAT_CALL if src.kind == "f" else _INT_CALL
-        if name in table:
-            return f"{table[name]}({', '.join(args)})"
-        if name == "abs" and src.kind in "ub":
-            return args[0]
-        raise NotImplementedError(f"scalar instruction {name} on {src} has no OpenCL C rendering")
-
-    def tanh(self, x: str, dtype: np.dtype) -> str:
-        """tanh that reaches +-1: beyond |x| = (mant + 3)/2 * ln2, tanh(x) rounds to +-1 (its distance
-        from 1, about 2 exp(-2|x|), is under half an ulp of 1), but pocl's float tanh stays one ulp
-        short even at +-inf; a NaN fails the comparison and goes to tanh."""
-        limit = (np.finfo(dtype).nmant + 3) / 2 * math.log(2)
-        one = literal(1.0, dtype)
-        return f"(fabs({x}) > {literal(limit, dtype)} ? copysign({one}, {x}) : tanh({x}))"
+        text = instruction(e.name, e.args[0].dtype, e.dtype, args)
+        if text is None:  # check_renderable refuses such programs before rendering
+            raise UnsupportedInstruction(f"scalar instruction {e.name} on {e.args[0].dtype} has no OpenCL C rendering")
+        return text
 
     def stores(self, depth: int) -> None:
         memo: dict = {}

@@ -6,6 +6,7 @@ import numpy as np
 from . import api as ops
 from ..errors import ShapeError
 from .base import Example, Op, register
+from .scalar import REDUCTIONS
 
 
 class Reduce(Op):
@@ -27,6 +28,11 @@ class Reduce(Op):
         return shape, x.dtype
 
 
+    def numpy(self, x, axes, keepdims):
+        """The reduction's definition in graphnet.ops.scalar.REDUCTIONS (the one the backends render)."""
+        return np.asarray(REDUCTIONS[self.name].numpy(x, axes, keepdims), x.dtype)
+
+
 def keepdims_shape(x, axes) -> tuple:
     return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
 
@@ -35,8 +41,6 @@ def keepdims_shape(x, axes) -> tuple:
 class Sum(Reduce):
     name = "sum"
 
-    def numpy(self, x, axes, keepdims):
-        return np.asarray(np.sum(x, axis=axes, keepdims=keepdims), x.dtype)
 
     def grad(self, node, g):
         x = node.inputs[0]
@@ -48,9 +52,6 @@ class Max(Reduce):
     name = "max"
     examples = tuple(Example(e.shapes, e.attrs, smooth=False) for e in Reduce.examples)
 
-    def numpy(self, x, axes, keepdims):
-        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min  # an empty max, as the native backends
-        return np.asarray(np.max(x, axis=axes, keepdims=keepdims, initial=lowest), x.dtype)
 
     def grad(self, node, g):
         # Ties share the gradient evenly (torch.amax's convention).

@@ -1,8 +1,14 @@
-"""The scalar instruction set that elementwise ops lower to, and its numpy evaluator.
+"""The scalar instruction set elementwise ops lower to, the reductions, and their numpy evaluator.
 
-An elementwise op's `scalar(s, *args)` composes these builder calls; every backend renders the
-same calls (loop IR -> LLVM / OpenCL C), and `NumpyScalar` evaluates them on arrays so tests can
-check each op's lowering against its numpy reference without a native compiler.
+An elementwise op's `scalar(s, *args)` composes builder calls `s.<instruction>(...)`; every backend
+renders the same instructions (loop IR -> LLVM / OpenCL C), and `NumpyScalar` evaluates them on arrays
+so tests can check each op's lowering against its numpy reference without a native compiler.
+
+`INSTRUCTIONS` and `REDUCTIONS` are the one definition of each: the loop IR's builder
+(`codegen.loopir.ExprBuilder`), `NumpyScalar` and the reduction ops' numpy references come from them,
+and each renderer checks every instruction and reduction of a program against its own rendering
+table before it emits code (`codegen.loopir.check_renderable`): a missing rendering is a
+compile-time error naming it.
 
 Instructions (Python numbers as operands take the other operand's dtype):
   arithmetic  add sub mul div neg max min pow
@@ -14,14 +20,73 @@ Instructions (Python numbers as operands take the other operand's dtype):
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-SCALAR_INSTRUCTIONS = (
-    "add", "sub", "mul", "div", "neg", "max", "min", "pow", "exp", "log", "log1p", "sqrt", "abs", "tanh",
-    "lt", "le", "gt", "ge", "eq", "ne", "select", "cast", "const", "xor", "shr", "index",
-)
+
+@dataclass(frozen=True)
+class Instruction:
+    """`form`: "unary" (x), "binary" (a, b), "compare" (a, b -> bool) or "special" (its own builder
+    signature: select, cast, const, shr, index). `kinds`: the numpy dtype kinds of its operands it is
+    defined on ("f" float, "i" signed, "u" unsigned, "b" bool), which every backend must render."""
+
+    name: str
+    form: str
+    kinds: str
+    numpy: Callable | None = None
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Float division; on integers C's truncating division where x / 0 gives 0 and MIN / -1 wraps
+    (what the native backends compute instead of trapping)."""
+    if a.dtype.kind == "f":
+        return np.divide(a, b)
+    safe = np.where(b == 0, 1, b)
+    quotient = np.where((a < 0) != (safe < 0), -(np.abs(a) // np.abs(safe)), np.abs(a) // np.abs(safe))
+    return np.where(b == 0, 0, quotient).astype(a.dtype)
+
+
+INSTRUCTIONS: dict[str, Instruction] = {i.name: i for i in [
+    Instruction("add", "binary", "fiu", np.add), Instruction("sub", "binary", "fiu", np.subtract),
+    Instruction("mul", "binary", "fiu", np.multiply), Instruction("div", "binary", "fiu", _divide),
+    Instruction("max", "binary", "fiu", np.maximum), Instruction("min", "binary", "fiu", np.minimum),
+    Instruction("pow", "binary", "f", np.power), Instruction("xor", "binary", "iu", np.bitwise_xor),
+    Instruction("neg", "unary", "fi", np.negative), Instruction("exp", "unary", "f", np.exp),
+    Instruction("log", "unary", "f", np.log), Instruction("log1p", "unary", "f", np.log1p),
+    Instruction("sqrt", "unary", "f", np.sqrt), Instruction("abs", "unary", "fi", np.abs),
+    Instruction("tanh", "unary", "f", np.tanh),
+    Instruction("lt", "compare", "fiu", np.less), Instruction("le", "compare", "fiu", np.less_equal),
+    Instruction("gt", "compare", "fiu", np.greater), Instruction("ge", "compare", "fiu", np.greater_equal),
+    Instruction("eq", "compare", "fiub", np.equal), Instruction("ne", "compare", "fiub", np.not_equal),
+    Instruction("select", "special", "fiub"), Instruction("cast", "special", "fiub"),
+    Instruction("const", "special", "fiub"), Instruction("shr", "special", "iu"), Instruction("index", "special", "u"),
+]}
+SCALAR_INSTRUCTIONS = tuple(INSTRUCTIONS)
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A reduction of the loop IR: partial results merge with the scalar instruction `combine`; an
+    empty reduction gives `identity(dtype)`."""
+
+    name: str
+    combine: str
+    identity: Callable[[np.dtype], Any]
+    numpy: Callable  # (array, axis, keepdims) -> array, with the empty reduction giving the identity
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else int(np.iinfo(dtype).min)
+
+
+REDUCTIONS: dict[str, Reduction] = {r.name: r for r in [
+    Reduction("sum", "add", lambda dtype: 0, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims)),
+    Reduction("max", "max", _lowest,
+              lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims, initial=_lowest(x.dtype))),
+]}
 
 
 class NumpyScalar:
@@ -43,38 +108,15 @@ class NumpyScalar:
         with np.errstate(all="ignore"):
             return np.asarray(fn(a, b))
 
-    def const(self, value, dtype):
-        return np.asarray(value, dtype)
-
-    def add(self, a, b): return self._bin(np.add, a, b)
-    def sub(self, a, b): return self._bin(np.subtract, a, b)
-    def mul(self, a, b): return self._bin(np.multiply, a, b)
-    def div(self, a, b): return self._bin(np.divide, a, b)
-    def pow(self, a, b): return self._bin(np.power, a, b)
-    def max(self, a, b): return self._bin(np.maximum, a, b)
-    def min(self, a, b): return self._bin(np.minimum, a, b)
-    def lt(self, a, b): return self._bin(np.less, a, b)
-    def le(self, a, b): return self._bin(np.less_equal, a, b)
-    def gt(self, a, b): return self._bin(np.greater, a, b)
-    def ge(self, a, b): return self._bin(np.greater_equal, a, b)
-    def eq(self, a, b): return self._bin(np.equal, a, b)
-    def ne(self, a, b): return self._bin(np.not_equal, a, b)
-    def xor(self, a, b): return self._bin(np.bitwise_xor, a, b)
-
-    def shr(self, a, bits: int):
-        return np.right_shift(a, np.asarray(bits, a.dtype))
-
     def _un(self, fn, x):
         with np.errstate(all="ignore"):
             return np.asarray(fn(x))
 
-    def neg(self, x): return self._un(np.negative, x)
-    def exp(self, x): return self._un(np.exp, x)
-    def log(self, x): return self._un(np.log, x)
-    def log1p(self, x): return self._un(np.log1p, x)
-    def sqrt(self, x): return self._un(np.sqrt, x)
-    def abs(self, x): return self._un(np.abs, x)
-    def tanh(self, x): return self._un(np.tanh, x)
+    def const(self, value, dtype):
+        return np.asarray(value, dtype)
+
+    def shr(self, a, bits: int):
+        return np.right_shift(a, np.asarray(bits, a.dtype))
 
     def select(self, c, a, b):
         a, b = self._pair(a, b)
@@ -86,6 +128,13 @@ class NumpyScalar:
 
     def index(self):
         return np.arange(int(np.prod(self.shape)), dtype=np.uint32).reshape(self.shape)
+
+
+for _i in INSTRUCTIONS.values():
+    if _i.form == "unary":
+        setattr(NumpyScalar, _i.name, (lambda fn: lambda self, x: self._un(fn, x))(_i.numpy))
+    elif _i.form in ("binary", "compare"):
+        setattr(NumpyScalar, _i.name, (lambda fn: lambda self, a, b: self._bin(fn, a, b))(_i.numpy))
 
 
 def evaluate_scalar(op, args: list[np.ndarray], attrs: dict, shape: tuple) -> np.ndarray:
