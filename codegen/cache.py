@@ -15,7 +15,11 @@ the namespace folder or an entry's folder is writable by group or others or owne
 the cache is bypassed (code is compiled in memory, nothing is read or written) with one
 `UnsafeCacheWarning` naming the directory and the reason, as pip and ccache do. An entry file that
 is writable by others or owned by another user is a miss.
-Location: $GRAPHNET_CACHE_DIR, else ~/.cache/graphnet, one subfolder per namespace.
+Location: $GRAPHNET_CACHE_DIR, else $XDG_CACHE_HOME/graphnet, else ~/.cache/graphnet, one subfolder
+per namespace. Size: at most $GRAPHNET_CACHE_MAX_BYTES (default 512 MiB) over all namespaces; a hit
+refreshes its entry's modification time, and a store that takes the cache over the limit evicts the
+least recently used entries down to three quarters of it. `graphnet cache info|clear` reports and
+empties it (`info`, `clear`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import tempfile
 import warnings
 
 _MAGIC = b"graphnet-cache-2"
+DEFAULT_MAX_BYTES = 512 << 20
 _warned: set[str] = set()  # directories already warned about (one warning each per process)
 
 
@@ -42,7 +47,7 @@ class DiskCache:
         self.namespace, self.suffix = namespace, suffix
 
     def root(self) -> str:
-        return os.environ.get("GRAPHNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "graphnet")
+        return cache_root()
 
     def directory(self) -> str:
         return os.path.join(self.root(), self.namespace)
@@ -63,7 +68,13 @@ class DiskCache:
         except OSError:
             return None
         header, _, payload = data.partition(b"\n")
-        return payload if header == _header(key, payload) else None
+        if header != _header(key, payload):
+            return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
+        return payload
 
     def store(self, key: str, payload: bytes) -> None:
         """Write an entry atomically; a failure to write (read-only disk, full disk) or an unsafe cache is
@@ -82,6 +93,7 @@ class DiskCache:
             except BaseException:
                 os.unlink(tmp)
                 raise
+            evict(max_bytes())
         except OSError:
             pass
 
@@ -98,6 +110,89 @@ class DiskCache:
                 _warn_once(d, reason)
                 return False
         return True
+
+
+def cache_root() -> str:
+    """$GRAPHNET_CACHE_DIR, else $XDG_CACHE_HOME/graphnet, else ~/.cache/graphnet."""
+    explicit = os.environ.get("GRAPHNET_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "graphnet")
+
+
+def max_bytes() -> int:
+    """The size limit: $GRAPHNET_CACHE_MAX_BYTES, else 512 MiB."""
+    text = os.environ.get("GRAPHNET_CACHE_MAX_BYTES", "")
+    try:
+        return int(text) if text else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise ValueError(f"GRAPHNET_CACHE_MAX_BYTES must be a number of bytes, got {text!r}") from None
+
+
+def entries(root: str | None = None) -> list[tuple[str, os.stat_result]]:
+    """Every entry file under the cache root (any namespace) with its status, oldest use first."""
+    root = root or cache_root()
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".tmp-"):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                found.append((path, os.stat(path)))
+            except OSError:
+                pass  # removed meanwhile by another process
+    return sorted(found, key=lambda e: e[1].st_mtime)
+
+
+def evict(limit: int) -> int:
+    """Delete the least recently used entries while the cache holds more than `limit` bytes, down to
+    three quarters of it (so a full cache does not evict on every store); returns the bytes freed."""
+    found = entries()
+    total = sum(st.st_size for _, st in found)
+    if total <= limit:
+        return 0
+    freed = 0
+    for path, st in found:
+        if total - freed <= limit * 3 // 4:
+            break
+        try:
+            os.unlink(path)
+            freed += st.st_size
+        except OSError:
+            pass
+    return freed
+
+
+def info() -> dict:
+    """Location, entries and bytes (in all and per namespace) and the size limit."""
+    root = cache_root()
+    found = entries(root)
+    spaces: dict[str, list[int]] = {}
+    for path, st in found:
+        space = os.path.relpath(path, root).split(os.sep)[0]
+        spaces.setdefault(space, [0, 0])
+        spaces[space][0] += 1
+        spaces[space][1] += st.st_size
+    return {"location": root, "entries": len(found), "bytes": sum(st.st_size for _, st in found),
+            "limit": max_bytes(), "namespaces": {k: {"entries": n, "bytes": b} for k, (n, b) in sorted(spaces.items())}}
+
+
+def clear() -> tuple[int, int]:
+    """Delete every entry (and stale temporary file); returns (entries, bytes) removed."""
+    removed, freed = 0, 0
+    for folder, _, files in os.walk(cache_root()):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except OSError:
+                continue
+            if not name.startswith(".tmp-"):
+                removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def _unsafe(st: os.stat_result) -> str | None:

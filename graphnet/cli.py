@@ -1,6 +1,7 @@
 """The `graphnet` command: `demo` (train the pass-the-class model), `dump` (pictures and generated
 code of a grid model or of your own script), `profile` (each kernel's time in a grid model's step),
-`bench` (the benchmark grid) and `fuzz` (random graphs checked on every backend, graphnet.testing).
+`cache` (the compile cache's size, or empty it), `bench` (the benchmark grid) and `fuzz` (random graphs
+checked on every backend, graphnet.testing).
 
 Mistakes on the command line (unknown options or configurations, missing files) end with exit
 status 2 and one line saying what is wrong, never a traceback.
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--threads", type=_positive, help="native threads (default: GRAPHNET_NUM_THREADS or all)")
     prof.add_argument("--top", type=_positive, help="show only the slowest kernels")
 
+    cache = commands.add_parser("cache", help="the compile cache: where it is, its size, or empty it",
+                                description="The disk cache of compiled code ($GRAPHNET_CACHE_DIR, else "
+                                            "$XDG_CACHE_HOME/graphnet, else ~/.cache/graphnet), limited to "
+                                            "$GRAPHNET_CACHE_MAX_BYTES (default 512 MiB), least recently used "
+                                            "entries evicted first.")
+    cache.add_argument("action", choices=["info", "clear"], help="info: location, entries and size; clear: empty it")
+
     commands.add_parser("bench", add_help=False, help="benchmark the training step against numpy, PyTorch and "
                                                       "JAX (options: graphnet bench --help)")
     commands.add_parser("fuzz", add_help=False, help="differential fuzzing: random graphs on every backend against "
@@ -94,10 +102,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fuzz_main(argv[1:], prog="graphnet fuzz")
     args = build_parser().parse_args(argv)
     try:
-        return {"demo": _demo, "dump": _dump, "profile": _profile}[args.command](args)
+        return {"demo": _demo, "dump": _dump, "profile": _profile, "cache": _cache}[args.command](args)
     except UsageError as e:
         print(f"graphnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from codegen import cache
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} entries ({_size(freed)}) from {cache.cache_root()}")
+        return 0
+    state = cache.info()
+    print(f"location: {state['location']}\nentries: {state['entries']} ({_size(state['bytes'])} of a "
+          f"{_size(state['limit'])} limit)")
+    for space, counts in state["namespaces"].items():
+        print(f"  {space}: {counts['entries']} entries, {_size(counts['bytes'])}")
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _demo(args: argparse.Namespace) -> int:
