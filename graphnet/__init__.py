@@ -13,6 +13,14 @@ from .random import set_seed
 from . import callbacks, layers  # noqa: E402
 from .model import Model, Sequential, load_model  # noqa: E402
 from . import losses, optim  # noqa: E402  (after the ops they build on)
+from .init import random_normal, random_uniform, truncated_normal  # noqa: E402  (TF1's initial values)
+from .layers import Input  # noqa: E402
+
+# Keras's and TF1's spellings: `import graphnet as keras` reaches keras.optimizers.Adam,
+# keras.models.load_model, keras.Input; TF1's reduce_* are the same reductions.
+from . import model as models  # noqa: E402
+optimizers = optim
+reduce_sum, reduce_mean, reduce_max = sum, mean, max
 
 Tensor = Node
 __version__ = "0.1.0"

@@ -2,7 +2,9 @@
 
 A save writes a temporary file in the target's directory, fsyncs it and renames it over the target
 (`os.replace` is atomic on POSIX and Windows), so a crash mid-save leaves the previous checkpoint
-whole. Reads use `allow_pickle=False`: a checkpoint can hold arrays and strings, never code.
+whole. The file gets the permissions an ordinary `open(path, "w")` would give it: those of the file it
+replaces, else 0666 less the process umask (not mkstemp's private 0600). Reads use `allow_pickle=False`:
+a checkpoint can hold arrays and strings, never code.
 Reads check every array's header against its stored size and bound the total element count
 (MAX_ELEMENTS, 8 GiB of float32) before numpy allocates anything, so a crafted file cannot make a
 load allocate more than it holds.
@@ -28,6 +30,7 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -38,6 +41,28 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _mode_for(path: str) -> int:
+    """The mode a plain open() leaves: the replaced file's, else 0o666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: str) -> None:
@@ -63,8 +88,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         head = f.read(len(np.lib.format.MAGIC_PREFIX))
     if head == np.lib.format.MAGIC_PREFIX:
         raise ValueError(f"{name} is a .npy array file, not an .npz checkpoint (save_weights and save write .npz)")
+    if head.startswith(b"\x89HDF"):
+        raise ValueError(f"{name} is an HDF5 file (Keras's .h5 format): graphnet reads only the .npz archives its "
+                         f"save and save_weights write")
     try:
         with zipfile.ZipFile(name) as archive:
+            _refuse_keras_archive(archive, name)
             headers = [_array_header(archive, info) for info in archive.infolist()]
     except _UNREADABLE as e:
         raise ValueError(f"{name} is not a readable .npz checkpoint: {e}") from None
@@ -74,6 +103,14 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {key: data[key] for key in data.files}
     except _UNREADABLE as e:
         raise ValueError(f"{name} is not a readable .npz checkpoint: {e}") from None
+
+
+def _refuse_keras_archive(archive: zipfile.ZipFile, name: str) -> None:
+    """A Keras 3 .keras file is a zip archive too (config.json, model.weights.h5): say so."""
+    members = set(archive.namelist())
+    if "config.json" in members or "model.weights.h5" in members:
+        raise ValueError(f"{name} is a Keras .keras archive: graphnet reads only the .npz archives its save and "
+                         f"save_weights write (whatever their suffix)")
 
 
 def _array_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Header:

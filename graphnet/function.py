@@ -21,15 +21,15 @@ from .program import Program
 
 
 class PythonCall:
-    """`fn(**feeds)` -> `fn._call(feeds)`: Function's call where the C version (`_callable.c`, ~0.3 us
-    faster) was not built."""
+    """`fn(**feeds)` -> `fn._call(feeds)`: Function's call where the C extension (codegen/llvm/_call.c,
+    whose `Callable` does the same without a Python frame) was not built."""
 
     def __call__(self, **feeds: Any) -> Any:
         return self._call(feeds)
 
 
 try:
-    from ._callable import Callable as _CallBase
+    from codegen.llvm._call import Callable as _CallBase
 except ImportError:  # installed without a C compiler
     _CallBase = PythonCall
 
@@ -276,6 +276,8 @@ def _update_pairs(updates: Any) -> list[tuple[Node, Node]]:
     if updates is None:
         return []
     items = updates.items() if isinstance(updates, dict) else updates
+    if isinstance(items, tuple) and len(items) == 2 and isinstance(items[0], Node) and items[0].op.name == "variable":
+        items = [items]  # one pair, as v.assign(expr) returns it
     pairs = []
     for var, value in items:
         if not isinstance(var, Node) or var.op.name != "variable":

@@ -150,9 +150,45 @@ class Node:
         """A numpy copy of a variable's current value."""
         return self._variable().read()
 
-    def assign(self, value: Any) -> None:
-        """Set a variable's value in place (every compiled function sees it)."""
+    def assign(self, value: Any) -> "tuple[Node, Node] | None":
+        """Set a variable's value in place (every compiled function sees it). Given a graph node instead
+        (TF1's `v.assign(expr)`), change nothing and return the update `(v, expr)` for
+        `gn.compile(..., updates=[...])`."""
+        if isinstance(value, Node):
+            return self._update(value)
         self._variable().write(value)
+        return None
+
+    def assign_add(self, value: Any) -> "tuple[Node, Node] | None":
+        """`assign(v + value)`: an update for a graph node, else an in-place change now."""
+        if isinstance(value, Node):
+            return self._update(self + value)
+        self._add_now(np.asarray(value))
+        return None
+
+    def assign_sub(self, value: Any) -> "tuple[Node, Node] | None":
+        """`assign(v - value)`: an update for a graph node, else an in-place change now."""
+        if isinstance(value, Node):
+            return self._update(self - value)
+        self._add_now(-np.asarray(value))
+        return None
+
+    def _add_now(self, delta: np.ndarray) -> None:
+        var = self._variable()
+        with var._held():  # one read-modify-write: no step runs between the read and the write (re-entrant)
+            var.write(var.read() + delta)
+
+    def _update(self, value: "Node") -> "tuple[Node, Node]":
+        """The pair (variable, new value), checked for graph and shape at build time and cast to the
+        variable's dtype."""
+        self._variable()
+        if value.graph is not self.graph:
+            raise ValueError(f"assign to variable '{self.name}': the value belongs to another graph "
+                             f"(created at {value.source})")
+        if value.shape != self.shape:
+            raise ShapeError(f"assign to variable '{self.name}': the value has shape {shape_str(value.shape)}, the "
+                             f"variable {shape_str(self.shape)} (value created at {value.source})")
+        return (self, _ops.cast(value, self.dtype))
 
     @property
     def trainable(self) -> bool:

@@ -1,4 +1,9 @@
-"""Parameter initializers (numpy arrays to pass to `gn.variable`)."""
+"""Parameter initializers (numpy arrays to pass to `gn.variable`).
+
+Each draws from `gn.set_seed`'s generator unless given a seed. `random_normal`, `random_uniform` and
+`truncated_normal` take TF1's arguments (`gn.random_normal((2, 3), stddev=0.1)`, also at the top
+level): they return an array drawn once, an initial value, not an op drawing at every step.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -41,4 +46,67 @@ def ones(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.n
     return np.ones(shape, dtype)
 
 
-BY_NAME = {"glorot_uniform": glorot_uniform, "he_normal": he_normal, "zeros": zeros, "ones": ones}
+def glorot_normal(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Truncated N(0, 2 / (fan_in + fan_out)) at two standard deviations, as Keras draws it."""
+    fan_in, fan_out = _fans(tuple(shape))
+    return truncated_normal(shape, stddev=np.sqrt(2.0 / (fan_in + fan_out)) / _TRUNCATED_STD, seed=seed, dtype=dtype)
+
+
+def he_uniform(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """U(-a, a) with a = sqrt(6 / fan_in)."""
+    fan_in, _ = _fans(tuple(shape))
+    a = np.sqrt(6.0 / fan_in)
+    return _rng(seed).uniform(-a, a, size=shape).astype(dtype)
+
+
+def lecun_normal(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Truncated N(0, 1 / fan_in) at two standard deviations."""
+    fan_in, _ = _fans(tuple(shape))
+    return truncated_normal(shape, stddev=np.sqrt(1.0 / fan_in) / _TRUNCATED_STD, seed=seed, dtype=dtype)
+
+
+def lecun_uniform(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """U(-a, a) with a = sqrt(3 / fan_in)."""
+    fan_in, _ = _fans(tuple(shape))
+    a = np.sqrt(3.0 / fan_in)
+    return _rng(seed).uniform(-a, a, size=shape).astype(dtype)
+
+
+def random_normal(shape: Any, mean: float = 0.0, stddev: float = 1.0, dtype: Any = np.float32,
+                  seed: int | None = None) -> np.ndarray:
+    """TF1's `tf.random_normal(shape, mean, stddev)`: an array of N(mean, stddev^2) draws."""
+    return _rng(seed).normal(mean, stddev, size=_shape(shape)).astype(dtype)
+
+
+def random_uniform(shape: Any, minval: float = 0.0, maxval: float = 1.0, dtype: Any = np.float32,
+                   seed: int | None = None) -> np.ndarray:
+    """TF1's `tf.random_uniform(shape, minval, maxval)`: an array of U[minval, maxval) draws."""
+    return _rng(seed).uniform(minval, maxval, size=_shape(shape)).astype(dtype)
+
+
+def truncated_normal(shape: Any, mean: float = 0.0, stddev: float = 1.0, dtype: Any = np.float32,
+                     seed: int | None = None) -> np.ndarray:
+    """TF1's `tf.truncated_normal`: N(mean, stddev^2) draws, redrawn until within two stddev of the mean."""
+    rng = _rng(seed)
+    out = rng.normal(size=_shape(shape))
+    bad = np.abs(out) > 2
+    while bad.any():
+        out[bad] = rng.normal(size=int(bad.sum()))
+        bad = np.abs(out) > 2
+    return (mean + stddev * out).astype(dtype)
+
+
+_TRUNCATED_STD = 0.87962566103423978  # the standard deviation of N(0, 1) truncated at +-2
+
+
+def _shape(shape: Any) -> tuple:
+    return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+
+
+BY_NAME = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal, "he_normal": he_normal,
+           "he_uniform": he_uniform, "lecun_normal": lecun_normal, "lecun_uniform": lecun_uniform, "zeros": zeros,
+           "ones": ones,
+           "random_normal": lambda shape, seed=None, dtype=np.float32: random_normal(shape, 0.0, 0.05, dtype, seed),
+           "random_uniform": lambda shape, seed=None, dtype=np.float32: random_uniform(shape, -0.05, 0.05, dtype, seed),
+           "truncated_normal": lambda shape, seed=None, dtype=np.float32: truncated_normal(shape, 0.0, 0.05, dtype,
+                                                                                           seed)}

@@ -1,20 +1,28 @@
 """Keras-style layers.
 
-Calling a layer on a `SymbolicTensor` only records the connection and the output shape; a `Model`
-then replays the recorded layer DAG into a graph of its own (`Layer.build`), so the trained model
-is an ordinary graphnet graph. Each node keeps the source line of the layer call that made it.
+Calling a layer on a `SymbolicTensor` only records the call and the output shape; a `Model` then
+replays the recorded calls into a graph of its own (`Layer.build`), so the trained model is an
+ordinary graphnet graph. Each node keeps the source line of the layer call that made it.
+
+A layer may be called several times (shared layers): every call uses the same weights, so their
+gradients add up. The weights' storage belongs to the layer and outlives any one graph, so every
+model that uses a layer (a sub-model, a model built on another's layers, a recompiled model) reads and
+trains the same values.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import init, ops
-from .graph import Graph, Node, check_name, shape_str
+from .graph import Graph, Node, Variable, check_name, shape_str
+from .ops.sources import variable_of
 from .random import next_dropout_seed
 from .source import user_location
 
@@ -27,16 +35,24 @@ ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
     "log_softmax": ops.log_softmax,
     "softplus": ops.softplus,
     "leaky_relu": ops.leaky_relu,
+    "swish": lambda x: x * ops.sigmoid(x),
+    "silu": lambda x: x * ops.sigmoid(x),
+    "elu": lambda x: ops.where(x > 0, x, ops.exp(ops.minimum(x, 0.0)) - 1.0),
+    "selu": lambda x: 1.0507009873554805 * ops.where(x > 0, x, 1.6732632423543772 * (ops.exp(ops.minimum(x, 0.0))
+                                                                                        - 1.0)),
+    "exponential": ops.exp,
 }
 
 _order = itertools.count()
+_weight_prefix: contextvars.ContextVar[str] = contextvars.ContextVar("weight_prefix", default="")
 
 
 class SymbolicTensor:
-    """A layer output before any graph exists: its shape (None = batch), producer and call site."""
+    """A layer output before any graph exists: its shape (None = batch), the layer call that makes it
+    (`layer`, its `inbound` tensors, `index`: which call of the layer) and the call site."""
 
-    def __init__(self, shape: tuple, layer: "Layer", inbound: Sequence["SymbolicTensor"]):
-        self.shape, self.layer, self.inbound = tuple(shape), layer, list(inbound)
+    def __init__(self, shape: tuple, layer: "Layer", inbound: Sequence["SymbolicTensor"], index: int = 0):
+        self.shape, self.layer, self.inbound, self.index = tuple(shape), layer, list(inbound), index
         self.source = user_location()
         self.order = next(_order)  # creation order is a topological order
 
@@ -65,36 +81,96 @@ def activation_name(activation: str | Callable | None) -> str:
                      f"use a name ({', '.join(ACTIVATIONS)}) or save_weights")
 
 
-class Layer:
-    """Base layer: `__call__` records the connection, `build` creates the graph nodes."""
+@contextlib.contextmanager
+def weight_prefix(prefix: str) -> Iterator[None]:
+    """Name the weights built inside the block `<prefix><layer>/<slot>` (a sub-model's layers)."""
+    token = _weight_prefix.set(_weight_prefix.get() + prefix)
+    try:
+        yield
+    finally:
+        _weight_prefix.reset(token)
 
-    def __init__(self, name: str | None = None):
+
+class Layer:
+    """Base layer: `__call__` records a call, `build` creates the graph nodes of one call.
+
+    A subclass defines `compute_output_shape(input_shapes)` (a list, one shape per input), `build(graph,
+    inputs)` (making weights with `self._weight`), `weight_shapes(input_shapes)` and `get_config()`.
+    `input_shape=` (or `input_dim=`) on the first layer of a `Sequential` gives the model its input.
+    """
+
+    def __init__(self, name: str | None = None, input_shape: Sequence[int] | None = None,
+                 input_dim: int | None = None, trainable: bool = True):
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"layer name must be a non-empty string without '/', got {name!r}")
         if name is not None:
             check_name(name, "layer")
+        if input_shape is not None and input_dim is not None:
+            raise ValueError(f"{type(self).__name__}: give input_shape or input_dim, not both")
         self.name = name
-        self.output: SymbolicTensor | None = None
-        self.weights: dict[str, Node] = {}  # set by build: weight name -> variable node
-        self.owner: object | None = None  # the model this layer belongs to (layers are not shared)
+        self.calls: list[SymbolicTensor] = []  # one output per call, in call order
+        self._storage: dict[str, Variable] = {}  # slot -> the weight's storage, shared by every graph
+        self._nodes: dict[str, Node] = {}  # slot -> the variable node of the latest build
+        self._trainable = bool(trainable)
+        self.call_index = 0  # which call `build` is building (set by the model replaying the calls)
+        shape = (input_dim,) if input_dim is not None else input_shape
+        self.input_shape_hint = None if shape is None else tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
 
     @property
     def kind(self) -> str:
         return type(self).__name__.lower()
 
+    # ---- calls ---------------------------------------------------------------------------
     def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
         inbound = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         for x in inbound:
             if not isinstance(x, SymbolicTensor):
                 raise TypeError(f"{type(self).__name__} must be called on a layer output (Input(...) or another "
-                                f"layer's result), got {type(x).__name__}")
-        if self.output is not None:
-            raise ValueError(f"{type(self).__name__} layer {self.name or ''} is already connected at "
-                             f"{self.output.source}; create a new layer (weight sharing is not supported)")
-        self.output = SymbolicTensor(self.output_shape([x.shape for x in inbound]), self, inbound)
-        return self.output
+                                f"layer's result), got {type(x).__name__}; to compute on arrays, build a model "
+                                f"and call model.predict(x) or model(x)")
+        shapes = [x.shape for x in inbound]
+        out_shape = self.compute_output_shape(shapes)
+        if self.calls:
+            first = [x.shape for x in self.calls[0].inbound]
+            if self.weight_shapes(first) != self.weight_shapes(shapes):
+                raise ValueError(f"{type(self).__name__} layer {self.name or ''} is shared: called at "
+                                 f"{self.calls[0].source} on {', '.join(map(shape_str, first))}, it cannot take "
+                                 f"{', '.join(map(shape_str, shapes))} with the same weights")
+        out = SymbolicTensor(out_shape, self, inbound, len(self.calls))
+        self.calls.append(out)
+        return out
 
-    def output_shape(self, input_shapes: list[tuple]) -> tuple:
+    @property
+    def output(self) -> SymbolicTensor | None:
+        """The output of the layer's first call (None before it is called)."""
+        return self.calls[0] if self.calls else None
+
+    @property
+    def input(self) -> SymbolicTensor | list[SymbolicTensor]:
+        first = self._first_call("input")
+        return first.inbound[0] if len(first.inbound) == 1 else list(first.inbound)
+
+    @property
+    def output_shape(self) -> tuple:
+        """The output shape of the first call, None for the batch (Keras's `layer.output_shape`)."""
+        return self._first_call("output_shape").shape
+
+    @property
+    def input_shape(self) -> tuple | list[tuple]:
+        first = self._first_call("input_shape")
+        shapes = [x.shape for x in first.inbound]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    def _first_call(self, what: str) -> SymbolicTensor:
+        if not self.calls:
+            raise AttributeError(f"{type(self).__name__} layer {self.name or ''} has no {what}: it has not been "
+                                 f"called on a layer output yet")
+        return self.calls[0]
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        rule = getattr(type(self), "output_shape", None)
+        if callable(rule):  # a layer written for the earlier protocol: output_shape(self, input_shapes)
+            return rule(self, input_shapes)
         (shape,) = self._single(input_shapes)
         return shape
 
@@ -110,16 +186,70 @@ class Layer:
         """The shape of each weight `build` makes for inputs of these shapes (known before building)."""
         return {}
 
-    def _weight(self, graph: Graph, slot: str, value: np.ndarray, trainable: bool = True) -> Node:
-        node = ops.variable(f"{self.name}/{slot}", value, trainable=trainable, graph=graph)
-        self.weights[slot] = node
+    # ---- weights -------------------------------------------------------------------------
+    def _weight(self, graph: Graph, slot: str, make: Callable[[], np.ndarray], trainable: bool = True) -> Node:
+        """The variable node of weight `slot` in `graph`: the node already there (a shared layer's
+        second call), a node over the layer's existing storage, or new storage initialised by `make()`."""
+        name = f"{_weight_prefix.get()}{self.name}/{slot}"
+        storage = self._storage.get(slot)
+        existing = graph.variables.get(name)
+        if storage is not None and existing is not None and existing.attrs["var"] is storage:
+            node = existing
+        elif storage is not None:
+            node = variable_of(name, storage, graph)
+        else:
+            node = ops.variable(name, make(), trainable=trainable and self._trainable, graph=graph)
+            self._storage[slot] = node.attrs["var"]
+        self._nodes[slot] = node
         return node
+
+    def graph_weights(self) -> dict[str, Node]:
+        """Weight name (within the layer) -> variable node, from the latest build."""
+        return dict(self._nodes)
+
+    @property
+    def weights(self) -> list[Node]:
+        """The variable nodes of the latest build (Keras's `layer.weights`)."""
+        return list(self._nodes.values())
+
+    @property
+    def trainable_weights(self) -> list[Node]:
+        return [w for w in self._nodes.values() if w.trainable]
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Freeze (False) or unfreeze the layer's weights; as in Keras, compile again for it to take effect."""
+        self._trainable = bool(value)
+        for var in self._storage.values():
+            var.trainable = self._trainable
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [var.read() for var in self._storage.values()]
+
+    def set_weights(self, values: Sequence[np.ndarray]) -> None:
+        slots = list(self._storage)
+        if len(values) != len(slots):
+            raise ValueError(f"set_weights: layer {self.name} has {len(slots)} weights, got {len(values)} arrays")
+        arrays = [np.asarray(v) for v in values]
+        for slot, arr in zip(slots, arrays):
+            if arr.shape != self._storage[slot].array.shape:
+                raise ValueError(f"set_weights: weight '{self.name}/{slot}' has shape "
+                                 f"{shape_str(self._storage[slot].array.shape)}, got {shape_str(arr.shape)}")
+        for slot, arr in zip(slots, arrays):
+            self._storage[slot].write(arr.astype(self._storage[slot].array.dtype))
+
+    def count_params(self) -> int:
+        if not self.calls:
+            return sum(int(np.prod(v.array.shape)) for v in self._storage.values())
+        shapes = self.weight_shapes([x.shape for x in self.calls[0].inbound])
+        return sum(math.prod(s) for s in shapes.values())
 
     def get_config(self) -> dict:
         return {"name": self.name}
-
-    def count_params(self) -> int:
-        return sum(int(np.prod(w.shape)) for w in self.weights.values())
 
 
 class InputLayer(Layer):
@@ -127,13 +257,19 @@ class InputLayer(Layer):
 
     kind = "input"
 
-    def __init__(self, shape: Sequence[int], dtype: Any = np.float32, name: str | None = None):
+    def __init__(self, shape: Sequence[int] | None = None, dtype: Any = np.float32, name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
         super().__init__(name)
+        if shape is None:
+            shape = input_shape
         shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
-        if not shape or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in shape):
-            raise ValueError(f"Input shape must be positive integers, got {shape!r}")
+        if not shape or any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d <= 0 for d in shape):
+            raise ValueError(f"Input shape must be positive integers (the batch dimension is implied), got {shape!r}")
         self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
-        self.output = SymbolicTensor((None,) + self.shape, self, [])
+        self.calls.append(SymbolicTensor((None,) + self.shape, self, []))
+
+    def __call__(self, inputs: Any) -> SymbolicTensor:
+        raise TypeError("an InputLayer is not called on tensors; use gn.layers.Input(shape) as a model input")
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
         return ops.placeholder(self.name, (None,) + self.shape, self.dtype, graph=graph)
@@ -142,8 +278,11 @@ class InputLayer(Layer):
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name}
 
 
-def Input(shape: Sequence[int], dtype: Any = np.float32, name: str | None = None) -> SymbolicTensor:
-    """A model input of the given per-sample `shape` (the batch dimension is added)."""
+def Input(shape: Sequence[int] | int | None = None, dtype: Any = np.float32, name: str | None = None,
+          batch_size: int | None = None) -> SymbolicTensor:
+    """A model input of the given per-sample `shape` (the batch dimension is added and left open)."""
+    if shape is None:
+        raise ValueError("Input needs a shape, e.g. Input(shape=(2,))")
     return InputLayer(shape, dtype, name).output
 
 
@@ -152,9 +291,10 @@ class Dense(Layer):
 
     def __init__(self, units: int, activation: str | Callable | None = None, use_bias: bool = True,
                  kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
-                 name: str | None = None):
-        super().__init__(name)
-        if not isinstance(units, (int, np.integer)) or units <= 0:
+                 name: str | None = None, input_shape: Sequence[int] | None = None, input_dim: int | None = None,
+                 trainable: bool = True):
+        super().__init__(name, input_shape, input_dim, trainable)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
         for what, value in (("kernel_initializer", kernel_initializer), ("bias_initializer", bias_initializer)):
             if value not in init.BY_NAME:
@@ -164,7 +304,7 @@ class Dense(Layer):
         self.act = resolve_activation(activation)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
-    def output_shape(self, input_shapes: list[tuple]) -> tuple:
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
         (shape,) = self._single(input_shapes)
         if len(shape) != 2:
             raise ValueError(f"Dense expects (batch, features) inputs, got {shape_str(shape)}; add a Flatten layer")
@@ -177,10 +317,19 @@ class Dense(Layer):
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
         (x,) = inputs
         shapes = self.weight_shapes([x.shape])
-        z = x @ self._weight(graph, "kernel", init.BY_NAME[self.kernel_initializer](shapes["kernel"]))
+        kernel = self._weight(graph, "kernel", lambda: init.BY_NAME[self.kernel_initializer](shapes["kernel"]))
+        z = x @ kernel
         if self.use_bias:
-            z = z + self._weight(graph, "bias", init.BY_NAME[self.bias_initializer](shapes["bias"]))
+            z = z + self._weight(graph, "bias", lambda: init.BY_NAME[self.bias_initializer](shapes["bias"]))
         return self.act(z)
+
+    @property
+    def kernel(self) -> Node:
+        return self._nodes["kernel"]
+
+    @property
+    def bias(self) -> Node | None:
+        return self._nodes.get("bias")
 
     def get_config(self) -> dict:
         return {"name": self.name, "units": self.units, "activation": activation_name(self.activation),
@@ -192,18 +341,20 @@ class Dropout(Layer):
     """Inverted dropout during training; the identity in evaluate and predict.
 
     The mask's key is fixed when the layer is made (from `gn.set_seed`), so a saved model replays
-    the same masks after loading.
+    the same masks after loading; each call of a shared Dropout draws its own masks.
     """
 
-    def __init__(self, rate: float, seed: int | None = None, name: str | None = None):
-        super().__init__(name)
+    def __init__(self, rate: float, seed: int | None = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
         if not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.seed = next_dropout_seed() if seed is None else int(seed) & 0xFFFFFFFF
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
-        return ops.dropout(inputs[0], self.rate, seed=self.seed)
+        seed = (self.seed + 0x9E3779B9 * self.call_index) & 0xFFFFFFFF
+        return ops.dropout(inputs[0], self.rate, seed=seed)
 
     def get_config(self) -> dict:
         return {"name": self.name, "rate": self.rate, "seed": self.seed}
@@ -212,8 +363,8 @@ class Dropout(Layer):
 class Activation(Layer):
     """An activation function by name or callable."""
 
-    def __init__(self, activation: str | Callable, name: str | None = None):
-        super().__init__(name)
+    def __init__(self, activation: str | Callable, name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
         self.activation, self.act = activation, resolve_activation(activation)
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
@@ -226,7 +377,10 @@ class Activation(Layer):
 class Flatten(Layer):
     """(batch, d1, d2, ...) -> (batch, d1*d2*...)."""
 
-    def output_shape(self, input_shapes: list[tuple]) -> tuple:
+    def __init__(self, name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
         (shape,) = self._single(input_shapes)
         return (None, math.prod(shape[1:]))
 
@@ -235,14 +389,18 @@ class Flatten(Layer):
         return x if x.ndim == 2 else ops.reshape(x, (None, math.prod(x.shape[1:])))
 
 
-class Add(Layer):
-    """Elementwise sum of several layer outputs of one shape (joins the branches of a model)."""
+class _Merge(Layer):
+    """Joins two or more layer outputs of one shape elementwise."""
 
-    def output_shape(self, input_shapes: list[tuple]) -> tuple:
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
         if len(input_shapes) < 2 or any(s != input_shapes[0] for s in input_shapes):
-            raise ValueError(f"Add needs two or more inputs of one shape, got "
+            raise ValueError(f"{type(self).__name__} needs two or more inputs of one shape, got "
                              f"{', '.join(shape_str(s) for s in input_shapes)}")
         return input_shapes[0]
+
+
+class Add(_Merge):
+    """Elementwise sum of several layer outputs of one shape (joins the branches of a model)."""
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
         total = inputs[0]
@@ -251,7 +409,71 @@ class Add(Layer):
         return total
 
 
-LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add)}
+class Subtract(_Merge):
+    """The first input minus the second."""
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        if len(input_shapes) != 2:
+            raise ValueError(f"Subtract takes exactly two inputs, got {len(input_shapes)}")
+        return super().compute_output_shape(input_shapes)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return inputs[0] - inputs[1]
+
+
+class Multiply(_Merge):
+    """Elementwise product of several layer outputs of one shape."""
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = total * x
+        return total
+
+
+class Average(_Merge):
+    """Elementwise mean of several layer outputs of one shape."""
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return Add.build(self, graph, inputs) * (1.0 / len(inputs))
+
+
+class Concatenate(Layer):
+    """Joins (batch, features) outputs along the feature axis.
+
+    Written as a sum of products with constant 0/1 placement matrices (there is no concatenation op),
+    so it costs a matmul of each input's width by the total width: fine for the narrow layers that
+    join branches, slow for wide ones."""
+
+    def __init__(self, axis: int = -1, name: str | None = None):
+        super().__init__(name)
+        if axis not in (-1, 1):
+            raise ValueError(f"Concatenate joins (batch, features) inputs along axis -1 (or 1), got axis={axis}")
+        self.axis = axis
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        if len(input_shapes) < 2 or any(len(s) != 2 for s in input_shapes):
+            raise ValueError(f"Concatenate needs two or more (batch, features) inputs, got "
+                             f"{', '.join(shape_str(s) for s in input_shapes)}")
+        return (None, sum(s[1] for s in input_shapes))
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        total_width = sum(x.shape[1] for x in inputs)
+        out, start = None, 0
+        for x in inputs:
+            place = np.zeros((x.shape[1], total_width), x.dtype)
+            place[:, start:start + x.shape[1]] = np.eye(x.shape[1], dtype=x.dtype)
+            part = x @ ops.constant(place, graph=graph)
+            out = part if out is None else out + part
+            start += x.shape[1]
+        return out
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "axis": self.axis}
+
+
+LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add,
+                                                                 Subtract, Multiply, Average, Concatenate)}
 
 
 def from_config(class_name: str, config: dict) -> Layer:

@@ -83,11 +83,12 @@ def test_bad_layer_arguments(make, message):
         make()
 
 
-def test_layer_cannot_be_called_twice():
+def test_shared_layer_needs_inputs_of_one_width():
     layer = Dense(2)
     layer(Input((3,)))
-    with pytest.raises(ValueError, match="already connected"):
-        layer(Input((3,)))
+    layer(Input((3,)))  # shared: same weights
+    with pytest.raises(ValueError, match=r"is shared.*cannot take \(N, 4\)"):
+        layer(Input((4,)))
 
 
 def test_calling_a_layer_on_an_array_is_a_type_error():
@@ -120,3 +121,19 @@ def test_model_is_an_ordinary_graph():
     w, b = model.get_weights()
     expected = 2 * x.T @ (x @ w + b - y)
     np.testing.assert_allclose(fn(input=x, **{"dense/target": y}), expected, rtol=1e-5)
+
+
+def test_a_layer_written_for_the_earlier_output_shape_method_keeps_its_rule():
+    class Twice(gn.layers.Layer):
+        def output_shape(self, input_shapes):
+            (shape,) = input_shapes
+            return (None, 2 * shape[1])
+
+        def build(self, graph, inputs):
+            return gn.layers.Concatenate().build(graph, [inputs[0], inputs[0]])
+    inputs = Input((3,))
+    out = Twice()(inputs)
+    assert out.shape == (None, 6)
+    model = gn.Model(inputs, out)
+    model.backend = BACKEND
+    np.testing.assert_array_equal(model.predict(np.array([[1, 2, 3]], np.float32)), [[1, 2, 3, 1, 2, 3]])

@@ -1,5 +1,9 @@
 """Model: compile, fit, evaluate, predict, summary, metrics and the checks on bad input."""
 import io
+import os
+import re
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -187,17 +191,63 @@ def test_one_line_per_epoch_when_not_a_terminal(capsys):
     assert len(lines) == 3 and lines[2].startswith("Epoch 3/3") and "loss:" in lines[2] and "accuracy:" in lines[2]
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class Slow(gn.callbacks.Callback):
+    """Makes each batch outlast tqdm's refresh interval, so the live bar is drawn."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.11)
+
+
 def test_progress_bar_on_a_terminal(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+    out = Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    x, y = students(20)
+    pass_model().fit(x, y, epochs=2, batch_size=4, verbose=1, callbacks=[Slow()])
+    text = out.getvalue()
+    assert "step/s" in text and "Epoch 1/2 3/5 - loss: " in text  # the live bar: running metrics first
+    lines = text.split("\n")
+    assert lines[0].endswith("Epoch 1/2 - 5 steps - " + lines[0].rsplit("Epoch 1/2 - 5 steps - ", 1)[1])
+    assert all(f"Epoch {e}/2 - 5 steps" in text for e in (1, 2))
+
+
+def test_bar_never_hides_validation_metrics_on_a_narrow_terminal(monkeypatch):
+    """The live bar is cut to the terminal's width; each epoch then ends with its full line."""
+    out = Terminal()
+    out.fileno = lambda: 1  # what tqdm asks the terminal size of
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((41, 24)))  # tqdm uses 40
+    x, y = students(40)
+    pass_model().fit(x, y, epochs=1, batch_size=4, verbose=1, validation_split=0.25, callbacks=[Slow()])
+    bar_lines = [part for part in out.getvalue().split("\r") if "step/s" in part or "|" in part]
+    assert bar_lines and all(len(part.rstrip()) <= 40 for part in bar_lines)
+    final = out.getvalue().rsplit("\r", 1)[1]
+    assert final.startswith("Epoch 1/1 - 8 steps - ") and final.endswith("\n")
+    assert all(f"{key}: " in final for key in ("loss", "accuracy", "val_loss", "val_accuracy"))
+
+
+def test_plain_lines_on_a_terminal_without_tqdm(monkeypatch):
+    """A plain install (no tqdm): one line per epoch on a terminal too, no ImportError."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     out = Terminal()
     monkeypatch.setattr("sys.stdout", out)
     x, y = students(20)
     pass_model().fit(x, y, epochs=2, batch_size=4, verbose=1)
-    text = out.getvalue()
-    assert "Epoch 1/2" in text and "Epoch 2/2" in text and "5/5" in text
-    assert "step/s" in text and "loss=" in text and "accuracy=" in text
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2 - 5 steps - ") and "\r" not in out.getvalue()
+    assert re.search(r"loss: \d\.\d{4} - accuracy: \d\.\d{4}$", lines[1])
+
+
+def test_log_numbers_are_formatted_as_keras_does():
+    from graphnet.callbacks import format_logs, format_value
+    assert format_value(2.17912) == "2.1791" and format_value(0.5) == "0.5000"
+    assert format_value(0.0001234) == "1.2340e-04" and format_value(0.0) == "0.0000e+00"
+    assert format_logs({"loss": 0.69314, "val_loss": 12.0}) == "loss: 0.6931 - val_loss: 12.0000"
 
 
 def test_verbose_zero_is_silent(capsys):
@@ -206,10 +256,16 @@ def test_verbose_zero_is_silent(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_summary_table():
-    text = classifier(dropout=0.1).summary(print_fn=None)
-    assert "dense (Dense)" in text and "(N, 8)" in text and "dropout (Dropout)" in text
+def test_summary_prints_keras_style_and_returns_none(capsys):
+    model = classifier(dropout=0.1)
+    assert model.summary() is None
+    text = capsys.readouterr().out
+    assert 'Model: "sequential"' in text and "dense (Dense)" in text and "(None, 8)" in text
+    assert "dropout (Dropout)" in text and "(N," not in text and "input" not in text
     assert "Total params: 67" in text  # 4*8+8 + 8*3+3
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "\n".join(lines) + "\n" == text
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -295,13 +351,14 @@ def test_model_construction_errors():
     stray = Input((2,))
     with pytest.raises(ValueError, match="not among the model's inputs"):
         gn.Model(a, gn.layers.Add()([Dense(2)(a), Dense(2)(stray)]))
-    with pytest.raises(ValueError, match="Input"):
-        gn.Sequential([Dense(2)])
+    with pytest.raises(ValueError, match="not been built yet.*input_shape"):
+        gn.Sequential([Dense(2)]).summary()  # no input shape until build/fit/predict
     inputs = Input((2,))
     hidden = Dense(2)(inputs)
-    gn.Model(inputs, Dense(1)(hidden))
-    with pytest.raises(ValueError, match="already belongs to another model"):
-        gn.Model(inputs, hidden)
+    outer = gn.Model(inputs, Dense(1)(hidden))
+    inner = gn.Model(inputs, hidden)  # a model over another's layers shares their weights, as in Keras
+    inner.set_weights([np.ones((2, 2)), np.zeros(2)])
+    np.testing.assert_array_equal(outer.get_weights()[0], np.ones((2, 2)))
     x = Input((2,))
     with pytest.raises(ValueError, match="unique"):
         gn.Model(x, Dense(1, name="d")(Dense(2, name="d")(x)))

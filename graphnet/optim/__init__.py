@@ -12,6 +12,8 @@ from .adaptive import Adadelta, Adagrad, RMSProp
 from .base import Optimizer, Updates
 from .sgd import SGD, Momentum
 
+RMSprop = RMSProp  # Keras's spelling
+
 BY_NAME = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "adadelta": Adadelta, "rmsprop": RMSProp,
            "adam": Adam, "adamw": AdamW}
 
@@ -25,5 +27,5 @@ def get(identifier: Any, **hyper: Any) -> Optimizer:
     raise ValueError(f"unknown optimizer {identifier!r} (choose from {', '.join(BY_NAME)} or pass an Optimizer)")
 
 
-__all__ = ["Optimizer", "Updates", "SGD", "Momentum", "Adagrad", "Adadelta", "RMSProp", "Adam", "AdamW", "get",
-           "BY_NAME"]
+__all__ = ["Optimizer", "Updates", "SGD", "Momentum", "Adagrad", "Adadelta", "RMSProp", "RMSprop", "Adam", "AdamW",
+           "get", "BY_NAME"]

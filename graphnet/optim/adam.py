@@ -5,7 +5,7 @@ from typing import Sequence
 
 from .. import ops
 from ..graph import Node
-from .base import Optimizer, check_number, lerp
+from .base import Optimizer, check_number, keras_name, lerp
 
 
 class Adam(Optimizer):
@@ -15,7 +15,16 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr: float | Node = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, clipnorm: float | None = None):
+                 weight_decay: float = 0.0, amsgrad: bool = False, clipnorm: float | None = None, *,
+                 learning_rate: float | Node | None = None, beta_1: float | None = None, beta_2: float | None = None,
+                 epsilon: float | None = None, global_clipnorm: float | None = None):
+        lr = keras_name("lr", lr, 1e-3, "learning_rate", learning_rate)
+        eps = keras_name("eps", eps, 1e-8, "epsilon", epsilon)
+        clipnorm = keras_name("clipnorm", clipnorm, None, "global_clipnorm", global_clipnorm)
+        if beta_1 is not None or beta_2 is not None:
+            if tuple(betas) != (0.9, 0.999):
+                raise TypeError(f"betas={betas!r} and beta_1/beta_2 name the same hyper-parameters; give one")
+            betas = (0.9 if beta_1 is None else beta_1, 0.999 if beta_2 is None else beta_2)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
         self.betas = (check_number("betas[0]", betas[0], 0, 1, high_open=True),
@@ -50,5 +59,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float | Node = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, clipnorm: float | None = None):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, clipnorm)
+                 weight_decay: float = 1e-2, amsgrad: bool = False, clipnorm: float | None = None, *,
+                 learning_rate: float | Node | None = None, beta_1: float | None = None, beta_2: float | None = None,
+                 epsilon: float | None = None, global_clipnorm: float | None = None):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, clipnorm, learning_rate=learning_rate, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, global_clipnorm=global_clipnorm)

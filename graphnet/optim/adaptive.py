@@ -3,14 +3,19 @@ from __future__ import annotations
 
 from .. import ops
 from ..graph import Node
-from .base import Optimizer, check_number, lerp
+from .base import Optimizer, check_number, keras_name, lerp
 
 
 class Adagrad(Optimizer):
     """s += g*g; p -= lr/(1 + (t-1)*lr_decay) * g / (sqrt(s) + eps)."""
 
     def __init__(self, lr: float | Node = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, clipnorm: float | None = None):
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, clipnorm: float | None = None, *,
+                 learning_rate: float | Node | None = None, epsilon: float | None = None,
+                 global_clipnorm: float | None = None):
+        lr = keras_name("lr", lr, 0.01, "learning_rate", learning_rate)
+        eps = keras_name("eps", eps, 1e-10, "epsilon", epsilon)
+        clipnorm = keras_name("clipnorm", clipnorm, None, "global_clipnorm", global_clipnorm)
         self.lr_decay = check_number("lr_decay", lr_decay, 0)
         self.weight_decay = check_number("weight_decay", weight_decay, 0)
         self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value, 0)
@@ -32,7 +37,11 @@ class Adadelta(Optimizer):
     """v = rho*v + (1-rho)*g*g; d = sqrt(u + eps)/sqrt(v + eps) * g; u = rho*u + (1-rho)*d*d; p -= lr*d."""
 
     def __init__(self, lr: float | Node = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
-                 clipnorm: float | None = None):
+                 clipnorm: float | None = None, *, learning_rate: float | Node | None = None,
+                 epsilon: float | None = None, global_clipnorm: float | None = None):
+        lr = keras_name("lr", lr, 1.0, "learning_rate", learning_rate)
+        eps = keras_name("eps", eps, 1e-6, "epsilon", epsilon)
+        clipnorm = keras_name("clipnorm", clipnorm, None, "global_clipnorm", global_clipnorm)
         self.rho = check_number("rho", rho, 0, 1)
         self.eps = check_number("eps", eps, 0, low_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, 0)
@@ -55,7 +64,13 @@ class RMSProp(Optimizer):
     momentum: b = momentum*b + g/q, p -= lr*b; else p -= lr*g/q."""
 
     def __init__(self, lr: float | Node = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False, clipnorm: float | None = None):
+                 momentum: float = 0.0, centered: bool = False, clipnorm: float | None = None, *,
+                 learning_rate: float | Node | None = None, rho: float | None = None, epsilon: float | None = None,
+                 global_clipnorm: float | None = None):
+        lr = keras_name("lr", lr, 0.01, "learning_rate", learning_rate)
+        alpha = keras_name("alpha", alpha, 0.99, "rho", rho)
+        eps = keras_name("eps", eps, 1e-8, "epsilon", epsilon)
+        clipnorm = keras_name("clipnorm", clipnorm, None, "global_clipnorm", global_clipnorm)
         self.alpha = check_number("alpha", alpha, 0, 1)
         self.eps = check_number("eps", eps, 0, low_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, 0)

@@ -56,6 +56,16 @@ def check_number(name: str, value: Any, low: float | None = None, high: float | 
     return value
 
 
+def keras_name(name: str, value: Any, default: Any, keras: str, keras_value: Any) -> Any:
+    """A hyper-parameter given by its PyTorch name or by its Keras name (`learning_rate`, `epsilon`,
+    `rho`, ...): the Keras spelling wins when given; both given with different values is an error."""
+    if keras_value is None:
+        return value
+    if value is not default and value != default and value != keras_value:
+        raise TypeError(f"{name}={value!r} and {keras}={keras_value!r} name the same hyper-parameter; give one")
+    return keras_value
+
+
 def lerp(a: Node, b: Node, weight: float) -> Node:
     """a + weight*(b - a), rounded as torch.lerp computes it (the other end for weights >= 0.5)."""
     if abs(weight) < 0.5:
@@ -139,6 +149,11 @@ class Optimizer:
             updates.extend((state[name], state_new[name]) for name in state)
         updates.append((step, t_new))
         return updates
+
+    @property
+    def learning_rate(self) -> Node:
+        """Keras's name for `lr`: the float64 learning-rate variable (`.assign(x)` changes it, no recompile)."""
+        return self.lr
 
     def variables(self) -> list[Node]:
         """The optimizer's own variables (learning rate if it created it, step counter, state slots)."""

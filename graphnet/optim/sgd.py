@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import ops
 from ..graph import Node
-from .base import Optimizer, check_number
+from .base import Optimizer, check_number, keras_name
 
 
 class SGD(Optimizer):
@@ -11,7 +11,10 @@ class SGD(Optimizer):
     g + momentum*b with Nesterov), or g itself without momentum; p -= lr*step."""
 
     def __init__(self, lr: float | Node = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, clipnorm: float | None = None):
+                 nesterov: bool = False, weight_decay: float = 0.0, clipnorm: float | None = None, *,
+                 learning_rate: float | Node | None = None, global_clipnorm: float | None = None):
+        lr = keras_name("lr", lr, 1e-3, "learning_rate", learning_rate)
+        clipnorm = keras_name("clipnorm", clipnorm, None, "global_clipnorm", global_clipnorm)
         self.momentum = check_number("momentum", momentum, 0)
         self.dampening = check_number("dampening", dampening, 0, 1)
         self.weight_decay = check_number("weight_decay", weight_decay, 0)
@@ -40,5 +43,7 @@ class Momentum(SGD):
     """SGD with momentum 0.9 by default (classical or Nesterov)."""
 
     def __init__(self, lr: float | Node = 1e-3, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0, clipnorm: float | None = None):
-        super().__init__(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, clipnorm=clipnorm)
+                 weight_decay: float = 0.0, clipnorm: float | None = None, *, learning_rate: float | Node | None = None,
+                 global_clipnorm: float | None = None):
+        super().__init__(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, clipnorm=clipnorm,
+                         learning_rate=learning_rate, global_clipnorm=global_clipnorm)
