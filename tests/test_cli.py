@@ -134,6 +134,7 @@ def test_grid_models_match_the_benchmark_grid():
 
 
 def test_bench_without_the_benchmark_module_exits_2(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "graphnet.bench", None)  # makes the import fail as if absent
+    for name in ("graphnet.bench", "graphnet.bench.runner"):  # make the import fail as if absent, even
+        monkeypatch.setitem(sys.modules, name, None)           # after another test imported them
     assert main(["bench", "--configs", "tiny"]) == 2
     assert_one_line(capsys.readouterr().err, ["graphnet.bench is not part of this installation"])
