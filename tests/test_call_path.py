@@ -1,8 +1,10 @@
 """The per-call path of a compiled function (feed check fast path, cached feed addresses, fetch
 copies): after calls that warm every cache, bad feeds are still refused before native code runs,
 results never alias each other, and batch sizes may change from call to call. Every test runs with
-the C call path (codegen/llvm/_call.c) and with the generated Python one."""
+the C call path (codegen/llvm/_call.c) and with the generated Python one (its fallback)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,7 +285,9 @@ def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
     import graphnet.function as function
 
     if base == "C":
-        callable_base = pytest.importorskip("graphnet._callable").Callable
+        if NATIVE is None:
+            pytest.skip("the C call path was not built (no C compiler at install time)")
+        callable_base = NATIVE.Callable
     else:
         callable_base = function.PythonCall
 
@@ -299,17 +303,47 @@ def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
         fn(1)
 
 
-def test_the_c_extensions_are_built_where_there_is_a_c_compiler():
-    """setup.py marks them optional, so a compile error would only print a warning at install time and
-    leave every call on the Python path: this is where it shows."""
+def test_the_c_extension_is_built_where_there_is_a_c_compiler():
+    """setup.py marks it optional, so a compile error would only print a warning at install time and
+    leave every call on the Python path: this is where it shows. It is the only extension: Function's
+    base class and the LLVM fast path live in one module."""
     import shutil
     import sysconfig
 
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}): the Python call path is the one installed")
-    import graphnet._callable  # noqa: F401
     import graphnet.function
 
     assert NATIVE is not None, "codegen/llvm/_call.c did not build: reinstall with `pip install -e .` and read its warning"
-    assert graphnet.function.Function.__mro__[1] is graphnet._callable.Callable
+    assert graphnet.function.Function.__mro__[1] is NATIVE.Callable
+    root = Path(__file__).resolve().parent.parent
+    sources = [p.relative_to(root).as_posix() for d in ("graphnet", "codegen") for p in (root / d).rglob("*.c")]
+    assert [s for s in sources if not s.startswith("graphnet/bench/")] == ["codegen/llvm/_call.c"]
+
+
+def test_without_the_c_extension_every_call_takes_the_python_fallback():
+    """An install without a C compiler: Function's base is PythonCall and the LLVM fast path is the
+    generated Python one, with the same results as the general path."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["codegen.llvm._call"] = None  # as if it was never built: importing it fails
+        import numpy as np
+        import graphnet as gn
+        from graphnet.function import Function, PythonCall
+        assert Function.__mro__[1] is PythonCall
+        x = gn.placeholder("x", (None, 3))
+        fn = gn.compile(x * 2.0, backend="llvm")
+        feed = np.arange(6, dtype=np.float32).reshape(2, 3)
+        for _ in range(3):
+            np.testing.assert_array_equal(fn(x=feed), feed * 2.0)
+        assert "def call" in fn._call.source
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

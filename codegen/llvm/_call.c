@@ -1,7 +1,10 @@
-/* The per-call path of a compiled native step, in C: `codegen/llvm/call.py`'s generated Python
- * path, without the interpreter. A tiny model's native step takes ~0.3 us; a call through the
- * generated Python path (and ctypes) took 1.9 us, through this one 0.8 us (JAX's jit dispatch is
- * C++ for the same reason).
+/* The per-call path of a compiled function, in C: the one C extension (setup.py builds it where a C
+ * compiler is there; without it graphnet/function.py's PythonCall and codegen/llvm/call.py's
+ * generated Python run instead, accepting and refusing the same feeds). Python code between a call
+ * and a tiny model's native step is most of the time that call takes, so this path has none.
+ *
+ * Callable: graphnet.Function's base class. `fn(**feeds)` hands the keyword arguments, as the dict
+ * the call built, to `fn._call` (a FastCall, or Function._general).
  *
  * FastCall(backend, spec, variable_class, names, dtypes, slots, slot_table, step, rebuild, general)
  * is called with the feeds dict. It runs the step only when the feeds are exactly what the general
@@ -22,6 +25,69 @@
 #include <numpy/arrayobject.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <structmember.h>
+
+/* ---- Callable: graphnet.Function's call ---------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *call;
+} Callable;
+
+static PyMemberDef callable_members[] = {
+    {"_call", T_OBJECT_EX, offsetof(Callable, call), 0, "the per-call path, called with the feeds dict"},
+    {NULL},
+};
+
+static PyObject *callable_call(Callable *self, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s takes its feeds by placeholder name, as keyword arguments "
+                     "(got %zd positional)", Py_TYPE(self)->tp_name, PyTuple_GET_SIZE(args));
+        return NULL;
+    }
+    if (self->call == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_call");
+        return NULL;
+    }
+    PyObject *feeds = kwds != NULL ? Py_NewRef(kwds) : PyDict_New();
+    if (feeds == NULL)
+        return NULL;
+    PyObject *result = PyObject_CallOneArg(self->call, feeds);
+    Py_DECREF(feeds);
+    return result;
+}
+
+static int callable_traverse(Callable *self, visitproc visit, void *arg) {
+    Py_VISIT(self->call);
+    return 0;
+}
+
+static int callable_clear(Callable *self) {
+    Py_CLEAR(self->call);
+    return 0;
+}
+
+static void callable_dealloc(Callable *self) {
+    PyObject_GC_UnTrack(self);
+    callable_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CallableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "codegen.llvm._call.Callable",
+    .tp_doc = PyDoc_STR("A base whose call passes the keyword arguments, as a dict, to self._call."),
+    .tp_basicsize = sizeof(Callable),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)callable_dealloc,
+    .tp_traverse = (traverseproc)callable_traverse,
+    .tp_clear = (inquiry)callable_clear,
+    .tp_members = callable_members,
+    .tp_call = (ternaryfunc)callable_call,
+};
+
+/* ---- FastCall: a compiled step's per-call path ------------------------------------------------ */
 
 typedef void (*step_fn)(int64_t batch, void *slots);
 
@@ -288,8 +354,17 @@ static PyTypeObject FastCallType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_call", "The native per-call path of compiled steps (codegen/llvm/call.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_call", "The per-call path of compiled functions (codegen/llvm/call.py).", -1, NULL,
 };
+
+static int add_type(PyObject *m, const char *name, PyTypeObject *type) {
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 PyMODINIT_FUNC PyInit__call(void) {
     import_array();
@@ -301,14 +376,12 @@ PyMODINIT_FUNC PyInit__call(void) {
     s_acquire = PyUnicode_InternFromString("acquire");
     s_release = PyUnicode_InternFromString("release");
     if (!s_batch || !s_fetch_views || !s_last || !s_any_mirrors || !s_lock || !s_acquire || !s_release ||
-        PyType_Ready(&FastCallType) < 0)
+        PyType_Ready(&CallableType) < 0 || PyType_Ready(&FastCallType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&FastCallType);
-    if (PyModule_AddObject(m, "FastCall", (PyObject *)&FastCallType) < 0) {
-        Py_DECREF(&FastCallType);
+    if (add_type(m, "Callable", &CallableType) < 0 || add_type(m, "FastCall", &FastCallType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

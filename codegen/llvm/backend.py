@@ -1,11 +1,12 @@
 """The LLVM backend: a compiled function is one native call `graphnet_step(N, buffers)`.
 
-Per call, Python only stores the feeds' data pointers into a cached pointer array (parameters,
-optimizer state, constants and the arena's temporaries keep their cached addresses), makes one
-ctypes call, and copies the fetched buffers out; `call.py` writes that path as source specialised
-to the function. A call holds the step lock of the function's variables (`graphnet.function.StepLock`),
-which also guards the arena and the pointer array. `check_numerics=True`
-compiles every node as its own kernel and runs the kernels one by one, checking each result.
+Per call, only the feeds' data pointers are stored into a cached pointer array (parameters,
+optimizer state, constants and the arena's temporaries keep their cached addresses), the native step
+runs, and the fetched buffers are copied out: `run` on the general path, `call.py`'s fast path (C, or
+generated Python without the C extension) for unchanged exact feeds. A call holds the step lock of
+the function's variables (`graphnet.function.StepLock`), which also guards the arena and the pointer
+array. `check_numerics=True` compiles every node as its own kernel and runs the kernels one by one,
+checking each result.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from graphnet.feeds import FeedSpec
 from graphnet.function import step_lock
 from graphnet.program import Program
 
-from ..loopir import LoopProgram
 from ..loop_passes import loop_pass_texts
 from ..lower import lower
 from ..memory import allocate, plan_arena
@@ -63,17 +63,17 @@ def _gemm_digest() -> str:
 
 
 class LLVMBackend:
-    def __init__(self, program: Program, options, opt: int = 3, wide: bool | None = None):
+    def __init__(self, program: Program, options):
         self.program, self.check = program, options.check_numerics
-        self.compiler = Compiler(host_target(wide), opt)
+        self.compiler = Compiler(host_target())
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=loop_passes(self._gemm_workspace))
         self._ir_text: str | None = None
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
-        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, opt, self.check, self.threads,
-                                   graphnet.__version__, _codegen_digest())
+        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt, self.check,
+                                   self.threads, graphnet.__version__, _codegen_digest())
         obj = LLVM_OBJECTS.load(self.key)
         self.cache_hit = obj is not None
         if obj is None:
@@ -88,7 +88,7 @@ class LLVMBackend:
         self._bind_buffers()
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> GemmSpec:
-        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), None, None, False)
+        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m))
 
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> int:
         spec = self._gemm_spec(dtype, trans_a, trans_b, m)
@@ -118,7 +118,7 @@ class LLVMBackend:
     def _bind_buffers(self) -> None:
         self.slots = (ctypes.c_void_p * max(1, len(self.lp.buffers)))()
         self.slots_address = ctypes.addressof(self.slots)
-        # The call's arguments as ctypes objects: ctypes converts them ~0.14 us faster than ints.
+        # The call's arguments as ctypes objects, which ctypes passes without converting a Python int.
         self.slots_arg = ctypes.c_void_p(self.slots_address)
         self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
         for i, arr in self.keep.items():

@@ -1,18 +1,18 @@
-"""The per-call path of a compiled native step, written as Python source specialised to one function.
+"""The per-call path of a compiled native step, for the common case of unchanged exact feeds.
 
-A tiny model's step is well under a microsecond of native code, so the Python around its ctypes call
-is most of the time a user sees. Like `dataclasses` writing each class's `__init__`, this writes one
-function's call path as straight-line source: the feeds' checks unrolled with the placeholders' names,
-dtypes and slots as constants, each input's data pointer stored (every call: resize or __setstate__
-moves an array's data and keeps the object), one ctypes call, the fetched buffers copied out, all
-under the function's step lock (`graphnet.function.StepLock`). It accepts only what the feed checks'
-own fast path accepts (`FeedSpec.last`: the exact shapes of the last fully checked call, the
-placeholders' dtypes, C-contiguous ndarrays, no extra feeds, no device mirrors); everything else,
-including a first call and a new batch size, goes to the general path, which converts, explains and
-raises.
+It accepts only what the feed checks' own fast path accepts (`FeedSpec.last`: the exact shapes of the
+last fully checked call, the placeholders' dtypes, C-contiguous ndarrays, no extra feeds, no device
+mirrors); everything else, including a first call and a new batch size, goes to the general path
+(`Function._general`), which converts, explains and raises. Under the function's step lock
+(`graphnet.function.StepLock`) it stores each input's data pointer (every call: resize or
+__setstate__ moves an array's data and keeps the object), makes one native call and copies the
+fetched buffers out.
 
-Where the optional C extension `_call.c` was built (`pip install` compiles it when a C compiler is
-there), the same path runs in C instead: ~0.8 us less per call on the tiny model (see `fast_call`).
+The path is the C extension's `FastCall` (codegen/llvm/_call.c): a tiny model's native step is far
+shorter than the interpreter's work around it. Where the extension was not built (no C compiler at
+install time) the same path is Python source specialised to the function, as `dataclasses` writes
+each class's `__init__`: the checks unrolled with the placeholders' names, dtypes and slots as
+constants. Both accept and refuse the same feeds.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from graphnet.graph import Variable
 
 try:
     from . import _call as native
-except ImportError:  # built without a C compiler: the generated Python path below
+except ImportError:  # built without a C compiler: the generated Python path below, the fallback
     native = None
 
 
@@ -48,7 +48,7 @@ _read_pointer = ctypes.c_void_p.from_address
 
 
 def data_pointer(a: np.ndarray) -> int:
-    """`a.ctypes.data`, about 6x faster (0.16 against 0.95 us): read from the array object."""
+    """`a.ctypes.data` read straight from the array object (`ctypes.data` builds a ctypes object per read)."""
     if _DATA_OFFSET is None:
         return a.ctypes.data
     return _read_pointer(id(a) + _DATA_OFFSET).value or 0
@@ -85,17 +85,23 @@ def fast_call_source(names: list[str], slots: list[int], n_fetches: int, rebuild
 
 
 def fast_call(backend: Any, spec: FeedSpec, rebuild: Callable, general: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    """`general(feeds)` with the common case (same shapes as the last checked call) made short.
+    """`general(feeds)` with the common case (same shapes as the last checked call) made short: the C
+    `FastCall`, or the generated Python path where the extension was not built.
 
     `backend` provides `lock` (its StepLock), `batch` (and `batch_arg`, the same as a ctypes object),
     `step(batch_arg, slots_arg)`, `slots` (the buffer address table; `slots_arg` its address), `inputs`
     (each feed's slot) and `step_address` (the native step's address).
-    The C version (`native.FastCall`) and the generated Python one accept and refuse the same feeds.
     """
     if native is not None:
         return native.FastCall(backend, spec, Variable, tuple(spec.names), tuple(spec.dtypes), tuple(backend.inputs),
                                backend.slots_address, backend.step_address, None if rebuild is list else rebuild,
                                general)
+    return generated_call(backend, spec, rebuild, general)
+
+
+def generated_call(backend: Any, spec: FeedSpec, rebuild: Callable,
+                   general: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """The fallback of `fast_call`: `fast_call_source` compiled, its constants bound."""
     source = fast_call_source(spec.names, list(backend.inputs), len(backend.lp.fetches), rebuild is list)
     namespace: dict[str, Any] = {
         "Variable": Variable, "ndarray": np.ndarray, "spec": spec, "backend": backend, "step_lock": backend.lock,

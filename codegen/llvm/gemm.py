@@ -1,6 +1,6 @@
-"""A BLIS-style GEMM, C (+)= op(A) @ op(B) in float32/float64, emitted as LLVM IR (no BLAS).
+"""A BLIS-style GEMM, C = op(A) @ op(B) in float32/float64, emitted as LLVM IR (no BLAS).
 
-The emitted function runs BLIS's five loops over one call (or one partition slice):
+The emitted function runs BLIS's five loops over one call (or one range of C's columns):
 
     for jc in N range, step NC:              columns of a B panel
       for pc in 0..K, step KC:               K blocks (at least one, so K == 0 still writes C)
@@ -11,7 +11,7 @@ The emitted function runs BLIS's five loops over one call (or one partition slic
           for jr in 0..nc, step NR:
             for ir in 0..mc, step MR:
               micro-kernel: an MR x NR tile of vector accumulators (FMA, broadcast A),
-              then the C tile update (the epilogue runs on the last K block)
+              then the C tile update (stored on the first K block, added after it)
 
 Transposed operands only change the strides the packing routines read with, so there is no
 separate transpose copy. The packed panels live in a caller-provided workspace
@@ -20,23 +20,12 @@ separate transpose copy. The packed panels live in a caller-provided workspace
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from llvmlite import ir
 
 from codegen.llvm.loops import for_range
 from codegen.llvm.target import TargetInfo
-
-Epilogue = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, int], ir.Value]
-"""`epilogue(builder, row, col, acc, width) -> value to store`, the fusion hook.
-
-Called while the final value of C[row, col:col+width] is stored (after the last K block,
-and after adding the old C when accumulating). `acc` is a `<width x T>` vector and every one
-of its lanes is inside C: `width` is the kernel's vector width for whole vectors and 1 for
-the columns of an N edge. `row` and `col` are i64. The callback may be called at several
-call sites (its code is emitted more than once) and must leave the builder in the block
-where its result is available.
-"""
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -46,20 +35,17 @@ _ELEMENT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 
 @dataclass(frozen=True)
 class GemmSpec:
-    """One GEMM: C[M, N] (+)= op(A)[M, K] @ op(B)[K, N], all row-major and contiguous.
+    """One GEMM routine: C[M, N] = op(A)[M, K] @ op(B)[K, N], all row-major and contiguous.
 
-    `trans_a`: A is stored as (K, M); `trans_b`: B is stored as (N, K). A static extent is
-    baked into the code as a constant (the matching argument is then ignored); None makes it
-    a runtime argument.
+    `trans_a`: A is stored as (K, M); `trans_b`: B is stored as (N, K). N and K are runtime
+    arguments; M is one too unless `m` bakes it in as a constant (`specialised_m`: the M argument
+    is then ignored).
     """
 
     dtype: Literal["float32", "float64"]
     trans_a: bool
     trans_b: bool
-    m: int | None
-    n: int | None
-    k: int | None
-    accumulate: bool
+    m: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +68,8 @@ SMALL_M = 32
 B_IN_PLACE_MAX = 1 << 16
 """An untransposed B is read in place, not packed, when it has at most this many elements (K x N) or
 when at most two MC row blocks read it: its whole panels straight from B, an N edge still packed (so no
-read passes the end of a row). Interleaved A/B, one thread: 1-6% faster at the small and medium
-models' GEMMs with such a B, 22-24% at the small output layer's 10x128x64; with B read by more row blocks,
-its strided rows cost more than packing (10% slower at 256x1024x784)."""
+read passes the end of a row). Packing pays off only when many row blocks reuse the packed panels;
+a B that stays in cache, or that few row blocks read, costs less read with its row stride than copied."""
 
 
 def specialised_m(m: int | None) -> int | None:
@@ -96,9 +81,8 @@ def specialised_m(m: int | None) -> int | None:
 def default_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
     """Tile sizes that keep MR x NR accumulators plus one row of B in the vector registers.
 
-    A static N narrower than the usual tile gets fewer, taller vector columns. A static M below
-    SMALL_M is split into equal tiles (10 rows as 5 + 5, not 6 + a 4-row edge through the stack
-    tile): 2-10% faster than a runtime M at the grid's 10-row GEMMs (interleaved A/B, one thread).
+    A static M below SMALL_M is split into equal tiles (10 rows as 5 + 5, not 6 + a 4-row edge):
+    every tile then runs the full micro-kernel and none goes through the edge path.
     """
     w = target.lanes(spec.dtype)
     if target.vector_bits == 0:
@@ -106,10 +90,6 @@ def default_blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
     else:
         mr, nv = 6, (4 if target.vector_registers >= 32 else 2)
     kc = 256 if spec.dtype == "float32" else 128
-    if spec.n is not None and 0 < spec.n < nv * w:
-        nv = -(-spec.n // w)
-        mr = min(14, (target.vector_registers - nv - 4) // nv)
-        kc *= 4  # B panels are narrow: longer K blocks amortise the (scalar) edge updates
     if spec.m is not None and 0 < spec.m < SMALL_M:
         tiles = -(-spec.m // mr)
         mr = -(-spec.m // tiles)
@@ -122,19 +102,16 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def _buffer_elements(spec: GemmSpec, blk: Blocking, max_m: int | None) -> tuple[int, int]:
+def _buffer_elements(spec: GemmSpec, blk: Blocking) -> tuple[int, int]:
     """Elements of the packed-B and packed-A buffers (B first, A at the next 64-byte boundary)."""
-    kc = blk.kc if spec.k is None else max(1, min(blk.kc, spec.k))
-    nc = blk.nc if spec.n is None else min(blk.nc, _round_up(max(spec.n, 1), blk.nr))
-    m = spec.m if spec.m is not None else max_m
-    mc = blk.mc if m is None else min(blk.mc, _round_up(max(m, 1), blk.mr))
+    mc = blk.mc if spec.m is None else min(blk.mc, _round_up(max(spec.m, 1), blk.mr))
     if not blk.pack_a:
         mc = 0  # A is read in place, edges included
-    return kc * nc, kc * mc
+    return blk.kc * blk.nc, blk.kc * mc
 
 
 def _a_offset_bytes(spec: GemmSpec, blk: Blocking) -> int:
-    b_elems, _ = _buffer_elements(spec, blk, None)
+    b_elems, _ = _buffer_elements(spec, blk)
     return _round_up(b_elems * _itemsize(spec.dtype), 64)
 
 
@@ -142,53 +119,46 @@ def _itemsize(dtype: str) -> int:
     return 4 if dtype == "float32" else 8
 
 
-def workspace_bytes(spec: GemmSpec, target: TargetInfo, max_m: int | None,
-                    blocking: Blocking | None = None) -> int:
-    """Size of the packing workspace one call needs (per thread when partitioned).
-
-    `max_m` bounds a runtime M (None: assume the full MC block). The workspace must be
-    64-byte aligned.
-    """
+def workspace_bytes(spec: GemmSpec, target: TargetInfo, blocking: Blocking | None = None) -> int:
+    """Size of the packing workspace one call (or one thread's column range) needs; it must be
+    64-byte aligned. `blocking` as in `emit_gemm`."""
     blk = blocking or default_blocking(spec, target)
-    _, a_elems = _buffer_elements(spec, blk, max_m)
+    _, a_elems = _buffer_elements(spec, blk)
     return _a_offset_bytes(spec, blk) + _round_up(a_elems * _itemsize(spec.dtype), 64)
 
 
-def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
-              epilogue: Epilogue | None = None, *, partition: Literal["m", "n"] | None = None,
+def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, *, columns: bool = False,
               blocking: Blocking | None = None) -> ir.Function:
     """Emit `void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)` into `module`.
 
-    With `partition="n"` (or "m") two more arguments `i64 begin, i64 end` restrict the call to
-    the columns (rows) begin..end of C, so a thread pool can run slices concurrently, each with
-    its own workspace. A, B and C must not overlap (the pointers are marked noalias); the
-    workspace holds `workspace_bytes(spec, target, max_m)` bytes for calls with M <= max_m.
-    The pointers are LLVM 22 opaque `ptr`s; T* in the signature says what they point to.
+    With `columns` two more arguments `i64 begin, i64 end` restrict the call to C's columns
+    [begin, end), so the threads of a pool can each compute a range with a workspace of their own
+    (`parallel.emit_parallel_gemm`). A, B and C must not overlap (the pointers are marked noalias);
+    the workspace holds `workspace_bytes(spec, target)` bytes. The pointers are LLVM 22 opaque
+    `ptr`s; T* in the signature says what they point to. `blocking` replaces `default_blocking`
+    (tests use tiny blocks to run several of each loop at small sizes).
     """
     blk = blocking or default_blocking(spec, target)
     w = target.lanes(spec.dtype)
     if blk.nr % w or blk.mc % blk.mr or blk.nc % blk.nr or (spec.trans_a and not blk.pack_a):
         raise ValueError(f"blocking {blk} does not fit vector width {w}")
-    params = [_I64] * 3 + [_PTR] * 4 + ([_I64] * 2 if partition else [])
+    names = ["M", "N", "K", "A", "B", "C", "workspace"] + (["n_begin", "n_end"] if columns else [])
+    params = [_I64] * 3 + [_PTR] * 4 + [_I64] * (len(names) - 7)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
-    names = ["M", "N", "K", "A", "B", "C", "workspace"] + ([f"{partition}_begin", f"{partition}_end"]
-                                                            if partition else [])
     for arg, arg_name in zip(fn.args, names):
         arg.name = arg_name
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
     fn.attributes.add("nounwind")
-    _GemmEmitter(fn, spec, target, blk, epilogue, partition).emit()
+    _GemmEmitter(fn, spec, target, blk, columns).emit()
     return fn
 
 
 class _GemmEmitter:
     """Holds the builder and the IR types while one GEMM function is written."""
 
-    def __init__(self, fn: ir.Function, spec: GemmSpec, target: TargetInfo, blk: Blocking,
-                 epilogue: Epilogue | None, partition: str | None) -> None:
-        self.fn, self.spec, self.target, self.blk = fn, spec, target, blk
-        self.epilogue, self.partition = epilogue, partition
+    def __init__(self, fn: ir.Function, spec: GemmSpec, target: TargetInfo, blk: Blocking, columns: bool) -> None:
+        self.fn, self.spec, self.target, self.blk, self.columns = fn, spec, target, blk, columns
         self.t = _ELEMENT_TYPES[spec.dtype]
         self.w = target.lanes(spec.dtype)
         self.vt = ir.VectorType(self.t, self.w)
@@ -240,14 +210,9 @@ class _GemmEmitter:
         spec, blk, b = self.spec, self.blk, self.b
         args = self.fn.args
         m = _c(spec.m) if spec.m is not None else args[0]
-        n = _c(spec.n) if spec.n is not None else args[1]
-        k = _c(spec.k) if spec.k is not None else args[2]
+        n, k = args[1], args[2]
         a, bmat, c, ws = args[3:7]
-        m_lo, m_hi, n_lo, n_hi = _c(0), m, _c(0), n
-        if self.partition == "m":
-            m_lo, m_hi = args[7], self.min(args[8], m)
-        elif self.partition == "n":
-            n_lo, n_hi = args[7], self.min(args[8], n)
+        n_lo, n_hi = (args[7], self.min(args[8], n)) if self.columns else (_c(0), n)
         self.tile = b.alloca(ir.ArrayType(self.t, blk.mr * blk.nr), name="edge_tile")
         self.tile.align = 64
         self.tile.type = _PTR  # llvmlite types allocas as typed pointers; LLVM 22 has only ptr
@@ -264,16 +229,15 @@ class _GemmEmitter:
             nc = self.min(b.sub(n_hi, jc), blk.nc)
             with self.loop(0, k, blk.kc, "pc", at_least_once=True) as pc:
                 kc = self.min(b.sub(k, pc), blk.kc)
-                first = _bool(False) if spec.accumulate else b.icmp_signed("==", pc, _c(0))
-                last = b.icmp_signed(">=", self.add(pc, blk.kc), k)
+                first = b.icmp_signed("==", pc, _c(0))
                 b_src = self.gep(bmat, b.add(self.mul(jc, b_sj), self.mul(pc, b_sk)))
                 if in_place is None:
                     self.pack(b_pack, b_src, b_sk, b_sj, kc, nc, blk.nr, unit_j=not spec.trans_b)
                 else:
                     with b.if_then(b.not_(in_place)):
                         self.pack(b_pack, b_src, b_sk, b_sj, kc, nc, blk.nr, unit_j=True)
-                with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
-                    mc = self.min(b.sub(m_hi, ic), blk.mc)
+                with self.loop(0, m, blk.mc, "ic") as ic:
+                    mc = self.min(b.sub(m, ic), blk.mc)
                     a_src = self.gep(a, b.add(self.mul(ic, a_sj), self.mul(pc, a_sk)))
                     if blk.pack_a:
                         self.pack(a_pack, a_src, a_sk, a_sj, kc, mc, blk.mr, unit_j=spec.trans_a)
@@ -289,7 +253,7 @@ class _GemmEmitter:
                                                        _c(blk.mr), mr, bp, b_k)
                             else:
                                 acc = self.tile_kernel(kc, self.gep(a_src, self.mul(ir_, k)), k, _c(1), mr, bp, b_k)
-                            self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first, last)
+                            self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first)
         b.ret_void()
 
     def b_panel(self, in_place: ir.Value, packed: ir.Value, b_src: ir.Value, jr: ir.Value, nr: ir.Value,
@@ -405,7 +369,7 @@ class _GemmEmitter:
         """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
         ap[r * a_row + k * a_k]). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
         no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
-        six-row tiles and a 2-row one, which used to cost a whole 6-row tile)."""
+        six-row tiles and a 2-row one)."""
         b, blk = self.b, self.blk
         zero = ir.Constant(self.vt, None)
         results = []
@@ -480,51 +444,36 @@ class _GemmEmitter:
         return acc
 
     def update_tile(self, acc: list[list[ir.Value]], row: ir.Value, col: ir.Value, mr: ir.Value,
-                    nr: ir.Value, c: ir.Value, first: ir.Value, last: ir.Value) -> None:
+                    nr: ir.Value, c: ir.Value, first: ir.Value) -> None:
         """C tile (+)= acc; whole tiles straight from registers, edge tiles via a stack tile."""
         b, blk = self.b, self.blk
         whole = b.and_(b.icmp_signed("==", mr, _c(blk.mr)), b.icmp_signed("==", nr, _c(blk.nr)))
         with b.if_else(whole) as (then, otherwise):
             with then:
-                self.for_last(last, lambda epi: self.update_whole(acc, row, col, c, first, epi))
+                self.update_whole(acc, row, col, c, first)
             with otherwise:
                 for r in range(blk.mr):
                     for v, value in enumerate(acc[r]):
                         self.store(value, self.gep(self.tile, r * blk.nr + v * self.w))
-                self.for_last(last, lambda epi: self.update_edge(row, col, mr, nr, c, first, epi))
-
-    def for_last(self, last: ir.Value, emit: Callable[[bool], None]) -> None:
-        """Emit the C update twice, with the epilogue (last K block) and without."""
-        if self.epilogue is None:
-            emit(False)
-        else:
-            self.versions(last, emit)
-
-    def versions(self, flag: ir.Value, emit: Callable[[bool], None]) -> None:
-        """Two versions of some code: emit(True) runs where `flag` holds, emit(False) elsewhere."""
-        with self.b.if_else(flag) as (then, otherwise):
-            with then:
-                emit(True)
-            with otherwise:
-                emit(False)
+                self.update_edge(row, col, mr, nr, c, first)
 
     def update_whole(self, acc: list[list[ir.Value]], row: ir.Value, col: ir.Value, c: ir.Value,
-                     first: ir.Value, with_epilogue: bool) -> None:
-        """A whole tile from registers; the first K block of an overwriting GEMM stores without reading C."""
+                     first: ir.Value) -> None:
+        """A whole tile from registers, in two versions: the first K block stores without reading C."""
         def tile(overwrite: bool) -> None:
             for r, values in enumerate(acc):
                 crow = self.gep(c, self.b.add(self.mul(self.add(row, r), self.n_dim), col))
                 for v, value in enumerate(values):
-                    self.update(self.gep(crow, v * self.w), value, overwrite, self.add(row, r),
-                                self.add(col, v * self.w), self.w, with_epilogue)
+                    self.update(self.gep(crow, v * self.w), value, overwrite, self.w)
 
-        if self.spec.accumulate:
-            tile(False)
-        else:
-            self.versions(first, tile)
+        with self.b.if_else(first) as (then, otherwise):
+            with then:
+                tile(True)
+            with otherwise:
+                tile(False)
 
     def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
-                    first: ir.Value, with_epilogue: bool) -> None:
+                    first: ir.Value) -> None:
         b, w = self.b, self.w
         whole_vectors = self.mul(b.sdiv(nr, _c(w)), w)
         with self.loop(0, mr, 1, "er") as r:
@@ -535,30 +484,22 @@ class _GemmEmitter:
                 with self.loop(j, stop, step, "ec") as jj:
                     vt = ir.VectorType(self.t, width)
                     value = self.load(self.gep(trow, jj), vt)
-                    self.update(self.gep(crow, jj), value, first, b.add(row, r), b.add(col, jj),
-                                width, with_epilogue)
+                    self.update(self.gep(crow, jj), value, first, width)
 
-    def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value | bool, row: ir.Value, col: ir.Value,
-               width: int, with_epilogue: bool) -> None:
-        """Store value (+ old C unless this is the first K block of an overwriting GEMM; `first` may be
-        known here, True or False, or a runtime flag)."""
+    def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value | bool, width: int) -> None:
+        """Store value (+ old C unless this is the first K block; `first` may be known here, True or
+        False, or a runtime flag)."""
         b = self.b
         vt = ir.VectorType(self.t, width)
         if first is False:
             value = b.fadd(value, self.load(ptr, vt))
         elif first is not True:
             value = b.fadd(value, b.select(first, ir.Constant(vt, None), self.load(ptr, vt)))
-        if with_epilogue:
-            value = self.epilogue(b, row, col, value, width)
         self.store(value, ptr)
 
 
 def _c(value: ir.Value | int) -> ir.Value:
     return value if isinstance(value, ir.Value) else ir.Constant(_I64, value)
-
-
-def _bool(value: bool) -> ir.Constant:
-    return ir.Constant(ir.IntType(1), int(value))
 
 
 def _mask(indices: list[int]) -> ir.Constant:

@@ -1,10 +1,10 @@
 """LLVM IR text -> optimized object code for the host CPU -> callable addresses.
 
-The target machine uses the host's CPU name and feature string read at run time. These CPUs tune
-for 256-bit vectors; with `wide=True` (the default where AVX-512 exists) the feature string gets
-`-prefer-256-bit` so the loop vectorizer emits zmm registers: graphnet/bench/micro/step.py measures
-both. Objects are loaded into an MCJIT engine (libm symbols such as log1pf resolve from the
-process), so a cached object needs no linker.
+The target machine uses the host's CPU name and feature string read at run time. LLVM tunes
+AVX-512 CPUs for 256-bit vectors; where AVX-512 exists `host_target` adds `-prefer-256-bit` to the
+feature string so that the loop vectorizer uses 512-bit registers too, as the GEMM generator's
+explicit vectors (`TargetInfo.lanes`) do. Objects are loaded into an MCJIT engine (libm symbols
+such as log1pf resolve from the process), so a cached object needs no linker.
 """
 from __future__ import annotations
 

@@ -19,21 +19,15 @@ child runs every region on its calling thread.
 
 Idle workers: after a region libgomp's workers spin GOMP_SPINCOUNT iterations of `pause` (300,000
 when neither it nor OMP_WAIT_POLICY is set; 0 with OMP_WAIT_POLICY=passive), then sleep on a futex;
-the calling thread spins the same way at the region's closing barrier. On a machine with as many
-threads as cores, and more so on a shared one, a spinner holds the core the thread it waits for (or
-OpenBLAS's threads) needs. Measured on 2 vCPUs shared with other jobs (`pause` ~50 ns): while the
-other jobs kept the cores busy, a region after an idle gap cost about as long as the whole spin
-(~0.5 ms at 10,000, 7-24 ms at libgomp's default, 10-38 ms with OMP_WAIT_POLICY=active) against
-~50 us when nothing spins; back-to-back regions cost 0.6-2 us spinning and 7-18 us not
-(graphnet/bench/micro/parallel.py, section "spin"). Not spinning at all cost more than measured
-there on a 2-vCPU znver4 VM (`pause` ~25 ns): a sleeping vCPU takes tens of us to wake, and the
-medium grid step (5 regions, serial kernels of up to ~60 us between them) took 1.2 ms on two
-threads against 0.92 ms with a spin of 1,000-2,000; with a nice-19 busy loop on one core, 1,000
-took 0.99-1.03 ms, 0 1.24-1.29 ms, 2,000 1.0-1.6 ms and 5,000 2.6 ms (spinners lose whole time
-slices). So `load_runtime` loads libgomp with
-GOMP_SPINCOUNT=`SPIN_COUNT` (a bound of ~10-50 us, by the CPU's `pause`) unless the user set either
-variable; the setting is restored afterwards (libgomp reads it once, when it is loaded) so that
-other OpenMP runtimes loaded later, such as PyTorch's, are not affected.
+the calling thread spins the same way at the region's closing barrier. Both extremes cost: a long
+spin holds a core that the thread it waits for (or OpenBLAS's threads, or another process) needs,
+so on a machine with as many threads as cores a region after an idle gap can cost as long as the
+whole spin; no spin puts every worker to sleep between the regions of one step, and waking a
+sleeping thread costs more than the serial kernels between two regions. So `load_runtime` loads
+libgomp with GOMP_SPINCOUNT=`SPIN_COUNT`, a spin about as long as the gaps between a step's
+regions, unless the user set either variable; the setting is restored afterwards (libgomp reads it
+once, when it is loaded) so that other OpenMP runtimes loaded later, such as PyTorch's, are not
+affected. `graphnet/bench/micro/parallel.py` (section "spin") measures the settings.
 """
 from __future__ import annotations
 
@@ -52,11 +46,12 @@ SPIN_COUNT = 1000
 (the module docstring says why)."""
 
 MAX_DEFAULT_THREADS = 8
-"""Cap on the default thread count: every thread of a column-split GEMM re-packs all of A, so
-the gain per thread shrinks (an unmeasured guess: only 2 cores were available to measure)."""
+"""Cap on the default thread count: every thread of a column-split GEMM re-packs all of A, so the
+gain per thread shrinks as threads are added ($GRAPHNET_NUM_THREADS overrides it)."""
 
 PARALLEL_MIN_FLOPS = 10_000_000
-"""GEMMs below this many flops (2*M*N*K) stay on one thread (see graphnet/bench/micro/parallel.py)."""
+"""GEMMs below this many flops (2*M*N*K) stay on one thread: waking a team and re-packing A on every
+thread costs more than a second thread saves (graphnet/bench/micro/parallel.py, section "threshold")."""
 
 _I32, _I64, _PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 _LIBRARY = "libgomp.so.1"
@@ -125,12 +120,6 @@ def num_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, len(os.sched_getaffinity(0))))
 
 
-def threads_for(flops: int, threads: int | None = None) -> int:
-    """Threads worth using for a GEMM of `flops` (2*M*N*K): one below PARALLEL_MIN_FLOPS."""
-    threads = num_threads() if threads is None else threads
-    return 1 if flops < PARALLEL_MIN_FLOPS else threads
-
-
 def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total: ir.Value, body: Body,
                       captured: list[ir.Value], threads: int, *, grain: int = 1,
                       work: ir.Value | None = None, min_work: int = 0, every_thread: bool = False) -> None:
@@ -169,25 +158,27 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
 
 
 def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, threads: int,
-                       max_m: int | None = None, min_flops: int = PARALLEL_MIN_FLOPS) -> ir.Function:
+                       min_flops: int = PARALLEL_MIN_FLOPS) -> ir.Function:
     """`void name(i64 M, i64 N, i64 K, T* A, T* B, T* C, T* workspace)`, emit_gemm's signature, with
     the columns of C split across up to `threads` threads in NR-wide panels.
 
-    The workspace holds `parallel_workspace_bytes(spec, target, threads, max_m)`: thread t packs
-    into the t-th `workspace_bytes(spec, target, max_m)` bytes (a multiple of 64, so every slice
-    stays 64-byte aligned). GEMMs under `min_flops` (2*M*N*K at run time) run on the caller's thread.
-    The slice routine it calls is exported as `column_slice_symbol(name)`.
+    The workspace holds `parallel_workspace_bytes(spec, target, threads)`: thread t packs into the
+    t-th `workspace_bytes(spec, target)` bytes (a multiple of 64, so every slice stays 64-byte
+    aligned). GEMMs under `min_flops` (2*M*N*K at run time; benchmarks and tests pass 0 to force a
+    team) run on the caller's thread. The slice routine it calls is exported as
+    `column_slice_symbol(name)`.
     """
     if threads <= 1 or not load_runtime():
         return emit_gemm(module, name, spec, target)
-    kernel = emit_gemm(module, column_slice_symbol(name), spec, target, partition="n")
-    stride = workspace_bytes(spec, target, max_m)
+    kernel = emit_gemm(module, column_slice_symbol(name), spec, target, columns=True)
+    stride = workspace_bytes(spec, target)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 4), name=name)
     for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace")):
         arg.name = arg_name
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m, n, k = (ir.Constant(_I64, d) if d is not None else arg for d, arg in zip((spec.m, spec.n, spec.k), fn.args))
+    m = ir.Constant(_I64, spec.m) if spec.m is not None else fn.args[0]
+    n, k = fn.args[1], fn.args[2]
     flops = b.mul(b.mul(b.mul(m, n), k), ir.Constant(_I64, 2))
 
     def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
@@ -195,26 +186,26 @@ def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: Tar
         b.call(kernel, captured[:6] + [ws, begin, end])
 
     emit_parallel_for(module, b, name, n, body, list(fn.args), threads,
-                      grain=column_split(spec, target, max_m)[0], work=flops, min_work=min_flops)
+                      grain=column_split(spec, target)[0], work=flops, min_work=min_flops)
     b.ret_void()
     return fn
 
 
 def column_slice_symbol(name: str) -> str:
     """The exported slice routine of `emit_parallel_gemm`'s `name`: emit_gemm's signature plus
-    `i64 begin, i64 end`, computing C's columns [begin, end) (its `partition="n"`). Kernels with an
-    epilogue call it inside their own parallel region (codegen/llvm/render.py)."""
+    `i64 begin, i64 end`, computing C's columns [begin, end) (`emit_gemm(columns=True)`). Kernels
+    with an epilogue call it inside their own parallel region (codegen/llvm/render.py)."""
     return f"{name}.columns"
 
 
-def column_split(spec: GemmSpec, target: TargetInfo, max_m: int | None = None) -> tuple[int, int]:
+def column_split(spec: GemmSpec, target: TargetInfo) -> tuple[int, int]:
     """(grain, workspace bytes per thread) with which `emit_parallel_gemm` splits C's columns."""
-    return default_blocking(spec, target).nr, workspace_bytes(spec, target, max_m)
+    return default_blocking(spec, target).nr, workspace_bytes(spec, target)
 
 
-def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int, max_m: int | None = None) -> int:
+def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int) -> int:
     """Workspace of `emit_parallel_gemm`: one packing workspace per thread."""
-    return max(1, threads) * workspace_bytes(spec, target, max_m)
+    return max(1, threads) * workspace_bytes(spec, target)
 
 
 def _emit_slice(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body) -> ir.Function:

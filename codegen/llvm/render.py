@@ -326,7 +326,7 @@ class _KernelEmitter:
         routine = gemm_routine(self.k)
         name = gemm_symbol(*routine)
         columns = self.r._declare(column_slice_symbol(name), ir.VoidType(), [I64] * 3 + [PTR] * 4 + [I64] * 2)
-        spec = GemmSpec(*routine, None, None, False)
+        spec = GemmSpec(*routine)
         grain, stride = column_split(spec, self.r.target)
         saved = (self.b, self.fn, self.N, self.ptrs)
         buffers = list(self.ptrs)

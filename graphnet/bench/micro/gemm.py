@@ -60,7 +60,7 @@ class Compiled:
         self.engine.finalize_object()
         self.compile_ms = 1e3 * (time.perf_counter() - start)
         self.fn = _SIGNATURE(self.engine.get_function_address("gemm"))
-        self.workspace = np.zeros(workspace_bytes(spec, target, spec.m) // 8 + 8)
+        self.workspace = np.zeros(workspace_bytes(spec, target) // 8 + 8)
         self.ws_ptr = (self.workspace.ctypes.data + 63) // 64 * 64
 
 
@@ -96,7 +96,7 @@ def bench_one(label: str, ta: bool, tb: bool, m: int, n: int, k: int, dtype: str
     if narrow:  # C^T = op(B)^T @ op(A)^T: B's storage read as the transposed product's A, and A's as its B
         label, a, b, ta, tb, m, n = label + "^T", b, a, not tb, not ta, n, m
     c = np.empty((m, n), dtype)
-    compiled = Compiled(GemmSpec(dtype, ta, tb, specialised_m(m), None, None, accumulate=False), target)
+    compiled = Compiled(GemmSpec(dtype, ta, tb, specialised_m(m)), target)
     args = (m, n, k, a.ctypes.data, b.ctypes.data, c.ctypes.data, compiled.ws_ptr)
 
     def ours() -> None:

@@ -48,7 +48,7 @@ SPIN_SETTINGS = {f"GOMP_SPINCOUNT={parallel.SPIN_COUNT} (graphnet default)": {},
                  "300000 (libgomp default)": {"GOMP_SPINCOUNT": "300000"}, "active": {"OMP_WAIT_POLICY": "active"}}
 SETTLE_S = 0.15
 """Pause before timing each system: OpenBLAS's idle threads keep yielding in a loop for about 2**28
-cycles (~0.1 s) after a call and slowed the generated GEMM timed next by up to 4x."""
+cycles (~0.1 s) after a call, taking the cores from the system timed next."""
 _GEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 4)
 _REPS = ctypes.CFUNCTYPE(None, ctypes.c_int64)
 _I64 = ir.IntType(64)
@@ -76,12 +76,11 @@ def jit(module: ir.Module) -> llvm.ExecutionEngine:
 class Gemms:
     """Generated GEMMs of one layout on 1..max(threads) threads, sharing operands and a workspace."""
 
-    def __init__(self, trans_a: bool, trans_b: bool, m: int, n: int, k: int, threads: list[int],
-                 min_flops: int = 0) -> None:
-        spec = GemmSpec("float32", trans_a, trans_b, None, None, None, False)
+    def __init__(self, trans_a: bool, trans_b: bool, m: int, n: int, k: int, threads: list[int]) -> None:
+        spec = GemmSpec("float32", trans_a, trans_b)
         module = ir.Module("parallel_bench")
-        for t in threads:
-            parallel.emit_parallel_gemm(module, f"gemm{t}", spec, HOST, t, min_flops=min_flops)
+        for t in threads:  # min_flops=0: `t` threads at every size, so the threshold can be placed
+            parallel.emit_parallel_gemm(module, f"gemm{t}", spec, HOST, t, min_flops=0)
         self.engine = jit(module)
         rng = np.random.default_rng(0)
         self.a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
