@@ -22,10 +22,12 @@ a renderer may call a GEMM instead. Stores of one kernel happen after all of its
 element are computed, so a kernel may read and rewrite a buffer at the same element (in-place
 optimizer updates).
 
-Schedule hints a renderer may follow or ignore (the memory plan already holds their buffers):
-`Kernel.order` lists the loop vars outermost first; `Reduce.scratch` is a row of accumulators
-indexed by the innermost kept var (so the reduced loops sit outside a unit-stride loop), or, with
+Loop passes decide how kernels run (the memory plan already holds their buffers): `Kernel.order`
+lists the loop vars outermost first; `Reduce.scratch` is a row of accumulators indexed by the
+innermost kept var (so the reduced loops sit outside a unit-stride loop), or, with
 `Reduce.workspace`, the whole (M, N) product computed by a GEMM before the stores read it.
+`Kernel.schedule` holds the rest, per backend (threads, unrolling, GEMM strategy, OpenCL kernel
+form and tile sizes: codegen/llvm/schedule.py, codegen/opencl/schedule.py); renderers follow it.
 """
 from __future__ import annotations
 
@@ -183,6 +185,8 @@ class Kernel:
     reduce: Optional[Reduce] = None
     order: tuple = ()  # loop vars outermost first (reduced vars inside the kept ones, but a scratch
     #                    row's var innermost)
+    schedule: Any = None  # the backend's decisions for this kernel (its schedule pass sets them; the
+    #                       renderer follows them): a frozen object whose str() is one line
 
     def loads(self) -> list[Load]:
         exprs = [s.value for s in self.stores] + ([self.reduce.value] if self.reduce else [])
@@ -198,6 +202,8 @@ class Kernel:
         head = f"kernel {self.name} over " + " x ".join(f"v{d}<{'N' if n is None else n}"
                                                          for d, n in enumerate(self.domain))
         lines = [head + ("" if self.domain else "()") + "  order " + ",".join(f"v{v}" for v in self.order)]
+        if self.schedule is not None:
+            lines.append(f"  schedule: {self.schedule}")
         if self.reduce:
             kind = "matmul " if self.reduce.contraction else ""
             row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""

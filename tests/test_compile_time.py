@@ -20,7 +20,7 @@ from codegen.llvm import parallel
 needs_runtime = pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))
 
 W = 0.3
-BATCH = 300_000  # above render.PARALLEL_MIN_FAST, so the threaded loop runs
+BATCH = 300_000  # above schedule.PARALLEL_MIN_FAST, so the threaded loop runs
 COMPILE_TIMEOUT_S = 60
 
 # d/dw of a chain of elementwise ops on a broadcast scalar: its kernel stores loop-invariant values.

@@ -211,8 +211,8 @@ def test_gemm_and_epilogue_in_one_region_match_numpy(monkeypatch, threads):
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_narrow_products_run_their_epilogue_along_the_stores(monkeypatch, threads):
     """A 10-class layer's weight gradient is computed transposed (10 x 600, lower.py); its Adam epilogue
-    runs along the weight's rows (render.epilogue_order), on one thread or split over several."""
-    from codegen.llvm.render import epilogue_order
+    runs along the weight's rows (schedule.epilogue_order), on one thread or split over several."""
+    from codegen.llvm.schedule import epilogue_order
 
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
     rng = np.random.default_rng(4)

@@ -67,7 +67,8 @@ class LLVMBackend:
         self.program, self.check = program, options.check_numerics
         self.compiler = Compiler(host_target())
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
-        self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=loop_passes(self._gemm_workspace))
+        passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
+        self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
         self._ir_text: str | None = None
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on

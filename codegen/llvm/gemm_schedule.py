@@ -1,9 +1,10 @@
-"""The LLVM backend's GEMM loop pass: which matmul kernels call a GEMM routine, in which layout.
+"""The LLVM backend's GEMM loop pass (which matmul kernels call a GEMM routine) and its pass list.
 
 `use_gemm_routines(workspace)` is a LoopProgram -> LoopProgram pass the LLVM backend runs before
 `choose_loop_order`: a matmul kernel whose two operands are dense matrices and whose static size
 is large enough is marked to compute its whole (M, N) product with a GEMM routine into a scratch
 buffer (packing space from `workspace`), its stores reading that product (the epilogue).
+`loop_passes` is the LLVM backend's list: LOOP_PASSES with that pass, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import numpy as np
 
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op
+from .jit import host_target
+from .parallel import load_runtime, num_threads
+from .schedule import gemm_layout, schedule_llvm
+from .target import TargetInfo
 
 GEMM_MIN_STATIC = 128  # below this many multiply-adds per batch row a loop nest beats packing panels
 GEMM_NARROW = 32  # fewer output columns than this leave most of a GEMM's register tile (up to 64 wide) empty
@@ -76,34 +81,13 @@ def swap_vars(k: Kernel, a: int, b: int) -> None:
             red.contraction = tuple(expr(x) for x in reversed(red.contraction))
 
 
-def _stride_of(extent) -> tuple:
-    return (1, 1) if extent is None else (extent, 0)
-
-
-def _row_major(load: Load, rows: int, cols: int, domain: tuple) -> bool:
-    """Does `load` read a dense row-major matrix indexed (var rows, var cols)?"""
-    terms = {v for v, _, _ in load.offset.terms}
-    if not terms <= {rows, cols}:
-        return False
-    ok_cols = load.offset.stride(cols) == (1, 0) or domain[cols] == 1
-    ok_rows = load.offset.stride(rows) == _stride_of(domain[cols]) or domain[rows] == 1
-    return ok_cols and ok_rows
-
-
-def gemm_layout(k: Kernel):
-    """(trans_a, trans_b) when both operands of a matmul kernel are dense matrices, else None."""
-    a, b = k.reduce.contraction
-    if a.dtype.kind != "f" or len(k.domain) != 3:
-        return None
-    ta = None if not _row_major(a, 2, 0, k.domain) else True
-    ta = False if _row_major(a, 0, 2, k.domain) else ta
-    tb = None if not _row_major(b, 1, 2, k.domain) else True
-    tb = False if _row_major(b, 2, 1, k.domain) else tb
-    return None if ta is None or tb is None else (ta, tb)
-
-
-def loop_passes(workspace: Workspace) -> list[LoopPass]:
-    """The LLVM backend's loop passes: LOOP_PASSES with GEMM routines chosen before the loop order."""
+def loop_passes(workspace: Workspace, threads: int | None = None, target: TargetInfo | None = None
+                ) -> list[LoopPass]:
+    """The LLVM backend's loop passes: LOOP_PASSES with GEMM routines chosen before the loop order,
+    then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
+    process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
+    if threads is None:
+        threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
     passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace))
-    return passes
+    return passes + [schedule_llvm(threads, host_target() if target is None else target)]

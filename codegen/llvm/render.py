@@ -4,6 +4,8 @@
     void graphnet_step_profiled(...)         the same, reading a clock between kernels (profile.py)
     void k<i>_<ops>(i64 N, ptr buffers)        one kernel (check_numerics runs them one by one)
 
+Every kernel carries its `LLVMSchedule` (schedule.py: threads, unrolling, GEMM strategy and
+epilogue order, scalar loops), which the renderer follows; a kernel without one is an error.
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
 to LLVM instructions or intrinsics through the tables below; exp, log, log1p, tanh and float32 pow
@@ -22,13 +24,12 @@ from llvmlite import ir
 
 from graphnet.ops.scalar import REDUCTIONS
 
-from .gemm_schedule import gemm_layout
 from . import vmath
-from .gemm import GemmSpec, specialised_m
-from .parallel import PARALLEL_MIN_FLOPS, column_slice_symbol, column_split, emit_parallel_for
+from .parallel import column_slice_symbol, emit_parallel_for
+from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
 from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
-                      check_renderable, walk)
+                      check_renderable)
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -38,12 +39,8 @@ _FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor"}
 _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximum", "min": "llvm.minimum",
                     "pow": "llvm.pow"}
-_LIBM = {"pow"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-UNROLL_MAX = 4
-PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads (waking them costs ~50 us)
-PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 
@@ -64,7 +61,7 @@ def storage_type(dtype: np.dtype) -> ir.Type:
 class Renderer:
     def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1,
                  target: TargetInfo | None = None):
-        self.lp, self.threads, self.target = lp, threads, target  # target: the GEMMs' blocking
+        self.lp, self.threads, self.target = lp, threads, target  # what every kernel must be scheduled for
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._loops = 0
@@ -72,6 +69,11 @@ class Renderer:
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
         check_renderable(self.lp, "LLVM", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype))
+        for k in self.lp.kernels:
+            s = schedule_of(k)
+            if (s.threads, s.target) != (self.threads, self.target):
+                raise ValueError(f"kernel {k.name} was scheduled for {s.threads} threads on {s.target}, not for the "
+                                 f"renderer's {self.threads} on {self.target}")
         names = [self._kernel(k) for k in self.lp.kernels]
         step = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), "graphnet_step")
         b = ir.IRBuilder(step.append_basic_block("entry"))
@@ -150,6 +152,7 @@ class Renderer:
 class _KernelEmitter:
     def __init__(self, r: Renderer, k: Kernel, fn: ir.Function, ptrs: dict):
         self.r, self.k, self.fn, self.ptrs = r, k, fn, ptrs
+        self.s: LLVMSchedule = k.schedule
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.N = fn.args[0]
         self.vars: dict[int, ir.Value] = {}
@@ -160,13 +163,11 @@ class _KernelEmitter:
         return self.N if d is None else ir.Constant(I64, d)
 
     def loop(self, var: int, body, scalar: bool = False, bounds: tuple | None = None) -> None:
-        """A counted loop over `var` (or over `bounds` = (begin, end) of it); short static ones
-        are unrolled here (LLVM's unroller is off: it tripled compile time for no measurable gain
-        on the long loops)."""
+        """A counted loop over `var` (or over `bounds` = (begin, end) of it), written out once per
+        value where the schedule unrolls it."""
         b = self.b
-        extent = self.k.domain[var]
-        if bounds is None and extent is not None and extent <= UNROLL_MAX:
-            for c in range(extent):
+        if bounds is None and var in self.s.unroll:
+            for c in range(self.k.domain[var]):
                 self.vars[var] = ir.Constant(I64, c)
                 body()
             return
@@ -196,13 +197,15 @@ class _KernelEmitter:
             self.loop(variables[0], lambda: self.nest(variables[1:], body, scalar), scalar)
 
     def parallel_nest(self, variables, body, scalar: bool) -> None:
-        """`nest`, with the outermost loop split over the thread pool when the kernel is large
-        (at run time: below the work threshold, or with one thread, it runs on the caller)."""
-        outer = variables[0] if variables else None
-        threads = self.r.threads
-        if threads <= 1 or outer is None or (self.k.domain[outer] is not None and self.k.domain[outer] <= UNROLL_MAX):
+        """`nest`, with the outermost loop split over the thread pool where the schedule says so
+        (at run time: below its minimum work it runs on the caller)."""
+        if self.s.parallel is None:
             self.nest(variables, body, scalar)
             return
+        outer = variables[0]
+        if outer != self.s.parallel:
+            raise AssertionError(f"{self.k.name}: the schedule splits v{self.s.parallel}, the loop nest starts "
+                                 f"with v{outer}")
         work = ir.Constant(I64, 1)
         for v in variables:
             work = self.b.mul(work, self.extent(v))
@@ -212,8 +215,8 @@ class _KernelEmitter:
             builder.call(part, [captured[0], begin, end] + captured[1:])
 
         emit_parallel_for(self.r.module, self.b, f"{self.k.name}.par", self.extent(outer), slice_body,
-                          [self.N] + [self.ptrs[x] for x in self.ptrs], threads, work=work,
-                          min_work=PARALLEL_MIN_SLOW if scalar else PARALLEL_MIN_FAST)
+                          [self.N] + [self.ptrs[x] for x in self.ptrs], self.s.threads, work=work,
+                          min_work=self.s.min_work)
 
     def range_function(self, name: str, variables: list[int], body, scalar: bool) -> ir.Function:
         """`void name(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers, in `self.ptrs`'
@@ -257,24 +260,23 @@ class _KernelEmitter:
 
     # ---- the kernel body ----------------------------------------------------------------
     def emit(self) -> None:
-        k, b = self.k, self.b
+        k, b, s = self.k, self.b, self.s
         red = k.reduce
-        slow_value = red is not None and _calls_libm(red.value)
-        slow_stores = any(_calls_libm(s.value) for s in k.stores)
+        slow_value, slow_stores = s.scalar_reduce, s.scalar_stores
         if red is None:
             self.parallel_nest(list(k.order), self.stores, slow_stores)
-        elif red.workspace is not None:
+        elif s.gemm is not None:
             dtype = red.value.dtype
 
             def from_c():  # self.b: this may run in the parallel loop's outlined function
                 index = self.b.add(self.b.mul(self.vars[0], self.extent(1)), self.vars[1])
                 self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            if self.r.threads > 1 and self.r.target is not None:
+            if s.gemm.by_columns:
                 self.gemm_by_columns(red, from_c, slow_stores)
             else:
                 self.gemm(red)
-                self.parallel_nest(epilogue_order(k), from_c, slow_stores)
+                self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
@@ -310,27 +312,25 @@ class _KernelEmitter:
     def gemm(self, red) -> None:
         """C = op(A) @ op(B) by the GEMM routine (codegen/llvm/gemm.py), into the scratch buffer."""
         a, b = red.contraction
-        name = gemm_symbol(*gemm_routine(self.k))
+        name = gemm_symbol(*self.s.gemm.routine)
         fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
         self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
                          self.ptrs[red.scratch], self.ptrs[red.workspace]])
 
     def gemm_by_columns(self, red, epilogue, scalar: bool) -> None:
-        """The GEMM and its epilogue in one parallel region: each thread computes a block of C's
-        columns, meets the others at a barrier, then applies the epilogue to a block of rows.
-        (A GEMM region followed by its own epilogue region pays a second wake of the pool, and an
-        epilogue below the elementwise threshold ran on one thread while the other idled. Column
-        blocks of the epilogue would share cache lines of the updated arrays between threads at
-        every row, which cost more than the whole serial epilogue.)"""
+        """The GEMM and its epilogue in one parallel region (the schedule's "by columns"): each
+        thread computes a block of C's columns, meets the others at a barrier, then applies the
+        epilogue to a block of rows."""
         a, b = red.contraction
-        routine = gemm_routine(self.k)
-        name = gemm_symbol(*routine)
+        gemm = self.s.gemm
+        if self.s.parallel != 1:
+            raise AssertionError(f"{self.k.name}: a GEMM by columns splits v1 (C's columns), not v{self.s.parallel}")
+        name = gemm_symbol(*gemm.routine)
         columns = self.r._declare(column_slice_symbol(name), ir.VoidType(), [I64] * 3 + [PTR] * 4 + [I64] * 2)
-        spec = GemmSpec(*routine)
-        grain, stride = column_split(spec, self.r.target)
+        grain, stride = gemm.grain, gemm.stride
         saved = (self.b, self.fn, self.N, self.ptrs)
         buffers = list(self.ptrs)
-        outer, inner = epilogue_order(self.k)
+        outer, inner = gemm.epilogue
         tail = self.range_function(f"{self.k.name}_rows", [outer, inner], epilogue, scalar)
 
         def slice_body(builder, slice_, begin, end, captured):
@@ -354,8 +354,8 @@ class _KernelEmitter:
         flops = self.b.mul(self.b.mul(self.b.mul(self.extent(0), self.extent(1)), self.extent(2)),
                            ir.Constant(I64, 2))
         emit_parallel_for(self.r.module, self.b, f"{self.k.name}.par", self.extent(1), slice_body,
-                          [self.N] + [self.ptrs[x] for x in buffers], self.r.threads, grain=grain, work=flops,
-                          min_work=PARALLEL_MIN_FLOPS, every_thread=True)
+                          [self.N] + [self.ptrs[x] for x in buffers], self.s.threads, grain=grain, work=flops,
+                          min_work=self.s.min_work, every_thread=True)
         self.b, self.fn, self.N, self.ptrs = saved
 
     def identity(self, red) -> ir.Value:
@@ -505,19 +505,11 @@ def renders(name: str, src: np.dtype) -> bool:
     return _rule(name, np.dtype(src)) is not None
 
 
-def _calls_libm(e: Expr) -> bool:
-    """Whether `e` calls libm (every function vmath lacks)."""
-    return any(isinstance(x, Op) and x.name in _LIBM and not vmath.provides(x.name, x.args[0].dtype)
-               for x in walk(e))
-
-
-def epilogue_order(k: Kernel) -> list[int]:
-    """The loop order of a GEMM kernel's epilogue over C: C's rows outermost, unless every store is
-    contiguous along C's columns instead (a narrow product computed transposed), whose stores would
-    otherwise be strided gathers and scatters (the small step is 3-4% faster without them)."""
-    if k.stores and all(s.offset.stride(0) == (1, 0) and s.offset.stride(1) != (1, 0) for s in k.stores):
-        return [1, 0]
-    return [0, 1]
+def schedule_of(k: Kernel) -> LLVMSchedule:
+    """The kernel's LLVM schedule; rendering an unscheduled kernel is an error (schedule_llvm sets it)."""
+    if not isinstance(k.schedule, LLVMSchedule):
+        raise ValueError(f"kernel {k.name} has no LLVM schedule (run codegen.llvm.schedule.schedule_llvm)")
+    return k.schedule
 
 
 def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None) -> str:
@@ -526,12 +518,7 @@ def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = N
     return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{static}"
 
 
-def gemm_routine(k: Kernel) -> tuple[str, bool, bool, int | None]:
-    """(dtype name, trans_a, trans_b, specialised M or None) of the GEMM routine kernel `k` calls."""
-    return (k.reduce.value.dtype.name, *gemm_layout(k), specialised_m(k.domain[0]))
-
-
-def required_gemms(lp: LoopProgram) -> list[tuple]:
-    """`gemm_routine` of every GEMM routine the program's kernels call."""
-    found = {gemm_routine(k) for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None}
+def required_gemms(lp: LoopProgram) -> list[Routine]:
+    """Every GEMM routine the program's kernels call, as their schedules name them."""
+    found = {schedule_of(k).gemm.routine for k in lp.kernels if schedule_of(k).gemm is not None}
     return sorted(found, key=lambda r: (*r[:3], r[3] or 0))

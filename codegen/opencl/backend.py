@@ -22,6 +22,7 @@ from ..loop_passes import loop_pass_texts
 from ..lower import lower
 from ..memory import plan_arena
 from .render import render
+from .schedule import loop_passes
 from .runtime import device_copy, runtime
 
 INITIAL_CAPACITY = 64
@@ -34,7 +35,7 @@ class OpenCLBackend:
         self.rt = rt = runtime(device)
         self.cl = rt.cl
         self.check = options.check_numerics
-        self.lp, self.loop_records = lower(program, fuse=not self.check)
+        self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=loop_passes(rt.limits))
         self.source, self.launches, double = render(self.lp, rt.limits)
         if double and not rt.fp64:
             raise RuntimeError(f"this function computes in float64, which the OpenCL device {rt.device.name} does "

@@ -1,17 +1,15 @@
 """Loop IR -> OpenCL C: one `__kernel` per loop-IR kernel, plus how to launch each.
 
 Every kernel takes `(long N, [arena, byte offsets of its temporaries], its other buffers)`, N being
-the batch size. A kernel has one of three shapes:
+the batch size. Its form and sizes come from its `OpenCLSchedule` (schedule.py), which the renderer
+follows; a kernel without one is an error:
 - "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
-  inside the work-item (softmax's row max and sum, small reductions);
-- "group": one work-group per kept element when one work-item per kept element would leave most
-  of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
-  and the reduction is long or runs over the batch: work-items stride over the reduced elements,
-  then combine their partial results in local memory;
+  inside the work-item;
+- "group": one work-group per kept element: work-items stride over the reduced elements, then
+  combine their partial results in local memory;
 - "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
-  in local memory, each work-item holding a W x W block of sums in registers, sizes chosen from
-  the device's limits; the kernel's stores (bias, activation, optimizer: the fused epilogue) run
-  once per output element.
+  in local memory, each work-item holding a W x W block of sums in registers; the kernel's stores
+  (bias, activation, optimizer: the fused epilogue) run once per output element.
 Kernels equal up to which buffers they use share one OpenCL function (pocl compiles each function
 on first launch, 0.1-0.3 s: the optimizer update of same-shaped parameters is compiled once).
 A work-item computes all its values before it stores any, so in-place updates (a kernel reading and
@@ -30,6 +28,7 @@ from graphnet.ops.scalar import REDUCTIONS
 
 from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
                       check_renderable)
+from .schedule import Limits, OpenCLSchedule
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
           "u1": "uchar", "u2": "ushort", "u4": "uint", "u8": "ulong", "b1": "bool"}
@@ -38,8 +37,6 @@ _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "xor": "^", "shr": ">>
 _FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs",
                "pow": "pow", "max": "gn_max", "min": "gn_min"}  # tanh: _KernelWriter.tanh
 _INT_CALL = {"max": "max", "min": "min", "abs": "gn_iabs"}
-GROUP_REDUCE_MIN = 1024  # a static reduction at least this long may use a work-group per kept element
-BUSY_PER_UNIT = 32  # work-items per compute unit below which a flat kernel leaves the device idle
 
 PRELUDE = """\
 /* numpy semantics: maximum and minimum propagate NaN (fmax and fmin would drop it) */
@@ -55,30 +52,6 @@ def ctype(dtype: np.dtype) -> str:
 
 def storage_ctype(dtype: np.dtype) -> str:
     return "uchar" if np.dtype(dtype).kind == "b" else ctype(dtype)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The device limits the kernels are shaped by."""
-
-    max_work_group_size: int
-    local_mem_size: int
-    compute_units: int
-
-    def group_size(self) -> int:
-        """Work-items per group of flat and group kernels: a power of two, at most 256."""
-        return 1 << min(8, self.max_work_group_size.bit_length() - 1)
-
-    def tile(self, itemsize: int) -> tuple[int, int, int]:
-        """Matmul blocking (R, W, TSK): R x R work-items, W x W results each, TSK-deep slices; the
-        first whose work-group fits the device and whose two (R*W) x TSK tiles fit local memory.
-        8 x 8 work-items of 8 x 8 results ran the medium grid model 1.5-2x faster on pocl than
-        16 x 16 of 4 x 4 (the next best of nine shapes tried)."""
-        for r, w in ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1)):
-            tsk = min(16, r * w)
-            if r * r <= self.max_work_group_size and 2 * tsk * r * w * itemsize <= self.local_mem_size:
-                return r, w, tsk
-        raise RuntimeError("the OpenCL device has no room for a matmul tile")
 
 
 Count = tuple  # (static factor, power of N): static * N**nexp
@@ -109,12 +82,15 @@ class Launch:
 
 
 def render(lp: LoopProgram, limits: Limits) -> tuple[str, list[Launch], bool]:
-    """(OpenCL C source, one Launch per kernel in order, whether the source needs float64)."""
+    """(OpenCL C source, one Launch per kernel in order, whether the source needs float64), each kernel
+    as its schedule says (a schedule that does not fit `limits` is refused)."""
     check_renderable(lp, "OpenCL", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype))
+    for k in lp.kernels:
+        _check_fits(k, schedule_of(k), limits)
     bodies, launches, double = [], [], False
     functions: dict[str, str] = {}  # code -> the name of the first kernel with that code
     for k in lp.kernels:
-        writer = _KernelWriter(lp, k, limits)
+        writer = _KernelWriter(lp, k)
         code = writer.code()
         name = functions.setdefault(code, writer.name)
         text = code.replace("{name}", name, 1) if name == writer.name else f"/* runs {name} */\n"
@@ -123,6 +99,24 @@ def render(lp: LoopProgram, limits: Limits) -> tuple[str, list[Launch], bool]:
         double |= writer.double
     head = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n" if double else ""
     return head + PRELUDE + "\n" + "\n".join(bodies), launches, double
+
+
+def schedule_of(k: Kernel) -> OpenCLSchedule:
+    """The kernel's OpenCL schedule; rendering an unscheduled kernel is an error (schedule_opencl sets it)."""
+    if not isinstance(k.schedule, OpenCLSchedule):
+        raise ValueError(f"kernel {k.name} has no OpenCL schedule (run codegen.opencl.schedule.schedule_opencl)")
+    return k.schedule
+
+
+def _check_fits(k: Kernel, s: OpenCLSchedule, limits: Limits) -> None:
+    """Refuse a schedule made for a larger device than this one."""
+    local = 0
+    if s.form == "tiled":
+        r, w, tsk = s.tile
+        local = 2 * tsk * r * w * k.reduce.value.dtype.itemsize
+    if s.local > limits.max_work_group_size or local > limits.local_mem_size:
+        raise ValueError(f"kernel {k.name}'s schedule ({s}) does not fit the device: work-groups of at most "
+                         f"{limits.max_work_group_size}, {limits.local_mem_size} bytes of local memory")
 
 
 def _extent(e) -> str:
@@ -205,8 +199,8 @@ def _tanh(x: str, dtype: np.dtype) -> str:
 
 
 class _KernelWriter:
-    def __init__(self, lp: LoopProgram, k: Kernel, limits: Limits):
-        self.lp, self.k, self.limits = lp, k, limits
+    def __init__(self, lp: LoopProgram, k: Kernel):
+        self.lp, self.k, self.s = lp, k, schedule_of(k)
         self.name = re.sub(r"\W", "_", k.name)  # kernel names carry variable names ("rng/step")
         self.lines: list[str] = []
         self.double = False
@@ -218,20 +212,7 @@ class _KernelWriter:
         self.param = {b: f"p{j}" for j, b in enumerate(self.buffers)}  # positional: equal kernels share code
         red = k.reduce
         self.kept = [v for v in range(len(k.domain)) if red is None or v not in red.axes]
-        if red is not None and red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
-            self.shape = "tiled"
-        elif red is not None and self._group_reduce():
-            self.shape = "group"
-        else:
-            self.shape = "flat"
-
-    def _group_reduce(self) -> bool:
-        kept = [self.k.domain[v] for v in self.kept]
-        reduced = [self.k.domain[v] for v in self.k.reduce.axes]
-        long_reduce = None in reduced or math.prod(reduced) >= GROUP_REDUCE_MIN
-        if None in kept or not long_reduce:
-            return False
-        return math.prod(kept) < BUSY_PER_UNIT * self.limits.compute_units
+        self.shape = self.s.form
 
     # ---- text helpers -------------------------------------------------------------------
     def ctype(self, dtype: np.dtype) -> str:
@@ -328,7 +309,7 @@ class _KernelWriter:
 
     def _flat(self) -> None:
         k, red = self.k, self.k.reduce
-        size = self.limits.group_size()
+        size = self.s.local
         total = count(k.domain[v] for v in self.kept)
         self._set_launch(((total, size, size),))
         self.emit("long i = get_global_id(0);", 1)
@@ -348,7 +329,7 @@ class _KernelWriter:
 
     def _group(self) -> None:
         k, red = self.k, self.k.reduce
-        size = self.limits.group_size()
+        size = self.s.local
         t, dtype = self.ctype(red.value.dtype), red.value.dtype
         self._set_launch(((count(k.domain[v] for v in self.kept), 1, size),))
         self.emit(f"__local {t} part[{size}];", 1)
@@ -381,7 +362,7 @@ class _KernelWriter:
         a, b = red.contraction
         dtype = red.value.dtype
         t = self.ctype(dtype)
-        r, w, tsk = self.limits.tile(dtype.itemsize)
+        r, w, tsk = self.s.tile
         ts = r * w
         rows, cols, depth = (_extent(e) for e in k.domain)
         self._set_launch(((count([k.domain[1]]), ts, r), (count([k.domain[0]]), ts, r)))

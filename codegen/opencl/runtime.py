@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import OPENCL_BINARIES, cache_key
-from .render import Limits
+from .schedule import Limits
 
 INSTALL = ("install it with `pip install graphnet[opencl]` (pyopencl) and an OpenCL driver: "
            "`apt-get install pocl-opencl-icd` runs on the CPU, GPU vendors ship their own")

@@ -1,0 +1,172 @@
+"""The LLVM backend's schedule: every decision about how a kernel runs, written on the kernel.
+
+`schedule_llvm(threads, target)` is the LLVM backend's last loop pass (after `use_gemm_routines`
+chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel.schedule` to an
+`LLVMSchedule`, which render.py follows without deciding anything itself:
+- unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value;
+- threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
+  loop over the thread pool unless that loop is unrolled; at run time the split runs on the caller
+  below `min_work` elements. Reductions into a register or a scratch row run on one thread;
+- GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
+  columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
+  the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
+- epilogue order: C's rows outermost unless every store is contiguous along C's columns;
+- scalar loops: loops whose values call libm are kept from vectorizing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import vmath
+from .gemm import GemmSpec, specialised_m
+from .parallel import PARALLEL_MIN_FLOPS, column_split
+from .target import TargetInfo
+from ..loop_passes import LoopPass
+from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk
+
+UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
+PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
+PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements each cost far more
+LIBM = {"pow"}  # instructions render.py emits as an LLVM intrinsic that becomes a libm call, unless vmath has them
+
+Routine = tuple  # (dtype name, trans_a, trans_b, static M or None): one GEMM routine (render.gemm_symbol)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """How a GEMM kernel computes C and runs its epilogue over it."""
+
+    routine: Routine
+    by_columns: bool  # one parallel region: columns of C per thread, a barrier, then rows of the epilogue
+    grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
+    stride: int = 0  # by columns: bytes of the workspace each thread packs into
+    epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
+
+    def __str__(self) -> str:
+        dtype, ta, tb, m = self.routine
+        text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
+        text += f" by columns (grain {self.grain}, {self.stride} workspace bytes per thread)" if self.by_columns \
+            else " serial"
+        return text + f", epilogue {'rows' if self.epilogue[0] == 0 else 'columns'}-outer"
+
+
+@dataclass(frozen=True)
+class LLVMSchedule:
+    """One kernel's decisions (render.py follows them)."""
+
+    threads: int  # the thread pool the kernel is emitted for
+    target: TargetInfo | None  # the CPU its GEMM blocking is for (None: no GEMM by columns)
+    parallel: int | None = None  # the loop var split over the threads (None: one thread)
+    min_work: int = 0  # run-time work below which the split runs on the caller (elements, or flops for a GEMM)
+    unroll: tuple = ()  # loop vars written out once per value
+    scalar_reduce: bool = False  # the reduction's loops are kept from vectorizing (libm calls)
+    scalar_stores: bool = False  # the stores' loops are kept from vectorizing (libm calls)
+    gemm: Gemm | None = None
+
+    def __str__(self) -> str:
+        parts = [str(self.gemm)] if self.gemm is not None else []
+        if self.parallel is None:
+            parts.append("one thread")
+        else:
+            unit = "flops" if self.gemm is not None and self.gemm.by_columns else "elements"
+            parts.append(f"parallel over v{self.parallel} ({self.threads} threads, min work "
+                         f"{_amount(self.min_work)} {unit})")
+        if self.unroll:
+            parts.append("unroll " + ",".join(f"v{v}" for v in self.unroll))
+        scalar = [name for name, on in (("reduce", self.scalar_reduce), ("stores", self.scalar_stores)) if on]
+        if scalar:
+            parts.append("scalar loops (libm): " + ",".join(scalar))
+        return ", ".join(parts)
+
+
+def schedule_llvm(threads: int, target: TargetInfo | None) -> LoopPass:
+    """The pass writing each kernel's `LLVMSchedule` for a pool of `threads` on `target`."""
+    def schedule_llvm(lp: LoopProgram) -> LoopProgram:
+        for k in lp.kernels:
+            k.schedule = schedule_kernel(k, threads, target)
+        return lp
+    return schedule_llvm
+
+
+def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMSchedule:
+    red = k.reduce
+    scalar_reduce = red is not None and calls_libm(red.value)
+    scalar_stores = any(calls_libm(s.value) for s in k.stores)
+    if red is not None and red.workspace is not None:
+        gemm = _gemm(k, threads, target)
+        looped = gemm.epilogue
+    else:
+        gemm, looped = None, tuple(k.order)
+    unroll = tuple(sorted(v for v in looped if k.domain[v] is not None and k.domain[v] <= UNROLL_MAX))
+    common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
+                  scalar_stores=scalar_stores, gemm=gemm)
+    if gemm is not None and gemm.by_columns:
+        return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
+    if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
+        return LLVMSchedule(**common)
+    if threads <= 1 or not looped or looped[0] in unroll:
+        return LLVMSchedule(**common)
+    return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
+                        **common)
+
+
+def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
+    """By columns with threads and a target: a GEMM region followed by its own epilogue region would
+    wake the pool twice, and an epilogue below the elementwise threshold would run on one thread
+    while the others idle. The epilogue is split by rows: column blocks would share cache lines of
+    the updated arrays between threads at every row."""
+    routine = (k.reduce.value.dtype.name, *gemm_layout(k), specialised_m(k.domain[0]))
+    epilogue = tuple(epilogue_order(k))
+    if threads <= 1 or target is None:
+        return Gemm(routine, False, epilogue=epilogue)
+    grain, stride = column_split(GemmSpec(*routine), target)
+    return Gemm(routine, True, grain, stride, epilogue)
+
+
+def epilogue_order(k: Kernel) -> list[int]:
+    """The loop order of a GEMM kernel's epilogue over C: C's rows outermost, unless every store is
+    contiguous along C's columns instead (a narrow product computed transposed), whose stores would
+    otherwise be strided gathers and scatters."""
+    if k.stores and all(s.offset.stride(0) == (1, 0) and s.offset.stride(1) != (1, 0) for s in k.stores):
+        return [1, 0]
+    return [0, 1]
+
+
+def calls_libm(e: Expr) -> bool:
+    """Whether `e` calls libm (an instruction of LIBM that vmath lacks for its dtype)."""
+    return any(isinstance(x, Op) and x.name in LIBM and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
+
+
+# ---- GEMM operand layout ------------------------------------------------------------------
+def _stride_of(extent) -> tuple:
+    return (1, 1) if extent is None else (extent, 0)
+
+
+def _row_major(load: Load, rows: int, cols: int, domain: tuple) -> bool:
+    """Does `load` read a dense row-major matrix indexed (var rows, var cols)?"""
+    terms = {v for v, _, _ in load.offset.terms}
+    if not terms <= {rows, cols}:
+        return False
+    ok_cols = load.offset.stride(cols) == (1, 0) or domain[cols] == 1
+    ok_rows = load.offset.stride(rows) == _stride_of(domain[cols]) or domain[rows] == 1
+    return ok_cols and ok_rows
+
+
+def gemm_layout(k: Kernel):
+    """(trans_a, trans_b) when both operands of a matmul kernel are dense matrices, else None."""
+    a, b = k.reduce.contraction
+    if a.dtype.kind != "f" or len(k.domain) != 3:
+        return None
+    ta = None if not _row_major(a, 2, 0, k.domain) else True
+    ta = False if _row_major(a, 0, 2, k.domain) else ta
+    tb = None if not _row_major(b, 1, 2, k.domain) else True
+    tb = False if _row_major(b, 2, 1, k.domain) else tb
+    return None if ta is None or tb is None else (ta, tb)
+
+
+def _amount(n: int) -> str:
+    """2^18, 10^7 or the plain number."""
+    if n > 1 and n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    exponent = len(str(n)) - 1
+    return f"10^{exponent}" if n > 1 and n == 10 ** exponent else str(n)

@@ -1,0 +1,105 @@
+"""The OpenCL backend's schedule: each kernel's form and work-group sizes, written on the kernel.
+
+`schedule_opencl(limits)` is the OpenCL backend's last loop pass (`loop_passes(limits)`). It sets
+`Kernel.schedule` to an `OpenCLSchedule`, which render.py follows without deciding anything itself.
+A kernel has one of three forms:
+- "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
+  inside the work-item (softmax's row max and sum, small reductions);
+- "group": one work-group per kept element when one work-item per kept element would leave most
+  of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
+  and the reduction is long or runs over the batch: work-items stride over the reduced elements,
+  then combine their partial results in local memory;
+- "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
+  in local memory, each work-item holding a W x W block of sums in registers (`matmul_tile`).
+Flat and group kernels use work-groups of `group_size(limits)` work-items.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..loop_passes import LOOP_PASSES, LoopPass
+from ..loopir import Kernel, LoopProgram
+
+GROUP_REDUCE_MIN = 1024  # a static reduction at least this long may use a work-group per kept element
+BUSY_PER_UNIT = 32  # work-items per compute unit below which a flat kernel leaves the device idle
+GROUP_SIZE_MAX = 256  # the largest work-group of flat and group kernels (a power of two: the tree reduction halves it)
+TILE_SHAPES = ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1))  # matmul (R, W), largest register block first:
+#   each value a work-item reads from local memory feeds W multiply-adds
+TILE_DEPTH_MAX = 16  # the deepest K slice staged in local memory (TSK = min(this, R * W))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The device limits the kernels are shaped by."""
+
+    max_work_group_size: int
+    local_mem_size: int
+    compute_units: int
+
+
+@dataclass(frozen=True)
+class OpenCLSchedule:
+    """One kernel's form and sizes (render.py follows them)."""
+
+    form: str  # flat | group | tiled
+    local: int  # work-items per work-group (tiled: R * R)
+    tile: tuple | None = None  # tiled: (R, W, TSK): R x R work-items of W x W results, TSK-deep slices of K
+
+    def __str__(self) -> str:
+        if self.form == "tiled":
+            r, w, tsk = self.tile
+            return f"opencl tiled {r * w}x{r * w}: {r}x{r} work-items of {w}x{w} results, K slices of {tsk}"
+        if self.form == "group":
+            return f"opencl group: a work-group of {self.local} per kept element"
+        return f"opencl flat: a work-item per kept element, work-groups of {self.local}"
+
+
+def loop_passes(limits: Limits) -> list[LoopPass]:
+    """The OpenCL backend's loop passes: LOOP_PASSES, then each kernel's schedule for the device."""
+    return list(LOOP_PASSES) + [schedule_opencl(limits)]
+
+
+def schedule_opencl(limits: Limits) -> LoopPass:
+    """The pass writing each kernel's `OpenCLSchedule` for a device with `limits`."""
+    def schedule_opencl(lp: LoopProgram) -> LoopProgram:
+        for k in lp.kernels:
+            k.schedule = schedule_kernel(k, limits)
+        return lp
+    return schedule_opencl
+
+
+def schedule_kernel(k: Kernel, limits: Limits) -> OpenCLSchedule:
+    red = k.reduce
+    if red is not None and red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
+        r, w, tsk = matmul_tile(limits, red.value.dtype.itemsize)
+        return OpenCLSchedule("tiled", r * r, (r, w, tsk))
+    form = "group" if red is not None and _group_reduce(k, limits) else "flat"
+    return OpenCLSchedule(form, group_size(limits))
+
+
+def _group_reduce(k: Kernel, limits: Limits) -> bool:
+    """A work-group per kept element: the reduction is long (or over the batch) and a work-item per
+    kept element would leave the device idle."""
+    kept = [k.domain[v] for v in range(len(k.domain)) if v not in k.reduce.axes]
+    reduced = [k.domain[v] for v in k.reduce.axes]
+    long_reduce = None in reduced or math.prod(reduced) >= GROUP_REDUCE_MIN
+    if None in kept or not long_reduce:
+        return False
+    return math.prod(kept) < BUSY_PER_UNIT * limits.compute_units
+
+
+def group_size(limits: Limits) -> int:
+    """Work-items per group of flat and group kernels: the largest power of two the device allows,
+    at most GROUP_SIZE_MAX."""
+    return min(GROUP_SIZE_MAX, 1 << (limits.max_work_group_size.bit_length() - 1))
+
+
+def matmul_tile(limits: Limits, itemsize: int) -> tuple[int, int, int]:
+    """Matmul blocking (R, W, TSK): the first of TILE_SHAPES whose R x R work-group fits the device
+    and whose two (R*W) x TSK tiles fit local memory."""
+    for r, w in TILE_SHAPES:
+        tsk = min(TILE_DEPTH_MAX, r * w)
+        if r * r <= limits.max_work_group_size and 2 * tsk * r * w * itemsize <= limits.local_mem_size:
+            return r, w, tsk
+    raise RuntimeError("the OpenCL device has no room for a matmul tile")

@@ -1,0 +1,233 @@
+"""Each backend's schedule pass alone, on the loop program's text before and after it, and renderers
+that follow the schedule and decide nothing themselves."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm import parallel
+from codegen.llvm.gemm import GemmSpec
+from codegen.llvm.gemm_schedule import loop_passes as llvm_loop_passes
+from codegen.llvm.render import Renderer
+from codegen.llvm.schedule import PARALLEL_MIN_FAST, PARALLEL_MIN_SLOW, UNROLL_MAX, schedule_llvm
+from codegen.llvm.target import AVX2
+from codegen.loop_passes import LOOP_PASSES
+from codegen.loopir import LoopProgram
+from codegen.lower import Lowering, lower
+from codegen.opencl import render as opencl_render
+from codegen.opencl.schedule import Limits, loop_passes as opencl_loop_passes, schedule_opencl
+from graphnet.passes import run_pipeline
+from graphnet.program import Program
+
+WORKSPACE = lambda dtype, ta, tb, m: 4096  # noqa: E731  (packing bytes: the schedule does not depend on them)
+DEVICE = Limits(max_work_group_size=1024, local_mem_size=65536, compute_units=4)
+
+
+def _prepared(fetches, passes) -> LoopProgram:
+    """The loop program after every pass of `passes` but the last (the schedule pass)."""
+    prog, _ = run_pipeline(Program(list(fetches)), training=False)
+    lp = Lowering(prog).run()
+    for p in passes[:-1]:
+        p(lp)
+    return lp
+
+
+def _llvm(fetches, threads: int = 2, target=AVX2) -> LoopProgram:
+    return _prepared(fetches, llvm_loop_passes(WORKSPACE, threads, target))
+
+
+def _schedules(lp: LoopProgram) -> list[str]:
+    lines = [line.strip() for line in lp.to_text().splitlines()]
+    return [line[len("schedule: "):] for line in lines if line.startswith("schedule: ")]
+
+
+def _scheduled_llvm(fetches, threads: int = 2, target=AVX2) -> list[str]:
+    lp = _llvm(fetches, threads, target)
+    assert not _schedules(lp)  # before the pass: no decisions in the text
+    return _schedules(schedule_llvm(threads, target)(lp))
+
+
+def _scheduled_opencl(fetches, limits: Limits = DEVICE) -> list[str]:
+    lp = _prepared(fetches, opencl_loop_passes(limits))
+    assert not _schedules(lp)
+    return _schedules(schedule_opencl(limits)(lp))
+
+
+# ---- LLVM: elementwise kernels -------------------------------------------------------------
+def test_batch_dependent_elementwise_kernel_is_split_over_threads_above_min_work():
+    x = gn.placeholder("x", (None, 5))
+    assert _scheduled_llvm([gn.exp(x) + 1.0]) == ["parallel over v0 (2 threads, min work 2^18 elements)"]
+    assert PARALLEL_MIN_FAST == 2 ** 18
+
+
+def test_one_thread_schedules_every_kernel_on_it():
+    x = gn.placeholder("x", (None, 5))
+    assert _scheduled_llvm([gn.exp(x) + 1.0], threads=1) == ["one thread"]
+
+
+def test_small_static_kernel_is_unrolled_and_not_split():
+    x = gn.variable("x", np.ones((UNROLL_MAX - 1, UNROLL_MAX), np.float32))
+    assert _scheduled_llvm([gn.exp(x)]) == ["one thread, unroll v0,v1"]
+
+
+def test_large_static_kernel_is_split_and_its_short_inner_loop_unrolled():
+    x = gn.variable("x", np.ones((600, 3), np.float32))
+    assert _scheduled_llvm([gn.exp(x)]) == ["parallel over v0 (2 threads, min work 2^18 elements), unroll v1"]
+
+
+def test_loops_calling_libm_stay_scalar_and_split_at_less_work():
+    x = gn.placeholder("x", (None, 7), "float64")
+    assert _scheduled_llvm([gn.abs(x) ** 0.7]) == [
+        "parallel over v0 (2 threads, min work 2^14 elements), scalar loops (libm): stores"]
+    assert PARALLEL_MIN_SLOW == 2 ** 14
+    y = gn.placeholder("y", (None, 7))  # float32 pow is inline vector code (vmath): no libm call
+    assert _scheduled_llvm([gn.abs(y) ** 0.7]) == ["parallel over v0 (2 threads, min work 2^18 elements)"]
+
+
+# ---- LLVM: reductions ----------------------------------------------------------------------
+def test_reductions_run_on_one_thread():
+    x = gn.placeholder("x", (None, 6))
+    lp = _llvm([gn.sum(x, 0), gn.max(x, 1)])
+    schedule_llvm(2, AVX2)(lp)
+    kinds = ["in row" in k.to_text() for k in lp.kernels]
+    assert sorted(kinds) == [False, True]  # one reduction over the batch into a row, one into a register
+    assert _schedules(lp) == ["one thread", "one thread"]
+
+
+def test_a_reduction_of_libm_values_keeps_its_reduction_loops_scalar():
+    x = gn.placeholder("x", (None, 6), "float64")
+    assert _scheduled_llvm([gn.sum(gn.abs(x) ** 1.5, 1)]) == ["one thread, scalar loops (libm): reduce"]
+
+
+# ---- LLVM: GEMM kernels --------------------------------------------------------------------
+def test_gemm_by_columns_with_threads_and_a_target():
+    x = gn.placeholder("x", (None, 64))
+    w = gn.variable("w", np.ones((64, 128), np.float32))
+    grain, stride = parallel.column_split(GemmSpec("float32", False, False), AVX2)
+    assert _scheduled_llvm([x @ w]) == [
+        f"gemm float32 nn by columns (grain {grain}, {stride} workspace bytes per thread), epilogue rows-outer, "
+        "parallel over v1 (2 threads, min work 10^7 flops)"]
+
+
+def test_gemm_on_one_thread_runs_the_routine_then_its_epilogue():
+    x = gn.placeholder("x", (None, 64))
+    w = gn.variable("w", np.ones((64, 128), np.float32))
+    assert _scheduled_llvm([gn.relu(x @ w)], threads=1) == ["gemm float32 nn serial, epilogue rows-outer, one thread"]
+
+
+def test_gemm_without_a_target_is_serial_with_a_split_epilogue():
+    x = gn.placeholder("x", (None, 64))
+    w = gn.variable("w", np.ones((64, 128), np.float32))
+    assert _scheduled_llvm([x @ w], target=None) == [
+        "gemm float32 nn serial, epilogue rows-outer, parallel over v0 (2 threads, min work 2^18 elements)"]
+
+
+def test_narrow_gemm_is_transposed_with_its_epilogue_columns_outer():
+    x = gn.placeholder("x", (None, 600))
+    w = gn.variable("w", np.ones((600, 10), np.float32))
+    (s,) = _scheduled_llvm([x @ w], threads=1)
+    assert s == "gemm float32 tt m10 serial, epilogue columns-outer, one thread"
+
+
+def test_small_matmul_is_a_loop_nest_not_a_gemm():
+    a = gn.variable("a", np.ones((3, 5), np.float32))
+    b = gn.variable("b", np.ones((5, 2), np.float32))
+    lp = _llvm([a @ b])
+    assert "by GEMM" not in lp.to_text() and "matmul sum" in lp.to_text()
+    assert _schedules(schedule_llvm(2, AVX2)(lp)) == ["one thread, unroll v0,v1"]
+
+
+def test_llvm_pass_list_ends_with_the_schedule_and_lower_records_it():
+    x = gn.placeholder("x", (None, 3))
+    prog, _ = run_pipeline(Program([gn.exp(x)]), training=False)
+    lp, records = lower(prog, loop_passes=llvm_loop_passes(WORKSPACE, 2, AVX2))
+    assert [r.name for r in records][-2:] == ["choose_loop_order", "schedule_llvm"]
+    assert "schedule:" not in records[-2].text and "schedule: parallel over v0" in records[-1].text
+
+
+# ---- the LLVM renderer follows the schedule ------------------------------------------------
+def _rendered(lp: LoopProgram, threads: int = 2) -> str:
+    return Renderer(lp, threads=threads, target=AVX2).render()
+
+
+def test_llvm_renderer_refuses_a_kernel_without_schedule():
+    x = gn.placeholder("x", (None, 3))
+    with pytest.raises(ValueError, match="has no LLVM schedule"):
+        _rendered(_llvm([gn.exp(x)]))
+
+
+def test_llvm_renderer_refuses_a_schedule_for_other_threads():
+    x = gn.placeholder("x", (None, 3))
+    lp = schedule_llvm(2, AVX2)(_llvm([gn.exp(x)]))
+    with pytest.raises(ValueError, match="scheduled for 2 threads"):
+        _rendered(lp, threads=1)
+
+
+@pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))
+def test_llvm_renderer_splits_and_unrolls_exactly_where_the_schedule_says():
+    x = gn.variable("x", np.ones((600, 3), np.float32))
+    lp = schedule_llvm(2, AVX2)(_llvm([gn.exp(x)]))
+    (k,) = lp.kernels
+    v1_loop = re.compile(r'%"v1(\.\d+)?" = phi')
+    as_scheduled = _rendered(lp)
+    assert "GOMP_parallel" in as_scheduled and not v1_loop.search(as_scheduled)  # v0 split, v1 written out
+    k.schedule = dataclasses.replace(k.schedule, parallel=None, min_work=0, unroll=())
+    changed = _rendered(lp)
+    assert "GOMP_parallel" not in changed and v1_loop.search(changed)  # one thread, v1 a loop
+
+
+# ---- OpenCL --------------------------------------------------------------------------------
+def test_opencl_elementwise_kernels_are_flat_with_the_largest_power_of_two_group():
+    x = gn.placeholder("x", (None, 5))
+    assert _scheduled_opencl([gn.exp(x)]) == ["opencl flat: a work-item per kept element, work-groups of 256"]
+    small = Limits(max_work_group_size=100, local_mem_size=65536, compute_units=4)
+    assert _scheduled_opencl([gn.exp(x)], small) == ["opencl flat: a work-item per kept element, work-groups of 64"]
+
+
+def test_opencl_long_reductions_over_few_elements_use_a_work_group_each():
+    x = gn.placeholder("x", (None, 6))
+    c = gn.variable("c", np.ones((8, 4096), np.float32))
+    short = gn.variable("short", np.ones((8, 16), np.float32))
+    group = "opencl group: a work-group of 256 per kept element"
+    flat = "opencl flat: a work-item per kept element, work-groups of 256"
+    assert _scheduled_opencl([gn.sum(x, 0)]) == [group]  # over the batch, 6 kept elements
+    assert _scheduled_opencl([gn.sum(c, 1)]) == [group]  # 4096 long, 8 kept elements
+    assert _scheduled_opencl([gn.sum(x, 1)]) == [flat]  # one per batch row: enough work-items
+    assert _scheduled_opencl([gn.sum(short, 1)]) == [flat]  # short: a loop in the work-item
+    busy = Limits(max_work_group_size=1024, local_mem_size=65536, compute_units=0)
+    assert _scheduled_opencl([gn.sum(c, 1)], busy) == [flat]  # 8 kept elements keep no compute unit idle
+
+
+def test_opencl_matmuls_are_tiled_to_the_device():
+    x = gn.placeholder("x", (None, 64))
+    w = gn.variable("w", np.ones((64, 32), np.float32))
+    assert _scheduled_opencl([x @ w]) == ["opencl tiled 64x64: 8x8 work-items of 8x8 results, K slices of 16"]
+    little_local = Limits(max_work_group_size=1024, local_mem_size=4096, compute_units=4)
+    assert _scheduled_opencl([x @ w], little_local) == [
+        "opencl tiled 32x32: 8x8 work-items of 4x4 results, K slices of 16"]
+    little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
+    assert _scheduled_opencl([x @ w], little_group) == [
+        "opencl tiled 8x8: 4x4 work-items of 2x2 results, K slices of 8"]
+
+
+def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large():
+    x = gn.placeholder("x", (None, 64))
+    w = gn.variable("w", np.ones((64, 32), np.float32))
+    lp = _prepared([x @ w], opencl_loop_passes(DEVICE))
+    with pytest.raises(ValueError, match="has no OpenCL schedule"):
+        opencl_render.render(lp, DEVICE)
+    schedule_opencl(DEVICE)(lp)
+    source, (launch,), _ = opencl_render.render(lp, DEVICE)
+    assert launch.shape == "tiled" and launch.local_size == (8, 8) and "__local float As[16][64];" in source
+    little = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
+    with pytest.raises(ValueError, match="does not fit the device"):
+        opencl_render.render(lp, little)
+
+
+def test_opencl_pass_list_ends_with_the_schedule():
+    assert opencl_loop_passes(DEVICE)[:-1] == LOOP_PASSES
+    assert opencl_loop_passes(DEVICE)[-1].__name__ == "schedule_opencl"
