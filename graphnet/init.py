@@ -1,6 +1,8 @@
 """Parameter initializers (numpy arrays to pass to `gn.variable`).
 
-Each draws from `gn.set_seed`'s generator unless given a seed. `random_normal`, `random_uniform` and
+Each draws from `gn.set_seed`'s generator unless given a seed. Initializers take `(shape, seed=None,
+dtype=float32)` plus keyword options (`normal(shape, stddev=0.1)`, `orthogonal(shape, gain=2.0)`); `BY_NAME`
+holds them under Keras's names, with Keras's defaults. `random_normal`, `random_uniform` and
 `truncated_normal` take TF1's arguments (`gn.random_normal((2, 3), stddev=0.1)`, also at the top
 level): they return an array drawn once, an initial value, not an op drawing at every step.
 """
@@ -72,6 +74,34 @@ def lecun_uniform(shape: tuple, seed: int | None = None, dtype: Any = np.float32
     return _rng(seed).uniform(-a, a, size=shape).astype(dtype)
 
 
+def normal(shape: tuple, seed: int | None = None, dtype: Any = np.float32, mean: float = 0.0,
+           stddev: float = 0.05) -> np.ndarray:
+    """N(mean, stddev^2) draws; the defaults are Keras's RandomNormal (its name "normal" / "random_normal")."""
+    return _rng(seed).normal(mean, stddev, size=_shape(shape)).astype(dtype)
+
+
+def uniform(shape: tuple, seed: int | None = None, dtype: Any = np.float32, minval: float = -0.05,
+            maxval: float = 0.05) -> np.ndarray:
+    """U[minval, maxval) draws; the defaults are Keras's RandomUniform ("uniform" / "random_uniform")."""
+    return _rng(seed).uniform(minval, maxval, size=_shape(shape)).astype(dtype)
+
+
+def orthogonal(shape: tuple, seed: int | None = None, dtype: Any = np.float32, gain: float = 1.0) -> np.ndarray:
+    """gain * Q of the QR decomposition of a normal matrix, with Q's columns signed so R's diagonal is
+    positive (Q is then uniformly distributed; Keras's Orthogonal). The shape is read as a
+    (prod(shape[:-1]), shape[-1]) matrix: orthonormal columns if it is tall, orthonormal rows if wide."""
+    shape = _shape(shape)
+    if len(shape) < 2:
+        raise ValueError(f"orthogonal: needs a shape of rank 2 or more, got {shape}")
+    rows, cols = int(np.prod(shape[:-1])), shape[-1]
+    a = _rng(seed).normal(size=(max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    if rows < cols:
+        q = q.T
+    return (gain * q).reshape(shape).astype(dtype)
+
+
 def random_normal(shape: Any, mean: float = 0.0, stddev: float = 1.0, dtype: Any = np.float32,
                   seed: int | None = None) -> np.ndarray:
     """TF1's `tf.random_normal(shape, mean, stddev)`: an array of N(mean, stddev^2) draws."""
@@ -105,7 +135,7 @@ def _shape(shape: Any) -> tuple:
 
 BY_NAME = {"glorot_uniform": glorot_uniform, "glorot_normal": glorot_normal, "he_normal": he_normal,
            "he_uniform": he_uniform, "lecun_normal": lecun_normal, "lecun_uniform": lecun_uniform, "zeros": zeros,
-           "ones": ones,
+           "ones": ones, "normal": normal, "uniform": uniform, "orthogonal": orthogonal,
            "random_normal": lambda shape, seed=None, dtype=np.float32: random_normal(shape, 0.0, 0.05, dtype, seed),
            "random_uniform": lambda shape, seed=None, dtype=np.float32: random_uniform(shape, -0.05, 0.05, dtype, seed),
            "truncated_normal": lambda shape, seed=None, dtype=np.float32: truncated_normal(shape, 0.0, 0.05, dtype,

@@ -35,11 +35,11 @@ ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
     "log_softmax": ops.log_softmax,
     "softplus": ops.softplus,
     "leaky_relu": ops.leaky_relu,
-    "swish": lambda x: x * ops.sigmoid(x),
-    "silu": lambda x: x * ops.sigmoid(x),
-    "elu": lambda x: ops.where(x > 0, x, ops.exp(ops.minimum(x, 0.0)) - 1.0),
-    "selu": lambda x: 1.0507009873554805 * ops.where(x > 0, x, 1.6732632423543772 * (ops.exp(ops.minimum(x, 0.0))
-                                                                                        - 1.0)),
+    "swish": ops.swish,
+    "silu": ops.silu,
+    "elu": ops.elu,
+    "selu": ops.selu,
+    "hard_sigmoid": ops.hard_sigmoid,  # Keras 3's relu6(x + 3) / 6 (Keras 2's was clip(0.2 x + 0.5, 0, 1))
     "exponential": ops.exp,
 }
 
@@ -472,8 +472,79 @@ class Concatenate(Layer):
         return {"name": self.name, "axis": self.axis}
 
 
+class Reshape(Layer):
+    """(batch, ...) -> (batch, *target_shape); the batch axis is kept and one entry may be -1 (inferred)."""
+
+    def __init__(self, target_shape: Sequence[int], name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        target = tuple(target_shape) if isinstance(target_shape, (list, tuple)) else (target_shape,)
+        if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or (d <= 0 and d != -1) for d in target) \
+                or sum(d == -1 for d in target) > 1:
+            raise ValueError(f"Reshape: target_shape must be positive integers with at most one -1 (the batch "
+                             f"dimension is implied), got {target_shape!r}")
+        self.target_shape = tuple(int(d) for d in target)
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        size, known = math.prod(shape[1:]), math.prod(d for d in self.target_shape if d != -1)
+        if (-1 in self.target_shape and size % known) or (-1 not in self.target_shape and size != known):
+            raise ValueError(f"Reshape: cannot reshape {shape_str(shape)} ({size} values per sample) to "
+                             f"{shape_str((None,) + self.target_shape)}")
+        return (None,) + tuple(size // known if d == -1 else d for d in self.target_shape)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return ops.reshape(inputs[0], self.compute_output_shape([inputs[0].shape]))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "target_shape": list(self.target_shape)}
+
+
+class Lambda(Layer):
+    """Wraps `function`, a Python function of graph nodes (`function(x)`, or `function([x1, x2, ...])`
+    when called on several inputs), as a layer. Its output shape is found by tracing the function on
+    placeholders of the input shapes. A Python function cannot be stored in a model config: saving a
+    model that holds a Lambda layer is an error naming it (use save_weights), as Keras warns."""
+
+    def __init__(self, function: Callable[..., Node], output_shape: Sequence[int] | None = None,
+                 name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        if not callable(function):
+            raise TypeError(f"Lambda: function must be callable, got {type(function).__name__}")
+        self.function = function
+        self.declared_shape = None if output_shape is None else tuple(output_shape)
+
+    def _apply(self, inputs: list[Node]) -> Node:
+        out = self.function(inputs[0] if len(inputs) == 1 else list(inputs))
+        if not isinstance(out, Node):
+            raise TypeError(f"Lambda layer {self.name or ''}: {_function_name(self.function)} must return a graph "
+                            f"node, got {type(out).__name__}")
+        return out
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        with Graph() as scratch:
+            xs = [ops.placeholder(f"x{i}", shape, graph=scratch) for i, shape in enumerate(input_shapes)]
+            shape = self._apply(xs).shape
+        if self.declared_shape is not None and shape[1:] != self.declared_shape:
+            raise ValueError(f"Lambda layer {self.name or ''}: {_function_name(self.function)} returns "
+                             f"{shape_str(shape)}, not the declared output_shape "
+                             f"{shape_str((None,) + self.declared_shape)}")
+        return shape
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return self._apply(inputs)
+
+    def get_config(self) -> dict:
+        raise ValueError(f"Lambda layer {self.name!r} wraps the Python function {_function_name(self.function)}, "
+                         f"which cannot be stored in a model config; use save_weights, or write a Layer subclass")
+
+
+def _function_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add,
-                                                                 Subtract, Multiply, Average, Concatenate)}
+                                                                 Subtract, Multiply, Average, Concatenate, Reshape)}
 
 
 def from_config(class_name: str, config: dict) -> Layer:

@@ -1,14 +1,17 @@
 """Loss functions in numerically stable forms (PyTorch's definitions; see REFERENCE.md).
 
 Two orders, each under its own names, as in the libraries they come from:
-- graphnet's (PyTorch's) prediction-first functions: `mse(pred, target)`,
-  `binary_cross_entropy(z_or_p, y)`, `softmax_cross_entropy(logits, labels)`. Each returns the mean
-  over the batch by default; `reduction="sum"` sums and `"none"` keeps one value per element (per row
-  for softmax cross-entropy).
+- graphnet's (PyTorch's) prediction-first functions: `mse(pred, target)`, `mae`, `huber`, `hinge`,
+  `kl_divergence`, `binary_cross_entropy(z_or_p, y)`, `softmax_cross_entropy(logits, labels)`. Each
+  returns the mean over the batch by default; `reduction="sum"` sums and `"none"` keeps one value per
+  element (per row for softmax cross-entropy and kl_divergence). `sample_weight=` multiplies the
+  values before the reduction (see `_weigh`); "mean" is then sum(w * loss) / count, Keras's
+  sum_over_batch_size.
 - Keras's target-first functions and classes: `binary_crossentropy(y_true, y_pred)`,
   `categorical_crossentropy`, `sparse_categorical_crossentropy`, `mean_squared_error`,
-  `mean_absolute_error` (one value per sample, as Keras returns), and `BinaryCrossentropy(from_logits=...)`
-  and friends (called as `loss(y_true, y_pred)`, the batch mean), which `Model.compile` accepts.
+  `mean_absolute_error` (one value per sample, as Keras returns), and `BinaryCrossentropy(from_logits=...)`,
+  `Huber(delta)`, `Hinge`, `KLDivergence` and friends (called as `loss(y_true, y_pred, sample_weight=None)`,
+  the batch mean), which `Model.compile` accepts.
 
 A swapped pair is an error wherever it can be seen: a cross-entropy whose target depends on trainable
 variables while its prediction does not, and constant cross-entropy targets outside [0, 1] (which
@@ -23,20 +26,58 @@ import numpy as np
 from . import ops
 from .errors import ShapeError
 from .graph import Node, ancestors, shape_str
+from .ops.base import broadcast_shapes
 from .source import user_location
 
 EPSILON = 1e-7  # how far probabilities are clipped away from 0 and 1 before the log
 
 
 # ---- graphnet's order: prediction first -------------------------------------------------------------
-def mse(pred: Any, target: Any, reduction: str = "mean") -> Node:
+def mse(pred: Any, target: Any, reduction: str = "mean", sample_weight: Any = None) -> Node:
     """Mean squared error over all elements (symmetric, so either order trains the same)."""
     pred, target = _pair("mse", pred, target)
     d = pred - target
-    return _reduce(d * d, reduction)
+    return _reduce(d * d, reduction, sample_weight, "mse")
 
 
-def binary_cross_entropy(z_or_p: Any, y: Any, from_logits: bool = False, reduction: str = "mean") -> Node:
+def mae(pred: Any, target: Any, reduction: str = "mean", sample_weight: Any = None) -> Node:
+    """Mean absolute error |pred - target| over all elements (torch's l1_loss; symmetric)."""
+    pred, target = _pair("mae", pred, target)
+    return _reduce(ops.abs(pred - target), reduction, sample_weight, "mae")
+
+
+def huber(pred: Any, target: Any, delta: float = 1.0, reduction: str = "mean", sample_weight: Any = None) -> Node:
+    """Huber loss of d = pred - target: d^2 / 2 where |d| <= delta, delta (|d| - delta / 2) beyond
+    (torch's huber_loss, Keras's Huber; symmetric)."""
+    if not delta > 0:
+        raise ValueError(f"huber: delta must be positive, got {delta}")
+    pred, target = _pair("huber", pred, target)
+    d = ops.abs(pred - target)
+    quadratic = ops.minimum(d, float(delta))  # the part of |d| inside delta
+    return _reduce(0.5 * quadratic * quadratic + float(delta) * (d - quadratic), reduction, sample_weight, "huber")
+
+
+def hinge(pred: Any, target: Any, reduction: str = "mean", sample_weight: Any = None) -> Node:
+    """max(1 - y * pred, 0) with labels y in {-1, 1}; as Keras, when every label in the target is 0 or
+    1 the labels are read as binary and mapped to 2 y - 1 (checked on the whole target at run time)."""
+    _check_order("hinge", ("pred", "target"), pred, target, "Hinge()")
+    pred, target = _pair("hinge", pred, target)
+    return _reduce(ops.relu(1 - _signed_labels(target) * pred), reduction, sample_weight, "hinge")
+
+
+def kl_divergence(pred: Any, target: Any, reduction: str = "mean", sample_weight: Any = None) -> Node:
+    """KL(target || pred) = sum(y log(y / p)) over the last axis, one value per row, both clipped into
+    [eps, 1] first as Keras does (so a zero target contributes ~0, as torch's kl_div gives exactly 0);
+    "mean" averages the rows (torch's reduction="batchmean")."""
+    _check_order("kl_divergence", ("pred", "target"), pred, target, "KLDivergence()")
+    pred, target = _pair("kl_divergence", pred, target)
+    _check_probabilities("kl_divergence", "target", target)
+    y, p = ops.clip(target, EPSILON, 1.0), ops.clip(pred, EPSILON, 1.0)
+    return _reduce(ops.sum(y * ops.log(y / p), -1), reduction, sample_weight, "kl_divergence")
+
+
+def binary_cross_entropy(z_or_p: Any, y: Any, from_logits: bool = False, reduction: str = "mean",
+                         sample_weight: Any = None) -> Node:
     """Binary cross-entropy of targets `y` in [0, 1] against logits z or probabilities p.
 
     From logits: softplus(z) - z*y, i.e. max(z, 0) - z*y + log(1 + exp(-|z|)), finite for any z and
@@ -48,12 +89,12 @@ def binary_cross_entropy(z_or_p: Any, y: Any, from_logits: bool = False, reducti
     x, y = _pair("binary_cross_entropy", z_or_p, y)
     _check_probabilities("binary_cross_entropy", "y", y)
     if from_logits:
-        return _reduce(ops.softplus(x) - x * y, reduction)
+        return _reduce(ops.softplus(x) - x * y, reduction, sample_weight, "binary_cross_entropy")
     p = ops.clip(x, EPSILON, 1 - EPSILON)
-    return _reduce(-(y * ops.log(p) + (1 - y) * ops.log(1 - p)), reduction)
+    return _reduce(-(y * ops.log(p) + (1 - y) * ops.log(1 - p)), reduction, sample_weight, "binary_cross_entropy")
 
 
-def softmax_cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> Node:
+def softmax_cross_entropy(logits: Any, labels: Any, reduction: str = "mean", sample_weight: Any = None) -> Node:
     """-sum_k y_k log_softmax(z)_k per row; labels are one-hot (float, logits' shape) or integer
     class ids (logits' shape without the last axis)."""
     _check_order("softmax_cross_entropy", ("logits", "labels"), logits, labels, "categorical_crossentropy")
@@ -72,7 +113,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> 
     else:
         logits, labels = _pair("softmax_cross_entropy", logits, labels)
         _check_probabilities("softmax_cross_entropy", "labels", labels)
-    return _reduce(-ops.sum(labels * ops.log_softmax(logits, -1), -1), reduction)
+    values = -ops.sum(labels * ops.log_softmax(logits, -1), -1)
+    return _reduce(values, reduction, sample_weight, "softmax_cross_entropy")
 
 
 # ---- Keras's order: y_true first, one value per sample ----------------------------------------------
@@ -135,8 +177,8 @@ class Loss:
     def per_sample(self, y_true: Any, y_pred: Any) -> Node:
         raise NotImplementedError
 
-    def __call__(self, y_true: Any, y_pred: Any) -> Node:
-        values = self.per_sample(y_true, y_pred)
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Node:
+        values = _weigh(self.per_sample(y_true, y_pred), sample_weight, type(self).__name__)
         if self.reduction == "none":
             return values
         return ops.sum(values) if self.reduction == "sum" else ops.mean(values)
@@ -168,6 +210,36 @@ class MeanAbsoluteError(MeanSquaredError):
         return mean_absolute_error(y_true, y_pred)
 
 
+class Huber(MeanSquaredError):
+    key = "huber"
+
+    def __init__(self, delta: float = 1.0, name: str | None = None, reduction: str = "sum_over_batch_size"):
+        super().__init__(name, reduction)
+        if not delta > 0:
+            raise ValueError(f"Huber: delta must be positive, got {delta}")
+        self.delta = float(delta)
+
+    def per_sample(self, y_true, y_pred):
+        return _per_sample(huber(y_pred, y_true, self.delta, reduction="none"))
+
+    def get_config(self) -> dict:
+        return {"delta": self.delta}
+
+
+class Hinge(MeanSquaredError):
+    key = "hinge"
+
+    def per_sample(self, y_true, y_pred):
+        return _per_sample(hinge(y_pred, y_true, reduction="none"))
+
+
+class KLDivergence(MeanSquaredError):
+    key = "kl_divergence"
+
+    def per_sample(self, y_true, y_pred):
+        return kl_divergence(y_pred, y_true, reduction="none")
+
+
 class BinaryCrossentropy(Loss):
     key = "binary_crossentropy"
 
@@ -190,8 +262,11 @@ class SparseCategoricalCrossentropy(Loss):
 
 
 LOSS_CLASSES = {cls.__name__: cls for cls in (MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy,
-                                              CategoricalCrossentropy, SparseCategoricalCrossentropy)}
-PREDICTION_FIRST = (mse, binary_cross_entropy, softmax_cross_entropy)  # what compile calls (output, target)
+                                              CategoricalCrossentropy, SparseCategoricalCrossentropy, Huber, Hinge,
+                                              KLDivergence)}
+LOSS_BY_KEY = {cls.key: cls for cls in LOSS_CLASSES.values()}
+# what compile calls (output, target)
+PREDICTION_FIRST = (mse, mae, huber, hinge, kl_divergence, binary_cross_entropy, softmax_cross_entropy)
 
 
 # ---- checks -----------------------------------------------------------------------------------------
@@ -251,11 +326,37 @@ def _per_sample(values: Node) -> Node:
     return values if values.ndim <= 1 else ops.mean(values, -1)
 
 
-def _reduce(values: Node, reduction: str) -> Node:
+def _signed_labels(y: Node) -> Node:
+    """Hinge labels: y itself, or 2 y - 1 when every label is 0 or 1 (Keras's rule, on the whole target)."""
+    other = ops.cast(ops.not_equal(y, 0), y.dtype) * ops.cast(ops.not_equal(y, 1), y.dtype)
+    return ops.where(ops.equal(ops.sum(other), 0), 2 * y - 1, y)
+
+
+def _weigh(values: Node, sample_weight: Any, name: str) -> Node:
+    """values * sample_weight. A 1-D weight as long as the values' first axis weighs samples (it is
+    aligned with that axis, as Keras's sample_weight); any other weight broadcasts against the values
+    with numpy's rules, and must not change their shape."""
+    if sample_weight is None:
+        return values
+    w = sample_weight if isinstance(sample_weight, Node) else \
+        ops.constant(np.asarray(sample_weight), graph=values.graph)
+    w = ops.cast(w, values.dtype)
+    if w.ndim == 1 and values.ndim > 1 and w.shape[0] == values.shape[0]:
+        w = ops.reshape(w, w.shape + (1,) * (values.ndim - 1))
+    try:
+        shape = broadcast_shapes(values.shape, w.shape)
+    except ShapeError:
+        shape = None
+    if shape != values.shape:
+        raise ShapeError(f"{name}: sample_weight {shape_str(w.shape)} does not broadcast to the loss values "
+                         f"{shape_str(values.shape)} (give one weight per sample, shape (N,)) (at {user_location()})")
+    return values * w
+
+
+def _reduce(values: Node, reduction: str, sample_weight: Any = None, name: str = "loss") -> Node:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    values = _weigh(values, sample_weight, name)
     if reduction == "mean":
         return ops.mean(values)
-    if reduction == "sum":
-        return ops.sum(values)
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return ops.sum(values) if reduction == "sum" else values

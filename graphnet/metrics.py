@@ -24,8 +24,11 @@ from . import losses as loss_fns
 from . import ops
 from .graph import Graph, Node, shape_str
 
-LOSSES = ("mse", "mae", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy")
-ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
+LOSSES = ("mse", "mae", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "huber",
+          "hinge", "kl_divergence")
+ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae", "kld": "kl_divergence",
+           "kullback_leibler_divergence": "kl_divergence"}
+PER_SAMPLE_LOSSES = ("huber", "hinge", "kl_divergence")  # the per-sample values of their gn.losses class
 METRICS = ("accuracy", "acc", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "mae",
            "mse")
 METRIC_ALIASES = {"mean_absolute_error": "mae", "mean_squared_error": "mse"}
@@ -124,6 +127,8 @@ def loss_node(spec: LossSpec, output: Node, target: Node) -> Node:
     """One output's loss as a scalar node (the batch mean)."""
     if spec.fn is not None:
         return _scalar(_call_user(spec.fn, output, target, "loss"), spec.fn, "loss")
+    if spec.name in PER_SAMPLE_LOSSES:
+        return ops.mean(sample_loss_node(spec, output, target))
     if spec.name == "mse":
         return loss_fns.mse(output, target)
     if spec.name == "mae":
@@ -144,7 +149,10 @@ def sample_loss_node(spec: LossSpec, output: Node, target: Node) -> Node:
             raise ValueError(f"loss {_name(spec.fn)!r} returns {_shape_of(value)}: to use sample_weight or "
                              f"class_weight, a custom loss must return one value per sample (no mean over the batch)")
         return value if value.ndim == 1 else ops.mean(value, tuple(range(1, value.ndim)))
-    if spec.name in ("mse", "mae"):
+    if spec.name in PER_SAMPLE_LOSSES:  # a loss object keeps its options (Huber's delta)
+        loss = spec.source if isinstance(spec.source, loss_fns.Loss) else loss_fns.LOSS_BY_KEY[spec.name]()
+        per = loss.per_sample(target, output)
+    elif spec.name in ("mse", "mae"):
         d = output - target
         per = d * d if spec.name == "mse" else ops.abs(d)
     elif spec.name == "binary_crossentropy":

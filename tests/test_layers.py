@@ -73,7 +73,7 @@ def test_add_joins_branches_and_checks_shapes():
 @pytest.mark.parametrize("make, message", [
     (lambda: Dense(0), "units"),
     (lambda: Dense(3, activation="swishy"), "unknown activation 'swishy'"),
-    (lambda: Dense(3, kernel_initializer="orthogonal"), "kernel_initializer 'orthogonal'"),
+    (lambda: Dense(3, kernel_initializer="identity"), "kernel_initializer 'identity'"),
     (lambda: Dropout(1.0), "rate"),
     (lambda: Input((0,)), "Input shape"),
     (lambda: Dense(3, name="a/b"), "without '/'"),

@@ -270,7 +270,7 @@ def test_summary_prints_keras_style_and_returns_none(capsys):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"optimizer": "adamax"}, "unknown optimizer 'adamax'"),
-    ({"loss": "hinge"}, "unknown loss 'hinge'"),
+    ({"loss": "squared_hinge"}, "unknown loss 'squared_hinge'"),
     ({"metrics": ["f1"]}, "unknown metric 'f1'"),
     ({"backend": "cuda"}, "unknown backend 'cuda'"),
     ({"loss": ["mse", "mse"]}, "2 losses for 1 outputs"),

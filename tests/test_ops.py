@@ -36,6 +36,17 @@ def _max_by_sort(x, axes, keepdims):
     return out.reshape([1 if i in axes else d for i, d in enumerate(x.shape)]) if keepdims else out
 
 
+def _min_by_sort(x, axes, keepdims):
+    return -_max_by_sort(-x, axes, keepdims)
+
+
+def _prod_by_loops(x, axes, keepdims):
+    out = x
+    for a in sorted(axes, reverse=True):
+        out = np.multiply.reduce(out, axis=a, keepdims=True)
+    return out if keepdims else out.reshape([d for i, d in enumerate(x.shape) if i not in axes])
+
+
 # Formulas written independently of the ops' own numpy references.
 REFERENCE = {
     "negative": lambda x: 0 - x,
@@ -75,6 +86,16 @@ REFERENCE = {
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=dtype)[labels],
     "sum": _sum_by_loops,
     "max": _max_by_sort,
+    "min": _min_by_sort,
+    "prod": _prod_by_loops,
+    "elu": lambda x, alpha: np.where(x > 0, x, alpha * (np.exp(x) - 1)),
+    "selu": lambda x: 1.0507009873554805 * (np.maximum(x, 0) + np.minimum(0, 1.6732632423543772 * (np.exp(x) - 1))),
+    "gelu": lambda x, approximate: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "silu": lambda x: x / (1 + np.exp(-x)),
+    "hard_sigmoid": lambda x: np.minimum(np.maximum(x + 3, 0), 6) / 6,
+    "log1p": lambda x: 2 * np.arctanh(x / (2 + x)),
+    "square": lambda x: x ** 2,
+    "rsqrt": lambda x: x ** -0.5,
 }
 
 
@@ -248,7 +269,21 @@ def _torch_fns(torch):
         "softmax": lambda x, axis: torch.softmax(x, axis), "log_softmax": lambda x, axis: torch.log_softmax(x, axis),
         "sum": lambda x, axes, keepdims: x.sum(dim=axes, keepdim=keepdims),
         "max": lambda x, axes, keepdims: x.amax(dim=axes, keepdim=keepdims),
+        "min": lambda x, axes, keepdims: x.amin(dim=axes, keepdim=keepdims),
+        "prod": _torch_prod,
+        "elu": lambda x, alpha: F.elu(x, alpha), "selu": F.selu,
+        "gelu": lambda x, approximate: F.gelu(x, approximate=approximate), "silu": F.silu,
+        # F.hardsigmoid's backward multiplies by 1.0f / 6.0f, a float32 constant even in float64: its formula
+        "hard_sigmoid": lambda x: torch.clamp(x + 3, 0, 6) / 6,
+        "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
     }
+
+
+def _torch_prod(x, axes, keepdims):
+    """torch.prod takes one dim: reduce the axes one at a time (keeping them), then drop them."""
+    for a in sorted(axes, reverse=True):
+        x = x.prod(dim=a, keepdim=True)
+    return x if keepdims else x.reshape([d for i, d in enumerate(x.shape) if i not in axes])
 
 
 TORCH_CASES = [c for c in DIFFERENTIABLE if c.values[0].name not in ("dropout", "cast", "stop_gradient")]

@@ -58,6 +58,26 @@ def clip(x: Any, lo: float, hi: float) -> Node:
     return apply("clip", [x], lo=float(lo), hi=float(hi))
 
 
+def elu(x: Any, alpha: float = 1.0) -> Node:
+    """x where x > 0, else alpha * (exp(x) - 1) (Keras's and torch's elu)."""
+    return apply("elu", [x], alpha=float(alpha))
+
+
+def gelu(x: Any, approximate: str | bool = "tanh") -> Node:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh approximation (torch's
+    approximate="tanh", Keras's approximate=True). Both libraries default to the exact
+    x Phi(x), which needs an erf instruction graphnet does not have yet: asking for it is an error."""
+    if approximate not in ("tanh", True):
+        raise NotImplementedError(f"gelu: only approximate='tanh' is implemented (the exact form needs an erf "
+                                  f"instruction), got approximate={approximate!r} (at {user_location()})")
+    return apply("gelu", [x], approximate="tanh")
+
+
+def swish(x: Any) -> Node:
+    """x * sigmoid(x): another name of `silu`."""
+    return apply("silu", [x])
+
+
 def cast(x: Any, dtype: Any) -> Node:
     (x,) = promote([x])
     return x if x.dtype == np.dtype(dtype) else apply("cast", [x], dtype=np.dtype(dtype))
@@ -111,6 +131,15 @@ def max(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     return _reduce("max", x, axis, keepdims)
 
 
+def min(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    return _reduce("min", x, axis, keepdims)
+
+
+def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    """The product over `axis`; its gradient is the product of the other elements, exact at zeros."""
+    return _reduce("prod", x, axis, keepdims)
+
+
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     """Sum divided by the element count (the runtime batch size N once for each reduced batch axis)."""
     (x,) = promote([x])
@@ -120,6 +149,48 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     for _ in range(builtins.sum(x.shape[a] is None for a in axes)):  # N once per reduced batch axis
         total = total / batch_size(x)
     return total
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    """log(sum(exp(x))) over `axis`, shifted by the maximum so no exp overflows; a slice of all -inf
+    gives -inf and one holding +inf gives +inf (as scipy.special.logsumexp)."""
+    x = _float_input("logsumexp", x)
+    axes = _axes("logsumexp", axis, x)
+    top = max(x, axes, keepdims=True)
+    finite_top = where(apply("equal", [apply("abs", [top]), np.inf]), 0, top)
+    # The value does not depend on the shift, so a constant shift gives the exact gradient (softmax).
+    shift = apply("stop_gradient", [finite_top])
+    out = apply("log", [sum(apply("exp", [x - shift]), axes, keepdims=True)]) + shift
+    return out if keepdims else reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def var(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Node:
+    """The variance over `axis`: sum((x - mean)^2) / (count - ddof) (numpy's two-pass definition;
+    ddof=1 is the unbiased estimate, torch's default)."""
+    x = _float_input("var", x)
+    axes = _axes("var", axis, x)
+    d = x - mean(x, axes, keepdims=True)
+    return sum(d * d, axes, keepdims) / (_count(x, axes) - ddof)
+
+
+def std(x: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Node:
+    """The standard deviation over `axis`: sqrt(var(x, axis, keepdims, ddof))."""
+    return apply("sqrt", [var(x, axis, keepdims, ddof)])
+
+
+def _float_input(name: str, x: Any) -> Node:
+    (x,) = promote([x])
+    if x.dtype.kind != "f":
+        raise ShapeError(f"{name}: needs a float tensor, got {x.dtype} (use gn.cast) (at {user_location()})")
+    return x
+
+
+def _count(x: Node, axes: tuple[int, ...]) -> Any:
+    """How many elements a reduction over `axes` combines: a number, or a node when it reduces the batch."""
+    count: Any = float(math.prod(x.shape[a] for a in axes if x.shape[a] is not None))
+    for _ in range(builtins.sum(x.shape[a] is None for a in axes)):
+        count = count * batch_size(x)
+    return count
 
 
 def sum_to(x: Node, shape: tuple) -> Node:

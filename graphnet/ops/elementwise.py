@@ -47,6 +47,47 @@ def _stable_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848, 1.0507009873554804934  # Klambauer et al., 2017
+GELU_C, GELU_K = float(np.sqrt(2 / np.pi)), 0.044715  # tanh approximation of x * Phi(x)
+
+
+def _expm1_nonpositive(s, x):
+    """e^x - 1 for x <= 0 as 2t / (1 - t) with t = tanh(x/2): accurate near 0, where exp(x) - 1
+    cancels (there is no expm1 instruction); -1 at -inf."""
+    t = s.tanh(s.mul(x, 0.5))
+    return s.div(s.mul(t, 2), s.sub(1, t))
+
+
+def _elu_scalar(s, x, alpha):
+    return s.select(s.gt(x, 0), x, s.mul(_expm1_nonpositive(s, s.min(x, 0)), alpha))
+
+
+# gelu (tanh form) 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), is written x sigmoid(2u):
+# the same function (1 + tanh(u) = 2 sigmoid(2u)) without the cancellation in 1 + tanh(u) for x < 0.
+def _gelu_2u(x):
+    """2u over numpy arrays or graph nodes."""
+    return 2 * GELU_C * (x + GELU_K * x * x * x)
+
+
+def _gelu_ref(x, approximate):
+    return x * _stable_sigmoid(_gelu_2u(x))
+
+
+def _gelu_grad(x, y, g, approximate):
+    sig = ops.sigmoid(_gelu_2u(x))
+    return g * (sig + y * (1 - sig) * (2 * GELU_C) * (1 + 3 * GELU_K * x * x))
+
+
+def _gelu_scalar(s, x, approximate):
+    two_u = s.mul(s.add(x, s.mul(s.mul(s.mul(x, x), x), GELU_K)), 2 * GELU_C)
+    return s.div(x, s.add(1, s.exp(s.neg(two_u))))
+
+
+def _silu_grad(x, y, g):
+    sig = ops.sigmoid(x)
+    return g * (sig + y * (1 - sig))
+
+
 UNARY = [
     Unary("negative", np.negative, lambda x, y, g: -g, lambda s, x: s.neg(x)),
     Unary("exp", np.exp, lambda x, y, g: g * y, lambda s, x: s.exp(x)),
@@ -69,12 +110,32 @@ UNARY = [
           lambda x, y, g, lo, hi: ops.where(x < lo, 0, ops.where(x > hi, 0, g)),
           lambda s, x, lo, hi: s.select(s.lt(x, lo), lo, s.select(s.gt(x, hi), hi, x)), smooth=False),
     Unary("stop_gradient", lambda x: x, lambda x, y, g: None, lambda s, x: x),
+    Unary("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+          lambda x, y, g, alpha: ops.where(x > 0, g, g * (y + alpha)), _elu_scalar),
+    Unary("selu", lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
+          lambda x, y, g: ops.where(x > 0, g * SELU_SCALE, g * (y + SELU_SCALE * SELU_ALPHA)),
+          lambda s, x: s.mul(_elu_scalar(s, x, SELU_ALPHA), SELU_SCALE)),
+    Unary("gelu", _gelu_ref, _gelu_grad, _gelu_scalar),
+    Unary("silu", lambda x: x * _stable_sigmoid(x), _silu_grad, lambda s, x: s.div(x, s.add(1, s.exp(s.neg(x))))),
+    # Keras 3's (and torch's hardsigmoid): relu6(x + 3) / 6; Keras 2 had clip(0.2 x + 0.5, 0, 1).
+    Unary("hard_sigmoid", lambda x: np.clip(x / 6 + 0.5, 0, 1),
+          lambda x, y, g: ops.where(x > -3, ops.where(x < 3, g * (1 / 6), 0), 0),
+          lambda s, x: s.select(s.lt(x, -3), 0, s.select(s.gt(x, 3), 1, s.add(s.div(x, 6), 0.5))),
+          low=-4.0, high=4.0, smooth=False),
+    Unary("log1p", np.log1p, lambda x, y, g: g / (1 + x), lambda s, x: s.log1p(x), low=-0.5, high=2.0),
+    Unary("square", np.square, lambda x, y, g: g * 2 * x, lambda s, x: s.mul(x, x)),
+    Unary("rsqrt", lambda x: 1 / np.sqrt(x), lambda x, y, g: g * -0.5 * y * y * y,
+          lambda s, x: s.div(1, s.sqrt(x)), low=0.2, high=3.0),
 ]
 for _op in UNARY:
     REGISTRY[_op.name] = _op
 REGISTRY["leaky_relu"].examples = (Example([(None, 3)], {"alpha": 0.1}, smooth=False),)
 REGISTRY["clip"].examples = (Example([(None, 3)], {"lo": -0.5, "hi": 0.7}, smooth=False),)
-REGISTRY["leaky_relu"].signature = REGISTRY["clip"].signature = ""  # attributes: functions in api.py
+REGISTRY["elu"].examples = (Example([(None, 3)], {"alpha": 1.0}), Example([(2, 3, 4)], {"alpha": 0.5}))
+REGISTRY["gelu"].examples = (Example([(None, 3)], {"approximate": "tanh"}, low=-4.0, high=4.0),
+                             Example([(2, 3, 4)], {"approximate": "tanh"}))
+for _name in ("leaky_relu", "clip", "elu", "gelu"):
+    REGISTRY[_name].signature = ""  # attributes: functions in api.py
 REGISTRY["stop_gradient"].differentiable = True  # its gradient is defined: zero
 
 

@@ -1,4 +1,4 @@
-"""Reductions over axes (sum, max), with numpy's keepdims semantics."""
+"""Reductions over axes (sum, max, min, prod), with numpy's keepdims semantics."""
 from __future__ import annotations
 
 import numpy as np
@@ -54,9 +54,44 @@ class Max(Reduce):
 
 
     def grad(self, node, g):
-        # Ties share the gradient evenly (torch.amax's convention).
+        return [_extremum_grad(node, g)]
+
+
+@register
+class Min(Reduce):
+    name = "min"
+    examples = Max.examples
+
+    def grad(self, node, g):
+        return [_extremum_grad(node, g)]
+
+
+def _extremum_grad(node, g):
+    """max / min: the elements equal to the result share its gradient evenly (torch.amax's and
+    torch.amin's convention at ties)."""
+    x, axes = node.inputs[0], node.attrs["axes"]
+    keep = keepdims_shape(x, axes)
+    hit = ops.cast(ops.equal(x, ops.reshape(node, keep)), x.dtype)
+    share = hit / ops.sum(hit, axes, keepdims=True)
+    return share * ops.reshape(g, keep)
+
+
+@register
+class Prod(Reduce):
+    name = "prod"
+
+    def grad(self, node, g):
         x, axes = node.inputs[0], node.attrs["axes"]
-        keep = keepdims_shape(x, axes)
-        hit = ops.cast(ops.equal(x, ops.reshape(node, keep)), x.dtype)
-        share = hit / ops.sum(hit, axes, keepdims=True)
-        return [share * ops.reshape(g, keep)]
+        return [_product_of_others(x, axes) * ops.reshape(g, keepdims_shape(x, axes))]
+
+
+def _product_of_others(x, axes):
+    """d prod / d x_i = the product of the other elements of x_i's slice, exact at zeros (prod / x
+    is 0 / 0 there): with no zero in the slice it is P / x_i (P the product of the nonzero elements);
+    with exactly one zero it is P at the zero and 0 elsewhere; with two or more it is 0 (as torch)."""
+    is_zero = ops.equal(x, 0)
+    nonzero = ops.where(is_zero, 1, x)
+    product = ops.prod(nonzero, axes, keepdims=True)
+    zeros = ops.sum(ops.cast(is_zero, x.dtype), axes, keepdims=True)
+    return ops.where(is_zero, ops.where(ops.equal(zeros, 1), product, 0),
+                     ops.where(ops.equal(zeros, 0), product / nonzero, 0))

@@ -82,10 +82,18 @@ def _lowest(dtype: np.dtype) -> Any:
     return -np.inf if dtype.kind == "f" else int(np.iinfo(dtype).min)
 
 
+def _highest(dtype: np.dtype) -> Any:
+    dtype = np.dtype(dtype)
+    return np.inf if dtype.kind == "f" else int(np.iinfo(dtype).max)
+
+
 REDUCTIONS: dict[str, Reduction] = {r.name: r for r in [
     Reduction("sum", "add", lambda dtype: 0, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims)),
     Reduction("max", "max", _lowest,
               lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims, initial=_lowest(x.dtype))),
+    Reduction("min", "min", _highest,
+              lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims, initial=_highest(x.dtype))),
+    Reduction("prod", "mul", lambda dtype: 1, lambda x, axis, keepdims: np.prod(x, axis=axis, keepdims=keepdims)),
 ]}
 
 
