@@ -20,7 +20,7 @@ from .layers import Input  # noqa: E402
 # keras.models.load_model, keras.Input; TF1's reduce_* are the same reductions.
 from . import model as models  # noqa: E402
 optimizers = optim
-reduce_sum, reduce_mean, reduce_max = sum, mean, max
+reduce_sum, reduce_mean, reduce_max, reduce_min, reduce_prod, reduce_logsumexp = sum, mean, max, min, prod, logsumexp
 
 Tensor = Node
 __version__ = "0.1.0"

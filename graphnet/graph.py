@@ -213,6 +213,12 @@ class Node:
     def max(self, axis=None, keepdims: bool = False) -> "Node":
         return _ops.max(self, axis, keepdims)
 
+    def min(self, axis=None, keepdims: bool = False) -> "Node":
+        return _ops.min(self, axis, keepdims)
+
+    def prod(self, axis=None, keepdims: bool = False) -> "Node":
+        return _ops.prod(self, axis, keepdims)
+
     def reshape(self, *shape) -> "Node":
         return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 

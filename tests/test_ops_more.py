@@ -504,3 +504,14 @@ def test_keras_activation_names_use_the_ops():
                 "selu": 1.0507009873554805 * np.where(z > 0, z, 1.6732632423543772 * np.expm1(z)),
                 "hard_sigmoid": np.clip(z / 6 + 0.5, 0, 1)}[layer]
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_methods_and_tf1_aliases_for_min_and_prod():
+    x = gn.placeholder("x_methods", (None, 3))
+    X = np.array([[1.0, -2.0, 3.0], [4.0, 0.5, -1.0]], np.float32)
+    lo, pr, rmin, rprod = gn.compile([x.min(1), x.prod(0), gn.reduce_min(x), gn.reduce_prod(x, 1)],
+                                     backend="llvm")(x_methods=X)
+    np.testing.assert_allclose(lo, X.min(1))
+    np.testing.assert_allclose(pr, X.prod(0))
+    np.testing.assert_allclose(rmin, X.min())
+    np.testing.assert_allclose(rprod, X.prod(1))
