@@ -200,10 +200,115 @@ class Function(_CallBase):
     def _general(self, feeds: dict[str, Any]) -> Any:
         """Check (and convert) the feeds, run, rebuild the fetches' structure. A backend may offer a
         shorter path for the common case (`fast_call`) that falls back to this one."""
+        return self._rebuild(self._flat_call(feeds))
+
+    def _flat_call(self, feeds: dict[str, Any]) -> list:
+        """The general path's step, its fetches as a flat list."""
         arrays, batch = self._check(feeds)
         if Variable.any_mirrors:
-            return self._rebuild(self._run_coherent(arrays, batch))
-        return self._rebuild(self._run(arrays, batch))
+            return self._run_coherent(arrays, batch)
+        return self._run(arrays, batch)
+
+    def run_steps(self, feeds_by_name: dict[str, np.ndarray], batch_size: int, order: Any = None,
+                  steps: int | None = None, *, start: int = 0) -> Any:
+        """Run the step on `steps` mini-batches of whole datasets; each fetch comes back stacked per step.
+
+        `feeds_by_name`: for each placeholder whose first dimension is the batch (`None`), the whole
+        dataset (the same number of samples in each); for any other placeholder, the value every step
+        is fed. Each is an ndarray of the placeholder's dtype, C-contiguous. Step k takes the rows
+        `order[j*batch_size:(j+1)*batch_size]` with j = (start + k) mod the number of batches in
+        `order` (int64 sample indices, by default 0..n-1; the last batch is short when batch_size does
+        not divide its length), so steps past the last batch start over from the first. `steps`
+        defaults to the rest of the pass over `order` from batch `start` (the whole of it). Returns the fetches in the function's
+        structure, each with a leading axis of one row per step (a scalar loss gives shape (steps,)).
+
+        The results are those of calling the function on each batch in turn (dropout's step counter
+        advances once per step). The LLVM backend runs each stretch of full batches in one native call
+        with the C extension; other backends, and the LLVM one without it, loop in Python. Everything
+        is checked before the first step: bad input raises and changes no variable.
+        """
+        sources, n = self._datasets(feeds_by_name)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"run_steps: batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
+        order = _sample_order(order, n)
+        length = n if order is None else len(order)
+        batches = -(-length // batch_size)
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < batches:
+            raise ValueError(f"run_steps: start must be a batch index from 0 to {batches - 1}, got {start!r}")
+        if steps is None:
+            steps = batches - int(start)
+        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
+        outs = self._step_outputs(int(steps))
+        native = getattr(self.executable, "run_steps", None)
+        fast = getattr(self._call, "run_steps", None)
+        batched = self._batched_names
+        k = 0
+        while k < steps:
+            j = (start + k) % batches
+            full = length // batch_size - j  # full batches from batch j on
+            if full > 0 and native is not None and fast is not None and not Variable.any_mirrors:
+                count = min(steps - k, full)
+                native(self._call, tuple(sources.values()), order, j * batch_size, count, batch_size,
+                       tuple(out[k:k + count] for out in outs))
+                k += count
+                continue
+            rows = slice(j * batch_size, min(length, (j + 1) * batch_size))
+            rows = rows if order is None else order[rows]
+            batch = {name: a[rows] if name in batched else a for name, a in sources.items()}
+            for out, value in zip(outs, self._flat_call(batch)):
+                out[k] = value
+            k += 1
+        return self._rebuild(outs)
+
+    @property
+    def _batched_names(self) -> set[str]:
+        return {name for name, shape in zip(self.feeds.names, self.feeds.shapes) if shape and shape[0] is None}
+
+    def _datasets(self, feeds: Any) -> tuple[dict[str, np.ndarray], int]:
+        """run_steps' feeds checked (exact names, dtypes, row shapes, C-contiguous, one length), in
+        placeholder order, and the number of samples."""
+        if not isinstance(feeds, dict) or set(feeds) != set(self.feeds.names):
+            given = sorted(feeds) if isinstance(feeds, dict) else type(feeds).__name__
+            raise ValueError(f"run_steps: feeds_by_name must map exactly the placeholders {self.feeds.names} to "
+                             f"arrays, got {given}")
+        sources, n, first = {}, None, None
+        for name, shape, dtype in zip(self.feeds.names, self.feeds.shapes, self.feeds.dtypes):
+            a = feeds[name]
+            if type(a) is not np.ndarray or a.dtype != dtype:
+                got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+                raise TypeError(f"run_steps: feed '{name}' must be a numpy array of {dtype}, got {got}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"run_steps: feed '{name}' is not C-contiguous (np.ascontiguousarray copies it)")
+            if None in shape[1:]:
+                raise ValueError(f"run_steps: placeholder '{name}' {shape_str(shape)} has a batch dimension that "
+                                 f"is not its first")
+            batched = bool(shape) and shape[0] is None
+            if a.ndim != len(shape) or any(w is not None and w != g for w, g in zip(shape, a.shape)):
+                what = "whole datasets of" if batched else "the value of"
+                raise ValueError(f"run_steps: feed '{name}' must be {what} {shape_str(shape)}, got "
+                                 f"{shape_str(a.shape)}")
+            if batched and n is None:
+                n, first = len(a), name
+            elif batched and len(a) != n:
+                raise ValueError(f"run_steps: feed '{name}' has {len(a)} samples but feed '{first}' has {n}")
+            sources[name] = a
+        if n is None:
+            raise ValueError("run_steps: no placeholder has a leading batch dimension (None) to split into batches")
+        if n == 0:
+            raise ValueError("run_steps: the datasets are empty")
+        return sources, n
+
+    def _step_outputs(self, steps: int) -> list[np.ndarray]:
+        """One array per fetch with a row per step."""
+        outs = []
+        for f in self.program.fetches:
+            if None in f.shape:
+                raise ValueError(f"run_steps stacks each step's fetches: fetch {f} {shape_str(f.shape)} has a "
+                                 f"batch dimension")
+            outs.append(np.empty((steps, *f.shape), f.dtype))
+        return outs
 
     def _run_coherent(self, arrays: list, batch: int) -> list:
         """A host backend's step on variables that also live on a device: read the newest values
@@ -245,6 +350,20 @@ class Function(_CallBase):
             return None
         from .viz import kernel_map
         return kernel_map(self.program, lp)
+
+
+def _sample_order(order: Any, n: int) -> np.ndarray | None:
+    """run_steps' `order` as C-contiguous int64 indices into n samples (None: 0..n-1 in turn)."""
+    if order is None:
+        return None
+    arr = np.asarray(order)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) == 0:
+        raise TypeError(f"run_steps: order must be a non-empty 1-d array of integer sample indices, got "
+                        f"{arr.dtype} {shape_str(arr.shape)}")
+    if arr.min() < 0 or arr.max() >= n:
+        bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+        raise IndexError(f"run_steps: order holds {bad}, not a sample index (0 to {n - 1})")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _locked(run: Any, lock: StepLock) -> Any:

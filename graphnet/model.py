@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics as objectives
-from .callbacks import Callback, CallbackList, History, ProgressLogger, format_logs
+from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
@@ -38,6 +38,7 @@ from .source import source_of
 FORMAT = "graphnet.model/1"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 _IGNORED_COMPILE_OPTIONS = ("run_eagerly", "steps_per_execution", "jit_compile")  # always compiled, one step a call
+_CHUNK_SECONDS = 0.1  # while a progress bar shows, fit runs the steps in chunks of about this long
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Model:
     """A functional model from `Input` tensors to layer outputs (one or several of each)."""
 
     _default_name = "model"
+    _native_fit = True  # fit runs epochs through Function.run_steps where it can (False: batch by batch)
 
     def __init__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor] | None = None,
                  outputs: SymbolicTensor | Sequence[SymbolicTensor] | None = None, name: str | None = None):
@@ -568,26 +570,16 @@ class Model:
         cbs = CallbackList(list(callbacks or []) + extra + [self.history], self, params)
         self.stop_training = False
         keys = self._built.fetch_keys
+        datasets = self._fit_datasets(train, xs, ys, sw, cbs)
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
             order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else None
-            epoch_x, epoch_y, epoch_w = (_take(a, order) for a in (xs, ys, sw))
-            sums = dict.fromkeys(keys, 0.0)
-            seen = 0
-            for step in range(steps):
-                start = (step % batches) * batch_size
-                batch = slice(start, start + batch_size)
-                cbs.on_train_batch_begin(step, {})
-                values = train(**self._feeds(epoch_x, epoch_y, batch, epoch_w))
-                size = min(n, batch.stop) - batch.start
-                seen += size
-                for key, v in zip(keys, values):
-                    sums[key] += float(v) * size
-                cbs.on_train_batch_end(step, {k: s / seen for k, s in sums.items()})
-                if self.stop_training:
-                    break
-            logs = {k: s / seen for k, s in sums.items()}
+            if datasets is not None:
+                sums, seen = self._fit_epoch(train, datasets, order, n, batch_size, steps, cbs)
+            else:
+                sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), order, n, batch_size, steps, cbs)
+            logs = {k: s / seen for k, s in zip(keys, sums)}
             if val is not None and due(epoch):
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, val_batch).items()})
             cbs.on_epoch_end(epoch, logs)
@@ -595,6 +587,71 @@ class Model:
                 break
         cbs.on_train_end({})
         return self.history
+
+    # An epoch's loss and metrics are means over its samples: each batch's value times its size, summed
+    # in step order in double precision (both loops below add the same terms in the same order).
+    def _fit_epoch_by_batch(self, train: Function, data: tuple, order: np.ndarray | None, n: int, batch_size: int,
+                            steps: int, cbs: CallbackList) -> tuple[list[float], int]:
+        """One epoch, one call of the step per batch, every batch-level hook called: the sum of each
+        fetch times its batch size, and the samples seen."""
+        epoch_x, epoch_y, epoch_w = (_take(a, order) for a in data)
+        batches = math.ceil(n / batch_size)
+        keys = self._built.fetch_keys
+        sums = [0.0] * len(keys)
+        seen = 0
+        for step in range(steps):
+            start = (step % batches) * batch_size
+            batch = slice(start, start + batch_size)
+            cbs.on_train_batch_begin(step, {})
+            values = train(**self._feeds(epoch_x, epoch_y, batch, epoch_w))
+            size = min(n, batch.stop) - batch.start
+            seen += size
+            sums = [s + float(v) * size for s, v in zip(sums, values)]
+            cbs.on_train_batch_end(step, {k: s / seen for k, s in zip(keys, sums)})
+            if self.stop_training:
+                break
+        return sums, seen
+
+    def _fit_datasets(self, train: Function, xs: list, ys: list, sw: list | None,
+                      cbs: CallbackList) -> dict[str, np.ndarray] | None:
+        """The whole training set as `train.run_steps` takes it (checked and converted as a call's feeds
+        are), or None where fit goes batch by batch: sample or class weights, or a callback with a
+        batch-level hook (other than the progress bar, which `_fit_epoch` serves after each chunk)."""
+        hooked = [cb for cb in cbs.callbacks if _overrides(cb, "on_train_batch_begin") or
+                  (_overrides(cb, "on_train_batch_end") and type(cb) is not ProgressLogger)]
+        if sw is not None or hooked or not self._native_fit:
+            return None
+        arrays, _ = train.feeds._check(self._feeds(xs, ys, slice(None)))
+        return dict(zip(train.feeds.names, arrays))
+
+    def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
+                   batch_size: int, steps: int, cbs: CallbackList) -> tuple[list[float], int]:
+        """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows, in
+        chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end. Returns
+        what `_fit_epoch_by_batch` returns."""
+        batches = math.ceil(n / batch_size)
+        sizes = np.array([min(n, (j + 1) * batch_size) - j * batch_size for j in range(batches)], np.float64)
+        live = any(type(cb) is ProgressLogger and cb.bar is not None for cb in cbs.callbacks)
+        keys = self._built.fetch_keys
+        sums = [0.0] * len(keys)
+        seen, step, chunk = 0, 0, 1 if live else steps
+        while step < steps:
+            count = min(chunk, steps - step, batches - step % batches)  # a chunk does not wrap around
+            started = time.perf_counter()
+            values = train.run_steps(datasets, batch_size, order, count, start=step % batches)
+            elapsed = time.perf_counter() - started
+            taken = sizes[np.arange(step, step + count) % batches]
+            # running sums with the batch loop's additions, in its order (accumulate adds sequentially)
+            running = [np.add.accumulate(np.concatenate([[s], v.astype(np.float64) * taken]))[1:]
+                       for s, v in zip(sums, values)]
+            counts = seen + np.cumsum(taken).astype(np.int64)
+            if live:
+                for i in range(count):
+                    cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
+                chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
+            sums, seen = [float(r[-1]) for r in running], int(counts[-1])
+            step += count
+        return sums, seen
 
     def _validation_arrays(self, data: Any) -> tuple:
         if not isinstance(data, (list, tuple)) or len(data) not in (2, 3):

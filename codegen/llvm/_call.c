@@ -18,6 +18,16 @@
  * The lock is `step_lock.lock`: a merge of variable groups replaces it (after acquiring the old
  * one), so a call acquires the lock it last found there and checks that it still is; otherwise it
  * remembers the new one and the general path takes it.
+ *
+ * FastCall.run_steps(sources, order, start, count, batch, outs) runs the step on `count` consecutive
+ * batches of `batch` rows (graphnet.Function.run_steps plans the batches and holds the step lock for
+ * the whole call; the arena must already be laid out for `batch`). `sources`: one whole dataset per
+ * placeholder (in placeholder order; a placeholder without a leading batch dimension is fed whole to
+ * every step). Batch s reads rows order[start + s*batch ...] (consecutive rows from `start` when
+ * order is None): gathered by memcpy into staging buffers, or pointed at in place. After each step
+ * the fetched buffers are copied into row s of `outs`. Everything is validated before the first step
+ * (dtypes, C-contiguity, row shapes, lengths, every index used, the outputs' sizes), so the loop,
+ * which runs with the GIL released, reads and writes only memory it checked.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,6 +35,7 @@
 #include <numpy/arrayobject.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <structmember.h>
 
 /* ---- Callable: graphnet.Function's call ---------------------------------------------------- */
@@ -105,7 +116,7 @@ typedef struct {
     PyObject *rebuild, *general;  /* rebuild is None when the fetches are returned as a list */
 } FastCall;
 
-static PyObject *s_batch, *s_fetch_views, *s_last, *s_any_mirrors, *s_lock, *s_acquire, *s_release;
+static PyObject *s_batch, *s_fetch_views, *s_last, *s_any_mirrors, *s_lock, *s_acquire, *s_release, *s_shapes;
 
 /* Remember `lock` (the one now in step_lock.lock) and its bound methods; 0, or -1 with an exception. */
 static int set_lock(FastCall *self, PyObject *lock) {
@@ -271,6 +282,260 @@ static PyObject *fastcall_call(FastCall *self, PyObject *const *args, size_t nar
     return result;
 }
 
+/* ---- FastCall.run_steps: many steps in one native call ----------------------------------------- */
+
+typedef struct {
+    char *data;         /* the dataset (a batched feed) or the value fed whole to every step */
+    size_t row_bytes;   /* one sample's bytes (batched feeds) */
+    char *stage;        /* where a batch is gathered (batched feeds, order given), else NULL */
+    Py_ssize_t slot;
+    int batched;
+} StepFeed;
+
+typedef struct {
+    const char *src;    /* the fetched buffer in the arena */
+    char *dst;          /* row 0 of its output */
+    size_t nbytes;
+} StepFetch;
+
+/* Feed i's array checked against its placeholder's shape: 1 when it has the leading batch dimension
+ * (*rows its length), 0 when it is fed whole, -1 with an exception set. */
+static int check_source(FastCall *self, Py_ssize_t i, PyObject *a, PyObject *shape, Py_ssize_t *rows) {
+    PyObject *name = PyTuple_GET_ITEM(self->names, i);
+    PyArray_Descr *want = (PyArray_Descr *)PyTuple_GET_ITEM(self->dtypes, i);
+    if (!PyArray_CheckExact(a)) {
+        PyErr_Format(PyExc_TypeError, "run_steps: feed '%U' must be a numpy array, got %s", name, Py_TYPE(a)->tp_name);
+        return -1;
+    }
+    PyArrayObject *arr = (PyArrayObject *)a;
+    if (!PyArray_EquivTypes(PyArray_DESCR(arr), want)) {
+        PyErr_Format(PyExc_TypeError, "run_steps: feed '%U' must have dtype %R, got %R", name, (PyObject *)want,
+                     (PyObject *)PyArray_DESCR(arr));
+        return -1;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(arr)) {
+        PyErr_Format(PyExc_ValueError, "run_steps: feed '%U' is not C-contiguous (np.ascontiguousarray copies it)", name);
+        return -1;
+    }
+    if (!PyTuple_Check(shape) || PyArray_NDIM(arr) != PyTuple_GET_SIZE(shape)) {
+        PyErr_Format(PyExc_ValueError, "run_steps: feed '%U' must have rank %zd, got %d", name,
+                     PyTuple_Check(shape) ? PyTuple_GET_SIZE(shape) : -1, PyArray_NDIM(arr));
+        return -1;
+    }
+    npy_intp *dims = PyArray_DIMS(arr);
+    int batched = 0;
+    for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); d++) {
+        PyObject *dim = PyTuple_GET_ITEM(shape, d);
+        if (dim == Py_None) {
+            if (d != 0) {
+                PyErr_Format(PyExc_ValueError, "run_steps: placeholder '%U' has a batch dimension that is not its "
+                             "first (run_steps splits datasets along their first axis)", name);
+                return -1;
+            }
+            batched = 1;
+            continue;
+        }
+        Py_ssize_t size = PyLong_AsSsize_t(dim);
+        if (size == -1 && PyErr_Occurred())
+            return -1;
+        if (dims[d] != size) {
+            PyErr_Format(PyExc_ValueError, "run_steps: feed '%U' has size %zd in dimension %zd, the placeholder %zd",
+                         name, (Py_ssize_t)dims[d], d, size);
+            return -1;
+        }
+    }
+    *rows = batched ? (Py_ssize_t)dims[0] : 0;
+    return batched;
+}
+
+/* The step on `count` batches: gather or point at each batch's rows, run, copy the fetches out. Runs
+ * without the GIL on memory run_steps checked; the caller holds the step lock. */
+static void step_loop(FastCall *self, StepFeed *feeds, StepFetch *fetches, Py_ssize_t n_fetches,
+                      const int64_t *order, Py_ssize_t start, Py_ssize_t count, Py_ssize_t batch) {
+    for (Py_ssize_t s = 0; s < count; s++) {
+        Py_ssize_t first = start + s * batch;
+        for (Py_ssize_t i = 0; i < self->n; i++) {
+            StepFeed *f = &feeds[i];
+            if (!f->batched)
+                continue;
+            if (f->stage == NULL) {
+                self->slot_table[f->slot] = f->data + (size_t)first * f->row_bytes;
+                continue;
+            }
+            for (Py_ssize_t r = 0; r < batch; r++)
+                memcpy(f->stage + (size_t)r * f->row_bytes, f->data + (size_t)order[first + r] * f->row_bytes,
+                       f->row_bytes);
+            self->slot_table[f->slot] = f->stage;
+        }
+        self->step((int64_t)batch, self->slot_table);
+        for (Py_ssize_t k = 0; k < n_fetches; k++)
+            memcpy(fetches[k].dst + (size_t)s * fetches[k].nbytes, fetches[k].src, fetches[k].nbytes);
+    }
+}
+
+/* The feeds checked into feeds[] (all batched ones of one length, *rows): 0, or -1 with an exception. */
+static int check_sources(FastCall *self, PyObject *sources, StepFeed *feeds, Py_ssize_t *rows) {
+    PyObject *shapes = PyObject_GetAttr(self->spec, s_shapes);
+    if (shapes == NULL)
+        return -1;
+    int status = 0;
+    Py_ssize_t first_batched = -1;
+    if (!PyList_Check(shapes) || PyList_GET_SIZE(shapes) != self->n) {
+        PyErr_SetString(PyExc_TypeError, "run_steps: the feed spec's shapes are not one per placeholder");
+        status = -1;
+    }
+    for (Py_ssize_t i = 0; status == 0 && i < self->n; i++) {
+        PyObject *a = PyTuple_GET_ITEM(sources, i);
+        Py_ssize_t length = 0;
+        int batched = check_source(self, i, a, PyList_GET_ITEM(shapes, i), &length);
+        if (batched < 0) {
+            status = -1;
+            break;
+        }
+        PyArrayObject *arr = (PyArrayObject *)a;
+        feeds[i] = (StepFeed){.data = PyArray_BYTES(arr), .slot = self->slots[i], .batched = batched};
+        if (!batched)
+            continue;
+        size_t row = (size_t)PyArray_ITEMSIZE(arr);
+        for (int d = 1; d < PyArray_NDIM(arr); d++)
+            row *= (size_t)PyArray_DIM(arr, d);
+        feeds[i].row_bytes = row;
+        if (first_batched < 0) {
+            first_batched = i;
+            *rows = length;
+        } else if (length != *rows) {
+            PyErr_Format(PyExc_ValueError, "run_steps: feed '%U' has %zd samples but feed '%U' has %zd",
+                         PyTuple_GET_ITEM(self->names, i), length, PyTuple_GET_ITEM(self->names, first_batched), *rows);
+            status = -1;
+        }
+    }
+    if (status == 0 && first_batched < 0) {
+        PyErr_SetString(PyExc_ValueError, "run_steps: no placeholder has a leading batch dimension");
+        status = -1;
+    }
+    Py_DECREF(shapes);
+    return status;
+}
+
+/* The order's rows [start, end) checked to index samples [0, rows): 0, or -1 with an exception. */
+static int check_order(PyObject *order, Py_ssize_t start, Py_ssize_t end, Py_ssize_t rows, const int64_t **out) {
+    *out = NULL;
+    if (order == Py_None) {
+        if (end > rows) {
+            PyErr_Format(PyExc_ValueError, "run_steps: batches up to row %zd of %zd samples", end, rows);
+            return -1;
+        }
+        return 0;
+    }
+    PyArrayObject *arr = (PyArrayObject *)order;
+    if (!PyArray_CheckExact(order) || PyArray_TYPE(arr) != NPY_INT64 || PyArray_NDIM(arr) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(arr)) {
+        PyErr_SetString(PyExc_TypeError, "run_steps: order must be a C-contiguous 1-d int64 array");
+        return -1;
+    }
+    if (end > PyArray_DIM(arr, 0)) {
+        PyErr_Format(PyExc_ValueError, "run_steps: batches up to position %zd of an order of %zd", end,
+                     (Py_ssize_t)PyArray_DIM(arr, 0));
+        return -1;
+    }
+    const int64_t *idx = (const int64_t *)PyArray_DATA(arr);
+    for (Py_ssize_t j = start; j < end; j++)
+        if (idx[j] < 0 || idx[j] >= rows) {
+            PyErr_Format(PyExc_IndexError, "run_steps: order[%zd] = %lld is not a sample index (0 to %zd)", j,
+                         (long long)idx[j], rows - 1);
+            return -1;
+        }
+    *out = idx;
+    return 0;
+}
+
+/* The fetched buffers (backend.fetch_views, laid out for `batch`) and their outputs, `count` rows
+ * each: 0, or -1 with an exception. */
+static int check_fetches(FastCall *self, PyObject *views, PyObject *outs, Py_ssize_t count, StepFetch *fetches) {
+    Py_ssize_t n = PyTuple_GET_SIZE(outs);
+    if (!PyList_CheckExact(views) || PyList_GET_SIZE(views) != n) {
+        PyErr_Format(PyExc_ValueError, "run_steps: one output per fetch (%zd given)", n);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *view = PyList_GET_ITEM(views, k), *out = PyTuple_GET_ITEM(outs, k);
+        if (!PyArray_Check(view) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)view)) {
+            PyErr_SetString(PyExc_TypeError, "run_steps: a fetched buffer is not a contiguous array");
+            return -1;
+        }
+        PyArrayObject *v = (PyArrayObject *)view, *o = (PyArrayObject *)out;
+        if (!PyArray_CheckExact(out) || !PyArray_IS_C_CONTIGUOUS(o) || !PyArray_ISWRITEABLE(o) ||
+            !PyArray_EquivTypes(PyArray_DESCR(o), PyArray_DESCR(v)) ||
+            PyArray_NBYTES(o) != (npy_intp)count * PyArray_NBYTES(v)) {
+            PyErr_Format(PyExc_ValueError, "run_steps: output %zd must be a writeable C-contiguous array of %zd "
+                         "rows of fetch %zd", k, count, k);
+            return -1;
+        }
+        fetches[k] = (StepFetch){.src = PyArray_BYTES(v), .dst = PyArray_BYTES(o), .nbytes = (size_t)PyArray_NBYTES(v)};
+    }
+    return 0;
+}
+
+static PyObject *fastcall_run_steps(FastCall *self, PyObject *args) {
+    PyObject *sources, *order, *outs;
+    Py_ssize_t start, count, batch, rows = 0;
+    if (!PyArg_ParseTuple(args, "O!OnnnO!:run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
+                          &PyTuple_Type, &outs))
+        return NULL;
+    if (PyTuple_GET_SIZE(sources) != self->n || start < 0 || count < 0 || batch < 1 ||
+        (count > 0 && (count > PY_SSIZE_T_MAX / batch || start > PY_SSIZE_T_MAX - count * batch))) {
+        PyErr_SetString(PyExc_ValueError, "run_steps: one source per placeholder, start >= 0, count >= 0, batch >= 1");
+        return NULL;
+    }
+    Py_ssize_t n_fetches = PyTuple_GET_SIZE(outs), end = start + count * batch;
+    StepFeed *feeds = PyMem_Calloc(self->n ? self->n : 1, sizeof(StepFeed));
+    StepFetch *fetches = PyMem_Calloc(n_fetches ? n_fetches : 1, sizeof(StepFetch));
+    PyObject *views = NULL, *current = NULL;
+    const int64_t *idx = NULL;
+    int ok = feeds != NULL && fetches != NULL;
+    if (!ok)
+        PyErr_NoMemory();
+    ok = ok && check_sources(self, sources, feeds, &rows) == 0 && check_order(order, start, end, rows, &idx) == 0;
+    /* the arena must be laid out for this batch (the caller set it, holding the step lock) */
+    ok = ok && (current = PyObject_GetAttr(self->backend, s_batch)) != NULL;
+    if (ok && PyLong_AsSsize_t(current) != batch) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "run_steps: the arena is not laid out for batch %zd", batch);
+        ok = 0;
+    }
+    ok = ok && (views = PyObject_GetAttr(self->backend, s_fetch_views)) != NULL &&
+         check_fetches(self, views, outs, count, fetches) == 0;
+    for (Py_ssize_t i = 0; ok && i < self->n; i++) {
+        if (!feeds[i].batched)
+            self->slot_table[feeds[i].slot] = feeds[i].data;
+        else if (idx != NULL && (feeds[i].stage = PyMem_Malloc(batch * feeds[i].row_bytes + 1)) == NULL) {
+            PyErr_NoMemory();
+            ok = 0;
+        }
+    }
+    if (ok && count > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        step_loop(self, feeds, fetches, n_fetches, idx, start, count, batch);
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; feeds != NULL && i < self->n; i++)
+        PyMem_Free(feeds[i].stage);
+    PyMem_Free(feeds);
+    PyMem_Free(fetches);
+    Py_XDECREF(views);
+    Py_XDECREF(current);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef fastcall_methods[] = {
+    {"run_steps", (PyCFunction)fastcall_run_steps, METH_VARARGS,
+     PyDoc_STR("run_steps(sources, order, start, count, batch, outs): the step on `count` batches in one call "
+               "(the caller holds the step lock and has laid the arena out for `batch`).")},
+    {NULL},
+};
+
 static PyObject *fastcall_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *backend, *spec, *variable_class, *names, *dtypes, *slots, *rebuild, *general;
     unsigned long long step_address, table_address;
@@ -350,6 +615,7 @@ static PyTypeObject FastCallType = {
     .tp_new = fastcall_new,
     .tp_dealloc = (destructor)fastcall_dealloc,
     .tp_vectorcall_offset = offsetof(FastCall, vectorcall),
+    .tp_methods = fastcall_methods,
     .tp_call = PyVectorcall_Call,
 };
 
@@ -375,7 +641,8 @@ PyMODINIT_FUNC PyInit__call(void) {
     s_lock = PyUnicode_InternFromString("lock");
     s_acquire = PyUnicode_InternFromString("acquire");
     s_release = PyUnicode_InternFromString("release");
-    if (!s_batch || !s_fetch_views || !s_last || !s_any_mirrors || !s_lock || !s_acquire || !s_release ||
+    s_shapes = PyUnicode_InternFromString("shapes");
+    if (!s_batch || !s_fetch_views || !s_last || !s_any_mirrors || !s_lock || !s_acquire || !s_release || !s_shapes ||
         PyType_Ready(&CallableType) < 0 || PyType_Ready(&FastCallType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

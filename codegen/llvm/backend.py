@@ -181,6 +181,15 @@ class LLVMBackend:
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
 
+    def run_steps(self, fast: Any, sources: tuple, order: np.ndarray | None, start: int, count: int, batch: int,
+                  outs: tuple) -> None:
+        """`count` steps on consecutive batches of `batch` rows in one native call (`fast.run_steps`,
+        the C `FastCall`'s, which checks its arguments), holding the step lock throughout."""
+        with self.lock.hold():
+            if batch != self.batch:
+                self._set_batch(batch)
+            fast.run_steps(sources, order, start, count, batch, outs)
+
     def profile(self, arrays: list[np.ndarray], batch: int, repeats: int):
         """Each kernel's time inside the step on checked feeds (`profile.py`); the steps train."""
         from .profile import profile_step

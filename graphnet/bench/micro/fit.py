@@ -1,0 +1,117 @@
+"""Per-step cost of training through `Model.fit` against the compiled step it calls (Adam).
+
+For each grid configuration, a Keras-style model of the grid's layers, and in interleaved rounds
+(medians per step): the model's compiled training step called on one fixed batch (`raw`),
+`train_function.run_steps` over a shuffled dataset (one native call for all full batches),
+`model.fit(verbose=0)` for one epoch of that dataset, and the same fit forced batch by batch (the
+loop fit used before run_steps); plus, for reference, a bare ctypes call of an empty native function
+with six pointer arguments. The machine may be shared: read the ratios.
+
+    python -m graphnet.bench.micro.fit [tiny small medium ...] [--batches 40] [--rounds 7]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+import graphnet as gn
+
+from ..peers import GRID, GridConfig, grid_data
+from .step import empty_native_function
+
+DEFAULT_CONFIGS = ("tiny", "small", "medium")
+
+
+def build_model(config: GridConfig) -> gn.Model:
+    """The grid's layers as a Sequential model with the grid's Adam; the loss on the last layer's logits."""
+    layers = [gn.layers.Input((config.layers[0],))]
+    layers += [gn.layers.Dense(width, activation=config.activation) for width in config.layers[1:-1]]
+    last = config.layers[-1]
+    if config.loss == "bce_logits":
+        loss = gn.losses.BinaryCrossentropy(from_logits=True)
+        layers.append(gn.layers.Dense(last))
+    elif config.loss == "softmax_ce":
+        loss = "categorical_crossentropy"
+        layers.append(gn.layers.Dense(last, activation="softmax"))
+    else:
+        loss = "mse"
+        layers.append(gn.layers.Dense(last))
+    model = gn.Sequential(layers)
+    model.compile(gn.optim.Adam(lr=1e-3), loss)
+    return model
+
+
+def dataset(config: GridConfig, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """`batches` of the grid's batches (different samples each)."""
+    parts = [grid_data(config, seed) for seed in range(batches)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def timed(fn: Callable[[], object], steps: int) -> float:
+    """Seconds per step of one call of `fn` that runs `steps` steps."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(name: str, batches: int, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each way to train `name` (interleaved rounds after a warm-up)."""
+    config = GRID[name]
+    model = build_model(config)
+    x, y = dataset(config, batches)
+    train = model.train_function
+    feeds = dict(zip(train.feeds.names, train.feeds.check(model._feeds([x], [y], slice(None)))[0]))
+    batch = {k: np.ascontiguousarray(v[:config.batch]) for k, v in feeds.items()}
+    order = np.random.default_rng(0).permutation(len(x))
+    empty, engine = empty_native_function(6)
+    pointers = [a.ctypes.data for a in (x, y, x, y, x, y)]
+
+    def raw() -> None:
+        for _ in range(batches):
+            train(**batch)
+
+    def bare() -> None:
+        for _ in range(batches):
+            empty(*pointers)
+
+    def fit(native: bool) -> Callable[[], object]:
+        def run() -> None:
+            model._native_fit = native
+            model.fit(x, y, batch_size=config.batch, epochs=1, verbose=0)
+        return run
+
+    runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order), "fit": fit(True),
+            "fit_by_batch": fit(False), "ctypes6": bare}
+    for fn in runs.values():  # warm-up: compiles, arena layouts, caches
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            times[key].append(timed(fn, batches))
+    del engine
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="*", default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--batches", type=int, default=40, help="batches per epoch (default 40)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
+    args = parser.parse_args()
+    print(f"us per step (medians of {args.rounds} interleaved rounds of {args.batches} steps)")
+    print(f"{'config':<8} {'raw':>8} {'run_steps':>10} {'fit':>8} {'by batch':>9} {'ctypes6':>8} "
+          f"{'fit/raw':>8} {'steps/raw':>10} {'by batch/raw':>13} {'fit/ctypes6':>12}")
+    for name in args.configs:
+        t = measure(name, args.batches, args.rounds)
+        us = {k: v * 1e6 for k, v in t.items()}
+        print(f"{name:<8} {us['raw']:8.2f} {us['run_steps']:10.2f} {us['fit']:8.2f} {us['fit_by_batch']:9.2f} "
+              f"{us['ctypes6']:8.2f} {t['fit'] / t['raw']:8.2f} {t['run_steps'] / t['raw']:10.2f} "
+              f"{t['fit_by_batch'] / t['raw']:13.2f} {t['fit'] / t['ctypes6']:12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
