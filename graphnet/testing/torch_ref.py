@@ -1,0 +1,215 @@
+"""PyTorch float64 autograd as a second, independent reference: a spec interpreted op by op in torch,
+its loss differentiated by torch.autograd and trained by torch.optim (graphnet follows PyTorch's
+formulas and conventions: ties share gradients, clamp's gradient is 1 on the boundary).
+
+An op without an entry in TORCH_OPS is not compared with torch (the spec's note says which).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+import graphnet as gn
+
+from .spec import Spec, build, concrete, float_outputs, resolve_attrs
+
+
+class Unsupported(Exception):
+    """The spec uses something the torch interpreter does not model."""
+
+
+def _ops() -> dict[str, Callable]:
+    import torch
+    import torch.nn.functional as F
+
+    def reduce(fn):
+        return lambda x, axes, keepdims, out: x if not axes else fn(x, dim=tuple(axes), keepdim=keepdims)
+
+    def mean(x, axes=(), keepdims=False, out=None):
+        return x if not axes else x.mean(dim=tuple(axes), keepdim=keepdims)
+
+    def prod(x, axes, keepdims, out):  # torch.prod reduces one axis at a time
+        for a in sorted(axes, reverse=True):
+            x = torch.prod(x, dim=a, keepdim=True)
+        return x.reshape(out) if axes else x
+
+    def bce(p, y):
+        p = torch.clamp(p, 1e-7, 1 - 1e-7)
+        return torch.mean(-(y * torch.log(p) + (1 - y) * torch.log(1 - p)))
+
+    def one_hot(labels, depth, dtype):  # graphnet's: ids outside [0, depth) give all-zero rows
+        return (labels.long()[..., None] == torch.arange(depth)).to(dtype)
+
+    def softmax_ce(z, labels):
+        return -torch.sum(one_hot(labels, z.shape[-1], z.dtype) * torch.log_softmax(z, -1), -1)
+
+    unary = {"negative": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
+             "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
+             "softplus": lambda x: torch.logaddexp(torch.zeros_like(x), x), "stop_gradient": lambda x: x.detach(),
+             "selu": F.selu, "silu": F.silu, "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
+             "hard_sigmoid": lambda x: torch.clamp(x / 6 + 0.5, 0, 1)}  # F.hardsigmoid's gradient: float32's 1/6
+    binary = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
+              "power": torch.pow, "maximum": torch.maximum, "minimum": torch.minimum, "less": torch.lt,
+              "less_equal": torch.le, "greater": torch.gt, "greater_equal": torch.ge, "equal": torch.eq,
+              "not_equal": torch.ne, "matmul": torch.matmul}
+    table: dict[str, Callable] = {k: (lambda f: lambda x, out: f(x))(f) for k, f in unary.items()}
+    table.update({k: (lambda f: lambda a, b, out: f(a, b))(f) for k, f in binary.items()})
+    table.update({
+        "leaky_relu": lambda x, alpha, out: F.leaky_relu(x, alpha),
+        "elu": lambda x, alpha, out: F.elu(x, alpha),
+        "gelu": lambda x, approximate, out: F.gelu(x, approximate=approximate),
+        "clip": lambda x, lo, hi, out: torch.clamp(x, lo, hi),
+        "cast": lambda x, dtype, out: x.to(torch_dtype(dtype)),
+        "where": lambda c, a, b, out: torch.where(c, a, b),
+        "transpose": lambda x, perm, out: x.permute(tuple(perm)) if perm else x,
+        "reshape": lambda x, shape, out: x.reshape(out),
+        "broadcast_to": lambda x, shape, out: x.expand(out),
+        "softmax": lambda x, axis, out: torch.softmax(x, axis),
+        "log_softmax": lambda x, axis, out: torch.log_softmax(x, axis),
+        "one_hot": lambda labels, depth, dtype, out: one_hot(labels, depth, torch_dtype(dtype)),
+        "sum": reduce(torch.sum),
+        "max": reduce(torch.amax),
+        "min": reduce(torch.amin),
+        "prod": prod,
+        "dropout": lambda x, step, rate, seed, out: x,  # outside training (train mode is unsupported)
+        "api:mean": mean,
+        "api:mse": lambda p, t, out: torch.mean((p - t) ** 2),
+        "api:bce_logits": lambda z, y, out: torch.mean(F.softplus(z, threshold=1e9) - z * y),
+        "api:bce": lambda p, y, out: bce(p, y),
+        "api:softmax_ce": lambda z, labels, out: softmax_ce(z, labels),
+        "api:matmul_t": lambda a, b, out: a @ b.T,
+    })
+    return table
+
+
+_TABLE: dict[str, Callable] | None = None
+
+
+def table() -> dict[str, Callable]:
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _ops()
+    return _TABLE
+
+
+def torch_dtype(dtype: Any):
+    import torch
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def unsupported(spec: Spec) -> str | None:
+    """Why torch cannot check this spec, or None."""
+    missing = sorted({n.op for n in spec.nodes} - set(table()))
+    if missing:
+        return f"no torch rule for {', '.join(missing)}"
+    if spec.has_special():
+        return "NaN/Inf feeds: gradient conventions at NaN differ"
+    if spec.mode == "train" and any(n.op == "dropout" for n in spec.nodes):
+        return "dropout masks in training"
+    return None
+
+
+def run(spec: Spec) -> dict[str, np.ndarray]:
+    """The spec in torch float64: fetches of every call and the trained parameters, named as
+    `oracle.execute` names them (optimizer state is not compared)."""
+    import torch
+    built = build(spec, "float64", uniform=True)
+    leaves = {i: torch.from_numpy(np.array(built.values[i].value)).clone().requires_grad_(True)
+              for i, leaf in enumerate(spec.leaves) if leaf.kind == "variable" and built.values[i].dtype.kind == "f"}
+    for i, leaf in enumerate(spec.leaves):
+        if leaf.kind != "placeholder" and i not in leaves:
+            node = built.values[i]
+            value = node.value if leaf.kind == "variable" else node.attrs["value"].array
+            leaves[i] = torch.from_numpy(np.array(value))
+    optimizer, params = _optimizer(spec, built, leaves) if spec.mode == "train" else (None, [])
+    out: dict[str, np.ndarray] = {}
+    for c, batch in enumerate(spec.batches):
+        feeds = built.feeds(spec, c)
+        values = _forward(spec, built, leaves, feeds, batch, c)
+        for k, r in enumerate(spec.outputs):
+            out[f"call{c}/out{k}"] = values[r].detach().numpy().copy()
+        if spec.mode == "forward" or not float_outputs(spec, built.values):
+            continue
+        loss = _loss(spec, built, values, feeds)
+        out[f"call{c}/loss"] = loss.detach().numpy().copy()
+        if spec.mode == "grad":
+            _gradients(spec, built, values, loss, out, c)
+        elif loss.requires_grad:  # (else no parameter has a gradient: torch.optim skips them all)
+            optimizer.zero_grad()
+            loss.backward()
+            clipnorm = spec.optimizer["kwargs"].get("clipnorm")
+            if clipnorm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clipnorm)
+            optimizer.step()
+    if spec.mode == "train":
+        for i, t in leaves.items():
+            if spec.leaves[i].kind == "variable":
+                out[f"final/v{i}"] = t.detach().numpy().copy()
+    return out
+
+
+def _forward(spec: Spec, built, leaves: dict, feeds: dict, batch: int, call: int) -> list:
+    import torch
+    values = []
+    for i, leaf in enumerate(spec.leaves):
+        if leaf.kind == "placeholder":
+            t = torch.from_numpy(feeds[f"x{i}"].copy())
+            if spec.mode == "grad" and t.dtype.is_floating_point:
+                t.requires_grad_(True)
+            values.append(t)
+        else:
+            values.append(leaves[i])
+    for k, n in enumerate(spec.nodes):
+        node = built.values[len(spec.leaves) + k]
+        attrs = resolve_attrs(n.attrs, "float64", True)
+        values.append(table()[n.op](*[values[i] for i in n.inputs], **attrs, out=concrete(node.shape, batch)))
+    return values
+
+
+def _loss(spec: Spec, built, values: list, feeds: dict):
+    import torch
+    total = None
+    for k, r in enumerate(float_outputs(spec, built.values)):
+        v = values[r]
+        if spec.loss == "weighted":
+            v = v * torch.from_numpy(feeds[f"gy{k}"])
+        term = v.mean() if spec.loss == "mean" else v.sum()
+        total = term if total is None else total + term
+    return total
+
+
+def _gradients(spec: Spec, built, values: list, loss, out: dict, call: int) -> None:
+    import torch
+    from .spec import differentiable_leaves
+    wrt = differentiable_leaves(spec, built.values)
+    tensors = [values[i] for i in wrt]
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True) if tensors and loss.requires_grad else \
+        [None] * len(tensors)
+    for i, t, g in zip(wrt, tensors, grads):
+        name = built.values[i].attrs["name"]
+        out[f"call{call}/d{name}"] = (torch.zeros_like(t) if g is None else g).detach().numpy().copy()
+
+
+TORCH_OPTIMIZERS = {"SGD": "SGD", "Momentum": "SGD", "Adagrad": "Adagrad", "Adadelta": "Adadelta",
+                    "RMSProp": "RMSprop", "Adam": "Adam", "AdamW": "AdamW"}
+
+
+def _optimizer(spec: Spec, built, leaves: dict):
+    """torch.optim's optimizer over the variables graphnet's optimizer updates (those with a
+    differentiable path to the loss), with graphnet's defaults for the unset hyper-parameters."""
+    import torch
+    name, kwargs = spec.optimizer["name"], dict(spec.optimizer["kwargs"])
+    defaults = {k: p.default for k, p in inspect.signature(getattr(gn.optim, name)).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    cls = getattr(torch.optim, TORCH_OPTIMIZERS[name])
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in {**defaults, **kwargs}.items() if k in accepted}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    updated = {p.attrs["name"] for p in built.updates.gradients}
+    params = [t for i, t in leaves.items() if f"v{i}" in updated]
+    if not params:
+        raise Unsupported("no parameter with a gradient")
+    return cls(params, **{**kwargs, "foreach": False}), params
