@@ -94,3 +94,21 @@ def test_threaded_elementwise_kernel_needs_no_runtime_alias_checks(monkeypatch, 
     expected = feed_x * feed_z + np.exp(feed_x)
     np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b, expected - feed_z, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="open (fuzz finding 0:4035): the loop IR holds expressions as trees, so an "
+                                       "expression a fused kernel uses several times (elu, silu, softplus use their "
+                                       "argument more than once; a root's value is reused by later roots of its "
+                                       "kernel) is repeated at every use and chains grow exponentially")
+def test_loop_ir_of_a_chain_of_multi_use_ops_grows_linearly():
+    """silu(elu(.)) three deep under SGD: the loop IR should stay linear in the graph (it is 400,000
+    characters; four deep, 6 million and a 100 s compile)."""
+    from codegen.lower import lower
+    x = gn.variable("chain_x", np.ones((3, 4), np.float32))
+    h = x
+    for _ in range(3):
+        h = gn.silu(gn.elu(h, 0.3))
+    loss = gn.mean(h)
+    fn = gn.compile([loss], updates=gn.optim.SGD(lr=0.1).minimize(loss), backend="numpy")
+    lp, _ = lower(fn.program)
+    assert len(lp.to_text()) < 50_000
