@@ -739,25 +739,24 @@ class Model:
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: dict | None = None,
                        return_dict: bool = False) -> Any:
         """One training step on exactly these samples; the loss (and metrics) of the step."""
-        self._ensure_built(x)
-        self._require_compiled("train_on_batch")
-        xs = self._check_x(x)
-        n = len(xs[0])
-        ys = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, class_weight, ys, n)
-        values = self._function("train" if sw is None else "train_weighted")(**self._feeds(xs, ys, slice(None), sw))
+        values = self._on_batch("train_on_batch", x, y, sample_weight, class_weight, "train")
         return _results(self._built.fetch_keys, values, return_dict)
 
     def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False) -> Any:
         """The loss (and metrics) on exactly these samples, dropout off, nothing updated."""
+        values = self._on_batch("test_on_batch", x, y, sample_weight, None, "eval")
+        return _results(self._built.fetch_keys, values, return_dict)
+
+    def _on_batch(self, caller: str, x: Any, y: Any, sample_weight: Any, class_weight: dict | None,
+                  function: str) -> Any:
+        """Run `function` (or its weighted twin when weights are given) once on exactly these samples."""
         self._ensure_built(x)
-        self._require_compiled("test_on_batch")
+        self._require_compiled(caller)
         xs = self._check_x(x)
         n = len(xs[0])
         ys = self._check_y(y, n)
-        sw = self._check_weights(sample_weight, None, ys, n)
-        values = self._function("eval" if sw is None else "eval_weighted")(**self._feeds(xs, ys, slice(None), sw))
-        return _results(self._built.fetch_keys, values, return_dict)
+        sw = self._check_weights(sample_weight, class_weight, ys, n)
+        return self._function(function if sw is None else function + "_weighted")(**self._feeds(xs, ys, slice(None), sw))
 
     def predict_on_batch(self, x: Any) -> np.ndarray | list[np.ndarray]:
         self._ensure_built(x)
