@@ -250,11 +250,32 @@ def build(spec: Spec, dtype: str | None = None, uniform: bool = False) -> Built:
         for i, leaf in enumerate(spec.leaves):
             values.append(_leaf_node(spec, i, leaf, resolve(leaf.dtype, base, uniform)))
         for n in spec.nodes:
-            values.append(apply_op(n.op, [values[i] for i in n.inputs], resolve_attrs(n.attrs, base, uniform)))
+            inputs = [values[i] for i in n.inputs]
+            if spec.jitter and n.op in ROUNDING_DECIDED:
+                inputs = _nudged(inputs, spec.jitter)
+            values.append(apply_op(n.op, inputs, resolve_attrs(n.attrs, base, uniform)))
         built = Built(graph, values, [(f"out{k}", values[r]) for k, r in enumerate(spec.outputs)], None, base, uniform)
         if spec.mode in ("grad", "train"):
             _add_loss(spec, built)
     return built
+
+
+# Ops whose result (or gradient) jumps where two float operands are equal: computed operands that are
+# equal in exact arithmetic (log_softmax(x) and log_softmax(log_softmax(x))) are then decided by each
+# backend's last-ulp rounding. The jittered reference runs move the last float operand of these ops by
+# a few ulps, in opposite directions for odd and even jitter, so such elements come out unstable.
+ROUNDING_DECIDED = frozenset({"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+                              "maximum", "minimum"})
+
+
+def _nudged(inputs: list, jitter: int) -> list:
+    """`inputs` with the last float one scaled by 1 +- JITTER_ULPS ulps (sign from the jitter's parity)."""
+    for k in reversed(range(len(inputs))):
+        x = inputs[k]
+        if x.dtype.kind == "f":
+            step = (1 if jitter % 2 else -1) * JITTER_ULPS * float(np.finfo(x.dtype).eps)
+            return inputs[:k] + [x * gn.constant(np.asarray(1 + step, x.dtype))] + inputs[k + 1:]
+    return inputs
 
 
 def _leaf_node(spec: Spec, i: int, leaf: Leaf, dtype: np.dtype) -> gn.Node:
