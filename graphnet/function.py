@@ -1,14 +1,16 @@
 """`gn.compile`: fetches + updates -> pass pipeline -> a backend -> a callable `Function`."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import operator
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -124,6 +126,16 @@ def step_lock(program: Program) -> StepLock:
     return group
 
 
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the time the block takes to `seconds[phase]` (a compile's breakdown, `Function.compile_seconds`)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     backend: str = "llvm"
@@ -149,14 +161,18 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     if training:
         pairs = _with_rng_step(flat, pairs)
     gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
-    program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
-                                    fuse_optimizer=fuse_optimizer)
+    seconds: dict[str, float] = {}
+    with timed(seconds, "graph passes"):
+        program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
+                                        fuse_optimizer=fuse_optimizer)
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)
+    seconds.update(getattr(executable, "compile_seconds", {}))
     user_nodes = flat + [var for var, _ in pairs]
     fn = Function(program, executable, rebuild, records, options,
                   user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else ())
+    fn.compile_seconds = seconds
     if os.environ.get("GRAPHNET_DUMP"):
         from .dump import dump_numbered
         dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
@@ -169,12 +185,14 @@ class Function(_CallBase):
     The call passes the feeds to `self._call`: the backend's shorter path for the common case where it
     has one (`fast_call`), else `_general`. Every step holds `step_lock`, the StepLock of the function's
     variables, so calls from several threads are safe (one step at a time per group of variables).
+    `compile_seconds` is where `gn.compile` spent its time, by phase (graph passes, then the backend's).
     """
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
                  options: CompileOptions, user_placeholders: Sequence[Node] = ()):
         self.program, self.executable, self.records, self.options = program, executable, records, options
         self._rebuild = rebuild
+        self.compile_seconds: dict[str, float] = {}
         needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
                               needs_batch)
