@@ -232,4 +232,5 @@ def _header(key: str, payload: bytes) -> bytes:
 
 
 LLVM_OBJECTS = DiskCache("llvm", ".o")
+GEMM_OBJECTS = DiskCache("gemm", ".o")  # the GEMM library's routines (codegen/llvm/gemm_library.py)
 OPENCL_BINARIES = DiskCache("opencl", ".bin")

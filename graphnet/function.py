@@ -1,14 +1,16 @@
 """`gn.compile`: fetches + updates -> pass pipeline -> a backend -> a callable `Function`."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import operator
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -124,6 +126,16 @@ def step_lock(program: Program) -> StepLock:
     return group
 
 
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the time the block takes to `seconds[phase]` (a compile's breakdown, `Function.compile_seconds`)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     backend: str = "llvm"
@@ -149,14 +161,18 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     if training:
         pairs = _with_rng_step(flat, pairs)
     gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
-    program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
-                                    fuse_optimizer=fuse_optimizer)
+    seconds: dict[str, float] = {}
+    with timed(seconds, "graph passes"):
+        program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
+                                        fuse_optimizer=fuse_optimizer)
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)
+    seconds.update(getattr(executable, "compile_seconds", {}))
     user_nodes = flat + [var for var, _ in pairs]
     fn = Function(program, executable, rebuild, records, options,
                   user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else ())
+    fn.compile_seconds = seconds
     if os.environ.get("GRAPHNET_DUMP"):
         from .dump import dump_numbered
         dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
@@ -169,12 +185,14 @@ class Function(_CallBase):
     The call passes the feeds to `self._call`: the backend's shorter path for the common case where it
     has one (`fast_call`), else `_general`. Every step holds `step_lock`, the StepLock of the function's
     variables, so calls from several threads are safe (one step at a time per group of variables).
+    `compile_seconds` is where `gn.compile` spent its time, by phase (graph passes, then the backend's).
     """
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
                  options: CompileOptions, user_placeholders: Sequence[Node] = ()):
         self.program, self.executable, self.records, self.options = program, executable, records, options
         self._rebuild = rebuild
+        self.compile_seconds: dict[str, float] = {}
         needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
                               needs_batch)
@@ -220,7 +238,9 @@ class Function(_CallBase):
         `order` (int64 sample indices, by default 0..n-1; the last batch is short when batch_size does
         not divide its length), so steps past the last batch start over from the first. `steps`
         defaults to the rest of the pass over `order` from batch `start` (the whole of it). Returns the fetches in the function's
-        structure, each with a leading axis of one row per step (a scalar loss gives shape (steps,)).
+        structure, each with a leading axis of one row per step (a scalar loss gives shape (steps,)); a
+        fetch whose first dimension is the batch comes back with the steps' rows one after another
+        (a model's outputs over a dataset, as `Model.predict` gathers them).
 
         The results are those of calling the function on each batch in turn (dropout's step counter
         advances once per step). The LLVM backend runs each stretch of full batches in one native call
@@ -240,7 +260,19 @@ class Function(_CallBase):
             steps = batches - int(start)
         elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
-        outs = self._step_outputs(int(steps))
+        steps = int(steps)
+        first = np.arange(batches) * batch_size  # each batch's first position in `order`
+        sizes = np.minimum(length, first + batch_size) - first
+        offsets = np.concatenate([[0], np.cumsum(sizes[(start + np.arange(steps)) % batches])])
+        outs = self._step_outputs(steps, int(offsets[-1]))
+        per_row = [None in f.shape for f in self.program.fetches]
+
+        def parts(k: int, count: int) -> tuple:
+            """Steps k to k+count's share of each output: their rows of a stacked fetch, their samples' rows
+            of a batched one."""
+            return tuple(out[offsets[k]:offsets[k + count]] if rows else out[k:k + count]
+                         for out, rows in zip(outs, per_row))
+
         native = getattr(self.executable, "run_steps", None)
         fast = getattr(self._call, "run_steps", None)
         batched = self._batched_names
@@ -250,15 +282,14 @@ class Function(_CallBase):
             full = length // batch_size - j  # full batches from batch j on
             if full > 0 and native is not None and fast is not None and not Variable.any_mirrors:
                 count = min(steps - k, full)
-                native(self._call, tuple(sources.values()), order, j * batch_size, count, batch_size,
-                       tuple(out[k:k + count] for out in outs))
+                native(self._call, tuple(sources.values()), order, j * batch_size, count, batch_size, parts(k, count))
                 k += count
                 continue
             rows = slice(j * batch_size, min(length, (j + 1) * batch_size))
             rows = rows if order is None else order[rows]
             batch = {name: a[rows] if name in batched else a for name, a in sources.items()}
-            for out, value in zip(outs, self._flat_call(batch)):
-                out[k] = value
+            for part, value in zip(parts(k, 1), self._flat_call(batch)):
+                part[...] = value
             k += 1
         return self._rebuild(outs)
 
@@ -300,14 +331,15 @@ class Function(_CallBase):
             raise ValueError("run_steps: the datasets are empty")
         return sources, n
 
-    def _step_outputs(self, steps: int) -> list[np.ndarray]:
-        """One array per fetch with a row per step."""
+    def _step_outputs(self, steps: int, rows: int) -> list[np.ndarray]:
+        """One array per fetch: a row per step, or for a fetch whose first dimension is the batch, the
+        steps' `rows` samples."""
         outs = []
         for f in self.program.fetches:
-            if None in f.shape:
-                raise ValueError(f"run_steps stacks each step's fetches: fetch {f} {shape_str(f.shape)} has a "
-                                 f"batch dimension")
-            outs.append(np.empty((steps, *f.shape), f.dtype))
+            if None in f.shape[1:]:
+                raise ValueError(f"run_steps gathers a batched fetch's rows along its first dimension: fetch {f} "
+                                 f"{shape_str(f.shape)} has a batch dimension that is not its first")
+            outs.append(np.empty((rows, *f.shape[1:]) if f.shape[:1] == (None,) else (steps, *f.shape), f.dtype))
         return outs
 
     def _run_coherent(self, arrays: list, batch: int) -> list:

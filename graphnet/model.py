@@ -85,7 +85,8 @@ class Model:
     """A functional model from `Input` tensors to layer outputs (one or several of each)."""
 
     _default_name = "model"
-    _native_fit = True  # fit runs epochs through Function.run_steps where it can (False: batch by batch)
+    _native_fit = True  # fit, evaluate and predict run batches through Function.run_steps where they can
+    #                     (False: batch by batch, as with a callback's batch-level hook)
 
     def __init__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor] | None = None,
                  outputs: SymbolicTensor | Sequence[SymbolicTensor] | None = None, name: str | None = None):
@@ -614,15 +615,17 @@ class Model:
 
     def _fit_datasets(self, train: Function, xs: list, ys: list, sw: list | None,
                       cbs: CallbackList) -> dict[str, np.ndarray] | None:
-        """The whole training set as `train.run_steps` takes it (checked and converted as a call's feeds
-        are), or None where fit goes batch by batch: sample or class weights, or a callback with a
-        batch-level hook (other than the progress bar, which `_fit_epoch` serves after each chunk)."""
-        hooked = [cb for cb in cbs.callbacks if _overrides(cb, "on_train_batch_begin") or
-                  (_overrides(cb, "on_train_batch_end") and type(cb) is not ProgressLogger)]
-        if sw is not None or hooked or not self._native_fit:
+        """The whole training set as `train.run_steps` takes it, or None where fit goes batch by batch: a
+        callback with a batch-level hook (other than the progress bar, which `_fit_epoch` serves after
+        each chunk)."""
+        if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
-        arrays, _ = train.feeds._check(self._feeds(xs, ys, slice(None)))
-        return dict(zip(train.feeds.names, arrays))
+        return self._datasets(train, xs, ys, sw)
+
+    def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
+        """Whole arrays as `fn.run_steps` takes them (checked and converted as a call's feeds are)."""
+        arrays, _ = fn.feeds._check(self._feeds(xs, ys, slice(None), sw))
+        return dict(zip(fn.feeds.names, arrays))
 
     def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
                    batch_size: int, steps: int, cbs: CallbackList) -> tuple[list[float], int]:
@@ -630,7 +633,7 @@ class Model:
         chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end. Returns
         what `_fit_epoch_by_batch` returns."""
         batches = math.ceil(n / batch_size)
-        sizes = np.array([min(n, (j + 1) * batch_size) - j * batch_size for j in range(batches)], np.float64)
+        sizes = _batch_sizes(n, batch_size)
         live = any(type(cb) is ProgressLogger and cb.bar is not None for cb in cbs.callbacks)
         keys = self._built.fetch_keys
         sums = [0.0] * len(keys)
@@ -641,9 +644,7 @@ class Model:
             values = train.run_steps(datasets, batch_size, order, count, start=step % batches)
             elapsed = time.perf_counter() - started
             taken = sizes[np.arange(step, step + count) % batches]
-            # running sums with the batch loop's additions, in its order (accumulate adds sequentially)
-            running = [np.add.accumulate(np.concatenate([[s], v.astype(np.float64) * taken]))[1:]
-                       for s, v in zip(sums, values)]
+            running = _running_sums(sums, values, taken)
             counts = seen + np.cumsum(taken).astype(np.int64)
             if live:
                 for i in range(count):
@@ -663,18 +664,33 @@ class Model:
 
     def _evaluate_arrays(self, xs: list[np.ndarray], ys: list, sw: list | None, batch_size: int,
                          cbs: CallbackList | None = None) -> dict[str, float]:
+        """Mean loss and metrics over the data: all batches in one `run_steps` call, or batch by batch
+        where a callback has a test-batch hook."""
         fn = self._function("eval" if sw is None else "eval_weighted")
         n = len(xs[0])
-        sums = dict.fromkeys(self._built.fetch_keys, 0.0)
+        keys = self._built.fetch_keys
+        if self._native_fit and not _batch_hooked(cbs, ("on_test_batch_begin", "on_test_batch_end")):
+            values = fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size)
+            sums = [float(r[-1]) for r in _running_sums([0.0] * len(keys), values, _batch_sizes(n, batch_size))]
+        else:
+            sums = self._evaluate_by_batch(fn, xs, ys, sw, batch_size, cbs)
+        return {k: s / n for k, s in zip(keys, sums)}
+
+    def _evaluate_by_batch(self, fn: Function, xs: list[np.ndarray], ys: list, sw: list | None, batch_size: int,
+                           cbs: CallbackList | None) -> list[float]:
+        """Each fetch's sum over the batches of its value times the batch's size, every test-batch hook called."""
+        n = len(xs[0])
+        keys = self._built.fetch_keys
+        sums = [0.0] * len(keys)
         for i, start in enumerate(range(0, n, batch_size)):
             idx = slice(start, start + batch_size)
             if cbs is not None:
                 cbs.on_test_batch_begin(i, {})
-            for key, v in zip(self._built.fetch_keys, fn(**self._feeds(xs, ys, idx, sw))):
-                sums[key] += float(v) * (min(n, start + batch_size) - start)
+            sums = [s + float(v) * (min(n, start + batch_size) - start)
+                    for s, v in zip(sums, fn(**self._feeds(xs, ys, idx, sw)))]
             if cbs is not None:
-                cbs.on_test_batch_end(i, {k: s / min(n, start + batch_size) for k, s in sums.items()})
-        return {k: s / n for k, s in sums.items()}
+                cbs.on_test_batch_end(i, {k: s / min(n, start + batch_size) for k, s in zip(keys, sums)})
+        return sums
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: int | str = 0,
                  sample_weight: Any = None, steps: int | None = None, callbacks: Sequence[Callback] | None = None,
@@ -723,18 +739,27 @@ class Model:
             n = min(n, steps * batch_size)
         started = time.perf_counter()
         fn = self._function("predict")
-        cbs = CallbackList(list(callbacks or []), self, {"steps": math.ceil(n / batch_size), "verbose": verbose})
+        batches = math.ceil(n / batch_size)
+        cbs = CallbackList(list(callbacks or []), self, {"steps": batches, "verbose": verbose})
         cbs.on_predict_begin({})
+        if self._native_fit and not _batch_hooked(cbs, ("on_predict_batch_begin", "on_predict_batch_end")):
+            outs = list(fn.run_steps(self._datasets(fn, _head(xs, n)), batch_size))
+        else:
+            outs = self._predict_by_batch(fn, xs, n, batch_size, cbs)
+        cbs.on_predict_end({})
+        if _verbosity(verbose, 0):
+            print(f"{batches}/{batches} - {time.perf_counter() - started:.2f}s", flush=True)
+        return outs if self._multi_out else outs[0]
+
+    def _predict_by_batch(self, fn: Function, xs: list[np.ndarray], n: int, batch_size: int,
+                          cbs: CallbackList) -> list[np.ndarray]:
+        """The outputs for the first n samples, one call per batch, every predict-batch hook called."""
         parts = []
         for i, s in enumerate(range(0, n, batch_size)):
             cbs.on_predict_batch_begin(i, {})
             parts.append(fn(**self._feeds(xs, None, slice(s, min(s + batch_size, n)))))
             cbs.on_predict_batch_end(i, {"outputs": parts[-1]})
-        cbs.on_predict_end({})
-        if _verbosity(verbose, 0):
-            print(f"{len(parts)}/{len(parts)} - {time.perf_counter() - started:.2f}s", flush=True)
-        outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]
-        return outs if self._multi_out else outs[0]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]
 
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: dict | None = None,
                        return_dict: bool = False) -> Any:
@@ -1514,6 +1539,26 @@ def _take(arrays: list | None, order: np.ndarray | None) -> list | None:
     if arrays is None or order is None:
         return arrays
     return [None if a is None else a[order] for a in arrays]
+
+
+def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
+    """Whether a callback needs these batch-level hooks called batch by batch (the progress bar's
+    batch end is served after each chunk of a native loop instead)."""
+    return cbs is not None and any(_overrides(cb, hook) and not (type(cb) is ProgressLogger and
+                                                                 hook == "on_train_batch_end")
+                                   for cb in cbs.callbacks for hook in hooks)
+
+
+def _batch_sizes(n: int, batch_size: int) -> np.ndarray:
+    """The size of each batch of n samples (the last may be short), as float64 factors of the sums."""
+    first = np.arange(0, n, batch_size)
+    return (np.minimum(n, first + batch_size) - first).astype(np.float64)
+
+
+def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: np.ndarray) -> list[np.ndarray]:
+    """Each fetch's running sum of value times batch size, continuing from `sums`: the batch loops'
+    float64 additions in their order (accumulate adds sequentially), so both loops agree bit for bit."""
+    return [np.add.accumulate(np.concatenate([[s], v.astype(np.float64) * sizes]))[1:] for s, v in zip(sums, values)]
 
 
 def _head(arrays: list | None, n: int) -> list | None:

@@ -205,13 +205,39 @@ def test_the_c_loop_checks_its_own_arguments():
         np.testing.assert_array_equal(got, want)
 
 
-def test_fetches_with_a_batch_dimension_are_refused():
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batched_fetches_come_back_row_by_row(implementation, shuffle):
+    """A fetch whose first dimension is the batch: each step's rows in step order (a short last batch,
+    and steps past one pass over the data included), as the batch loop gives them."""
+    x, labels = _data()
+    order = np.random.default_rng(3).permutation(N) if shuffle else None
+    results = []
+    for run_steps in (False, True):
+        with gn.Graph():
+            xp = gn.placeholder("x", (None, FEATURES))
+            w = gn.variable("w", np.linspace(-1, 1, FEATURES * 2, dtype=np.float32).reshape(FEATURES, 2))
+            out = gn.tanh(xp @ w)
+            loss = gn.mean(out ** 2)
+            step = gn.compile([loss, out], updates=gn.optim.SGD(lr=0.1).minimize(loss))
+        if run_steps:
+            results.append(step.run_steps({"x": x}, 16, order=order, steps=6))
+        else:
+            rows = np.arange(N) if order is None else order
+            batches = [step(x=x[rows[(k % 4) * 16:(k % 4 + 1) * 16]]) for k in range(6)]
+            results.append([np.array([b[0] for b in batches]), np.concatenate([b[1] for b in batches])])
+    (loss_ref, out_ref), (loss, out) = results
+    assert out.shape == (16 * 3 + 2 + 16 * 2, 2)
+    np.testing.assert_array_equal(loss, loss_ref)
+    np.testing.assert_array_equal(out, out_ref)
+
+
+def test_a_fetch_whose_batch_dimension_is_not_first_is_refused():
     with gn.Graph():
         x = gn.placeholder("x", (None, 2))
         w = gn.variable("w", np.ones((2, 2), np.float32))
         loss = gn.mean((x @ w) ** 2)
-        step = gn.compile([loss, x @ w], updates=gn.optim.SGD(lr=0.1).minimize(loss))
-    with pytest.raises(ValueError, match="batch dimension"):
+        step = gn.compile([loss, gn.transpose(x @ w)], updates=gn.optim.SGD(lr=0.1).minimize(loss))
+    with pytest.raises(ValueError, match="not its first"):
         step.run_steps({"x": np.ones((8, 2), np.float32)}, 4)
     np.testing.assert_array_equal(w.value, np.ones((2, 2)))
 
@@ -284,8 +310,10 @@ def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
         on_batch_end=lambda batch, logs: ends.append((batch, logs["loss"])))])
     assert calls == [] and [b for b, _ in ends] == [0, 1, 2, 3] * 2
     _assert_same_fit(hooked, _fit(False, batch_size=16, epochs=2))
-    _fit(True, batch_size=16, epochs=1, sample_weight=np.ones(N))
-    assert calls == []
+    weights = np.random.default_rng(5).uniform(0, 2, N)
+    weighted = _fit(True, batch_size=16, epochs=2, sample_weight=weights)  # sample weights go natively too
+    assert calls == [4, 4]
+    _assert_same_fit(weighted, _fit(False, batch_size=16, epochs=2, sample_weight=weights))
 
 
 class _Bar:

@@ -16,12 +16,11 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from llvmlite import ir
 
 import graphnet
 from graphnet.errors import NumericsError
 from graphnet.feeds import FeedSpec
-from graphnet.function import step_lock
+from graphnet.function import step_lock, timed
 from graphnet.program import Program
 
 from ..loop_passes import loop_pass_texts
@@ -32,9 +31,10 @@ from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
 from .jit import Compiler, Library, host_target
 from .gemm import GemmSpec, specialised_m
-from .parallel import emit_parallel_gemm, load_runtime, num_threads, parallel_workspace_bytes
+from .gemm_library import GEMMS
+from .parallel import load_runtime, num_threads, parallel_workspace_bytes
 from .gemm_schedule import loop_passes
-from .render import Renderer, gemm_symbol, required_gemms
+from .render import Renderer, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -65,28 +65,50 @@ def _gemm_digest() -> str:
 class LLVMBackend:
     def __init__(self, program: Program, options):
         self.program, self.check = program, options.check_numerics
+        self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
         self.compiler = Compiler(host_target())
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
-        self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
+        with timed(self.compile_seconds, "lowering"):
+            self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
+        loop_seconds = sum(r.seconds for r in self.loop_records)
+        self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
+                                     "loop passes": loop_seconds})
         self._ir_text: str | None = None
+        obj = self._step_object()
+        with timed(self.compile_seconds, "GEMM routines"):
+            linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest()))
+                      for g in required_gemms(self.lp)]
+        self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
+        with timed(self.compile_seconds, "loading"):
+            self.library = Library(self.compiler, [own for _, own in linked if own is not None] + [obj])
+            self.step_address = self.library.address("graphnet_step")
+            self.step = _STEP(self.step_address)
+            self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
+            self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
+            self._bind_buffers()
+
+    def _step_object(self) -> bytes:
+        """The step's object code (its kernels; the GEMM routines are the library's), from the disk cache
+        or compiled and stored."""
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
-        self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt, self.check,
-                                   self.threads, graphnet.__version__, _codegen_digest())
-        obj = LLVM_OBJECTS.load(self.key)
+        seconds = self.compile_seconds
+        with timed(seconds, "cache lookup"):
+            self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt,
+                                       self.check, self.threads, graphnet.__version__, _codegen_digest())
+            obj = LLVM_OBJECTS.load(self.key)
         self.cache_hit = obj is not None
         if obj is None:
-            obj = self.compiler.object_code(self.ir_text)
+            with timed(seconds, "LLVM IR"):
+                text = self.ir_text
+            with timed(seconds, "LLVM optimisation"):
+                module = self.compiler.optimize(text)
+            with timed(seconds, "object emission"):
+                obj = self.compiler.emit(module)
             LLVM_OBJECTS.store(self.key, obj)
-        gemms = [self._gemm_object(*g) for g in required_gemms(self.lp)]
-        self.library = Library(self.compiler, gemms + [obj])
-        self.step_address = self.library.address("graphnet_step")
-        self.step = _STEP(self.step_address)
-        self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
-        self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
-        self._bind_buffers()
+        return obj
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> GemmSpec:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m))
@@ -94,19 +116,6 @@ class LLVMBackend:
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> int:
         spec = self._gemm_spec(dtype, trans_a, trans_b, m)
         return parallel_workspace_bytes(spec, self.compiler.target, self.threads)
-
-    def _gemm_object(self, dtype: str, trans_a: bool, trans_b: bool, m: int | None) -> bytes:
-        """One GEMM routine per (dtype, transposes, small static M), runtime N and K, cached across programs."""
-        spec = self._gemm_spec(dtype, trans_a, trans_b, m)
-        key = cache.cache_key("gemm", spec, self.compiler.target, self.threads, graphnet.__version__, _gemm_digest())
-        obj = LLVM_OBJECTS.load(key)
-        if obj is None:
-            module = ir.Module("graphnet_gemm")
-            module.triple, module.data_layout = self.compiler.triple, self.compiler.data_layout
-            emit_parallel_gemm(module, gemm_symbol(dtype, trans_a, trans_b, spec.m), spec, self.compiler.target, self.threads)
-            obj = self.compiler.object_code(str(module), optimize=False)
-            LLVM_OBJECTS.store(key, obj)
-        return obj
 
     @property
     def ir_text(self) -> str:

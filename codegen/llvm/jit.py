@@ -54,9 +54,13 @@ class Compiler:
         """Object code; `optimize=False` skips the IR pipeline (hand-scheduled code such as the
         GEMM compiles ~10x faster and runs as fast without it)."""
         if optimize:
-            return self.tm.emit_object(self.optimize(text))
+            return self.emit(self.optimize(text))
         module = llvm.parse_assembly(text)
         module.verify()
+        return self.emit(module)
+
+    def emit(self, module: llvm.ModuleRef) -> bytes:
+        """The module's object code (instruction selection and register allocation at `opt`)."""
         return self.tm.emit_object(module)
 
     def assembly(self, text: str) -> str:

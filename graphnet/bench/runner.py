@@ -493,10 +493,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", help="write a PNG chart here (needs matplotlib)")
     p.add_argument("--json", help="write the raw measurements here")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--compile", action="store_true", help="instead: compile time by phase, cold, with the GEMM "
+                                                          "library warm and cached (graphnet.bench.micro.compile)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--compile" in argv:  # compile time by phase instead (its own options: graphnet bench --compile --help)
+        from .micro.compile import main as compile_main
+        return compile_main([a for a in argv if a != "--compile"])
     args = parser().parse_args(argv)
     if args.repeats < 1 or args.min_time <= 0:
         parser().error("--repeats must be >= 1 and --min-time > 0")

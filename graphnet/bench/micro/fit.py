@@ -3,9 +3,11 @@
 For each grid configuration, a Keras-style model of the grid's layers, and in interleaved rounds
 (medians per step): the model's compiled training step called on one fixed batch (`raw`),
 `train_function.run_steps` over a shuffled dataset (one native call for all full batches),
-`model.fit(verbose=0)` for one epoch of that dataset, and the same fit forced batch by batch (the
-loop fit used before run_steps); plus, for reference, a bare ctypes call of an empty native function
-with six pointer arguments. The machine may be shared: read the ratios.
+`model.fit(verbose=0)` for one epoch of that dataset, the same fit without shuffling, and forced
+batch by batch (the loop fit used before run_steps); plus, for reference, a bare ctypes call of an
+empty native function with six pointer arguments, and the epoch's shuffle alone (the permutation fit
+draws, per step), which with the run_steps time accounts for most of a tiny model's fit. The machine
+may be shared: read the ratios.
 
     python -m graphnet.bench.micro.fit [tiny small medium ...] [--batches 40] [--rounds 7]
 """
@@ -78,14 +80,15 @@ def measure(name: str, batches: int, rounds: int) -> dict[str, float]:
         for _ in range(batches):
             empty(*pointers)
 
-    def fit(native: bool) -> Callable[[], object]:
+    def fit(native: bool, shuffle: bool = True) -> Callable[[], object]:
         def run() -> None:
             model._native_fit = native
-            model.fit(x, y, batch_size=config.batch, epochs=1, verbose=0)
+            model.fit(x, y, batch_size=config.batch, epochs=1, verbose=0, shuffle=shuffle)
         return run
 
     runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order), "fit": fit(True),
-            "fit_by_batch": fit(False), "ctypes6": bare}
+            "fit_unshuffled": fit(True, shuffle=False), "fit_by_batch": fit(False), "ctypes6": bare,
+            "shuffle": lambda: np.random.default_rng([model.seed, 0]).permutation(len(x))}
     for fn in runs.values():  # warm-up: compiles, arena layouts, caches
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -103,14 +106,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     args = parser.parse_args()
     print(f"us per step (medians of {args.rounds} interleaved rounds of {args.batches} steps)")
-    print(f"{'config':<8} {'raw':>8} {'run_steps':>10} {'fit':>8} {'by batch':>9} {'ctypes6':>8} "
-          f"{'fit/raw':>8} {'steps/raw':>10} {'by batch/raw':>13} {'fit/ctypes6':>12}")
+    print(f"{'config':<8} {'raw':>8} {'run_steps':>10} {'fit':>8} {'unshuffled':>11} {'shuffle':>8} "
+          f"{'by batch':>9} {'ctypes6':>8} {'fit/raw':>8} {'steps/raw':>10} {'by batch/raw':>13} {'fit/ctypes6':>12}")
     for name in args.configs:
         t = measure(name, args.batches, args.rounds)
         us = {k: v * 1e6 for k, v in t.items()}
-        print(f"{name:<8} {us['raw']:8.2f} {us['run_steps']:10.2f} {us['fit']:8.2f} {us['fit_by_batch']:9.2f} "
-              f"{us['ctypes6']:8.2f} {t['fit'] / t['raw']:8.2f} {t['run_steps'] / t['raw']:10.2f} "
-              f"{t['fit_by_batch'] / t['raw']:13.2f} {t['fit'] / t['ctypes6']:12.2f}", flush=True)
+        print(f"{name:<8} {us['raw']:8.2f} {us['run_steps']:10.2f} {us['fit']:8.2f} {us['fit_unshuffled']:11.2f} "
+              f"{us['shuffle']:8.2f} {us['fit_by_batch']:9.2f} {us['ctypes6']:8.2f} {t['fit'] / t['raw']:8.2f} "
+              f"{t['run_steps'] / t['raw']:10.2f} {t['fit_by_batch'] / t['raw']:13.2f} "
+              f"{t['fit'] / t['ctypes6']:12.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""The GEMM library: the GEMM routines every compiled step calls, built once and shared.
+
+A routine (one per dtype, transposes and small static M; sizes are run-time arguments) is compiled
+once per machine (target CPU and features), thread count and generator source, cached on disk (in
+the cache's own `gemm` folder, so `graphnet cache info` and the compile benchmark see it apart), and
+loaded once per process into an engine of its own; its exported symbols (the routine and, when
+threaded, its column slice) are then bound process-wide with `llvm.add_symbol`, so a step's object
+resolves them there and a new model compiles and loads only its own kernels.
+
+A symbol name says dtype, transposes and M but not the target or thread count; a process that
+compiles for two targets (tests emitting AVX2 code on an AVX-512 host) binds the first build it
+loads, and any other build of the same name is loaded into the step's own engine (an object's own
+definitions win over process symbols), as every GEMM was before the library.
+"""
+from __future__ import annotations
+
+import threading
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+import graphnet
+
+from .. import cache
+from ..cache import GEMM_OBJECTS
+from .gemm import GemmSpec
+from .jit import Compiler, Library
+from .parallel import column_slice_symbol, emit_parallel_gemm
+from .render import gemm_symbol
+
+
+class GemmLibrary:
+    """The routines bound in this process: symbol -> (the build's key, the engine that holds it)."""
+
+    def __init__(self) -> None:
+        self._bound: dict[str, tuple[str, Library]] = {}
+        self._lock = threading.Lock()  # two threads compiling models bind each routine once
+
+    def link(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> bytes | None:
+        """Make `spec`'s routine (built for `compiler`'s target and `threads`) callable from a step
+        object: None when its symbols are bound process-wide, else the object for the step's engine."""
+        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m)
+        key = cache.cache_key("gemm", spec, compiler.target, threads, graphnet.__version__, digest)
+        with self._lock:
+            bound = self._bound.get(name)
+            if bound is not None:
+                return None if bound[0] == key else object_code(compiler, threads, spec, key)
+            library = Library(compiler, [object_code(compiler, threads, spec, key)])
+            for symbol in (name, column_slice_symbol(name)):
+                address = library.engine.get_function_address(symbol)
+                if address:
+                    llvm.add_symbol(symbol, address)
+            self._bound[name] = (key, library)
+        return None
+
+    def bound(self) -> list[str]:
+        """The routines bound in this process (their symbols)."""
+        return sorted(self._bound)
+
+
+def object_code(compiler: Compiler, threads: int, spec: GemmSpec, key: str) -> bytes:
+    """The routine's object from the disk cache, or compiled (without the IR pipeline: the generator
+    schedules it by hand) and stored."""
+    obj = GEMM_OBJECTS.load(key)
+    if obj is None:
+        module = ir.Module("graphnet_gemm")
+        module.triple, module.data_layout = compiler.triple, compiler.data_layout
+        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m)
+        emit_parallel_gemm(module, name, spec, compiler.target, threads)
+        obj = compiler.object_code(str(module), optimize=False)
+        GEMM_OBJECTS.store(key, obj)
+    return obj
+
+
+GEMMS = GemmLibrary()

@@ -1,0 +1,90 @@
+"""What keeps compiles short (issue #17): the GEMM library (each routine built once per machine, cached
+apart, bound once per process; a step links against it), the compile's breakdown by phase, and a
+Keras model compiling its evaluation and prediction functions only when first used. Times are
+measured by `python -m graphnet.bench.micro.compile`, never asserted here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen import cache
+from codegen.llvm import parallel
+from codegen.llvm.gemm_library import GEMMS
+from codegen.llvm.render import gemm_symbol, required_gemms
+
+PHASES = {"graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", "LLVM optimisation",
+          "object emission", "GEMM routines", "loading"}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _dense(features: int, units: int, seed: int):
+    """x @ w + b with a GEMM large enough for a GEMM routine, and its inputs."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((features, units)).astype(np.float32)
+    x = rng.standard_normal((96, features)).astype(np.float32)
+    with gn.Graph():
+        xp = gn.placeholder("x", (None, features))
+        fn = gn.compile(xp @ gn.variable("w", w) + 1.0, backend="llvm")
+    return fn, x, x @ w + 1.0
+
+
+def test_a_step_links_against_the_gemm_library_bound_once_per_process(cache_dir):
+    first, x1, want1 = _dense(160, 96, 0)
+    second, x2, want2 = _dense(128, 80, 1)  # another model, the same routine
+    routines = required_gemms(first.executable.lp)
+    assert routines and routines == required_gemms(second.executable.lp)
+    assert gemm_symbol(*routines[0]) in GEMMS.bound()
+    assert first.executable.private_gemms == second.executable.private_gemms == []
+    np.testing.assert_allclose(first(x=x1), want1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second(x=x2), want2, rtol=1e-4, atol=1e-4)
+    assert cache.info()["namespaces"]["gemm"]["entries"] >= 1  # the library's own cache folder
+
+
+@pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))
+def test_another_build_of_a_bound_routine_is_linked_into_the_step(cache_dir, monkeypatch):
+    """A routine bound for one thread count, needed built for another: the step loads its own copy
+    (only one build of a symbol can be the process's) and computes with it."""
+    private = []
+    for count in (2, 1):
+        monkeypatch.setenv("GRAPHNET_NUM_THREADS", str(count))
+        fn, x, want = _dense(160, 96, 0)
+        assert fn.executable.threads == count
+        np.testing.assert_allclose(fn(x=x), want, rtol=1e-4, atol=1e-4)
+        private.append(fn.executable.private_gemms)
+    assert [p for p in private if not p] in ([], [[]]) and any(private)
+
+
+def test_compile_reports_its_time_by_phase(cache_dir):
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 4))
+        cold = gn.compile(gn.exp(x) * 3.0, backend="llvm")
+        cached = gn.compile(gn.exp(x) * 3.0, backend="llvm")
+    assert PHASES <= set(cold.compile_seconds) and all(v >= 0 for v in cold.compile_seconds.values())
+    assert not {"LLVM IR", "LLVM optimisation", "object emission"} & set(cached.compile_seconds)
+    assert set(gn.compile(x + 1.0, backend="numpy").compile_seconds) == {"graph passes"}
+
+
+def _model():
+    model = gn.Sequential([gn.layers.Input((3,)), gn.layers.Dense(4, activation="relu"), gn.layers.Dense(1)])
+    model.compile("adam", "mse")
+    return model
+
+
+def test_a_model_compiles_evaluation_and_prediction_on_first_use(cache_dir):
+    model = _model()
+    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert set(model._functions) == {"train"}
+    model.evaluate(x, y)
+    assert set(model._functions) == {"train", "eval"}
+    model.predict(x)
+    assert set(model._functions) == {"train", "eval", "predict"}
+    model.fit(x, y, epochs=1, verbose=0, validation_split=0.5)  # validation uses the eval function compiled above
+    assert set(model._functions) == {"train", "eval", "predict"}

@@ -1,0 +1,132 @@
+"""Model.evaluate and Model.predict run their batches through Function.run_steps (one native call for
+all of them) and give exactly what the batch-by-batch loop gives: the same floats, with and without a
+short last batch, sample weights, dropout in the model, several outputs; a callback with a
+batch-level hook gets exactly its calls (the loop then goes batch by batch). Fit's native loop is
+tested in test_run_steps.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+import codegen.llvm.call as call_path
+
+FEATURES, CLASSES = 5, 3
+
+
+@pytest.fixture(params=["native", "python"])
+def implementation(request, monkeypatch):
+    """The C loop of run_steps, or its Python fallback."""
+    if request.param == "native" and call_path.native is None:
+        pytest.skip("the C call path was not built (no C compiler at install time)")
+    monkeypatch.setattr(call_path, "native", call_path.native if request.param == "native" else None)
+    return request.param
+
+
+def _model(native: bool, dropout: float = 0.0, two_outputs: bool = False) -> gn.Model:
+    """A fresh, identically seeded classifier (trained one epoch so its weights are not the initial ones)."""
+    gn.reset_default_graph()
+    gn.set_seed(0)
+    inputs = gn.layers.Input((FEATURES,))
+    h = gn.layers.Dense(8, activation="relu")(inputs)
+    h = gn.layers.Dropout(dropout)(h) if dropout else h
+    outputs = gn.layers.Dense(CLASSES, activation="softmax", name="classes")(h)
+    if two_outputs:
+        outputs = [outputs, gn.layers.Dense(1, name="value")(h)]
+    model = gn.Model(inputs, outputs)
+    model.compile("adam", ["sparse_categorical_crossentropy", "mse"] if two_outputs else
+                  "sparse_categorical_crossentropy", ["accuracy"])
+    model._native_fit = native
+    x, y = _data(two_outputs)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return model
+
+
+def _data(two_outputs: bool = False, n: int = 61):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, FEATURES)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, n).astype(np.int32)
+    return x, ([labels, x[:, :1] * 2.0] if two_outputs else labels)
+
+
+EVALUATE = [
+    {"batch_size": 16},  # 61 = 3 x 16 + 13: a short last batch
+    {"batch_size": 61},
+    {"batch_size": 7, "steps": 4},
+    {"batch_size": 10, "weighted": True},
+]
+PREDICT = [{"batch_size": 16}, {"batch_size": 100}, {"batch_size": 5, "steps": 3}]
+
+
+@pytest.mark.parametrize("model_options", [{}, {"dropout": 0.5}, {"two_outputs": True}], ids=str)
+def test_evaluate_and_predict_are_the_same_with_the_native_loop(implementation, model_options):
+    native, by_batch = _model(True, **model_options), _model(False, **model_options)
+    x, y = _data(model_options.get("two_outputs", False))
+    weights = np.linspace(0, 2, len(x))
+    for options in EVALUATE:
+        options = dict(options)
+        if options.pop("weighted", False):
+            options["sample_weight"] = [weights, weights] if model_options.get("two_outputs") else weights
+        assert native.evaluate(x, y, return_dict=True, **options) == by_batch.evaluate(x, y, return_dict=True,
+                                                                                          **options)  # exact floats
+    for options in PREDICT:
+        got, want = native.predict(x, **options), by_batch.predict(x, **options)
+        got, want = (r if isinstance(r, list) else [r] for r in (got, want))
+        for a, b in zip(got, want):
+            assert a.shape[0] == min(len(x), options["batch_size"] * options.get("steps", len(x)))
+            np.testing.assert_array_equal(a, b)
+
+
+def _counting_run_steps(monkeypatch) -> list:
+    calls = []
+    run_steps = gn.Function.run_steps
+    monkeypatch.setattr(gn.Function, "run_steps", lambda self, *a, **k: (calls.append(a[1]), run_steps(self, *a, **k))[1])
+    return calls
+
+
+def test_evaluate_and_predict_use_one_native_call(monkeypatch):
+    model = _model(True)
+    calls = _counting_run_steps(monkeypatch)
+    x, y = _data()
+    model.evaluate(x, y, batch_size=8)
+    model.predict(x, batch_size=8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_split=0.25)  # validation: one call too
+    assert calls == [8, 8, 8, 8]
+
+
+class _Recorder(gn.callbacks.Callback):
+    """Records every call of the hooks it overrides."""
+
+    def __init__(self, hooks: list[str]):
+        super().__init__()
+        self.calls = []
+        for hook in hooks:
+            setattr(self, hook, lambda batch, logs=None, hook=hook: self.calls.append(
+                (hook, batch, {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in (logs or {}).items()})))
+
+
+@pytest.mark.parametrize("method, hooks", [
+    ("evaluate", ["on_test_batch_begin", "on_test_batch_end"]),
+    ("evaluate", ["on_test_batch_end"]),
+    ("predict", ["on_predict_batch_begin", "on_predict_batch_end"]),
+    ("predict", ["on_predict_batch_end"]),
+])
+def test_batch_level_callbacks_get_exactly_their_calls(monkeypatch, method, hooks):
+    calls = _counting_run_steps(monkeypatch)
+    recorder = _Recorder(hooks)
+    x, y = _data()
+    model = _model(True)
+    calls.clear()
+    args = (x,) if method == "predict" else (x, y)
+    result = getattr(model, method)(*args, batch_size=16, callbacks=[recorder])
+    assert calls == []  # batch by batch
+    assert [(h, b) for h, b, _ in recorder.calls] == [(h, b) for b in range(4) for h in hooks]
+    if method == "evaluate":
+        ends = [logs for h, _, logs in recorder.calls if h == "on_test_batch_end"]
+        assert ends[-1]["loss"] == (result[0] if isinstance(result, list) else result)
+    else:
+        ends = [logs["outputs"][0] for h, _, logs in recorder.calls if h == "on_predict_batch_end"]
+        np.testing.assert_array_equal(np.concatenate(ends), result)
+    other = gn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)  # no batch hook: native
+    getattr(model, method)(*args, batch_size=16, callbacks=[other])
+    assert calls == [16]
