@@ -247,16 +247,14 @@ class Concat(Op):
         return [ops.strided_slice(g, s) for s in _pieces(node)]
 
     def expand(self, node):
-        if node.dtype.kind == "b":  # bools have no add: join them as uint8
-            joined = ops.concat([ops.cast(x, np.uint8) for x in node.inputs], node.attrs["axis"])
-            return ops.cast(joined, np.bool_)
+        bools = node.dtype.kind == "b"  # bools have no add: join them as uint8
         total, axis = None, node.attrs["axis"]
         for x, s in zip(node.inputs, _pieces(node)):
             start, stop, _ = s[axis]
             pads = tuple((0, 0, 0) if a != axis else (start, node.shape[axis] - stop, 0) for a in range(x.ndim))
-            part = ops.pad_interior(x, pads)
+            part = ops.pad_interior(ops.cast(x, np.uint8) if bools else x, pads)
             total = part if total is None else total + part
-        return total
+        return ops.cast(total, np.bool_) if bools else total
 
 
 def _pieces(node) -> list[tuple]:
