@@ -268,3 +268,15 @@ def test_concatenate_layer_joins_any_non_batch_axis():
         gn.layers.Concatenate(axis=1)([a, b])
     with pytest.raises(ValueError, match="non-batch axis"):
         gn.layers.Concatenate(axis=0)([a, a])
+
+
+def test_flip_and_slice_of_a_scalar_keep_its_shape():
+    """Found by the fuzzer: the numpy references returned shape (1,) for a 0-d input
+    (np.ascontiguousarray makes at least 1-d), which constant folding then refused."""
+    x = gn.placeholder("x", (), np.float64)
+    c = gn.constant(np.float32(1.5))
+    for fetch, feeds in [(gn.ops.apply("flip", [x], axes=()), {"x": np.float64(2.0)}),
+                         (gn.ops.apply("strided_slice", [x], slices=()), {"x": np.float64(2.0)}),
+                         (gn.ops.apply("flip", [c], axes=()), {})]:
+        (got,) = _all_backends([fetch], feeds)
+        assert got.shape == ()

@@ -73,7 +73,7 @@ class StridedSlice(Op):
         return tuple(shape), x.dtype
 
     def numpy(self, x, slices):
-        return np.ascontiguousarray(x[tuple(slice(*s) for s in slices)])
+        return np.array(x[tuple(slice(*s) for s in slices)], order="C")  # (ascontiguousarray makes 0-d 1-d)
 
     def grad(self, node, g):
         x = node.inputs[0]
@@ -99,7 +99,7 @@ class Flip(Op):
         return x.shape, x.dtype
 
     def numpy(self, x, axes):
-        return np.ascontiguousarray(np.flip(x, axes))
+        return np.array(np.flip(x, axes), order="C")
 
     def grad(self, node, g):
         return [ops.flip(g, node.attrs["axes"])]
