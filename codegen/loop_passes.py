@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from .loopir import Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Store, affine, walk
+from .loopir import (Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Store, Var, affine,
+                     children, walk, with_children)
 
 LoopPass = Callable[[LoopProgram], LoopProgram]
 
@@ -45,7 +46,7 @@ def write_updates_in_place(lp: LoopProgram) -> LoopProgram:
         k = lp.kernels[writers[0]]
         store = next(s for s in k.stores if s.buffer == value)
         later = any(ld.buffer == var for other in lp.kernels[writers[0] + 1:] for ld in other.loads())
-        same = all(ld.offset == store.offset for ld in k.loads() if ld.buffer == var)
+        same = all(isinstance(ld, Load) and ld.offset == store.offset for ld in k.loads() if ld.buffer == var)
         if not later and same and not any(s.buffer == var for s in k.stores):
             redirect[value] = var
     lp.assigns = [(var, value) for var, value in lp.assigns if redirect.get(value) != var]
@@ -69,9 +70,9 @@ def _remap(lp: LoopProgram, redirect: dict[int, int]) -> None:
     def expr(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer in redirect:
             return Load(redirect[e.buffer], e.offset, e.dtype)
-        if isinstance(e, Op):
-            return Op(e.name, tuple(expr(a) for a in e.args), e.dtype)
-        return e
+        if isinstance(e, LoadAt) and e.buffer in redirect:
+            e = LoadAt(redirect[e.buffer], e.index, e.dtype)
+        return with_children(e, tuple(expr(a) for a in children(e)))
     for k in lp.kernels:
         for s in k.stores:
             s.buffer = redirect.get(s.buffer, s.buffer)
@@ -95,7 +96,7 @@ def hoist_reciprocals(lp: LoopProgram) -> LoopProgram:
 
 def _invariant(e: Expr) -> bool:
     """Is `e` the same at every element of the loop nest (a scalar load, N, constants)?"""
-    return all(not isinstance(x, (Acc, Index)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
+    return all(not isinstance(x, (Acc, Index, Var)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
 
 
 def _reciprocals(e: Expr) -> Expr:
@@ -166,13 +167,15 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             if not 0 <= s.buffer < n:
                 raise AssertionError(f"{k.name}: store to unknown buffer b{s.buffer}")
         for ld in k.loads():
-            _check_offset(k, ld.offset, f"load of b{ld.buffer}")
+            _check_load(k, ld)
             if not 0 <= ld.buffer < n:
                 raise AssertionError(f"{k.name}: load of unknown buffer b{ld.buffer}")
             if lp.buffers[ld.buffer].kind != "temp" or ld.buffer in written:
                 continue
             if ld.buffer not in here:
                 raise AssertionError(f"{k.name}: reads b{ld.buffer} before any kernel wrote it")
+            if isinstance(ld, LoadAt):  # a computed index may reach elements not written yet
+                raise AssertionError(f"{k.name}: reads b{ld.buffer} at a computed index while writing it")
             if here[ld.buffer] != ld.offset:
                 raise AssertionError(f"{k.name}: reads b{ld.buffer}[{ld.offset}] while writing it at "
                                      f"[{here[ld.buffer]}]")
@@ -189,6 +192,21 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
 def _check_offset(k: Kernel, offset: Affine, what: str) -> None:
     if any(not 0 <= v < len(k.domain) for v, _, _ in offset.terms):
         raise AssertionError(f"{k.name}: {what} uses a loop var outside its domain {k.domain}")
+
+
+def _check_load(k: Kernel, ld: Load | LoadAt) -> None:
+    """A load's loop vars lie in the domain; a computed index is an int64 expression of Var, Size,
+    Const, loads (checked as loads of their own) and instructions, without Acc or Index."""
+    if isinstance(ld, Load):
+        _check_offset(k, ld.offset, f"load of b{ld.buffer}")
+        return
+    if ld.index.dtype != np.int64:
+        raise AssertionError(f"{k.name}: the index of a load of b{ld.buffer} is {ld.index.dtype}, not int64")
+    for e in walk(ld.index):
+        if isinstance(e, Var) and not 0 <= e.var < len(k.domain):
+            raise AssertionError(f"{k.name}: load of b{ld.buffer} uses v{e.var} outside its domain {k.domain}")
+        if isinstance(e, (Acc, Index)):
+            raise AssertionError(f"{k.name}: the index of a load of b{ld.buffer} uses {e}")
 
 
 

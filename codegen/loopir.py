@@ -9,11 +9,16 @@ is the runtime batch size N.
 
 A kernel is one loop nest over `domain` (extents, `None` = N); loop variable `v<d>` runs over
 dimension d. Each `Store` writes `value` at `offset` (an `Affine`: sum of var * stride, a stride
-being `coef * N**nexp`) of one buffer. Values are scalar expression trees:
+being `coef * N**nexp`, coefficients negative for flips, plus constant `base` terms for slices) of
+one buffer. Values are scalar expression trees:
 
   Const(value, dtype)        Load(buffer, offset, dtype)    Size(dtype): N as a number
   Index(offset): uint32 flat index (dropout's counter)      Acc(dtype): the kernel's reduction result
   Op(name, args, dtype)      name is one of graphnet.ops.scalar.INSTRUCTIONS
+  Var(var): loop var v<var> as an int64 value (computed indices: pad, take, scatter_add)
+  LoadAt(buffer, index, dtype): a load at the element an int64 expression computes; whoever builds
+      it clamps that index into the buffer first (a backend may evaluate a load whose value a
+      select discards, so a guard alone does not keep the read inside the buffer)
 
 A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
@@ -45,12 +50,14 @@ Term = tuple  # (var, coef, nexp): var * coef * N**nexp
 @dataclass(frozen=True)
 class Affine:
     terms: tuple = ()
+    base: tuple = ()  # constant terms (coef, nexp): coef * N**nexp, nonzero, sorted by nexp
 
     def __str__(self) -> str:
         parts = []
         for var, coef, nexp in self.terms:
-            factor = "*".join(([str(coef)] if coef != 1 else []) + (["N"] if nexp else []))
+            factor = "*".join(([str(coef)] if coef != 1 else []) + (["N"] * nexp))
             parts.append(f"v{var}" + (f"*{factor}" if factor else ""))
+        parts += ["*".join([str(coef)] + ["N"] * nexp) for coef, nexp in self.base]
         return " + ".join(parts) or "0"
 
     def stride(self, var: int) -> tuple[int, int]:
@@ -60,17 +67,47 @@ class Affine:
         return 0, 0
 
 
+@dataclass(frozen=True)
+class Lin:
+    """A coordinate `scale * v<var> + offset + offset_n * N` (var None: a constant): what slices
+    and flips make of a loop var, still an affine offset."""
+
+    var: int | None
+    scale: int = 1
+    offset: int = 0
+    offset_n: int = 0
+
+    def then(self, scale: int, offset: int, offset_n: int = 0) -> "Lin":
+        """The coordinate `scale * self + offset + offset_n * N`."""
+        return Lin(self.var if scale else None, self.scale * scale, self.offset * scale + offset,
+                   self.offset_n * scale + offset_n)
+
+
+def as_lin(form) -> Lin:
+    """A loop var (int) or None (coordinate 0) as a Lin."""
+    if isinstance(form, Lin):
+        return form
+    if form is None or isinstance(form, int):
+        return Lin(None, 0) if form is None else Lin(form)
+    raise TypeError(f"{form} is not an affine coordinate")
+
+
 def affine(forms: tuple, shape: tuple) -> Affine:
-    """The row-major offset of the element whose coordinate d is loop var forms[d] (None: 0)."""
-    terms, coef, nexp = [], 1, 0
+    """The row-major offset of the element whose coordinate d is forms[d]: a loop var, a `Lin` or
+    None (0). A dimension of extent 1 has coordinate 0."""
+    terms, base, coef, nexp = [], {}, 1, 0
     for form, dim in zip(reversed(forms), reversed(shape)):
         if form is not None and dim != 1:
-            terms.append((form, coef, nexp))
+            lin = as_lin(form)
+            if lin.var is not None and lin.scale:
+                terms.append((lin.var, coef * lin.scale, nexp))
+            base[nexp] = base.get(nexp, 0) + coef * lin.offset
+            base[nexp + 1] = base.get(nexp + 1, 0) + coef * lin.offset_n
         if dim is None:
             nexp += 1
         else:
             coef *= dim
-    return Affine(tuple(sorted(terms)))
+    return Affine(tuple(sorted(terms)), tuple((c, e) for e, c in sorted(base.items()) if c))
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,25 @@ class Acc(Expr):
 
 
 @dataclass(frozen=True)
+class Var(Expr):
+    var: int
+    dtype: np.dtype = np.dtype(np.int64)
+
+    def __str__(self) -> str:
+        return f"v{self.var}"
+
+
+@dataclass(frozen=True)
+class LoadAt(Expr):
+    buffer: int
+    index: Expr  # int64, already clamped into the buffer
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"b{self.buffer}[@{self.index}]"
+
+
+@dataclass(frozen=True)
 class Op(Expr):
     name: str
     args: tuple
@@ -149,12 +205,29 @@ class Op(Expr):
         return f"{self.name}{extra}(" + ", ".join(str(a) for a in self.args) + ")"
 
 
+def children(expr: Expr) -> tuple:
+    """The operands of an expression node (the one place that knows which kinds have any)."""
+    if isinstance(expr, Op):
+        return expr.args
+    if isinstance(expr, LoadAt):
+        return (expr.index,)
+    return ()
+
+
+def with_children(expr: Expr, new: tuple) -> Expr:
+    """`expr` with its operands replaced by `new` (in `children`' order)."""
+    if isinstance(expr, Op):
+        return Op(expr.name, tuple(new), expr.dtype)
+    if isinstance(expr, LoadAt):
+        return LoadAt(expr.buffer, new[0], expr.dtype)
+    return expr
+
+
 def walk(expr: Expr):
     """Every node of an expression tree (with repeats), parents first."""
     yield expr
-    if isinstance(expr, Op):
-        for a in expr.args:
-            yield from walk(a)
+    for a in children(expr):
+        yield from walk(a)
 
 
 @dataclass
@@ -188,9 +261,10 @@ class Kernel:
     schedule: Any = None  # the backend's decisions for this kernel (its schedule pass sets them; the
     #                       renderer follows them): a frozen object whose str() is one line
 
-    def loads(self) -> list[Load]:
+    def loads(self) -> list[Load | LoadAt]:
+        """Every load of the kernel, at an affine offset (Load) or a computed index (LoadAt)."""
         exprs = [s.value for s in self.stores] + ([self.reduce.value] if self.reduce else [])
-        return [e for x in exprs for e in walk(x) if isinstance(e, Load)]
+        return [e for x in exprs for e in walk(x) if isinstance(e, (Load, LoadAt))]
 
     def buffers(self) -> list[int]:
         """Every buffer the kernel touches."""

@@ -3,9 +3,15 @@ the rewrites after fusion are the loop passes of `loop_passes.py`, run by `lower
 
 Fusion rules (one kernel = one loop nest):
 - Elementwise and movement nodes are inlined into their single consumer as expression trees;
-  movement ops become index maps (transpose permutes, broadcast drops, reshape renumbers).
-- A node is materialized (a "root") when it is fetched or assigned, is a reduction or matmul, has
-  several consumers, feeds a broadcast into a larger shape, or feeds a matmul or a general reshape.
+  movement ops become index maps (transpose permutes, broadcast drops, reshape renumbers, slices
+  and flips scale and shift a coordinate: a `Lin`, still an affine offset).
+- Gather ops (pad, take) compute a coordinate as an integer expression, clamped into the input,
+  and load there (`LoadAt`); their inputs are materialized (computing an inlined value at a
+  computed coordinate would need every element's expression in index form). scatter_add is a
+  reduction: each output element sums the updates whose clamped index selects it.
+- A node is materialized (a "root") when it is fetched or assigned, is a reduction, matmul or
+  scatter, has several consumers, feeds a broadcast into a larger shape, or feeds a matmul, a
+  gather or a general reshape.
 - A root joins the latest kernel it reads from when it has that kernel's output shape and reads its
   members only at the same element: bias, activation and its derivative join the matmul that feeds
   them. An optimizer update joins the loop that produces its gradient only where the
@@ -23,16 +29,72 @@ from typing import Sequence
 import numpy as np
 
 from graphnet.graph import Node
+from graphnet.ops.indexing import clamp_index
 from graphnet.passes.fuse_optimizer import gradient_flow, region_name
 from graphnet.passes.pipeline import PassRecord, run_passes
 from graphnet.program import Program
 
 from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
-from .loopir import Acc, Buffer, Const, Expr, ExprBuilder, Kernel, Load, LoopProgram, Op, Reduce, Size, Store, affine
+from .loopir import (Acc, Affine, Buffer, Const, Expr, ExprBuilder, Kernel, Load, LoadAt, LoopProgram, Op, Reduce,
+                     Size, Store, Var, affine, as_lin)
+
+I64 = np.dtype(np.int64)
+S = ExprBuilder(Affine())  # builds the integer index expressions
+ROOT_KINDS = ("reduce", "matmul", "scatter")  # always a kernel of their own
+GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
 
 
 class NotFusable(Exception):
     pass
+
+
+# ---- coordinates ----------------------------------------------------------------------------
+# A form is a node's coordinate on one axis: None (0), a loop var, a Lin of one, or an int64 Expr.
+def _affine_form(form) -> bool:
+    return not isinstance(form, Expr)
+
+
+def _extent(d: int | None) -> Expr:
+    return Size(I64) if d is None else Const(d, I64)
+
+
+def _coordinate(form) -> Expr:
+    """A form as an int64 expression."""
+    if isinstance(form, Expr):
+        return form
+    lin = as_lin(form)
+    terms = [Var(lin.var) if lin.scale == 1 else S.mul(Var(lin.var), lin.scale)] if lin.var is not None else []
+    terms += [S.mul(Size(I64), lin.offset_n)] if lin.offset_n else []
+    terms += [Const(lin.offset, I64)] if lin.offset or not terms else []
+    total = terms[0]
+    for t in terms[1:]:
+        total = S.add(total, t)
+    return total
+
+
+def _shift(form, scale: int, offset: int, offset_n: int = 0):
+    """The coordinate scale * form + offset + offset_n * N."""
+    if isinstance(form, Expr):
+        shifted = S.add(S.mul(form, scale), offset)
+        return S.add(shifted, S.mul(Size(I64), offset_n)) if offset_n else shifted
+    return as_lin(form).then(scale, offset, offset_n)
+
+
+def _flat_index(forms: tuple, shape: tuple) -> Expr:
+    """The row-major element index of coordinates `forms` in `shape`, as an int64 expression."""
+    total, coef, nexp = None, 1, 0
+    for form, dim in zip(reversed(forms), reversed(shape)):
+        if form is not None and dim != 1:
+            term = _coordinate(form)
+            term = S.mul(term, coef) if coef != 1 else term
+            for _ in range(nexp):
+                term = S.mul(term, Size(I64))
+            total = term if total is None else S.add(total, term)
+        if dim is None:
+            nexp += 1
+        else:
+            coef *= dim
+    return Const(0, I64) if total is None else total
 
 
 def _numel(shape: tuple) -> tuple:
@@ -118,15 +180,16 @@ class Lowering:
             kind = n.op.kind
             if kind == "source":
                 continue
-            if kind in ("reduce", "matmul") or not self.fuse:
+            if kind in ROOT_KINDS or not self.fuse:
                 roots.add(n)
             consumers = self.consumers[n]
             if kind == "elementwise" and len(consumers) != 1:
                 roots.add(n)
             for c in consumers:
                 base = _movement_base(n)
-                if len(consumers) > 1 or c.op.kind == "matmul" or (
-                        c.op.kind in ("elementwise", "movement") and _numel(c.shape) != _numel(n.shape)):
+                if len(consumers) > 1 or c.op.kind in ("matmul",) + GATHER_KINDS or (
+                        c.op.kind in ("elementwise", "movement") and c.op.name != "strided_slice"
+                        and _numel(c.shape) != _numel(n.shape)):  # a slice reads each element once at most
                     roots.add(base)
                 if c.op.name == "reshape" and not _unit_reshape(n.shape, c.shape):
                     roots.add(n)
@@ -141,8 +204,16 @@ class Lowering:
                 raise NotFusable(n)
             return member.value
         if n in self.buffer_of:
-            return Load(self.buffer_of[n], affine(forms, n.shape), n.dtype)
+            return self._load(self.buffer_of[n], forms, n.shape, n.dtype)
         return self._define(n, forms, kb)
+
+    @staticmethod
+    def _load(buffer: int, forms: tuple, shape: tuple, dtype: np.dtype) -> Expr:
+        """A load of the element at `forms`: affine where every form is, else at a computed index
+        (whose computed coordinates their gather rule has clamped)."""
+        if all(_affine_form(f) for f in forms):
+            return Load(buffer, affine(forms, shape), dtype)
+        return LoadAt(buffer, _flat_index(forms, shape), dtype)
 
     def _define(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
         name = n.op.name
@@ -154,6 +225,8 @@ class Lowering:
             args = [self._expr(x, _broadcast_forms(forms, x.shape, n.shape), kb) for x in n.inputs]
             return n.op.scalar(ExprBuilder(affine(forms, n.shape)), *args, **n.attrs)
         x = n.inputs[0] if n.inputs else None
+        if name in self.INDEXED:
+            return self.INDEXED[name](self, n, forms, kb)
         if name == "transpose":
             inner = [None] * len(forms)
             for d, p in enumerate(n.attrs["perm"]):
@@ -166,14 +239,65 @@ class Lowering:
                 return self._expr(x, _reshape_forms(forms, x.shape, n.shape), kb)
             if x not in self.buffer_of:
                 raise AssertionError(f"reshape input {x.name} is not materialized")
-            offset = affine(forms, n.shape)
             member = kb.members.get(x)
             if member is not None:  # computed in this kernel: only its own element may be read back
-                if affine(member.view, x.shape) != offset:
+                if not all(_affine_form(f) for f in forms) or affine(member.view, x.shape) != affine(forms, n.shape):
                     raise NotFusable(n)
                 return member.value
-            return Load(self.buffer_of[x], offset, n.dtype)
+            return self._load(self.buffer_of[x], forms, n.shape, n.dtype)  # one flat layout: n's index is x's
         raise AssertionError(f"cannot inline {name} ({n.name}, at {n.source})")
+
+    # ---- indexing: coordinates of the input from those of the output ----------------------
+    def _strided_slice(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
+        inner = tuple(f if (start, step) == (0, 1) else _shift(f, step, start)
+                      for f, (start, _, step) in zip(forms, n.attrs["slices"]))
+        return self._expr(n.inputs[0], inner, kb)
+
+    def _flip(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
+        inner = list(forms)
+        for a in n.attrs["axes"]:
+            d = n.shape[a]
+            inner[a] = _shift(forms[a], -1, -1, 1) if d is None else _shift(forms[a], -1, d - 1)
+        return self._expr(n.inputs[0], tuple(inner), kb)
+
+    def _pad(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
+        """x's element where the coordinate falls on one (its clamped inner coordinate), else the value."""
+        x, fill = n.inputs[0], S.const(n.attrs["value"], n.dtype)
+        if 0 in x.shape:
+            return fill
+        inner, inside = [], None
+        for f, d, (lo, hi, interior) in zip(forms, x.shape, n.attrs["pads"]):
+            if (lo, hi, interior) == (0, 0, 0):
+                inner.append(f)
+                continue
+            c = S.sub(_coordinate(f), lo)
+            t = S.max(c, 0)
+            q = S.div(t, interior + 1) if interior else t
+            checks = [S.ge(c, 0), S.lt(q, d)] + ([S.eq(S.sub(t, S.mul(q, interior + 1)), 0)] if interior else [])
+            for check in checks:
+                inside = check if inside is None else S.select(inside, check, False)
+            inner.append(S.min(q, d - 1))
+        return S.select(inside, self._expr(x, tuple(inner), kb), fill)
+
+    def _take(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
+        x, indices = n.inputs
+        axis, k = n.attrs["axis"], indices.ndim
+        i = S.cast(self._expr(indices, forms[axis:axis + k], kb), I64)
+        at = clamp_index(S, i, _extent(x.shape[axis]))
+        return self._expr(x, forms[:axis] + (at,) + forms[axis + k:], kb)
+
+    INDEXED = {"strided_slice": _strided_slice, "flip": _flip, "pad": _pad, "take": _take}
+
+    def _scatter(self, r: Node) -> _KernelBuild:
+        """scatter_add as a sum over the indices' elements (vars after r's own) at each element of r."""
+        updates, indices = r.inputs
+        axis, rank = r.attrs["axis"], r.ndim
+        over = tuple(range(rank, rank + indices.ndim))
+        kb = self._new_kernel(r.shape + indices.shape, tuple(range(rank)), r.shape)
+        at = clamp_index(S, S.cast(self._expr(indices, over, kb), I64), _extent(r.shape[axis]))
+        update = self._expr(updates, tuple(range(axis)) + over + tuple(range(axis + 1, rank)), kb)
+        kb.reduce = Reduce("sum", over, S.select(S.eq(at, Var(axis)), update, 0))
+        return kb
 
     # ---- kernels ------------------------------------------------------------------------
     def _new_kernel(self, domain: tuple, view: tuple, shape: tuple, reduce: Reduce | None = None) -> _KernelBuild:
@@ -232,13 +356,16 @@ class Lowering:
             contraction = (la, lb) if isinstance(la, Load) and isinstance(lb, Load) else None
             kb.reduce = Reduce("sum", (2,), Op("mul", (la, lb), r.dtype), contraction)
             value = Acc(r.dtype)
+        elif kind == "scatter":
+            kb = self._scatter(r)
+            value = Acc(r.dtype)
         else:
             kb, view, value = self._fuse_into_producer(r)
             if kb is None:
                 view = tuple(range(r.ndim))
                 kb = self._new_kernel(r.shape, view, r.shape)
                 value = self._define(r, view, kb)
-        kb.members[r] = _Member(r, kb.view if kind in ("reduce", "matmul") else view, value, buffer)
+        kb.members[r] = _Member(r, kb.view if kind in ROOT_KINDS else view, value, buffer)
         self.buffer_of[r] = buffer
         self.kernel_of[r] = kb
 

@@ -222,6 +222,13 @@ class Node:
     def reshape(self, *shape) -> "Node":
         return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
+    def __getitem__(self, key: Any) -> "Node":
+        """numpy's basic indexing: ints, slices, None, Ellipsis (see ops.api.getitem)."""
+        return _ops.getitem(self, key)
+
+    def __iter__(self):  # __getitem__ alone would make a node iterable by calling it with 0, 1, 2, ...
+        raise TypeError(f"graph node {self.name} is not iterable; index it (x[i]) or use gn.split")
+
     def _bin(self, name: str, other: Any, reverse: bool = False) -> "Node":
         fn = getattr(_ops, name)
         return fn(other, self) if reverse else fn(self, other)

@@ -439,37 +439,71 @@ class Average(_Merge):
 
 
 class Concatenate(Layer):
-    """Joins (batch, features) outputs along the feature axis.
-
-    Written as a sum of products with constant 0/1 placement matrices (there is no concatenation op),
-    so it costs a matmul of each input's width by the total width: fine for the narrow layers that
-    join branches, slow for wide ones."""
+    """Joins layer outputs along `axis` (any axis but the batch axis); the other axes must agree."""
 
     def __init__(self, axis: int = -1, name: str | None = None):
         super().__init__(name)
-        if axis not in (-1, 1):
-            raise ValueError(f"Concatenate joins (batch, features) inputs along axis -1 (or 1), got axis={axis}")
-        self.axis = axis
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise ValueError(f"Concatenate: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
 
     def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
-        if len(input_shapes) < 2 or any(len(s) != 2 for s in input_shapes):
-            raise ValueError(f"Concatenate needs two or more (batch, features) inputs, got "
-                             f"{', '.join(shape_str(s) for s in input_shapes)}")
-        return (None, sum(s[1] for s in input_shapes))
+        shapes = ", ".join(shape_str(s) for s in input_shapes)
+        rank = len(input_shapes[0]) if input_shapes else 0
+        if len(input_shapes) < 2 or any(len(s) != rank for s in input_shapes):
+            raise ValueError(f"Concatenate needs two or more inputs of one rank, got {shapes}")
+        if not -rank <= self.axis < rank or self.axis % rank == 0:
+            raise ValueError(f"Concatenate: axis {self.axis} is not a non-batch axis of {shapes}")
+        axis = self.axis % rank
+        if any(s[:axis] + s[axis + 1:] != input_shapes[0][:axis] + input_shapes[0][axis + 1:] for s in input_shapes):
+            raise ValueError(f"Concatenate joins along axis {self.axis} inputs equal on the other axes, got {shapes}")
+        return input_shapes[0][:axis] + (sum(s[axis] for s in input_shapes),) + input_shapes[0][axis + 1:]
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
-        total_width = sum(x.shape[1] for x in inputs)
-        out, start = None, 0
-        for x in inputs:
-            place = np.zeros((x.shape[1], total_width), x.dtype)
-            place[:, start:start + x.shape[1]] = np.eye(x.shape[1], dtype=x.dtype)
-            part = x @ ops.constant(place, graph=graph)
-            out = part if out is None else out + part
-            start += x.shape[1]
-        return out
+        return ops.concat(inputs, self.axis)
 
     def get_config(self) -> dict:
         return {"name": self.name, "axis": self.axis}
+
+
+class Embedding(Layer):
+    """Rows of an (input_dim, output_dim) table at integer ids: (batch, ...) -> (batch, ..., output_dim).
+    Float ids (Input's default dtype) are cast to int32 first, as Keras does; an id outside
+    [0, input_dim) reads the nearest row (gn.take clamps) where Keras would raise or read zeros."""
+
+    def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: str = "uniform",
+                 input_length: int | None = None, name: str | None = None, input_shape: Sequence[int] | None = None,
+                 trainable: bool = True):
+        super().__init__(name, input_shape if input_length is None else (input_length,), None, trainable)
+        for what, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Embedding: {what} must be a positive integer, got {value!r}")
+        if embeddings_initializer not in init.BY_NAME:
+            raise ValueError(f"Embedding: unknown embeddings_initializer '{embeddings_initializer}' (choose from "
+                             f"{', '.join(init.BY_NAME)})")
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.embeddings_initializer, self.input_length = embeddings_initializer, input_length
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        return tuple(shape) + (self.output_dim,)
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        return {"embeddings": (self.input_dim, self.output_dim)}
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        (ids,) = inputs
+        table = self._weight(graph, "embeddings", lambda: init.BY_NAME[self.embeddings_initializer](
+            (self.input_dim, self.output_dim)))
+        return ops.take(table, ids if ids.dtype.kind in "iu" else ops.cast(ids, np.int32), axis=0)
+
+    @property
+    def embeddings(self) -> Node:
+        return self._nodes["embeddings"]
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "embeddings_initializer": self.embeddings_initializer, "input_length": self.input_length}
 
 
 class Reshape(Layer):
@@ -544,7 +578,8 @@ def _function_name(fn: Callable) -> str:
 
 
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add,
-                                                                 Subtract, Multiply, Average, Concatenate, Reshape)}
+                                                                 Subtract, Multiply, Average, Concatenate, Embedding,
+                                                                 Reshape)}
 
 
 def from_config(class_name: str, config: dict) -> Layer:

@@ -7,7 +7,7 @@ import pytest
 import graphnet as gn
 from codegen.loop_passes import (LOOP_PASSES, choose_loop_order, copy_assignments, hoist_reciprocals,
                                  prune_dead_stores, verify_loops, write_updates_in_place)
-from codegen.loopir import Const, Kernel, Load, LoopProgram, Store, affine
+from codegen.loopir import Const, Kernel, Lin, Load, LoadAt, LoopProgram, Store, Var, affine
 from codegen.lower import Lowering, lower
 from codegen.llvm.gemm_schedule import loop_passes as llvm_loop_passes
 from graphnet.passes import run_pipeline
@@ -126,3 +126,27 @@ def test_verifier_rejects_a_read_before_any_write():
                                                                 np.dtype(np.float32)), "early", "")]))
     with pytest.raises(AssertionError, match="before any kernel wrote it"):
         verify_loops(lp)
+
+
+def test_verifier_checks_computed_index_loads():
+    """A load at a computed index: its vars lie in the domain, it is int64, and it never reads the
+    kernel's own output (which element it reaches is known only at run time)."""
+    x = gn.placeholder("x", (None, 8))
+    lp = _fused([x + 1.0])
+    (k,) = lp.kernels
+    out, f32 = k.stores[0].buffer, np.dtype(np.float32)
+    verify_loops(lp)
+    for index, message in [(Var(5), "outside its domain"), (Const(0, np.dtype(np.int32)), "not int64"),
+                           (Var(1), "at a computed index while writing it")]:
+        k.stores = k.stores[:1] + [Store(out, affine((0, 1), (None, 8)), LoadAt(out, index, f32), "bad", "")]
+        with pytest.raises(AssertionError, match=message):
+            verify_loops(lp)
+
+
+def test_affine_offsets_of_slices_and_flips():
+    """Lin coordinates: a scaled, shifted loop var gives negative strides and constant base terms
+    (with N where an axis to the right is the batch)."""
+    assert str(affine((Lin(0, 2, 1), 1), (5, 4))) == "v0*8 + v1 + 4"
+    assert str(affine((Lin(0, -1, 3),), (4,))) == "v0*-1 + 3"
+    assert str(affine((Lin(0, -1, -1, 1), 1), (None, 3))) == "v0*-3 + v1 + -3 + 3*N"
+    assert str(affine((Lin(None, 0, 2), 0), (4, None))) == "v0 + 2*N"

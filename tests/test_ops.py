@@ -47,6 +47,48 @@ def _prod_by_loops(x, axes, keepdims):
     return out if keepdims else out.reshape([d for i, d in enumerate(x.shape) if i not in axes])
 
 
+def _slice_by_index_arrays(x, slices):
+    ranges = [np.arange(start, x.shape[d] if stop is None else stop, step) for d, (start, stop, step) in enumerate(slices)]
+    return x[np.ix_(*ranges)]
+
+
+def _pad_by_loops(x, pads, value):
+    shape = [lo + hi + d + max(d - 1, 0) * i for d, (lo, hi, i) in zip(x.shape, pads)]
+    out = np.full(shape, value, x.dtype)
+    for at in np.ndindex(x.shape):
+        out[tuple(lo + k * (i + 1) for k, (lo, _, i) in zip(at, pads))] = x[at]
+    return out
+
+
+def _clipped(indices, size):
+    return np.minimum(np.maximum(np.where(indices < 0, indices + size, indices), 0), size - 1)
+
+
+def _take_by_moving_axes(x, indices, axis):
+    picked = np.moveaxis(x, axis, 0)[_clipped(indices.astype(np.int64), x.shape[axis])]
+    return np.moveaxis(picked.reshape(indices.shape + (-1,) + x.shape[axis + 1:]), list(range(indices.ndim)),
+                       list(range(axis, axis + indices.ndim))).reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+def _scatter_by_loops(updates, indices, axis, size, out_shape):
+    out = np.zeros(out_shape, updates.dtype)
+    k = indices.ndim
+    for at in np.ndindex(updates.shape):
+        j = _clipped(np.int64(indices[at[axis:axis + k]]), out_shape[axis])
+        out[at[:axis] + (j,) + at[axis + k:]] += updates[at]
+    return out
+
+
+def _concat_by_placement(*xs, axis):
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    out, start = np.zeros(shape, xs[0].dtype), 0
+    for x in xs:
+        out[(slice(None),) * axis + (slice(start, start + x.shape[axis]),)] = x
+        start += x.shape[axis]
+    return out
+
+
 # Formulas written independently of the ops' own numpy references.
 REFERENCE = {
     "negative": lambda x: 0 - x,
@@ -96,6 +138,12 @@ REFERENCE = {
     "log1p": lambda x: 2 * np.arctanh(x / (2 + x)),
     "square": lambda x: x ** 2,
     "rsqrt": lambda x: x ** -0.5,
+    "strided_slice": _slice_by_index_arrays,
+    "flip": lambda x, axes: x[tuple(slice(None, None, -1) if d in axes else slice(None) for d in range(x.ndim))],
+    "pad": _pad_by_loops,
+    "take": _take_by_moving_axes,
+    "scatter_add": _scatter_by_loops,
+    "concat": _concat_by_placement,
 }
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order
-from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Var, children, with_children
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -58,16 +58,16 @@ def narrow_columns(domain: tuple) -> bool:
 def swap_vars(k: Kernel, a: int, b: int) -> None:
     """Rename loop vars a <-> b throughout the kernel (the same loop nest, transposed)."""
     def offset(o: Affine) -> Affine:
-        return Affine(tuple(sorted(({a: b, b: a}.get(v, v), coef, nexp) for v, coef, nexp in o.terms)))
+        return Affine(tuple(sorted(({a: b, b: a}.get(v, v), coef, nexp) for v, coef, nexp in o.terms)), o.base)
 
     def expr(e: Expr) -> Expr:
         if isinstance(e, Load):
             return Load(e.buffer, offset(e.offset), e.dtype)
         if isinstance(e, Index):
             return Index(offset(e.offset), e.dtype)
-        if isinstance(e, Op):
-            return Op(e.name, tuple(expr(x) for x in e.args), e.dtype)
-        return e
+        if isinstance(e, Var):
+            return Var({a: b, b: a}.get(e.var, e.var), e.dtype)
+        return with_children(e, tuple(expr(x) for x in children(e)))
     domain = list(k.domain)
     domain[a], domain[b] = domain[b], domain[a]
     k.domain = tuple(domain)

@@ -28,8 +28,8 @@ from . import vmath
 from .parallel import column_slice_symbol, emit_parallel_for
 from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
-from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
-                      check_renderable)
+from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size, UnsupportedInstruction,
+                      Var, check_renderable)
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -241,9 +241,9 @@ class _KernelEmitter:
 
     def offset(self, aff) -> ir.Value:
         terms = []
-        for var, coef, nexp in aff.terms:
-            term = self.vars[var]
-            if coef != 1:
+        for var, coef, nexp in [*aff.terms, *((None, coef, nexp) for coef, nexp in aff.base)]:
+            term = ir.Constant(I64, coef) if var is None else self.vars[var]
+            if coef != 1 and var is not None:
                 term = self.b.mul(term, ir.Constant(I64, coef), flags=["nsw"])
             for _ in range(nexp):
                 term = self.b.mul(term, self.N, flags=["nsw"])
@@ -402,6 +402,12 @@ class _KernelEmitter:
             v = b.load(self.element(e.buffer, self.offset(e.offset), e.dtype), typ=storage_type(e.dtype))
             if e.dtype.kind == "b":
                 v = b.trunc(v, I1)
+        elif isinstance(e, LoadAt):  # the index is clamped into the buffer where it was built
+            v = b.load(self.element(e.buffer, self.expr(e.index, memo), e.dtype), typ=storage_type(e.dtype))
+            if e.dtype.kind == "b":
+                v = b.trunc(v, I1)
+        elif isinstance(e, Var):
+            v = self.vars[e.var]
         elif isinstance(e, Index):
             v = b.trunc(self.offset(e.offset), I32)
         elif isinstance(e, Size):

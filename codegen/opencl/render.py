@@ -26,8 +26,8 @@ import numpy as np
 
 from graphnet.ops.scalar import REDUCTIONS
 
-from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
-                      check_renderable)
+from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size,
+                      UnsupportedInstruction, Var, check_renderable)
 from .schedule import Limits, OpenCLSchedule
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
@@ -225,8 +225,9 @@ class _KernelWriter:
     def offset(self, aff: Affine, names: dict) -> str:
         parts = []
         for var, coef, nexp in aff.terms:
-            factors = [names[var]] + ([str(coef)] if coef != 1 else []) + ["N"] * nexp
+            factors = [names[var]] + ([str(coef) if coef > 0 else f"({coef})"] if coef != 1 else []) + ["N"] * nexp
             parts.append("*".join(factors))
+        parts += ["*".join([f"({coef}L)"] + ["N"] * nexp) for coef, nexp in aff.base]
         return " + ".join(parts) or "0"
 
     def decompose(self, index: str, variables: list, depth: int) -> None:
@@ -252,11 +253,14 @@ class _KernelWriter:
             return "acc"
         if isinstance(e, Size):
             return f"(({self.ctype(e.dtype)})N)"
+        names = names or _VARS
+        if isinstance(e, Var):
+            return names[e.var]
         if e in memo:
             return memo[e]
-        names = names or _VARS
-        if isinstance(e, Load):
-            text = f"{self.param[e.buffer]}[{self.offset(e.offset, names)}]"
+        if isinstance(e, (Load, LoadAt)):
+            at = self.offset(e.offset, names) if isinstance(e, Load) else self.value(e.index, memo, depth, names)
+            text = f"{self.param[e.buffer]}[{at}]"  # a computed index is clamped where it was built
             if e.dtype.kind == "b":
                 text = f"({text} != 0)"
         elif isinstance(e, Index):

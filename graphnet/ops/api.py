@@ -260,3 +260,238 @@ def public_names() -> list[str]:
     written += ["batch_size", "placeholder", "variable", "constant"]
     generated = [n for n, op in REGISTRY.items() if op.signature in ("unary", "binary")]
     return sorted(set(written + generated))
+
+
+# ---- indexing and joining (ops/indexing.py) ------------------------------------------------
+def _where_error(name: str, message: str) -> ShapeError:
+    return ShapeError(f"{name}: {message} (at {user_location()})")
+
+
+def strided_slice(x: Any, slices: Sequence[tuple]) -> Node:
+    """x[start:stop:step] per axis, each given normalized (0 <= start <= stop <= extent, step >= 1;
+    (0, None, 1) keeps the batch axis). `x[...]` is the general form."""
+    (x,) = promote([x])
+    slices = tuple((int(a), None if b is None else int(b), int(c)) for a, b, c in slices)
+    if all(s == (0, d, 1) for s, d in zip(slices, x.shape)):
+        return x
+    return apply("strided_slice", [x], slices=slices)
+
+
+def flip(x: Any, axis: Any = None) -> Node:
+    """Reverse the order of elements along `axis` (an int, a tuple, or None: every axis), as numpy.flip."""
+    (x,) = promote([x])
+    axes = _axes("flip", axis, x)
+    axes = tuple(a for a in axes if x.shape[a] != 1)
+    return apply("flip", [x], axes=axes) if axes else x
+
+
+def pad_interior(x: Any, pads: Sequence[tuple], value: float = 0.0) -> Node:
+    """`value` around and between the elements of each axis: pads[d] = (before, after, interior)
+    (interior: elements of `value` between two of x's; the gradient of a strided slice)."""
+    (x,) = promote([x])
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    if all(p == (0, 0, 0) for p in pads):
+        return x
+    return apply("pad", [x], pads=pads, value=float(value))
+
+
+def _pad_widths(x: Node, pads: Any) -> list[tuple[int, int]]:
+    """numpy.pad's pad_width: an int, one (before, after) pair, or one pair per axis."""
+    arr = np.asarray(pads)
+    if arr.dtype.kind not in "iu" or arr.ndim > 2 or (arr.ndim >= 1 and arr.shape[-1] not in (1, 2)):
+        raise _where_error("pad", f"pads must be an int, a (before, after) pair or one pair per axis, got {pads!r}")
+    try:
+        widths = np.broadcast_to(arr.reshape(-1, arr.shape[-1]) if arr.ndim else arr, (x.ndim, 2))
+    except ValueError:
+        raise _where_error("pad", f"pads {pads!r} do not fit the {x.ndim} axes of {shape_str(x.shape)}") from None
+    if (widths < 0).any():
+        raise _where_error("pad", f"pads must be non-negative, got {pads!r}")
+    return [(int(a), int(b)) for a, b in widths]
+
+
+def pad(x: Any, pads: Any, mode: str = "constant", value: float = 0.0) -> Node:
+    """numpy.pad: `pads` an int, a (before, after) pair, or one pair per axis. mode "constant" fills
+    with `value`; "reflect" mirrors the elements next to each edge, the edge not repeated (each pad
+    shorter than its axis). The batch axis is not padded."""
+    (x,) = promote([x])
+    widths = _pad_widths(x, pads)
+    for axis, (d, w) in enumerate(zip(x.shape, widths)):
+        if d is None and w != (0, 0):
+            raise _where_error("pad", f"cannot pad axis {axis} of {shape_str(x.shape)}: it is the batch axis")
+    if mode == "constant":
+        return pad_interior(x, [(a, b, 0) for a, b in widths], value)
+    if mode != "reflect":
+        raise ValueError(f"pad: mode must be 'constant' or 'reflect', got {mode!r} (at {user_location()})")
+    for axis, (d, (a, b)) in enumerate(zip(x.shape, widths)):
+        if (a or b) and builtins.max(a, b) >= d:
+            raise _where_error("pad", f"reflect pads {(a, b)} of axis {axis} need at most {d - 1} (its length "
+                                      f"less one) in {shape_str(x.shape)}")
+        if a or b:
+            x = _reflect(x, axis, a, b)
+    return x
+
+
+def _reflect(x: Node, axis: int, before: int, after: int) -> Node:
+    """x with `before` and `after` mirrored elements on `axis`: flips of slices, joined."""
+    d = x.shape[axis]
+
+    def part(start: int, stop: int) -> Node:
+        slices = [(0, e, 1) for e in x.shape]
+        slices[axis] = (start, stop, 1)
+        return flip(strided_slice(x, slices), axis)
+    pieces = ([part(1, before + 1)] if before else []) + [x] + ([part(d - 1 - after, d - 1)] if after else [])
+    return concat(pieces, axis)
+
+
+def take(x: Any, indices: Any, axis: int | None = None) -> Node:
+    """numpy.take: the elements of x at integer `indices` (a node, array or list) along `axis`
+    (None: of x flattened). Indices count from the end when negative and are clamped into the axis
+    (numpy's mode="clip"): every backend reads the same element and never outside the tensor."""
+    (x,) = promote([x])
+    if not isinstance(indices, Node):
+        indices = constant(np.asarray(indices), graph=x.graph)
+    if axis is None:
+        if None in x.shape:
+            raise _where_error("take", f"axis=None flattens x, which {shape_str(x.shape)} cannot be: give an axis")
+        x, axis = reshape(x, (-1,)), 0
+    return apply("take", [x, indices], axis=_axes("take", axis, x)[0])
+
+
+def scatter_add(updates: Any, indices: Any, axis: int, size: int | None) -> Node:
+    """Zeros with `size` elements on `axis` (None: the batch size) plus each slice of `updates` at its
+    (clamped, as in take) index; duplicate indices add up. The gradient of take."""
+    (updates,) = promote([updates])
+    if not isinstance(indices, Node):
+        indices = constant(np.asarray(indices), graph=updates.graph)
+    return apply("scatter_add", [updates, indices], axis=int(axis), size=None if size is None else int(size))
+
+
+def _join_axis(name: str, xs: Sequence[Node], axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise _where_error(name, f"axis {axis} is out of range for " + " and ".join(shape_str(x.shape) for x in xs))
+    return axis % ndim
+
+
+def _tensors(name: str, xs: Any) -> list[Node]:
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)) or not xs:
+        raise TypeError(f"{name}: expects a non-empty list of tensors (at {user_location()})")
+    graph = graph_of(xs)
+    return [x if isinstance(x, Node) else constant(np.asarray(x), graph=graph) for x in xs]
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> Node:
+    """numpy.concatenate along a static axis (shapes equal elsewhere, one dtype)."""
+    xs = _tensors("concat", xs)
+    if len(xs) == 1:
+        return xs[0]
+    return apply("concat", xs, axis=_join_axis("concat", xs, axis, xs[0].ndim))
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Node:
+    """numpy.stack: join tensors of one shape along a new axis."""
+    xs = _tensors("stack", xs)
+    axis = _join_axis("stack", xs, axis, xs[0].ndim + 1)
+    if any(x.shape != xs[0].shape for x in xs):
+        raise _where_error("stack", "needs tensors of one shape, got " + " and ".join(shape_str(x.shape) for x in xs))
+    return concat([reshape(x, x.shape[:axis] + (1,) + x.shape[axis:]) for x in xs], axis)
+
+
+def split(x: Any, sections: int | Sequence[int], axis: int = 0) -> list[Node]:
+    """numpy.split: `sections` equal parts, or the parts between sorted split points (clipped to the
+    axis, as numpy)."""
+    (x,) = promote([x])
+    axis = _axes("split", axis, x)[0]
+    d = x.shape[axis]
+    if d is None:
+        raise _where_error("split", f"cannot split axis {axis} of {shape_str(x.shape)}: it is the batch axis")
+    if isinstance(sections, (int, np.integer)):
+        if sections <= 0 or d % sections:
+            raise _where_error("split", f"{d} elements on axis {axis} of {shape_str(x.shape)} do not split into "
+                                        f"{sections} equal parts")
+        points = [d // sections * i for i in range(1, int(sections))]
+    else:
+        points = [builtins.min(builtins.max(int(p), 0), d) for p in sections]
+    bounds = list(zip([0] + points, points + [d]))
+    parts = []
+    for start, stop in bounds:
+        slices = [(0, e, 1) for e in x.shape]
+        slices[axis] = (start, builtins.max(start, stop), 1)
+        parts.append(strided_slice(x, slices))
+    return parts
+
+
+def getitem(x: Any, key: Any) -> Node:
+    """x[key] with numpy's basic indexing: ints (negative from the end), slices (any step, bounds
+    clipped), None (a new axis) and one Ellipsis. The batch axis takes ':' and '::-1' only (its
+    length is known at run time); integer tensors index through gn.take."""
+    (x,) = promote([x])
+    items = _expand_key(x, key if isinstance(key, tuple) else (key,))
+    slices, flips, shape, axis = [], [], [], 0
+    for item in items:
+        if item is None:
+            shape.append(1)
+            continue
+        d = x.shape[axis]
+        if isinstance(item, builtins.slice):
+            start, stop, step, reverse = _normal_slice(x, axis, item)
+            slices.append((start, stop, step))
+            flips += [axis] if reverse else []
+            shape.append(None if d is None else len(range(start, stop, step)))
+        else:
+            slices.append((item, item + 1, 1))
+        axis += 1
+    y = flip(strided_slice(x, slices), tuple(flips))
+    return y if y.shape == tuple(shape) else reshape(y, tuple(shape))
+
+
+def _expand_key(x: Node, key: tuple) -> list:
+    """The key with its Ellipsis expanded and ':' for the axes it leaves out; ints made non-negative."""
+    for item in key:
+        if isinstance(item, (bool, np.bool_)) or not (item is None or item is Ellipsis or
+                                                       isinstance(item, (int, np.integer, builtins.slice))):
+            raise TypeError(f"x[...]: index {item!r} is not an int, slice, None or Ellipsis; index with an integer "
+                            f"tensor through gn.take(x, indices, axis) (at {user_location()})")
+    if builtins.sum(item is Ellipsis for item in key) > 1:
+        raise _where_error("x[...]", "an index can only have a single ellipsis ('...')")
+    used = builtins.sum(item is not None and item is not Ellipsis for item in key)
+    if used > x.ndim:
+        raise _where_error("x[...]", f"too many indices ({used}) for {shape_str(x.shape)}")
+    rest = [builtins.slice(None)] * (x.ndim - used)
+    at = next((i for i, item in enumerate(key) if item is Ellipsis), len(key))
+    items = list(key[:at]) + rest + list(key[at + 1:])
+    axis = 0
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        if isinstance(item, (int, np.integer)):
+            items[i] = _normal_int(x, axis, int(item))
+        axis += 1
+    return items
+
+
+def _normal_int(x: Node, axis: int, i: int) -> int:
+    d = x.shape[axis]
+    if d is None:
+        raise _where_error("x[...]", f"cannot index axis {axis} of {shape_str(x.shape)} with an int: it is the batch "
+                                     f"axis (its length is known at run time); use gn.take")
+    if not -d <= i < d:
+        raise _where_error("x[...]", f"index {i} is out of range for axis {axis} of size {d} in {shape_str(x.shape)}")
+    return i % d
+
+
+def _normal_slice(x: Node, axis: int, item: builtins.slice) -> tuple[int, int | None, int, bool]:
+    """(start, stop, step, reversed): the elements of `item` as a positive-step slice, flipped when reversed."""
+    d = x.shape[axis]
+    if item.step == 0:
+        raise _where_error("x[...]", f"slice step cannot be zero (axis {axis} of {shape_str(x.shape)})")
+    if d is None:
+        if item.start is None and item.stop is None and item.step in (None, 1, -1):
+            return 0, None, 1, item.step == -1
+        raise _where_error("x[...]", f"axis {axis} of {shape_str(x.shape)} is the batch axis (its length is known "
+                                     f"at run time): slice it with ':' or '::-1' only, or use gn.take")
+    r = range(*item.indices(d))
+    if not r:
+        return 0, 0, 1, False
+    if r.step > 0:
+        return r[0], r[-1] + 1, r.step, False
+    return r[-1], r[0] + 1, -r.step, True

@@ -37,7 +37,7 @@ class Op:
     """Base class; subclasses set `name` and `kind` and override what applies to them."""
 
     name: str = ""
-    kind: str = "elementwise"  # source | elementwise | reduce | matmul | movement | composite
+    kind: str = "elementwise"  # source | elementwise | reduce | matmul | movement | gather | scatter | composite
     differentiable: bool = True
     needs_out_shape: bool = False  # numpy() also receives out_shape= (the batch size resolved)
     signature: str = ""  # "unary" / "binary": the public function gn.<name>(x) / (a, b) is generated
