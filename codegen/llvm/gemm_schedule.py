@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op
 from .jit import host_target
@@ -90,4 +91,4 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
         threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
     passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace))
-    return passes + [schedule_llvm(threads, host_target() if target is None else target)]
+    return passes + [overlap_collectives(), schedule_llvm(threads, host_target() if target is None else target)]
