@@ -9,9 +9,9 @@ See world.py (init, hooks, faults), sampler.py (each rank's rows), fit.py (Model
 digest.py (every rank compiles the same step) and codegen/collectives.py (the allreduce in the step).
 """
 from .digest import MismatchError
+from .runtime import init
 from .sampler import shard_order
-from .world import (DistributedError, World, broadcast_variables, init, is_initialized, rank, size,  # noqa: F401
-                    world)
+from .world import DistributedError, World, broadcast_variables, is_initialized, rank, size, world
 
 __all__ = ["init", "world", "rank", "size", "is_initialized", "broadcast_variables", "shard_order", "World",
            "DistributedError", "MismatchError"]

@@ -1,7 +1,7 @@
 """The MPI world of a data-parallel job: who we are, the hooks that make training data-parallel,
 host-side collectives with deadlines, and the rule that one failing rank ends the whole job.
 
-`init()` (idempotent) duplicates MPI_COMM_WORLD (graphnet's messages never mix with the user's),
+`runtime.init()` (idempotent) duplicates MPI_COMM_WORLD (graphnet's messages never mix with the user's),
 then installs:
 - the gradient reduction every optimizer applies from then on (`graphnet.optim.base.GRADIENT_REDUCTION`):
   each gradient becomes sum_r(n_r g_r) / sum_r(n_r) over the ranks, n_r a rank's batch size, which is
@@ -90,46 +90,18 @@ class World:
             reduced.append((collective.allreduce(g * n) / collective.allreduce(n), p))
         return reduced
 
-    def prepare(self, lp: Any) -> None:
-        """codegen.collectives.Runtime: load the native runtime, then check every rank compiled `lp`."""
-        from . import digest, native
-        if self.native is None:
-            self.native = native.load(self)
-        digest.check_same_program(self, lp)
-
     def excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
         traceback.print_exception(kind, value, tb)
         self.abort(f"rank {self.rank} raised {kind.__name__}: {value}")
 
 
-_WORLD: World | None = None
+_WORLD: World | None = None  # set by runtime.init
 
 
-def init(timeout: float | None = None) -> World:
-    """Join the MPI job this process was started in (`mpirun -n N python script.py`, or any launcher
-    Open MPI supports; a process started alone is a world of one) and make training data-parallel.
-    Call it before building the model's optimizer. Returns the world; a second call returns it too."""
+def join(w: World) -> None:
+    """Record the world runtime.init joined (once its hooks are installed)."""
     global _WORLD
-    if _WORLD is not None:
-        return _WORLD
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise ImportError("graphnet.distributed needs mpi4py and an MPI library: pip install 'graphnet[mpi]' "
-                          "(mpi4py and the Open MPI wheel)") from e
-    world = World(MPI.COMM_WORLD.Dup(), DEFAULT_TIMEOUT if timeout is None else float(timeout))
-    _install(world)
-    _WORLD = world
-    return world
-
-
-def _install(world: World) -> None:
-    from codegen import collectives
-    from ..optim import base
-    base.GRADIENT_REDUCTION = world.reduce_gradients
-    collective.HOST_ALLREDUCE = lambda x: world.allreduce(x, "an allreduce in the numpy step")
-    collectives.RUNTIME = world
-    sys.excepthook = world.excepthook
+    _WORLD = w
 
 
 def world() -> World:
