@@ -26,7 +26,7 @@ import numpy as np
 from . import metrics as objectives
 from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
-from .distributed.fit import fit_shards
+from .distributed.fit import fit_shards, require_reduction
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
 from .layers import Input, InputLayer, Layer, SymbolicTensor, from_config, weight_prefix
@@ -560,6 +560,8 @@ class Model:
         if shards:
             verbose, callbacks = shards.verbose(verbose), shards.callbacks(callbacks)
         train = self._function("train" if sw is None else "train_weighted")
+        if shards:
+            require_reduction(train)
         val_batch = validation_batch_size or batch_size
         if val is not None:
             if validation_steps is not None:  # only the first `validation_steps` batches

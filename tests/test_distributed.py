@@ -204,7 +204,8 @@ def _reduced_step_program(bucket_bytes: int | None = None):
     passes = loop_passes(lambda *a: 0, threads=1)
     if bucket_bytes is not None:
         from codegen.collectives import overlap_collectives
-        passes[-2] = overlap_collectives(bucket_bytes)
+        at = [p.__name__ for p in passes].index("overlap_collectives")
+        passes[at] = overlap_collectives(bucket_bytes)
     lp, _ = lower(fn.program, loop_passes=passes)
     return lp
 
@@ -256,3 +257,21 @@ def test_the_opencl_backend_refuses_collectives():
 def test_allreduce_needs_a_static_float_shape():
     with pytest.raises(gn.ShapeError, match="static shape"):
         allreduce(gn.placeholder("x", (None, 2)))
+
+
+def test_the_cost_model_hides_a_bucket_behind_the_kernels_between_its_start_and_wait():
+    from graphnet.bench.micro.distributed import Kernel, model_step, ring_seconds, tree_seconds
+    assert ring_seconds(1000, 1, 1e9, 1e-6) == 0
+    assert ring_seconds(8_000_000, 4, 1e9, 1e-6) == pytest.approx(6e-6 + 2 * 3 / 4 * 8e-3)
+    assert tree_seconds(8_000_000, 4, 1e9, 1e-6) == pytest.approx(4 * (1e-6 + 8e-3))
+    kernels = [Kernel("compute", 1.0), Kernel("start", 0.0, 0, 100), Kernel("compute", 2.0),
+               Kernel("wait", 0.0, 0, 100), Kernel("compute", 1.0)]
+    assert model_step(kernels, lambda nbytes: 1.5) == 4.0  # hidden behind the 2 s kernel
+    assert model_step(kernels, lambda nbytes: 3.0) == 5.0  # 1 s of it exposed
+
+
+def test_fit_under_mpi_refuses_a_model_compiled_before_init():
+    from graphnet.distributed.fit import require_reduction
+    model = cases.keras_model()
+    with pytest.raises(RuntimeError, match=r"compiled before graphnet.distributed.init\(\)"):
+        require_reduction(model.train_function)

@@ -68,6 +68,13 @@ class FitShards:
         return bool(self.world.allreduce(np.array([int(stop)], np.int64), "the decision to stop")[0])
 
 
+def require_reduction(train: Any) -> None:
+    """A training step that does not reduce its gradients would let the ranks drift apart silently."""
+    if not any(n.op.kind == "collective" for n in train.program.nodes()):
+        raise RuntimeError("fit under MPI: this model was compiled before graphnet.distributed.init(), so its "
+                           "optimizer does not average gradients over the ranks; call init() before model.compile")
+
+
 def fit_shards(model: Any, global_batch: int) -> FitShards | None:
     """The data-parallel plan of one fit call, or None outside an MPI world (graphnet.distributed.init)."""
     return FitShards(model, global_batch) if is_initialized() else None
