@@ -25,9 +25,10 @@ def prune_dead_stores(lp: LoopProgram) -> LoopProgram:
     verifier rejects reads of buffers never written."""
     wanted = set(lp.fetches) | {value for _, value in lp.assigns}
     wanted |= {ld.buffer for k in lp.kernels for ld in k.loads()}
+    wanted |= {b for k in lp.kernels if k.call is not None for b in k.call.reads()}
     for k in lp.kernels:
         k.stores = [s for s in k.stores if s.buffer in wanted]
-    lp.kernels = [k for k in lp.kernels if k.stores]
+    lp.kernels = [k for k in lp.kernels if k.stores or k.call is not None]
     return lp
 
 
@@ -179,6 +180,9 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             if here[ld.buffer] != ld.offset:
                 raise AssertionError(f"{k.name}: reads b{ld.buffer}[{ld.offset}] while writing it at "
                                      f"[{here[ld.buffer]}]")
+        if k.call is not None:
+            _check_call(lp, k, written)
+            written |= set(k.call.writes())
         if k.reduce is not None and any(not 0 <= a < len(k.domain) for a in k.reduce.axes):
             raise AssertionError(f"{k.name}: reduces over vars {k.reduce.axes} outside its domain")
         if k.order and sorted(k.order) != list(range(len(k.domain))):
@@ -187,6 +191,19 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
     for f in lp.fetches:
         if lp.buffers[f].kind == "temp" and f not in written:
             raise AssertionError(f"fetch b{f} is never written")
+
+
+def _check_call(lp: LoopProgram, k: Kernel, written: set) -> None:
+    """A runtime call reads only temps written before it, of static size, in matching pairs."""
+    call = k.call
+    if k.stores or k.reduce is not None or len(call.srcs) != len(call.dsts):
+        raise AssertionError(f"{k.name}: a call kernel has no stores or reduction and pairs each src with a dst")
+    for b in call.buffers():
+        if not 0 <= b < len(lp.buffers) or None in lp.buffers[b].shape:
+            raise AssertionError(f"{k.name}: call buffer b{b} is unknown or batch-sized")
+    for b in call.reads():
+        if lp.buffers[b].kind == "temp" and b not in written:
+            raise AssertionError(f"{k.name}: reads b{b} before any kernel wrote it")
 
 
 def _check_offset(k: Kernel, offset: Affine, what: str) -> None:

@@ -250,6 +250,39 @@ class Reduce:
     #                                  first (using this buffer for packing); the stores then read it
 
 
+@dataclass(frozen=True)
+class Collective:
+    """A step that calls the communication runtime instead of running a loop nest (graphnet.distributed).
+
+    "allreduce": each dst becomes the sum over the ranks of its src (the matching dst of `srcs`);
+    lowering emits one per allreduce node. The `overlap_collectives` loop pass turns them into buckets,
+    each an "allreduce_start" placed after the kernel writing its last src and an "allreduce_wait"
+    placed before the first kernel reading one of its dsts, so that communication overlaps the kernels
+    in between. `staging` packs a bucket of several buffers into one message; `request` holds the
+    runtime's handle from start to wait. Both steps name every buffer, so the arena keeps them all
+    live from start to wait."""
+    op: str  # allreduce | allreduce_start | allreduce_wait
+    srcs: tuple
+    dsts: tuple
+    staging: Optional[int] = None
+    request: Optional[int] = None
+
+    def reads(self) -> tuple:
+        return self.srcs if self.op in ("allreduce", "allreduce_start") else ()
+
+    def writes(self) -> tuple:
+        return self.dsts if self.op in ("allreduce", "allreduce_wait") else ()
+
+    def buffers(self) -> tuple:
+        return self.srcs + self.dsts + tuple(b for b in (self.staging, self.request) if b is not None)
+
+    def __str__(self) -> str:
+        pairs = ", ".join(f"b{s}->b{d}" for s, d in zip(self.srcs, self.dsts))
+        extra = "".join(f" {name} b{b}" for name, b in (("staging", self.staging), ("request", self.request))
+                        if b is not None)
+        return f"{self.op}({pairs}){extra}"
+
+
 @dataclass
 class Kernel:
     name: str
@@ -260,6 +293,7 @@ class Kernel:
     #                    row's var innermost)
     schedule: Any = None  # the backend's decisions for this kernel (its schedule pass sets them; the
     #                       renderer follows them): a frozen object whose str() is one line
+    call: Optional[Collective] = None  # set: the kernel is this runtime call (no loops, no stores)
 
     def loads(self) -> list[Load | LoadAt]:
         """Every load of the kernel, at an affine offset (Load) or a computed index (LoadAt)."""
@@ -270,6 +304,7 @@ class Kernel:
         """Every buffer the kernel touches."""
         extra = [self.reduce.scratch, self.reduce.workspace] if self.reduce is not None else []
         found = [s.buffer for s in self.stores] + [ld.buffer for ld in self.loads()]
+        found += list(self.call.buffers()) if self.call is not None else []
         return sorted(set(found + [b for b in extra if b is not None]))
 
     def to_text(self, sources: bool = True) -> str:
@@ -278,6 +313,8 @@ class Kernel:
         lines = [head + ("" if self.domain else "()") + "  order " + ",".join(f"v{v}" for v in self.order)]
         if self.schedule is not None:
             lines.append(f"  schedule: {self.schedule}")
+        if self.call is not None:
+            lines.append(f"  call {self.call}")
         if self.reduce:
             kind = "matmul " if self.reduce.contraction else ""
             row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""
@@ -354,11 +391,16 @@ class UnsupportedInstruction(NotImplementedError):
 
 
 def check_renderable(lp: LoopProgram, backend: str, renders: Callable[[str, np.dtype], bool],
-                     reduces: Callable[[str, np.dtype], bool]) -> None:
-    """Raise UnsupportedInstruction naming the first scalar instruction (with its operand dtype) or
-    reduction of `lp` that the backend's `renders(name, dtype)` / `reduces(name, dtype)` refuses, and
-    where the program uses it. Renderers call it before emitting anything."""
+                     reduces: Callable[[str, np.dtype], bool], calls: Callable[[str], bool] = lambda op: False
+                     ) -> None:
+    """Raise UnsupportedInstruction naming the first scalar instruction (with its operand dtype),
+    reduction or runtime call of `lp` that the backend's `renders(name, dtype)` / `reduces(name, dtype)`
+    / `calls(op)` refuses, and where the program uses it. Renderers call it before emitting anything."""
     for k in lp.kernels:
+        if k.call is not None and not calls(k.call.op):
+            raise UnsupportedInstruction(f"the {backend} backend cannot run the collective '{k.call.op}' (kernel "
+                                         f"{k.name}); data-parallel steps run on the llvm backend (in the step) or "
+                                         f"the numpy backend (host-side)")
         red = k.reduce
         if red is not None and (red.op not in REDUCTIONS or not reduces(red.op, red.value.dtype)):
             raise UnsupportedInstruction(f"the {backend} backend cannot render the reduction '{red.op}' "

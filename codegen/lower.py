@@ -18,6 +18,8 @@ Fusion rules (one kernel = one loop nest):
   optimizer-fusion pass put it in the parameter's region; otherwise it is a kernel of its own.
 - An update `var <- value` is recorded as an assignment (`LoopProgram.assigns`) for the loop passes
   to write in place or copy after every kernel.
+- A collective (allreduce) is a call kernel of its own (`Kernel.call`) from its materialized input's
+  buffer to its own; nothing joins it (the `overlap_collectives` pass places and buckets the calls).
 """
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ from graphnet.passes.pipeline import PassRecord, run_passes
 from graphnet.program import Program
 
 from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
-from .loopir import (Acc, Affine, Buffer, Const, Expr, ExprBuilder, Kernel, Load, LoadAt, LoopProgram, Op, Reduce,
+from .loopir import (Acc, Affine, Buffer, Collective, Const, Expr, ExprBuilder, Kernel, Load, LoadAt, LoopProgram, Op, Reduce,
                      Size, Store, Var, affine, as_lin)
 
 I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
-ROOT_KINDS = ("reduce", "matmul", "scatter")  # always a kernel of their own
+ROOT_KINDS = ("reduce", "matmul", "scatter", "collective")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
 
 
@@ -136,6 +138,7 @@ class _KernelBuild:
     def __init__(self, index: int, domain: tuple, view: tuple, shape: tuple, reduce: Reduce | None = None):
         self.index, self.domain, self.view, self.shape, self.reduce = index, domain, view, shape, reduce
         self.members: dict[Node, _Member] = {}
+        self.call: Collective | None = None
 
 
 class Lowering:
@@ -191,7 +194,7 @@ class Lowering:
                         c.op.kind in ("elementwise", "movement") and c.op.name != "strided_slice"
                         and _numel(c.shape) != _numel(n.shape)):  # a slice reads each element once at most
                     roots.add(base)
-                if c.op.name == "reshape" and not _unit_reshape(n.shape, c.shape):
+                if (c.op.name == "reshape" and not _unit_reshape(n.shape, c.shape)) or c.op.kind == "collective":
                     roots.add(n)
         roots.update(n for n in wanted if n.op.kind != "source")
         return {r for r in roots if r.op.kind != "source"}
@@ -341,6 +344,12 @@ class Lowering:
     def _place(self, r: Node) -> None:
         buffer = self._buffer(r.name, "temp", r.shape, r.dtype)
         kind = r.op.kind
+        if kind == "collective":
+            src = self._stored(r.inputs[0])
+            kb = self._new_kernel((), (), r.shape)
+            kb.call = Collective(r.op.name, (src,), (buffer,))
+            self.buffer_of[r], self.kernel_of[r] = buffer, kb
+            return
         if kind == "reduce":
             x, axes = r.inputs[0], tuple(r.attrs["axes"])
             ident = tuple(range(x.ndim))
@@ -369,6 +378,17 @@ class Lowering:
         self.buffer_of[r] = buffer
         self.kernel_of[r] = kb
 
+    def _stored(self, n: Node) -> int:
+        """The buffer holding `n`; a source without one (the batch size, a scalar constant) is first
+        copied into a temporary by a kernel of its own."""
+        if n in self.buffer_of:
+            return self.buffer_of[n]
+        ident = tuple(range(n.ndim))
+        kb = self._new_kernel(n.shape, ident, n.shape)
+        buffer = self._buffer(f"copy_{n.name}", "temp", n.shape, n.dtype)
+        kb.members[n] = _Member(n, ident, self._define(n, ident, kb), buffer)
+        return buffer
+
     def _fuse_into_producer(self, r: Node):
         """The kernel `r` joins, its view there and its value; (None, None, None) for a kernel of its own."""
         kb = self._producer_kernel(r) if self.fuse else None
@@ -388,6 +408,8 @@ class Lowering:
         if not producers:
             return None
         latest = max(producers, key=lambda k: k.index)
+        if latest.call is not None:
+            return None
         if r not in self.update_nodes:
             return latest
         region = self.prog.regions.get(r)
@@ -422,8 +444,8 @@ class Lowering:
     def _finish(self, kb: _KernelBuild) -> Kernel:
         stores = [Store(m.buffer, affine(m.view, m.node.shape), m.value, m.node.name, m.node.source)
                   for m in kb.members.values()]
-        names = [m.node.op.name for m in kb.members.values()]
-        return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce)
+        names = [m.node.op.name for m in kb.members.values()] or [kb.call.op]
+        return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce, call=kb.call)
 
 
 def lower(prog: Program, fuse: bool = True, loop_passes: Sequence[LoopPass] | None = None

@@ -26,6 +26,7 @@ import numpy as np
 from . import metrics as objectives
 from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
+from .distributed.fit import fit_shards, require_reduction
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
 from .layers import Input, InputLayer, Layer, SymbolicTensor, from_config, weight_prefix
@@ -554,9 +555,14 @@ class Model:
             sw = None if sw is None else [None if a is None else a[:split] for a in sw]
         if n == 0:
             raise ValueError("fit: x is empty")
-        batches = math.ceil(n / batch_size)
+        shards = fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
+        batches = shards.steps(n) if shards else math.ceil(n / batch_size)
         steps = steps_per_epoch or batches
+        if shards:
+            verbose, callbacks = shards.verbose(verbose), shards.callbacks(callbacks)
         train = self._function("train" if sw is None else "train_weighted")
+        if shards:
+            require_reduction(train)
         val_batch = validation_batch_size or batch_size
         if val is not None:
             if validation_steps is not None:  # only the first `validation_steps` batches
@@ -576,14 +582,19 @@ class Model:
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
             order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else None
+            rows, local_n, local_batch = order, n, batch_size
+            if shards:
+                (rows, local_n), local_batch = shards.local(order, n), shards.batch
             if datasets is not None:
-                sums, seen = self._fit_epoch(train, datasets, order, n, batch_size, steps, cbs)
+                sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs)
             else:
-                sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), order, n, batch_size, steps, cbs)
-            logs = {k: s / seen for k, s in zip(keys, sums)}
+                sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs)
+            logs = shards.mean(keys, sums, seen) if shards else {k: s / seen for k, s in zip(keys, sums)}
             if val is not None and due(epoch):
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, val_batch).items()})
             cbs.on_epoch_end(epoch, logs)
+            if shards:
+                self.stop_training = shards.agree_to_stop(self.stop_training)
             if self.stop_training:
                 break
         cbs.on_train_end({})

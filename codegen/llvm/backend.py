@@ -23,6 +23,7 @@ from graphnet.feeds import FeedSpec
 from graphnet.function import step_lock, timed
 from graphnet.program import Program
 
+from ..collectives import prepare_collectives
 from ..loop_passes import loop_pass_texts
 from ..lower import lower
 from ..memory import allocate, plan_arena
@@ -40,7 +41,7 @@ _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 INITIAL_CAPACITY = 64
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
-            for f in ("loopir.py", "lower.py", os.path.join("llvm", "render.py"),
+            for f in ("loopir.py", "lower.py", "collectives.py", os.path.join("llvm", "render.py"),
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
                       # the step's regions and the GEMM slices' grain and workspace stride
                       os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
@@ -74,6 +75,7 @@ class LLVMBackend:
         loop_seconds = sum(r.seconds for r in self.loop_records)
         self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
                                      "loop passes": loop_seconds})
+        prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
         self._ir_text: str | None = None
         obj = self._step_object()
         with timed(self.compile_seconds, "GEMM routines"):

@@ -13,8 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order
-from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Var, children, with_children
+from ..collectives import overlap_collectives
+from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op, Var, children, with_children
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -83,11 +84,13 @@ def swap_vars(k: Kernel, a: int, b: int) -> None:
 
 def loop_passes(workspace: Workspace, threads: int | None = None, target: TargetInfo | None = None
                 ) -> list[LoopPass]:
-    """The LLVM backend's loop passes: LOOP_PASSES with GEMM routines chosen before the loop order,
+    """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
+    assignments' copies (codegen/collectives.py) and GEMM routines chosen before the loop order,
     then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
     passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace))
+    passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
     return passes + [schedule_llvm(threads, host_target() if target is None else target)]

@@ -28,6 +28,7 @@ from . import vmath
 from .parallel import column_slice_symbol, emit_parallel_for
 from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
+from ..collectives import call_descriptor
 from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size, UnsupportedInstruction,
                       Var, check_renderable)
 
@@ -41,6 +42,7 @@ _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximu
                     "pow": "llvm.pow"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+RUNTIME_CALLS = ("allreduce_start", "allreduce_wait")  # the runtime functions a call kernel may name
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 
@@ -68,7 +70,8 @@ class Renderer:
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
-        check_renderable(self.lp, "LLVM", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype))
+        check_renderable(self.lp, "LLVM", renders, lambda op, dtype: renders(REDUCTIONS[op].combine, dtype),
+                         calls=RUNTIME_CALLS.__contains__)
         for k in self.lp.kernels:
             s = schedule_of(k)
             if (s.threads, s.target) != (self.threads, self.target):
@@ -131,6 +134,8 @@ class Renderer:
 
     # ---- kernels ------------------------------------------------------------------------
     def _kernel(self, k: Kernel) -> str:
+        if k.call is not None:
+            return self._call(k)
         used = k.buffers()
         body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(used)), f"{k.name}_body")
         body.linkage = "internal"
@@ -146,6 +151,21 @@ class Renderer:
         b.call(body, [outer.args[0]] + ptrs)
         b.ret_void()
         _KernelEmitter(self, k, body, dict(zip(used, body.args[1:]))).emit()
+        return k.name
+
+
+    def _call(self, k: Kernel) -> str:
+        """A runtime call kernel: `graphnet_<op>(N, buffers, descriptor)` (collectives.call_descriptor)."""
+        desc = call_descriptor(self.lp, k.call)
+        table = ir.GlobalVariable(self.module, ir.ArrayType(I64, len(desc)), f"{k.name}_descriptor")
+        table.global_constant, table.linkage = True, "private"
+        table.initializer = ir.Constant(table.value_type, desc)
+        table.type = PTR  # as for allocas: llvmlite types globals as typed pointers; LLVM has only ptr
+        outer = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), k.name)
+        outer.attributes.add("noinline")
+        b = ir.IRBuilder(outer.append_basic_block("entry"))
+        b.call(self._declare(f"graphnet_{k.call.op}", ir.VoidType(), [I64, PTR, PTR]), [*outer.args, table])
+        b.ret_void()
         return k.name
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from ..autodiff import gradients
 from ..graph import Graph, Node, ancestors, get_default_graph
 
 Pair = tuple[Node, Node]
+# Set by graphnet.distributed.init: applied to every optimizer's (gradient, parameter) pairs before the
+# update, so that the gradients are reduced over the ranks of a data-parallel job.
+GRADIENT_REDUCTION: Callable[[list[Pair]], list[Pair]] | None = None
 
 
 class Updates(list):
@@ -135,6 +138,8 @@ class Optimizer:
             _check_param(p, "apply_gradients")
             if not isinstance(g, Node) or g.shape != p.shape or g.dtype != p.dtype:
                 raise ValueError(f"apply_gradients: gradient of {p.name} must be a {p.dtype} node of shape {p.shape}")
+        if GRADIENT_REDUCTION is not None:
+            pairs = GRADIENT_REDUCTION(pairs)
         self._bind(pairs[0][1].graph)
         step = self._step_variable()
         t_new = step + np.int32(1)

@@ -12,7 +12,7 @@ MAX_FOLDED_ELEMENTS = 4096  # never materialise a large broadcast as a constant
 
 def fold_constants(prog: Program) -> Program:
     def rule(node: Node, inputs: list[Node]) -> Node | None:
-        if node.op.kind == "source" or not inputs or any(x.op.name != "constant" for x in inputs):
+        if node.op.kind in ("source", "collective") or not inputs or any(x.op.name != "constant" for x in inputs):
             return None
         if None in node.shape or int(np.prod(node.shape)) > MAX_FOLDED_ELEMENTS:
             return None

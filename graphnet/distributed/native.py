@@ -1,0 +1,68 @@
+"""The native runtime of data-parallel LLVM steps: native/collectives.c, compiled with mpicc against
+the MPI library mpi4py loaded, cached like compiled kernels, loaded into the process and registered
+with LLVM so that a step's call kernels resolve `graphnet_allreduce_start` / `_wait` to it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+import llvmlite.binding as llvm
+
+from codegen import cache
+from codegen.llvm.render import RUNTIME_CALLS
+
+SOURCE = os.path.join(os.path.dirname(__file__), "native", "collectives.c")
+LIBRARIES = cache.DiskCache("mpi", ".so")
+
+
+def load(world: Any) -> ctypes.CDLL:
+    """Build (or find in the cache), load and configure the runtime for `world`'s communicator."""
+    from mpi4py import MPI
+    lib = _open(_shared_object())
+    lib.graphnet_collectives_configure.argtypes = [ctypes.c_ssize_t, ctypes.c_double]
+    lib.graphnet_collectives_waited.restype = ctypes.c_double
+    lib.graphnet_collectives_configure(MPI._handleof(world.comm), world.timeout)
+    for name in RUNTIME_CALLS:
+        llvm.add_symbol(f"graphnet_{name}", ctypes.cast(getattr(lib, f"graphnet_{name}"), ctypes.c_void_p).value)
+    return lib
+
+
+def _mpicc() -> str:
+    found = shutil.which("mpicc")
+    if found is None:
+        raise RuntimeError("graphnet.distributed: mpicc not found, needed to build the MPI runtime of the "
+                           "LLVM step: pip install 'graphnet[mpi]' (the Open MPI wheel has it)")
+    return found
+
+
+def _shared_object() -> bytes:
+    mpicc = _mpicc()
+    with open(SOURCE) as f:
+        source = f.read()
+    flags = subprocess.run([mpicc, "-show"], capture_output=True, text=True).stdout
+    key = cache.cache_key("collectives", source, flags)
+    payload = LIBRARIES.load(key)
+    if payload is None:
+        with tempfile.TemporaryDirectory(prefix="graphnet-mpi-") as d:
+            out = os.path.join(d, "collectives.so")
+            done = subprocess.run([mpicc, "-O2", "-shared", "-fPIC", SOURCE, "-o", out], capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"graphnet.distributed: mpicc failed to build {SOURCE}:\n{done.stderr}")
+            with open(out, "rb") as f:
+                payload = f.read()
+        LIBRARIES.store(key, payload)
+    return payload
+
+
+def _open(payload: bytes) -> ctypes.CDLL:
+    """Load a shared object from bytes (through a private temporary file, removed once loaded)."""
+    with tempfile.TemporaryDirectory(prefix="graphnet-mpi-") as d:
+        path = os.path.join(d, "collectives.so")
+        with open(path, "wb") as f:
+            f.write(payload)
+        return ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)

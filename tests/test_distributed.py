@@ -1,0 +1,277 @@
+"""Data-parallel training over MPI (graphnet.distributed, issue #18).
+
+The tests marked `mpi` start `mpirun -n 2 python tests/distributed_cases.py <case>` in a subprocess
+with a timeout and compare what the ranks wrote with single-process training in this process (which
+never joins an MPI world, so its optimizers do not reduce). Where MPI cannot start they skip with
+the reason. The others check the pieces alone: sharding, the loop IR's collective calls, refusals.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm.gemm_schedule import loop_passes
+from codegen.lower import lower
+from codegen.memory import live_ranges
+from graphnet.distributed import shard_order
+from graphnet.ops.collective import allreduce
+
+import distributed_cases as cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LAUNCH_TIMEOUT = 180  # seconds for one mpirun job on a busy machine; faults must end well before it
+
+
+# ---- launching under mpirun ----------------------------------------------------------------
+def mpirun_command(n: int) -> list[str]:
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    return ["mpirun", *root, "--oversubscribe", "-n", str(n)]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, GRAPHNET_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + HERE)
+    return env
+
+
+@pytest.fixture(scope="module")
+def mpi():
+    """Skip (saying why) unless `mpirun -n 2` starts two Python ranks that see each other."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not found (pip install 'graphnet[mpi]')")
+    pytest.importorskip("mpi4py")
+    probe = "from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2"
+    try:
+        done = subprocess.run(mpirun_command(2) + [sys.executable, "-c", probe], capture_output=True, text=True,
+                              timeout=120, env=_env())
+    except subprocess.TimeoutExpired:
+        pytest.skip("mpirun -n 2 did not start within 120 s")
+    if done.returncode != 0:
+        pytest.skip(f"mpirun -n 2 cannot start here: {done.stderr.strip()[-300:]}")
+
+
+def launch(case: str, out, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run(mpirun_command(2) + [sys.executable, os.path.join(HERE, "distributed_cases.py"), case,
+                                                str(out), *args],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    return done, time.monotonic() - started
+
+
+def ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+# ---- equality with one process, determinism ------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_step_runs(mpi, tmp_path_factory):
+    runs = []
+    for _ in range(2):
+        out = tmp_path_factory.mktemp("steps")
+        done, _ = launch("steps", out)
+        ok(done)
+        runs.append([dict(np.load(out / f"steps_{r}.npz")) for r in range(2)])
+    return runs
+
+
+@pytest.mark.parametrize("backend", ["llvm", "numpy"])
+def test_two_ranks_train_as_one_process_on_the_global_batch(two_step_runs, backend):
+    """20 Adam steps, 16 rows per rank, equal single-process steps on the 32-row batch (rel 1e-6)."""
+    reference = cases.train_steps(backend)
+    ranks = two_step_runs[0]
+    for name, want in reference.items():
+        got = ranks[0][f"{backend}/{name}"]
+        assert np.array_equal(got, ranks[1][f"{backend}/{name}"]), f"{name}: the ranks' parameters differ"
+        assert relative_error(got, want) < 1e-6, name
+
+
+def test_runs_are_bit_identical(two_step_runs):
+    first, second = two_step_runs
+    for key in first[0]:
+        assert np.array_equal(first[0][key], second[0][key]), key
+
+
+# ---- Model.fit ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fit_run(mpi, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    done, _ = launch("fit", out)
+    ok(done)
+    return out, done, [dict(np.load(out / f"fit_{r}.npz")) for r in range(2)]
+
+
+def test_fit_matches_one_process_and_writes_on_rank_0(fit_run):
+    out, done, ranks = fit_run
+    assert done.stdout.count("Epoch 1/2") == 1, done.stdout  # rank 0 prints, rank 1 does not
+    assert os.path.exists(out / "checkpoint_by_rank0.npz") and not os.path.exists(out / "checkpoint_by_rank1.npz")
+    for key in ranks[0]:
+        assert np.array_equal(ranks[0][key], ranks[1][key]), key  # metrics averaged, decisions shared
+    gn.reset_default_graph()
+    model = cases.keras_model()
+    history = cases.fit(model, 2, callbacks=[gn.callbacks.EarlyStopping(monitor="val_loss", patience=1)])
+    for i, want in enumerate(model.get_weights()):
+        assert relative_error(ranks[0][f"w{i}"], want) < 1e-6, i
+    for key in ("loss", "val_loss", "accuracy"):
+        np.testing.assert_allclose(ranks[0][key], history.history[key], rtol=1e-5)
+
+
+def test_a_model_saved_by_two_ranks_resumes_in_one_process(fit_run):
+    out, _, _ = fit_run
+    resumed = gn.load_model(str(out / "model.npz"))
+    cases.fit(resumed, 3, initial_epoch=2)
+    gn.reset_default_graph()
+    uninterrupted = cases.keras_model()
+    cases.fit(uninterrupted, 3)
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        assert relative_error(got, want) < 1e-5
+
+
+# ---- faults -----------------------------------------------------------------------------------------
+def test_a_rank_raising_ends_the_job_with_its_error(mpi, tmp_path):
+    done, seconds = launch("raise", tmp_path)
+    assert done.returncode != 0
+    assert "rank 1 raised RuntimeError: rank 1 fails on purpose" in done.stderr
+    assert seconds < 90
+
+
+def test_a_killed_rank_ends_the_job(mpi, tmp_path):
+    done, seconds = launch("kill", tmp_path)
+    assert done.returncode != 0
+    assert seconds < 90
+
+
+def test_a_stalled_rank_ends_the_job_at_the_deadline(mpi, tmp_path):
+    done, seconds = launch("stall", tmp_path, "5")
+    assert done.returncode != 0
+    assert "waited 5 s for a gradient allreduce" in done.stderr
+    assert seconds < 90
+
+
+@pytest.mark.parametrize("case, part, line", [
+    ("mismatch_shape", "feeds and variables", "W1: float32 (12, 16)"),
+    ("mismatch_hyper", "constants (hyper-parameters", "0.999"),
+])
+def test_ranks_with_different_steps_are_told_what_differs(mpi, tmp_path, case, part, line):
+    done, _ = launch(case, tmp_path)
+    assert done.returncode != 0
+    assert f"compiled a different training step than rank 0: its {part}" in done.stderr, done.stderr[-3000:]
+    assert line in done.stderr
+
+
+# ---- the pieces, in one process -------------------------------------------------------------------
+def test_shards_are_disjoint_cover_the_epoch_and_split_each_global_batch():
+    order = np.random.default_rng(0).permutation(150)
+    shards = [shard_order(order, 32, r, 2) for r in range(2)]
+    assert all(dropped == 0 for _, dropped in shards)
+    rows = [s for s, _ in shards]
+    assert sorted(np.concatenate(rows)) == list(range(150))
+    for j in range(4):  # global batch j: rank 0 its first 16 rows, rank 1 the next 16
+        np.testing.assert_array_equal(rows[0][16 * j:16 * j + 16], order[32 * j:32 * j + 16])
+        np.testing.assert_array_equal(rows[1][16 * j:16 * j + 16], order[32 * j + 16:32 * j + 32])
+    assert [len(r) - 64 for r in rows] == [11, 11]  # the last 22 rows, split evenly
+
+
+def test_shards_need_a_global_batch_divisible_by_the_ranks_and_drop_a_tail_shorter_than_them():
+    with pytest.raises(ValueError, match="multiple of the number of ranks"):
+        shard_order(np.arange(10), 5, 0, 2)
+    rows, dropped = shard_order(np.arange(9), 4, 1, 4)
+    assert rows.tolist() == [1, 5] and dropped == 1
+
+
+def _reduced_step_program(bucket_bytes: int | None = None):
+    """An MLP's Adam step whose gradients go through allreduce, lowered with the LLVM loop passes."""
+    with gn.Graph():
+        x, y = gn.placeholder("x", (None, 8)), gn.placeholder("y", (None, 1))
+        params = [gn.variable(f"W{i}", np.full(s, 0.1, np.float32)) for i, s in enumerate([(8, 32), (32, 32), (32, 1)])]
+        h = x
+        for W in params:
+            h = gn.tanh(h @ W)
+        loss = gn.losses.mse(h, y)
+        grads = gn.gradients(loss, params)
+        updates = gn.optim.Adam(1e-3).apply_gradients([(allreduce(g), p) for g, p in zip(grads, params)])
+        fn = gn.compile([loss], updates=updates, backend="numpy")
+    passes = loop_passes(lambda *a: 0, threads=1)
+    if bucket_bytes is not None:
+        from codegen.collectives import overlap_collectives
+        at = [p.__name__ for p in passes].index("overlap_collectives")
+        passes[at] = overlap_collectives(bucket_bytes)
+    lp, _ = lower(fn.program, loop_passes=passes)
+    return lp
+
+
+def test_each_bucket_starts_after_its_gradients_and_is_waited_for_before_its_updates():
+    lp = _reduced_step_program(bucket_bytes=32 * 32 * 4)  # W1's gradient alone fills a bucket
+    calls = [(i, k.call) for i, k in enumerate(lp.kernels) if k.call is not None]
+    starts = [(i, c) for i, c in calls if c.op == "allreduce_start"]
+    assert len(starts) == 3 and all(c.op != "allreduce" for _, c in calls)
+    ranges = live_ranges(lp)
+    for i, c in starts:
+        writers = [j for j, k in enumerate(lp.kernels) if any(s.buffer in c.srcs for s in k.stores)]
+        assert max(writers) < i  # started once its gradients exist ...
+        assert max(writers) == i - 1 or lp.kernels[i - 1].call is not None  # ... and no later
+        w = next(j for j, d in calls if d.op == "allreduce_wait" and d.request == c.request)
+        readers = [j for j, k in enumerate(lp.kernels) if any(ld.buffer in c.dsts for ld in k.loads())]
+        assert w < min(readers) and not any(lp.kernels[j].call is None for j in range(w + 1, min(readers)))
+        for b in c.srcs + c.dsts + (c.request,):  # the arena keeps them from start to wait
+            assert ranges[b][0] <= i and ranges[b][1] >= w
+    first_start = starts[0][0]
+    assert any(k.call is None and k.reduce is not None for k in lp.kernels[first_start:])  # backward overlaps
+
+
+def test_small_gradients_share_a_bucket():
+    lp = _reduced_step_program()  # default 1 MiB buckets: all three gradients in one message
+    starts = [k.call for k in lp.kernels if k.call is not None and k.call.op == "allreduce_start"]
+    assert len(starts) == 1 and len(starts[0].srcs) == 3 and starts[0].staging is not None
+
+
+def test_the_llvm_backend_needs_an_mpi_world_for_a_communicating_step():
+    x = gn.variable("v", np.ones(3, np.float32))
+    with pytest.raises(RuntimeError, match=r"graphnet.distributed.init\(\)"):
+        gn.compile([allreduce(x * 2.0)], backend="llvm")
+    with pytest.raises(RuntimeError, match=r"graphnet.distributed.init\(\)"):
+        gn.compile([allreduce(x * 2.0)], backend="numpy")()
+
+
+def test_the_opencl_backend_refuses_collectives():
+    pytest.importorskip("pyopencl")
+    from codegen.loopir import UnsupportedInstruction
+    x = gn.variable("v", np.ones(3, np.float32))
+    try:
+        with pytest.raises(UnsupportedInstruction, match="cannot run the collective 'allreduce'"):
+            gn.compile([allreduce(x * 2.0)], backend="opencl")
+    except RuntimeError as e:  # no OpenCL device
+        pytest.skip(str(e))
+
+
+def test_allreduce_needs_a_static_float_shape():
+    with pytest.raises(gn.ShapeError, match="static shape"):
+        allreduce(gn.placeholder("x", (None, 2)))
+
+
+def test_the_cost_model_hides_a_bucket_behind_the_kernels_between_its_start_and_wait():
+    from graphnet.bench.micro.distributed import Kernel, model_step, ring_seconds, tree_seconds
+    assert ring_seconds(1000, 1, 1e9, 1e-6) == 0
+    assert ring_seconds(8_000_000, 4, 1e9, 1e-6) == pytest.approx(6e-6 + 2 * 3 / 4 * 8e-3)
+    assert tree_seconds(8_000_000, 4, 1e9, 1e-6) == pytest.approx(4 * (1e-6 + 8e-3))
+    kernels = [Kernel("compute", 1.0), Kernel("start", 0.0, 0, 100), Kernel("compute", 2.0),
+               Kernel("wait", 0.0, 0, 100), Kernel("compute", 1.0)]
+    assert model_step(kernels, lambda nbytes: 1.5) == 4.0  # hidden behind the 2 s kernel
+    assert model_step(kernels, lambda nbytes: 3.0) == 5.0  # 1 s of it exposed
+
+
+def test_fit_under_mpi_refuses_a_model_compiled_before_init():
+    from graphnet.distributed.fit import require_reduction
+    model = cases.keras_model()
+    with pytest.raises(RuntimeError, match=r"compiled before graphnet.distributed.init\(\)"):
+        require_reduction(model.train_function)
