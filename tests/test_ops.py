@@ -90,12 +90,19 @@ REFERENCE = {
     "prod": _prod_by_loops,
     "elu": lambda x, alpha: np.where(x > 0, x, alpha * (np.exp(x) - 1)),
     "selu": lambda x: 1.0507009873554805 * (np.maximum(x, 0) + np.minimum(0, 1.6732632423543772 * (np.exp(x) - 1))),
-    "gelu": lambda x, approximate: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu": lambda x, approximate: 0.5 * x * (1 + (np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
+                                                   if approximate == "tanh" else special.erf(x / np.sqrt(2)))),
     "silu": lambda x: x / (1 + np.exp(-x)),
     "hard_sigmoid": lambda x: np.minimum(np.maximum(x + 3, 0), 6) / 6,
     "log1p": lambda x: 2 * np.arctanh(x / (2 + x)),
     "square": lambda x: x ** 2,
     "rsqrt": lambda x: x ** -0.5,
+    "expm1": lambda x: 2 * np.tanh(x / 2) / (1 - np.tanh(x / 2)),
+    "erf": special.erf,
+    "floor": lambda x: -np.ceil(-x),
+    "ceil": lambda x: -np.floor(-x),
+    "round": np.rint,
+    "mod": lambda a, b: a - np.floor(a / b) * b,
 }
 
 
@@ -276,6 +283,8 @@ def _torch_fns(torch):
         # F.hardsigmoid's backward multiplies by 1.0f / 6.0f, a float32 constant even in float64: its formula
         "hard_sigmoid": lambda x: torch.clamp(x + 3, 0, 6) / 6,
         "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
+        "expm1": torch.expm1, "erf": torch.erf, "floor": torch.floor, "ceil": torch.ceil, "round": torch.round,
+        "mod": torch.remainder,
     }
 
 

@@ -8,9 +8,10 @@ Every kernel carries its `LLVMSchedule` (schedule.py: threads, unrolling, GEMM s
 epilogue order, scalar loops), which the renderer follows; a kernel without one is an error.
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
-to LLVM instructions or intrinsics through the tables below; exp, log, log1p, tanh and float32 pow
-are inline branch-free code from vmath.py, which vectorizes (float64 pow still calls libm and keeps
-its loop scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions
+to LLVM instructions or intrinsics through the tables below; exp, expm1, log, log1p, tanh, float32
+erf and float32 pow are inline branch-free code from vmath.py, which vectorizes (float64 pow and erf,
+and float mod (`frem`), still call libm and keep their loops scalar). Integer pow calls a small
+internal function (`graphnet_ipow_<type>`, square and multiply). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions
 and matmuls (summation order, fused multiply-add): results differ from the numpy reference by
 rounding only, and NaN/Inf flow through as data.
 """
@@ -38,7 +39,8 @@ REDUCE_FLAGS = ("reassoc", "contract")
 _FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor"}
 _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximum", "min": "llvm.minimum",
-                    "pow": "llvm.pow"}
+                    "pow": "llvm.pow", "floor": "llvm.floor", "ceil": "llvm.ceil", "round": "llvm.roundeven"}
+_LIBM = {"erf": "erf"}  # libm functions called by name (float: with the suffix f)
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
@@ -124,6 +126,43 @@ class Renderer:
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
         return fn
+
+    def int_pow_function(self, t: ir.IntType, signed: bool) -> ir.Function:
+        """`graphnet_ipow_<s|u><bits>(x, y)`: x^y by squaring, wrapping as numpy; a negative y gives x^y
+        truncated toward zero (1, -1 or 0: graphnet.ops.scalar._power)."""
+        name = f"graphnet_ipow_{'s' if signed else 'u'}{t.width}"
+        fn = self.module.globals.get(name)
+        if fn is not None:
+            return fn
+        fn = ir.Function(self.module, ir.FunctionType(t, [t, t]), name)
+        fn.linkage = "internal"
+        x, y = fn.args
+        one, zero = ir.Constant(t, 1), ir.Constant(t, 0)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        negative, loop = fn.append_basic_block("negative"), fn.append_basic_block("loop")
+        body, done = fn.append_basic_block("body"), fn.append_basic_block("done")
+        b.cbranch(b.icmp_signed("<", y, zero) if signed else ir.Constant(I1, 0), negative, loop)
+        b.position_at_end(negative)
+        odd = b.trunc(y, I1)
+        minus_one = b.select(odd, ir.Constant(t, -1), one)
+        b.ret(b.select(b.icmp_signed("==", x, one), one,
+                       b.select(b.icmp_signed("==", x, ir.Constant(t, -1)), minus_one, zero)))
+        b.position_at_end(loop)
+        result, base, e = b.phi(t), b.phi(t), b.phi(t)
+        for phi, start in ((result, one), (base, x), (e, y)):
+            phi.add_incoming(start, fn.blocks[0])
+        b.cbranch(b.icmp_unsigned("==", e, zero), done, body)
+        b.position_at_end(body)
+        result.add_incoming(b.select(b.trunc(e, I1), b.mul(result, base), result), body)
+        base.add_incoming(b.mul(base, base), body)
+        e.add_incoming(b.lshr(e, one), body)
+        b.branch(loop)
+        b.position_at_end(done)
+        b.ret(result)
+        return fn
+
+    def _libm(self, base: str, t: ir.Type) -> ir.Function:
+        return self._declare(base + ("f" if isinstance(t, ir.FloatType) else ""), t, [t])
 
     def _intrinsic(self, base: str, t: ir.Type, arity: int) -> ir.Function:
         suffix = "f32" if isinstance(t, ir.FloatType) else "f64"
@@ -432,6 +471,33 @@ class _KernelEmitter:
             quotient = b.udiv(x, safe)
         return b.select(by_zero, zero, quotient)
 
+    def int_mod(self, x: ir.Value, y: ir.Value, signed: bool) -> ir.Value:
+        """Floor modulo (the divisor's sign, as numpy): x % 0 and MIN % -1 give 0 instead of trapping."""
+        b = self.b
+        zero, one = ir.Constant(y.type, 0), ir.Constant(y.type, 1)
+        trivial = b.icmp_unsigned("==", y, zero)
+        if signed:
+            trivial = b.or_(trivial, b.icmp_signed("==", y, ir.Constant(y.type, -1)))
+        safe = b.select(trivial, one, y)
+        if not signed:
+            return b.urem(x, safe)
+        rem = b.srem(x, safe)
+        fix = b.and_(b.icmp_signed("!=", rem, zero), b.icmp_signed("<", b.xor(rem, safe), zero))
+        return b.select(fix, b.add(rem, safe), rem)
+
+    def float_mod(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        """numpy's float modulo: fmod (exact), moved into the divisor's sign; a zero takes the divisor's sign."""
+        b = self.b
+        zero = ir.Constant(x.type, 0.0)
+        rem = b.frem(x, y)
+        fix = b.and_(b.fcmp_ordered("!=", rem, zero), b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", rem, zero)))
+        rem = b.select(fix, b.fadd(rem, y), rem)
+        signed_zero = b.call(self.r._intrinsic("llvm.copysign", x.type, 2), [zero, y])
+        return b.select(b.fcmp_ordered("==", rem, zero), signed_zero, rem)
+
+    def int_pow(self, x: ir.Value, y: ir.Value, signed: bool) -> ir.Value:
+        return self.b.call(self.r.int_pow_function(x.type, signed), [x, y])
+
     def convert(self, v: ir.Value, src: np.dtype, dst: np.dtype) -> ir.Value:
         b, t = self.b, value_type(dst)
         if src == dst:
@@ -471,6 +537,10 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         if name in _FLOAT_INTRINSIC:
             return lambda em, args, dst: em.b.call(em.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)),
                                                    args)
+        if name in _LIBM:
+            return lambda em, args, dst: em.b.call(em.r._libm(_LIBM[name], args[0].type), args)
+        if name == "mod":
+            return lambda em, args, dst: em.float_mod(*args)
         if name in _FCMP:
             return lambda em, args, dst: em.b.fcmp_ordered(_FCMP[name], *args)
         if name == "ne":
@@ -488,6 +558,10 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         return lambda em, args, dst: em.b.neg(args[0])
     if name == "div":
         return lambda em, args, dst: em.int_div(*args, signed)
+    if name == "mod":
+        return lambda em, args, dst: em.int_mod(*args, signed)
+    if name == "pow":
+        return lambda em, args, dst: em.int_pow(*args, signed)
     if name == "shr":
         return lambda em, args, dst: (em.b.ashr if signed else em.b.lshr)(*args)
     if name in ("max", "min"):

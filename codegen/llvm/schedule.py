@@ -27,7 +27,8 @@ from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements each cost far more
-LIBM = {"pow"}  # instructions render.py emits as an LLVM intrinsic that becomes a libm call, unless vmath has them
+LIBM = {"pow", "erf", "mod"}  # float instructions render.py emits as a libm call (or an LLVM intrinsic or
+#                              instruction that becomes one: pow, frem), unless vmath has them
 
 Routine = tuple  # (dtype name, trans_a, trans_b, static M or None): one GEMM routine (render.gemm_symbol)
 
@@ -133,8 +134,9 @@ def epilogue_order(k: Kernel) -> list[int]:
 
 
 def calls_libm(e: Expr) -> bool:
-    """Whether `e` calls libm (an instruction of LIBM that vmath lacks for its dtype)."""
-    return any(isinstance(x, Op) and x.name in LIBM and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
+    """Whether `e` calls libm (a float instruction of LIBM that vmath lacks for its dtype)."""
+    return any(isinstance(x, Op) and x.name in LIBM and x.args[0].dtype.kind == "f"
+               and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
 
 
 # ---- GEMM operand layout ------------------------------------------------------------------

@@ -63,14 +63,14 @@ def elu(x: Any, alpha: float = 1.0) -> Node:
     return apply("elu", [x], alpha=float(alpha))
 
 
-def gelu(x: Any, approximate: str | bool = "tanh") -> Node:
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh approximation (torch's
-    approximate="tanh", Keras's approximate=True). Both libraries default to the exact
-    x Phi(x), which needs an erf instruction graphnet does not have yet: asking for it is an error."""
-    if approximate not in ("tanh", True):
-        raise NotImplementedError(f"gelu: only approximate='tanh' is implemented (the exact form needs an erf "
-                                  f"instruction), got approximate={approximate!r} (at {user_location()})")
-    return apply("gelu", [x], approximate="tanh")
+def gelu(x: Any, approximate: str | bool = "none") -> Node:
+    """x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), the default of torch (approximate="none") and Keras
+    (approximate=False); approximate="tanh" (Keras: True) is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    forms = {"none": "none", False: "none", "tanh": "tanh", True: "tanh"}
+    if not isinstance(approximate, (str, bool)) or approximate not in forms:
+        raise ValueError(f"gelu: approximate must be 'none', 'tanh', False or True, got {approximate!r} "
+                         f"(at {user_location()})")
+    return apply("gelu", [x], approximate=forms[approximate])
 
 
 def swish(x: Any) -> Node:
