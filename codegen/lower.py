@@ -118,7 +118,7 @@ class Lowering:
             kind = n.op.kind
             if kind == "source":
                 continue
-            if kind in ("reduce", "matmul") or not self.fuse:
+            if kind in ("reduce", "matmul", "scan") or not self.fuse:
                 roots.add(n)
             consumers = self.consumers[n]
             if kind == "elementwise" and len(consumers) != 1:
@@ -225,6 +225,12 @@ class Lowering:
             kb = self._new_kernel(x.shape, view, r.shape)
             kb.reduce = Reduce(r.op.name, axes, self._expr(x, ident, kb))
             value: Expr = Acc(r.dtype)
+        elif kind == "scan":
+            x, ident = r.inputs[0], tuple(range(r.ndim))
+            kb = self._new_kernel(x.shape, ident, r.shape)
+            direction = "reverse" if r.attrs["reverse"] else "forward"
+            kb.reduce = Reduce("sum", (r.attrs["axis"],), self._expr(x, ident, kb), scan=direction)
+            value = Acc(r.dtype)
         elif kind == "matmul":
             a, b = r.inputs
             kb = self._new_kernel((a.shape[0], b.shape[1], a.shape[1]), (0, 1), r.shape)
@@ -238,7 +244,7 @@ class Lowering:
                 view = tuple(range(r.ndim))
                 kb = self._new_kernel(r.shape, view, r.shape)
                 value = self._define(r, view, kb)
-        kb.members[r] = _Member(r, kb.view if kind in ("reduce", "matmul") else view, value, buffer)
+        kb.members[r] = _Member(r, kb.view if kind in ("reduce", "matmul", "scan") else view, value, buffer)
         self.buffer_of[r] = buffer
         self.kernel_of[r] = kb
 

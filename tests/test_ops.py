@@ -47,6 +47,16 @@ def _prod_by_loops(x, axes, keepdims):
     return out if keepdims else out.reshape([d for i, d in enumerate(x.shape) if i not in axes])
 
 
+def _cumsum_by_triangle(x, axis, reverse):
+    n = x.shape[axis]
+    triangle = np.tril(np.ones((n, n))) if reverse else np.triu(np.ones((n, n)))
+    return np.moveaxis(np.moveaxis(x, axis, -1) @ triangle.astype(x.dtype), -1, axis)
+
+
+def _first_index(x, axis, pick):
+    return np.apply_along_axis(lambda v: list(v).index(pick(v)), axis, x).astype(np.int64)
+
+
 # Formulas written independently of the ops' own numpy references.
 REFERENCE = {
     "negative": lambda x: 0 - x,
@@ -103,6 +113,10 @@ REFERENCE = {
     "ceil": lambda x: -np.floor(-x),
     "round": np.rint,
     "mod": lambda a, b: a - np.floor(a / b) * b,
+    "cumsum": lambda x, axis, reverse: _cumsum_by_triangle(x, axis, reverse),
+    "argmax": lambda x, axis: _first_index(x, axis, max),
+    "argmin": lambda x, axis: _first_index(x, axis, min),
+    "batch_matmul": lambda a, b: np.einsum("...ik,...kj->...ij", a, b),
 }
 
 
@@ -284,7 +298,9 @@ def _torch_fns(torch):
         "hard_sigmoid": lambda x: torch.clamp(x + 3, 0, 6) / 6,
         "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
         "expm1": torch.expm1, "erf": torch.erf, "floor": torch.floor, "ceil": torch.ceil, "round": torch.round,
-        "mod": torch.remainder,
+        "mod": torch.remainder, "batch_matmul": torch.matmul,
+        "cumsum": lambda x, axis, reverse: (torch.cumsum(x.flip(axis), axis).flip(axis) if reverse
+                                            else torch.cumsum(x, axis)),
     }
 
 

@@ -316,6 +316,8 @@ class _KernelEmitter:
             else:
                 self.gemm(red)
                 self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
+        elif red.scan:
+            self.scan(red, slow_value or slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
@@ -347,6 +349,24 @@ class _KernelEmitter:
                 self.loop(inner, finish, slow_stores)
             self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
+
+    def scan(self, red, scalar: bool) -> None:
+        """For each kept element, a running result in a register over the scan's var (walked backwards
+        for a reverse scan), storing after every step."""
+        b, (var,) = self.b, red.axes
+        slot = b.alloca(value_type(red.value.dtype), name="acc")
+
+        def step():
+            if red.scan == "reverse":
+                self.vars[var] = b.sub(b.sub(self.extent(var), ir.Constant(I64, 1)), self.vars[var])
+            self.acc = self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value))
+            b.store(self.acc, slot)
+            self.stores()
+
+        def run():
+            b.store(self.identity(red), slot)
+            self.loop(var, step, scalar)
+        self.nest([v for v in self.k.order if v != var], run, scalar)
 
     def gemm(self, red) -> None:
         """C = op(A) @ op(B) by the GEMM routine (codegen/llvm/gemm.py), into the scratch buffer."""

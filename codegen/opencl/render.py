@@ -341,6 +341,9 @@ class _KernelWriter:
         self.emit("long i = get_global_id(0);", 1)
         self.emit(f"if (i >= {_count_text(total)}) return;", 1)
         self.decompose("i", self.kept, 1)
+        if red is not None and red.scan:
+            self._scan(red)
+            return
         if red is not None:
             t = self.ctype(red.value.dtype)
             self.emit(f"{t} acc = {_identity(red.op, red.value.dtype)};", 1)
@@ -352,6 +355,19 @@ class _KernelWriter:
             for depth in range(len(red.axes), 0, -1):
                 self.emit("}", depth)
         self.stores(1)
+
+    def _scan(self, red) -> None:
+        """The work-item's running result over the scan's var (backwards for a reverse scan), stored
+        after every step."""
+        (v,), dtype = red.axes, red.value.dtype
+        n = _extent(self.k.domain[v])
+        self.emit(f"{self.ctype(dtype)} acc = {_identity(red.op, dtype)};", 1)
+        self.emit(f"for (long s = 0; s < {n}; ++s) {{", 1)
+        self.emit(f"const long v{v} = {f'{n} - 1 - s' if red.scan == 'reverse' else 's'};", 2)
+        x = self.value(red.value, {}, 2)
+        self.emit(f"acc = {_combine(red.op, dtype, 'acc', x)};", 2)
+        self.stores(2)
+        self.emit("}", 1)
 
     def _group(self) -> None:
         k, red = self.k, self.k.reduce
