@@ -322,11 +322,16 @@ class _KernelEmitter:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
 
+            def accumulate():
+                b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot)
+
             def reduce_into_register():
-                b.store(self.identity(red), slot)
-                self.nest(list(red.axes), lambda: b.store(self.combine(red, b.load(slot, typ=slot.allocated_type),
-                                                                      self.expr_root(red.value)), slot), slow_value)
-                self.acc = b.load(slot, typ=slot.allocated_type)
+                if s.sum_block:
+                    self.acc = self.blocked_sum(red, slot, accumulate, slow_value)
+                else:
+                    b.store(self.identity(red), slot)
+                    self.nest(list(red.axes), accumulate, slow_value)
+                    self.acc = b.load(slot, typ=slot.allocated_type)
                 self.stores()
             self.nest(kept, reduce_into_register, slow_value or slow_stores)
         else:
@@ -349,6 +354,51 @@ class _KernelEmitter:
                 self.loop(inner, finish, slow_stores)
             self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
+
+    def blocked_sum(self, red, slot, accumulate, scalar: bool) -> ir.Value:
+        """The schedule's blocked float32 sum: the reduced loop `var` runs in blocks of `iterations`,
+        each block (with the reduced loops inside it) summed in `slot` (vector lanes once vectorized),
+        and every block's sum is added to a float64 total, rounded once at the end. Returns the sum."""
+        b, (var, iterations) = self.b, self.s.sum_block
+        at = red.axes.index(var)
+        outer, inner = list(red.axes[:at]), list(red.axes[at + 1:])
+        total = b.alloca(ir.DoubleType(), name="total")
+        b.store(ir.Constant(ir.DoubleType(), 0.0), total)
+
+        def block(j):
+            b.store(self.identity(red), slot)
+            self.loop(var, lambda: self.nest(inner, accumulate, scalar), scalar, self.block_bounds(j, iterations, var))
+            part = b.fpext(b.load(slot, typ=slot.allocated_type), ir.DoubleType())
+            b.store(b.fadd(b.load(total, typ=ir.DoubleType()), part), total)
+
+        def blocks():
+            n = self.extent(var)
+            self.counted(b.udiv(b.add(n, ir.Constant(I64, iterations - 1)), ir.Constant(I64, iterations)), block)
+        self.nest(outer, blocks, scalar)
+        return b.fptrunc(b.load(total, typ=ir.DoubleType()), ir.FloatType())
+
+    def block_bounds(self, j: ir.Value, size: int, var: int) -> tuple[ir.Value, ir.Value]:
+        """[j * size, min((j + 1) * size, extent)) of loop var `var`."""
+        b, n = self.b, self.extent(var)
+        begin = b.mul(j, ir.Constant(I64, size))
+        end = b.add(begin, ir.Constant(I64, size))
+        return begin, b.select(b.icmp_signed("<", end, n), end, n)
+
+    def counted(self, count: ir.Value, body) -> None:
+        """for (j = 0; j < count; ++j) body(j), a loop of no loop var (the blocks of a blocked sum)."""
+        b = self.b
+        pre = b.block
+        head, inner, done = (self.fn.append_basic_block(f"blocks{suffix}") for suffix in ("", ".body", ".end"))
+        b.branch(head)
+        b.position_at_end(head)
+        j = b.phi(I64, name="block")
+        j.add_incoming(ir.Constant(I64, 0), pre)
+        b.cbranch(b.icmp_signed("<", j, count), inner, done)
+        b.position_at_end(inner)
+        body(j)
+        j.add_incoming(b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"]), b.block)
+        b.branch(head)
+        b.position_at_end(done)
 
     def scan(self, red, scalar: bool) -> None:
         """For each kept element, a running result in a register over the scan's var (walked backwards
