@@ -129,6 +129,9 @@ def _choose_order(lp: LoopProgram, k: Kernel) -> None:
     if red is None or not variables:
         k.order = tuple(variables)
         return
+    if red.scan:  # each kept element runs its scan in a register
+        k.order = tuple(v for v in variables if v not in red.axes) + tuple(red.axes)
+        return
     kept = [v for v in variables if v not in red.axes]
     score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in loads(red.value)) +
              any(s.offset.stride(v) == (1, 0) for s in k.stores) for v in variables}

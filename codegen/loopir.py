@@ -23,7 +23,8 @@ one buffer. Values are scalar expression trees:
 A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
 such a kernel over (M, N, K) summing A[i, k] * B[k, j]; `reduce.contraction` names the two loads so
-a renderer may call a GEMM instead. Stores of one kernel happen after all of its values for that
+a renderer may call a GEMM instead. A scan (`reduce.scan`, cumsum) reduces over one var in the given
+direction and stores inside that loop: each store reads the running result. Stores of one kernel happen after all of its values for that
 element are computed, so a kernel may read and rewrite a buffer at the same element (in-place
 optimizer updates).
 
@@ -248,6 +249,7 @@ class Reduce:
     scratch: Optional[int] = None  # a row of accumulators over the innermost (kept) var, when set
     workspace: Optional[int] = None  # when set: a GEMM computes the whole (M, N) result into `scratch`
     #                                  first (using this buffer for packing); the stores then read it
+    scan: str = ""  # "forward" / "reverse": a scan over its one var (the stores use it), "" a reduction
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ class Kernel:
         if self.call is not None:
             lines.append(f"  call {self.call}")
         if self.reduce:
-            kind = "matmul " if self.reduce.contraction else ""
+            kind = "matmul " if self.reduce.contraction else f"{self.reduce.scan} scan " if self.reduce.scan else ""
             row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""
             if self.reduce.workspace is not None:
                 row = f" by GEMM into b{self.reduce.scratch} (workspace b{self.reduce.workspace})"

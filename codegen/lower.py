@@ -42,7 +42,7 @@ from .loopir import (Acc, Affine, Buffer, Collective, Const, Expr, ExprBuilder, 
 
 I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
-ROOT_KINDS = ("reduce", "matmul", "scatter", "collective")  # always a kernel of their own
+ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
 
 
@@ -358,6 +358,12 @@ class Lowering:
             kb = self._new_kernel(x.shape, view, r.shape)
             kb.reduce = Reduce(r.op.name, axes, self._expr(x, ident, kb))
             value: Expr = Acc(r.dtype)
+        elif kind == "scan":
+            x, ident = r.inputs[0], tuple(range(r.ndim))
+            kb = self._new_kernel(x.shape, ident, r.shape)
+            direction = "reverse" if r.attrs["reverse"] else "forward"
+            kb.reduce = Reduce("sum", (r.attrs["axis"],), self._expr(x, ident, kb), scan=direction)
+            value = Acc(r.dtype)
         elif kind == "matmul":
             a, b = r.inputs
             kb = self._new_kernel((a.shape[0], b.shape[1], a.shape[1]), (0, 1), r.shape)

@@ -241,6 +241,8 @@ class Node:
     def __rmul__(self, o): return self._bin("multiply", o, True)
     def __truediv__(self, o): return self._bin("divide", o)
     def __rtruediv__(self, o): return self._bin("divide", o, True)
+    def __mod__(self, o): return self._bin("mod", o)
+    def __rmod__(self, o): return self._bin("mod", o, True)
     def __pow__(self, o): return self._bin("power", o)
     def __rpow__(self, o): return self._bin("power", o, True)
     def __matmul__(self, o): return self._bin("matmul", o)

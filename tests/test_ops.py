@@ -89,6 +89,16 @@ def _concat_by_placement(*xs, axis):
     return out
 
 
+def _cumsum_by_triangle(x, axis, reverse):
+    n = x.shape[axis]
+    triangle = np.tril(np.ones((n, n))) if reverse else np.triu(np.ones((n, n)))
+    return np.moveaxis(np.moveaxis(x, axis, -1) @ triangle.astype(x.dtype), -1, axis)
+
+
+def _first_index(x, axis, pick):
+    return np.apply_along_axis(lambda v: list(v).index(pick(v)), axis, x).astype(np.int64)
+
+
 # Formulas written independently of the ops' own numpy references.
 REFERENCE = {
     "negative": lambda x: 0 - x,
@@ -132,7 +142,8 @@ REFERENCE = {
     "prod": _prod_by_loops,
     "elu": lambda x, alpha: np.where(x > 0, x, alpha * (np.exp(x) - 1)),
     "selu": lambda x: 1.0507009873554805 * (np.maximum(x, 0) + np.minimum(0, 1.6732632423543772 * (np.exp(x) - 1))),
-    "gelu": lambda x, approximate: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu": lambda x, approximate: 0.5 * x * (1 + (np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
+                                                   if approximate == "tanh" else special.erf(x / np.sqrt(2)))),
     "silu": lambda x: x / (1 + np.exp(-x)),
     "hard_sigmoid": lambda x: np.minimum(np.maximum(x + 3, 0), 6) / 6,
     "log1p": lambda x: 2 * np.arctanh(x / (2 + x)),
@@ -144,6 +155,16 @@ REFERENCE = {
     "take": _take_by_moving_axes,
     "scatter_add": _scatter_by_loops,
     "concat": _concat_by_placement,
+    "expm1": lambda x: 2 * np.tanh(x / 2) / (1 - np.tanh(x / 2)),
+    "erf": special.erf,
+    "floor": lambda x: -np.ceil(-x),
+    "ceil": lambda x: -np.floor(-x),
+    "round": np.rint,
+    "mod": lambda a, b: a - np.floor(a / b) * b,
+    "cumsum": lambda x, axis, reverse: _cumsum_by_triangle(x, axis, reverse),
+    "argmax": lambda x, axis: _first_index(x, axis, max),
+    "argmin": lambda x, axis: _first_index(x, axis, min),
+    "batch_matmul": lambda a, b: np.einsum("...ik,...kj->...ij", a, b),
 }
 
 
@@ -324,6 +345,10 @@ def _torch_fns(torch):
         # F.hardsigmoid's backward multiplies by 1.0f / 6.0f, a float32 constant even in float64: its formula
         "hard_sigmoid": lambda x: torch.clamp(x + 3, 0, 6) / 6,
         "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
+        "expm1": torch.expm1, "erf": torch.erf, "floor": torch.floor, "ceil": torch.ceil, "round": torch.round,
+        "mod": torch.remainder, "batch_matmul": torch.matmul,
+        "cumsum": lambda x, axis, reverse: (torch.cumsum(x.flip(axis), axis).flip(axis) if reverse
+                                            else torch.cumsum(x, axis)),
     }
 
 

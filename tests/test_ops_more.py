@@ -57,15 +57,16 @@ def test_elu_and_selu_keep_their_relative_precision_near_zero(backend):
 def test_api_functions_build_the_registry_ops():
     x = gn.placeholder("x", (None, 3))
     assert gn.swish(x) is gn.silu(x)  # one op, two names (interned)
-    assert gn.gelu(x, approximate=True) is gn.gelu(x)
+    assert gn.gelu(x, approximate=True) is gn.gelu(x, approximate="tanh")
+    assert gn.gelu(x, approximate=False) is gn.gelu(x)  # exact by default, as torch and Keras
     assert gn.elu(x).attrs == {"alpha": 1.0}
     for name in ("selu", "silu", "hard_sigmoid", "log1p", "square", "rsqrt"):
         assert getattr(gn, name)(x).op is REGISTRY[name]
 
 
-@pytest.mark.parametrize("approximate", ["none", False])
-def test_exact_gelu_is_not_implemented_and_says_why(approximate):
-    with pytest.raises(NotImplementedError, match="erf"):
+@pytest.mark.parametrize("approximate", ["exact", None, 1])
+def test_gelu_refuses_an_unknown_approximation_naming_it(approximate):
+    with pytest.raises(ValueError, match="gelu: approximate must be"):
         gn.gelu(gn.placeholder("x", (None, 3)), approximate=approximate)
 
 
@@ -80,14 +81,15 @@ def test_gelu_and_elu_match_torch_with_attributes():
     torch = pytest.importorskip("torch")
     X = np.linspace(-5, 5, 41)
     x = gn.placeholder("x", (None,), np.float64)
-    outs = [gn.gelu(x), gn.elu(x, 0.3)]
+    outs = [gn.gelu(x, approximate="tanh"), gn.gelu(x), gn.elu(x, 0.3)]
     grads = [gn.gradients(gn.sum(o), x) for o in outs]
     values = _fn(outs + grads, "numpy")(x=X)
     t = torch.tensor(X, requires_grad=True)
-    for k, ref in enumerate([torch.nn.functional.gelu(t, approximate="tanh"), torch.nn.functional.elu(t, 0.3)]):
+    F = torch.nn.functional
+    for k, ref in enumerate([F.gelu(t, approximate="tanh"), F.gelu(t), F.elu(t, 0.3)]):
         (g,) = torch.autograd.grad(ref.sum(), t)
         np.testing.assert_allclose(values[k], ref.detach().numpy(), rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(values[k + 2], g.numpy(), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(values[k + 3], g.numpy(), rtol=1e-12, atol=1e-15)
 
 
 # ---- reductions -------------------------------------------------------------------------------

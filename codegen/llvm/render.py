@@ -8,9 +8,10 @@ Every kernel carries its `LLVMSchedule` (schedule.py: threads, unrolling, GEMM s
 epilogue order, scalar loops), which the renderer follows; a kernel without one is an error.
 Each kernel's body is an internal function taking its buffers as separate `noalias` pointers (the
 memory plan guarantees they do not overlap), so LLVM may vectorize it; the scalar instructions map
-to LLVM instructions or intrinsics through the tables below; exp, log, log1p, tanh and float32 pow
-are inline branch-free code from vmath.py, which vectorizes (float64 pow still calls libm and keeps
-its loop scalar). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions
+to LLVM instructions or intrinsics through the tables below; exp, expm1, log, log1p, tanh, float32
+erf and float32 pow are inline branch-free code from vmath.py, which vectorizes (float64 pow and erf,
+and float mod (`frem`), still call libm and keep their loops scalar). Integer pow calls a small
+internal function (`graphnet_ipow_<type>`, square and multiply). Fast-math is limited to `reassoc` and `contract` on the accumulation of reductions
 and matmuls (summation order, fused multiply-add): results differ from the numpy reference by
 rounding only, and NaN/Inf flow through as data.
 """
@@ -39,7 +40,8 @@ REDUCE_FLAGS = ("reassoc", "contract")
 _FLOAT_BINARY = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _INT_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "xor": "xor"}
 _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximum", "min": "llvm.minimum",
-                    "pow": "llvm.pow"}
+                    "pow": "llvm.pow", "floor": "llvm.floor", "ceil": "llvm.ceil", "round": "llvm.roundeven"}
+_LIBM = {"erf": "erf"}  # libm functions called by name (float: with the suffix f)
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 RUNTIME_CALLS = ("allreduce_start", "allreduce_wait")  # the runtime functions a call kernel may name
@@ -127,6 +129,43 @@ class Renderer:
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
         return fn
+
+    def int_pow_function(self, t: ir.IntType, signed: bool) -> ir.Function:
+        """`graphnet_ipow_<s|u><bits>(x, y)`: x^y by squaring, wrapping as numpy; a negative y gives x^y
+        truncated toward zero (1, -1 or 0: graphnet.ops.scalar._power)."""
+        name = f"graphnet_ipow_{'s' if signed else 'u'}{t.width}"
+        fn = self.module.globals.get(name)
+        if fn is not None:
+            return fn
+        fn = ir.Function(self.module, ir.FunctionType(t, [t, t]), name)
+        fn.linkage = "internal"
+        x, y = fn.args
+        one, zero = ir.Constant(t, 1), ir.Constant(t, 0)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        negative, loop = fn.append_basic_block("negative"), fn.append_basic_block("loop")
+        body, done = fn.append_basic_block("body"), fn.append_basic_block("done")
+        b.cbranch(b.icmp_signed("<", y, zero) if signed else ir.Constant(I1, 0), negative, loop)
+        b.position_at_end(negative)
+        odd = b.trunc(y, I1)
+        minus_one = b.select(odd, ir.Constant(t, -1), one)
+        b.ret(b.select(b.icmp_signed("==", x, one), one,
+                       b.select(b.icmp_signed("==", x, ir.Constant(t, -1)), minus_one, zero)))
+        b.position_at_end(loop)
+        result, base, e = b.phi(t), b.phi(t), b.phi(t)
+        for phi, start in ((result, one), (base, x), (e, y)):
+            phi.add_incoming(start, fn.blocks[0])
+        b.cbranch(b.icmp_unsigned("==", e, zero), done, body)
+        b.position_at_end(body)
+        result.add_incoming(b.select(b.trunc(e, I1), b.mul(result, base), result), body)
+        base.add_incoming(b.mul(base, base), body)
+        e.add_incoming(b.lshr(e, one), body)
+        b.branch(loop)
+        b.position_at_end(done)
+        b.ret(result)
+        return fn
+
+    def _libm(self, base: str, t: ir.Type) -> ir.Function:
+        return self._declare(base + ("f" if isinstance(t, ir.FloatType) else ""), t, [t])
 
     def _intrinsic(self, base: str, t: ir.Type, arity: int) -> ir.Function:
         suffix = "f32" if isinstance(t, ir.FloatType) else "f64"
@@ -297,15 +336,22 @@ class _KernelEmitter:
             else:
                 self.gemm(red)
                 self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
+        elif red.scan:
+            self.scan(red, slow_value or slow_stores)
         elif red.scratch is None:
             slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
 
+            def accumulate():
+                b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot)
+
             def reduce_into_register():
-                b.store(self.identity(red), slot)
-                self.nest(list(red.axes), lambda: b.store(self.combine(red, b.load(slot, typ=slot.allocated_type),
-                                                                      self.expr_root(red.value)), slot), slow_value)
-                self.acc = b.load(slot, typ=slot.allocated_type)
+                if s.sum_block:
+                    self.acc = self.blocked_sum(red, slot, accumulate, slow_value)
+                else:
+                    b.store(self.identity(red), slot)
+                    self.nest(list(red.axes), accumulate, slow_value)
+                    self.acc = b.load(slot, typ=slot.allocated_type)
                 self.stores()
             self.nest(kept, reduce_into_register, slow_value or slow_stores)
         else:
@@ -328,6 +374,69 @@ class _KernelEmitter:
                 self.loop(inner, finish, slow_stores)
             self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
+
+    def blocked_sum(self, red, slot, accumulate, scalar: bool) -> ir.Value:
+        """The schedule's blocked float32 sum: the reduced loop `var` runs in blocks of `iterations`,
+        each block (with the reduced loops inside it) summed in `slot` (vector lanes once vectorized),
+        and every block's sum is added to a float64 total, rounded once at the end. Returns the sum."""
+        b, (var, iterations) = self.b, self.s.sum_block
+        at = red.axes.index(var)
+        outer, inner = list(red.axes[:at]), list(red.axes[at + 1:])
+        total = b.alloca(ir.DoubleType(), name="total")
+        b.store(ir.Constant(ir.DoubleType(), 0.0), total)
+
+        def block(j):
+            b.store(self.identity(red), slot)
+            self.loop(var, lambda: self.nest(inner, accumulate, scalar), scalar, self.block_bounds(j, iterations, var))
+            part = b.fpext(b.load(slot, typ=slot.allocated_type), ir.DoubleType())
+            b.store(b.fadd(b.load(total, typ=ir.DoubleType()), part), total)
+
+        def blocks():
+            n = self.extent(var)
+            self.counted(b.udiv(b.add(n, ir.Constant(I64, iterations - 1)), ir.Constant(I64, iterations)), block)
+        self.nest(outer, blocks, scalar)
+        return b.fptrunc(b.load(total, typ=ir.DoubleType()), ir.FloatType())
+
+    def block_bounds(self, j: ir.Value, size: int, var: int) -> tuple[ir.Value, ir.Value]:
+        """[j * size, min((j + 1) * size, extent)) of loop var `var`."""
+        b, n = self.b, self.extent(var)
+        begin = b.mul(j, ir.Constant(I64, size))
+        end = b.add(begin, ir.Constant(I64, size))
+        return begin, b.select(b.icmp_signed("<", end, n), end, n)
+
+    def counted(self, count: ir.Value, body) -> None:
+        """for (j = 0; j < count; ++j) body(j), a loop of no loop var (the blocks of a blocked sum)."""
+        b = self.b
+        pre = b.block
+        head, inner, done = (self.fn.append_basic_block(f"blocks{suffix}") for suffix in ("", ".body", ".end"))
+        b.branch(head)
+        b.position_at_end(head)
+        j = b.phi(I64, name="block")
+        j.add_incoming(ir.Constant(I64, 0), pre)
+        b.cbranch(b.icmp_signed("<", j, count), inner, done)
+        b.position_at_end(inner)
+        body(j)
+        j.add_incoming(b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"]), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def scan(self, red, scalar: bool) -> None:
+        """For each kept element, a running result in a register over the scan's var (walked backwards
+        for a reverse scan), storing after every step."""
+        b, (var,) = self.b, red.axes
+        slot = b.alloca(value_type(red.value.dtype), name="acc")
+
+        def step():
+            if red.scan == "reverse":
+                self.vars[var] = b.sub(b.sub(self.extent(var), ir.Constant(I64, 1)), self.vars[var])
+            self.acc = self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value))
+            b.store(self.acc, slot)
+            self.stores()
+
+        def run():
+            b.store(self.identity(red), slot)
+            self.loop(var, step, scalar)
+        self.nest([v for v in self.k.order if v != var], run, scalar)
 
     def gemm(self, red) -> None:
         """C = op(A) @ op(B) by the GEMM routine (codegen/llvm/gemm.py), into the scratch buffer."""
@@ -458,6 +567,33 @@ class _KernelEmitter:
             quotient = b.udiv(x, safe)
         return b.select(by_zero, zero, quotient)
 
+    def int_mod(self, x: ir.Value, y: ir.Value, signed: bool) -> ir.Value:
+        """Floor modulo (the divisor's sign, as numpy): x % 0 and MIN % -1 give 0 instead of trapping."""
+        b = self.b
+        zero, one = ir.Constant(y.type, 0), ir.Constant(y.type, 1)
+        trivial = b.icmp_unsigned("==", y, zero)
+        if signed:
+            trivial = b.or_(trivial, b.icmp_signed("==", y, ir.Constant(y.type, -1)))
+        safe = b.select(trivial, one, y)
+        if not signed:
+            return b.urem(x, safe)
+        rem = b.srem(x, safe)
+        fix = b.and_(b.icmp_signed("!=", rem, zero), b.icmp_signed("<", b.xor(rem, safe), zero))
+        return b.select(fix, b.add(rem, safe), rem)
+
+    def float_mod(self, x: ir.Value, y: ir.Value) -> ir.Value:
+        """numpy's float modulo: fmod (exact), moved into the divisor's sign; a zero takes the divisor's sign."""
+        b = self.b
+        zero = ir.Constant(x.type, 0.0)
+        rem = b.frem(x, y)
+        fix = b.and_(b.fcmp_ordered("!=", rem, zero), b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", rem, zero)))
+        rem = b.select(fix, b.fadd(rem, y), rem)
+        signed_zero = b.call(self.r._intrinsic("llvm.copysign", x.type, 2), [zero, y])
+        return b.select(b.fcmp_ordered("==", rem, zero), signed_zero, rem)
+
+    def int_pow(self, x: ir.Value, y: ir.Value, signed: bool) -> ir.Value:
+        return self.b.call(self.r.int_pow_function(x.type, signed), [x, y])
+
     def convert(self, v: ir.Value, src: np.dtype, dst: np.dtype) -> ir.Value:
         b, t = self.b, value_type(dst)
         if src == dst:
@@ -497,6 +633,10 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         if name in _FLOAT_INTRINSIC:
             return lambda em, args, dst: em.b.call(em.r._intrinsic(_FLOAT_INTRINSIC[name], args[0].type, len(args)),
                                                    args)
+        if name in _LIBM:
+            return lambda em, args, dst: em.b.call(em.r._libm(_LIBM[name], args[0].type), args)
+        if name == "mod":
+            return lambda em, args, dst: em.float_mod(*args)
         if name in _FCMP:
             return lambda em, args, dst: em.b.fcmp_ordered(_FCMP[name], *args)
         if name == "ne":
@@ -514,6 +654,10 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         return lambda em, args, dst: em.b.neg(args[0])
     if name == "div":
         return lambda em, args, dst: em.int_div(*args, signed)
+    if name == "mod":
+        return lambda em, args, dst: em.int_mod(*args, signed)
+    if name == "pow":
+        return lambda em, args, dst: em.int_pow(*args, signed)
     if name == "shr":
         return lambda em, args, dst: (em.b.ashr if signed else em.b.lshr)(*args)
     if name in ("max", "min"):

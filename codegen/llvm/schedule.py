@@ -11,11 +11,18 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
-- scalar loops: loops whose values call libm are kept from vectorizing.
+- scalar loops: loops whose values call libm are kept from vectorizing;
+- blocked sums: a float32 sum into a register of more than SUM_BLOCK elements (SUM_BLOCK_SCALAR in
+  a scalar loop) runs in blocks of at most that many, each summed in float32 (in vector lanes once
+  vectorized), adding each block's sum to a float64 total: rounding errors grow with the block
+  length, not with the whole reduction's (numpy's pairwise sums are as accurate), at one float64
+  addition per block.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import vmath
 from .gemm import GemmSpec, specialised_m
@@ -26,8 +33,11 @@ from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk
 
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
+SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
+SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements each cost far more
-LIBM = {"pow"}  # instructions render.py emits as an LLVM intrinsic that becomes a libm call, unless vmath has them
+LIBM = {"pow", "erf", "mod"}  # float instructions render.py emits as a libm call (or an LLVM intrinsic or
+#                              instruction that becomes one: pow, frem), unless vmath has them
 
 Routine = tuple  # (dtype name, trans_a, trans_b, static M or None): one GEMM routine (render.gemm_symbol)
 
@@ -62,6 +72,7 @@ class LLVMSchedule:
     scalar_reduce: bool = False  # the reduction's loops are kept from vectorizing (libm calls)
     scalar_stores: bool = False  # the stores' loops are kept from vectorizing (libm calls)
     gemm: Gemm | None = None
+    sum_block: tuple = ()  # a blocked float32 sum: (the reduced var run in blocks, its iterations per block)
 
     def __str__(self) -> str:
         parts = [str(self.gemm)] if self.gemm is not None else []
@@ -76,6 +87,9 @@ class LLVMSchedule:
         scalar = [name for name, on in (("reduce", self.scalar_reduce), ("stores", self.scalar_stores)) if on]
         if scalar:
             parts.append("scalar loops (libm): " + ",".join(scalar))
+        if self.sum_block:
+            var, iterations = self.sum_block
+            parts.append(f"float32 sum in blocks of {iterations} v{var} into a float64 total")
         return ", ".join(parts)
 
 
@@ -99,7 +113,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         gemm, looped = None, tuple(k.order)
     unroll = tuple(sorted(v for v in looped if k.domain[v] is not None and k.domain[v] <= UNROLL_MAX))
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
-                  scalar_stores=scalar_stores, gemm=gemm)
+                  scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
     if gemm is not None and gemm.by_columns:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
@@ -108,6 +122,24 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
                         **common)
+
+
+def _sum_block(k: Kernel, scalar: bool) -> tuple:
+    """(var, iterations): the reduced loop of a float32 sum into a register that runs in blocks, and
+    how many of its iterations make one block (see the module's docstring); () for other kernels and
+    for sums of at most one block's elements. The blocked loop is the innermost one whose loops
+    (itself and those inside it) exceed a block."""
+    red = k.reduce
+    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.scratch is not None \
+            or red.workspace is not None:
+        return ()
+    size, inside = SUM_BLOCK_SCALAR if scalar else SUM_BLOCK, 1
+    for var in reversed(red.axes):
+        extent = k.domain[var]
+        if extent is None or inside * extent > size:
+            return var, max(1, size // inside)
+        inside *= extent
+    return ()
 
 
 def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
@@ -133,8 +165,9 @@ def epilogue_order(k: Kernel) -> list[int]:
 
 
 def calls_libm(e: Expr) -> bool:
-    """Whether `e` calls libm (an instruction of LIBM that vmath lacks for its dtype)."""
-    return any(isinstance(x, Op) and x.name in LIBM and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
+    """Whether `e` calls libm (a float instruction of LIBM that vmath lacks for its dtype)."""
+    return any(isinstance(x, Op) and x.name in LIBM and x.args[0].dtype.kind == "f"
+               and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
 
 
 # ---- GEMM operand layout ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""exp, log, log1p, tanh and float32 pow as inline LLVM IR that vectorizes (float or double, scalar or vector).
+"""exp, expm1, log, log1p, tanh, float32 erf and float32 pow as inline LLVM IR that vectorizes (float or double, scalar or vector).
 
 libm calls keep a loop scalar (one call per element); these are branch-free sequences of arithmetic,
 integer bit operations and selects, so the loop vectorizer widens them like any other expression
@@ -7,7 +7,7 @@ exponent (x = n ln2 + r, or x = 2^e m) and evaluates a short Taylor series on th
 special values (NaN, +-Inf, zero, negative arguments of log, overflow, underflow into denormals)
 come out as numpy gives them, through the IEEE arithmetic itself or a final select. Accuracy, as
 tests/test_vmath.py checks it: exp, log, log1p within 1.1 ulp and tanh within 1.6 ulp (float32 and
-float64), float32 pow 0.5 ulp.
+float64), float32 pow 0.5 ulp; tests/test_ops_math.py: expm1 and float32 erf within 1.5 ulp.
 """
 from __future__ import annotations
 
@@ -139,6 +139,28 @@ class _Math:
         scale = self.pow2(n)
         return self.fma(scale, self.expm1_reduced(r), self.b.fsub(scale, self.c(1.0)))
 
+    def expm1(self, x) -> ir.Value:
+        """e^x - 1 = 2^n (expm1(r) + (1 - 2^-n)): 1 - 2^-n is exact (or rounds to 1 where 2^-n is below
+        half an ulp of 1), so the only roundings are expm1(r)'s, the addition's and the result's (2^n
+        applied in two factors, as in exp). Below -(mant + 3) ln2 the result rounds to -1."""
+        b, f = self.b, self.f
+        n, r = self.reduce(self.clamp(x, -(f.mant + 3) * math.log(2), f.exp_range[1]))
+        capped = b.select(b.icmp_signed(">", n, self.i(f.mant + 3)), self.i(f.mant + 3), n)
+        t = b.fadd(self.expm1_reduced(r), b.fsub(self.c(1.0), self.pow2(b.neg(capped))))
+        half = b.ashr(n, self.i(1))
+        y = b.fmul(b.fmul(t, self.pow2(half)), self.pow2(b.sub(n, half)))
+        return b.select(self.eq(x, self.c(0.0)), x, y)  # keeps -0
+
+    def erf(self, x) -> ir.Value:
+        """float32 erf: x + x R(x^2) for |x| <= ERF_SPLIT, else sign(x) (1 - exp(Q(|x|))), Q approximating
+        log(erfc) up to 4, beyond which erf rounds to +-1 (coefficients: ERF_SMALL, ERF_LARGE)."""
+        b = self.b
+        magnitude = self.intrinsic("fabs", x)
+        small = self.fma(x, self.horner(b.fmul(x, x), ERF_SMALL), x)
+        q = self.horner(self.clamp(magnitude, ERF_SPLIT, 4.0), ERF_LARGE)
+        large = self.intrinsic("copysign", b.fsub(self.c(1.0), self.exp(q)), x)
+        return b.select(self.lt(self.c(ERF_SPLIT), magnitude), large, small)
+
     def tanh(self, x) -> ir.Value:
         """sign(x) * y / (y + 2) with y = expm1(2|x|): relative errors in y shrink in the quotient.
         One correction step removes the rounding of y + 2 and of the division."""
@@ -223,10 +245,22 @@ class _Math:
         return b.select(one, self.c(1.0), r)
 
 
-FUNCTIONS = {"exp": ("float32", "float64"), "log": ("float32", "float64"), "log1p": ("float32", "float64"),
-             "tanh": ("float32", "float64"), "pow": ("float32",)}
+# float32 erf's polynomials: near-minimax fits (least squares, reweighted toward the largest error) to
+# erf(x)/x - 1 in x^2 on [0, ERF_SPLIT] (relative error 4e-10) and to log(erfc(t)) on [ERF_SPLIT, 4]
+# (absolute error 1.2e-8), rounded to float32; lowest degree first.
+ERF_SPLIT = 0.921875
+ERF_SMALL = (0.12837916612625122, -0.37612634897232056, 0.11283695697784424, -0.026859402656555176,
+             0.0052010416984558105, -0.0008142793085426092, 8.37041880004108e-05)
+ERF_LARGE = (0.00029429065762087703, -1.1301316022872925, -0.6319952607154846, -0.1099252700805664,
+             0.026335585862398148, -0.004730297718197107, 0.000590718409512192, -4.5354943722486496e-05,
+             1.6025076092773816e-06)
+
+FUNCTIONS = {"exp": ("float32", "float64"), "expm1": ("float32", "float64"), "log": ("float32", "float64"),
+             "log1p": ("float32", "float64"), "tanh": ("float32", "float64"), "erf": ("float32",),
+             "pow": ("float32",)}
 """The scalar instructions this module emits inline, and for which dtypes (float64 pow stays with
-libm: exp(y log x) in double precision loses up to ~10 bits near overflow)."""
+libm: exp(y log x) in double precision loses up to ~10 bits near overflow; float64 erf too: its
+polynomials would need twice the degree)."""
 
 
 def provides(name: str, dtype) -> bool:

@@ -34,16 +34,28 @@ _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int
           "u1": "uchar", "u2": "ushort", "u4": "uint", "u8": "ulong", "b1": "bool"}
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "xor": "^", "shr": ">>",
           "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-_FLOAT_CALL = {"exp": "exp", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs",
-               "pow": "pow", "max": "gn_max", "min": "gn_min"}  # tanh: _KernelWriter.tanh
+_FLOAT_CALL = {"exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p", "sqrt": "sqrt", "abs": "fabs",
+               "pow": "pow", "max": "gn_max", "min": "gn_min", "erf": "erf", "floor": "floor", "ceil": "ceil",
+               "round": "rint"}  # tanh: _tanh; mod: instruction(); rint rounds half to even (the default mode)
 _INT_CALL = {"max": "max", "min": "min", "abs": "gn_iabs"}
+_INT_TYPES = (("char", "uchar"), ("short", "ushort"), ("int", "uint"), ("long", "ulong"))
 
 PRELUDE = """\
 /* numpy semantics: maximum and minimum propagate NaN (fmax and fmin would drop it) */
 #define gn_max(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
 #define gn_min(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
 #define gn_iabs(a) ((a) < 0 ? -(a) : (a))
-"""
+/* numpy's floor modulo from fmod's (or %'s) remainder r: moved into the divisor's sign; a float zero
+   takes the divisor's sign */
+#define gn_fmod_fix(r, b) ((r) == 0 ? copysign((r), (b)) : (((b) < 0) != ((r) < 0) ? (r) + (b) : (r)))
+#define gn_imod_fix(r, b) ((r) != 0 && (((b) < 0) != ((r) < 0)) ? (r) + (b) : (r))
+/* integer x^y by squaring, wrapping (in the unsigned type); y < 0 gives x^y truncated toward zero */
+#define GN_IPOW(T, U) T gn_ipow_##T(T x, T y) { \
+    if (y < 0) return x == 1 ? 1 : (x == (T)-1 ? ((y & 1) ? (T)-1 : 1) : 0); \
+    U r = 1, p = (U)x, e = (U)y; \
+    while (e) { if (e & 1) r *= p; p *= p; e >>= 1; } \
+    return (T)r; }
+""" + "".join(f"GN_IPOW({t}, {u})\nGN_IPOW({u}, {u})\n" for t, u in _INT_TYPES)
 
 
 def ctype(dtype: np.dtype) -> str:
@@ -174,6 +186,10 @@ def instruction(name: str, src: np.dtype, dst: np.dtype, args: list[str]) -> str
         a, b = args[:2]
         wrap = f"{b} == {literal(-1, src)} ? (-({a})) : " if src.kind == "i" else ""
         return f"({b} == {literal(0, src)} ? {literal(0, src)} : {wrap}{a} / {b})"
+    if name == "mod":
+        return _mod(args[0], args[1], src)
+    if name == "pow" and src.kind in "iu":
+        return f"gn_ipow_{ctype(src)}({args[0]}, {args[1]})"
     if name in _INFIX:
         return f"({args[0]} {_INFIX[name]} {args[1]})"
     table = _FLOAT_CALL if src.kind == "f" else _INT_CALL
@@ -187,6 +203,16 @@ def instruction(name: str, src: np.dtype, dst: np.dtype, args: list[str]) -> str
 def renders(name: str, src: np.dtype) -> bool:
     """Whether `instruction` renders `name` on operands of dtype `src`."""
     return instruction(name, np.dtype(src), np.dtype(src), ["a", "b", "c"]) is not None
+
+
+def _mod(a: str, b: str, dtype: np.dtype) -> str:
+    """numpy's floor modulo; on integers x % 0 (and MIN % -1) give 0 instead of trapping."""
+    if dtype.kind == "f":
+        return f"gn_fmod_fix(fmod({a}, {b}), {b})"
+    zero = literal(0, dtype)
+    if dtype.kind == "u":
+        return f"({b} == {zero} ? {zero} : {a} % {b})"
+    return f"({b} == {zero} || {b} == {literal(-1, dtype)} ? {zero} : gn_imod_fix({a} % {b}, {b}))"
 
 
 def _tanh(x: str, dtype: np.dtype) -> str:
@@ -319,6 +345,9 @@ class _KernelWriter:
         self.emit("long i = get_global_id(0);", 1)
         self.emit(f"if (i >= {_count_text(total)}) return;", 1)
         self.decompose("i", self.kept, 1)
+        if red is not None and red.scan:
+            self._scan(red)
+            return
         if red is not None:
             t = self.ctype(red.value.dtype)
             self.emit(f"{t} acc = {_identity(red.op, red.value.dtype)};", 1)
@@ -330,6 +359,19 @@ class _KernelWriter:
             for depth in range(len(red.axes), 0, -1):
                 self.emit("}", depth)
         self.stores(1)
+
+    def _scan(self, red) -> None:
+        """The work-item's running result over the scan's var (backwards for a reverse scan), stored
+        after every step."""
+        (v,), dtype = red.axes, red.value.dtype
+        n = _extent(self.k.domain[v])
+        self.emit(f"{self.ctype(dtype)} acc = {_identity(red.op, dtype)};", 1)
+        self.emit(f"for (long s = 0; s < {n}; ++s) {{", 1)
+        self.emit(f"const long v{v} = {f'{n} - 1 - s' if red.scan == 'reverse' else 's'};", 2)
+        x = self.value(red.value, {}, 2)
+        self.emit(f"acc = {_combine(red.op, dtype, 'acc', x)};", 2)
+        self.stores(2)
+        self.emit("}", 1)
 
     def _group(self) -> None:
         k, red = self.k, self.k.reduce

@@ -4,7 +4,7 @@
 `Kernel.schedule` to an `OpenCLSchedule`, which render.py follows without deciding anything itself.
 A kernel has one of three forms:
 - "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
-  inside the work-item (softmax's row max and sum, small reductions);
+  inside the work-item (softmax's row max and sum, small reductions; every scan);
 - "group": one work-group per kept element when one work-item per kept element would leave most
   of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
   and the reduction is long or runs over the batch: work-items stride over the reduced elements,
@@ -74,7 +74,7 @@ def schedule_kernel(k: Kernel, limits: Limits) -> OpenCLSchedule:
     if red is not None and red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
         r, w, tsk = matmul_tile(limits, red.value.dtype.itemsize)
         return OpenCLSchedule("tiled", r * r, (r, w, tsk))
-    form = "group" if red is not None and _group_reduce(k, limits) else "flat"
+    form = "group" if red is not None and not red.scan and _group_reduce(k, limits) else "flat"
     return OpenCLSchedule(form, group_size(limits))
 
 

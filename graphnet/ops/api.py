@@ -63,14 +63,14 @@ def elu(x: Any, alpha: float = 1.0) -> Node:
     return apply("elu", [x], alpha=float(alpha))
 
 
-def gelu(x: Any, approximate: str | bool = "tanh") -> Node:
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the tanh approximation (torch's
-    approximate="tanh", Keras's approximate=True). Both libraries default to the exact
-    x Phi(x), which needs an erf instruction graphnet does not have yet: asking for it is an error."""
-    if approximate not in ("tanh", True):
-        raise NotImplementedError(f"gelu: only approximate='tanh' is implemented (the exact form needs an erf "
-                                  f"instruction), got approximate={approximate!r} (at {user_location()})")
-    return apply("gelu", [x], approximate="tanh")
+def gelu(x: Any, approximate: str | bool = "none") -> Node:
+    """x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), the default of torch (approximate="none") and Keras
+    (approximate=False); approximate="tanh" (Keras: True) is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    forms = {"none": "none", False: "none", "tanh": "tanh", True: "tanh"}
+    if not isinstance(approximate, (str, bool)) or approximate not in forms:
+        raise ValueError(f"gelu: approximate must be 'none', 'tanh', False or True, got {approximate!r} "
+                         f"(at {user_location()})")
+    return apply("gelu", [x], approximate=forms[approximate])
 
 
 def swish(x: Any) -> Node:
@@ -91,7 +91,20 @@ def where(cond: Any, a: Any, b: Any) -> Node:
 
 
 def matmul(a: Any, b: Any) -> Node:
-    return apply("matmul", [a, b])
+    """numpy's matmul: 2-D operands are one GEMM; N-D operands multiply their last two dimensions,
+    broadcasting the others; a 1-D operand is a row (a) or column (b) vector, dropped from the result."""
+    a, b = promote([a, b])
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: operands must not be scalars, got {shape_str(a.shape)} @ {shape_str(b.shape)} "
+                         f"(at {user_location()})")
+    if a.ndim == 2 and b.ndim == 2:
+        return apply("matmul", [a, b])
+    rows, columns = a.ndim == 1, b.ndim == 1
+    a = reshape(a, (1,) + a.shape) if rows else a
+    b = reshape(b, b.shape + (1,)) if columns else b
+    out = apply("matmul" if a.ndim == b.ndim == 2 else "batch_matmul", [a, b])
+    drop = ([out.ndim - 2] if rows else []) + ([out.ndim - 1] if columns else [])
+    return reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop)) if drop else out
 
 
 def transpose(x: Any, perm: Sequence[int] | None = None) -> Node:
@@ -138,6 +151,30 @@ def min(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
 def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     """The product over `axis`; its gradient is the product of the other elements, exact at zeros."""
     return _reduce("prod", x, axis, keepdims)
+
+
+def argmax(x: Any, axis: int = -1) -> Node:
+    """The int64 index of the first maximum along `axis` (the first NaN where a slice holds one), as
+    numpy's; there is no flattening default: the last axis. It has no gradient (differentiating
+    through it is an error)."""
+    return _arg_reduce("argmax", x, axis)
+
+
+def argmin(x: Any, axis: int = -1) -> Node:
+    """The int64 index of the first minimum along `axis` (the first NaN where a slice holds one)."""
+    return _arg_reduce("argmin", x, axis)
+
+
+def _arg_reduce(name: str, x: Any, axis: int) -> Node:
+    (x,) = promote([x])
+    return apply(name, [x], axis=_axes(name, int(axis), x)[0])
+
+
+def cumsum(x: Any, axis: int = -1, reverse: bool = False) -> Node:
+    """The running sum along `axis` (numpy's cumsum; with `reverse`, from the end: tf.cumsum's
+    reverse=True). Its gradient is the cumsum of the incoming gradient in the other direction."""
+    (x,) = promote([x])
+    return apply("cumsum", [x], axis=_axes("cumsum", int(axis), x)[0], reverse=bool(reverse))
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:

@@ -13,6 +13,7 @@ from . import api as ops
 from ..errors import ShapeError
 from ..graph import Node
 from .base import FLOATS, REGISTRY, Example, Op, apply, broadcast_shapes, register, require_float, same_dtype
+from .scalar import _erf, _mod, _power
 
 
 # ---- unary ------------------------------------------------------------------------------------
@@ -69,18 +70,36 @@ def _gelu_2u(x):
     return 2 * GELU_C * (x + GELU_K * x * x * x)
 
 
+# exact gelu (approximate="none"): x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), torch's formula.
+SQRT_HALF, INV_SQRT_2PI = float(np.sqrt(0.5)), float(1 / np.sqrt(2 * np.pi))
+
+
 def _gelu_ref(x, approximate):
-    return x * _stable_sigmoid(_gelu_2u(x))
+    if approximate == "tanh":
+        return x * _stable_sigmoid(_gelu_2u(x))
+    return 0.5 * x * (1 + _erf(x * x.dtype.type(SQRT_HALF)))
 
 
 def _gelu_grad(x, y, g, approximate):
+    if approximate != "tanh":  # Phi(x) + x phi(x)
+        return g * (0.5 * (1 + ops.erf(x * SQRT_HALF)) + x * INV_SQRT_2PI * ops.exp(-0.5 * x * x))
     sig = ops.sigmoid(_gelu_2u(x))
     return g * (sig + y * (1 - sig) * (2 * GELU_C) * (1 + 3 * GELU_K * x * x))
 
 
 def _gelu_scalar(s, x, approximate):
+    if approximate != "tanh":
+        return s.mul(s.mul(x, 0.5), s.add(1, s.erf(s.mul(x, SQRT_HALF))))
     two_u = s.mul(s.add(x, s.mul(s.mul(s.mul(x, x), x), GELU_K)), 2 * GELU_C)
     return s.div(x, s.add(1, s.exp(s.neg(two_u))))
+
+
+def _zero_grad(x, y, g):
+    """Piecewise-constant ops (floor, ceil, round): zero, not None, as torch's."""
+    return ops.zeros_like(g)
+
+
+TWO_OVER_SQRT_PI = float(2 / np.sqrt(np.pi))
 
 
 def _silu_grad(x, y, g):
@@ -126,6 +145,11 @@ UNARY = [
     Unary("square", np.square, lambda x, y, g: g * 2 * x, lambda s, x: s.mul(x, x)),
     Unary("rsqrt", lambda x: 1 / np.sqrt(x), lambda x, y, g: g * -0.5 * y * y * y,
           lambda s, x: s.div(1, s.sqrt(x)), low=0.2, high=3.0),
+    Unary("expm1", np.expm1, lambda x, y, g: g * ops.exp(x), lambda s, x: s.expm1(x)),
+    Unary("erf", _erf, lambda x, y, g: g * TWO_OVER_SQRT_PI * ops.exp(-x * x), lambda s, x: s.erf(x)),
+    Unary("floor", np.floor, _zero_grad, lambda s, x: s.floor(x), smooth=False),
+    Unary("ceil", np.ceil, _zero_grad, lambda s, x: s.ceil(x), smooth=False),
+    Unary("round", np.round, _zero_grad, lambda s, x: s.round(x), smooth=False),  # half to even, as numpy
 ]
 for _op in UNARY:
     REGISTRY[_op.name] = _op
@@ -133,7 +157,9 @@ REGISTRY["leaky_relu"].examples = (Example([(None, 3)], {"alpha": 0.1}, smooth=F
 REGISTRY["clip"].examples = (Example([(None, 3)], {"lo": -0.5, "hi": 0.7}, smooth=False),)
 REGISTRY["elu"].examples = (Example([(None, 3)], {"alpha": 1.0}), Example([(2, 3, 4)], {"alpha": 0.5}))
 REGISTRY["gelu"].examples = (Example([(None, 3)], {"approximate": "tanh"}, low=-4.0, high=4.0),
-                             Example([(2, 3, 4)], {"approximate": "tanh"}))
+                             Example([(2, 3, 4)], {"approximate": "tanh"}),
+                             Example([(None, 3)], {"approximate": "none"}, low=-4.0, high=4.0),
+                             Example([(2, 3, 4)], {"approximate": "none"}))
 for _name in ("leaky_relu", "clip", "elu", "gelu"):
     REGISTRY[_name].signature = ""  # attributes: functions in api.py
 REGISTRY["stop_gradient"].differentiable = True  # its gradient is defined: zero
@@ -201,7 +227,10 @@ _binary("subtract", np.subtract, lambda a, b, y, g: (g, -g), lambda s, a, b: s.s
 _binary("multiply", np.multiply, lambda a, b, y, g: (g * b, g * a), lambda s, a, b: s.mul(a, b))
 _binary("divide", np.divide, lambda a, b, y, g: (g / b, -g * y / b), lambda s, a, b: s.div(a, b),
         low=0.3, high=2.0)
-_binary("power", np.power, lambda a, b, y, g: _power_grads(a, b, y, g), lambda s, a, b: s.pow(a, b), low=0.3, high=2.0)
+_binary("power", _power, lambda a, b, y, g: _power_grads(a, b, y, g), lambda s, a, b: s.pow(a, b), low=0.3, high=2.0)
+# floor modulo (numpy's and Python's %); gradients as torch.remainder's: 1 and -floor(a / b)
+_binary("mod", _mod, lambda a, b, y, g: (g, -g * ops.floor(a / b)), lambda s, a, b: s.mod(a, b), low=0.3, high=2.0,
+        smooth=False)
 # PyTorch's convention: at a tie each input gets half the gradient.
 _binary("maximum", np.maximum, lambda a, b, y, g: (ops.where(a > b, g, _half(ops.equal(a, b), g)),
                                                    ops.where(b > a, g, _half(ops.equal(a, b), g))),

@@ -11,8 +11,9 @@ table before it emits code (`codegen.loopir.check_renderable`): a missing render
 compile-time error naming it.
 
 Instructions (Python numbers as operands take the other operand's dtype):
-  arithmetic  add sub mul div neg max min pow
-  math        exp log log1p sqrt abs tanh
+  arithmetic  add sub mul div neg max min pow mod
+  math        exp expm1 log log1p sqrt abs tanh erf
+  rounding    floor ceil round (half to even)
   compare     lt le gt ge eq ne          -> bool
   select(c, a, b)   cast(x, dtype)   const(value, dtype)
   integers    xor(a, b)  shr(a, bits)  (uint32, wrapping multiply/add)
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import math
 
 import numpy as np
 
@@ -48,15 +51,48 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(b == 0, 0, quotient).astype(a.dtype)
 
 
+def _mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy's (Python's) floor modulo: the result takes the divisor's sign. Floats: x % 0 is NaN,
+    a zero result is +-0 as the divisor; integers: x % 0 gives 0 (numpy's result, with its warning
+    silenced), as does MIN % -1."""
+    if a.dtype.kind == "f":
+        return np.mod(a, b)
+    safe = np.where(b == 0, 1, b)
+    return np.where(b == 0, 0, np.mod(a, safe)).astype(a.dtype)
+
+
+def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.power; on integers (wrapping, as numpy) a negative exponent, where numpy raises, gives x^y
+    truncated toward zero: 1 for x = 1, +-1 for x = -1, 0 for any other x (0 ** -1 too, as x / 0
+    gives 0)."""
+    if a.dtype.kind == "f" or b.dtype.kind == "u":
+        return np.power(a, b)
+    negative = b < 0
+    out = np.power(a, np.where(negative, 0, b))
+    inverse = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 0, 1, -1), 0))
+    return np.where(negative, inverse, out).astype(a.dtype)
+
+
+_erf_float64 = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """The error function (libm's, through math.erf: numpy has none), rounded to x's dtype."""
+    return np.asarray(_erf_float64(x.astype(np.float64)), np.float64).astype(x.dtype)
+
+
 INSTRUCTIONS: dict[str, Instruction] = {i.name: i for i in [
     Instruction("add", "binary", "fiu", np.add), Instruction("sub", "binary", "fiu", np.subtract),
     Instruction("mul", "binary", "fiu", np.multiply), Instruction("div", "binary", "fiu", _divide),
     Instruction("max", "binary", "fiu", np.maximum), Instruction("min", "binary", "fiu", np.minimum),
-    Instruction("pow", "binary", "f", np.power), Instruction("xor", "binary", "iu", np.bitwise_xor),
+    Instruction("pow", "binary", "fiu", _power), Instruction("mod", "binary", "fiu", _mod),
+    Instruction("xor", "binary", "iu", np.bitwise_xor),
     Instruction("neg", "unary", "fi", np.negative), Instruction("exp", "unary", "f", np.exp),
     Instruction("log", "unary", "f", np.log), Instruction("log1p", "unary", "f", np.log1p),
     Instruction("sqrt", "unary", "f", np.sqrt), Instruction("abs", "unary", "fi", np.abs),
-    Instruction("tanh", "unary", "f", np.tanh),
+    Instruction("tanh", "unary", "f", np.tanh), Instruction("expm1", "unary", "f", np.expm1),
+    Instruction("erf", "unary", "f", _erf), Instruction("floor", "unary", "f", np.floor),
+    Instruction("ceil", "unary", "f", np.ceil), Instruction("round", "unary", "f", np.round),
     Instruction("lt", "compare", "fiu", np.less), Instruction("le", "compare", "fiu", np.less_equal),
     Instruction("gt", "compare", "fiu", np.greater), Instruction("ge", "compare", "fiu", np.greater_equal),
     Instruction("eq", "compare", "fiub", np.equal), Instruction("ne", "compare", "fiub", np.not_equal),
