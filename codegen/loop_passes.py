@@ -8,11 +8,13 @@ and returns it.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
 from .loopir import Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Store, affine, walk
+from .window import Window, check_window
 
 LoopPass = Callable[[LoopProgram], LoopProgram]
 
@@ -68,7 +70,7 @@ def copy_assignments(lp: LoopProgram) -> LoopProgram:
 def _remap(lp: LoopProgram, redirect: dict[int, int]) -> None:
     def expr(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer in redirect:
-            return Load(redirect[e.buffer], e.offset, e.dtype)
+            return dataclasses.replace(e, buffer=redirect[e.buffer])
         if isinstance(e, Op):
             return Op(e.name, tuple(expr(a) for a in e.args), e.dtype)
         return e
@@ -169,6 +171,8 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             _check_offset(k, ld.offset, f"load of b{ld.buffer}")
             if not 0 <= ld.buffer < n:
                 raise AssertionError(f"{k.name}: load of unknown buffer b{ld.buffer}")
+            if isinstance(ld, Window):
+                check_window(k, ld, lp.buffers[ld.buffer])
             if lp.buffers[ld.buffer].kind != "temp" or ld.buffer in written:
                 continue
             if ld.buffer not in here:

@@ -14,6 +14,7 @@ being `coef * N**nexp`) of one buffer. Values are scalar expression trees:
   Const(value, dtype)        Load(buffer, offset, dtype)    Size(dtype): N as a number
   Index(offset): uint32 flat index (dropout's counter)      Acc(dtype): the kernel's reduction result
   Op(name, args, dtype)      name is one of graphnet.ops.scalar.INSTRUCTIONS
+  Window(...): a Load at per-axis computed coordinates, `fill` outside the buffer (codegen/window.py)
 
 A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
@@ -61,11 +62,14 @@ class Affine:
 
 
 def affine(forms: tuple, shape: tuple) -> Affine:
-    """The row-major offset of the element whose coordinate d is loop var forms[d] (None: 0)."""
+    """The row-major offset of the element whose coordinate d is loop var forms[d] (None: 0), or a
+    composite form ((var, multiplier), ...): the coordinate sum of var * multiplier (a channel axis
+    split into group and channel-in-group vars, codegen/lower_conv.py)."""
     terms, coef, nexp = [], 1, 0
     for form, dim in zip(reversed(forms), reversed(shape)):
         if form is not None and dim != 1:
-            terms.append((form, coef, nexp))
+            parts = form if isinstance(form, tuple) else ((form, 1),)
+            terms += [(var, coef * mult, nexp) for var, mult in parts]
         if dim is None:
             nexp += 1
         else:

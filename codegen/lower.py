@@ -28,6 +28,7 @@ from graphnet.passes.pipeline import PassRecord, run_passes
 from graphnet.program import Program
 
 from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
+from .lower_conv import WINDOW_INPUTS, place_window
 from .loopir import Acc, Buffer, Const, Expr, ExprBuilder, Kernel, Load, LoopProgram, Op, Reduce, Size, Store, affine
 
 
@@ -118,7 +119,7 @@ class Lowering:
             kind = n.op.kind
             if kind == "source":
                 continue
-            if kind in ("reduce", "matmul") or not self.fuse:
+            if kind in ("reduce", "matmul", "window") or not self.fuse:
                 roots.add(n)
             consumers = self.consumers[n]
             if kind == "elementwise" and len(consumers) != 1:
@@ -129,6 +130,8 @@ class Lowering:
                         c.op.kind in ("elementwise", "movement") and _numel(c.shape) != _numel(n.shape)):
                     roots.add(base)
                 if c.op.name == "reshape" and not _unit_reshape(n.shape, c.shape):
+                    roots.add(n)
+                if any(c.inputs[i] is n for i in WINDOW_INPUTS.get(c.op.name, ())):  # read through windows
                     roots.add(n)
         roots.update(n for n in wanted if n.op.kind != "source")
         return {r for r in roots if r.op.kind != "source"}
@@ -232,13 +235,15 @@ class Lowering:
             contraction = (la, lb) if isinstance(la, Load) and isinstance(lb, Load) else None
             kb.reduce = Reduce("sum", (2,), Op("mul", (la, lb), r.dtype), contraction)
             value = Acc(r.dtype)
+        elif kind == "window":
+            kb, value = place_window(self, r)
         else:
             kb, view, value = self._fuse_into_producer(r)
             if kb is None:
                 view = tuple(range(r.ndim))
                 kb = self._new_kernel(r.shape, view, r.shape)
                 value = self._define(r, view, kb)
-        kb.members[r] = _Member(r, kb.view if kind in ("reduce", "matmul") else view, value, buffer)
+        kb.members[r] = _Member(r, kb.view if kind in ("reduce", "matmul", "window") else view, value, buffer)
         self.buffer_of[r] = buffer
         self.kernel_of[r] = kb
 

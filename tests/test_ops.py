@@ -10,6 +10,7 @@ import graphnet as gn
 from graphnet.ops import REGISTRY
 from graphnet.ops.scalar import evaluate_scalar
 
+import conv_reference
 from helpers import (apply_op, check_grad, concrete, example_inputs, feeds_for, float_inputs, op_graph, run)
 
 OPS = [op for op in REGISTRY.values() if op.kind != "source"]
@@ -96,6 +97,7 @@ REFERENCE = {
     "log1p": lambda x: 2 * np.arctanh(x / (2 + x)),
     "square": lambda x: x ** 2,
     "rsqrt": lambda x: x ** -0.5,
+    **conv_reference.REFERENCE,
 }
 
 

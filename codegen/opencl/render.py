@@ -28,6 +28,8 @@ from graphnet.ops.scalar import REDUCTIONS
 
 from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
                       check_renderable)
+from ..window import Window
+from .conv import window_text
 from .schedule import Limits, OpenCLSchedule
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
@@ -255,7 +257,9 @@ class _KernelWriter:
         if e in memo:
             return memo[e]
         names = names or _VARS
-        if isinstance(e, Load):
+        if isinstance(e, Window):
+            text = window_text(e, self.k.domain, self.param[e.buffer], names, literal(e.fill, e.dtype))
+        elif isinstance(e, Load):
             text = f"{self.param[e.buffer]}[{self.offset(e.offset, names)}]"
             if e.dtype.kind == "b":
                 text = f"({text} != 0)"
