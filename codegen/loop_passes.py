@@ -8,12 +8,14 @@ and returns it.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
 from .loopir import (Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Store, Var, affine,
                      children, walk, with_children)
+from .window import Window, check_window
 
 LoopPass = Callable[[LoopProgram], LoopProgram]
 
@@ -70,7 +72,7 @@ def copy_assignments(lp: LoopProgram) -> LoopProgram:
 def _remap(lp: LoopProgram, redirect: dict[int, int]) -> None:
     def expr(e: Expr) -> Expr:
         if isinstance(e, Load) and e.buffer in redirect:
-            return Load(redirect[e.buffer], e.offset, e.dtype)
+            return dataclasses.replace(e, buffer=redirect[e.buffer])  # a Window keeps its fields
         if isinstance(e, LoadAt) and e.buffer in redirect:
             e = LoadAt(redirect[e.buffer], e.index, e.dtype)
         return with_children(e, tuple(expr(a) for a in children(e)))
@@ -174,6 +176,8 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             _check_load(k, ld)
             if not 0 <= ld.buffer < n:
                 raise AssertionError(f"{k.name}: load of unknown buffer b{ld.buffer}")
+            if isinstance(ld, Window):
+                check_window(k, ld, lp.buffers[ld.buffer])
             if lp.buffers[ld.buffer].kind != "temp" or ld.buffer in written:
                 continue
             if ld.buffer not in here:

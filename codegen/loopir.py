@@ -19,6 +19,7 @@ one buffer. Values are scalar expression trees:
   LoadAt(buffer, index, dtype): a load at the element an int64 expression computes; whoever builds
       it clamps that index into the buffer first (a backend may evaluate a load whose value a
       select discards, so a guard alone does not keep the read inside the buffer)
+  Window(...): a Load at per-axis computed coordinates, `fill` outside the buffer (codegen/window.py)
 
 A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
@@ -94,11 +95,15 @@ def as_lin(form) -> Lin:
 
 
 def affine(forms: tuple, shape: tuple) -> Affine:
-    """The row-major offset of the element whose coordinate d is forms[d]: a loop var, a `Lin` or
-    None (0). A dimension of extent 1 has coordinate 0."""
+    """The row-major offset of the element whose coordinate d is forms[d]: a loop var, a `Lin`, None
+    (0), or a composite ((var, multiplier), ...): the coordinate sum of var * multiplier (a channel
+    axis split into group and channel-in-group vars, codegen/lower_conv.py). A dimension of extent 1
+    has coordinate 0."""
     terms, base, coef, nexp = [], {}, 1, 0
     for form, dim in zip(reversed(forms), reversed(shape)):
-        if form is not None and dim != 1:
+        if form is not None and dim != 1 and isinstance(form, tuple):
+            terms += [(var, coef * mult, nexp) for var, mult in form]
+        elif form is not None and dim != 1:
             lin = as_lin(form)
             if lin.var is not None and lin.scale:
                 terms.append((lin.var, coef * lin.scale, nexp))

@@ -37,12 +37,13 @@ from graphnet.passes.pipeline import PassRecord, run_passes
 from graphnet.program import Program
 
 from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
+from .lower_conv import WINDOW_INPUTS, place_window
 from .loopir import (Acc, Affine, Buffer, Collective, Const, Expr, ExprBuilder, Kernel, Load, LoadAt, LoopProgram, Op, Reduce,
                      Size, Store, Var, affine, as_lin)
 
 I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
-ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective")  # always a kernel of their own
+ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective", "window")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
 
 
@@ -195,6 +196,8 @@ class Lowering:
                         and _numel(c.shape) != _numel(n.shape)):  # a slice reads each element once at most
                     roots.add(base)
                 if (c.op.name == "reshape" and not _unit_reshape(n.shape, c.shape)) or c.op.kind == "collective":
+                    roots.add(n)
+                if any(c.inputs[i] is n for i in WINDOW_INPUTS.get(c.op.name, ())):  # read through windows
                     roots.add(n)
         roots.update(n for n in wanted if n.op.kind != "source")
         return {r for r in roots if r.op.kind != "source"}
@@ -374,6 +377,8 @@ class Lowering:
         elif kind == "scatter":
             kb = self._scatter(r)
             value = Acc(r.dtype)
+        elif kind == "window":
+            kb, value = place_window(self, r)
         else:
             kb, view, value = self._fuse_into_producer(r)
             if kb is None:

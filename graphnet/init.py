@@ -20,11 +20,14 @@ def _rng(seed: int | None) -> np.random.Generator:
 
 
 def _fans(shape: tuple) -> tuple[int, int]:
+    """(fan_in, fan_out) as Keras counts them: a (..., in, out) kernel of more than two axes (a
+    convolution's (KH, KW, Cin, Cout)) multiplies both by its receptive field, the leading axes."""
     if len(shape) < 1:
         raise ValueError("initializers need at least a 1-D shape")
-    fan_in = shape[0] if len(shape) > 1 else shape[0]
-    fan_out = shape[1] if len(shape) > 1 else shape[0]
-    return fan_in, fan_out
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    field = int(np.prod(shape[:-2]))
+    return shape[-2] * field, shape[-1] * field
 
 
 def glorot_uniform(shape: tuple, seed: int | None = None, dtype: Any = np.float32) -> np.ndarray:

@@ -251,6 +251,12 @@ class Layer:
     def get_config(self) -> dict:
         return {"name": self.name}
 
+    def pop_state_updates(self) -> list:
+        """The (variable, new value) pairs the builds since the last call made for non-trainable state
+        (BatchNormalization's moving statistics); the model's training step runs them."""
+        updates, self._state_updates = getattr(self, "_state_updates", []), []
+        return updates
+
 
 class InputLayer(Layer):
     """The layer behind `Input`: a placeholder of the per-sample `shape` plus the batch dimension."""
@@ -580,6 +586,14 @@ def _function_name(fn: Callable) -> str:
 LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (InputLayer, Dense, Dropout, Activation, Flatten, Add,
                                                                  Subtract, Multiply, Average, Concatenate, Embedding,
                                                                  Reshape)}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    """A layer class written in another module (conv_layers.py, which graphnet imports) joins LAYERS and
+    this module's names (`gn.layers.Conv2D`)."""
+    LAYERS[cls.__name__] = cls
+    globals()[cls.__name__] = cls
+    return cls
 
 
 def from_config(class_name: str, config: dict) -> Layer:

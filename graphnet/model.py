@@ -59,6 +59,7 @@ class _Built:
     outputs: list[Node]
     weights: dict[str, Node]  # "layer/slot" -> variable node
     targets: list[Node | None] = field(default_factory=list)  # per output; None: no loss and no metric
+    state_updates: list = field(default_factory=list)  # (variable, value) of layers' non-trainable state
     fetch_keys: list[str] = field(default_factory=list)
     loss_keys: dict[str, int | None] = field(default_factory=dict)  # "loss" -> None, "<out>_loss" -> output index
     plain: _Objective | None = None
@@ -133,14 +134,17 @@ class Model:
         graph = Graph()
         nodes: dict[SymbolicTensor, Node] = {}
         weights: dict[str, Node] = {}
+        state_updates: list = []
         for t in self._tensors:
             layer = t.layer
             layer.call_index = t.index
             with graph, source_of(t.source):
                 nodes[t] = layer.build(graph, [nodes[x] for x in t.inbound])
             weights.update({f"{layer.name}/{slot}": w for slot, w in layer.graph_weights().items()})
+            state_updates += layer.pop_state_updates()
         _check_single_use(weights, self.name)
-        built = _Built(graph, [nodes[t] for t in self.inputs], [nodes[t] for t in self.outputs], weights)
+        built = _Built(graph, [nodes[t] for t in self.inputs], [nodes[t] for t in self.outputs], weights,
+                       state_updates=state_updates)
         old = self._built
         if old is not None and RNG_STEP in old.graph.variables and RNG_STEP in graph.variables:
             graph.variables[RNG_STEP].assign(old.graph.variables[RNG_STEP].value)
@@ -884,10 +888,10 @@ class Model:
 
 
 def _minimize(optimizer: Any, total: Node, built: _Built) -> list:
-    """The optimizer's updates for the trainable weights; none for a model without any (all frozen, or
-    no weights at all), which Keras trains as a no-op too."""
+    """The optimizer's updates for the trainable weights (none for a model without any: all frozen, or
+    no weights at all, which Keras trains as a no-op too), then the layers' state updates."""
     trainable = [w for w in built.weights.values() if w.trainable]
-    return optimizer.minimize(total, trainable) if trainable else []
+    return (optimizer.minimize(total, trainable) if trainable else []) + built.state_updates
 
 
 class Sequential(Model):

@@ -179,11 +179,19 @@ def test_bench_end_to_end_tiny(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["graphnet.bench", "graphnet.bench.micro.gemm", "graphnet.bench.micro.parallel",
-                                    "graphnet.bench.micro.step", "graphnet.bench.micro.fit", "graphnet.bench.micro.ab"])
+                                    "graphnet.bench.micro.step", "graphnet.bench.micro.fit", "graphnet.bench.micro.ab",
+                                    "graphnet.bench.micro.cnn"])
 def test_bench_modules_run_with_python_m(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:")
+
+
+def test_conv_configurations_count_the_flops_of_benchmarks_md():
+    from graphnet.bench.micro.cnn import NETS, initial_weights
+    assert round(NETS["lenet"].flops / 1e6) == 108 and round(NETS["cifar"].flops / 1e8) == 98
+    shapes = [w.shape for w in initial_weights(NETS["lenet"])][::2]
+    assert shapes == [(5, 5, 1, 6), (5, 5, 6, 16), (256, 120), (120, 84), (84, 10)]
 
 
 def test_the_native_sources_are_package_data():

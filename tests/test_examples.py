@@ -38,6 +38,13 @@ def test_digits_reaches_95_percent():
     assert accuracy >= 0.95
 
 
+def test_cnn_digits_reaches_98_percent_and_draws_its_filters(tmp_path):
+    picture = tmp_path / "filters.png"
+    accuracy = load("cnn_digits").main(["--quiet", "--filters", str(picture)], backend=BACKEND)
+    assert accuracy >= 0.98
+    assert picture.stat().st_size > 500
+
+
 def test_optimizers(tmp_path):
     pytest.importorskip("matplotlib")
     curves = load("optimizers").main(["--epochs", "8", "--out", str(tmp_path)], backend=BACKEND)

@@ -10,6 +10,7 @@ import graphnet as gn
 from graphnet.ops import REGISTRY
 from graphnet.ops.scalar import evaluate_scalar
 
+import conv_reference
 from helpers import (apply_op, check_grad, concrete, example_inputs, feeds_for, float_inputs, op_graph, run)
 
 OPS = [op for op in REGISTRY.values() if op.kind != "source"]
@@ -165,6 +166,7 @@ REFERENCE = {
     "argmax": lambda x, axis: _first_index(x, axis, max),
     "argmin": lambda x, axis: _first_index(x, axis, min),
     "batch_matmul": lambda a, b: np.einsum("...ik,...kj->...ij", a, b),
+    **conv_reference.REFERENCE,
 }
 
 

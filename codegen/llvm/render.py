@@ -26,12 +26,14 @@ from llvmlite import ir
 from graphnet.ops.scalar import REDUCTIONS
 
 from . import vmath
+from .conv import window_load
 from .parallel import column_slice_symbol, emit_parallel_for
 from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
 from ..collectives import call_descriptor
 from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size, UnsupportedInstruction,
                       Var, check_renderable)
+from ..window import Window
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -527,6 +529,8 @@ class _KernelEmitter:
             else:  # two's complement in the signed range LLVM's parser expects
                 bits = int(e.value) & ((1 << t.width) - 1)
                 v = ir.Constant(t, bits - (1 << t.width) if t.width > 1 and bits >> (t.width - 1) else bits)
+        elif isinstance(e, Window):
+            v = window_load(self, e, value_type(e.dtype))
         elif isinstance(e, Load):
             v = b.load(self.element(e.buffer, self.offset(e.offset), e.dtype), typ=storage_type(e.dtype))
             if e.dtype.kind == "b":

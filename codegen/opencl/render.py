@@ -28,6 +28,8 @@ from graphnet.ops.scalar import REDUCTIONS
 
 from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size,
                       UnsupportedInstruction, Var, check_renderable)
+from ..window import Window
+from .conv import window_text
 from .schedule import Limits, OpenCLSchedule
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
@@ -284,7 +286,9 @@ class _KernelWriter:
             return names[e.var]
         if e in memo:
             return memo[e]
-        if isinstance(e, (Load, LoadAt)):
+        if isinstance(e, Window):
+            text = window_text(e, self.k.domain, self.param[e.buffer], names, literal(e.fill, e.dtype))
+        elif isinstance(e, (Load, LoadAt)):
             at = self.offset(e.offset, names) if isinstance(e, Load) else self.value(e.index, memo, depth, names)
             text = f"{self.param[e.buffer]}[{at}]"  # a computed index is clamped where it was built
             if e.dtype.kind == "b":

@@ -2,11 +2,12 @@
 public functions (api.py). `from graphnet.ops import *` gives the public functions."""
 from __future__ import annotations
 
-from . import api, elementwise, indexing, linalg, movement, nn, reduce  # noqa: F401  (importing a family registers its ops)
+from . import api, conv, elementwise, indexing, linalg, movement, nn, reduce  # noqa: F401  (importing a family registers its ops)
 from .api import RNG_STEP, graph_dropout, rng_step, sum_to  # noqa: F401  (used by other graphnet modules)
 from .base import REGISTRY, Example, Op, apply, constant, graph_of, normalize_axes, promote  # noqa: F401
 from ..graph import install_op_functions
 
-__all__ = api.public_names()
-globals().update({name: getattr(api, name) for name in __all__})
+__all__ = api.public_names() + conv.PUBLIC  # conv.py writes its own public functions
+globals().update({name: getattr(api, name) for name in api.public_names()})
+globals().update({name: getattr(conv, name) for name in conv.PUBLIC})
 install_op_functions(api)

@@ -1,0 +1,212 @@
+"""Window ops (graphnet/ops/conv.py) -> loop IR.
+
+Each op is one reduction kernel over its output and its window: the image operand is read through a
+`Window` load (codegen/window.py) whose coordinates are affine in (output position, window position)
+less the padding, divided by the stride where a gradient reads back through a strided window; the
+other operands are ordinary loads (or expressions fused into the kernel). Grouped channels split the
+channel axis into two loop vars (group, channel in group), written as a composite form
+((group var, channels per group), (channel var, 1)) in the kernel's view, so a bias or activation
+after the op joins its kernel as after a matmul.
+
+    conv2d              over (n, i, j, group, out channel, kh, kw, in channel), sum of the last three
+    conv2d_input_grad   over (n, h, w, group, in channel, kh, kw, out channel), dy read at ((h + top
+                        - kh*dh) / sh, (w + left - kw*dw) / sw)
+    conv2d_filter_grad  over (kh, kw, in channel, group, out channel, n, i, j)
+    max_pool2d          over (n, i, j, c, kh, kw), max, padding reads -inf
+    max_pool2d_grad     a kernel counting each window's maxima, then over (n, h, w, c, kh, kw): dy / count
+                        of every window whose maximum x[n, h, w, c] equals
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from graphnet.graph import Node
+from graphnet.ops.conv import image_dims
+
+from .loopir import Acc, Const, Expr, Op, Reduce
+from .window import Coord, window
+
+# Which inputs each op reads through windows: the lowering materializes them in buffers.
+WINDOW_INPUTS = {"conv2d": (0,), "conv2d_input_grad": (0,), "conv2d_filter_grad": (0,), "max_pool2d": (0,),
+                 "max_pool2d_grad": (0, 1, 2)}
+
+
+def place_window(low: Any, r: Node) -> tuple[Any, Expr]:
+    """The kernel computing window op `r` (`low` is the lower.Lowering) and r's value in it."""
+    return PLACE[r.op.name](low, r)
+
+
+def _buffer(low, n: Node) -> int:
+    """The buffer a window reads `n` from; a one-element constant (which lower.py inlines) gets one."""
+    if n not in low.buffer_of:
+        low.buffer_of[n] = low._buffer(n.name, "constant", n.shape, n.dtype)
+        low.storage[low.buffer_of[n]] = n.attrs["value"].array
+    return low.buffer_of[n]
+
+
+def _image(fmt: str, n, h, w, c) -> tuple:
+    """Per-axis items of an image in its layout."""
+    return (n, h, w, c) if fmt == "NHWC" else (n, c, h, w)
+
+
+def _channel(outer: int, size: int, inner: int, domain: tuple) -> Any:
+    """The form of a channel split into (group var `outer`, channel var `inner`): channel = outer * size + inner."""
+    if domain[outer] == 1:
+        return inner
+    if domain[inner] == 1:
+        return outer
+    return ((outer, size), (inner, 1))
+
+
+def _coord(*terms, const: int = 0, div: int = 1) -> Coord:
+    return Coord(tuple(t for t in terms if t[1] != 0), const, div)
+
+
+def _geometry(r: Node) -> tuple:
+    return _geometry_of(r.attrs)
+
+
+def _geometry_of(a: dict) -> tuple:
+    (sh, sw), ((top, _), (left, _)) = a["strides"], a["padding"]
+    dh, dw = a.get("dilations", (1, 1))
+    return a["data_format"], sh, sw, dh, dw, top, left
+
+
+def _sum(low, r: Node, domain: tuple, view: tuple, axes: tuple, value: Expr):
+    kb = low._new_kernel(domain, view, r.shape)
+    kb.reduce = Reduce("sum", axes, value(kb))
+    return kb, Acc(r.dtype)
+
+
+def _conv2d(low, r: Node):
+    x, w = r.inputs
+    fmt, sh, sw, dh, dw, top, left = _geometry(r)
+    ho, wo, cout = image_dims(r.shape, fmt)
+    kh, kw, cig, _ = w.shape
+    groups = r.attrs["groups"]
+    domain = (x.shape[0], ho, wo, groups, cout // groups, kh, kw, cig)
+    co = _channel(3, cout // groups, 4, domain)
+    image = window(_buffer(low, x), x.shape, _image(fmt, _coord((0, 1)), _coord((1, sh), (5, dh), const=-top),
+                                                     _coord((2, sw), (6, dw), const=-left), _coord((3, cig), (7, 1))),
+                   x.dtype)
+    return _sum(low, r, domain, _image(fmt, 0, 1, 2, co), (5, 6, 7),
+                lambda kb: Op("mul", (image, low._expr(w, (5, 6, 7, co), kb)), r.dtype))
+
+
+def _conv2d_input_grad(low, r: Node):
+    dy, w = r.inputs
+    fmt, sh, sw, dh, dw, top, left = _geometry(r)
+    h, wd, cin = image_dims(r.shape, fmt)
+    kh, kw, cig, cout = w.shape
+    groups = r.attrs["groups"]
+    cog = cout // groups
+    domain = (dy.shape[0], h, wd, groups, cig, kh, kw, cog)
+    image = window(_buffer(low, dy), dy.shape, _image(
+        fmt, _coord((0, 1)), _coord((1, 1), (5, -dh), const=top, div=sh), _coord((2, 1), (6, -dw), const=left, div=sw),
+        _coord((3, cog), (7, 1))), dy.dtype)
+    filt = (5, 6, 4, _channel(3, cog, 7, domain))
+    return _sum(low, r, domain, _image(fmt, 0, 1, 2, _channel(3, cig, 4, domain)), (5, 6, 7),
+                lambda kb: Op("mul", (image, low._expr(w, filt, kb)), r.dtype))
+
+
+def _conv2d_filter_grad(low, r: Node):
+    x, dy = r.inputs
+    fmt, sh, sw, dh, dw, top, left = _geometry(r)
+    kh, kw, cig, cout = r.shape
+    ho, wo, _ = image_dims(dy.shape, fmt)
+    groups = r.attrs["groups"]
+    domain = (kh, kw, cig, groups, cout // groups, x.shape[0], ho, wo)
+    co = _channel(3, cout // groups, 4, domain)
+    image = window(_buffer(low, x), x.shape, _image(fmt, _coord((5, 1)), _coord((6, sh), (0, dh), const=-top),
+                                                     _coord((7, sw), (1, dw), const=-left), _coord((3, cig), (2, 1))),
+                   x.dtype)
+    return _sum(low, r, domain, (0, 1, 2, co), (5, 6, 7),
+                lambda kb: Op("mul", (image, low._expr(dy, _image(fmt, 5, 6, 7, co), kb)), r.dtype))
+
+
+def _pool_window(low, x: Node, pooled: tuple, attrs: dict, fill: float):
+    """The (n, i, j, c, kh, kw) domain of pooling x into shape `pooled`, and x's window load there."""
+    fmt, sh, sw, _, _, top, left = _geometry_of(attrs)
+    ho, wo, c = image_dims(pooled, fmt)
+    domain = (x.shape[0], ho, wo, c, *attrs["ksize"])
+    image = window(_buffer(low, x), x.shape, _image(fmt, _coord((0, 1)), _coord((1, sh), (4, 1), const=-top),
+                                                     _coord((2, sw), (5, 1), const=-left), _coord((3, 1))), x.dtype,
+                   fill)
+    return domain, image
+
+
+def _max_pool2d(low, r: Node):
+    domain, image = _pool_window(low, r.inputs[0], r.shape, r.attrs, float("-inf"))
+    kb = low._new_kernel(domain, _image(r.attrs["data_format"], 0, 1, 2, 3), r.shape)
+    kb.reduce = Reduce("max", (4, 5), image)
+    return kb, Acc(r.dtype)
+
+
+@dataclass(frozen=True)
+class _Internal:
+    """A value an op's lowering stores for its own use, standing in for a node in a kernel's members
+    (lower.py reads a member's node for its name, shape, op name and source line)."""
+
+    name: str
+    shape: tuple
+    source: str
+    op: Any
+
+
+@dataclass(frozen=True)
+class _OpName:
+    name: str
+
+
+@dataclass
+class _Stored:
+    """A kernel member as lower.py's `_finish` reads it: the value stored at `view` into `buffer`."""
+
+    node: _Internal
+    view: tuple
+    value: Expr
+    buffer: int
+
+
+def _max_pool2d_grad(low, r: Node):
+    x, y, dy = r.inputs
+    fmt, sh, sw, _, _, top, left = _geometry(r)
+    counts = _window_maxima(low, r)
+    h, wd, c = image_dims(r.shape, fmt)
+    kh, kw = r.attrs["ksize"]
+    domain = (x.shape[0], h, wd, c, kh, kw)
+    pooled = _image(fmt, _coord((0, 1)), _coord((1, 1), (4, -1), const=top, div=sh),
+                    _coord((2, 1), (5, -1), const=left, div=sw), _coord((3, 1)))
+
+    def read(buffer: int, fill: float) -> Expr:
+        return window(buffer, y.shape, pooled, r.dtype, fill)
+
+    def value(kb) -> Expr:
+        hit = Op("eq", (low._expr(x, _image(fmt, 0, 1, 2, 3), kb), read(_buffer(low, y), float("nan"))), _BOOL)
+        share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
+        return Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
+    return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5), value)
+
+
+def _window_maxima(low, r: Node) -> int:
+    """A kernel counting, per window, the elements equal to its maximum; returns its buffer."""
+    x, y, _ = r.inputs
+    domain, image = _pool_window(low, x, y.shape, r.attrs, float("-inf"))
+    view = _image(r.attrs["data_format"], 0, 1, 2, 3)
+    kb = low._new_kernel(domain, view, y.shape)
+    hit = Op("eq", (image, low._expr(y, view, kb)), _BOOL)
+    kb.reduce = Reduce("sum", (4, 5), Op("cast", (hit,), r.dtype))
+    buffer = low._buffer(f"maxima_{r.name}", "temp", y.shape, r.dtype)
+    internal = _Internal(f"maxima_{r.name}", y.shape, r.source, _OpName("max_pool2d_maxima"))
+    kb.members[internal] = _Stored(internal, kb.view, Acc(r.dtype), buffer)
+    return buffer
+
+
+_BOOL = np.dtype(bool)
+
+PLACE: dict[str, Callable] = {"conv2d": _conv2d, "conv2d_input_grad": _conv2d_input_grad,
+                              "conv2d_filter_grad": _conv2d_filter_grad, "max_pool2d": _max_pool2d,
+                              "max_pool2d_grad": _max_pool2d_grad}

@@ -1,0 +1,94 @@
+"""The windowed load: the loop IR's form for reading an image at a window position (convolution,
+pooling and their gradients, lowered by codegen/lower_conv.py).
+
+`Window` is a `Load` whose element is given per buffer axis by a `Coord`: (sum of var * coef +
+const) / div. Where a coordinate leaves its axis (the padding) or does not divide exactly (a
+strided op's gradient, read at the positions a stride skipped), the value is `fill` and nothing is
+read: renderers clamp the address and select (`guarded_axes` says which axes need the test). Its
+`offset` (the Load field) is the affine part of the address over the undivided axes: what loop
+passes read for strides and loop-var ranges; renderers compute the address from `coords`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .loopir import Affine, Buffer, Kernel, Load
+
+
+@dataclass(frozen=True)
+class Coord:
+    """One axis's index: (sum of var * coef over `terms` + const) / div (an exact division)."""
+
+    terms: tuple  # ((var, coef), ...)
+    const: int = 0
+    div: int = 1
+
+    def __str__(self) -> str:
+        parts = [f"v{v}" if c == 1 else f"{c}*v{v}" for v, c in self.terms] + ([str(self.const)] if self.const else [])
+        text = " + ".join(parts) or "0"
+        return f"({text})/{self.div}" if self.div != 1 else text
+
+
+@dataclass(frozen=True)
+class Window(Load):
+    coords: tuple = ()  # one Coord per axis of the buffer
+    shape: tuple = ()  # the buffer's shape (None: N)
+    fill: float = 0.0
+
+    def __str__(self) -> str:
+        return f"b{self.buffer}<{', '.join(map(str, self.coords))}; else {self.fill!r}>"
+
+
+def window(buffer: int, shape: tuple, coords: tuple, dtype, fill: float = 0.0) -> Window:
+    """A windowed load of `buffer` (of `shape`), its `offset` the affine part of the address."""
+    terms: dict = {}
+    for coord, stride in zip(coords, row_strides(shape)):
+        if coord.div == 1:
+            for var, coef in coord.terms:
+                key = (var, stride[1])
+                terms[key] = terms.get(key, 0) + coef * stride[0]
+    offset = Affine(tuple(sorted((v, c, nexp) for (v, nexp), c in terms.items() if c)))
+    return Window(buffer, offset, dtype, tuple(coords), tuple(shape), float(fill))
+
+
+def row_strides(shape: tuple) -> list[tuple[int, int]]:
+    """Each axis's row-major stride as (static factor, power of N)."""
+    out, coef, nexp = [], 1, 0
+    for d in reversed(shape):
+        out.append((coef, nexp))
+        if d is None:
+            nexp += 1
+        else:
+            coef *= d
+    return list(reversed(out))
+
+
+def guarded_axes(w: Window, domain: tuple) -> list[bool]:
+    """Per axis: can its coordinate fall outside the axis or between multiples of div over the
+    kernel's domain? (An axis indexed by a batch var alone, as the buffer's batch axis, cannot.)"""
+    out = []
+    for coord, dim in zip(w.coords, w.shape):
+        if coord.div != 1:
+            out.append(True)
+            continue
+        if any(domain[v] is None for v, _ in coord.terms):
+            batch_axis = dim is None and len(coord.terms) == 1 and coord.terms[0][1] == 1 and coord.const == 0
+            out.append(not batch_axis)
+            continue
+        lo = coord.const + sum(min(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        hi = coord.const + sum(max(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        out.append(lo < 0 or dim is None or hi >= dim)
+    return out
+
+
+def check_window(k: Kernel, w: Window, buffer: Buffer) -> None:
+    """verify_loops' rules for a windowed load: one coordinate per axis of the buffer as it is
+    declared, loop vars of the kernel, positive divisors."""
+    if w.shape != buffer.shape or len(w.coords) != len(w.shape):
+        raise AssertionError(f"{k.name}: window on b{w.buffer} has shape {w.shape} / {len(w.coords)} coordinates, "
+                             f"the buffer is {buffer.shape}")
+    for coord in w.coords:
+        if coord.div < 1 or any(not 0 <= v < len(k.domain) for v, _ in coord.terms):
+            raise AssertionError(f"{k.name}: window coordinate {coord} of b{w.buffer} is outside the domain "
+                                 f"{k.domain} or divides by {coord.div}")
+

@@ -1,0 +1,301 @@
+"""Keras-style layers for images: Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D,
+GlobalAveragePooling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
+
+Shapes, defaults and weight layouts are Keras's: images (batch, height, width, channels) unless
+`data_format="channels_first"`, kernels (KH, KW, Cin, Cout), a depthwise kernel (KH, KW, C,
+multiplier). BatchNormalization's moving statistics are non-trainable weights that the model's
+training step updates (`pop_state_updates`); evaluate and predict normalize with them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import init, ops
+from .graph import Graph, Node, shape_str
+from .layers import Layer, activation_name, register, resolve_activation
+from .ops.conv import image_dims, image_shape, out_size, same_padding
+
+_FORMATS = {"channels_last": "NHWC", "channels_first": "NCHW", None: "NHWC"}
+
+
+def _pair(value: Any, what: str, layer: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise ValueError(f"{layer}: {what} must be a positive integer or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _format(data_format: str | None, layer: str) -> str:
+    if data_format not in _FORMATS:
+        raise ValueError(f"{layer}: data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+    return _FORMATS[data_format]
+
+
+def _padding_name(padding: str, layer: str) -> str:
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {padding!r}")
+    return padding.lower()
+
+
+def _image_input(shape: tuple, layer: str, fmt: str) -> tuple[int, int, int]:
+    """(H, W, C) of a layer's (batch, ...) input shape; ValueError for anything but an image batch."""
+    if len(shape) != 4:
+        axes = "height, width, channels" if fmt == "NHWC" else "channels, height, width"
+        raise ValueError(f"{layer} expects 4-D image batches (batch, {axes}), got {shape_str(shape)}")
+    return image_dims(shape, fmt)
+
+
+def _windowed_shape(layer: str, shape: tuple, fmt: str, window: tuple, strides: tuple, padding: str,
+                    dilation: tuple, channels: int | None) -> tuple:
+    """The output shape of a window of `window` sliding over a (batch, image) input."""
+    h, w, c = _image_input(shape, layer, fmt)
+    sizes = []
+    for size, k, s, d in zip((h, w), window, strides, dilation):
+        pad = same_padding(size, k, s, d) if padding == "same" else (0, 0)
+        n = out_size(size, k, s, d, pad)
+        if n < 1:
+            raise ValueError(f"{layer}: the window {window[0]}x{window[1]} is larger than the input "
+                             f"{shape_str(shape)}")
+        sizes.append(n)
+    return image_shape(None, sizes[0], sizes[1], c if channels is None else channels, fmt)
+
+
+def _check_initializer(layer: str, **names: str) -> None:
+    for what, value in names.items():
+        if value not in init.BY_NAME:
+            raise ValueError(f"{layer}: unknown {what} '{value}' (choose from {', '.join(init.BY_NAME)})")
+
+
+class Conv2D(Layer):
+    """activation(conv2d(x, kernel) + bias), a (KH, KW, Cin / groups, filters) kernel."""
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = (1, 1), padding: str = "valid",
+                 data_format: str | None = None, dilation_rate: Any = (1, 1), groups: int = 1,
+                 activation: str | Callable | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 name: str | None = None, input_shape: Sequence[int] | None = None, trainable: bool = True):
+        super().__init__(name, input_shape, trainable=trainable)
+        kind = type(self).__name__
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
+            raise ValueError(f"{kind}: filters must be a positive integer, got {filters!r}")
+        _check_initializer(kind, kernel_initializer=kernel_initializer, bias_initializer=bias_initializer)
+        self.filters, self.groups, self.use_bias = int(filters), int(groups), bool(use_bias)
+        self.kernel_size = _pair(kernel_size, "kernel_size", kind)
+        self.strides = _pair(strides, "strides", kind)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate", kind)
+        self.padding = _padding_name(padding, kind)
+        self.data_format = data_format or "channels_last"
+        self.fmt = _format(data_format, kind)
+        self.activation, self.act = activation, resolve_activation(activation)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        self.weight_shapes(input_shapes)
+        return _windowed_shape(type(self).__name__, shape, self.fmt, self.kernel_size, self.strides, self.padding,
+                               self.dilation_rate, self._out_channels(shape))
+
+    def _out_channels(self, shape: tuple) -> int:
+        return self.filters
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        c = _image_input(shape, type(self).__name__, self.fmt)[2]
+        if c % self.groups or self.filters % self.groups:
+            raise ValueError(f"{type(self).__name__}: groups={self.groups} must divide the input's {c} channels "
+                             f"and the {self.filters} filters")
+        kernel = (*self.kernel_size, c // self.groups, self.filters)
+        return {"kernel": kernel, **({"bias": (self.filters,)} if self.use_bias else {})}
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        (x,) = inputs
+        shapes = self.weight_shapes([x.shape])
+        kernel = self._weight(graph, "kernel", lambda: init.BY_NAME[self.kernel_initializer](shapes["kernel"]))
+        z = self._convolve(x, kernel)
+        if self.use_bias:
+            bias = self._weight(graph, "bias", lambda: init.BY_NAME[self.bias_initializer](shapes["bias"]))
+            z = z + (bias if self.fmt == "NHWC" else ops.reshape(bias, (-1, 1, 1)))
+        return self.act(z)
+
+    def _convolve(self, x: Node, kernel: Node) -> Node:
+        return ops.conv2d(x, kernel, self.strides, self.padding, self.dilation_rate, self.groups, self.fmt)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "data_format": self.data_format,
+                "dilation_rate": list(self.dilation_rate), "groups": self.groups,
+                "activation": activation_name(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
+
+
+class DepthwiseConv2D(Conv2D):
+    """Each input channel convolved with `depth_multiplier` filters of its own: a (KH, KW, C,
+    depth_multiplier) depthwise kernel; output channel c * depth_multiplier + m."""
+
+    def __init__(self, kernel_size: Any, strides: Any = (1, 1), padding: str = "valid", depth_multiplier: int = 1,
+                 data_format: str | None = None, dilation_rate: Any = (1, 1),
+                 activation: str | Callable | None = None, use_bias: bool = True,
+                 depthwise_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 name: str | None = None, input_shape: Sequence[int] | None = None, trainable: bool = True):
+        super().__init__(depth_multiplier, kernel_size, strides, padding, data_format, dilation_rate, 1, activation,
+                         use_bias, depthwise_initializer, bias_initializer, name, input_shape, trainable)
+        self.depth_multiplier = self.filters
+
+    def _out_channels(self, shape: tuple) -> int:
+        return image_dims(shape, self.fmt)[2] * self.depth_multiplier
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        c = _image_input(shape, "DepthwiseConv2D", self.fmt)[2]
+        out = c * self.depth_multiplier
+        return {"kernel": (*self.kernel_size, c, self.depth_multiplier), **({"bias": (out,)} if self.use_bias else {})}
+
+    def _convolve(self, x: Node, kernel: Node) -> Node:
+        return ops.depthwise_conv2d(x, kernel, self.strides, self.padding, self.dilation_rate, self.fmt)
+
+    def get_config(self) -> dict:
+        config = {k: v for k, v in super().get_config().items() if k not in ("filters", "groups", "kernel_initializer")}
+        return {**config, "depth_multiplier": self.depth_multiplier, "depthwise_initializer": self.kernel_initializer}
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size: Any = (2, 2), strides: Any = None, padding: str = "valid",
+                 data_format: str | None = None, name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        kind = type(self).__name__
+        self.pool_size = _pair(pool_size, "pool_size", kind)
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides", kind)
+        self.padding = _padding_name(padding, kind)
+        self.data_format = data_format or "channels_last"
+        self.fmt = _format(data_format, kind)
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        return _windowed_shape(type(self).__name__, shape, self.fmt, self.pool_size, self.strides, self.padding,
+                               (1, 1), None)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding, "data_format": self.data_format}
+
+
+class MaxPooling2D(_Pooling2D):
+    """The maximum of each window (strides default to the window)."""
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return ops.max_pool2d(inputs[0], self.pool_size, self.strides, self.padding, self.fmt)
+
+
+class AveragePooling2D(_Pooling2D):
+    """The mean of each window's real elements (padding is not counted)."""
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return ops.avg_pool2d(inputs[0], self.pool_size, self.strides, self.padding, self.fmt)
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width: (batch, channels), or with `keepdims` a 1x1 image."""
+
+    def __init__(self, data_format: str | None = None, keepdims: bool = False, name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        self.data_format, self.keepdims = data_format or "channels_last", bool(keepdims)
+        self.fmt = _format(data_format, "GlobalAveragePooling2D")
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        c = _image_input(shape, "GlobalAveragePooling2D", self.fmt)[2]
+        return image_shape(None, 1, 1, c, self.fmt) if self.keepdims else (None, c)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return ops.global_avg_pool(inputs[0], self.fmt, self.keepdims)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "data_format": self.data_format, "keepdims": self.keepdims}
+
+
+class ZeroPadding2D(Layer):
+    """Zeros around each image: `padding` an int, (rows, cols) or ((top, bottom), (left, right))."""
+
+    def __init__(self, padding: Any = (1, 1), data_format: str | None = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        pairs = padding if isinstance(padding, (list, tuple)) else (padding, padding)
+        pairs = tuple(tuple(p) if isinstance(p, (list, tuple)) else (p, p) for p in pairs)
+        if len(pairs) != 2 or any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                                     or v < 0 for v in p) for p in pairs):
+            raise ValueError(f"ZeroPadding2D: padding must be an int, (rows, cols) or ((top, bottom), (left, right)) "
+                             f"of non-negative integers, got {padding!r}")
+        self.padding = tuple((int(a), int(b)) for a, b in pairs)
+        self.data_format = data_format or "channels_last"
+        self.fmt = _format(data_format, "ZeroPadding2D")
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        h, w, c = _image_input(shape, "ZeroPadding2D", self.fmt)
+        return image_shape(None, h + sum(self.padding[0]), w + sum(self.padding[1]), c, self.fmt)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        """A depthwise 1x1 convolution with a filter of ones: its padding is the zeros."""
+        (x,) = inputs
+        c = image_dims(x.shape, self.fmt)[2]
+        ones = ops.constant(np.ones((1, 1, 1, c), x.dtype), graph=graph)
+        return ops.conv2d(x, ones, 1, self.padding, 1, c, self.fmt)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "padding": [list(p) for p in self.padding], "data_format": self.data_format}
+
+
+class BatchNormalization(Layer):
+    """Keras's batch normalization over every axis but `axis`: in training the batch statistics
+    normalize and the moving ones take momentum * moving + (1 - momentum) * batch; evaluate and
+    predict use the moving statistics. Weights gamma, beta (trainable), moving_mean, moving_variance."""
+
+    def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
+                 scale: bool = True, name: str | None = None, input_shape: Sequence[int] | None = None,
+                 trainable: bool = True):
+        super().__init__(name, input_shape, trainable=trainable)
+        if not 0 <= momentum <= 1 or not epsilon > 0:
+            raise ValueError(f"BatchNormalization: momentum must be in [0, 1] and epsilon positive, got "
+                             f"{momentum!r}, {epsilon!r}")
+        self.axis, self.momentum, self.epsilon = int(axis), float(momentum), float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+
+    def _channels(self, shape: tuple) -> int:
+        if not -len(shape) < self.axis < len(shape) or self.axis % len(shape) == 0 or shape[self.axis] is None:
+            raise ValueError(f"BatchNormalization: axis {self.axis} is not a feature axis of {shape_str(shape)}")
+        return shape[self.axis]
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        c = (self._channels(shape),)
+        return {**({"gamma": c} if self.scale else {}), **({"beta": c} if self.center else {}),
+                "moving_mean": c, "moving_variance": c}
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        self.weight_shapes(input_shapes)
+        return input_shapes[0]
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        (x,) = inputs
+        c = self._channels(x.shape)
+
+        def weight(slot: str, fill: float, trainable: bool = True) -> Node:
+            return self._weight(graph, slot, lambda: np.full(c, fill, x.dtype), trainable=trainable)
+        gamma = weight("gamma", 1.0) if self.scale else np.ones(c, x.dtype)
+        beta = weight("beta", 0.0) if self.center else np.zeros(c, x.dtype)
+        mean, variance = weight("moving_mean", 0.0, False), weight("moving_variance", 1.0, False)
+        y, updates = ops.batch_norm(x, gamma, beta, mean, variance, self.momentum, self.epsilon, self.axis)
+        self._state_updates = getattr(self, "_state_updates", []) + updates
+        return y
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale}
+
+
+for _layer in (Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, ZeroPadding2D,
+               BatchNormalization):
+    register(_layer)

@@ -1,0 +1,527 @@
+"""Convolution and pooling over 2-D images, and batch normalization.
+
+Images are NHWC (Keras's layout) or NCHW (`data_format`); a filter is (KH, KW, Cin / groups, Cout),
+Keras's HWIO. Every window op keeps its geometry in normalized attrs: `strides` (sh, sw), `padding`
+((top, bottom), (left, right)) in elements, `dilations` (dh, dw), `groups`, `data_format`; the
+public functions turn "valid" / "same" into explicit padding (as Keras: "same" gives ceil(size /
+stride) outputs, the odd element of padding at the bottom / right).
+
+conv2d's gradients with respect to its input and its filter are ops of their own, and the three are
+each other's gradients (each is linear in both operands), so derivatives of any order stay in the
+family. Max pooling shares a window's gradient evenly between the elements equal to its maximum
+(as gn.max does at ties). Average pooling is a depthwise conv2d with a filter of ones, scaled by
+each window's count of real (unpadded) elements, as Keras counts them. The ops' kind "window" is
+lowered by codegen/lower_conv.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import api as ops
+from ..errors import ShapeError
+from ..graph import Node, shape_str
+from ..source import user_location
+from .base import Example, Op, apply, promote, register, require_float, same_dtype
+
+FORMATS = ("NHWC", "NCHW")
+
+
+# ---- geometry -------------------------------------------------------------------------------
+def image_dims(shape: tuple, data_format: str) -> tuple:
+    """(H, W, C) of an image shape."""
+    return (shape[1], shape[2], shape[3]) if data_format == "NHWC" else (shape[2], shape[3], shape[1])
+
+
+def image_shape(n: Any, h: int, w: int, c: int, data_format: str) -> tuple:
+    return (n, h, w, c) if data_format == "NHWC" else (n, c, h, w)
+
+
+def out_size(size: int, k: int, stride: int, dilation: int, pad: tuple) -> int:
+    """Output positions along one axis: windows of span dilation*(k-1)+1 that fit the padded size."""
+    return (size + pad[0] + pad[1] - dilation * (k - 1) - 1) // stride + 1
+
+
+def same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """Keras's "same": ceil(size / stride) outputs, the odd padding element after."""
+    total = max((-(-size // stride) - 1) * stride + dilation * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _check_geometry(attrs: dict, window: tuple, pooling: bool = False) -> None:
+    if attrs["data_format"] not in FORMATS:
+        raise ShapeError(f"data_format must be one of {FORMATS}, got {attrs['data_format']!r}")
+    for name in ("strides", "dilations"):
+        if name in attrs and any(not isinstance(v, (int, np.integer)) or v < 1 for v in attrs[name]):
+            raise ShapeError(f"{name} must be positive integers, got {attrs[name]}")
+    if any(p < 0 for pair in attrs["padding"] for p in pair):
+        raise ShapeError(f"padding must not be negative, got {attrs['padding']}")
+    if pooling and any(p >= k for pair, k in zip(attrs["padding"], window) for p in pair):
+        raise ShapeError(f"padding {attrs['padding']} must be smaller than the window {window}")
+
+
+def _output_hw(h: Any, w: Any, window: tuple, attrs: dict, x_shape: tuple) -> tuple[int, int]:
+    """The output's spatial size; ShapeError where the window does not fit the padded input."""
+    if h is None or w is None:
+        raise ShapeError(f"the spatial size must be static (the batch axis first, in {attrs['data_format']}), "
+                         f"got {shape_str(x_shape)}")
+    dil = attrs.get("dilations", (1, 1))
+    ho = out_size(h, window[0], attrs["strides"][0], dil[0], attrs["padding"][0])
+    wo = out_size(w, window[1], attrs["strides"][1], dil[1], attrs["padding"][1])
+    if ho < 1 or wo < 1:
+        raise ShapeError(f"window {window[0]}x{window[1]} (dilation {dil}) is larger than the padded input "
+                         f"{h}x{w} (padding {attrs['padding']}) of {shape_str(x_shape)}")
+    return ho, wo
+
+
+def _image(x: Node, what: str, data_format: str) -> None:
+    require_float(x, what)
+    if x.ndim != 4:
+        raise ShapeError(f"{what} must be a 4-D {data_format} image batch, got {shape_str(x.shape)}")
+
+
+# ---- numpy references (NHWC inside) -----------------------------------------------------------
+def _to_nhwc(x: np.ndarray, data_format: str) -> np.ndarray:
+    return x if data_format == "NHWC" else np.transpose(x, (0, 2, 3, 1))
+
+
+def _from_nhwc(y: np.ndarray, data_format: str) -> np.ndarray:
+    return np.ascontiguousarray(y if data_format == "NHWC" else np.transpose(y, (0, 3, 1, 2)))
+
+
+def _pad(x: np.ndarray, padding: tuple, fill: float = 0.0) -> np.ndarray:
+    return np.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), constant_values=fill)
+
+
+def _windows(xp: np.ndarray, window: tuple, strides: tuple, dilations: tuple = (1, 1)) -> np.ndarray:
+    """The (N, Ho, Wo, C, KH, KW) view of a padded NHWC batch's windows."""
+    span = tuple(d * (k - 1) + 1 for k, d in zip(window, dilations))
+    view = sliding_window_view(xp, span, axis=(1, 2))
+    return view[:, ::strides[0], ::strides[1], :, ::dilations[0], ::dilations[1]]
+
+
+def _scatter_windows(parts, n_hw: tuple, padded: tuple, window: tuple, strides: tuple, dilations: tuple,
+                     padding: tuple, dtype) -> np.ndarray:
+    """Sum each window element's contribution back at its input position (the transpose of
+    `_windows`), then drop the padding. `parts(kh, kw)` is an (N, Ho, Wo, C) array."""
+    n, ho, wo, c = n_hw
+    out = np.zeros((n, padded[0], padded[1], c), dtype)
+    for kh, kw in np.ndindex(*window):
+        h0, w0 = kh * dilations[0], kw * dilations[1]
+        out[:, h0:h0 + strides[0] * (ho - 1) + 1:strides[0], w0:w0 + strides[1] * (wo - 1) + 1:strides[1]] += \
+            parts(kh, kw)
+    (pt, pb), (pl, pr) = padding
+    return out[:, pt:padded[0] - pb, pl:padded[1] - pr]
+
+
+def conv2d_reference(x, w, strides, padding, dilations, groups, data_format) -> np.ndarray:
+    x = _to_nhwc(x, data_format)
+    kh, kw, cig, cout = w.shape
+    win = _windows(_pad(x, padding), (kh, kw), strides, dilations)
+    n, ho, wo = win.shape[:3]
+    win = win.reshape(n, ho, wo, groups, cig, kh, kw)
+    y = np.einsum("nhwgckl,klcgo->nhwgo", win, w.reshape(kh, kw, cig, groups, cout // groups), optimize=True)
+    return _from_nhwc(y.reshape(n, ho, wo, cout).astype(x.dtype), data_format)
+
+
+def conv2d_input_grad_reference(dy, w, input_size, strides, padding, dilations, groups, data_format) -> np.ndarray:
+    dy = _to_nhwc(dy, data_format)
+    kh, kw, cig, cout = w.shape
+    n, ho, wo, _ = dy.shape
+    dyg = dy.reshape(n, ho, wo, groups, cout // groups)
+    padded = (input_size[0] + sum(padding[0]), input_size[1] + sum(padding[1]))
+
+    def part(i, j):
+        wg = w[i, j].reshape(cig, groups, cout // groups)
+        return np.einsum("nhwgo,cgo->nhwgc", dyg, wg, optimize=True).reshape(n, ho, wo, cig * groups)
+    dx = _scatter_windows(part, (n, ho, wo, cig * groups), padded, (kh, kw), strides, dilations, padding, dy.dtype)
+    return _from_nhwc(dx, data_format)
+
+
+def conv2d_filter_grad_reference(x, dy, kernel_size, strides, padding, dilations, groups, data_format) -> np.ndarray:
+    x, dy = _to_nhwc(x, data_format), _to_nhwc(dy, data_format)
+    win = _windows(_pad(x, padding), kernel_size, strides, dilations)
+    n, ho, wo, c = win.shape[:4]
+    cout = dy.shape[3]
+    dw = np.einsum("nhwgckl,nhwgo->klcgo", win.reshape(n, ho, wo, groups, c // groups, *kernel_size),
+                   dy.reshape(n, ho, wo, groups, cout // groups), optimize=True)
+    return np.ascontiguousarray(dw.reshape(*kernel_size, c // groups, cout).astype(x.dtype))
+
+
+def max_pool2d_reference(x, ksize, strides, padding, data_format) -> np.ndarray:
+    win = _windows(_pad(_to_nhwc(x, data_format), padding, -np.inf), ksize, strides)
+    return _from_nhwc(win.max(axis=(4, 5)), data_format)
+
+
+def max_pool2d_grad_reference(x, y, dy, ksize, strides, padding, data_format) -> np.ndarray:
+    x, y, dy = (_to_nhwc(a, data_format) for a in (x, y, dy))
+    xp = _pad(x, padding, -np.inf)
+    hit = _windows(xp, ksize, strides) == y[..., None, None]
+    with np.errstate(all="ignore"):
+        share = dy / hit.sum(axis=(4, 5))
+    dx = _scatter_windows(lambda i, j: np.where(hit[..., i, j], share, 0), dy.shape, xp.shape[1:3], ksize, strides,
+                          (1, 1), padding, x.dtype)
+    return _from_nhwc(dx, data_format)
+
+
+# ---- ops ------------------------------------------------------------------------------------
+def _geometry(strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1), groups=1, data_format="NHWC") -> dict:
+    return dict(strides=tuple(strides), padding=tuple(tuple(p) for p in padding), dilations=tuple(dilations),
+                groups=groups, data_format=data_format)
+
+
+def _pool_geometry(ksize, strides, padding=((0, 0), (0, 0)), data_format="NHWC") -> dict:
+    return dict(ksize=tuple(ksize), strides=tuple(strides), padding=tuple(tuple(p) for p in padding),
+                data_format=data_format)
+
+
+class Window(Op):
+    kind = "window"  # codegen/lower_conv.py makes the loop nest
+
+
+def _channels(cin: int, w_shape: tuple, groups: int, x_shape: tuple) -> None:
+    """The filter's input channels times `groups` must be the image's channels, and groups divide Cout."""
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ShapeError(f"groups must be a positive integer, got {groups!r}")
+    if w_shape[2] * groups != cin or w_shape[3] % groups:
+        raise ShapeError(f"channel mismatch: the image {shape_str(x_shape)} has {cin} channels, the filter "
+                         f"{shape_str(w_shape)} (KH, KW, Cin/groups, Cout) with groups={groups} expects "
+                         f"{w_shape[2] * groups}" + (f" and Cout divisible by {groups}" if w_shape[3] % groups else ""))
+
+
+@register
+class Conv2D(Window):
+    """y[n, i, j, o] = sum over (kh, kw, c) of x[n, i*sh + kh*dh - top, j*sw + kw*dw - left, g*Cig + c] *
+    w[kh, kw, c, o], g = o's group; zero outside the image."""
+
+    name = "conv2d"
+    examples = (Example([(None, 5, 5, 2), (3, 3, 2, 3)], _geometry(padding=((1, 1), (1, 1)))),
+                Example([(None, 6, 7, 2), (2, 3, 2, 2)], _geometry((2, 1), ((0, 1), (2, 1)), (1, 2))),
+                Example([(None, 4, 4, 4), (2, 2, 2, 4)], _geometry(groups=2)),
+                Example([(None, 3, 5, 5), (3, 3, 1, 6)], _geometry((2, 2), ((1, 1), (1, 1)), groups=3,
+                                                                   data_format="NCHW")))
+
+    def infer(self, inputs, attrs):
+        x, w = inputs
+        fmt = attrs["data_format"]
+        _check_geometry(attrs, w.shape[:2])
+        _image(x, "input", fmt)
+        if w.ndim != 4 or None in w.shape:
+            raise ShapeError(f"the filter must be a static 4-D (KH, KW, Cin/groups, Cout) array, got "
+                             f"{shape_str(w.shape)}")
+        dtype = same_dtype(inputs)
+        h, wd, c = image_dims(x.shape, fmt)
+        _channels(c, w.shape, attrs["groups"], x.shape)
+        ho, wo = _output_hw(h, wd, w.shape[:2], attrs, x.shape)
+        return image_shape(x.shape[0], ho, wo, w.shape[3], fmt), dtype
+
+    def numpy(self, x, w, **attrs):
+        return conv2d_reference(x, w, **attrs)
+
+    def grad(self, node, g):
+        x, w = node.inputs
+        h, wd, _ = image_dims(x.shape, node.attrs["data_format"])
+        return [apply("conv2d_input_grad", [g, w], input_size=(h, wd), **node.attrs),
+                apply("conv2d_filter_grad", [x, g], kernel_size=w.shape[:2], **node.attrs)]
+
+
+@register
+class Conv2DInputGrad(Window):
+    """d conv2d / d x applied to the output gradient dy: every window element gets dy times its weight."""
+
+    name = "conv2d_input_grad"
+    examples = (Example([(None, 5, 5, 3), (3, 3, 2, 3)], dict(input_size=(5, 5), **_geometry(
+                    padding=((1, 1), (1, 1))))),
+                Example([(None, 3, 6, 2), (2, 3, 2, 2)], dict(input_size=(6, 7), **_geometry((2, 1), ((0, 1), (2, 1)),
+                                                                                             (1, 2)))),
+                Example([(None, 6, 2, 2), (3, 3, 1, 6)], dict(input_size=(4, 3), **_geometry(
+                    (2, 2), ((1, 1), (1, 1)), groups=3, data_format="NCHW"))))
+
+    def infer(self, inputs, attrs):
+        dy, w = inputs
+        fmt = attrs["data_format"]
+        _check_geometry(attrs, w.shape[:2])
+        _image(dy, "output gradient", fmt)
+        dtype = same_dtype(inputs)
+        h, wd = attrs["input_size"]
+        x_shape = image_shape(dy.shape[0], h, wd, w.shape[2] * attrs["groups"], fmt)
+        _channels(w.shape[2] * attrs["groups"], w.shape, attrs["groups"], x_shape)
+        want = image_shape(dy.shape[0], *_output_hw(h, wd, w.shape[:2], attrs, x_shape), w.shape[3], fmt)
+        if dy.shape != want:
+            raise ShapeError(f"the output gradient {shape_str(dy.shape)} is not conv2d's output {shape_str(want)}")
+        return x_shape, dtype
+
+    def numpy(self, dy, w, input_size, **attrs):
+        return conv2d_input_grad_reference(dy, w, input_size, **attrs)
+
+    def grad(self, node, g):
+        dy, w = node.inputs
+        geometry = {k: v for k, v in node.attrs.items() if k != "input_size"}
+        return [apply("conv2d", [g, w], **geometry),
+                apply("conv2d_filter_grad", [g, dy], kernel_size=w.shape[:2], **geometry)]
+
+
+@register
+class Conv2DFilterGrad(Window):
+    """d conv2d / d w applied to the output gradient dy: each weight's windows of x times dy, summed
+    over the batch and the output positions."""
+
+    name = "conv2d_filter_grad"
+    examples = (Example([(None, 5, 5, 2), (None, 5, 5, 3)], dict(kernel_size=(3, 3), **_geometry(
+                    padding=((1, 1), (1, 1))))),
+                Example([(None, 6, 7, 2), (None, 3, 6, 2)], dict(kernel_size=(2, 3), **_geometry(
+                    (2, 1), ((0, 1), (2, 1)), (1, 2)))),
+                Example([(None, 4, 4, 4), (None, 3, 3, 4)], dict(kernel_size=(2, 2), **_geometry(groups=2))))
+
+    def infer(self, inputs, attrs):
+        x, dy = inputs
+        fmt = attrs["data_format"]
+        _check_geometry(attrs, attrs["kernel_size"])
+        _image(x, "input", fmt)
+        _image(dy, "output gradient", fmt)
+        dtype = same_dtype(inputs)
+        h, wd, c = image_dims(x.shape, fmt)
+        cout = image_dims(dy.shape, fmt)[2]
+        groups = attrs["groups"]
+        w_shape = (*attrs["kernel_size"], c // groups if groups and c % groups == 0 else c, cout)
+        _channels(c, w_shape, groups, x.shape)
+        want = image_shape(x.shape[0], *_output_hw(h, wd, w_shape[:2], attrs, x.shape), cout, fmt)
+        if dy.shape != want:
+            raise ShapeError(f"the output gradient {shape_str(dy.shape)} is not conv2d's output {shape_str(want)}")
+        return w_shape, dtype
+
+    def numpy(self, x, dy, kernel_size, **attrs):
+        return conv2d_filter_grad_reference(x, dy, kernel_size, **attrs)
+
+    def grad(self, node, g):
+        x, dy = node.inputs
+        geometry = {k: v for k, v in node.attrs.items() if k != "kernel_size"}
+        h, wd, _ = image_dims(x.shape, node.attrs["data_format"])
+        return [apply("conv2d_input_grad", [dy, g], input_size=(h, wd), **geometry),
+                apply("conv2d", [x, g], **geometry)]
+
+
+@register
+class MaxPool2D(Window):
+    """The maximum of each window; padding never wins (it counts as -inf)."""
+
+    name = "max_pool2d"
+    examples = (Example([(None, 4, 4, 2)], _pool_geometry((2, 2), (2, 2)), smooth=False),
+                Example([(None, 2, 5, 5)], _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW"), smooth=False))
+
+    def infer(self, inputs, attrs):
+        (x,) = inputs
+        fmt = attrs["data_format"]
+        _check_geometry(attrs, attrs["ksize"], pooling=True)
+        _image(x, "input", fmt)
+        h, wd, c = image_dims(x.shape, fmt)
+        return image_shape(x.shape[0], *_output_hw(h, wd, attrs["ksize"], attrs, x.shape), c, fmt), x.dtype
+
+    def numpy(self, x, **attrs):
+        return max_pool2d_reference(x, **attrs)
+
+    def grad(self, node, g):
+        return [apply("max_pool2d_grad", [node.inputs[0], node, g], **node.attrs)]
+
+
+@register
+class MaxPool2DGrad(Window):
+    """max_pool2d's gradient: each window's dy, shared evenly by the window's elements equal to its
+    maximum y. Piecewise constant in x and y; its gradient in dy is not implemented."""
+
+    name = "max_pool2d_grad"
+    differentiable = False
+    examples = (Example([(None, 4, 4, 2), (None, 2, 2, 2), (None, 2, 2, 2)], _pool_geometry((2, 2), (2, 2))),
+                Example([(None, 2, 5, 5), (None, 2, 3, 3), (None, 2, 3, 3)],
+                        _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW")))
+
+    def infer(self, inputs, attrs):
+        x, y, dy = inputs
+        pooled, _ = MaxPool2D.infer(self, [x], attrs)
+        if y.shape != pooled or dy.shape != pooled:
+            raise ShapeError(f"the pooled value {shape_str(y.shape)} and its gradient {shape_str(dy.shape)} must "
+                             f"have max_pool2d's output shape {shape_str(pooled)}")
+        return x.shape, same_dtype(inputs)
+
+    def numpy(self, x, y, dy, **attrs):
+        return max_pool2d_grad_reference(x, y, dy, **attrs)
+
+    def grad(self, node, g):
+        raise NotImplementedError(f"max_pool2d: second derivatives through max pooling are not implemented "
+                                  f"(at {node.source})")
+
+
+@register
+class InTraining(Op):
+    """`a` in functions compiled for training, `b` in the others (batch normalization's batch and
+    running statistics); the strip_dropout pass picks `b` outside training."""
+
+    name = "in_training"
+    kind = "elementwise"
+    examples = (Example([(None, 3), (None, 3)]),)
+
+    def infer(self, inputs, attrs):
+        a, b = inputs
+        if a.shape != b.shape:
+            raise ShapeError(f"both values must have one shape, got {shape_str(a.shape)} and {shape_str(b.shape)}")
+        return a.shape, same_dtype(inputs)
+
+    def numpy(self, a, b):
+        return a
+
+    def grad(self, node, g):
+        zero = ops.zeros_like(g)  # each input gets the gradient only in the functions that use its value
+        return [apply("in_training", [g, zero]), apply("in_training", [zero, g])]
+
+    def scalar(self, s, a, b):
+        return a
+
+
+# ---- public functions -------------------------------------------------------------------------
+def _pair(value: Any, name: str, op: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise ShapeError(f"{op}: {name} must be a positive integer or a pair of them, got {value!r} "
+                         f"(at {user_location()})")
+    return int(pair[0]), int(pair[1])
+
+
+def _padding(padding: Any, x: Node, window: tuple, strides: tuple, dilations: tuple, data_format: str,
+             op: str) -> tuple:
+    """Explicit ((top, bottom), (left, right)) padding from "valid", "same", an int, a pair or pairs."""
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return (0, 0), (0, 0)
+        if padding.lower() == "same":
+            h, w, _ = image_dims(x.shape, data_format) if x.ndim == 4 else (None, None, None)
+            if h is None or w is None:
+                raise ShapeError(f"{op}: padding='same' needs a 4-D {data_format} input with a static size, got "
+                                 f"{shape_str(x.shape)} (at {user_location()})")
+            return (same_padding(h, window[0], strides[0], dilations[0]),
+                    same_padding(w, window[1], strides[1], dilations[1]))
+        raise ShapeError(f"{op}: padding must be 'valid', 'same' or numbers, got {padding!r} (at {user_location()})")
+    pairs = padding if isinstance(padding, (list, tuple)) else (padding, padding)
+    pairs = tuple(tuple(p) if isinstance(p, (list, tuple)) else (p, p) for p in pairs)
+    if len(pairs) != 2 or any(len(p) != 2 or any(not isinstance(v, (int, np.integer)) or v < 0 for v in p)
+                              for p in pairs):
+        raise ShapeError(f"{op}: padding must be 'valid', 'same', an int, (ph, pw) or ((top, bottom), (left, right)) "
+                         f"of non-negative integers, got {padding!r} (at {user_location()})")
+    return tuple((int(a), int(b)) for a, b in pairs)
+
+
+def _format(data_format: str, op: str) -> str:
+    fmt = {"channels_last": "NHWC", "channels_first": "NCHW"}.get(data_format, data_format)
+    if fmt not in FORMATS:
+        raise ShapeError(f"{op}: data_format must be NHWC / channels_last or NCHW / channels_first, got "
+                         f"{data_format!r} (at {user_location()})")
+    return fmt
+
+
+def conv2d(x: Any, filters: Any, strides: Any = 1, padding: Any = "valid", dilation_rate: Any = 1,
+           groups: int = 1, data_format: str = "NHWC") -> Node:
+    """2-D convolution (cross-correlation, as Keras and torch) of an image batch with a (KH, KW,
+    Cin/groups, Cout) filter; `padding` "valid", "same" (Keras's), or explicit element counts."""
+    x, filters = promote([x, filters])
+    fmt = _format(data_format, "conv2d")
+    st, dil = _pair(strides, "strides", "conv2d"), _pair(dilation_rate, "dilation_rate", "conv2d")
+    pad = _padding(padding, x, filters.shape[:2], st, dil, fmt, "conv2d")
+    return apply("conv2d", [x, filters], **_geometry(st, pad, dil, int(groups), fmt))
+
+
+def depthwise_conv2d(x: Any, filters: Any, strides: Any = 1, padding: Any = "valid", dilation_rate: Any = 1,
+                     data_format: str = "NHWC") -> Node:
+    """Each input channel convolved with its own (KH, KW) filters: `filters` is (KH, KW, C, multiplier)
+    (Keras's depthwise kernel); output channel c * multiplier + m."""
+    x, filters = promote([x, filters])
+    if filters.ndim != 4:
+        raise ShapeError(f"depthwise_conv2d: the filter must be (KH, KW, C, multiplier), got "
+                         f"{shape_str(filters.shape)} (at {user_location()})")
+    kh, kw, c, m = filters.shape
+    return conv2d(x, ops.reshape(filters, (kh, kw, 1, c * m)), strides, padding, dilation_rate, c, data_format)
+
+
+def _pool_args(x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str, op: str):
+    (x,) = promote([x])
+    fmt = _format(data_format, op)
+    window = _pair(pool_size, "pool_size", op)
+    st = window if strides is None else _pair(strides, "strides", op)
+    return x, fmt, window, st, _padding(padding, x, window, st, (1, 1), fmt, op)
+
+
+def max_pool2d(x: Any, pool_size: Any = 2, strides: Any = None, padding: Any = "valid",
+               data_format: str = "NHWC") -> Node:
+    """The maximum of each window (strides default to the window, as Keras)."""
+    x, fmt, window, st, pad = _pool_args(x, pool_size, strides, padding, data_format, "max_pool2d")
+    return apply("max_pool2d", [x], **_pool_geometry(window, st, pad, fmt))
+
+
+def avg_pool2d(x: Any, pool_size: Any = 2, strides: Any = None, padding: Any = "valid",
+               data_format: str = "NHWC") -> Node:
+    """The mean of each window's real elements (padding is not counted, as Keras)."""
+    x, fmt, window, st, pad = _pool_args(x, pool_size, strides, padding, data_format, "avg_pool2d")
+    if x.ndim != 4:
+        raise ShapeError(f"avg_pool2d: input must be a 4-D {fmt} image batch, got {shape_str(x.shape)} "
+                         f"(at {user_location()})")
+    h, w, c = image_dims(x.shape, fmt)
+    ones = ops.constant(np.ones((*window, 1, c), x.dtype), graph=x.graph)
+    total = apply("conv2d", [x, ones], **_geometry(st, pad, (1, 1), c, fmt))
+    counts = [_window_counts(size, k, s, p) for size, k, s, p in zip((h, w), window, st, pad)]
+    inverse = 1.0 / np.outer(*counts)
+    shape = inverse.shape + (1,) if fmt == "NHWC" else (1,) + inverse.shape
+    return total * ops.constant(inverse.reshape(shape).astype(x.dtype), graph=x.graph)
+
+
+def _window_counts(size: int, k: int, stride: int, pad: tuple) -> np.ndarray:
+    """How many real (unpadded) elements each window along one axis covers."""
+    starts = np.arange(out_size(size, k, stride, 1, pad)) * stride - pad[0]
+    return np.minimum(starts + k, size) - np.maximum(starts, 0)
+
+
+def global_avg_pool(x: Any, data_format: str = "NHWC", keepdims: bool = False) -> Node:
+    """The mean over the spatial axes: (N, C), or with `keepdims` the image layout with 1x1 size."""
+    (x,) = promote([x])
+    fmt = _format(data_format, "global_avg_pool")
+    if x.ndim != 4:
+        raise ShapeError(f"global_avg_pool: input must be a 4-D {fmt} image batch, got {shape_str(x.shape)} "
+                         f"(at {user_location()})")
+    return ops.mean(x, (1, 2) if fmt == "NHWC" else (2, 3), keepdims=keepdims)
+
+
+def moments(x: Any, axes: Sequence[int], keepdims: bool = False) -> tuple[Node, Node]:
+    """The mean and the biased variance (mean of squared deviations) over `axes`."""
+    (x,) = promote([x])
+    mean = ops.mean(x, axes, keepdims=True)
+    centered = x - mean
+    variance = ops.mean(centered * centered, axes, keepdims=keepdims)
+    return (mean if keepdims else ops.mean(x, axes)), variance
+
+
+def batch_norm(x: Any, scale: Any, offset: Any, moving_mean: Node, moving_variance: Node, momentum: float = 0.99,
+               epsilon: float = 1e-3, axis: int = -1) -> tuple[Node, list]:
+    """Batch normalization along `axis` (the channels), as Keras's BatchNormalization: in training,
+    (x - batch mean) / sqrt(batch variance + epsilon) * scale + offset, with the updates
+    moving <- momentum * moving + (1 - momentum) * batch statistic (the variance biased, as Keras 3);
+    outside training the moving statistics normalize. `moving_mean` and `moving_variance` are
+    variables of shape (C,). Returns (output, updates): give the updates to gn.compile."""
+    (x,) = promote([x])
+    if not 0 <= momentum <= 1 or not epsilon > 0:
+        raise ValueError(f"batch_norm: momentum must be in [0, 1] and epsilon positive, got {momentum}, {epsilon} "
+                         f"(at {user_location()})")
+    axis = axis % x.ndim
+    shape = tuple(d if i == axis else 1 for i, d in enumerate(x.shape))
+    reduced = tuple(i for i in range(x.ndim) if i != axis)
+    scale, offset, mm, mv = (ops.reshape(v, shape) for v in promote([x, scale, offset, moving_mean,
+                                                                      moving_variance])[1:])
+    mean, variance = moments(x, reduced, keepdims=True)
+
+    def normalize(m: Node, v: Node) -> Node:
+        return (x - m) * (ops.rsqrt(v + epsilon) * scale) + offset
+    y = apply("in_training", [normalize(mean, variance), normalize(mm, mv)])
+    updates = [(var, var * momentum + ops.reshape(ops.stop_gradient(stat), var.shape) * (1 - momentum))
+               for var, stat in ((moving_mean, mean), (moving_variance, variance))]
+    return y, updates
+
+
+PUBLIC = ["conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "moments", "batch_norm"]

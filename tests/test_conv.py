@@ -1,0 +1,238 @@
+"""Convolution, pooling and batch normalization: values and gradients against PyTorch, the bad-input
+errors, the windowed loads of the loop IR, and batch_norm's training / inference values and updates.
+(The registry tests in test_ops.py, test_llvm_backend.py and test_opencl.py run every op's examples.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.loop_passes import verify_loops
+from codegen.lower import lower
+from codegen.window import Coord, window
+from graphnet.program import Program
+from helpers import run
+
+BACKENDS = ["numpy", "llvm"]
+
+
+def _torch_nchw(torch, x, data_format):
+    t = torch.tensor(x, requires_grad=True)
+    return t, (t if data_format == "NCHW" else t.permute(0, 3, 1, 2))
+
+
+def _from_nchw(t, data_format):
+    return t if data_format == "NCHW" else t.permute(0, 2, 3, 1)
+
+
+CONVS = [  # (x shape, filter shape, keyword arguments)
+    ((2, 7, 6, 3), (3, 3, 3, 4), dict(padding="same")),
+    ((2, 8, 9, 2), (3, 2, 2, 3), dict(strides=(2, 3), padding=((1, 2), (0, 1)), dilation_rate=(2, 1))),
+    ((3, 6, 6, 4), (3, 3, 2, 6), dict(groups=2, strides=2, padding="same")),
+    ((2, 3, 7, 7), (5, 5, 3, 4), dict(data_format="NCHW", padding=2)),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", CONVS)
+def test_conv2d_value_and_gradients_match_torch(x_shape, w_shape, kwargs, backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=x_shape), rng.normal(size=w_shape)
+    fmt = kwargs.get("data_format", "NHWC")
+    px, pw = gn.placeholder("x", x_shape, np.float64), gn.placeholder("w", w_shape, np.float64)
+    y = gn.conv2d(px, pw, **kwargs)
+    weights = rng.uniform(0.5, 1.5, y.shape)
+    value, gx, gw = run([y, *gn.gradients(gn.sum(y * weights), [px, pw])], {"x": x, "w": w}, backend)
+
+    tx, tx_nchw = _torch_nchw(torch, x, fmt)
+    tw = torch.tensor(w, requires_grad=True)
+    (pt, pb), (pl, pr) = y.attrs["padding"]
+    padded = torch.nn.functional.pad(tx_nchw, (pl, pr, pt, pb))
+    out = torch.nn.functional.conv2d(padded, tw.permute(3, 2, 0, 1), stride=y.attrs["strides"],
+                                     dilation=y.attrs["dilations"], groups=y.attrs["groups"])
+    out = _from_nchw(out, fmt)
+    (out * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(value, out.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+POOLS = [((2, 6, 6, 3), dict(pool_size=2)),
+         ((2, 7, 5, 2), dict(pool_size=3, strides=2, padding="same")),
+         ((2, 3, 5, 6), dict(pool_size=(2, 3), strides=(1, 2), padding=1, data_format="NCHW"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape,kwargs", POOLS)
+def test_max_pool2d_value_and_gradient_match_torch(x_shape, kwargs, backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=x_shape)  # no ties: torch gives a tie's gradient to one element, graphnet shares it
+    fmt = kwargs.get("data_format", "NHWC")
+    px = gn.placeholder("x", x_shape, np.float64)
+    y = gn.max_pool2d(px, **kwargs)
+    weights = rng.uniform(0.5, 1.5, y.shape)
+    value, gx = run([y, gn.gradients(gn.sum(y * weights), px)], {"x": x}, backend)
+
+    tx, tx_nchw = _torch_nchw(torch, x, fmt)
+    (pt, pb), (pl, pr) = y.attrs["padding"]
+    padded = torch.nn.functional.pad(tx_nchw, (pl, pr, pt, pb), value=-np.inf)
+    out = _from_nchw(torch.nn.functional.max_pool2d(padded, y.attrs["ksize"], y.attrs["strides"]), fmt)
+    (out * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(value, out.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_pool2d_shares_a_tie_evenly(backend):
+    x = np.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+    px = gn.placeholder("x", (1, 2, 2, 1), np.float64)
+    g = run(gn.gradients(gn.sum(gn.max_pool2d(px, 2)), px), {"x": x}, backend)
+    np.testing.assert_allclose(g.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape,kwargs", POOLS)
+def test_avg_pool2d_counts_only_real_elements_like_torch(x_shape, kwargs, backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=x_shape)
+    fmt = kwargs.get("data_format", "NHWC")
+    px = gn.placeholder("x", x_shape, np.float64)
+    y = gn.avg_pool2d(px, **kwargs)
+    weights = rng.uniform(0.5, 1.5, y.shape)
+    value, gx = run([y, gn.gradients(gn.sum(y * weights), px)], {"x": x}, backend)
+    conv = y.inputs[0] if y.inputs[0].op.name == "conv2d" else y.inputs[1]
+    (pt, pb), (pl, pr) = conv.attrs["padding"]
+    tx, tx_nchw = _torch_nchw(torch, x, fmt)
+    ones = torch.ones_like(tx_nchw)
+    window, stride = conv.inputs[1].shape[:2], conv.attrs["strides"]
+    total = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(tx_nchw, (pl, pr, pt, pb)), window, stride)
+    count = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(ones, (pl, pr, pt, pb)), window, stride)
+    out = _from_nchw(total / count, fmt)
+    (out * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(value, out.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+
+
+def test_depthwise_conv2d_is_keras_channel_order():
+    rng = np.random.default_rng(3)
+    x, k = rng.normal(size=(2, 5, 5, 3)), rng.normal(size=(3, 3, 3, 2))
+    px = gn.placeholder("x", x.shape, np.float64)
+    got = run(gn.depthwise_conv2d(px, k, padding="same"), {"x": x})
+    for c in range(3):
+        channel = gn.conv2d(px, np.eye(3)[c].reshape(1, 1, 3, 1))  # a 1x1 convolution picks channel c
+        for m in range(2):
+            single = run(gn.conv2d(channel, k[:, :, c:c + 1, m:m + 1], padding="same"), {"x": x})
+            np.testing.assert_allclose(got[..., c * 2 + m], single[..., 0], rtol=1e-12)
+
+
+def test_global_avg_pool_is_the_spatial_mean():
+    x = np.random.default_rng(4).normal(size=(2, 3, 4, 5))
+    px = gn.placeholder("x", (None, 3, 4, 5), np.float64)
+    np.testing.assert_allclose(run(gn.global_avg_pool(px), {"x": x}), x.mean(axis=(1, 2)))
+    np.testing.assert_allclose(run(gn.global_avg_pool(px, "NCHW", keepdims=True), {"x": x}),
+                               x.mean(axis=(2, 3), keepdims=True))
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("build,message", [
+    (lambda x: gn.conv2d(x, np.zeros((9, 3, 3, 4), np.float32)), "larger than the padded input"),
+    (lambda x: gn.conv2d(x, np.zeros((3, 3, 3, 4), np.float32), strides=0), "strides must be a positive"),
+    (lambda x: gn.conv2d(x, np.zeros((3, 3, 3, 4), np.float32), strides=(1, -2)), "strides must be a positive"),
+    (lambda x: gn.conv2d(x, np.zeros((3, 3, 2, 4), np.float32)), "channel mismatch: the image (N, 8, 8, 3) has 3"),
+    (lambda x: gn.conv2d(x, np.zeros((3, 3, 3, 4), np.float32), data_format="NCHW"), "has 8 channels"),
+    (lambda x: gn.conv2d(x, np.zeros((3, 3, 1, 4), np.float32), groups=2), "channel mismatch"),
+    (lambda x: gn.max_pool2d(x, 9), "larger than the padded input"),
+    (lambda x: gn.max_pool2d(x, 2, padding=2), "must be smaller than the window"),
+    (lambda x: gn.conv2d(gn.reshape(x, (None, 192)), np.zeros((3, 3, 3, 4), np.float32)), "4-D NHWC"),
+])
+def test_bad_input_is_a_shape_error_naming_op_shapes_and_line(build, message):
+    x = gn.placeholder("x", (None, 8, 8, 3))
+    with pytest.raises(gn.ShapeError) as info:
+        build(x)
+    text = str(info.value)
+    assert message in text and "test_conv.py:" in text
+    assert any(name in text for name in ("conv2d", "max_pool2d"))
+
+
+def test_nchw_data_in_an_nhwc_graph_names_the_channel_mismatch():
+    x = gn.placeholder("x", (None, 3, 32, 32))  # NCHW data, the layer expects NHWC with 3 channels
+    with pytest.raises(gn.ShapeError, match=r"conv2d: channel mismatch: the image \(N, 3, 32, 32\) has 32 "
+                                            r"channels, the filter \(3, 3, 3, 8\)"):
+        gn.conv2d(x, np.zeros((3, 3, 3, 8), np.float32))
+
+
+# ---- the loop IR --------------------------------------------------------------------------------
+def _loop_program(fetches):
+    program = Program(list(fetches), [])
+    return lower(program)[0]
+
+
+def test_only_coordinates_that_can_leave_the_image_are_guarded():
+    x = gn.placeholder("x", (None, 6, 6, 2))
+    y = gn.conv2d(x, np.ones((3, 3, 2, 4), np.float32), padding="same")
+    text = _loop_program([gn.relu(y)]).to_text()
+    assert "b0<v0, v1 + v5 + -1, v2 + v6 + -1, 2*v3 + v7; else 0.0>" in text.replace("v3*2", "2*v3")
+    assert "select(lt(acc" in text  # the relu joined the convolution's kernel
+
+
+def test_verify_loops_rejects_a_window_with_the_wrong_rank():
+    x = gn.placeholder("x", (None, 6, 6, 2))
+    lp = _loop_program([gn.max_pool2d(x, 2)])
+    k = lp.kernels[0]
+    bad = window(0, (None, 6, 6), (Coord(((0, 1),)),) * 3, np.dtype(np.float32))
+    k.reduce.value = bad
+    with pytest.raises(AssertionError, match="window on b0"):
+        verify_loops(lp)
+
+
+@pytest.mark.parametrize("backend", ["llvm", "opencl"])
+def test_strided_padded_conv_partial_and_growing_batches(backend):
+    if backend == "opencl":
+        pytest.importorskip("pyopencl")
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 3, 2, 3)).astype(np.float32)
+    x = gn.placeholder("x", (None, 7, 7, 2))
+    y = gn.max_pool2d(gn.relu(gn.conv2d(x, w, strides=2, padding="same")), 2, padding="same")
+    ref, fn = gn.compile(y, backend="numpy"), gn.compile(y, backend=backend)
+    for batch in (5, 1, 9):
+        feeds = {"x": rng.normal(size=(batch, 7, 7, 2)).astype(np.float32)}
+        np.testing.assert_allclose(fn(**feeds), ref(**feeds), rtol=1e-5, atol=1e-5)
+
+
+# ---- batch normalization ------------------------------------------------------------------------
+def test_batch_norm_uses_batch_statistics_in_training_and_moving_ones_outside():
+    rng = np.random.default_rng(6)
+    x = rng.normal(2.0, 3.0, size=(8, 4, 4, 3))
+    px = gn.placeholder("x", (None, 4, 4, 3), np.float64)
+    scale, offset = rng.uniform(0.5, 2, 3), rng.normal(size=3)
+    mean = gn.variable("mean", np.zeros(3), trainable=False)
+    var = gn.variable("var", np.ones(3), trainable=False)
+    y, updates = gn.batch_norm(px, scale, offset, mean, var, momentum=0.9, epsilon=1e-3)
+    train = gn.compile(y, updates=updates, backend="llvm")
+    infer = gn.compile(y, backend="llvm")
+    mu, sigma2 = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(train(x=x), (x - mu) / np.sqrt(sigma2 + 1e-3) * scale + offset, rtol=1e-10)
+    np.testing.assert_allclose(mean.value, 0.1 * mu, rtol=1e-12)
+    np.testing.assert_allclose(var.value, 0.9 + 0.1 * sigma2, rtol=1e-12)
+    np.testing.assert_allclose(infer(x=x), (x - mean.value) / np.sqrt(var.value + 1e-3) * scale + offset,
+                               rtol=1e-10)
+
+
+def test_batch_norm_gradient_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(6, 3, 3, 2))
+    px = gn.placeholder("x", x.shape, np.float64)
+    scale = gn.placeholder("scale", (2,), np.float64)
+    y, _ = gn.batch_norm(px, scale, np.zeros(2), gn.variable("m", np.zeros(2)), gn.variable("v", np.ones(2)))
+    weights = rng.uniform(0.5, 1.5, x.shape)
+    gx, gs = run(gn.gradients(gn.sum(y * weights), [px, scale]), {"x": x, "scale": np.array([1.5, 0.5])},
+                 training=True)
+    tx, ts = torch.tensor(x, requires_grad=True), torch.tensor([1.5, 0.5], dtype=torch.float64, requires_grad=True)
+    out = torch.nn.functional.batch_norm(tx.permute(0, 3, 1, 2), None, None, ts, None, training=True, eps=1e-3)
+    (out.permute(0, 2, 3, 1) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gs, ts.grad.numpy(), rtol=1e-9)
