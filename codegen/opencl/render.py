@@ -27,7 +27,7 @@ import numpy as np
 from graphnet.ops.scalar import REDUCTIONS
 
 from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoopProgram, Op, Size, UnsupportedInstruction,
-                      check_renderable)
+                      check_renderable, children, walk_unique)
 from .schedule import Limits, OpenCLSchedule
 
 _CTYPE = {"f4": "float", "f8": "double", "i1": "char", "i2": "short", "i4": "int", "i8": "long",
@@ -244,7 +244,14 @@ class _KernelWriter:
 
     # ---- scalar expressions -------------------------------------------------------------
     def value(self, e: Expr, memo: dict, depth: int, names: dict | None = None) -> str:
-        """C text of `e`; every instruction becomes a named local (shared subtrees once)."""
+        """C text of `e`; every load and instruction becomes a named local, declared once per distinct node
+        in the scope `memo` belongs to (a reduction's loop body, the stores)."""
+        for node in walk_unique(e, skip=memo):
+            memo[node] = self.node(node, [memo[a] for a in children(node)], depth, names or _VARS)
+        return memo[e]
+
+    def node(self, e: Expr, args: list[str], depth: int, names: dict) -> str:
+        """One node as C text given its operands' texts: a literal, or a local declared here."""
         if isinstance(e, Const):
             self.ctype(e.dtype)
             return literal(e.value, e.dtype)
@@ -252,9 +259,6 @@ class _KernelWriter:
             return "acc"
         if isinstance(e, Size):
             return f"(({self.ctype(e.dtype)})N)"
-        if e in memo:
-            return memo[e]
-        names = names or _VARS
         if isinstance(e, Load):
             text = f"{self.param[e.buffer]}[{self.offset(e.offset, names)}]"
             if e.dtype.kind == "b":
@@ -262,11 +266,10 @@ class _KernelWriter:
         elif isinstance(e, Index):
             text = f"(uint)({self.offset(e.offset, names)})"
         else:
-            text = self.op(e, [self.value(a, memo, depth, names) for a in e.args])
+            text = self.op(e, args)
         name = f"t{self.temp}"
         self.temp += 1
         self.emit(f"const {self.ctype(e.dtype)} {name} = {text};", depth)
-        memo[e] = name
         return name
 
     def op(self, e: Op, args: list[str]) -> str:
