@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterator, Optional, Sequence
 
 import numpy as np
@@ -94,25 +93,21 @@ class Buffer:
 
 class _Interned(type):
     """Structurally equal expressions are one object: constructing a node returns the existing equal
-    node when there is one. Equality is then identity and a node's hash is computed once, so dicts
-    and sets of nodes cost O(1) per node however deep the expression (the dataclasses' own hash and
-    equality would recurse through every path of a DAG)."""
+    node when there is one. Equality is therefore identity (object's own `==` and `hash`, O(1) however
+    deep the expression; the dataclasses' structural ones would follow every path of a DAG), and a
+    node's key holds its children, themselves interned, by identity."""
 
     _table: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
     _lock = threading.Lock()
 
     def __call__(cls, *args, **kwargs):
         node = super().__call__(*args, **kwargs)
-        key = (cls,) + tuple(_exact(getattr(node, f.name)) for f in fields(node))
-        object.__setattr__(node, "_hash", hash(key))
+        values = tuple(node.__dict__.values())  # the fields, as the dataclass __init__ set them
+        types = tuple(map(type, values))  # 1, 1.0 and True are equal in Python, not as constants
+        if float in types:  # nor are 0.0 and -0.0
+            values = tuple(v.hex() if t is float else v for v, t in zip(values, types))
         with _Interned._lock:
-            return _Interned._table.setdefault(key, node)
-
-
-def _exact(value: Any) -> Any:
-    """A field as an interning key: a constant's Python type and its float's sign (0.0 == -0.0 and
-    1 == 1.0 == True in Python, but not as constants)."""
-    return (type(value), value.hex()) if isinstance(value, float) else (type(value), value)
+            return _Interned._table.setdefault((cls, types, values), node)
 
 
 class Expr(metaclass=_Interned):
@@ -122,12 +117,6 @@ class Expr(metaclass=_Interned):
     which fields are subexpressions; every walk and rewrite goes through them."""
 
     dtype: np.dtype
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
     def text(self, args: list[str]) -> str:
         """This node's text given its operands' texts (in `children`' order; a leaf has none)."""
@@ -249,18 +238,16 @@ def format_exprs(roots: Sequence[Expr], first: int = 0) -> tuple[list[tuple[str,
     definition order; each root's text). A subexpression with operands that is used more than once
     (counting every operand slot and every root) is named once, `t<first>`, `t<first+1>`, ... in
     children-first order; the rest print inline, so the text is linear in the number of distinct nodes."""
-    uses: dict = defaultdict(int)
     order = list(walk_unique(*roots))
-    for node in order:
-        for c in children(node):
-            uses[c] += 1
-    for r in roots:
-        uses[r] += 1
+    operands = [children(node) for node in order]
+    uses = dict.fromkeys(order, 0)
+    for node in list(roots) + [c for args in operands for c in args]:
+        uses[node] += 1
     text: dict = {}
     defs: list[tuple[str, str]] = []
-    for node in order:
-        inline = node.text([text[c] for c in children(node)])
-        if uses[node] > 1 and children(node):
+    for node, args in zip(order, operands):
+        inline = node.text([text[c] for c in args])
+        if args and uses[node] > 1:
             name = f"t{first + len(defs)}"
             defs.append((name, inline))
             inline = name

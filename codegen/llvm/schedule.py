@@ -134,7 +134,8 @@ def epilogue_order(k: Kernel) -> list[int]:
 
 def calls_libm(e: Expr) -> bool:
     """Whether `e` calls libm (an instruction of LIBM that vmath lacks for its dtype)."""
-    return any(isinstance(x, Op) and x.name in LIBM and not vmath.provides(x.name, x.args[0].dtype) for x in walk_unique(e))
+    return any(isinstance(x, Op) and x.name in LIBM and not vmath.provides(x.name, x.args[0].dtype)
+               for x in walk_unique(e))
 
 
 # ---- GEMM operand layout ------------------------------------------------------------------
