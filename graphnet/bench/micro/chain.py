@@ -3,10 +3,11 @@ variable, its mean as the loss, one SGD step. elu and silu use their argument mo
 the fused kernel's expressions share subexpressions; compile cost must grow linearly with depth.
 
 Per depth: the seconds to lower the program to loop IR (with the shared loop passes), the loop IR's
-characters, and the seconds `gn.compile` takes on LLVM (an empty disk cache). Depths stop once one
-step takes longer than `--budget` seconds (the tree-shaped IR grew ~14x per step).
+characters, and the seconds `gn.compile` takes on LLVM (an empty disk cache), each time the least of
+`--repeats` runs. Depths stop once one takes longer than `--budget` seconds (tree-shaped IR grew
+~14x per step).
 
-    python -m graphnet.bench.micro.chain [--depths 8] [--budget 30]
+    python -m graphnet.bench.micro.chain [--depths 8] [--budget 30] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -31,28 +32,33 @@ def chain(depth: int) -> tuple[gn.Node, list]:
     return loss, gn.optim.SGD(lr=0.1).minimize(loss)
 
 
-def measure(depth: int) -> tuple[float, int, float]:
-    """(lowering seconds, loop IR characters, LLVM compile seconds) at `depth`."""
+def measure(depth: int, repeats: int) -> tuple[float, int, float]:
+    """(lowering seconds, loop IR characters, LLVM compile seconds) at `depth`, the times the least of
+    `repeats` (each compile with an empty disk cache)."""
     loss, updates = chain(depth)
     program = gn.compile([loss], updates=updates, backend="numpy").program  # after the graph passes
-    start = time.perf_counter()
-    lp, _ = lower(program)
-    lowering = time.perf_counter() - start
-    chars = len(lp.to_text())
-    start = time.perf_counter()
-    gn.compile([loss], updates=updates, backend="llvm")
-    return lowering, chars, time.perf_counter() - start
+    lowering, compiling = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lp, _ = lower(program)
+        lowering.append(time.perf_counter() - start)
+        with tempfile.TemporaryDirectory(prefix="graphnet-chain-") as cache:
+            os.environ["GRAPHNET_CACHE_DIR"] = cache
+            start = time.perf_counter()
+            gn.compile([loss], updates=updates, backend="llvm")
+            compiling.append(time.perf_counter() - start)
+    return min(lowering), len(lp.to_text()), min(compiling)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, default=8)
     parser.add_argument("--budget", type=float, default=30.0, help="stop after a depth slower than this (s)")
+    parser.add_argument("--repeats", type=int, default=3, help="times: the least of this many runs")
     args = parser.parse_args(argv)
-    os.environ["GRAPHNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphnet-chain-")
     print(f"{'depth':>5} {'lower s':>9} {'loop IR chars':>14} {'llvm compile s':>15}")
     for depth in range(1, args.depths + 1):
-        lowering, chars, compiling = measure(depth)
+        lowering, chars, compiling = measure(depth, args.repeats)
         print(f"{depth:>5} {lowering:>9.3f} {chars:>14,} {compiling:>15.3f}", flush=True)
         if lowering + compiling > args.budget:
             print(f"stopped: depth {depth} took over {args.budget:g} s")
