@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .loopir import (Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Store, Var, affine,
-                     children, walk, with_children)
+                     children, rewrite, walk_unique)
 from .window import Window, check_window
 
 LoopPass = Callable[[LoopProgram], LoopProgram]
@@ -70,21 +70,28 @@ def copy_assignments(lp: LoopProgram) -> LoopProgram:
 
 
 def _remap(lp: LoopProgram, redirect: dict[int, int]) -> None:
-    def expr(e: Expr) -> Expr:
-        if isinstance(e, Load) and e.buffer in redirect:
+    def load(e: Expr) -> Expr:
+        if isinstance(e, (Load, LoadAt)) and e.buffer in redirect:
             return dataclasses.replace(e, buffer=redirect[e.buffer])  # a Window keeps its fields
-        if isinstance(e, LoadAt) and e.buffer in redirect:
-            e = LoadAt(redirect[e.buffer], e.index, e.dtype)
-        return with_children(e, tuple(expr(a) for a in children(e)))
+        return e
     for k in lp.kernels:
         for s in k.stores:
             s.buffer = redirect.get(s.buffer, s.buffer)
-            s.value = expr(s.value)
-        if k.reduce:
-            k.reduce.value = expr(k.reduce.value)
-            if k.reduce.contraction:
-                k.reduce.contraction = tuple(expr(x) for x in k.reduce.contraction)
+        rewrite_kernel(k, load)
     lp.fetches = [redirect.get(f, f) for f in lp.fetches]
+
+
+def rewrite_kernel(k: Kernel, fn: Callable[[Expr], Expr]) -> None:
+    """Rewrite every expression of `k` (`loopir.rewrite`: each distinct node once, sharing kept)."""
+    red = k.reduce
+    contraction = list(red.contraction) if red is not None and red.contraction else []
+    new = rewrite(k.exprs() + contraction, fn)
+    if red is not None:
+        red.value, new = new[0], new[1:]
+    for s in k.stores:
+        s.value, new = new[0], new[1:]
+    if contraction:
+        red.contraction = tuple(new)
 
 
 # ---- arithmetic -----------------------------------------------------------------------------
@@ -92,25 +99,27 @@ def hoist_reciprocals(lp: LoopProgram) -> LoopProgram:
     """x / y with y loop-invariant (Adam's bias correction, a mean's N) -> x * (1 / y): the compiler
     hoists one division out of the loop (divisions and square roots bound the fused Adam update)."""
     for k in lp.kernels:
-        for s in k.stores:
-            s.value = _reciprocals(s.value)
+        invariant: dict = {}
+
+        def reciprocal(e: Expr) -> Expr:
+            if isinstance(e, Op) and e.name == "div" and e.dtype.kind == "f":
+                x, y = e.args
+                if not isinstance(y, Const) and _invariant(y, invariant) and not _invariant(x, invariant):
+                    return Op("mul", (x, Op("div", (Const(1.0, e.dtype), y), e.dtype)), e.dtype)
+            return e
+        values = rewrite([s.value for s in k.stores], reciprocal)
+        for s, value in zip(k.stores, values):
+            s.value = value
     return lp
 
 
-def _invariant(e: Expr) -> bool:
-    """Is `e` the same at every element of the loop nest (a scalar load, N, constants)?"""
-    return all(not isinstance(x, (Acc, Index, Var)) and not (isinstance(x, Load) and x.offset.terms) for x in walk(e))
-
-
-def _reciprocals(e: Expr) -> Expr:
-    if not isinstance(e, Op):
-        return e
-    args = tuple(_reciprocals(a) for a in e.args)
-    x = args[0]
-    if e.name == "div" and e.dtype.kind == "f" and not isinstance(args[1], Const) and _invariant(args[1]) \
-            and not _invariant(x):
-        return Op("mul", (x, Op("div", (Const(1.0, e.dtype), args[1]), e.dtype)), e.dtype)
-    return Op(e.name, args, e.dtype)
+def _invariant(e: Expr, memo: dict) -> bool:
+    """Is `e` the same at every element of the loop nest (scalar loads, N, constants)? `memo` holds
+    the answers so far (a rewrite asks children first, so each node is decided once)."""
+    for x in walk_unique(e, skip=memo):
+        memo[x] = not isinstance(x, (Acc, Index, Var)) and not (isinstance(x, Load) and x.offset.terms) and \
+            all(memo[c] for c in children(x))
+    return memo[e]
 
 
 # ---- loop order -----------------------------------------------------------------------------
@@ -152,7 +161,8 @@ def add_buffer(lp: LoopProgram, name: str, shape: tuple, dtype) -> int:
 
 
 def loads(e: Expr) -> list[Load]:
-    return [x for x in walk(e) if isinstance(x, Load)]
+    """The distinct loads of `e`."""
+    return [x for x in walk_unique(e) if isinstance(x, Load)]
 
 
 LOOP_PASSES: list[LoopPass] = [prune_dead_stores, write_updates_in_place, copy_assignments, hoist_reciprocals,
@@ -226,7 +236,7 @@ def _check_load(k: Kernel, ld: Load | LoadAt) -> None:
         return
     if ld.index.dtype != np.int64:
         raise AssertionError(f"{k.name}: the index of a load of b{ld.buffer} is {ld.index.dtype}, not int64")
-    for e in walk(ld.index):
+    for e in walk_unique(ld.index):
         if isinstance(e, Var) and not 0 <= e.var < len(k.domain):
             raise AssertionError(f"{k.name}: load of b{ld.buffer} uses v{e.var} outside its domain {k.domain}")
         if isinstance(e, (Acc, Index)):

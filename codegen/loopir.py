@@ -10,7 +10,8 @@ is the runtime batch size N.
 A kernel is one loop nest over `domain` (extents, `None` = N); loop variable `v<d>` runs over
 dimension d. Each `Store` writes `value` at `offset` (an `Affine`: sum of var * stride, a stride
 being `coef * N**nexp`, coefficients negative for flips, plus constant `base` terms for slices) of
-one buffer. Values are scalar expression trees:
+one buffer. Values are scalar expressions, DAGs of interned nodes (a subexpression used twice is
+one shared node, named once in the text form; see `Expr`):
 
   Const(value, dtype)        Load(buffer, offset, dtype)    Size(dtype): N as a number
   Index(offset): uint32 flat index (dropout's counter)      Acc(dtype): the kernel's reduction result
@@ -38,8 +39,10 @@ form and tile sizes: codegen/llvm/schedule.py, codegen/opencl/schedule.py); rend
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Container, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -131,109 +134,195 @@ class Buffer:
         return f"b{self.id} {self.kind} {self.name}: {self.dtype} {shape_str(self.shape)}"
 
 
-class Expr:
-    """Base of the scalar expression nodes (immutable; structurally equal nodes compare equal)."""
+class _Interned(type):
+    """Structurally equal expressions are one object: constructing a node returns the existing equal
+    node when there is one. Equality is therefore identity (object's own `==` and `hash`, O(1) however
+    deep the expression; the dataclasses' structural ones would follow every path of a DAG), and a
+    node's key holds its children, themselves interned, by identity."""
+
+    _table: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+    _lock = threading.Lock()
+
+    def __call__(cls, *args, **kwargs):
+        node = super().__call__(*args, **kwargs)
+        values = tuple(node.__dict__.values())  # the fields, as the dataclass __init__ set them
+        types = tuple(map(type, values))  # 1, 1.0 and True are equal in Python, not as constants
+        if float in types:  # nor are 0.0 and -0.0
+            values = tuple(v.hex() if t is float else v for v, t in zip(values, types))
+        with _Interned._lock:
+            return _Interned._table.setdefault((cls, types, values), node)
+
+
+class Expr(metaclass=_Interned):
+    """Base of the scalar expression nodes: immutable and interned (equal nodes are one object), so an
+    expression is a DAG whose shared subexpressions are shared objects. A new kind is an
+    `@expr_node` class and is taught to `children` and `with_children`, the only functions that know
+    which fields are subexpressions; every walk and rewrite goes through them."""
 
     dtype: np.dtype
 
+    def text(self, args: list[str]) -> str:
+        """This node's text given its operands' texts (in `children`' order; a leaf has none)."""
+        raise NotImplementedError(type(self).__name__)
 
-@dataclass(frozen=True)
+    def __str__(self) -> str:
+        """The expression in the text form: its shared subexpressions as `tN = ...; ` first."""
+        defs, (text,) = format_exprs([self])
+        return "".join(f"{name} = {value}; " for name, value in defs) + text
+
+    __repr__ = __str__
+
+
+expr_node = dataclass(frozen=True, eq=False, repr=False)
+
+
+@expr_node
 class Const(Expr):
     value: Any
     dtype: np.dtype
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"{self.value!r}:{self.dtype}"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Load(Expr):
     buffer: int
     offset: Affine
     dtype: np.dtype
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"b{self.buffer}[{self.offset}]"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Index(Expr):
     offset: Affine
     dtype: np.dtype = np.dtype(np.uint32)
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"index({self.offset})"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Size(Expr):
     dtype: np.dtype
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"N:{self.dtype}"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Acc(Expr):
     dtype: np.dtype
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return "acc"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Var(Expr):
     var: int
     dtype: np.dtype = np.dtype(np.int64)
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"v{self.var}"
 
 
-@dataclass(frozen=True)
+@expr_node
 class LoadAt(Expr):
     buffer: int
     index: Expr  # int64, already clamped into the buffer
     dtype: np.dtype
 
-    def __str__(self) -> str:
-        return f"b{self.buffer}[@{self.index}]"
+    def text(self, args: list[str]) -> str:
+        return f"b{self.buffer}[@{args[0]}]"
 
 
-@dataclass(frozen=True)
+@expr_node
 class Op(Expr):
     name: str
     args: tuple
     dtype: np.dtype
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         extra = f":{self.dtype}" if self.name == "cast" else ""
-        return f"{self.name}{extra}(" + ", ".join(str(a) for a in self.args) + ")"
+        return f"{self.name}{extra}(" + ", ".join(args) + ")"
 
 
-def children(expr: Expr) -> tuple:
-    """The operands of an expression node (the one place that knows which kinds have any)."""
-    if isinstance(expr, Op):
-        return expr.args
-    if isinstance(expr, LoadAt):
-        return (expr.index,)
+# ---- traversal: the one place that knows an expression's structure ------------------------
+def children(e: Expr) -> tuple:
+    """The subexpressions `e` reads, in order."""
+    if isinstance(e, Op):
+        return e.args
+    if isinstance(e, LoadAt):
+        return (e.index,)
     return ()
 
 
-def with_children(expr: Expr, new: tuple) -> Expr:
-    """`expr` with its operands replaced by `new` (in `children`' order)."""
-    if isinstance(expr, Op):
-        return Op(expr.name, tuple(new), expr.dtype)
-    if isinstance(expr, LoadAt):
-        return LoadAt(expr.buffer, new[0], expr.dtype)
-    return expr
+def with_children(e: Expr, args: tuple) -> Expr:
+    """`e` reading `args` instead of its children (in `children`' order)."""
+    if isinstance(e, Op):
+        return Op(e.name, tuple(args), e.dtype)
+    if isinstance(e, LoadAt):
+        return LoadAt(e.buffer, args[0], e.dtype)
+    return e
 
 
-def walk(expr: Expr):
-    """Every node of an expression tree (with repeats), parents first."""
-    yield expr
-    for a in children(expr):
-        yield from walk(a)
+def walk_unique(*roots: Expr, skip: Container = ()) -> Iterator[Expr]:
+    """Every distinct node of the expressions `roots` once, children before parents (left to right);
+    nodes in `skip` (already handled by the caller) are neither yielded nor entered. Iterative: an
+    expression may be deeper than Python's recursion limit."""
+    seen: set = set()
+    for root in roots:
+        if root in seen or root in skip:
+            continue
+        seen.add(root)
+        stack = [(root, iter(children(root)))]
+        while stack:
+            node, pending = stack[-1]
+            for c in pending:
+                if c not in seen and c not in skip:
+                    seen.add(c)
+                    stack.append((c, iter(children(c))))
+                    break
+            else:
+                stack.pop()
+                yield node
+
+
+def rewrite(roots: Sequence[Expr], fn: Callable[[Expr], Expr]) -> list[Expr]:
+    """`roots` rebuilt bottom-up: each distinct node, with its children already rewritten, is replaced by
+    `fn(node)` (which returns the node itself to keep it). Each node is rewritten once, so shared
+    subexpressions stay shared; an unchanged expression comes back as the same object."""
+    done: dict = {}
+    for node in walk_unique(*roots):
+        old = children(node)
+        new = tuple(done[c] for c in old)
+        done[node] = fn(node if all(a is b for a, b in zip(old, new)) else with_children(node, new))
+    return [done[r] for r in roots]
+
+
+def format_exprs(roots: Sequence[Expr], first: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
+    """The text form of expressions evaluated together: (let-bound temporaries as (name, text), in
+    definition order; each root's text). A subexpression with operands that is used more than once
+    (counting every operand slot and every root) is named once, `t<first>`, `t<first+1>`, ... in
+    children-first order; the rest print inline, so the text is linear in the number of distinct nodes."""
+    order = list(walk_unique(*roots))
+    operands = [children(node) for node in order]
+    uses = dict.fromkeys(order, 0)
+    for node in list(roots) + [c for args in operands for c in args]:
+        uses[node] += 1
+    text: dict = {}
+    defs: list[tuple[str, str]] = []
+    for node, args in zip(order, operands):
+        inline = node.text([text[c] for c in args])
+        if args and uses[node] > 1:
+            name = f"t{first + len(defs)}"
+            defs.append((name, inline))
+            inline = name
+        text[node] = inline
+    return defs, [text[r] for r in roots]
 
 
 @dataclass
@@ -302,10 +391,13 @@ class Kernel:
     #                       renderer follows them): a frozen object whose str() is one line
     call: Optional[Collective] = None  # set: the kernel is this runtime call (no loops, no stores)
 
+    def exprs(self) -> list[Expr]:
+        """The kernel's expressions: the reduced value (if any), then each store's value."""
+        return ([self.reduce.value] if self.reduce else []) + [s.value for s in self.stores]
+
     def loads(self) -> list[Load | LoadAt]:
-        """Every load of the kernel, at an affine offset (Load) or a computed index (LoadAt)."""
-        exprs = [s.value for s in self.stores] + ([self.reduce.value] if self.reduce else [])
-        return [e for x in exprs for e in walk(x) if isinstance(e, (Load, LoadAt))]
+        """Every distinct load of the kernel, at an affine offset (Load) or a computed index (LoadAt)."""
+        return [e for e in walk_unique(*self.exprs()) if isinstance(e, (Load, LoadAt))]
 
     def buffers(self) -> list[int]:
         """Every buffer the kernel touches."""
@@ -322,16 +414,22 @@ class Kernel:
             lines.append(f"  schedule: {self.schedule}")
         if self.call is not None:
             lines.append(f"  call {self.call}")
+        temps = 0  # the reduced value and the stores are evaluated apart: each names its own temporaries
         if self.reduce:
             kind = "matmul " if self.reduce.contraction else f"{self.reduce.scan} scan " if self.reduce.scan else ""
             row = f" in row b{self.reduce.scratch}" if self.reduce.scratch is not None else ""
             if self.reduce.workspace is not None:
                 row = f" by GEMM into b{self.reduce.scratch} (workspace b{self.reduce.workspace})"
+            defs, (value,) = format_exprs([self.reduce.value])
+            lines += [f"  {name} = {text}" for name, text in defs]
             lines.append(f"  acc = {kind}{self.reduce.op} over "
-                         f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {self.reduce.value}")
-        for s in self.stores:
+                         f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {value}")
+            temps = len(defs)
+        defs, values = format_exprs([s.value for s in self.stores], temps)
+        lines += [f"  {name} = {text}" for name, text in defs]
+        for s, value in zip(self.stores, values):
             where = f"    # {s.node} at {s.source}" if sources else ""
-            lines.append(f"  b{s.buffer}[{s.offset}] = {s.value}{where}")
+            lines.append(f"  b{s.buffer}[{s.offset}] = {value}{where}")
         return "\n".join(lines)
 
 
@@ -413,8 +511,10 @@ def check_renderable(lp: LoopProgram, backend: str, renders: Callable[[str, np.d
             raise UnsupportedInstruction(f"the {backend} backend cannot render the reduction '{red.op}' "
                                          f"over {red.value.dtype} (kernel {k.name})")
         exprs = [(s.value, f"{s.node} at {s.source}") for s in k.stores] + ([(red.value, k.name)] if red else [])
+        seen: set = set()
         for expr, where in exprs:
-            for e in walk(expr):
+            for e in walk_unique(expr, skip=seen):
+                seen.add(e)
                 if isinstance(e, Op):
                     dtype = e.args[0].dtype if e.args else e.dtype
                     if e.name not in INSTRUCTIONS or not renders(e.name, dtype):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .loopir import Affine, Buffer, Kernel, Load
+from .loopir import Affine, Buffer, Kernel, Load, expr_node
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,13 @@ class Coord:
         return f"({text})/{self.div}" if self.div != 1 else text
 
 
-@dataclass(frozen=True)
+@expr_node
 class Window(Load):
     coords: tuple = ()  # one Coord per axis of the buffer
     shape: tuple = ()  # the buffer's shape (None: N)
     fill: float = 0.0
 
-    def __str__(self) -> str:
+    def text(self, args: list[str]) -> str:
         return f"b{self.buffer}<{', '.join(map(str, self.coords))}; else {self.fill!r}>"
 
 

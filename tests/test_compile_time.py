@@ -96,10 +96,6 @@ def test_threaded_elementwise_kernel_needs_no_runtime_alias_checks(monkeypatch, 
     np.testing.assert_allclose(b, expected - feed_z, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="open (fuzz finding 0:4035): the loop IR holds expressions as trees, so an "
-                                       "expression a fused kernel uses several times (elu, silu, softplus use their "
-                                       "argument more than once; a root's value is reused by later roots of its "
-                                       "kernel) is repeated at every use and chains grow exponentially")
 def test_loop_ir_of_a_chain_of_multi_use_ops_grows_linearly():
     """silu(elu(.)) three deep under SGD: the loop IR must stay linear in the size of the graph."""
     from codegen.lower import lower

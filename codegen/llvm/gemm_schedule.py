@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from ..collectives import overlap_collectives
-from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments
-from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op, Var, children, with_children
+from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op, Var
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -68,18 +68,18 @@ def swap_vars(k: Kernel, a: int, b: int) -> None:
             return Index(offset(e.offset), e.dtype)
         if isinstance(e, Var):
             return Var({a: b, b: a}.get(e.var, e.var), e.dtype)
-        return with_children(e, tuple(expr(x) for x in children(e)))
+        return e
     domain = list(k.domain)
     domain[a], domain[b] = domain[b], domain[a]
     k.domain = tuple(domain)
+    rewrite_kernel(k, expr)
     for s in k.stores:
-        s.offset, s.value = offset(s.offset), expr(s.value)
+        s.offset = offset(s.offset)
     red = k.reduce
     if red is not None:
         red.axes = tuple({a: b, b: a}.get(v, v) for v in red.axes)
-        red.value = expr(red.value)
         if red.contraction is not None:
-            red.contraction = tuple(expr(x) for x in reversed(red.contraction))
+            red.contraction = tuple(reversed(red.contraction))
 
 
 def loop_passes(workspace: Workspace, threads: int | None = None, target: TargetInfo | None = None

@@ -32,7 +32,7 @@ from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
 from ..collectives import call_descriptor
 from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size, UnsupportedInstruction,
-                      Var, check_renderable)
+                      Var, check_renderable, children, walk_unique)
 from ..window import Window
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -518,39 +518,37 @@ class _KernelEmitter:
 
     # ---- scalar expressions -------------------------------------------------------------
     def expr(self, e: Expr, memo: dict) -> ir.Value:
-        key = e
-        if key in memo:
-            return memo[key]
+        """The value of `e` in the current block. `memo` maps the nodes already emitted in this block (one
+        memo per place values are evaluated: a reduction's inner loop body, a store body) to their values,
+        so each distinct node is emitted once there, and never reused where its block does not dominate."""
+        for node in walk_unique(e, skip=memo):
+            memo[node] = self.node(node, [memo[a] for a in children(node)])
+        return memo[e]
+
+    def node(self, e: Expr, args: list) -> ir.Value:
+        """One node's instructions, given its operands' values."""
         b = self.b
         if isinstance(e, Const):
             t = value_type(e.dtype)
             if e.dtype.kind == "f":
-                v = ir.Constant(t, float(e.value))
-            else:  # two's complement in the signed range LLVM's parser expects
-                bits = int(e.value) & ((1 << t.width) - 1)
-                v = ir.Constant(t, bits - (1 << t.width) if t.width > 1 and bits >> (t.width - 1) else bits)
-        elif isinstance(e, Window):
-            v = window_load(self, e, value_type(e.dtype))
-        elif isinstance(e, Load):
-            v = b.load(self.element(e.buffer, self.offset(e.offset), e.dtype), typ=storage_type(e.dtype))
-            if e.dtype.kind == "b":
-                v = b.trunc(v, I1)
-        elif isinstance(e, LoadAt):  # the index is clamped into the buffer where it was built
-            v = b.load(self.element(e.buffer, self.expr(e.index, memo), e.dtype), typ=storage_type(e.dtype))
-            if e.dtype.kind == "b":
-                v = b.trunc(v, I1)
-        elif isinstance(e, Var):
-            v = self.vars[e.var]
-        elif isinstance(e, Index):
-            v = b.trunc(self.offset(e.offset), I32)
-        elif isinstance(e, Size):
-            v = self.convert(self.N, np.dtype(np.int64), e.dtype)
-        elif isinstance(e, Acc):
-            v = self.acc
-        else:
-            v = self.op(e, [self.expr(a, memo) for a in e.args])
-        memo[key] = v
-        return v
+                return ir.Constant(t, float(e.value))
+            bits = int(e.value) & ((1 << t.width) - 1)  # two's complement in the signed range LLVM's parser expects
+            return ir.Constant(t, bits - (1 << t.width) if t.width > 1 and bits >> (t.width - 1) else bits)
+        if isinstance(e, Window):
+            return window_load(self, e, value_type(e.dtype))
+        if isinstance(e, (Load, LoadAt)):  # a LoadAt's index is clamped into the buffer where it was built
+            at = self.offset(e.offset) if isinstance(e, Load) else args[0]
+            v = b.load(self.element(e.buffer, at, e.dtype), typ=storage_type(e.dtype))
+            return b.trunc(v, I1) if e.dtype.kind == "b" else v
+        if isinstance(e, Var):
+            return self.vars[e.var]
+        if isinstance(e, Index):
+            return b.trunc(self.offset(e.offset), I32)
+        if isinstance(e, Size):
+            return self.convert(self.N, np.dtype(np.int64), e.dtype)
+        if isinstance(e, Acc):
+            return self.acc
+        return self.op(e, args)
 
     def op(self, e: Op, args: list) -> ir.Value:
         rule = _rule(e.name, e.args[0].dtype)

@@ -29,7 +29,7 @@ from .gemm import GemmSpec, specialised_m
 from .parallel import PARALLEL_MIN_FLOPS, column_split
 from .target import TargetInfo
 from ..loop_passes import LoopPass
-from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk
+from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk_unique
 
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
@@ -167,7 +167,7 @@ def epilogue_order(k: Kernel) -> list[int]:
 def calls_libm(e: Expr) -> bool:
     """Whether `e` calls libm (a float instruction of LIBM that vmath lacks for its dtype)."""
     return any(isinstance(x, Op) and x.name in LIBM and x.args[0].dtype.kind == "f"
-               and not vmath.provides(x.name, x.args[0].dtype) for x in walk(e))
+               and not vmath.provides(x.name, x.args[0].dtype) for x in walk_unique(e))
 
 
 # ---- GEMM operand layout ------------------------------------------------------------------

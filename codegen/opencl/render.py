@@ -27,7 +27,7 @@ import numpy as np
 from graphnet.ops.scalar import REDUCTIONS
 
 from ..loopir import (Acc, Affine, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size,
-                      UnsupportedInstruction, Var, check_renderable)
+                      UnsupportedInstruction, Var, check_renderable, children, walk_unique)
 from ..window import Window
 from .conv import window_text
 from .schedule import Limits, OpenCLSchedule
@@ -273,7 +273,14 @@ class _KernelWriter:
 
     # ---- scalar expressions -------------------------------------------------------------
     def value(self, e: Expr, memo: dict, depth: int, names: dict | None = None) -> str:
-        """C text of `e`; every instruction becomes a named local (shared subtrees once)."""
+        """C text of `e`; every load and instruction becomes a named local, declared once per distinct node
+        in the scope `memo` belongs to (a reduction's loop body, the stores)."""
+        for node in walk_unique(e, skip=memo):
+            memo[node] = self.node(node, [memo[a] for a in children(node)], depth, names or _VARS)
+        return memo[e]
+
+    def node(self, e: Expr, args: list[str], depth: int, names: dict) -> str:
+        """One node as C text given its operands' texts: a literal, or a local declared here."""
         if isinstance(e, Const):
             self.ctype(e.dtype)
             return literal(e.value, e.dtype)
@@ -281,26 +288,22 @@ class _KernelWriter:
             return "acc"
         if isinstance(e, Size):
             return f"(({self.ctype(e.dtype)})N)"
-        names = names or _VARS
         if isinstance(e, Var):
             return names[e.var]
-        if e in memo:
-            return memo[e]
         if isinstance(e, Window):
             text = window_text(e, self.k.domain, self.param[e.buffer], names, literal(e.fill, e.dtype))
         elif isinstance(e, (Load, LoadAt)):
-            at = self.offset(e.offset, names) if isinstance(e, Load) else self.value(e.index, memo, depth, names)
+            at = self.offset(e.offset, names) if isinstance(e, Load) else args[0]
             text = f"{self.param[e.buffer]}[{at}]"  # a computed index is clamped where it was built
             if e.dtype.kind == "b":
                 text = f"({text} != 0)"
         elif isinstance(e, Index):
             text = f"(uint)({self.offset(e.offset, names)})"
         else:
-            text = self.op(e, [self.value(a, memo, depth, names) for a in e.args])
+            text = self.op(e, args)
         name = f"t{self.temp}"
         self.temp += 1
         self.emit(f"const {self.ctype(e.dtype)} {name} = {text};", depth)
-        memo[e] = name
         return name
 
     def op(self, e: Op, args: list[str]) -> str:
