@@ -306,7 +306,8 @@ def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
 def test_the_c_extension_is_built_where_there_is_a_c_compiler():
     """setup.py marks it optional, so a compile error would only print a warning at install time and
     leave every call on the Python path: this is where it shows. It is the only extension: Function's
-    base class and the LLVM fast path live in one module."""
+    base class and the LLVM fast path live in one module (the benchmarks' and the MPI runtime's C files
+    are compiled when first used, not installed)."""
     import shutil
     import sysconfig
 
@@ -319,7 +320,8 @@ def test_the_c_extension_is_built_where_there_is_a_c_compiler():
     assert graphnet.function.Function.__mro__[1] is NATIVE.Callable
     root = Path(__file__).resolve().parent.parent
     sources = [p.relative_to(root).as_posix() for d in ("graphnet", "codegen") for p in (root / d).rglob("*.c")]
-    assert [s for s in sources if not s.startswith("graphnet/bench/")] == ["codegen/llvm/_call.c"]
+    runtime_built = ("graphnet/bench/", "graphnet/distributed/native/")  # compiled when used (cc, mpicc)
+    assert [s for s in sources if not s.startswith(runtime_built)] == ["codegen/llvm/_call.c"]
 
 
 def test_without_the_c_extension_every_call_takes_the_python_fallback():
