@@ -4,6 +4,10 @@ Keras model compiling its evaluation and prediction functions only when first us
 measured by `python -m graphnet.bench.micro.compile`, never asserted here."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -43,7 +47,17 @@ def test_a_step_links_against_the_gemm_library_bound_once_per_process(cache_dir)
     assert first.executable.private_gemms == second.executable.private_gemms == []
     np.testing.assert_allclose(first(x=x1), want1, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(second(x=x2), want2, rtol=1e-4, atol=1e-4)
-    assert cache.info()["namespaces"]["gemm"]["entries"] >= 1  # the library's own cache folder
+
+
+def test_a_fresh_process_stores_its_gemm_routines_in_the_librarys_own_cache_folder(cache_dir):
+    """In a fresh process (this one may have bound its routines already, from another cache folder)."""
+    script = ("import numpy as np, graphnet as gn\n"
+              "with gn.Graph():\n"
+              "    x = gn.placeholder('x', (None, 160))\n"
+              "    fn = gn.compile(x @ gn.variable('w', np.ones((160, 96), np.float32)), backend='llvm')\n"
+              "fn(x=np.ones((96, 160), np.float32))\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, env=dict(os.environ))
+    assert cache.info()["namespaces"]["gemm"]["entries"] >= 1
 
 
 @pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))

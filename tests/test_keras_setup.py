@@ -54,7 +54,7 @@ def test_an_ordinary_python3_runs_pip_and_pytest(tmp_path):
     result = dry_run(tmp_path, "tests/test_losses.py", "-q")
     assert result.returncode == 0, result.stderr
     python = str(tmp_path / "bin" / "python3")
-    assert commands(result)[-2:] == [f"{python} -m pip install -q --disable-pip-version-check -e .[test]",
+    assert commands(result)[-2:] == [f"{python} -m pip install -q --disable-pip-version-check -e .[test,mpi]",
                                      f"{python} -m pytest tests/test_losses.py -q"]
 
 
@@ -64,7 +64,7 @@ def test_a_system_managed_python3_gets_a_virtualenv(tmp_path):
     run = commands(result)
     if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):  # else it is reused
         assert run[0] == f"{tmp_path / 'bin' / 'python3'} -m venv .venv"
-    assert run[-2:] == [".venv/bin/python -m pip install -q --disable-pip-version-check -e .[test]",
+    assert run[-2:] == [".venv/bin/python -m pip install -q --disable-pip-version-check -e .[test,mpi]",
                         ".venv/bin/python -m pytest"]
 
 
