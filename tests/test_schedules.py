@@ -23,7 +23,7 @@ from codegen.opencl.schedule import Limits, loop_passes as opencl_loop_passes, s
 from graphnet.passes import run_pipeline
 from graphnet.program import Program
 
-WORKSPACE = lambda dtype, ta, tb, m: 4096  # noqa: E731  (packing bytes: the schedule does not depend on them)
+WORKSPACE = lambda dtype, ta, tb, m, gather=0: 4096  # noqa: E731  (packing bytes: the schedule does not depend on them)
 DEVICE = Limits(max_work_group_size=1024, local_mem_size=65536, compute_units=4)
 
 

@@ -31,6 +31,7 @@ from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
 from .jit import Compiler, Library, host_target
+from . import igemm
 from .gemm import GemmSpec, specialised_m
 from .gemm_library import GEMMS
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
@@ -45,7 +46,7 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
                       # the step's regions and the GEMM slices' grain and workspace stride
                       os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
-                      os.path.join("llvm", "loops.py"))]
+                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"))]
 
 
 def _read(path: str) -> str:
@@ -60,7 +61,7 @@ def _codegen_digest() -> str:
 
 def _gemm_digest() -> str:
     here = os.path.dirname(__file__)
-    return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "loops.py", "parallel.py")))
+    return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "igemm.py", "loops.py", "parallel.py")))
 
 
 class LLVMBackend:
@@ -112,11 +113,13 @@ class LLVMBackend:
             LLVM_OBJECTS.store(self.key, obj)
         return obj
 
-    def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> GemmSpec:
-        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m))
+    def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:
+        return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)
 
-    def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None) -> int:
-        spec = self._gemm_spec(dtype, trans_a, trans_b, m)
+    def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> int:
+        spec = self._gemm_spec(dtype, trans_a, trans_b, m, gather)
+        if gather:
+            return igemm.parallel_workspace_bytes(spec, self.compiler.target, self.threads)
         return parallel_workspace_bytes(spec, self.compiler.target, self.threads)
 
     @property

@@ -39,13 +39,15 @@ class GemmSpec:
 
     `trans_a`: A is stored as (K, M); `trans_b`: B is stored as (N, K). N and K are runtime
     arguments; M is one too unless `m` bakes it in as a constant (`specialised_m`: the M argument
-    is then ignored).
+    is then ignored). `gather` > 0: an implicit GEMM (codegen/llvm/igemm.py) whose A is gathered
+    from an image by a run-time geometry descriptor, with register tiles `gather` vectors wide.
     """
 
     dtype: Literal["float32", "float64"]
     trans_a: bool
     trans_b: bool
     m: int | None = None
+    gather: int = 0
 
 
 @dataclass(frozen=True)

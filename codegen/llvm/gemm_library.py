@@ -1,6 +1,7 @@
 """The GEMM library: the GEMM routines every compiled step calls, built once and shared.
 
-A routine (one per dtype, transposes and small static M; sizes are run-time arguments) is compiled
+A routine (one per dtype, transposes and small static M, or per dtype and register tile for the
+implicit GEMMs of convolutions; sizes and conv geometry are run-time arguments) is compiled
 once per machine (target CPU and features), thread count and generator source, cached on disk (in
 the cache's own `gemm` folder, so `graphnet cache info` and the compile benchmark see it apart), and
 loaded once per process into an engine of its own; its exported symbols (the routine and, when
@@ -24,6 +25,7 @@ import graphnet
 from .. import cache
 from ..cache import GEMM_OBJECTS
 from .gemm import GemmSpec
+from .igemm import emit_parallel_conv_gemm, rows_slice_symbol
 from .jit import Compiler, Library
 from .parallel import column_slice_symbol, emit_parallel_gemm
 from .render import gemm_symbol
@@ -39,14 +41,14 @@ class GemmLibrary:
     def link(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> bytes | None:
         """Make `spec`'s routine (built for `compiler`'s target and `threads`) callable from a step
         object: None when its symbols are bound process-wide, else the object for the step's engine."""
-        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m)
+        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m, spec.gather)
         key = cache.cache_key("gemm", spec, compiler.target, threads, graphnet.__version__, digest)
         with self._lock:
             bound = self._bound.get(name)
             if bound is not None:
                 return None if bound[0] == key else object_code(compiler, threads, spec, key)
             library = Library(compiler, [object_code(compiler, threads, spec, key)])
-            for symbol in (name, column_slice_symbol(name)):
+            for symbol in (name, column_slice_symbol(name), rows_slice_symbol(name)):
                 address = library.engine.get_function_address(symbol)
                 if address:
                     llvm.add_symbol(symbol, address)
@@ -65,8 +67,9 @@ def object_code(compiler: Compiler, threads: int, spec: GemmSpec, key: str) -> b
     if obj is None:
         module = ir.Module("graphnet_gemm")
         module.triple, module.data_layout = compiler.triple, compiler.data_layout
-        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m)
-        emit_parallel_gemm(module, name, spec, compiler.target, threads)
+        name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m, spec.gather)
+        emit = emit_parallel_conv_gemm if spec.gather else emit_parallel_gemm
+        emit(module, name, spec, compiler.target, threads)
         obj = compiler.object_code(str(module), optimize=False)
         GEMM_OBJECTS.store(key, obj)
     return obj

@@ -3,7 +3,10 @@
 `use_gemm_routines(workspace)` is a LoopProgram -> LoopProgram pass the LLVM backend runs before
 `choose_loop_order`: a matmul kernel whose two operands are dense matrices and whose static size
 is large enough is marked to compute its whole (M, N) product with a GEMM routine into a scratch
-buffer (packing space from `workspace`), its stores reading that product (the epilogue).
+buffer (packing space from `workspace`), its stores reading that product (the epilogue). A conv
+kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per batch row is marked
+the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
+its direct loop nest.
 `loop_passes` is the LLVM backend's list: LOOP_PASSES with that pass, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op, Var
+from . import igemm
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -24,14 +28,17 @@ from .target import TargetInfo
 GEMM_MIN_STATIC = 128  # below this many multiply-adds per batch row a loop nest beats packing panels
 GEMM_NARROW = 32  # fewer output columns than this leave most of a GEMM's register tile (up to 64 wide) empty
 
-Workspace = Callable[..., int]  # (dtype, trans_a, trans_b, static m or None) -> packing bytes
+Workspace = Callable[..., int]  # (dtype, trans_a, trans_b, static m or None, gather=0) -> packing bytes
 
 
-def use_gemm_routines(workspace: Workspace) -> LoopPass:
-    """The pass, for a backend whose GEMM routine needs `workspace(dtype, ta, tb, m)` bytes."""
+def use_gemm_routines(workspace: Workspace, target: TargetInfo | None = None) -> LoopPass:
+    """The pass, for a backend whose GEMM routine needs `workspace(dtype, ta, tb, m, gather)` bytes
+    (an implicit GEMM's register tile is chosen for `target`, default the host)."""
     def use_gemm_routines(lp: LoopProgram) -> LoopProgram:
         for k in lp.kernels:
             red = k.reduce
+            if red is not None and not k.order and use_implicit_gemm(lp, k, workspace, target or host_target()):
+                continue
             if red is None or red.contraction is None or k.order:
                 continue
             if math.prod(d for d in k.domain if d is not None) < GEMM_MIN_STATIC:
@@ -47,6 +54,21 @@ def use_gemm_routines(workspace: Workspace) -> LoopPass:
             red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)
         return lp
     return use_gemm_routines
+
+
+def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
+    """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
+    and large enough (igemm.worth_it); its contraction names the window and the dense operand."""
+    found = igemm.operands(k)
+    if found is None or not igemm.worth_it(k):
+        return False
+    red = k.reduce
+    red.contraction = found
+    k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
+    red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
+    nbytes = workspace(red.value.dtype, False, False, None, igemm.vectors(k, target))
+    red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)
+    return True
 
 
 def narrow_columns(domain: tuple) -> bool:
@@ -91,6 +113,7 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
     if threads is None:
         threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
-    passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace))
+    target = host_target() if target is None else target
+    passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace, target))
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
-    return passes + [schedule_llvm(threads, host_target() if target is None else target)]
+    return passes + [schedule_llvm(threads, target)]

@@ -27,6 +27,7 @@ from graphnet.ops.scalar import REDUCTIONS
 
 from . import vmath
 from .conv import window_load
+from .igemm import COLS, COLUMN, ROWS, descriptor
 from .parallel import column_slice_symbol, emit_parallel_for
 from .schedule import LLVMSchedule, Routine
 from .target import TargetInfo
@@ -330,10 +331,15 @@ class _KernelEmitter:
             dtype = red.value.dtype
 
             def from_c():  # self.b: this may run in the parallel loop's outlined function
-                index = self.b.add(self.b.mul(self.vars[0], self.extent(1)), self.vars[1])
+                index = ir.Constant(I64, 0)  # C is row-major over the kept vars
+                for var in sorted(s.gemm.epilogue):
+                    index = self.b.add(self.b.mul(index, self.extent(var)), self.vars[var])
                 self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            if s.gemm.by_columns:
+            if s.gemm.routine[4]:
+                self.implicit_gemm(red)
+                self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
+            elif s.gemm.by_columns:
                 self.gemm_by_columns(red, from_c, slow_stores)
             else:
                 self.gemm(red)
@@ -447,6 +453,25 @@ class _KernelEmitter:
         fn = self.r._declare(name, ir.VoidType(), [I64] * 3 + [PTR] * 4)
         self.b.call(fn, [self.extent(0), self.extent(1), self.extent(2), self.ptrs[a.buffer], self.ptrs[b.buffer],
                          self.ptrs[red.scratch], self.ptrs[red.workspace]])
+
+    def implicit_gemm(self, red) -> None:
+        """C = window @ B by the implicit GEMM routine (codegen/llvm/igemm.py), given the kernel's
+        geometry descriptor (a constant table), into the scratch buffer."""
+        window, other = red.contraction
+        desc = descriptor(self.k)
+        table = ir.GlobalVariable(self.r.module, ir.ArrayType(I64, len(desc)), f"{self.k.name}_geometry")
+        table.global_constant, table.linkage = True, "private"
+        table.initializer = ir.Constant(table.value_type, desc)
+        table.type = PTR  # llvmlite types globals as typed pointers; LLVM has only ptr
+
+        def product(variables) -> ir.Value:
+            out = ir.Constant(I64, 1)
+            for var in variables:
+                out = self.b.mul(out, self.extent(var))
+            return out
+        fn = self.r._declare(gemm_symbol(*self.s.gemm.routine), ir.VoidType(), [I64] * 3 + [PTR] * 5)
+        self.b.call(fn, [product(ROWS), self.extent(COLUMN), product(COLS), self.ptrs[window.buffer],
+                         self.ptrs[other.buffer], self.ptrs[red.scratch], self.ptrs[red.workspace], table])
 
     def gemm_by_columns(self, red, epilogue, scalar: bool) -> None:
         """The GEMM and its epilogue in one parallel region (the schedule's "by columns"): each
@@ -684,8 +709,11 @@ def schedule_of(k: Kernel) -> LLVMSchedule:
     return k.schedule
 
 
-def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None) -> str:
-    """The GEMM routine for these transposes (and a specialised static M, see gemm.specialised_m)."""
+def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None, gather: int = 0) -> str:
+    """The GEMM routine for these transposes (and a specialised static M, see gemm.specialised_m; an
+    implicit GEMM's gathering routine with `gather`-vector tiles, see igemm.py)."""
+    if gather:
+        return f"graphnet_igemm_{np.dtype(dtype).name}_v{gather}"
     static = "" if m is None else f"_m{m}"
     return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{static}"
 
@@ -693,4 +721,4 @@ def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = N
 def required_gemms(lp: LoopProgram) -> list[Routine]:
     """Every GEMM routine the program's kernels call, as their schedules name them."""
     found = {schedule_of(k).gemm.routine for k in lp.kernels if schedule_of(k).gemm is not None}
-    return sorted(found, key=lambda r: (*r[:3], r[3] or 0))
+    return sorted(found, key=lambda r: (*r[:3], r[3] or 0, r[4]))

@@ -26,6 +26,8 @@ import numpy as np
 
 from . import vmath
 from .gemm import GemmSpec, specialised_m
+from .igemm import COLUMN, ROWS, vectors
+from .jit import host_target
 from .parallel import PARALLEL_MIN_FLOPS, column_split
 from .target import TargetInfo
 from ..loop_passes import LoopPass
@@ -39,7 +41,7 @@ PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements e
 LIBM = {"pow", "erf", "mod"}  # float instructions render.py emits as a libm call (or an LLVM intrinsic or
 #                              instruction that becomes one: pow, frem), unless vmath has them
 
-Routine = tuple  # (dtype name, trans_a, trans_b, static M or None): one GEMM routine (render.gemm_symbol)
+Routine = tuple  # (dtype name, trans_a, trans_b, static M or None, gather): one GEMM routine (render.gemm_symbol)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,11 @@ class Gemm:
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
 
     def __str__(self) -> str:
-        dtype, ta, tb, m = self.routine
+        dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
+        if gather:
+            text = f"implicit gemm {dtype} (im2col in the packing, {gather}-vector tiles)"
+            return text + (" by rows" if self.by_columns else " serial") + ", epilogue rows-outer"
         text += f" by columns (grain {self.grain}, {self.stride} workspace bytes per thread)" if self.by_columns \
             else " serial"
         return text + f", epilogue {'rows' if self.epilogue[0] == 0 else 'columns'}-outer"
@@ -114,7 +119,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     unroll = tuple(sorted(v for v in looped if k.domain[v] is not None and k.domain[v] <= UNROLL_MAX))
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
-    if gemm is not None and gemm.by_columns:
+    if gemm is not None and gemm.by_columns and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
         return LLVMSchedule(**common)
@@ -147,12 +152,21 @@ def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     wake the pool twice, and an epilogue below the elementwise threshold would run on one thread
     while the others idle. The epilogue is split by rows: column blocks would share cache lines of
     the updated arrays between threads at every row."""
-    routine = (k.reduce.value.dtype.name, *gemm_layout(k), specialised_m(k.domain[0]))
+    if len(k.domain) == 8:  # a conv kernel (gemm_schedule.use_implicit_gemm)
+        return _implicit_gemm(k, threads, target)
+    routine = (k.reduce.value.dtype.name, *gemm_layout(k), specialised_m(k.domain[0]), 0)
     epilogue = tuple(epilogue_order(k))
     if threads <= 1 or target is None:
         return Gemm(routine, False, epilogue=epilogue)
     grain, stride = column_split(GemmSpec(*routine), target)
     return Gemm(routine, True, grain, stride, epilogue)
+
+
+def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
+    """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
+    count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars."""
+    routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
+    return Gemm(routine, threads > 1 and target is not None, epilogue=ROWS + (3, COLUMN))
 
 
 def epilogue_order(k: Kernel) -> list[int]:

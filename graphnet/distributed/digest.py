@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from codegen.loopir import LoopProgram
-
 from .world import DistributedError
+
+if TYPE_CHECKING:  # the core imports graphnet.distributed; codegen imports the core
+    from codegen.loopir import LoopProgram
 
 _CONSTANT = re.compile(r"[^\s(),\[\]]+(?=:(?:float|int|uint|bool))")
 

@@ -1,0 +1,305 @@
+"""Implicit GEMM: a convolution kernel (codegen/lower_conv.py) computed by a GEMM routine whose
+packing routine gathers the image (im2col without an im2col buffer).
+
+A conv kernel over (v0, v1, v2, group, v4, v5, v6, v7) summing window(image) * other over (v5, v6,
+v7) is the GEMM C[M, N] = A[M, K] @ B[K, N] with M = (v0, v1, v2), N = v4 and K = (v5, v6, v7), each
+row-major: forward (n, i, j) x (kh, kw, cin), input gradient (n, h, w) x (kh, kw, cout), filter
+gradient (kh, kw, cin) x (n, i, j). A[m, k] is the window's element: per image axis a coordinate
+(sum of coef * var + const) / div, a zero where it leaves the axis or does not divide (padding,
+a strided gradient's skipped positions); B[k, j] is the other operand's element at an affine offset.
+
+The routine is generic: the geometry is a run-time descriptor (`descriptor`, an i64 array), so one
+routine per dtype and register tile serves every convolution. At most two image axes may be
+guarded (height and width); the others fold into a linear offset. The packing routine splits each
+offset into a row part and a column part, tabulated once per block, so an element costs two
+additions, two range tests and one load.
+"""
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from ..loopir import Kernel, Load, Op
+from ..window import Window, guarded_axes, row_strides
+from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _PTR, _I64
+from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime
+from .target import TargetInfo
+
+IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
+ROWS, COLS, COLUMN = (0, 1, 2), (5, 6, 7), 4  # the conv kernel's GEMM roles of its loop vars
+
+# descriptor layout (i64): row / col decomposition, 4 fields (lin, g1, g2, blin) per var, limits
+R1, R2, K1, K2 = 0, 1, 2, 3
+ROW_FIELDS, COL_FIELDS, CONST = 4, 16, 28
+E1, S1, D1, E2, S2, D2, BJ = 32, 33, 34, 35, 36, 37, 38
+DESCRIPTOR_SIZE = 39
+
+
+def operands(k: Kernel) -> tuple[Window, Load] | None:
+    """(window, other) when `k` is a conv kernel an implicit GEMM can compute, else None: a sum of
+    window * dense load over (v5, v6, v7), one group, float, static strides, two guarded axes at most."""
+    red = k.reduce
+    if red is None or red.op != "sum" or red.scan or len(k.domain) != 8 or red.axes != COLS or k.domain[3] != 1:
+        return None
+    v = red.value
+    if not (isinstance(v, Op) and v.name == "mul" and len(v.args) == 2):
+        return None
+    w, other = v.args
+    if not isinstance(w, Window) or type(other) is not Load or w.dtype.kind != "f" or other.dtype != w.dtype:
+        return None
+    if any(d is None for d in (k.domain[1], k.domain[2], k.domain[4], k.domain[6], k.domain[7])):
+        return None
+    if any(nexp for _, _, nexp in other.offset.terms + other.offset.base) \
+            or any(var in ROWS for var, _, _ in other.offset.terms):
+        return None
+    guarded = guarded_axes(w, k.domain)
+    if sum(guarded) > 2 or any(c.div != 1 and not g for c, g in zip(w.coords, guarded)):
+        return None
+    for coord, (_, nexp), g in zip(w.coords, row_strides(w.shape), guarded):
+        if any(var == COLUMN for var, _ in coord.terms) or (nexp and (coord.terms or coord.const)):
+            return None
+    return w, other
+
+
+def worth_it(k: Kernel) -> bool:
+    """Enough multiply-adds per batch row for packing panels to pay (IGEMM_MIN_STATIC)."""
+    return math.prod(d for d in k.domain if d is not None) >= IGEMM_MIN_STATIC
+
+
+def vectors(k: Kernel, target: TargetInfo) -> int:
+    """Vectors per register-tile row: enough for N (= Cout or Cin) columns, at most 4."""
+    lanes = target.lanes(k.reduce.value.dtype.name)
+    return max(1, min(4 if target.vector_registers >= 32 else 2, -(-k.domain[COLUMN] // lanes)))
+
+
+def blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
+    """A tall register tile for narrow N: MR x (nv vectors) accumulators, nv B vectors and a broadcast
+    in the vector registers."""
+    w, nv = target.lanes(spec.dtype), spec.gather
+    regs = target.vector_registers if target.vector_bits else 16
+    mr = max(1, min(24, (regs - nv - 2) // nv))
+    kc = 256 if spec.dtype == "float32" else 128
+    return Blocking(mr=mr, nr=nv * w, kc=kc, mc=max(1, 96 // mr) * mr, nc=4096 // (nv * w) * (nv * w))
+
+
+def workspace_bytes(spec: GemmSpec, target: TargetInfo) -> int:
+    blk = blocking(spec, target)
+    item = 4 if spec.dtype == "float32" else 8
+    return _round64(blk.kc * blk.nc * item) + _round64(blk.kc * blk.mc * item)
+
+
+def _round64(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+def descriptor(k: Kernel) -> list[int]:
+    """The run-time geometry of conv kernel `k` (see the layout constants)."""
+    w, other = operands(k)
+    d = [0] * DESCRIPTOR_SIZE
+    d[R1], d[R2], d[K1], d[K2] = k.domain[1], k.domain[2], k.domain[6], k.domain[7]
+    guarded = guarded_axes(w, k.domain)
+    slots = [i for i, g in enumerate(guarded) if g]
+    limits = ((E1, S1, D1, 1), (E2, S2, D2, 2))
+    for (e, s, dv, _), _ in zip(limits, range(2)):
+        d[e], d[s], d[dv] = 1, 0, 1  # an unused guard: coordinate 0 of an axis of 1
+    for axis, (coord, dim, (stride, _)) in enumerate(zip(w.coords, w.shape, row_strides(w.shape))):
+        if guarded[axis]:
+            e, s, dv, field = limits[slots.index(axis)]
+            d[e], d[s], d[dv], scale = dim, stride, coord.div, 1
+        else:
+            field, scale = 0, stride
+        d[CONST + field] += coord.const * scale
+        for var, coef in coord.terms:
+            if var in ROWS:
+                d[ROW_FIELDS + 4 * ROWS.index(var) + field] += coef * scale
+            elif var in COLS:
+                d[COL_FIELDS + 4 * COLS.index(var) + field] += coef * scale
+    d[CONST + 3] = sum(coef for coef, _ in other.offset.base)
+    for var, coef, _ in other.offset.terms:
+        if var in COLS:
+            d[COL_FIELDS + 4 * COLS.index(var) + 3] += coef
+        elif var == COLUMN:
+            d[BJ] += coef
+    return d
+
+
+def emit_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, *,
+                   rows: bool = False) -> ir.Function:
+    """`void name(i64 M, i64 N, i64 K, T* image, T* B, T* C, T* workspace, i64* descriptor)`; with
+    `rows`, two more arguments restrict it to C's rows [begin, end) (one thread's share)."""
+    names = ["M", "N", "K", "A", "B", "C", "workspace", "geometry"] + (["m_begin", "m_end"] if rows else [])
+    params = [_I64] * 3 + [_PTR] * 5 + [_I64] * (len(names) - 8)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
+    for arg, arg_name in zip(fn.args, names):
+        arg.name = arg_name
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    fn.attributes.add("nounwind")
+    _GatherEmitter(fn, spec, target, blocking(spec, target), rows).emit()  # `columns` there: rows here
+    return fn
+
+
+def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
+                            threads: int) -> ir.Function:
+    """`emit_conv_gemm`'s signature, C's rows split across up to `threads` threads in MR-tall
+    blocks (each packs its own B: B is small next to an image). Serial under PARALLEL_MIN_FLOPS."""
+    if threads <= 1 or not load_runtime():
+        return emit_conv_gemm(module, name, spec, target)
+    kernel = emit_conv_gemm(module, rows_slice_symbol(name), spec, target, rows=True)
+    stride = workspace_bytes(spec, target)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64] * 3 + [_PTR] * 5), name=name)
+    for arg, arg_name in zip(fn.args, ("M", "N", "K", "A", "B", "C", "workspace", "geometry")):
+        arg.name = arg_name
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m, n, k = fn.args[:3]
+    flops = b.mul(b.mul(b.mul(m, n), k), _c(2))
+
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        ws = b.gep(captured[6], [b.mul(slice_, _c(stride))], inbounds=True, source_etype=ir.IntType(8))
+        b.call(kernel, captured[:6] + [ws, captured[7], begin, end])
+
+    emit_parallel_for(module, b, name, m, body, list(fn.args), threads, grain=blocking(spec, target).mr,
+                      work=flops, min_work=PARALLEL_MIN_FLOPS)
+    b.ret_void()
+    return fn
+
+
+def rows_slice_symbol(name: str) -> str:
+    return f"{name}.rows"
+
+
+def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int) -> int:
+    """One packing workspace per thread."""
+    return max(1, threads) * workspace_bytes(spec, target)
+
+
+class _GatherEmitter(_GemmEmitter):
+    """The GEMM's five loops with gathering packing routines (the micro-kernel and C update are the
+    dense GEMM's)."""
+
+    def emit(self) -> None:
+        b, blk = self.b, self.blk
+        args = self.fn.args
+        m, n, k = args[0], args[1], args[2]
+        image, bmat, c, ws, geo = args[3:8]
+        m_lo, m_hi = (args[8], self.min(args[9], m)) if self.columns else (_c(0), m)
+        self.geo = [b.load(b.gep(geo, [_c(i)], inbounds=True, source_etype=_I64), typ=_I64)
+                    for i in range(DESCRIPTOR_SIZE)]
+        self.tile = b.alloca(ir.ArrayType(self.t, blk.mr * blk.nr), name="edge_tile")
+        self.tile.align, self.tile.type = 64, _PTR
+        self.row_table = self.table(blk.mc * 3, "row_table")
+        self.col_table = self.table(blk.kc * 4, "col_table")
+        b_pack = ws
+        a_pack = b.gep(ws, [_c(_round64(blk.kc * blk.nc * self.align))], inbounds=True, source_etype=ir.IntType(8))
+        g = self.geo
+        fast = b.and_(b.icmp_signed("==", g[D1], _c(1)), b.icmp_signed("==", g[D2], _c(1)))
+        self.n_dim = n
+        with self.loop(0, n, blk.nc, "jc") as jc:
+            nc = self.min(b.sub(n, jc), blk.nc)
+            with self.loop(0, k, blk.kc, "pc", at_least_once=True) as pc:
+                kc = self.min(b.sub(k, pc), blk.kc)
+                first = b.icmp_signed("==", pc, _c(0))
+                self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, 4, const=True)
+                self.pack_b(b_pack, bmat, jc, kc, nc)
+                with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
+                    mc = self.min(b.sub(m_hi, ic), blk.mc)
+                    self.tabulate(self.row_table, ic, mc, g[R1], g[R2], ROW_FIELDS, 3, const=False)
+                    with b.if_else(fast) as (then, otherwise):
+                        with then:
+                            self.pack_a(a_pack, image, kc, mc, exact=True)
+                        with otherwise:
+                            self.pack_a(a_pack, image, kc, mc, exact=False)
+                    with self.loop(0, nc, blk.nr, "jr") as jr:
+                        nr = self.min(b.sub(nc, jr), blk.nr)
+                        bp = self.gep(b_pack, self.mul(jr, kc))
+                        with self.loop(0, mc, blk.mr, "ir") as ir_:
+                            mr = self.min(b.sub(mc, ir_), blk.mr)
+                            acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1), _c(blk.mr),
+                                                   mr, bp, _c(blk.nr))
+                            self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first)
+        b.ret_void()
+
+    def table(self, entries: int, name: str) -> ir.Value:
+        slot = self.b.alloca(ir.ArrayType(_I64, entries), name=name)
+        slot.type = _PTR
+        return slot
+
+    def entry(self, table: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.gep(table, [index], inbounds=True, source_etype=_I64)
+
+    def tabulate(self, table: ir.Value, start: ir.Value, count: ir.Value, x1: ir.Value, x2: ir.Value,
+                 fields: int, width: int, const: bool) -> None:
+        """table[i * width + f] = field f's part of the offset of index start + i (decomposed into
+        three vars over extents (., x1, x2)), plus the descriptor's constants for the columns."""
+        b, g = self.b, self.geo
+        with self.loop(0, count, 1, "tab") as i:
+            x = b.add(start, i)
+            v2 = b.srem(x, x2)
+            t = b.sdiv(x, x2)
+            v1, v0 = b.srem(t, x1), b.sdiv(t, x1)
+            for f in range(width):
+                total = g[CONST + f] if const else _c(0)
+                for var, value in enumerate((v0, v1, v2)):
+                    total = b.add(total, b.mul(value, g[fields + 4 * var + f]))
+                self.b.store(total, self.entry(table, self.add(self.mul(i, width), f)))
+
+    def pack_a(self, dst: ir.Value, image: ir.Value, kc: ir.Value, mc: ir.Value, exact: bool) -> None:
+        """The kc x mc block of A as MR-tall panels (dst[p*MR*kc + k*MR + r]), gathered from the image;
+        rows past mc and elements outside the image are zero. `exact`: every divisor is 1."""
+        b, blk, g = self.b, self.blk, self.geo
+        zero = ir.Constant(self.t, 0.0)
+        with self.loop(0, mc, blk.mr, "pa") as p0:
+            panel = self.gep(dst, self.mul(p0, kc))
+            last = b.sub(mc, _c(1))
+            rows = []
+            for r in range(blk.mr):
+                row = b.add(p0, _c(r))
+                at = self.min(row, last)
+                rows.append((self.less(row, mc), *(b.load(self.entry(self.row_table, self.add(self.mul(at, 3), f)),
+                                                          typ=_I64) for f in range(3))))
+            with self.loop(0, kc, 1, "pak") as kk:
+                col = [b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), f)), typ=_I64) for f in range(3)]
+                out = self.gep(panel, self.mul(kk, blk.mr))
+                for r, (ok, lin, g1, g2) in enumerate(rows):
+                    q1, q2 = b.add(g1, col[1]), b.add(g2, col[2])
+                    inside, h, w = self.inside(q1, q2, exact)
+                    inside = b.and_(ok, inside)
+                    address = b.add(b.add(lin, col[0]), b.add(b.mul(h, g[S1]), b.mul(w, g[S2])))
+                    address = b.select(inside, address, _c(0))
+                    value = self.load(self.gep(image, address), self.t)
+                    self.store(b.select(inside, value, zero), self.gep(out, r))
+
+    def inside(self, q1: ir.Value, q2: ir.Value, exact: bool) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(is a real element, index on guarded axis 1, on axis 2) of numerators q1, q2."""
+        b, g = self.b, self.geo
+        if exact:
+            ok = b.and_(b.icmp_unsigned("<", q1, g[E1]), b.icmp_unsigned("<", q2, g[E2]))
+            return ok, q1, q2
+        out, ok = [], ir.Constant(ir.IntType(1), 1)
+        for q, e, dv in ((q1, g[E1], g[D1]), (q2, g[E2], g[D2])):
+            index = b.sdiv(q, dv)
+            divides = b.icmp_signed("==", b.srem(q, dv), _c(0))
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", q, _c(0)), b.and_(divides, b.icmp_signed("<", index, e))))
+            out.append(index)
+        return ok, out[0], out[1]
+
+    def pack_b(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value) -> None:
+        """The kc x nc block of B at column jc as NR-wide panels, each element at the column table's
+        offset plus column * BJ; columns past nc are zero."""
+        b, blk, g = self.b, self.blk, self.geo
+        zero = ir.Constant(self.t, 0.0)
+        with self.loop(0, nc, blk.nr, "pb") as j0:
+            panel = self.gep(dst, self.mul(j0, kc))
+            cols = []
+            for j in range(blk.nr):
+                col = b.add(j0, _c(j))
+                cols.append((self.less(col, nc), b.mul(b.add(jc, col), g[BJ])))
+            with self.loop(0, kc, 1, "pbk") as kk:
+                base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                out = self.gep(panel, self.mul(kk, blk.nr))
+                for j, (ok, offset) in enumerate(cols):
+                    address = b.select(ok, b.add(base, offset), _c(0))
+                    value = self.load(self.gep(bmat, address), self.t)
+                    self.store(b.select(ok, value, zero), self.gep(out, j))

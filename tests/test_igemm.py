@@ -1,0 +1,93 @@
+"""Convolutions as implicit GEMMs (codegen/llvm/igemm.py): which conv kernels the LLVM pass gives a
+gathering GEMM routine, and their values against the direct loop nest and numpy on odd geometry
+(padding, strides, dilation, NCHW, partial batches, one and two threads)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm import igemm
+from codegen.llvm.target import AVX2
+from test_schedules import _scheduled_llvm
+
+CASES = [  # (x shape, filter shape, keyword arguments)
+    ((3, 12, 11, 5), (3, 3, 5, 7), dict(padding="same")),
+    ((2, 13, 12, 4), (3, 2, 4, 9), dict(strides=2, padding=((1, 2), (0, 1)), dilation_rate=(2, 1))),
+    ((2, 4, 12, 11), (5, 5, 4, 6), dict(data_format="NCHW", padding=2)),
+    ((2, 28, 28, 1), (5, 5, 1, 6), dict()),
+    ((2, 9, 9, 4), (3, 3, 2, 40), dict(groups=2, padding="same")),  # grouped: the direct loop
+]
+
+
+def _conv_step(x_shape, w_shape, kwargs, dtype):
+    """relu(conv), and the gradients of a weighted sum of the conv wrt image and filter."""
+    px = gn.placeholder("x", (None,) + x_shape[1:], dtype)
+    pw = gn.placeholder("w", w_shape, dtype)
+    y = gn.conv2d(px, pw, **kwargs)
+    weights = gn.placeholder("weights", (None,) + y.shape[1:], dtype)
+    return [gn.relu(y), *gn.gradients(gn.sum(y * weights), [px, pw])]
+
+
+def _feeds(x_shape, w_shape, fetches, batch, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(batch,) + x_shape[1:]).astype(dtype),
+            "w": rng.normal(size=w_shape).astype(dtype),
+            "weights": rng.uniform(0.5, 1.5, (batch,) + fetches[0].shape[1:]).astype(dtype)}
+
+
+def test_conv_kernels_above_the_threshold_are_implicit_gemms_and_small_ones_direct_loops():
+    fetches = _conv_step((2, 28, 28, 3), (3, 3, 3, 32), dict(padding="same"), np.float32)
+    schedules = _scheduled_llvm(fetches, threads=2, target=AVX2)
+    gemms = [s for s in schedules if s.startswith("implicit gemm")]
+    assert len(gemms) == 3  # forward, input gradient, filter gradient
+    assert all(") by rows" in s for s in gemms)
+    # columns: 32 output channels (forward, filter gradient) in 8-lane AVX2 vectors, 3 input channels
+    assert sorted(s.split("packing, ")[1][0] for s in gemms) == ["1", "2", "2"]
+    assert sum("parallel over v0" in s for s in gemms) == 2  # epilogues over (n, ...); a filter's v0 unrolls
+    with gn.Graph():
+        small = _scheduled_llvm(_conv_step((2, 6, 6, 1), (2, 2, 1, 2), {}, np.float32), threads=1, target=AVX2)
+    assert not any("gemm" in s for s in small)  # 2*2*1*2 multiply-adds per position: the direct loop
+
+
+def test_a_grouped_conv_keeps_the_direct_loop():
+    fetches = _conv_step(*CASES[-1][:3], np.float32)
+    assert not any("gemm" in s for s in _scheduled_llvm(fetches, threads=1, target=AVX2))
+
+
+def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
+    fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
+    from codegen.llvm.gemm_schedule import loop_passes
+    from test_schedules import _prepared
+    lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
+    forward = next(k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None)
+    d = igemm.descriptor(forward)
+    assert (d[igemm.R1], d[igemm.R2], d[igemm.K1], d[igemm.K2]) == (5, 5, 3, 3)  # (n, i, j) x (kh, kw, c)
+    assert d[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 3] == [10 * 10 * 3, 0, 0]  # n: linear, batch stride
+    assert d[igemm.ROW_FIELDS + 4:igemm.ROW_FIELDS + 7] == [0, 2, 0]  # i: stride 2 on the height guard
+    assert (d[igemm.E1], d[igemm.S1], d[igemm.D1]) == (10, 30, 1)
+    assert d[igemm.COL_FIELDS + 8:igemm.COL_FIELDS + 12] == [1, 0, 0, 8]  # c: image stride 1, filter row 8
+    assert d[igemm.BJ] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", CASES)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs, dtype, threads, monkeypatch):
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+    ref = gn.compile(fetches, backend="numpy")
+    fast = gn.compile(fetches, backend="llvm")
+    monkeypatch.setattr(igemm, "IGEMM_MIN_STATIC", 1 << 60)
+    direct = gn.compile(fetches, backend="llvm")
+    text = lambda fn: fn.executable.lp.to_text()  # noqa: E731
+    assert "implicit gemm" not in text(direct)
+    assert ("implicit gemm" in text(fast)) == ("groups" not in kwargs)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for batch in (x_shape[0], 1, 7):  # partial and growing batches
+        feeds = _feeds(x_shape, w_shape, fetches, batch, dtype, seed=batch)
+        want = ref(**feeds)
+        for name, fn in (("implicit gemm", fast), ("direct loop", direct)):
+            for got, expected in zip(fn(**feeds), want):
+                scale = np.abs(expected).max()
+                np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=tol, err_msg=name)
