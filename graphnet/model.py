@@ -26,7 +26,6 @@ import numpy as np
 from . import metrics as objectives
 from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
-from .distributed.fit import fit_shards, require_reduction
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
 from .layers import Input, InputLayer, Layer, SymbolicTensor, from_config, weight_prefix
@@ -559,6 +558,7 @@ class Model:
             sw = None if sw is None else [None if a is None else a[:split] for a in sw]
         if n == 0:
             raise ValueError("fit: x is empty")
+        from .distributed.fit import fit_shards, require_reduction  # here: it imports codegen, which imports the core
         shards = fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
         batches = shards.steps(n) if shards else math.ceil(n / batch_size)
         steps = steps_per_epoch or batches
