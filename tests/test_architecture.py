@@ -3,9 +3,12 @@ core (not imported by it), and public op functions derived from the registry."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 import graphnet as gn
 from graphnet.ops import REGISTRY
@@ -83,3 +86,11 @@ def test_public_op_functions_come_from_the_registry():
         assert fn.__name__ == name and name in gn.ops.__all__
     for name in gn.ops.__all__:
         assert callable(getattr(gn, name)), name
+
+
+@pytest.mark.parametrize("module", ["codegen.loopir", "codegen.lower", "codegen.llvm.backend", "codegen.opencl.backend",
+                                    "graphnet.distributed", "graphnet.testing.fuzz"])
+def test_a_module_imported_first_in_a_fresh_process_imports(module):
+    """Importing a module executes its packages' __init__ first (graphnet's imports the Keras API):
+    an import the module graph above cannot see as a cycle can still meet a half-initialised module."""
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=120, cwd=ROOT)
