@@ -5,7 +5,7 @@ and compile the whole training step to native code (LLVM), OpenCL, or the numpy 
 """
 from . import init, viz
 from .autodiff import gradients
-from .errors import NumericsError, ShapeError
+from .errors import NotDifferentiableError, NumericsError, ShapeError
 from .function import Function, compile
 from .graph import Graph, Node, get_default_graph, reset_default_graph
 from .ops import *  # noqa: F401,F403  (the public op functions: graphnet.ops.__all__, from the registry)

@@ -236,3 +236,29 @@ def test_batch_norm_gradient_matches_torch():
     (out.permute(0, 2, 3, 1) * torch.tensor(weights)).sum().backward()
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(gs, ts.grad.numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("op,inputs,attrs", [
+    ("conv2d", [(None, 6, 6, 3), (3, 3)], {}),
+    ("conv2d", [(None, 6, 6, 3), (3,)], {}),
+    ("conv2d_input_grad", [(None, 4, 4, 8), (3, 3)], {"input_size": (6, 6)}),
+    ("conv2d_input_grad", [(None, 4, 4, 8), (3, 3, 3, 8, 1)], {"input_size": (6, 6)}),
+])
+def test_a_filter_that_is_not_4d_is_a_shape_error(op, inputs, attrs):
+    """Found by the fuzzer: a filter of another rank raised IndexError from the geometry checks."""
+    from graphnet.ops import REGISTRY
+    defaults = {k: v for k, v in REGISTRY[op].examples[0].attrs.items()} if REGISTRY[op].examples else {}
+    with gn.Graph():
+        nodes = [gn.placeholder(f"x{i}", s) for i, s in enumerate(inputs)]
+        with pytest.raises(gn.ShapeError, match="filter"):
+            gn.ops.apply(op, nodes, **{**defaults, **attrs})
+
+
+def test_a_second_derivative_through_max_pooling_is_a_clear_error():
+    """Found by the fuzzer: it was a NotImplementedError, which callers probing differentiability (a
+    ValueError, as argmax's) did not expect."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 4, 4, 1))
+        g = gn.gradients(gn.sum(gn.max_pool2d(x) ** 2), [x])[0]
+        with pytest.raises(gn.NotDifferentiableError, match="max_pool2d"):
+            gn.gradients(gn.sum(g), [x])

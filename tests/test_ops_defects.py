@@ -78,3 +78,13 @@ def test_broadcast_to_refuses_negative_sizes():
     x = gn.placeholder("x", (None, 1))
     with pytest.raises(gn.ShapeError, match="non-negative"):
         gn.broadcast_to(x, (None, -1))
+
+
+def test_the_mean_of_no_elements_is_nan_as_numpys():
+    """Found by the fuzzer: a loss over a zero-size tensor raised ZeroDivisionError at build time."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 0))
+        m = gn.mean(x, axis=1)
+        for backend in ("numpy", "llvm"):
+            out = gn.compile([m], backend=backend)(x=np.ones((3, 0), np.float32))[0]
+            assert out.shape == (3,) and np.isnan(out).all()

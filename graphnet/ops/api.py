@@ -178,11 +178,12 @@ def cumsum(x: Any, axis: int = -1, reverse: bool = False) -> Node:
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
-    """Sum divided by the element count (the runtime batch size N once for each reduced batch axis)."""
+    """Sum divided by the element count (the runtime batch size N once for each reduced batch axis);
+    the mean of no elements is NaN, as numpy's."""
     (x,) = promote([x])
     axes = _axes("mean", axis, x)
     count = math.prod(x.shape[a] for a in axes if x.shape[a] is not None)
-    total = sum(x, axes, keepdims) * (1.0 / count)
+    total = sum(x, axes, keepdims) * (1.0 / count if count else math.nan)
     for _ in range(builtins.sum(x.shape[a] is None for a in axes)):  # N once per reduced batch axis
         total = total / batch_size(x)
     return total

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import api as ops
-from ..errors import ShapeError
+from ..errors import NotDifferentiableError, ShapeError
 from ..graph import Node, shape_str
 from ..source import user_location
 from .base import Example, Op, apply, promote, register, require_float, same_dtype
@@ -48,6 +48,11 @@ def same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, in
     """Keras's "same": ceil(size / stride) outputs, the odd padding element after."""
     total = max((-(-size // stride) - 1) * stride + dilation * (k - 1) + 1 - size, 0)
     return total // 2, total - total // 2
+
+
+def _filter(w) -> None:
+    if w.ndim != 4 or None in w.shape:
+        raise ShapeError(f"the filter must be a static 4-D (KH, KW, Cin/groups, Cout) array, got {shape_str(w.shape)}")
 
 
 def _check_geometry(attrs: dict, window: tuple, pooling: bool = False) -> None:
@@ -206,11 +211,9 @@ class Conv2D(Window):
     def infer(self, inputs, attrs):
         x, w = inputs
         fmt = attrs["data_format"]
+        _filter(w)
         _check_geometry(attrs, w.shape[:2])
         _image(x, "input", fmt)
-        if w.ndim != 4 or None in w.shape:
-            raise ShapeError(f"the filter must be a static 4-D (KH, KW, Cin/groups, Cout) array, got "
-                             f"{shape_str(w.shape)}")
         dtype = same_dtype(inputs)
         h, wd, c = image_dims(x.shape, fmt)
         _channels(c, w.shape, attrs["groups"], x.shape)
@@ -242,6 +245,7 @@ class Conv2DInputGrad(Window):
     def infer(self, inputs, attrs):
         dy, w = inputs
         fmt = attrs["data_format"]
+        _filter(w)
         _check_geometry(attrs, w.shape[:2])
         _image(dy, "output gradient", fmt)
         dtype = same_dtype(inputs)
@@ -349,7 +353,7 @@ class MaxPool2DGrad(Window):
         return max_pool2d_grad_reference(x, y, dy, **attrs)
 
     def grad(self, node, g):
-        raise NotImplementedError(f"max_pool2d: second derivatives through max pooling are not implemented "
+        raise NotDifferentiableError(f"max_pool2d: second derivatives through max pooling are not implemented "
                                   f"(at {node.source})")
 
 

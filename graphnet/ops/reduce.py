@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import api as ops
-from ..errors import ShapeError
+from ..errors import NotDifferentiableError, ShapeError
 from .base import Example, Op, register
 from .scalar import REDUCTIONS
 
@@ -150,7 +150,7 @@ class ArgReduce(Op):
         return np.asarray(getattr(np, self.name)(x, axis))
 
     def grad(self, node, g):
-        raise ShapeError(f"{self.name} has no gradient: its result is an integer index (at {node.source})")
+        raise NotDifferentiableError(f"{self.name} has no gradient: its result is an integer index (at {node.source})")
 
     def expand(self, node):
         x, axis = node.inputs[0], node.attrs["axis"]
