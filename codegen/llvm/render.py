@@ -509,12 +509,19 @@ class _KernelEmitter:
         return self.expr(e, memo)
 
     def stores(self) -> None:
+        """Every store's value (and computed index), then the stores; an accumulating one adds its value
+        to the element's (in the order of the iterations: no reassociation)."""
         memo: dict = {}
-        values = [(s, self.expr(s.value, memo)) for s in self.k.stores]
-        for s, v in values:
-            if s.value.dtype.kind == "b":
+        values = [(s, self.expr(s.value, memo), None if s.index is None else self.expr(s.index, memo))
+                  for s in self.k.stores]
+        for s, v, index in values:
+            dtype = s.value.dtype
+            at = self.element(s.buffer, self.offset(s.offset) if index is None else index, dtype)
+            if s.accumulate:
+                v = _rule("add", dtype)(self, [self.b.load(at, typ=value_type(dtype)), v], dtype)
+            if dtype.kind == "b":
                 v = self.b.zext(v, I8)
-            self.b.store(v, self.element(s.buffer, self.offset(s.offset), s.value.dtype))
+            self.b.store(v, at)
 
     # ---- scalar expressions -------------------------------------------------------------
     def expr(self, e: Expr, memo: dict) -> ir.Value:

@@ -5,8 +5,10 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 `LLVMSchedule`, which render.py follows without deciding anything itself:
 - unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value;
 - threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
-  loop over the thread pool unless that loop is unrolled; at run time the split runs on the caller
-  below `min_work` elements. Reductions into a register or a scratch row run on one thread;
+  loop over the thread pool unless that loop is unrolled or serial (an accumulating store's index
+  axes, `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the
+  split runs on the caller below `min_work` elements. Reductions into a register or a scratch row
+  run on one thread;
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
@@ -118,7 +120,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
         return LLVMSchedule(**common)
-    if threads <= 1 or not looped or looped[0] in unroll:
+    if threads <= 1 or not looped or looped[0] in unroll or looped[0] in k.serial_vars():
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
                         **common)
