@@ -50,7 +50,7 @@ def write_updates_in_place(lp: LoopProgram) -> LoopProgram:
         store = next(s for s in k.stores if s.buffer == value)
         later = any(ld.buffer == var for other in lp.kernels[writers[0] + 1:] for ld in other.loads())
         same = all(isinstance(ld, Load) and ld.offset == store.offset for ld in k.loads() if ld.buffer == var)
-        if not later and same and not any(s.buffer == var for s in k.stores):
+        if not later and same and store.index is None and not any(s.buffer == var for s in k.stores):
             redirect[value] = var
     lp.assigns = [(var, value) for var, value in lp.assigns if redirect.get(value) != var]
     _remap(lp, redirect)
@@ -90,6 +90,9 @@ def rewrite_kernel(k: Kernel, fn: Callable[[Expr], Expr]) -> None:
         red.value, new = new[0], new[1:]
     for s in k.stores:
         s.value, new = new[0], new[1:]
+    for s in k.stores:
+        if s.index is not None:
+            s.index, new = new[0], new[1:]
     if contraction:
         red.contraction = tuple(new)
 
@@ -173,7 +176,8 @@ LOOP_PASSES: list[LoopPass] = [prune_dead_stores, write_updates_in_place, copy_a
 def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
     """Check buffer references, loop vars within each domain, and that every temp a kernel reads
     was written by an earlier kernel, or by this kernel at the same element (a kernel reading
-    elements of its own output that it has not written yet is a fusion bug)."""
+    elements of its own output that it has not written yet is a fusion bug); stores at computed
+    indices accumulate into buffers written before (`_check_accumulate`)."""
     written: set[int] = set()
     n = len(lp.buffers)
     for k in lp.kernels:
@@ -182,6 +186,8 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             _check_offset(k, s.offset, f"store to b{s.buffer}")
             if not 0 <= s.buffer < n:
                 raise AssertionError(f"{k.name}: store to unknown buffer b{s.buffer}")
+            if s.index is not None or s.accumulate:
+                _check_accumulate(lp, k, s, written)
         for ld in k.loads():
             _check_load(k, ld)
             if not 0 <= ld.buffer < n:
@@ -210,6 +216,23 @@ def verify_loops(lp: LoopProgram, before: LoopProgram | None = None) -> None:
             raise AssertionError(f"fetch b{f} is never written")
 
 
+def _check_accumulate(lp: LoopProgram, k: Kernel, s: Store, written: set) -> None:
+    """A store at a computed index accumulates (an overwrite's result would depend on the order of
+    duplicates) at an int64 index of the kernel's vars, into an element an earlier kernel wrote, in
+    a kernel without a reduction that reads the buffer nowhere (another iteration may have added to
+    the element it would read)."""
+    if s.index is not None and not s.accumulate:
+        raise AssertionError(f"{k.name}: a store at a computed index must accumulate (b{s.buffer})")
+    if s.index is not None:
+        _check_index(k, s.index, f"the index of a store to b{s.buffer}")
+    if k.reduce is not None:
+        raise AssertionError(f"{k.name}: accumulates into b{s.buffer} in a reduction kernel")
+    if lp.buffers[s.buffer].kind == "temp" and s.buffer not in written:
+        raise AssertionError(f"{k.name}: accumulates into b{s.buffer} before any kernel wrote it")
+    if any(ld.buffer == s.buffer for ld in k.loads()) or sum(t.buffer == s.buffer for t in k.stores) > 1:
+        raise AssertionError(f"{k.name}: reads b{s.buffer} while accumulating into it")
+
+
 def _check_call(lp: LoopProgram, k: Kernel, written: set) -> None:
     """A runtime call reads only temps written before it, of static size, in matching pairs."""
     call = k.call
@@ -229,18 +252,23 @@ def _check_offset(k: Kernel, offset: Affine, what: str) -> None:
 
 
 def _check_load(k: Kernel, ld: Load | LoadAt) -> None:
-    """A load's loop vars lie in the domain; a computed index is an int64 expression of Var, Size,
-    Const, loads (checked as loads of their own) and instructions, without Acc or Index."""
+    """A load's loop vars lie in the domain; so do a computed index's (`_check_index`)."""
     if isinstance(ld, Load):
         _check_offset(k, ld.offset, f"load of b{ld.buffer}")
         return
-    if ld.index.dtype != np.int64:
-        raise AssertionError(f"{k.name}: the index of a load of b{ld.buffer} is {ld.index.dtype}, not int64")
-    for e in walk_unique(ld.index):
+    _check_index(k, ld.index, f"the index of a load of b{ld.buffer}")
+
+
+def _check_index(k: Kernel, index: Expr, what: str) -> None:
+    """A computed index is an int64 expression of Var, Size, Const, loads (checked as loads of their
+    own) and instructions, without Acc or Index, its vars within the domain."""
+    if index.dtype != np.int64:
+        raise AssertionError(f"{k.name}: {what} is {index.dtype}, not int64")
+    for e in walk_unique(index):
         if isinstance(e, Var) and not 0 <= e.var < len(k.domain):
-            raise AssertionError(f"{k.name}: load of b{ld.buffer} uses v{e.var} outside its domain {k.domain}")
+            raise AssertionError(f"{k.name}: {what} uses v{e.var} outside its domain {k.domain}")
         if isinstance(e, (Acc, Index)):
-            raise AssertionError(f"{k.name}: the index of a load of b{ld.buffer} uses {e}")
+            raise AssertionError(f"{k.name}: {what} uses {e}")
 
 
 

@@ -22,6 +22,12 @@ one shared node, named once in the text form; see `Expr`):
       select discards, so a guard alone does not keep the read inside the buffer)
   Window(...): a Load at per-axis computed coordinates, `fill` outside the buffer (codegen/window.py)
 
+A store with `index` set writes the element an int64 expression computes, clamped into the buffer by
+its builder; with `accumulate` it adds its value to the element (`b[@i] += v`, scatter_add: a kernel
+that zero-fills the buffer, then one over the updates). The vars such an index reads through loads
+(`Kernel.serial_vars`) run serially in ascending order on every backend: no two threads or
+work-items add into one element, and duplicates add up in the order of numpy's `np.add.at`.
+
 A kernel with `reduce` set accumulates `reduce.value` with `reduce.op` (graphnet.ops.scalar.REDUCTIONS) over the
 vars in `reduce.axes`; its stores do not use those vars and read the result as `Acc`. A matmul is
 such a kernel over (M, N, K) summing A[i, k] * B[k, j]; `reduce.contraction` names the two loads so
@@ -332,6 +338,10 @@ class Store:
     value: Expr
     node: str  # the graph node computed here, for comments and error messages
     source: str  # the user's file:line that created it
+    index: Optional[Expr] = None  # set: the element an int64 expression computes (clamped by its builder;
+    #                               `offset` unused), which an accumulating store needs (scatter_add)
+    accumulate: bool = False  # buffer[at] += value: an earlier kernel wrote the element; iterations run
+    #                           in ascending order over the vars `index` reads through loads (serial_vars)
 
 
 @dataclass
@@ -392,8 +402,25 @@ class Kernel:
     call: Optional[Collective] = None  # set: the kernel is this runtime call (no loops, no stores)
 
     def exprs(self) -> list[Expr]:
-        """The kernel's expressions: the reduced value (if any), then each store's value."""
-        return ([self.reduce.value] if self.reduce else []) + [s.value for s in self.stores]
+        """The kernel's expressions: the reduced value (if any), each store's value, then each computed
+        store index."""
+        return ([self.reduce.value] if self.reduce else []) + [s.value for s in self.stores] + \
+            [s.index for s in self.stores if s.index is not None]
+
+    def serial_vars(self) -> tuple:
+        """The loop vars an accumulating store's computed index reads through loads (scatter_add's
+        index axes): two iterations apart on them may add into one element, so every backend runs
+        them serially, in ascending order. A var the index uses directly is an output coordinate:
+        distinct values address distinct elements, so threads and work-items may split it."""
+        found: set = set()
+        for s in self.stores:
+            if s.accumulate and s.index is not None:
+                for e in walk_unique(s.index):
+                    if isinstance(e, Load):
+                        found.update(v for v, _, _ in e.offset.terms)
+                    elif isinstance(e, LoadAt):
+                        found.update(x.var for x in walk_unique(e.index) if isinstance(x, Var))
+        return tuple(sorted(found))
 
     def loads(self) -> list[Load | LoadAt]:
         """Every distinct load of the kernel, at an affine offset (Load) or a computed index (LoadAt)."""
@@ -425,11 +452,14 @@ class Kernel:
             lines.append(f"  acc = {kind}{self.reduce.op} over "
                          f"{', '.join(f'v{a}' for a in self.reduce.axes)}{row} of {value}")
             temps = len(defs)
-        defs, values = format_exprs([s.value for s in self.stores], temps)
+        indexed = [s.index for s in self.stores if s.index is not None]
+        defs, values = format_exprs([s.value for s in self.stores] + indexed, temps)
         lines += [f"  {name} = {text}" for name, text in defs]
+        at = iter(values[len(self.stores):])
         for s, value in zip(self.stores, values):
             where = f"    # {s.node} at {s.source}" if sources else ""
-            lines.append(f"  b{s.buffer}[{s.offset}] = {value}{where}")
+            element = f"@{next(at)}" if s.index is not None else s.offset
+            lines.append(f"  b{s.buffer}[{element}] {'+=' if s.accumulate else '='} {value}{where}")
         return "\n".join(lines)
 
 
@@ -510,7 +540,12 @@ def check_renderable(lp: LoopProgram, backend: str, renders: Callable[[str, np.d
         if red is not None and (red.op not in REDUCTIONS or not reduces(red.op, red.value.dtype)):
             raise UnsupportedInstruction(f"the {backend} backend cannot render the reduction '{red.op}' "
                                          f"over {red.value.dtype} (kernel {k.name})")
-        exprs = [(s.value, f"{s.node} at {s.source}") for s in k.stores] + ([(red.value, k.name)] if red else [])
+        exprs = [(e, f"{s.node} at {s.source}") for s in k.stores for e in (s.value, s.index) if e is not None]
+        exprs += [(red.value, k.name)] if red else []
+        for s in k.stores:
+            if s.accumulate and not renders("add", s.value.dtype):
+                raise UnsupportedInstruction(f"the {backend} backend cannot accumulate {s.value.dtype} ({s.node} at "
+                                             f"{s.source}, kernel {k.name})")
         seen: set = set()
         for expr, where in exprs:
             for e in walk_unique(expr, skip=seen):

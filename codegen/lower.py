@@ -8,7 +8,8 @@ Fusion rules (one kernel = one loop nest):
 - Gather ops (pad, take) compute a coordinate as an integer expression, clamped into the input,
   and load there (`LoadAt`); their inputs are materialized (computing an inlined value at a
   computed coordinate would need every element's expression in index form). scatter_add is a
-  reduction: each output element sums the updates whose clamped index selects it.
+  zero fill, then a kernel over the updates adding each into the element its clamped index
+  selects (an accumulating store at a computed index), which nothing joins.
 - A node is materialized (a "root") when it is fetched or assigned, is a reduction, matmul or
   scatter, has several consumers, feeds a broadcast into a larger shape, or feeds a matmul, a
   gather or a general reshape.
@@ -140,6 +141,9 @@ class _KernelBuild:
         self.index, self.domain, self.view, self.shape, self.reduce = index, domain, view, shape, reduce
         self.members: dict[Node, _Member] = {}
         self.call: Collective | None = None
+        self.accumulates: list[Store] = []  # stores at computed indices (scatter_add), after the members'
+        self.accumulate_ops: list[str] = []  # their ops' names (the kernel's name)
+        self.closed = False  # no later root may join this kernel
 
 
 class Lowering:
@@ -294,15 +298,24 @@ class Lowering:
 
     INDEXED = {"strided_slice": _strided_slice, "flip": _flip, "pad": _pad, "take": _take}
 
-    def _scatter(self, r: Node) -> _KernelBuild:
-        """scatter_add as a sum over the indices' elements (vars after r's own) at each element of r."""
+    def _scatter(self, r: Node, buffer: int) -> _KernelBuild:
+        """scatter_add: a kernel of zeros, then one over the updates' elements (vars: r's axes before
+        `axis`, the indices', r's axes after it) adding each at r's element whose `axis` coordinate is
+        its clamped index (`Store.accumulate`). Nothing joins the second kernel (`closed`): its result
+        is complete only after its last iteration."""
         updates, indices = r.inputs
-        axis, rank = r.attrs["axis"], r.ndim
-        over = tuple(range(rank, rank + indices.ndim))
-        kb = self._new_kernel(r.shape + indices.shape, tuple(range(rank)), r.shape)
+        axis, k = r.attrs["axis"], indices.ndim
+        ident = tuple(range(r.ndim))
+        fill = self._new_kernel(r.shape, ident, r.shape)
+        fill.members[r] = _Member(r, ident, S.const(0, r.dtype), buffer)
+        kb = self._new_kernel(updates.shape, (), r.shape)
+        kb.closed = True
+        over = tuple(range(axis, axis + k))
         at = clamp_index(S, S.cast(self._expr(indices, over, kb), I64), _extent(r.shape[axis]))
-        update = self._expr(updates, tuple(range(axis)) + over + tuple(range(axis + 1, rank)), kb)
-        kb.reduce = Reduce("sum", over, S.select(S.eq(at, Var(axis)), update, 0))
+        forms = tuple(range(axis)) + (at,) + tuple(range(axis + k, updates.ndim))
+        value = self._expr(updates, tuple(range(updates.ndim)), kb)
+        kb.accumulates.append(Store(buffer, Affine(), value, r.name, r.source, _flat_index(forms, r.shape), True))
+        kb.accumulate_ops.append(r.op.name)
         return kb
 
     # ---- kernels ------------------------------------------------------------------------
@@ -375,8 +388,8 @@ class Lowering:
             kb.reduce = Reduce("sum", (2,), Op("mul", (la, lb), r.dtype), contraction)
             value = Acc(r.dtype)
         elif kind == "scatter":
-            kb = self._scatter(r)
-            value = Acc(r.dtype)
+            self.buffer_of[r], self.kernel_of[r] = buffer, self._scatter(r, buffer)
+            return
         elif kind == "window":
             kb, value = place_window(self, r)
         else:
@@ -419,7 +432,7 @@ class Lowering:
         if not producers:
             return None
         latest = max(producers, key=lambda k: k.index)
-        if latest.call is not None:
+        if latest.call is not None or latest.closed:
             return None
         if r not in self.update_nodes:
             return latest
@@ -454,8 +467,8 @@ class Lowering:
 
     def _finish(self, kb: _KernelBuild) -> Kernel:
         stores = [Store(m.buffer, affine(m.view, m.node.shape), m.value, m.node.name, m.node.source)
-                  for m in kb.members.values()]
-        names = [m.node.op.name for m in kb.members.values()] or [kb.call.op]
+                  for m in kb.members.values()] + kb.accumulates
+        names = [m.node.op.name for m in kb.members.values()] + kb.accumulate_ops or [kb.call.op]
         return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce, call=kb.call)
 
 

@@ -370,11 +370,18 @@ class _KernelEmitter:
             def cell():
                 return self.element(red.scratch, self.vars[inner], dtype)
 
+            def accumulate():
+                b.store(self.combine(red, b.load(cell(), typ=value_type(dtype)), self.expr_root(red.value)), cell())
+
+            totals = b.alloca(ir.DoubleType(), size=ir.Constant(I64, k.domain[inner]), name="totals") \
+                if s.sum_block else None
+
             def reduce_into_row():
-                self.loop(inner, lambda: b.store(self.identity(red), cell()))
-                self.nest(list(red.axes) + [inner],
-                          lambda: b.store(self.combine(red, b.load(cell(), typ=value_type(dtype)),
-                                                     self.expr_root(red.value)), cell()), slow_value)
+                if s.sum_block:
+                    self.blocked_row_sum(red, inner, cell, totals, accumulate, slow_value)
+                else:
+                    self.loop(inner, lambda: b.store(self.identity(red), cell()))
+                    self.nest(list(red.axes) + [inner], accumulate, slow_value)
 
                 def finish():
                     self.acc = b.load(cell(), typ=value_type(dtype))
@@ -404,6 +411,34 @@ class _KernelEmitter:
             self.counted(b.udiv(b.add(n, ir.Constant(I64, iterations - 1)), ir.Constant(I64, iterations)), block)
         self.nest(outer, blocks, scalar)
         return b.fptrunc(b.load(total, typ=ir.DoubleType()), ir.FloatType())
+
+    def blocked_row_sum(self, red, inner: int, cell, totals: ir.Value, accumulate, scalar: bool) -> None:
+        """The schedule's blocked float32 sum into the scratch row (cells over `inner`): per block of the
+        reduced loop `var`, the row of float32 sums starts at zero, accumulates, and is added into the
+        row of float64 `totals` (on the stack), which is rounded back into the row at the end."""
+        b, (var, iterations) = self.b, self.s.sum_block
+        at = red.axes.index(var)
+        outer, inside = list(red.axes[:at]), list(red.axes[at + 1:]) + [inner]
+        f64 = ir.DoubleType()
+
+        def total():
+            return b.gep(totals, [self.vars[inner]], inbounds=True, source_etype=f64)
+
+        def add_block():
+            part = b.fpext(b.load(cell(), typ=ir.FloatType()), f64)
+            b.store(b.fadd(b.load(total(), typ=f64), part), total())
+
+        def block(j):
+            self.loop(inner, lambda: b.store(self.identity(red), cell()))
+            self.loop(var, lambda: self.nest(inside, accumulate, scalar), scalar, self.block_bounds(j, iterations, var))
+            self.loop(inner, add_block)
+
+        def blocks():
+            n = self.extent(var)
+            self.counted(b.udiv(b.add(n, ir.Constant(I64, iterations - 1)), ir.Constant(I64, iterations)), block)
+        self.loop(inner, lambda: b.store(ir.Constant(f64, 0.0), total()))
+        self.nest(outer, blocks, scalar)
+        self.loop(inner, lambda: b.store(b.fptrunc(b.load(total(), typ=f64), ir.FloatType()), cell()))
 
     def block_bounds(self, j: ir.Value, size: int, var: int) -> tuple[ir.Value, ir.Value]:
         """[j * size, min((j + 1) * size, extent)) of loop var `var`."""
@@ -534,12 +569,19 @@ class _KernelEmitter:
         return self.expr(e, memo)
 
     def stores(self) -> None:
+        """Every store's value (and computed index), then the stores; an accumulating one adds its value
+        to the element's (in the order of the iterations: no reassociation)."""
         memo: dict = {}
-        values = [(s, self.expr(s.value, memo)) for s in self.k.stores]
-        for s, v in values:
-            if s.value.dtype.kind == "b":
+        values = [(s, self.expr(s.value, memo), None if s.index is None else self.expr(s.index, memo))
+                  for s in self.k.stores]
+        for s, v, index in values:
+            dtype = s.value.dtype
+            at = self.element(s.buffer, self.offset(s.offset) if index is None else index, dtype)
+            if s.accumulate:
+                v = _rule("add", dtype)(self, [self.b.load(at, typ=value_type(dtype)), v], dtype)
+            if dtype.kind == "b":
                 v = self.b.zext(v, I8)
-            self.b.store(v, self.element(s.buffer, self.offset(s.offset), s.value.dtype))
+            self.b.store(v, at)
 
     # ---- scalar expressions -------------------------------------------------------------
     def expr(self, e: Expr, memo: dict) -> ir.Value:

@@ -5,8 +5,10 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 `LLVMSchedule`, which render.py follows without deciding anything itself:
 - unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value;
 - threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
-  loop over the thread pool unless that loop is unrolled; at run time the split runs on the caller
-  below `min_work` elements. Reductions into a register or a scratch row run on one thread;
+  loop over the thread pool unless that loop is unrolled or serial (an accumulating store's index
+  axes, `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the
+  split runs on the caller below `min_work` elements. Reductions into a register or a scratch row
+  run on one thread;
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
@@ -16,7 +18,9 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
   a scalar loop) runs in blocks of at most that many, each summed in float32 (in vector lanes once
   vectorized), adding each block's sum to a float64 total: rounding errors grow with the block
   length, not with the whole reduction's (numpy's pairwise sums are as accurate), at one float64
-  addition per block.
+  addition per block. A sum into a scratch row (column sums: a bias gradient over the batch) does
+  the same per cell, over more than SUM_BLOCK_SCALAR rows: each block's row of float32 sums is added
+  into a row of float64 totals.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller i
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
 SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
+ROW_TOTALS_MAX = 4096  # the widest scratch row summed in blocks: its float64 totals (32 KiB) live on the stack
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements each cost far more
 LIBM = {"pow", "erf", "mod"}  # float instructions render.py emits as a libm call (or an LLVM intrinsic or
 #                              instruction that becomes one: pow, frem), unless vmath has them
@@ -123,22 +128,26 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
         return LLVMSchedule(**common)
-    if threads <= 1 or not looped or looped[0] in unroll:
+    if threads <= 1 or not looped or looped[0] in unroll or looped[0] in k.serial_vars():
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
                         **common)
 
 
 def _sum_block(k: Kernel, scalar: bool) -> tuple:
-    """(var, iterations): the reduced loop of a float32 sum into a register that runs in blocks, and
-    how many of its iterations make one block (see the module's docstring); () for other kernels and
-    for sums of at most one block's elements. The blocked loop is the innermost one whose loops
-    (itself and those inside it) exceed a block."""
+    """(var, iterations): the reduced loop of a float32 sum into a register or a scratch row that runs
+    in blocks, and how many of its iterations make one block (see the module's docstring); () for
+    other kernels and for sums of at most one block's elements. The blocked loop is the innermost one
+    whose loops (itself and the reduced ones inside it) exceed a block. A row's cells each sum their
+    block sequentially (the row's loop is the vectorized one), so their blocks are a scalar loop's;
+    its float64 totals are a second row on the stack, so only a static row of at most ROW_TOTALS_MAX."""
     red = k.reduce
-    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.scratch is not None \
-            or red.workspace is not None:
+    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None:
         return ()
-    size, inside = SUM_BLOCK_SCALAR if scalar else SUM_BLOCK, 1
+    row = red.scratch is not None
+    if row and (k.domain[k.order[-1]] is None or k.domain[k.order[-1]] > ROW_TOTALS_MAX):
+        return ()
+    size, inside = SUM_BLOCK_SCALAR if scalar or row else SUM_BLOCK, 1
     for var in reversed(red.axes):
         extent = k.domain[var]
         if extent is None or inside * extent > size:

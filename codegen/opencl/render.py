@@ -13,8 +13,10 @@ follows; a kernel without one is an error:
 Kernels equal up to which buffers they use share one OpenCL function (pocl compiles each function
 on first launch, 0.1-0.3 s: the optimizer update of same-shaped parameters is compiled once).
 A work-item computes all its values before it stores any, so in-place updates (a kernel reading and
-rewriting the same element) are safe. Scalar instructions map to C through the tables below; bool
-values are C `bool`, stored as `uchar`.
+rewriting the same element) are safe. An accumulating store (`b[@i] += v`, scatter_add) runs in
+loops over its serial vars inside one work-item (schedule.py), so no two work-items add into one
+element. Scalar instructions map to C through the tables below; bool values are C `bool`, stored
+as `uchar`.
 """
 from __future__ import annotations
 
@@ -239,7 +241,7 @@ class _KernelWriter:
         self.ntemps = len(temps)
         self.param = {b: f"p{j}" for j, b in enumerate(self.buffers)}  # positional: equal kernels share code
         red = k.reduce
-        self.kept = [v for v in range(len(k.domain)) if red is None or v not in red.axes]
+        self.kept = [v for v in range(len(k.domain)) if (red is None or v not in red.axes) and v not in self.s.serial]
         self.shape = self.s.form
 
     # ---- text helpers -------------------------------------------------------------------
@@ -314,11 +316,13 @@ class _KernelWriter:
 
     def stores(self, depth: int) -> None:
         memo: dict = {}
-        values = [(s, self.value(s.value, memo, depth)) for s in self.k.stores]
-        for s, v in values:
+        values = [(s, self.value(s.value, memo, depth), None if s.index is None else self.value(s.index, memo, depth))
+                  for s in self.k.stores]
+        for s, v, index in values:
             if s.value.dtype.kind == "b":
                 v = f"(uchar)({v})"
-            self.emit(f"{self.param[s.buffer]}[{self.offset(s.offset, _VARS)}] = {v};", depth)
+            at = self.offset(s.offset, _VARS) if index is None else index
+            self.emit(f"{self.param[s.buffer]}[{at}] {'+=' if s.accumulate else '='} {v};", depth)
 
     # ---- kernels ------------------------------------------------------------------------
     def code(self) -> str:
@@ -365,7 +369,16 @@ class _KernelWriter:
             self.emit(f"acc = {_combine(red.op, red.value.dtype, 'acc', x)};", inner)
             for depth in range(len(red.axes), 0, -1):
                 self.emit("}", depth)
-        self.stores(1)
+        self._serial_stores()
+
+    def _serial_stores(self) -> None:
+        """The stores, inside loops over the schedule's serial vars (in ascending order) if any."""
+        serial = self.s.serial
+        for depth, v in enumerate(serial, start=1):
+            self.emit(f"for (long v{v} = 0; v{v} < {_extent(self.k.domain[v])}; ++v{v}) {{", depth)
+        self.stores(len(serial) + 1)
+        for depth in range(len(serial), 0, -1):
+            self.emit("}", depth)
 
     def _scan(self, red) -> None:
         """The work-item's running result over the scan's var (backwards for a reverse scan), stored

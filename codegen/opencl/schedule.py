@@ -4,7 +4,9 @@
 `Kernel.schedule` to an `OpenCLSchedule`, which render.py follows without deciding anything itself.
 A kernel has one of three forms:
 - "flat": one work-item per element of the (kept) domain; a reduction loops over its reduced vars
-  inside the work-item (softmax's row max and sum, small reductions; every scan);
+  inside the work-item (softmax's row max and sum, small reductions; every scan); an accumulating
+  store's index vars (`Kernel.serial_vars`, scatter_add) are loops inside the work-item too, in
+  ascending order, so each work-item alone adds into its slice of the output (no atomics);
 - "group": one work-group per kept element when one work-item per kept element would leave most
   of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
   and the reduction is long or runs over the batch: work-items stride over the reduced elements,
@@ -45,6 +47,7 @@ class OpenCLSchedule:
     form: str  # flat | group | tiled
     local: int  # work-items per work-group (tiled: R * R)
     tile: tuple | None = None  # tiled: (R, W, TSK): R x R work-items of W x W results, TSK-deep slices of K
+    serial: tuple = ()  # flat: vars each work-item loops over in ascending order (an accumulating store's)
 
     def __str__(self) -> str:
         if self.form == "tiled":
@@ -52,7 +55,8 @@ class OpenCLSchedule:
             return f"opencl tiled {r * w}x{r * w}: {r}x{r} work-items of {w}x{w} results, K slices of {tsk}"
         if self.form == "group":
             return f"opencl group: a work-group of {self.local} per kept element"
-        return f"opencl flat: a work-item per kept element, work-groups of {self.local}"
+        loops = f", each serial over {','.join(f'v{v}' for v in self.serial)}" if self.serial else ""
+        return f"opencl flat: a work-item per kept element{loops}, work-groups of {self.local}"
 
 
 def loop_passes(limits: Limits) -> list[LoopPass]:
@@ -75,7 +79,7 @@ def schedule_kernel(k: Kernel, limits: Limits) -> OpenCLSchedule:
         r, w, tsk = matmul_tile(limits, red.value.dtype.itemsize)
         return OpenCLSchedule("tiled", r * r, (r, w, tsk))
     form = "group" if red is not None and not red.scan and _group_reduce(k, limits) else "flat"
-    return OpenCLSchedule(form, group_size(limits))
+    return OpenCLSchedule(form, group_size(limits), serial=k.serial_vars())
 
 
 def _group_reduce(k: Kernel, limits: Limits) -> bool:

@@ -180,8 +180,8 @@ class Take(Op):
 class ScatterAdd(Op):
     """The transpose of take: zeros of shape updates.shape[:axis] + (size,) + updates.shape[axis + k:]
     (k = indices.ndim; size None: the batch size) plus each update at its clamped index, duplicates
-    summed. Lowered as a sum over the indices' elements at each output element (one writer per
-    element: no races, on any thread or work-item), O(size * indices) work."""
+    summed in ascending order of the updates (numpy's np.add.at). Lowered as a zero fill, then one
+    pass adding each update at its clamped index, serial over the index axes (codegen/lower.py)."""
 
     name = "scatter_add"
     kind = "scatter"
