@@ -78,7 +78,8 @@ class FeedSpec:
 
     def _check_fixed(self, feeds: dict[str, Any], batch: int) -> None:
         """ValueError unless a fed batch is the one the program fixed (no batched feed: nothing to check)."""
-        fed = [p.attrs["name"] for p in [*self.nodes, *self.optional.values()] if None in p.shape and p.attrs["name"] in feeds]
+        placeholders = [*self.nodes, *self.optional.values()]
+        fed = [p.attrs["name"] for p in placeholders if None in p.shape and p.attrs["name"] in feeds]
         if fed:
             self.require_batch(batch, f"feed '{fed[0]}'")
 

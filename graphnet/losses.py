@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import ops
+from .batchdim import unify_shapes
 from .errors import ShapeError
 from .graph import Node, ancestors, shape_str
-from .batchdim import unify_shapes
 from .ops.base import broadcast_shapes
 from .source import user_location
 

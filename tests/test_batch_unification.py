@@ -90,6 +90,17 @@ def test_integer_label_constant_against_batched_logits(backend):
         np.testing.assert_allclose(g, e, **TOLERANCE)
 
 
+def test_per_sample_weights_and_targets_of_a_static_length_fix_the_batch():
+    p = gn.placeholder("p", (None, 3), np.float64)
+    weighted = gn.losses.huber(p, gn.zeros_like(p), sample_weight=np.arange(4.0), reduction="none")
+    assert weighted.shape == (4, 3)
+    assert gn.losses.mse(p, np.ones((4, 3)), reduction="none").shape == (4, 3)
+    with pytest.raises(gn.ShapeError, match=r"mse: prediction \(N, 3\) and target \(4, 2\) differ"):
+        gn.losses.mse(p, np.ones((4, 2)))
+    got = gn.compile(weighted, backend="numpy")(p=np.ones((4, 3)))
+    np.testing.assert_allclose(got, 0.5 * np.arange(4.0)[:, None] * np.ones((4, 3)))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrong_batch_raises_naming_placeholder_batches_op_and_line(backend):
     v, x, d, loss, gv, gx = _difference()
@@ -111,6 +122,8 @@ def test_wrong_batch_raises_after_the_fast_path_is_warm(implementation, monkeypa
     monkeypatch.setattr(call_path, "native", call_path.native if implementation == "native" else None)
     v, x, d, loss, gv, gx = _difference()
     step = gn.compile(loss, updates=[(v, v - 0.1 * gv)], backend="llvm")
+    fast = call_path.native.FastCall if implementation == "native" else type(call_path.generated_call)
+    assert isinstance(step._call, fast)
     for _ in range(3):  # the last fully checked shapes are cached: these calls take the fast path
         step(x=X)
     before = v.value
@@ -179,7 +192,7 @@ def test_one_op_fixing_the_batch_twice_is_a_shape_error():
     a = gn.placeholder("a", (None, 16), np.float64)
     b = gn.variable("b", np.zeros((8, 1)))
     c = gn.placeholder("c", (8, None), np.float64)
-    with pytest.raises(gn.ShapeError, match=r"multiply: the batch N would be 8 and 16 at once .*test_batch_unification.py"):
+    with pytest.raises(gn.ShapeError, match=r"multiply: the batch N would be 8 and 16 at once .*test_batch_unif"):
         a * c  # (N, 16) * (8, N): N would be 8 on the first axis and 16 on the second
     assert (a * b).shape == (8, 16)  # (N, 16) * (8, 1): N = 8
 
@@ -201,6 +214,7 @@ def test_matmul_inner_dimension_concat_and_reshape_unify(backend):
     joined = gn.concat([x, c], axis=1)  # (N, 4) and (6, 2) along axis 1: (6, 6)
     flat = gn.reshape(x, (24,))  # N * 4 == 24
     assert inner.shape == (3, 4) and joined.shape == (6, 6) and flat.shape == (24,)
+    assert gn.stack([x, gn.variable("s", np.zeros((6, 4)))]).shape == (2, 6, 4)
     total = gn.sum(inner * inner) + gn.sum(joined * joined) + gn.sum(flat)
     gx = gn.gradients(total, x)
     assert gx.shape == (None, 4)

@@ -124,7 +124,8 @@ def broadcast_shapes(*shapes: tuple) -> tuple:
         dims = [s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0]
         known = {d for d in dims if d != 1}
         if len(known) == 2 and None in known:
-            known = {fix_batch(max(known - {None}))}
+            (static,) = known - {None}
+            known = {fix_batch(static)}
         if len(known) > 1:
             raise ShapeError("cannot broadcast shapes " + " and ".join(shape_str(s) for s in shapes))
         out.append(known.pop() if known else 1)
