@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .batchdim import FixedBatch
 from .graph import Node, shape_str
 
 _ndarray = np.ndarray
@@ -13,10 +14,12 @@ _ndarray = np.ndarray
 class FeedSpec:
     """The placeholders of a compiled function, checked on every call before anything runs."""
 
-    def __init__(self, placeholders: Sequence[Node], optional: Sequence[Node] = (), needs_batch: bool = False):
+    def __init__(self, placeholders: Sequence[Node], optional: Sequence[Node] = (), needs_batch: bool = False,
+                 fixed: FixedBatch | None = None):
         """`optional`: the graph's other placeholders, accepted (and checked) but not needed: a result
         may have a batch dimension without reading any batched input (e.g. a zero gradient), and
-        then a fed placeholder still tells its size. `needs_batch`: some result has one."""
+        then a fed placeholder still tells its size. `needs_batch`: some result has one. `fixed`: the
+        one batch size the program is right for (where N met a static extent), else None."""
         self.nodes = list(placeholders)
         self.names = [p.attrs["name"] for p in self.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
@@ -25,6 +28,7 @@ class FeedSpec:
         self.has_batch = any(None in s for s in self.shapes)
         self.optional = {p.attrs["name"]: p for p in optional if p.attrs["name"] not in self.index}
         self.needs_batch = needs_batch
+        self.fixed = fixed
         # The fast path: the batch size of the last call that passed the full check and the exact shape
         # each placeholder's feed had then, as one tuple (replaced, never mutated, so a reader in another
         # thread sees a consistent pair). Feeds that match these exactly, with the placeholder's dtype,
@@ -45,6 +49,8 @@ class FeedSpec:
             else:
                 return arrays, batch
         arrays, batch = self._check(feeds)
+        if self.fixed is not None:
+            self._check_fixed(feeds, batch)
         if (last is None or batch != last[0]) and (self.has_batch or not self.needs_batch):
             # (a batch size set only by an optional feed is never cached: a later call may omit it)
             self.last = (batch, tuple(tuple(batch if x is None else x for x in s) for s in self.shapes))
@@ -69,6 +75,18 @@ class FeedSpec:
             raise ValueError("the result has a batch dimension but no fed placeholder sets its size; " +
                              ("feed one of: " + ", ".join(batched) if batched else "the graph has no batched placeholder"))
         return arrays, size or 1
+
+    def _check_fixed(self, feeds: dict[str, Any], batch: int) -> None:
+        """ValueError unless a fed batch is the one the program fixed (no batched feed: nothing to check)."""
+        placeholders = [*self.nodes, *self.optional.values()]
+        fed = [p.attrs["name"] for p in placeholders if None in p.shape and p.attrs["name"] in feeds]
+        if fed:
+            self.require_batch(batch, f"feed '{fed[0]}'")
+
+    def require_batch(self, batch: int, what: str) -> None:
+        """ValueError naming `what` (the feed giving `batch`) unless `batch` is the program's fixed one."""
+        if self.fixed is not None and batch != self.fixed.size:
+            raise ValueError(self.fixed.mismatch(what, batch))
 
     def _check_one(self, name: str, value: Any, shape: tuple, dtype: np.dtype, batch: list) -> np.ndarray:
         arr = self._convert(name, value, dtype)

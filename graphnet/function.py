@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import ops
+from .batchdim import FixedBatch, fixed_batch
 from .errors import ShapeError
 from .feeds import FeedSpec
 from .graph import Node, Variable, shape_str
@@ -162,16 +163,19 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
         pairs = _with_rng_step(flat, pairs)
     gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
     seconds: dict[str, float] = {}
+    written = Program(flat, pairs, gradients=gradients)
     with timed(seconds, "graph passes"):
-        program, records = run_pipeline(Program(flat, pairs, gradients=gradients), passes, training=training,
-                                        fuse_optimizer=fuse_optimizer)
+        program, records = run_pipeline(written, passes, training=training, fuse_optimizer=fuse_optimizer)
+    # The user's nodes name the op that fixed the batch; a pass may have folded it away.
+    fixed = fixed_batch([*written.nodes(), *program.nodes()])
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
     executable = getattr(importlib.import_module(module), cls)(program, options)
     seconds.update(getattr(executable, "compile_seconds", {}))
     user_nodes = flat + [var for var, _ in pairs]
     fn = Function(program, executable, rebuild, records, options,
-                  user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else ())
+                  user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else (),
+                  fixed=fixed)
     fn.compile_seconds = seconds
     if os.environ.get("GRAPHNET_DUMP"):
         from .dump import dump_numbered
@@ -189,13 +193,13 @@ class Function(_CallBase):
     """
 
     def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
-                 options: CompileOptions, user_placeholders: Sequence[Node] = ()):
+                 options: CompileOptions, user_placeholders: Sequence[Node] = (), fixed: FixedBatch | None = None):
         self.program, self.executable, self.records, self.options = program, executable, records, options
         self._rebuild = rebuild
         self.compile_seconds: dict[str, float] = {}
         needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
         self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
-                              needs_batch)
+                              needs_batch, fixed)
         # A backend's run holds its variables' StepLock (`lock`); around a backend without one, the Function does.
         lock = getattr(executable, "lock", None)
         self.step_lock: StepLock = lock if isinstance(lock, StepLock) else step_lock(program)
@@ -263,7 +267,9 @@ class Function(_CallBase):
         steps = int(steps)
         first = np.arange(batches) * batch_size  # each batch's first position in `order`
         sizes = np.minimum(length, first + batch_size) - first
-        offsets = np.concatenate([[0], np.cumsum(sizes[(start + np.arange(steps)) % batches])])
+        step_sizes = sizes[(start + np.arange(steps)) % batches]
+        self._require_fixed_batch(step_sizes)
+        offsets = np.concatenate([[0], np.cumsum(step_sizes)])
         outs = self._step_outputs(steps, int(offsets[-1]))
         per_row = [None in f.shape for f in self.program.fetches]
 
@@ -292,6 +298,14 @@ class Function(_CallBase):
                 part[...] = value
             k += 1
         return self._rebuild(outs)
+
+    def _require_fixed_batch(self, step_sizes: np.ndarray) -> None:
+        """run_steps' batch sizes against the program's fixed batch (if any), all before the first step."""
+        fixed = self.feeds.fixed
+        wrong = step_sizes[step_sizes != fixed.size] if fixed is not None else ()
+        if len(wrong):
+            name = next(n for n, s in zip(self.feeds.names, self.feeds.shapes) if s and s[0] is None)
+            self.feeds.require_batch(int(wrong[0]), f"run_steps: feed '{name}'")
 
     @property
     def _batched_names(self) -> set[str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import networkx as nx
 import numpy as np
 
+from .batchdim import one_extent, recording
 from .errors import ShapeError
 from .source import user_location
 
@@ -113,15 +114,19 @@ class Variable:
 
 
 class Node:
-    """One op application in a graph; also the user's tensor handle (operators build new nodes)."""
+    """One op application in a graph; also the user's tensor handle (operators build new nodes).
 
-    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "source", "graph", "id", "__weakref__")
+    `fixes_batch`: the batch size N its shape rule fixed by meeting N with a static extent (its
+    result is right only for that batch: see batchdim.py), else None."""
+
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "source", "graph", "id", "fixes_batch", "__weakref__")
     __array_priority__ = 1000  # numpy defers `array + node` to Node.__radd__
 
     def __init__(self, op: "Op", inputs: tuple["Node", ...], attrs: dict, shape: Shape, dtype: np.dtype,
-                 source: str, graph: "Graph", id: int):
+                 source: str, graph: "Graph", id: int, fixes_batch: int | None = None):
         self.op, self.inputs, self.attrs = op, inputs, attrs
         self.shape, self.dtype, self.source, self.graph, self.id = shape, dtype, source, graph, id
+        self.fixes_batch = fixes_batch
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -301,10 +306,12 @@ class Graph:
             return self._interned[key]
         source = source or user_location()
         try:
-            shape, dtype = op.infer(inputs, attrs)
+            with recording() as fixed:
+                shape, dtype = op.infer(inputs, attrs)
+            fixes_batch = one_extent(fixed)
         except ShapeError as e:
             raise ShapeError(f"{op.name}: {e} (at {source})") from None
-        node = Node(op, inputs, attrs, tuple(shape), np.dtype(dtype), source, self, len(self.nodes))
+        node = Node(op, inputs, attrs, tuple(shape), np.dtype(dtype), source, self, len(self.nodes), fixes_batch)
         self.nodes.append(node)
         if self.intern:
             self._interned[key] = node

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
+from .batchdim import unify_shapes
 from .errors import ShapeError
 from .graph import Node, ancestors, shape_str
 from .ops.base import broadcast_shapes
@@ -105,7 +106,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, reduction: str = "mean", sam
                          f"softmax_cross_entropy(logits, labels)")
     (labels,) = ops.promote([labels]) if isinstance(labels, Node) else [ops.constant(labels, graph=logits.graph)]
     if labels.dtype.kind in "iu":
-        if labels.shape != logits.shape[:-1]:
+        if not _agree(labels.shape, logits.shape[:-1]):
             raise ShapeError(f"softmax_cross_entropy: integer labels {shape_str(labels.shape)} must have the "
                              f"logits' shape without the class axis {shape_str(logits.shape[:-1])} "
                              f"(at {user_location()})")
@@ -315,10 +316,20 @@ def _pair(name: str, pred: Any, target: Any) -> tuple[Node, Node]:
         raise ShapeError(f"{name}: predictions must be float, got {pred.dtype} (at {user_location()})")
     target = target if isinstance(target, Node) else ops.constant(np.asarray(target), graph=pred.graph)
     target = ops.cast(target, pred.dtype)
-    if target.shape != pred.shape:
+    if not _agree(target.shape, pred.shape):
         raise ShapeError(f"{name}: prediction {shape_str(pred.shape)} and target {shape_str(target.shape)} "
                          f"differ in shape (at {user_location()})")
     return pred, target
+
+
+def _agree(a: tuple, b: tuple) -> bool:
+    """Whether two shapes that must be equal are: N meeting a static extent k agrees (the ops then
+    built on both fix N == k, batchdim.py)."""
+    try:
+        unify_shapes(a, b)
+    except ShapeError:
+        return False
+    return True
 
 
 def _per_sample(values: Node) -> Node:
@@ -341,13 +352,13 @@ def _weigh(values: Node, sample_weight: Any, name: str) -> Node:
     w = sample_weight if isinstance(sample_weight, Node) else \
         ops.constant(np.asarray(sample_weight), graph=values.graph)
     w = ops.cast(w, values.dtype)
-    if w.ndim == 1 and values.ndim > 1 and w.shape[0] == values.shape[0]:
+    if w.ndim == 1 and values.ndim > 1 and _agree(w.shape, values.shape[:1]):
         w = ops.reshape(w, w.shape + (1,) * (values.ndim - 1))
     try:
         shape = broadcast_shapes(values.shape, w.shape)
     except ShapeError:
         shape = None
-    if shape != values.shape:
+    if shape is None or not _agree(shape, values.shape):
         raise ShapeError(f"{name}: sample_weight {shape_str(w.shape)} does not broadcast to the loss values "
                          f"{shape_str(values.shape)} (give one weight per sample, shape (N,)) (at {user_location()})")
     return values * w

@@ -351,8 +351,8 @@ def test_sample_weight_on_cross_entropies_matches_torch():
 
 def test_a_sample_weight_that_does_not_fit_names_the_loss():
     p = gn.placeholder("p", (None, 3))
-    with pytest.raises(gn.ShapeError, match=r"huber: sample_weight \(4,\) does not broadcast"):
-        gn.losses.huber(p, gn.zeros_like(p), sample_weight=np.ones(4))
+    with pytest.raises(gn.ShapeError, match=r"huber: sample_weight \(4, 2\) does not broadcast"):
+        gn.losses.huber(p, gn.zeros_like(p), sample_weight=np.ones((4, 2)))  # ((4,) fixes N = 4: TF1's rule)
     with pytest.raises(gn.ShapeError, match="sample_weight"):  # a weight must not enlarge the loss
         gn.losses.mae(p, gn.zeros_like(p), sample_weight=gn.placeholder("w", (2, None, 3)))
 

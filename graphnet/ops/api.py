@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..batchdim import unify_shapes
 from ..errors import ShapeError
 from ..graph import Node, shape_str
 from ..source import user_location
@@ -429,8 +430,12 @@ def stack(xs: Sequence[Any], axis: int = 0) -> Node:
     """numpy.stack: join tensors of one shape along a new axis."""
     xs = _tensors("stack", xs)
     axis = _join_axis("stack", xs, axis, xs[0].ndim + 1)
-    if any(x.shape != xs[0].shape for x in xs):
-        raise _where_error("stack", "needs tensors of one shape, got " + " and ".join(shape_str(x.shape) for x in xs))
+    try:  # N meeting a static extent k agrees: the concat below fixes N == k
+        for x in xs[1:]:
+            unify_shapes(xs[0].shape, x.shape)
+    except ShapeError:
+        shapes = " and ".join(shape_str(x.shape) for x in xs)
+        raise _where_error("stack", f"needs tensors of one shape, got {shapes}") from None
     return concat([reshape(x, x.shape[:axis] + (1,) + x.shape[axis:]) for x in xs], axis)
 
 

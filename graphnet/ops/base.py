@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..batchdim import fix_batch
 from ..errors import ShapeError
 from ..graph import Constant, Graph, Node, get_default_graph, shape_str
 from ..source import user_location
@@ -115,12 +116,16 @@ def apply(op_name: str, inputs: Sequence[Any], **attrs: Any) -> Node:
 
 
 def broadcast_shapes(*shapes: tuple) -> tuple:
-    """numpy broadcasting where None (the batch size) matches None or 1 only."""
+    """numpy broadcasting, where None (the batch size N) meeting a static extent k > 1 gives k and
+    fixes N == k (batchdim.py); 1 broadcasts against N as against any extent."""
     ndim = max(len(s) for s in shapes)
     out = []
     for axis in range(ndim):
         dims = [s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0]
         known = {d for d in dims if d != 1}
+        if len(known) == 2 and None in known:
+            (static,) = known - {None}
+            known = {fix_batch(static)}
         if len(known) > 1:
             raise ShapeError("cannot broadcast shapes " + " and ".join(shape_str(s) for s in shapes))
         out.append(known.pop() if known else 1)

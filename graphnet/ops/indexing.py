@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import api as ops
+from ..batchdim import unify_shapes
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import Example, Op, register, same_dtype
@@ -233,12 +234,17 @@ class Concat(Op):
         shapes = " and ".join(shape_str(x.shape) for x in inputs)
         if not 0 <= axis < len(first):
             raise ShapeError(f"axis {axis} is out of range for {shapes}")
-        rest = [x.shape[:axis] + x.shape[axis + 1:] for x in inputs]
-        if any(x.ndim != len(first) for x in inputs) or any(r != rest[0] for r in rest):
+        if any(x.ndim != len(first) for x in inputs):
             raise ShapeError(f"cannot concatenate {shapes} along axis {axis}: the other axes differ")
         if any(x.shape[axis] is None for x in inputs):
             raise ShapeError(f"cannot concatenate {shapes} along axis {axis}: it is the batch axis")
-        return first[:axis] + (sum(x.shape[axis] for x in inputs),) + first[axis + 1:], dtype
+        rest = first[:axis] + first[axis + 1:]
+        try:  # the other axes agree, N meeting a static extent k fixing N == k
+            for x in inputs[1:]:
+                rest = unify_shapes(rest, x.shape[:axis] + x.shape[axis + 1:])
+        except ShapeError:
+            raise ShapeError(f"cannot concatenate {shapes} along axis {axis}: the other axes differ") from None
+        return rest[:axis] + (sum(x.shape[axis] for x in inputs),) + rest[axis:], dtype
 
     def numpy(self, *xs, axis):
         return np.concatenate(xs, axis)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import api as ops
+from ..batchdim import unify_extents
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import Example, Op, broadcast_shapes, register, require_float, same_dtype
 
 
 def _check_operands(a, b) -> None:
-    if a.shape[-1] != b.shape[-2]:
-        raise ShapeError(f"inner dimensions differ: {shape_str(a.shape)} @ {shape_str(b.shape)}")
+    """The inner dimensions agree (N meeting a static K fixes N == K) and the operands are float."""
+    try:
+        unify_extents(a.shape[-1], b.shape[-2])
+    except ShapeError:
+        raise ShapeError(f"inner dimensions differ: {shape_str(a.shape)} @ {shape_str(b.shape)}") from None
     require_float(a, "matmul operand")
 
 

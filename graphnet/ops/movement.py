@@ -7,6 +7,7 @@ import numpy as np
 
 from . import api as ops
 from ..errors import ShapeError
+from ..batchdim import fix_batch
 from ..graph import shape_str
 from .base import Example, Op, broadcast_shapes, register
 
@@ -35,7 +36,8 @@ class Transpose(Movement):
 
 def resolve_reshape(old: tuple, new: tuple) -> tuple:
     """Resolve -1 in `new` and check that element counts agree. A shape holds static * N**k elements
-    (k: its None axes), so both the static product and k must match; -1 takes whichever is left."""
+    (k: its None axes), so both the static product and k must match; -1 takes whichever is left.
+    Without -1, a reshape between a shape holding N once and a static one fixes N (batchdim.py)."""
     new = tuple(None if d is None else int(d) for d in new)
     if sum(d == -1 for d in new) > 1 or any(d is not None and d < -1 for d in new):
         raise ShapeError(f"invalid target shape {new}")
@@ -49,9 +51,22 @@ def resolve_reshape(old: tuple, new: tuple) -> tuple:
         else:
             fill = static_old // rest
         new = tuple(fill if d == -1 else d for d in new)
-    if sum(d is None for d in new) != batch_old or math.prod(d for d in new if d is not None) != static_old:
-        raise ShapeError(f"cannot reshape {shape_str(old)} to {shape_str(new)}")
-    return new
+    static_new, batch_new = math.prod(d for d in new if d is not None), sum(d is None for d in new)
+    if (batch_new, static_new) == (batch_old, static_old) or _fixes_batch(static_old, batch_old, static_new, batch_new):
+        return new
+    raise ShapeError(f"cannot reshape {shape_str(old)} to {shape_str(new)}")
+
+
+def _fixes_batch(static_old: int, batch_old: int, static_new: int, batch_new: int) -> bool:
+    """Whether N * one static product == the other, N >= 1, where only one side holds N (once); if so
+    N is fixed to that quotient."""
+    if {batch_old, batch_new} != {0, 1}:
+        return False
+    per_row, total = (static_old, static_new) if batch_old else (static_new, static_old)
+    if per_row == 0 or total % per_row or total < per_row:
+        return False
+    fix_batch(total // per_row)
+    return True
 
 
 @register
