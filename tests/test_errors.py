@@ -55,8 +55,8 @@ def _transpose_perm(x):
     return gn.transpose(x, (0, 0))
 
 
-def _matmul_rank(x):
-    return gn.matmul(x, gn.placeholder("v", (3,)))
+def _matmul_rank(x):  # numpy's matmul takes 1-D and N-D operands, never a scalar
+    return gn.matmul(x, gn.placeholder("v", ()))
 
 
 def _float_op_on_int(x):
@@ -81,7 +81,7 @@ BUILD_ERRORS = [
     (_mean_axis, "mean", ["axis -3", "(N, 3)"]),
     (_softmax_axis, "softmax", ["axis 5", "(N, 3)"]),
     (_transpose_perm, "transpose", ["(0, 0)", "(N, 3)"]),
-    (_matmul_rank, "matmul", ["(N, 3)", "(3,)"]),
+    (_matmul_rank, "matmul", ["(N, 3)", "()"]),
     (_float_op_on_int, "exp", ["int32"]),
     (_where_condition, "where", ["bool", "float32"]),
     (_update_shape, "update of v", ["(N, 3)", "(3,)"]),
