@@ -11,6 +11,8 @@ trains the same values.
 """
 from __future__ import annotations
 
+import re
+
 import contextlib
 import contextvars
 import inspect
@@ -118,7 +120,10 @@ class Layer:
 
     @property
     def kind(self) -> str:
-        return type(self).__name__.lower()
+        """The default name's stem: the class name in snake case, as Keras's (MaxPooling2D ->
+        max_pooling2d, BatchNormalization -> batch_normalization)."""
+        words = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", type(self).__name__)
+        return re.sub(r"([a-z])([A-Z])", r"\1_\2", words).lower()
 
     # ---- calls ---------------------------------------------------------------------------
     def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:

@@ -132,3 +132,14 @@ def test_a_flat_input_to_conv2d_says_it_expects_images():
 def test_kernel_larger_than_the_input_is_refused_at_the_call():
     with pytest.raises(ValueError, match="larger than the input"):
         L.Conv2D(4, 5)(L.Input(shape=(4, 4, 1)))
+
+
+def test_unnamed_layers_get_keras_default_names():
+    from graphnet.layers import Dense, Flatten, Input
+    from graphnet.conv_layers import BatchNormalization, Conv2D, GlobalAveragePooling2D, MaxPooling2D
+    inputs = Input((8, 8, 1))
+    x = MaxPooling2D()(BatchNormalization()(Conv2D(4, 3)(inputs)))
+    outputs = Dense(2)(Flatten()(GlobalAveragePooling2D(keepdims=True)(x)))
+    names = [layer.name for layer in gn.Model(inputs, outputs).layers[1:]]
+    assert names == ["conv2d", "batch_normalization", "max_pooling2d", "global_average_pooling2d", "flatten",
+                     "dense"]
