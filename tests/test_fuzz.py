@@ -229,3 +229,13 @@ def test_jitter_moves_comparisons_only_where_the_operands_tie_within_rounding():
     ties, apart = [r["call0/out0"] for r in runs], [r["call0/out1"] for r in runs]
     assert all((t != ties[0]).any() for t in ties[1:])  # exp(log(exp x)) <= exp x: rounding decides
     assert all((a == apart[0]).all() for a in apart)  # x > exp(x) is never close: unchanged
+
+
+def test_a_graph_that_fixes_the_batch_is_fed_that_batch():
+    """TF1's rule (a static extent meeting N fixes it): any other batch is an error by design, so the
+    generator feeds the fixed one (found as run errors on the first fuzz run after the rule landed)."""
+    spec = Spec("f", "float32", [Leaf("variable", (16, 10)), Leaf("placeholder", (None, 10))],
+                [OpNode("subtract", (0, 1))], [2], batches=[3, 5])
+    generate._feed_the_fixed_batch(spec)
+    assert spec.batches == [16, 16]
+    assert oracle.check(spec, use_torch=False).failures == []

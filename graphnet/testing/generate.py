@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import graphnet as gn
+from graphnet.batchdim import fixed_batch
 from graphnet.ops import REGISTRY
 from graphnet.ops.base import Example
 
@@ -378,6 +379,10 @@ def _validate(st: _State, entry: Entry, inputs: list, attrs: dict) -> gn.Node | 
         return None
     if None in node.shape and not any(None in n.shape for n in nodes):
         return None  # a batch axis from nowhere: no placeholder would set its size (a ValueError by design)
+    try:  # a shape rule may fix N (a static extent met it): one graph cannot fix it to two sizes
+        fixed_batch([v.node for v in st.values] + [node])
+    except gn.ShapeError:
+        return None
     shapes = [node.shape] + [n.shape for n in nodes]
     limit = st.profile.large_elements if st.large else st.profile.max_elements
     if any(len(s) > st.profile.max_rank or math.prod(concrete(s, st.profile.max_batch)) > limit for s in shapes):
@@ -520,10 +525,25 @@ def _choose_mode(st: _State, spec: Spec) -> None:
         spec.batches = steps if rng.random() < 0.7 else steps[::-1]
     else:
         spec.batches = [int(rng.integers(1, profile.max_batch + 1)) for _ in range(int(rng.integers(1, 4)))]
+    _feed_the_fixed_batch(spec)
     if rng.random() < profile.special_p:
         for leaf in spec.leaves:
             if leaf.kind == "placeholder" and leaf.dtype in ("float", "other"):
                 leaf.special = float(np.round(rng.uniform(0.05, 0.25), 3))
+
+
+def _feed_the_fixed_batch(spec: Spec) -> None:
+    """Where a shape rule fixed N (TF1's rule: a static extent met the batch), every call feeds that
+    batch (another one is an error by design); a loss or gradient fixing it to a second size makes
+    the spec forward-only."""
+    from .spec import build
+    try:
+        fixed = fixed_batch(build(spec).graph.nodes)
+    except gn.ShapeError:
+        spec.mode, spec.optimizer = "forward", None
+        fixed = fixed_batch(build(spec).graph.nodes)
+    if fixed is not None:
+        spec.batches = [fixed.size] * len(spec.batches)
 
 
 def _dtype_of(spec: Spec, ref: int) -> np.dtype:
