@@ -17,6 +17,7 @@ import numpy as np
 
 import graphnet as gn
 from graphnet.batchdim import fixed_batch
+from graphnet.graph import ancestors
 from graphnet.ops import REGISTRY
 from graphnet.ops.base import Example
 
@@ -380,7 +381,7 @@ def _validate(st: _State, entry: Entry, inputs: list, attrs: dict) -> gn.Node | 
     if None in node.shape and not any(None in n.shape for n in nodes):
         return None  # a batch axis from nowhere: no placeholder would set its size (a ValueError by design)
     try:  # a shape rule may fix N (a static extent met it): one graph cannot fix it to two sizes
-        fixed_batch([v.node for v in st.values] + [node])
+        fixed_batch(ancestors([v.node for v in st.values] + [node]))  # a composite fixes it inside
     except gn.ShapeError:
         return None
     shapes = [node.shape] + [n.shape for n in nodes]
@@ -534,12 +535,12 @@ def _choose_mode(st: _State, spec: Spec) -> None:
 
 def _feed_the_fixed_batch(spec: Spec) -> None:
     """Where a shape rule fixed N (TF1's rule: a static extent met the batch), every call feeds that
-    batch (another one is an error by design); a loss or gradient fixing it to a second size makes
-    the spec forward-only."""
+    batch (another one is an error by design). A loss or gradient fixing it to a second size, or a
+    gradient that does not exist (through max pooling's gradient), makes the spec forward-only."""
     from .spec import build
     try:
         fixed = fixed_batch(build(spec).graph.nodes)
-    except gn.ShapeError:
+    except (gn.ShapeError, gn.NotDifferentiableError):
         spec.mode, spec.optimizer = "forward", None
         fixed = fixed_batch(build(spec).graph.nodes)
     if fixed is not None:
