@@ -13,7 +13,8 @@ from codegen.llvm import parallel
 from codegen.llvm.gemm import GemmSpec
 from codegen.llvm.gemm_schedule import loop_passes as llvm_loop_passes
 from codegen.llvm.render import Renderer
-from codegen.llvm.schedule import PARALLEL_MIN_FAST, PARALLEL_MIN_SLOW, SUM_BLOCK_SCALAR, UNROLL_MAX, schedule_llvm
+from codegen.llvm.schedule import (PARALLEL_MIN_FAST, PARALLEL_MIN_SLOW, SUM_BLOCK_SCALAR, UNROLL_COPIES_MAX, UNROLL_MAX,
+                                   schedule_llvm)
 from codegen.llvm.target import AVX2
 from codegen.loop_passes import LOOP_PASSES
 from codegen.loopir import LoopProgram
@@ -72,6 +73,14 @@ def test_one_thread_schedules_every_kernel_on_it():
 def test_small_static_kernel_is_unrolled_and_not_split():
     x = gn.variable("x", np.ones((UNROLL_MAX - 1, UNROLL_MAX), np.float32))
     assert _scheduled_llvm([gn.exp(x)]) == ["one thread, unroll v0,v1"]
+
+
+def test_a_nest_of_short_loops_unrolls_innermost_first_up_to_a_few_copies_of_its_body():
+    """Found by the fuzzer: a max-pool gradient over (4, 4, 4, 4, 3, 3) was written out 2,304 times
+    (8 s of LLVM IR emission)."""
+    x = gn.variable("x", np.ones((4, 4, 4, 4, 3, 3), np.float32))
+    (schedule,) = _scheduled_llvm([gn.exp(x)], threads=1)
+    assert schedule == "one thread, unroll v4,v5" and 3 * 3 <= UNROLL_COPIES_MAX < 4 * 3 * 3
 
 
 def test_large_static_kernel_is_split_and_its_short_inner_loop_unrolled():

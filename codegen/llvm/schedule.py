@@ -3,7 +3,8 @@
 `schedule_llvm(threads, target)` is the LLVM backend's last loop pass (after `use_gemm_routines`
 chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel.schedule` to an
 `LLVMSchedule`, which render.py follows without deciding anything itself:
-- unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value;
+- unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value
+  (innermost first, while the body's copies stay within UNROLL_COPIES_MAX);
 - threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
   loop over the thread pool unless that loop is unrolled or serial (an accumulating store's index
   axes, `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the
@@ -38,6 +39,8 @@ from ..loop_passes import LoopPass
 from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk_unique
 
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
+UNROLL_COPIES_MAX = 16  # ...innermost first, while the copies of the body they make stay this few (nests of
+#                         short loops, as a 3x3 window over 4x4 positions, would otherwise emit thousands)
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
 SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
@@ -121,7 +124,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         looped = gemm.epilogue
     else:
         gemm, looped = None, tuple(k.order)
-    unroll = tuple(sorted(v for v in looped if k.domain[v] is not None and k.domain[v] <= UNROLL_MAX))
+    unroll = _unrolled(looped, k.domain)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
     if gemm is not None and gemm.by_columns and not gemm.routine[4]:
@@ -132,6 +135,18 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
                         **common)
+
+
+def _unrolled(looped: tuple, domain: tuple) -> tuple:
+    """The loops written out: static ones of at most UNROLL_MAX iterations, innermost first, while the
+    product of their extents (the copies of the loop body) stays within UNROLL_COPIES_MAX."""
+    chosen, copies = [], 1
+    for v in reversed(looped):
+        n = domain[v]
+        if n is not None and n <= UNROLL_MAX and copies * max(n, 1) <= UNROLL_COPIES_MAX:
+            chosen.append(v)
+            copies *= max(n, 1)
+    return tuple(sorted(chosen))
 
 
 def _sum_block(k: Kernel, scalar: bool) -> tuple:
