@@ -44,7 +44,7 @@ def test_conv_kernels_above_the_threshold_are_implicit_gemms_and_small_ones_dire
     assert all(") by rows" in s for s in gemms)
     # columns: 32 output channels (forward, filter gradient) in 8-lane AVX2 vectors, 3 input channels
     assert sorted(s.split("packing, ")[1][0] for s in gemms) == ["1", "2", "2"]
-    assert sum("parallel over v0" in s for s in gemms) == 2  # epilogues over (n, ...); a filter's v0 unrolls
+    assert sum("parallel over v0" in s for s in gemms) == 3  # epilogues over (n, ...) and the filter's (kh, ...)
     with gn.Graph():
         small = _scheduled_llvm(_conv_step((2, 6, 6, 1), (2, 2, 1, 2), {}, np.float32), threads=1, target=AVX2)
     assert not any("gemm" in s for s in small)  # 2*2*1*2 multiply-adds per position: the direct loop

@@ -144,15 +144,22 @@ def emit_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, 
     w = target.lanes(spec.dtype)
     if blk.nr % w or blk.mc % blk.mr or blk.nc % blk.nr or (spec.trans_a and not blk.pack_a):
         raise ValueError(f"blocking {blk} does not fit vector width {w}")
-    names = ["M", "N", "K", "A", "B", "C", "workspace"] + (["n_begin", "n_end"] if columns else [])
-    params = [_I64] * 3 + [_PTR] * 4 + [_I64] * (len(names) - 7)
+    fn = declare_routine(module, name, ["A", "B", "C", "workspace"], ["n_begin", "n_end"] if columns else [])
+    _GemmEmitter(fn, spec, target, blk, columns).emit()
+    return fn
+
+
+def declare_routine(module: ir.Module, name: str, pointers: list[str], bounds: list[str]) -> ir.Function:
+    """`void name(i64 M, i64 N, i64 K, T* pointers..., i64 bounds...)`, the pointers noalias: the
+    signature every GEMM routine shares (`bounds`: one thread's share of C, when split)."""
+    names = ["M", "N", "K"] + pointers + bounds
+    params = [_I64] * 3 + [_PTR] * len(pointers) + [_I64] * len(bounds)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
     for arg, arg_name in zip(fn.args, names):
         arg.name = arg_name
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
     fn.attributes.add("nounwind")
-    _GemmEmitter(fn, spec, target, blk, columns).emit()
     return fn
 
 

@@ -22,7 +22,7 @@ from llvmlite import ir
 
 from ..loopir import Kernel, Load, Op
 from ..window import Window, guarded_axes, row_strides
-from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _PTR, _I64
+from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _PTR, _I64, declare_routine
 from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime
 from .target import TargetInfo
 
@@ -128,14 +128,7 @@ def emit_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetI
                    rows: bool = False) -> ir.Function:
     """`void name(i64 M, i64 N, i64 K, T* image, T* B, T* C, T* workspace, i64* descriptor)`; with
     `rows`, two more arguments restrict it to C's rows [begin, end) (one thread's share)."""
-    names = ["M", "N", "K", "A", "B", "C", "workspace", "geometry"] + (["m_begin", "m_end"] if rows else [])
-    params = [_I64] * 3 + [_PTR] * 5 + [_I64] * (len(names) - 8)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
-    for arg, arg_name in zip(fn.args, names):
-        arg.name = arg_name
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    fn.attributes.add("nounwind")
+    fn = declare_routine(module, name, ["A", "B", "C", "workspace", "geometry"], ["m_begin", "m_end"] if rows else [])
     _GatherEmitter(fn, spec, target, blocking(spec, target), rows).emit()  # `columns` there: rows here
     return fn
 
