@@ -49,11 +49,12 @@ def _ops() -> dict[str, Callable]:
              "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
              "softplus": lambda x: torch.logaddexp(torch.zeros_like(x), x), "stop_gradient": lambda x: x.detach(),
              "selu": F.selu, "silu": F.silu, "log1p": torch.log1p, "square": torch.square, "rsqrt": torch.rsqrt,
-             "hard_sigmoid": lambda x: torch.clamp(x / 6 + 0.5, 0, 1)}  # F.hardsigmoid's gradient: float32's 1/6
+             "hard_sigmoid": lambda x: torch.clamp(x / 6 + 0.5, 0, 1),  # F.hardsigmoid's gradient: float32's 1/6
+             "expm1": torch.expm1, "erf": torch.erf, "floor": torch.floor, "ceil": torch.ceil, "round": torch.round}
     binary = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
               "power": torch.pow, "maximum": torch.maximum, "minimum": torch.minimum, "less": torch.lt,
               "less_equal": torch.le, "greater": torch.gt, "greater_equal": torch.ge, "equal": torch.eq,
-              "not_equal": torch.ne, "matmul": torch.matmul}
+              "not_equal": torch.ne, "matmul": torch.matmul, "batch_matmul": torch.matmul, "mod": torch.remainder}
     table: dict[str, Callable] = {k: (lambda f: lambda x, out: f(x))(f) for k, f in unary.items()}
     table.update({k: (lambda f: lambda a, b, out: f(a, b))(f) for k, f in binary.items()})
     table.update({
@@ -73,6 +74,10 @@ def _ops() -> dict[str, Callable]:
         "max": reduce(torch.amax),
         "min": reduce(torch.amin),
         "prod": prod,
+        "cumsum": lambda x, axis, reverse, out: (torch.cumsum(x.flip(axis), axis).flip(axis) if reverse
+                                                 else torch.cumsum(x, axis)),
+        "flip": lambda x, axes, out: x.flip(tuple(axes)) if axes else x,
+        "concat": lambda *xs, axis, out: torch.cat(xs, axis),
         "dropout": lambda x, step, rate, seed, out: x,  # outside training (train mode is unsupported)
         "api:mean": mean,
         "api:mse": lambda p, t, out: torch.mean((p - t) ** 2),
