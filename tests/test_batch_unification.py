@@ -227,3 +227,14 @@ def test_matmul_inner_dimension_concat_and_reshape_unify(backend):
     np.testing.assert_allclose(got[3], 2 * av.T @ (av @ xv) + 2 * xv + 1, rtol=1e-10)
     with pytest.raises(ValueError, match=r"feed 'x': batch size 5.*6"):
         gn.compile(inner, backend=backend)(x=xv[:5])
+
+
+def test_a_composite_that_fixes_the_batch_keeps_its_shape_when_expanded():
+    """Fuzz finding 0:1473: concat of (N, 1) and (1, 1) fixes N = 1, but its expansion (a sum of pads)
+    broadcast back to (N, 3) and the pipeline's verifier refused the changed output."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 1))
+        out = gn.concat([x, gn.constant(np.ones((1, 1), np.float32)), gn.constant(np.zeros((1, 1), np.float32))], 1)
+        for backend in ("numpy", "llvm"):
+            got = gn.compile([out], backend=backend)(x=np.full((1, 1), 2.0, np.float32))[0]
+            np.testing.assert_array_equal(got, [[2.0, 1.0, 0.0]])

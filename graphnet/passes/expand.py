@@ -1,6 +1,7 @@
 """Composite expansion: softmax, log_softmax, one_hot... become their primitive graph ops."""
 from __future__ import annotations
 
+from .. import ops
 from ..graph import Node
 from ..program import Program
 
@@ -11,5 +12,9 @@ def expand_composites(prog: Program) -> Program:
         if node.op.kind != "composite":
             return None
         graph = inputs[0].graph
-        return node.op.expand(graph.apply(node.op, inputs, node.attrs, source=node.source))
+        new = graph.apply(node.op, inputs, node.attrs, source=node.source)
+        out = node.op.expand(new)
+        if out.shape != new.shape:  # a batch the composite fixed (TF1's rule) that its primitives broadcast
+            out = ops.reshape(out, new.shape)
+        return out
     return prog.rebuild(rule)
