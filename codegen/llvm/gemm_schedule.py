@@ -18,7 +18,7 @@ import numpy as np
 
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
-from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Op, Var
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Var
 from . import igemm
 from .jit import host_target
 from .parallel import load_runtime, num_threads
