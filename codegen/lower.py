@@ -53,7 +53,8 @@ class NotFusable(Exception):
 
 
 # ---- coordinates ----------------------------------------------------------------------------
-# A form is a node's coordinate on one axis: None (0), a loop var, a Lin of one, or an int64 Expr.
+# A form is a node's coordinate on one axis: None (0), a loop var, a Lin of one, a composite ((var,
+# multiplier), ...) (codegen/lower_conv.py), or an int64 Expr.
 def _affine_form(form) -> bool:
     return not isinstance(form, Expr)
 
@@ -66,6 +67,12 @@ def _coordinate(form) -> Expr:
     """A form as an int64 expression."""
     if isinstance(form, Expr):
         return form
+    if isinstance(form, tuple):  # a composite: the sum of var * multiplier
+        terms = [Var(v) if m == 1 else S.mul(Var(v), m) for v, m in form]
+        total = terms[0]
+        for t in terms[1:]:
+            total = S.add(total, t)
+        return total
     lin = as_lin(form)
     terms = [Var(lin.var) if lin.scale == 1 else S.mul(Var(lin.var), lin.scale)] if lin.var is not None else []
     terms += [S.mul(Size(I64), lin.offset_n)] if lin.offset_n else []
@@ -78,6 +85,8 @@ def _coordinate(form) -> Expr:
 
 def _shift(form, scale: int, offset: int, offset_n: int = 0):
     """The coordinate scale * form + offset + offset_n * N."""
+    if isinstance(form, tuple):  # a composite (grouped channels) is shifted as an index expression
+        form = _coordinate(form)
     if isinstance(form, Expr):
         shifted = S.add(S.mul(form, scale), offset)
         return S.add(shifted, S.mul(Size(I64), offset_n)) if offset_n else shifted

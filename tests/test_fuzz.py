@@ -248,3 +248,30 @@ def test_a_float32_loss_over_many_elements_matches_numpy_on_llvm():
     """Fuzz finding 0:7557: a float32 mean over 24,576 elements was 3.2e-4 relative off on LLVM (the sum
     accumulated sequentially); sums now run in blocks with a float64 total."""
     assert oracle.check(Spec.from_json(FINDING_7557), use_torch=False).failures == []
+
+
+# A strided transposed convolution reads zeros wherever a stride or the padding skips dy; with an infinite
+# weight those terms are NaN. The numpy reference returned -inf / a finite value there (it skipped them).
+FINDING_6041 = '{"id": "0:6041", "dtype": "float32", "leaves": [{"kind": "placeholder", "shape": [null, 6, 2, 2], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [3, 3, 1, 6], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.087}], "nodes": [{"op": "conv2d_input_grad", "inputs": [0, 1], "attrs": {"input_size": [4, 3], "strides": [2, 2], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 3, "data_format": "NCHW"}}], "outputs": [2], "mode": "forward", "loss": "sum", "optimizer": null, "batches": [1], "data_seed": 1949276921, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+FINDING_1793 = '{"id": "0:1793", "dtype": "float64", "leaves": [{"kind": "placeholder", "shape": [null, 2, 2, 2], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [2, 2, 2, 2], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.25}], "nodes": [{"op": "conv2d", "inputs": [0, 1], "attrs": {"strides": [2, 1], "padding": [[0, 1], [2, 1]], "dilations": [1, 2], "groups": 1, "data_format": "NHWC"}}], "outputs": [2], "mode": "grad", "loss": "sum", "optimizer": null, "batches": [1], "data_seed": 1475160481, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+# A grouped convolution's channel coordinate (group var, channel var) met a flip or a slice: TypeError.
+FINDING_2872 = '{"id": "0:2872", "dtype": "float32", "leaves": [{"kind": "placeholder", "shape": [null, 3, 1, 1], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [3, 3, 1, 6], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "conv2d", "inputs": [0, 1], "attrs": {"strides": [2, 2], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 3, "data_format": "NCHW"}}, {"op": "flip", "inputs": [2], "attrs": {"axes": [1]}}], "outputs": [3], "mode": "forward", "loss": "weighted", "optimizer": null, "batches": [1], "data_seed": 764029490, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+FINDING_9568 = '{"id": "0:9568", "dtype": "float32", "leaves": [{"kind": "placeholder", "shape": [null, 3, 1, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [3, 3, 1, 6], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "conv2d", "inputs": [0, 1], "attrs": {"strides": [2, 2], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 3, "data_format": "NCHW"}}, {"op": "flip", "inputs": [1], "attrs": {"axes": [0, 1, 3]}}], "outputs": [2, 3], "mode": "grad", "loss": "weighted", "optimizer": null, "batches": [1], "data_seed": 2027735716, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+
+
+@pytest.mark.parametrize("finding", [FINDING_6041, FINDING_1793, FINDING_2872, FINDING_9568],
+                         ids=["0:6041", "0:1793", "0:2872", "0:9568"])
+def test_conv_findings_of_the_10000_graph_run_replay_clean(finding):
+    """Fuzz findings 0:6041, 0:1793 (and 0:5620, 0:7278, 0:3590 alike): conv2d_input_grad with an infinite weight,
+    NaN on LLVM/OpenCL where the numpy reference skipped the zero terms: the reference is now XLA's transposed
+    convolution, zeros included. 0:2872, 0:9568: a grouped conv2d fused with flip failed to compile."""
+    assert oracle.check(Spec.from_json(finding), use_torch=False).failures == []
+
+
+# A concat of (N, 7), (1, 7), (N, 7) fixed the batch at 1; its gradient sliced the batch axis: ShapeError.
+FINDING_2232 = '{"id": "0:2232", "dtype": "float64", "leaves": [{"kind": "placeholder", "shape": [128, null, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null, 7], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null], "dtype": "int64", "low": -2.0, "high": 2.0, "bound": 4, "special": 0.0}, {"kind": "variable", "shape": [1, 7], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null, 7], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "leaky_relu", "inputs": [0], "attrs": {"alpha": 0.093}}, {"op": "api:softmax_ce", "inputs": [1, 2], "attrs": {}}, {"op": "concat", "inputs": [1, 3, 4], "attrs": {"axis": 1}}, {"op": "log_softmax", "inputs": [4], "attrs": {"axis": 1}}, {"op": "leaky_relu", "inputs": [7], "attrs": {"alpha": 0.353}}], "outputs": [5, 6, 8, 9], "mode": "train", "loss": "mean", "optimizer": {"name": "SGD", "kwargs": {"lr": 0.05, "momentum": 0.9, "nesterov": true, "dampening": 0.0, "weight_decay": 0.01}}, "batches": [1, 1, 1], "data_seed": 383102549, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+
+
+def test_a_gradient_through_a_concat_that_fixed_the_batch_compiles():
+    """Fuzz finding 0:2232 (fixed by expand_composites keeping a composite's shape, commit fe43036)."""
+    assert oracle.check(Spec.from_json(FINDING_2232), use_torch=False).failures == []

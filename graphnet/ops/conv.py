@@ -132,17 +132,29 @@ def conv2d_reference(x, w, strides, padding, dilations, groups, data_format) -> 
 
 
 def conv2d_input_grad_reference(dy, w, input_size, strides, padding, dilations, groups, data_format) -> np.ndarray:
+    """The transposed convolution as XLA defines it: dy spread out by the strides (zeros between), padded
+    with zeros and convolved with the flipped filter. Every (input position, filter tap) pair is a term,
+    a zero one included, so an infinite weight meeting a zero gives NaN there, as on the compiled backends
+    (whose kernels read a zero wherever a stride or the padding skips dy) and in XLA."""
     dy = _to_nhwc(dy, data_format)
     kh, kw, cig, cout = w.shape
     n, ho, wo, _ = dy.shape
-    dyg = dy.reshape(n, ho, wo, groups, cout // groups)
-    padded = (input_size[0] + sum(padding[0]), input_size[1] + sum(padding[1]))
+    dyg_shape = (n, input_size[0], input_size[1], groups, cout // groups)
 
-    def part(i, j):
-        wg = w[i, j].reshape(cig, groups, cout // groups)
-        return np.einsum("nhwgo,cgo->nhwgc", dyg, wg, optimize=True).reshape(n, ho, wo, cig * groups)
-    dx = _scatter_windows(part, (n, ho, wo, cig * groups), padded, (kh, kw), strides, dilations, padding, dy.dtype)
-    return _from_nhwc(dx, data_format)
+    def taps(size: int, pad: int, k: int, dilation: int, stride: int, out: int):
+        """dy's coordinate for each (input coordinate, tap), and whether dy has one there."""
+        at = np.arange(size)[:, None] + pad - dilation * np.arange(k)[None, :]
+        valid = (at % stride == 0) & (at >= 0) & (at // stride < out)
+        return np.where(valid, at // stride, 0), valid
+
+    rows, row_ok = taps(input_size[0], padding[0][0], kh, dilations[0], strides[0], ho)
+    cols, col_ok = taps(input_size[1], padding[1][0], kw, dilations[1], strides[1], wo)
+    dx = np.zeros((n, input_size[0], input_size[1], groups, cig), np.result_type(dy, w))
+    for i, j in np.ndindex(kh, kw):
+        ok = (row_ok[:, i, None] & col_ok[None, :, j])[None, :, :, None]
+        g = np.where(ok, dy[:, rows[:, i, None], cols[None, :, j], :], 0).reshape(dyg_shape)
+        dx += np.einsum("nhwgo,cgo->nhwgc", g, w[i, j].reshape(cig, groups, cout // groups), optimize=True)
+    return _from_nhwc(dx.reshape(n, input_size[0], input_size[1], cig * groups).astype(dy.dtype), data_format)
 
 
 def conv2d_filter_grad_reference(x, dy, kernel_size, strides, padding, dilations, groups, data_format) -> np.ndarray:
