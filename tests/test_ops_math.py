@@ -271,3 +271,20 @@ def test_a_long_column_sum_is_scheduled_in_blocks(tmp_path):
     fn.dump(str(tmp_path))
     text = (tmp_path / "loopir.txt").read_text()
     assert "in row b" in text and f"float32 sum in blocks of {SUM_BLOCK_SCALAR} v0 into a float64 total" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_argmax_keepdims_and_axis_none_follow_numpy(backend):
+    x = np.array([[1, 5, 5, 2], [np.nan, 1, np.nan, 9], [3, 3, -1, -1]], np.float32)
+    p, c = gn.placeholder("x", (None, 4)), gn.constant(x)
+    got = _run([gn.argmax(p, 1, keepdims=True), gn.argmin(p, 0, keepdims=True), gn.argmax(c, None),
+                gn.argmin(c, None, keepdims=True)], backend, x=x)
+    wants = [np.argmax(x, 1, keepdims=True), np.argmin(x, 0, keepdims=True), np.argmax(x), np.argmin(x, keepdims=True)]
+    for g, want in zip(got, wants):
+        assert g.dtype == np.int64 and g.shape == want.shape
+        np.testing.assert_array_equal(g, want)
+
+
+def test_argmax_over_no_axis_of_a_batched_tensor_is_refused():
+    with pytest.raises(gn.ShapeError, match="argmax: axis=None flattens"):
+        gn.argmax(gn.placeholder("x", (None, 3)), None)

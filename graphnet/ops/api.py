@@ -154,21 +154,31 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
     return _reduce("prod", x, axis, keepdims)
 
 
-def argmax(x: Any, axis: int = -1) -> Node:
+def argmax(x: Any, axis: int | None = -1, keepdims: bool = False) -> Node:
     """The int64 index of the first maximum along `axis` (the first NaN where a slice holds one), as
-    numpy's; there is no flattening default: the last axis. It has no gradient (differentiating
-    through it is an error)."""
-    return _arg_reduce("argmax", x, axis)
+    numpy's; the default axis is the last (axis=None: the index into the flattened tensor, for tensors
+    of static shape). With `keepdims` the reduced axis stays, of extent 1. It has no gradient
+    (differentiating through it is an error)."""
+    return _arg_reduce("argmax", x, axis, keepdims)
 
 
-def argmin(x: Any, axis: int = -1) -> Node:
-    """The int64 index of the first minimum along `axis` (the first NaN where a slice holds one)."""
-    return _arg_reduce("argmin", x, axis)
+def argmin(x: Any, axis: int | None = -1, keepdims: bool = False) -> Node:
+    """The int64 index of the first minimum along `axis` (the first NaN where a slice holds one); `axis`
+    and `keepdims` as argmax's."""
+    return _arg_reduce("argmin", x, axis, keepdims)
 
 
-def _arg_reduce(name: str, x: Any, axis: int) -> Node:
+def _arg_reduce(name: str, x: Any, axis: int | None, keepdims: bool) -> Node:
     (x,) = promote([x])
-    return apply(name, [x], axis=_axes(name, int(axis), x)[0])
+    if axis is None:
+        if None in x.shape:
+            raise ShapeError(f"{name}: axis=None flattens the tensor, and {shape_str(x.shape)} has a batch axis "
+                             f"(its length is known only at run time): give an axis (at {user_location()})")
+        flat = apply(name, [reshape(x, (int(np.prod(x.shape, dtype=np.int64)),))], axis=0)
+        return reshape(flat, (1,) * x.ndim) if keepdims else flat
+    a = _axes(name, int(axis), x)[0]
+    r = apply(name, [x], axis=a)
+    return reshape(r, x.shape[:a] + (1,) + x.shape[a + 1:]) if keepdims else r
 
 
 def cumsum(x: Any, axis: int = -1, reverse: bool = False) -> Node:
