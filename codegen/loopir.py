@@ -400,6 +400,8 @@ class Kernel:
     schedule: Any = None  # the backend's decisions for this kernel (its schedule pass sets them; the
     #                       renderer follows them): a frozen object whose str() is one line
     call: Optional[Collective] = None  # set: the kernel is this runtime call (no loops, no stores)
+    flops: Optional[tuple] = None  # (coef, nexp): the useful FLOPs coef * N**nexp of a convolution kernel
+    #                                (its domain also counts the taps a stride or the padding skips)
 
     def exprs(self) -> list[Expr]:
         """The kernel's expressions: the reduced value (if any), each store's value, then each computed

@@ -153,6 +153,7 @@ class _KernelBuild:
         self.accumulates: list[Store] = []  # stores at computed indices (scatter_add), after the members'
         self.accumulate_ops: list[str] = []  # their ops' names (the kernel's name)
         self.closed = False  # no later root may join this kernel
+        self.flops: tuple | None = None  # Kernel.flops
 
 
 class Lowering:
@@ -478,7 +479,7 @@ class Lowering:
         stores = [Store(m.buffer, affine(m.view, m.node.shape), m.value, m.node.name, m.node.source)
                   for m in kb.members.values()] + kb.accumulates
         names = [m.node.op.name for m in kb.members.values()] + kb.accumulate_ops or [kb.call.op]
-        return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce, call=kb.call)
+        return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce, call=kb.call, flops=kb.flops)
 
 
 def lower(prog: Program, fuse: bool = True, loop_passes: Sequence[LoopPass] | None = None

@@ -78,7 +78,19 @@ def _geometry_of(a: dict) -> tuple:
 def _sum(low, r: Node, domain: tuple, view: tuple, axes: tuple, value: Expr):
     kb = low._new_kernel(domain, view, r.shape)
     kb.reduce = Reduce("sum", axes, value(kb))
+    if r.op.name.startswith("conv2d"):
+        kb.flops = _conv_flops(r)
     return kb, Acc(r.dtype)
+
+
+def _conv_flops(r: Node) -> tuple[int, int]:
+    """A convolution kernel's useful FLOPs as Kernel.flops: 2 x (output elements of the forward conv)
+    x (filter taps per output channel) for the op and both its gradients (BENCHMARKS.md's count)."""
+    out = r.inputs[0] if r.op.name == "conv2d_input_grad" else r.inputs[1] if r.op.name == "conv2d_filter_grad" else r
+    w = r if r.op.name == "conv2d_filter_grad" else r.inputs[1]
+    kh, kw, cig, _ = w.shape
+    return 2 * kh * kw * cig * int(np.prod([d for d in out.shape if d is not None], dtype=np.int64)), \
+        out.shape.count(None)
 
 
 def _conv2d(low, r: Node):

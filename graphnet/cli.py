@@ -9,6 +9,7 @@ status 2 and one line saying what is wrong, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import os
@@ -44,6 +45,7 @@ def default_backend() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.convnets import NETS as CONV_NETS
     from .bench.peers import GRID
     from .function import BACKENDS
     parser = _Parser(prog="graphnet", description="graphnet: a compiler for neural-network training steps.")
@@ -72,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     prof = commands.add_parser("profile", help="time each native kernel of a grid model's training step",
                                description="Compile a benchmark-grid model's training step with the LLVM backend "
                                            "and print each kernel's median time inside the step, its share, "
-                                           "GFLOP/s for matrix products, and the source lines it computes. "
+                                           "GFLOP/s for matrix products and convolutions with their share of "
+                                           "the FMA peak, and the source lines it computes. "
                                            "From Python: step.profile(feeds).")
-    prof.add_argument("--config", choices=list(GRID), required=True, help="a benchmark-grid model")
+    prof.add_argument("--config", choices=list(GRID) + list(CONV_NETS), required=True,
+                      help="a benchmark-grid model (BENCHMARKS.md's dense and convolutional configurations)")
     prof.add_argument("--repeats", type=_positive, default=20, help="profiled steps (default: %(default)s)")
     prof.add_argument("--threads", type=_positive, help="native threads (default: GRAPHNET_NUM_THREADS or all)")
     prof.add_argument("--top", type=_positive, help="show only the slowest kernels")
@@ -164,12 +168,24 @@ def _profile(args: argparse.Namespace) -> int:
         raise UsageError("profiling needs the llvm backend (llvmlite is not installed)")
     if args.threads is not None:
         os.environ["GRAPHNET_NUM_THREADS"] = str(args.threads)
-    from .bench.grid import build_grid_model
-    from .bench.peers import GRID, grid_data
-    model = build_grid_model(args.config, backend="llvm")
-    result = model.step.profile(model.feeds(*grid_data(GRID[args.config])), repeats=args.repeats)
-    print(f"{GRID[args.config].label} training step, llvm backend, {model.step.executable.threads} thread(s)")
-    print(result.table(args.top))
+    from .bench.ceilings import FmaPeak
+    from .bench.convnets import NETS as CONV_NETS, data, graphnet_function, initial_weights
+    from .bench.peers import GRID
+    if args.config in CONV_NETS:
+        net = CONV_NETS[args.config]
+        step = graphnet_function(net, initial_weights(net))
+        x, y = data(net)
+        result, label = step.profile({"x": x, "y": y}, repeats=args.repeats), f"{net.name} (batch {net.batch})"
+    else:
+        from .bench.grid import build_grid_model
+        from .bench.peers import grid_data
+        model = build_grid_model(args.config, backend="llvm")
+        step, label = model.step, GRID[args.config].label
+        result = step.profile(model.feeds(*grid_data(GRID[args.config])), repeats=args.repeats)
+    threads = step.executable.threads
+    peak = max(FmaPeak.calibrated(threads).gflops() for _ in range(3))
+    print(f"{label} training step, llvm backend, {threads} thread(s); FMA peak {peak:.1f} GFLOP/s")
+    print(dataclasses.replace(result, peak=peak).table(args.top))
     return 0
 
 

@@ -64,4 +64,35 @@ def test_feeds_are_checked_and_other_backends_refused():
 def test_the_command_prints_the_table(capsys):
     assert main(["profile", "--config", "tiny", "--repeats", "2", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "tiny" in out and "| kernel | us |" in out and "| k0_" in out
+    assert "tiny" in out and "| kernel | us | share | GFLOP/s | of peak |" in out and "| k0_" in out
+
+
+def test_convolution_kernels_report_their_useful_flops():
+    """A conv kernel's GFLOP/s counts BENCHMARKS.md's 2 x output elements x taps for the forward op and
+    both gradients, not its domain (which, for the input gradient, also counts the taps that fall on
+    the padding)."""
+    n, (h, w, c), (k, f) = 4, (9, 9, 2), (3, 5)
+    with gn.Graph():
+        x = gn.placeholder("x", (None, h, w, c))
+        filters = gn.variable("w", np.random.default_rng(0).normal(size=(k, k, c, f)).astype(np.float32))
+        hidden = gn.variable("h", np.ones((1, 1, f, f), np.float32))
+        y = gn.conv2d(gn.conv2d(x, filters), hidden)  # the first conv's input gradient is not needed, the second's is
+        loss = gn.mean(y * y)
+        step = gn.compile(loss, updates=gn.optim.SGD(0.1).minimize(loss), backend="llvm")
+    prof = step.profile({"x": np.ones((n, h, w, c), np.float32)}, repeats=1)
+    ho = h - k + 1
+    useful = {"conv2d": [2 * n * ho * ho * k * k * c * f, 2 * n * ho * ho * f * f],
+              "conv2d_input_grad": [2 * n * ho * ho * f * f], "conv2d_filter_grad": [2 * n * ho * ho * k * k * c * f,
+                                                                                     2 * n * ho * ho * f * f]}
+    def op(name: str) -> str | None:
+        return next((o for o in ("conv2d_input_grad", "conv2d_filter_grad", "conv2d") if f"_{o}" in name), None)
+    for o, counts in useful.items():
+        assert sorted(t.flops for t in prof.kernels if op(t.name) == o) == sorted(counts), o
+
+
+def test_the_command_profiles_a_convolutional_net(capsys):
+    assert main(["profile", "--config", "lenet", "--repeats", "1", "--threads", "1", "--top", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "lenet (batch 64)" in out and "FMA peak" in out
+    rows = [line for line in out.splitlines() if re.match(r"\| k\d+_", line)]
+    assert len(rows) == 4 and any("conv2d" in r and re.search(r"\| \d+% \|", r) for r in rows)

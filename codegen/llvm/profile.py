@@ -6,8 +6,12 @@ it, with the caches they left (a kernel timed alone, repeatedly, is faster). Eac
 clock read (a one-element kernel takes tens of nanoseconds). The profiled steps train like ordinary
 calls; `Function.profile` puts every variable back afterwards, so profiling does not change the model.
 
-    prof = step.profile(feeds)      # Function.profile; or `graphnet profile --config medium`
+    prof = step.profile(feeds)      # Function.profile; or `graphnet profile --config medium|lenet|...`
     print(prof)                     # a table: kernel, median us, share, GFLOP/s, nodes and source lines
+
+GFLOP/s is shown for matrix products (2 M N K) and convolutions and their gradients (Kernel.flops: the
+useful count of BENCHMARKS.md, not the taps a stride or the padding skips); `graphnet profile` adds each
+one's share of the FMA peak measured on the step's threads.
 """
 from __future__ import annotations
 
@@ -43,17 +47,20 @@ class Profile:
     step: float
     batch: int
     repeats: int
+    peak: float | None = None  # the FMA peak in GFLOP/s on the step's threads: adds a "of peak" column
 
     def table(self, top: int | None = None) -> str:
         """A markdown table, kernels in execution order (`top`: only the slowest ones)."""
         shown = sorted(self.kernels, key=lambda k: -k.seconds)[:top] if top else self.kernels
         lines = [f"step: {self.step * 1e6:.1f} us median of {self.repeats} (batch {self.batch}), "
                  f"{len(self.kernels)} kernels" + (f", the {len(shown)} slowest:" if top else ":"),
-                 "", "| kernel | us | share | GFLOP/s | stores (created at) |", "|---|---|---|---|---|"]
+                 "", "| kernel | us | share | GFLOP/s |" + (" of peak |" if self.peak else "") + " stores (created at) |",
+                 "|---|---|---|---|" + ("---|" if self.peak else "") + "---|"]
         for k in shown:
             share = k.seconds / self.step if self.step > 0 else 0.0
             rate = f"{k.gflops:.1f}" if k.gflops is not None else ""
-            lines.append(f"| {k.name} | {k.seconds * 1e6:.2f} | {share:.1%} | {rate} | {', '.join(k.nodes)} "
+            of_peak = (f" {k.gflops / self.peak:.0%} |" if k.gflops is not None else " |") if self.peak else ""
+            lines.append(f"| {k.name} | {k.seconds * 1e6:.2f} | {share:.1%} | {rate} |{of_peak} {', '.join(k.nodes)} "
                          f"({', '.join(k.sources)}) |")
         return "\n".join(lines)
 
@@ -83,7 +90,11 @@ def profile_step(backend: Any, arrays: list[np.ndarray], batch: int, repeats: in
 
 
 def _flops(kernel: Any, batch: int) -> int | None:
-    """2 M N K of a kernel whose reduction is a matrix product (a None extent is the batch)."""
+    """A convolution kernel's useful FLOPs (Kernel.flops), or 2 M N K of a kernel whose reduction is a
+    matrix product (a None extent is the batch)."""
+    if kernel.flops is not None:
+        coef, nexp = kernel.flops
+        return coef * batch ** nexp
     red = kernel.reduce
     if red is None or red.contraction is None:
         return None
