@@ -1,5 +1,5 @@
 """Keras-style layers for images: Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D,
-GlobalAveragePooling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
+GlobalAveragePooling2D, UpSampling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
 
 Shapes, defaults and weight layouts are Keras's: images (batch, height, width, channels) unless
 `data_format="channels_first"`, kernels (KH, KW, Cin, Cout), a depthwise kernel (KH, KW, C,
@@ -216,6 +216,33 @@ class GlobalAveragePooling2D(Layer):
         return {"name": self.name, "data_format": self.data_format, "keepdims": self.keepdims}
 
 
+class UpSampling2D(Layer):
+    """Each pixel repeated `size` = (rows, cols) times (nearest neighbour, Keras's default; "bilinear"
+    is not supported)."""
+
+    def __init__(self, size: Any = (2, 2), data_format: str | None = None, interpolation: str = "nearest",
+                 name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        if interpolation != "nearest":
+            raise ValueError(f"UpSampling2D: interpolation must be 'nearest' (the only one graphnet has), "
+                             f"got {interpolation!r}")
+        self.size = _pair(size, "size", "UpSampling2D")
+        self.data_format = data_format or "channels_last"
+        self.fmt = _format(data_format, "UpSampling2D")
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        h, w, c = _image_input(shape, "UpSampling2D", self.fmt)
+        return image_shape(None, h * self.size[0], w * self.size[1], c, self.fmt)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        return ops.upsample2d(inputs[0], self.size, self.fmt)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "size": list(self.size), "data_format": self.data_format,
+                "interpolation": "nearest"}
+
+
 class ZeroPadding2D(Layer):
     """Zeros around each image: `padding` an int, (rows, cols) or ((top, bottom), (left, right))."""
 
@@ -296,6 +323,6 @@ class BatchNormalization(Layer):
                 "center": self.center, "scale": self.scale}
 
 
-for _layer in (Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, ZeroPadding2D,
-               BatchNormalization):
+for _layer in (Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D,
+               ZeroPadding2D, BatchNormalization):
     register(_layer)

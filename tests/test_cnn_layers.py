@@ -106,7 +106,7 @@ def test_config_round_trip_rebuilds_the_layers():
     layers = [L.Conv2D(4, (3, 2), strides=(2, 1), padding="same", dilation_rate=1, activation="relu"),
               L.DepthwiseConv2D(3, depth_multiplier=2), L.MaxPooling2D(3, strides=2, padding="same"),
               L.AveragePooling2D(2), L.GlobalAveragePooling2D(keepdims=True), L.ZeroPadding2D(((1, 0), (2, 1))),
-              L.BatchNormalization(momentum=0.9, epsilon=1e-5)]
+              L.BatchNormalization(momentum=0.9, epsilon=1e-5), L.UpSampling2D((2, 3), data_format="channels_first")]
     for layer in layers:
         clone = L.from_config(type(layer).__name__, layer.get_config())
         assert clone.get_config() == layer.get_config()
@@ -118,6 +118,8 @@ def test_config_round_trip_rebuilds_the_layers():
     (lambda: L.Conv2D(4, 3, padding="full"), "padding must be 'valid' or 'same'"),
     (lambda: L.MaxPooling2D(2, data_format="NHCW"), "data_format must be"),
     (lambda: L.BatchNormalization(momentum=1.5), "momentum must be in"),
+    (lambda: L.UpSampling2D(2, interpolation="bilinear"), "interpolation must be 'nearest'"),
+    (lambda: L.UpSampling2D(0), "size must be a positive integer"),
 ])
 def test_bad_arguments_are_value_errors(make, message):
     with pytest.raises(ValueError, match=message):
@@ -143,3 +145,20 @@ def test_unnamed_layers_get_keras_default_names():
     names = [layer.name for layer in gn.Model(inputs, outputs).layers[1:]]
     assert names == ["conv2d", "batch_normalization", "max_pooling2d", "global_average_pooling2d", "flatten",
                      "dense"]
+
+
+def test_upsampling2d_shape_and_values_in_a_model():
+    """A decoder-style block: Conv2D, UpSampling2D back to the input size, trained one step (the
+    gradient flows through the repeated pixels)."""
+    inputs = L.Input(shape=(4, 6, 2))
+    down = L.MaxPooling2D(2)(L.Conv2D(3, 3, padding="same", activation="relu")(inputs))
+    up = L.UpSampling2D((2, 2), name="up")(down)
+    model = gn.Model(inputs, up)
+    assert model.get_layer("up").output_shape == (None, 4, 6, 3)
+    x = np.random.default_rng(0).normal(size=(5, 4, 6, 2)).astype(np.float32)
+    pooled = gn.Model(inputs, down).predict(x, verbose=0)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), pooled.repeat(2, axis=1).repeat(2, axis=2))
+    model.compile("sgd", "mse")
+    before = model.get_weights()[0].copy()
+    model.fit(x, np.ones((5, 4, 6, 3), np.float32), epochs=1, verbose=0)
+    assert not np.array_equal(model.get_weights()[0], before)

@@ -11,7 +11,8 @@ from codegen.loop_passes import verify_loops
 from codegen.lower import lower
 from codegen.window import Coord, window
 from graphnet.program import Program
-from helpers import run
+from codegen.opencl import runtime
+from helpers import check_grad, run
 
 BACKENDS = ["numpy", "llvm"]
 
@@ -262,3 +263,38 @@ def test_a_second_derivative_through_max_pooling_is_a_clear_error():
         g = gn.gradients(gn.sum(gn.max_pool2d(x) ** 2), [x])[0]
         with pytest.raises(gn.NotDifferentiableError, match="max_pool2d"):
             gn.gradients(gn.sum(g), [x])
+
+
+# ---- upsampling ------------------------------------------------------------------------------
+def _with_opencl() -> list[str]:
+    try:
+        runtime.list_devices()
+        return BACKENDS + ["opencl"]
+    except RuntimeError:  # no OpenCL platform here: the other backends still run
+        return BACKENDS
+
+
+@pytest.mark.parametrize("backend", _with_opencl())
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_upsample2d_repeats_each_pixel(backend, fmt):
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    p = gn.placeholder("x", (None, 3, 4, 5))
+    (got,) = run([gn.upsample2d(p, (2, 3), fmt)], {"x": x}, backend)
+    h, w = (1, 2) if fmt == "NHWC" else (2, 3)
+    np.testing.assert_array_equal(got, np.repeat(np.repeat(x, 2, axis=h), 3, axis=w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upsample2d_gradient_sums_the_copies(backend):
+    x = np.random.default_rng(1).normal(size=(2, 3, 2, 4))
+    check_grad(lambda p: gn.upsample2d(p, 2), [x], shapes=[(None, 3, 2, 4)], backend=backend)
+    c = gn.variable("c", x)
+    (grad,) = gn.gradients(gn.sum(gn.upsample2d(c, (3, 2))), [c])
+    np.testing.assert_array_equal(run([grad], backend=backend)[0], np.full_like(x, 6.0))
+
+
+def test_upsample2d_refuses_other_ranks_and_sizes():
+    with pytest.raises(gn.ShapeError, match="upsample2d: input must be a 4-D NHWC image batch"):
+        gn.upsample2d(gn.placeholder("flat", (None, 4, 4)))
+    with pytest.raises(gn.ShapeError, match="upsample2d: size must be a positive integer"):
+        gn.upsample2d(gn.placeholder("image", (None, 4, 4, 1)), 0)

@@ -505,6 +505,26 @@ def global_avg_pool(x: Any, data_format: str = "NHWC", keepdims: bool = False) -
     return ops.mean(x, (1, 2) if fmt == "NHWC" else (2, 3), keepdims=keepdims)
 
 
+def upsample2d(x: Any, size: Any = 2, data_format: str = "NHWC") -> Node:
+    """Nearest-neighbour upsampling: each pixel repeated `size` = (rows, cols) times along height and
+    width (Keras's UpSampling2D, torch's `interpolate(mode="nearest")` at an integer scale). A reshape of a
+    broadcast, so its gradient is the sum over each pixel's copies."""
+    (x,) = promote([x])
+    fmt = _format(data_format, "upsample2d")
+    sh, sw = _pair(size, "size", "upsample2d")
+    if x.ndim != 4:
+        raise ShapeError(f"upsample2d: input must be a 4-D {fmt} image batch, got {shape_str(x.shape)} "
+                         f"(at {user_location()})")
+    h, w, c = image_dims(x.shape, fmt)
+    n = x.shape[0]
+    if fmt == "NHWC":
+        spread, repeated = (n, h, 1, w, 1, c), (n, h, sh, w, sw, c)
+    else:
+        spread, repeated = (n, c, h, 1, w, 1), (n, c, h, sh, w, sw)
+    y = ops.broadcast_to(ops.reshape(x, spread), repeated)
+    return ops.reshape(y, image_shape(n, h * sh, w * sw, c, fmt))
+
+
 def moments(x: Any, axes: Sequence[int], keepdims: bool = False) -> tuple[Node, Node]:
     """The mean and the biased variance (mean of squared deviations) over `axes`."""
     (x,) = promote([x])
@@ -540,4 +560,5 @@ def batch_norm(x: Any, scale: Any, offset: Any, moving_mean: Node, moving_varian
     return y, updates
 
 
-PUBLIC = ["conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "moments", "batch_norm"]
+PUBLIC = ["conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "upsample2d", "moments",
+          "batch_norm"]
