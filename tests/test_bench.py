@@ -188,7 +188,7 @@ def test_bench_modules_run_with_python_m(module):
 
 
 def test_conv_configurations_count_the_flops_of_benchmarks_md():
-    from graphnet.bench.micro.cnn import NETS, initial_weights
+    from graphnet.bench.convnets import NETS, initial_weights
     assert round(NETS["lenet"].flops / 1e6) == 108 and round(NETS["cifar"].flops / 1e8) == 98
     shapes = [w.shape for w in initial_weights(NETS["lenet"])][::2]
     assert shapes == [(5, 5, 1, 6), (5, 5, 6, 16), (256, 120), (120, 84), (84, 10)]
@@ -204,3 +204,25 @@ def test_the_native_sources_are_package_data():
     sources = {path.relative_to(ceilings.NATIVE.parents[2]) for path in ceilings.NATIVE.glob("*.c")}
     assert {"fma_peak.c", "train_step.c"} <= {path.name for path in sources}
     assert sources <= shipped
+
+
+@pytest.mark.parametrize("peer", ["torch", "jax"])
+def test_conv_peers_train_the_same_lenet_as_graphnet(peer):
+    """The grid's convolutional rows: graphnet's step (numpy backend here) and each peer start from the
+    same weights and data, so their losses agree step by step."""
+    pytest.importorskip(peer)
+    ours, theirs = runner.build_system("graphnet-numpy", runner.CONFIGS["lenet"]), \
+        runner.build_system(peer, runner.CONFIGS["lenet"])
+    for _ in range(3):
+        np.testing.assert_allclose(float(theirs.step()), float(ours.step()), rtol=2e-4)
+
+
+def test_bench_runs_a_conv_configuration(tmp_path):
+    out = tmp_path / "bench.md"
+    code = runner.main(["--configs", "lenet", "--systems", "graphnet-numpy", "--threads", "1", "--repeats", "2",
+                        "--min-time", "0.005", "--markdown", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert "| lenet 28x28x1 b64 |" in text and "fma-peak" in text
+    assert "- lenet / gemm-floor: not available: written for the dense configurations only" in text
+    assert runner.parser().parse_args([]).configs == list(GRID) + ["lenet", "cifar"]

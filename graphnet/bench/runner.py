@@ -35,7 +35,10 @@ import numpy as np
 from graphnet import __version__
 
 from .ceilings import C_STEP_MAX_FLOPS, Ceiling, c_step, ctypes_call, fma_peak
+from .convnets import NETS, ConvNet
 from .peers import GRID, PEERS, GridConfig, Peer, PeerUnavailable, blas_threads, grid_data
+
+CONFIGS: dict[str, GridConfig | ConvNet] = {**GRID, **NETS}  # the dense rows, then the convolutional ones
 
 GRAPHNET_SYSTEMS = {"graphnet-llvm": ("llvm", True), "graphnet-numpy": ("numpy", True),
                     "graphnet-llvm-unfused": ("llvm", False)}  # unfused: without the optimizer-fusion pass
@@ -163,7 +166,49 @@ NATIVE_CEILINGS: dict[str, Callable[[GridConfig], Ceiling]] = {
     "ctypes-call": ctypes_call, "c-step": c_step, "fma-peak": fma_peak}
 
 
-def build_system(name: str, config: GridConfig) -> System:
+def conv_system(name: str, net: ConvNet) -> System:
+    """A system of a convolutional configuration: graphnet (compiled cold, then warm, as graphnet_system),
+    torch or jax (convnets.py), the FMA peak; the dense-only references are unavailable."""
+    from . import convnets
+    weights, (x, y) = convnets.initial_weights(net), convnets.data(net)
+    if name in GRAPHNET_SYSTEMS:
+        backend, fuse = GRAPHNET_SYSTEMS[name]
+        with tempfile.TemporaryDirectory(prefix="graphnet-bench-cache-") as cache:
+            previous = os.environ.get("GRAPHNET_CACHE_DIR")
+            os.environ["GRAPHNET_CACHE_DIR"] = cache
+            try:
+                times = []
+                for _ in range(2 if backend != "numpy" else 1):
+                    start = time.perf_counter()
+                    fn = convnets.graphnet_function(net, weights, backend, fuse)
+                    times.append(time.perf_counter() - start)
+            finally:
+                if previous is None:
+                    os.environ.pop("GRAPHNET_CACHE_DIR", None)
+                else:
+                    os.environ["GRAPHNET_CACHE_DIR"] = previous
+        threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if backend != "numpy" else blas_threads()
+        return System(name, __version__, threads, lambda: fn(x=x, y=y), f"backend={backend}" + ("" if fuse else
+                      ", fuse_optimizer=False"), times[0], times[1] if len(times) > 1 else None)
+    if name in ("torch", "jax"):
+        make = convnets.torch_step if name == "torch" else convnets.jax_step
+        try:
+            step = make(net, weights, x, y, threads=None) if name == "torch" else make(net, weights, x, y)
+            module = __import__(name)
+        except ImportError as e:
+            raise PeerUnavailable(f"{name} not installed ({e})") from e
+        threads = str(module.get_num_threads()) if name == "torch" else "cores in the CPU affinity"
+        note = "eager, NCHW, torch.optim.Adam" if name == "torch" else "jax.jit of the whole step, NHWC, donated buffers"
+        return System(name, module.__version__, threads, step, note)
+    if name == "fma-peak":
+        ceiling = fma_peak(net)
+        return System(ceiling.name, ceiling.version, ceiling.threads, ceiling.step, ceiling.note, work=ceiling.work)
+    raise PeerUnavailable("written for the dense configurations only")
+
+
+def build_system(name: str, config: GridConfig | ConvNet) -> System:
+    if isinstance(config, ConvNet):
+        return conv_system(name, config)
     if name in GRAPHNET_SYSTEMS:
         return graphnet_system(config, *GRAPHNET_SYSTEMS[name])
     if name == "gemm-floor":
@@ -245,9 +290,9 @@ def run_worker(args: argparse.Namespace) -> None:
     pin_threads(threads)
     names = list(dict.fromkeys(args.systems + list(CEILINGS)))
     for config_name in args.configs:
-        _log(f"[threads={threads}] {GRID[config_name].label}")
+        _log(f"[threads={threads}] {CONFIGS[config_name].label}")
         report["load"][config_name] = _load_average()
-        report["configs"][config_name] = measure_config(GRID[config_name], names, args.repeats, args.min_time)
+        report["configs"][config_name] = measure_config(CONFIGS[config_name], names, args.repeats, args.min_time)
         Path(args.worker_out).write_text(json.dumps(report, indent=1))
 
 
@@ -343,7 +388,7 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
             lines += [f"Note: {report['failure']}", ""]
         rows = []
         for name, entries in configs.items():
-            row = [GRID[name].label]
+            row = [CONFIGS[name].label]
             for system in names:
                 entry = entries.get(system)
                 median = _median(entry)
@@ -351,10 +396,10 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
             rows.append(row)
         lines += ["### Per-step time, median (min-max)", ""] + _table(["config"] + names, rows) + [""]
         rated = [s for s in names if s not in ("ctypes-call", "fma-peak")]
-        rows = [[GRID[name].label] + [_gflops(GRID[name], _median(entries.get(s))) for s in rated]
+        rows = [[CONFIGS[name].label] + [_gflops(CONFIGS[name], _median(entries.get(s))) for s in rated]
                 for name, entries in configs.items()]
         lines += ["### GFLOP/s", ""] + _table(["config"] + rated, rows) + [""]
-        peaks = [GRID[name].needed_flops / m for name, entries in configs.items()
+        peaks = [CONFIGS[name].needed_flops / m for name, entries in configs.items()
                  if (m := _median(entries.get("fma-peak")))]
         if peaks:
             lines += [f"fma-peak: {statistics.median(peaks) / 1e9:.3g} GFLOP/s (median over the configurations), "
@@ -366,7 +411,7 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
             rows = []
             for name, entries in configs.items():
                 t = _median(entries.get(system))
-                row = [GRID[name].label]
+                row = [CONFIGS[name].label]
                 row += [_ratio(_median(entries.get(p)), t) for p in peers]
                 measured = [(m, p) for p in peers if (m := _median(entries.get(p)))]
                 best, best_name = min(measured) if measured else (None, "")
@@ -376,7 +421,7 @@ def markdown(reports: list[dict], systems: list[str]) -> str:
             lines += [f"### {system}: speed-up over each peer (> 1: graphnet faster) and distance to the ceilings",
                       ""] + _table(header, rows) + [""]
         if {"graphnet-llvm", "graphnet-llvm-unfused"} <= set(names):
-            rows = [[GRID[name].label, _ratio(_median(entries.get("graphnet-llvm-unfused")),
+            rows = [[CONFIGS[name].label, _ratio(_median(entries.get("graphnet-llvm-unfused")),
                                               _median(entries.get("graphnet-llvm")))] for name, entries in configs.items()]
             lines += ["### What the optimizer-fusion pass buys: step time without it / with it", ""] + _table(
                 ["config", "graphnet-llvm-unfused / graphnet-llvm"], rows) + [""]
@@ -406,7 +451,7 @@ def _compile_table(configs: dict, names: list[str]) -> list[str]:
     columns += [(s, "first_call", f"{s} first call") for s in names if s.startswith("jax")]
     if not columns:
         return []
-    rows = [[GRID[name].label] + [format_time((entries.get(s) or {}).get(key)) for s, key, _ in columns]
+    rows = [[CONFIGS[name].label] + [format_time((entries.get(s) or {}).get(key)) for s, key, _ in columns]
             for name, entries in configs.items()]
     return ["### Compile time", "", "graphnet: graph construction + gn.compile, cold = empty GRAPHNET_CACHE_DIR, "
             "warm = cache filled by the cold compile (the numpy backend has no cache); jax: first call of the "
@@ -482,7 +527,8 @@ def _threads(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphnet bench", description="Training-step time of graphnet against numpy, "
                                 "PyTorch and JAX on the benchmark grid (BENCHMARKS.md).")
-    p.add_argument("--configs", type=_list(GRID), default=list(GRID), help="grid rows (default: all)")
+    p.add_argument("--configs", type=_list(CONFIGS), default=list(CONFIGS),
+                   help=f"grid rows (default: all: {','.join(CONFIGS)})")
     p.add_argument("--systems", type=_list(list(GRAPHNET_SYSTEMS) + list(PEERS)), default=DEFAULT_SYSTEMS.split(","),
                    help=f"systems to compare (default: {DEFAULT_SYSTEMS}; also torch-foreach); the ceilings "
                         f"{', '.join(CEILINGS)} always run (c-step up to {C_STEP_MAX_FLOPS / 1e9:g} GFLOP per step)")

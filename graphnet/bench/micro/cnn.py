@@ -18,75 +18,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_
 import numpy as np  # noqa: E402
 
 from ..ceilings import FmaPeak  # noqa: E402
-from ..convnets import LR, BETAS, EPS, NETS, ConvNet, data, graphnet_function, initial_weights  # noqa: E402,F401
+from ..convnets import NETS, ConvNet, data, graphnet_function, initial_weights, jax_step, torch_step  # noqa: E402
 from .step import per_step  # noqa: E402
+
 
 def graphnet_step(net: ConvNet, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray):
     step = graphnet_function(net, weights)
     return lambda: step(x=x, y=y)
-
-
-def torch_step(net: ConvNet, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray):
-    import torch
-    torch.set_num_threads(1)
-    F = torch.nn.functional
-    params = [torch.tensor(w.transpose(3, 2, 0, 1) if w.ndim == 4 else w.T).contiguous().requires_grad_()
-              for w in weights]
-    opt = torch.optim.Adam(params, LR, BETAS, EPS)
-    tx, ty = torch.tensor(x.transpose(0, 3, 1, 2)).contiguous(), torch.tensor(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        h, it = tx, iter(params)
-        for item in net.convs:
-            h = F.max_pool2d(h, 2) if item == "pool" else F.relu(F.conv2d(h, next(it), next(it), padding=item[2]))
-        h = h.permute(0, 2, 3, 1).flatten(1)  # NHWC order, as the dense weights were drawn
-        for i in range(len(net.dense)):
-            h = F.linear(h, next(it), next(it))
-            h = F.relu(h) if i < len(net.dense) - 1 else h
-        F.cross_entropy(h, ty).backward()
-        opt.step()
-    return step
-
-
-def jax_step(net: ConvNet, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray):
-    import jax
-    import jax.numpy as jnp
-
-    def loss_fn(params, x, y):
-        h, it = x, iter(params)
-        for item in net.convs:
-            if item == "pool":
-                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-            else:
-                h = jax.lax.conv_general_dilated(h, next(it), (1, 1), item[2].upper(),
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                h = jax.nn.relu(h + next(it))
-        h = h.reshape(h.shape[0], -1)
-        for i in range(len(net.dense)):
-            h = h @ next(it) + next(it)
-            h = jax.nn.relu(h) if i < len(net.dense) - 1 else h
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), y[:, None], axis=1))
-
-    def adam(state, x, y):
-        params, m, v, t = state
-        grads = jax.grad(loss_fn)(params, x, y)
-        t = t + 1
-        m = [BETAS[0] * a + (1 - BETAS[0]) * g for a, g in zip(m, grads)]
-        v = [BETAS[1] * a + (1 - BETAS[1]) * g * g for a, g in zip(v, grads)]
-        c1, c2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
-        params = [p - LR / c1 * a / (jnp.sqrt(b) / jnp.sqrt(c2) + EPS) for p, a, b in zip(params, m, v)]
-        return params, m, v, t
-
-    fn = jax.jit(adam, donate_argnums=0)
-    params = [jnp.asarray(w) for w in weights]
-    box = [(params, [jnp.zeros_like(p) for p in params], [jnp.zeros_like(p) for p in params], jnp.float32(0))]
-    jx, jy = jnp.asarray(x), jnp.asarray(y)
-
-    def step():
-        box[0] = fn(box[0], jx, jy)
-        jax.block_until_ready(box[0][0])
-    return step
 
 
 SYSTEMS = {"graphnet": graphnet_step, "torch": torch_step, "jax": jax_step}
