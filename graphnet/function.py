@@ -247,7 +247,7 @@ class Function(_CallBase):
         (a model's outputs over a dataset, as `Model.predict` gathers them).
 
         The results are those of calling the function on each batch in turn (dropout's step counter
-        advances once per step). The LLVM backend runs each stretch of full batches in one native call
+        advances once per step; its row offset, `rng/offset`, stays as set for the whole call). The LLVM backend runs each stretch of full batches in one native call
         with the C extension; other backends, and the LLVM one without it, loop in Python. Everything
         is checked before the first step: bad input raises and changes no variable.
         """

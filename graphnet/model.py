@@ -561,6 +561,7 @@ class Model:
         from .distributed.fit import fit_shards, require_reduction  # here: it imports codegen, which imports the core
         shards = fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
         batches = shards.steps(n) if shards else math.ceil(n / batch_size)
+        offsets = shards.row_offsets(n) if shards else None  # where each shard starts in its global batch
         steps = steps_per_epoch or batches
         if shards:
             verbose, callbacks = shards.verbose(verbose), shards.callbacks(callbacks)
@@ -590,9 +591,10 @@ class Model:
             if shards:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
             if datasets is not None:
-                sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs)
+                sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets)
             else:
-                sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs)
+                sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs,
+                                                      offsets)
             logs = shards.mean(keys, sums, seen) if shards else {k: s / seen for k, s in zip(keys, sums)}
             if val is not None and due(epoch):
                 logs.update({f"val_{k}": v for k, v in self._evaluate_arrays(*val, val_batch).items()})
@@ -607,9 +609,10 @@ class Model:
     # An epoch's loss and metrics are means over its samples: each batch's value times its size, summed
     # in step order in double precision (both loops below add the same terms in the same order).
     def _fit_epoch_by_batch(self, train: Function, data: tuple, order: np.ndarray | None, n: int, batch_size: int,
-                            steps: int, cbs: CallbackList) -> tuple[list[float], int]:
+                            steps: int, cbs: CallbackList,
+                            offsets: np.ndarray | None = None) -> tuple[list[float], int]:
         """One epoch, one call of the step per batch, every batch-level hook called: the sum of each
-        fetch times its batch size, and the samples seen."""
+        fetch times its batch size, and the samples seen. `offsets`: each batch's dropout row offset."""
         epoch_x, epoch_y, epoch_w = (_take(a, order) for a in data)
         batches = math.ceil(n / batch_size)
         keys = self._built.fetch_keys
@@ -619,6 +622,7 @@ class Model:
             start = (step % batches) * batch_size
             batch = slice(start, start + batch_size)
             cbs.on_train_batch_begin(step, {})
+            self._set_row_offset(offsets, step % batches, 1)
             values = train(**self._feeds(epoch_x, epoch_y, batch, epoch_w))
             size = min(n, batch.stop) - batch.start
             seen += size
@@ -643,9 +647,11 @@ class Model:
         return dict(zip(fn.feeds.names, arrays))
 
     def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
-                   batch_size: int, steps: int, cbs: CallbackList) -> tuple[list[float], int]:
+                   batch_size: int, steps: int, cbs: CallbackList,
+                   offsets: np.ndarray | None = None) -> tuple[list[float], int]:
         """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows, in
-        chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end. Returns
+        chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end; a call also
+        ends where the dropout row offset changes (under MPI, before a short last batch). Returns
         what `_fit_epoch_by_batch` returns."""
         batches = math.ceil(n / batch_size)
         sizes = _batch_sizes(n, batch_size)
@@ -655,6 +661,7 @@ class Model:
         seen, step, chunk = 0, 0, 1 if live else steps
         while step < steps:
             count = min(chunk, steps - step, batches - step % batches)  # a chunk does not wrap around
+            count = self._set_row_offset(offsets, step % batches, count)
             started = time.perf_counter()
             values = train.run_steps(datasets, batch_size, order, count, start=step % batches)
             elapsed = time.perf_counter() - started
@@ -668,6 +675,16 @@ class Model:
             sums, seen = [float(r[-1]) for r in running], int(counts[-1])
             step += count
         return sums, seen
+
+    def _set_row_offset(self, offsets: np.ndarray | None, batch: int, count: int) -> int:
+        """Sets dropout's row offset for `batch` (None: leaves it); returns how many of the `count`
+        batches from it share that offset, so one `run_steps` call may take them."""
+        if offsets is None:
+            return count
+        from .distributed.sampler import set_row_offset
+        set_row_offset(int(offsets[batch]), self.graph)
+        same = offsets[batch:batch + count] == offsets[batch]
+        return count if same.all() else int(np.argmin(same))
 
     def _validation_arrays(self, data: Any) -> tuple:
         if not isinstance(data, (list, tuple)) or len(data) not in (2, 3):

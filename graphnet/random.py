@@ -2,7 +2,9 @@
 
 A value depends only on (seed, step, element index): every backend renders this same scalar
 recipe (a murmur3-style integer mix on uint32), so all draw bit-identical masks, and a run replays
-exactly from the same seed and step.
+exactly from the same seed and step. The dropout op makes the index global (its `rng/offset` input
+times the elements per batch row, plus the flat index), so a data-parallel shard draws the masks
+of its rows of the whole batch.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import numpy as np
 import graphnet as gn
 
 GLOBAL_BATCH, STEPS, FEATURES, CLASSES = 32, 20, 12, 3
+DROPOUT, LAST_BATCH = 0.3, 21  # the dropout cases: rate, and a short last global batch (11 + 10 rows)
 
 
 def data(n: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +26,7 @@ def data(n: int = 160) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def mlp_step(backend: str, hidden: int = 16, beta2: float = 0.999):
+def mlp_step(backend: str, hidden: int = 16, beta2: float = 0.999, dropout: float = 0.0):
     """A two-layer classifier's Adam step: (step, parameters)."""
     with gn.Graph():
         x = gn.placeholder("x", (None, FEATURES))
@@ -34,26 +35,33 @@ def mlp_step(backend: str, hidden: int = 16, beta2: float = 0.999):
                   gn.variable("b1", np.zeros(hidden, np.float32)),
                   gn.variable("W2", gn.init.glorot_uniform((hidden, CLASSES), seed=2)),
                   gn.variable("b2", np.zeros(CLASSES, np.float32))]
-        logits = gn.tanh(x @ params[0] + params[1]) @ params[2] + params[3]
+        h = gn.tanh(x @ params[0] + params[1])
+        logits = (gn.dropout(h, dropout, seed=5) if dropout else h) @ params[2] + params[3]
         loss = gn.losses.softmax_cross_entropy(logits, y)
         step = gn.compile([loss], updates=gn.optim.Adam(1e-2, betas=(0.9, beta2)).minimize(loss), backend=backend)
     return step, params
 
 
-def train_steps(backend: str, rank: int = 0, size: int = 1, steps: int = STEPS) -> dict[str, np.ndarray]:
-    """`steps` Adam steps on consecutive global batches, this rank taking its shard of each."""
-    step, params = mlp_step(backend)
+def train_steps(backend: str, rank: int = 0, size: int = 1, steps: int = STEPS, dropout: float = 0.0,
+                last: int = GLOBAL_BATCH) -> dict[str, np.ndarray]:
+    """`steps` Adam steps on consecutive global batches (the last one `last` rows), this rank taking its
+    shard of each and telling dropout where the shard starts."""
+    from graphnet.distributed import set_row_offset, shard_offsets, shard_order
+    step, params = mlp_step(backend, dropout=dropout)
     x, y = data()
-    local = GLOBAL_BATCH // size
     for i in range(steps):
-        start = (i * GLOBAL_BATCH) % len(x) + rank * local
-        step(x=x[start:start + local], y=y[start:start + local])
+        rows = GLOBAL_BATCH if i < steps - 1 else last
+        start = (i * GLOBAL_BATCH) % len(x)
+        shard, _ = shard_order(np.arange(start, start + rows), GLOBAL_BATCH, rank, size)
+        set_row_offset(int(shard_offsets(rows, GLOBAL_BATCH, rank, size)[0]), params[0].graph)
+        step(x=x[shard], y=y[shard])
     return {p.attrs["name"]: p.value for p in params}
 
 
-def keras_model() -> gn.Model:
+def keras_model(dropout: float = 0.0) -> gn.Model:
     gn.set_seed(3)
     model = gn.Sequential([gn.layers.Input(shape=(FEATURES,)), gn.layers.Dense(16, activation="relu"),
+                           *([gn.layers.Dropout(dropout)] if dropout else []),
                            gn.layers.Dense(CLASSES, activation="softmax")])
     model.compile(optimizer=gn.optim.Adam(1e-2), loss="categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -65,12 +73,36 @@ def fit(model: gn.Model, epochs: int, initial_epoch: int = 0, callbacks: list | 
                      validation_data=(x[120:], y[120:]), callbacks=callbacks or [], verbose=verbose)
 
 
+class BatchHook(gn.callbacks.Callback):
+    """A batch-level hook: fit then calls the step batch by batch instead of through run_steps."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+def fit_dropout(by_batch: bool) -> list[np.ndarray]:
+    """Two epochs of a model with dropout on 32 * 3 + LAST_BATCH samples; its weights."""
+    model = keras_model(DROPOUT)
+    x, y = data(3 * GLOBAL_BATCH + LAST_BATCH)
+    model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=2, callbacks=[BatchHook()] if by_batch else [], verbose=0)
+    return model.get_weights()
+
+
 # ---- the cases (under mpirun) -------------------------------------------------------------
 def case_steps(w, out: str) -> None:
-    """20 steps on each backend that runs collectives."""
+    """20 steps on each backend that runs collectives, without and with dropout."""
     result = {f"{backend}/{k}": v for backend in ("llvm", "numpy")
               for k, v in train_steps(backend, w.rank, w.size).items()}
+    result.update({f"{backend}+dropout/{k}": v for backend in ("llvm", "numpy")
+                   for k, v in train_steps(backend, w.rank, w.size, dropout=DROPOUT, last=LAST_BATCH).items()})
     np.savez(os.path.join(out, f"steps_{w.rank}.npz"), **result)
+
+
+def case_fit_dropout(w, out: str) -> None:
+    """fit with dropout, through run_steps and batch by batch."""
+    np.savez(os.path.join(out, f"fit_dropout_{w.rank}.npz"),
+             **{f"{how}/w{i}": v for how in ("run_steps", "by_batch")
+                for i, v in enumerate(fit_dropout(how == "by_batch"))})
 
 
 def case_fit(w, out: str) -> None:

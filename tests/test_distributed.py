@@ -20,7 +20,7 @@ import graphnet as gn
 from codegen.llvm.gemm_schedule import loop_passes
 from codegen.lower import lower
 from codegen.memory import live_ranges
-from graphnet.distributed import shard_order
+from graphnet.distributed import shard_offsets, shard_order
 from graphnet.ops.collective import allreduce
 
 import distributed_cases as cases
@@ -85,15 +85,25 @@ def two_step_runs(mpi, tmp_path_factory):
     return runs
 
 
+def assert_trained_as_one_process(ranks: list[dict], prefix: str, reference: dict[str, np.ndarray]) -> None:
+    for name, want in reference.items():
+        got = ranks[0][f"{prefix}/{name}"]
+        assert np.array_equal(got, ranks[1][f"{prefix}/{name}"]), f"{name}: the ranks' parameters differ"
+        assert relative_error(got, want) < 1e-6, name
+
+
 @pytest.mark.parametrize("backend", ["llvm", "numpy"])
 def test_two_ranks_train_as_one_process_on_the_global_batch(two_step_runs, backend):
     """20 Adam steps, 16 rows per rank, equal single-process steps on the 32-row batch (rel 1e-6)."""
-    reference = cases.train_steps(backend)
-    ranks = two_step_runs[0]
-    for name, want in reference.items():
-        got = ranks[0][f"{backend}/{name}"]
-        assert np.array_equal(got, ranks[1][f"{backend}/{name}"]), f"{name}: the ranks' parameters differ"
-        assert relative_error(got, want) < 1e-6, name
+    assert_trained_as_one_process(two_step_runs[0], backend, cases.train_steps(backend))
+
+
+@pytest.mark.parametrize("backend", ["llvm", "numpy"])
+def test_two_ranks_with_dropout_train_as_one_process(two_step_runs, backend):
+    """The same with dropout and a short last global batch (11 + 10 rows): each rank's masks are the
+    single process's masks of its rows of the global batch."""
+    reference = cases.train_steps(backend, dropout=cases.DROPOUT, last=cases.LAST_BATCH)
+    assert_trained_as_one_process(two_step_runs[0], f"{backend}+dropout", reference)
 
 
 def test_runs_are_bit_identical(two_step_runs):
@@ -124,6 +134,19 @@ def test_fit_matches_one_process_and_writes_on_rank_0(fit_run):
         assert relative_error(ranks[0][f"w{i}"], want) < 1e-6, i
     for key in ("loss", "val_loss", "accuracy"):
         np.testing.assert_allclose(ranks[0][key], history.history[key], rtol=1e-5)
+
+
+def test_fit_with_dropout_matches_one_process(mpi, tmp_path):
+    """Full global batches and a short last one (11 + 10 rows), through run_steps and batch by batch."""
+    done, _ = launch("fit_dropout", tmp_path)
+    ok(done)
+    ranks = [dict(np.load(tmp_path / f"fit_dropout_{r}.npz")) for r in range(2)]
+    for how in ("run_steps", "by_batch"):
+        gn.reset_default_graph()
+        for i, want in enumerate(cases.fit_dropout(how == "by_batch")):
+            got = ranks[0][f"{how}/w{i}"]
+            assert np.array_equal(got, ranks[1][f"{how}/w{i}"]), (how, i)
+            assert relative_error(got, want) < 1e-6, (how, i)
 
 
 def test_a_model_saved_by_two_ranks_resumes_in_one_process(fit_run):
@@ -187,6 +210,18 @@ def test_shards_need_a_global_batch_divisible_by_the_ranks_and_drop_a_tail_short
         shard_order(np.arange(10), 5, 0, 2)
     rows, dropped = shard_order(np.arange(9), 4, 1, 4)
     assert rows.tolist() == [1, 5] and dropped == 1
+
+
+@pytest.mark.parametrize("n, global_batch, size", [(150, 32, 2), (150, 32, 4), (9, 4, 4), (45, 12, 3)])
+def test_shard_offsets_say_where_each_batch_of_a_shard_starts_in_its_global_batch(n, global_batch, size):
+    starts = np.arange(0, n, global_batch)  # each global batch's first position in the epoch
+    for rank in range(size):
+        rows, _ = shard_order(np.arange(n), global_batch, rank, size)
+        offsets = shard_offsets(n, global_batch, rank, size)
+        sizes = [len(c) for c in np.split(rows, np.arange(global_batch // size, len(rows), global_batch // size))]
+        assert len(offsets) == len(sizes)
+        firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        np.testing.assert_array_equal(rows[firsts], starts[:len(offsets)] + offsets)
 
 
 def _reduced_step_program(bucket_bytes: int | None = None):

@@ -98,3 +98,49 @@ def test_dropout_in_a_training_step_advances_with_the_optimizer():
     assert len(set(losses)) == 3  # a different mask each step
     evaluate = gn.compile(loss, backend="numpy")
     np.testing.assert_allclose(evaluate(x=xs), w.value.sum(), rtol=1e-6)  # no dropout when evaluating
+
+
+# ---- the row offset: a shard of a batch draws the masks of its rows in the whole batch ----------------
+def _backends() -> list[str]:
+    """numpy, llvm, and opencl where a device exists."""
+    from codegen.opencl import runtime
+    try:
+        runtime.list_devices()
+    except RuntimeError:
+        return ["numpy", "llvm"]
+    return ["numpy", "llvm", "opencl"]
+
+
+def _masks(shape: tuple, backend: str, batches: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Dropout (rate 0.5) of ones of `shape` (None: the batch) at step 0 for each (rows, row offset)."""
+    x = gn.placeholder("x", shape)
+    f = gn.compile(gn.dropout(x, 0.5, seed=11), backend=backend, training=True)
+    variables = gn.get_default_graph().variables
+    masks = []
+    for rows, offset in batches:
+        variables["rng/step"].assign(0)
+        variables["rng/offset"].assign(offset)
+        masks.append(f(x=np.ones(tuple(rows if d is None else d for d in shape), np.float32)) != 0)
+    return masks
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("shape", [(None, 8), (None, 5, 3)])
+def test_a_row_offset_draws_those_rows_of_the_whole_batch(backend, shape):
+    """Rows [k, k+b) of a 12-row batch, fed alone with offset k, get exactly the whole batch's masks."""
+    whole, first, middle, last = _masks(shape, backend, [(12, 0), (5, 0), (4, 5), (3, 9)])
+    np.testing.assert_array_equal(first, whole[:5])
+    np.testing.assert_array_equal(middle, whole[5:9])
+    np.testing.assert_array_equal(last, whole[9:])
+    assert 0.3 < whole.mean() < 0.7
+
+
+def test_a_tensor_without_a_batch_axis_draws_the_same_mask_at_every_offset():
+    at_zero, at_seven = _masks((6, 50), "llvm", [(0, 0), (0, 7)])
+    np.testing.assert_array_equal(at_seven, at_zero)
+
+
+def test_a_non_leading_batch_axis_gives_other_offsets_other_masks():
+    """Not the whole batch's masks (the offset keys whole rows of the leading axis), but each shard's own."""
+    at_zero, at_four = _masks((50, None), "numpy", [(4, 0), (4, 4)])
+    assert (at_zero != at_four).mean() > 0.3

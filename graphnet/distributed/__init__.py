@@ -10,8 +10,8 @@ digest.py (every rank compiles the same step) and codegen/collectives.py (the al
 """
 from .digest import MismatchError
 from .runtime import init
-from .sampler import shard_order
+from .sampler import set_row_offset, shard_offsets, shard_order
 from .world import DistributedError, World, broadcast_variables, is_initialized, rank, size, world
 
-__all__ = ["init", "world", "rank", "size", "is_initialized", "broadcast_variables", "shard_order", "World",
-           "DistributedError", "MismatchError"]
+__all__ = ["init", "world", "rank", "size", "is_initialized", "broadcast_variables", "shard_order", "shard_offsets",
+           "set_row_offset", "World", "DistributedError", "MismatchError"]

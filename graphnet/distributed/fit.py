@@ -17,7 +17,7 @@ import numpy as np
 
 from ..callbacks import Callback, ModelCheckpoint
 from .world import broadcast_variables, is_initialized, world
-from .sampler import shard_order
+from .sampler import shard_offsets, shard_order
 
 RANK0_ONLY = (ModelCheckpoint,)  # callbacks that write files: one writer per job
 
@@ -54,6 +54,11 @@ class FitShards:
                           f"ranks; each epoch leaves it out", stacklevel=3)
         self._warned = True
         return rows, len(rows)
+
+    def row_offsets(self, n: int) -> np.ndarray:
+        """Dropout's row offset for each of this rank's batches of an epoch: where its shard starts in
+        the global batch (the same for every full batch; another for a short last one)."""
+        return shard_offsets(n, self.global_batch, self.world.rank, self.world.size)
 
     def steps(self, n: int) -> int:
         """Steps per epoch (the same on every rank)."""

@@ -3,7 +3,7 @@ public functions (api.py). `from graphnet.ops import *` gives the public functio
 from __future__ import annotations
 
 from . import api, conv, elementwise, indexing, linalg, movement, nn, reduce  # noqa: F401  (importing a family registers its ops)
-from .api import RNG_STEP, graph_dropout, rng_step, sum_to  # noqa: F401  (used by other graphnet modules)
+from .api import RNG_OFFSET, RNG_STEP, graph_dropout, rng_offset, rng_step, sum_to  # noqa: F401  (used by other graphnet modules)
 from .base import REGISTRY, Example, Op, apply, constant, graph_of, normalize_axes, promote  # noqa: F401
 from ..graph import install_op_functions
 

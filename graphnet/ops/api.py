@@ -276,6 +276,7 @@ def ones_like(x: Node) -> Node:
 
 
 RNG_STEP = "rng/step"
+RNG_OFFSET = "rng/offset"
 
 
 def rng_step(graph) -> Node:
@@ -283,6 +284,14 @@ def rng_step(graph) -> Node:
     if RNG_STEP not in graph.variables:
         variable(RNG_STEP, np.int32(0), trainable=False, graph=graph)
     return graph.variables[RNG_STEP]
+
+
+def rng_offset(graph) -> Node:
+    """The global index of the batch's first row (a non-trainable int32 variable, 0 unless set): a
+    data-parallel rank sets its shard's offset in the global batch, so dropout draws that batch's masks."""
+    if RNG_OFFSET not in graph.variables:
+        variable(RNG_OFFSET, np.int32(0), trainable=False, graph=graph)
+    return graph.variables[RNG_OFFSET]
 
 
 def dropout(x: Any, rate: float, seed: int | None = None) -> Node:
@@ -297,15 +306,30 @@ def dropout(x: Any, rate: float, seed: int | None = None) -> Node:
     return graph_dropout(x, rng_step(x.graph), rate=float(rate), seed=key)
 
 
-def graph_dropout(x: Node, step: Node, rate: float, seed: int) -> Node:
-    return apply("dropout", [x, step], rate=rate, seed=seed)
+def graph_dropout(x: Node, step: Node, rate: float, seed: int, offset: Node | None = None,
+                  row: int | None = None) -> Node:
+    """The dropout op; by default keyed by the graph's row offset, `row` the elements per batch row."""
+    offset = rng_offset(x.graph) if offset is None else offset
+    row = _batch_row(x.shape) if row is None else row
+    return apply("dropout", [x, step, offset], rate=rate, seed=seed, row=row)
+
+
+def _batch_row(shape: tuple) -> int:
+    """Dropout's counter stride per batch row: the product of the static extents where the shape has
+    one batch axis (None). With the batch leading, offset * row + flat index is the element's flat
+    index in the whole batch; with it elsewhere, shards draw from disjoint counters but not the whole
+    batch's masks. Without a batch axis (or with several) it is 0: the offset is not read."""
+    if shape.count(None) != 1:
+        return 0
+    return int(np.prod([d for d in shape if d is not None], dtype=np.int64))
 
 
 def public_names() -> list[str]:
     """The names `graphnet.ops` (and `graphnet`) export: the functions written here and every
     registered op with a generated function."""
     written = [n for n, v in globals().items() if not n.startswith("_") and inspect.isfunction(v)
-               and v.__module__ == __name__ and n not in ("function", "public_names", "graph_dropout", "rng_step")]
+               and v.__module__ == __name__
+               and n not in ("function", "public_names", "graph_dropout", "rng_step", "rng_offset")]
     written += ["batch_size", "placeholder", "variable", "constant"]
     generated = [n for n, op in REGISTRY.items() if op.signature in ("unary", "binary")]
     return sorted(set(written + generated))

@@ -288,30 +288,41 @@ class Where(Op):
 
 @register
 class Dropout(Op):
-    """Inverted dropout; inputs (x, step); the mask is keyed by (seed, step, element index)."""
+    """Inverted dropout; inputs (x, step, offset); the mask is keyed by (seed, step, counter), the
+    counter being offset * row + the element's flat index (uint32, wrapping). The public function
+    sets `row` to the elements per batch row, so a batch shard fed with its first row's global index
+    as offset draws the whole batch's masks of its rows; row 0 keys by the flat index alone."""
 
     name = "dropout"
-    examples = (Example([(None, 8), ()], {"rate": 0.3, "seed": 7}, int_inputs={1: (np.int32, 100)}),)
+    examples = (Example([(None, 8), (), ()], {"rate": 0.3, "seed": 7, "row": 8},
+                        int_inputs={1: (np.int32, 100), 2: (np.int32, 50)}),)
 
     def infer(self, inputs, attrs):
-        x, step = inputs
+        x, step, offset = inputs
         require_float(x)
-        if step.shape != () or step.dtype.kind not in "iu":
-            raise ShapeError(f"step must be an integer scalar, got {step.dtype} {step.shape}")
+        for name, counter in (("step", step), ("offset", offset)):
+            if counter.shape != () or counter.dtype.kind not in "iu":
+                raise ShapeError(f"{name} must be an integer scalar, got {counter.dtype} {counter.shape}")
         if not 0 <= attrs["rate"] < 1:
             raise ShapeError(f"rate must be in [0, 1), got {attrs['rate']}")
+        if attrs["row"] < 0:
+            raise ShapeError(f"row must be >= 0, got {attrs['row']}")
         return x.shape, x.dtype
 
-    def numpy(self, x, step, rate, seed):
+    def numpy(self, x, step, offset=0, *, rate, seed, row=0):  # (offset 0, row 0: the flat index alone)
         from ..ops.scalar import evaluate_scalar
-        return evaluate_scalar(self, [x, np.asarray(step)], {"rate": rate, "seed": seed}, x.shape).copy()
+        return evaluate_scalar(self, [x, np.asarray(step), np.asarray(offset)],
+                               {"rate": rate, "seed": seed, "row": row}, x.shape).copy()
 
     def grad(self, node, g):
-        return [ops.graph_dropout(g, node.inputs[1], **node.attrs), None]
+        return [ops.graph_dropout(g, node.inputs[1], offset=node.inputs[2], **node.attrs), None, None]
 
-    def scalar(self, s, x, step, rate, seed):
+    def scalar(self, s, x, step, offset, rate, seed, row):
         from ..random import uniform
-        keep = s.ge(uniform(s, seed, step, s.index(), x.dtype), s.const(rate, x.dtype))
+        counter = s.index()
+        if row:  # (row 0 leaves the counter, and so the generated code, as without an offset)
+            counter = s.add(s.mul(s.cast(offset, np.uint32), s.const(row, np.uint32)), counter)
+        keep = s.ge(uniform(s, seed, step, counter, x.dtype), s.const(rate, x.dtype))
         return s.select(keep, s.mul(x, s.const(1.0 / (1.0 - rate), x.dtype)), s.const(0, x.dtype))
 
 

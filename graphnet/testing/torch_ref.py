@@ -78,7 +78,7 @@ def _ops() -> dict[str, Callable]:
                                                  else torch.cumsum(x, axis)),
         "flip": lambda x, axes, out: x.flip(tuple(axes)) if axes else x,
         "concat": lambda *xs, axis, out: torch.cat(xs, axis),
-        "dropout": lambda x, step, rate, seed, out: x,  # outside training (train mode is unsupported)
+        "dropout": lambda x, step, offset, rate, seed, row, out: x,  # outside training (train mode is unsupported)
         "api:mean": mean,
         "api:mse": lambda p, t, out: torch.mean((p - t) ** 2),
         "api:bce_logits": lambda z, y, out: torch.mean(F.softplus(z, threshold=1e9) - z * y),
