@@ -20,13 +20,13 @@ import numpy as np
 import graphnet
 from graphnet.errors import NumericsError
 from graphnet.feeds import FeedSpec
-from graphnet.function import step_lock, timed
+from graphnet.function import StepLock, step_lock, timed
 from graphnet.program import Program
 
 from ..collectives import prepare_collectives
 from ..loop_passes import loop_pass_texts
 from ..lower import lower
-from ..memory import allocate, plan_arena
+from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
@@ -66,22 +66,82 @@ def _gemm_digest() -> str:
 
 class LLVMBackend:
     def __init__(self, program: Program, options):
-        self.program, self.check = program, options.check_numerics
-        self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
-        self.compiler = Compiler(host_target())
-        self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
+        self._setup(options)
+        self.program = program
         passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
         with timed(self.compile_seconds, "lowering"):
-            self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
+            self._lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
         loop_seconds = sum(r.seconds for r in self.loop_records)
         self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
                                      "loop passes": loop_seconds})
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
+        self.layout = StepLayout.of(self.lp)
+        self.gemms = required_gemms(self.lp)
+        self._load(self._step_object(), step_lock(program))
+
+    def _setup(self, options) -> None:
+        self.check = options.check_numerics
+        self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
+        self.compiler = Compiler(host_target())
+        self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
-        obj = self._step_object()
+
+    @staticmethod
+    def cache_context() -> tuple:
+        """What a step's code depends on besides its program and graphnet's source (the compiled-function
+        cache's key, graphnet/step_cache.py): the target CPU and features, the thread count."""
+        return host_target(), num_threads() if load_runtime() else 1
+
+    @classmethod
+    def from_cache(cls, described: dict, blobs: list, variables: list, lock: StepLock, options,
+                   program: Callable[[], Program]) -> "LLVMBackend | None":
+        """The step a compiled-function cache entry describes (`cached_form`), on the user's
+        `variables`; None where its object is not in the object cache (or is damaged). `program`
+        gives the optimised program where a dump or profile asks for the loop program."""
+        self = cls.__new__(cls)
+        self._setup(options)
+        self._program, self._program_of, self._lp = None, program, None
+        self.layout = StepLayout.from_json(described["layout"], blobs, variables)
+        self.gemms = [(np.dtype(d).name, bool(ta), bool(tb), m if m is None else int(m), int(gather))
+                      for d, ta, tb, m, gather in described["gemms"]]
+        self.key = described["object"]
+        with timed(self.compile_seconds, "cache lookup"):
+            obj = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
+        if obj is None:
+            return None
+        self.cache_hit = True
+        self._load(obj, lock)
+        return self
+
+    def cached_form(self, variables: list) -> tuple[dict, list[bytes]]:
+        """What `from_cache` needs, JSON-able, and the constants' bytes (`variables` name the storage)."""
+        layout, blobs = self.layout.to_json(variables)
+        gemms = [[np.dtype(d).name, ta, tb, m, gather] for d, ta, tb, m, gather in self.gemms]
+        return {"layout": layout, "gemms": gemms, "object": self.key}, blobs
+
+    @property
+    def program(self) -> Program:
+        if self._program is None:
+            self._program = self._program_of()
+        return self._program
+
+    @program.setter
+    def program(self, program: Program) -> None:
+        self._program = program
+
+    @property
+    def lp(self):
+        """The loop program (on a compiled-function cache hit, lowered again when first asked for)."""
+        if self._lp is None:
+            passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
+            self._lp, self.loop_records = lower(self.program, fuse=not self.check, loop_passes=passes)
+        return self._lp
+
+    def _load(self, obj: bytes, lock: StepLock) -> None:
+        """Link the step object against the GEMM library, load it and bind the buffers."""
         with timed(self.compile_seconds, "GEMM routines"):
             linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest()))
-                      for g in required_gemms(self.lp)]
+                      for g in self.gemms]
         self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
         with timed(self.compile_seconds, "loading"):
             self.library = Library(self.compiler, [own for _, own in linked if own is not None] + [obj])
@@ -89,7 +149,7 @@ class LLVMBackend:
             self.step = _STEP(self.step_address)
             self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
             self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
-            self._bind_buffers()
+            self._bind_buffers(lock)
 
     def _step_object(self) -> bytes:
         """The step's object code (its kernels; the GEMM routines are the library's), from the disk cache
@@ -130,24 +190,25 @@ class LLVMBackend:
         return self._ir_text
 
     # ---- buffers ------------------------------------------------------------------------
-    def _bind_buffers(self) -> None:
-        self.slots = (ctypes.c_void_p * max(1, len(self.lp.buffers)))()
+    def _bind_buffers(self, lock: StepLock) -> None:
+        layout = self.layout
+        self.slots = (ctypes.c_void_p * max(1, len(layout.buffers)))()
         self.slots_address = ctypes.addressof(self.slots)
         # The call's arguments as ctypes objects, which ctypes passes without converting a Python int.
         self.slots_arg = ctypes.c_void_p(self.slots_address)
-        self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
+        self.keep: dict[int, np.ndarray] = dict(layout.storage)  # arrays whose addresses sit in the slots
         for i, arr in self.keep.items():
-            if not arr.flags.c_contiguous or arr.dtype != self.lp.buffers[i].dtype:
-                b = self.lp.buffers[i]
+            if not arr.flags.c_contiguous or arr.dtype != layout.buffers[i].dtype:
+                b = layout.buffers[i]
                 raise TypeError(f"buffer {b.name} is not a contiguous {b.dtype} array")
             self.slots[i] = arr.ctypes.data
-        self.inputs = list(self.lp.inputs)
-        self.lock = step_lock(self.program)
+        self.inputs = list(layout.inputs)
+        self.lock = lock
         self._layout(INITIAL_CAPACITY)
 
     def _layout(self, capacity: int) -> None:
         """(Re)plan and allocate the arena for batches up to `capacity`."""
-        self.plan = plan_arena(self.lp, capacity)
+        self.plan = plan_arena(self.layout, capacity)
         self.arena = allocate(self.plan.nbytes)
         base = self.arena.ctypes.data
         for b, offset in self.plan.offsets.items():
@@ -156,7 +217,7 @@ class LLVMBackend:
         self.batch, self.batch_arg, self.fetch_views = 0, ctypes.c_int64(0), []
 
     def view(self, buffer: int, batch: int) -> np.ndarray:
-        b = self.lp.buffers[buffer]
+        b = self.layout.buffers[buffer]
         shape = tuple(batch if d is None else d for d in b.shape)
         if b.id in self.keep:
             return self.keep[b.id]
@@ -171,7 +232,7 @@ class LLVMBackend:
             self._layout(max(batch, 2 * self.plan.capacity))
         views = self.views.get(batch)
         if views is None:
-            views = self.views[batch] = [self.view(f, batch) for f in self.lp.fetches]
+            views = self.views[batch] = [self.view(f, batch) for f in self.layout.fetches]
         self.batch, self.batch_arg, self.fetch_views = batch, ctypes.c_int64(batch), views
 
     # ---- calls --------------------------------------------------------------------------
@@ -189,8 +250,8 @@ class LLVMBackend:
             elif clock_ns is None:
                 self.step(self.batch_arg, self.slots_arg)
             else:
-                if clock_ns.dtype != np.int64 or clock_ns.shape != (len(self.lp.kernels) + 1,):
-                    raise ValueError(f"clock_ns must be int64 of shape ({len(self.lp.kernels) + 1},)")
+                if clock_ns.dtype != np.int64 or clock_ns.shape != (self.layout.kernels + 1,):
+                    raise ValueError(f"clock_ns must be int64 of shape ({self.layout.kernels + 1},)")
                 self.profiled_step(batch, self.slots_address, clock_ns.ctypes.data, time.CLOCK_MONOTONIC)
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
