@@ -154,10 +154,10 @@ def source_digest() -> str:
 
 def _llvmlite_version() -> str:
     try:
-        from importlib.metadata import version
-        return version("llvmlite")
-    except Exception:  # not installed: no LLVM backend to cache for
+        import llvmlite
+    except ImportError:  # not installed: no LLVM backend to cache for
         return "none"
+    return llvmlite.__version__
 
 
 def step_key(fp: Fingerprint, options: Any, fuse_optimizer: bool, context: Any) -> str:

@@ -62,7 +62,7 @@ def test_a_hit_runs_no_pass_lowering_or_llvm_and_matches_a_fresh_compile_bit_for
         raise AssertionError("the compiler ran on a cache hit")
 
     monkeypatch.setattr(graphnet.function, "run_pipeline", forbidden)
-    monkeypatch.setattr("codegen.llvm.backend.lower", forbidden)
+    monkeypatch.setattr("codegen.lower.lower", forbidden)
     monkeypatch.setattr("codegen.llvm.jit.Compiler.optimize", forbidden)
     hit, hit_weights = train_step()
     assert hit.from_cache and hit.executable.cache_hit

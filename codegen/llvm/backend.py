@@ -23,20 +23,14 @@ from graphnet.feeds import FeedSpec
 from graphnet.function import StepLock, step_lock, timed
 from graphnet.program import Program
 
-from ..collectives import prepare_collectives
-from ..loop_passes import loop_pass_texts
-from ..lower import lower
 from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
 from .jit import Compiler, Library, host_target
-from . import igemm
 from .gemm import GemmSpec, specialised_m
 from .gemm_library import GEMMS
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
-from .gemm_schedule import loop_passes
-from .render import Renderer, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -65,12 +59,15 @@ def _gemm_digest() -> str:
 
 
 class LLVMBackend:
+    # The compiler's modules (lowering, loop passes, the renderer) are imported where a miss uses them:
+    # a compiled-function cache hit (`from_cache`) loads a step without them.
     def __init__(self, program: Program, options):
+        from ..collectives import prepare_collectives
+        from .render import required_gemms
         self._setup(options)
         self.program = program
-        passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
         with timed(self.compile_seconds, "lowering"):
-            self._lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
+            self._lp, self.loop_records = self._lower()
         loop_seconds = sum(r.seconds for r in self.loop_records)
         self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
                                      "loop passes": loop_seconds})
@@ -133,9 +130,14 @@ class LLVMBackend:
     def lp(self):
         """The loop program (on a compiled-function cache hit, lowered again when first asked for)."""
         if self._lp is None:
-            passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
-            self._lp, self.loop_records = lower(self.program, fuse=not self.check, loop_passes=passes)
+            self._lp, self.loop_records = self._lower()
         return self._lp
+
+    def _lower(self):
+        from ..lower import lower
+        from .gemm_schedule import loop_passes
+        passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
+        return lower(self.program, fuse=not self.check, loop_passes=passes)
 
     def _load(self, obj: bytes, lock: StepLock) -> None:
         """Link the step object against the GEMM library, load it and bind the buffers."""
@@ -177,6 +179,7 @@ class LLVMBackend:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)
 
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> int:
+        from . import igemm
         spec = self._gemm_spec(dtype, trans_a, trans_b, m, gather)
         if gather:
             return igemm.parallel_workspace_bytes(spec, self.compiler.target, self.threads)
@@ -185,6 +188,7 @@ class LLVMBackend:
     @property
     def ir_text(self) -> str:
         if self._ir_text is None:
+            from .render import Renderer
             self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout,
                                      self.threads, self.compiler.target).render()
         return self._ir_text
@@ -291,5 +295,6 @@ class LLVMBackend:
                                         f"{s.source})")
 
     def artifacts(self) -> dict[str, str]:
+        from ..loop_passes import loop_pass_texts
         return {**loop_pass_texts(self.loop_records), "loopir.txt": self.lp.to_text(), "module.ll": self.ir_text,
                 "module.s": self.compiler.assembly(self.ir_text)}
