@@ -11,6 +11,7 @@ checking each result.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -48,11 +49,13 @@ def _read(path: str) -> str:
         return f.read()
 
 
+@functools.cache  # the sources are read once per process
 def _codegen_digest() -> str:
     """Cached objects are rebuilt when the code generator itself changes."""
     return cache.cache_key(*(_read(p) for p in _SOURCES))
 
 
+@functools.cache
 def _gemm_digest() -> str:
     here = os.path.dirname(__file__)
     return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "igemm.py", "loops.py", "parallel.py")))
