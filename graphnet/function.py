@@ -184,7 +184,11 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
             optimised.append(run_pipeline(written, passes, training=training, fuse_optimizer=fuse_optimizer))
         return optimised[0]
 
-    cached = _cached_step(written, backend_class, options, passes, fuse_optimizer, optimise, seconds)
+    keyed = None
+    if hasattr(backend_class, "from_cache"):  # a backend with a compiled-function cache
+        with timed(seconds, "cache lookup"):
+            keyed = _step_key(written, backend_class, options, passes, fuse_optimizer)
+    cached = _cached_step(keyed, backend_class, options, optimise, seconds) if keyed else None
     if cached is not None:
         interface, executable = cached
         fn = Function(None, executable, rebuild, None, options, user_placeholders, fixed_batch(written.nodes()),
@@ -196,8 +200,8 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
         fixed = fixed_batch([*written.nodes(), *program.nodes()])
         executable = backend_class(program, options)
         fn = Function(program, executable, rebuild, records, options, user_placeholders, fixed)
-        if (fixed is None) == (fixed_batch(written.nodes()) is None):
-            _store_step(written, executable, fn.interface, options, passes, fuse_optimizer)
+        if keyed and (fixed is None) == (fixed_batch(written.nodes()) is None):  # else a hit could not tell it
+            _store_step(keyed, executable, fn.interface)
     for phase, value in getattr(executable, "compile_seconds", {}).items():
         seconds[phase] = seconds.get(phase, 0.0) + value
     fn.compile_seconds = seconds
@@ -209,9 +213,9 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
 
 def _step_key(written: Program, backend_class: Any, options: CompileOptions, passes: Any,
               fuse_optimizer: bool) -> tuple[str, step_cache.Fingerprint] | None:
-    """The compiled-function cache's key (graphnet/step_cache.py), or None where it does not apply:
-    a backend without the cache, user passes, check_numerics, an unkeyable program."""
-    if passes is not None or options.check_numerics or not hasattr(backend_class, "from_cache"):
+    """The compiled-function cache's key (graphnet/step_cache.py) and fingerprint, or None where it
+    does not apply: user passes, check_numerics, an unkeyable program."""
+    if passes is not None or options.check_numerics:
         return None
     fp = step_cache.fingerprint(written)
     if fp is None:
@@ -219,14 +223,11 @@ def _step_key(written: Program, backend_class: Any, options: CompileOptions, pas
     return step_cache.step_key(fp, options, fuse_optimizer, backend_class.cache_context()), fp
 
 
-def _cached_step(written: Program, backend_class: Any, options: CompileOptions, passes: Any, fuse_optimizer: bool,
+def _cached_step(keyed: tuple[str, step_cache.Fingerprint], backend_class: Any, options: CompileOptions,
                  optimise: Callable, seconds: dict[str, float]) -> tuple[Interface, Any] | None:
     """The compiled step from the compiled-function cache, on the user's variables, or None."""
-    if not hasattr(backend_class, "from_cache"):
-        return None
     with timed(seconds, "cache lookup"):
-        keyed = _step_key(written, backend_class, options, passes, fuse_optimizer)
-        entry = step_cache.load(*keyed) if keyed else None
+        entry = step_cache.load(*keyed)
     if entry is None:
         return None
     interface, described, blobs = entry
@@ -239,11 +240,7 @@ def _cached_step(written: Program, backend_class: Any, options: CompileOptions, 
     return None if executable is None else (interface, executable)
 
 
-def _store_step(written: Program, executable: Any, interface: Interface, options: CompileOptions, passes: Any,
-                fuse_optimizer: bool) -> None:
-    keyed = _step_key(written, type(executable), options, passes, fuse_optimizer)
-    if keyed is None:
-        return
+def _store_step(keyed: tuple[str, step_cache.Fingerprint], executable: Any, interface: Interface) -> None:
     key, fp = keyed
     try:
         described, blobs = executable.cached_form(fp.variables)

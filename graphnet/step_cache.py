@@ -11,9 +11,9 @@ compiled step (for LLVM: the object's key in the object cache, buffers, constant
 routines), which binds to the user's own variables and placeholders.
 
 Where the key cannot hold everything the code depends on, nothing is cached here (`fingerprint`
-returns None): user passes (arbitrary code), check_numerics (errors name optimised nodes),
-collectives (every rank checks its lowered program), an attribute of a type the key cannot spell, a
-batch fixed by a pass rather than by the user's nodes.
+returns None): user passes and ops defined outside graphnet (code the digest does not cover),
+check_numerics (errors name optimised nodes), collectives (every rank checks its lowered program), an
+attribute of a type the key cannot spell, a batch fixed by a pass rather than by the user's nodes.
 
 Entries live in the disk cache's `steps` namespace and follow its rules (`codegen/cache.py`: the
 header names the full key and the payload's checksum, private directories, atomic writes, LRU
@@ -79,8 +79,8 @@ def fingerprint(written: Program) -> Fingerprint | None:
     lines = []
     try:
         for n in nodes:
-            if n.op.name in _UNCACHEABLE_OPS:
-                return None
+            if n.op.name in _UNCACHEABLE_OPS or not type(n.op).__module__.startswith("graphnet."):
+                return None  # (an op defined outside graphnet: its code is not in the source digest)
             attrs = _canon(n.attrs, variables)
             lines.append(f"{n.id} {n.op.name} {[position[x] for x in n.inputs]} {attrs} {n.shape} {n.dtype.str} "
                          f"{n.fixes_batch}")
@@ -211,6 +211,7 @@ def _interface(described: dict, fp: Fingerprint) -> Interface:
         placeholders.append(p)
     return Interface(placeholders, [fp.variables[i] for i in described["variables"]],
                      [fp.variables[i] for i in described["updated"]],
-                     [(shape_from_json(s), np.dtype(d)) for s, d in described["fetches"]], bool(described["needs_batch"]))
+                     [(shape_from_json(s), np.dtype(d)) for s, d in described["fetches"]],
+                     bool(described["needs_batch"]))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -156,7 +155,15 @@ def test_user_passes_and_check_numerics_are_not_served_from_this_cache(cache_dir
     assert not train_step(passes=[])[0].from_cache
 
 
-def _entry(key_of_fn) -> str:
+def test_an_op_defined_outside_graphnet_is_not_served_from_this_cache(cache_dir, monkeypatch):
+    train_step()
+    with gn.Graph():
+        tanh = type(gn.tanh(gn.placeholder("x", (None, 1))).op)
+    monkeypatch.setattr(tanh, "__module__", "user_ops")  # its code is not in graphnet's source digest
+    assert not train_step()[0].from_cache
+
+
+def _entry() -> str:
     paths = [os.path.join(d, f) for d, _, fs in os.walk(STEPS.directory()) for f in fs]
     assert len(paths) == 1
     return paths[0]
@@ -166,7 +173,7 @@ def _entry(key_of_fn) -> str:
 def test_a_damaged_or_foreign_entry_is_a_miss_that_recompiles(cache_dir, damage):
     fresh, weights = train_step()
     expected = run(fresh, weights)
-    path = _entry(fresh)
+    path = _entry()
     data = bytearray(open(path, "rb").read())
     header = data.index(b"\n")
     if damage == "flipped byte":
@@ -180,7 +187,8 @@ def test_a_damaged_or_foreign_entry_is_a_miss_that_recompiles(cache_dir, damage)
         data = cache._header(os.path.basename(path)[:-len(STEPS.suffix)], bytes(payload)) + b"\n" + payload
     else:  # another program's entry copied over this one's
         train_step(scale=0.25)
-        other = [os.path.join(d, f) for d, _, fs in os.walk(STEPS.directory()) for f in fs if os.path.join(d, f) != path]
+        entries = [os.path.join(d, f) for d, _, fs in os.walk(STEPS.directory()) for f in fs]
+        other = [e for e in entries if e != path]
         data = open(other[0], "rb").read()
     open(path, "wb").write(bytes(data))
     again, again_weights = train_step()
