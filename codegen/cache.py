@@ -234,3 +234,4 @@ def _header(key: str, payload: bytes) -> bytes:
 LLVM_OBJECTS = DiskCache("llvm", ".o")
 GEMM_OBJECTS = DiskCache("gemm", ".o")  # the GEMM library's routines (codegen/llvm/gemm_library.py)
 OPENCL_BINARIES = DiskCache("opencl", ".bin")
+STEPS = DiskCache("steps", ".step")  # compiled functions keyed on the written graph (graphnet/step_cache.py)

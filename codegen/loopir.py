@@ -52,8 +52,9 @@ from typing import Any, Callable, Container, Iterator, Optional, Sequence
 
 import numpy as np
 
-from graphnet.graph import shape_str
 from graphnet.ops.scalar import INSTRUCTIONS, REDUCTIONS
+
+from .memory import Buffer  # noqa: F401 (part of the IR; defined beside the arena, which needs no more of it)
 
 Term = tuple  # (var, coef, nexp): var * coef * N**nexp
 
@@ -124,20 +125,6 @@ def affine(forms: tuple, shape: tuple) -> Affine:
             coef *= dim
     return Affine(tuple(sorted(terms)), tuple((c, e) for e, c in sorted(base.items()) if c))
 
-
-@dataclass(frozen=True)
-class Buffer:
-    id: int
-    name: str
-    kind: str  # input | variable | constant | temp
-    shape: tuple
-    dtype: np.dtype
-
-    def elements(self, batch: int) -> int:
-        return int(np.prod([batch if d is None else d for d in self.shape], dtype=np.int64))
-
-    def __str__(self) -> str:
-        return f"b{self.id} {self.kind} {self.name}: {self.dtype} {shape_str(self.shape)}"
 
 
 class _Interned(type):

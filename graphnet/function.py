@@ -10,17 +10,18 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import ops
+from . import ops, step_cache
 from .batchdim import FixedBatch, fixed_batch
 from .errors import ShapeError
 from .feeds import FeedSpec
 from .graph import Node, Variable, shape_str
 from .passes.pipeline import Pass, PassRecord, run_pipeline
 from .program import Program
+from .step_cache import Interface
 
 
 class PythonCall:
@@ -112,9 +113,14 @@ _merging = threading.Lock()  # one merge of groups at a time
 
 
 def step_lock(program: Program) -> StepLock:
-    """The StepLock of a compiled program's variables: their groups merged into one (the oldest
-    group survives), joined by the variables in no group yet; a new group where there are none."""
-    variables = {id(v.attrs["var"]): v.attrs["var"] for v in program.variables}.values()
+    """The StepLock of a compiled program's variables (`variables_lock`)."""
+    return variables_lock(v.attrs["var"] for v in program.variables)
+
+
+def variables_lock(variables: Iterable[Variable]) -> StepLock:
+    """The StepLock of these variables: their groups merged into one (the oldest group survives),
+    joined by the variables in no group yet; a new group where there are none."""
+    variables = {id(v): v for v in variables}.values()
     with _merging:
         roots = sorted({id(v.step_lock.root): v.step_lock.root for v in variables if v.step_lock}.values(),
                        key=lambda s: s.serial)
@@ -164,23 +170,83 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     gradients = dict(getattr(updates, "gradients", {}))  # an optimizer's: where its fused updates start
     seconds: dict[str, float] = {}
     written = Program(flat, pairs, gradients=gradients)
-    with timed(seconds, "graph passes"):
-        program, records = run_pipeline(written, passes, training=training, fuse_optimizer=fuse_optimizer)
-    # The user's nodes name the op that fixed the batch; a pass may have folded it away.
-    fixed = fixed_batch([*written.nodes(), *program.nodes()])
     options = CompileOptions(backend, training, check_numerics)
     module, cls = BACKENDS[backend].split(":")
-    executable = getattr(importlib.import_module(module), cls)(program, options)
-    seconds.update(getattr(executable, "compile_seconds", {}))
+    backend_class = getattr(importlib.import_module(module), cls)
     user_nodes = flat + [var for var, _ in pairs]
-    fn = Function(program, executable, rebuild, records, options,
-                  user_placeholders=list(user_nodes[0].graph.placeholders.values()) if user_nodes else (),
-                  fixed=fixed)
+    user_placeholders = list(user_nodes[0].graph.placeholders.values()) if user_nodes else ()
+
+    optimised: list = []
+
+    def optimise() -> tuple[Program, list[PassRecord]]:
+        """The graph passes' result, run once (on a cache hit, when the function or backend first asks)."""
+        if not optimised:
+            optimised.append(run_pipeline(written, passes, training=training, fuse_optimizer=fuse_optimizer))
+        return optimised[0]
+
+    keyed = None
+    if hasattr(backend_class, "from_cache"):  # a backend with a compiled-function cache
+        with timed(seconds, "cache lookup"):
+            keyed = _step_key(written, backend_class, options, passes, fuse_optimizer)
+    cached = _cached_step(keyed, backend_class, options, optimise, seconds) if keyed else None
+    if cached is not None:
+        interface, executable = cached
+        fn = Function(None, executable, rebuild, None, options, user_placeholders, fixed_batch(written.nodes()),
+                      interface=interface, optimise=optimise)
+    else:
+        with timed(seconds, "graph passes"):
+            program, records = optimise()
+        # The user's nodes name the op that fixed the batch; a pass may have folded it away.
+        fixed = fixed_batch([*written.nodes(), *program.nodes()])
+        executable = backend_class(program, options)
+        fn = Function(program, executable, rebuild, records, options, user_placeholders, fixed)
+        if keyed and (fixed is None) == (fixed_batch(written.nodes()) is None):  # else a hit could not tell it
+            _store_step(keyed, executable, fn.interface)
+    for phase, value in getattr(executable, "compile_seconds", {}).items():
+        seconds[phase] = seconds.get(phase, 0.0) + value
     fn.compile_seconds = seconds
     if os.environ.get("GRAPHNET_DUMP"):
         from .dump import dump_numbered
         dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
     return fn
+
+
+def _step_key(written: Program, backend_class: Any, options: CompileOptions, passes: Any,
+              fuse_optimizer: bool) -> tuple[str, step_cache.Fingerprint] | None:
+    """The compiled-function cache's key (graphnet/step_cache.py) and fingerprint, or None where it
+    does not apply: user passes, check_numerics, an unkeyable program."""
+    if passes is not None or options.check_numerics:
+        return None
+    fp = step_cache.fingerprint(written)
+    if fp is None:
+        return None
+    return step_cache.step_key(fp, options, fuse_optimizer, backend_class.cache_context()), fp
+
+
+def _cached_step(keyed: tuple[str, step_cache.Fingerprint], backend_class: Any, options: CompileOptions,
+                 optimise: Callable, seconds: dict[str, float]) -> tuple[Interface, Any] | None:
+    """The compiled step from the compiled-function cache, on the user's variables, or None."""
+    with timed(seconds, "cache lookup"):
+        entry = step_cache.load(*keyed)
+    if entry is None:
+        return None
+    interface, described, blobs = entry
+    lock = variables_lock(interface.variables)
+    try:
+        executable = backend_class.from_cache(described, blobs, interface.variables, lock, options,
+                                              lambda: optimise()[0])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None  # an entry that does not fit this graph: a miss
+    return None if executable is None else (interface, executable)
+
+
+def _store_step(keyed: tuple[str, step_cache.Fingerprint], executable: Any, interface: Interface) -> None:
+    key, fp = keyed
+    try:
+        described, blobs = executable.cached_form(fp.variables)
+    except KeyError:  # storage the written program's variables do not hold
+        return
+    step_cache.store(key, interface, fp, described, blobs)
 
 
 class Function(_CallBase):
@@ -192,17 +258,21 @@ class Function(_CallBase):
     `compile_seconds` is where `gn.compile` spent its time, by phase (graph passes, then the backend's).
     """
 
-    def __init__(self, program: Program, executable: Any, rebuild: Any, records: list[PassRecord],
-                 options: CompileOptions, user_placeholders: Sequence[Node] = (), fixed: FixedBatch | None = None):
-        self.program, self.executable, self.records, self.options = program, executable, records, options
+    def __init__(self, program: Program | None, executable: Any, rebuild: Any, records: list[PassRecord] | None,
+                 options: CompileOptions, user_placeholders: Sequence[Node] = (), fixed: FixedBatch | None = None,
+                 interface: Interface | None = None, optimise: Callable | None = None):
+        """`program` and `records` may be None where `interface` says what calls need and `optimise()`
+        gives them when first asked for (a compiled-function cache hit)."""
+        self._program, self._records, self._optimise = program, records, optimise
+        self.executable, self.options = executable, options
         self._rebuild = rebuild
         self.compile_seconds: dict[str, float] = {}
-        needs_batch = any(None in n.shape or n.op.name == "batch_size" for n in program.nodes())
-        self.feeds = FeedSpec(sorted(program.placeholders, key=lambda p: p.attrs["name"]), user_placeholders,
-                              needs_batch, fixed)
+        self.interface = interface = interface or Interface.of(program)
+        self.from_cache = program is None  # loaded whole from the compiled-function cache
+        self.feeds = FeedSpec(interface.placeholders, user_placeholders, interface.needs_batch, fixed)
         # A backend's run holds its variables' StepLock (`lock`); around a backend without one, the Function does.
         lock = getattr(executable, "lock", None)
-        self.step_lock: StepLock = lock if isinstance(lock, StepLock) else step_lock(program)
+        self.step_lock: StepLock = lock if isinstance(lock, StepLock) else variables_lock(interface.variables)
         self._check, self._run = self.feeds.check, executable.run  # bound once: the per-call path is short
         if lock is not self.step_lock:
             self._run = _locked(executable.run, self.step_lock)
@@ -210,8 +280,22 @@ class Function(_CallBase):
         general = weakref.WeakMethod(self._general)  # no cycle through the fast path: arenas free on `del`
         self._call = (fast and fast(self.feeds, rebuild, lambda feeds: general()(feeds))) or self._general
         host = not getattr(executable, "device_resident", False)
-        self._host_reads = [v.attrs["var"] for v in program.variables] if host else []
-        self._host_writes = [v.attrs["var"] for v, _ in program.updates] if host else []
+        self._host_reads = list(interface.variables) if host else []
+        self._host_writes = list(interface.updated) if host else []
+
+    @property
+    def program(self) -> Program:
+        """The optimised program this function runs (after a cache hit, the passes run when first asked)."""
+        if self._program is None:
+            self._program, self._records = self._optimise()
+        return self._program
+
+    @property
+    def records(self) -> list[PassRecord]:
+        """Each graph pass's record (its result's text and time)."""
+        if self._records is None:
+            self._program, self._records = self._optimise()
+        return self._records
 
     @property
     def graph(self):
@@ -271,7 +355,7 @@ class Function(_CallBase):
         self._require_fixed_batch(step_sizes)
         offsets = np.concatenate([[0], np.cumsum(step_sizes)])
         outs = self._step_outputs(steps, int(offsets[-1]))
-        per_row = [None in f.shape for f in self.program.fetches]
+        per_row = [None in shape for shape, _ in self.interface.fetches]
 
         def parts(k: int, count: int) -> tuple:
             """Steps k to k+count's share of each output: their rows of a stacked fetch, their samples' rows
@@ -349,11 +433,11 @@ class Function(_CallBase):
         """One array per fetch: a row per step, or for a fetch whose first dimension is the batch, the
         steps' `rows` samples."""
         outs = []
-        for f in self.program.fetches:
-            if None in f.shape[1:]:
-                raise ValueError(f"run_steps gathers a batched fetch's rows along its first dimension: fetch {f} "
-                                 f"{shape_str(f.shape)} has a batch dimension that is not its first")
-            outs.append(np.empty((rows, *f.shape[1:]) if f.shape[:1] == (None,) else (steps, *f.shape), f.dtype))
+        for i, (shape, dtype) in enumerate(self.interface.fetches):
+            if None in shape[1:]:
+                raise ValueError(f"run_steps gathers a batched fetch's rows along its first dimension: fetch {i} "
+                                 f"{shape_str(shape)} has a batch dimension that is not its first")
+            outs.append(np.empty((rows, *shape[1:]) if shape[:1] == (None,) else (steps, *shape), dtype))
         return outs
 
     def _run_coherent(self, arrays: list, batch: int) -> list:
@@ -380,8 +464,7 @@ class Function(_CallBase):
         if not hasattr(self.executable, "profile"):
             raise TypeError(f"profiling needs the llvm backend, not {self.options.backend}")
         arrays, batch = self._check(feeds)
-        variables = {id(v.attrs["var"]): v.attrs["var"] for v in self.program.variables}
-        variables.update({id(v.attrs["var"]): v.attrs["var"] for v, _ in self.program.updates})
+        variables = {id(v): v for v in [*self.interface.variables, *self.interface.updated]}
         saved = [(var, var.read()) for var in variables.values()]
         try:
             return self.executable.profile(arrays, batch, repeats)

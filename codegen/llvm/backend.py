@@ -11,6 +11,7 @@ checking each result.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -20,23 +21,17 @@ import numpy as np
 import graphnet
 from graphnet.errors import NumericsError
 from graphnet.feeds import FeedSpec
-from graphnet.function import step_lock, timed
+from graphnet.function import StepLock, step_lock, timed
 from graphnet.program import Program
 
-from ..collectives import prepare_collectives
-from ..loop_passes import loop_pass_texts
-from ..lower import lower
-from ..memory import allocate, plan_arena
+from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
 from .jit import Compiler, Library, host_target
-from . import igemm
 from .gemm import GemmSpec, specialised_m
 from .gemm_library import GEMMS
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
-from .gemm_schedule import loop_passes
-from .render import Renderer, required_gemms
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -54,34 +49,104 @@ def _read(path: str) -> str:
         return f.read()
 
 
+@functools.cache  # the sources are read once per process
 def _codegen_digest() -> str:
     """Cached objects are rebuilt when the code generator itself changes."""
     return cache.cache_key(*(_read(p) for p in _SOURCES))
 
 
+@functools.cache
 def _gemm_digest() -> str:
     here = os.path.dirname(__file__)
     return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "igemm.py", "loops.py", "parallel.py")))
 
 
 class LLVMBackend:
+    # The compiler's modules (lowering, loop passes, the renderer) are imported where a miss uses them:
+    # a compiled-function cache hit (`from_cache`) loads a step without them.
     def __init__(self, program: Program, options):
-        self.program, self.check = program, options.check_numerics
-        self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
-        self.compiler = Compiler(host_target())
-        self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
-        passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
+        from ..collectives import prepare_collectives
+        from .render import required_gemms
+        self._setup(options)
+        self.program = program
         with timed(self.compile_seconds, "lowering"):
-            self.lp, self.loop_records = lower(program, fuse=not self.check, loop_passes=passes)
+            self._lp, self.loop_records = self._lower()
         loop_seconds = sum(r.seconds for r in self.loop_records)
         self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
                                      "loop passes": loop_seconds})
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
+        self.layout = StepLayout.of(self.lp)
+        self.gemms = required_gemms(self.lp)
+        self._load(self._step_object(), step_lock(program))
+
+    def _setup(self, options) -> None:
+        self.check = options.check_numerics
+        self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
+        self.compiler = Compiler(host_target())
+        self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
-        obj = self._step_object()
+
+    @staticmethod
+    def cache_context() -> tuple:
+        """What a step's code depends on besides its program and graphnet's source (the compiled-function
+        cache's key, graphnet/step_cache.py): the target CPU and features, the thread count."""
+        return host_target(), num_threads() if load_runtime() else 1
+
+    @classmethod
+    def from_cache(cls, described: dict, blobs: list, variables: list, lock: StepLock, options,
+                   program: Callable[[], Program]) -> "LLVMBackend | None":
+        """The step a compiled-function cache entry describes (`cached_form`), on the user's
+        `variables`; None where its object is not in the object cache (or is damaged). `program`
+        gives the optimised program where a dump or profile asks for the loop program."""
+        self = cls.__new__(cls)
+        self._setup(options)
+        self._program, self._program_of, self._lp = None, program, None
+        self.layout = StepLayout.from_json(described["layout"], blobs, variables)
+        self.gemms = [(np.dtype(d).name, bool(ta), bool(tb), m if m is None else int(m), int(gather))
+                      for d, ta, tb, m, gather in described["gemms"]]
+        self.key = described["object"]
+        with timed(self.compile_seconds, "cache lookup"):
+            obj = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
+        if obj is None:
+            return None
+        self.cache_hit = True
+        self._load(obj, lock)
+        return self
+
+    def cached_form(self, variables: list) -> tuple[dict, list[bytes]]:
+        """What `from_cache` needs, JSON-able, and the constants' bytes (`variables` name the storage)."""
+        layout, blobs = self.layout.to_json(variables)
+        gemms = [[np.dtype(d).name, ta, tb, m, gather] for d, ta, tb, m, gather in self.gemms]
+        return {"layout": layout, "gemms": gemms, "object": self.key}, blobs
+
+    @property
+    def program(self) -> Program:
+        if self._program is None:
+            self._program = self._program_of()
+        return self._program
+
+    @program.setter
+    def program(self, program: Program) -> None:
+        self._program = program
+
+    @property
+    def lp(self):
+        """The loop program (on a compiled-function cache hit, lowered again when first asked for)."""
+        if self._lp is None:
+            self._lp, self.loop_records = self._lower()
+        return self._lp
+
+    def _lower(self):
+        from ..lower import lower
+        from .gemm_schedule import loop_passes
+        passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
+        return lower(self.program, fuse=not self.check, loop_passes=passes)
+
+    def _load(self, obj: bytes, lock: StepLock) -> None:
+        """Link the step object against the GEMM library, load it and bind the buffers."""
         with timed(self.compile_seconds, "GEMM routines"):
             linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest()))
-                      for g in required_gemms(self.lp)]
+                      for g in self.gemms]
         self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
         with timed(self.compile_seconds, "loading"):
             self.library = Library(self.compiler, [own for _, own in linked if own is not None] + [obj])
@@ -89,7 +154,7 @@ class LLVMBackend:
             self.step = _STEP(self.step_address)
             self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
             self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
-            self._bind_buffers()
+            self._bind_buffers(lock)
 
     def _step_object(self) -> bytes:
         """The step's object code (its kernels; the GEMM routines are the library's), from the disk cache
@@ -117,6 +182,7 @@ class LLVMBackend:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)
 
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> int:
+        from . import igemm
         spec = self._gemm_spec(dtype, trans_a, trans_b, m, gather)
         if gather:
             return igemm.parallel_workspace_bytes(spec, self.compiler.target, self.threads)
@@ -125,29 +191,31 @@ class LLVMBackend:
     @property
     def ir_text(self) -> str:
         if self._ir_text is None:
+            from .render import Renderer
             self._ir_text = Renderer(self.lp, self.compiler.triple, self.compiler.data_layout,
                                      self.threads, self.compiler.target).render()
         return self._ir_text
 
     # ---- buffers ------------------------------------------------------------------------
-    def _bind_buffers(self) -> None:
-        self.slots = (ctypes.c_void_p * max(1, len(self.lp.buffers)))()
+    def _bind_buffers(self, lock: StepLock) -> None:
+        layout = self.layout
+        self.slots = (ctypes.c_void_p * max(1, len(layout.buffers)))()
         self.slots_address = ctypes.addressof(self.slots)
         # The call's arguments as ctypes objects, which ctypes passes without converting a Python int.
         self.slots_arg = ctypes.c_void_p(self.slots_address)
-        self.keep: dict[int, np.ndarray] = dict(self.lp.storage)  # arrays whose addresses sit in the slots
+        self.keep: dict[int, np.ndarray] = dict(layout.storage)  # arrays whose addresses sit in the slots
         for i, arr in self.keep.items():
-            if not arr.flags.c_contiguous or arr.dtype != self.lp.buffers[i].dtype:
-                b = self.lp.buffers[i]
+            if not arr.flags.c_contiguous or arr.dtype != layout.buffers[i].dtype:
+                b = layout.buffers[i]
                 raise TypeError(f"buffer {b.name} is not a contiguous {b.dtype} array")
             self.slots[i] = arr.ctypes.data
-        self.inputs = list(self.lp.inputs)
-        self.lock = step_lock(self.program)
+        self.inputs = list(layout.inputs)
+        self.lock = lock
         self._layout(INITIAL_CAPACITY)
 
     def _layout(self, capacity: int) -> None:
         """(Re)plan and allocate the arena for batches up to `capacity`."""
-        self.plan = plan_arena(self.lp, capacity)
+        self.plan = plan_arena(self.layout, capacity)
         self.arena = allocate(self.plan.nbytes)
         base = self.arena.ctypes.data
         for b, offset in self.plan.offsets.items():
@@ -156,7 +224,7 @@ class LLVMBackend:
         self.batch, self.batch_arg, self.fetch_views = 0, ctypes.c_int64(0), []
 
     def view(self, buffer: int, batch: int) -> np.ndarray:
-        b = self.lp.buffers[buffer]
+        b = self.layout.buffers[buffer]
         shape = tuple(batch if d is None else d for d in b.shape)
         if b.id in self.keep:
             return self.keep[b.id]
@@ -171,7 +239,7 @@ class LLVMBackend:
             self._layout(max(batch, 2 * self.plan.capacity))
         views = self.views.get(batch)
         if views is None:
-            views = self.views[batch] = [self.view(f, batch) for f in self.lp.fetches]
+            views = self.views[batch] = [self.view(f, batch) for f in self.layout.fetches]
         self.batch, self.batch_arg, self.fetch_views = batch, ctypes.c_int64(batch), views
 
     # ---- calls --------------------------------------------------------------------------
@@ -189,8 +257,8 @@ class LLVMBackend:
             elif clock_ns is None:
                 self.step(self.batch_arg, self.slots_arg)
             else:
-                if clock_ns.dtype != np.int64 or clock_ns.shape != (len(self.lp.kernels) + 1,):
-                    raise ValueError(f"clock_ns must be int64 of shape ({len(self.lp.kernels) + 1},)")
+                if clock_ns.dtype != np.int64 or clock_ns.shape != (self.layout.kernels + 1,):
+                    raise ValueError(f"clock_ns must be int64 of shape ({self.layout.kernels + 1},)")
                 self.profiled_step(batch, self.slots_address, clock_ns.ctypes.data, time.CLOCK_MONOTONIC)
             views = self.fetch_views
             return [views[0].copy()] if len(views) == 1 else [v.copy() for v in views]
@@ -230,5 +298,6 @@ class LLVMBackend:
                                         f"{s.source})")
 
     def artifacts(self) -> dict[str, str]:
+        from ..loop_passes import loop_pass_texts
         return {**loop_pass_texts(self.loop_records), "loopir.txt": self.lp.to_text(), "module.ll": self.ir_text,
                 "module.s": self.compiler.assembly(self.ir_text)}

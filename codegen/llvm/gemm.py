@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from llvmlite import ir
 
 from codegen.llvm.loops import for_range
@@ -72,6 +73,15 @@ B_IN_PLACE_MAX = 1 << 16
 when at most two MC row blocks read it: its whole panels straight from B, an N edge still packed (so no
 read passes the end of a row). Packing pays off only when many row blocks reuse the packed panels;
 a B that stays in cache, or that few row blocks read, costs less read with its row stride than copied."""
+
+
+def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None, gather: int = 0) -> str:
+    """The GEMM routine for these transposes (and a specialised static M, see specialised_m; an
+    implicit GEMM's gathering routine with `gather`-vector tiles, see igemm.py)."""
+    if gather:
+        return f"graphnet_igemm_{np.dtype(dtype).name}_v{gather}"
+    static = "" if m is None else f"_m{m}"
+    return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{static}"
 
 
 def specialised_m(m: int | None) -> int | None:

@@ -24,11 +24,9 @@ import graphnet
 
 from .. import cache
 from ..cache import GEMM_OBJECTS
-from .gemm import GemmSpec
-from .igemm import emit_parallel_conv_gemm, rows_slice_symbol
+from .gemm import GemmSpec, gemm_symbol
 from .jit import Compiler, Library
-from .parallel import column_slice_symbol, emit_parallel_gemm
-from .render import gemm_symbol
+from .parallel import column_slice_symbol, emit_parallel_gemm, rows_slice_symbol
 
 
 class GemmLibrary:
@@ -67,6 +65,7 @@ def object_code(compiler: Compiler, threads: int, spec: GemmSpec, key: str) -> b
     if obj is None:
         module = ir.Module("graphnet_gemm")
         module.triple, module.data_layout = compiler.triple, compiler.data_layout
+        from .igemm import emit_parallel_conv_gemm  # (beside the loop IR: imported where a routine is built)
         name = gemm_symbol(spec.dtype, spec.trans_a, spec.trans_b, spec.m, spec.gather)
         emit = emit_parallel_conv_gemm if spec.gather else emit_parallel_gemm
         emit(module, name, spec, compiler.target, threads)

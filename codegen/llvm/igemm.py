@@ -23,7 +23,7 @@ from llvmlite import ir
 from ..loopir import Kernel, Load, Op
 from ..window import Window, guarded_axes, row_strides
 from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _PTR, _I64, declare_routine
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime
+from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime, rows_slice_symbol
 from .target import TargetInfo
 
 IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
@@ -157,10 +157,6 @@ def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target
                       work=flops, min_work=PARALLEL_MIN_FLOPS)
     b.ret_void()
     return fn
-
-
-def rows_slice_symbol(name: str) -> str:
-    return f"{name}.rows"
 
 
 def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int) -> int:

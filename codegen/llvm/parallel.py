@@ -191,6 +191,11 @@ def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: Tar
     return fn
 
 
+def rows_slice_symbol(name: str) -> str:
+    """The exported row-slice routine of an implicit GEMM `name` (igemm.emit_parallel_conv_gemm)."""
+    return f"{name}.rows"
+
+
 def column_slice_symbol(name: str) -> str:
     """The exported slice routine of `emit_parallel_gemm`'s `name`: emit_gemm's signature plus
     `i64 begin, i64 end`, computing C's columns [begin, end) (`emit_gemm(columns=True)`). Kernels

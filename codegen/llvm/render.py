@@ -27,6 +27,7 @@ from graphnet.ops.scalar import REDUCTIONS
 
 from . import vmath
 from .conv import window_load
+from .gemm import gemm_symbol
 from .igemm import COLS, COLUMN, ROWS, descriptor
 from .parallel import column_slice_symbol, emit_parallel_for
 from .schedule import LLVMSchedule, Routine
@@ -749,15 +750,6 @@ def schedule_of(k: Kernel) -> LLVMSchedule:
     if not isinstance(k.schedule, LLVMSchedule):
         raise ValueError(f"kernel {k.name} has no LLVM schedule (run codegen.llvm.schedule.schedule_llvm)")
     return k.schedule
-
-
-def gemm_symbol(dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None = None, gather: int = 0) -> str:
-    """The GEMM routine for these transposes (and a specialised static M, see gemm.specialised_m; an
-    implicit GEMM's gathering routine with `gather`-vector tiles, see igemm.py)."""
-    if gather:
-        return f"graphnet_igemm_{np.dtype(dtype).name}_v{gather}"
-    static = "" if m is None else f"_m{m}"
-    return f"graphnet_gemm_{np.dtype(dtype).name}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{static}"
 
 
 def required_gemms(lp: LoopProgram) -> list[Routine]:
