@@ -91,3 +91,62 @@ def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs
             for got, expected in zip(fn(**feeds), want):
                 scale = np.abs(expected).max()
                 np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=tol, err_msg=name)
+
+
+PACKING_CASES = [  # geometries for the packing paths: (x shape, filter shape, keyword arguments)
+    ((2, 14, 14, 1), (5, 5, 1, 6), dict()),  # lenet's conv1: one input channel, valid
+    ((3, 8, 9, 6), (5, 5, 6, 16), dict()),  # conv2: its input gradient reads zero taps (full padding)
+    ((2, 9, 8, 5), (3, 3, 5, 7), dict(padding="same")),  # "same" padding: panels inside and at borders
+    ((2, 15, 14, 3), (3, 3, 3, 8), dict(strides=2, padding="same")),  # strided: the divisor (scalar) path
+    ((2, 3, 9, 10), (4, 3, 3, 5), dict(data_format="NCHW", padding=((2, 1), (0, 2)), dilation_rate=(1, 2))),
+]
+
+
+def _on_target(monkeypatch, target):
+    """Compile LLVM functions (step and GEMM library) for `target` instead of the host."""
+    from codegen.llvm import backend
+    monkeypatch.setattr(backend, "host_target", lambda: target)
+
+
+def _check(fetches, fn, x_shape, w_shape, dtype, tol, feeds=None):
+    ref = gn.compile(fetches, backend="numpy")
+    for batch in (x_shape[0], 5):
+        f = feeds or _feeds(x_shape, w_shape, fetches, batch, dtype, seed=batch)
+        for got, expected in zip(fn(**f), ref(**f)):
+            finite = np.isfinite(expected)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+            np.testing.assert_array_equal(got[~finite], expected[~finite])
+            scale = np.abs(expected[finite]).max(initial=1.0)
+            np.testing.assert_allclose(got[finite] / scale, expected[finite] / scale, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("target_name", ["avx2", "scalar"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, monkeypatch):
+    from codegen.llvm.target import SCALAR
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
+    for x_shape, w_shape, kwargs in PACKING_CASES:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            assert fn.executable.lp.to_text().count("implicit gemm") == 3
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", PACKING_CASES[:3])
+def test_implicit_gemm_propagates_nan_and_inf_as_the_reference(x_shape, w_shape, kwargs, dtype, monkeypatch):
+    """An Inf filter tap makes NaN wherever the input gradient's zero (padding) terms meet it (0 * inf),
+    a NaN pixel reaches every output its windows cover: the packing's zeros take part like the
+    reference's."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+    fn = gn.compile(fetches, backend="llvm")
+    assert fn.executable.lp.to_text().count("implicit gemm") == 3
+    feeds = _feeds(x_shape, w_shape, fetches, x_shape[0], dtype)
+    feeds["x"][0, 3, 2, 0] = np.nan
+    feeds["x"][-1, 1, 4, -1] = np.inf
+    feeds["w"][1, 2, 0, -1] = np.inf
+    feeds["weights"][0, 1, 1, 0] = -np.inf
+    _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11, feeds)

@@ -11,8 +11,11 @@ a strided gradient's skipped positions); B[k, j] is the other operand's element 
 The routine is generic: the geometry is a run-time descriptor (`descriptor`, an i64 array), so one
 routine per dtype and register tile serves every convolution. At most two image axes may be
 guarded (height and width); the others fold into a linear offset. The packing routine splits each
-offset into a row part and a column part, tabulated once per block, so an element costs two
-additions, two range tests and one load.
+offset into a row part and a column part, tabulated once per block (an odometer: no division per
+entry), so an element costs two additions, two range tests and one load; on a vector target with
+exact geometry (every divisor 1) those are vector operations and a masked gather per group of rows
+(`gather_a`), and B's panel rows are masked loads or gathers (`gather_b`). A strided gradient's
+packing (divisors) and scalar targets keep the scalar loops.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from llvmlite import ir
 
 from ..loopir import Kernel, Load, Op
 from ..window import Window, guarded_axes, row_strides
-from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _PTR, _I64, declare_routine
+from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _I32, _PTR, _I64, declare_routine
 from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime
 from .target import TargetInfo
 
@@ -159,6 +162,15 @@ def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target
     return fn
 
 
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+def _declare(module: ir.Module, name: str, result: ir.Type, params: list) -> ir.Function:
+    """An intrinsic declared by hand, once per module (`declare_intrinsic` rejects vector types)."""
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(result, params), name=name)
+
+
 def rows_slice_symbol(name: str) -> str:
     return f"{name}.rows"
 
@@ -184,6 +196,7 @@ class _GatherEmitter(_GemmEmitter):
         self.tile.align, self.tile.type = 64, _PTR
         self.row_table = self.table(blk.mc * 3, "row_table")
         self.col_table = self.table(blk.kc * 4, "col_table")
+        self.odometer = [self.table(1, f"digit{i}") for i in range(3)]  # tabulate's (v0, v1, v2)
         b_pack = ws
         a_pack = b.gep(ws, [_c(_round64(blk.kc * blk.nc * self.align))], inbounds=True, source_etype=ir.IntType(8))
         g = self.geo
@@ -195,13 +208,19 @@ class _GatherEmitter(_GemmEmitter):
                 kc = self.min(b.sub(k, pc), blk.kc)
                 first = b.icmp_signed("==", pc, _c(0))
                 self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, 4, const=True)
-                self.pack_b(b_pack, bmat, jc, kc, nc)
+                if self.target.vector_bits:
+                    self.gather_b(b_pack, bmat, jc, kc, nc)
+                else:
+                    self.pack_b(b_pack, bmat, jc, kc, nc)
                 with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
                     mc = self.min(b.sub(m_hi, ic), blk.mc)
                     self.tabulate(self.row_table, ic, mc, g[R1], g[R2], ROW_FIELDS, 3, const=False)
                     with b.if_else(fast) as (then, otherwise):
                         with then:
-                            self.pack_a(a_pack, image, kc, mc, exact=True)
+                            if self.target.vector_bits:
+                                self.gather_a(a_pack, image, kc, mc)
+                            else:
+                                self.pack_a(a_pack, image, kc, mc, exact=True)
                         with otherwise:
                             self.pack_a(a_pack, image, kc, mc, exact=False)
                     with self.loop(0, nc, blk.nr, "jr") as jr:
@@ -225,18 +244,31 @@ class _GatherEmitter(_GemmEmitter):
     def tabulate(self, table: ir.Value, start: ir.Value, count: ir.Value, x1: ir.Value, x2: ir.Value,
                  fields: int, width: int, const: bool) -> None:
         """table[i * width + f] = field f's part of the offset of index start + i (decomposed into
-        three vars over extents (., x1, x2)), plus the descriptor's constants for the columns."""
+        three vars over extents (., x1, x2)), plus the descriptor's constants for the columns.
+
+        Only `start` is divided; the vars then advance as an odometer (a division per entry cost more
+        than a block's packing)."""
         b, g = self.b, self.geo
+        v2 = b.srem(start, x2)
+        t = b.sdiv(start, x2)
+        odometer = self.odometer
+        for slot, value in zip(odometer, (b.sdiv(t, x1), b.srem(t, x1), v2)):
+            b.store(value, slot)
         with self.loop(0, count, 1, "tab") as i:
-            x = b.add(start, i)
-            v2 = b.srem(x, x2)
-            t = b.sdiv(x, x2)
-            v1, v0 = b.srem(t, x1), b.sdiv(t, x1)
+            values = [b.load(var, typ=_I64) for var in odometer]
             for f in range(width):
                 total = g[CONST + f] if const else _c(0)
-                for var, value in enumerate((v0, v1, v2)):
+                for var, value in enumerate(values):
                     total = b.add(total, b.mul(value, g[fields + 4 * var + f]))
                 self.b.store(total, self.entry(table, self.add(self.mul(i, width), f)))
+            v0, v1, v2 = values
+            v2 = self.add(v2, 1)
+            wrap2 = b.icmp_signed("==", v2, x2)
+            v1 = b.add(v1, b.zext(wrap2, _I64))
+            wrap1 = b.icmp_signed("==", v1, x1)
+            b.store(b.add(v0, b.zext(wrap1, _I64)), odometer[0])
+            b.store(b.select(wrap1, _c(0), v1), odometer[1])
+            b.store(b.select(wrap2, _c(0), v2), odometer[2])
 
     def pack_a(self, dst: ir.Value, image: ir.Value, kc: ir.Value, mc: ir.Value, exact: bool) -> None:
         """The kc x mc block of A as MR-tall panels (dst[p*MR*kc + k*MR + r]), gathered from the image;
@@ -263,6 +295,90 @@ class _GatherEmitter(_GemmEmitter):
                     address = b.select(inside, address, _c(0))
                     value = self.load(self.gep(image, address), self.t)
                     self.store(b.select(inside, value, zero), self.gep(out, r))
+
+    def gather_a(self, dst: ir.Value, image: ir.Value, kc: ir.Value, mc: ir.Value) -> None:
+        """`pack_a` for exact geometry (every divisor 1) with vector gathers: per k, each group of
+        `lanes_i64` panel rows is one masked gather at (row address + column address), the mask the
+        rows' range tests. A row's address and guard coordinates are read from the row table once
+        per panel; a column's once per k for all MR rows."""
+        b, blk, g = self.b, self.blk, self.geo
+        lanes = max(1, self.target.vector_bits // 64)
+        groups = [(r0, min(lanes, blk.mr - r0)) for r0 in range(0, blk.mr, lanes)]
+        with self.loop(0, mc, blk.mr, "ga") as p0:
+            panel = self.gep(dst, self.mul(p0, kc))
+            rows = [self.row_vectors(p0, r0, width, mc) for r0, width in groups]
+            with self.loop(0, kc, 1, "gak") as kk:
+                col = [b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), f)), typ=_I64) for f in range(3)]
+                address = b.add(col[0], b.add(b.mul(col[1], g[S1]), b.mul(col[2], g[S2])))
+                out = self.gep(panel, self.mul(kk, blk.mr))
+                for (r0, width), (ok, base, g1, g2) in zip(groups, rows):
+                    inside = b.and_(ok, b.and_(self.below(b.add(g1, self.vsplat(col[1], width)), g[E1], width),
+                                               self.below(b.add(g2, self.vsplat(col[2], width)), g[E2], width)))
+                    value = self.masked_gather(image, b.add(base, self.vsplat(address, width)), inside)
+                    self.store(value, self.gep(out, r0))
+
+    def row_vectors(self, p0: ir.Value, r0: int, width: int, mc: ir.Value) -> tuple[ir.Value, ...]:
+        """(real row, address, guard coordinate 1, 2) of panel rows p0 + r0 .. + width as i1/i64
+        vectors; rows past mc read the last row's entry and are not real."""
+        b, g = self.b, self.geo
+        vt = ir.VectorType(_I64, width)
+        ok, lin, g1, g2 = (ir.Constant(ir.VectorType(ir.IntType(1), width), None), *[ir.Constant(vt, None)] * 3)
+        last = b.sub(mc, _c(1))
+        for r in range(width):
+            row = b.add(p0, _c(r0 + r))
+            at = self.min(row, last)
+            fields = [b.load(self.entry(self.row_table, self.add(self.mul(at, 3), f)), typ=_I64) for f in range(3)]
+            lane = ir.Constant(_I32, r)
+            ok = b.insert_element(ok, self.less(row, mc), lane)
+            lin, g1, g2 = (b.insert_element(v, x, lane) for v, x in zip((lin, g1, g2), fields))
+        base = b.add(lin, b.add(b.mul(g1, self.vsplat(g[S1], width)), b.mul(g2, self.vsplat(g[S2], width))))
+        return ok, base, g1, g2
+
+    def gather_b(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value) -> None:
+        """`pack_b` with vectors: per k, a panel row of NR columns is one masked gather (a masked
+        load where the columns are contiguous, BJ == 1); columns past nc are zero."""
+        b, blk, g = self.b, self.blk, self.geo
+        lanes = ir.Constant(ir.VectorType(_I64, blk.nr), list(range(blk.nr)))
+        with self.loop(0, nc, blk.nr, "gb") as j0:
+            panel = self.gep(dst, self.mul(j0, kc))
+            ok = b.icmp_signed("<", b.add(self.vsplat(j0, blk.nr), lanes), self.vsplat(nc, blk.nr))
+            first = b.add(jc, j0)
+            offsets = b.mul(b.add(self.vsplat(first, blk.nr), lanes), self.vsplat(g[BJ], blk.nr))
+            with b.if_else(b.icmp_signed("==", g[BJ], _c(1))) as (then, otherwise):
+                with then:
+                    with self.loop(0, kc, 1, "gbl") as kk:
+                        base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                        value = self.masked_load(self.gep(bmat, b.add(base, first)), ok)
+                        self.store(value, self.gep(panel, self.mul(kk, blk.nr)))
+                with otherwise:
+                    with self.loop(0, kc, 1, "gbg") as kk:
+                        base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                        value = self.masked_gather(bmat, b.add(offsets, self.vsplat(base, blk.nr)), ok)
+                        self.store(value, self.gep(panel, self.mul(kk, blk.nr)))
+
+    def vsplat(self, scalar: ir.Value, width: int) -> ir.Value:
+        return self.splat(scalar, ir.VectorType(scalar.type, width))
+
+    def below(self, q: ir.Value, extent: ir.Value, width: int) -> ir.Value:
+        """0 <= q < extent per lane (unsigned: a negative coordinate is a huge one)."""
+        return self.b.icmp_unsigned("<", q, self.vsplat(extent, width))
+
+    def masked_gather(self, base: ir.Value, index: ir.Value, mask: ir.Value) -> ir.Value:
+        """base[index] where mask, else 0 (masked lanes read nothing)."""
+        width = index.type.count
+        vt, pt = ir.VectorType(self.t, width), ir.VectorType(_PTR, width)
+        ptrs = self.b.gep(base, [index], inbounds=True, source_etype=self.t)
+        ptrs.type = pt  # llvmlite types a vector GEP as one pointer
+        name = f"llvm.masked.gather.v{width}{_SUFFIX[self.spec.dtype]}.v{width}p0"
+        fn = _declare(self.fn.module, name, vt, [pt, _I32, mask.type, vt])
+        return self.b.call(fn, [ptrs, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
+
+    def masked_load(self, ptr: ir.Value, mask: ir.Value) -> ir.Value:
+        """The vector at ptr where mask, else 0 (masked lanes read nothing)."""
+        vt = ir.VectorType(self.t, mask.type.count)
+        name = f"llvm.masked.load.v{vt.count}{_SUFFIX[self.spec.dtype]}.p0"
+        fn = _declare(self.fn.module, name, vt, [_PTR, _I32, mask.type, vt])
+        return self.b.call(fn, [ptr, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
 
     def inside(self, q1: ir.Value, q2: ir.Value, exact: bool) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(is a real element, index on guarded axis 1, on axis 2) of numerators q1, q2."""
