@@ -9,7 +9,8 @@ import pytest
 import graphnet as gn
 from codegen.llvm import igemm
 from codegen.llvm.target import AVX2
-from test_schedules import _scheduled_llvm
+from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
+from test_schedules import _prepared, _scheduled_llvm
 
 CASES = [  # (x shape, filter shape, keyword arguments)
     ((3, 12, 11, 5), (3, 3, 5, 7), dict(padding="same")),
@@ -57,9 +58,8 @@ def test_a_grouped_conv_keeps_the_direct_loop():
 
 def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
-    from codegen.llvm.gemm_schedule import loop_passes
-    from test_schedules import _prepared
-    lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
+    passes = [p for p in loop_passes(lambda *a, **k: 64, 1, AVX2) if p is not border_conv_images]
+    lp = _prepared(fetches, passes)  # the guarded form, as without a border
     forward = next(k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None)
     d = igemm.descriptor(forward)
     assert (d[igemm.R1], d[igemm.R2], d[igemm.K1], d[igemm.K2]) == (5, 5, 3, 3)  # (n, i, j) x (kh, kw, c)
@@ -68,6 +68,27 @@ def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     assert (d[igemm.E1], d[igemm.S1], d[igemm.D1]) == (10, 30, 1)
     assert d[igemm.COL_FIELDS + 8:igemm.COL_FIELDS + 12] == [1, 0, 0, 8]  # c: image stride 1, filter row 8
     assert d[igemm.BJ] == 1
+
+
+def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards():
+    fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
+    lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
+    names = [k.name for k in lp.kernels]
+    gemms = [k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None]
+    assert len(gemms) == 3
+    input_grad, filter_grad = (next(k for k in gemms if op in k.name) for op in ("input_grad", "filter_grad"))
+    forward = next(k for k in gemms if k not in (input_grad, filter_grad))
+    for k in (forward, filter_grad):  # both read x through padding (0, 1): an 11 x 11 copy, no guards
+        w = k.reduce.contraction[0]
+        assert w.shape == (None, 11, 11, 3) and lp.buffers[w.buffer].name.startswith("bordered")
+        border = lp.kernels[names.index(k.name) - 1]
+        assert border.name == "border" and border.stores[0].buffer == w.buffer
+        d = igemm.descriptor(k)
+        assert (d[igemm.E1], d[igemm.S1], d[igemm.E2], d[igemm.S2]) == (1, 0, 1, 0)
+    assert igemm.descriptor(forward)[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 12:4] == [363, 66, 6]  # n, i, j
+    d = igemm.descriptor(input_grad)  # dy read at (h - kh) / 2: guarded, with divisors
+    assert (d[igemm.E1], d[igemm.D1], d[igemm.E2], d[igemm.D2]) == (5, 2, 5, 2)
+    assert input_grad.reduce.contraction[0].shape == (None, 5, 5, 8)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

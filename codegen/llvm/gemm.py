@@ -20,7 +20,7 @@ separate transpose copy. The packed panels live in a caller-provided workspace
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from llvmlite import ir
 
@@ -31,6 +31,7 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _PTR = ir.PointerType()
 _ELEMENT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+ARows = Callable[[ir.Value, int], list]  # (k, rows) -> the pointers of A[0..rows-1, k], emitted where called
 
 
 @dataclass(frozen=True)
@@ -374,9 +375,9 @@ class _GemmEmitter:
     # -- micro-kernel and C update ------------------------------------------------------------
 
     def tile_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value, mr: ir.Value,
-                    bp: ir.Value, b_k: ir.Value) -> list[list[ir.Value]]:
+                    bp: ir.Value, b_k: ir.Value, a_at: ARows | None = None) -> list[list[ir.Value]]:
         """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
-        ap[r * a_row + k * a_k]). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
+        ap[r * a_row + k * a_k], or where `a_at` says: see micro_kernel). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
         no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
         six-row tiles and a 2-row one)."""
         b, blk = self.b, self.blk
@@ -384,7 +385,7 @@ class _GemmEmitter:
         results = []
         with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
             with then:
-                results.append((self.micro_kernel(kc, ap, a_row, a_k, bp, b_k), b.block))
+                results.append((self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, a_at=a_at), b.block))
             with otherwise:
                 merge = b.append_basic_block("edge.merge")
                 dispatch = b.block
@@ -394,7 +395,7 @@ class _GemmEmitter:
                     block = b.append_basic_block(f"edge{rows}")
                     switch.add_case(_c(rows), block)
                     b.position_at_end(block)
-                    acc = self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, rows)
+                    acc = self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, rows, a_at)
                     edge_results.append((acc + [[zero] * len(acc[0])] * (blk.mr - rows), b.block))
                     b.branch(merge)
                 b.position_at_end(merge)
@@ -416,10 +417,12 @@ class _GemmEmitter:
         return merged
 
     def micro_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value,
-                     bp: ir.Value, b_k: ir.Value, rows: int | None = None) -> list[list[ir.Value]]:
+                     bp: ir.Value, b_k: ir.Value, rows: int | None = None, a_at: ARows | None = None
+                     ) -> list[list[ir.Value]]:
         """The `rows` x NR tile (default MR) of accumulators summed over kc, as SSA values (phis) at
-        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), the B row
-        of k at bp[k * b_k] (packed: b_k = NR; in place: b_k = N).
+        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), or at
+        the pointers `a_at(k, rows)` emits in the loop body; the B row of k at bp[k * b_k] (packed:
+        b_k = NR; in place: b_k = N).
         """
         b, blk, w = self.b, self.blk, self.w
         rows = blk.mr if rows is None else rows
@@ -439,11 +442,15 @@ class _GemmEmitter:
         b.cbranch(self.less(kk, kc), body, done)
         b.position_at_end(body)
         brow = self.gep(bp, self.mul(kk, b_k))
-        arow = self.gep(ap, self.mul(kk, a_k))
+        if a_at is None:
+            arow = self.gep(ap, self.mul(kk, a_k))
+            a_ptrs = [self.gep(arow, self.mul(a_row, r)) for r in range(rows)]
+        else:
+            a_ptrs = a_at(kk, rows)
         bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
         new = []
         for r in range(rows):
-            a = self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt)
+            a = self.splat(self.load(a_ptrs[r], self.t), self.vt)
             new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
         kk.add_incoming(self.add(kk, 1), b.block)
         for phi, value in zip(_flat(acc), _flat(new)):

@@ -16,6 +16,13 @@ entry), so an element costs two additions, two range tests and one load; on a ve
 exact geometry (every divisor 1) those are vector operations and a masked gather per group of rows
 (`gather_a`), and B's panel rows are masked loads or gathers (`gather_b`). A strided gradient's
 packing (divisors) and scalar targets keep the scalar loops.
+
+Most panels are not packed at all: with exact geometry a panel whose elements all lie inside the
+image (the extremes of its rows' and the block's columns' guard coordinates say so) is read in place
+by the micro-kernel, A[r, k] at image[row address r + column address k] (`panel_kernel`). With one
+FMA per cycle the micro-kernel has load slots to spare for that, so such a GEMM runs at the FMA
+rate of its register tile. gemm_schedule.border_conv_images gives a padded window a zero-bordered
+copy of its image, so that every panel of those is inside too.
 """
 from __future__ import annotations
 
@@ -37,6 +44,11 @@ R1, R2, K1, K2 = 0, 1, 2, 3
 ROW_FIELDS, COL_FIELDS, CONST = 4, 16, 28
 E1, S1, D1, E2, S2, D2, BJ = 32, 33, 34, 35, 36, 37, 38
 DESCRIPTOR_SIZE = 39
+
+# packing tables, one entry per row of A (rows) or per k (columns) of a block
+LIN, G1, G2, BLIN = 0, 1, 2, 3  # fields: linear offset, guarded coordinates 1 and 2, B's offset (columns)
+ROW_WIDTH, COL_WIDTH = 4, 5  # ... and last the exact geometry's image address part
+ROW_ADDRESS, COL_ADDRESS = ROW_WIDTH - 1, COL_WIDTH - 1
 
 
 def operands(k: Kernel) -> tuple[Window, Load] | None:
@@ -194,9 +206,11 @@ class _GatherEmitter(_GemmEmitter):
                     for i in range(DESCRIPTOR_SIZE)]
         self.tile = b.alloca(ir.ArrayType(self.t, blk.mr * blk.nr), name="edge_tile")
         self.tile.align, self.tile.type = 64, _PTR
-        self.row_table = self.table(blk.mc * 3, "row_table")
-        self.col_table = self.table(blk.kc * 4, "col_table")
+        self.row_table = self.table(blk.mc * ROW_WIDTH, "row_table")
+        self.col_table = self.table(blk.kc * COL_WIDTH, "col_table")
         self.odometer = [self.table(1, f"digit{i}") for i in range(3)]  # tabulate's (v0, v1, v2)
+        self.bound = [self.table(1, f"bound{i}") for i in range(4)]  # bounds' running min / max
+        self.in_place = self.table(blk.mc // blk.mr, "in_place")  # per panel of the block: 1 = read A in place
         b_pack = ws
         a_pack = b.gep(ws, [_c(_round64(blk.kc * blk.nc * self.align))], inbounds=True, source_etype=ir.IntType(8))
         g = self.geo
@@ -207,29 +221,23 @@ class _GatherEmitter(_GemmEmitter):
             with self.loop(0, k, blk.kc, "pc", at_least_once=True) as pc:
                 kc = self.min(b.sub(k, pc), blk.kc)
                 first = b.icmp_signed("==", pc, _c(0))
-                self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, 4, const=True)
+                self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, COL_WIDTH, const=True)
+                col_bounds = self.bounds(self.col_table, kc, COL_WIDTH)
                 if self.target.vector_bits:
                     self.gather_b(b_pack, bmat, jc, kc, nc)
                 else:
                     self.pack_b(b_pack, bmat, jc, kc, nc)
                 with self.loop(m_lo, m_hi, blk.mc, "ic") as ic:
                     mc = self.min(b.sub(m_hi, ic), blk.mc)
-                    self.tabulate(self.row_table, ic, mc, g[R1], g[R2], ROW_FIELDS, 3, const=False)
-                    with b.if_else(fast) as (then, otherwise):
-                        with then:
-                            if self.target.vector_bits:
-                                self.gather_a(a_pack, image, kc, mc)
-                            else:
-                                self.pack_a(a_pack, image, kc, mc, exact=True)
-                        with otherwise:
-                            self.pack_a(a_pack, image, kc, mc, exact=False)
+                    self.tabulate(self.row_table, ic, mc, g[R1], g[R2], ROW_FIELDS, ROW_WIDTH, const=False)
+                    with self.loop(0, mc, blk.mr, "pa") as p0:
+                        self.pack_panel(a_pack, image, p0, kc, mc, fast, col_bounds)
                     with self.loop(0, nc, blk.nr, "jr") as jr:
                         nr = self.min(b.sub(nc, jr), blk.nr)
                         bp = self.gep(b_pack, self.mul(jr, kc))
                         with self.loop(0, mc, blk.mr, "ir") as ir_:
                             mr = self.min(b.sub(mc, ir_), blk.mr)
-                            acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1), _c(blk.mr),
-                                                   mr, bp, _c(blk.nr))
+                            acc = self.panel_kernel(kc, a_pack, image, ir_, mr, mc, bp)
                             self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first)
         b.ret_void()
 
@@ -241,10 +249,15 @@ class _GatherEmitter(_GemmEmitter):
     def entry(self, table: ir.Value, index: ir.Value) -> ir.Value:
         return self.b.gep(table, [index], inbounds=True, source_etype=_I64)
 
+    def field(self, table: ir.Value, width: int, index: ir.Value, f: int) -> ir.Value:
+        """Field f of entry `index` of a row or column table."""
+        return self.b.load(self.entry(table, self.add(self.mul(index, width), f)), typ=_I64)
+
     def tabulate(self, table: ir.Value, start: ir.Value, count: ir.Value, x1: ir.Value, x2: ir.Value,
                  fields: int, width: int, const: bool) -> None:
         """table[i * width + f] = field f's part of the offset of index start + i (decomposed into
-        three vars over extents (., x1, x2)), plus the descriptor's constants for the columns.
+        three vars over extents (., x1, x2)), plus the descriptor's constants for the columns; the
+        last field is the image address part of an exact geometry, lin + g1 * S1 + g2 * S2.
 
         Only `start` is divided; the vars then advance as an odometer (a division per entry cost more
         than a block's packing)."""
@@ -256,10 +269,14 @@ class _GatherEmitter(_GemmEmitter):
             b.store(value, slot)
         with self.loop(0, count, 1, "tab") as i:
             values = [b.load(var, typ=_I64) for var in odometer]
-            for f in range(width):
+            totals = []
+            for f in range(width - 1):
                 total = g[CONST + f] if const else _c(0)
                 for var, value in enumerate(values):
                     total = b.add(total, b.mul(value, g[fields + 4 * var + f]))
+                totals.append(total)
+            totals.append(b.add(totals[LIN], b.add(b.mul(totals[G1], g[S1]), b.mul(totals[G2], g[S2]))))
+            for f, total in enumerate(totals):
                 self.b.store(total, self.entry(table, self.add(self.mul(i, width), f)))
             v0, v1, v2 = values
             v2 = self.add(v2, 1)
@@ -270,33 +287,90 @@ class _GatherEmitter(_GemmEmitter):
             b.store(b.select(wrap1, _c(0), v1), odometer[1])
             b.store(b.select(wrap2, _c(0), v2), odometer[2])
 
-    def pack_a(self, dst: ir.Value, image: ir.Value, kc: ir.Value, mc: ir.Value, exact: bool) -> None:
-        """The kc x mc block of A as MR-tall panels (dst[p*MR*kc + k*MR + r]), gathered from the image;
-        rows past mc and elements outside the image are zero. `exact`: every divisor is 1."""
+    def bounds(self, table: ir.Value, count: ir.Value, width: int) -> list[ir.Value]:
+        """(min g1, max g1, min g2, max g2) over the first `count` entries of a table."""
+        b, slots = self.b, self.bound
+        for slot, value in zip(slots, (1 << 62, -(1 << 62)) * 2):
+            b.store(_c(value), slot)
+        with self.loop(0, count, 1, "bd") as i:
+            for slot, f, pick in zip(slots, (G1, G1, G2, G2), ("<", ">") * 2):
+                value, best = self.field(table, width, i, f), b.load(slot, typ=_I64)
+                b.store(b.select(b.icmp_signed(pick, value, best), value, best), slot)
+        return [b.load(slot, typ=_I64) for slot in slots]
+
+    def pack_panel(self, dst: ir.Value, image: ir.Value, p0: ir.Value, kc: ir.Value, mc: ir.Value,
+                   fast: ir.Value, col_bounds: list[ir.Value]) -> None:
+        """Decide how the micro-kernel reads panel p0 of A: in place from the image when the geometry is
+        exact and every element of the panel lies inside the image (the guard coordinates are sums of a
+        row part and a column part, so their extremes bound the panel), else packed here."""
+        b, blk, g = self.b, self.blk, self.geo
+        count = self.min(b.sub(mc, p0), blk.mr)
+        rmin1, rmax1, rmin2, rmax2 = self.bounds(self.entry(self.row_table, self.mul(p0, ROW_WIDTH)), count, ROW_WIDTH)
+        cmin1, cmax1, cmin2, cmax2 = col_bounds
+        inside = fast
+        for low, high, extent in ((b.add(rmin1, cmin1), b.add(rmax1, cmax1), g[E1]),
+                                  (b.add(rmin2, cmin2), b.add(rmax2, cmax2), g[E2])):
+            inside = b.and_(inside, b.and_(b.icmp_signed(">=", low, _c(0)), b.icmp_signed("<", high, extent)))
+        b.store(b.zext(inside, _I64), self.entry(self.in_place, b.sdiv(p0, _c(blk.mr))))
+        panel = self.gep(dst, self.mul(p0, kc))
+        with b.if_then(b.not_(inside)):
+            with b.if_else(fast) as (then, otherwise):
+                with then:
+                    if self.target.vector_bits:
+                        self.gather_a(panel, image, p0, kc, mc)
+                    else:
+                        self.pack_a(panel, image, p0, kc, mc, exact=True)
+                with otherwise:
+                    self.pack_a(panel, image, p0, kc, mc, exact=False)
+
+    def panel_kernel(self, kc: ir.Value, a_pack: ir.Value, image: ir.Value, ir_: ir.Value, mr: ir.Value,
+                     mc: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
+        """The tile's accumulators, A read in place (image + row address + column address) or from its
+        packed panel, as `pack_panel` decided."""
+        b, blk = self.b, self.blk
+        flag = b.load(self.entry(self.in_place, b.sdiv(ir_, _c(blk.mr))), typ=_I64)
+        results = []
+        with b.if_else(b.icmp_signed("!=", flag, _c(0))) as (then, otherwise):
+            with then:
+                last = b.sub(mc, _c(1))
+                rows = [self.field(self.row_table, ROW_WIDTH, self.min(b.add(ir_, _c(r)), last), ROW_ADDRESS)
+                        for r in range(blk.mr)]
+
+                def a_at(kk: ir.Value, count: int) -> list[ir.Value]:
+                    base = self.gep(image, self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS))
+                    return [self.gep(base, row) for row in rows[:count]]
+                results.append((self.tile_kernel(kc, None, None, None, mr, bp, _c(blk.nr), a_at), b.block))
+            with otherwise:
+                acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1), _c(blk.mr), mr, bp, _c(blk.nr))
+                results.append((acc, b.block))
+        return self.merge(results)
+
+    def pack_a(self, panel: ir.Value, image: ir.Value, p0: ir.Value, kc: ir.Value, mc: ir.Value,
+               exact: bool) -> None:
+        """Panel p0 of the kc x mc block of A (panel[k*MR + r], of the block's dst[p*MR*kc + k*MR + r]),
+        gathered from the image; rows past mc and elements outside the image are zero. `exact`: every
+        divisor is 1."""
         b, blk, g = self.b, self.blk, self.geo
         zero = ir.Constant(self.t, 0.0)
-        with self.loop(0, mc, blk.mr, "pa") as p0:
-            panel = self.gep(dst, self.mul(p0, kc))
-            last = b.sub(mc, _c(1))
-            rows = []
-            for r in range(blk.mr):
-                row = b.add(p0, _c(r))
-                at = self.min(row, last)
-                rows.append((self.less(row, mc), *(b.load(self.entry(self.row_table, self.add(self.mul(at, 3), f)),
-                                                          typ=_I64) for f in range(3))))
-            with self.loop(0, kc, 1, "pak") as kk:
-                col = [b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), f)), typ=_I64) for f in range(3)]
-                out = self.gep(panel, self.mul(kk, blk.mr))
-                for r, (ok, lin, g1, g2) in enumerate(rows):
-                    q1, q2 = b.add(g1, col[1]), b.add(g2, col[2])
-                    inside, h, w = self.inside(q1, q2, exact)
-                    inside = b.and_(ok, inside)
-                    address = b.add(b.add(lin, col[0]), b.add(b.mul(h, g[S1]), b.mul(w, g[S2])))
-                    address = b.select(inside, address, _c(0))
-                    value = self.load(self.gep(image, address), self.t)
-                    self.store(b.select(inside, value, zero), self.gep(out, r))
+        last = b.sub(mc, _c(1))
+        rows = []
+        for r in range(blk.mr):
+            row = b.add(p0, _c(r))
+            at = self.min(row, last)
+            rows.append((self.less(row, mc), *(self.field(self.row_table, ROW_WIDTH, at, f) for f in (LIN, G1, G2))))
+        with self.loop(0, kc, 1, "pak") as kk:
+            col = [self.field(self.col_table, COL_WIDTH, kk, f) for f in (LIN, G1, G2)]
+            out = self.gep(panel, self.mul(kk, blk.mr))
+            for r, (ok, lin, g1, g2) in enumerate(rows):
+                q1, q2 = b.add(g1, col[G1]), b.add(g2, col[G2])
+                inside, h, w = self.inside(q1, q2, exact)
+                inside = b.and_(ok, inside)
+                address = b.add(b.add(lin, col[LIN]), b.add(b.mul(h, g[S1]), b.mul(w, g[S2])))
+                address = b.select(inside, address, _c(0))
+                value = self.load(self.gep(image, address), self.t)
+                self.store(b.select(inside, value, zero), self.gep(out, r))
 
-    def gather_a(self, dst: ir.Value, image: ir.Value, kc: ir.Value, mc: ir.Value) -> None:
+    def gather_a(self, panel: ir.Value, image: ir.Value, p0: ir.Value, kc: ir.Value, mc: ir.Value) -> None:
         """`pack_a` for exact geometry (every divisor 1) with vector gathers: per k, each group of
         `lanes_i64` panel rows is one masked gather at (row address + column address), the mask the
         rows' range tests. A row's address and guard coordinates are read from the row table once
@@ -304,35 +378,31 @@ class _GatherEmitter(_GemmEmitter):
         b, blk, g = self.b, self.blk, self.geo
         lanes = max(1, self.target.vector_bits // 64)
         groups = [(r0, min(lanes, blk.mr - r0)) for r0 in range(0, blk.mr, lanes)]
-        with self.loop(0, mc, blk.mr, "ga") as p0:
-            panel = self.gep(dst, self.mul(p0, kc))
-            rows = [self.row_vectors(p0, r0, width, mc) for r0, width in groups]
-            with self.loop(0, kc, 1, "gak") as kk:
-                col = [b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), f)), typ=_I64) for f in range(3)]
-                address = b.add(col[0], b.add(b.mul(col[1], g[S1]), b.mul(col[2], g[S2])))
-                out = self.gep(panel, self.mul(kk, blk.mr))
-                for (r0, width), (ok, base, g1, g2) in zip(groups, rows):
-                    inside = b.and_(ok, b.and_(self.below(b.add(g1, self.vsplat(col[1], width)), g[E1], width),
-                                               self.below(b.add(g2, self.vsplat(col[2], width)), g[E2], width)))
-                    value = self.masked_gather(image, b.add(base, self.vsplat(address, width)), inside)
-                    self.store(value, self.gep(out, r0))
+        rows = [self.row_vectors(p0, r0, width, mc) for r0, width in groups]
+        with self.loop(0, kc, 1, "gak") as kk:
+            col = [self.field(self.col_table, COL_WIDTH, kk, f) for f in (G1, G2, COL_ADDRESS)]
+            out = self.gep(panel, self.mul(kk, blk.mr))
+            for (r0, width), (ok, base, g1, g2) in zip(groups, rows):
+                inside = b.and_(ok, b.and_(self.below(b.add(g1, self.vsplat(col[0], width)), g[E1], width),
+                                           self.below(b.add(g2, self.vsplat(col[1], width)), g[E2], width)))
+                value = self.masked_gather(image, b.add(base, self.vsplat(col[2], width)), inside)
+                self.store(value, self.gep(out, r0))
 
     def row_vectors(self, p0: ir.Value, r0: int, width: int, mc: ir.Value) -> tuple[ir.Value, ...]:
         """(real row, address, guard coordinate 1, 2) of panel rows p0 + r0 .. + width as i1/i64
         vectors; rows past mc read the last row's entry and are not real."""
-        b, g = self.b, self.geo
+        b = self.b
         vt = ir.VectorType(_I64, width)
-        ok, lin, g1, g2 = (ir.Constant(ir.VectorType(ir.IntType(1), width), None), *[ir.Constant(vt, None)] * 3)
+        ok, address, g1, g2 = (ir.Constant(ir.VectorType(ir.IntType(1), width), None), *[ir.Constant(vt, None)] * 3)
         last = b.sub(mc, _c(1))
         for r in range(width):
             row = b.add(p0, _c(r0 + r))
             at = self.min(row, last)
-            fields = [b.load(self.entry(self.row_table, self.add(self.mul(at, 3), f)), typ=_I64) for f in range(3)]
             lane = ir.Constant(_I32, r)
             ok = b.insert_element(ok, self.less(row, mc), lane)
-            lin, g1, g2 = (b.insert_element(v, x, lane) for v, x in zip((lin, g1, g2), fields))
-        base = b.add(lin, b.add(b.mul(g1, self.vsplat(g[S1], width)), b.mul(g2, self.vsplat(g[S2], width))))
-        return ok, base, g1, g2
+            address, g1, g2 = (b.insert_element(v, self.field(self.row_table, ROW_WIDTH, at, f), lane)
+                               for v, f in zip((address, g1, g2), (ROW_ADDRESS, G1, G2)))
+        return ok, address, g1, g2
 
     def gather_b(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value) -> None:
         """`pack_b` with vectors: per k, a panel row of NR columns is one masked gather (a masked
@@ -347,12 +417,12 @@ class _GatherEmitter(_GemmEmitter):
             with b.if_else(b.icmp_signed("==", g[BJ], _c(1))) as (then, otherwise):
                 with then:
                     with self.loop(0, kc, 1, "gbl") as kk:
-                        base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                        base = self.field(self.col_table, COL_WIDTH, kk, BLIN)
                         value = self.masked_load(self.gep(bmat, b.add(base, first)), ok)
                         self.store(value, self.gep(panel, self.mul(kk, blk.nr)))
                 with otherwise:
                     with self.loop(0, kc, 1, "gbg") as kk:
-                        base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                        base = self.field(self.col_table, COL_WIDTH, kk, BLIN)
                         value = self.masked_gather(bmat, b.add(offsets, self.vsplat(base, blk.nr)), ok)
                         self.store(value, self.gep(panel, self.mul(kk, blk.nr)))
 
@@ -406,7 +476,7 @@ class _GatherEmitter(_GemmEmitter):
                 col = b.add(j0, _c(j))
                 cols.append((self.less(col, nc), b.mul(b.add(jc, col), g[BJ])))
             with self.loop(0, kc, 1, "pbk") as kk:
-                base = b.load(self.entry(self.col_table, self.add(self.mul(kk, 4), 3)), typ=_I64)
+                base = self.field(self.col_table, COL_WIDTH, kk, BLIN)
                 out = self.gep(panel, self.mul(kk, blk.nr))
                 for j, (ok, offset) in enumerate(cols):
                     address = b.select(ok, b.add(base, offset), _c(0))
