@@ -78,13 +78,15 @@ def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_gu
     assert len(gemms) == 3
     input_grad, filter_grad = (next(k for k in gemms if op in k.name) for op in ("input_grad", "filter_grad"))
     forward = next(k for k in gemms if k not in (input_grad, filter_grad))
-    for k in (forward, filter_grad):  # both read x through padding (0, 1): an 11 x 11 copy, no guards
+    for k in (forward, filter_grad):  # both read x through padding (0, 1): one 11 x 11 copy, no guards
         w = k.reduce.contraction[0]
         assert w.shape == (None, 11, 11, 3) and lp.buffers[w.buffer].name.startswith("bordered")
-        border = lp.kernels[names.index(k.name) - 1]
-        assert border.name == "border" and border.stores[0].buffer == w.buffer
         d = igemm.descriptor(k)
         assert (d[igemm.E1], d[igemm.S1], d[igemm.E2], d[igemm.S2]) == (1, 0, 1, 0)
+    assert forward.reduce.contraction[0].buffer == filter_grad.reduce.contraction[0].buffer
+    borders = [k for k in lp.kernels if k.name == "border"]
+    assert len(borders) == 1 and names.index("border") == names.index(forward.name) - 1
+    assert borders[0].stores[0].buffer == forward.reduce.contraction[0].buffer
     assert igemm.descriptor(forward)[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 12:4] == [363, 66, 6]  # n, i, j
     d = igemm.descriptor(input_grad)  # dy read at (h - kh) / 2: guarded, with divisors
     assert (d[igemm.E1], d[igemm.D1], d[igemm.E2], d[igemm.D2]) == (5, 2, 5, 2)
@@ -113,6 +115,22 @@ def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs
                 scale = np.abs(expected).max()
                 np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=tol, err_msg=name)
 
+
+
+def test_a_border_copy_is_not_shared_across_a_kernel_writing_its_image():
+    from codegen.loopir import Affine, Const, Kernel, Store
+    fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(padding="same"), np.float32)
+    passes = loop_passes(lambda *a, **k: 64, 1, AVX2)
+    lp = _prepared(fetches, passes[:passes.index(border_conv_images)] + [None])
+    image = next(k.reduce.value.args[0].buffer for k in lp.kernels if k.reduce is not None and "filter" in k.name)
+    at = next(i for i, k in enumerate(lp.kernels) if k.reduce is not None and "filter" in k.name)
+    lp.kernels.insert(at, Kernel("overwrite", (1,), [Store(image, Affine(), Const(1.0, np.dtype(np.float32)), "x", "")]))
+    border_conv_images(lp)
+    names = [k.name for k in lp.kernels]
+    assert names.count("border") == 3  # x for the forward, dy for the input gradient, x again
+    forward, filter_grad = (next(k for k in lp.kernels if k.name.startswith(op)) for op in ("conv2d_relu", "conv2d_filter"))
+    assert forward.reduce.value.args[0].buffer != filter_grad.reduce.value.args[0].buffer
+    assert names[names.index(filter_grad.name) - 1] == "border"
 
 PACKING_CASES = [  # geometries for the packing paths: (x shape, filter shape, keyword arguments)
     ((2, 14, 14, 1), (5, 5, 1, 6), dict()),  # lenet's conv1: one input channel, valid

@@ -63,25 +63,31 @@ def border_conv_images(lp: LoopProgram) -> LoopProgram:
     an input gradient's full border) a zero-bordered copy of the image, written by a kernel of its own
     just before it, and make its window read that copy unguarded: the GEMM then reads A in place
     instead of gathering it (igemm.py). The border's zeros take part in the sums as the padding's did.
-    A strided gradient's window (divisors) keeps its guards."""
-    kernels = []
+    A strided gradient's window (divisors) keeps its guards. A later kernel needing the same border of
+    the same image (a padded conv's filter gradient after its forward) reads the first copy, unless a
+    kernel between them wrote the image."""
+    kernels, copies = [], {}  # (image, shape, shift) -> its bordered copy
     for k in lp.kernels:
         found = igemm.operands(k) if k.reduce is not None and not k.order else None
         geometry = border(found[0], k.domain) if found is not None and igemm.worth_it(k) else None
         if geometry is not None:
-            kernels.append(border_kernel(lp, k, found[0], *geometry))
+            w, key = found[0], (found[0].buffer, *geometry)
+            if key not in copies:
+                copies[key] = add_buffer(lp, f"bordered_b{w.buffer}", geometry[0], w.dtype)
+                kernels.append(border_kernel(k, w, copies[key], *geometry))
+            moved = bordered(w, copies[key], geometry[1], geometry[0])
+            rewrite_kernel(k, lambda e: moved if e == w else e)
         kernels.append(k)
+        written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
+        copies = {key: copy for key, copy in copies.items() if key[0] not in written}
     lp.kernels = kernels
     return lp
 
 
-def border_kernel(lp: LoopProgram, k: Kernel, w: Window, shape: tuple, shift: tuple) -> Kernel:
-    """The kernel copying w's image into a new zero-bordered buffer of `shape`; k's window moves onto it."""
-    copy = add_buffer(lp, f"bordered_b{w.buffer}", shape, w.dtype)
+def border_kernel(k: Kernel, w: Window, copy: int, shape: tuple, shift: tuple) -> Kernel:
+    """The kernel copying w's image (read by kernel k) into buffer `copy` of `shape`, zero-bordered."""
     inside = window(w.buffer, w.shape, tuple(Coord(((axis, 1),), -s) for axis, s in enumerate(shift)), w.dtype, w.fill)
     offset = Affine(tuple((axis, coef, nexp) for axis, (coef, nexp) in enumerate(row_strides(shape))))
-    moved = bordered(w, copy, shift, shape)
-    rewrite_kernel(k, lambda e: moved if e == w else e)
     first = k.stores[0]
     return Kernel("border", shape, [Store(copy, offset, inside, f"border of {first.node}", first.source)])
 
