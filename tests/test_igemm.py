@@ -65,7 +65,7 @@ def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     assert (d[igemm.R1], d[igemm.R2], d[igemm.K1], d[igemm.K2]) == (5, 5, 3, 3)  # (n, i, j) x (kh, kw, c)
     assert d[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 3] == [10 * 10 * 3, 0, 0]  # n: linear, batch stride
     assert d[igemm.ROW_FIELDS + 4:igemm.ROW_FIELDS + 7] == [0, 2, 0]  # i: stride 2 on the height guard
-    assert (d[igemm.E1], d[igemm.S1], d[igemm.D1]) == (10, 30, 1)
+    assert (d[igemm.E1], d[igemm.S1], d[igemm.D1], d[igemm.GUARDED]) == (10, 30, 1, 2)
     assert d[igemm.COL_FIELDS + 8:igemm.COL_FIELDS + 12] == [1, 0, 0, 8]  # c: image stride 1, filter row 8
     assert d[igemm.BJ] == 1
 
@@ -82,14 +82,14 @@ def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_gu
         w = k.reduce.contraction[0]
         assert w.shape == (None, 11, 11, 3) and lp.buffers[w.buffer].name.startswith("bordered")
         d = igemm.descriptor(k)
-        assert (d[igemm.E1], d[igemm.S1], d[igemm.E2], d[igemm.S2]) == (1, 0, 1, 0)
+        assert (d[igemm.E1], d[igemm.S1], d[igemm.E2], d[igemm.S2], d[igemm.GUARDED]) == (1, 0, 1, 0, 0)
     assert forward.reduce.contraction[0].buffer == filter_grad.reduce.contraction[0].buffer
     borders = [k for k in lp.kernels if k.name == "border"]
     assert len(borders) == 1 and names.index("border") == names.index(forward.name) - 1
     assert borders[0].stores[0].buffer == forward.reduce.contraction[0].buffer
     assert igemm.descriptor(forward)[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 12:4] == [363, 66, 6]  # n, i, j
     d = igemm.descriptor(input_grad)  # dy read at (h - kh) / 2: guarded, with divisors
-    assert (d[igemm.E1], d[igemm.D1], d[igemm.E2], d[igemm.D2]) == (5, 2, 5, 2)
+    assert (d[igemm.E1], d[igemm.D1], d[igemm.E2], d[igemm.D2], d[igemm.GUARDED]) == (5, 2, 5, 2, 2)
     assert input_grad.reduce.contraction[0].shape == (None, 5, 5, 8)
 
 

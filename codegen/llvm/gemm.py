@@ -490,7 +490,12 @@ class _GemmEmitter:
 
     def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
                     first: ir.Value) -> None:
+        """C (+)= the stack tile's first mr rows and nr columns: masked vectors on a vector target, else
+        whole vectors and then single elements."""
         b, w = self.b, self.w
+        if self.target.vector_bits:
+            self.update_edge_masked(row, col, mr, nr, c, first)
+            return
         whole_vectors = self.mul(b.sdiv(nr, _c(w)), w)
         with self.loop(0, mr, 1, "er") as r:
             crow = self.gep(c, b.add(self.mul(b.add(row, r), self.n_dim), col))
@@ -502,6 +507,33 @@ class _GemmEmitter:
                     value = self.load(self.gep(trow, jj), vt)
                     self.update(self.gep(crow, jj), value, first, width)
 
+    def update_edge_masked(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
+                           first: ir.Value) -> None:
+        b, w = self.b, self.w
+        zero = ir.Constant(self.vt, None)
+        with self.loop(0, mr, 1, "er") as r:
+            crow = self.gep(c, b.add(self.mul(b.add(row, r), self.n_dim), col))
+            trow = self.gep(self.tile, self.mul(r, self.blk.nr))
+            for v in range(0, self.blk.nr, w):
+                columns = ir.Constant(ir.VectorType(_I64, w), list(range(v, v + w)))
+                mask = b.icmp_signed("<", columns, self.splat(nr, ir.VectorType(_I64, w)))
+                ptr = self.gep(crow, v)
+                old = b.select(first, zero, self.masked_load(ptr, mask))
+                self.masked_store(b.fadd(self.load(self.gep(trow, v), self.vt), old), ptr, mask)
+
+    def masked_load(self, ptr: ir.Value, mask: ir.Value) -> ir.Value:
+        """The vector at ptr where mask, else 0 (masked lanes read nothing)."""
+        vt = ir.VectorType(self.t, mask.type.count)
+        name = f"llvm.masked.load.v{vt.count}{_SUFFIX[self.spec.dtype]}.p0"
+        fn = _declare(self.fn.module, name, vt, [_PTR, _I32, mask.type, vt])
+        return self.b.call(fn, [ptr, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
+
+    def masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+        """Store the lanes of `value` where mask (the others write nothing)."""
+        name = f"llvm.masked.store.v{mask.type.count}{_SUFFIX[self.spec.dtype]}.p0"
+        fn = _declare(self.fn.module, name, ir.VoidType(), [value.type, _PTR, _I32, mask.type])
+        self.b.call(fn, [value, ptr, ir.Constant(_I32, self.align), mask])
+
     def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value | bool, width: int) -> None:
         """Store value (+ old C unless this is the first K block; `first` may be known here, True or
         False, or a runtime flag)."""
@@ -512,6 +544,15 @@ class _GemmEmitter:
         elif first is not True:
             value = b.fadd(value, b.select(first, ir.Constant(vt, None), self.load(ptr, vt)))
         self.store(value, ptr)
+
+
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+def _declare(module: ir.Module, name: str, result: ir.Type, params: list) -> ir.Function:
+    """An intrinsic declared by hand, once per module (`declare_intrinsic` rejects vector types)."""
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(result, params), name=name)
 
 
 def _c(value: ir.Value | int) -> ir.Value:
@@ -527,8 +568,5 @@ def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
 
 
 def _intrinsic(module: ir.Module, name: str, typ: ir.Type, arity: int) -> ir.Function:
-    """A vector intrinsic declared by hand (`declare_intrinsic` rejects vector types)."""
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(typ, [typ] * arity), name=name)
+    """A vector intrinsic of `arity` arguments of its result type."""
+    return _declare(module, name, typ, [typ] * arity)

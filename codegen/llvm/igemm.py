@@ -32,18 +32,19 @@ from llvmlite import ir
 
 from ..loopir import Kernel, Load, Op
 from ..window import Window, guarded_axes, row_strides
-from .gemm import Blocking, GemmSpec, _c, _GemmEmitter, _I32, _PTR, _I64, declare_routine
+from .gemm import _SUFFIX, Blocking, GemmSpec, _c, _declare, _GemmEmitter, _I32, _PTR, _I64, declare_routine
 from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime
 from .target import TargetInfo
 
 IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
+IN_PLACE_ROWS = 8  # rows of A read in place per micro-kernel loop: their addresses fit x86-64's registers
 ROWS, COLS, COLUMN = (0, 1, 2), (5, 6, 7), 4  # the conv kernel's GEMM roles of its loop vars
 
 # descriptor layout (i64): row / col decomposition, 4 fields (lin, g1, g2, blin) per var, limits
 R1, R2, K1, K2 = 0, 1, 2, 3
 ROW_FIELDS, COL_FIELDS, CONST = 4, 16, 28
-E1, S1, D1, E2, S2, D2, BJ = 32, 33, 34, 35, 36, 37, 38
-DESCRIPTOR_SIZE = 39
+E1, S1, D1, E2, S2, D2, BJ, GUARDED = 32, 33, 34, 35, 36, 37, 38, 39  # GUARDED: how many axes are
+DESCRIPTOR_SIZE = 40
 
 # packing tables, one entry per row of A (rows) or per k (columns) of a block
 LIN, G1, G2, BLIN = 0, 1, 2, 3  # fields: linear offset, guarded coordinates 1 and 2, B's offset (columns)
@@ -136,6 +137,7 @@ def descriptor(k: Kernel) -> list[int]:
             d[COL_FIELDS + 4 * COLS.index(var) + 3] += coef
         elif var == COLUMN:
             d[BJ] += coef
+    d[GUARDED] = len(slots)
     return d
 
 
@@ -174,15 +176,6 @@ def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target
     return fn
 
 
-_SUFFIX = {"float32": "f32", "float64": "f64"}
-
-
-def _declare(module: ir.Module, name: str, result: ir.Type, params: list) -> ir.Function:
-    """An intrinsic declared by hand, once per module (`declare_intrinsic` rejects vector types)."""
-    existing = module.globals.get(name)
-    return existing if existing is not None else ir.Function(module, ir.FunctionType(result, params), name=name)
-
-
 def rows_slice_symbol(name: str) -> str:
     return f"{name}.rows"
 
@@ -215,6 +208,7 @@ class _GatherEmitter(_GemmEmitter):
         a_pack = b.gep(ws, [_c(_round64(blk.kc * blk.nc * self.align))], inbounds=True, source_etype=ir.IntType(8))
         g = self.geo
         fast = b.and_(b.icmp_signed("==", g[D1], _c(1)), b.icmp_signed("==", g[D2], _c(1)))
+        self.unguarded = b.icmp_signed("==", g[GUARDED], _c(0))
         self.n_dim = n
         with self.loop(0, n, blk.nc, "jc") as jc:
             nc = self.min(b.sub(n, jc), blk.nc)
@@ -222,7 +216,7 @@ class _GatherEmitter(_GemmEmitter):
                 kc = self.min(b.sub(k, pc), blk.kc)
                 first = b.icmp_signed("==", pc, _c(0))
                 self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, COL_WIDTH, const=True)
-                col_bounds = self.bounds(self.col_table, kc, COL_WIDTH)
+                col_bounds = self.bounds(self.col_table, self.guarded(kc), COL_WIDTH)
                 if self.target.vector_bits:
                     self.gather_b(b_pack, bmat, jc, kc, nc)
                 else:
@@ -287,6 +281,10 @@ class _GatherEmitter(_GemmEmitter):
             b.store(b.select(wrap1, _c(0), v1), odometer[1])
             b.store(b.select(wrap2, _c(0), v2), odometer[2])
 
+    def guarded(self, count: ir.Value) -> ir.Value:
+        """`count` entries to bound, none when no axis is guarded (every panel is then inside)."""
+        return self.b.select(self.unguarded, _c(0), count)
+
     def bounds(self, table: ir.Value, count: ir.Value, width: int) -> list[ir.Value]:
         """(min g1, max g1, min g2, max g2) over the first `count` entries of a table."""
         b, slots = self.b, self.bound
@@ -305,12 +303,14 @@ class _GatherEmitter(_GemmEmitter):
         row part and a column part, so their extremes bound the panel), else packed here."""
         b, blk, g = self.b, self.blk, self.geo
         count = self.min(b.sub(mc, p0), blk.mr)
-        rmin1, rmax1, rmin2, rmax2 = self.bounds(self.entry(self.row_table, self.mul(p0, ROW_WIDTH)), count, ROW_WIDTH)
+        rows = self.entry(self.row_table, self.mul(p0, ROW_WIDTH))
+        rmin1, rmax1, rmin2, rmax2 = self.bounds(rows, self.guarded(count), ROW_WIDTH)
         cmin1, cmax1, cmin2, cmax2 = col_bounds
-        inside = fast
+        within = ir.Constant(ir.IntType(1), 1)
         for low, high, extent in ((b.add(rmin1, cmin1), b.add(rmax1, cmax1), g[E1]),
                                   (b.add(rmin2, cmin2), b.add(rmax2, cmax2), g[E2])):
-            inside = b.and_(inside, b.and_(b.icmp_signed(">=", low, _c(0)), b.icmp_signed("<", high, extent)))
+            within = b.and_(within, b.and_(b.icmp_signed(">=", low, _c(0)), b.icmp_signed("<", high, extent)))
+        inside = b.and_(fast, b.or_(self.unguarded, within))
         b.store(b.zext(inside, _I64), self.entry(self.in_place, b.sdiv(p0, _c(blk.mr))))
         panel = self.gep(dst, self.mul(p0, kc))
         with b.if_then(b.not_(inside)):
@@ -326,7 +326,9 @@ class _GatherEmitter(_GemmEmitter):
     def panel_kernel(self, kc: ir.Value, a_pack: ir.Value, image: ir.Value, ir_: ir.Value, mr: ir.Value,
                      mc: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
         """The tile's accumulators, A read in place (image + row address + column address) or from its
-        packed panel, as `pack_panel` decided."""
+        packed panel, as `pack_panel` decided. In place, the rows run IN_PLACE_ROWS at a time (their
+        addresses stay in registers) and an edge tile's missing rows repeat its last row (computed,
+        never stored)."""
         b, blk = self.b, self.blk
         flag = b.load(self.entry(self.in_place, b.sdiv(ir_, _c(blk.mr))), typ=_I64)
         results = []
@@ -336,14 +338,39 @@ class _GatherEmitter(_GemmEmitter):
                 rows = [self.field(self.row_table, ROW_WIDTH, self.min(b.add(ir_, _c(r)), last), ROW_ADDRESS)
                         for r in range(blk.mr)]
 
-                def a_at(kk: ir.Value, count: int) -> list[ir.Value]:
-                    base = self.gep(image, self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS))
-                    return [self.gep(base, row) for row in rows[:count]]
-                results.append((self.tile_kernel(kc, None, None, None, mr, bp, _c(blk.nr), a_at), b.block))
+                acc = []
+                for r0 in range(0, blk.mr, IN_PLACE_ROWS):
+                    def a_at(kk: ir.Value, count: int, r0: int = r0) -> list[ir.Value]:
+                        base = self.gep(image, self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS))
+                        return [self.gep(base, row) for row in rows[r0:r0 + count]]
+                    count = min(IN_PLACE_ROWS, blk.mr - r0)
+                    acc += self.rows_if(self.less(_c(r0), mr), count,
+                                        lambda: self.micro_kernel(kc, None, None, None, bp, _c(blk.nr), count, a_at))
+                results.append((acc, b.block))
             with otherwise:
                 acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1), _c(blk.mr), mr, bp, _c(blk.nr))
                 results.append((acc, b.block))
         return self.merge(results)
+
+    def rows_if(self, real: ir.Value, count: int, compute) -> list[list[ir.Value]]:
+        """`count` rows of accumulators: compute() where `real`, else zeros (rows past an edge)."""
+        b, nv = self.b, self.blk.nr // self.w
+        zero = ir.Constant(self.vt, None)
+        with b.if_else(real) as (then, otherwise):
+            with then:
+                acc, computed = compute(), b.block
+            with otherwise:
+                skipped = b.block
+        rows = []
+        for r in range(count):
+            row = []
+            for v in range(nv):
+                phi = b.phi(self.vt)
+                phi.add_incoming(acc[r][v], computed)
+                phi.add_incoming(zero, skipped)
+                row.append(phi)
+            rows.append(row)
+        return rows
 
     def pack_a(self, panel: ir.Value, image: ir.Value, p0: ir.Value, kc: ir.Value, mc: ir.Value,
                exact: bool) -> None:
@@ -442,13 +469,6 @@ class _GatherEmitter(_GemmEmitter):
         name = f"llvm.masked.gather.v{width}{_SUFFIX[self.spec.dtype]}.v{width}p0"
         fn = _declare(self.fn.module, name, vt, [pt, _I32, mask.type, vt])
         return self.b.call(fn, [ptrs, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
-
-    def masked_load(self, ptr: ir.Value, mask: ir.Value) -> ir.Value:
-        """The vector at ptr where mask, else 0 (masked lanes read nothing)."""
-        vt = ir.VectorType(self.t, mask.type.count)
-        name = f"llvm.masked.load.v{vt.count}{_SUFFIX[self.spec.dtype]}.p0"
-        fn = _declare(self.fn.module, name, vt, [_PTR, _I32, mask.type, vt])
-        return self.b.call(fn, [ptr, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
 
     def inside(self, q1: ir.Value, q2: ir.Value, exact: bool) -> tuple[ir.Value, ir.Value, ir.Value]:
         """(is a real element, index on guarded axis 1, on axis 2) of numerators q1, q2."""
