@@ -31,7 +31,7 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _PTR = ir.PointerType()
 _ELEMENT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
-ARows = Callable[[ir.Value, int], list]  # (k, rows) -> the pointers of A[0..rows-1, k], emitted where called
+ARows = Callable[[ir.Value, int], list]  # (k, rows) -> A[0..rows-1, k], each across a vector, emitted where called
 
 
 @dataclass(frozen=True)
@@ -420,9 +420,9 @@ class _GemmEmitter:
                      bp: ir.Value, b_k: ir.Value, rows: int | None = None, a_at: ARows | None = None
                      ) -> list[list[ir.Value]]:
         """The `rows` x NR tile (default MR) of accumulators summed over kc, as SSA values (phis) at
-        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), or at
-        the pointers `a_at(k, rows)` emits in the loop body; the B row of k at bp[k * b_k] (packed:
-        b_k = NR; in place: b_k = N).
+        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), or is
+        what `a_at(k, rows)` emits in the loop body; the B row of k at bp[k * b_k] (packed: b_k = NR;
+        in place: b_k = N).
         """
         b, blk, w = self.b, self.blk, self.w
         rows = blk.mr if rows is None else rows
@@ -444,14 +444,13 @@ class _GemmEmitter:
         brow = self.gep(bp, self.mul(kk, b_k))
         if a_at is None:
             arow = self.gep(ap, self.mul(kk, a_k))
-            a_ptrs = [self.gep(arow, self.mul(a_row, r)) for r in range(rows)]
+            a_rows = [self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt) for r in range(rows)]
         else:
-            a_ptrs = a_at(kk, rows)
+            a_rows = a_at(kk, rows)
         bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
         new = []
         for r in range(rows):
-            a = self.splat(self.load(a_ptrs[r], self.t), self.vt)
-            new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
+            new.append([self.fma(a_rows[r], bvec[v], acc[r][v]) for v in range(nv)])
         kk.add_incoming(self.add(kk, 1), b.block)
         for phi, value in zip(_flat(acc), _flat(new)):
             phi.add_incoming(value, b.block)

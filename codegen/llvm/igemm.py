@@ -17,6 +17,11 @@ exact geometry (every divisor 1) those are vector operations and a masked gather
 (`gather_a`), and B's panel rows are masked loads or gathers (`gather_b`). A strided gradient's
 packing (divisors) and scalar targets keep the scalar loops.
 
+With at most half a vector of columns (a 6-channel conv in 16 lanes) and k in pairs adjacent in the
+image, a K block runs two k per vector (`pair_columns`): each row's two A elements are one load
+spread over the lanes, B is packed with its two rows interleaved, and `fold` adds the lane pairs:
+half the FMAs and loads.
+
 Most panels are not packed at all: with exact geometry a panel whose elements all lie inside the
 image (the extremes of its rows' and the block's columns' guard coordinates say so) is read in place
 by the micro-kernel, A[r, k] at image[row address r + column address k] (`panel_kernel`). With one
@@ -102,7 +107,7 @@ def blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
 def workspace_bytes(spec: GemmSpec, target: TargetInfo) -> int:
     blk = blocking(spec, target)
     item = 4 if spec.dtype == "float32" else 8
-    return _round64(blk.kc * blk.nc * item) + _round64(blk.kc * blk.mc * item)
+    return _round64(blk.kc * blk.nc * item) + _round64(blk.kc * blk.mc * item) + _round64(blk.kc * blk.nr * item)
 
 
 def _round64(n: int) -> int:
@@ -206,6 +211,9 @@ class _GatherEmitter(_GemmEmitter):
         self.in_place = self.table(blk.mc // blk.mr, "in_place")  # per panel of the block: 1 = read A in place
         b_pack = ws
         a_pack = b.gep(ws, [_c(_round64(blk.kc * blk.nc * self.align))], inbounds=True, source_etype=ir.IntType(8))
+        pair_pack = b.gep(a_pack, [_c(_round64(blk.kc * blk.mc * self.align))], inbounds=True,
+                          source_etype=ir.IntType(8))
+        self.pair_flag = self.table(1, "paired")
         g = self.geo
         fast = b.and_(b.icmp_signed("==", g[D1], _c(1)), b.icmp_signed("==", g[D2], _c(1)))
         self.unguarded = b.icmp_signed("==", g[GUARDED], _c(0))
@@ -217,7 +225,12 @@ class _GatherEmitter(_GemmEmitter):
                 first = b.icmp_signed("==", pc, _c(0))
                 self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, COL_WIDTH, const=True)
                 col_bounds = self.bounds(self.col_table, self.guarded(kc), COL_WIDTH)
-                if self.target.vector_bits:
+                paired = self.pair_columns(pair_pack, bmat, jc, kc, nc)
+                if paired is not None:
+                    # paired, every panel of an unguarded exact geometry reads pair_pack, none B's panels
+                    with b.if_then(b.not_(b.and_(paired, b.and_(fast, self.unguarded)))):
+                        self.gather_b(b_pack, bmat, jc, kc, nc)
+                elif self.target.vector_bits:
                     self.gather_b(b_pack, bmat, jc, kc, nc)
                 else:
                     self.pack_b(b_pack, bmat, jc, kc, nc)
@@ -231,7 +244,7 @@ class _GatherEmitter(_GemmEmitter):
                         bp = self.gep(b_pack, self.mul(jr, kc))
                         with self.loop(0, mc, blk.mr, "ir") as ir_:
                             mr = self.min(b.sub(mc, ir_), blk.mr)
-                            acc = self.panel_kernel(kc, a_pack, image, ir_, mr, mc, bp)
+                            acc = self.panel_kernel(kc, a_pack, image, ir_, mr, mc, bp, paired, pair_pack)
                             self.update_tile(acc, b.add(ic, ir_), b.add(jc, jr), mr, nr, c, first)
         b.ret_void()
 
@@ -324,11 +337,10 @@ class _GatherEmitter(_GemmEmitter):
                     self.pack_a(panel, image, p0, kc, mc, exact=False)
 
     def panel_kernel(self, kc: ir.Value, a_pack: ir.Value, image: ir.Value, ir_: ir.Value, mr: ir.Value,
-                     mc: ir.Value, bp: ir.Value) -> list[list[ir.Value]]:
+                     mc: ir.Value, bp: ir.Value, paired: ir.Value | None, pair_pack: ir.Value
+                     ) -> list[list[ir.Value]]:
         """The tile's accumulators, A read in place (image + row address + column address) or from its
-        packed panel, as `pack_panel` decided. In place, the rows run IN_PLACE_ROWS at a time (their
-        addresses stay in registers) and an edge tile's missing rows repeat its last row (computed,
-        never stored)."""
+        packed panel, as `pack_panel` decided; in place and `paired`, two k per vector (`pair_columns`)."""
         b, blk = self.b, self.blk
         flag = b.load(self.entry(self.in_place, b.sdiv(ir_, _c(blk.mr))), typ=_I64)
         results = []
@@ -337,20 +349,88 @@ class _GatherEmitter(_GemmEmitter):
                 last = b.sub(mc, _c(1))
                 rows = [self.field(self.row_table, ROW_WIDTH, self.min(b.add(ir_, _c(r)), last), ROW_ADDRESS)
                         for r in range(blk.mr)]
-
-                acc = []
-                for r0 in range(0, blk.mr, IN_PLACE_ROWS):
-                    def a_at(kk: ir.Value, count: int, r0: int = r0) -> list[ir.Value]:
-                        base = self.gep(image, self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS))
-                        return [self.gep(base, row) for row in rows[r0:r0 + count]]
-                    count = min(IN_PLACE_ROWS, blk.mr - r0)
-                    acc += self.rows_if(self.less(_c(r0), mr), count,
-                                        lambda: self.micro_kernel(kc, None, None, None, bp, _c(blk.nr), count, a_at))
-                results.append((acc, b.block))
+                if paired is None:
+                    results.append((self.in_place_kernel(kc, image, rows, mr, bp, 1), b.block))
+                else:
+                    inner = []
+                    with b.if_else(paired) as (two, one):
+                        with two:
+                            acc = self.in_place_kernel(b.sdiv(kc, _c(2)), image, rows, mr, pair_pack, 2)
+                            inner.append(([[self.fold(v) for v in row] for row in acc], b.block))
+                        with one:
+                            inner.append((self.in_place_kernel(kc, image, rows, mr, bp, 1), b.block))
+                    results.append((self.merge(inner), b.block))
             with otherwise:
                 acc = self.tile_kernel(kc, self.gep(a_pack, self.mul(ir_, kc)), _c(1), _c(blk.mr), mr, bp, _c(blk.nr))
                 results.append((acc, b.block))
         return self.merge(results)
+
+    def in_place_kernel(self, steps: ir.Value, image: ir.Value, rows: list[ir.Value], mr: ir.Value,
+                        bp: ir.Value, per_step: int) -> list[list[ir.Value]]:
+        """The MR rows of accumulators over `steps` k-steps of `per_step` consecutive k, A read from the
+        image at (row address + column address) and spread over a vector (one element, or two
+        alternating with `pair_columns`' B), the B panel at bp. The rows run IN_PLACE_ROWS at a time
+        (their addresses stay in registers); an edge tile's missing rows repeat its last row
+        (computed, never stored)."""
+        b, blk = self.b, self.blk
+        spread = ir.Constant(ir.VectorType(_I32, self.w), [i % per_step for i in range(self.w)])
+        acc = []
+        for r0 in range(0, blk.mr, IN_PLACE_ROWS):
+            def a_at(kk: ir.Value, count: int, r0: int = r0) -> list[ir.Value]:
+                base = self.gep(image, self.field(self.col_table, COL_WIDTH, self.mul(kk, per_step), COL_ADDRESS))
+                vt = ir.VectorType(self.t, per_step)
+                return [b.shuffle_vector(value, ir.Constant(vt, ir.Undefined), spread)
+                        for value in (self.load(self.gep(base, row), vt) for row in rows[r0:r0 + count])]
+            count = min(IN_PLACE_ROWS, blk.mr - r0)
+            acc += self.rows_if(self.less(_c(r0), mr), count,
+                                lambda: self.micro_kernel(steps, None, None, None, bp, _c(blk.nr), count, a_at))
+        return acc
+
+    def pair_columns(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value
+                     ) -> ir.Value | None:
+        """Whether this K block runs two k per vector (None: never, with one-vector tiles only), and if
+        so its B packed for that: with at most half
+        a vector of columns and k in pairs adjacent in the image (an even kc, each column address pair
+        a, a + 1), lane 2j + e of pair p holds B[2p + e, j], so that one 2-element load of A per row
+        feeds both k of a pair (`fold` then adds the lane pairs)."""
+        b, blk, g, w = self.b, self.blk, self.geo, self.w
+        if w < 2 or blk.nr != w:
+            return None
+        b.store(b.zext(b.and_(self.less(b.mul(nc, _c(2)), w + 1), b.icmp_signed("==", b.srem(kc, _c(2)), _c(0))),
+                       _I64), self.pair_flag)
+        with self.loop(0, kc, 2, "pair") as kk:
+            adjacent = b.icmp_signed("==", self.field(self.col_table, COL_WIDTH, self.add(kk, 1), COL_ADDRESS),
+                                     self.add(self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS), 1))
+            b.store(b.and_(b.load(self.pair_flag, typ=_I64), b.zext(adjacent, _I64)), self.pair_flag)
+        paired = b.icmp_signed("!=", b.load(self.pair_flag, typ=_I64), _c(0))
+        column = ir.Constant(ir.VectorType(_I64, w), [i // 2 for i in range(w)])
+        odd = ir.Constant(ir.VectorType(ir.IntType(1), w), [i % 2 for i in range(w)])
+        ok = b.icmp_signed("<", column, self.vsplat(nc, w))
+        offsets = b.mul(b.add(self.vsplat(jc, w), column), self.vsplat(g[BJ], w))
+        half = ir.Constant(ir.VectorType(_I64, w // 2), list(range(w // 2)))
+        contiguous = b.icmp_signed("<", half, self.vsplat(nc, w // 2))
+        interleave = ir.Constant(ir.VectorType(_I32, w), [i // 2 + (w // 2) * (i % 2) for i in range(w)])
+        with b.if_then(paired):
+            with b.if_else(b.icmp_signed("==", g[BJ], _c(1))) as (then, otherwise):
+                with then:  # two masked row loads, interleaved
+                    with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppl") as p:
+                        rows = [self.masked_load(self.gep(bmat, b.add(self.field(
+                            self.col_table, COL_WIDTH, b.add(self.mul(p, 2), _c(e)), BLIN), jc)), contiguous)
+                            for e in (0, 1)]
+                        self.store(b.shuffle_vector(*rows, interleave), self.gep(dst, self.mul(p, w)))
+                with otherwise:
+                    with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppg") as p:
+                        even, next_ = (self.field(self.col_table, COL_WIDTH, b.add(self.mul(p, 2), _c(e)), BLIN)
+                                       for e in (0, 1))
+                        base = b.select(odd, self.vsplat(next_, w), self.vsplat(even, w))
+                        self.store(self.masked_gather(bmat, b.add(base, offsets), ok), self.gep(dst, self.mul(p, w)))
+        return paired
+
+    def fold(self, v: ir.Value) -> ir.Value:
+        """Lane j of the result = lanes 2j + 2j+1 of a paired accumulator (the upper half is junk)."""
+        w = self.w
+        half = [[2 * j + e for j in range(w // 2)] * 2 for e in (0, 1)]
+        return self.b.fadd(*(self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, w), m)) for m in half))
 
     def rows_if(self, real: ir.Value, count: int, compute) -> list[list[ir.Value]]:
         """`count` rows of accumulators: compute() where `real`, else zeros (rows past an edge)."""
