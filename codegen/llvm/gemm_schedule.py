@@ -143,14 +143,16 @@ def swap_vars(k: Kernel, a: int, b: int) -> None:
 def loop_passes(workspace: Workspace, threads: int | None = None, target: TargetInfo | None = None
                 ) -> list[LoopPass]:
     """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
-    assignments' copies (codegen/collectives.py) and GEMM routines chosen before the loop order,
+    assignments' copies (codegen/collectives.py) and GEMM routines chosen (conv images bordered first)
+    before the loop order,
     then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
     target = host_target() if target is None else target
-    passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace, target))
-    passes.insert(passes.index(choose_loop_order) - 1, border_conv_images)
+    gemm = use_gemm_routines(workspace, target)
+    passes.insert(passes.index(choose_loop_order), gemm)
+    passes.insert(passes.index(gemm), border_conv_images)
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
     return passes + [schedule_llvm(threads, target)]
