@@ -264,25 +264,36 @@ class _GatherEmitter(_GemmEmitter):
                  fields: int, width: int, const: bool) -> None:
         """table[i * width + f] = field f's part of the offset of index start + i (decomposed into
         three vars over extents (., x1, x2)), plus the descriptor's constants for the columns; the
-        last field is the image address part of an exact geometry, lin + g1 * S1 + g2 * S2.
+        last field is the image address part of an exact geometry, lin + g1 * S1 + g2 * S2 (without
+        guarded axes g1 = g2 = 0: only lin is computed).
 
         Only `start` is divided; the vars then advance as an odometer (a division per entry cost more
         than a block's packing)."""
-        b, g = self.b, self.geo
+        b = self.b
         v2 = b.srem(start, x2)
         t = b.sdiv(start, x2)
-        odometer = self.odometer
-        for slot, value in zip(odometer, (b.sdiv(t, x1), b.srem(t, x1), v2)):
+        for slot, value in zip(self.odometer, (b.sdiv(t, x1), b.srem(t, x1), v2)):
             b.store(value, slot)
+        with b.if_else(self.unguarded) as (then, otherwise):
+            with then:
+                self.tabulate_entries(table, count, x1, x2, fields, width, const, guards=False)
+            with otherwise:
+                self.tabulate_entries(table, count, x1, x2, fields, width, const, guards=True)
+
+    def tabulate_entries(self, table: ir.Value, count: ir.Value, x1: ir.Value, x2: ir.Value, fields: int,
+                         width: int, const: bool, guards: bool) -> None:
+        b, g, odometer = self.b, self.geo, self.odometer
         with self.loop(0, count, 1, "tab") as i:
             values = [b.load(var, typ=_I64) for var in odometer]
             totals = []
             for f in range(width - 1):
                 total = g[CONST + f] if const else _c(0)
-                for var, value in enumerate(values):
-                    total = b.add(total, b.mul(value, g[fields + 4 * var + f]))
+                if guards or f not in (G1, G2):
+                    for var, value in enumerate(values):
+                        total = b.add(total, b.mul(value, g[fields + 4 * var + f]))
                 totals.append(total)
-            totals.append(b.add(totals[LIN], b.add(b.mul(totals[G1], g[S1]), b.mul(totals[G2], g[S2]))))
+            address = b.add(b.mul(totals[G1], g[S1]), b.mul(totals[G2], g[S2])) if guards else _c(0)
+            totals.append(b.add(totals[LIN], address))
             for f, total in enumerate(totals):
                 self.b.store(total, self.entry(table, self.add(self.mul(i, width), f)))
             v0, v1, v2 = values
