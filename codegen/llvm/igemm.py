@@ -17,17 +17,17 @@ exact geometry (every divisor 1) those are vector operations and a masked gather
 (`gather_a`), and B's panel rows are masked loads or gathers (`gather_b`). A strided gradient's
 packing (divisors) and scalar targets keep the scalar loops.
 
-With at most half a vector of columns (a 6-channel conv in 16 lanes) and k in pairs adjacent in the
-image, a K block runs two k per vector (`pair_columns`): each row's two A elements are one load
-spread over the lanes, B is packed with its two rows interleaved, and `fold` adds the lane pairs:
-half the FMAs and loads.
-
 Most panels are not packed at all: with exact geometry a panel whose elements all lie inside the
 image (the extremes of its rows' and the block's columns' guard coordinates say so) is read in place
-by the micro-kernel, A[r, k] at image[row address r + column address k] (`panel_kernel`). With one
-FMA per cycle the micro-kernel has load slots to spare for that, so such a GEMM runs at the FMA
-rate of its register tile. gemm_schedule.border_conv_images gives a padded window a zero-bordered
-copy of its image, so that every panel of those is inside too.
+by the micro-kernel, A[r, k] at image[row address r + column address k] (`panel_kernel`): the
+broadcast it loads anyway, from the image instead of a packed panel, with IN_PLACE_ROWS row addresses
+held in registers. gemm_schedule.border_conv_images gives a padded window a zero-bordered copy of its
+image, so that every panel of those is inside too.
+
+With at most half a vector of columns (a 6-channel conv in 16 lanes) and k in pairs adjacent in the
+image, an in-place K block runs two k per vector (`pair_columns`): each row's two A elements are one
+load spread over the lanes, B is packed with its two rows interleaved, and `fold` adds the lane
+pairs: half the FMAs and loads.
 """
 from __future__ import annotations
 
@@ -399,13 +399,11 @@ class _GatherEmitter(_GemmEmitter):
 
     def pair_columns(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value
                      ) -> ir.Value | None:
-        """Whether this K block runs two k per vector (None: never, with one-vector tiles only), and if
-        so its B packed for that: with at most half
-        a vector of columns and k in pairs adjacent in the image (an even kc, each column address pair
-        a, a + 1), lane 2j + e of pair p holds B[2p + e, j], so that one 2-element load of A per row
-        feeds both k of a pair (`fold` then adds the lane pairs)."""
-        b, blk, g, w = self.b, self.blk, self.geo, self.w
-        if w < 2 or blk.nr != w:
+        """Whether this K block runs two k per vector (None: never, with one-vector tiles only): with
+        at most half a vector of columns and k in pairs adjacent in the image (an even kc, each pair of
+        column addresses a, a + 1). If so, its B packed for that (`pack_pairs`)."""
+        b, w = self.b, self.w
+        if w < 2 or self.blk.nr != w:
             return None
         b.store(b.zext(b.and_(self.less(b.mul(nc, _c(2)), w + 1), b.icmp_signed("==", b.srem(kc, _c(2)), _c(0))),
                        _I64), self.pair_flag)
@@ -414,28 +412,34 @@ class _GatherEmitter(_GemmEmitter):
                                      self.add(self.field(self.col_table, COL_WIDTH, kk, COL_ADDRESS), 1))
             b.store(b.and_(b.load(self.pair_flag, typ=_I64), b.zext(adjacent, _I64)), self.pair_flag)
         paired = b.icmp_signed("!=", b.load(self.pair_flag, typ=_I64), _c(0))
+        with b.if_then(paired):
+            self.pack_pairs(dst, bmat, jc, kc, nc)
+        return paired
+
+    def pack_pairs(self, dst: ir.Value, bmat: ir.Value, jc: ir.Value, kc: ir.Value, nc: ir.Value) -> None:
+        """B for paired k: lane 2j + e of pair p holds B[2p + e, jc + j] (zero past nc), so that one
+        2-element load of A per row feeds both k of a pair (`fold` then adds the lane pairs): two
+        masked row loads interleaved where B's columns are contiguous (BJ == 1), else a gather."""
+        b, g, w = self.b, self.geo, self.w
+
+        def base(p: ir.Value, e: int) -> ir.Value:
+            return self.field(self.col_table, COL_WIDTH, b.add(self.mul(p, 2), _c(e)), BLIN)
+        half = ir.Constant(ir.VectorType(_I64, w // 2), list(range(w // 2)))
+        contiguous = b.icmp_signed("<", half, self.vsplat(nc, w // 2))
+        interleave = ir.Constant(ir.VectorType(_I32, w), [i // 2 + (w // 2) * (i % 2) for i in range(w)])
         column = ir.Constant(ir.VectorType(_I64, w), [i // 2 for i in range(w)])
         odd = ir.Constant(ir.VectorType(ir.IntType(1), w), [i % 2 for i in range(w)])
         ok = b.icmp_signed("<", column, self.vsplat(nc, w))
         offsets = b.mul(b.add(self.vsplat(jc, w), column), self.vsplat(g[BJ], w))
-        half = ir.Constant(ir.VectorType(_I64, w // 2), list(range(w // 2)))
-        contiguous = b.icmp_signed("<", half, self.vsplat(nc, w // 2))
-        interleave = ir.Constant(ir.VectorType(_I32, w), [i // 2 + (w // 2) * (i % 2) for i in range(w)])
-        with b.if_then(paired):
-            with b.if_else(b.icmp_signed("==", g[BJ], _c(1))) as (then, otherwise):
-                with then:  # two masked row loads, interleaved
-                    with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppl") as p:
-                        rows = [self.masked_load(self.gep(bmat, b.add(self.field(
-                            self.col_table, COL_WIDTH, b.add(self.mul(p, 2), _c(e)), BLIN), jc)), contiguous)
-                            for e in (0, 1)]
-                        self.store(b.shuffle_vector(*rows, interleave), self.gep(dst, self.mul(p, w)))
-                with otherwise:
-                    with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppg") as p:
-                        even, next_ = (self.field(self.col_table, COL_WIDTH, b.add(self.mul(p, 2), _c(e)), BLIN)
-                                       for e in (0, 1))
-                        base = b.select(odd, self.vsplat(next_, w), self.vsplat(even, w))
-                        self.store(self.masked_gather(bmat, b.add(base, offsets), ok), self.gep(dst, self.mul(p, w)))
-        return paired
+        with b.if_else(b.icmp_signed("==", g[BJ], _c(1))) as (then, otherwise):
+            with then:
+                with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppl") as p:
+                    rows = [self.masked_load(self.gep(bmat, b.add(base(p, e), jc)), contiguous) for e in (0, 1)]
+                    self.store(b.shuffle_vector(*rows, interleave), self.gep(dst, self.mul(p, w)))
+            with otherwise:
+                with self.loop(0, b.sdiv(kc, _c(2)), 1, "ppg") as p:
+                    both = b.select(odd, self.vsplat(base(p, 1), w), self.vsplat(base(p, 0), w))
+                    self.store(self.masked_gather(bmat, b.add(both, offsets), ok), self.gep(dst, self.mul(p, w)))
 
     def fold(self, v: ir.Value) -> ir.Value:
         """Lane j of the result = lanes 2j + 2j+1 of a paired accumulator (the upper half is junk)."""
