@@ -9,6 +9,7 @@ and returns it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -16,6 +17,8 @@ import numpy as np
 from .loopir import (Acc, Affine, Buffer, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Store, Var, affine,
                      children, rewrite, walk_unique)
 from .window import Window, check_window
+
+SHORT = 16  # a reduction of at most this many elements over a row shorter than this: see short_reduction
 
 LoopPass = Callable[[LoopProgram], LoopProgram]
 
@@ -129,8 +132,8 @@ def _invariant(e: Expr, memo: dict) -> bool:
 def choose_loop_order(lp: LoopProgram) -> LoopProgram:
     """Loop order of each kernel not yet scheduled. A reduction puts innermost the var with the most
     unit-stride accesses in the accumulated value (plus one for a unit-stride store); a kept var
-    there accumulates a row in scratch memory (matmul A @ B, bias gradients), otherwise a register
-    accumulates (ties)."""
+    there accumulates a row in scratch memory (matmul A @ B, bias gradients), otherwise, or for a
+    short reduction over a short row (`short_reduction`), a register accumulates (ties)."""
     for k in lp.kernels:
         if not k.order:
             _choose_order(lp, k)
@@ -150,11 +153,20 @@ def _choose_order(lp: LoopProgram, k: Kernel) -> None:
     score = {v: sum(ld.offset.stride(v) == (1, 0) for ld in loads(red.value)) +
              any(s.offset.stride(v) == (1, 0) for s in k.stores) for v in variables}
     inner = max(variables, key=lambda v: (score[v], v in red.axes, v))
-    if inner in kept and k.domain[inner] != 1:
+    if inner in kept and k.domain[inner] != 1 and not short_reduction(k, inner):
         k.order = tuple(v for v in kept if v != inner) + tuple(red.axes) + (inner,)
         red.scratch = add_buffer(lp, f"row_{k.name}", (k.domain[inner],), red.value.dtype)
     else:
         k.order = tuple(kept) + tuple(red.axes)
+
+
+def short_reduction(k: Kernel, inner: int) -> bool:
+    """Does each kept element reduce at most SHORT elements over a row of fewer than SHORT (a pooling
+    window over a few channels)? Then each accumulates in a register: the scratch row would cost a
+    load and a store per element and be too short to vectorize."""
+    extents = [k.domain[v] for v in k.reduce.axes]
+    return None not in extents and math.prod(extents) <= SHORT and k.domain[inner] is not None and \
+        k.domain[inner] < SHORT
 
 
 def add_buffer(lp: LoopProgram, name: str, shape: tuple, dtype) -> int:

@@ -14,7 +14,9 @@ after the op joins its kernel as after a matmul.
     conv2d_filter_grad  over (kh, kw, in channel, group, out channel, n, i, j)
     max_pool2d          over (n, i, j, c, kh, kw), max, padding reads -inf
     max_pool2d_grad     a kernel counting each window's maxima, then over (n, h, w, c, kh, kw): dy / count
-                        of every window whose maximum x[n, h, w, c] equals
+                        of every window whose maximum x[n, h, w, c] equals; windows that tile the image
+                        (stride = window, no padding) over (n, i, j, c, kh, kw) instead, no reduction:
+                        each element's one window, stored at (i * kh + kh', j * kw + kw')
 """
 from __future__ import annotations
 
@@ -184,6 +186,8 @@ class _Stored:
 
 
 def _max_pool2d_grad(low, r: Node):
+    if _tiling(r):
+        return _tiled_max_pool2d_grad(low, r)
     x, y, dy = r.inputs
     fmt, sh, sw, _, _, top, left = _geometry(r)
     counts = _window_maxima(low, r)
@@ -201,6 +205,35 @@ def _max_pool2d_grad(low, r: Node):
         share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
         return Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
     return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5), value)
+
+
+def _tiling(r: Node) -> bool:
+    """Do max_pool2d_grad's windows tile its image (stride = window, no padding, no rows or columns
+    left over), so that each element lies in exactly one window?"""
+    fmt, sh, sw, _, _, _, _ = _geometry(r)
+    (h, w, _), (ho, wo, _) = image_dims(r.shape, fmt), image_dims(r.inputs[1].shape, fmt)
+    padding = r.attrs["padding"]
+    return (sh, sw) == tuple(r.attrs["ksize"]) and padding == ((0, 0), (0, 0)) and (h, w) == (ho * sh, wo * sw)
+
+
+def _tiled_max_pool2d_grad(low, r: Node):
+    """max_pool2d_grad of tiling windows without a reduction: over (n, i, j, c, kh, kw), the element at
+    (i * kh + kh', j * kw + kw') of window (i, j) gets dy / count where it equals the window's maximum
+    (the general form reads every window that could cover an element, through divisions)."""
+    x, y, dy = r.inputs
+    fmt = r.attrs["data_format"]
+    counts = _window_maxima(low, r)
+    ho, wo, c = image_dims(y.shape, fmt)
+    kh, kw = r.attrs["ksize"]
+    view = _image(fmt, 0, ((1, kh), (4, 1)), ((2, kw), (5, 1)), 3)
+    kb = low._new_kernel((x.shape[0], ho, wo, c, kh, kw), view, r.shape)
+    pooled = _image(fmt, _coord((0, 1)), _coord((1, 1)), _coord((2, 1)), _coord((3, 1)))
+
+    def read(buffer: int, fill: float) -> Expr:
+        return window(buffer, y.shape, pooled, r.dtype, fill)
+    hit = Op("eq", (low._expr(x, view, kb), read(_buffer(low, y), float("nan"))), _BOOL)
+    share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
+    return kb, Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
 
 
 def _window_maxima(low, r: Node) -> int:

@@ -92,3 +92,31 @@ def check_window(k: Kernel, w: Window, buffer: Buffer) -> None:
             raise AssertionError(f"{k.name}: window coordinate {coord} of b{w.buffer} is outside the domain "
                                  f"{k.domain} or divides by {coord.div}")
 
+
+
+def border(w: Window, domain: tuple) -> tuple[tuple, tuple] | None:
+    """(shape, shift): the smallest zero-bordered copy of w's image that every coordinate over `domain`
+    lands in, at coordinate + shift per axis; None when no axis is guarded or a guarded one divides
+    (a strided gradient's skipped positions are not a border) or ranges over N."""
+    guarded = guarded_axes(w, domain)
+    if not any(guarded):
+        return None
+    shape, shift = [], []
+    for coord, dim, g in zip(w.coords, w.shape, guarded):
+        if not g:
+            shape.append(dim)
+            shift.append(0)
+            continue
+        if coord.div != 1 or dim is None or any(domain[v] is None for v, _ in coord.terms):
+            return None
+        lo = coord.const + sum(min(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        hi = coord.const + sum(max(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        shape.append(max(0, -lo) + max(hi + 1, dim))
+        shift.append(max(0, -lo))
+    return tuple(shape), tuple(shift)
+
+
+def bordered(w: Window, buffer: int, shift: tuple, shape: tuple) -> Window:
+    """w reading the bordered copy `buffer` (of `shape`, see `border`) of its image instead."""
+    coords = tuple(Coord(c.terms, c.const + s, c.div) for c, s in zip(w.coords, shift))
+    return window(buffer, shape, coords, w.dtype, w.fill)

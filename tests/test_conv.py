@@ -298,3 +298,28 @@ def test_upsample2d_refuses_other_ranks_and_sizes():
         gn.upsample2d(gn.placeholder("flat", (None, 4, 4)))
     with pytest.raises(gn.ShapeError, match="upsample2d: size must be a positive integer"):
         gn.upsample2d(gn.placeholder("image", (None, 4, 4, 1)), 0)
+
+
+TILINGS = [((2, 6, 8, 3), dict(pool_size=2), True), ((2, 3, 6, 4), dict(pool_size=(3, 2), data_format="NCHW"), True),
+           ((2, 7, 8, 3), dict(pool_size=2), False),  # a row left over: the general form
+           ((2, 6, 8, 3), dict(pool_size=2, strides=1), False)]  # overlapping windows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,kwargs,tiled", TILINGS)
+def test_max_pool2d_grad_of_tiling_windows_is_elementwise_and_equals_numpy(x_shape, kwargs, tiled, dtype):
+    """Windows that tile the image give each element its window's share without a reduction over
+    the windows that might cover it; ties share evenly, NaN and Inf as in the reference."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, x_shape).astype(dtype)  # small integers: many ties
+    x[0, 1, 1, 0], x[1, 2, 3, 1], x[1, 0, 0, 2] = np.nan, np.inf, -np.inf
+    px = gn.placeholder("x", (None,) + x_shape[1:], dtype)
+    y = gn.max_pool2d(px, **kwargs)
+    fetches = [y, gn.gradients(gn.sum(y * gn.constant(rng.uniform(0.5, 1.5, y.shape[1:]).astype(dtype))), px)]
+    fn = gn.compile(fetches, backend="llvm")
+    grads = [k for k in fn.executable.lp.kernels if "max_pool2d_grad" in k.name and "maxima" not in k.name]
+    assert len(grads) == 1 and (grads[0].reduce is None) == tiled
+    for batch in (2, 1):
+        want = gn.compile(fetches, backend="numpy")(x=x[:batch])
+        for got, expected in zip(fn(x=x[:batch]), want):
+            np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)

@@ -9,7 +9,8 @@ import pytest
 import graphnet as gn
 from codegen.llvm import igemm
 from codegen.llvm.target import AVX2
-from test_schedules import _scheduled_llvm
+from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
+from test_schedules import _prepared, _scheduled_llvm
 
 CASES = [  # (x shape, filter shape, keyword arguments)
     ((3, 12, 11, 5), (3, 3, 5, 7), dict(padding="same")),
@@ -57,17 +58,39 @@ def test_a_grouped_conv_keeps_the_direct_loop():
 
 def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
-    from codegen.llvm.gemm_schedule import loop_passes
-    from test_schedules import _prepared
-    lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
+    passes = [p for p in loop_passes(lambda *a, **k: 64, 1, AVX2) if p is not border_conv_images]
+    lp = _prepared(fetches, passes)  # the guarded form, as without a border
     forward = next(k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None)
     d = igemm.descriptor(forward)
     assert (d[igemm.R1], d[igemm.R2], d[igemm.K1], d[igemm.K2]) == (5, 5, 3, 3)  # (n, i, j) x (kh, kw, c)
     assert d[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 3] == [10 * 10 * 3, 0, 0]  # n: linear, batch stride
     assert d[igemm.ROW_FIELDS + 4:igemm.ROW_FIELDS + 7] == [0, 2, 0]  # i: stride 2 on the height guard
-    assert (d[igemm.E1], d[igemm.S1], d[igemm.D1]) == (10, 30, 1)
+    assert (d[igemm.E1], d[igemm.S1], d[igemm.D1], d[igemm.GUARDED]) == (10, 30, 1, 2)
     assert d[igemm.COL_FIELDS + 8:igemm.COL_FIELDS + 12] == [1, 0, 0, 8]  # c: image stride 1, filter row 8
     assert d[igemm.BJ] == 1
+
+
+def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards():
+    fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
+    lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
+    names = [k.name for k in lp.kernels]
+    gemms = [k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None]
+    assert len(gemms) == 3
+    input_grad, filter_grad = (next(k for k in gemms if op in k.name) for op in ("input_grad", "filter_grad"))
+    forward = next(k for k in gemms if k not in (input_grad, filter_grad))
+    for k in (forward, filter_grad):  # both read x through padding (0, 1): one 11 x 11 copy, no guards
+        w = k.reduce.contraction[0]
+        assert w.shape == (None, 11, 11, 3) and lp.buffers[w.buffer].name.startswith("bordered")
+        d = igemm.descriptor(k)
+        assert (d[igemm.E1], d[igemm.S1], d[igemm.E2], d[igemm.S2], d[igemm.GUARDED]) == (1, 0, 1, 0, 0)
+    assert forward.reduce.contraction[0].buffer == filter_grad.reduce.contraction[0].buffer
+    borders = [k for k in lp.kernels if k.name == "border"]
+    assert len(borders) == 1 and names.index("border") == names.index(forward.name) - 1
+    assert borders[0].stores[0].buffer == forward.reduce.contraction[0].buffer
+    assert igemm.descriptor(forward)[igemm.ROW_FIELDS:igemm.ROW_FIELDS + 12:4] == [363, 66, 6]  # n, i, j
+    d = igemm.descriptor(input_grad)  # dy read at (h - kh) / 2: guarded, with divisors
+    assert (d[igemm.E1], d[igemm.D1], d[igemm.E2], d[igemm.D2], d[igemm.GUARDED]) == (5, 2, 5, 2, 2)
+    assert input_grad.reduce.contraction[0].shape == (None, 5, 5, 8)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -91,3 +114,78 @@ def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs
             for got, expected in zip(fn(**feeds), want):
                 scale = np.abs(expected).max()
                 np.testing.assert_allclose(got / scale, expected / scale, rtol=0, atol=tol, err_msg=name)
+
+
+
+def test_a_border_copy_is_not_shared_across_a_kernel_writing_its_image():
+    from codegen.loopir import Affine, Const, Kernel, Store
+    fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(padding="same"), np.float32)
+    passes = loop_passes(lambda *a, **k: 64, 1, AVX2)
+    lp = _prepared(fetches, passes[:passes.index(border_conv_images)] + [None])
+    image = next(k.reduce.value.args[0].buffer for k in lp.kernels if k.reduce is not None and "filter" in k.name)
+    at = next(i for i, k in enumerate(lp.kernels) if k.reduce is not None and "filter" in k.name)
+    lp.kernels.insert(at, Kernel("overwrite", (1,), [Store(image, Affine(), Const(1.0, np.dtype(np.float32)), "x", "")]))
+    border_conv_images(lp)
+    names = [k.name for k in lp.kernels]
+    assert names.count("border") == 3  # x for the forward, dy for the input gradient, x again
+    forward, filter_grad = (next(k for k in lp.kernels if k.name.startswith(op)) for op in ("conv2d_relu", "conv2d_filter"))
+    assert forward.reduce.value.args[0].buffer != filter_grad.reduce.value.args[0].buffer
+    assert names[names.index(filter_grad.name) - 1] == "border"
+
+PACKING_CASES = [  # geometries for the packing paths: (x shape, filter shape, keyword arguments)
+    ((2, 14, 14, 1), (5, 5, 1, 6), dict()),  # lenet's conv1: one input channel, valid
+    ((3, 8, 9, 6), (5, 5, 6, 16), dict()),  # conv2: its input gradient reads zero taps (full padding)
+    ((2, 9, 8, 5), (3, 3, 5, 7), dict(padding="same")),  # "same" padding: panels inside and at borders
+    ((2, 15, 14, 3), (3, 3, 3, 8), dict(strides=2, padding="same")),  # strided: the divisor (scalar) path
+    ((2, 3, 9, 10), (4, 3, 3, 5), dict(data_format="NCHW", padding=((2, 1), (0, 2)), dilation_rate=(1, 2))),
+]
+
+
+def _on_target(monkeypatch, target):
+    """Compile LLVM functions (step and GEMM library) for `target` instead of the host."""
+    from codegen.llvm import backend
+    monkeypatch.setattr(backend, "host_target", lambda: target)
+
+
+def _check(fetches, fn, x_shape, w_shape, dtype, tol, feeds=None):
+    ref = gn.compile(fetches, backend="numpy")
+    for batch in (x_shape[0], 5):
+        f = feeds or _feeds(x_shape, w_shape, fetches, batch, dtype, seed=batch)
+        for got, expected in zip(fn(**f), ref(**f)):
+            finite = np.isfinite(expected)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+            np.testing.assert_array_equal(got[~finite], expected[~finite])
+            scale = np.abs(expected[finite]).max(initial=1.0)
+            np.testing.assert_allclose(got[finite] / scale, expected[finite] / scale, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("target_name", ["avx2", "scalar"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, monkeypatch):
+    from codegen.llvm.target import SCALAR
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
+    for x_shape, w_shape, kwargs in PACKING_CASES:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            assert fn.executable.lp.to_text().count("implicit gemm") == 3
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", PACKING_CASES[:3])
+def test_implicit_gemm_propagates_nan_and_inf_as_the_reference(x_shape, w_shape, kwargs, dtype, monkeypatch):
+    """An Inf filter tap makes NaN wherever the input gradient's zero (padding) terms meet it (0 * inf),
+    a NaN pixel reaches every output its windows cover: the packing's zeros take part like the
+    reference's."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+    fn = gn.compile(fetches, backend="llvm")
+    assert fn.executable.lp.to_text().count("implicit gemm") == 3
+    feeds = _feeds(x_shape, w_shape, fetches, x_shape[0], dtype)
+    feeds["x"][0, 3, 2, 0] = np.nan
+    feeds["x"][-1, 1, 4, -1] = np.inf
+    feeds["w"][1, 2, 0, -1] = np.inf
+    feeds["weights"][0, 1, 1, 0] = -np.inf
+    _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11, feeds)

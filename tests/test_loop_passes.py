@@ -85,6 +85,18 @@ def test_choose_loop_order_puts_the_unit_stride_var_innermost_with_a_row_of_accu
     assert lp.buffers[k.reduce.scratch].shape == (6,)
 
 
+
+@pytest.mark.parametrize("channels,window,row", [(6, 2, False), (6, 5, True), (32, 2, True)])
+def test_a_short_reduction_over_a_short_row_accumulates_in_registers(channels, window, row):
+    """A 2x2 max pool over 6 channels: each output in a register (reduction vars innermost); a 5x5
+    window (25 elements) or 32 channels (a row worth vectorizing) keep the row of accumulators."""
+    x = gn.placeholder("x", (None, 10, 10, channels))
+    lp = _fused([gn.max_pool2d(x, window)])
+    (k,) = lp.kernels
+    choose_loop_order(lp)
+    assert (k.reduce.scratch is not None) == row
+    assert k.order == ((0, 1, 2, 4, 5, 3) if row else (0, 1, 2, 3, 4, 5))
+
 def test_gemm_pass_marks_dense_matmuls_and_transposes_narrow_ones():
     x = gn.placeholder("x", (None, 64))
     w = gn.variable("w", np.ones((64, 10), np.float32))

@@ -104,8 +104,18 @@ def test_reductions_run_on_one_thread():
     schedule_llvm(2, AVX2)(lp)
     kinds = ["in row" in k.to_text() for k in lp.kernels]
     assert sorted(kinds) == [False, True]  # one reduction over the batch into a row, one into a register
-    assert sorted(_schedules(lp)) == ["one thread", f"one thread, float32 sum in blocks of {SUM_BLOCK_SCALAR} v0 "
-                                                    "into a float64 total"]  # the batch's column sums
+    assert sorted(_schedules(lp)) == ["one thread", f"one thread, unroll v1, float32 sum in blocks of {SUM_BLOCK_SCALAR} "
+                                                    "v0 into a float64 total"]  # the batch's column sums
+
+
+@pytest.mark.parametrize("width,written_out", [(6, True), (8, True), (9, False), (32, False)])
+def test_a_short_scratch_row_is_written_out(width, written_out):
+    """A bias gradient's row of 6 accumulators does not vectorize as a loop; written out it does."""
+    x = gn.placeholder("x", (None, 5, width))
+    lp = _llvm([gn.sum(x, (0, 1))])
+    schedule_llvm(1, AVX2)(lp)
+    (k,) = [k for k in lp.kernels if k.reduce is not None]
+    assert k.reduce.scratch is not None and (k.order[-1] in k.schedule.unroll) == written_out
 
 
 def test_a_reduction_of_libm_values_keeps_its_reduction_loops_scalar():

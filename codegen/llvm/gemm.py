@@ -20,7 +20,7 @@ separate transpose copy. The packed panels live in a caller-provided workspace
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from llvmlite import ir
@@ -32,6 +32,7 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _PTR = ir.PointerType()
 _ELEMENT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+ARows = Callable[[ir.Value, int], list]  # (k, rows) -> A[0..rows-1, k], each across a vector, emitted where called
 
 
 @dataclass(frozen=True)
@@ -384,9 +385,9 @@ class _GemmEmitter:
     # -- micro-kernel and C update ------------------------------------------------------------
 
     def tile_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value, mr: ir.Value,
-                    bp: ir.Value, b_k: ir.Value) -> list[list[ir.Value]]:
+                    bp: ir.Value, b_k: ir.Value, a_at: ARows | None = None) -> list[list[ir.Value]]:
         """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
-        ap[r * a_row + k * a_k]). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
+        ap[r * a_row + k * a_k], or where `a_at` says: see micro_kernel). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
         no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
         six-row tiles and a 2-row one)."""
         b, blk = self.b, self.blk
@@ -394,7 +395,7 @@ class _GemmEmitter:
         results = []
         with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
             with then:
-                results.append((self.micro_kernel(kc, ap, a_row, a_k, bp, b_k), b.block))
+                results.append((self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, a_at=a_at), b.block))
             with otherwise:
                 merge = b.append_basic_block("edge.merge")
                 dispatch = b.block
@@ -404,7 +405,7 @@ class _GemmEmitter:
                     block = b.append_basic_block(f"edge{rows}")
                     switch.add_case(_c(rows), block)
                     b.position_at_end(block)
-                    acc = self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, rows)
+                    acc = self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, rows, a_at)
                     edge_results.append((acc + [[zero] * len(acc[0])] * (blk.mr - rows), b.block))
                     b.branch(merge)
                 b.position_at_end(merge)
@@ -426,10 +427,12 @@ class _GemmEmitter:
         return merged
 
     def micro_kernel(self, kc: ir.Value, ap: ir.Value, a_row: ir.Value, a_k: ir.Value,
-                     bp: ir.Value, b_k: ir.Value, rows: int | None = None) -> list[list[ir.Value]]:
+                     bp: ir.Value, b_k: ir.Value, rows: int | None = None, a_at: ARows | None = None
+                     ) -> list[list[ir.Value]]:
         """The `rows` x NR tile (default MR) of accumulators summed over kc, as SSA values (phis) at
-        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), the B row
-        of k at bp[k * b_k] (packed: b_k = NR; in place: b_k = N).
+        loop exit. A[r, k] is read at ap[r * a_row + k * a_k] (packed: a_row = 1, a_k = MR), or is
+        what `a_at(k, rows)` emits in the loop body; the B row of k at bp[k * b_k] (packed: b_k = NR;
+        in place: b_k = N).
         """
         b, blk, w = self.b, self.blk, self.w
         rows = blk.mr if rows is None else rows
@@ -449,12 +452,15 @@ class _GemmEmitter:
         b.cbranch(self.less(kk, kc), body, done)
         b.position_at_end(body)
         brow = self.gep(bp, self.mul(kk, b_k))
-        arow = self.gep(ap, self.mul(kk, a_k))
+        if a_at is None:
+            arow = self.gep(ap, self.mul(kk, a_k))
+            a_rows = [self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt) for r in range(rows)]
+        else:
+            a_rows = a_at(kk, rows)
         bvec = [self.load(self.gep(brow, v * w), self.vt) for v in range(nv)]
         new = []
         for r in range(rows):
-            a = self.splat(self.load(self.gep(arow, self.mul(a_row, r)), self.t), self.vt)
-            new.append([self.fma(a, bvec[v], acc[r][v]) for v in range(nv)])
+            new.append([self.fma(a_rows[r], bvec[v], acc[r][v]) for v in range(nv)])
         kk.add_incoming(self.add(kk, 1), b.block)
         for phi, value in zip(_flat(acc), _flat(new)):
             phi.add_incoming(value, b.block)
@@ -493,7 +499,12 @@ class _GemmEmitter:
 
     def update_edge(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
                     first: ir.Value) -> None:
+        """C (+)= the stack tile's first mr rows and nr columns: masked vectors on a vector target, else
+        whole vectors and then single elements."""
         b, w = self.b, self.w
+        if self.target.vector_bits:
+            self.update_edge_masked(row, col, mr, nr, c, first)
+            return
         whole_vectors = self.mul(b.sdiv(nr, _c(w)), w)
         with self.loop(0, mr, 1, "er") as r:
             crow = self.gep(c, b.add(self.mul(b.add(row, r), self.n_dim), col))
@@ -505,6 +516,33 @@ class _GemmEmitter:
                     value = self.load(self.gep(trow, jj), vt)
                     self.update(self.gep(crow, jj), value, first, width)
 
+    def update_edge_masked(self, row: ir.Value, col: ir.Value, mr: ir.Value, nr: ir.Value, c: ir.Value,
+                           first: ir.Value) -> None:
+        b, w = self.b, self.w
+        zero = ir.Constant(self.vt, None)
+        with self.loop(0, mr, 1, "er") as r:
+            crow = self.gep(c, b.add(self.mul(b.add(row, r), self.n_dim), col))
+            trow = self.gep(self.tile, self.mul(r, self.blk.nr))
+            for v in range(0, self.blk.nr, w):
+                columns = ir.Constant(ir.VectorType(_I64, w), list(range(v, v + w)))
+                mask = b.icmp_signed("<", columns, self.splat(nr, ir.VectorType(_I64, w)))
+                ptr = self.gep(crow, v)
+                old = b.select(first, zero, self.masked_load(ptr, mask))
+                self.masked_store(b.fadd(self.load(self.gep(trow, v), self.vt), old), ptr, mask)
+
+    def masked_load(self, ptr: ir.Value, mask: ir.Value) -> ir.Value:
+        """The vector at ptr where mask, else 0 (masked lanes read nothing)."""
+        vt = ir.VectorType(self.t, mask.type.count)
+        name = f"llvm.masked.load.v{vt.count}{_SUFFIX[self.spec.dtype]}.p0"
+        fn = _declare(self.fn.module, name, vt, [_PTR, _I32, mask.type, vt])
+        return self.b.call(fn, [ptr, ir.Constant(_I32, self.align), mask, ir.Constant(vt, None)])
+
+    def masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+        """Store the lanes of `value` where mask (the others write nothing)."""
+        name = f"llvm.masked.store.v{mask.type.count}{_SUFFIX[self.spec.dtype]}.p0"
+        fn = _declare(self.fn.module, name, ir.VoidType(), [value.type, _PTR, _I32, mask.type])
+        self.b.call(fn, [value, ptr, ir.Constant(_I32, self.align), mask])
+
     def update(self, ptr: ir.Value, value: ir.Value, first: ir.Value | bool, width: int) -> None:
         """Store value (+ old C unless this is the first K block; `first` may be known here, True or
         False, or a runtime flag)."""
@@ -515,6 +553,15 @@ class _GemmEmitter:
         elif first is not True:
             value = b.fadd(value, b.select(first, ir.Constant(vt, None), self.load(ptr, vt)))
         self.store(value, ptr)
+
+
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+def _declare(module: ir.Module, name: str, result: ir.Type, params: list) -> ir.Function:
+    """An intrinsic declared by hand, once per module (`declare_intrinsic` rejects vector types)."""
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(result, params), name=name)
 
 
 def _c(value: ir.Value | int) -> ir.Value:
@@ -530,8 +577,5 @@ def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
 
 
 def _intrinsic(module: ir.Module, name: str, typ: ir.Type, arity: int) -> ir.Function:
-    """A vector intrinsic declared by hand (`declare_intrinsic` rejects vector types)."""
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(typ, [typ] * arity), name=name)
+    """A vector intrinsic of `arity` arguments of its result type."""
+    return _declare(module, name, typ, [typ] * arity)

@@ -6,8 +6,9 @@ is large enough is marked to compute its whole (M, N) product with a GEMM routin
 buffer (packing space from `workspace`), its stores reading that product (the epilogue). A conv
 kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per batch row is marked
 the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
-its direct loop nest.
-`loop_passes` is the LLVM backend's list: LOOP_PASSES with that pass, then `schedule_llvm` (schedule.py).
+its direct loop nest. `border_conv_images`, run just before, gives such a kernel whose window
+reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py).
+`loop_passes` is the LLVM backend's list: LOOP_PASSES with those passes, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
-from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Var
+from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
+from ..window import Coord, Window, border, bordered, row_strides, window
 from . import igemm
 from .jit import host_target
 from .parallel import load_runtime, num_threads
@@ -54,6 +56,40 @@ def use_gemm_routines(workspace: Workspace, target: TargetInfo | None = None) ->
             red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)
         return lp
     return use_gemm_routines
+
+
+def border_conv_images(lp: LoopProgram) -> LoopProgram:
+    """Give each implicit-GEMM conv kernel whose window's guarded coordinates leave the image (padding,
+    an input gradient's full border) a zero-bordered copy of the image, written by a kernel of its own
+    just before it, and make its window read that copy unguarded: the GEMM then reads A in place
+    instead of gathering it (igemm.py). The border's zeros take part in the sums as the padding's did.
+    A strided gradient's window (divisors) keeps its guards. A later kernel needing the same border of
+    the same image (a padded conv's filter gradient after its forward) reads the first copy, unless a
+    kernel between them wrote the image."""
+    kernels, copies = [], {}  # (image, shape, shift) -> its bordered copy
+    for k in lp.kernels:
+        found = igemm.operands(k) if k.reduce is not None and not k.order else None
+        geometry = border(found[0], k.domain) if found is not None and igemm.worth_it(k) else None
+        if geometry is not None:
+            w, key = found[0], (found[0].buffer, *geometry)
+            if key not in copies:
+                copies[key] = add_buffer(lp, f"bordered_b{w.buffer}", geometry[0], w.dtype)
+                kernels.append(border_kernel(k, w, copies[key], *geometry))
+            moved = bordered(w, copies[key], geometry[1], geometry[0])
+            rewrite_kernel(k, lambda e: moved if e == w else e)
+        kernels.append(k)
+        written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
+        copies = {key: copy for key, copy in copies.items() if key[0] not in written}
+    lp.kernels = kernels
+    return lp
+
+
+def border_kernel(k: Kernel, w: Window, copy: int, shape: tuple, shift: tuple) -> Kernel:
+    """The kernel copying w's image (read by kernel k) into buffer `copy` of `shape`, zero-bordered."""
+    inside = window(w.buffer, w.shape, tuple(Coord(((axis, 1),), -s) for axis, s in enumerate(shift)), w.dtype, w.fill)
+    offset = Affine(tuple((axis, coef, nexp) for axis, (coef, nexp) in enumerate(row_strides(shape))))
+    first = k.stores[0]
+    return Kernel("border", shape, [Store(copy, offset, inside, f"border of {first.node}", first.source)])
 
 
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
@@ -107,13 +143,16 @@ def swap_vars(k: Kernel, a: int, b: int) -> None:
 def loop_passes(workspace: Workspace, threads: int | None = None, target: TargetInfo | None = None
                 ) -> list[LoopPass]:
     """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
-    assignments' copies (codegen/collectives.py) and GEMM routines chosen before the loop order,
+    assignments' copies (codegen/collectives.py) and GEMM routines chosen (conv images bordered first)
+    before the loop order,
     then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
     passes = list(LOOP_PASSES)
     target = host_target() if target is None else target
-    passes.insert(passes.index(choose_loop_order), use_gemm_routines(workspace, target))
+    gemm = use_gemm_routines(workspace, target)
+    passes.insert(passes.index(choose_loop_order), gemm)
+    passes.insert(passes.index(gemm), border_conv_images)
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
     return passes + [schedule_llvm(threads, target)]

@@ -3,8 +3,9 @@
 `schedule_llvm(threads, target)` is the LLVM backend's last loop pass (after `use_gemm_routines`
 chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel.schedule` to an
 `LLVMSchedule`, which render.py follows without deciding anything itself:
-- unrolling: a loop of at most UNROLL_MAX iterations (static) is written out once per value
-  (innermost first, while the body's copies stay within UNROLL_COPIES_MAX);
+- unrolling: a loop of at most UNROLL_MAX iterations (static; ROW_UNROLL_MAX for a reduction's
+  scratch row) is written out once per value (innermost first, while the body's copies stay within
+  UNROLL_COPIES_MAX);
 - threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
   loop over the thread pool unless that loop is unrolled or serial (an accumulating store's index
   axes, `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the
@@ -41,6 +42,8 @@ from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk_unique
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
 UNROLL_COPIES_MAX = 16  # ...innermost first, while the copies of the body they make stay this few (nests of
 #                         short loops, as a 3x3 window over 4x4 positions, would otherwise emit thousands)
+ROW_UNROLL_MAX = 8  # a reduction's scratch row this short is written out too: a loop of 5 to 8 cells does
+#                    not vectorize, its cells written out do (a bias gradient over 6 channels)
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
 SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
@@ -124,7 +127,8 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         looped = gemm.epilogue
     else:
         gemm, looped = None, tuple(k.order)
-    unroll = _unrolled(looped, k.domain)
+    row = (k.order[-1],) if red is not None and red.scratch is not None and gemm is None else ()
+    unroll = _unrolled(looped, k.domain, row)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
     if gemm is not None and gemm.by_columns and not gemm.routine[4]:
@@ -137,13 +141,15 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
                         **common)
 
 
-def _unrolled(looped: tuple, domain: tuple) -> tuple:
-    """The loops written out: static ones of at most UNROLL_MAX iterations, innermost first, while the
-    product of their extents (the copies of the loop body) stays within UNROLL_COPIES_MAX."""
+def _unrolled(looped: tuple, domain: tuple, row: tuple = ()) -> tuple:
+    """The loops written out: static ones of at most UNROLL_MAX iterations (ROW_UNROLL_MAX for a
+    reduction's scratch row, `row`), innermost first, while the product of their extents (the copies of
+    the loop body) stays within UNROLL_COPIES_MAX."""
     chosen, copies = [], 1
     for v in reversed(looped):
         n = domain[v]
-        if n is not None and n <= UNROLL_MAX and copies * max(n, 1) <= UNROLL_COPIES_MAX:
+        limit = ROW_UNROLL_MAX if v in row else UNROLL_MAX
+        if n is not None and n <= limit and copies * max(n, 1) <= UNROLL_COPIES_MAX:
             chosen.append(v)
             copies *= max(n, 1)
     return tuple(sorted(chosen))
