@@ -109,6 +109,34 @@ def _peer_system(peer: Peer) -> System:
     return System(peer.name, peer.version, peer.threads, peer.step, peer.note)
 
 
+def _compiled_cold_then_warm(build: Callable[[], Any], cached: bool) -> tuple[Any, list[float]]:
+    """`build()` timed with an empty compile cache (cold), then, where the backend caches, again with it
+    filled by the first (warm); the last build and its times."""
+    times = []
+    with tempfile.TemporaryDirectory(prefix="graphnet-bench-cache-") as cache:
+        previous = os.environ.get("GRAPHNET_CACHE_DIR")
+        os.environ["GRAPHNET_CACHE_DIR"] = cache
+        try:
+            for _ in range(2 if cached else 1):
+                start = time.perf_counter()
+                built = build()
+                times.append(time.perf_counter() - start)
+        finally:
+            if previous is None:
+                os.environ.pop("GRAPHNET_CACHE_DIR", None)
+            else:
+                os.environ["GRAPHNET_CACHE_DIR"] = previous
+    return built, times
+
+
+def _graphnet_threads(backend: str) -> str:
+    return os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if backend != "numpy" else blas_threads()
+
+
+def _graphnet_note(backend: str, fuse_optimizer: bool) -> str:
+    return f"backend={backend}" + ("" if fuse_optimizer else ", fuse_optimizer=False")
+
+
 def graphnet_system(config: GridConfig, backend: str, fuse_optimizer: bool = True) -> System:
     """A graphnet training step, compiled with an empty cache (cold), then again with it filled (warm).
 
@@ -117,26 +145,13 @@ def graphnet_system(config: GridConfig, backend: str, fuse_optimizer: bool = Tru
     from .grid import build_grid_model
 
     cached = backend != "numpy"  # the numpy backend keeps no compile cache
-    times = []
-    with tempfile.TemporaryDirectory(prefix="graphnet-bench-cache-") as cache:
-        previous = os.environ.get("GRAPHNET_CACHE_DIR")
-        os.environ["GRAPHNET_CACHE_DIR"] = cache
-        try:
-            for _ in range(2 if cached else 1):
-                start = time.perf_counter()
-                model = build_grid_model(config.name, backend, fuse_optimizer=fuse_optimizer)
-                times.append(time.perf_counter() - start)
-        finally:
-            if previous is None:
-                os.environ.pop("GRAPHNET_CACHE_DIR", None)
-            else:
-                os.environ["GRAPHNET_CACHE_DIR"] = previous
+    model, times = _compiled_cold_then_warm(
+        lambda: build_grid_model(config.name, backend, fuse_optimizer=fuse_optimizer), cached)
     feeds = model.feeds(*grid_data(config))
     fn = model.step
-    threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if cached else blas_threads()
     name = f"graphnet-{backend}" + ("" if fuse_optimizer else "-unfused")
-    note = f"backend={backend}" + ("" if fuse_optimizer else ", fuse_optimizer=False")
-    return System(name, __version__, threads, lambda: fn(**feeds), note, times[0], times[1] if cached else None)
+    return System(name, __version__, _graphnet_threads(backend), lambda: fn(**feeds),
+                  _graphnet_note(backend, fuse_optimizer), times[0], times[1] if cached else None)
 
 
 def gemm_floor(config: GridConfig) -> System:
@@ -173,23 +188,10 @@ def conv_system(name: str, net: ConvNet) -> System:
     weights, (x, y) = convnets.initial_weights(net), convnets.data(net)
     if name in GRAPHNET_SYSTEMS:
         backend, fuse = GRAPHNET_SYSTEMS[name]
-        with tempfile.TemporaryDirectory(prefix="graphnet-bench-cache-") as cache:
-            previous = os.environ.get("GRAPHNET_CACHE_DIR")
-            os.environ["GRAPHNET_CACHE_DIR"] = cache
-            try:
-                times = []
-                for _ in range(2 if backend != "numpy" else 1):
-                    start = time.perf_counter()
-                    fn = convnets.graphnet_function(net, weights, backend, fuse)
-                    times.append(time.perf_counter() - start)
-            finally:
-                if previous is None:
-                    os.environ.pop("GRAPHNET_CACHE_DIR", None)
-                else:
-                    os.environ["GRAPHNET_CACHE_DIR"] = previous
-        threads = os.environ.get("GRAPHNET_NUM_THREADS", f"auto (<= {_cores()})") if backend != "numpy" else blas_threads()
-        return System(name, __version__, threads, lambda: fn(x=x, y=y), f"backend={backend}" + ("" if fuse else
-                      ", fuse_optimizer=False"), times[0], times[1] if len(times) > 1 else None)
+        cached = backend != "numpy"
+        fn, times = _compiled_cold_then_warm(lambda: convnets.graphnet_function(net, weights, backend, fuse), cached)
+        return System(name, __version__, _graphnet_threads(backend), lambda: fn(x=x, y=y),
+                      _graphnet_note(backend, fuse), times[0], times[1] if cached else None)
     if name in ("torch", "jax"):
         make = convnets.torch_step if name == "torch" else convnets.jax_step
         try:
