@@ -240,3 +240,31 @@ def test_verify_rejects_a_node_whose_shape_disagrees_with_its_rule(x):
     y.shape = (None, 4)
     with pytest.raises(AssertionError, match="rule gives"):
         verify(Program([y]))
+
+
+def test_verify_rejects_a_cycle(x):
+    y = gn.exp(x)
+    z = gn.tanh(y)
+    y.inputs = (z,)  # a pass that rewires a node into its own ancestry
+    with pytest.raises(AssertionError, match="cycle"):
+        verify(Program([z]))
+    with pytest.raises(AssertionError, match="cycle"):
+        verify(Program([gn.exp(x), z]))  # an output beside the cycle does not hide it
+
+
+def test_default_pipeline_prints_each_record_only_when_asked(x):
+    """A compile never reads its records' text: the default passes' records print it when asked."""
+    prog, records = run_pipeline(Program([gn.log(gn.sigmoid(x * 1.0))]))
+    assert all(r.snapshot is None for r in records)
+    assert [r.text for r in records] == [r.program.to_text() for r in records]
+    assert "sigmoid" in records[0].text and "sigmoid" not in records[-1].text
+
+
+def test_custom_passes_are_recorded_as_they_ran(x):
+    """A custom pass may change the program it is given: each record is a snapshot."""
+    def regions_in_place(prog: Program) -> Program:
+        prog.regions[prog.fetches[0]] = "mine"
+        return prog
+
+    prog, records = run_pipeline(Program([gn.exp(x)]), [regions_in_place])
+    assert "[mine]" not in records[0].text and "[mine]" in records[1].text
