@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet.passes import (DEFAULT_PASSES, cse, dce, fold_constants, run_pipeline, simplify, stabilize,
-                             strip_dropout, verify)
+from graphnet.passes import (DEFAULT_PASSES, cse, dce, fold_constants, run_passes, run_pipeline, simplify,
+                             stabilize, strip_dropout, verify)
 from graphnet.program import Program
 
 from helpers import run
@@ -268,3 +268,13 @@ def test_custom_passes_are_recorded_as_they_ran(x):
 
     prog, records = run_pipeline(Program([gn.exp(x)]), [regions_in_place])
     assert "[mine]" not in records[0].text and "[mine]" in records[1].text
+
+
+def test_records_without_text_say_so(x):
+    prog = Program([gn.exp(x) * 1.0])
+    _, records = run_passes(prog, [simplify], verify, lambda p: len(p.nodes()), text="none")
+    assert [r.name for r in records] == ["input", "simplify"] and records[1].nodes == 2
+    with pytest.raises(ValueError, match="simplify was made without its text"):
+        records[1].text
+    with pytest.raises(ValueError, match="'snapshot', 'lazy' or 'none'"):
+        run_passes(prog, [simplify], verify, lambda p: len(p.nodes()), text="eager")

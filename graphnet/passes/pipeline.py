@@ -27,12 +27,14 @@ class PassRecord:
     nodes: int  # the graph's nodes (a loop program: its kernels)
     seconds: float
     snapshot: str | None  # the text when the pass ran; None: the program's, printed when first asked for
-    program: Any  # the Program after this pass (dumps draw it); loop passes rewrite one LoopProgram
-    #               in place, so they take snapshots
+    program: Any  # the Program after this pass (dumps draw it); None where the record has no text.
+    #               Loop passes rewrite one LoopProgram in place, so their text is a snapshot or none
 
     @property
     def text(self) -> str:
         if self.snapshot is None:
+            if self.program is None:
+                raise ValueError(f"the record of pass {self.name} was made without its text")
             self.snapshot = self.program.to_text()
         return self.snapshot
 
@@ -41,22 +43,27 @@ IR = TypeVar("IR")
 
 
 def run_passes(ir: IR, passes: Sequence[Callable[[IR], IR]], verify: Callable[[IR, IR], None] | None,
-               size: Callable[[IR], int], first: str = "input", snapshot: bool = True) -> tuple[IR, list[PassRecord]]:
+               size: Callable[[IR], int], first: str = "input", text: str = "snapshot"
+               ) -> tuple[IR, list[PassRecord]]:
     """Run `passes` in order on a graph or loop program, checking each result with `verify(new, old)`
-    and recording it; the first record (named `first`) is the input. `snapshot=False` where no pass
-    changes the program it is given: a record prints its program's text only when asked (dumps,
-    reports), which a compile does not."""
-    def text(program: IR) -> str | None:
-        return program.to_text() if snapshot else None
+    and recording it; the first record (named `first`) is the input. Each record's `text`: "snapshot"
+    prints it after the pass; "lazy" when first read (dumps, reports; a compile reads none), where no
+    pass changes the program it is given; "none" keeps only names, sizes and times."""
+    if text not in ("snapshot", "lazy", "none"):
+        raise ValueError(f"text must be 'snapshot', 'lazy' or 'none', not {text!r}")
 
-    records = [PassRecord(first, size(ir), 0.0, text(ir), ir)]
+    def record(name: str, program: IR, seconds: float) -> PassRecord:
+        return PassRecord(name, size(program), seconds, program.to_text() if text == "snapshot" else None,
+                          None if text == "none" else program)
+
+    records = [record(first, ir, 0.0)]
     for p in passes:
         start = time.perf_counter()
         new = p(ir)
         if verify is not None:
             verify(new, None if new is ir else ir)
         ir = new
-        records.append(PassRecord(p.__name__, size(ir), time.perf_counter() - start, text(ir), ir))
+        records.append(record(p.__name__, ir, time.perf_counter() - start))
     return ir, records
 
 
@@ -90,4 +97,5 @@ def run_pipeline(prog: Program, passes: Sequence[Pass] | None = None, training: 
     default = passes is None
     if default:
         passes = default_passes(training, fuse_optimizer)
-    return run_passes(prog, passes, verify if check else None, lambda p: len(p.nodes()), snapshot=not default)
+    return run_passes(prog, passes, verify if check else None, lambda p: len(p.nodes()),
+                      text="lazy" if default else "snapshot")
