@@ -138,9 +138,9 @@ def test_a_threaded_loop_nest_is_optimised_and_emitted_once(monkeypatch, tmp_pat
     np.testing.assert_allclose(fn(x=feed)[0], expected, rtol=1e-4, atol=1e-4)
 
 
-def _train_twice(feed: np.ndarray) -> tuple[list, np.ndarray, list[str]]:
+def _train_twice(feed: np.ndarray) -> tuple[list, np.ndarray, list[str], str]:
     """Two Adam steps of a row-normalising model (threaded elementwise kernels and GEMM epilogues,
-    serial row reductions): the losses, the updated weights and the kernels' schedules."""
+    serial row reductions): the losses, the updated weights, the kernels' schedules, the LLVM IR."""
     w0 = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32) * 0.1
     with gn.Graph():
         x = gn.placeholder("x", (None, 64))
@@ -151,7 +151,7 @@ def _train_twice(feed: np.ndarray) -> tuple[list, np.ndarray, list[str]]:
         loss = gn.mean(gn.softmax(z) * gn.log(gn.exp(z) + 1.0))
         fn = gn.compile([loss], updates=gn.optim.Adam(1e-2).minimize(loss), backend="llvm")
         losses = [fn(x=feed)[0] for _ in range(2)]
-        return losses, w.value, [str(k.schedule) for k in fn.executable.lp.kernels]
+        return losses, w.value, [str(k.schedule) for k in fn.executable.lp.kernels], fn.executable.ir_text
 
 
 @needs_runtime
@@ -172,5 +172,7 @@ def test_sharing_a_threaded_nest_keeps_the_steps_bits(monkeypatch, tmp_path):
     monkeypatch.setattr(render.Renderer, "render", render_inlined)
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "inlined"))
     inlined = _train_twice(feed)
+    nest = re.compile(r'^define internal void @"k\d+_\w+_(range|rows)"\(.*\) noinline$', re.M)
+    assert nest.search(shared[3]) and not nest.search(inlined[3])
     assert [a.tobytes() for a in shared[0]] == [a.tobytes() for a in inlined[0]]
     assert shared[1].tobytes() == inlined[1].tobytes()
