@@ -482,14 +482,15 @@ class Lowering:
         return Kernel("_".join(dict.fromkeys(names))[:40], kb.domain, stores, kb.reduce, call=kb.call, flops=kb.flops)
 
 
-def lower(prog: Program, fuse: bool = True, loop_passes: Sequence[LoopPass] | None = None
-          ) -> tuple[LoopProgram, list[PassRecord]]:
+def lower(prog: Program, fuse: bool = True, loop_passes: Sequence[LoopPass] | None = None,
+          snapshots: bool = True) -> tuple[LoopProgram, list[PassRecord]]:
     """Fuse `prog` into kernels, then run `loop_passes` (default: LOOP_PASSES) through the verifying,
     recording pass runner; kernels are numbered k0, k1, ... at the end. Returns the loop program and
-    one record per pass (the dumps' loop IR after each)."""
+    one record per pass (with `snapshots`, the dumps' loop IR after each; without, only names, sizes
+    and times: the passes rewrite the program in place, so its text after a pass is gone)."""
     lp = Lowering(prog, fuse).run()
     lp, records = run_passes(lp, LOOP_PASSES if loop_passes is None else loop_passes, verify=verify_loops,
-                             size=lambda p: len(p.kernels), first="lower")
+                             size=lambda p: len(p.kernels), first="lower", text="snapshot" if snapshots else "none")
     for i, k in enumerate(lp.kernels):
         k.name = f"k{i}_{k.name}"
     if lp.assigns:

@@ -140,11 +140,10 @@ class Node:
     def __repr__(self) -> str:
         return f"<{self.name}: {self.dtype} {shape_str(self.shape)} at {self.source}>"
 
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:  # identity; tensors do not compare elementwise
-        return self is other
+    # Identity, as object's own (C) slots: tensors do not compare elementwise, and every pass, lowering
+    # and autodiff keys dicts and sets by nodes, so a hash written in Python costs a call per lookup.
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
 
     def __bool__(self) -> bool:
         raise TypeError(f"the truth value of graph node {self.name} is unknown until the graph runs")

@@ -226,3 +226,15 @@ def test_bench_runs_a_conv_configuration(tmp_path):
     assert "| lenet 28x28x1 b64 |" in text and "fma-peak" in text
     assert "- lenet / gemm-floor: not available: written for the dense configurations only" in text
     assert runner.parser().parse_args([]).configs == list(GRID) + ["lenet", "cifar"]
+
+
+def test_compile_benchmark_children_import_graphnet_from_bytecode(monkeypatch, tmp_path):
+    """Where the environment says not to write bytecode, the compile benchmark's children still import
+    from bytecode (the run's own folder), as an installed graphnet does, so "build" holds no compiling
+    of graphnet's sources."""
+    from graphnet.bench.micro import compile as compile_bench
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = compile_bench.child_env(str(tmp_path / "cache"), str(tmp_path / "bytecode"))
+    assert env["GRAPHNET_CACHE_DIR"] == str(tmp_path / "cache")
+    subprocess.run([sys.executable, "-c", "import graphnet.bench.micro.compile"], env=env, check=True, timeout=120)
+    assert list((tmp_path / "bytecode").rglob("compile.*.pyc"))

@@ -5,6 +5,7 @@ measured by `python -m graphnet.bench.micro.compile`, never asserted here."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,26 @@ def test_a_model_compiles_evaluation_and_prediction_on_first_use(cache_dir):
     assert set(model._functions) == {"train", "eval", "predict"}
     model.fit(x, y, epochs=1, verbose=0, validation_split=0.5)  # validation uses the eval function compiled above
     assert set(model._functions) == {"train", "eval", "predict"}
+
+
+def test_a_compile_prints_no_pass_records_that_a_dump_reads(cache_dir, monkeypatch):
+    """Graph and loop pass records are printed for dumps, not on every compile; a dump still gets the
+    graph after each graph pass and the loop IR after each loop pass."""
+    from codegen.loopir import LoopProgram
+    from graphnet.program import Program
+    printed = []
+    for cls in (Program, LoopProgram):
+        monkeypatch.setattr(cls, "to_text", lambda self, *a, _f=cls.to_text, **k: printed.append(type(self)) or
+                            _f(self, *a, **k))
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 4))
+        w = gn.variable("w", np.ones((4, 3), np.float32))
+        loss = gn.mean(gn.tanh(x @ w))
+        fn = gn.compile(loss, updates=gn.optim.Adam(0.1).minimize(loss), backend="llvm")
+    assert printed == [LoopProgram]  # the object cache's key
+    backend = fn.executable
+    records = backend.loop_records
+    assert records[0].name == "lower" and len(records) > 2
+    assert records[-1].text == re.sub(r"kernel k\d+_", "kernel ", backend.lp.to_text())  # numbered after the passes
+    assert records[0].text != records[-1].text  # each record is the loop IR after its own pass
+    assert [r.text for r in fn.records] == [r.program.to_text() for r in fn.records]

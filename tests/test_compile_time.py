@@ -107,3 +107,72 @@ def test_loop_ir_of_a_chain_of_multi_use_ops_grows_linearly():
     fn = gn.compile([loss], updates=gn.optim.SGD(lr=0.1).minimize(loss), backend="numpy")
     lp, _ = lower(fn.program)
     assert len(lp.to_text()) < 50_000
+
+
+def _vectorized_functions(optimized: str) -> list[str]:
+    """The functions of an optimised module that hold a vectorized loop."""
+    functions = re.split(r"^define ", optimized, flags=re.M)[1:]
+    return [re.match(r'[^@]*@"?([\w.]+)', f).group(1) for f in functions if re.search(r"^vector\.body", f, re.M)]
+
+
+@needs_runtime
+@pytest.mark.parametrize("kind", ["elementwise", "gemm epilogue"])
+def test_a_threaded_loop_nest_is_optimised_and_emitted_once(monkeypatch, tmp_path, kind):
+    """A threaded kernel's nest (its slice's `_range`, a GEMM's row epilogue `_rows`) is one function
+    that the region's thread entry and its serial path both call: inlined into each, LLVM would
+    optimise, vectorize and emit it twice."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = gn.placeholder("x", (None, 96))
+    w = rng.standard_normal((96, 128)).astype(np.float32)
+    h = gn.relu(x @ gn.variable("w", w) + 1.0) if kind == "gemm epilogue" else x * 2.0 + gn.exp(x)
+    fn = gn.compile([h], backend="llvm")
+    backend = fn.executable
+    assert backend.threads == 2 and len(backend.lp.kernels) == 1 and ".par" in backend.ir_text
+    suffix = "_rows" if kind == "gemm epilogue" else "_range"
+    assert _vectorized_functions(str(backend.compiler.optimize(backend.ir_text))) == [backend.lp.kernels[0].name
+                                                                                      + suffix]
+    feed = rng.standard_normal((64, 96)).astype(np.float32)
+    expected = np.maximum(feed @ w + 1.0, 0) if kind == "gemm epilogue" else feed * 2.0 + np.exp(feed)
+    np.testing.assert_allclose(fn(x=feed)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def _train_twice(feed: np.ndarray) -> tuple[list, np.ndarray, list[str], str]:
+    """Two Adam steps of a row-normalising model (threaded elementwise kernels and GEMM epilogues,
+    serial row reductions): the losses, the updated weights, the kernels' schedules, the LLVM IR."""
+    w0 = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32) * 0.1
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 64))
+        w = gn.variable("w", w0)
+        h = gn.tanh(x @ w)
+        mu = gn.mean(h, axis=1, keepdims=True)
+        z = (h - mu) / gn.sqrt(gn.mean((h - mu) * (h - mu), axis=1, keepdims=True) + 1e-5)
+        loss = gn.mean(gn.softmax(z) * gn.log(gn.exp(z) + 1.0))
+        fn = gn.compile([loss], updates=gn.optim.Adam(1e-2).minimize(loss), backend="llvm")
+        losses = [fn(x=feed)[0] for _ in range(2)]
+        return losses, w.value, [str(k.schedule) for k in fn.executable.lp.kernels], fn.executable.ir_text
+
+
+@needs_runtime
+def test_sharing_a_threaded_nest_keeps_the_steps_bits(monkeypatch, tmp_path):
+    """The step whose threaded nests are called (not inlined) computes the bits of the step compiled
+    with them inlined, as before: losses and updated weights, on two threads."""
+    import codegen.llvm.render as render
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    feed = np.random.default_rng(0).standard_normal((8192, 64)).astype(np.float32)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "shared"))
+    shared = _train_twice(feed)
+    assert any("parallel over" in s for s in shared[2])
+    render_shared = render.Renderer.render
+
+    def render_inlined(self) -> str:
+        return re.sub(r'^(define internal void @"[\w.]+_(?:range|rows)"\([^)]*\)) noinline', r"\1",
+                      render_shared(self), flags=re.M)
+    monkeypatch.setattr(render.Renderer, "render", render_inlined)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "inlined"))
+    inlined = _train_twice(feed)
+    nest = re.compile(r'^define internal void @"k\d+_\w+_(range|rows)"\(.*\) noinline$', re.M)
+    assert nest.search(shared[3]) and not nest.search(inlined[3])
+    assert [a.tobytes() for a in shared[0]] == [a.tobytes() for a in inlined[0]]
+    assert shared[1].tobytes() == inlined[1].tobytes()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet.passes import (DEFAULT_PASSES, cse, dce, fold_constants, run_pipeline, simplify, stabilize,
-                             strip_dropout, verify)
+from graphnet.passes import (DEFAULT_PASSES, cse, dce, fold_constants, run_passes, run_pipeline, simplify,
+                             stabilize, strip_dropout, verify)
 from graphnet.program import Program
 
 from helpers import run
@@ -240,3 +240,41 @@ def test_verify_rejects_a_node_whose_shape_disagrees_with_its_rule(x):
     y.shape = (None, 4)
     with pytest.raises(AssertionError, match="rule gives"):
         verify(Program([y]))
+
+
+def test_verify_rejects_a_cycle(x):
+    y = gn.exp(x)
+    z = gn.tanh(y)
+    y.inputs = (z,)  # a pass that rewires a node into its own ancestry
+    with pytest.raises(AssertionError, match="cycle"):
+        verify(Program([z]))
+    with pytest.raises(AssertionError, match="cycle"):
+        verify(Program([gn.exp(x), z]))  # an output beside the cycle does not hide it
+
+
+def test_default_pipeline_prints_each_record_only_when_asked(x):
+    """A compile never reads its records' text: the default passes' records print it when asked."""
+    prog, records = run_pipeline(Program([gn.log(gn.sigmoid(x * 1.0))]))
+    assert all(r.snapshot is None for r in records)
+    assert [r.text for r in records] == [r.program.to_text() for r in records]
+    assert "sigmoid" in records[0].text and "sigmoid" not in records[-1].text
+
+
+def test_custom_passes_are_recorded_as_they_ran(x):
+    """A custom pass may change the program it is given: each record is a snapshot."""
+    def regions_in_place(prog: Program) -> Program:
+        prog.regions[prog.fetches[0]] = "mine"
+        return prog
+
+    prog, records = run_pipeline(Program([gn.exp(x)]), [regions_in_place])
+    assert "[mine]" not in records[0].text and "[mine]" in records[1].text
+
+
+def test_records_without_text_say_so(x):
+    prog = Program([gn.exp(x) * 1.0])
+    _, records = run_passes(prog, [simplify], verify, lambda p: len(p.nodes()), text="none")
+    assert [r.name for r in records] == ["input", "simplify"] and records[1].nodes == 2
+    with pytest.raises(ValueError, match="simplify was made without its text"):
+        records[1].text
+    with pytest.raises(ValueError, match="'snapshot', 'lazy' or 'none'"):
+        run_passes(prog, [simplify], verify, lambda p: len(p.nodes()), text="eager")

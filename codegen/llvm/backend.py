@@ -70,8 +70,8 @@ class LLVMBackend:
         self._setup(options)
         self.program = program
         with timed(self.compile_seconds, "lowering"):
-            self._lp, self.loop_records = self._lower()
-        loop_seconds = sum(r.seconds for r in self.loop_records)
+            self._lp, timings = self._lower(snapshots=False)
+        loop_seconds = sum(r.seconds for r in timings)
         self.compile_seconds.update({"lowering": self.compile_seconds["lowering"] - loop_seconds,
                                      "loop passes": loop_seconds})
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
@@ -85,6 +85,7 @@ class LLVMBackend:
         self.compiler = Compiler(host_target())
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
+        self._loop_records: list | None = None
 
     @staticmethod
     def cache_context() -> tuple:
@@ -133,14 +134,22 @@ class LLVMBackend:
     def lp(self):
         """The loop program (on a compiled-function cache hit, lowered again when first asked for)."""
         if self._lp is None:
-            self._lp, self.loop_records = self._lower()
+            self._lp, self._loop_records = self._lower()
         return self._lp
 
-    def _lower(self):
+    @property
+    def loop_records(self) -> list:
+        """The loop passes' records with the loop IR after each (dumps): a compile lowers without
+        printing them, so the first read lowers again (lowering is deterministic)."""
+        if self._loop_records is None:
+            _, self._loop_records = self._lower()
+        return self._loop_records
+
+    def _lower(self, snapshots: bool = True):
         from ..lower import lower
         from .gemm_schedule import loop_passes
         passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
-        return lower(self.program, fuse=not self.check, loop_passes=passes)
+        return lower(self.program, fuse=not self.check, loop_passes=passes, snapshots=snapshots)
 
     def _load(self, obj: bytes, lock: StepLock) -> None:
         """Link the step object against the GEMM library, load it and bind the buffers."""

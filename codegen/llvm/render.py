@@ -288,11 +288,14 @@ class _KernelEmitter:
         `noalias`, so LLVM could not hoist a broadcast value's load and arithmetic out of the loop, would
         vectorize it behind run-time alias checks, and its loop vectorizer takes time exponential in the
         depth of such a loop-invariant expression (its uniformity check follows every path through it,
-        and vmath's functions use their argument several times)."""
+        and vmath's functions use their argument several times). It is never inlined: the region's
+        thread entry and its serial path both call it, and an inlined nest would be optimised,
+        vectorised and emitted once per caller."""
         saved = (self.b, self.fn, self.N, self.ptrs)
         buffers = list(self.ptrs)
         fn = ir.Function(self.r.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)), name)
         fn.linkage = "internal"
+        fn.attributes.add("noinline")
         for arg in fn.args[3:]:
             arg.add_attribute("noalias")
         self.b, self.fn, self.N = ir.IRBuilder(fn.append_basic_block("entry")), fn, fn.args[0]

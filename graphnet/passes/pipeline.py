@@ -5,8 +5,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-import networkx as nx
-
 from ..program import Program
 from .cse import cse
 from .dce import dce
@@ -28,34 +26,52 @@ class PassRecord:
     name: str
     nodes: int  # the graph's nodes (a loop program: its kernels)
     seconds: float
-    text: str
-    program: Any  # the Program after this pass (dumps draw it); loop passes rewrite one LoopProgram
-    #               in place, so for them `text` is the snapshot
+    snapshot: str | None  # the text when the pass ran; None: the program's, printed when first asked for
+    program: Any  # the Program after this pass (dumps draw it); None where the record has no text.
+    #               Loop passes rewrite one LoopProgram in place, so their text is a snapshot or none
+
+    @property
+    def text(self) -> str:
+        if self.snapshot is None:
+            if self.program is None:
+                raise ValueError(f"the record of pass {self.name} was made without its text")
+            self.snapshot = self.program.to_text()
+        return self.snapshot
 
 
 IR = TypeVar("IR")
 
 
 def run_passes(ir: IR, passes: Sequence[Callable[[IR], IR]], verify: Callable[[IR, IR], None] | None,
-               size: Callable[[IR], int], first: str = "input") -> tuple[IR, list[PassRecord]]:
+               size: Callable[[IR], int], first: str = "input", text: str = "snapshot"
+               ) -> tuple[IR, list[PassRecord]]:
     """Run `passes` in order on a graph or loop program, checking each result with `verify(new, old)`
-    and recording its text; the first record (named `first`) is the input."""
-    records = [PassRecord(first, size(ir), 0.0, ir.to_text(), ir)]
+    and recording it; the first record (named `first`) is the input. Each record's `text`: "snapshot"
+    prints it after the pass; "lazy" when first read (dumps, reports; a compile reads none), where no
+    pass changes the program it is given; "none" keeps only names, sizes and times."""
+    if text not in ("snapshot", "lazy", "none"):
+        raise ValueError(f"text must be 'snapshot', 'lazy' or 'none', not {text!r}")
+
+    def record(name: str, program: IR, seconds: float) -> PassRecord:
+        return PassRecord(name, size(program), seconds, program.to_text() if text == "snapshot" else None,
+                          None if text == "none" else program)
+
+    records = [record(first, ir, 0.0)]
     for p in passes:
         start = time.perf_counter()
         new = p(ir)
         if verify is not None:
             verify(new, None if new is ir else ir)
         ir = new
-        records.append(PassRecord(p.__name__, size(ir), time.perf_counter() - start, ir.to_text(), ir))
+        records.append(record(p.__name__, ir, time.perf_counter() - start))
     return ir, records
 
 
 def verify(prog: Program, before: Program | None = None) -> None:
     """Check the graph is acyclic, every node re-infers its shape/dtype, and outputs kept theirs."""
     nodes = prog.nodes()
-    g = nodes[0].graph.to_networkx(prog.outputs) if nodes else nx.DiGraph()
-    if not nx.is_directed_acyclic_graph(g):
+    ordered = set(nodes)  # `ancestors` orders no node on a cycle, nor any node depending on one
+    if not all(out in ordered for out in prog.outputs):
         raise AssertionError("pass produced a cycle")
     for n in nodes:
         shape, dtype = n.op.infer(n.inputs, n.attrs)
@@ -75,7 +91,11 @@ def default_passes(training: bool = True, fuse_optimizer: bool = True) -> list[P
 
 def run_pipeline(prog: Program, passes: Sequence[Pass] | None = None, training: bool = True,
                  check: bool = True, fuse_optimizer: bool = True) -> tuple[Program, list[PassRecord]]:
-    """Run `passes` (default: `default_passes(training, fuse_optimizer)`) on a graph program."""
-    if passes is None:
+    """Run `passes` (default: `default_passes(training, fuse_optimizer)`) on a graph program. The
+    default passes return new programs (`Program.rebuild`, `dataclasses.replace`), so their records
+    print text lazily; a custom pass list's records are snapshots."""
+    default = passes is None
+    if default:
         passes = default_passes(training, fuse_optimizer)
-    return run_passes(prog, passes, verify if check else None, lambda p: len(p.nodes()))
+    return run_passes(prog, passes, verify if check else None, lambda p: len(p.nodes()),
+                      text="lazy" if default else "snapshot")
