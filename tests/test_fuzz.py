@@ -259,12 +259,17 @@ FINDING_2872 = '{"id": "0:2872", "dtype": "float32", "leaves": [{"kind": "placeh
 FINDING_9568 = '{"id": "0:9568", "dtype": "float32", "leaves": [{"kind": "placeholder", "shape": [null, 3, 1, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [3, 3, 1, 6], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "conv2d", "inputs": [0, 1], "attrs": {"strides": [2, 2], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 3, "data_format": "NCHW"}}, {"op": "flip", "inputs": [1], "attrs": {"axes": [0, 1, 3]}}], "outputs": [2, 3], "mode": "grad", "loss": "weighted", "optimizer": null, "batches": [1], "data_seed": 2027735716, "threads": 1, "backends": ["llvm"], "jitter": 0}'
 
 
-@pytest.mark.parametrize("finding", [FINDING_6041, FINDING_1793, FINDING_2872, FINDING_9568],
-                         ids=["0:6041", "0:1793", "0:2872", "0:9568"])
+# A conv filter gradient read through flip: igemm.operands unpacked the offset's constant part as a term.
+FINDING_12962 = '{"id": "0:12962", "dtype": "float32", "leaves": [{"kind": "placeholder", "shape": [null, 6, 7, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null, 3, 6, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "conv2d_filter_grad", "inputs": [0, 1], "attrs": {"kernel_size": [2, 3], "strides": [2, 1], "padding": [[0, 1], [2, 1]], "dilations": [1, 2], "groups": 1, "data_format": "NHWC"}}, {"op": "flip", "inputs": [2], "attrs": {"axes": [0, 3]}}], "outputs": [3], "mode": "grad", "loss": "weighted", "optimizer": null, "batches": [1], "data_seed": 974129895, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+
+
+@pytest.mark.parametrize("finding", [FINDING_6041, FINDING_1793, FINDING_2872, FINDING_9568, FINDING_12962],
+                         ids=["0:6041", "0:1793", "0:2872", "0:9568", "0:12962"])
 def test_conv_findings_of_the_10000_graph_run_replay_clean(finding):
     """Fuzz findings 0:6041, 0:1793 (and 0:5620, 0:7278, 0:3590 alike): conv2d_input_grad with an infinite weight,
     NaN on LLVM/OpenCL where the numpy reference skipped the zero terms: the reference is now XLA's transposed
-    convolution, zeros included. 0:2872, 0:9568: a grouped conv2d fused with flip failed to compile."""
+    convolution, zeros included. 0:2872, 0:9568: a grouped conv2d fused with flip failed to compile. 0:12962
+    (a later run): an implicit GEMM operand read through flip failed to compile."""
     assert oracle.check(Spec.from_json(finding), use_torch=False).failures == []
 
 

@@ -192,3 +192,15 @@ def test_implicit_gemm_propagates_nan_and_inf_as_the_reference(x_shape, w_shape,
     feeds["w"][1, 2, 0, -1] = np.inf
     feeds["weights"][0, 1, 1, 0] = -np.inf
     _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11, feeds)
+
+
+def test_a_flipped_filter_is_an_implicit_gemm_operand_with_a_constant_offset():
+    """Fuzz finding 0:12962: a conv operand read through flip has a constant part in its offset, which
+    `operands` unpacked as (var, coef, nexp) triples: ValueError at compile time."""
+    x = gn.placeholder("x", (None, 10, 10, 4))
+    w = gn.variable("w", np.random.default_rng(1).normal(size=(3, 3, 4, 8)).astype(np.float32))
+    y = gn.conv2d(x, gn.flip(w, (0, 1)), padding="same")
+    fast, ref = gn.compile(y, backend="llvm"), gn.compile(y, backend="numpy")
+    assert "implicit gemm" in fast.executable.lp.to_text()
+    feed = np.random.default_rng(2).normal(size=(3, 10, 10, 4)).astype(np.float32)
+    np.testing.assert_allclose(fast(x=feed), ref(x=feed), rtol=1e-5, atol=1e-5)

@@ -71,7 +71,7 @@ def operands(k: Kernel) -> tuple[Window, Load] | None:
         return None
     if any(d is None for d in (k.domain[1], k.domain[2], k.domain[4], k.domain[6], k.domain[7])):
         return None
-    if any(nexp for _, _, nexp in other.offset.terms + other.offset.base) \
+    if any(nexp for _, _, nexp in other.offset.terms) or any(nexp for _, nexp in other.offset.base) \
             or any(var in ROWS for var, _, _ in other.offset.terms):
         return None
     guarded = guarded_axes(w, k.domain)
