@@ -69,14 +69,11 @@ def _coordinate(form) -> Expr:
         return form
     if isinstance(form, tuple):  # a composite: the sum of var * multiplier
         terms = [Var(v) if m == 1 else S.mul(Var(v), m) for v, m in form]
-        total = terms[0]
-        for t in terms[1:]:
-            total = S.add(total, t)
-        return total
-    lin = as_lin(form)
-    terms = [Var(lin.var) if lin.scale == 1 else S.mul(Var(lin.var), lin.scale)] if lin.var is not None else []
-    terms += [S.mul(Size(I64), lin.offset_n)] if lin.offset_n else []
-    terms += [Const(lin.offset, I64)] if lin.offset or not terms else []
+    else:
+        lin = as_lin(form)
+        terms = [Var(lin.var) if lin.scale == 1 else S.mul(Var(lin.var), lin.scale)] if lin.var is not None else []
+        terms += [S.mul(Size(I64), lin.offset_n)] if lin.offset_n else []
+        terms += [Const(lin.offset, I64)] if lin.offset or not terms else []
     total = terms[0]
     for t in terms[1:]:
         total = S.add(total, t)

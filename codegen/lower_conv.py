@@ -188,7 +188,7 @@ class _Stored:
 def _max_pool2d_grad(low, r: Node):
     if _tiling(r):
         return _tiled_max_pool2d_grad(low, r)
-    x, y, dy = r.inputs
+    x = r.inputs[0]
     fmt, sh, sw, _, _, top, left = _geometry(r)
     counts = _window_maxima(low, r)
     h, wd, c = image_dims(r.shape, fmt)
@@ -196,15 +196,20 @@ def _max_pool2d_grad(low, r: Node):
     domain = (x.shape[0], h, wd, c, kh, kw)
     pooled = _image(fmt, _coord((0, 1)), _coord((1, 1), (4, -1), const=top, div=sh),
                     _coord((2, 1), (5, -1), const=left, div=sw), _coord((3, 1)))
+    return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5),
+                lambda kb: _share_of_maximum(low, r, kb, _image(fmt, 0, 1, 2, 3), pooled, counts))
+
+
+def _share_of_maximum(low, r: Node, kb, x_view: tuple, pooled: tuple, counts: int) -> Expr:
+    """max_pool2d_grad's term: x (at `x_view`) equal to its window's maximum y gets dy / the window's count
+    of maxima (y, dy and the counts read at window coordinates `pooled`), else 0."""
+    x, y, dy = r.inputs
 
     def read(buffer: int, fill: float) -> Expr:
         return window(buffer, y.shape, pooled, r.dtype, fill)
-
-    def value(kb) -> Expr:
-        hit = Op("eq", (low._expr(x, _image(fmt, 0, 1, 2, 3), kb), read(_buffer(low, y), float("nan"))), _BOOL)
-        share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
-        return Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
-    return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5), value)
+    hit = Op("eq", (low._expr(x, x_view, kb), read(_buffer(low, y), float("nan"))), _BOOL)
+    share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
+    return Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
 
 
 def _tiling(r: Node) -> bool:
@@ -220,7 +225,7 @@ def _tiled_max_pool2d_grad(low, r: Node):
     """max_pool2d_grad of tiling windows without a reduction: over (n, i, j, c, kh, kw), the element at
     (i * kh + kh', j * kw + kw') of window (i, j) gets dy / count where it equals the window's maximum
     (the general form reads every window that could cover an element, through divisions)."""
-    x, y, dy = r.inputs
+    x, y, _ = r.inputs
     fmt = r.attrs["data_format"]
     counts = _window_maxima(low, r)
     ho, wo, c = image_dims(y.shape, fmt)
@@ -228,12 +233,7 @@ def _tiled_max_pool2d_grad(low, r: Node):
     view = _image(fmt, 0, ((1, kh), (4, 1)), ((2, kw), (5, 1)), 3)
     kb = low._new_kernel((x.shape[0], ho, wo, c, kh, kw), view, r.shape)
     pooled = _image(fmt, _coord((0, 1)), _coord((1, 1)), _coord((2, 1)), _coord((3, 1)))
-
-    def read(buffer: int, fill: float) -> Expr:
-        return window(buffer, y.shape, pooled, r.dtype, fill)
-    hit = Op("eq", (low._expr(x, view, kb), read(_buffer(low, y), float("nan"))), _BOOL)
-    share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
-    return kb, Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
+    return kb, _share_of_maximum(low, r, kb, view, pooled, counts)
 
 
 def _window_maxima(low, r: Node) -> int:

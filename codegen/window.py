@@ -75,10 +75,16 @@ def guarded_axes(w: Window, domain: tuple) -> list[bool]:
             batch_axis = dim is None and len(coord.terms) == 1 and coord.terms[0][1] == 1 and coord.const == 0
             out.append(not batch_axis)
             continue
-        lo = coord.const + sum(min(0, c * (domain[v] - 1)) for v, c in coord.terms)
-        hi = coord.const + sum(max(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        lo, hi = _extremes(coord, domain)
         out.append(lo < 0 or dim is None or hi >= dim)
     return out
+
+
+def _extremes(coord: Coord, domain: tuple) -> tuple[int, int]:
+    """The least and greatest value of an undivided coordinate over a static `domain`."""
+    lo = coord.const + sum(min(0, c * (domain[v] - 1)) for v, c in coord.terms)
+    hi = coord.const + sum(max(0, c * (domain[v] - 1)) for v, c in coord.terms)
+    return lo, hi
 
 
 def check_window(k: Kernel, w: Window, buffer: Buffer) -> None:
@@ -91,7 +97,6 @@ def check_window(k: Kernel, w: Window, buffer: Buffer) -> None:
         if coord.div < 1 or any(not 0 <= v < len(k.domain) for v, _ in coord.terms):
             raise AssertionError(f"{k.name}: window coordinate {coord} of b{w.buffer} is outside the domain "
                                  f"{k.domain} or divides by {coord.div}")
-
 
 
 def border(w: Window, domain: tuple) -> tuple[tuple, tuple] | None:
@@ -109,8 +114,7 @@ def border(w: Window, domain: tuple) -> tuple[tuple, tuple] | None:
             continue
         if coord.div != 1 or dim is None or any(domain[v] is None for v, _ in coord.terms):
             return None
-        lo = coord.const + sum(min(0, c * (domain[v] - 1)) for v, c in coord.terms)
-        hi = coord.const + sum(max(0, c * (domain[v] - 1)) for v, c in coord.terms)
+        lo, hi = _extremes(coord, domain)
         shape.append(max(0, -lo) + max(hi + 1, dim))
         shift.append(max(0, -lo))
     return tuple(shape), tuple(shift)

@@ -144,8 +144,7 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
                 ) -> list[LoopPass]:
     """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
     assignments' copies (codegen/collectives.py) and GEMM routines chosen (conv images bordered first)
-    before the loop order,
-    then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
+    before the loop order, then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
