@@ -262,3 +262,19 @@ def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large(
 def test_opencl_pass_list_ends_with_the_schedule():
     assert opencl_loop_passes(DEVICE)[:-1] == LOOP_PASSES
     assert opencl_loop_passes(DEVICE)[-1].__name__ == "schedule_opencl"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_llvm_register_reductions_keep_their_stack_slots_in_the_entry_block(threads):
+    """A blocked row sum's float64 total was an alloca in the row loop's body: the stack grew by a slot
+    per row (never freed before the kernel returned) and the total stayed in memory. Every slot is now
+    a static alloca of the function its loop runs in (the kernel, or its range function)."""
+    x = gn.placeholder("x", (None, 3000))
+    lp = schedule_llvm(threads, AVX2)(_llvm([gn.sum(x, 1), gn.max(x, 1)], threads))
+    assert any(k.schedule.sum_block for k in lp.kernels)
+    text = _rendered(lp, threads)
+    functions = [part.split("\n}\n")[0] for part in text.split("\ndefine ")[1:]]
+    assert sum("alloca" in f for f in functions) >= 2  # the sum's and the max's slots
+    for function in functions:
+        blocks = re.split(r"\n(?=[\w.\"-]+:)", function)  # the signature, the entry block, the others
+        assert not any("alloca" in block for block in blocks[2:]), function.splitlines()[0]
