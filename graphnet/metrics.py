@@ -257,7 +257,7 @@ def as_numbers(value: object, what: str) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
     """The NaN policy of fit/evaluate: non-finite data is rejected, naming its first row."""
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         row = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise ValueError(f"{what}: contains NaN or inf (first at row {row}){note}")
 
