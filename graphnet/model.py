@@ -676,7 +676,7 @@ class Model:
             sizes = _batch_sizes(n, batch_size, first, count)
             running = _running_sums(sums, values, sizes)
             if live:
-                counts = seen + np.cumsum(sizes).astype(np.int64)
+                counts = seen + np.cumsum(np.broadcast_to(sizes, (count,))).astype(np.int64)
                 for i in range(count):
                     cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
                 chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
@@ -1591,12 +1591,14 @@ def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
                                    for cb in cbs.callbacks for hook in hooks)
 
 
-def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> np.ndarray:
-    """The sizes of batches first .. first + count - 1 of n samples (the last batch may be short), as
-    float64 factors of the sums."""
+def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> float | np.ndarray:
+    """The sizes of batches first .. first + count - 1 of n samples, as float64 factors of the sums:
+    one number where they are all full, else one per batch (the last batch of n is short)."""
+    last = n - (first + count - 1) * batch_size  # the size of the last of them
+    if last >= batch_size:
+        return float(batch_size)
     sizes = np.full(count, float(batch_size))
-    if first + count == -(-n // batch_size):
-        sizes[-1] = n - (first + count - 1) * batch_size
+    sizes[-1] = last
     return sizes
 
 
