@@ -563,8 +563,7 @@ class Model:
             sw = None if sw is None else [None if a is None else a[:split] for a in sw]
         if n == 0:
             raise ValueError("fit: x is empty")
-        from .distributed.fit import fit_shards, require_reduction  # here: it imports codegen, which imports the core
-        shards = fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
+        shards = _distributed_fit().fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
         batches = shards.steps(n) if shards else math.ceil(n / batch_size)
         offsets = shards.row_offsets(n) if shards else None  # where each shard starts in its global batch
         steps = steps_per_epoch or batches
@@ -572,7 +571,7 @@ class Model:
             verbose, callbacks = shards.verbose(verbose), shards.callbacks(callbacks)
         train = self._function("train" if sw is None else "train_weighted")
         if shards:
-            require_reduction(train)
+            _distributed_fit().require_reduction(train)
         val_batch = validation_batch_size or batch_size
         if val is not None:
             if validation_steps is not None:  # only the first `validation_steps` batches
@@ -1568,6 +1567,19 @@ def _check_names(optimizer: Any, loss: Any, metrics: Any) -> None:
             objectives.loss_spec(item)
     for item in (metrics.values() if isinstance(metrics, dict) else [metrics]):
         _metrics_per_output(item, ["output"], False)
+
+
+_DISTRIBUTED_FIT: Any = None
+
+
+def _distributed_fit() -> Any:
+    """graphnet.distributed.fit, fit's hook under MPI: imported by the first fit (it imports codegen,
+    which imports the core), then kept (an import statement per fit costs more than a small model's step)."""
+    global _DISTRIBUTED_FIT
+    if _DISTRIBUTED_FIT is None:
+        from .distributed import fit
+        _DISTRIBUTED_FIT = fit
+    return _DISTRIBUTED_FIT
 
 
 def _same_length(arrays: list[np.ndarray], what: str) -> None:
