@@ -357,8 +357,8 @@ class Function(_CallBase):
                              for out, rows in zip(outs, per_row)))
                 k, row = k + count, row + count * size
                 continue
-            for j in range(j, j + count):
-                rows = slice(j * batch_size, j * batch_size + size)
+            for b in range(j, j + count):  # else one call of the step per batch
+                rows = slice(b * batch_size, b * batch_size + size)
                 rows = rows if order is None else order[rows]
                 batch = {name: a[rows] if batched else a for (name, a), batched in zip(sources.items(), self._batched)}
                 for out, by_row, value in zip(outs, per_row, self._flat_call(batch)):
@@ -391,7 +391,7 @@ class Function(_CallBase):
         """run_steps' feeds checked (exact names, dtypes, row shapes, C-contiguous, one length), in
         placeholder order, and the number of samples."""
         names = self.feeds.names
-        if type(feeds) is not dict or len(feeds) != len(names) or not all(name in feeds for name in names):
+        if not isinstance(feeds, dict) or len(feeds) != len(names) or not all(name in feeds for name in names):
             given = sorted(feeds) if isinstance(feeds, dict) else type(feeds).__name__
             raise ValueError(f"run_steps: feeds_by_name must map exactly the placeholders {names} to "
                              f"arrays, got {given}")

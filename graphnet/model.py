@@ -1614,7 +1614,7 @@ def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> float | np.
     return sizes
 
 
-def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: np.ndarray) -> list[np.ndarray]:
+def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float | np.ndarray) -> list[np.ndarray]:
     """Each fetch's running sum of value times batch size, continuing from `sums`: the batch loops'
     float64 additions in their order (s + v0*size0, then + v1*size1, ...: accumulate adds
     sequentially), so both loops agree bit for bit."""
