@@ -87,8 +87,13 @@ class CallbackList:
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
+        call = _nothing if not methods else methods[0] if len(methods) == 1 else call
         setattr(self, hook, call)  # resolved once per hook
         return call
+
+
+def _nothing(*args: Any) -> None:
+    """A hook no callback overrides."""
 
 
 class History(Callback):
