@@ -20,8 +20,8 @@ import numpy as np
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
-from ..window import Coord, Window, border, bordered, row_strides, window
-from . import igemm
+from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
+from . import igemm, rowconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -84,24 +84,77 @@ def border_conv_images(lp: LoopProgram) -> LoopProgram:
     return lp
 
 
-def border_kernel(k: Kernel, w: Window, copy: int, shape: tuple, shift: tuple) -> Kernel:
-    """The kernel copying w's image (read by kernel k) into buffer `copy` of `shape`, zero-bordered."""
-    inside = window(w.buffer, w.shape, tuple(Coord(((axis, 1),), -s) for axis, s in enumerate(shift)), w.dtype, w.fill)
-    offset = Affine(tuple((axis, coef, nexp) for axis, (coef, nexp) in enumerate(row_strides(shape))))
+def border_kernel(k: Kernel, w: Window, copy: int, shape: tuple, shift: tuple, axes: tuple | None = None,
+                  name: str = "border") -> Kernel:
+    """The kernel copying w's image (read by kernel k) into buffer `copy` of `shape`, zero-bordered;
+    with `axes`, the copy's axes are the image's in that order (`shape` and `shift` the image's)."""
+    axes = tuple(range(len(shape))) if axes is None else axes
+    at = {axis: var for var, axis in enumerate(axes)}  # image axis -> the copy's loop var
+    inside = window(w.buffer, w.shape, tuple(Coord(((at[axis], 1),), -s) for axis, s in enumerate(shift)), w.dtype,
+                    w.fill)
+    copy_shape = tuple(shape[a] for a in axes)
+    offset = Affine(tuple((var, coef, nexp) for var, (coef, nexp) in enumerate(row_strides(copy_shape))))
     first = k.stores[0]
-    return Kernel("border", shape, [Store(copy, offset, inside, f"border of {first.node}", first.source)])
+    return Kernel(name, copy_shape, [Store(copy, offset, inside, f"{name} of {first.node}", first.source)])
+
+
+def planar_conv_images(target: TargetInfo | None = None) -> LoopPass:
+    """The pass giving each conv kernel a row conv wants (rowconv.wants) but whose image row is not
+    contiguous (more than one channel) or is guarded (padding, an input gradient's full border) a
+    copy of its image with the row's axis last (channel-major: NHWC -> NCHW), zero-bordered where
+    guarded, written by a kernel of its own just before it; its window then reads the copy unguarded
+    with unit stride along the row (rowconv.ready). The border's zeros take part in the sums as the
+    padding's did. A later kernel wanting the same copy of the same image reads the first one,
+    unless a kernel between them wrote the image."""
+    def planar_conv_images(lp: LoopProgram) -> LoopProgram:
+        chosen = target or host_target()
+        kernels, copies = [], {}
+        for k in lp.kernels:
+            if k.reduce is not None and not k.order and rowconv.wants(k, chosen) and not rowconv.ready(k, chosen):
+                w = igemm.operands(k)[0]
+                geometry = border(w, k.domain) or (w.shape, (0,) * len(w.shape))
+                axis = rowconv.row_axis(w)
+                axes = tuple(a for a in range(len(w.shape)) if a != axis) + (axis,)
+                if any(guarded_axes(w, k.domain)) and border(w, k.domain) is None:
+                    kernels.append(k)
+                    continue
+                key = (w.buffer, *geometry, axes)
+                if key not in copies:
+                    shape = tuple(geometry[0][a] for a in axes)
+                    copies[key] = add_buffer(lp, f"planar_b{w.buffer}", shape, w.dtype)
+                    kernels.append(border_kernel(k, w, copies[key], *geometry, axes, "planar"))
+                moved = relaid(w, copies[key], geometry[1], geometry[0], axes)
+                rewrite_kernel(k, lambda e, w=w, moved=moved: moved if e == w else e)
+            kernels.append(k)
+            written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
+            copies = {key: copy for key, copy in copies.items() if key[0] not in written}
+        lp.kernels = kernels
+        return lp
+    return planar_conv_images
+
+
+def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple) -> Window:
+    """w reading `buffer`, a copy of its image of `shape` (the image's axes) shifted by `shift` per axis,
+    its axes in the order `axes`."""
+    coords = [Coord(c.terms, c.const + s, c.div) for c, s in zip(w.coords, shift)]
+    return window(buffer, tuple(shape[a] for a in axes), tuple(coords[a] for a in axes), w.dtype, w.fill)
 
 
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
     """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
-    and large enough (igemm.worth_it); its contraction names the window and the dense operand."""
+    and large enough (igemm.worth_it); its contraction names the window and the dense operand. A
+    narrow one whose image row is contiguous (rowconv.ready) gets the row conv's loop order
+    (rowconv.ORDER, v2 innermost: along the lanes) and no packing workspace."""
     found = igemm.operands(k)
     if found is None or not igemm.worth_it(k):
         return False
     red = k.reduce
     red.contraction = found
-    k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
+    if rowconv.ready(k, target):
+        k.order = rowconv.ORDER
+        return True
+    k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
     nbytes = workspace(red.value.dtype, False, False, None, igemm.vectors(k, target))
     red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)
     return True
@@ -153,5 +206,6 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
     gemm = use_gemm_routines(workspace, target)
     passes.insert(passes.index(choose_loop_order), gemm)
     passes.insert(passes.index(gemm), border_conv_images)
+    passes.insert(passes.index(border_conv_images), planar_conv_images(target))
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
     return passes + [schedule_llvm(threads, target)]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import vmath
+from . import rowconv, vmath
 from .gemm import GemmSpec, specialised_m
 from .igemm import COLUMN, ROWS, vectors
 from .jit import host_target
@@ -59,13 +59,16 @@ Routine = tuple  # (dtype name, trans_a, trans_b, static M or None, gather): one
 class Gemm:
     """How a GEMM kernel computes C and runs its epilogue over it."""
 
-    routine: Routine
+    routine: Routine | None  # None: a row conv computes C (no routine)
     by_columns: bool  # one parallel region: columns of C per thread, a barrier, then rows of the epilogue
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
+    row_conv: rowconv.RowConv | None = None  # C by a direct conv with the output row along the lanes
 
     def __str__(self) -> str:
+        if self.row_conv is not None:
+            return f"{self.row_conv}" + (" by images" if self.by_columns else " serial") + ", epilogue rows-outer"
         dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
         if gather:
@@ -122,7 +125,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     red = k.reduce
     scalar_reduce = red is not None and calls_libm(red.value)
     scalar_stores = any(calls_libm(s.value) for s in k.stores)
-    if red is not None and red.workspace is not None:
+    if red is not None and (red.workspace is not None or rowconv.marked(k)):
         gemm = _gemm(k, threads, target)
         looped = gemm.epilogue
     else:
@@ -131,7 +134,7 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     unroll = _unrolled(looped, k.domain, row)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
-    if gemm is not None and gemm.by_columns and not gemm.routine[4]:
+    if gemm is not None and gemm.by_columns and gemm.routine is not None and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
         return LLVMSchedule(**common)
@@ -163,7 +166,8 @@ def _sum_block(k: Kernel, scalar: bool) -> tuple:
     block sequentially (the row's loop is the vectorized one), so their blocks are a scalar loop's;
     its float64 totals are a second row on the stack, so only a static row of at most ROW_TOTALS_MAX."""
     red = k.reduce
-    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None:
+    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None \
+            or rowconv.marked(k):
         return ()
     row = red.scratch is not None
     if row and (k.domain[k.order[-1]] is None or k.domain[k.order[-1]] > ROW_TOTALS_MAX):
@@ -194,7 +198,11 @@ def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
-    count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars."""
+    count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars. A row
+    conv (rowconv.marked) splits the images (v0) instead."""
+    if rowconv.marked(k):
+        return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN),
+                    row_conv=rowconv.plan(k, target or host_target()))
     routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
     return Gemm(routine, threads > 1 and target is not None, epilogue=ROWS + (3, COLUMN))
 

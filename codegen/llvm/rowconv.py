@@ -1,0 +1,288 @@
+"""Direct convolution with the output row along the vector lanes, for narrow convolutions.
+
+The implicit GEMM (igemm.py) puts a conv kernel's N columns (its output channels, or a gradient's
+input channels) along the vector lanes: a 6-channel convolution leaves most lanes idle and spends
+its time packing. This path turns the kernel around: over (v0, v1, v2, group, v4, v5, v6, v7) it
+vectorises along v2, the output row, whose consecutive values read consecutive image elements (the
+window's address steps by 1 along v2: a one-channel NHWC image, or the channel-major copy that
+gemm_schedule.planar_conv_images makes), so that per k = (v5, v6, v7) a register tile of ROWS
+output rows (consecutive v1) x one vector of row positions loads one vector per row and broadcasts
+each of the N filter values (B[k, j], the dense operand) once:
+
+    for v0 (split over threads), v1 in tiles of `rows`, v2 in vectors (the last one masked):
+        acc[r][j] = 0                                   r < rows, j < N: one vector each
+        for v5, v6, v7:  a[r] = image[address(v0, v1 + r, v2.., v5, v6, v7)]   (vector loads)
+                         acc[r][j] += a[r] * broadcast(B[offset(j, v5, v6, v7)])
+        C[v0, v1 + r, v2.., j] = acc[r][j]              interleaved back to C's row-major (m, j) layout
+
+The geometry is static (the kernel's strides, compiled in: no descriptor), the image is read in
+place and nothing is packed; C is the scratch the kernel's epilogue reads, as after an implicit
+GEMM. The sums run in the float type over k, as a GEMM's do. Chosen by `wants` (at most half a
+vector of columns, a row filling at least half its vectors, the image's row contiguous once copied).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..loopir import Kernel
+from ..window import Window, guarded_axes, row_strides
+from . import igemm
+from .gemm import _SUFFIX, _declare, _intrinsic
+from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+from .target import TargetInfo
+
+ORDER = (0, 1, 3, 4, 5, 6, 7, 2)  # a row conv kernel's loop order: v2, the row, runs along the lanes
+ROW, MAX_ROWS = 2, 4  # the var along the lanes; at most this many output rows per register tile
+MAX_COLUMN_SHARE = 0.5  # a conv whose columns fill at most this share of a vector is narrow ...
+MIN_ROW_SHARE = 0.5  # ... and a row conv's when its output row fills at least this share of its vectors
+
+I64, I32 = ir.IntType(64), ir.IntType(32)
+PTR = ir.PointerType()
+
+
+@dataclass(frozen=True)
+class RowConv:
+    """How a row conv kernel runs (the LLVM schedule's decision, see the module docstring)."""
+
+    rows: int  # output rows (v1 values) per register tile
+    lanes: int  # vector width along v2
+
+    def __str__(self) -> str:
+        return f"direct conv, output rows along {self.lanes} lanes in {self.rows}-row tiles"
+
+
+def row_axis(w: Window) -> int | None:
+    """The image axis whose coordinate holds v2 (once, with coefficient 1, undivided), else None."""
+    axes = [a for a, c in enumerate(w.coords) if any(v == ROW for v, _ in c.terms)]
+    if len(axes) != 1 or dict(w.coords[axes[0]].terms)[ROW] != 1 or any(c.div != 1 for c in w.coords) \
+            or w.shape[axes[0]] is None:
+        return None
+    return axes[0]
+
+
+def wants(k: Kernel, target: TargetInfo) -> bool:
+    """Would a row conv compute conv kernel `k` (given a contiguous, unguarded image row)? An
+    implicit-GEMM conv with at most MAX_COLUMN_SHARE of a vector of columns, whose output row (v2)
+    fills at least MIN_ROW_SHARE of the vectors it takes, on a vector target."""
+    found = igemm.operands(k)
+    if found is None or not igemm.worth_it(k) or not target.vector_bits or row_axis(found[0]) is None:
+        return False
+    lanes = target.lanes(found[0].dtype.name)
+    columns, width = k.domain[igemm.COLUMN], k.domain[ROW]
+    return columns <= MAX_COLUMN_SHARE * lanes and width >= MIN_ROW_SHARE * lanes * -(-width // lanes)
+
+
+def address(w: Window) -> tuple[dict, int]:
+    """({var: coefficient}, constant) of an undivided window's element address."""
+    coefs, const = {}, 0
+    for coord, (stride, nexp) in zip(w.coords, row_strides(w.shape)):
+        if nexp and (coord.terms or coord.const):
+            raise ValueError("a window axis scaled by N has a coordinate")
+        const += coord.const * stride
+        for var, coef in coord.terms:
+            coefs[var] = coefs.get(var, 0) + coef * stride
+    return coefs, const
+
+
+def ready(k: Kernel, target: TargetInfo) -> bool:
+    """`wants`, and its image row is contiguous and unguarded (copied if need be): a row conv now."""
+    if not wants(k, target):
+        return False
+    w = igemm.operands(k)[0]
+    return not any(guarded_axes(w, k.domain)) and address(w)[0].get(ROW) == 1
+
+
+def marked(k: Kernel) -> bool:
+    """Is `k` a conv kernel gemm_schedule.use_implicit_gemm gave to a row conv (its loop order says so)?"""
+    return len(k.domain) == 8 and k.order == ORDER and k.reduce is not None and k.reduce.contraction is not None
+
+
+def plan(k: Kernel, target: TargetInfo) -> RowConv:
+    """The register tile: `rows` x N accumulators, plus a vector per row and N broadcasts, in the
+    vector registers (at most MAX_ROWS rows, at most the kernel's v1 extent)."""
+    columns = k.domain[igemm.COLUMN]
+    rows = max(1, min(MAX_ROWS, k.domain[1], (target.vector_registers - 2 - columns) // (columns + 1)))
+    return RowConv(rows, target.lanes(k.reduce.value.dtype.name))
+
+
+def emit(em, red, rc: RowConv, threads: int) -> None:
+    """C (red.scratch) of row conv kernel em.k by `rc`, at em's builder (render.py's _KernelEmitter)."""
+    window, other = red.contraction
+    fn = _Emitter(em.r.module, em.k, rc, red.value.dtype.name).function()
+    args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
+    outer = em.extent(0)
+    per_image = math.prod(d for d in em.k.domain[1:] if d is not None) * 2
+
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        b.call(fn, [captured[0], begin, end] + captured[1:])
+    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.rows", outer, body, args, threads,
+                      work=em.b.mul(outer, ir.Constant(I64, per_image)), min_work=PARALLEL_MIN_FLOPS)
+
+
+class _Emitter:
+    """Writes `void <kernel>_rowconv(i64 N, i64 begin, i64 end, T* image, T* B, T* C)`: v0 in [begin, end)."""
+
+    def __init__(self, module: ir.Module, k: Kernel, rc: RowConv, dtype: str) -> None:
+        self.module, self.k, self.rc, self.dtype = module, k, rc, dtype
+        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        self.vt = ir.VectorType(self.t, rc.lanes)
+        self.align = 4 if dtype == "float32" else 8
+        window, other = k.reduce.contraction
+        self.a_coef, self.a_const = address(window)
+        self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
+        self.b_const = sum(coef for coef, _ in other.offset.base)
+        self.columns = k.domain[igemm.COLUMN]
+
+    def function(self) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_rowconv")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("nounwind")
+        for arg, name in zip(fn.args, ("N", "begin", "end", "image", "B", "C")):
+            arg.name = name
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
+        self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
+        _, begin, end, self.image, self.bmat, self.c = fn.args
+        d = self.k.domain
+        height, width, lanes, rows = d[1], d[ROW], self.rc.lanes, self.rc.rows
+        full = height // rows * rows
+        with self.loop(begin, end, "v0") as v0:
+            with self.loop(0, full, "v1", step=rows) as v1:
+                self.row_tiles(v0, v1, rows, width, lanes)
+            if full < height:
+                with self.loop(full, height, "v1r") as v1:
+                    self.row_tiles(v0, v1, 1, width, lanes)
+        self.b.ret_void()
+        return fn
+
+    def row_tiles(self, v0: ir.Value, v1: ir.Value, rows: int, width: int, lanes: int) -> None:
+        """The tiles of `rows` output rows from v1: whole vectors along v2, then a masked last one."""
+        whole = width // lanes * lanes
+        if whole:
+            with self.loop(0, whole, "v2", step=lanes) as v2:
+                self.tile(v0, v1, v2, rows, lanes)
+        if whole < width:
+            self.tile(v0, v1, ir.Constant(I64, whole), rows, width - whole)
+
+    def tile(self, v0: ir.Value, v1: ir.Value, v2: ir.Value, rows: int, count: int) -> None:
+        """One register tile: `rows` rows x `count` positions (count < lanes: masked) x N columns."""
+        b, lanes = self.b, self.rc.lanes
+        mask = None if count == lanes else ir.Constant(ir.VectorType(ir.IntType(1), lanes),
+                                                       [i < count for i in range(lanes)])
+        base = [b.add(b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), b.mul(b.add(v1, self._i(r)),
+                                                                           self._i(self.a_coef.get(1, 0)))),
+                      b.add(v2, self._i(self.a_const))) for r in range(rows)]
+        zero = ir.Constant(self.vt, None)
+        acc = self.reduce([zero] * (rows * self.columns), base, rows, mask)
+        row_len = self.k.domain[ROW] * self.columns
+        for r in range(rows):
+            first = b.add(b.mul(b.add(b.mul(v0, self._i(self.k.domain[1])), b.add(v1, self._i(r))),
+                                self._i(row_len)), b.mul(v2, self._i(self.columns)))
+            self.store_interleaved(acc[r * self.columns:(r + 1) * self.columns], first, count)
+
+    def reduce(self, init: list, base: list, rows: int, mask) -> list:
+        """The accumulators after the loops over v5, v6, v7 (their values carried through phis)."""
+        d = self.k.domain
+
+        def level(depth: int, acc: list, a_off: ir.Value, b_off: ir.Value) -> list:
+            var = igemm.COLS[depth]
+            out = []
+
+            def body(i: ir.Value, carried: list) -> list:
+                a_at = self.b.add(a_off, self.b.mul(i, self._i(self.a_coef.get(var, 0))))
+                b_at = self.b.add(b_off, self.b.mul(i, self._i(self.b_coef.get(var, 0))))
+                if depth < 2:
+                    return level(depth + 1, carried, a_at, b_at)
+                return self.step(carried, [self.b.add(x, a_at) for x in base], b_at, rows, mask)
+            out = self.carried(d[var], acc, body, f"v{var}")
+            return out
+        return level(0, init, self._i(0), self._i(self.b_const))
+
+    def step(self, acc: list, rows_at: list, b_at: ir.Value, rows: int, mask) -> list:
+        """One k: a vector of each row, each column's B broadcast, rows x N FMAs."""
+        b = self.b
+        a = [self.load_row(at, mask) for at in rows_at]
+        out = list(acc)
+        for j in range(self.columns):
+            at = b.add(b_at, self._i(self.b_coef.get(igemm.COLUMN, 0) * j))
+            value = b.load(b.gep(self.bmat, [at], inbounds=True, source_etype=self.t), typ=self.t, align=self.align)
+            splat = self.splat(value)
+            for r in range(rows):
+                out[r * self.columns + j] = self.fma(a[r], splat, out[r * self.columns + j])
+        return out
+
+    def load_row(self, at: ir.Value, mask) -> ir.Value:
+        ptr = self.b.gep(self.image, [at], inbounds=True, source_etype=self.t)
+        if mask is None:
+            return self.b.load(ptr, typ=self.vt, align=self.align)
+        name = f"llvm.masked.load.v{self.rc.lanes}{_SUFFIX[self.dtype]}.p0"
+        fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
+        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
+
+    def store_interleaved(self, vectors: list, first: ir.Value, count: int) -> None:
+        """C[first + p * N + j] = vectors[j][p] for p < count: the N column vectors interleaved by
+        shuffles into `count` x N consecutive elements (one wide store, masked past count * N)."""
+        b, lanes, n = self.b, self.rc.lanes, len(vectors)
+        width = 1 << (n - 1).bit_length()
+        parts = vectors + [ir.Constant(self.vt, ir.Undefined)] * (width - n)
+        while len(parts) > 1:
+            size = parts[0].type.count
+            parts = [b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * size), list(range(2 * size))))
+                     for x, y in zip(parts[::2], parts[1::2])]
+        order = [j * lanes + p for p in range(lanes) for j in range(n)]
+        whole = b.shuffle_vector(parts[0], ir.Constant(parts[0].type, ir.Undefined),
+                                 ir.Constant(ir.VectorType(I32, len(order)), order))
+        ptr = b.gep(self.c, [first], inbounds=True, source_etype=self.t)
+        if count == lanes:
+            b.store(whole, ptr, align=self.align)
+            return
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), len(order)), [i < count * n for i in range(len(order))])
+        name = f"llvm.masked.store.v{len(order)}{_SUFFIX[self.dtype]}.p0"
+        fn = _declare(self.module, name, ir.VoidType(), [whole.type, PTR, I32, mask.type])
+        b.call(fn, [whole, ptr, ir.Constant(I32, self.align), mask])
+
+    # -- IR helpers ----------------------------------------------------------------------------
+    def _i(self, value: int) -> ir.Value:
+        return ir.Constant(I64, value)
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        one = self.b.insert_element(ir.Constant(self.vt, ir.Undefined), scalar, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, self.rc.lanes), [0] * self.rc.lanes))
+
+    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        name = f"llvm.fma.v{self.rc.lanes}{_SUFFIX[self.dtype]}"
+        return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
+
+    def loop(self, start, stop, name: str, step: int = 1):
+        from .loops import for_range
+        return for_range(self.b, start, stop, step, name)
+
+    def carried(self, count: int, init: list, body, name: str) -> list:
+        """for i in range(count) with `init` carried through phis: body(i, values) -> new values."""
+        b = self.b
+        pre = b.block
+        head, inner, done = (b.append_basic_block(f"{name}.{s}") for s in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name)
+        i.add_incoming(self._i(0), pre)
+        phis = []
+        for value in init:
+            phi = b.phi(value.type)
+            phi.add_incoming(value, pre)
+            phis.append(phi)
+        b.cbranch(b.icmp_signed("<", i, self._i(count)), inner, done)
+        b.position_at_end(inner)
+        new = body(i, phis)
+        latch = b.block
+        i.add_incoming(b.add(i, self._i(1)), latch)
+        for phi, value in zip(phis, new):
+            phi.add_incoming(value, latch)
+        b.branch(head)
+        b.position_at_end(done)
+        return phis
