@@ -1,0 +1,119 @@
+"""Narrow convolutions computed along the output row (codegen/llvm/rowconv.py): which kernels take
+the path, the channel-major copy their image gets, and their values against numpy on odd geometry
+(row tails shorter than a vector, heights not a multiple of the row tile, padding, dilation, NCHW,
+flipped filters, partial batches, float32 and float64, one and two threads, AVX-512 and AVX2)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm import rowconv
+from codegen.llvm.gemm_schedule import loop_passes
+from codegen.llvm.jit import host_target
+from codegen.llvm.target import AVX2, TargetInfo
+from test_igemm import _check, _conv_step, _on_target
+from test_schedules import _prepared, _scheduled_llvm
+
+AVX512 = TargetInfo("skylake-avx512", "+avx,+avx2,+fma,+sse2,+avx512f", 512, True, 32)
+
+CASES = [  # (x shape, filter shape, keyword arguments): each has a row conv in float32 and float64
+    ((2, 28, 28, 1), (5, 5, 1, 4), dict()),  # lenet's conv1 (4 filters: also narrow in float64)
+    ((3, 19, 21, 1), (3, 3, 1, 3), dict()),  # rows of 19: a masked tail; 17 rows: a remainder tile
+    ((2, 11, 13, 4), (5, 5, 4, 9), dict()),  # input gradient of 4 channels: bordered channel-major dy
+    ((2, 3, 12, 15), (3, 3, 3, 4), dict(data_format="NCHW", padding="same", dilation_rate=(2, 1))),
+    ((2, 10, 17, 2), (3, 4, 2, 3), dict(padding=((1, 2), (2, 0)))),  # uneven padding, 2 input channels
+]
+
+
+def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
+    """lenet's conv1 (6 filters) and conv2's input gradient (6 channels) are row convs, the input
+    gradient reading a bordered channel-major copy of dy; conv2 (16 filters) and the filter gradients
+    (M = taps) stay implicit GEMMs."""
+    x = gn.placeholder("x", (None, 12, 12, 6))
+    w = gn.placeholder("w", (5, 5, 6, 16))
+    y = gn.conv2d(x, w)
+    fetches = [y, *gn.gradients(gn.sum(y * y), [x, w])]
+    schedules = _scheduled_llvm(fetches, threads=2, target=AVX512)
+    rows = [s for s in schedules if s.startswith("direct conv")]
+    assert len(rows) == 1 and "along 16 lanes in 3-row tiles by images" in rows[0]
+    assert sum(s.startswith("implicit gemm") for s in schedules) == 2
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 28, 28, 1))
+        w = gn.placeholder("w", (5, 5, 1, 6))
+        schedules = _scheduled_llvm([gn.relu(gn.conv2d(x, w))], threads=1, target=AVX512)
+    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles serial") for s in schedules)
+
+
+def test_the_rule_needs_narrow_columns_and_full_enough_rows():
+    for image, filters, expected in [((28, 28, 1), 6, True), ((28, 28, 1), 9, False), ((12, 12, 1), 6, True),
+                                     ((11, 11, 1), 6, False)]:
+        with gn.Graph():
+            x = gn.placeholder("x", (None, *image))
+            w = gn.placeholder("w", (5, 5, image[2], filters))
+            lp = _prepared([gn.conv2d(x, w)], loop_passes(lambda *a, **k: 64, 1, AVX512))
+            conv = next(k for k in lp.kernels if len(k.domain) == 8)
+            # 9 filters > half of 16 lanes; rows of 8 (12 - 4) fill half a vector, of 7 less
+            assert rowconv.marked(conv) == expected, (image, filters)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", CASES)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_row_convs_equal_numpy(x_shape, w_shape, kwargs, dtype, threads, monkeypatch):
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+    fn = gn.compile(fetches, backend="llvm")
+    if host_target().vector_bits == 512:  # (every case has a row conv on AVX-512; fewer on narrower vectors)
+        assert "direct conv" in fn.executable.lp.to_text()
+    _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_convs_on_avx2(dtype, monkeypatch):
+    """8 (float32) or 4 (float64) lanes: other tails and tile heights (16 vector registers)."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    _on_target(monkeypatch, AVX2)
+    lanes = AVX2.lanes(np.dtype(dtype).name)
+    # the first's input gradient (1 channel) is a row conv in both dtypes, the second's (3) in float32
+    for x_shape, w_shape, rows in [((2, 17, 21, 1), (5, 5, 1, 3), 1), ((2, 9, 11, 3), (3, 3, 3, 8), lanes == 8)]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, {}, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            assert fn.executable.lp.to_text().count(f"direct conv, output rows along {lanes} lanes") >= rows
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_a_flipped_filter_and_nan_and_inf_in_a_row_conv():
+    """The filter read through flip (negative strides, a constant offset) and the reference's NaN where
+    the border's zeros meet an infinite tap (0 * inf) or a NaN pixel's windows."""
+    x_shape, w_shape = (2, 12, 14, 3), (3, 3, 3, 5)
+    px = gn.placeholder("x", (None, 12, 14, 3))
+    pw = gn.placeholder("w", w_shape)
+    y = gn.conv2d(px, gn.flip(pw, (0, 1)), padding="same")
+    weights = gn.placeholder("weights", (None, 12, 14, 5))
+    fetches = [y, *gn.gradients(gn.sum(y * weights), [px])]
+    fn = gn.compile(fetches, backend="llvm")
+    if host_target().vector_bits == 512:
+        assert fn.executable.lp.to_text().count("direct conv") == 2  # forward, input gradient
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.normal(size=x_shape).astype(np.float32), "w": rng.normal(size=w_shape).astype(np.float32),
+             "weights": rng.uniform(0.5, 1.5, (2, 12, 14, 5)).astype(np.float32)}
+    feeds["x"][0, 3, 2, 0] = np.nan
+    feeds["w"][0, 2, 1, 4] = np.inf
+    _check(fetches, fn, x_shape, w_shape, np.float32, 1e-4, feeds)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_convs_split_over_two_threads(dtype, monkeypatch, tmp_path):
+    """Below PARALLEL_MIN_FLOPS a row conv runs on the caller: patched to 0 (in an empty cache), every
+    one splits its images over the two threads, an odd batch unevenly."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(rowconv, "PARALLEL_MIN_FLOPS", 0)
+    for x_shape, w_shape, kwargs in CASES[1:3]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            assert not fn.from_cache
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
