@@ -21,7 +21,7 @@ from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
 from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
-from . import igemm, rowconv
+from . import igemm, kconv, rowconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -110,6 +110,8 @@ def planar_conv_images(target: TargetInfo | None = None) -> LoopPass:
         chosen = target or host_target()
         kernels, copies = [], {}
         for k in lp.kernels:
+            if k.reduce is not None and not k.order and kconv.wants(k, chosen):
+                kernels += planar_operand(lp, k, copies)
             if k.reduce is not None and not k.order and rowconv.wants(k, chosen) and not rowconv.ready(k, chosen):
                 w = igemm.operands(k)[0]
                 geometry = border(w, k.domain) or (w.shape, (0,) * len(w.shape))
@@ -133,6 +135,35 @@ def planar_conv_images(target: TargetInfo | None = None) -> LoopPass:
     return planar_conv_images
 
 
+def planar_operand(lp: LoopProgram, k: Kernel, copies: dict) -> list[Kernel]:
+    """For a K conv (kconv.py): make conv kernel k's dense operand (dy) contiguous along v7 by a copy
+    with that axis last (channel-major), made by the kernel returned (none if an earlier one made it,
+    or if the operand's offset is not one var per axis of its buffer)."""
+    other = igemm.operands(k)[1]
+    if {v: c for v, c, _ in other.offset.terms}.get(kconv.LANE) == 1 or other.offset.base:
+        return []
+    shape = lp.buffers[other.buffer].shape
+    axis_of = kconv.other_axes(other, shape, k.domain)
+    if axis_of is None or kconv.LANE not in axis_of:
+        return []
+    order = tuple(a for a in range(len(shape)) if a != axis_of[kconv.LANE]) + (axis_of[kconv.LANE],)
+    key, made = (other.buffer, "dense", order), []
+    copy_shape = tuple(shape[a] for a in order)
+    if key not in copies:
+        copies[key] = add_buffer(lp, f"planar_b{other.buffer}", copy_shape, other.dtype)
+        strides = row_strides(shape)
+        read = Affine(tuple(sorted((var, *strides[a]) for var, a in enumerate(order))))
+        offset = Affine(tuple((var, coef, nexp) for var, (coef, nexp) in enumerate(row_strides(copy_shape))))
+        first = k.stores[0]
+        made.append(Kernel("planar", copy_shape, [Store(copies[key], offset, Load(other.buffer, read, other.dtype),
+                                                        f"planar of {first.node}", first.source)]))
+    moved_strides = row_strides(copy_shape)
+    terms = tuple(sorted((var, *moved_strides[order.index(axis_of[var])]) for var, _, _ in other.offset.terms))
+    moved = Load(copies[key], Affine(terms), other.dtype)
+    rewrite_kernel(k, lambda e: moved if e == other else e)
+    return made
+
+
 def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple) -> Window:
     """w reading `buffer`, a copy of its image of `shape` (the image's axes) shifted by `shift` per axis,
     its axes in the order `axes`."""
@@ -143,17 +174,18 @@ def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple) -> W
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
     """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
     and large enough (igemm.worth_it); its contraction names the window and the dense operand. A
-    narrow one whose image row is contiguous (rowconv.ready) gets the row conv's loop order
-    (rowconv.ORDER, v2 innermost: along the lanes) and no packing workspace."""
+    narrow one whose image row is contiguous gets a direct conv's loop order (rowconv.ORDER: the
+    output row along the lanes, or kconv.ORDER: the reduced image row) and no packing workspace."""
     found = igemm.operands(k)
     if found is None or not igemm.worth_it(k):
         return False
     red = k.reduce
     red.contraction = found
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
-    if rowconv.ready(k, target):
-        k.order = rowconv.ORDER
-        return True
+    for kind in (rowconv, kconv):
+        if kind.ready(k, target):
+            k.order = kind.ORDER
+            return True
     k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
     nbytes = workspace(red.value.dtype, False, False, None, igemm.vectors(k, target))
     red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)

@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from graphnet.ops.scalar import REDUCTIONS
 
-from . import rowconv, vmath
+from . import vmath
 from .conv import window_load
 from .gemm import gemm_symbol
 from .igemm import COLS, COLUMN, ROWS, descriptor
@@ -340,8 +340,8 @@ class _KernelEmitter:
                     index = self.b.add(self.b.mul(index, self.extent(var)), self.vars[var])
                 self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            if s.gemm.row_conv is not None:
-                rowconv.emit(self, red, s.gemm.row_conv, s.threads)
+            if s.gemm.direct is not None:
+                s.gemm.direct.emit(self, red, s.threads)
                 self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
             elif s.gemm.routine[4]:
                 self.implicit_gemm(red)

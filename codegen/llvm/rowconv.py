@@ -50,6 +50,10 @@ class RowConv:
     rows: int  # output rows (v1 values) per register tile
     lanes: int  # vector width along v2
 
+    def emit(self, em, red, threads: int) -> None:
+        """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""
+        emit(em, red, self, threads)
+
     def __str__(self) -> str:
         return f"direct conv, output rows along {self.lanes} lanes in {self.rows}-row tiles"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import rowconv, vmath
+from . import kconv, rowconv, vmath
 from .gemm import GemmSpec, specialised_m
 from .igemm import COLUMN, ROWS, vectors
 from .jit import host_target
@@ -59,16 +59,17 @@ Routine = tuple  # (dtype name, trans_a, trans_b, static M or None, gather): one
 class Gemm:
     """How a GEMM kernel computes C and runs its epilogue over it."""
 
-    routine: Routine | None  # None: a row conv computes C (no routine)
+    routine: Routine | None  # None: a direct conv computes C (no routine)
     by_columns: bool  # one parallel region: columns of C per thread, a barrier, then rows of the epilogue
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
-    row_conv: rowconv.RowConv | None = None  # C by a direct conv with the output row along the lanes
+    direct: rowconv.RowConv | kconv.KConv | None = None  # C by a direct conv (rowconv.py, kconv.py)
 
     def __str__(self) -> str:
-        if self.row_conv is not None:
-            return f"{self.row_conv}" + (" by images" if self.by_columns else " serial") + ", epilogue rows-outer"
+        if self.direct is not None:
+            split = " by images" if isinstance(self.direct, rowconv.RowConv) else " by taps"
+            return f"{self.direct}" + (split if self.by_columns else " serial") + ", epilogue rows-outer"
         dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
         if gather:
@@ -125,12 +126,14 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     red = k.reduce
     scalar_reduce = red is not None and calls_libm(red.value)
     scalar_stores = any(calls_libm(s.value) for s in k.stores)
-    if red is not None and (red.workspace is not None or rowconv.marked(k)):
+    if red is not None and (red.workspace is not None or direct(k)):
         gemm = _gemm(k, threads, target)
         looped = gemm.epilogue
     else:
         gemm, looped = None, tuple(k.order)
     row = (k.order[-1],) if red is not None and red.scratch is not None and gemm is None else ()
+    if gemm is not None and gemm.direct is not None:
+        row = (COLUMN,)  # a direct conv's few columns written out: its epilogue vectorizes along the row
     unroll = _unrolled(looped, k.domain, row)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
@@ -167,7 +170,7 @@ def _sum_block(k: Kernel, scalar: bool) -> tuple:
     its float64 totals are a second row on the stack, so only a static row of at most ROW_TOTALS_MAX."""
     red = k.reduce
     if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None \
-            or rowconv.marked(k):
+            or direct(k):
         return ()
     row = red.scratch is not None
     if row and (k.domain[k.order[-1]] is None or k.domain[k.order[-1]] > ROW_TOTALS_MAX):
@@ -199,12 +202,17 @@ def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
     count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars. A row
-    conv (rowconv.marked) splits the images (v0) instead."""
-    if rowconv.marked(k):
-        return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN),
-                    row_conv=rowconv.plan(k, target or host_target()))
+    conv (rowconv.marked) splits the images (v0), a K conv (kconv.marked) its blocks of taps."""
+    for kind in (rowconv, kconv):
+        if kind.marked(k):
+            return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN), direct=kind.plan(k, target or host_target()))
     routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
     return Gemm(routine, threads > 1 and target is not None, epilogue=ROWS + (3, COLUMN))
+
+
+def direct(k: Kernel) -> bool:
+    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py)?"""
+    return rowconv.marked(k) or kconv.marked(k)
 
 
 def epilogue_order(k: Kernel) -> list[int]:
