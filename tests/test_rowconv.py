@@ -117,3 +117,39 @@ def test_row_convs_split_over_two_threads(dtype, monkeypatch, tmp_path):
             fn = gn.compile(fetches, backend="llvm")
             assert not fn.from_cache
             _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_a_narrow_filter_gradient_runs_along_image_rows_with_a_channel_major_dy():
+    """lenet's conv1 filter gradient (25 taps x 6 channels, K = the batch's pixels) is a K conv
+    (kconv.py): 3 taps per register tile on AVX-512, dy copied channel-major (NHWC: its rows are strided
+    by the 6 channels); NCHW's dy rows are contiguous already: no copy."""
+    from codegen.llvm.schedule import schedule_llvm
+    for fmt, shape in (("NHWC", (2, 28, 28, 1)), ("NCHW", (2, 1, 28, 28))):
+        with gn.Graph():
+            fetches = _conv_step(shape, (5, 5, 1, 6), dict(data_format=fmt), np.float32)
+            lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 2, AVX512))
+            schedules = [str(k.schedule) for k in schedule_llvm(2, AVX512)(lp).kernels]
+            assert any(s.startswith("direct filter gradient, image rows along 16 lanes, 3 taps per tile by taps")
+                       for s in schedules), schedules
+            grad = next(k for k in lp.kernels if "filter_grad" in k.name)
+            copies = {k.stores[0].buffer for k in lp.kernels if k.name == "planar"}
+            assert (grad.reduce.contraction[1].buffer in copies) == (fmt == "NHWC")
+
+
+def test_a_k_conv_sums_each_image_in_float32_and_the_images_in_float64(monkeypatch):
+    """36864 positive products per filter tap: one float32 chain would drift by ~1e-4; per-lane chains
+    over one image, their lanes summed pairwise, then a float64 total, stay within a few ulps."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    fetches = _conv_step((64, 28, 28, 1), (5, 5, 1, 6), {}, np.float32)
+    fn = gn.compile(fetches, backend="llvm")
+    if host_target().vector_bits == 512:
+        assert "direct filter gradient" in fn.executable.lp.to_text()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.uniform(0, 1, (64, 28, 28, 1)).astype(np.float32), "w": np.zeros((5, 5, 1, 6), np.float32),
+             "weights": rng.uniform(0, 1, (64, 24, 24, 6)).astype(np.float32)}
+    x64, dy64 = feeds["x"][..., 0].astype(np.float64), feeds["weights"].astype(np.float64)
+    want = np.zeros((5, 5, 1, 6))
+    for kh in range(5):
+        for kw in range(5):
+            want[kh, kw, 0] = np.einsum("nij,nijc->c", x64[:, kh:kh + 24, kw:kw + 24], dy64)
+    np.testing.assert_allclose(fn(**feeds)[2], want, rtol=2e-7)
