@@ -31,6 +31,7 @@ from ..loopir import Kernel
 from ..window import Window, guarded_axes, row_strides
 from . import igemm
 from .gemm import _SUFFIX, _declare, _intrinsic
+from .loops import carried_loop, for_range
 from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
 from .target import TargetInfo
 
@@ -263,30 +264,7 @@ class _Emitter:
         return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
 
     def loop(self, start, stop, name: str, step: int = 1):
-        from .loops import for_range
         return for_range(self.b, start, stop, step, name)
 
     def carried(self, count: int, init: list, body, name: str) -> list:
-        """for i in range(count) with `init` carried through phis: body(i, values) -> new values."""
-        b = self.b
-        pre = b.block
-        head, inner, done = (b.append_basic_block(f"{name}.{s}") for s in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name)
-        i.add_incoming(self._i(0), pre)
-        phis = []
-        for value in init:
-            phi = b.phi(value.type)
-            phi.add_incoming(value, pre)
-            phis.append(phi)
-        b.cbranch(b.icmp_signed("<", i, self._i(count)), inner, done)
-        b.position_at_end(inner)
-        new = body(i, phis)
-        latch = b.block
-        i.add_incoming(b.add(i, self._i(1)), latch)
-        for phi, value in zip(phis, new):
-            phi.add_incoming(value, latch)
-        b.branch(head)
-        b.position_at_end(done)
-        return phis
+        return carried_loop(self.b, count, init, body, name)
