@@ -7,7 +7,9 @@ buffer (packing space from `workspace`), its stores reading that product (the ep
 kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per batch row is marked
 the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
 its direct loop nest. `border_conv_images`, run just before, gives such a kernel whose window
-reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py).
+reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py). A narrow
+conv kernel goes to a direct conv instead (rowconv.py, kconv.py: no routine, no workspace), for which
+`planar_conv_images`, run first, makes the image row or dy contiguous by a channel-major copy.
 `loop_passes` is the LLVM backend's list: LOOP_PASSES with those passes, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations

@@ -14,6 +14,9 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
+- direct convs (rowconv.py, kconv.py, marked by their loop order): no routine (`Gemm.direct` holds
+  the plan), split over the images or the blocks of taps with threads; their epilogue writes the few
+  columns out so that it vectorizes along the row;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
 - blocked sums: a float32 sum into a register of more than SUM_BLOCK elements (SUM_BLOCK_SCALAR in
