@@ -36,13 +36,14 @@ def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
     fetches = [y, *gn.gradients(gn.sum(y * y), [x, w])]
     schedules = _scheduled_llvm(fetches, threads=2, target=AVX512)
     rows = [s for s in schedules if s.startswith("direct conv")]
-    assert len(rows) == 1 and "along 16 lanes in 3-row tiles by images" in rows[0]
+    assert len(rows) == 1 and "along 16 lanes in 3-row tiles, stores per tile by images" in rows[0]
     assert sum(s.startswith("implicit gemm") for s in schedules) == 2
     with gn.Graph():
         x = gn.placeholder("x", (None, 28, 28, 1))
         w = gn.placeholder("w", (5, 5, 1, 6))
         schedules = _scheduled_llvm([gn.relu(gn.conv2d(x, w))], threads=1, target=AVX512)
-    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles serial") for s in schedules)
+    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles, stores per tile serial")
+               for s in schedules)
 
 
 def test_the_rule_needs_narrow_columns_and_full_enough_rows():

@@ -183,11 +183,13 @@ def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: 
         return False
     red = k.reduce
     red.contraction = found
+    if rowconv.ready(k, target):  # its stores run on each register tile: no scratch C
+        k.order = rowconv.ORDER
+        return True
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
-    for kind in (rowconv, kconv):
-        if kind.ready(k, target):
-            k.order = kind.ORDER
-            return True
+    if kconv.ready(k, target):
+        k.order = kconv.ORDER
+        return True
     k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
     nbytes = workspace(red.value.dtype, False, False, None, igemm.vectors(k, target))
     red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)

@@ -342,7 +342,8 @@ class _KernelEmitter:
                 self.stores()
             if s.gemm.direct is not None:
                 s.gemm.direct.emit(self, red, s.threads)
-                self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
+                if not s.gemm.direct.fused:
+                    self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
             elif s.gemm.routine[4]:
                 self.implicit_gemm(red)
                 self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)

@@ -50,13 +50,14 @@ class RowConv:
 
     rows: int  # output rows (v1 values) per register tile
     lanes: int  # vector width along v2
+    fused = True  # the kernel's stores run on each tile (no scratch C, no separate epilogue)
 
     def emit(self, em, red, threads: int) -> None:
         """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""
         emit(em, red, self, threads)
 
     def __str__(self) -> str:
-        return f"direct conv, output rows along {self.lanes} lanes in {self.rows}-row tiles"
+        return f"direct conv, output rows along {self.lanes} lanes in {self.rows}-row tiles, stores per tile"
 
 
 def row_axis(w: Window) -> int | None:
@@ -114,44 +115,50 @@ def plan(k: Kernel, target: TargetInfo) -> RowConv:
 
 
 def emit(em, red, rc: RowConv, threads: int) -> None:
-    """C (red.scratch) of row conv kernel em.k by `rc`, at em's builder (render.py's _KernelEmitter)."""
-    window, other = red.contraction
-    fn = _Emitter(em.r.module, em.k, rc, red.value.dtype.name).function()
-    args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
+    """Row conv kernel em.k by `rc` with its epilogue, at em's builder (render.py's _KernelEmitter,
+    whose `stores` the tiles run: see _Emitter.epilogue)."""
+    buffers = list(em.ptrs)
+    fn = _Emitter(em, rc, red.value.dtype.name).function(buffers)
     outer = em.extent(0)
     per_image = math.prod(d for d in em.k.domain[1:] if d is not None) * 2
 
     def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
         b.call(fn, [captured[0], begin, end] + captured[1:])
-    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.rows", outer, body, args, threads,
-                      work=em.b.mul(outer, ir.Constant(I64, per_image)), min_work=PARALLEL_MIN_FLOPS)
+    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.rows", outer, body, [em.N] + [em.ptrs[x] for x in buffers],
+                      threads, work=em.b.mul(outer, ir.Constant(I64, per_image)), min_work=PARALLEL_MIN_FLOPS)
 
 
 class _Emitter:
-    """Writes `void <kernel>_rowconv(i64 N, i64 begin, i64 end, T* image, T* B, T* C)`: v0 in [begin, end)."""
+    """Writes `void <kernel>_rowconv(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers in
+    the emitter's order): v0 in [begin, end), each tile's results through the kernel's stores."""
 
-    def __init__(self, module: ir.Module, k: Kernel, rc: RowConv, dtype: str) -> None:
-        self.module, self.k, self.rc, self.dtype = module, k, rc, dtype
+    def __init__(self, em, rc: RowConv, dtype: str) -> None:
+        self.em, self.module, self.k, self.rc, self.dtype = em, em.r.module, em.k, rc, dtype
         self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
         self.vt = ir.VectorType(self.t, rc.lanes)
         self.align = 4 if dtype == "float32" else 8
-        window, other = k.reduce.contraction
+        window, other = self.k.reduce.contraction
         self.a_coef, self.a_const = address(window)
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
         self.b_const = sum(coef for coef, _ in other.offset.base)
-        self.columns = k.domain[igemm.COLUMN]
+        self.columns = self.k.domain[igemm.COLUMN]
 
-    def function(self) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_rowconv")
+    def function(self, buffers: list) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)),
+                         f"{self.k.name}_rowconv")
         fn.linkage = "internal"
         fn.attributes.add("noinline")
         fn.attributes.add("nounwind")
-        for arg, name in zip(fn.args, ("N", "begin", "end", "image", "B", "C")):
-            arg.name = name
-            if isinstance(arg.type, ir.PointerType):
-                arg.add_attribute("noalias")
+        for arg, buf in zip(fn.args[3:], buffers):
+            arg.name = f"b{buf}"
+            arg.add_attribute("noalias")
         self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
-        _, begin, end, self.image, self.bmat, self.c = fn.args
+        self.n, begin, end = fn.args[:3]
+        self.ptrs = dict(zip(buffers, fn.args[3:]))
+        window, other = self.k.reduce.contraction
+        self.image, self.bmat = self.ptrs[window.buffer], self.ptrs[other.buffer]
+        self.tile_buffer = self.b.alloca(ir.ArrayType(self.t, self.rc.rows * self.rc.lanes * self.columns), name="tile")
+        self.tile_buffer.align, self.tile_buffer.type = 64, PTR
         d = self.k.domain
         height, width, lanes, rows = d[1], d[ROW], self.rc.lanes, self.rc.rows
         full = height // rows * rows
@@ -183,11 +190,27 @@ class _Emitter:
                       b.add(v2, self._i(self.a_const))) for r in range(rows)]
         zero = ir.Constant(self.vt, None)
         acc = self.reduce([zero] * (rows * self.columns), base, rows, mask)
-        row_len = self.k.domain[ROW] * self.columns
         for r in range(rows):
-            first = b.add(b.mul(b.add(b.mul(v0, self._i(self.k.domain[1])), b.add(v1, self._i(r))),
-                                self._i(row_len)), b.mul(v2, self._i(self.columns)))
+            first = self._i(r * self.rc.lanes * self.columns)
             self.store_interleaved(acc[r * self.columns:(r + 1) * self.columns], first, count)
+        self.epilogue(v0, v1, v2, rows, count)
+
+    def epilogue(self, v0: ir.Value, v1: ir.Value, v2: ir.Value, rows: int, count: int) -> None:
+        """The kernel's stores for the tile's elements, acc read from the tile (row-major over (row,
+        position, column), in L1): the renderer's `stores` with its builder, buffers and vars pointed here."""
+        em = self.em
+        saved = (em.b, em.fn, em.N, em.ptrs, em.vars)
+        em.b, em.fn, em.N, em.ptrs = self.b, self.fn, self.n, self.ptrs
+        for r in range(rows):
+            with for_range(self.b, 0, count, 1, "p") as p:
+                for j in range(self.columns):
+                    em.vars = {0: v0, 1: self.b.add(v1, self._i(r)), 2: self.b.add(v2, p), 3: self._i(0),
+                               igemm.COLUMN: self._i(j)}
+                    at = self.b.add(self.b.mul(p, self._i(self.columns)), self._i(r * self.rc.lanes * self.columns + j))
+                    em.acc = self.b.load(self.b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t),
+                                         typ=self.t)
+                    em.stores()
+        em.b, em.fn, em.N, em.ptrs, em.vars = saved
 
     def reduce(self, init: list, base: list, rows: int, mask) -> list:
         """The accumulators after the loops over v5, v6, v7 (their values carried through phis)."""
@@ -229,7 +252,7 @@ class _Emitter:
         return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
 
     def store_interleaved(self, vectors: list, first: ir.Value, count: int) -> None:
-        """C[first + p * N + j] = vectors[j][p] for p < count: the N column vectors interleaved by
+        """tile[first + p * N + j] = vectors[j][p] for p < count: the N column vectors interleaved by
         shuffles into `count` x N consecutive elements (one wide store, masked past count * N)."""
         b, lanes, n = self.b, self.rc.lanes, len(vectors)
         width = 1 << (n - 1).bit_length()
@@ -241,7 +264,7 @@ class _Emitter:
         order = [j * lanes + p for p in range(lanes) for j in range(n)]
         whole = b.shuffle_vector(parts[0], ir.Constant(parts[0].type, ir.Undefined),
                                  ir.Constant(ir.VectorType(I32, len(order)), order))
-        ptr = b.gep(self.c, [first], inbounds=True, source_etype=self.t)
+        ptr = b.gep(self.tile_buffer, [first], inbounds=True, source_etype=self.t)
         if count == lanes:
             b.store(whole, ptr, align=self.align)
             return

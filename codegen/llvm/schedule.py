@@ -72,7 +72,8 @@ class Gemm:
     def __str__(self) -> str:
         if self.direct is not None:
             split = " by images" if isinstance(self.direct, rowconv.RowConv) else " by taps"
-            return f"{self.direct}" + (split if self.by_columns else " serial") + ", epilogue rows-outer"
+            epilogue = "" if self.direct.fused else ", epilogue rows-outer"
+            return f"{self.direct}" + (split if self.by_columns else " serial") + epilogue
         dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
         if gather:
@@ -142,8 +143,8 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
     if gemm is not None and gemm.by_columns and gemm.routine is not None and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
-    if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
-        return LLVMSchedule(**common)
+    if red is not None and gemm is None or gemm is not None and gemm.direct is not None and gemm.direct.fused:
+        return LLVMSchedule(**common)  # reductions into a register or a scratch row, or split by their conv
     if threads <= 1 or not looped or looped[0] in unroll or looped[0] in k.serial_vars():
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
