@@ -23,7 +23,25 @@ CASES = [  # (x shape, filter shape, keyword arguments): each has a row conv in 
     ((2, 11, 13, 4), (5, 5, 4, 9), dict()),  # input gradient of 4 channels: bordered channel-major dy
     ((2, 3, 12, 15), (3, 3, 3, 4), dict(data_format="NCHW", padding="same", dilation_rate=(2, 1))),
     ((2, 10, 17, 2), (3, 4, 2, 3), dict(padding=((1, 2), (2, 0)))),  # uneven padding, 2 input channels
+    ((3, 3, 16, 19), (3, 1, 3, 4), dict(data_format="NCHW")),  # a 1-wide filter: rows one run, no copy
 ]
+
+
+def test_an_input_gradient_reads_rows_as_one_run_from_a_copy_with_overlapping_borders():
+    """conv2's input gradient (dy 8 x 8 x 16 -> 12 x 12 x 6, 5 x 5): its channel-major copy of dy has rows
+    12 apart (the output row's width) with their 4-wide zero borders overlapping, so the row conv runs
+    the 144 positions as one run (9 vectors) instead of 12 rows of 16 lanes with 4 idle."""
+    x = gn.placeholder("x", (None, 12, 12, 6))
+    w = gn.placeholder("w", (5, 5, 6, 16))
+    y = gn.conv2d(x, w)
+    weights = gn.placeholder("weights", (None, 8, 8, 16))
+    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
+    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    image = grad.reduce.contraction[0]
+    assert rowconv.marked(grad) and lp.buffers[image.buffer].shape == (None, 16, 17 * 12)
+    assert str(image.coords[2]) == "12*v1 + -12*v5 + v2 + -1*v6 + 52"  # (v1 - v5 + 4) * 12 + v2 - v6 + 4
+    copy = next(k for k in lp.kernels if k.name == "planar")
+    assert copy.domain == (None, 16, 17, 12)  # one more row: the last row's right border
 
 
 def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():

@@ -118,16 +118,23 @@ def planar_conv_images(target: TargetInfo | None = None) -> LoopPass:
                 w = igemm.operands(k)[0]
                 geometry = border(w, k.domain) or (w.shape, (0,) * len(w.shape))
                 axis = rowconv.row_axis(w)
-                axes = tuple(a for a in range(len(w.shape)) if a != axis) + (axis,)
+                height = [a for a, c in enumerate(w.coords) if a != axis and 1 in dict(c.terms)][:1]
+                axes = tuple(a for a in range(len(w.shape)) if a != axis and a not in height) + tuple(height) + (axis,)
                 if any(guarded_axes(w, k.domain)) and border(w, k.domain) is None:
                     kernels.append(k)
                     continue
-                key = (w.buffer, *geometry, axes)
+                pitch = row_pitch(w, k.domain, *geometry, axes)
+                key = (w.buffer, *geometry, axes, pitch)
                 if key not in copies:
                     shape = tuple(geometry[0][a] for a in axes)
+                    if pitch:
+                        shape = shape[:-2] + ((shape[-2] + 1) * pitch,)
                     copies[key] = add_buffer(lp, f"planar_b{w.buffer}", shape, w.dtype)
-                    kernels.append(border_kernel(k, w, copies[key], *geometry, axes, "planar"))
-                moved = relaid(w, copies[key], geometry[1], geometry[0], axes)
+                    extents = list(geometry[0])
+                    if pitch:  # the copy's rows `pitch` apart: one more row, each row `pitch` long
+                        extents[axes[-2]], extents[axes[-1]] = extents[axes[-2]] + 1, pitch
+                    kernels.append(border_kernel(k, w, copies[key], tuple(extents), geometry[1], axes, "planar"))
+                moved = relaid(w, copies[key], geometry[1], geometry[0], axes, pitch)
                 rewrite_kernel(k, lambda e, w=w, moved=moved: moved if e == w else e)
             kernels.append(k)
             written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
@@ -166,11 +173,36 @@ def planar_operand(lp: LoopProgram, k: Kernel, copies: dict) -> list[Kernel]:
     return made
 
 
-def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple) -> Window:
+def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple, pitch: int = 0) -> Window:
     """w reading `buffer`, a copy of its image of `shape` (the image's axes) shifted by `shift` per axis,
-    its axes in the order `axes`."""
+    its axes in the order `axes`; with `pitch`, the last two as one axis, rows `pitch` apart (row_pitch)."""
     coords = [Coord(c.terms, c.const + s, c.div) for c, s in zip(w.coords, shift)]
-    return window(buffer, tuple(shape[a] for a in axes), tuple(coords[a] for a in axes), w.dtype, w.fill)
+    coords, dims = [coords[a] for a in axes], [shape[a] for a in axes]
+    if pitch:
+        (h, wd), extent = coords[-2:], (dims[-2] + 1) * pitch
+        terms = {}
+        for var, coef in [(v, c * pitch) for v, c in h.terms] + list(wd.terms):
+            terms[var] = terms.get(var, 0) + coef
+        coords = coords[:-2] + [Coord(tuple((v, c) for v, c in terms.items() if c), h.const * pitch + wd.const)]
+        dims = dims[:-2] + [extent]
+    return window(buffer, tuple(dims), tuple(coords), w.dtype, w.fill)
+
+
+def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple) -> int:
+    """A bordered copy's row length `pitch` (0: none) such that consecutive output rows (v1) read image
+    rows `pitch` apart while the output row (v2) is `pitch` long: then a row conv runs the output's rows
+    as one run (rowconv: 100% of the lanes for an input gradient's 12-wide rows). Rows `pitch` apart
+    overlap where one's right border meets the next one's left border, both zeros: so the copy's
+    rows must be bordered on the right up to `pitch` at least and on the left by at least the overlap."""
+    row, height = axes[-1], axes[-2]
+    pitch = domain[rowconv.ROW]
+    coord_h, coord_w = w.coords[height], w.coords[row]
+    if dict(coord_h.terms).get(1) != 1 or 1 in dict(coord_w.terms) or rowconv.ROW in dict(coord_h.terms):
+        return 0
+    if w.shape[row] is None or shape[height] is None or pitch >= shape[row]:
+        return 0
+    right = shift[row] + w.shape[row]  # the first border column on the right
+    return pitch if pitch >= right and shape[row] - pitch <= shift[row] and shape[row] <= 2 * pitch else 0
 
 
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:

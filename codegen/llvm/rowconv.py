@@ -161,41 +161,68 @@ class _Emitter:
         self.tile_buffer.align, self.tile_buffer.type = 64, PTR
         d = self.k.domain
         height, width, lanes, rows = d[1], d[ROW], self.rc.lanes, self.rc.rows
-        full = height // rows * rows
         with self.loop(begin, end, "v0") as v0:
-            with self.loop(0, full, "v1", step=rows) as v1:
-                self.row_tiles(v0, v1, rows, width, lanes)
-            if full < height:
-                with self.loop(full, height, "v1r") as v1:
-                    self.row_tiles(v0, v1, 1, width, lanes)
+            if self.a_coef.get(1) == width:  # rows follow each other in the image: one flat run of positions
+                self.flat_tiles(v0, height * width, rows, lanes)
+            else:
+                full = height // rows * rows
+                with self.loop(0, full, "v1", step=rows) as v1:
+                    self.row_tiles(v0, v1, rows, width, lanes)
+                if full < height:
+                    with self.loop(full, height, "v1r") as v1:
+                        self.row_tiles(v0, v1, 1, width, lanes)
         self.b.ret_void()
         return fn
 
     def row_tiles(self, v0: ir.Value, v1: ir.Value, rows: int, width: int, lanes: int) -> None:
         """The tiles of `rows` output rows from v1: whole vectors along v2, then a masked last one."""
-        whole = width // lanes * lanes
+        b, whole = self.b, width // lanes * lanes
+        a1 = self._i(self.a_coef.get(1, 0))
+
+        def tile(v2: ir.Value, count: int) -> None:
+            starts = [b.add(b.mul(b.add(v1, self._i(r)), a1), v2) for r in range(rows)]
+            self.tile(v0, starts, count, lambda r, p: (b.add(v1, self._i(r)), b.add(v2, p)))
         if whole:
             with self.loop(0, whole, "v2", step=lanes) as v2:
-                self.tile(v0, v1, v2, rows, lanes)
+                tile(v2, lanes)
         if whole < width:
-            self.tile(v0, v1, ir.Constant(I64, whole), rows, width - whole)
+            tile(self._i(whole), width - whole)
 
-    def tile(self, v0: ir.Value, v1: ir.Value, v2: ir.Value, rows: int, count: int) -> None:
-        """One register tile: `rows` rows x `count` positions (count < lanes: masked) x N columns."""
-        b, lanes = self.b, self.rc.lanes
+    def flat_tiles(self, v0: ir.Value, total: int, rows: int, lanes: int) -> None:
+        """The image's rows are consecutive (its v1 stride is the output row's width): the `total`
+        positions of (v1, v2) as one run, `rows` vectors per tile, then the vectors left one by one
+        (the last one masked)."""
+        b, width, step = self.b, self.k.domain[ROW], rows * lanes
+
+        def at(first: ir.Value):
+            def coords(u: int, p: ir.Value) -> tuple:
+                f = b.add(b.add(first, self._i(u * lanes)), p)
+                return b.udiv(f, self._i(width)), b.urem(f, self._i(width))
+            return coords
+        full = total // step * step
+        if full:
+            with self.loop(0, full, "f", step=step) as f:
+                self.tile(v0, [b.add(f, self._i(u * lanes)) for u in range(rows)], lanes, at(f))
+        for start in range(full, total, lanes):
+            self.tile(v0, [self._i(start)], min(lanes, total - start), at(self._i(start)))
+
+    def tile(self, v0: ir.Value, starts: list, count: int, coords) -> None:
+        """One register tile: a vector of `count` positions (count < lanes: masked) from each of `starts`
+        (the image address of its first, less v0's and the constant part) x N columns; coords(u, p) is
+        (v1, v2) of position p of vector u."""
+        b, lanes, rows = self.b, self.rc.lanes, len(starts)
         mask = None if count == lanes else ir.Constant(ir.VectorType(ir.IntType(1), lanes),
                                                        [i < count for i in range(lanes)])
-        base = [b.add(b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), b.mul(b.add(v1, self._i(r)),
-                                                                           self._i(self.a_coef.get(1, 0)))),
-                      b.add(v2, self._i(self.a_const))) for r in range(rows)]
+        origin = b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), self._i(self.a_const))
+        base = [b.add(origin, start) for start in starts]
         zero = ir.Constant(self.vt, None)
         acc = self.reduce([zero] * (rows * self.columns), base, rows, mask)
         for r in range(rows):
             first = self._i(r * self.rc.lanes * self.columns)
             self.store_interleaved(acc[r * self.columns:(r + 1) * self.columns], first, count)
-        self.epilogue(v0, v1, v2, rows, count)
+        self.epilogue(v0, coords, rows, count)
 
-    def epilogue(self, v0: ir.Value, v1: ir.Value, v2: ir.Value, rows: int, count: int) -> None:
+    def epilogue(self, v0: ir.Value, coords, rows: int, count: int) -> None:
         """The kernel's stores for the tile's elements, acc read from the tile (row-major over (row,
         position, column), in L1): the renderer's `stores` with its builder, buffers and vars pointed here."""
         em = self.em
@@ -203,9 +230,9 @@ class _Emitter:
         em.b, em.fn, em.N, em.ptrs = self.b, self.fn, self.n, self.ptrs
         for r in range(rows):
             with for_range(self.b, 0, count, 1, "p") as p:
+                v1, v2 = coords(r, p)
                 for j in range(self.columns):
-                    em.vars = {0: v0, 1: self.b.add(v1, self._i(r)), 2: self.b.add(v2, p), 3: self._i(0),
-                               igemm.COLUMN: self._i(j)}
+                    em.vars = {0: v0, 1: v1, 2: v2, 3: self._i(0), igemm.COLUMN: self._i(j)}
                     at = self.b.add(self.b.mul(p, self._i(self.columns)), self._i(r * self.rc.lanes * self.columns + j))
                     em.acc = self.b.load(self.b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t),
                                          typ=self.t)
