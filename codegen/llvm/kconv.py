@@ -7,16 +7,16 @@ both operands are contiguous along j (v7) (a one-channel NHWC image or NCHW; dy 
 gemm_schedule.planar_conv_images's channel-major copy), this path vectorises along j instead:
 
     for blocks of `rows` taps m = (v0, v1, v2) (split over threads):
-        total[r][c] = 0                                               (float64)
+        total[r][c] = 0                                               (float64, per lane)
         for v5 (n):   acc[r][c] = 0                                   one vector each
             for v6, v7 in vectors (the last one masked):
                 b[c] = dy[.., c, v6, v7..]  a[r] = x[window(m_r, v5, v6, v7..)]
                 acc[r][c] += a[r] * b[c]
-            total[r][c] += sum of acc[r][c]'s lanes                  (one image per float32 block)
-        C[m_r, c] = total[r][c]
+            total[r][c] += acc[r][c]                                  (per lane, float64)
+        C[m_r, c] = sum of total[r][c]'s lanes
 
-Each lane sums one image's products in the float type; each image's lane sums are added in float64
-(as schedule.py's blocked sums). C is the scratch the kernel's epilogue (an optimizer's update)
+Each lane sums one image's products in the float type, added to the lane's float64 total (as
+schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the kernel's epilogue (an optimizer's update)
 reads, as after an implicit GEMM.
 """
 from __future__ import annotations
@@ -154,8 +154,8 @@ class _Emitter:
         self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
         self.n, begin, end, self.image, self.bmat, self.c = fn.args
         rows = self.kc.rows
-        self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), rows * self.columns), name="totals")
-        self.totals.type = PTR
+        self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), rows * self.columns * self.kc.lanes), name="totals")
+        self.totals.align, self.totals.type = 64, PTR
         full, rest = divmod(self.taps, rows)
         with for_range(self.b, begin, end, 1, "block") as block:
             m0 = self.b.mul(block, self._i(rows))
@@ -173,9 +173,10 @@ class _Emitter:
     def block(self, m0: ir.Value, rows: int) -> None:
         """Taps m0 .. m0 + rows: their float64 totals over the images, then C's rows."""
         b, d, f64 = self.b, self.k.domain, ir.DoubleType()
-        cells = rows * self.columns
+        cells, lanes = rows * self.columns, self.kc.lanes
+        dv = ir.VectorType(f64, lanes)
         for i in range(cells):
-            b.store(ir.Constant(f64, 0.0), self.total(i))
+            b.store(ir.Constant(dv, None), self.total(i), align=8)
         tap_at = []
         for r in range(rows):
             m = b.add(m0, self._i(r))
@@ -189,13 +190,12 @@ class _Emitter:
             b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
             zero = ir.Constant(self.vt, None)
             acc = self.carried(d[6], [zero] * cells, lambda v6, acc: self.row(v6, acc, a_at, b_at, rows), "v6")
-            for i, vector in enumerate(acc):
-                part = self.lane_sum(vector)
-                part = part if self.dtype == "float64" else b.fpext(part, f64)
-                b.store(b.fadd(b.load(self.total(i), typ=f64), part), self.total(i))
+            for i, vector in enumerate(acc):  # each lane's float32 sum over the image into its float64 total
+                part = vector if self.dtype == "float64" else b.fpext(vector, dv)
+                b.store(b.fadd(b.load(self.total(i), typ=dv, align=8), part), self.total(i), align=8)
         for r in range(rows):
             for j in range(self.columns):
-                value = b.load(self.total(r * self.columns + j), typ=f64)
+                value = self.lane_sum(b.load(self.total(r * self.columns + j), typ=dv, align=8))
                 value = value if self.dtype == "float64" else b.fptrunc(value, self.t)
                 at = b.add(b.mul(b.add(m0, self._i(r)), self._i(self.columns)), self._i(j))
                 b.store(value, b.gep(self.c, [at], inbounds=True, source_etype=self.t), align=self.align)
@@ -231,7 +231,8 @@ class _Emitter:
         return ir.Constant(I64, value)
 
     def total(self, i: int) -> ir.Value:
-        return self.b.gep(self.totals, [self._i(i)], inbounds=True, source_etype=ir.DoubleType())
+        """Cell i's float64 totals, one per lane."""
+        return self.b.gep(self.totals, [self._i(i * self.kc.lanes)], inbounds=True, source_etype=ir.DoubleType())
 
     def load(self, base: ir.Value, at: ir.Value, mask) -> ir.Value:
         ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)
@@ -243,7 +244,7 @@ class _Emitter:
 
     def lane_sum(self, v: ir.Value) -> ir.Value:
         """The sum of v's lanes, pairwise (halves added until one lane is left)."""
-        b, n = self.b, self.kc.lanes
+        b, n = self.b, v.type.count
         while n > 1:
             half = n // 2
             lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
