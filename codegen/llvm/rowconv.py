@@ -5,20 +5,24 @@ input channels) along the vector lanes: a 6-channel convolution leaves most lane
 its time packing. This path turns the kernel around: over (v0, v1, v2, group, v4, v5, v6, v7) it
 vectorises along v2, the output row, whose consecutive values read consecutive image elements (the
 window's address steps by 1 along v2: a one-channel NHWC image, or the channel-major copy that
-gemm_schedule.planar_conv_images makes), so that per k = (v5, v6, v7) a register tile of ROWS
-output rows (consecutive v1) x one vector of row positions loads one vector per row and broadcasts
-each of the N filter values (B[k, j], the dense operand) once:
+gemm_schedule.planar_conv_images makes), so that per k = (v5, v6, v7) a register tile of `rows`
+vectors of positions loads one vector each and broadcasts each of the N filter values (B[k, j], the
+dense operand) once:
 
-    for v0 (split over threads), v1 in tiles of `rows`, v2 in vectors (the last one masked):
+    for v0 (split over threads), tiles of `rows` x lanes positions (v1, v2) (the last vector masked):
         acc[r][j] = 0                                   r < rows, j < N: one vector each
-        for v5, v6, v7:  a[r] = image[address(v0, v1 + r, v2.., v5, v6, v7)]   (vector loads)
+        for v5, v6, v7:  a[r] = image[address(v0, positions of r, v5, v6, v7)]   (vector loads)
                          acc[r][j] += a[r] * broadcast(B[offset(j, v5, v6, v7)])
-        C[v0, v1 + r, v2.., j] = acc[r][j]              interleaved back to C's row-major (m, j) layout
+        tile[r][j] = acc[r][j]; the kernel's stores for each position and column, acc from the tile
 
-The geometry is static (the kernel's strides, compiled in: no descriptor), the image is read in
-place and nothing is packed; C is the scratch the kernel's epilogue reads, as after an implicit
-GEMM. The sums run in the float type over k, as a GEMM's do. Chosen by `wants` (at most half a
-vector of columns, a row filling at least half its vectors, the image's row contiguous once copied).
+A tile's vectors are consecutive output rows (v1, v1 + 1, ...), or, where the image's rows follow
+each other as the output's do (its v1 stride is the output row's width: a 1-wide filter, or the
+input gradient's copy with rows `row_pitch` apart), consecutive runs of the (v1, v2) positions taken
+as one: no lane idles but the last vector's. The geometry is static (compiled in: no descriptor),
+the image is read in place, nothing is packed, and the epilogue (the kernel's stores: bias, relu,
+...) runs on each tile while it is in L1, with no C in memory. The sums run in the float type over k,
+as a GEMM's do. Chosen by `wants` (at most MAX_COLUMN_SHARE of a vector of columns, a row filling at
+least MIN_ROW_SHARE of its vectors, the image's row contiguous once copied).
 """
 from __future__ import annotations
 
@@ -217,14 +221,15 @@ class _Emitter:
         base = [b.add(origin, start) for start in starts]
         zero = ir.Constant(self.vt, None)
         acc = self.reduce([zero] * (rows * self.columns), base, rows, mask)
-        for r in range(rows):
-            first = self._i(r * self.rc.lanes * self.columns)
-            self.store_interleaved(acc[r * self.columns:(r + 1) * self.columns], first, count)
+        for i, vector in enumerate(acc):  # the tile, (row, column)-major: each column's positions contiguous
+            b.store(vector, b.gep(self.tile_buffer, [self._i(i * lanes)], inbounds=True, source_etype=self.t),
+                    align=self.align)
         self.epilogue(v0, coords, rows, count)
 
     def epilogue(self, v0: ir.Value, coords, rows: int, count: int) -> None:
-        """The kernel's stores for the tile's elements, acc read from the tile (row-major over (row,
-        position, column), in L1): the renderer's `stores` with its builder, buffers and vars pointed here."""
+        """The kernel's stores for the tile's `count` positions, acc read from the tile (in L1; a
+        column's positions contiguous: the loop over them vectorizes): the renderer's `stores` with its
+        builder, buffers and vars pointed here."""
         em = self.em
         saved = (em.b, em.fn, em.N, em.ptrs, em.vars)
         em.b, em.fn, em.N, em.ptrs = self.b, self.fn, self.n, self.ptrs
@@ -233,7 +238,7 @@ class _Emitter:
                 v1, v2 = coords(r, p)
                 for j in range(self.columns):
                     em.vars = {0: v0, 1: v1, 2: v2, 3: self._i(0), igemm.COLUMN: self._i(j)}
-                    at = self.b.add(self.b.mul(p, self._i(self.columns)), self._i(r * self.rc.lanes * self.columns + j))
+                    at = self.b.add(p, self._i((r * self.columns + j) * self.rc.lanes))
                     em.acc = self.b.load(self.b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t),
                                          typ=self.t)
                     em.stores()
@@ -277,28 +282,6 @@ class _Emitter:
         name = f"llvm.masked.load.v{self.rc.lanes}{_SUFFIX[self.dtype]}.p0"
         fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
         return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
-
-    def store_interleaved(self, vectors: list, first: ir.Value, count: int) -> None:
-        """tile[first + p * N + j] = vectors[j][p] for p < count: the N column vectors interleaved by
-        shuffles into `count` x N consecutive elements (one wide store, masked past count * N)."""
-        b, lanes, n = self.b, self.rc.lanes, len(vectors)
-        width = 1 << (n - 1).bit_length()
-        parts = vectors + [ir.Constant(self.vt, ir.Undefined)] * (width - n)
-        while len(parts) > 1:
-            size = parts[0].type.count
-            parts = [b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 2 * size), list(range(2 * size))))
-                     for x, y in zip(parts[::2], parts[1::2])]
-        order = [j * lanes + p for p in range(lanes) for j in range(n)]
-        whole = b.shuffle_vector(parts[0], ir.Constant(parts[0].type, ir.Undefined),
-                                 ir.Constant(ir.VectorType(I32, len(order)), order))
-        ptr = b.gep(self.tile_buffer, [first], inbounds=True, source_etype=self.t)
-        if count == lanes:
-            b.store(whole, ptr, align=self.align)
-            return
-        mask = ir.Constant(ir.VectorType(ir.IntType(1), len(order)), [i < count * n for i in range(len(order))])
-        name = f"llvm.masked.store.v{len(order)}{_SUFFIX[self.dtype]}.p0"
-        fn = _declare(self.module, name, ir.VoidType(), [whole.type, PTR, I32, mask.type])
-        b.call(fn, [whole, ptr, ir.Constant(I32, self.align), mask])
 
     # -- IR helpers ----------------------------------------------------------------------------
     def _i(self, value: int) -> ir.Value:
