@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import igemm, rowconv
+from codegen.llvm import colconv, igemm, rowconv
 from codegen.llvm.target import AVX2
 from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
 from test_schedules import _prepared, _scheduled_llvm
@@ -73,7 +73,8 @@ def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     assert d[igemm.BJ] == 1
 
 
-def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards():
+def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards(monkeypatch):
+    monkeypatch.setattr(colconv, "VECTORS", 0)  # the forward's 8 columns: an implicit GEMM's here, not colconv's
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
     lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
     names = [k.name for k in lp.kernels]
@@ -172,7 +173,8 @@ def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, mo
     from codegen.llvm.target import SCALAR
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))  # a patched constant: an empty cache
-    monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no row convs (test_rowconv.py): every conv packs
+    monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs (test_rowconv.py): every conv packs
+    monkeypatch.setattr(colconv, "VECTORS", 0)
     _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
     for x_shape, w_shape, kwargs in PACKING_CASES:
         with gn.Graph():

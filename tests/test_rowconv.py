@@ -1,14 +1,14 @@
-"""Narrow convolutions computed along the output row (codegen/llvm/rowconv.py): which kernels take
-the path, the channel-major copy their image gets, and their values against numpy on odd geometry
-(row tails shorter than a vector, heights not a multiple of the row tile, padding, dilation, NCHW,
-flipped filters, partial batches, float32 and float64, one and two threads, AVX-512 and AVX2)."""
+"""Direct convolutions (codegen/llvm/rowconv.py, kconv.py, colconv.py): which kernels take each path,
+the channel-major copies their operands get, and their values against numpy on odd geometry (row
+tails shorter than a vector, heights not a multiple of the tile, padding, strides, dilation, NCHW,
+flipped filters, NaN/Inf, partial batches, float32 and float64, one and two threads, AVX-512 and AVX2)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import rowconv
+from codegen.llvm import colconv, kconv, rowconv
 from codegen.llvm.gemm_schedule import loop_passes
 from codegen.llvm.jit import host_target
 from codegen.llvm.target import AVX2, TargetInfo
@@ -46,16 +46,18 @@ def test_an_input_gradient_reads_rows_as_one_run_from_a_copy_with_overlapping_bo
 
 def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
     """lenet's conv1 (6 filters) and conv2's input gradient (6 channels) are row convs, the input
-    gradient reading a bordered channel-major copy of dy; conv2 (16 filters) and the filter gradients
-    (M = taps) stay implicit GEMMs."""
+    gradient reading a bordered channel-major copy of dy; conv2 (16 filters: one vector) is a column
+    conv (colconv.py), its filter gradient (K = the batch's pixels) stays an implicit GEMM."""
     x = gn.placeholder("x", (None, 12, 12, 6))
     w = gn.placeholder("w", (5, 5, 6, 16))
     y = gn.conv2d(x, w)
     fetches = [y, *gn.gradients(gn.sum(y * y), [x, w])]
     schedules = _scheduled_llvm(fetches, threads=2, target=AVX512)
-    rows = [s for s in schedules if s.startswith("direct conv")]
+    rows = [s for s in schedules if s.startswith("direct conv, output rows")]
     assert len(rows) == 1 and "along 16 lanes in 3-row tiles, stores per tile by images" in rows[0]
-    assert sum(s.startswith("implicit gemm") for s in schedules) == 2
+    assert sum(s.startswith("implicit gemm") for s in schedules) == 1
+    assert sum(s.startswith("direct conv, one vector of columns, 3 x 8 positions per tile by images")
+               for s in schedules) == 1
     with gn.Graph():
         x = gn.placeholder("x", (None, 28, 28, 1))
         w = gn.placeholder("w", (5, 5, 1, 6))
@@ -125,16 +127,19 @@ def test_a_flipped_filter_and_nan_and_inf_in_a_row_conv():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_convs_split_over_two_threads(dtype, monkeypatch, tmp_path):
-    """Below PARALLEL_MIN_FLOPS a row conv runs on the caller: patched to 0 (in an empty cache), every
-    one splits its images over the two threads, an odd batch unevenly."""
+    """Below PARALLEL_MIN_FLOPS a direct conv runs on the caller: patched to 0 (in an empty cache), every
+    row conv splits its images over the two threads (an odd batch unevenly), every K conv its blocks of taps."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(rowconv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(kconv, "PARALLEL_MIN_FLOPS", 0)
     for x_shape, w_shape, kwargs in CASES[1:3]:
         with gn.Graph():
             fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
             fn = gn.compile(fetches, backend="llvm")
             assert not fn.from_cache
+            if host_target().vector_bits == 512:
+                assert " by images" in fn.executable.lp.to_text()
             _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
 
 
@@ -172,3 +177,28 @@ def test_a_k_conv_sums_each_image_in_float32_and_the_images_in_float64(monkeypat
         for kw in range(5):
             want[kh, kw, 0] = np.einsum("nij,nijc->c", x64[:, kh:kh + 24, kw:kw + 24], dy64)
     np.testing.assert_allclose(fn(**feeds)[2], want, rtol=2e-7)
+
+
+COLUMN_CASES = [  # (x shape, filter shape without the filter count, keyword arguments): one vector of filters
+    ((2, 12, 12, 6), (5, 5, 6), dict()),  # lenet's conv2: 3 x 8 positions per tile
+    ((3, 9, 31, 2), (3, 3, 2), dict(padding="same")),  # rows of 31 (two segments), a bordered copy
+    ((2, 11, 10, 3), (3, 2, 3), dict(strides=(2, 1), dilation_rate=(1, 2), padding=((1, 1), (0, 2)))),
+    ((2, 3, 10, 9), (3, 3, 3), dict(data_format="NCHW")),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", COLUMN_CASES)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_column_convs_equal_numpy(x_shape, w_shape, kwargs, dtype, threads, monkeypatch, tmp_path):
+    """A forward conv whose filters fill one vector (16 float32 or 8 float64 on AVX-512) runs as a
+    column conv (colconv.py); at two threads with PARALLEL_MIN_FLOPS patched to 0 (an empty cache) its
+    images split over the threads."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(colconv, "PARALLEL_MIN_FLOPS", 0)
+    lanes = host_target().lanes(np.dtype(dtype).name)
+    fetches = _conv_step(x_shape, (*w_shape, lanes), kwargs, dtype)
+    fn = gn.compile(fetches, backend="llvm")
+    assert "direct conv, one vector of columns" in fn.executable.lp.to_text()
+    _check(fetches, fn, x_shape, (*w_shape, lanes), dtype, 1e-4 if dtype == np.float32 else 1e-11)

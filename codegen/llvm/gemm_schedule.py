@@ -8,8 +8,9 @@ kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per ba
 the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
 its direct loop nest. `border_conv_images`, run just before, gives such a kernel whose window
 reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py). A narrow
-conv kernel goes to a direct conv instead (rowconv.py, kconv.py: no routine, no workspace), for which
-`planar_conv_images`, run first, makes the image row or dy contiguous by a channel-major copy.
+conv kernel, or one with exactly one vector of columns, goes to a direct conv instead (rowconv.py,
+kconv.py, colconv.py: no routine, no workspace), for which `planar_conv_images`, run first, makes the
+image row or dy contiguous by a channel-major copy.
 `loop_passes` is the LLVM backend's list: LOOP_PASSES with those passes, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
 from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
-from . import igemm, kconv, rowconv
+from . import colconv, igemm, kconv, rowconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -208,8 +209,9 @@ def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple)
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
     """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
     and large enough (igemm.worth_it); its contraction names the window and the dense operand. A
-    narrow one whose image row is contiguous gets a direct conv's loop order (rowconv.ORDER: the
-    output row along the lanes, or kconv.ORDER: the reduced image row) and no packing workspace."""
+    narrow one whose image row is contiguous, or one with one vector of columns, gets a direct conv's
+    loop order (rowconv.ORDER: the output row along the lanes, kconv.ORDER: the reduced image row,
+    colconv.ORDER: the columns) and no packing workspace."""
     found = igemm.operands(k)
     if found is None or not igemm.worth_it(k):
         return False
@@ -219,9 +221,10 @@ def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: 
         k.order = rowconv.ORDER
         return True
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
-    if kconv.ready(k, target):
-        k.order = kconv.ORDER
-        return True
+    for kind in (kconv, colconv):
+        if kind.ready(k, target):
+            k.order = kind.ORDER
+            return True
     k.order = igemm.ROWS + (3, igemm.COLUMN) + igemm.COLS
     nbytes = workspace(red.value.dtype, False, False, None, igemm.vectors(k, target))
     red.workspace = add_buffer(lp, f"pack_{k.name}", (nbytes,), np.uint8)

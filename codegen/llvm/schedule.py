@@ -14,9 +14,9 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
-- direct convs (rowconv.py, kconv.py, marked by their loop order): no routine (`Gemm.direct` holds
-  the plan), split over the images or the blocks of taps with threads; their epilogue writes the few
-  columns out so that it vectorizes along the row;
+- direct convs (rowconv.py, kconv.py, colconv.py, marked by their loop order): no routine
+  (`Gemm.direct` holds the plan), split over the images or the blocks of taps with threads; a row
+  conv runs its stores per tile, the others' epilogue writes the columns out where they are few;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
 - blocked sums: a float32 sum into a register of more than SUM_BLOCK elements (SUM_BLOCK_SCALAR in
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kconv, rowconv, vmath
+from . import colconv, kconv, rowconv, vmath
 from .gemm import GemmSpec, specialised_m
 from .igemm import COLUMN, ROWS, vectors
 from .jit import host_target
@@ -67,11 +67,11 @@ class Gemm:
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
-    direct: rowconv.RowConv | kconv.KConv | None = None  # C by a direct conv (rowconv.py, kconv.py)
+    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | None = None  # C by a direct conv (rowconv.py, ...)
 
     def __str__(self) -> str:
         if self.direct is not None:
-            split = " by images" if isinstance(self.direct, rowconv.RowConv) else " by taps"
+            split = " by taps" if isinstance(self.direct, kconv.KConv) else " by images"
             epilogue = "" if self.direct.fused else ", epilogue rows-outer"
             return f"{self.direct}" + (split if self.by_columns else " serial") + epilogue
         dtype, ta, tb, m, gather = self.routine
@@ -207,7 +207,7 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
     count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars. A row
     conv (rowconv.marked) splits the images (v0), a K conv (kconv.marked) its blocks of taps."""
-    for kind in (rowconv, kconv):
+    for kind in (rowconv, kconv, colconv):
         if kind.marked(k):
             return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN), direct=kind.plan(k, target or host_target()))
     routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
@@ -216,7 +216,7 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 def direct(k: Kernel) -> bool:
     """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py)?"""
-    return rowconv.marked(k) or kconv.marked(k)
+    return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k)
 
 
 def epilogue_order(k: Kernel) -> list[int]:
