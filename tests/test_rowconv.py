@@ -46,8 +46,8 @@ def test_an_input_gradient_reads_rows_as_one_run_from_a_copy_with_overlapping_bo
 
 def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
     """lenet's conv1 (6 filters) and conv2's input gradient (6 channels) are row convs, the input
-    gradient reading a bordered channel-major copy of dy; conv2 (16 filters: one vector) is a column
-    conv (colconv.py), its filter gradient (K = the batch's pixels) stays an implicit GEMM."""
+    gradient reading a bordered channel-major copy of dy; conv2 (16 filters: one vector) and its filter
+    gradient (K = the batch's pixels, 150 taps in 6 tiles of 25) are column convs (colconv.py)."""
     x = gn.placeholder("x", (None, 12, 12, 6))
     w = gn.placeholder("w", (5, 5, 6, 16))
     y = gn.conv2d(x, w)
@@ -55,8 +55,10 @@ def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
     schedules = _scheduled_llvm(fetches, threads=2, target=AVX512)
     rows = [s for s in schedules if s.startswith("direct conv, output rows")]
     assert len(rows) == 1 and "along 16 lanes in 3-row tiles, stores per tile by images" in rows[0]
-    assert sum(s.startswith("implicit gemm") for s in schedules) == 1
+    assert not any(s.startswith("implicit gemm") for s in schedules)
     assert sum(s.startswith("direct conv, one vector of columns, 3 x 8 positions per tile by images")
+               for s in schedules) == 1
+    assert sum(s.startswith("direct filter gradient, one vector of columns, 25 taps per tile by taps")
                for s in schedules) == 1
     with gn.Graph():
         x = gn.placeholder("x", (None, 28, 28, 1))
@@ -191,14 +193,16 @@ COLUMN_CASES = [  # (x shape, filter shape without the filter count, keyword arg
 @pytest.mark.parametrize("x_shape,w_shape,kwargs", COLUMN_CASES)
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_column_convs_equal_numpy(x_shape, w_shape, kwargs, dtype, threads, monkeypatch, tmp_path):
-    """A forward conv whose filters fill one vector (16 float32 or 8 float64 on AVX-512) runs as a
-    column conv (colconv.py); at two threads with PARALLEL_MIN_FLOPS patched to 0 (an empty cache) its
-    images split over the threads."""
+    """A forward conv whose filters fill one vector (16 float32 or 8 float64 on AVX-512), and its filter
+    gradient, run as column convs (colconv.py); at two threads with PARALLEL_MIN_FLOPS patched to 0 (an
+    empty cache) the images, or the tiles of taps, split over the threads."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(colconv, "PARALLEL_MIN_FLOPS", 0)
     lanes = host_target().lanes(np.dtype(dtype).name)
     fetches = _conv_step(x_shape, (*w_shape, lanes), kwargs, dtype)
     fn = gn.compile(fetches, backend="llvm")
-    assert "direct conv, one vector of columns" in fn.executable.lp.to_text()
+    text = fn.executable.lp.to_text()
+    assert "direct conv, one vector of columns" in text  # and the filter gradient where dy's channels are contiguous
+    assert ("direct filter gradient, one vector of columns" in text) == (kwargs.get("data_format") != "NCHW")
     _check(fetches, fn, x_shape, (*w_shape, lanes), dtype, 1e-4 if dtype == np.float32 else 1e-11)

@@ -12,7 +12,11 @@ from the tile's first are constants (the tile's shape is the same everywhere):
         for v5, v6, v7:  b = B[offset(v5, v6, v7) ..]   acc[p] += broadcast(image[address(p, k)]) * b
         C[v0, v1.., v2.., :] = acc[p]                   contiguous rows of C; the epilogue reads C
 
-Chosen by `wants`: N one vector, rows and k static, the image unguarded (gemm_schedule's bordered
+A filter gradient (its K the batch's pixels, its rows the static taps) runs tiles of taps instead,
+each tap's image element at a constant offset from the pixel's, and adds each image's float32 sums
+into per-lane float64 totals (as kconv.py).
+
+Chosen by `wants`: N one vector, rows and k static (but the batch), the image unguarded (gemm_schedule's bordered
 copies make padded ones so) and B's columns contiguous. The sums run in the float type over k, as a
 GEMM's do.
 """
@@ -45,13 +49,21 @@ class ColConv:
     rows: int  # output rows (v1) per tile
     span: int  # positions along the row (v2) per tile
     lanes: int
+    taps: int = 0  # a filter gradient's: rows of C (its taps) per tile; 0: a forward conv's tiles of positions
     fused = False  # C is written whole, then the epilogue runs
+
+    @property
+    def split(self) -> str:
+        """What the threads share (the schedule's text)."""
+        return "taps" if self.taps else "images"
 
     def emit(self, em, red, threads: int) -> None:
         """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""
         emit(em, red, self, threads)
 
     def __str__(self) -> str:
+        if self.taps:
+            return f"direct filter gradient, one vector of columns, {self.taps} taps per tile"
         return f"direct conv, one vector of columns, {self.rows} x {self.span} positions per tile"
 
 
@@ -63,7 +75,9 @@ def wants(k: Kernel, target: TargetInfo) -> bool:
         return False
     w, other = found
     d = k.domain
-    if d[igemm.COLUMN] != VECTORS * target.lanes(w.dtype.name) or any(d[v] is None for v in (1, 2, 5, 6, 7)):
+    if d[igemm.COLUMN] != VECTORS * target.lanes(w.dtype.name) or any(d[v] is None for v in (1, 2, 6, 7)):
+        return False
+    if d[5] is None and d[0] is None:
         return False
     if any(c.div != 1 for c in w.coords):
         return False
@@ -84,23 +98,30 @@ def plan(k: Kernel, target: TargetInfo) -> ColConv:
     """Accumulators for as many positions as the vector registers hold besides B's vector and a
     broadcast: whole output rows where they fit, else a segment of one."""
     most = max(1, target.vector_registers - 4)
-    width, height = k.domain[2], k.domain[1]
+    width, height, lanes = k.domain[2], k.domain[1], target.lanes(k.reduce.value.dtype.name)
+    if k.domain[5] is None:  # K holds the batch: tiles of taps, balanced
+        taps = math.prod(k.domain[:3])
+        return ColConv(1, 1, lanes, -(-taps // -(-taps // most)))
     span = min(width, most)
-    return ColConv(max(1, min(height, most // span)), span, target.lanes(k.reduce.value.dtype.name))
+    return ColConv(max(1, min(height, most // span)), span, lanes)
 
 
 def emit(em, red, cc: ColConv, threads: int) -> None:
-    """C (red.scratch) of column conv kernel em.k by `cc`, at em's builder."""
+    """C (red.scratch) of column conv kernel em.k by `cc`, at em's builder: split over the images (a
+    forward conv's v0) or the tiles of taps (a filter gradient's)."""
     window, other = red.contraction
-    fn = _Emitter(em.r.module, em.k, cc, red.value.dtype.name).function()
+    emitter = _Emitter(em.r.module, em.k, cc, red.value.dtype.name)
+    fn = emitter.gradient() if cc.taps else emitter.function()
     args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
-    outer = em.extent(0)
-    per_row = math.prod(d for d in em.k.domain[1:] if d is not None) * 2
+    outer = ir.Constant(I64, -(-math.prod(em.k.domain[:3]) // cc.taps)) if cc.taps else em.extent(0)
+    work = ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None))
+    for _ in range(em.k.domain.count(None)):
+        work = em.b.mul(work, em.N)
 
     def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
         b.call(fn, [captured[0], begin, end] + captured[1:])
     emit_parallel_for(em.r.module, em.b, f"{em.k.name}.cols", outer, body, args, threads,
-                      work=em.b.mul(outer, ir.Constant(I64, per_row)), min_work=PARALLEL_MIN_FLOPS)
+                      work=work, min_work=PARALLEL_MIN_FLOPS)
 
 
 class _Emitter:
@@ -115,7 +136,7 @@ class _Emitter:
         self.a_coef, self.a_const = rowconv.address(window)
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
 
-    def function(self) -> ir.Function:
+    def declare(self) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_colconv")
         fn.linkage = "internal"
         fn.attributes.add("noinline")
@@ -124,7 +145,12 @@ class _Emitter:
             arg.name = name
             if isinstance(arg.type, ir.PointerType):
                 arg.add_attribute("noalias")
-        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.b, self.n = ir.IRBuilder(fn.append_basic_block("entry")), fn.args[0]
+        return fn
+
+    def function(self) -> ir.Function:
+        """The forward form: tiles of output positions of each image v0 in [begin, end)."""
+        fn = self.declare()
         _, begin, end, self.image, self.bmat, self.c = fn.args
         d, cc = self.k.domain, self.cc
         full = d[1] // cc.rows * cc.rows
@@ -137,6 +163,55 @@ class _Emitter:
                     self.segments(v0, v1, 1)
         self.b.ret_void()
         return fn
+
+    def gradient(self) -> ir.Function:
+        """The filter gradient's form: `void <kernel>_colconv(N, begin, end, image, B, C)` over tiles of
+        taps [begin, end), each tile's taps (rows of C) at constant offsets in the image; per image
+        (v5) the float32 sums go into per-lane float64 totals."""
+        fn = self.declare()
+        _, begin, end, self.image, self.bmat, self.c = fn.args
+        b, d, taps = self.b, self.k.domain, self.cc.taps
+        count = math.prod(d[:3])
+        a = self.a_coef
+        for t, first in enumerate(range(0, count, taps)):
+            rows = range(first, min(count, first + taps))
+            with b.if_then(b.and_(b.icmp_signed("<=", begin, self._i(t)), b.icmp_signed("<", self._i(t), end))):
+                offsets = [a.get(0, 0) * (m // (d[1] * d[2])) + a.get(1, 0) * (m // d[2] % d[1]) + a.get(2, 0) * (m % d[2])
+                           for m in rows]
+                self.tap_tile(first, offsets)
+        b.ret_void()
+        return fn
+
+    def tap_tile(self, first: int, offsets: list) -> None:
+        b, d = self.b, self.k.domain
+        f64 = ir.VectorType(ir.DoubleType(), self.cc.lanes)
+        totals = b.alloca(ir.ArrayType(f64, len(offsets)), name="totals")
+        totals.align, totals.type = 64, PTR
+
+        def total(r: int) -> ir.Value:
+            return b.gep(totals, [self._i(r * self.cc.lanes)], inbounds=True, source_etype=ir.DoubleType())
+        for r in range(len(offsets)):
+            b.store(ir.Constant(f64, None), total(r), align=8)
+        with for_range(b, 0, self.n if d[5] is None else d[5], 1, "v5") as v5:
+            base = b.add(b.mul(v5, self._i(self.a_coef.get(5, 0))), self._i(self.a_const))
+            b_base = b.mul(v5, self._i(self.b_coef.get(5, 0)))
+            zero = ir.Constant(self.vt, None)
+
+            def row(v6: ir.Value, acc: list) -> list:
+                a_row = b.add(base, b.mul(v6, self._i(self.a_coef.get(6, 0))))
+                b_row = b.add(b_base, b.mul(v6, self._i(self.b_coef.get(6, 0))))
+                return carried_loop(b, d[7], acc, lambda v7, acc: self.step(
+                    acc, b.add(a_row, b.mul(v7, self._i(self.a_coef.get(7, 0)))),
+                    b.add(b_row, b.mul(v7, self._i(self.b_coef.get(7, 0)))), offsets), "v7")
+            acc = carried_loop(b, d[6], [zero] * len(offsets), row, "v6")
+            for r, vector in enumerate(acc):
+                part = vector if self.dtype == "float64" else b.fpext(vector, f64)
+                b.store(b.fadd(b.load(total(r), typ=f64, align=8), part), total(r), align=8)
+        for r in range(len(offsets)):
+            value = b.load(total(r), typ=f64, align=8)
+            value = value if self.dtype == "float64" else b.fptrunc(value, self.vt)
+            at = self._i((first + r) * d[igemm.COLUMN])
+            b.store(value, b.gep(self.c, [at], inbounds=True, source_etype=self.t), align=self.align)
 
     def segments(self, v0: ir.Value, v1: ir.Value, rows: int) -> None:
         width, span = self.k.domain[2], self.cc.span

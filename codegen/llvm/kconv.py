@@ -48,6 +48,7 @@ class KConv:
     rows: int  # taps (rows of C) per register tile
     lanes: int  # vector width along v7
     fused = False  # C is written whole, then the epilogue runs
+    split = "taps"  # what the threads share (the schedule's text)
 
     def emit(self, em, red, threads: int) -> None:
         """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""

@@ -55,6 +55,7 @@ class RowConv:
     rows: int  # output rows (v1 values) per register tile
     lanes: int  # vector width along v2
     fused = True  # the kernel's stores run on each tile (no scratch C, no separate epilogue)
+    split = "images"  # what the threads share (the schedule's text)
 
     def emit(self, em, red, threads: int) -> None:
         """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""

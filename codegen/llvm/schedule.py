@@ -71,9 +71,8 @@ class Gemm:
 
     def __str__(self) -> str:
         if self.direct is not None:
-            split = " by taps" if isinstance(self.direct, kconv.KConv) else " by images"
             epilogue = "" if self.direct.fused else ", epilogue rows-outer"
-            return f"{self.direct}" + (split if self.by_columns else " serial") + epilogue
+            return f"{self.direct}" + (f" by {self.direct.split}" if self.by_columns else " serial") + epilogue
         dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
         if gather:
