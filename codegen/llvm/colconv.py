@@ -176,8 +176,8 @@ class _Emitter:
         for t, first in enumerate(range(0, count, taps)):
             rows = range(first, min(count, first + taps))
             with b.if_then(b.and_(b.icmp_signed("<=", begin, self._i(t)), b.icmp_signed("<", self._i(t), end))):
-                offsets = [a.get(0, 0) * (m // (d[1] * d[2])) + a.get(1, 0) * (m // d[2] % d[1]) + a.get(2, 0) * (m % d[2])
-                           for m in rows]
+                offsets = [a.get(0, 0) * (m // (d[1] * d[2])) + a.get(1, 0) * (m // d[2] % d[1])
+                           + a.get(2, 0) * (m % d[2]) for m in rows]
                 self.tap_tile(first, offsets)
         b.ret_void()
         return fn

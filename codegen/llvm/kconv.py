@@ -16,8 +16,8 @@ gemm_schedule.planar_conv_images's channel-major copy), this path vectorises alo
         C[m_r, c] = sum of total[r][c]'s lanes
 
 Each lane sums one image's products in the float type, added to the lane's float64 total (as
-schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the kernel's epilogue (an optimizer's update)
-reads, as after an implicit GEMM.
+schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the
+kernel's epilogue (an optimizer's update) reads, as after an implicit GEMM.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..loopir import Kernel, Load
-from ..window import guarded_axes
+from ..window import guarded_axes, row_strides
 from . import igemm, rowconv
 from .gemm import _SUFFIX, _declare, _intrinsic
 from .loops import carried_loop, for_range
@@ -82,7 +82,6 @@ def wants(k: Kernel, target: TargetInfo) -> bool:
 def other_axes(load: Load, shape: tuple, domain: tuple) -> dict | None:
     """{var: axis} of a dense operand reading each axis of its buffer (of `shape`) through one var
     with that axis's stride, or None."""
-    from ..window import row_strides
     strides = row_strides(shape)
     out = {}
     for var, coef, nexp in load.offset.terms:
@@ -184,8 +183,8 @@ class _Emitter:
             v2 = b.urem(m, self._i(d[2]))
             v1 = b.urem(b.udiv(m, self._i(d[2])), self._i(d[1]))
             v0 = b.udiv(m, self._i(d[1] * d[2]))
-            tap_at.append(b.add(b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), b.mul(v1, self._i(self.a_coef.get(1, 0)))),
-                                b.add(b.mul(v2, self._i(self.a_coef.get(2, 0))), self._i(self.a_const))))
+            a = [self._i(self.a_coef.get(var, 0)) for var in (0, 1, 2)]
+            tap_at.append(b.add(b.add(b.mul(v0, a[0]), b.mul(v1, a[1])), b.add(b.mul(v2, a[2]), self._i(self.a_const))))
         with for_range(b, 0, self.n if d[5] is None else d[5], 1, "v5") as v5:
             a_at = [b.add(t, b.mul(v5, self._i(self.a_coef.get(5, 0)))) for t in tap_at]
             b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
