@@ -206,3 +206,13 @@ def test_column_convs_equal_numpy(x_shape, w_shape, kwargs, dtype, threads, monk
     assert "direct conv, one vector of columns" in text  # and the filter gradient where dy's channels are contiguous
     assert ("direct filter gradient, one vector of columns" in text) == (kwargs.get("data_format") != "NCHW")
     _check(fetches, fn, x_shape, (*w_shape, lanes), dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+def test_a_column_conv_writes_out_at_most_max_tiles():
+    """A filter gradient with 3 x 3 x 64 taps would write out 21 tiles of 28: it stays an implicit GEMM."""
+    for cin, expected in ((32, True), (64, False)):
+        with gn.Graph():
+            fetches = _conv_step((2, 10, 10, cin), (3, 3, cin, 16), {}, np.float32)
+            lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX512))
+            grad = next(k for k in lp.kernels if "filter_grad" in k.name)
+            assert colconv.marked(grad) == expected, cin

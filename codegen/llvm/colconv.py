@@ -16,9 +16,9 @@ A filter gradient (its K the batch's pixels, its rows the static taps) runs tile
 each tap's image element at a constant offset from the pixel's, and adds each image's float32 sums
 into per-lane float64 totals (as kconv.py).
 
-Chosen by `wants`: N one vector, rows and k static (but the batch), the image unguarded (gemm_schedule's bordered
-copies make padded ones so) and B's columns contiguous. The sums run in the float type over k, as a
-GEMM's do.
+Chosen by `wants`: N one vector, rows and k static (but the batch), at most MAX_TILES tiles written
+out, the image unguarded (gemm_schedule's bordered copies make padded ones so) and B's columns
+contiguous. The sums run in the float type over k, as a GEMM's do.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from .target import TargetInfo
 
 ORDER = (0, 1, 2, 3, 5, 6, 7, 4)  # a column conv kernel's loop order: v4, the columns, along the lanes
 VECTORS = 1  # the column count, in vectors, of the convs this path computes
+MAX_TILES = 16  # tiles written out (a filter gradient's tiles of taps, a forward row's segments): code size
 
 I64, I32 = ir.IntType(64), ir.IntType(32)
 PTR = ir.PointerType()
@@ -78,6 +79,10 @@ def wants(k: Kernel, target: TargetInfo) -> bool:
     if d[igemm.COLUMN] != VECTORS * target.lanes(w.dtype.name) or any(d[v] is None for v in (1, 2, 6, 7)):
         return False
     if d[5] is None and d[0] is None:
+        return False
+    most = max(1, target.vector_registers - 4)
+    written = -(-math.prod(d[:3]) // most) if d[5] is None else -(-d[2] // most)
+    if written > MAX_TILES:
         return False
     if any(c.div != 1 for c in w.coords):
         return False
