@@ -63,7 +63,7 @@ def _scheduled_opencl(fetches, limits: Limits = DEVICE) -> list[str]:
 def test_batch_dependent_elementwise_kernel_is_split_over_threads_above_min_work():
     x = gn.placeholder("x", (None, 5))
     assert _scheduled_llvm([gn.exp(x) + 1.0]) == [f"parallel over v0 (2 threads, min work {FAST} elements)"]
-    assert PARALLEL_MIN_FAST == 2 ** 17
+    assert PARALLEL_MIN_FAST == 2 ** 18
 
 
 def test_one_thread_schedules_every_kernel_on_it():

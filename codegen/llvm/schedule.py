@@ -48,9 +48,7 @@ UNROLL_COPIES_MAX = 16  # ...innermost first, while the copies of the body they 
 #                         short loops, as a 3x3 window over 4x4 positions, would otherwise emit thousands)
 ROW_UNROLL_MAX = 8  # a reduction's scratch row this short is written out too: a loop of 5 to 8 cells does
 #                    not vectorize, its cells written out do (a bias gradient over 6 channels)
-PARALLEL_MIN_FAST = 1 << 17  # elements before a loop nest is split over threads: fewer do not pay for waking them
-#                              (2^17: lenet's pooling kernels at batch 64, 221184 elements, split; serial kernels
-#                              between two regions also let the workers fall asleep and read what both cores wrote)
+PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
 SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
 ROW_TOTALS_MAX = 4096  # the widest scratch row summed in blocks: its float64 totals (32 KiB) live on the stack
