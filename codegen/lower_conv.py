@@ -16,7 +16,9 @@ after the op joins its kernel as after a matmul.
     max_pool2d_grad     a kernel counting each window's maxima, then over (n, h, w, c, kh, kw): dy / count
                         of every window whose maximum x[n, h, w, c] equals; windows that tile the image
                         (stride = window, no padding) over (n, i, j, c, kh, kw) instead, no reduction:
-                        each element's one window, stored at (i * kh + kh', j * kw + kw')
+                        each element's one window, stored at (i * kh + kh', j * kw + kw'), its count of
+                        maxima a sum over the window written out in the same kernel (at most
+                        TILE_COUNT_MAX elements; a larger window's counts are a kernel of their own)
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from graphnet.ops.conv import image_dims
 
 from .loopir import Acc, Const, Expr, Op, Reduce
 from .window import Coord, window
+
+TILE_COUNT_MAX = 16  # a tiling window of at most this many elements counts its maxima inline (the count's
+#                     loads are the kernel's own, once its window loops are unrolled)
 
 # Which inputs each op reads through windows: the lowering materializes them in buffers.
 WINDOW_INPUTS = {"conv2d": (0,), "conv2d_input_grad": (0,), "conv2d_filter_grad": (0,), "max_pool2d": (0,),
@@ -197,19 +202,22 @@ def _max_pool2d_grad(low, r: Node):
     pooled = _image(fmt, _coord((0, 1)), _coord((1, 1), (4, -1), const=top, div=sh),
                     _coord((2, 1), (5, -1), const=left, div=sw), _coord((3, 1)))
     return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5),
-                lambda kb: _share_of_maximum(low, r, kb, _image(fmt, 0, 1, 2, 3), pooled, counts))
+                lambda kb: _share_of_maximum(low, r, kb, _image(fmt, 0, 1, 2, 3), pooled,
+                                             window(counts, r.inputs[1].shape, pooled, r.dtype, 1.0)))
 
 
-def _share_of_maximum(low, r: Node, kb, x_view: tuple, pooled: tuple, counts: int) -> Expr:
-    """max_pool2d_grad's term: x (at `x_view`) equal to its window's maximum y gets dy / the window's count
-    of maxima (y, dy and the counts read at window coordinates `pooled`), else 0."""
+def _share_of_maximum(low, r: Node, kb, x_view: tuple, pooled: tuple, count: Expr) -> Expr:
+    """max_pool2d_grad's term: x (at `x_view`) equal to its window's maximum y gets dy / `count` (the
+    window's count of maxima), else 0 (y and dy read at window coordinates `pooled`)."""
     x, y, dy = r.inputs
-
-    def read(buffer: int, fill: float) -> Expr:
-        return window(buffer, y.shape, pooled, r.dtype, fill)
-    hit = Op("eq", (low._expr(x, x_view, kb), read(_buffer(low, y), float("nan"))), _BOOL)
-    share = Op("div", (read(_buffer(low, dy), 0.0), read(counts, 1.0)), r.dtype)
+    hit = Op("eq", (low._expr(x, x_view, kb), _pooled(low, r, y, pooled, float("nan"))), _BOOL)
+    share = Op("div", (_pooled(low, r, dy, pooled, 0.0), count), r.dtype)
     return Op("select", (hit, share, Const(0.0, r.dtype)), r.dtype)
+
+
+def _pooled(low, r: Node, n: Node, pooled: tuple, fill: float) -> Expr:
+    """Pooled-shape operand `n` (y or dy) of max_pool2d_grad `r` read at window coordinates `pooled`."""
+    return window(_buffer(low, n), n.shape, pooled, r.dtype, fill)
 
 
 def _tiling(r: Node) -> bool:
@@ -224,16 +232,36 @@ def _tiling(r: Node) -> bool:
 def _tiled_max_pool2d_grad(low, r: Node):
     """max_pool2d_grad of tiling windows without a reduction: over (n, i, j, c, kh, kw), the element at
     (i * kh + kh', j * kw + kw') of window (i, j) gets dy / count where it equals the window's maximum
-    (the general form reads every window that could cover an element, through divisions)."""
+    (the general form reads every window that could cover an element, through divisions). The count
+    is a sum over the window in this kernel (one pass over x, no kernel of counts), up to TILE_COUNT_MAX
+    elements."""
     x, y, _ = r.inputs
     fmt = r.attrs["data_format"]
-    counts = _window_maxima(low, r)
     ho, wo, c = image_dims(y.shape, fmt)
     kh, kw = r.attrs["ksize"]
     view = _image(fmt, 0, ((1, kh), (4, 1)), ((2, kw), (5, 1)), 3)
-    kb = low._new_kernel((x.shape[0], ho, wo, c, kh, kw), view, r.shape)
     pooled = _image(fmt, _coord((0, 1)), _coord((1, 1)), _coord((2, 1)), _coord((3, 1)))
-    return kb, _share_of_maximum(low, r, kb, view, pooled, counts)
+    counts = _window_maxima(low, r) if kh * kw > TILE_COUNT_MAX else None
+    kb = low._new_kernel((x.shape[0], ho, wo, c, kh, kw), view, r.shape)
+    count = window(counts, y.shape, pooled, r.dtype, 1.0) if counts is not None else _tile_maxima(low, r, pooled)
+    return kb, _share_of_maximum(low, r, kb, view, pooled, count)
+
+
+def _tile_maxima(low, r: Node, pooled: tuple) -> Expr:
+    """The count of window (i, j)'s elements equal to its maximum y, as a sum over the window's kh x kw
+    elements (tiling windows: each element at (i * kh + a, j * kw + b), never outside the image)."""
+    x, y, _ = r.inputs
+    fmt = r.attrs["data_format"]
+    kh, kw = r.attrs["ksize"]
+    maximum = _pooled(low, r, y, pooled, float("nan"))
+    count = None
+    for a in range(kh):
+        for b in range(kw):
+            element = window(_buffer(low, x), x.shape, _image(fmt, _coord((0, 1)), _coord((1, kh), const=a),
+                                                               _coord((2, kw), const=b), _coord((3, 1))), x.dtype)
+            term = Op("cast", (Op("eq", (element, maximum), _BOOL),), r.dtype)
+            count = term if count is None else Op("add", (count, term), r.dtype)
+    return count
 
 
 def _window_maxima(low, r: Node) -> int:

@@ -190,3 +190,23 @@ def test_gradient_with_respect_to_an_intermediate_the_stable_form_bypasses():
     s = gn.sigmoid(z)
     Z = np.array([-1.0, 0.0, 2.0])
     np.testing.assert_allclose(run(gn.gradients(gn.sum(gn.log(s)), s), {"z": Z}), 1 + np.exp(-Z))
+
+
+def test_relu_gradient_reads_the_output_so_the_pre_activation_is_not_kept():
+    """relu(a) > 0 exactly where a > 0 (NaN and -0.0 included), so the gradient tests the output the
+    forward keeps anyway: a hidden layer's step stores relu(x @ w + b), not x @ w + b as well."""
+    x = gn.placeholder("x", (None, 4))
+    w = gn.variable("w", np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3))
+    b = gn.variable("b", np.array([0.0, -1.0, 1.0], np.float32))
+    v = gn.variable("v", np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2))
+    pre = x @ w + b
+    h = gn.relu(pre)
+    out = h @ v
+    loss = gn.sum(out * out)
+    grads = gn.gradients(loss, [w, b, v])
+    fn = gn.compile([loss, *grads], backend="llvm")
+    stored = {s.node for k in fn.executable.lp.kernels for s in k.stores}
+    assert h.name in stored and pre.name not in stored
+    xs = np.array([[1.0, -2.0, 0.0, np.nan], [-0.0, 0.0, 0.0, 0.0], [2.0, 2.0, -1.0, 0.0]], np.float32)
+    for got, want in zip(fn(x=xs), gn.compile([loss, *grads], backend="numpy")(x=xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)

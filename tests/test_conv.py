@@ -301,6 +301,7 @@ def test_upsample2d_refuses_other_ranks_and_sizes():
 
 
 TILINGS = [((2, 6, 8, 3), dict(pool_size=2), True), ((2, 3, 6, 4), dict(pool_size=(3, 2), data_format="NCHW"), True),
+           ((2, 10, 8, 3), dict(pool_size=(5, 4)), True),  # 20 elements: its maxima counted by a kernel of their own
            ((2, 7, 8, 3), dict(pool_size=2), False),  # a row left over: the general form
            ((2, 6, 8, 3), dict(pool_size=2, strides=1), False)]  # overlapping windows
 
@@ -309,7 +310,9 @@ TILINGS = [((2, 6, 8, 3), dict(pool_size=2), True), ((2, 3, 6, 4), dict(pool_siz
 @pytest.mark.parametrize("x_shape,kwargs,tiled", TILINGS)
 def test_max_pool2d_grad_of_tiling_windows_is_elementwise_and_equals_numpy(x_shape, kwargs, tiled, dtype):
     """Windows that tile the image give each element its window's share without a reduction over
-    the windows that might cover it; ties share evenly, NaN and Inf as in the reference."""
+    the windows that might cover it, counting a small window's maxima in the same kernel (one pass
+    over x); ties share evenly, NaN and Inf as in the reference, on LLVM and OpenCL."""
+    from codegen.lower_conv import TILE_COUNT_MAX
     rng = np.random.default_rng(3)
     x = rng.integers(-2, 3, x_shape).astype(dtype)  # small integers: many ties
     x[0, 1, 1, 0], x[1, 2, 3, 1], x[1, 0, 0, 2] = np.nan, np.inf, -np.inf
@@ -319,7 +322,11 @@ def test_max_pool2d_grad_of_tiling_windows_is_elementwise_and_equals_numpy(x_sha
     fn = gn.compile(fetches, backend="llvm")
     grads = [k for k in fn.executable.lp.kernels if "max_pool2d_grad" in k.name and "maxima" not in k.name]
     assert len(grads) == 1 and (grads[0].reduce is None) == tiled
+    maxima = [k for k in fn.executable.lp.kernels if "maxima" in k.name]
+    assert len(maxima) == (0 if tiled and np.prod(y.attrs["ksize"]) <= TILE_COUNT_MAX else 1)
+    functions = [fn] + ([gn.compile(fetches, backend="opencl")] if "opencl" in _with_opencl() else [])
     for batch in (2, 1):
         want = gn.compile(fetches, backend="numpy")(x=x[:batch])
-        for got, expected in zip(fn(x=x[:batch]), want):
-            np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)
+        for f in functions:
+            for got, expected in zip(f(x=x[:batch]), want):
+                np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)

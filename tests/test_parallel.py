@@ -215,3 +215,32 @@ def test_forked_child_runs_serially_and_processes_exit_cleanly():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reductions_into_a_register_split_over_threads_equal_numpy(dtype, monkeypatch, tmp_path):
+    """Pooling maxima, row sums (blocked float32 sums inside the split loop), a libm reduction and a
+    tiling max-pool gradient, every split taken (minimum work patched to one element: an empty cache,
+    since the compiled-function cache's key does not hold compiler constants), at partial batches."""
+    import graphnet as gn
+    from codegen.llvm import schedule
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setattr(schedule, "PARALLEL_MIN_FAST", 1)
+    monkeypatch.setattr(schedule, "PARALLEL_MIN_SLOW", 1)
+    x = gn.placeholder("x", (None, 6, 4, 3), dtype)
+    rows = gn.placeholder("rows", (None, 3000), dtype)
+    pooled = gn.max_pool2d(x, 2)
+    fetches = [pooled, gn.max_pool2d(x, (3, 2), strides=1), gn.sum(rows, 1), gn.max(rows, 1),
+               gn.sum(gn.abs(rows) ** 1.5, 1), gn.gradients(gn.sum(pooled * pooled), x)]
+    fn = gn.compile(fetches, backend="llvm")
+    split = [k for k in fn.executable.lp.kernels if k.reduce is not None and k.schedule.parallel is not None]
+    assert len(split) >= 4 and not fn.from_cache
+    ref = gn.compile(fetches, backend="numpy")
+    rng = np.random.default_rng(5)
+    for batch in (7, 1, 2):
+        feeds = {"x": rng.integers(-3, 4, (batch, 6, 4, 3)).astype(dtype),
+                 "rows": rng.normal(size=(batch, 3000)).astype(dtype)}
+        for got, want in zip(fn(**feeds), ref(**feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -26,6 +26,7 @@ from graphnet.program import Program
 
 WORKSPACE = lambda dtype, ta, tb, m, gather=0: 4096  # noqa: E731  (packing bytes: the schedule does not depend on them)
 DEVICE = Limits(max_work_group_size=1024, local_mem_size=65536, compute_units=4)
+FAST = f"2^{PARALLEL_MIN_FAST.bit_length() - 1}"  # the schedule's text for PARALLEL_MIN_FAST
 
 
 def _prepared(fetches, passes) -> LoopProgram:
@@ -61,7 +62,7 @@ def _scheduled_opencl(fetches, limits: Limits = DEVICE) -> list[str]:
 # ---- LLVM: elementwise kernels -------------------------------------------------------------
 def test_batch_dependent_elementwise_kernel_is_split_over_threads_above_min_work():
     x = gn.placeholder("x", (None, 5))
-    assert _scheduled_llvm([gn.exp(x) + 1.0]) == ["parallel over v0 (2 threads, min work 2^18 elements)"]
+    assert _scheduled_llvm([gn.exp(x) + 1.0]) == [f"parallel over v0 (2 threads, min work {FAST} elements)"]
     assert PARALLEL_MIN_FAST == 2 ** 18
 
 
@@ -85,7 +86,7 @@ def test_a_nest_of_short_loops_unrolls_innermost_first_up_to_a_few_copies_of_its
 
 def test_large_static_kernel_is_split_and_its_short_inner_loop_unrolled():
     x = gn.variable("x", np.ones((600, 3), np.float32))
-    assert _scheduled_llvm([gn.exp(x)]) == ["parallel over v0 (2 threads, min work 2^18 elements), unroll v1"]
+    assert _scheduled_llvm([gn.exp(x)]) == [f"parallel over v0 (2 threads, min work {FAST} elements), unroll v1"]
 
 
 def test_loops_calling_libm_stay_scalar_and_split_at_less_work():
@@ -94,18 +95,27 @@ def test_loops_calling_libm_stay_scalar_and_split_at_less_work():
         "parallel over v0 (2 threads, min work 2^14 elements), scalar loops (libm): stores"]
     assert PARALLEL_MIN_SLOW == 2 ** 14
     y = gn.placeholder("y", (None, 7))  # float32 pow is inline vector code (vmath): no libm call
-    assert _scheduled_llvm([gn.abs(y) ** 0.7]) == ["parallel over v0 (2 threads, min work 2^18 elements)"]
+    assert _scheduled_llvm([gn.abs(y) ** 0.7]) == [f"parallel over v0 (2 threads, min work {FAST} elements)"]
 
 
 # ---- LLVM: reductions ----------------------------------------------------------------------
-def test_reductions_run_on_one_thread():
+def test_a_reduction_into_a_register_splits_its_kept_loop_and_one_into_a_row_runs_on_one_thread():
     x = gn.placeholder("x", (None, 6))
     lp = _llvm([gn.sum(x, 0), gn.max(x, 1)])
     schedule_llvm(2, AVX2)(lp)
-    kinds = ["in row" in k.to_text() for k in lp.kernels]
-    assert sorted(kinds) == [False, True]  # one reduction over the batch into a row, one into a register
-    assert sorted(_schedules(lp)) == ["one thread", f"one thread, unroll v1, float32 sum in blocks of {SUM_BLOCK_SCALAR} "
-                                                    "v0 into a float64 total"]  # the batch's column sums
+    rows = {"in row" in k.to_text(): k.schedule for k in lp.kernels}
+    assert set(rows) == {False, True}  # one reduction over the batch into a row, one into a register
+    assert str(rows[True]) == f"one thread, unroll v1, float32 sum in blocks of {SUM_BLOCK_SCALAR} v0 into a float64 " \
+        "total"  # the batch's column sums
+    assert str(rows[False]) == f"parallel over v0 (2 threads, min work {FAST} elements)"  # each row's max
+    assert _scheduled_llvm([gn.max(x, 1)], threads=1) == ["one thread"]
+
+
+def test_a_full_reduction_and_a_scan_run_on_one_thread():
+    x = gn.placeholder("x", (None, 6))
+    (full,) = _scheduled_llvm([gn.sum(x)])
+    assert full.startswith("one thread, float32 sum in blocks")  # no kept loop to split
+    assert _scheduled_llvm([gn.cumsum(x, 1)]) == ["one thread"]
 
 
 @pytest.mark.parametrize("width,written_out", [(6, True), (8, True), (9, False), (32, False)])
@@ -120,7 +130,8 @@ def test_a_short_scratch_row_is_written_out(width, written_out):
 
 def test_a_reduction_of_libm_values_keeps_its_reduction_loops_scalar():
     x = gn.placeholder("x", (None, 6), "float64")
-    assert _scheduled_llvm([gn.sum(gn.abs(x) ** 1.5, 1)]) == ["one thread, scalar loops (libm): reduce"]
+    assert _scheduled_llvm([gn.sum(gn.abs(x) ** 1.5, 1)]) == [
+        "parallel over v0 (2 threads, min work 2^14 elements), scalar loops (libm): reduce"]
 
 
 # ---- LLVM: GEMM kernels --------------------------------------------------------------------
@@ -143,7 +154,7 @@ def test_gemm_without_a_target_is_serial_with_a_split_epilogue():
     x = gn.placeholder("x", (None, 64))
     w = gn.variable("w", np.ones((64, 128), np.float32))
     assert _scheduled_llvm([x @ w], target=None) == [
-        "gemm float32 nn serial, epilogue rows-outer, parallel over v0 (2 threads, min work 2^18 elements)"]
+        f"gemm float32 nn serial, epilogue rows-outer, parallel over v0 (2 threads, min work {FAST} elements)"]
 
 
 def test_narrow_gemm_is_transposed_with_its_epilogue_columns_outer():
@@ -251,3 +262,19 @@ def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large(
 def test_opencl_pass_list_ends_with_the_schedule():
     assert opencl_loop_passes(DEVICE)[:-1] == LOOP_PASSES
     assert opencl_loop_passes(DEVICE)[-1].__name__ == "schedule_opencl"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_llvm_register_reductions_keep_their_stack_slots_in_the_entry_block(threads):
+    """A blocked row sum's float64 total was an alloca in the row loop's body: the stack grew by a slot
+    per row (never freed before the kernel returned) and the total stayed in memory. Every slot is now
+    a static alloca of the function its loop runs in (the kernel, or its range function)."""
+    x = gn.placeholder("x", (None, 3000))
+    lp = schedule_llvm(threads, AVX2)(_llvm([gn.sum(x, 1), gn.max(x, 1)], threads))
+    assert any(k.schedule.sum_block for k in lp.kernels)
+    text = _rendered(lp, threads)
+    functions = [part.split("\n}\n")[0] for part in text.split("\ndefine ")[1:]]
+    assert sum("alloca" in f for f in functions) >= 2  # the sum's and the max's slots
+    for function in functions:
+        blocks = re.split(r"\n(?=[\w.\"-]+:)", function)  # the signature, the entry block, the others
+        assert not any("alloca" in block for block in blocks[2:]), function.splitlines()[0]

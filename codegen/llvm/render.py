@@ -259,9 +259,10 @@ class _KernelEmitter:
         else:
             self.loop(variables[0], lambda: self.nest(variables[1:], body, scalar), scalar)
 
-    def parallel_nest(self, variables, body, scalar: bool) -> None:
+    def parallel_nest(self, variables, body, scalar: bool, inside: tuple = ()) -> None:
         """`nest`, with the outermost loop split over the thread pool where the schedule says so
-        (at run time: below its minimum work it runs on the caller)."""
+        (at run time: below its minimum work, the elements of `variables` and of the loops `inside`
+        the body, it runs on the caller)."""
         if self.s.parallel is None:
             self.nest(variables, body, scalar)
             return
@@ -270,7 +271,7 @@ class _KernelEmitter:
             raise AssertionError(f"{self.k.name}: the schedule splits v{self.s.parallel}, the loop nest starts "
                                  f"with v{outer}")
         work = ir.Constant(I64, 1)
-        for v in variables:
+        for v in [*variables, *inside]:
             work = self.b.mul(work, self.extent(v))
         part = self.range_function(f"{self.k.name}_range", variables, body, scalar)
 
@@ -304,6 +305,12 @@ class _KernelEmitter:
         self.b.ret_void()
         self.b, self.fn, self.N, self.ptrs = saved
         return fn
+
+    def entry_alloca(self, t: ir.Type, name: str) -> ir.Value:
+        """A stack slot in the current function's entry block (a static alloca, which LLVM keeps in a
+        register), wherever the builder is."""
+        with self.b.goto_entry_block():
+            return self.b.alloca(t, name=name)
 
     def offset(self, aff) -> ir.Value:
         terms = []
@@ -355,13 +362,14 @@ class _KernelEmitter:
         elif red.scan:
             self.scan(red, slow_value or slow_stores)
         elif red.scratch is None:
-            slot = b.alloca(value_type(red.value.dtype), name="acc")
             kept = [v for v in k.order if v not in red.axes]
 
-            def accumulate():
-                b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot)
-
             def reduce_into_register():
+                b = self.b  # the range function's, where the kept loops are split over threads
+                slot = self.entry_alloca(value_type(red.value.dtype), "acc")
+
+                def accumulate():
+                    b.store(self.combine(red, b.load(slot, typ=slot.allocated_type), self.expr_root(red.value)), slot)
                 if s.sum_block:
                     self.acc = self.blocked_sum(red, slot, accumulate, slow_value)
                 else:
@@ -369,7 +377,7 @@ class _KernelEmitter:
                     self.nest(list(red.axes), accumulate, slow_value)
                     self.acc = b.load(slot, typ=slot.allocated_type)
                 self.stores()
-            self.nest(kept, reduce_into_register, slow_value or slow_stores)
+            self.parallel_nest(kept, reduce_into_register, slow_value or slow_stores, inside=red.axes)
         else:
             inner = k.order[-1]
             outer = [v for v in k.order[:-1] if v not in red.axes]
@@ -405,7 +413,7 @@ class _KernelEmitter:
         b, (var, iterations) = self.b, self.s.sum_block
         at = red.axes.index(var)
         outer, inner = list(red.axes[:at]), list(red.axes[at + 1:])
-        total = b.alloca(ir.DoubleType(), name="total")
+        total = self.entry_alloca(ir.DoubleType(), "total")
         b.store(ir.Constant(ir.DoubleType(), 0.0), total)
 
         def block(j):

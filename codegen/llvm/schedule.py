@@ -6,11 +6,12 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - unrolling: a loop of at most UNROLL_MAX iterations (static; ROW_UNROLL_MAX for a reduction's
   scratch row) is written out once per value (innermost first, while the body's copies stay within
   UNROLL_COPIES_MAX);
-- threads: an elementwise kernel, or a GEMM's epilogue after a serial GEMM, splits its outermost
-  loop over the thread pool unless that loop is unrolled or serial (an accumulating store's index
-  axes, `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the
-  split runs on the caller below `min_work` elements. Reductions into a register or a scratch row
-  run on one thread;
+- threads: an elementwise kernel, a reduction into a register (its kept loops: a pooling window's
+  maximum, a row's sum) or a GEMM's epilogue after a serial GEMM splits its outermost loop over the
+  thread pool unless that loop is unrolled or serial (an accumulating store's index axes,
+  `Kernel.serial_vars`: scatter_add splits only an output axis before them); at run time the split
+  runs on the caller below `min_work` elements (of the whole domain, reduced loops included).
+  Reductions into a scratch row (column sums over the batch) and scans run on one thread;
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
@@ -142,12 +143,16 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
     if gemm is not None and gemm.by_columns and gemm.routine is not None and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
-    if red is not None and gemm is None or gemm is not None and gemm.direct is not None and gemm.direct.fused:
-        return LLVMSchedule(**common)  # reductions into a register or a scratch row, or split by their conv
+    if gemm is not None and gemm.direct is not None and gemm.direct.fused:
+        return LLVMSchedule(**common)  # split by their conv
+    if red is not None and gemm is None:
+        if red.scratch is not None or red.scan:  # into a scratch row (its loop is outermost), scans: one thread
+            return LLVMSchedule(**common)
+        looped = tuple(v for v in looped if v not in red.axes)  # into a register: the kept loops, outside
     if threads <= 1 or not looped or looped[0] in unroll or looped[0] in k.serial_vars():
         return LLVMSchedule(**common)
-    return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
-                        **common)
+    slow = scalar_stores or scalar_reduce
+    return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if slow else PARALLEL_MIN_FAST, **common)
 
 
 def _unrolled(looped: tuple, domain: tuple, row: tuple = ()) -> tuple:

@@ -118,7 +118,8 @@ UNARY = [
     Unary("tanh", np.tanh, lambda x, y, g: g * (1 - y * y), lambda s, x: s.tanh(x)),
     Unary("sigmoid", _stable_sigmoid, lambda x, y, g: g * y * (1 - y),
           lambda s, x: s.div(1, s.add(1, s.exp(s.neg(x))))),
-    Unary("relu", lambda x: np.maximum(x, 0), lambda x, y, g: ops.where(x > 0, g, 0),
+    # relu's gradient tests its output: y > 0 exactly where x > 0 (NaN, -0.0 included), and y is kept anyway
+    Unary("relu", lambda x: np.maximum(x, 0), lambda x, y, g: ops.where(y > 0, g, 0),
           lambda s, x: s.select(s.lt(x, 0), 0, x), smooth=False),
     Unary("softplus", lambda x: np.logaddexp(0, x), lambda x, y, g: g * ops.sigmoid(x),
           lambda s, x: s.add(s.max(x, 0), s.log1p(s.exp(s.neg(s.abs(x)))))),

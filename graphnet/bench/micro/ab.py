@@ -1,5 +1,6 @@
-"""Before/after: the grid's LLVM training step from two source trees, each call in its own process,
-alternating per round so machine drift hits both alike; prints medians and their ratio.
+"""Before/after: the LLVM training step of grid models and convnets (lenet, cifar) from two source
+trees, each call in its own process, alternating per round so machine drift hits both alike; prints
+medians and their ratio.
 
     git worktree add /tmp/before <commit>     # (build its C extension: python setup.py build_ext --inplace)
     python -m graphnet.bench.micro.ab /tmp/before . --threads 1 --rounds 4
@@ -22,9 +23,14 @@ try:
 except ImportError:  # trees from before graphnet/bench/ existed
     from graphnet.grid import build_grid_model
     from graphnet.peers import GRID, grid_data
-model = build_grid_model(sys.argv[1], "llvm")
-feeds = model.feeds(*grid_data(GRID[sys.argv[1]]))
-step = model.step
+if sys.argv[1] in GRID:
+    model = build_grid_model(sys.argv[1], "llvm")
+    feeds, step = model.feeds(*grid_data(GRID[sys.argv[1]])), model.step
+else:  # a convolutional configuration (graphnet/bench/convnets.py)
+    from graphnet.bench.convnets import NETS, data, graphnet_function, initial_weights
+    net = NETS[sys.argv[1]]
+    x, y = data(net)
+    feeds, step = dict(x=x, y=y), graphnet_function(net, initial_weights(net))
 for _ in range(3):
     step(**feeds)
 start, calls = time.perf_counter(), 0
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m graphnet.bench.micro.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("before", help="source tree (a git worktree) of the earlier version")
     p.add_argument("after", help="source tree of the later version")
-    p.add_argument("--configs", default="tiny,small,medium,large,wide")
+    p.add_argument("--configs", default="tiny,small,medium,large,wide", help="grid models and/or lenet, cifar")
     p.add_argument("--threads", default="1")
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
