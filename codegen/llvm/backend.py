@@ -28,14 +28,17 @@ from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS
 from .call import data_pointer, fast_call
-from .jit import Compiler, Library, host_target
+from .jit import Compiler, Library, host_target, pack_objects, unpack_objects
 from .gemm import GemmSpec, specialised_m
-from .gemm_library import GEMMS
+from .gemm_library import GEMMS, build_object
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
+from .split import part_count, split_module
+from .workers import run_jobs
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 INITIAL_CAPACITY = 64
+GEMM_BUILD_COST = 25_000  # a GEMM routine's build, in characters of step IR that take as long (workers.py)
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", "collectives.py", os.path.join("llvm", "render.py"),
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
@@ -61,6 +64,20 @@ def _gemm_digest() -> str:
     return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "igemm.py", "loops.py", "parallel.py")))
 
 
+def _build_gemm(compiler: Compiler, threads: int, spec: GemmSpec) -> tuple[bytes, dict[str, float]]:
+    start = time.perf_counter()
+    return build_object(compiler, threads, spec), {"GEMM routines": time.perf_counter() - start}
+
+
+def _apportion(seconds: dict[str, float], wall: float, timings: list[dict[str, float]]) -> None:
+    """Add `wall`, the time jobs took in parallel, to `seconds` by phase, in proportion to each phase's
+    share of the jobs' own times."""
+    total = sum(v for t in timings for v in t.values())
+    for timing in timings:
+        for phase, value in timing.items():
+            seconds[phase] = seconds.get(phase, 0.0) + (wall * value / total if total > 0 else 0.0)
+
+
 class LLVMBackend:
     # The compiler's modules (lowering, loop passes, the renderer) are imported where a miss uses them:
     # a compiled-function cache hit (`from_cache`) loads a step without them.
@@ -77,7 +94,8 @@ class LLVMBackend:
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
         self.layout = StepLayout.of(self.lp)
         self.gemms = required_gemms(self.lp)
-        self._load(self._step_object(), step_lock(program))
+        objects, built = self._step_objects()
+        self._load(objects, step_lock(program), built)
 
     def _setup(self, options) -> None:
         self.check = options.check_numerics
@@ -107,11 +125,12 @@ class LLVMBackend:
                       for d, ta, tb, m, gather in described["gemms"]]
         self.key = described["object"]
         with timed(self.compile_seconds, "cache lookup"):
-            obj = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
-        if obj is None:
+            payload = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
+            objects = unpack_objects(payload) if payload is not None else None
+        if not objects:
             return None
         self.cache_hit = True
-        self._load(obj, lock)
+        self._load(objects, lock)
         return self
 
     def cached_form(self, variables: list) -> tuple[dict, list[bytes]]:
@@ -151,23 +170,25 @@ class LLVMBackend:
         passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
         return lower(self.program, fuse=not self.check, loop_passes=passes, snapshots=snapshots)
 
-    def _load(self, obj: bytes, lock: StepLock) -> None:
-        """Link the step object against the GEMM library, load it and bind the buffers."""
+    def _load(self, objects: list[bytes], lock: StepLock, built: dict | None = None) -> None:
+        """Link the step's objects against the GEMM library, load them and bind the buffers. `built`:
+        GEMM routines' objects compiled beside the step's (by GEMM)."""
+        built = built or {}
         with timed(self.compile_seconds, "GEMM routines"):
-            linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest()))
+            linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest(), built.get(g)))
                       for g in self.gemms]
         self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
         with timed(self.compile_seconds, "loading"):
-            self.library = Library(self.compiler, [own for _, own in linked if own is not None] + [obj])
+            self.library = Library(self.compiler, [own for _, own in linked if own is not None] + objects)
             self.step_address = self.library.address("graphnet_step")
             self.step = _STEP(self.step_address)
             self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
             self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
             self._bind_buffers(lock)
 
-    def _step_object(self) -> bytes:
-        """The step's object code (its kernels; the GEMM routines are the library's), from the disk cache
-        or compiled and stored."""
+    def _step_objects(self) -> tuple[list[bytes], dict]:
+        """The step's object code (its kernels, in parts: `split.py`; the GEMM routines are the library's)
+        from the disk cache, or compiled and stored; and the objects of GEMM routines built beside it."""
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
@@ -175,17 +196,30 @@ class LLVMBackend:
         with timed(seconds, "cache lookup"):
             self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt,
                                        self.check, self.threads, graphnet.__version__, _codegen_digest())
-            obj = LLVM_OBJECTS.load(self.key)
-        self.cache_hit = obj is not None
-        if obj is None:
-            with timed(seconds, "LLVM IR"):
-                text = self.ir_text
-            with timed(seconds, "LLVM optimisation"):
-                module = self.compiler.optimize(text)
-            with timed(seconds, "object emission"):
-                obj = self.compiler.emit(module)
-            LLVM_OBJECTS.store(self.key, obj)
-        return obj
+            payload = LLVM_OBJECTS.load(self.key)
+            try:
+                objects = unpack_objects(payload) if payload is not None else None
+            except ValueError:
+                objects = None
+        self.cache_hit = bool(objects)
+        if self.cache_hit:
+            return objects, {}
+        with timed(seconds, "LLVM IR"):
+            text = self.ir_text
+            units = [[k.name] for k in self.lp.kernels] + [["graphnet_step", "graphnet_step_profiled"]]
+            parts = split_module(text, units, part_count(text))
+        # The GEMM routines no cache holds compile beside the step's parts, in worker processes.
+        missing = [g for g in dict.fromkeys(self.gemms)
+                   if GEMMS.needs_build(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest())]
+        jobs = [functools.partial(self.compiler.compile_timed, part) for part in parts]
+        jobs += [functools.partial(_build_gemm, self.compiler, self.threads, self._gemm_spec(*g)) for g in missing]
+        costs = [len(part) for part in parts] + [GEMM_BUILD_COST] * len(missing)
+        start = time.perf_counter()
+        results = run_jobs(jobs, costs)
+        _apportion(seconds, time.perf_counter() - start, [timing for _, timing in results])
+        objects = [obj for obj, _ in results[:len(parts)]]
+        LLVM_OBJECTS.store(self.key, pack_objects(objects))
+        return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts):])}
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)

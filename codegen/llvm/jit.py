@@ -8,6 +8,9 @@ such as log1pf resolve from the process), so a cached object needs no linker.
 """
 from __future__ import annotations
 
+import struct
+import time
+
 import llvmlite.binding as llvm
 
 from .target import TargetInfo
@@ -59,6 +62,14 @@ class Compiler:
         module.verify()
         return self.emit(module)
 
+    def compile_timed(self, text: str) -> tuple[bytes, dict[str, float]]:
+        """Optimised object code and the seconds spent optimising and emitting (a `workers.py` job)."""
+        start = time.perf_counter()
+        module = self.optimize(text)
+        optimised = time.perf_counter()
+        obj = self.emit(module)
+        return obj, {"LLVM optimisation": optimised - start, "object emission": time.perf_counter() - optimised}
+
     def emit(self, module: llvm.ModuleRef) -> bytes:
         """The module's object code (instruction selection and register allocation at `opt`)."""
         return self.tm.emit_object(module)
@@ -81,3 +92,22 @@ class Library:
         if not address:
             raise RuntimeError(f"symbol {name} missing from the compiled object")
         return address
+
+
+def pack_objects(objects: list[bytes]) -> bytes:
+    """Several object files as one payload (the object cache's entry for a step compiled in parts)."""
+    return b"".join(struct.pack("<Q", len(obj)) + obj for obj in objects)
+
+
+def unpack_objects(payload: bytes) -> list[bytes]:
+    """`pack_objects`'s objects (ValueError where the payload is not such a list)."""
+    objects, at = [], 0
+    while at < len(payload):
+        if at + 8 > len(payload):
+            raise ValueError("truncated object list")
+        (size,) = struct.unpack_from("<Q", payload, at)
+        objects.append(bytes(payload[at + 8:at + 8 + size]))
+        at += 8 + size
+        if at > len(payload):
+            raise ValueError("truncated object list")
+    return objects
