@@ -234,4 +234,6 @@ def _header(key: str, payload: bytes) -> bytes:
 LLVM_OBJECTS = DiskCache("llvm", ".o")
 GEMM_OBJECTS = DiskCache("gemm", ".o")  # the GEMM library's routines (codegen/llvm/gemm_library.py)
 OPENCL_BINARIES = DiskCache("opencl", ".bin")
+LLVM_SHARED = DiskCache("llvm", ".so")  # a step's objects and GEMM routines as one shared object (llvm/jit.py)
+HOSTS = DiskCache("host", ".json")  # the host CPU's name and features as LLVM reads them, per CPU (llvm/jit.py)
 STEPS = DiskCache("steps", ".step")  # compiled functions keyed on the written graph (graphnet/step_cache.py)

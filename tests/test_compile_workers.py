@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.cache import LLVM_OBJECTS
+from codegen.cache import LLVM_OBJECTS, LLVM_SHARED
 from codegen.llvm import workers
-from codegen.llvm.jit import Compiler, Library, host_target, pack_objects, unpack_objects
+from codegen.llvm.jit import Compiler, Library, host_target, linker, pack_objects, unpack_objects
 from codegen.llvm.split import split_module
 
 
@@ -37,12 +37,19 @@ def _mlp_step(seed: int = 0):
     return step, feeds, (w1, w2)
 
 
-def _compiled(monkeypatch, tmp_path, name: str, processes: str, parts: int):
+def _compiled(monkeypatch, tmp_path, name: str, processes: str, parts: int, shared: bool = False):
+    """The step's code as the disk cache holds it (its objects for MCJIT, or its shared object) and
+    three steps' losses."""
     monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", processes)
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / name))
-    monkeypatch.setattr("codegen.llvm.backend.part_count", lambda text: parts)
+    monkeypatch.setattr("codegen.llvm.split.part_count", lambda text: parts)
+    if not shared:
+        monkeypatch.setattr("codegen.llvm.backend.linker", lambda: None)
     step, feeds, _ = _mlp_step()
-    return unpack_objects(LLVM_OBJECTS.load(step.executable.key)), [float(step(**feeds)[0]) for _ in range(3)]
+    assert step.executable.shared is shared and not step.executable.cache_hit
+    code = LLVM_SHARED.load(step.executable.key) if shared else unpack_objects(LLVM_OBJECTS.load(step.executable.key))
+    monkeypatch.undo()
+    return code, [float(step(**feeds)[0]) for _ in range(3)]
 
 
 def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkeypatch, tmp_path):
@@ -55,9 +62,18 @@ def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkey
     assert np.isfinite(serial_losses).all() and serial_losses[0] != serial_losses[-1]  # it trains
 
 
+@pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
+def test_a_parallel_compile_gives_the_serial_compiles_shared_object_and_numbers(monkeypatch, tmp_path):
+    serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3, shared=True)
+    parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3, shared=True)
+    _, engine_losses = _compiled(monkeypatch, tmp_path, "engine", "1", 1)
+    assert serial == parallel and serial[:4] == b"\x7fELF"
+    assert serial_losses == parallel_losses == engine_losses
+
+
 def test_the_compile_breakdown_covers_the_parallel_section(monkeypatch, cache_dir):
     monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
-    monkeypatch.setattr("codegen.llvm.backend.part_count", lambda text: 2)
+    monkeypatch.setattr("codegen.llvm.split.part_count", lambda text: 2)
     step, _, _ = _mlp_step()
     seconds = step.compile_seconds
     assert seconds["LLVM optimisation"] > 0 and seconds["object emission"] > 0

@@ -15,7 +15,7 @@ import pytest
 import graphnet as gn
 import graphnet.function
 from codegen import cache
-from codegen.cache import LLVM_OBJECTS, STEPS
+from codegen.cache import STEPS
 
 RNG = np.random.default_rng(7)
 W1 = RNG.standard_normal((5, 8)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_a_damaged_or_foreign_entry_is_a_miss_that_recompiles(cache_dir, damage)
 
 def test_a_hit_whose_object_is_missing_or_foreign_recompiles(cache_dir):
     fresh, _ = train_step()
-    os.unlink(LLVM_OBJECTS.entry_path(fresh.executable.key))
+    os.unlink(fresh.executable.code_cache.entry_path(fresh.executable.key))
     again, _ = train_step()
     assert not again.from_cache and not again.executable.cache_hit
     assert train_step()[0].from_cache

@@ -26,14 +26,12 @@ from graphnet.program import Program
 
 from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
-from ..cache import LLVM_OBJECTS
+from ..cache import LLVM_OBJECTS, LLVM_SHARED
 from .call import data_pointer, fast_call
-from .jit import Compiler, Library, host_target, pack_objects, unpack_objects
+from .jit import Compiler, Library, SharedLibrary, host_target, link_shared, linker, pack_objects, unpack_objects
 from .gemm import GemmSpec, specialised_m
 from .gemm_library import GEMMS, build_object
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
-from .split import part_count, split_module
-from .workers import run_jobs
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -44,7 +42,8 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
                       # the step's regions and the GEMM slices' grain and workspace stride
                       os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
-                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"))]
+                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"),
+                      os.path.join("llvm", "split.py"))]
 
 
 def _read(path: str) -> str:
@@ -94,16 +93,28 @@ class LLVMBackend:
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
         self.layout = StepLayout.of(self.lp)
         self.gemms = required_gemms(self.lp)
-        objects, built = self._step_objects()
-        self._load(objects, step_lock(program), built)
+        # A shared object where a linker makes one (none for a step calling the MPI runtime, whose
+        # symbols only MCJIT engines see); MCJIT where that fails.
+        runtime_calls = any(k.call is not None for k in self.lp.kernels)
+        if not (self.shared and not runtime_calls and self._load_shared(step_lock(program))):
+            self._use_engine()
+            objects, built = self._step_objects()
+            self._load(objects, step_lock(program), built)
 
-    def _setup(self, options) -> None:
+    def _setup(self, options, shared: bool | None = None) -> None:
         self.check = options.check_numerics
         self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
-        self.compiler = Compiler(host_target())
+        self.shared = linker() is not None if shared is None else shared  # a shared object, else MCJIT
+        self.compiler = Compiler(host_target(), reloc="pic" if self.shared else "default")
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
         self._loop_records: list | None = None
+
+    def _use_engine(self) -> None:
+        """Compile for an MCJIT engine (no shared object)."""
+        if self.shared:
+            self.shared, self.compiler = False, Compiler(self.compiler.target)
+            self._ir_text = None
 
     @staticmethod
     def cache_context() -> tuple:
@@ -115,21 +126,27 @@ class LLVMBackend:
     def from_cache(cls, described: dict, blobs: list, variables: list, lock: StepLock, options,
                    program: Callable[[], Program]) -> "LLVMBackend | None":
         """The step a compiled-function cache entry describes (`cached_form`), on the user's
-        `variables`; None where its object is not in the object cache (or is damaged). `program`
-        gives the optimised program where a dump or profile asks for the loop program."""
+        `variables`; None where its code is not in the disk cache (or is damaged, or does not load).
+        `program` gives the optimised program where a dump or profile asks for the loop program."""
         self = cls.__new__(cls)
-        self._setup(options)
+        self._setup(options, shared=described["shared"] is True)
         self._program, self._program_of, self._lp = None, program, None
         self.layout = StepLayout.from_json(described["layout"], blobs, variables)
         self.gemms = [(np.dtype(d).name, bool(ta), bool(tb), m if m is None else int(m), int(gather))
                       for d, ta, tb, m, gather in described["gemms"]]
         self.key = described["object"]
+        if not isinstance(self.key, str):
+            return None
+        self.cache_hit = True
+        if self.shared:  # the step and its GEMM routines as one shared object: no LLVM in this process
+            with timed(self.compile_seconds, "cache lookup"):
+                image = LLVM_SHARED.load(self.key)
+            return self if image is not None and self._attach_shared(image, lock) else None
         with timed(self.compile_seconds, "cache lookup"):
-            payload = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
+            payload = LLVM_OBJECTS.load(self.key)
             objects = unpack_objects(payload) if payload is not None else None
         if not objects:
             return None
-        self.cache_hit = True
         self._load(objects, lock)
         return self
 
@@ -137,7 +154,45 @@ class LLVMBackend:
         """What `from_cache` needs, JSON-able, and the constants' bytes (`variables` name the storage)."""
         layout, blobs = self.layout.to_json(variables)
         gemms = [[np.dtype(d).name, ta, tb, m, gather] for d, ta, tb, m, gather in self.gemms]
-        return {"layout": layout, "gemms": gemms, "object": self.key}, blobs
+        return {"layout": layout, "gemms": gemms, "object": self.key, "shared": self.shared}, blobs
+
+    @property
+    def code_cache(self) -> cache.DiskCache:
+        """The disk cache holding this step's code under `key`: its shared object, or its objects."""
+        return LLVM_SHARED if self.shared else LLVM_OBJECTS
+
+    def _load_shared(self, lock: StepLock) -> bool:
+        """The step as a shared object (`jit.link_shared`: its objects and its GEMM routines), from the
+        disk cache or compiled, linked and stored, then loaded; False where linking or loading fails."""
+        self._set_key()
+        with timed(self.compile_seconds, "cache lookup"):
+            image = LLVM_SHARED.load(self.key)
+        self.cache_hit = image is not None
+        if image is None:
+            objects, built = self._compile()
+            with timed(self.compile_seconds, "GEMM routines"):  # their objects, linked into the step's
+                routines = {}
+                for g in self.gemms:
+                    spec = self._gemm_spec(*g)
+                    routines.setdefault(GEMMS.key(self.compiler, self.threads, spec, _gemm_digest()), (spec, g))
+                objects += [GEMMS.object(self.compiler, self.threads, spec, _gemm_digest(), built.get(g))
+                            for spec, g in routines.values()]
+            with timed(self.compile_seconds, "shared object"):
+                image = link_shared(self.compiler, objects)
+            if image is None:
+                return False
+            LLVM_SHARED.store(self.key, image)
+        return self._attach_shared(image, lock)
+
+    def _attach_shared(self, image: bytes, lock: StepLock) -> bool:
+        with timed(self.compile_seconds, "loading"):
+            try:
+                library = SharedLibrary(image, LLVM_SHARED.directory())
+            except OSError:
+                return False
+            self.private_gemms = []
+            self._attach(library, lock)
+        return True
 
     @property
     def program(self) -> Program:
@@ -179,23 +234,30 @@ class LLVMBackend:
                       for g in self.gemms]
         self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
         with timed(self.compile_seconds, "loading"):
-            self.library = Library(self.compiler, [own for _, own in linked if own is not None] + objects)
-            self.step_address = self.library.address("graphnet_step")
-            self.step = _STEP(self.step_address)
-            self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
-            self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
-            self._bind_buffers(lock)
+            self._attach(Library(self.compiler, [own for _, own in linked if own is not None] + objects), lock)
 
-    def _step_objects(self) -> tuple[list[bytes], dict]:
-        """The step's object code (its kernels, in parts: `split.py`; the GEMM routines are the library's)
-        from the disk cache, or compiled and stored; and the objects of GEMM routines built beside it."""
+    def _attach(self, library: Library | SharedLibrary, lock: StepLock) -> None:
+        """Take the step's addresses from its loaded code and bind the buffers."""
+        self.library = library
+        self.step_address = library.address("graphnet_step")
+        self.step = _STEP(self.step_address)
+        self.profiled_step = _PROFILED_STEP(library.address("graphnet_step_profiled"))
+        self.kernels = [_STEP(library.address(k.name)) for k in self.lp.kernels] if self.check else []
+        self._bind_buffers(lock)
+
+    def _set_key(self) -> None:
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
-        seconds = self.compile_seconds
-        with timed(seconds, "cache lookup"):
+        with timed(self.compile_seconds, "cache lookup"):
             self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt,
-                                       self.check, self.threads, graphnet.__version__, _codegen_digest())
+                                       self.compiler.reloc, self.check, self.threads, graphnet.__version__,
+                                       _codegen_digest())
+
+    def _step_objects(self) -> tuple[list[bytes], dict]:
+        """The step's objects for an MCJIT engine from the disk cache, or compiled and stored (`_compile`)."""
+        self._set_key()
+        with timed(self.compile_seconds, "cache lookup"):
             payload = LLVM_OBJECTS.load(self.key)
             try:
                 objects = unpack_objects(payload) if payload is not None else None
@@ -204,11 +266,20 @@ class LLVMBackend:
         self.cache_hit = bool(objects)
         if self.cache_hit:
             return objects, {}
+        objects, built = self._compile()
+        LLVM_OBJECTS.store(self.key, pack_objects(objects))
+        return objects, built
+
+    def _compile(self) -> tuple[list[bytes], dict]:
+        """The step's object code, in parts (`split.py`; the GEMM routines are the library's), and the
+        objects of the GEMM routines no cache holds, compiled beside them in worker processes (`workers.py`)."""
+        from .split import part_count, split_module
+        from .workers import run_jobs
+        seconds = self.compile_seconds
         with timed(seconds, "LLVM IR"):
             text = self.ir_text
             units = [[k.name] for k in self.lp.kernels] + [["graphnet_step", "graphnet_step_profiled"]]
             parts = split_module(text, units, part_count(text))
-        # The GEMM routines no cache holds compile beside the step's parts, in worker processes.
         missing = [g for g in dict.fromkeys(self.gemms)
                    if GEMMS.needs_build(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest())]
         jobs = [functools.partial(self.compiler.compile_timed, part) for part in parts]
@@ -218,7 +289,6 @@ class LLVMBackend:
         results = run_jobs(jobs, costs)
         _apportion(seconds, time.perf_counter() - start, [timing for _, timing in results])
         objects = [obj for obj, _ in results[:len(parts)]]
-        LLVM_OBJECTS.store(self.key, pack_objects(objects))
         return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts):])}
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:

@@ -18,9 +18,6 @@ from __future__ import annotations
 import os
 import threading
 
-import llvmlite.binding as llvm
-from llvmlite import ir
-
 import graphnet
 
 from .. import cache
@@ -39,7 +36,7 @@ class GemmLibrary:
 
     def key(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> str:
         """The disk cache's key of `spec`'s routine built for `compiler`'s target and `threads`."""
-        return cache.cache_key("gemm", spec, compiler.target, threads, graphnet.__version__, digest)
+        return cache.cache_key("gemm", spec, compiler.target, compiler.reloc, threads, graphnet.__version__, digest)
 
     def needs_build(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> bool:
         """Whether linking `spec` would compile its routine (neither bound here nor in the disk cache),
@@ -61,6 +58,7 @@ class GemmLibrary:
             bound = self._bound.get(name)
             if bound is not None:
                 return None if bound[0] == key else built or object_code(compiler, threads, spec, key)
+            import llvmlite.binding as llvm
             library = Library(compiler, [built or object_code(compiler, threads, spec, key)])
             for symbol in (name, column_slice_symbol(name), rows_slice_symbol(name)):
                 address = library.engine.get_function_address(symbol)
@@ -68,6 +66,16 @@ class GemmLibrary:
                     llvm.add_symbol(symbol, address)
             self._bound[name] = (key, library)
         return None
+
+    def object(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str,
+               built: bytes | None = None) -> bytes:
+        """`spec`'s routine's object for a step's shared object (`jit.link_shared`): `built` (compiled
+        elsewhere, stored here), else from the disk cache, else compiled and stored."""
+        key = self.key(compiler, threads, spec, digest)
+        if built is not None:
+            GEMM_OBJECTS.store(key, built)
+            return built
+        return object_code(compiler, threads, spec, key)
 
     def bound(self) -> list[str]:
         """The routines bound in this process (their symbols)."""
@@ -85,6 +93,7 @@ def object_code(compiler: Compiler, threads: int, spec: GemmSpec, key: str) -> b
 
 def build_object(compiler: Compiler, threads: int, spec: GemmSpec) -> bytes:
     """The routine's object, compiled without the IR pipeline (the generator schedules it by hand)."""
+    from llvmlite import ir
     module = ir.Module("graphnet_gemm")
     module.triple, module.data_layout = compiler.triple, compiler.data_layout
     from .igemm import emit_parallel_conv_gemm  # (beside the loop IR: imported where a routine is built)

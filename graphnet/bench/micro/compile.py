@@ -31,7 +31,7 @@ from ..peers import GRID
 DEFAULT_CONFIGS = ("tiny", "small", "medium")
 STATES = ("cold", "library warm", "cached")
 PHASES = ("graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", "LLVM optimisation",
-          "object emission", "GEMM routines", "loading")
+          "object emission", "GEMM routines", "shared object", "loading")
 TARGETS = {"medium": {"cold": 0.5, "library warm": 0.3, "cached": 0.03}}  # issue #17's, in seconds
 
 
