@@ -97,6 +97,11 @@ class DiskCache:
         except OSError:
             pass
 
+    def private_directory(self) -> str | None:
+        """The namespace's folder where it exists and it and the root are private to this user, else None."""
+        folder = self.directory()
+        return folder if os.path.isdir(folder) and self._private(folder) else None
+
     def _private(self, folder: str) -> bool:
         """Whether the root, namespace and entry folders that exist are all private to this user
         (warns once per unsafe directory); a missing folder holds no entries and is safe."""

@@ -187,7 +187,7 @@ class LLVMBackend:
     def _attach_shared(self, image: bytes, lock: StepLock) -> bool:
         with timed(self.compile_seconds, "loading"):
             try:
-                library = SharedLibrary(image, LLVM_SHARED.directory())
+                library = SharedLibrary(image, LLVM_SHARED.private_directory())
             except OSError:
                 return False
             self.private_gemms = []

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -171,30 +172,51 @@ class Library:
 
 class SharedLibrary:
     """A shared object (`link_shared`'s) loaded by the dynamic loader, with its own symbols first and
-    its own copy of the serial flag (set where parallel.py sets the process's)."""
+    its own copy of the serial flag (set where parallel.py sets the process's); unloaded when collected,
+    as an engine frees its code."""
 
-    def __init__(self, image: bytes, folder: str):
-        """Load `image` through a private temporary file in `folder` (OSError where it cannot load)."""
+    def __init__(self, image: bytes, folder: str | None):
+        """Load `image` through a temporary file in `folder`, a private directory (else a private
+        temporary one); OSError where it does not load (a folder mounted noexec, a missing symbol)."""
         from . import parallel
-        fd, path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")  # a name never loaded before
+        own = folder is None
+        folder = tempfile.mkdtemp(prefix="graphnet-so-") if own else folder
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(image)
-            self.lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+            fd, path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")  # a name never loaded before
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(image)
+                self.lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+            finally:
+                os.unlink(path)  # the mapping keeps the file (and so its inode) while the library is loaded
         finally:
-            os.unlink(path)  # the loaded mapping keeps the file (and its inode) alive
+            if own:
+                os.rmdir(folder)
         try:
             flag = ctypes.c_int32.in_dll(self.lib, SERIAL_FLAG)
         except ValueError:
+            _dlclose(self.lib._handle)
             raise OSError(f"{SERIAL_FLAG} missing from the shared object") from None
         flag.value = parallel.serial_flag()
         parallel.serial_flags.append(flag)
+        weakref.finalize(self, _unload, self.lib._handle, flag)
 
     def address(self, name: str) -> int:
         try:
             return ctypes.cast(getattr(self.lib, name), ctypes.c_void_p).value
         except AttributeError:
             raise RuntimeError(f"symbol {name} missing from the shared object") from None
+
+
+def _unload(handle: int, flag: ctypes.c_int32) -> None:
+    from . import parallel
+    parallel.serial_flags.remove(flag)  # before its memory goes
+    _dlclose(handle)
+
+
+def _dlclose(handle: int) -> None:
+    import _ctypes
+    _ctypes.dlclose(handle)
 
 
 @functools.cache
@@ -205,8 +227,8 @@ def linker() -> tuple[str, ...] | None:
         return None
     ld, cc = shutil.which("ld"), shutil.which(os.environ.get("CC") or "cc")
     if ld:
-        return ld, "-shared", "-Bsymbolic"
-    return (cc, "-shared", "-nostdlib", "-Wl,-Bsymbolic") if cc else None
+        return ld, "-shared", "-Bsymbolic", "-z", "noexecstack"
+    return (cc, "-shared", "-nostdlib", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack") if cc else None
 
 
 def link_shared(compiler: Compiler, objects: list[bytes]) -> bytes | None:
