@@ -241,4 +241,5 @@ GEMM_OBJECTS = DiskCache("gemm", ".o")  # the GEMM library's routines (codegen/l
 OPENCL_BINARIES = DiskCache("opencl", ".bin")
 LLVM_SHARED = DiskCache("llvm", ".so")  # a step's objects and GEMM routines as one shared object (llvm/jit.py)
 HOSTS = DiskCache("host", ".json")  # the host CPU's name and features as LLVM reads them, per CPU (llvm/jit.py)
+SOURCES = DiskCache("host", ".digest")  # graphnet's source digest by its files' stamps (graphnet/step_cache.py)
 STEPS = DiskCache("steps", ".step")  # compiled functions keyed on the written graph (graphnet/step_cache.py)
