@@ -52,9 +52,18 @@ def _compiled(monkeypatch, tmp_path, name: str, processes: str, parts: int, shar
     return code, [float(step(**feeds)[0]) for _ in range(3)]
 
 
+def _counting_forks(monkeypatch) -> list:
+    forks, real = [], workers._fork
+    monkeypatch.setattr(workers, "_fork", lambda *a: forks.append(1) or real(*a))
+    return forks
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkeypatch, tmp_path):
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3)
+    forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3)
+    assert forks
     whole, whole_losses = _compiled(monkeypatch, tmp_path, "whole", "1", 1)
     assert len(parallel) == 3 and parallel == serial  # bit-identical objects
     assert len(whole) == 1
@@ -63,9 +72,12 @@ def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkey
 
 
 @pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_shared_object_and_numbers(monkeypatch, tmp_path):
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3, shared=True)
+    forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3, shared=True)
+    assert forks
     _, engine_losses = _compiled(monkeypatch, tmp_path, "engine", "1", 1)
     assert serial == parallel and serial[:4] == b"\x7fELF"
     assert serial_losses == parallel_losses == engine_losses

@@ -7,8 +7,8 @@ or takes longer than `CHILD_TIMEOUT` seconds is a fallback, not an error: its jo
 results are the same bytes in the same order whichever process ran each job (LLVM is deterministic).
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
-libgomp's pool is not Python's and the child never enters it) and where the process allows it (POSIX,
-not an MPI job). `GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial); the default is
+libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
+not an MPI job: mpi4py imported). `GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial); the default is
 the CPUs this process may run on, at most `MAX_WORKERS`.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def workers() -> int:
         raise ValueError(f"GRAPHNET_COMPILE_WORKERS must be a number of processes, got {text!r}") from None
     if wanted is not None and wanted <= 1:
         return 1
-    if not hasattr(os, "fork") or threading.active_count() != 1 or "mpi4py" in sys.modules:
+    if not sys.platform.startswith("linux") or threading.active_count() != 1 or "mpi4py" in sys.modules:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_WORKERS if wanted is None else wanted, cpus))
