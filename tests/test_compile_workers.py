@@ -14,7 +14,7 @@ import graphnet as gn
 from codegen.cache import LLVM_OBJECTS, LLVM_SHARED
 from codegen.llvm import workers
 from codegen.llvm.jit import Compiler, Library, host_target, linker, pack_objects, unpack_objects
-from codegen.llvm.split import split_module
+from codegen.llvm.split import PART_CHARS, part_count, split_module
 
 
 @pytest.fixture
@@ -193,3 +193,8 @@ def test_workers_is_serial_where_forking_is_unsafe_or_turned_off(monkeypatch):
 def test_assign_balances_longest_first_deterministically():
     assert workers.assign([5, 1, 4, 2, 3], 2) == [[0, 3, 1], [2, 4]]
     assert workers.assign([1, 1], 3) == [[0], [1], []]
+
+
+def test_the_part_count_depends_on_the_module_alone_and_is_even():
+    assert [part_count("x" * n) for n in (0, PART_CHARS - 1, PART_CHARS, 5 * PART_CHARS - 1, 5 * PART_CHARS)] == \
+        [1, 1, 2, 2, 4]
