@@ -199,7 +199,7 @@ class SharedLibrary:
             raise OSError(f"{SERIAL_FLAG} missing from the shared object") from None
         flag.value = parallel.serial_flag()
         parallel.serial_flags.append(flag)
-        weakref.finalize(self, _unload, self.lib._handle, flag)
+        weakref.finalize(self, _unload, self.lib._handle, flag).atexit = False  # (the process unmaps it at exit)
 
     def address(self, name: str) -> int:
         try:
