@@ -9,7 +9,8 @@ that the dynamic loader loads (`SharedLibrary`) without LLVM: a compiled-functio
 imports no llvmlite.binding (about 30 ms) and builds no engine; the host's CPU name and features are
 remembered per machine in the disk cache (`host_cpu`) for the same reason. Elsewhere objects load
 into an MCJIT engine (`Library`; libm symbols such as log1pf resolve from the process), which needs no
-linker. (MCJIT does not load large-code-model position-independent objects that call each other.)
+linker. (MCJIT does not load large-code-model position-independent objects that call each other, and
+the small code model's 32-bit offsets are only safe where one linker lays out the code.)
 """
 from __future__ import annotations
 
@@ -99,10 +100,16 @@ class Compiler:
         self._tm: llvm.TargetMachine | None = None
 
     @property
+    def code_model(self) -> str:
+        """A shared object's code is position-independent with the small code model (RIP-relative data,
+        direct calls within it), as a C compiler's -fPIC makes; MCJIT's is absolute (its default)."""
+        return "small" if self.reloc == "pic" else "jitdefault"
+
+    @property
     def tm(self) -> llvm.TargetMachine:
         """The target machine (made when first used: loading a shared object needs none)."""
         if self._tm is None:
-            self._tm = self.target.target_machine(opt=self.opt, reloc=self.reloc)
+            self._tm = self.target.target_machine(opt=self.opt, reloc=self.reloc, codemodel=self.code_model)
         return self._tm
 
     @property
@@ -222,8 +229,8 @@ def _dlclose(handle: int) -> None:
 @functools.cache
 def linker() -> tuple[str, ...] | None:
     """The command that links objects into a shared object here (`ld`, else `cc`), or None (not Linux,
-    no linker): then steps load into MCJIT engines."""
-    if not sys.platform.startswith("linux"):
+    no linker, or GRAPHNET_SHARED_OBJECTS=0, read once per process): then steps load into MCJIT engines."""
+    if not sys.platform.startswith("linux") or os.environ.get("GRAPHNET_SHARED_OBJECTS") == "0":
         return None
     ld, cc = shutil.which("ld"), shutil.which(os.environ.get("CC") or "cc")
     if ld:

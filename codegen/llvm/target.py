@@ -52,14 +52,14 @@ class TargetInfo:
         """Elements of `dtype` per vector register (1 for scalar code)."""
         return max(1, self.vector_bits // _ELEMENT_BITS[dtype])
 
-    def target_machine(self, opt: int = 3, reloc: str = "default") -> llvm.TargetMachine:
+    def target_machine(self, opt: int = 3, reloc: str = "default", codemodel: str = "jitdefault") -> llvm.TargetMachine:
         """An LLVM target machine for the default triple with this CPU and these features."""
         import llvmlite.binding as llvm
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         target = llvm.Target.from_default_triple()
         return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt, reloc=reloc,
-                                            codemodel="jitdefault")
+                                            codemodel=codemodel)
 
 
 AVX2 = TargetInfo("haswell", "+avx,+avx2,+fma,+sse2,+sse4.2", 256, True, 16)
