@@ -111,3 +111,14 @@ def test_the_host_cpu_is_remembered_per_machine(cache_dir, monkeypatch):
     monkeypatch.setattr(jit.TargetInfo, "host", classmethod(lambda cls: pytest.fail("asked LLVM again")))
     assert jit.host_cpu() == first  # read back from the disk cache
     jit._host_of.cache_clear()
+
+
+def test_graphnet_shared_objects_0_turns_shared_objects_off(monkeypatch):
+    monkeypatch.setenv("GRAPHNET_SHARED_OBJECTS", "0")
+    linker.cache_clear()
+    try:
+        assert linker() is None
+    finally:
+        monkeypatch.delenv("GRAPHNET_SHARED_OBJECTS")
+        linker.cache_clear()
+    assert linker() is not None

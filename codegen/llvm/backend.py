@@ -251,8 +251,8 @@ class LLVMBackend:
         # Program.hash(), which prints small constants at six digits.
         with timed(self.compile_seconds, "cache lookup"):
             self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt,
-                                       self.compiler.reloc, self.compiler.code_model, self.check, self.threads, graphnet.__version__,
-                                       _codegen_digest())
+                                       self.compiler.reloc, self.compiler.code_model, self.check, self.threads,
+                                       graphnet.__version__, _codegen_digest())
 
     def _step_objects(self) -> tuple[list[bytes], dict]:
         """The step's objects for an MCJIT engine from the disk cache, or compiled and stored (`_compile`)."""

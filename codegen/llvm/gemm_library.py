@@ -36,7 +36,8 @@ class GemmLibrary:
 
     def key(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> str:
         """The disk cache's key of `spec`'s routine built for `compiler`'s target and `threads`."""
-        return cache.cache_key("gemm", spec, compiler.target, compiler.reloc, compiler.code_model, threads, graphnet.__version__, digest)
+        return cache.cache_key("gemm", spec, compiler.target, compiler.reloc, compiler.code_model, threads,
+                               graphnet.__version__, digest)
 
     def needs_build(self, compiler: Compiler, threads: int, spec: GemmSpec, digest: str) -> bool:
         """Whether linking `spec` would compile its routine (neither bound here nor in the disk cache),
