@@ -61,10 +61,12 @@ _ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_
 
 def _overrides(cb: Callback, hook: str) -> bool:
     """Whether `cb` does something in `hook`: it overrides it, or (for the train-batch hooks, whose
-    defaults forward there) the older name."""
-    def own(name: str) -> bool:  # a method of its class, or a function set on the instance (LambdaCallback)
-        return name in vars(cb) or getattr(type(cb), name) is not getattr(Callback, name)
-    return own(hook) or (hook in _ALIASES and own(_ALIASES[hook]))
+    defaults forward there) the older name; a method of its class or a function set on the instance
+    (LambdaCallback)."""
+    for name in (hook, _ALIASES.get(hook)):
+        if name is not None and (name in vars(cb) or getattr(type(cb), name) is not getattr(Callback, name)):
+            return True
+    return False
 
 
 class CallbackList:
@@ -85,8 +87,13 @@ class CallbackList:
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
+        call = _nothing if not methods else methods[0] if len(methods) == 1 else call
         setattr(self, hook, call)  # resolved once per hook
         return call
+
+
+def _nothing(*args: Any) -> None:
+    """A hook no callback overrides."""
 
 
 class History(Callback):

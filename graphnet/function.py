@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import itertools
 import operator
@@ -340,70 +341,62 @@ class Function(_CallBase):
             raise ValueError(f"run_steps: batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
         order = _sample_order(order, n)
-        length = n if order is None else len(order)
-        batches = -(-length // batch_size)
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < batches:
-            raise ValueError(f"run_steps: start must be a batch index from 0 to {batches - 1}, got {start!r}")
-        if steps is None:
-            steps = batches - int(start)
-        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
-        steps = int(steps)
-        first = np.arange(batches) * batch_size  # each batch's first position in `order`
-        sizes = np.minimum(length, first + batch_size) - first
-        step_sizes = sizes[(start + np.arange(steps)) % batches]
-        self._require_fixed_batch(step_sizes)
-        offsets = np.concatenate([[0], np.cumsum(step_sizes)])
-        outs = self._step_outputs(steps, int(offsets[-1]))
-        per_row = [None in shape for shape, _ in self.interface.fetches]
-
-        def parts(k: int, count: int) -> tuple:
-            """Steps k to k+count's share of each output: their rows of a stacked fetch, their samples' rows
-            of a batched one."""
-            return tuple(out[offsets[k]:offsets[k + count]] if rows else out[k:k + count]
-                         for out, rows in zip(outs, per_row))
-
+        plan = _StepPlan(n if order is None else len(order), batch_size, start, steps)
+        self._require_fixed_batch(plan)
+        outs = self._step_outputs(plan.steps, plan.rows)
+        per_row = self._per_row  # fetches whose first dimension is the batch: their samples' rows
         native = getattr(self.executable, "run_steps", None)
         fast = getattr(self._call, "run_steps", None)
-        batched = self._batched_names
-        k = 0
-        while k < steps:
-            j = (start + k) % batches
-            full = length // batch_size - j  # full batches from batch j on
-            if full > 0 and native is not None and fast is not None and not Variable.any_mirrors:
-                count = min(steps - k, full)
-                native(self._call, tuple(sources.values()), order, j * batch_size, count, batch_size, parts(k, count))
-                k += count
+        native = native if fast is not None and not Variable.any_mirrors else None
+        values = tuple(sources.values())
+        k = row = 0  # the next step's row of a stacked fetch, and of a batched one
+        for j, count, size in plan.segments():
+            if native is not None and size == batch_size:  # a stretch of full batches: one native call
+                native(self._call, values, order, j * batch_size, count, batch_size,
+                       tuple(out[row:row + count * size] if rows else out[k:k + count]
+                             for out, rows in zip(outs, per_row)))
+                k, row = k + count, row + count * size
                 continue
-            rows = slice(j * batch_size, min(length, (j + 1) * batch_size))
-            rows = rows if order is None else order[rows]
-            batch = {name: a[rows] if name in batched else a for name, a in sources.items()}
-            for part, value in zip(parts(k, 1), self._flat_call(batch)):
-                part[...] = value
-            k += 1
+            for b in range(j, j + count):  # else one call of the step per batch
+                rows = slice(b * batch_size, b * batch_size + size)
+                rows = rows if order is None else order[rows]
+                batch = {name: a[rows] if batched else a for (name, a), batched in zip(sources.items(), self._batched)}
+                for out, by_row, value in zip(outs, per_row, self._flat_call(batch)):
+                    if by_row:
+                        out[row:row + size] = value
+                    else:
+                        out[k] = value
+                k, row = k + 1, row + size
         return self._rebuild(outs)
 
-    def _require_fixed_batch(self, step_sizes: np.ndarray) -> None:
+    def _require_fixed_batch(self, plan: "_StepPlan") -> None:
         """run_steps' batch sizes against the program's fixed batch (if any), all before the first step."""
         fixed = self.feeds.fixed
-        wrong = step_sizes[step_sizes != fixed.size] if fixed is not None else ()
-        if len(wrong):
-            name = next(n for n, s in zip(self.feeds.names, self.feeds.shapes) if s and s[0] is None)
-            self.feeds.require_batch(int(wrong[0]), f"run_steps: feed '{name}'")
+        wrong = [size for size in plan.sizes() if size != fixed.size] if fixed is not None else ()
+        if wrong:
+            name = next(n for n, batched in zip(self.feeds.names, self._batched) if batched)
+            self.feeds.require_batch(wrong[0], f"run_steps: feed '{name}'")
 
-    @property
-    def _batched_names(self) -> set[str]:
-        return {name for name, shape in zip(self.feeds.names, self.feeds.shapes) if shape and shape[0] is None}
+    @functools.cached_property
+    def _batched(self) -> list[bool]:
+        """Whether each placeholder's first dimension is the batch (run_steps splits those)."""
+        return [bool(shape) and shape[0] is None for shape in self.feeds.shapes]
+
+    @functools.cached_property
+    def _per_row(self) -> list[bool]:
+        """Whether each fetch's first dimension is the batch (run_steps gathers its rows)."""
+        return [shape[:1] == (None,) for shape, _ in self.interface.fetches]
 
     def _datasets(self, feeds: Any) -> tuple[dict[str, np.ndarray], int]:
         """run_steps' feeds checked (exact names, dtypes, row shapes, C-contiguous, one length), in
         placeholder order, and the number of samples."""
-        if not isinstance(feeds, dict) or set(feeds) != set(self.feeds.names):
+        names = self.feeds.names
+        if not isinstance(feeds, dict) or len(feeds) != len(names) or not all(name in feeds for name in names):
             given = sorted(feeds) if isinstance(feeds, dict) else type(feeds).__name__
-            raise ValueError(f"run_steps: feeds_by_name must map exactly the placeholders {self.feeds.names} to "
+            raise ValueError(f"run_steps: feeds_by_name must map exactly the placeholders {names} to "
                              f"arrays, got {given}")
         sources, n, first = {}, None, None
-        for name, shape, dtype in zip(self.feeds.names, self.feeds.shapes, self.feeds.dtypes):
+        for name, shape, dtype, batched in zip(names, self.feeds.shapes, self.feeds.dtypes, self._batched):
             a = feeds[name]
             if type(a) is not np.ndarray or a.dtype != dtype:
                 got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
@@ -413,8 +406,8 @@ class Function(_CallBase):
             if None in shape[1:]:
                 raise ValueError(f"run_steps: placeholder '{name}' {shape_str(shape)} has a batch dimension that "
                                  f"is not its first")
-            batched = bool(shape) and shape[0] is None
-            if a.ndim != len(shape) or any(w is not None and w != g for w, g in zip(shape, a.shape)):
+            lead = 1 if batched else 0  # the dimensions a dataset's shape must match
+            if a.ndim != len(shape) or a.shape[lead:] != shape[lead:]:
                 what = "whole datasets of" if batched else "the value of"
                 raise ValueError(f"run_steps: feed '{name}' must be {what} {shape_str(shape)}, got "
                                  f"{shape_str(a.shape)}")
@@ -485,14 +478,53 @@ def _sample_order(order: Any, n: int) -> np.ndarray | None:
     """run_steps' `order` as C-contiguous int64 indices into n samples (None: 0..n-1 in turn)."""
     if order is None:
         return None
-    arr = np.asarray(order)
+    arr = order if type(order) is np.ndarray else np.asarray(order)
     if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) == 0:
         raise TypeError(f"run_steps: order must be a non-empty 1-d array of integer sample indices, got "
                         f"{arr.dtype} {shape_str(arr.shape)}")
-    if arr.min() < 0 or arr.max() >= n:
+    # as unsigned, a negative int64 is larger than any sample index: one pass checks both ends
+    if arr.view(np.uint64).max() >= n if arr.dtype == np.int64 else arr.min() < 0 or arr.max() >= n:
         bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
         raise IndexError(f"run_steps: order holds {bad}, not a sample index (0 to {n - 1})")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+class _StepPlan:
+    """Which batch each of run_steps' steps takes: `length` positions of the order in batches of
+    `batch_size` (the last one short when it does not divide), `steps` of them from batch `start` on,
+    wrapping around (checked here)."""
+
+    def __init__(self, length: int, batch_size: int, start: Any, steps: Any):
+        self.batch_size, self.full, self.short = batch_size, length // batch_size, length % batch_size
+        self.batches = self.full + (self.short > 0)
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < self.batches:
+            raise ValueError(f"run_steps: start must be a batch index from 0 to {self.batches - 1}, got {start!r}")
+        self.start = int(start)
+        if steps is None:
+            steps = self.batches - self.start
+        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
+        self.steps = int(steps)
+        # the steps on the short batch: the first at step (full - start) mod batches, then every pass
+        first_short = (self.full - self.start) % self.batches
+        self.short_steps = 0 if not self.short or first_short >= self.steps else \
+            1 + (self.steps - 1 - first_short) // self.batches
+        self.rows = (self.steps - self.short_steps) * batch_size + self.short_steps * self.short
+
+    def sizes(self) -> list[int]:
+        """The batch sizes the steps take, each once, in the order they first come."""
+        first = (self.short, self.batch_size) if self.start == self.full else (self.batch_size, self.short)
+        taken = {self.batch_size: self.steps - self.short_steps, self.short: self.short_steps}
+        return [size for size in first if taken[size]]
+
+    def segments(self) -> Iterator[tuple[int, int, int]]:
+        """(first batch, steps, batch size) in step order: stretches of full batches, each short batch alone."""
+        k = 0
+        while k < self.steps:
+            j = (self.start + k) % self.batches
+            count = min(self.steps - k, self.full - j) if j < self.full else 1
+            yield j, count, self.batch_size if j < self.full else self.short
+            k += count
 
 
 def _locked(run: Any, lock: StepLock) -> Any:

@@ -14,6 +14,7 @@ is trained then.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -257,7 +258,7 @@ def as_numbers(value: object, what: str) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
     """The NaN policy of fit/evaluate: non-finite data is rejected, naming its first row."""
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         row = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise ValueError(f"{what}: contains NaN or inf (first at row {row}){note}")
 
@@ -265,7 +266,11 @@ def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
 def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndarray:
     """Validate one output's target array and return it in the placeholder's dtype and shape."""
     arr = as_numbers(y, what)
-    check_finite(arr, what, "; graphnet rejects non-finite labels")
+    bounded = spec.name in ("binary_crossentropy", "categorical_crossentropy")
+    ranged = arr.size > 0 and (bounded or is_sparse(spec))  # labels whose range is checked below
+    low, high = (arr.min(), arr.max()) if ranged else (0, 0)
+    if not ranged or not (math.isfinite(low) and math.isfinite(high)):  # NaN and inf show in the extremes
+        check_finite(arr, what, "; graphnet rejects non-finite labels")
     if is_sparse(spec):
         classes = output.shape[1]
         if arr.ndim == 2 and arr.shape[1] == 1:
@@ -274,7 +279,7 @@ def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndar
             raise ValueError(f"{what}: sparse labels must be class ids of shape (N,), got {shape_str(arr.shape)}")
         if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
             raise ValueError(f"{what}: sparse labels must be integer class ids, got non-integral values")
-        if arr.size and (arr.min() < 0 or arr.max() >= classes):
+        if ranged and (low < 0 or high >= classes):
             bad = arr[(arr < 0) | (arr >= classes)][0]
             raise ValueError(f"{what}: class id {bad} out of range [0, {classes}) for the {classes}-class output")
         return np.ascontiguousarray(arr, dtype=np.int32)
@@ -286,10 +291,9 @@ def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndar
                 if spec.name == "categorical_crossentropy" and arr.ndim == output.ndim - 1 else "")
         raise ValueError(f"{what}: expected shape {shape_str((None,) + want)} to match the output, "
                          f"got {shape_str(arr.shape)}{hint}")
-    if spec.name in ("binary_crossentropy", "categorical_crossentropy") and arr.size and \
-            (arr.min() < 0 or arr.max() > 1):
+    if bounded and ranged and (low < 0 or high > 1):
         raise ValueError(f"{what}: {spec.name} labels must lie in [0, 1] (outside it the loss is unbounded below), "
-                         f"got values in [{arr.min()}, {arr.max()}]")
+                         f"got values in [{low}, {high}]")
     return np.ascontiguousarray(arr, dtype=output.dtype)
 
 

@@ -506,13 +506,18 @@ class Model:
 
     def _feeds(self, xs: list[np.ndarray], ys: list[np.ndarray | None] | None, idx: Any,
                sw: list[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
-        feeds = {t.layer.name: arr[idx] for t, arr in zip(self.inputs, xs)}
+        return {name: arr[idx] for name, arr in self._named(xs, ys, sw).items()}
+
+    def _named(self, xs: list[np.ndarray], ys: list[np.ndarray | None] | None = None,
+               sw: list[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+        """The arrays by the name of the placeholder each feeds (inputs, targets, sample weights)."""
+        feeds = {t.layer.name: arr for t, arr in zip(self.inputs, xs)}
         for t, arr in zip(self.outputs, ys or []):
             if arr is not None:
-                feeds[f"{t.layer.name}/target"] = arr[idx]
+                feeds[f"{t.layer.name}/target"] = arr
         for t, arr in zip(self.outputs, sw or []):
             if arr is not None:
-                feeds[f"{t.layer.name}/sample_weight"] = arr[idx]
+                feeds[f"{t.layer.name}/sample_weight"] = arr
         return feeds
 
     # ---- training -----------------------------------------------------------------------
@@ -558,8 +563,7 @@ class Model:
             sw = None if sw is None else [None if a is None else a[:split] for a in sw]
         if n == 0:
             raise ValueError("fit: x is empty")
-        from .distributed.fit import fit_shards, require_reduction  # here: it imports codegen, which imports the core
-        shards = fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
+        shards = _distributed_fit().fit_shards(self, batch_size)  # under MPI: this rank's part of each global batch
         batches = shards.steps(n) if shards else math.ceil(n / batch_size)
         offsets = shards.row_offsets(n) if shards else None  # where each shard starts in its global batch
         steps = steps_per_epoch or batches
@@ -567,7 +571,7 @@ class Model:
             verbose, callbacks = shards.verbose(verbose), shards.callbacks(callbacks)
         train = self._function("train" if sw is None else "train_weighted")
         if shards:
-            require_reduction(train)
+            _distributed_fit().require_reduction(train)
         val_batch = validation_batch_size or batch_size
         if val is not None:
             if validation_steps is not None:  # only the first `validation_steps` batches
@@ -583,6 +587,7 @@ class Model:
         self.stop_training = False
         keys = self._built.fetch_keys
         datasets = self._fit_datasets(train, xs, ys, sw, cbs)
+        loggers = [cb for cb in cbs.callbacks if type(cb) is ProgressLogger]  # a live bar is served in chunks
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
@@ -591,7 +596,8 @@ class Model:
             if shards:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
             if datasets is not None:
-                sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets)
+                live = any(cb.bar is not None for cb in loggers)
+                sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets, live)
             else:
                 sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs,
                                                       offsets)
@@ -642,37 +648,39 @@ class Model:
         return self._datasets(train, xs, ys, sw)
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
-        """Whole arrays as `fn.run_steps` takes them (checked and converted as a call's feeds are)."""
-        arrays, _ = fn.feeds._check(self._feeds(xs, ys, slice(None), sw))
-        return dict(zip(fn.feeds.names, arrays))
+        """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
+        `_check_weights`: the placeholders' dtypes, C-contiguous) of the placeholders `fn` reads, which
+        run_steps checks against them."""
+        index = fn.feeds.index
+        return {name: arr for name, arr in self._named(xs, ys, sw).items() if name in index}
 
     def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
-                   batch_size: int, steps: int, cbs: CallbackList,
-                   offsets: np.ndarray | None = None) -> tuple[list[float], int]:
-        """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows, in
-        chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end; a call also
-        ends where the dropout row offset changes (under MPI, before a short last batch). Returns
-        what `_fit_epoch_by_batch` returns."""
-        batches = math.ceil(n / batch_size)
-        sizes = _batch_sizes(n, batch_size)
-        live = any(type(cb) is ProgressLogger and cb.bar is not None for cb in cbs.callbacks)
+                   batch_size: int, steps: int, cbs: CallbackList, offsets: np.ndarray | None = None,
+                   live: bool = False) -> tuple[list[float], int]:
+        """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows
+        (`live`), in chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end;
+        a call also ends where the dropout row offset changes (under MPI, before a short last batch).
+        Returns what `_fit_epoch_by_batch` returns."""
+        batches = -(-n // batch_size)
         keys = self._built.fetch_keys
         sums = [0.0] * len(keys)
         seen, step, chunk = 0, 0, 1 if live else steps
         while step < steps:
-            count = min(chunk, steps - step, batches - step % batches)  # a chunk does not wrap around
-            count = self._set_row_offset(offsets, step % batches, count)
+            first = step % batches
+            count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
+            count = self._set_row_offset(offsets, first, count)
             started = time.perf_counter()
-            values = train.run_steps(datasets, batch_size, order, count, start=step % batches)
+            values = train.run_steps(datasets, batch_size, order, count, start=first)
             elapsed = time.perf_counter() - started
-            taken = sizes[np.arange(step, step + count) % batches]
-            running = _running_sums(sums, values, taken)
-            counts = seen + np.cumsum(taken).astype(np.int64)
+            sizes = _batch_sizes(n, batch_size, first, count)
+            running = _running_sums(sums, values, sizes)
             if live:
+                counts = seen + np.cumsum(np.broadcast_to(sizes, (count,))).astype(np.int64)
                 for i in range(count):
                     cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
                 chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
-            sums, seen = [float(r[-1]) for r in running], int(counts[-1])
+            sums = [float(r[-1]) for r in running]
+            seen += count * batch_size if first + count < batches else n - first * batch_size
             step += count
         return sums, seen
 
@@ -703,7 +711,8 @@ class Model:
         keys = self._built.fetch_keys
         if self._native_fit and not _batch_hooked(cbs, ("on_test_batch_begin", "on_test_batch_end")):
             values = fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size)
-            sums = [float(r[-1]) for r in _running_sums([0.0] * len(keys), values, _batch_sizes(n, batch_size))]
+            sizes = _batch_sizes(n, batch_size, 0, math.ceil(n / batch_size))
+            sums = [float(r[-1]) for r in _running_sums([0.0] * len(keys), values, sizes)]
         else:
             sums = self._evaluate_by_batch(fn, xs, ys, sw, batch_size, cbs)
         return {k: s / n for k, s in zip(keys, sums)}
@@ -1560,6 +1569,19 @@ def _check_names(optimizer: Any, loss: Any, metrics: Any) -> None:
         _metrics_per_output(item, ["output"], False)
 
 
+_DISTRIBUTED_FIT: Any = None
+
+
+def _distributed_fit() -> Any:
+    """graphnet.distributed.fit, fit's hook under MPI: imported by the first fit (it imports codegen,
+    which imports the core), then kept (an import statement per fit costs more than a small model's step)."""
+    global _DISTRIBUTED_FIT
+    if _DISTRIBUTED_FIT is None:
+        from .distributed import fit
+        _DISTRIBUTED_FIT = fit
+    return _DISTRIBUTED_FIT
+
+
 def _same_length(arrays: list[np.ndarray], what: str) -> None:
     lengths = {len(a) for a in arrays}
     if len(lengths) > 1:
@@ -1581,16 +1603,28 @@ def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
                                    for cb in cbs.callbacks for hook in hooks)
 
 
-def _batch_sizes(n: int, batch_size: int) -> np.ndarray:
-    """The size of each batch of n samples (the last may be short), as float64 factors of the sums."""
-    first = np.arange(0, n, batch_size)
-    return (np.minimum(n, first + batch_size) - first).astype(np.float64)
+def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> float | np.ndarray:
+    """The sizes of batches first .. first + count - 1 of n samples, as float64 factors of the sums:
+    one number where they are all full, else one per batch (the last batch of n is short)."""
+    last = n - (first + count - 1) * batch_size  # the size of the last of them
+    if last >= batch_size:
+        return float(batch_size)
+    sizes = np.full(count, float(batch_size))
+    sizes[-1] = last
+    return sizes
 
 
-def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: np.ndarray) -> list[np.ndarray]:
+def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float | np.ndarray) -> list[np.ndarray]:
     """Each fetch's running sum of value times batch size, continuing from `sums`: the batch loops'
-    float64 additions in their order (accumulate adds sequentially), so both loops agree bit for bit."""
-    return [np.add.accumulate(np.concatenate([[s], v.astype(np.float64) * sizes]))[1:] for s, v in zip(sums, values)]
+    float64 additions in their order (s + v0*size0, then + v1*size1, ...: accumulate adds
+    sequentially), so both loops agree bit for bit."""
+    running = []
+    for s, v in zip(sums, values):
+        terms = v.astype(np.float64)  # a copy, of one value per step
+        terms *= sizes
+        terms[0] += s
+        running.append(np.add.accumulate(terms, out=terms))
+    return running
 
 
 def _head(arrays: list | None, n: int) -> list | None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import igemm
+from codegen.llvm import colconv, igemm, rowconv
 from codegen.llvm.target import AVX2
 from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
 from test_schedules import _prepared, _scheduled_llvm
@@ -41,11 +41,14 @@ def test_conv_kernels_above_the_threshold_are_implicit_gemms_and_small_ones_dire
     fetches = _conv_step((2, 28, 28, 3), (3, 3, 3, 32), dict(padding="same"), np.float32)
     schedules = _scheduled_llvm(fetches, threads=2, target=AVX2)
     gemms = [s for s in schedules if s.startswith("implicit gemm")]
-    assert len(gemms) == 3  # forward, input gradient, filter gradient
+    assert len(gemms) == 2  # forward, filter gradient
     assert all(") by rows" in s for s in gemms)
-    # columns: 32 output channels (forward, filter gradient) in 8-lane AVX2 vectors, 3 input channels
-    assert sorted(s.split("packing, ")[1][0] for s in gemms) == ["1", "2", "2"]
-    assert sum("parallel over v0" in s for s in gemms) == 3  # epilogues over (n, ...) and the filter's (kh, ...)
+    # columns: 32 output channels (forward, filter gradient) in 8-lane AVX2 vectors
+    assert sorted(s.split("packing, ")[1][0] for s in gemms) == ["2", "2"]
+    # the input gradient's 3 columns (input channels) would fill 3 of 8 lanes: its 28-wide rows fill 7
+    rows = [s for s in schedules if s.startswith("direct conv")]
+    assert len(rows) == 1 and "along 8 lanes" in rows[0] and " by images" in rows[0]
+    assert sum("parallel over v0" in s for s in gemms) == 2  # epilogues over (n, ...) and (kh, ...)
     with gn.Graph():
         small = _scheduled_llvm(_conv_step((2, 6, 6, 1), (2, 2, 1, 2), {}, np.float32), threads=1, target=AVX2)
     assert not any("gemm" in s for s in small)  # 2*2*1*2 multiply-adds per position: the direct loop
@@ -70,7 +73,8 @@ def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     assert d[igemm.BJ] == 1
 
 
-def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards():
+def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards(monkeypatch):
+    monkeypatch.setattr(colconv, "VECTORS", 0)  # the forward's 8 columns: an implicit GEMM's here, not colconv's
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
     lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
     names = [k.name for k in lp.kernels]
@@ -103,7 +107,7 @@ def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs
     ref = gn.compile(fetches, backend="numpy")
     text = lambda fn: fn.executable.lp.to_text()  # noqa: E731
     fast = gn.compile(fetches, backend="llvm")
-    assert ("implicit gemm" in text(fast)) == ("groups" not in kwargs)
+    assert ("implicit gemm" in text(fast) or "direct" in text(fast)) == ("groups" not in kwargs)  # (or rowconv.py)
     # a compiler constant patched at run time is not in the compiled-function cache's key: an empty cache
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(igemm, "IGEMM_MIN_STATIC", 1 << 60)
@@ -130,7 +134,8 @@ def test_a_border_copy_is_not_shared_across_a_kernel_writing_its_image():
     lp.kernels.insert(at, Kernel("overwrite", (1,), [Store(image, Affine(), Const(1.0, np.dtype(np.float32)), "x", "")]))
     border_conv_images(lp)
     names = [k.name for k in lp.kernels]
-    assert names.count("border") == 3  # x for the forward, dy for the input gradient, x again
+    assert names.count("border") == 2  # x for the forward, x again
+    assert names.count("planar") == 1  # dy, channel-major and bordered, for the input gradient's row conv
     forward, filter_grad = (next(k for k in lp.kernels if k.name.startswith(op)) for op in ("conv2d_relu", "conv2d_filter"))
     assert forward.reduce.value.args[0].buffer != filter_grad.reduce.value.args[0].buffer
     assert names[names.index(filter_grad.name) - 1] == "border"
@@ -164,9 +169,12 @@ def _check(fetches, fn, x_shape, w_shape, dtype, tol, feeds=None):
 
 @pytest.mark.parametrize("target_name", ["avx2", "scalar"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, monkeypatch):
+def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, monkeypatch, tmp_path):
     from codegen.llvm.target import SCALAR
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))  # a patched constant: an empty cache
+    monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs (test_rowconv.py): every conv packs
+    monkeypatch.setattr(colconv, "VECTORS", 0)
     _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
     for x_shape, w_shape, kwargs in PACKING_CASES:
         with gn.Graph():
@@ -185,7 +193,8 @@ def test_implicit_gemm_propagates_nan_and_inf_as_the_reference(x_shape, w_shape,
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
     fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
     fn = gn.compile(fetches, backend="llvm")
-    assert fn.executable.lp.to_text().count("implicit gemm") == 3
+    text = fn.executable.lp.to_text()
+    assert text.count("implicit gemm") + text.count("direct") == 3  # narrow ones direct (rowconv.py, kconv.py)
     feeds = _feeds(x_shape, w_shape, fetches, x_shape[0], dtype)
     feeds["x"][0, 3, 2, 0] = np.nan
     feeds["x"][-1, 1, 4, -1] = np.inf
@@ -201,6 +210,7 @@ def test_a_flipped_filter_is_an_implicit_gemm_operand_with_a_constant_offset():
     w = gn.variable("w", np.random.default_rng(1).normal(size=(3, 3, 4, 8)).astype(np.float32))
     y = gn.conv2d(x, gn.flip(w, (0, 1)), padding="same")
     fast, ref = gn.compile(y, backend="llvm"), gn.compile(y, backend="numpy")
-    assert "implicit gemm" in fast.executable.lp.to_text()
+    text = fast.executable.lp.to_text()
+    assert "implicit gemm" in text or "direct conv" in text  # both read their operands by `operands`
     feed = np.random.default_rng(2).normal(size=(3, 10, 10, 4)).astype(np.float32)
     np.testing.assert_allclose(fast(x=feed), ref(x=feed), rtol=1e-5, atol=1e-5)

@@ -362,3 +362,25 @@ def test_model_construction_errors():
     x = Input((2,))
     with pytest.raises(ValueError, match="unique"):
         gn.Model(x, Dense(1, name="d")(Dense(2, name="d")(x)))
+
+
+@pytest.mark.parametrize("loss, classes", [("binary_crossentropy", 1), ("categorical_crossentropy", 3),
+                                           ("sparse_categorical_crossentropy", 3), ("mse", 1)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_labels_are_named_by_row_for_every_loss(loss, classes, bad):
+    """The range checks' extremes stand in for the finiteness check where a loss has them: NaN and
+    inf still raise the same error, naming the first bad row, before any update."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 2)).astype(np.float32)
+    ids = rng.integers(0, classes, 9)
+    y = ids.astype(np.float64) if loss.startswith("sparse") or classes == 1 else np.eye(classes)[ids]
+    y = y.reshape(9, -1) if classes == 1 else y
+    y[5] = bad
+    y[7] = bad
+    model = gn.Sequential([gn.layers.Input((2,)), gn.layers.Dense(classes, activation="softmax" if classes > 1 else
+                                                                   "sigmoid")])
+    model.compile("sgd", loss)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=r"y: contains NaN or inf \(first at row 5\); graphnet rejects non-finite"):
+        model.fit(x, y, epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

@@ -360,3 +360,81 @@ def test_the_progress_bar_moves_batch_by_batch_in_chunks(monkeypatch):
         shown[native] = list(_Bar.shown)
     assert len(shown[True]) == 2 * 51 and shown[True] == shown[False]  # every batch's running logs
     assert len(chunks) > 2 and chunks[0] == 1  # chunked, the first chunk one step long
+
+
+# ---- the plan of steps, the gather, the epoch sums ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, width", [(np.bool_, 1), (np.bool_, 2), (np.bool_, 3), (np.float32, 1),
+                                          (np.float32, 2), (np.float32, 3), (np.float32, 4), (np.float32, 5),
+                                          (np.float32, 6), (np.float32, 8), (np.float32, 10), (np.float32, 16),
+                                          (np.float64, 8), (np.int32, 64), (np.float32, 67)])
+def test_the_c_gather_copies_rows_of_every_size(implementation, dtype, width):
+    """Rows of 1 to 268 bytes (the C loop copies the common small sizes with a constant size, others
+    with memcpy): a batched fetch of the fed rows themselves comes back in the order's order."""
+    rng = np.random.default_rng(width)
+    data = rng.standard_normal((41, width)) > 0 if dtype is np.bool_ else \
+        (rng.standard_normal((41, width)) * 100).astype(dtype)
+    with gn.Graph():
+        x = gn.placeholder("x", (None, width), dtype)
+        step = gn.compile(gn.cast(x, np.float64) + 0.0)
+    order = rng.permutation(41)
+    np.testing.assert_array_equal(step.run_steps({"x": data}, 8, order=order), data[order].astype(np.float64))
+    np.testing.assert_array_equal(step.run_steps({"x": data}, 8, order=order[:13], steps=5),
+                                  data[np.concatenate([order[:13], order[:13], order[:8]])].astype(np.float64))
+
+
+def test_the_step_plan_takes_the_batches_in_turn():
+    """`_StepPlan` against the definition: step k takes batch (start + k) mod batches."""
+    from graphnet.function import _StepPlan
+    for length in (1, 5, 16, 17, 50):
+        for batch_size in (1, 3, 16, 64):
+            batches = -(-length // batch_size)
+            sizes = [min(batch_size, length - j * batch_size) for j in range(batches)]
+            for start in range(batches):
+                for steps in (0, 1, 2, batches - start, batches + 1, 3 * batches + 2):
+                    plan = _StepPlan(length, batch_size, start, steps)
+                    taken = [(start + k) % batches for k in range(steps)]
+                    got = [j for first, count, size in plan.segments() for j in range(first, first + count)]
+                    assert got == taken
+                    for first, count, size in plan.segments():
+                        assert all(sizes[j] == size for j in range(first, first + count))
+                        assert count == 1 or size == batch_size  # a stretch is of full batches
+                    assert plan.rows == sum(sizes[j] for j in taken)
+                    assert plan.sizes() == list(dict.fromkeys(sizes[j] for j in taken))
+    assert _StepPlan(50, 16, 1, None).steps == 3  # the rest of the pass
+
+
+def test_an_order_of_any_integer_type_is_taken():
+    step, _ = _step("llvm")
+    x, labels = _data()
+    order = np.random.default_rng(4).permutation(N)
+    results = [step.run_steps({"x": x, "labels": labels}, 16, order=o, steps=3)[0]
+               for o in (order.astype(np.uint64), order.astype(np.int32), order[::-1][::-1], list(order))]
+    fresh, _ = _step("llvm")
+    want = [fresh.run_steps({"x": x, "labels": labels}, 16, order=order, steps=3)[0] for _ in range(4)]
+    np.testing.assert_array_equal(np.concatenate(results), np.concatenate(want))
+    with pytest.raises(IndexError, match="-3"):
+        step.run_steps({"x": x, "labels": labels}, 16, order=np.array([1, -3, 2], np.int64))
+    with pytest.raises(IndexError, match=str(2 ** 63)):
+        step.run_steps({"x": x, "labels": labels}, 16, order=np.array([1, 2 ** 63], np.uint64))
+
+
+def test_the_epoch_sums_are_the_batch_loops_additions():
+    """fit's sums over a run_steps call: s + v0*size0 + v1*size1 ..., in float64, in step order, from
+    the running sum so far (bit for bit what the batch-by-batch loop adds)."""
+    from graphnet.model import _batch_sizes, _running_sums
+    rng = np.random.default_rng(6)
+    for n, batch_size, first, count in [(50, 16, 0, 4), (50, 16, 1, 2), (48, 16, 0, 3), (7, 10, 0, 1), (203, 8, 3, 22)]:
+        sizes = _batch_sizes(n, batch_size, first, count)
+        want_sizes = [min(batch_size, n - j * batch_size) for j in range(first, first + count)]
+        np.testing.assert_array_equal(np.broadcast_to(sizes, (count,)), want_sizes)
+        values = [rng.standard_normal(count).astype(np.float32), np.full(count, -0.0, np.float32)]
+        for start in ([0.0, 0.0], [1.0 / 3.0, 0.0], [-2.5e7, -0.0]):
+            running = _running_sums(start, values, sizes)
+            for s, v, r in zip(start, values, running):
+                expected = []
+                for value, size in zip(v, want_sizes):
+                    s = s + float(value) * size
+                    expected.append(s)
+                assert [float(x) for x in r] == expected
+                assert [np.signbit(x) for x in r] == [np.signbit(x) for x in expected]

@@ -41,3 +41,29 @@ def for_range(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step
     else:
         b.branch(head)
     b.position_at_end(done)
+
+
+def carried_loop(b: ir.IRBuilder, count: ir.Value | int, init: list, body, name: str = "i") -> list:
+    """for i in range(count) carrying the values `init` through phis (a register tile's accumulators):
+    `body(i, values)` emits one iteration and returns the new values; returns the values after the loop."""
+    pre = b.block
+    head, inner, done = (b.append_basic_block(f"{name}.{part}") for part in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name)
+    i.add_incoming(i64(0), pre)
+    phis = []
+    for value in init:
+        phi = b.phi(value.type)
+        phi.add_incoming(value, pre)
+        phis.append(phi)
+    b.cbranch(b.icmp_signed("<", i, i64(count)), inner, done)
+    b.position_at_end(inner)
+    new = body(i, phis)
+    latch = b.block
+    i.add_incoming(b.add(i, i64(1)), latch)
+    for phi, value in zip(phis, new):
+        phi.add_incoming(value, latch)
+    b.branch(head)
+    b.position_at_end(done)
+    return phis

@@ -340,7 +340,11 @@ class _KernelEmitter:
                     index = self.b.add(self.b.mul(index, self.extent(var)), self.vars[var])
                 self.acc = self.b.load(self.element(red.scratch, index, dtype), typ=value_type(dtype))
                 self.stores()
-            if s.gemm.routine[4]:
+            if s.gemm.direct is not None:
+                s.gemm.direct.emit(self, red, s.threads)
+                if not s.gemm.direct.fused:
+                    self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
+            elif s.gemm.routine[4]:
                 self.implicit_gemm(red)
                 self.parallel_nest(list(s.gemm.epilogue), from_c, slow_stores)
             elif s.gemm.by_columns:
@@ -757,5 +761,6 @@ def schedule_of(k: Kernel) -> LLVMSchedule:
 
 def required_gemms(lp: LoopProgram) -> list[Routine]:
     """Every GEMM routine the program's kernels call, as their schedules name them."""
-    found = {schedule_of(k).gemm.routine for k in lp.kernels if schedule_of(k).gemm is not None}
+    found = {schedule_of(k).gemm.routine for k in lp.kernels
+             if schedule_of(k).gemm is not None and schedule_of(k).gemm.routine is not None}
     return sorted(found, key=lambda r: (*r[:3], r[3] or 0, r[4]))

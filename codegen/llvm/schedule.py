@@ -14,6 +14,9 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
+- direct convs (rowconv.py, kconv.py, colconv.py, marked by their loop order): no routine
+  (`Gemm.direct` holds the plan), split over the images or the blocks of taps with threads; a row
+  conv runs its stores per tile, the others' epilogue writes the columns out where they are few;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
 - blocked sums: a float32 sum into a register of more than SUM_BLOCK elements (SUM_BLOCK_SCALAR in
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import vmath
+from . import colconv, kconv, rowconv, vmath
 from .gemm import GemmSpec, specialised_m
 from .igemm import COLUMN, ROWS, vectors
 from .jit import host_target
@@ -59,13 +62,17 @@ Routine = tuple  # (dtype name, trans_a, trans_b, static M or None, gather): one
 class Gemm:
     """How a GEMM kernel computes C and runs its epilogue over it."""
 
-    routine: Routine
+    routine: Routine | None  # None: a direct conv computes C (no routine)
     by_columns: bool  # one parallel region: columns of C per thread, a barrier, then rows of the epilogue
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
+    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | None = None  # C by a direct conv (rowconv.py, ...)
 
     def __str__(self) -> str:
+        if self.direct is not None:
+            epilogue = "" if self.direct.fused else ", epilogue rows-outer"
+            return f"{self.direct}" + (f" by {self.direct.split}" if self.by_columns else " serial") + epilogue
         dtype, ta, tb, m, gather = self.routine
         text = f"gemm {dtype} {'t' if ta else 'n'}{'t' if tb else 'n'}" + (f" m{m}" if m is not None else "")
         if gather:
@@ -122,19 +129,21 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     red = k.reduce
     scalar_reduce = red is not None and calls_libm(red.value)
     scalar_stores = any(calls_libm(s.value) for s in k.stores)
-    if red is not None and red.workspace is not None:
+    if red is not None and (red.workspace is not None or direct(k)):
         gemm = _gemm(k, threads, target)
         looped = gemm.epilogue
     else:
         gemm, looped = None, tuple(k.order)
     row = (k.order[-1],) if red is not None and red.scratch is not None and gemm is None else ()
+    if gemm is not None and gemm.direct is not None:
+        row = (COLUMN,)  # a direct conv's few columns written out: its epilogue vectorizes along the row
     unroll = _unrolled(looped, k.domain, row)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
-    if gemm is not None and gemm.by_columns and not gemm.routine[4]:
+    if gemm is not None and gemm.by_columns and gemm.routine is not None and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
-    if red is not None and gemm is None:  # reductions into a register or a scratch row: one thread
-        return LLVMSchedule(**common)
+    if red is not None and gemm is None or gemm is not None and gemm.direct is not None and gemm.direct.fused:
+        return LLVMSchedule(**common)  # reductions into a register or a scratch row, or split by their conv
     if threads <= 1 or not looped or looped[0] in unroll or looped[0] in k.serial_vars():
         return LLVMSchedule(**common)
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if scalar_stores else PARALLEL_MIN_FAST,
@@ -163,7 +172,8 @@ def _sum_block(k: Kernel, scalar: bool) -> tuple:
     block sequentially (the row's loop is the vectorized one), so their blocks are a scalar loop's;
     its float64 totals are a second row on the stack, so only a static row of at most ROW_TOTALS_MAX."""
     red = k.reduce
-    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None:
+    if red is None or red.op != "sum" or red.value.dtype != np.float32 or red.scan or red.workspace is not None \
+            or direct(k):
         return ()
     row = red.scratch is not None
     if row and (k.domain[k.order[-1]] is None or k.domain[k.order[-1]] > ROW_TOTALS_MAX):
@@ -194,9 +204,18 @@ def _gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
-    count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars."""
+    count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars. A row
+    conv (rowconv.marked) splits the images (v0), a K conv (kconv.marked) its blocks of taps."""
+    for kind in (rowconv, kconv, colconv):
+        if kind.marked(k):
+            return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN), direct=kind.plan(k, target or host_target()))
     routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
     return Gemm(routine, threads > 1 and target is not None, epilogue=ROWS + (3, COLUMN))
+
+
+def direct(k: Kernel) -> bool:
+    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py)?"""
+    return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k)
 
 
 def epilogue_order(k: Kernel) -> list[int]:

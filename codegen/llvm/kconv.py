@@ -1,0 +1,260 @@
+"""Narrow filter gradients with the reduced image row along the vector lanes ("K conv").
+
+A filter gradient over (kh, kw, cin, group, cout, n, i, j) sums x(window) * dy over (n, i, j): as an
+implicit GEMM (igemm.py) its few output channels sit along the lanes and its long K (the batch's
+pixels) is packed. When its columns are narrow (at most rowconv.MAX_COLUMN_SHARE of a vector) and
+both operands are contiguous along j (v7) (a one-channel NHWC image or NCHW; dy made so by
+gemm_schedule.planar_conv_images's channel-major copy), this path vectorises along j instead:
+
+    for blocks of `rows` taps m = (v0, v1, v2) (split over threads):
+        total[r][c] = 0                                               (float64, per lane)
+        for v5 (n):   acc[r][c] = 0                                   one vector each
+            for v6, v7 in vectors (the last one masked):
+                b[c] = dy[.., c, v6, v7..]  a[r] = x[window(m_r, v5, v6, v7..)]
+                acc[r][c] += a[r] * b[c]
+            total[r][c] += acc[r][c]                                  (per lane, float64)
+        C[m_r, c] = sum of total[r][c]'s lanes
+
+Each lane sums one image's products in the float type, added to the lane's float64 total (as
+schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the
+kernel's epilogue (an optimizer's update) reads, as after an implicit GEMM.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..loopir import Kernel, Load
+from ..window import guarded_axes, row_strides
+from . import igemm, rowconv
+from .gemm import _SUFFIX, _declare, _intrinsic
+from .loops import carried_loop, for_range
+from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+from .target import TargetInfo
+
+ORDER = (3, 0, 1, 2, 5, 6, 7, 4)  # a K conv kernel's loop order: tap blocks outer, v7 along the lanes, v4 registers
+LANE = 7  # the var along the lanes
+
+I64, I32 = ir.IntType(64), ir.IntType(32)
+PTR = ir.PointerType()
+
+
+@dataclass(frozen=True)
+class KConv:
+    """How a K conv kernel runs (the LLVM schedule's decision, see the module docstring)."""
+
+    rows: int  # taps (rows of C) per register tile
+    lanes: int  # vector width along v7
+    fused = False  # C is written whole, then the epilogue runs
+    split = "taps"  # what the threads share (the schedule's text)
+
+    def emit(self, em, red, threads: int) -> None:
+        """C of the kernel em renders (render.py's _KernelEmitter), split over `threads`."""
+        emit(em, red, self, threads)
+
+    def __str__(self) -> str:
+        return f"direct filter gradient, image rows along {self.lanes} lanes, {self.rows} taps per tile"
+
+
+def wants(k: Kernel, target: TargetInfo) -> bool:
+    """Would a K conv compute conv kernel `k` (given a contiguous dy)? An implicit-GEMM conv, not a
+    row conv, with static taps and rows, narrow columns, a row (v7) filling at least MIN_ROW_SHARE of
+    its vectors, and an image read undivided with unit stride along v7 (bordered copies keep it)."""
+    found = igemm.operands(k)
+    if found is None or not igemm.worth_it(k) or not target.vector_bits or rowconv.wants(k, target):
+        return False
+    w, _ = found
+    d = k.domain
+    if any(d[v] is None for v in (0, 1, 2, 6, LANE)) or any(c.div != 1 for c in w.coords):
+        return False
+    axes = [a for a, c in enumerate(w.coords) if any(v == LANE for v, _ in c.terms)]
+    if len(axes) != 1 or dict(w.coords[axes[0]].terms)[LANE] != 1 or w.shape[axes[0]] is None:
+        return False
+    if rowconv.address(w)[0].get(LANE) != 1:
+        return False
+    lanes = target.lanes(w.dtype.name)
+    return d[igemm.COLUMN] <= rowconv.MAX_COLUMN_SHARE * lanes and \
+        d[LANE] >= rowconv.MIN_ROW_SHARE * lanes * -(-d[LANE] // lanes)
+
+
+def other_axes(load: Load, shape: tuple, domain: tuple) -> dict | None:
+    """{var: axis} of a dense operand reading each axis of its buffer (of `shape`) through one var
+    with that axis's stride, or None."""
+    strides = row_strides(shape)
+    out = {}
+    for var, coef, nexp in load.offset.terms:
+        hits = [a for a, s in enumerate(strides) if s == (coef, nexp) and a not in out.values()
+                and shape[a] == domain[var]]
+        if not hits:
+            return None
+        out[var] = hits[0]
+    return out
+
+
+def ready(k: Kernel, target: TargetInfo) -> bool:
+    """`wants`, the image unguarded and dy contiguous along v7: a K conv now."""
+    if not wants(k, target):
+        return False
+    w, other = igemm.operands(k)
+    return not any(guarded_axes(w, k.domain)) and {v: c for v, c, _ in other.offset.terms}.get(LANE) == 1
+
+
+def marked(k: Kernel) -> bool:
+    """Is `k` a conv kernel gemm_schedule.use_implicit_gemm gave to a K conv (its loop order says so)?"""
+    return len(k.domain) == 8 and k.order == ORDER and k.reduce is not None and k.reduce.contraction is not None
+
+
+def plan(k: Kernel, target: TargetInfo) -> KConv:
+    """rows x N accumulators plus N vectors of dy and one of x per row in the vector registers."""
+    columns, taps = k.domain[igemm.COLUMN], math.prod(k.domain[:3])
+    rows = max(1, min(taps, (target.vector_registers - 1 - columns) // (columns + 1)))
+    return KConv(rows, target.lanes(k.reduce.value.dtype.name))
+
+
+def emit(em, red, kc: KConv, threads: int) -> None:
+    """C (red.scratch) of K conv kernel em.k by `kc`, at em's builder (render.py's _KernelEmitter)."""
+    window, other = red.contraction
+    fn = _Emitter(em.r.module, em.k, kc, red.value.dtype.name).function()
+    args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
+    blocks = ir.Constant(I64, -(-math.prod(em.k.domain[:3]) // kc.rows))
+    work = em.b.mul(em.extent(5), ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None)))
+
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        b.call(fn, [captured[0], begin, end] + captured[1:])
+    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.taps", blocks, body, args, threads, work=work,
+                      min_work=PARALLEL_MIN_FLOPS)
+
+
+class _Emitter:
+    """Writes `void <kernel>_kconv(i64 N, i64 begin, i64 end, T* image, T* B, T* C)`: tap blocks [begin, end)."""
+
+    def __init__(self, module: ir.Module, k: Kernel, kc: KConv, dtype: str) -> None:
+        self.module, self.k, self.kc, self.dtype = module, k, kc, dtype
+        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        self.vt = ir.VectorType(self.t, kc.lanes)
+        self.align = 4 if dtype == "float32" else 8
+        window, other = k.reduce.contraction
+        self.a_coef, self.a_const = rowconv.address(window)
+        self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
+        self.b_const = sum(coef for coef, _ in other.offset.base)
+        self.columns = k.domain[igemm.COLUMN]
+        self.taps = math.prod(k.domain[:3])
+
+    def function(self) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_kconv")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("nounwind")
+        for arg, name in zip(fn.args, ("N", "begin", "end", "image", "B", "C")):
+            arg.name = name
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
+        self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
+        self.n, begin, end, self.image, self.bmat, self.c = fn.args
+        rows = self.kc.rows
+        self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), rows * self.columns * self.kc.lanes), name="totals")
+        self.totals.align, self.totals.type = 64, PTR
+        full, rest = divmod(self.taps, rows)
+        with for_range(self.b, begin, end, 1, "block") as block:
+            m0 = self.b.mul(block, self._i(rows))
+            if not rest:
+                self.block(m0, rows)
+            else:
+                with self.b.if_else(self.b.icmp_signed("<", block, self._i(full))) as (whole, last):
+                    with whole:
+                        self.block(m0, rows)
+                    with last:
+                        self.block(m0, rest)
+        self.b.ret_void()
+        return fn
+
+    def block(self, m0: ir.Value, rows: int) -> None:
+        """Taps m0 .. m0 + rows: their float64 totals over the images, then C's rows."""
+        b, d, f64 = self.b, self.k.domain, ir.DoubleType()
+        cells, lanes = rows * self.columns, self.kc.lanes
+        dv = ir.VectorType(f64, lanes)
+        for i in range(cells):
+            b.store(ir.Constant(dv, None), self.total(i), align=8)
+        tap_at = []
+        for r in range(rows):
+            m = b.add(m0, self._i(r))
+            v2 = b.urem(m, self._i(d[2]))
+            v1 = b.urem(b.udiv(m, self._i(d[2])), self._i(d[1]))
+            v0 = b.udiv(m, self._i(d[1] * d[2]))
+            a = [self._i(self.a_coef.get(var, 0)) for var in (0, 1, 2)]
+            tap_at.append(b.add(b.add(b.mul(v0, a[0]), b.mul(v1, a[1])), b.add(b.mul(v2, a[2]), self._i(self.a_const))))
+        with for_range(b, 0, self.n if d[5] is None else d[5], 1, "v5") as v5:
+            a_at = [b.add(t, b.mul(v5, self._i(self.a_coef.get(5, 0)))) for t in tap_at]
+            b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
+            zero = ir.Constant(self.vt, None)
+            acc = self.carried(d[6], [zero] * cells, lambda v6, acc: self.row(v6, acc, a_at, b_at, rows), "v6")
+            for i, vector in enumerate(acc):  # each lane's float32 sum over the image into its float64 total
+                part = vector if self.dtype == "float64" else b.fpext(vector, dv)
+                b.store(b.fadd(b.load(self.total(i), typ=dv, align=8), part), self.total(i), align=8)
+        for r in range(rows):
+            for j in range(self.columns):
+                value = self.lane_sum(b.load(self.total(r * self.columns + j), typ=dv, align=8))
+                value = value if self.dtype == "float64" else b.fptrunc(value, self.t)
+                at = b.add(b.mul(b.add(m0, self._i(r)), self._i(self.columns)), self._i(j))
+                b.store(value, b.gep(self.c, [at], inbounds=True, source_etype=self.t), align=self.align)
+
+    def row(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int) -> list:
+        """One row v6: its whole vectors along v7, then a masked last one."""
+        b, lanes, width = self.b, self.kc.lanes, self.k.domain[LANE]
+        a_row = [b.add(a, b.mul(v6, self._i(self.a_coef.get(6, 0)))) for a in a_at]
+        b_row = b.add(b_at, b.mul(v6, self._i(self.b_coef.get(6, 0))))
+        whole = width // lanes
+        if whole:
+            acc = self.carried(whole, acc, lambda t, acc: self.step(acc, a_row, b_row, b.mul(t, self._i(lanes)), rows,
+                                                                    None), "v7")
+        if whole * lanes < width:
+            mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < width - whole * lanes for i in range(lanes)])
+            acc = self.step(acc, a_row, b_row, self._i(whole * lanes), rows, mask)
+        return acc
+
+    def step(self, acc: list, a_row: list, b_row: ir.Value, v7: ir.Value, rows: int, mask) -> list:
+        """Vectors of dy (one per column) and x (one per tap) at v7..: rows x N FMAs."""
+        b = self.b
+        bv = [self.load(self.bmat, b.add(b.add(b_row, v7), self._i(self.b_coef.get(igemm.COLUMN, 0) * j)), mask)
+              for j in range(self.columns)]
+        out = list(acc)
+        for r in range(rows):
+            a = self.load(self.image, b.add(a_row[r], v7), mask)
+            for j in range(self.columns):
+                out[r * self.columns + j] = self.fma(a, bv[j], out[r * self.columns + j])
+        return out
+
+    # -- IR helpers ----------------------------------------------------------------------------
+    def _i(self, value: int) -> ir.Value:
+        return ir.Constant(I64, value)
+
+    def total(self, i: int) -> ir.Value:
+        """Cell i's float64 totals, one per lane."""
+        return self.b.gep(self.totals, [self._i(i * self.kc.lanes)], inbounds=True, source_etype=ir.DoubleType())
+
+    def load(self, base: ir.Value, at: ir.Value, mask) -> ir.Value:
+        ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)
+        if mask is None:
+            return self.b.load(ptr, typ=self.vt, align=self.align)
+        name = f"llvm.masked.load.v{self.kc.lanes}{_SUFFIX[self.dtype]}.p0"
+        fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
+        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
+
+    def lane_sum(self, v: ir.Value) -> ir.Value:
+        """The sum of v's lanes, pairwise (halves added until one lane is left)."""
+        b, n = self.b, v.type.count
+        while n > 1:
+            half = n // 2
+            lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
+            hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half, n))))
+            v, n = b.fadd(lo, hi), half
+        return b.extract_element(v, ir.Constant(I32, 0))
+
+    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        name = f"llvm.fma.v{self.kc.lanes}{_SUFFIX[self.dtype]}"
+        return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
+
+    def carried(self, count: int, init: list, body, name: str) -> list:
+        return carried_loop(self.b, count, init, body, name)
