@@ -43,7 +43,11 @@ _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
                       # the step's regions and the GEMM slices' grain and workspace stride
                       os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
                       os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"),
-                      os.path.join("llvm", "split.py"))]
+                      os.path.join("llvm", "split.py"),
+                      # code emitted beside the renderer: windows, schedules' emitters, the direct convs
+                      os.path.join("llvm", "conv.py"), os.path.join("llvm", "schedule.py"),
+                      os.path.join("llvm", "rowconv.py"), os.path.join("llvm", "kconv.py"),
+                      os.path.join("llvm", "colconv.py"))]
 
 
 def _read(path: str) -> str:
