@@ -97,6 +97,11 @@ class DiskCache:
         except OSError:
             pass
 
+    def private_directory(self) -> str | None:
+        """The namespace's folder where it exists and it and the root are private to this user, else None."""
+        folder = self.directory()
+        return folder if os.path.isdir(folder) and self._private(folder) else None
+
     def _private(self, folder: str) -> bool:
         """Whether the root, namespace and entry folders that exist are all private to this user
         (warns once per unsafe directory); a missing folder holds no entries and is safe."""
@@ -234,4 +239,7 @@ def _header(key: str, payload: bytes) -> bytes:
 LLVM_OBJECTS = DiskCache("llvm", ".o")
 GEMM_OBJECTS = DiskCache("gemm", ".o")  # the GEMM library's routines (codegen/llvm/gemm_library.py)
 OPENCL_BINARIES = DiskCache("opencl", ".bin")
+LLVM_SHARED = DiskCache("llvm", ".so")  # a step's objects and GEMM routines as one shared object (llvm/jit.py)
+HOSTS = DiskCache("host", ".json")  # the host CPU's name and features as LLVM reads them, per CPU (llvm/jit.py)
+SOURCES = DiskCache("host", ".digest")  # graphnet's source digest by its files' stamps (graphnet/step_cache.py)
 STEPS = DiskCache("steps", ".step")  # compiled functions keyed on the written graph (graphnet/step_cache.py)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from codegen.cache import STEPS, cache_key
+from codegen.cache import SOURCES, STEPS, cache_key
 from codegen.memory import shape_from_json
 
 from .graph import Constant, Node, Variable, ancestors
@@ -136,19 +136,35 @@ _SOURCE_DIGEST: list[str] = []
 
 def source_digest() -> str:
     """graphnet's and codegen's source (every .py and .c file, `__version__` included) and the numpy
-    and llvmlite versions the compiler ran with; read once per process."""
+    and llvmlite versions the compiler ran with; once per process. The digest is remembered in the
+    disk cache under the files' names, sizes, modification times and inodes (a stricter check than
+    Python's own bytecode cache makes), so a process whose sources are unchanged reads none of them."""
     if not _SOURCE_DIGEST:
-        h = hashlib.sha256(f"numpy {np.__version__} llvmlite {_llvmlite_version()}".encode())
+        versions = f"numpy {np.__version__} llvmlite {_llvmlite_version()}"
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        files = []
         for package in ("graphnet", "codegen"):
-            for folder, dirs, files in sorted(os.walk(os.path.join(root, package))):
+            for folder, dirs, names in sorted(os.walk(os.path.join(root, package))):
                 dirs.sort()
-                for name in sorted(f for f in files if f.endswith((".py", ".c"))):
-                    path = os.path.join(folder, name)
-                    h.update(os.path.relpath(path, root).encode() + b"\0")
-                    with open(path, "rb") as f:
-                        h.update(hashlib.sha256(f.read()).digest())
-        _SOURCE_DIGEST.append(h.hexdigest())
+                files += [os.path.join(folder, n) for n in sorted(names) if n.endswith((".py", ".c"))]
+        try:
+            stats = [(os.path.relpath(p, root), st.st_size, st.st_mtime_ns, st.st_ino) for p in files
+                     for st in [os.stat(p)]]
+        except OSError:
+            stats = None
+        key = cache_key("source digest", root, versions, stats) if stats is not None else None
+        remembered = SOURCES.load(key) if key else None
+        if remembered is not None and len(remembered) == 64:
+            _SOURCE_DIGEST.append(remembered.decode())
+        else:
+            h = hashlib.sha256(versions.encode())
+            for path in files:
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+            _SOURCE_DIGEST.append(h.hexdigest())
+            if key:
+                SOURCES.store(key, _SOURCE_DIGEST[0].encode())
     return _SOURCE_DIGEST[0]
 
 

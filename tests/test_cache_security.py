@@ -16,7 +16,7 @@ import pytest
 
 import graphnet as gn
 from codegen import cache
-from codegen.cache import LLVM_OBJECTS, DiskCache, UnsafeCacheWarning
+from codegen.cache import DiskCache, UnsafeCacheWarning
 
 KEY_A, KEY_B = cache.cache_key("program A"), cache.cache_key("program B")
 
@@ -78,12 +78,13 @@ def test_step_object_of_another_program_is_not_executed(cache_dir):
     x = gn.placeholder("x", (None, 3))
     a = gn.compile(x * 2.0, backend="llvm")
     b = gn.compile(x * 3.0, backend="llvm")
-    shutil.copyfile(LLVM_OBJECTS.entry_path(a.executable.key), LLVM_OBJECTS.entry_path(b.executable.key))
+    code = a.executable.code_cache
+    shutil.copyfile(code.entry_path(a.executable.key), code.entry_path(b.executable.key))
     again = gn.compile(x * 3.0, backend="llvm")
     assert not again.executable.cache_hit
     feed = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(again(x=feed), feed * 3)
-    assert LLVM_OBJECTS.load(b.executable.key) is not None  # B's own object again
+    assert code.load(b.executable.key) is not None  # B's own object again
     assert gn.compile(x * 3.0, backend="llvm").executable.cache_hit
 
 

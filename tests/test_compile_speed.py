@@ -16,6 +16,7 @@ import graphnet as gn
 from codegen import cache
 from codegen.llvm import parallel
 from codegen.llvm.gemm_library import GEMMS
+from codegen.llvm.jit import SharedLibrary, linker
 from codegen.llvm.render import gemm_symbol, required_gemms
 
 PHASES = {"graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", "LLVM optimisation",
@@ -39,7 +40,13 @@ def _dense(features: int, units: int, seed: int):
     return fn, x, x @ w + 1.0
 
 
-def test_a_step_links_against_the_gemm_library_bound_once_per_process(cache_dir):
+@pytest.fixture
+def engine(monkeypatch):
+    """Steps load into MCJIT engines (as where there is no linker), which link against the bound library."""
+    monkeypatch.setattr("codegen.llvm.backend.linker", lambda: None)
+
+
+def test_a_step_links_against_the_gemm_library_bound_once_per_process(cache_dir, engine):
     first, x1, want1 = _dense(160, 96, 0)
     second, x2, want2 = _dense(128, 80, 1)  # another model, the same routine
     routines = required_gemms(first.executable.lp)
@@ -62,7 +69,7 @@ def test_a_fresh_process_stores_its_gemm_routines_in_the_librarys_own_cache_fold
 
 
 @pytest.mark.skipif(not parallel.load_runtime(), reason=str(parallel.runtime_failure()))
-def test_another_build_of_a_bound_routine_is_linked_into_the_step(cache_dir, monkeypatch):
+def test_another_build_of_a_bound_routine_is_linked_into_the_step(cache_dir, monkeypatch, engine):
     """A routine bound for one thread count, needed built for another: the step loads its own copy
     (only one build of a symbol can be the process's) and computes with it."""
     private = []
@@ -73,6 +80,21 @@ def test_another_build_of_a_bound_routine_is_linked_into_the_step(cache_dir, mon
         np.testing.assert_allclose(fn(x=x), want, rtol=1e-4, atol=1e-4)
         private.append(fn.executable.private_gemms)
     assert [p for p in private if not p] in ([], [[]]) and any(private)
+
+
+@pytest.mark.skipif(linker() is None, reason="no linker here")
+def test_a_shared_step_holds_its_gemm_routines_from_the_librarys_cache_folder(cache_dir):
+    """Where a linker makes shared objects, a step's holds the GEMM routines it calls (their objects
+    built once per machine in the library's cache folder), so loading it binds nothing process-wide."""
+    bound = GEMMS.bound()
+    first, x1, want1 = _dense(160, 96, 0)
+    entries = cache.info()["namespaces"]["gemm"]["entries"]
+    second, x2, want2 = _dense(128, 80, 1)  # another model, the same routine: built once
+    assert first.executable.shared and second.executable.shared and GEMMS.bound() == bound
+    assert entries >= 1 and cache.info()["namespaces"]["gemm"]["entries"] == entries
+    assert isinstance(first.executable.library, SharedLibrary)
+    np.testing.assert_allclose(first(x=x1), want1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second(x=x2), want2, rtol=1e-4, atol=1e-4)
 
 
 def test_compile_reports_its_time_by_phase(cache_dir):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.cache import LLVM_OBJECTS as cache
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def test_cache_miss_then_hit(cache_dir):
     assert not first.executable.cache_hit and second.executable.cache_hit
     feed = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(first(x=feed), second(x=feed))
-    assert os.path.exists(cache.entry_path(first.executable.key))
+    assert os.path.exists(first.executable.code_cache.entry_path(first.executable.key))
 
 
 def test_cache_key_depends_on_constants_and_shapes(cache_dir):
@@ -53,6 +52,7 @@ def test_cache_key_depends_on_constants_and_shapes(cache_dir):
 def test_corrupted_entry_is_detected_and_rebuilt(cache_dir):
     x, w, y, loss, updates = model()
     fn = gn.compile(y, backend="llvm")
+    cache = fn.executable.code_cache
     path = cache.entry_path(fn.executable.key)
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF

@@ -15,7 +15,7 @@ import pytest
 import graphnet as gn
 import graphnet.function
 from codegen import cache
-from codegen.cache import LLVM_OBJECTS, STEPS
+from codegen.cache import STEPS
 
 RNG = np.random.default_rng(7)
 W1 = RNG.standard_normal((5, 8)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_a_damaged_or_foreign_entry_is_a_miss_that_recompiles(cache_dir, damage)
 
 def test_a_hit_whose_object_is_missing_or_foreign_recompiles(cache_dir):
     fresh, _ = train_step()
-    os.unlink(LLVM_OBJECTS.entry_path(fresh.executable.key))
+    os.unlink(fresh.executable.code_cache.entry_path(fresh.executable.key))
     again, _ = train_step()
     assert not again.from_cache and not again.executable.cache_hit
     assert train_step()[0].from_cache
@@ -233,3 +233,36 @@ def test_a_fresh_process_loads_the_function_and_computes_the_same_bits(cache_dir
                                          capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(2)]
     assert [r["hit"] for r in results] == [False, True]
     assert results[0]["values"] == results[1]["values"]
+
+
+def _digest_reading(monkeypatch, stat=None) -> tuple[str, list[str]]:
+    """source_digest() computed afresh in this process, and the source files it read."""
+    from graphnet import step_cache
+    monkeypatch.setattr(step_cache, "_SOURCE_DIGEST", [])
+    read, real_open = [], open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: read.append(str(path)) or real_open(path, *a, **k))
+    if stat is not None:
+        monkeypatch.setattr(step_cache.os, "stat", stat)
+    try:
+        return step_cache.source_digest(), [p for p in read if p.endswith((".py", ".c"))]
+    finally:
+        monkeypatch.undo()
+
+
+def test_the_source_digest_is_remembered_by_the_source_files_stamps(cache_dir, monkeypatch):
+    first, read = _digest_reading(monkeypatch)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(cache_dir))
+    again, reread = _digest_reading(monkeypatch)
+    assert again == first and read and not reread  # the stamps unchanged: no source file read
+    real_stat = os.stat
+
+    class Touched:
+        def __init__(self, st):
+            self.st, self.st_mtime_ns = st, st.st_mtime_ns + 1
+
+        def __getattr__(self, name):
+            return getattr(self.st, name)
+
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(cache_dir))
+    touched, read = _digest_reading(monkeypatch, lambda p, *a, **k: Touched(real_stat(p, *a, **k)))
+    assert touched == first and read  # a file's stamp changed: every file read again (same contents)

@@ -26,22 +26,28 @@ from graphnet.program import Program
 
 from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
-from ..cache import LLVM_OBJECTS
+from ..cache import LLVM_OBJECTS, LLVM_SHARED
 from .call import data_pointer, fast_call
-from .jit import Compiler, Library, host_target
+from .jit import Compiler, Library, SharedLibrary, host_target, link_shared, linker, pack_objects, unpack_objects
 from .gemm import GemmSpec, specialised_m
-from .gemm_library import GEMMS
+from .gemm_library import GEMMS, build_object
 from .parallel import load_runtime, num_threads, parallel_workspace_bytes
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 INITIAL_CAPACITY = 64
+GEMM_BUILD_COST = 25_000  # a GEMM routine's build, in characters of step IR that take as long (workers.py)
 _SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
             for f in ("loopir.py", "lower.py", "collectives.py", os.path.join("llvm", "render.py"),
                       os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
                       # the step's regions and the GEMM slices' grain and workspace stride
                       os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
-                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"))]
+                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"),
+                      os.path.join("llvm", "split.py"),
+                      # code emitted beside the renderer: windows, schedules' emitters, the direct convs
+                      os.path.join("llvm", "conv.py"), os.path.join("llvm", "schedule.py"),
+                      os.path.join("llvm", "rowconv.py"), os.path.join("llvm", "kconv.py"),
+                      os.path.join("llvm", "colconv.py"))]
 
 
 def _read(path: str) -> str:
@@ -61,6 +67,20 @@ def _gemm_digest() -> str:
     return cache.cache_key(*(_read(os.path.join(here, f)) for f in ("gemm.py", "igemm.py", "loops.py", "parallel.py")))
 
 
+def _build_gemm(compiler: Compiler, threads: int, spec: GemmSpec) -> tuple[bytes, dict[str, float]]:
+    start = time.perf_counter()
+    return build_object(compiler, threads, spec), {"GEMM routines": time.perf_counter() - start}
+
+
+def _apportion(seconds: dict[str, float], wall: float, timings: list[dict[str, float]]) -> None:
+    """Add `wall`, the time jobs took in parallel, to `seconds` by phase, in proportion to each phase's
+    share of the jobs' own times."""
+    total = sum(v for t in timings for v in t.values())
+    for timing in timings:
+        for phase, value in timing.items():
+            seconds[phase] = seconds.get(phase, 0.0) + (wall * value / total if total > 0 else 0.0)
+
+
 class LLVMBackend:
     # The compiler's modules (lowering, loop passes, the renderer) are imported where a miss uses them:
     # a compiled-function cache hit (`from_cache`) loads a step without them.
@@ -77,15 +97,28 @@ class LLVMBackend:
         prepare_collectives(self.lp)  # a data-parallel step: the MPI runtime's symbols, every rank's agreement
         self.layout = StepLayout.of(self.lp)
         self.gemms = required_gemms(self.lp)
-        self._load(self._step_object(), step_lock(program))
+        # A shared object where a linker makes one (none for a step calling the MPI runtime, whose
+        # symbols only MCJIT engines see); MCJIT where that fails.
+        runtime_calls = any(k.call is not None for k in self.lp.kernels)
+        if not (self.shared and not runtime_calls and self._load_shared(step_lock(program))):
+            self._use_engine()
+            objects, built = self._step_objects()
+            self._load(objects, step_lock(program), built)
 
-    def _setup(self, options) -> None:
+    def _setup(self, options, shared: bool | None = None) -> None:
         self.check = options.check_numerics
         self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
-        self.compiler = Compiler(host_target())
+        self.shared = linker() is not None if shared is None else shared  # a shared object, else MCJIT
+        self.compiler = Compiler(host_target(), reloc="pic" if self.shared else "default")
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
         self._loop_records: list | None = None
+
+    def _use_engine(self) -> None:
+        """Compile for an MCJIT engine (no shared object)."""
+        if self.shared:
+            self.shared, self.compiler = False, Compiler(self.compiler.target)
+            self._ir_text = None
 
     @staticmethod
     def cache_context() -> tuple:
@@ -97,28 +130,73 @@ class LLVMBackend:
     def from_cache(cls, described: dict, blobs: list, variables: list, lock: StepLock, options,
                    program: Callable[[], Program]) -> "LLVMBackend | None":
         """The step a compiled-function cache entry describes (`cached_form`), on the user's
-        `variables`; None where its object is not in the object cache (or is damaged). `program`
-        gives the optimised program where a dump or profile asks for the loop program."""
+        `variables`; None where its code is not in the disk cache (or is damaged, or does not load).
+        `program` gives the optimised program where a dump or profile asks for the loop program."""
         self = cls.__new__(cls)
-        self._setup(options)
+        self._setup(options, shared=described["shared"] is True)
         self._program, self._program_of, self._lp = None, program, None
         self.layout = StepLayout.from_json(described["layout"], blobs, variables)
         self.gemms = [(np.dtype(d).name, bool(ta), bool(tb), m if m is None else int(m), int(gather))
                       for d, ta, tb, m, gather in described["gemms"]]
         self.key = described["object"]
-        with timed(self.compile_seconds, "cache lookup"):
-            obj = LLVM_OBJECTS.load(self.key) if isinstance(self.key, str) else None
-        if obj is None:
+        if not isinstance(self.key, str):
             return None
         self.cache_hit = True
-        self._load(obj, lock)
+        if self.shared:  # the step and its GEMM routines as one shared object: no LLVM in this process
+            with timed(self.compile_seconds, "cache lookup"):
+                image = LLVM_SHARED.load(self.key)
+            return self if image is not None and self._attach_shared(image, lock) else None
+        with timed(self.compile_seconds, "cache lookup"):
+            payload = LLVM_OBJECTS.load(self.key)
+            objects = unpack_objects(payload) if payload is not None else None
+        if not objects:
+            return None
+        self._load(objects, lock)
         return self
 
     def cached_form(self, variables: list) -> tuple[dict, list[bytes]]:
         """What `from_cache` needs, JSON-able, and the constants' bytes (`variables` name the storage)."""
         layout, blobs = self.layout.to_json(variables)
         gemms = [[np.dtype(d).name, ta, tb, m, gather] for d, ta, tb, m, gather in self.gemms]
-        return {"layout": layout, "gemms": gemms, "object": self.key}, blobs
+        return {"layout": layout, "gemms": gemms, "object": self.key, "shared": self.shared}, blobs
+
+    @property
+    def code_cache(self) -> cache.DiskCache:
+        """The disk cache holding this step's code under `key`: its shared object, or its objects."""
+        return LLVM_SHARED if self.shared else LLVM_OBJECTS
+
+    def _load_shared(self, lock: StepLock) -> bool:
+        """The step as a shared object (`jit.link_shared`: its objects and its GEMM routines), from the
+        disk cache or compiled, linked and stored, then loaded; False where linking or loading fails."""
+        self._set_key()
+        with timed(self.compile_seconds, "cache lookup"):
+            image = LLVM_SHARED.load(self.key)
+        self.cache_hit = image is not None
+        if image is None:
+            objects, built = self._compile()
+            with timed(self.compile_seconds, "GEMM routines"):  # their objects, linked into the step's
+                routines = {}
+                for g in self.gemms:
+                    spec = self._gemm_spec(*g)
+                    routines.setdefault(GEMMS.key(self.compiler, self.threads, spec, _gemm_digest()), (spec, g))
+                objects += [GEMMS.object(self.compiler, self.threads, spec, _gemm_digest(), built.get(g))
+                            for spec, g in routines.values()]
+            with timed(self.compile_seconds, "shared object"):
+                image = link_shared(self.compiler, objects)
+            if image is None:
+                return False
+            LLVM_SHARED.store(self.key, image)
+        return self._attach_shared(image, lock)
+
+    def _attach_shared(self, image: bytes, lock: StepLock) -> bool:
+        with timed(self.compile_seconds, "loading"):
+            try:
+                library = SharedLibrary(image, LLVM_SHARED.private_directory())
+            except OSError:
+                return False
+            self.private_gemms = []
+            self._attach(library, lock)
+        return True
 
     @property
     def program(self) -> Program:
@@ -151,41 +229,71 @@ class LLVMBackend:
         passes = loop_passes(self._gemm_workspace, self.threads, self.compiler.target)
         return lower(self.program, fuse=not self.check, loop_passes=passes, snapshots=snapshots)
 
-    def _load(self, obj: bytes, lock: StepLock) -> None:
-        """Link the step object against the GEMM library, load it and bind the buffers."""
+    def _load(self, objects: list[bytes], lock: StepLock, built: dict | None = None) -> None:
+        """Link the step's objects against the GEMM library, load them and bind the buffers. `built`:
+        GEMM routines' objects compiled beside the step's (by GEMM)."""
+        built = built or {}
         with timed(self.compile_seconds, "GEMM routines"):
-            linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest()))
+            linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest(), built.get(g)))
                       for g in self.gemms]
         self.private_gemms = [g for g, own in linked if own is not None]  # not the library's build: loaded here
         with timed(self.compile_seconds, "loading"):
-            self.library = Library(self.compiler, [own for _, own in linked if own is not None] + [obj])
-            self.step_address = self.library.address("graphnet_step")
-            self.step = _STEP(self.step_address)
-            self.profiled_step = _PROFILED_STEP(self.library.address("graphnet_step_profiled"))
-            self.kernels = [_STEP(self.library.address(k.name)) for k in self.lp.kernels] if self.check else []
-            self._bind_buffers(lock)
+            self._attach(Library(self.compiler, [own for _, own in linked if own is not None] + objects), lock)
 
-    def _step_object(self) -> bytes:
-        """The step's object code (its kernels; the GEMM routines are the library's), from the disk cache
-        or compiled and stored."""
+    def _attach(self, library: Library | SharedLibrary, lock: StepLock) -> None:
+        """Take the step's addresses from its loaded code and bind the buffers."""
+        self.library = library
+        self.step_address = library.address("graphnet_step")
+        self.step = _STEP(self.step_address)
+        self.profiled_step = _PROFILED_STEP(library.address("graphnet_step_profiled"))
+        self.kernels = [_STEP(library.address(k.name)) for k in self.lp.kernels] if self.check else []
+        self._bind_buffers(lock)
+
+    def _set_key(self) -> None:
         # The object code is a function of the loop program (every kernel, buffer, shape, dtype and
         # inlined constant, exactly), the target and the flags: key on those rather than on
         # Program.hash(), which prints small constants at six digits.
-        seconds = self.compile_seconds
-        with timed(seconds, "cache lookup"):
+        with timed(self.compile_seconds, "cache lookup"):
             self.key = cache.cache_key(self.lp.to_text(sources=False), self.compiler.target, self.compiler.opt,
-                                       self.check, self.threads, graphnet.__version__, _codegen_digest())
-            obj = LLVM_OBJECTS.load(self.key)
-        self.cache_hit = obj is not None
-        if obj is None:
-            with timed(seconds, "LLVM IR"):
-                text = self.ir_text
-            with timed(seconds, "LLVM optimisation"):
-                module = self.compiler.optimize(text)
-            with timed(seconds, "object emission"):
-                obj = self.compiler.emit(module)
-            LLVM_OBJECTS.store(self.key, obj)
-        return obj
+                                       self.compiler.reloc, self.compiler.code_model, self.check, self.threads,
+                                       graphnet.__version__, _codegen_digest())
+
+    def _step_objects(self) -> tuple[list[bytes], dict]:
+        """The step's objects for an MCJIT engine from the disk cache, or compiled and stored (`_compile`)."""
+        self._set_key()
+        with timed(self.compile_seconds, "cache lookup"):
+            payload = LLVM_OBJECTS.load(self.key)
+            try:
+                objects = unpack_objects(payload) if payload is not None else None
+            except ValueError:
+                objects = None
+        self.cache_hit = bool(objects)
+        if self.cache_hit:
+            return objects, {}
+        objects, built = self._compile()
+        LLVM_OBJECTS.store(self.key, pack_objects(objects))
+        return objects, built
+
+    def _compile(self) -> tuple[list[bytes], dict]:
+        """The step's object code, in parts (`split.py`; the GEMM routines are the library's), and the
+        objects of the GEMM routines no cache holds, compiled beside them in worker processes (`workers.py`)."""
+        from .split import part_count, split_module
+        from .workers import run_jobs
+        seconds = self.compile_seconds
+        with timed(seconds, "LLVM IR"):
+            text = self.ir_text
+            units = [[k.name] for k in self.lp.kernels] + [["graphnet_step", "graphnet_step_profiled"]]
+            parts = split_module(text, units, part_count(text))
+        missing = [g for g in dict.fromkeys(self.gemms)
+                   if GEMMS.needs_build(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest())]
+        jobs = [functools.partial(self.compiler.compile_timed, part) for part in parts]
+        jobs += [functools.partial(_build_gemm, self.compiler, self.threads, self._gemm_spec(*g)) for g in missing]
+        costs = [len(part) for part in parts] + [GEMM_BUILD_COST] * len(missing)
+        start = time.perf_counter()
+        results = run_jobs(jobs, costs)
+        _apportion(seconds, time.perf_counter() - start, [timing for _, timing in results])
+        objects = [obj for obj, _ in results[:len(parts)]]
+        return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts):])}
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)

@@ -3,19 +3,43 @@
 The target machine uses the host's CPU name and feature string read at run time. LLVM tunes
 AVX-512 CPUs for 256-bit vectors; where AVX-512 exists `host_target` adds `-prefer-256-bit` to the
 feature string so that the loop vectorizer uses 512-bit registers too, as the GEMM generator's
-explicit vectors (`TargetInfo.lanes`) do. Objects are loaded into an MCJIT engine (libm symbols
-such as log1pf resolve from the process), so a cached object needs no linker.
+explicit vectors (`TargetInfo.lanes`) do. Where the system has a linker (`linker`), a step's
+position-independent objects and its GEMM routines are linked into a shared object (`link_shared`)
+that the dynamic loader loads (`SharedLibrary`) without LLVM: a compiled-function cache hit then
+imports no llvmlite.binding (about 30 ms) and builds no engine; the host's CPU name and features are
+remembered per machine in the disk cache (`host_cpu`) for the same reason. Elsewhere objects load
+into an MCJIT engine (`Library`; libm symbols such as log1pf resolve from the process), which needs no
+linker. (MCJIT does not load large-code-model position-independent objects that call each other, and
+the small code model's 32-bit offsets are only safe where one linker lays out the code.)
 """
 from __future__ import annotations
 
-import llvmlite.binding as llvm
+import ctypes
+import functools
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
+from ..cache import HOSTS, cache_key
 from .target import TargetInfo
+
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
+
+SERIAL_FLAG = "graphnet_parallel_serial"  # parallel.py's flag: a shared object holds its own copy
 
 
 def host_target(wide: bool | None = None) -> TargetInfo:
     """The host CPU; `wide`: vectorize with 512-bit registers (default: when AVX-512 is present)."""
-    host = TargetInfo.host()
+    host = host_cpu()
     if wide is None:
         wide = host.vector_bits >= 512
     if wide and host.vector_bits >= 512:
@@ -24,12 +48,69 @@ def host_target(wide: bool | None = None) -> TargetInfo:
     return host
 
 
+def host_cpu() -> TargetInfo:
+    """`TargetInfo.host()`, remembered in the disk cache under the CPU's identity (`cpu_identity`), so
+    that a process loading cached code asks LLVM nothing."""
+    identity = cpu_identity()
+    if identity is None:
+        return TargetInfo.host()
+    return _host_of(identity)
+
+
+@functools.cache
+def _host_of(identity: str) -> TargetInfo:
+    key = cache_key("host", identity)
+    payload = HOSTS.load(key)
+    if payload is not None:
+        try:
+            return TargetInfo(**json.loads(payload))
+        except (ValueError, TypeError):
+            pass
+    info = TargetInfo.host()
+    HOSTS.store(key, json.dumps(asdict(info)).encode())
+    return info
+
+
+@functools.cache
+def cpu_identity() -> str | None:
+    """The first processor's description in /proc/cpuinfo (vendor, family, model, stepping, microcode,
+    flags) and llvmlite's version; None where there is no /proc/cpuinfo."""
+    import llvmlite  # (the package's version only: llvmlite.binding loads LLVM)
+    try:
+        with open("/proc/cpuinfo") as f:
+            head = []
+            for line in f:
+                if not line.strip():
+                    break
+                head.append(line)
+    except OSError:
+        return None
+    fields = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode", "flags", "Features",
+              "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "CPU revision")
+    kept = sorted(line.strip() for line in head if line.split(":")[0].strip() in fields)
+    return "\n".join([os.uname().machine, llvmlite.__version__, *kept]) if kept else None
+
+
 class Compiler:
     """Parses, optimizes and emits one module at a fixed optimization level."""
 
-    def __init__(self, target: TargetInfo, opt: int = 3, unroll: bool = False):
-        self.target, self.opt, self.unroll = target, opt, unroll
-        self.tm = target.target_machine(opt=opt)
+    def __init__(self, target: TargetInfo, opt: int = 3, unroll: bool = False, reloc: str = "default"):
+        """`reloc`: "default" for objects MCJIT loads (`Library`), "pic" for a shared object (`link_shared`)."""
+        self.target, self.opt, self.unroll, self.reloc = target, opt, unroll, reloc
+        self._tm: llvm.TargetMachine | None = None
+
+    @property
+    def code_model(self) -> str:
+        """A shared object's code is position-independent with the small code model (RIP-relative data,
+        direct calls within it), as a C compiler's -fPIC makes; MCJIT's is absolute (its default)."""
+        return "small" if self.reloc == "pic" else "jitdefault"
+
+    @property
+    def tm(self) -> llvm.TargetMachine:
+        """The target machine (made when first used: loading a shared object needs none)."""
+        if self._tm is None:
+            self._tm = self.target.target_machine(opt=self.opt, reloc=self.reloc, codemodel=self.code_model)
+        return self._tm
 
     @property
     def triple(self) -> str:
@@ -40,6 +121,7 @@ class Compiler:
         return str(self.tm.target_data)
 
     def optimize(self, text: str) -> llvm.ModuleRef:
+        import llvmlite.binding as llvm
         module = llvm.parse_assembly(text)
         module.verify()
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt)
@@ -55,9 +137,18 @@ class Compiler:
         GEMM compiles ~10x faster and runs as fast without it)."""
         if optimize:
             return self.emit(self.optimize(text))
+        import llvmlite.binding as llvm
         module = llvm.parse_assembly(text)
         module.verify()
         return self.emit(module)
+
+    def compile_timed(self, text: str) -> tuple[bytes, dict[str, float]]:
+        """Optimised object code and the seconds spent optimising and emitting (a `workers.py` job)."""
+        start = time.perf_counter()
+        module = self.optimize(text)
+        optimised = time.perf_counter()
+        obj = self.emit(module)
+        return obj, {"LLVM optimisation": optimised - start, "object emission": time.perf_counter() - optimised}
 
     def emit(self, module: llvm.ModuleRef) -> bytes:
         """The module's object code (instruction selection and register allocation at `opt`)."""
@@ -71,6 +162,9 @@ class Library:
     """An object file loaded for execution; keep it alive while its addresses are in use."""
 
     def __init__(self, compiler: Compiler, objects: list[bytes]):
+        import llvmlite.binding as llvm
+        from .parallel import bind_for_jit
+        bind_for_jit()  # the serial flag, where libgomp was loaded before LLVM was
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), compiler.tm)
         for obj in objects:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -81,3 +175,109 @@ class Library:
         if not address:
             raise RuntimeError(f"symbol {name} missing from the compiled object")
         return address
+
+
+class SharedLibrary:
+    """A shared object (`link_shared`'s) loaded by the dynamic loader, with its own symbols first and
+    its own copy of the serial flag (set where parallel.py sets the process's); unloaded when collected,
+    as an engine frees its code."""
+
+    def __init__(self, image: bytes, folder: str | None):
+        """Load `image` through a temporary file in `folder`, a private directory (else a private
+        temporary one); OSError where it does not load (a folder mounted noexec, a missing symbol)."""
+        from . import parallel
+        own = folder is None
+        folder = tempfile.mkdtemp(prefix="graphnet-so-") if own else folder
+        try:
+            fd, path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".so")  # a name never loaded before
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(image)
+                self.lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+            finally:
+                os.unlink(path)  # the mapping keeps the file (and so its inode) while the library is loaded
+        finally:
+            if own:
+                os.rmdir(folder)
+        try:
+            flag = ctypes.c_int32.in_dll(self.lib, SERIAL_FLAG)
+        except ValueError:
+            _dlclose(self.lib._handle)
+            raise OSError(f"{SERIAL_FLAG} missing from the shared object") from None
+        flag.value = parallel.serial_flag()
+        parallel.serial_flags.append(flag)
+        weakref.finalize(self, _unload, self.lib._handle, flag).atexit = False  # (the process unmaps it at exit)
+
+    def address(self, name: str) -> int:
+        try:
+            return ctypes.cast(getattr(self.lib, name), ctypes.c_void_p).value
+        except AttributeError:
+            raise RuntimeError(f"symbol {name} missing from the shared object") from None
+
+
+def _unload(handle: int, flag: ctypes.c_int32) -> None:
+    from . import parallel
+    parallel.serial_flags.remove(flag)  # before its memory goes
+    _dlclose(handle)
+
+
+def _dlclose(handle: int) -> None:
+    import _ctypes
+    _ctypes.dlclose(handle)
+
+
+@functools.cache
+def linker() -> tuple[str, ...] | None:
+    """The command that links objects into a shared object here (`ld`, else `cc`), or None (not Linux,
+    no linker, or GRAPHNET_SHARED_OBJECTS=0, read once per process): then steps load into MCJIT engines."""
+    if not sys.platform.startswith("linux") or os.environ.get("GRAPHNET_SHARED_OBJECTS") == "0":
+        return None
+    ld, cc = shutil.which("ld"), shutil.which(os.environ.get("CC") or "cc")
+    if ld:
+        return ld, "-shared", "-Bsymbolic", "-z", "noexecstack"
+    return (cc, "-shared", "-nostdlib", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack") if cc else None
+
+
+def link_shared(compiler: Compiler, objects: list[bytes]) -> bytes | None:
+    """Position-independent objects and a definition of the serial flag linked into one shared object
+    whose own definitions bind first (-Bsymbolic; libm and libgomp resolve from the process when it
+    loads), or None where there is no linker or linking fails."""
+    command = linker()
+    if command is None:
+        return None
+    flag = f'target triple = "{compiler.triple}"\n@"{SERIAL_FLAG}" = global i32 0\n'
+    objects = objects + [compiler.object_code(flag, optimize=False)]
+    with tempfile.TemporaryDirectory(prefix="graphnet-link-") as folder:
+        paths = []
+        for i, obj in enumerate(objects):
+            paths.append(os.path.join(folder, f"{i}.o"))
+            with open(paths[-1], "wb") as f:
+                f.write(obj)
+        out = os.path.join(folder, "step.so")
+        try:
+            done = subprocess.run([*command, "-o", out, *paths], capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if done.returncode != 0:
+            return None
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def pack_objects(objects: list[bytes]) -> bytes:
+    """Several object files as one payload (the object cache's entry for a step compiled in parts)."""
+    return b"".join(struct.pack("<Q", len(obj)) + obj for obj in objects)
+
+
+def unpack_objects(payload: bytes) -> list[bytes]:
+    """`pack_objects`'s objects (ValueError where the payload is not such a list)."""
+    objects, at = [], 0
+    while at < len(payload):
+        if at + 8 > len(payload):
+            raise ValueError("truncated object list")
+        (size,) = struct.unpack_from("<Q", payload, at)
+        objects.append(bytes(payload[at + 8:at + 8 + size]))
+        at += 8 + size
+        if at > len(payload):
+            raise ValueError("truncated object list")
+    return objects

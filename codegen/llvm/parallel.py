@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from typing import Callable
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 
 from codegen.llvm.gemm import GemmSpec, default_blocking, emit_gemm, workspace_bytes
@@ -68,6 +68,8 @@ _SERIAL_FLAG = "graphnet_parallel_serial"
 _runtime: ctypes.CDLL | None = None
 _failure: str | None = None
 _serial = ctypes.c_int32(0)
+_flag_bound = False
+serial_flags: list[ctypes.c_int32] = []  # shared objects' own copies of the flag, set with it in a forked child
 
 
 def load_runtime() -> bool:
@@ -77,6 +79,8 @@ def load_runtime() -> bool:
     """
     global _runtime, _failure
     if _runtime is not None:
+        if not _flag_bound and "llvmlite.binding" in sys.modules:
+            _bind_flag()
         return True
     if _failure is not None:
         return False
@@ -91,13 +95,36 @@ def load_runtime() -> bool:
     finally:
         if default_spin:
             del os.environ["GOMP_SPINCOUNT"]
-    llvm.add_symbol(_SERIAL_FLAG, ctypes.addressof(_serial))
     os.register_at_fork(after_in_child=_run_serially)
+    if "llvmlite.binding" in sys.modules:
+        _bind_flag()
     return True
+
+
+def _bind_flag() -> None:
+    """Bind the serial flag for MCJIT engines (where LLVM is loaded: a process loading only shared
+    objects, `jit.SharedLibrary`, gives each its own copy, which `serial_flags` lists)."""
+    global _flag_bound
+    import llvmlite.binding as llvm
+    llvm.add_symbol(_SERIAL_FLAG, ctypes.addressof(_serial))
+    _flag_bound = True
+
+
+def bind_for_jit() -> None:
+    """Bind the serial flag for MCJIT where libgomp was loaded before llvmlite.binding was (jit.Library)."""
+    if _runtime is not None and not _flag_bound:
+        _bind_flag()
 
 
 def _run_serially() -> None:
     _serial.value = 1
+    for flag in serial_flags:
+        flag.value = 1
+
+
+def serial_flag() -> int:
+    """The process's serial flag (1 in a forked child), for a shared object's own copy to start from."""
+    return _serial.value
 
 
 def runtime_failure() -> str | None:

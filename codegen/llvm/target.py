@@ -6,8 +6,10 @@ another CPU (tests use this to run the AVX2 and scalar code paths on an AVX-512 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 _ELEMENT_BITS = {"float32": 32, "float64": 64}
 
@@ -29,6 +31,7 @@ class TargetInfo:
     @classmethod
     def host(cls) -> TargetInfo:
         """The machine we are running on."""
+        import llvmlite.binding as llvm  # (here: a compiled-function cache hit loads code without LLVM)
         return cls.from_features(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
 
     @classmethod
@@ -49,13 +52,14 @@ class TargetInfo:
         """Elements of `dtype` per vector register (1 for scalar code)."""
         return max(1, self.vector_bits // _ELEMENT_BITS[dtype])
 
-    def target_machine(self, opt: int = 3, reloc: str = "default") -> llvm.TargetMachine:
+    def target_machine(self, opt: int = 3, reloc: str = "default", codemodel: str = "jitdefault") -> llvm.TargetMachine:
         """An LLVM target machine for the default triple with this CPU and these features."""
+        import llvmlite.binding as llvm
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         target = llvm.Target.from_default_triple()
         return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt, reloc=reloc,
-                                            codemodel="jitdefault")
+                                            codemodel=codemodel)
 
 
 AVX2 = TargetInfo("haswell", "+avx,+avx2,+fma,+sse2,+sse4.2", 256, True, 16)

@@ -4,8 +4,11 @@ For each grid configuration and round, three child processes each build the mode
 (`bench/grid.py`: graph construction, autodiff, Adam, then `gn.compile`) and report the seconds and
 `Function.compile_seconds`, the breakdown by phase: `cold` with an empty cache directory,
 `library warm` with a cache holding only the GEMM library (the cache's `gemm` folder, copied from
-the cold run), and `cached` with the cold run's whole cache. "build" is what no phase covers (graph
-construction, autodiff, the Function's set-up, importing the compiler). Children import graphnet
+the cold run), and `cached` with the cold run's whole cache. "shared object" is linking the step's
+objects and GEMM routines into a shared object (where a linker exists); in the cold and warm states
+the parallel section's wall time is split over LLVM optimisation, object emission and GEMM routines
+in proportion to the worker jobs' own times. "build" is what no phase covers (graph construction,
+autodiff, the Function's set-up, importing the compiler). Children import graphnet
 from bytecode, as an installed graphnet does: the run keeps its own bytecode folder (filled by a
 warm-up child), so that where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE)
 "build" does not include compiling graphnet's Python sources in every child. Medians over the
@@ -31,7 +34,7 @@ from ..peers import GRID
 DEFAULT_CONFIGS = ("tiny", "small", "medium")
 STATES = ("cold", "library warm", "cached")
 PHASES = ("graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", "LLVM optimisation",
-          "object emission", "GEMM routines", "loading")
+          "object emission", "GEMM routines", "shared object", "loading")
 TARGETS = {"medium": {"cold": 0.5, "library warm": 0.3, "cached": 0.03}}  # issue #17's, in seconds
 
 

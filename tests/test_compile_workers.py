@@ -1,0 +1,200 @@
+"""Parallel compilation (issue #17): a step module split into parts (codegen/llvm/split.py) compiled in
+forked worker processes with the GEMM routines it needs (codegen/llvm/workers.py). The objects are the
+same bytes whichever process built them; a child that fails or hangs is a fallback, not an error."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.cache import LLVM_OBJECTS, LLVM_SHARED
+from codegen.llvm import workers
+from codegen.llvm.jit import Compiler, Library, host_target, linker, pack_objects, unpack_objects
+from codegen.llvm.split import PART_CHARS, part_count, split_module
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _mlp_step(seed: int = 0):
+    """A small training step with GEMMs, row reductions and an optimizer: several kernels."""
+    rng = np.random.default_rng(seed)
+    with gn.Graph():
+        x, y = gn.placeholder("x", (None, 48)), gn.placeholder("y", (None, 10))
+        w1 = gn.variable("w1", rng.standard_normal((48, 64)).astype(np.float32) * 0.1)
+        w2 = gn.variable("w2", rng.standard_normal((64, 10)).astype(np.float32) * 0.1)
+        loss = gn.losses.softmax_cross_entropy(gn.relu(x @ w1) @ w2, y)
+        step = gn.compile([loss], updates=gn.optim.Adam(1e-2).minimize(loss), backend="llvm")
+    feeds = {"x": rng.standard_normal((64, 48)).astype(np.float32),
+             "y": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]}
+    return step, feeds, (w1, w2)
+
+
+def _compiled(monkeypatch, tmp_path, name: str, processes: str, parts: int, shared: bool = False):
+    """The step's code as the disk cache holds it (its objects for MCJIT, or its shared object) and
+    three steps' losses."""
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", processes)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / name))
+    monkeypatch.setattr("codegen.llvm.split.part_count", lambda text: parts)
+    if not shared:
+        monkeypatch.setattr("codegen.llvm.backend.linker", lambda: None)
+    step, feeds, _ = _mlp_step()
+    assert step.executable.shared is shared and not step.executable.cache_hit
+    code = LLVM_SHARED.load(step.executable.key) if shared else unpack_objects(LLVM_OBJECTS.load(step.executable.key))
+    monkeypatch.undo()
+    return code, [float(step(**feeds)[0]) for _ in range(3)]
+
+
+def _counting_forks(monkeypatch) -> list:
+    forks, real = [], workers._fork
+    monkeypatch.setattr(workers, "_fork", lambda *a: forks.append(1) or real(*a))
+    return forks
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkeypatch, tmp_path):
+    serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3)
+    forks = _counting_forks(monkeypatch)
+    parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3)
+    assert forks
+    whole, whole_losses = _compiled(monkeypatch, tmp_path, "whole", "1", 1)
+    assert len(parallel) == 3 and parallel == serial  # bit-identical objects
+    assert len(whole) == 1
+    assert serial_losses == parallel_losses == whole_losses  # and the split module computes the same
+    assert np.isfinite(serial_losses).all() and serial_losses[0] != serial_losses[-1]  # it trains
+
+
+@pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+def test_a_parallel_compile_gives_the_serial_compiles_shared_object_and_numbers(monkeypatch, tmp_path):
+    serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3, shared=True)
+    forks = _counting_forks(monkeypatch)
+    parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3, shared=True)
+    assert forks
+    _, engine_losses = _compiled(monkeypatch, tmp_path, "engine", "1", 1)
+    assert serial == parallel and serial[:4] == b"\x7fELF"
+    assert serial_losses == parallel_losses == engine_losses
+
+
+def test_the_compile_breakdown_covers_the_parallel_section(monkeypatch, cache_dir):
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    monkeypatch.setattr("codegen.llvm.split.part_count", lambda text: 2)
+    step, _, _ = _mlp_step()
+    seconds = step.compile_seconds
+    assert seconds["LLVM optimisation"] > 0 and seconds["object emission"] > 0
+    assert {"graph passes", "lowering", "LLVM IR", "GEMM routines", "loading"} <= set(seconds)
+
+
+def _fresh_module(text: str, parts: int) -> list[str]:
+    names = [line.split('"')[1] for line in text.splitlines() if line.startswith('define void @"k')]
+    return split_module(text, [[n] for n in names] + [["graphnet_step", "graphnet_step_profiled"]], parts)
+
+
+def test_split_parts_declare_what_other_parts_define_and_link_in_one_engine(cache_dir):
+    step, feeds, _ = _mlp_step(1)
+    text = step.executable.ir_text
+    parts = _fresh_module(text, 3)
+    assert len(parts) == 3
+    defined = [{line.split('"')[1] for line in p.splitlines() if line.startswith("define void")} for p in parts]
+    assert sum(len(d) for d in defined) == sum(1 for line in text.splitlines() if line.startswith("define void"))
+    assert not set.intersection(*defined)  # each external function defined once
+    assert any('declare void @"k' in p for p in parts)
+    compiler = Compiler(host_target())
+    library = Library(compiler, [compiler.object_code(p) for p in parts])
+    assert library.address("graphnet_step") and library.address("graphnet_step_profiled")
+
+
+def test_a_module_with_a_global_other_parts_would_duplicate_stays_whole():
+    text = ('@"shared" = global i32 0\n'
+            'define void @"k0_a"(i64 %".1", ptr %".2") {\n  ret void\n}\n'
+            'define void @"graphnet_step"(i64 %".1", ptr %".2") {\n  call void @"k0_a"(i64 %".1", ptr %".2")\n'
+            '  ret void\n}\n')
+    units = [["k0_a"], ["graphnet_step"]]
+    assert split_module(text, units, 2) == [text]
+    private = text.replace("= global", "= private global")
+    assert len(split_module(private, units, 2)) == 2
+    assert split_module(private, [["k0_a"]], 2) == [private]  # units that do not name every definition
+
+
+def test_pack_objects_round_trips_and_rejects_a_truncated_list():
+    objects = [b"abc", b"", b"\x00" * 9]
+    assert unpack_objects(pack_objects(objects)) == objects
+    with pytest.raises(ValueError):
+        unpack_objects(pack_objects(objects)[:-1])
+
+
+def _job(value: bytes, fail_in_child: str = ""):
+    parent = os.getpid()
+
+    def job():
+        if os.getpid() != parent and fail_in_child == "raise":
+            raise RuntimeError("a child's failure")
+        if os.getpid() != parent and fail_in_child == "hang":
+            time.sleep(60)
+        return value * 3, {"LLVM optimisation": 0.001}
+    return job
+
+
+def test_run_jobs_returns_results_in_order_whichever_process_ran_them():
+    jobs = [_job(bytes([i])) for i in range(5)]
+    results = workers.run_jobs(jobs, [1, 5, 2, 4, 3], processes=2)
+    assert [obj for obj, _ in results] == [bytes([i]) * 3 for i in range(5)]
+    assert all(timing == {"LLVM optimisation": 0.001} for _, timing in results)
+
+
+@pytest.mark.parametrize("failure", ["raise", "hang"])
+def test_a_failed_or_hung_child_s_jobs_run_in_the_parent(monkeypatch, failure):
+    monkeypatch.setattr(workers, "CHILD_TIMEOUT", 2.0)
+    jobs = [_job(b"a"), _job(b"b", failure), _job(b"c", failure)]
+    results = workers.run_jobs(jobs, [10, 1, 1], processes=2)
+    assert [obj for obj, _ in results] == [b"aaa", b"bbb", b"ccc"]
+
+
+def test_a_parent_job_s_exception_propagates_and_leaves_no_child(monkeypatch):
+    def boom():
+        raise KeyError("parent")
+    children_before = _children()
+    with pytest.raises(KeyError):
+        workers.run_jobs([boom, _job(b"x", "hang")], [10, 1], processes=2)
+    assert _children() == children_before
+
+
+def _children() -> set[str]:
+    path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+    return set(open(path).read().split()) if os.path.exists(path) else set()
+
+
+def test_workers_is_serial_where_forking_is_unsafe_or_turned_off(monkeypatch):
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "1")
+    assert workers.workers() == 1
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "many")
+    with pytest.raises(ValueError):
+        workers.workers()
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    cpus = len(os.sched_getaffinity(0))
+    assert workers.workers() == min(2, cpus)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert workers.workers() == 1  # another thread might hold a lock the child needs
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_assign_balances_longest_first_deterministically():
+    assert workers.assign([5, 1, 4, 2, 3], 2) == [[0, 3, 1], [2, 4]]
+    assert workers.assign([1, 1], 3) == [[0], [1], []]
+
+
+def test_the_part_count_depends_on_the_module_alone_and_is_even():
+    assert [part_count("x" * n) for n in (0, PART_CHARS - 1, PART_CHARS, 5 * PART_CHARS - 1, 5 * PART_CHARS)] == \
+        [1, 1, 2, 2, 4]

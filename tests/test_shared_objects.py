@@ -1,0 +1,124 @@
+"""Steps as shared objects (issue #17, codegen/llvm/jit.py): where a linker exists a step's objects and
+its GEMM routines are linked into one shared object, so that a compiled-function cache hit in a fresh
+process loads it with the dynamic loader and imports no llvmlite.binding; a forked child runs its
+parallel regions serially (the shared object's own serial flag); a failure to link or load falls back
+to an MCJIT engine."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphnet as gn
+from codegen.llvm import jit, parallel
+from codegen.llvm.jit import SharedLibrary, linker
+
+pytestmark = pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+_PROCESS = textwrap.dedent("""
+    import json, os, sys, numpy as np, graphnet as gn
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 1024))
+        w = gn.variable("w", np.full((1024, 64), 0.01, np.float32))
+        fn = gn.compile([gn.tanh(x) * 2.0, gn.sum(x @ w)], backend="llvm")
+    feed = np.linspace(-1, 1, 512 * 1024, dtype=np.float32).reshape(512, 1024)  # parallel regions (2 threads)
+    got = fn(x=feed)
+    pid = os.fork()  # after the parent's regions started libgomp's pool
+    if pid == 0:
+        again = fn(x=feed)
+        os._exit(0 if all(np.array_equal(a, b) for a, b in zip(got, again)) else 3)
+    child = os.waitpid(pid, 0)[1]
+    print(json.dumps({"hit": fn.from_cache, "library": type(fn.executable.library).__name__,
+                      "binding": "llvmlite.binding" in sys.modules, "child": child,
+                      "values": [a.tobytes().hex() for a in got]}))
+""")
+
+
+def _fresh(cache_dir) -> dict:
+    env = dict(os.environ, GRAPHNET_CACHE_DIR=str(cache_dir), GRAPHNET_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", _PROCESS], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_hit_in_a_fresh_process_loads_the_shared_object_without_llvm(cache_dir):
+    miss, hit = _fresh(cache_dir), _fresh(cache_dir)
+    assert not miss["hit"] and miss["library"] == "SharedLibrary" and miss["binding"]
+    assert hit["hit"] and hit["library"] == "SharedLibrary" and not hit["binding"]
+    assert miss["child"] == hit["child"] == 0  # a forked child's regions ran serially, same numbers
+    assert hit["values"] == miss["values"]
+
+
+def _step():
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 8))
+        w = gn.variable("w", np.arange(64, dtype=np.float32).reshape(8, 8) / 64)
+        return gn.compile(gn.relu(x @ w) + 1.0, backend="llvm"), np.ones((4, 8), np.float32), w
+
+
+def test_a_step_that_fails_to_link_loads_into_an_engine(cache_dir, monkeypatch):
+    monkeypatch.setattr("codegen.llvm.backend.link_shared", lambda compiler, objects: None)
+    fn, feed, w = _step()
+    assert not fn.executable.shared and not isinstance(fn.executable.library, SharedLibrary)
+    np.testing.assert_allclose(fn(x=feed), np.maximum(feed @ w.value, 0) + 1.0, rtol=1e-6)
+
+
+def test_a_shared_object_that_fails_to_load_falls_back_to_an_engine(cache_dir, monkeypatch):
+    def refuse(*args):
+        raise OSError("cannot load here")
+    monkeypatch.setattr("codegen.llvm.backend.SharedLibrary", refuse)
+    fn, feed, w = _step()
+    assert not fn.executable.shared
+    np.testing.assert_allclose(fn(x=feed), np.maximum(feed @ w.value, 0) + 1.0, rtol=1e-6)
+    monkeypatch.setattr("codegen.llvm.backend.SharedLibrary", SharedLibrary)
+    again, _, _ = _step()  # the step cache's entry names the engine's objects
+    assert again.from_cache and not again.executable.shared
+    np.testing.assert_allclose(again(x=feed), np.maximum(feed @ w.value, 0) + 1.0, rtol=1e-6)
+
+
+def test_a_shared_object_loads_without_a_cache_folder_and_unloads_when_collected(cache_dir):
+    fn, feed, w = _step()
+    image = fn.executable.code_cache.load(fn.executable.key)
+    flags = len(parallel.serial_flags)
+    library = SharedLibrary(image, None)  # through a private temporary folder
+    assert library.address("graphnet_step") and len(parallel.serial_flags) == flags + 1
+    with pytest.raises(RuntimeError):
+        library.address("no_such_symbol")
+    del library
+    assert len(parallel.serial_flags) == flags
+    with pytest.raises(OSError):
+        SharedLibrary(b"not an ELF file", None)
+
+
+def test_the_host_cpu_is_remembered_per_machine(cache_dir, monkeypatch):
+    if jit.cpu_identity() is None:
+        pytest.skip("no /proc/cpuinfo")
+    jit._host_of.cache_clear()
+    first = jit.host_cpu()  # asks LLVM, stores the answer in this cache folder
+    jit._host_of.cache_clear()
+    monkeypatch.setattr(jit.TargetInfo, "host", classmethod(lambda cls: pytest.fail("asked LLVM again")))
+    assert jit.host_cpu() == first  # read back from the disk cache
+    jit._host_of.cache_clear()
+
+
+def test_graphnet_shared_objects_0_turns_shared_objects_off(monkeypatch):
+    monkeypatch.setenv("GRAPHNET_SHARED_OBJECTS", "0")
+    linker.cache_clear()
+    try:
+        assert linker() is None
+    finally:
+        monkeypatch.delenv("GRAPHNET_SHARED_OBJECTS")
+        linker.cache_clear()
+    assert linker() is not None
