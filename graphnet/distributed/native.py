@@ -1,6 +1,6 @@
 """The native runtime of data-parallel LLVM steps: native/collectives.c, compiled with mpicc against
 the MPI library mpi4py loaded, cached like compiled kernels, loaded into the process and registered
-with LLVM so that a step's call kernels resolve `graphnet_allreduce_start` / `_wait` to it."""
+with LLVM so that a step's call kernels resolve `graphnet_allreduce_start` / `_wait` / `_progress` to it."""
 from __future__ import annotations
 
 import ctypes
@@ -16,6 +16,7 @@ from codegen import cache
 from codegen.llvm.render import RUNTIME_CALLS
 
 SOURCE = os.path.join(os.path.dirname(__file__), "native", "collectives.c")
+BUILD_FLAGS = ("-O3", "-shared", "-fPIC")  # -O3: the reduction's loops vectorised
 LIBRARIES = cache.DiskCache("mpi", ".so")
 
 
@@ -44,12 +45,12 @@ def _shared_object() -> bytes:
     with open(SOURCE) as f:
         source = f.read()
     flags = subprocess.run([mpicc, "-show"], capture_output=True, text=True).stdout
-    key = cache.cache_key("collectives", source, flags)
+    key = cache.cache_key("collectives", source, flags, " ".join(BUILD_FLAGS))
     payload = LIBRARIES.load(key)
     if payload is None:
         with tempfile.TemporaryDirectory(prefix="graphnet-mpi-") as d:
             out = os.path.join(d, "collectives.so")
-            done = subprocess.run([mpicc, "-O2", "-shared", "-fPIC", SOURCE, "-o", out], capture_output=True,
+            done = subprocess.run([mpicc, *BUILD_FLAGS, SOURCE, "-o", out], capture_output=True,
                                   text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"graphnet.distributed: mpicc failed to build {SOURCE}:\n{done.stderr}")
