@@ -55,9 +55,12 @@ def prepare_collectives(lp: LoopProgram) -> None:
     RUNTIME.prepare(lp)
 
 
-def overlap_collectives(bucket_bytes: int = BUCKET_BYTES) -> LoopPass:
+def overlap_collectives(bucket_bytes: int | None = None) -> LoopPass:
     """The loop pass placing each allreduce's start and wait, in buckets of up to `bucket_bytes`
-    (and reducing in place, ordering the updates, calling for progress: see the module's text)."""
+    (None: `BUCKET_BYTES`), reducing in place, ordering the updates and calling for progress (see
+    the module's text)."""
+    limit = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+
     def overlap_collectives(lp: LoopProgram) -> LoopProgram:
         if not any(k.call is not None and k.call.op == "allreduce" for k in lp.kernels):
             return lp
@@ -68,7 +71,7 @@ def overlap_collectives(bucket_bytes: int = BUCKET_BYTES) -> LoopPass:
         kernels = [k for k in lp.kernels if k.call is None or k.call.op != "allreduce"]
         ready = {c: _ready(kernels, c) for c in calls}
         needed = {c: _needed(kernels, c) for c in calls}
-        buckets = _buckets(lp, sorted(calls, key=lambda c: ready[c]), ready, needed, bucket_bytes)
+        buckets = _buckets(lp, sorted(calls, key=lambda c: ready[c]), ready, needed, limit)
         last = max(ready.values())  # the kernels from here on produce no gradient: order them by bucket
         kernels = kernels[:last] + _in_bucket_order(kernels[last:], buckets)
         starts: dict[int, list[Kernel]] = {}

@@ -19,10 +19,11 @@
  * along the ring in a fixed order and then copied to every rank, so every rank gets the same bits
  * and a run is bit-identical for a given number of ranks.
  *
- * The wait polls with a deadline: a peer that died or stalls ends the job with MPI_Abort and a
- * message instead of a hang. Compiled with mpicc at run time (graphnet/distributed/native.py).
+ * The wait polls (yielding the core after a while) with a deadline: a peer that died or stalls ends
+ * the job with MPI_Abort and a message instead of a hang. Compiled with mpicc at run time (graphnet/distributed/native.py).
  */
 #include <mpi.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,6 +195,8 @@ void graphnet_allreduce_wait(int64_t N, void **buffers, const int64_t *desc) {
     double begin = now();
     for (long polls = 0; !b->done; polls++) {
         progress_all();
+        if (polls >= 4096)
+            sched_yield(); /* a long wait: the peer may want this core (more ranks or users than cores) */
         if (!b->done && (polls & 1023) == 1023 && now() - begin > timeout_seconds) {
             char what[160];
             snprintf(what, sizeof what, "waited %.0f s for a gradient allreduce; a peer died or stalls",
