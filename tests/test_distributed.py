@@ -57,11 +57,12 @@ def mpi():
         pytest.skip(f"mpirun -n 2 cannot start here: {done.stderr.strip()[-300:]}")
 
 
-def launch(case: str, out, *args: str, ranks: int = 2) -> tuple[subprocess.CompletedProcess, float]:
+def launch(case: str, out, *args: str, ranks: int = 2, env: dict | None = None
+           ) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     done = subprocess.run(mpirun_command(ranks) + [sys.executable, os.path.join(HERE, "distributed_cases.py"), case,
                                                     str(out), *args],
-                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env={**_env(), **(env or {})})
     return done, time.monotonic() - started
 
 
@@ -120,11 +121,12 @@ def test_progress_calls_change_no_bit(two_step_runs):
                 assert np.array_equal(rank[key], rank[key.replace("llvm/", "llvm-no-progress/")]), key
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_the_runtime_ring_sums_every_size_exactly_on_every_rank(mpi, tmp_path, ranks):
+@pytest.mark.parametrize("ranks, thread", [(2, "0"), (3, "0"), (2, "20")])
+def test_the_runtime_ring_sums_every_size_exactly_on_every_rank(mpi, tmp_path, ranks, thread):
     """Buffers of 1 to 300001 elements (fewer than the ranks, uneven chunks, rendezvous messages),
-    float32 and float64, in place and copied, in 4 KiB buckets, three steps: the exact sums."""
-    done, _ = launch("ring", tmp_path, ranks=ranks)
+    float32 and float64, in place and copied, in 4 KiB buckets, three steps: the exact sums; also
+    with the runtime's progress thread (every 20 us)."""
+    done, _ = launch("ring", tmp_path, ranks=ranks, env={"GRAPHNET_MPI_PROGRESS_THREAD": thread})
     ok(done)
     results = [dict(np.load(tmp_path / f"ring_{r}.npz")) for r in range(ranks)]
     values = [[cases.ring_values(r, n, t) for n in cases.RING_SIZES for t in (np.float32, np.float64)]
@@ -351,6 +353,16 @@ def test_progress_calls_follow_each_kernel_that_runs_while_a_bucket_is_in_flight
     assert not any(k.call is not None and k.call.op == "allreduce_progress" for k in without.kernels)
     assert [k.name.split("_", 1)[1] for k in without.kernels] == \
         [k.name.split("_", 1)[1] for k in lp.kernels if k.call is None or k.call.op != "allreduce_progress"]
+
+
+def test_the_progress_thread_setting_is_checked(monkeypatch):
+    from graphnet.distributed.native import progress_thread_microseconds
+    monkeypatch.setenv("GRAPHNET_MPI_PROGRESS_THREAD", "50")
+    assert progress_thread_microseconds() == 50.0
+    for bad in ("-1", "fast", "nan"):
+        monkeypatch.setenv("GRAPHNET_MPI_PROGRESS_THREAD", bad)
+        with pytest.raises(ValueError, match="GRAPHNET_MPI_PROGRESS_THREAD"):
+            progress_thread_microseconds()
 
 
 class _Comm:

@@ -19,10 +19,16 @@
  * along the ring in a fixed order and then copied to every rank, so every rank gets the same bits
  * and a run is bit-identical for a given number of ranks.
  *
+ * Optionally (graphnet_collectives_configure's `thread_microseconds` > 0, $GRAPHNET_MPI_PROGRESS_THREAD)
+ * a progress thread also advances the buckets in flight every that many microseconds, so that
+ * messages move during long kernels (it needs MPI_THREAD_MULTIPLE and pays off only where a core is
+ * idle: every call then takes a lock).
+ *
  * The wait polls (yielding the core after a while) with a deadline: a peer that died or stalls ends
  * the job with MPI_Abort and a message instead of a hang. Compiled with mpicc at run time (graphnet/distributed/native.py).
  */
 #include <mpi.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,6 +54,15 @@ typedef struct {
 static Bucket **buckets = NULL; /* every bucket slot ever used (reused: no allocation once warm) */
 static int slots = 0;
 static int sequence = 0;        /* starts so far: the message tag, the same on every rank */
+static int flying = 0;          /* buckets started and not done */
+
+static int threaded = 0;        /* a progress thread runs: every call below holds `lock` */
+static long thread_interval_ns = 0;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t started = PTHREAD_COND_INITIALIZER;
+static void enter(void) { if (threaded) pthread_mutex_lock(&lock); }
+static void leave(void) { if (threaded) pthread_mutex_unlock(&lock); }
+static void *progress_thread(void *unused);
 
 static void fail(const char *what) {
     fprintf(stderr, "graphnet.distributed: rank %d: %s. Aborting the job.\n", rank, what);
@@ -55,11 +70,23 @@ static void fail(const char *what) {
     MPI_Abort(comm, 3);
 }
 
-void graphnet_collectives_configure(intptr_t handle, double timeout) {
+/* Returns 0, or -1 where the progress thread could not start. */
+int graphnet_collectives_configure(intptr_t handle, double timeout, double thread_microseconds) {
     comm = (MPI_Comm)handle;
     timeout_seconds = timeout;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
+    if (thread_microseconds > 0 && !threaded) {
+        pthread_t thread;
+        thread_interval_ns = (long)(thread_microseconds * 1e3);
+        threaded = 1;
+        if (pthread_create(&thread, NULL, progress_thread, NULL) != 0) {
+            threaded = 0;
+            return -1;
+        }
+        pthread_detach(thread);
+    }
+    return 0;
 }
 
 double graphnet_collectives_waited(void) { return waited_seconds; }
@@ -114,17 +141,35 @@ static void advance(Bucket *b) {
             int received = wrap(rank - b->step - 1);
             add(b->code, b->data + chunk_begin(b, received) * itemsize(b->code), b->scratch, chunk_count(b, received));
         }
-        if (++b->step == 2 * (size - 1))
+        if (++b->step == 2 * (size - 1)) {
             b->done = 1;
-        else
+            flying--;
+        } else
             post(b);
     }
 }
 
 static void progress_all(void) {
-    for (int i = 0; i < slots; i++)
+    for (int i = 0; i < slots && flying > 0; i++)
         if (buckets[i]->active && !buckets[i]->done)
             advance(buckets[i]);
+}
+
+static void *progress_thread(void *unused) {
+    (void)unused;
+    struct timespec interval = {0, thread_interval_ns};
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        if (flying == 0) {
+            pthread_cond_wait(&started, &lock);
+            continue;
+        }
+        progress_all();
+        pthread_mutex_unlock(&lock);
+        nanosleep(&interval, NULL);
+        pthread_mutex_lock(&lock);
+    }
+    return NULL;
 }
 
 static int free_slot(void) {
@@ -143,6 +188,7 @@ static int free_slot(void) {
 /* ---- the calls ------------------------------------------------------------------------------ */
 void graphnet_allreduce_start(int64_t N, void **buffers, const int64_t *desc) {
     (void)N;
+    enter();
     int64_t code = desc[0], count = desc[1], staging = desc[2];
     const int64_t *pair = desc + 4;
     size_t item = itemsize(code);
@@ -175,14 +221,21 @@ void graphnet_allreduce_start(int64_t N, void **buffers, const int64_t *desc) {
     b->step = 0;
     b->tag = 1 + sequence++ % 30000; /* MPI guarantees tags up to 32767 */
     memcpy(buffers[desc[3]], &slot, sizeof slot);
-    if (!b->done)
+    if (!b->done) {
+        flying++;
         post(b);
+        if (threaded)
+            pthread_cond_signal(&started);
+    }
     progress_all();
+    leave();
 }
 
 void graphnet_allreduce_progress(int64_t N, void **buffers, const int64_t *desc) {
     (void)N, (void)buffers, (void)desc;
+    enter();
     progress_all();
+    leave();
 }
 
 void graphnet_allreduce_wait(int64_t N, void **buffers, const int64_t *desc) {
@@ -191,13 +244,21 @@ void graphnet_allreduce_wait(int64_t N, void **buffers, const int64_t *desc) {
     const int64_t *pair = desc + 4;
     int slot;
     memcpy(&slot, buffers[desc[3]], sizeof slot);
+    enter();
     Bucket *b = buckets[slot];
     double begin = now();
     for (long polls = 0; !b->done; polls++) {
         progress_all();
-        if (polls >= 4096)
-            sched_yield(); /* a long wait: the peer may want this core (more ranks or users than cores) */
-        if (!b->done && (polls & 1023) == 1023 && now() - begin > timeout_seconds) {
+        if (b->done)
+            break;
+        if (threaded || polls >= 4096) { /* let the progress thread in; after a while, the peer (more
+                                            ranks or users than cores) */
+            leave();
+            if (polls >= 4096)
+                sched_yield();
+            enter();
+        }
+        if ((polls & 1023) == 1023 && now() - begin > timeout_seconds) {
             char what[160];
             snprintf(what, sizeof what, "waited %.0f s for a gradient allreduce; a peer died or stalls",
                      timeout_seconds);
@@ -206,6 +267,7 @@ void graphnet_allreduce_wait(int64_t N, void **buffers, const int64_t *desc) {
     }
     waited_seconds += now() - begin;
     b->active = 0;
+    leave();
     if (staging < 0)
         return;
     size_t item = itemsize(code), at = 0;
