@@ -44,6 +44,7 @@ def load(world: Any) -> ctypes.CDLL:
     lib.graphnet_collectives_configure.argtypes = [ctypes.c_ssize_t, ctypes.c_double, ctypes.c_double]
     lib.graphnet_collectives_configure.restype = ctypes.c_int
     lib.graphnet_collectives_waited.restype = ctypes.c_double
+    lib.graphnet_collectives_use_mpi.argtypes = [ctypes.c_int]
     if lib.graphnet_collectives_configure(MPI._handleof(world.comm), world.timeout, thread) != 0:
         raise RuntimeError("graphnet.distributed: the MPI runtime's progress thread could not start")
     for name in RUNTIME_CALLS:

@@ -10,6 +10,8 @@ of the shared machine hits each alike; kernel times the profile's medians):
   `waits` is the time inside the start, progress and wait calls; with one rank the step has no calls
   (World.reduce_gradients: nothing to reduce), so in-step is the plain step;
 - `no progress`: the same step without the progress calls (`collectives.PROGRESS = False`);
+- `MPI_Iallreduce`: the in-step step with its buckets reduced by Open MPI's MPI_Iallreduce (in place)
+  instead of the runtime's ring (`graphnet_collectives_use_mpi`);
 - `alone`: the same buckets reduced by blocking in-place MPI_Allreduce calls (Open MPI's tuned
   choice) with nothing else running: the communication to hide; `overlap` = 1 - exposed / alone;
 - `split` (design b): a gradients-only step, one host-side allreduce (mpi4py) of all gradients, then
@@ -179,9 +181,17 @@ def worker(names: list[str], repeats: int, out: str) -> None:
             parts = np.split(flat / w.size, np.cumsum([v.size for v in values])[:-1])
             apply(**{f"g{i}": p.reshape(v.shape) for i, (p, v) in enumerate(zip(parts, values))})
 
+        library = collectives.RUNTIME.library if w.size > 1 else None
+
+        def with_mpi_iallreduce() -> None:  # the same step, its buckets reduced by Open MPI's MPI_Iallreduce
+            library.graphnet_collectives_use_mpi(1)
+            reduced.step(**feeds)
+            library.graphnet_collectives_use_mpi(0)
+
         timed = _taking_turns({"plain": lambda: plain[n].step(**feeds), "in_step": lambda: reduced.step(**feeds),
-                               "no_progress": lambda: unprogressed.step(**feeds), "alone": alone,
-                               "split": split_step}, repeats, comm.Barrier)
+                               "no_progress": lambda: unprogressed.step(**feeds),
+                               "mpi_iallreduce": with_mpi_iallreduce if library else lambda: reduced.step(**feeds),
+                               "alone": alone, "split": split_step}, repeats, comm.Barrier)
         result["configs"][n] = {**timed, "kernels": [vars(k) for k in kernels],
                                 "buckets": [k.nbytes for k in kernels if k.kind == "start"]}
     result["allreduce"] = {s: _best_seconds(lambda s=s: comm.Allreduce(np.ones(s // 4, np.float32),
@@ -222,17 +232,19 @@ def report(one: dict, two: dict) -> tuple[str, dict]:
     lines = [f"Allreduce between the 2 local ranks (fastest of the repeats): {measured}; fit: alpha "
              f"{alpha * 1e6:.1f} us, beta {beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s).", "",
              "| config | ranks | plain step ms | in-step ms | exposed: in-step - plain (of plain) | no progress ms "
-             "(exposed) | waits in profile ms (median) | comm alone ms | overlap: 1 - exposed / alone | split step ms "
-             "| buckets (KiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(exposed) | MPI_Iallreduce ms (exposed) | waits in profile ms (median) | comm alone ms | overlap: 1 - "
+             "exposed / alone | split step ms | buckets (KiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in (one, two):
         for n, r in result["configs"].items():
             waits = sum(k["seconds"] for k in r["kernels"] if k["kind"] != "compute")
-            added, unprogressed = r["in_step"] - r["plain"], r["no_progress"] - r["plain"]
+            added = r["in_step"] - r["plain"]
+            variants = " | ".join(f"{r[v] * 1e3:.2f} ({(r[v] - r['plain']) / r['plain']:.0%})"
+                                  for v in ("no_progress", "mpi_iallreduce"))
             overlap = f"{1 - added / r['alone']:.0%}" if result["ranks"] > 1 else "-"
             lines.append(f"| {n} | {result['ranks']} | {r['plain'] * 1e3:.2f} | {r['in_step'] * 1e3:.2f} | "
-                         f"{added * 1e3:.2f} ({added / r['plain']:.0%}) | {r['no_progress'] * 1e3:.2f} "
-                         f"({unprogressed / r['plain']:.0%}) | {waits * 1e3:.2f} | {r['alone'] * 1e3:.2f} | "
+                         f"{added * 1e3:.2f} ({added / r['plain']:.0%}) | {variants} | {waits * 1e3:.2f} | "
+                         f"{r['alone'] * 1e3:.2f} | "
                          f"{overlap} | {r['split'] * 1e3:.2f} | {', '.join(str(b // 1024) for b in r['buckets'])} |")
     curves: dict = {}
     lines += ["", "Modelled weak-scaling efficiency (compute / step), from the 2-rank profile:", "",

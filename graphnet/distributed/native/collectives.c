@@ -47,7 +47,7 @@ typedef struct {
     char *data;           /* the reduced region: the dst (one buffer) or the staging buffer */
     char *scratch;        /* a chunk received during the reduce-scatter; kept across steps */
     size_t scratch_bytes;
-    int step, tag;        /* the next ring step to complete: 0 .. 2 (size - 1) */
+    int step, tag;        /* the next ring step to complete: 0 .. 2 (size - 1); -1: an MPI_Iallreduce */
     MPI_Request requests[2];
 } Bucket;
 
@@ -55,6 +55,7 @@ static Bucket **buckets = NULL; /* every bucket slot ever used (reused: no alloc
 static int slots = 0;
 static int sequence = 0;        /* starts so far: the message tag, the same on every rank */
 static int flying = 0;          /* buckets started and not done */
+static int use_mpi = 0;         /* MPI_Iallreduce instead of the ring (the benchmark compares them) */
 
 static int threaded = 0;        /* a progress thread runs: every call below holds `lock` */
 static long thread_interval_ns = 0;
@@ -90,6 +91,10 @@ int graphnet_collectives_configure(intptr_t handle, double timeout, double threa
 }
 
 double graphnet_collectives_waited(void) { return waited_seconds; }
+
+/* 1: later buckets are reduced by MPI_Iallreduce (in place) instead of the ring; every rank must
+ * choose alike, between steps (graphnet/bench/micro/distributed.py measures both). */
+void graphnet_collectives_use_mpi(int flag) { use_mpi = flag; }
 
 static double now(void) {
     struct timespec t;
@@ -137,6 +142,11 @@ static void advance(Bucket *b) {
         MPI_Testall(2, b->requests, &flag, MPI_STATUSES_IGNORE);
         if (!flag)
             return;
+        if (b->step < 0) { /* MPI_Iallreduce */
+            b->done = 1;
+            flying--;
+            return;
+        }
         if (b->step < size - 1) {
             int received = wrap(rank - b->step - 1);
             add(b->code, b->data + chunk_begin(b, received) * itemsize(b->code), b->scratch, chunk_count(b, received));
@@ -223,7 +233,13 @@ void graphnet_allreduce_start(int64_t N, void **buffers, const int64_t *desc) {
     memcpy(buffers[desc[3]], &slot, sizeof slot);
     if (!b->done) {
         flying++;
-        post(b);
+        if (use_mpi) {
+            b->step = -1;
+            b->requests[1] = MPI_REQUEST_NULL;
+            MPI_Iallreduce(MPI_IN_PLACE, b->data, (int)b->count, datatype(code), MPI_SUM, comm, &b->requests[0]);
+        } else {
+            post(b);
+        }
         if (threaded)
             pthread_cond_signal(&started);
     }
