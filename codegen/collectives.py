@@ -67,9 +67,14 @@ def overlap_collectives(bucket_bytes: int | None = None) -> LoopPass:
         for k in lp.kernels:
             if k.call is not None and k.call.op == "allreduce":
                 _reduce_in_place(lp, k)
-        calls = [k.call for k in lp.kernels if k.call is not None and k.call.op == "allreduce"]
-        kernels = [k for k in lp.kernels if k.call is None or k.call.op != "allreduce"]
-        ready = {c: _ready(kernels, c) for c in calls}
+        kernels, at = [], {}  # the other kernels; each call's position among them, where lowering put it
+        for k in lp.kernels:
+            if k.call is not None and k.call.op == "allreduce":
+                at[k.call] = len(kernels)
+            else:
+                kernels.append(k)
+        calls = list(at)
+        ready = {c: _ready(kernels[:at[c]], c) for c in calls}
         needed = {c: _needed(kernels, c) for c in calls}
         buckets = _buckets(lp, sorted(calls, key=lambda c: ready[c]), ready, needed, limit)
         last = max(ready.values())  # the kernels from here on produce no gradient: order them by bucket
@@ -168,7 +173,9 @@ def _with_progress(kernels: list[Kernel]) -> list[Kernel]:
 
 
 def _ready(kernels: list[Kernel], c: Collective) -> int:
-    """The position right after the last kernel writing one of `c`'s sources."""
+    """The position right after the last of `kernels` (those before the call) writing one of `c`'s
+    sources (a later one overwrites a source the call has read: an optimizer updating in place a
+    variable whose value is reduced)."""
     written = [i + 1 for i, k in enumerate(kernels) if any(s.buffer in c.srcs for s in k.stores)]
     return max(written, default=0)
 

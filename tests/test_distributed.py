@@ -332,6 +332,17 @@ def test_updates_wait_for_their_buckets_in_the_order_the_buckets_started(monkeyp
     assert last.stores[-1].node.startswith("subtract") and "b2[" in last.to_text()  # W1's update
 
 
+def test_a_reduced_variable_updated_in_place_is_sent_before_it_is_overwritten():
+    """v <- allreduce(v) / 2: the update writes v in place, after the start has read it (the start
+    used to be placed after the update, and the wait before the start)."""
+    with gn.Graph():
+        v = gn.variable("v", np.ones(1000, np.float32))
+        fn = gn.compile([], updates=[(v, allreduce(v * 1.0) * 0.5)], backend="numpy")
+    lp, _ = lower(fn.program, loop_passes=loop_passes(lambda *a: 0, threads=1))
+    ops = [k.call.op if k.call is not None else "update" for k in lp.kernels]
+    assert ops == ["allreduce_start", "allreduce_wait", "update"], lp.to_text()
+
+
 def test_progress_calls_follow_each_kernel_that_runs_while_a_bucket_is_in_flight(monkeypatch):
     from codegen import collectives
     lp = _reduced_step_program(bucket_bytes=32 * 32 * 4)
