@@ -261,6 +261,8 @@ void graphnet_allreduce_wait(int64_t N, void **buffers, const int64_t *desc) {
     int slot;
     memcpy(&slot, buffers[desc[3]], sizeof slot);
     enter();
+    if (slot < 0 || slot >= slots || !buckets[slot]->active)
+        fail("an allreduce wait without its start (a graphnet bug: the collectives pass misplaced them)");
     Bucket *b = buckets[slot];
     double begin = now();
     for (long polls = 0; !b->done; polls++) {
