@@ -98,14 +98,18 @@ def _best_seconds(fn: Callable[[], Any], repeats: int, barrier: Callable[[], Non
 
 
 def _taking_turns(fns: dict[str, Callable[[], Any]], repeats: int, barrier: Callable[[], None]) -> dict[str, float]:
-    """Each function's fastest of `repeats` calls, the functions taking turns, each call after a barrier."""
+    """Each function's fastest of `repeats` calls, the functions taking turns, each call after a
+    barrier; each round in a shuffled order (the same on every rank: its seed is the round), so that
+    no function always finds the caches as one other function left them."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for i in np.random.default_rng(r).permutation(len(names)):
+            fn = fns[names[i]]
             barrier()
             started = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - started)
+            times[names[i]].append(time.perf_counter() - started)
     return {name: min(t) for name, t in times.items()}
 
 
