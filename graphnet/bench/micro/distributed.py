@@ -153,11 +153,16 @@ def _profile(fn: Any, feeds: dict, repeats: int) -> list[Kernel]:
 def worker(names: list[str], repeats: int, out: str) -> None:
     """Runs on every rank: the measurements above, written by rank 0 as JSON."""
     from codegen import collectives
-    plain = {n: build_grid_model(n) for n in names}  # before init: optimizers do not reduce yet
-    split = {n: _split_step(n) for n in names}
     import graphnet.distributed as dist
     from mpi4py import MPI
-    w = dist.init()
+    from graphnet.optim import base
+    w = dist.init()  # first: every step is built in the process as MPI left it (its allocator hooks)
+    reduction, base.GRADIENT_REDUCTION = base.GRADIENT_REDUCTION, None  # optimizers that do not reduce
+    try:
+        plain = {n: build_grid_model(n) for n in names}
+        split = {n: _split_step(n) for n in names}
+    finally:
+        base.GRADIENT_REDUCTION = reduction
     comm = w.comm
     result: dict[str, Any] = {"ranks": w.size, "configs": {}}
     for n in names:
@@ -170,6 +175,8 @@ def worker(names: list[str], repeats: int, out: str) -> None:
         x, y = grid_data(config, seed=w.rank)
         feeds = {"x": x, "y": y}
         kernels = _profile(reduced.step, feeds, repeats)
+        for other in (plain[n], unprogressed):  # the same history as the profiled step before the timing
+            other.step.profile(feeds, repeats)
         buffers = {k.bucket: np.ones(k.nbytes // 4, np.float32) for k in kernels if k.kind == "start"}
 
         def alone() -> None:
