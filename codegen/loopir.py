@@ -353,8 +353,9 @@ class Collective:
     placed before the first kernel reading one of its dsts, so that communication overlaps the kernels
     in between. `staging` packs a bucket of several buffers into one message; `request` holds the
     runtime's handle from start to wait. Both steps name every buffer, so the arena keeps them all
-    live from start to wait."""
-    op: str  # allreduce | allreduce_start | allreduce_wait
+    live from start to wait. "allreduce_progress" (no buffers) lets the runtime move the messages of
+    the buckets in flight."""
+    op: str  # allreduce | allreduce_start | allreduce_wait | allreduce_progress
     srcs: tuple
     dsts: tuple
     staging: Optional[int] = None

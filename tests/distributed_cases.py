@@ -95,6 +95,10 @@ def case_steps(w, out: str) -> None:
               for k, v in train_steps(backend, w.rank, w.size).items()}
     result.update({f"{backend}+dropout/{k}": v for backend in ("llvm", "numpy")
                    for k, v in train_steps(backend, w.rank, w.size, dropout=DROPOUT, last=LAST_BATCH).items()})
+    from codegen import collectives
+    collectives.PROGRESS = False  # the same steps without the progress calls between kernels
+    result.update({f"llvm-no-progress/{k}": v for k, v in train_steps("llvm", w.rank, w.size).items()})
+    collectives.PROGRESS = True
     np.savez(os.path.join(out, f"steps_{w.rank}.npz"), **result)
 
 
@@ -116,6 +120,30 @@ def case_fit(w, out: str) -> None:
     np.savez(os.path.join(out, f"fit_{w.rank}.npz"), loss=history.history["loss"],
              val_loss=history.history["val_loss"], accuracy=history.history["accuracy"],
              **{f"w{i}": v for i, v in enumerate(model.get_weights())})
+
+
+RING_SIZES = (1, 2, 5, 7, 1000, 300_001)  # fewer elements than ranks, uneven chunks, past the eager limit
+
+
+def ring_values(rank: int, n: int, dtype: type) -> np.ndarray:
+    """Small integers (exact float sums in any order), different on every rank."""
+    return ((np.arange(n) * (rank + 3) + 7 * rank) % 1001 - 500).astype(dtype)
+
+
+def case_ring(w, out: str) -> None:
+    """The LLVM step's allreduce of buffers of several sizes and dtypes (in place and copied, several
+    buckets in flight at once), three times."""
+    from graphnet.ops.collective import allreduce
+    from codegen import collectives
+    collectives.BUCKET_BYTES = 4096  # many buckets
+    with gn.Graph():
+        values = [gn.variable(f"v{n}_{np.dtype(t).name}", ring_values(w.rank, n, t))
+                  for n in RING_SIZES for t in (np.float32, np.float64)]
+        sums = [allreduce(v) for v in values] + [allreduce(v * 2.0) for v in values]
+        step = gn.compile(sums, backend="llvm")
+    results = [step() for _ in range(3)]
+    np.savez(os.path.join(out, f"ring_{w.rank}.npz"), **{f"{i}/{j}": r for i, rs in enumerate(results)
+                                                          for j, r in enumerate(rs)})
 
 
 def case_raise(w, out: str) -> None:

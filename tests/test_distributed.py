@@ -57,11 +57,12 @@ def mpi():
         pytest.skip(f"mpirun -n 2 cannot start here: {done.stderr.strip()[-300:]}")
 
 
-def launch(case: str, out, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+def launch(case: str, out, *args: str, ranks: int = 2, env: dict | None = None
+           ) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run(mpirun_command(2) + [sys.executable, os.path.join(HERE, "distributed_cases.py"), case,
-                                                str(out), *args],
-                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    done = subprocess.run(mpirun_command(ranks) + [sys.executable, os.path.join(HERE, "distributed_cases.py"), case,
+                                                    str(out), *args],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env={**_env(), **(env or {})})
     return done, time.monotonic() - started
 
 
@@ -110,6 +111,33 @@ def test_runs_are_bit_identical(two_step_runs):
     first, second = two_step_runs
     for key in first[0]:
         assert np.array_equal(first[0][key], second[0][key]), key
+
+
+def test_progress_calls_change_no_bit(two_step_runs):
+    """The same 20 steps compiled without the progress calls between kernels give the same bits."""
+    for ranks in two_step_runs:
+        for rank in ranks:
+            for key in (k for k in rank if k.startswith("llvm/")):
+                assert np.array_equal(rank[key], rank[key.replace("llvm/", "llvm-no-progress/")]), key
+
+
+@pytest.mark.parametrize("ranks, thread", [(2, "0"), (3, "0"), (2, "20")])
+def test_the_runtime_ring_sums_every_size_exactly_on_every_rank(mpi, tmp_path, ranks, thread):
+    """Buffers of 1 to 300001 elements (fewer than the ranks, uneven chunks, rendezvous messages),
+    float32 and float64, in place and copied, in 4 KiB buckets, three steps: the exact sums; also
+    with the runtime's progress thread (every 20 us)."""
+    done, _ = launch("ring", tmp_path, ranks=ranks, env={"GRAPHNET_MPI_PROGRESS_THREAD": thread})
+    ok(done)
+    results = [dict(np.load(tmp_path / f"ring_{r}.npz")) for r in range(ranks)]
+    values = [[cases.ring_values(r, n, t) for n in cases.RING_SIZES for t in (np.float32, np.float64)]
+              for r in range(ranks)]
+    want = [sum(v[j] for v in values) for j in range(len(values[0]))]
+    want += [sum(v[j] * 2.0 for v in values).astype(w.dtype) for j, w in enumerate(want)]
+    for step in range(3):
+        for j, w in enumerate(want):
+            for r in range(ranks):
+                got = results[r][f"{step}/{j}"]
+                assert got.dtype == w.dtype and np.array_equal(got, w), (step, j, r)
 
 
 # ---- Model.fit ------------------------------------------------------------------------------------
@@ -268,6 +296,110 @@ def test_small_gradients_share_a_bucket():
     lp = _reduced_step_program()  # default 1 MiB buckets: all three gradients in one message
     starts = [k.call for k in lp.kernels if k.call is not None and k.call.op == "allreduce_start"]
     assert len(starts) == 1 and len(starts[0].srcs) == 3 and starts[0].staging is not None
+
+
+def _buckets_of(lp) -> list:
+    return [k.call for k in lp.kernels if k.call is not None and k.call.op == "allreduce_start"]
+
+
+def test_gradients_are_reduced_in_place():
+    """Each gradient's kernel writes the allreduce's result: no copy from a source buffer, and no
+    kernel besides the optimizer's, the backward pass's and the calls."""
+    lp = _reduced_step_program(bucket_bytes=32 * 32 * 4)
+    for c in _buckets_of(lp):
+        assert c.srcs == c.dsts and c.staging is None
+        (writer,) = [k for k in lp.kernels if any(s.buffer == c.srcs[0] for s in k.stores)]
+        assert writer.call is None and writer.reduce is not None  # the gradient's own matmul
+    assert not any(k.name.split("_", 1)[1].startswith(("assign", "copy")) for k in lp.kernels)
+
+
+def test_updates_wait_for_their_buckets_in_the_order_the_buckets_started(monkeypatch):
+    """The grid's medium step on two ranks: W1's gradient comes last, so its fused update, first in
+    the program, runs last, after the other updates that overlap its allreduce."""
+    from graphnet.bench.grid import build_grid_model
+    from graphnet.distributed.world import World
+    from graphnet.optim import base
+    monkeypatch.setattr(base, "GRADIENT_REDUCTION", World(_Comm(2), 1.0).reduce_gradients)
+    lp, _ = lower(build_grid_model("medium", backend="numpy").step.program,
+                  loop_passes=loop_passes(lambda *a: 0, threads=1))
+    bucket = {d: i for i, c in enumerate(_buckets_of(lp)) for d in c.dsts}
+    read = [max(bucket[ld.buffer] for ld in k.loads() if ld.buffer in bucket)
+            for k in lp.kernels if k.call is None and any(ld.buffer in bucket for ld in k.loads())]
+    assert len(set(read)) == 2 and read == sorted(read)
+    waits = [bucket[k.call.dsts[0]] for k in lp.kernels if k.call is not None and k.call.op == "allreduce_wait"]
+    assert waits == sorted(waits)
+    last = [k for k in lp.kernels if k.call is None][-1]
+    assert last.stores[-1].node.startswith("subtract") and "b2[" in last.to_text()  # W1's update
+
+
+def test_a_reduced_variable_updated_in_place_is_sent_before_it_is_overwritten():
+    """v <- allreduce(v) / 2: the update writes v in place, after the start has read it (the start
+    used to be placed after the update, and the wait before the start)."""
+    with gn.Graph():
+        v = gn.variable("v", np.ones(1000, np.float32))
+        fn = gn.compile([], updates=[(v, allreduce(v * 1.0) * 0.5)], backend="numpy")
+    lp, _ = lower(fn.program, loop_passes=loop_passes(lambda *a: 0, threads=1))
+    ops = [k.call.op if k.call is not None else "update" for k in lp.kernels]
+    assert ops == ["allreduce_start", "allreduce_wait", "update"], lp.to_text()
+
+
+def test_progress_calls_follow_each_kernel_that_runs_while_a_bucket_is_in_flight(monkeypatch):
+    from codegen import collectives
+    lp = _reduced_step_program(bucket_bytes=32 * 32 * 4)
+    flying: set = set()
+    for k, following in zip(lp.kernels, lp.kernels[1:] + [None]):
+        if k.call is not None and k.call.op == "allreduce_start":
+            flying.add(k.call.request)
+        elif k.call is not None and k.call.op == "allreduce_wait":
+            flying.discard(k.call.request)
+        elif k.call is None:
+            call = None if following is None else following.call
+            assert call is not None if flying else call is None or call.op != "allreduce_progress", k.name
+        else:
+            assert k.call.op == "allreduce_progress" and flying
+            assert collectives.call_descriptor(lp, k.call) == [0, 0, -1, -1]
+    assert any(k.call is not None and k.call.op == "allreduce_progress" for k in lp.kernels)
+    monkeypatch.setattr(collectives, "PROGRESS", False)
+    without = _reduced_step_program(bucket_bytes=32 * 32 * 4)
+    assert not any(k.call is not None and k.call.op == "allreduce_progress" for k in without.kernels)
+    assert [k.name.split("_", 1)[1] for k in without.kernels] == \
+        [k.name.split("_", 1)[1] for k in lp.kernels if k.call is None or k.call.op != "allreduce_progress"]
+
+
+def test_the_progress_thread_setting_is_checked(monkeypatch):
+    from graphnet.distributed.native import progress_thread_microseconds
+    monkeypatch.setenv("GRAPHNET_MPI_PROGRESS_THREAD", "50")
+    assert progress_thread_microseconds() == 50.0
+    for bad in ("-1", "fast", "nan"):
+        monkeypatch.setenv("GRAPHNET_MPI_PROGRESS_THREAD", bad)
+        with pytest.raises(ValueError, match="GRAPHNET_MPI_PROGRESS_THREAD"):
+            progress_thread_microseconds()
+
+
+class _Comm:
+    def __init__(self, size: int):
+        self.size = size
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return self.size
+
+
+def test_a_world_of_one_rank_compiles_the_single_process_step(monkeypatch):
+    """One rank has nothing to reduce: its optimizers' step is the plain step, no call in its loop IR."""
+    from graphnet.distributed.world import World
+    from graphnet.optim import base
+
+    def step_text(reduction) -> str:
+        monkeypatch.setattr(base, "GRADIENT_REDUCTION", reduction)
+        step, _ = cases.mlp_step("numpy")
+        lp, _ = lower(step.program, loop_passes=loop_passes(lambda *a: 0, threads=1))
+        return lp.to_text(sources=False)
+    one, two = World(_Comm(1), 1.0), World(_Comm(2), 1.0)
+    assert step_text(one.reduce_gradients) == step_text(None)
+    assert "allreduce" in step_text(two.reduce_gradients)
 
 
 def test_the_llvm_backend_needs_an_mpi_world_for_a_communicating_step():

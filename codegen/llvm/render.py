@@ -48,7 +48,8 @@ _FLOAT_INTRINSIC = {"sqrt": "llvm.sqrt", "abs": "llvm.fabs", "max": "llvm.maximu
 _LIBM = {"erf": "erf"}  # libm functions called by name (float: with the suffix f)
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-RUNTIME_CALLS = ("allreduce_start", "allreduce_wait")  # the runtime functions a call kernel may name
+# the runtime functions a call kernel may name (graphnet/distributed/native/collectives.c)
+RUNTIME_CALLS = ("allreduce_start", "allreduce_wait", "allreduce_progress")
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
 
 

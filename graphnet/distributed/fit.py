@@ -75,6 +75,8 @@ class FitShards:
 
 def require_reduction(train: Any) -> None:
     """A training step that does not reduce its gradients would let the ranks drift apart silently."""
+    if is_initialized() and world().size == 1:
+        return  # one rank reduces nothing (World.reduce_gradients)
     if not any(n.op.kind == "collective" for n in train.program.nodes()):
         raise RuntimeError("fit under MPI: this model was compiled before graphnet.distributed.init(), so its "
                            "optimizer does not average gradients over the ranks; call init() before model.compile")

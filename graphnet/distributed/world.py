@@ -5,7 +5,8 @@ host-side collectives with deadlines, and the rule that one failing rank ends th
 then installs:
 - the gradient reduction every optimizer applies from then on (`graphnet.optim.base.GRADIENT_REDUCTION`):
   each gradient becomes sum_r(n_r g_r) / sum_r(n_r) over the ranks, n_r a rank's batch size, which is
-  the gradient of the mean loss over the global batch (equal to a single process's on that batch);
+  the gradient of the mean loss over the global batch (equal to a single process's on that batch); a
+  world of one rank installs the identity, so its step is the single process's step (no calls);
 - the numpy reference's allreduce (`graphnet.ops.collective.HOST_ALLREDUCE`);
 - the native runtime of the LLVM step (`codegen.collectives.RUNTIME`: the C functions of
   native/collectives.c, and a check that every rank compiled the same step, see `digest.py`);
@@ -83,7 +84,10 @@ class World:
 
     # ---- what init installs ---------------------------------------------------------------
     def reduce_gradients(self, pairs: Sequence[tuple[Node, Node]]) -> list[tuple[Node, Node]]:
-        """Each (gradient, parameter) with the gradient averaged over the global batch."""
+        """Each (gradient, parameter) with the gradient averaged over the global batch; a world of
+        one rank leaves them as they are (its batch is the global batch: the step has no collectives)."""
+        if self.size == 1:
+            return list(pairs)
         reduced = []
         for g, p in pairs:
             n = ops.cast(batch_size(g, g.dtype), g.dtype)

@@ -2,20 +2,27 @@
 measured, and an alpha-beta cost model of the same steps on up to 64 nodes.
 
 Measured per configuration (the grid's batch per rank: weak scaling, as data-parallel jobs run; step
-and allreduce times are the fastest of the repeats, kernel times the profile's medians):
+and allreduce times are the fastest of the repeats, the variants taking turns so that a disturbance
+of the shared machine hits each alike; kernel times the profile's medians):
 - `plain`: the step without communication (each rank's compute alone);
-- `in-step` (design a): the LLVM step with its bucketed MPI_Iallreduce calls; its profile splits the
-  time into compute kernels and `exposed` communication (time inside the start/wait calls);
-- `alone`: the same buckets' allreduces with nothing else running: the communication to hide;
-  `overlap` = 1 - exposed / alone;
+- `in-step` (design a): the LLVM step with its bucketed allreduces (codegen/collectives.py: the
+  runtime's ring, progress calls between kernels); `exposed` = in-step - plain; its profile's
+  `waits` is the time inside the start, progress and wait calls; with one rank the step has no calls
+  (World.reduce_gradients: nothing to reduce), so in-step is the plain step;
+- `no progress`: the same step without the progress calls (`collectives.PROGRESS = False`);
+- `MPI_Iallreduce`: the in-step step with its buckets reduced by Open MPI's MPI_Iallreduce (in place)
+  instead of the runtime's ring (`graphnet_collectives_use_mpi`);
+- `alone`: the same buckets reduced by blocking in-place MPI_Allreduce calls (Open MPI's tuned
+  choice) with nothing else running: the communication to hide; `overlap` = 1 - exposed / alone;
 - `split` (design b): a gradients-only step, one host-side allreduce (mpi4py) of all gradients, then
   an update step fed with them: the cost of cutting the step at a bucket boundary.
 And the allreduce latency/bandwidth between the ranks (alpha, beta: t = alpha + beta * bytes).
 
-The model replays the 1-rank in-step profile's kernels in order: a bucket enters a serial link when
-its start kernel runs, takes T(bytes, p) there, and its wait kernel blocks until it is done. T is
-ring (2(p-1) alpha + 2 (p-1)/p bytes/B) or tree (binomial reduce then broadcast: 2 log2(p) (alpha +
-bytes/B)). Assumptions: one rank per node, the network's alpha and bandwidth B as stated, communication
+The model replays the 2-rank in-step profile's kernels in order (its compute kernels: each rank's
+compute while the other rank computes too): a bucket enters a serial link when its start kernel
+runs, takes T(bytes, p) there, and its wait kernel blocks until it is done. T is ring (2(p-1) alpha
++ 2 (p-1)/p bytes/B) or tree (binomial reduce then broadcast: 2 log2(p) (alpha + bytes/B)).
+Assumptions: one rank per node, the network's alpha and bandwidth B as stated, communication
 progressing in the background (a NIC or progress thread), the reduction's arithmetic free.
 
     python -m graphnet.bench.micro.distributed [medium large] [--repeats 30] [--out docs/benchmarks]
@@ -56,7 +63,7 @@ def tree_seconds(nbytes: int, p: int, bandwidth: float, alpha: float) -> float:
 
 @dataclass(frozen=True)
 class Kernel:
-    kind: str  # compute | start | wait
+    kind: str  # compute | start | wait | progress (the model ignores progress calls)
     seconds: float
     bucket: int = -1
     nbytes: int = 0
@@ -87,13 +94,23 @@ def efficiency(kernels: list[Kernel], p: int, network: str, algorithm: str) -> f
 def _best_seconds(fn: Callable[[], Any], repeats: int, barrier: Callable[[], None]) -> float:
     """The fastest of `repeats` calls, each after a barrier (on a shared machine the fastest is the
     least disturbed; medians mostly measure the other users)."""
-    times = []
-    for _ in range(repeats):
-        barrier()
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return _taking_turns({"fn": fn}, repeats, barrier)["fn"]
+
+
+def _taking_turns(fns: dict[str, Callable[[], Any]], repeats: int, barrier: Callable[[], None]) -> dict[str, float]:
+    """Each function's fastest of `repeats` calls, the functions taking turns, each call after a
+    barrier; each round in a shuffled order (the same on every rank: its seed is the round), so that
+    no function always finds the caches as one other function left them."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for i in np.random.default_rng(r).permutation(len(names)):
+            fn = fns[names[i]]
+            barrier()
+            started = time.perf_counter()
+            fn()
+            times[names[i]].append(time.perf_counter() - started)
+    return {name: min(t) for name, t in times.items()}
 
 
 def _split_step(name: str):
@@ -124,31 +141,47 @@ def _profile(fn: Any, feeds: dict, repeats: int) -> list[Kernel]:
     for k, t in zip(lp.kernels, profile.kernels):
         if k.call is None:
             kernels.append(Kernel("compute", t.seconds))
-            continue
-        bucket = buckets.setdefault(k.call.request, len(buckets))
-        nbytes = sum(lp.buffers[s].elements(0) * lp.buffers[s].dtype.itemsize for s in k.call.srcs)
-        kernels.append(Kernel("start" if k.call.op.endswith("start") else "wait", t.seconds, bucket, nbytes))
+        elif k.call.op == "allreduce_progress":
+            kernels.append(Kernel("progress", t.seconds))
+        else:
+            bucket = buckets.setdefault(k.call.request, len(buckets))
+            nbytes = sum(lp.buffers[s].elements(0) * lp.buffers[s].dtype.itemsize for s in k.call.srcs)
+            kernels.append(Kernel("start" if k.call.op.endswith("start") else "wait", t.seconds, bucket, nbytes))
     return kernels
 
 
 def worker(names: list[str], repeats: int, out: str) -> None:
     """Runs on every rank: the measurements above, written by rank 0 as JSON."""
-    plain = {n: build_grid_model(n) for n in names}  # before init: optimizers do not reduce yet
-    split = {n: _split_step(n) for n in names}
+    from codegen import collectives
     import graphnet.distributed as dist
-    w = dist.init()
+    from mpi4py import MPI
+    from graphnet.optim import base
+    w = dist.init()  # first: every step is built in the process as MPI left it (its allocator hooks)
+    reduction, base.GRADIENT_REDUCTION = base.GRADIENT_REDUCTION, None  # optimizers that do not reduce
+    try:
+        plain = {n: build_grid_model(n) for n in names}
+        split = {n: _split_step(n) for n in names}
+    finally:
+        base.GRADIENT_REDUCTION = reduction
     comm = w.comm
     result: dict[str, Any] = {"ranks": w.size, "configs": {}}
     for n in names:
         config, reduced = GRID[n], build_grid_model(n)
+        collectives.PROGRESS = False
+        try:
+            unprogressed = build_grid_model(n)
+        finally:
+            collectives.PROGRESS = True
         x, y = grid_data(config, seed=w.rank)
         feeds = {"x": x, "y": y}
         kernels = _profile(reduced.step, feeds, repeats)
+        for other in (plain[n], unprogressed):  # the same history as the profiled step before the timing
+            other.step.profile(feeds, repeats)
         buffers = {k.bucket: np.ones(k.nbytes // 4, np.float32) for k in kernels if k.kind == "start"}
 
         def alone() -> None:
             for b in buffers.values():
-                comm.Allreduce(b.copy(), b)
+                comm.Allreduce(MPI.IN_PLACE, b)
 
         grads, apply = split[n]
 
@@ -159,13 +192,19 @@ def worker(names: list[str], repeats: int, out: str) -> None:
             parts = np.split(flat / w.size, np.cumsum([v.size for v in values])[:-1])
             apply(**{f"g{i}": p.reshape(v.shape) for i, (p, v) in enumerate(zip(parts, values))})
 
-        result["configs"][n] = {
-            "plain": _best_seconds(lambda: plain[n].step(**feeds), repeats, comm.Barrier),
-            "in_step": _best_seconds(lambda: reduced.step(**feeds), repeats, comm.Barrier),
-            "alone": _best_seconds(alone, repeats, comm.Barrier),
-            "split": _best_seconds(split_step, repeats, comm.Barrier),
-            "kernels": [vars(k) for k in kernels],
-            "buckets": [k.nbytes for k in kernels if k.kind == "start"]}
+        library = collectives.RUNTIME.library if w.size > 1 else None
+
+        def with_mpi_iallreduce() -> None:  # the same step, its buckets reduced by Open MPI's MPI_Iallreduce
+            library.graphnet_collectives_use_mpi(1)
+            reduced.step(**feeds)
+            library.graphnet_collectives_use_mpi(0)
+
+        timed = _taking_turns({"plain": lambda: plain[n].step(**feeds), "in_step": lambda: reduced.step(**feeds),
+                               "no_progress": lambda: unprogressed.step(**feeds),
+                               "mpi_iallreduce": with_mpi_iallreduce if library else lambda: reduced.step(**feeds),
+                               "alone": alone, "split": split_step}, repeats, comm.Barrier)
+        result["configs"][n] = {**timed, "kernels": [vars(k) for k in kernels],
+                                "buckets": [k.nbytes for k in kernels if k.kind == "start"]}
     result["allreduce"] = {s: _best_seconds(lambda s=s: comm.Allreduce(np.ones(s // 4, np.float32),
                                                                           np.empty(s // 4, np.float32)),
                                               repeats, comm.Barrier) for s in SIZES}
@@ -203,22 +242,26 @@ def report(one: dict, two: dict) -> tuple[str, dict]:
     measured = ", ".join(f"{_size(int(s))} {t * 1e3:.3f} ms" for s, t in two["allreduce"].items())
     lines = [f"Allreduce between the 2 local ranks (fastest of the repeats): {measured}; fit: alpha "
              f"{alpha * 1e6:.1f} us, beta {beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s).", "",
-             "| config | ranks | plain step ms | in-step ms | added: in-step - plain (of plain) | waits in profile ms "
-             "(median) | comm alone ms | overlap: 1 - added / alone | split step ms | buckets (KiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| config | ranks | plain step ms | in-step ms | exposed: in-step - plain (of plain) | no progress ms "
+             "(exposed) | MPI_Iallreduce ms (exposed) | waits in profile ms (median) | comm alone ms | overlap: 1 - "
+             "exposed / alone | split step ms | buckets (KiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in (one, two):
         for n, r in result["configs"].items():
             waits = sum(k["seconds"] for k in r["kernels"] if k["kind"] != "compute")
             added = r["in_step"] - r["plain"]
+            variants = " | ".join(f"{r[v] * 1e3:.2f} ({(r[v] - r['plain']) / r['plain']:.0%})"
+                                  for v in ("no_progress", "mpi_iallreduce"))
             overlap = f"{1 - added / r['alone']:.0%}" if result["ranks"] > 1 else "-"
             lines.append(f"| {n} | {result['ranks']} | {r['plain'] * 1e3:.2f} | {r['in_step'] * 1e3:.2f} | "
-                         f"{added * 1e3:.2f} ({added / r['plain']:.0%}) | {waits * 1e3:.2f} | {r['alone'] * 1e3:.2f} | "
+                         f"{added * 1e3:.2f} ({added / r['plain']:.0%}) | {variants} | {waits * 1e3:.2f} | "
+                         f"{r['alone'] * 1e3:.2f} | "
                          f"{overlap} | {r['split'] * 1e3:.2f} | {', '.join(str(b // 1024) for b in r['buckets'])} |")
     curves: dict = {}
-    lines += ["", "Modelled weak-scaling efficiency (compute / step), from the 1-rank profile:", "",
+    lines += ["", "Modelled weak-scaling efficiency (compute / step), from the 2-rank profile:", "",
               "| config | network | allreduce | " + " | ".join(f"{p} nodes" for p in NODES[1:]) + " |",
               "|---|---|---|" + "---|" * (len(NODES) - 1)]
-    for n, r in one["configs"].items():
+    for n, r in two["configs"].items():
         kernels = [Kernel(**k) for k in r["kernels"]]
         for network in NETWORKS:
             for algorithm in ("ring", "tree"):
