@@ -4,8 +4,10 @@ same bytes whichever process built them; a child that fails or hangs is a fallba
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -60,6 +62,7 @@ def _counting_forks(monkeypatch) -> list:
 
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkeypatch, tmp_path):
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())  # JAX may be loaded by another test module
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3)
     forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3)
@@ -74,6 +77,7 @@ def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkey
 @pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_shared_object_and_numbers(monkeypatch, tmp_path):
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())  # JAX may be loaded by another test module
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3, shared=True)
     forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3, shared=True)
@@ -178,8 +182,12 @@ def test_workers_is_serial_where_forking_is_unsafe_or_turned_off(monkeypatch):
     with pytest.raises(ValueError):
         workers.workers()
     monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    monkeypatch.setattr(workers, "FORK_AVERSE", ("a_fork_averse_module",))
     cpus = len(os.sched_getaffinity(0))
     assert workers.workers() == min(2, cpus)
+    monkeypatch.setitem(sys.modules, "a_fork_averse_module", types.ModuleType("a_fork_averse_module"))
+    assert workers.workers() == 1  # e.g. JAX, whose runtime warns that a fork may deadlock it
+    monkeypatch.delitem(sys.modules, "a_fork_averse_module")
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()

@@ -8,7 +8,7 @@ results are the same bytes in the same order whichever process ran each job (LLV
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
 libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
-not an MPI job: mpi4py imported). `GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial); the default is
+none of `FORK_AVERSE` imported: an MPI job, or JAX, whose runtime warns that a fork may deadlock it). `GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial); the default is
 the CPUs this process may run on, at most `MAX_WORKERS`.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Callable
 
 Job = Callable[[], "tuple[bytes, dict[str, float]]"]
 MAX_WORKERS = 4
+FORK_AVERSE = ("mpi4py", "jax")  # modules whose presence makes compiles serial
 CHILD_TIMEOUT = 300.0  # seconds; a child past it is killed and its jobs run in this process
 
 
@@ -36,7 +37,8 @@ def workers() -> int:
         raise ValueError(f"GRAPHNET_COMPILE_WORKERS must be a number of processes, got {text!r}") from None
     if wanted is not None and wanted <= 1:
         return 1
-    if not sys.platform.startswith("linux") or threading.active_count() != 1 or "mpi4py" in sys.modules:
+    if not sys.platform.startswith("linux") or threading.active_count() != 1 \
+            or any(name in sys.modules for name in FORK_AVERSE):
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_WORKERS if wanted is None else wanted, cpus))
