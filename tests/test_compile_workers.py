@@ -45,6 +45,7 @@ def _compiled(monkeypatch, tmp_path, name: str, processes: str, parts: int, shar
     monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", processes)
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / name))
     monkeypatch.setattr("codegen.llvm.split.part_count", lambda text: parts)
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())  # JAX or mpi4py may be loaded by another test module
     if not shared:
         monkeypatch.setattr("codegen.llvm.backend.linker", lambda: None)
     step, feeds, _ = _mlp_step()
@@ -62,7 +63,6 @@ def _counting_forks(monkeypatch) -> list:
 
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkeypatch, tmp_path):
-    monkeypatch.setattr(workers, "FORK_AVERSE", ())  # JAX may be loaded by another test module
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3)
     forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3)
@@ -77,7 +77,6 @@ def test_a_parallel_compile_gives_the_serial_compiles_objects_and_numbers(monkey
 @pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_a_parallel_compile_gives_the_serial_compiles_shared_object_and_numbers(monkeypatch, tmp_path):
-    monkeypatch.setattr(workers, "FORK_AVERSE", ())  # JAX may be loaded by another test module
     serial, serial_losses = _compiled(monkeypatch, tmp_path, "serial", "1", 3, shared=True)
     forks = _counting_forks(monkeypatch)
     parallel, parallel_losses = _compiled(monkeypatch, tmp_path, "parallel", "2", 3, shared=True)
