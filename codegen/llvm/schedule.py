@@ -185,7 +185,7 @@ def transpose_tile(k: Kernel, target: TargetInfo | None) -> tuple:
     if not isinstance(load, Load) or isinstance(load, LoadAt) or st.accumulate or st.index is not None \
             or load.buffer == st.buffer or load.dtype.kind not in "fiu":
         return ()
-    lanes = (target or host_target()).lanes(load.dtype.name)
+    lanes = (target or host_target()).vector_bits // (8 * load.dtype.itemsize)
     x = k.order[-1]
     if lanes < 2 or st.offset.stride(x) != (1, 0) or k.domain[x] is None or k.domain[x] < TRANSPOSE_MIN:
         return ()
