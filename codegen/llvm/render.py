@@ -420,7 +420,7 @@ class _KernelEmitter:
         x, y, lanes = self.s.transpose
         st, b = self.k.stores[0], self.b
         load, extent, t = st.value, self.k.domain[y], storage_type(st.value.dtype)
-        size = t.width // 8 if isinstance(t, ir.IntType) else (4 if t == ir.FloatType() else 8)
+        size = load.dtype.itemsize  # the alignment of one element
         count = self.k.domain[x]
         lo, hi, inside = 0, count, None
         if isinstance(load, Window):
