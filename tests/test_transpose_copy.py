@@ -18,7 +18,8 @@ from test_schedules import _prepared, _scheduled_llvm
 SHAPES = [  # (image shape without the batch, permutation): x's extent and the transposed axis
     ((24, 24, 6), (0, 3, 1, 2)),  # lenet's conv1 dy: tiles of 16 and 8 along rows of 24
     ((7, 37, 5), (0, 3, 1, 2)),  # rows of 37 (float32: 16 + 16 + 4 + 1), 5 channels
-    ((3, 5, 16), (0, 3, 1, 2)),  # rows of 5 (4 + 1), 16 channels
+    ((3, 5, 16), (0, 3, 1, 2)),  # rows of 5 (4 + 1), 16 channels: a power-of-two tile, deinterleaved
+    ((2, 40, 8), (0, 3, 1, 2)),  # rows of 40, 8 channels: power-of-two tiles of 16 and 8 x's
     ((9, 23), (0, 2, 1)),  # a matrix per row: 23 columns
 ]
 

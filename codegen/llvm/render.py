@@ -446,13 +446,31 @@ class _KernelEmitter:
 
         def tile(start: ir.Value, width: int) -> None:
             self.vars[x], self.vars[y] = start, ir.Constant(I64, 0)
-            block = b.load(self.element(load.buffer, address(), load.dtype), typ=ir.VectorType(t, width * extent),
-                           align=size)
-            for c in range(extent):
+            at = self.element(load.buffer, address(), load.dtype)
+            if _power_of_two(extent) and _power_of_two(width) and width * extent >= 2 * lanes:
+                rows = unshuffled(at, width * extent)
+            else:
+                block = b.load(at, typ=ir.VectorType(t, width * extent), align=size)
+                rows = [b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined),
+                                         _mask([c + extent * i for i in range(width)])) for c in range(extent)]
+            for c, row in enumerate(rows):
                 self.vars[y] = ir.Constant(I64, c)
-                picks = ir.Constant(ir.VectorType(ir.IntType(32), width), [c + extent * i for i in range(width)])
-                row = b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined), picks)
                 b.store(row, self.element(st.buffer, self.offset(st.offset), st.value.dtype), align=size)
+
+        def unshuffled(at: ir.Value, count: int) -> list:
+            """The rows of a power-of-two tile: its vectors deinterleaved log2(Y) times, each step's vector
+            the even or the odd elements of two (one two-register permute each: LLVM's lowering of one
+            shuffle of the whole tile takes about twice as many), then each y's row a slice of them."""
+            vectors = [b.load(b.gep(at, [ir.Constant(I64, i * lanes)], inbounds=True, source_etype=t),
+                              typ=ir.VectorType(t, lanes), align=size) for i in range(count // lanes)]
+            for _ in range(extent.bit_length() - 1):
+                pairs = list(zip(vectors[0::2], vectors[1::2]))
+                vectors = [b.shuffle_vector(u, v, _mask(list(range(parity, 2 * lanes, 2))))
+                           for parity in (0, 1) for u, v in pairs]
+            width = count // extent
+            return [b.shuffle_vector(vectors[c * width // lanes], ir.Constant(vectors[0].type, ir.Undefined),
+                                     _mask(list(range(c * width % lanes, c * width % lanes + width))))
+                    if width < lanes else vectors[c] for c in range(extent)]
 
         def fill(start: ir.Value, width: int) -> None:
             self.vars[x] = start
@@ -840,6 +858,15 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         return lambda em, args, dst: em.b.select(em.b.icmp_signed("<", args[0], ir.Constant(args[0].type, 0)),
                                                  em.b.neg(args[0]), args[0])
     return None
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _mask(picks: list) -> ir.Constant:
+    """A shufflevector mask picking these lanes."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(picks)), picks)
 
 
 def _filled(value: float, t: ir.Type):
