@@ -16,7 +16,7 @@ def window_load(em, e: Window, typ: ir.Type) -> ir.Value:
     b = em.b
     inside, address = None, ir.Constant(I64, 0)
     for coord, dim, stride, guarded in zip(e.coords, e.shape, row_strides(e.shape), guarded_axes(e, em.k.domain)):
-        index, ok = _index(em, coord, em.N if dim is None else ir.Constant(I64, dim), guarded)
+        index, ok = axis_index(em, coord, em.N if dim is None else ir.Constant(I64, dim), guarded)
         if ok is not None:
             inside = ok if inside is None else b.and_(inside, ok)
         step = ir.Constant(I64, stride[0])
@@ -30,7 +30,7 @@ def window_load(em, e: Window, typ: ir.Type) -> ir.Value:
     return b.select(inside, value, ir.Constant(typ, e.fill))
 
 
-def _index(em, coord: Coord, extent: ir.Value, guarded: bool) -> tuple[ir.Value, ir.Value | None]:
+def axis_index(em, coord: Coord, extent: ir.Value, guarded: bool) -> tuple[ir.Value, ir.Value | None]:
     """The axis index and, where guarded, the i1 saying it is a real element."""
     b = em.b
     q = ir.Constant(I64, coord.const)

@@ -26,7 +26,7 @@ from llvmlite import ir
 from graphnet.ops.scalar import REDUCTIONS
 
 from . import vmath
-from .conv import window_load
+from .conv import axis_index, window_load
 from .gemm import gemm_symbol
 from .igemm import COLS, COLUMN, ROWS, descriptor
 from .parallel import column_slice_symbol, emit_parallel_for
@@ -35,7 +35,7 @@ from .target import TargetInfo
 from ..collectives import call_descriptor
 from ..loopir import (Acc, Const, Expr, Index, Kernel, Load, LoadAt, LoopProgram, Op, Size, UnsupportedInstruction,
                       Var, check_renderable, children, walk_unique)
-from ..window import Window
+from ..window import Window, guarded_axes, row_strides
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
@@ -337,7 +337,10 @@ class _KernelEmitter:
         k, b, s = self.k, self.b, self.s
         red = k.reduce
         slow_value, slow_stores = s.scalar_reduce, s.scalar_stores
-        if red is None:
+        if s.transpose:
+            x, y, _ = s.transpose
+            self.parallel_nest([v for v in k.order if v not in (x, y)], self.transpose, False, inside=(x, y))
+        elif red is None:
             self.parallel_nest(list(k.order), self.stores, slow_stores)
         elif s.gemm is not None:
             dtype = red.value.dtype
@@ -406,6 +409,107 @@ class _KernelEmitter:
                 self.loop(inner, finish, slow_stores)
             self.nest(outer, reduce_into_row, slow_value or slow_stores)
         b.ret_void()
+
+    def transpose(self) -> None:
+        """A transposing copy's (schedule.transpose_tile) loops over x and y at the outer loops' values:
+        per tile of `lanes` x's, one vector load of the lanes*Y contiguous elements it reads, then per
+        y a shuffle picking every Y-th of them and a contiguous vector store; the x's past the last
+        whole tile in tiles of halving widths (x's extent is static), a last single x by scalar copies.
+        A window's (a zero-bordered copy) x's outside its axis, and every x where another axis is
+        outside, store its fill in vectors."""
+        x, y, lanes = self.s.transpose
+        st, b = self.k.stores[0], self.b
+        load, extent, t = st.value, self.k.domain[y], storage_type(st.value.dtype)
+        size = load.dtype.itemsize  # the alignment of one element
+        count = self.k.domain[x]
+        lo, hi, inside = 0, count, None
+        if isinstance(load, Window):
+            for coord, dim, guarded in zip(load.coords, load.shape, guarded_axes(load, self.k.domain)):
+                if coord.terms and coord.terms[0][0] == x:
+                    lo = min(max(-coord.const, 0), count)
+                    hi = min(max(dim - coord.const, lo), count)
+                elif guarded:
+                    ok = axis_index(self, coord, self.N if dim is None else ir.Constant(I64, dim), True)[1]
+                    inside = ok if inside is None else b.and_(inside, ok)
+
+        def address() -> ir.Value:
+            if not isinstance(load, Window):
+                return self.offset(load.offset)
+            total = ir.Constant(I64, 0)
+            for coord, dim, stride in zip(load.coords, load.shape, row_strides(load.shape)):
+                step = ir.Constant(I64, stride[0])
+                for _ in range(stride[1]):
+                    step = b.mul(step, self.N, flags=["nsw"])
+                index = axis_index(self, coord, None, False)[0]
+                total = b.add(total, b.mul(index, step, flags=["nsw"]), flags=["nsw"])
+            return total
+
+        def tile(start: ir.Value, width: int) -> None:
+            self.vars[x], self.vars[y] = start, ir.Constant(I64, 0)
+            at = self.element(load.buffer, address(), load.dtype)
+            if _power_of_two(extent) and _power_of_two(width) and width * extent >= 2 * lanes:
+                rows = unshuffled(at, width * extent)
+            else:
+                block = b.load(at, typ=ir.VectorType(t, width * extent), align=size)
+                rows = [b.shuffle_vector(block, ir.Constant(block.type, ir.Undefined),
+                                         _mask([c + extent * i for i in range(width)])) for c in range(extent)]
+            for c, row in enumerate(rows):
+                self.vars[y] = ir.Constant(I64, c)
+                b.store(row, self.element(st.buffer, self.offset(st.offset), st.value.dtype), align=size)
+
+        def unshuffled(at: ir.Value, count: int) -> list:
+            """The rows of a power-of-two tile: its vectors deinterleaved log2(Y) times, each step's vector
+            the even or the odd elements of two (one two-register permute each: LLVM's lowering of one
+            shuffle of the whole tile takes about twice as many), then each y's row a slice of them."""
+            vectors = [b.load(b.gep(at, [ir.Constant(I64, i * lanes)], inbounds=True, source_etype=t),
+                              typ=ir.VectorType(t, lanes), align=size) for i in range(count // lanes)]
+            for _ in range(extent.bit_length() - 1):
+                pairs = list(zip(vectors[0::2], vectors[1::2]))
+                vectors = [b.shuffle_vector(u, v, _mask(list(range(parity, 2 * lanes, 2))))
+                           for parity in (0, 1) for u, v in pairs]
+            width = count // extent
+            return [b.shuffle_vector(vectors[c * width // lanes], ir.Constant(vectors[0].type, ir.Undefined),
+                                     _mask(list(range(c * width % lanes, c * width % lanes + width))))
+                    if width < lanes else vectors[c] for c in range(extent)]
+
+        def fill(start: ir.Value, width: int) -> None:
+            self.vars[x] = start
+            for c in range(extent):
+                self.vars[y] = ir.Constant(I64, c)
+                b.store(ir.Constant(ir.VectorType(t, width), [ir.Constant(t, _filled(load.fill, t))] * width),
+                        self.element(st.buffer, self.offset(st.offset), st.value.dtype), align=size)
+
+        def runs(begin: int, end: int, piece) -> None:  # x in [begin, end): whole tiles, then halving widths
+            whole = (end - begin) // lanes
+            if whole:
+                self.counted(ir.Constant(I64, whole), lambda j: piece(
+                    b.add(b.mul(j, ir.Constant(I64, lanes), flags=["nuw", "nsw"]), ir.Constant(I64, begin)), lanes))
+            done, width = begin + whole * lanes, lanes // 2
+            while done < end:
+                if width >= 2 and done + width <= end:
+                    piece(ir.Constant(I64, done), width)
+                    done += width
+                elif width < 2:
+                    if piece is fill:
+                        fill(ir.Constant(I64, done), 1)
+                    else:
+                        self.vars[x] = ir.Constant(I64, done)
+                        self.loop(y, self.stores, True)
+                    done += 1
+                width = max(width // 2, 1)
+
+        def copy() -> None:
+            runs(0, lo, fill)
+            runs(lo, hi, tile)
+            runs(hi, count, fill)
+        if inside is None:
+            copy()
+        else:
+            with b.if_else(inside) as (then, otherwise):
+                with then:
+                    copy()
+                with otherwise:
+                    runs(0, count, fill)
 
     def blocked_sum(self, red, slot, accumulate, scalar: bool) -> ir.Value:
         """The schedule's blocked float32 sum: the reduced loop `var` runs in blocks of `iterations`,
@@ -754,6 +858,20 @@ def _rule(name: str, src: np.dtype) -> Rule | None:
         return lambda em, args, dst: em.b.select(em.b.icmp_signed("<", args[0], ir.Constant(args[0].type, 0)),
                                                  em.b.neg(args[0]), args[0])
     return None
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _mask(picks: list) -> ir.Constant:
+    """A shufflevector mask picking these lanes."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(picks)), picks)
+
+
+def _filled(value: float, t: ir.Type):
+    """A window's fill as a constant of storage type `t`."""
+    return int(value) if isinstance(t, ir.IntType) else float(value)
 
 
 def renders(name: str, src: np.dtype) -> bool:

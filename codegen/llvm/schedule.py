@@ -20,6 +20,12 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
   conv runs its stores per tile, the others' epilogue writes the columns out where they are few;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
+- transposes: a copy storing unit-stride along its innermost var x but loading with stride Y there,
+  where another var y of static extent Y (at most TRANSPOSE_MAX) is the load's unit-stride axis (the
+  planar copies of gemm_schedule.planar_conv_images: NHWC -> NCHW), runs in tiles of `lanes` x's by
+  all Y: one contiguous vector load of lanes*Y elements, Y register shuffles, Y contiguous vector
+  stores (LLVM's vectorizer would emit a gather per stored vector); the x's past the last whole tile
+  are copied by a scalar loop;
 - blocked sums: a float32 sum into a register of more than SUM_BLOCK elements (SUM_BLOCK_SCALAR in
   a scalar loop) runs in blocks of at most that many, each summed in float32 (in vector lanes once
   vectorized), adding each block's sum to a float64 total: rounding errors grow with the block
@@ -41,7 +47,8 @@ from .jit import host_target
 from .parallel import PARALLEL_MIN_FLOPS, column_split
 from .target import TargetInfo
 from ..loop_passes import LoopPass
-from ..loopir import Expr, Kernel, Load, LoopProgram, Op, walk_unique
+from ..loopir import Expr, Kernel, Load, LoadAt, LoopProgram, Op, walk_unique
+from ..window import Window
 
 UNROLL_MAX = 4  # static loops this short are written out (LLVM's own unroller is off: it costs compile time)
 UNROLL_COPIES_MAX = 16  # ...innermost first, while the copies of the body they make stay this few (nests of
@@ -51,6 +58,8 @@ ROW_UNROLL_MAX = 8  # a reduction's scratch row this short is written out too: a
 PARALLEL_MIN_FAST = 1 << 18  # elements before a loop nest is split over threads: fewer do not pay for waking them
 SUM_BLOCK = 1024  # elements of a vectorized float32 sum's block: 16 per lane at 16 lanes x 4 interleaved
 SUM_BLOCK_SCALAR = 128  # the same in a loop kept scalar, where a block is summed sequentially
+TRANSPOSE_MAX = 16  # the widest transposed axis copied in register tiles (a tile is lanes x this many elements)
+TRANSPOSE_MIN = 4  # ...and the narrowest stored row (x) worth it
 ROW_TOTALS_MAX = 4096  # the widest scratch row summed in blocks: its float64 totals (32 KiB) live on the stack
 PARALLEL_MIN_SLOW = 1 << 14  # the same for loops calling libm, whose elements each cost far more
 LIBM = {"pow", "erf", "mod"}  # float instructions render.py emits as a libm call (or an LLVM intrinsic or
@@ -97,6 +106,7 @@ class LLVMSchedule:
     scalar_stores: bool = False  # the stores' loops are kept from vectorizing (libm calls)
     gemm: Gemm | None = None
     sum_block: tuple = ()  # a blocked float32 sum: (the reduced var run in blocks, its iterations per block)
+    transpose: tuple = ()  # a transposing copy in register tiles: (x, y, lanes), see `transpose_tile`
 
     def __str__(self) -> str:
         parts = [str(self.gemm)] if self.gemm is not None else []
@@ -114,6 +124,9 @@ class LLVMSchedule:
         if self.sum_block:
             var, iterations = self.sum_block
             parts.append(f"float32 sum in blocks of {iterations} v{var} into a float64 total")
+        if self.transpose:
+            x, y, lanes = self.transpose
+            parts.append(f"transpose v{x}<->v{y} in tiles of {lanes} v{x} (vector loads, register shuffles)")
         return ", ".join(parts)
 
 
@@ -127,6 +140,12 @@ def schedule_llvm(threads: int, target: TargetInfo | None) -> LoopPass:
 
 
 def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMSchedule:
+    tile = transpose_tile(k, target)
+    if tile:
+        outer = [v for v in k.order if v not in tile[:2]]
+        parallel = outer[0] if threads > 1 and outer else None
+        return LLVMSchedule(threads, target, parallel, PARALLEL_MIN_FAST if parallel is not None else 0,
+                            transpose=tile)
     red = k.reduce
     scalar_reduce = red is not None and calls_libm(red.value)
     scalar_stores = any(calls_libm(s.value) for s in k.stores)
@@ -153,6 +172,44 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(**common)
     slow = scalar_stores or scalar_reduce
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if slow else PARALLEL_MIN_FAST, **common)
+
+
+def transpose_tile(k: Kernel, target: TargetInfo | None) -> tuple:
+    """(x, y, lanes) where kernel `k` is a transposing copy (see the module's docstring), else (). A
+    windowed load (a zero-bordered copy) qualifies where each axis's coordinate is one var or a
+    constant, y's axis is y itself (never outside), and x's axis x plus a shift (outside it, the fill)."""
+    if k.reduce is not None or len(k.stores) != 1 or not k.order:
+        return ()
+    st = k.stores[0]
+    load = st.value
+    if not isinstance(load, Load) or isinstance(load, LoadAt) or st.accumulate or st.index is not None \
+            or load.buffer == st.buffer or load.dtype.kind not in "fiu":
+        return ()
+    lanes = (target or host_target()).vector_bits // (8 * load.dtype.itemsize)
+    x = k.order[-1]
+    if lanes < 2 or st.offset.stride(x) != (1, 0) or k.domain[x] is None or k.domain[x] < TRANSPOSE_MIN:
+        return ()
+    for y in k.order[:-1]:
+        extent = k.domain[y]
+        if extent is not None and 1 < extent <= TRANSPOSE_MAX and load.offset.stride(y) == (1, 0) \
+                and load.offset.stride(x) == (extent, 0) and _plain_window(load, x, y, extent):
+            return x, y, lanes
+    return ()
+
+
+def _plain_window(load: Load, x: int, y: int, extent: int) -> bool:
+    """Is `load` a plain load, or a window whose coordinates are single vars or constants, with y's
+    axis exactly y (of the axis's `extent`) and x's axis x plus a constant on a static axis?"""
+    if not isinstance(load, Window):
+        return True
+    for coord, dim in zip(load.coords, load.shape):
+        if coord.div != 1 or len(coord.terms) > 1 or any(coef != 1 for _, coef in coord.terms):
+            return False
+        var = coord.terms[0][0] if coord.terms else None
+        if var == y and (coord.const != 0 or dim != extent) or var == x and dim is None:
+            return False
+    used = [coord.terms[0][0] for coord in load.coords if coord.terms]
+    return used.count(x) == 1 and used.count(y) == 1
 
 
 def _unrolled(looped: tuple, domain: tuple, row: tuple = ()) -> tuple:
