@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import colconv, kconv, rowconv
+from codegen.llvm import colconv, direct, rowconv
 from codegen.llvm.gemm_schedule import loop_passes
 from codegen.llvm.jit import host_target
 from codegen.llvm.target import AVX2, TargetInfo
@@ -133,8 +133,7 @@ def test_row_convs_split_over_two_threads(dtype, monkeypatch, tmp_path):
     row conv splits its images over the two threads (an odd batch unevenly), every K conv its blocks of taps."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(rowconv, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(kconv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(direct, "PARALLEL_MIN_FLOPS", 0)  # every direct conv's parallel loop
     for x_shape, w_shape, kwargs in CASES[1:3]:
         with gn.Graph():
             fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
@@ -198,7 +197,7 @@ def test_column_convs_equal_numpy(x_shape, w_shape, kwargs, dtype, threads, monk
     empty cache) the images, or the tiles of taps, split over the threads."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(colconv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(direct, "PARALLEL_MIN_FLOPS", 0)
     lanes = host_target().lanes(np.dtype(dtype).name)
     fetches = _conv_step(x_shape, (*w_shape, lanes), kwargs, dtype)
     fn = gn.compile(fetches, backend="llvm")

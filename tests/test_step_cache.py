@@ -266,3 +266,16 @@ def test_the_source_digest_is_remembered_by_the_source_files_stamps(cache_dir, m
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(cache_dir))
     touched, read = _digest_reading(monkeypatch, lambda p, *a, **k: Touched(real_stat(p, *a, **k)))
     assert touched == first and read  # a file's stamp changed: every file read again (same contents)
+
+
+def test_the_step_objects_key_covers_every_code_generator_source():
+    """An LLVM step object is reused only while the code that emitted it is unchanged: the key's
+    digest reads every source of the loop IR, lowering and the LLVM backend (a hand-kept list missed
+    the direct convs', the window lowering's and the loop passes' files)."""
+    from codegen.llvm import backend
+    root = os.path.dirname(os.path.dirname(backend.__file__))
+    expected = {os.path.join(folder, name) for folder in (root, os.path.join(root, "llvm"))
+                for name in os.listdir(folder) if name.endswith(".py")}
+    assert set(backend._SOURCES) == expected
+    assert {"lower_conv.py", "window.py", "loop_passes.py", "gemm_schedule.py", "rowconv.py", "direct.py"} <= \
+        {os.path.basename(p) for p in backend._SOURCES}

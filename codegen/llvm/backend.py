@@ -37,17 +37,11 @@ _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
 INITIAL_CAPACITY = 64
 GEMM_BUILD_COST = 25_000  # a GEMM routine's build, in characters of step IR that take as long (workers.py)
-_SOURCES = [os.path.join(os.path.dirname(os.path.dirname(__file__)), f)
-            for f in ("loopir.py", "lower.py", "collectives.py", os.path.join("llvm", "render.py"),
-                      os.path.join("llvm", "vmath.py"), os.path.join("llvm", "jit.py"),
-                      # the step's regions and the GEMM slices' grain and workspace stride
-                      os.path.join("llvm", "parallel.py"), os.path.join("llvm", "gemm.py"),
-                      os.path.join("llvm", "igemm.py"), os.path.join("llvm", "loops.py"),
-                      os.path.join("llvm", "split.py"),
-                      # code emitted beside the renderer: windows, schedules' emitters, the direct convs
-                      os.path.join("llvm", "conv.py"), os.path.join("llvm", "schedule.py"),
-                      os.path.join("llvm", "rowconv.py"), os.path.join("llvm", "kconv.py"),
-                      os.path.join("llvm", "colconv.py"))]
+_CODEGEN = os.path.dirname(os.path.dirname(__file__))
+# every source the emitted code can depend on: the loop IR, lowering and all of the LLVM backend (a list
+# of chosen files went stale once: an edit to a file left out of it reused old compiled code)
+_SOURCES = sorted(os.path.join(folder, name) for folder in (_CODEGEN, os.path.join(_CODEGEN, "llvm"))
+                  for name in os.listdir(folder) if name.endswith(".py"))
 
 
 def _read(path: str) -> str:

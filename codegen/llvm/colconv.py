@@ -30,17 +30,14 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import guarded_axes
 from . import igemm, rowconv
-from .gemm import _SUFFIX, _intrinsic
+from .direct import I64, PTR, VectorEmitter, call_in_parallel
 from .loops import carried_loop, for_range
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
 from .target import TargetInfo
 
 ORDER = (0, 1, 2, 3, 5, 6, 7, 4)  # a column conv kernel's loop order: v4, the columns, along the lanes
 VECTORS = 1  # the column count, in vectors, of the convs this path computes
 MAX_TILES = 16  # tiles written out (a filter gradient's tiles of taps, a forward row's segments): code size
 
-I64, I32 = ir.IntType(64), ir.IntType(32)
-PTR = ir.PointerType()
 
 
 @dataclass(frozen=True)
@@ -122,21 +119,15 @@ def emit(em, red, cc: ColConv, threads: int) -> None:
     work = ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None))
     for _ in range(em.k.domain.count(None)):
         work = em.b.mul(work, em.N)
-
-    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
-        b.call(fn, [captured[0], begin, end] + captured[1:])
-    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.cols", outer, body, args, threads,
-                      work=work, min_work=PARALLEL_MIN_FLOPS)
+    call_in_parallel(em, fn, "cols", outer, args, threads, work)
 
 
-class _Emitter:
+class _Emitter(VectorEmitter):
     """Writes `void <kernel>_colconv(i64 N, i64 begin, i64 end, T* image, T* B, T* C)`: v0 in [begin, end)."""
 
     def __init__(self, module: ir.Module, k: Kernel, cc: ColConv, dtype: str) -> None:
-        self.module, self.k, self.cc, self.dtype = module, k, cc, dtype
-        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
-        self.vt = ir.VectorType(self.t, cc.lanes)
-        self.align = 4 if dtype == "float32" else 8
+        super().__init__(module, dtype, cc.lanes)
+        self.k, self.cc = k, cc
         window, other = k.reduce.contraction
         self.a_coef, self.a_const = rowconv.address(window)
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
@@ -265,14 +256,3 @@ class _Emitter:
             out.append(self.fma(self.splat(x), bv, value))
         return out
 
-    def _i(self, value: int) -> ir.Value:
-        return ir.Constant(I64, value)
-
-    def splat(self, scalar: ir.Value) -> ir.Value:
-        one = self.b.insert_element(ir.Constant(self.vt, ir.Undefined), scalar, ir.Constant(I32, 0))
-        return self.b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined),
-                                     ir.Constant(ir.VectorType(I32, self.cc.lanes), [0] * self.cc.lanes))
-
-    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
-        return self.b.call(_intrinsic(self.module, f"llvm.fma.v{self.cc.lanes}{_SUFFIX[self.dtype]}", self.vt, 3),
-                           [x, y, acc])

@@ -29,16 +29,13 @@ from llvmlite import ir
 from ..loopir import Kernel, Load
 from ..window import guarded_axes, row_strides
 from . import igemm, rowconv
-from .gemm import _SUFFIX, _declare, _intrinsic
-from .loops import carried_loop, for_range
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+from .direct import I32, I64, PTR, VectorEmitter, call_in_parallel
+from .loops import for_range
 from .target import TargetInfo
 
 ORDER = (3, 0, 1, 2, 5, 6, 7, 4)  # a K conv kernel's loop order: tap blocks outer, v7 along the lanes, v4 registers
 LANE = 7  # the var along the lanes
 
-I64, I32 = ir.IntType(64), ir.IntType(32)
-PTR = ir.PointerType()
 
 
 @dataclass(frozen=True)
@@ -120,21 +117,15 @@ def emit(em, red, kc: KConv, threads: int) -> None:
     args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
     blocks = ir.Constant(I64, -(-math.prod(em.k.domain[:3]) // kc.rows))
     work = em.b.mul(em.extent(5), ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None)))
-
-    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
-        b.call(fn, [captured[0], begin, end] + captured[1:])
-    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.taps", blocks, body, args, threads, work=work,
-                      min_work=PARALLEL_MIN_FLOPS)
+    call_in_parallel(em, fn, "taps", blocks, args, threads, work)
 
 
-class _Emitter:
+class _Emitter(VectorEmitter):
     """Writes `void <kernel>_kconv(i64 N, i64 begin, i64 end, T* image, T* B, T* C)`: tap blocks [begin, end)."""
 
     def __init__(self, module: ir.Module, k: Kernel, kc: KConv, dtype: str) -> None:
-        self.module, self.k, self.kc, self.dtype = module, k, kc, dtype
-        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
-        self.vt = ir.VectorType(self.t, kc.lanes)
-        self.align = 4 if dtype == "float32" else 8
+        super().__init__(module, dtype, kc.lanes)
+        self.k, self.kc = k, kc
         window, other = k.reduce.contraction
         self.a_coef, self.a_const = rowconv.address(window)
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
@@ -217,30 +208,19 @@ class _Emitter:
     def step(self, acc: list, a_row: list, b_row: ir.Value, v7: ir.Value, rows: int, mask) -> list:
         """Vectors of dy (one per column) and x (one per tap) at v7..: rows x N FMAs."""
         b = self.b
-        bv = [self.load(self.bmat, b.add(b.add(b_row, v7), self._i(self.b_coef.get(igemm.COLUMN, 0) * j)), mask)
+        bv = [self.vector_load(self.bmat, b.add(b.add(b_row, v7), self._i(self.b_coef.get(igemm.COLUMN, 0) * j)), mask)
               for j in range(self.columns)]
         out = list(acc)
         for r in range(rows):
-            a = self.load(self.image, b.add(a_row[r], v7), mask)
+            a = self.vector_load(self.image, b.add(a_row[r], v7), mask)
             for j in range(self.columns):
                 out[r * self.columns + j] = self.fma(a, bv[j], out[r * self.columns + j])
         return out
 
     # -- IR helpers ----------------------------------------------------------------------------
-    def _i(self, value: int) -> ir.Value:
-        return ir.Constant(I64, value)
-
     def total(self, i: int) -> ir.Value:
         """Cell i's float64 totals, one per lane."""
         return self.b.gep(self.totals, [self._i(i * self.kc.lanes)], inbounds=True, source_etype=ir.DoubleType())
-
-    def load(self, base: ir.Value, at: ir.Value, mask) -> ir.Value:
-        ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)
-        if mask is None:
-            return self.b.load(ptr, typ=self.vt, align=self.align)
-        name = f"llvm.masked.load.v{self.kc.lanes}{_SUFFIX[self.dtype]}.p0"
-        fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
-        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
 
     def lane_sum(self, v: ir.Value) -> ir.Value:
         """The sum of v's lanes, pairwise (halves added until one lane is left)."""
@@ -252,9 +232,3 @@ class _Emitter:
             v, n = b.fadd(lo, hi), half
         return b.extract_element(v, ir.Constant(I32, 0))
 
-    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
-        name = f"llvm.fma.v{self.kc.lanes}{_SUFFIX[self.dtype]}"
-        return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
-
-    def carried(self, count: int, init: list, body, name: str) -> list:
-        return carried_loop(self.b, count, init, body, name)

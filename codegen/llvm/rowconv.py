@@ -34,18 +34,14 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import Window, guarded_axes, row_strides
 from . import igemm
-from .gemm import _SUFFIX, _declare, _intrinsic
-from .loops import carried_loop, for_range
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+from .direct import I64, PTR, VectorEmitter, call_in_parallel
+from .loops import for_range
 from .target import TargetInfo
 
 ORDER = (0, 1, 3, 4, 5, 6, 7, 2)  # a row conv kernel's loop order: v2, the row, runs along the lanes
 ROW, MAX_ROWS = 2, 4  # the var along the lanes; at most this many output rows per register tile
 MAX_COLUMN_SHARE = 0.5  # a conv whose columns fill at most this share of a vector is narrow ...
 MIN_ROW_SHARE = 0.5  # ... and a row conv's when its output row fills at least this share of its vectors
-
-I64, I32 = ir.IntType(64), ir.IntType(32)
-PTR = ir.PointerType()
 
 
 @dataclass(frozen=True)
@@ -126,22 +122,17 @@ def emit(em, red, rc: RowConv, threads: int) -> None:
     fn = _Emitter(em, rc, red.value.dtype.name).function(buffers)
     outer = em.extent(0)
     per_image = math.prod(d for d in em.k.domain[1:] if d is not None) * 2
-
-    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
-        b.call(fn, [captured[0], begin, end] + captured[1:])
-    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.rows", outer, body, [em.N] + [em.ptrs[x] for x in buffers],
-                      threads, work=em.b.mul(outer, ir.Constant(I64, per_image)), min_work=PARALLEL_MIN_FLOPS)
+    call_in_parallel(em, fn, "rows", outer, [em.N] + [em.ptrs[x] for x in buffers], threads,
+                     em.b.mul(outer, ir.Constant(I64, per_image)))
 
 
-class _Emitter:
+class _Emitter(VectorEmitter):
     """Writes `void <kernel>_rowconv(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers in
     the emitter's order): v0 in [begin, end), each tile's results through the kernel's stores."""
 
     def __init__(self, em, rc: RowConv, dtype: str) -> None:
-        self.em, self.module, self.k, self.rc, self.dtype = em, em.r.module, em.k, rc, dtype
-        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
-        self.vt = ir.VectorType(self.t, rc.lanes)
-        self.align = 4 if dtype == "float32" else 8
+        super().__init__(em.r.module, dtype, rc.lanes)
+        self.em, self.k, self.rc = em, em.k, rc
         window, other = self.k.reduce.contraction
         self.a_coef, self.a_const = address(window)
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
@@ -277,28 +268,4 @@ class _Emitter:
         return out
 
     def load_row(self, at: ir.Value, mask) -> ir.Value:
-        ptr = self.b.gep(self.image, [at], inbounds=True, source_etype=self.t)
-        if mask is None:
-            return self.b.load(ptr, typ=self.vt, align=self.align)
-        name = f"llvm.masked.load.v{self.rc.lanes}{_SUFFIX[self.dtype]}.p0"
-        fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
-        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
-
-    # -- IR helpers ----------------------------------------------------------------------------
-    def _i(self, value: int) -> ir.Value:
-        return ir.Constant(I64, value)
-
-    def splat(self, scalar: ir.Value) -> ir.Value:
-        one = self.b.insert_element(ir.Constant(self.vt, ir.Undefined), scalar, ir.Constant(I32, 0))
-        return self.b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined),
-                                     ir.Constant(ir.VectorType(I32, self.rc.lanes), [0] * self.rc.lanes))
-
-    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
-        name = f"llvm.fma.v{self.rc.lanes}{_SUFFIX[self.dtype]}"
-        return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
-
-    def loop(self, start, stop, name: str, step: int = 1):
-        return for_range(self.b, start, stop, step, name)
-
-    def carried(self, count: int, init: list, body, name: str) -> list:
-        return carried_loop(self.b, count, init, body, name)
+        return self.vector_load(self.image, at, mask)

@@ -1,0 +1,64 @@
+"""What the direct convolutions' emitters share (rowconv.py, kconv.py, colconv.py): the vector type of
+a dtype and lane count, the IR helpers their loops use, and the parallel loop that calls a direct
+conv's function on each thread's share of its outer range."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .gemm import _SUFFIX, _declare, _intrinsic
+from .loops import carried_loop, for_range
+from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+
+I64, I32 = ir.IntType(64), ir.IntType(32)
+PTR = ir.PointerType()
+
+
+class VectorEmitter:
+    """Base of a direct conv's emitter: `t` (the element type), `vt` (a vector of `lanes` of them), and
+    helpers at the builder `b` (set by the emitter when it opens its function)."""
+
+    b: ir.IRBuilder
+
+    def __init__(self, module: ir.Module, dtype: str, lanes: int) -> None:
+        self.module, self.dtype, self.lanes = module, dtype, lanes
+        self.t = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        self.vt = ir.VectorType(self.t, lanes)
+        self.align = 4 if dtype == "float32" else 8
+
+    def _i(self, value: int) -> ir.Value:
+        return ir.Constant(I64, value)
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        """A vector of `lanes` copies of scalar."""
+        one = self.b.insert_element(ir.Constant(self.vt, ir.Undefined), scalar, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes))
+
+    def fma(self, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        name = f"llvm.fma.v{self.lanes}{_SUFFIX[self.dtype]}"
+        return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
+
+    def vector_load(self, base: ir.Value, at: ir.Value, mask) -> ir.Value:
+        """The vector at base[at], its lanes outside `mask` zero (all read where mask is None)."""
+        ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)
+        if mask is None:
+            return self.b.load(ptr, typ=self.vt, align=self.align)
+        name = f"llvm.masked.load.v{self.lanes}{_SUFFIX[self.dtype]}.p0"
+        fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
+        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
+
+    def loop(self, start, stop, name: str, step: int = 1):
+        return for_range(self.b, start, stop, step, name)
+
+    def carried(self, count: int, init: list, body, name: str) -> list:
+        return carried_loop(self.b, count, init, body, name)
+
+
+def call_in_parallel(em, fn: ir.Function, name: str, outer: ir.Value, args: list, threads: int,
+                     work: ir.Value) -> None:
+    """At em's builder: `fn(args[0], begin, end, *args[1:])` on each thread's share [begin, end) of
+    range(outer), in one parallel region where `work` (FLOPs) is worth it, else serially."""
+    def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
+        b.call(fn, [captured[0], begin, end] + captured[1:])
+    emit_parallel_for(em.r.module, em.b, f"{em.k.name}.{name}", outer, body, args, threads, work=work,
+                      min_work=PARALLEL_MIN_FLOPS)
