@@ -133,15 +133,8 @@ class _Emitter(VectorEmitter):
         self.b_coef = {var: coef for var, coef, _ in other.offset.terms}
 
     def declare(self) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_colconv")
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
-        fn.attributes.add("nounwind")
-        for arg, name in zip(fn.args, ("N", "begin", "end", "image", "B", "C")):
-            arg.name = name
-            if isinstance(arg.type, ir.PointerType):
-                arg.add_attribute("noalias")
-        self.b, self.n = ir.IRBuilder(fn.append_basic_block("entry")), fn.args[0]
+        fn = self.open_function(f"{self.k.name}_colconv", ["image", "B", "C"])
+        self.n = fn.args[0]
         return fn
 
     def function(self) -> ir.Function:

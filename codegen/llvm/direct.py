@@ -25,6 +25,20 @@ class VectorEmitter:
         self.vt = ir.VectorType(self.t, lanes)
         self.align = 4 if dtype == "float32" else 8
 
+    def open_function(self, name: str, pointers: list[str]) -> ir.Function:
+        """`void name(i64 N, i64 begin, i64 end, ptr noalias <pointers>...)`, internal and noinline (the
+        parallel loop's threads and its serial path call it), its builder `b` at its entry."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(pointers)), name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("nounwind")
+        for arg, arg_name in zip(fn.args, ("N", "begin", "end", *pointers)):
+            arg.name = arg_name
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        return fn
+
     def _i(self, value: int) -> ir.Value:
         return ir.Constant(I64, value)
 

@@ -134,15 +134,7 @@ class _Emitter(VectorEmitter):
         self.taps = math.prod(k.domain[:3])
 
     def function(self) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * 3), f"{self.k.name}_kconv")
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
-        fn.attributes.add("nounwind")
-        for arg, name in zip(fn.args, ("N", "begin", "end", "image", "B", "C")):
-            arg.name = name
-            if isinstance(arg.type, ir.PointerType):
-                arg.add_attribute("noalias")
-        self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
+        fn = self.fn = self.open_function(f"{self.k.name}_kconv", ["image", "B", "C"])
         self.n, begin, end, self.image, self.bmat, self.c = fn.args
         rows = self.kc.rows
         self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), rows * self.columns * self.kc.lanes), name="totals")

@@ -140,15 +140,7 @@ class _Emitter(VectorEmitter):
         self.columns = self.k.domain[igemm.COLUMN]
 
     def function(self, buffers: list) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] * 3 + [PTR] * len(buffers)),
-                         f"{self.k.name}_rowconv")
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
-        fn.attributes.add("nounwind")
-        for arg, buf in zip(fn.args[3:], buffers):
-            arg.name = f"b{buf}"
-            arg.add_attribute("noalias")
-        self.fn, self.b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
+        fn = self.fn = self.open_function(f"{self.k.name}_rowconv", [f"b{buf}" for buf in buffers])
         self.n, begin, end = fn.args[:3]
         self.ptrs = dict(zip(buffers, fn.args[3:]))
         window, other = self.k.reduce.contraction
