@@ -215,3 +215,27 @@ def test_a_column_conv_writes_out_at_most_max_tiles():
             lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX512))
             grad = next(k for k in lp.kernels if "filter_grad" in k.name)
             assert colconv.marked(grad) == expected, cin
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_filter_gradient_as_a_row_conv_sums_over_the_whole_batch(dtype, threads, monkeypatch):
+    """Fuzz finding 0:16076: a padded filter gradient with few output channels (4) and its input channels
+    (13) along the lanes is a row conv whose sum runs over the batch (v5 = N): it looped over no image
+    and returned zeros. Against the numpy reference at several batch sizes."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    attrs = dict(kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), dilations=(1, 1), groups=1,
+                 data_format="NHWC")
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3, 3, 13), dtype)
+        dy = gn.placeholder("dy", (None, 3, 3, 4), dtype)
+        grad = gn.ops.apply("conv2d_filter_grad", [x, dy], **attrs)
+        fn, reference = gn.compile([grad], backend="llvm"), gn.compile([grad], backend="numpy")
+    if host_target().vector_bits == 512:
+        assert "direct conv, output rows" in fn.executable.lp.to_text()
+    rng = np.random.default_rng(0)
+    for batch in (1, 2, 5):
+        feeds = {"x": rng.normal(size=(batch, 3, 3, 13)).astype(dtype),
+                 "dy": rng.normal(size=(batch, 3, 3, 4)).astype(dtype)}
+        np.testing.assert_allclose(fn(**feeds)[0], reference(**feeds)[0], rtol=1e-4 if dtype == np.float32 else 1e-11,
+                                   atol=1e-5 if dtype == np.float32 else 1e-12)

@@ -121,9 +121,10 @@ def emit(em, red, rc: RowConv, threads: int) -> None:
     buffers = list(em.ptrs)
     fn = _Emitter(em, rc, red.value.dtype.name).function(buffers)
     outer = em.extent(0)
-    per_image = math.prod(d for d in em.k.domain[1:] if d is not None) * 2
-    call_in_parallel(em, fn, "rows", outer, [em.N] + [em.ptrs[x] for x in buffers], threads,
-                     em.b.mul(outer, ir.Constant(I64, per_image)))
+    work = em.b.mul(outer, ir.Constant(I64, math.prod(d for d in em.k.domain[1:] if d is not None) * 2))
+    for _ in range(em.k.domain[1:].count(None)):  # a filter gradient sums over the batch
+        work = em.b.mul(work, em.N)
+    call_in_parallel(em, fn, "rows", outer, [em.N] + [em.ptrs[x] for x in buffers], threads, work)
 
 
 class _Emitter(VectorEmitter):
@@ -242,7 +243,7 @@ class _Emitter(VectorEmitter):
                 if depth < 2:
                     return level(depth + 1, carried, a_at, b_at)
                 return self.step(carried, [self.b.add(x, a_at) for x in base], b_at, rows, mask)
-            out = self.carried(d[var], acc, body, f"v{var}")
+            out = self.carried(self.n if d[var] is None else d[var], acc, body, f"v{var}")  # v5: N in a filter gradient
             return out
         return level(0, init, self._i(0), self._i(self.b_const))
 
