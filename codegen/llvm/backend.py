@@ -38,8 +38,8 @@ _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.
 INITIAL_CAPACITY = 64
 GEMM_BUILD_COST = 25_000  # a GEMM routine's build, in characters of step IR that take as long (workers.py)
 _CODEGEN = os.path.dirname(os.path.dirname(__file__))
-# every source the emitted code can depend on: the loop IR, lowering and all of the LLVM backend (a list
-# of chosen files went stale once: an edit to a file left out of it reused old compiled code)
+# every source the emitted code can depend on: the loop IR, lowering and all of the LLVM backend, read by
+# folder so that a new file is covered without being listed
 _SOURCES = sorted(os.path.join(folder, name) for folder in (_CODEGEN, os.path.join(_CODEGEN, "llvm"))
                   for name in os.listdir(folder) if name.endswith(".py"))
 
