@@ -276,7 +276,7 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 
 def direct(k: Kernel) -> bool:
-    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py)?"""
+    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py, colconv.py)?"""
     return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k)
 
 

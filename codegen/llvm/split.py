@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .workers import assign
 
-PART_CHARS = 40_000  # about 80 ms of LLVM at O3 (the grid's steps: 2 ms per 1,000 characters)
+PART_CHARS = 40_000  # IR below this size compiles faster in one process than a worker process costs to use
 _NAME = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
 _GLOBAL_DEFINITION = re.compile(r'^@\S+ = (?!(?:private|internal|external)\b)')
 
