@@ -23,7 +23,7 @@ import numpy as np
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
-from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
+from ..window import Coord, Inside, Window, border, bordered, guarded_axes, row_strides, window
 from . import colconv, igemm, kconv, rowconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
@@ -176,9 +176,11 @@ def planar_operand(lp: LoopProgram, k: Kernel, copies: dict) -> list[Kernel]:
 
 def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple, pitch: int = 0) -> Window:
     """w reading `buffer`, a copy of its image of `shape` (the image's axes) shifted by `shift` per axis,
-    its axes in the order `axes`; with `pitch`, the last two as one axis, rows `pitch` apart (row_pitch)."""
+    its axes in the order `axes`; with `pitch`, the last two as one axis, rows `pitch` apart (row_pitch).
+    A bordered copy's window says where the image lies in it (`Window.inside`)."""
     coords = [Coord(c.terms, c.const + s, c.div) for c, s in zip(w.coords, shift)]
     coords, dims = [coords[a] for a in axes], [shape[a] for a in axes]
+    inside = [Inside() if w.shape[a] is None else Inside(shift[a], shift[a] + w.shape[a]) for a in axes]
     if pitch:
         (h, wd), extent = coords[-2:], (dims[-2] + 1) * pitch
         terms = {}
@@ -186,7 +188,10 @@ def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple, pitc
             terms[var] = terms.get(var, 0) + coef
         coords = coords[:-2] + [Coord(tuple((v, c) for v, c in terms.items() if c), h.const * pitch + wd.const)]
         dims = dims[:-2] + [extent]
-    return window(buffer, tuple(dims), tuple(coords), w.dtype, w.fill)
+        rows, columns = inside[-2:]
+        inside = inside[:-2] + [Inside(rows.lo, rows.hi, pitch, columns.lo, columns.hi)]
+    bordered_copy = any(shift) or tuple(shape) != tuple(w.shape)
+    return window(buffer, tuple(dims), tuple(coords), w.dtype, w.fill, tuple(inside) if bordered_copy else ())
 
 
 def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple) -> int:
