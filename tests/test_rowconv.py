@@ -65,8 +65,8 @@ def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
         x = gn.placeholder("x", (None, 28, 28, 1))
         w = gn.placeholder("w", (5, 5, 1, 6))
         schedules = _scheduled_llvm([gn.relu(gn.conv2d(x, w))], threads=1, target=AVX512)
-    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles, stores per tile serial")
-               for s in schedules)
+    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles, stores per tile, two rows' "
+                            "tails per vector serial") for s in schedules)  # 24-wide rows: 1.5 vectors each
 
 
 def test_the_rule_needs_narrow_columns_and_full_enough_rows():
@@ -308,3 +308,27 @@ def test_skipped_border_taps_still_make_nan_from_an_infinite_or_nan_filter(dtype
             if len(bad) > 1:
                 feeds["w"][bad[1]] = np.nan
             _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11, feeds)
+
+
+def test_rows_of_tiles_pair_two_rows_tails_in_one_vector_where_a_tail_fills_at_most_half():
+    """lenet's conv1 (24-wide rows: a whole vector and 8 of 16 lanes) puts rows 2u and 2u + 1's last 8
+    positions in one vector; 26-wide rows' tails (10) would not fit a half, 16-wide rows have none,
+    and a one-row output has no second row; a flat run (rows one run) never pairs."""
+    for image, expected in [((28, 28, 1), True), ((28, 30, 1), False), ((28, 20, 1), False), ((5, 28, 1), False),
+                            ((21, 23, 1), True)]:
+        with gn.Graph():
+            x = gn.placeholder("x", (None, *image))
+            w = gn.placeholder("w", (5, 5, 1, 6))
+            lp = _prepared([gn.conv2d(x, w)], loop_passes(lambda *a, **k: 64, 1, AVX512))
+            conv = next(k for k in lp.kernels if len(k.domain) == 8)
+            if rowconv.marked(conv):
+                assert rowconv.plan(conv, AVX512).paired == expected, image
+            else:
+                assert not expected, image
+    x = gn.placeholder("x", (None, 12, 12, 6))
+    w = gn.placeholder("w", (5, 5, 6, 16))
+    y = gn.conv2d(x, w)
+    weights = gn.placeholder("weights", (None, 8, 8, 16))
+    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
+    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    assert not rowconv.pairs_tails(grad, 16)  # 12-wide rows, but one run of 144 positions

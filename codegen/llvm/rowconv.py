@@ -40,7 +40,8 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import Window, guarded_axes, row_strides
 from . import igemm
-from .direct import I64, PTR, VectorEmitter, call_in_parallel
+from .direct import I32, I64, PTR, VectorEmitter, call_in_parallel
+from .gemm import _SUFFIX, _declare
 from .loops import for_range
 from .target import TargetInfo
 
@@ -67,6 +68,7 @@ class RowConv:
     rows: int  # output rows (v1 values) per register tile
     lanes: int  # vector width along v2
     tiles: tuple = ()  # written-out tiles, ((Vector, ...), positions per vector) each; empty: loops over tiles
+    paired: bool = False  # rows of tiles: two rows' tails (their last width % lanes positions) per vector
     fused = True  # the kernel's stores run on each tile (no scratch C, no separate epilogue)
     split = "images"  # what the threads share (the schedule's text)
 
@@ -76,6 +78,8 @@ class RowConv:
 
     def __str__(self) -> str:
         text = f"direct conv, output rows along {self.lanes} lanes in {self.rows}-row tiles, stores per tile"
+        if self.paired:
+            text += ", two rows' tails per vector"
         if not self.tiles:
             return text
         vectors = [v for tile, _ in self.tiles for v in tile]
@@ -137,7 +141,17 @@ def plan(k: Kernel, target: TargetInfo) -> RowConv:
     columns = k.domain[igemm.COLUMN]
     rows = max(1, min(MAX_ROWS, k.domain[1], (target.vector_registers - 2 - columns) // (columns + 1)))
     lanes = target.lanes(k.reduce.value.dtype.name)
-    return RowConv(rows, lanes, skipping_tiles(k, rows, lanes))
+    tiles = skipping_tiles(k, rows, lanes)
+    return RowConv(rows, lanes, tiles, not tiles and pairs_tails(k, lanes))
+
+
+def pairs_tails(k: Kernel, lanes: int) -> bool:
+    """Would rows of tiles put two rows' tails in one vector? Where the rows are not one run and a
+    row's tail (width % lanes positions) fills at most half a vector: the tails of rows 2u and 2u + 1
+    are the low and high halves of one vector (two half-vector loads), not two vectors mostly idle."""
+    height, width = k.domain[1], k.domain[ROW]
+    tail = width % lanes
+    return address(igemm.operands(k)[0])[0].get(1) != width and height >= 2 and 0 < tail <= lanes // 2
 
 
 def tile_positions(k: Kernel, rows: int, lanes: int) -> list[tuple[tuple, int]]:
@@ -242,28 +256,61 @@ class _Emitter(VectorEmitter):
             elif self.a_coef.get(1) == width:  # rows follow each other in the image: one flat run of positions
                 self.flat_tiles(v0, height * width, rows, lanes)
             else:
-                full = height // rows * rows
+                full, tails = height // rows * rows, not self.rc.paired
                 with self.loop(0, full, "v1", step=rows) as v1:
-                    self.row_tiles(v0, v1, rows, width, lanes)
+                    self.row_tiles(v0, v1, rows, width, lanes, tails)
                 if full < height:
                     with self.loop(full, height, "v1r") as v1:
-                        self.row_tiles(v0, v1, 1, width, lanes)
+                        self.row_tiles(v0, v1, 1, width, lanes, tails)
+                if self.rc.paired:
+                    self.all_paired_tails(v0, height, rows, width, lanes)
         self.b.ret_void()
         return fn
 
-    def row_tiles(self, v0: ir.Value, v1: ir.Value, rows: int, width: int, lanes: int) -> None:
-        """The tiles of `rows` output rows from v1: whole vectors along v2, then a masked last one."""
+    def row_tiles(self, v0: ir.Value, v1: ir.Value, rows: int, width: int, lanes: int, tails: bool = True) -> None:
+        """The tiles of `rows` output rows from v1: whole vectors along v2, then (with `tails`) a masked last one."""
         b, whole = self.b, width // lanes * lanes
         a1 = self._i(self.a_coef.get(1, 0))
 
         def tile(v2: ir.Value, count: int) -> None:
             starts = [b.add(b.mul(b.add(v1, self._i(r)), a1), v2) for r in range(rows)]
-            self.tile(v0, starts, count, lambda r, p: (b.add(v1, self._i(r)), b.add(v2, p)))
+            self.tile(v0, starts, count, lambda r, p, half: (b.add(v1, self._i(r)), b.add(v2, p)))
         if whole:
             with self.loop(0, whole, "v2", step=lanes) as v2:
                 tile(v2, lanes)
-        if whole < width:
+        if whole < width and tails:
             tile(self._i(whole), width - whole)
+
+    def all_paired_tails(self, v0: ir.Value, height: int, rows: int, width: int, lanes: int) -> None:
+        """Every row's tail (RowConv.paired): tiles of `rows` vectors of two rows' tails each, then the
+        pairs left one per tile, then an odd last row's tail alone."""
+        step = 2 * rows
+        full = height // step * step
+        if full:
+            with self.loop(0, full, "v1p", step=step) as v1:
+                self.paired_tails(v0, v1, rows, width, lanes)
+        for v1 in range(full, height - 1, 2):
+            self.paired_tails(v0, self._i(v1), 1, width, lanes)
+        if height % 2:
+            self.tail_alone(v0, height - 1, width, lanes)
+
+    def tail_alone(self, v0: ir.Value, v1: int, width: int, lanes: int) -> None:
+        """Row v1's tail, one masked vector."""
+        whole = width // lanes * lanes
+        start = self._i(v1 * self.a_coef.get(1, 0) + whole)
+        self.tile(v0, [start], width - whole, lambda r, p, half: (self._i(v1), self.b.add(self._i(whole), p)))
+
+    def paired_tails(self, v0: ir.Value, v1: ir.Value, pairs: int, width: int, lanes: int) -> None:
+        """The tails of rows v1 .. v1 + 2 * pairs - 1 in `pairs` vectors: row v1 + 2u's in the low half of
+        vector u, row v1 + 2u + 1's in its high half."""
+        b, whole = self.b, width // lanes * lanes
+        a1 = self._i(self.a_coef.get(1, 0))
+
+        def start(r: int) -> ir.Value:
+            return b.add(b.mul(b.add(v1, self._i(r)), a1), self._i(whole))
+        starts = [(start(2 * u), start(2 * u + 1)) for u in range(pairs)]
+        self.tile(v0, starts, width - whole,
+                  lambda u, p, half: (b.add(v1, self._i(2 * u + half)), b.add(self._i(whole), p)))
 
     def flat_tiles(self, v0: ir.Value, total: int, rows: int, lanes: int) -> None:
         """The image's rows are consecutive (its v1 stride is the output row's width): the `total`
@@ -272,7 +319,7 @@ class _Emitter(VectorEmitter):
         b, width, step = self.b, self.k.domain[ROW], rows * lanes
 
         def at(first: ir.Value):
-            def coords(u: int, p: ir.Value) -> tuple:
+            def coords(u: int, p: ir.Value, half: int = 0) -> tuple:
                 f = b.add(b.add(first, self._i(u * lanes)), p)
                 return b.udiv(f, self._i(width)), b.urem(f, self._i(width))
             return coords
@@ -290,7 +337,7 @@ class _Emitter(VectorEmitter):
         for vectors, count in self.rc.tiles:
             starts = [self._i(v.start // width * a1 + v.start % width) for v in vectors]
 
-            def coords(u: int, p: ir.Value, vectors=vectors) -> tuple:
+            def coords(u: int, p: ir.Value, half: int = 0, vectors=vectors) -> tuple:
                 f = b.add(self._i(vectors[u].start), p)
                 return b.udiv(f, self._i(width)), b.urem(f, self._i(width))
             self.tile(v0, starts, count, coords, [v.live for v in vectors])
@@ -334,21 +381,27 @@ class _Emitter(VectorEmitter):
 
     def tile(self, v0: ir.Value, starts: list, count: int, coords, live: list | None = None) -> None:
         """One register tile: a vector of `count` positions (count < lanes: masked) from each of `starts`
-        (the image address of its first, less v0's and the constant part) x N columns; coords(u, p) is
-        (v1, v2) of position p of vector u; `live`: each vector's live v5 values (None: all)."""
+        (the image address of its first, less v0's and the constant part; a pair of them: `count` from
+        each into the vector's two halves) x N columns; coords(u, p, half) is (v1, v2) of position p (of
+        that half) of vector u; `live`: each vector's live v5 values (None: all)."""
         b, lanes, rows = self.b, self.rc.lanes, len(starts)
-        mask = None if count == lanes else ir.Constant(ir.VectorType(ir.IntType(1), lanes),
-                                                       [i < count for i in range(lanes)])
+        width = lanes // 2 if isinstance(starts[0], tuple) else lanes
+        mask = None if count == width else ir.Constant(ir.VectorType(ir.IntType(1), width),
+                                                       [i < count for i in range(width)])
         origin = b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), self._i(self.a_const))
-        base = [b.add(origin, start) for start in starts]
+        base = [self.shifted(start, origin) for start in starts]
         init = [ir.Constant(self.vt, None)] * (rows * self.columns) if live is None else self.start_values(live)
         acc = self.reduce(init, base, mask, live)
         for i, vector in enumerate(acc):  # the tile, (row, column)-major: each column's positions contiguous
             b.store(vector, b.gep(self.tile_buffer, [self._i(i * lanes)], inbounds=True, source_etype=self.t),
                     align=self.align)
-        self.epilogue(v0, coords, rows, count)
+        self.epilogue(v0, coords, rows, count, (0, width) if width < lanes else (0,))
 
-    def epilogue(self, v0: ir.Value, coords, rows: int, count: int) -> None:
+    def shifted(self, at, by: ir.Value):
+        """An address, or a pair of them (a vector's two halves), plus `by`."""
+        return tuple(self.b.add(x, by) for x in at) if isinstance(at, tuple) else self.b.add(at, by)
+
+    def epilogue(self, v0: ir.Value, coords, rows: int, count: int, halves: tuple = (0,)) -> None:
         """The kernel's stores for the tile's `count` positions, acc read from the tile (in L1; a
         column's positions contiguous: the loop over them vectorizes): the renderer's `stores` with its
         builder, buffers and vars pointed here."""
@@ -356,15 +409,21 @@ class _Emitter(VectorEmitter):
         saved = (em.b, em.fn, em.N, em.ptrs, em.vars)
         em.b, em.fn, em.N, em.ptrs = self.b, self.fn, self.n, self.ptrs
         for r in range(rows):
-            with for_range(self.b, 0, count, 1, "p") as p:
-                v1, v2 = coords(r, p)
-                for j in range(self.columns):
-                    em.vars = {0: v0, 1: v1, 2: v2, 3: self._i(0), igemm.COLUMN: self._i(j)}
-                    at = self.b.add(p, self._i((r * self.columns + j) * self.rc.lanes))
-                    em.acc = self.b.load(self.b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t),
-                                         typ=self.t)
-                    em.stores()
+            for half, lane in enumerate(halves):
+                self.positions(v0, coords, r, count, half, lane)
         em.b, em.fn, em.N, em.ptrs, em.vars = saved
+
+    def positions(self, v0: ir.Value, coords, r: int, count: int, half: int, lane: int) -> None:
+        """The kernel's stores for `count` positions of vector r from lane `lane` (of its half `half`)."""
+        em = self.em
+        with for_range(self.b, 0, count, 1, "p") as p:
+            v1, v2 = coords(r, p, half)
+            for j in range(self.columns):
+                em.vars = {0: v0, 1: v1, 2: v2, 3: self._i(0), igemm.COLUMN: self._i(j)}
+                at = self.b.add(p, self._i((r * self.columns + j) * self.rc.lanes + lane))
+                em.acc = self.b.load(self.b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t),
+                                     typ=self.t)
+                em.stores()
 
     def reduce(self, init: list, base: list, mask, live: list | None = None) -> list:
         """The accumulators (vector-major, N columns each) after the loops over v5, v6, v7 (their values
@@ -394,7 +453,7 @@ class _Emitter(VectorEmitter):
             b_at = self.b.add(b_off, self.b.mul(i, self._i(self.b_coef.get(var, 0))))
             if depth < 2:
                 return self.level(depth + 1, carried, a_at, b_at, base, mask)
-            return self.step(carried, [self.b.add(x, a_at) for x in base], b_at, len(base), mask)
+            return self.step(carried, [self.shifted(x, a_at) for x in base], b_at, len(base), mask)
         extent = self.k.domain[var]
         return self.carried(self.n if extent is None else extent, acc, body, f"v{var}")  # v5: N in a filter gradient
 
@@ -411,5 +470,19 @@ class _Emitter(VectorEmitter):
                 out[r * self.columns + j] = self.fma(a[r], splat, out[r * self.columns + j])
         return out
 
-    def load_row(self, at: ir.Value, mask) -> ir.Value:
-        return self.vector_load(self.image, at, mask)
+    def load_row(self, at, mask) -> ir.Value:
+        """The vector at `at`, or at a pair of addresses its two halves (`mask` then a half's)."""
+        if not isinstance(at, tuple):
+            return self.vector_load(self.image, at, mask)
+        low, high = (self.half_load(x, mask) for x in at)
+        return self.b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes))))
+
+    def half_load(self, at: ir.Value, mask) -> ir.Value:
+        """Half a vector at image[at], its lanes outside `mask` zero."""
+        t = ir.VectorType(self.t, self.lanes // 2)
+        ptr = self.b.gep(self.image, [at], inbounds=True, source_etype=self.t)
+        if mask is None:
+            return self.b.load(ptr, typ=t, align=self.align)
+        name = f"llvm.masked.load.v{self.lanes // 2}{_SUFFIX[self.dtype]}.p0"
+        fn = _declare(self.module, name, t, [PTR, I32, mask.type, t])
+        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(t, None)])
