@@ -155,7 +155,8 @@ def test_a_narrow_filter_gradient_runs_along_image_rows_with_a_channel_major_dy(
             fetches = _conv_step(shape, (5, 5, 1, 6), dict(data_format=fmt), np.float32)
             lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 2, AVX512))
             schedules = [str(k.schedule) for k in schedule_llvm(2, AVX512)(lp).kernels]
-            assert any(s.startswith("direct filter gradient, image rows along 16 lanes, 3 taps per tile by taps")
+            assert any(s.startswith("direct filter gradient, image rows along 16 lanes, two rows' tails per vector, "
+                                    "3 taps per tile by taps")  # 24-wide rows
                        for s in schedules), schedules
             grad = next(k for k in lp.kernels if "filter_grad" in k.name)
             copies = {k.stores[0].buffer for k in lp.kernels if k.name == "planar"}
@@ -332,3 +333,20 @@ def test_rows_of_tiles_pair_two_rows_tails_in_one_vector_where_a_tail_fills_at_m
     lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
     grad = next(k for k in lp.kernels if "input_grad" in k.name)
     assert not rowconv.pairs_tails(grad, 16)  # 12-wide rows, but one run of 144 positions
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_k_convs_with_paired_tails_equal_numpy(dtype, threads, monkeypatch):
+    """K convs whose rows' tails share vectors: 24-wide rows (a half exactly), 19-wide rows of 17 (3 of
+    a half, the odd last row's tail alone), NCHW's 17-wide rows (1 of a half), against numpy."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    for x_shape, w_shape, kwargs in [((3, 28, 28, 1), (5, 5, 1, 6), {}), ((2, 19, 21, 1), (3, 3, 1, 3), {}),
+                                     ((3, 3, 16, 19), (3, 1, 3, 4), dict(data_format="NCHW"))]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            text = fn.executable.lp.to_text()
+            if host_target().vector_bits == 512 and (dtype == np.float32 or x_shape[2] != 28):
+                assert "image rows along" in text and "two rows' tails per vector" in text, x_shape
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)

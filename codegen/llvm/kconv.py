@@ -15,6 +15,10 @@ gemm_schedule.planar_conv_images's channel-major copy), this path vectorises alo
             total[r][c] += acc[r][c]                                  (per lane, float64)
         C[m_r, c] = sum of total[r][c]'s lanes
 
+Where a row's tail (width % lanes positions) fills at most half a vector, the tails of rows v6 and
+v6 + 1 are one vector's halves (`KConv.paired`: two half-vector loads of each operand), after the
+rows' whole vectors; the lanes' sums are the same products, grouped otherwise.
+
 Each lane sums one image's products in the float type, added to the lane's float64 total (as
 schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the
 kernel's epilogue (an optimizer's update) reads, as after an implicit GEMM.
@@ -44,6 +48,7 @@ class KConv:
 
     rows: int  # taps (rows of C) per register tile
     lanes: int  # vector width along v7
+    paired: bool = False  # two rows' tails (their last width % lanes positions) per vector
     fused = False  # C is written whole, then the epilogue runs
     split = "taps"  # what the threads share (the schedule's text)
 
@@ -52,7 +57,8 @@ class KConv:
         emit(em, red, self, threads)
 
     def __str__(self) -> str:
-        return f"direct filter gradient, image rows along {self.lanes} lanes, {self.rows} taps per tile"
+        paired = ", two rows' tails per vector" if self.paired else ""
+        return f"direct filter gradient, image rows along {self.lanes} lanes{paired}, {self.rows} taps per tile"
 
 
 def wants(k: Kernel, target: TargetInfo) -> bool:
@@ -107,7 +113,9 @@ def plan(k: Kernel, target: TargetInfo) -> KConv:
     """rows x N accumulators plus N vectors of dy and one of x per row in the vector registers."""
     columns, taps = k.domain[igemm.COLUMN], math.prod(k.domain[:3])
     rows = max(1, min(taps, (target.vector_registers - 1 - columns) // (columns + 1)))
-    return KConv(rows, target.lanes(k.reduce.value.dtype.name))
+    lanes = target.lanes(k.reduce.value.dtype.name)
+    tail = k.domain[LANE] % lanes
+    return KConv(rows, lanes, k.domain[6] >= 2 and 0 < tail <= lanes // 2)
 
 
 def emit(em, red, kc: KConv, threads: int) -> None:
@@ -173,6 +181,11 @@ class _Emitter(VectorEmitter):
             b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
             zero = ir.Constant(self.vt, None)
             acc = self.carried(d[6], [zero] * cells, lambda v6, acc: self.row(v6, acc, a_at, b_at, rows), "v6")
+            if self.kc.paired:
+                acc = self.carried(d[6] // 2, acc, lambda q, acc: self.tails(b.mul(q, self._i(2)), acc, a_at, b_at, rows),
+                                   "v6p")
+                if d[6] % 2:
+                    acc = self.row(self._i(d[6] - 1), acc, a_at, b_at, rows, whole=False, tail=True)
             for i, vector in enumerate(acc):  # each lane's float32 sum over the image into its float64 total
                 part = vector if self.dtype == "float64" else b.fpext(vector, dv)
                 b.store(b.fadd(b.load(self.total(i), typ=dv, align=8), part), self.total(i), align=8)
@@ -183,19 +196,41 @@ class _Emitter(VectorEmitter):
                 at = b.add(b.mul(b.add(m0, self._i(r)), self._i(self.columns)), self._i(j))
                 b.store(value, b.gep(self.c, [at], inbounds=True, source_etype=self.t), align=self.align)
 
-    def row(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int) -> list:
-        """One row v6: its whole vectors along v7, then a masked last one."""
+    def row(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int, whole: bool = True,
+            tail: bool | None = None) -> list:
+        """One row v6: its whole vectors along v7, then (unless its tail is paired) a masked last one."""
         b, lanes, width = self.b, self.kc.lanes, self.k.domain[LANE]
-        a_row = [b.add(a, b.mul(v6, self._i(self.a_coef.get(6, 0)))) for a in a_at]
-        b_row = b.add(b_at, b.mul(v6, self._i(self.b_coef.get(6, 0))))
-        whole = width // lanes
-        if whole:
-            acc = self.carried(whole, acc, lambda t, acc: self.step(acc, a_row, b_row, b.mul(t, self._i(lanes)), rows,
-                                                                    None), "v7")
-        if whole * lanes < width:
-            mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < width - whole * lanes for i in range(lanes)])
-            acc = self.step(acc, a_row, b_row, self._i(whole * lanes), rows, mask)
+        a_row, b_row = self.at_row(v6, a_at, b_at)
+        vectors = width // lanes
+        if vectors and whole:
+            acc = self.carried(vectors, acc, lambda t, acc: self.step(acc, a_row, b_row, b.mul(t, self._i(lanes)), rows,
+                                                                      None), "v7")
+        if vectors * lanes < width and (not self.kc.paired if tail is None else tail):
+            mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < width - vectors * lanes for i in range(lanes)])
+            acc = self.step(acc, a_row, b_row, self._i(vectors * lanes), rows, mask)
         return acc
+
+    def at_row(self, v6: ir.Value, a_at: list, b_at: ir.Value) -> tuple[list, ir.Value]:
+        """Row v6's addresses: each tap's in the image, and dy's."""
+        b = self.b
+        return ([b.add(a, b.mul(v6, self._i(self.a_coef.get(6, 0)))) for a in a_at],
+                b.add(b_at, b.mul(v6, self._i(self.b_coef.get(6, 0)))))
+
+    def tails(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int) -> list:
+        """The tails of rows v6 and v6 + 1 as one vector's halves: rows x N FMAs."""
+        b, lanes, width = self.b, self.kc.lanes, self.k.domain[LANE]
+        first = width // lanes * lanes
+        (a_low, b_low), (a_high, b_high) = self.at_row(v6, a_at, b_at), self.at_row(b.add(v6, self._i(1)), a_at, b_at)
+        mask = self.half_mask(width - first)
+        at = self._i(first)
+        bv = [self.pair_load(self.bmat, *(b.add(b.add(x, at), self._i(self.b_coef.get(igemm.COLUMN, 0) * j))
+                                          for x in (b_low, b_high)), mask) for j in range(self.columns)]
+        out = list(acc)
+        for r in range(rows):
+            a = self.pair_load(self.image, b.add(a_low[r], at), b.add(a_high[r], at), mask)
+            for j in range(self.columns):
+                out[r * self.columns + j] = self.fma(a, bv[j], out[r * self.columns + j])
+        return out
 
     def step(self, acc: list, a_row: list, b_row: ir.Value, v7: ir.Value, rows: int, mask) -> list:
         """Vectors of dy (one per column) and x (one per tap) at v7..: rows x N FMAs."""

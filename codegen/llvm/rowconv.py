@@ -40,8 +40,7 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import Window, guarded_axes, row_strides
 from . import igemm
-from .direct import I32, I64, PTR, VectorEmitter, call_in_parallel
-from .gemm import _SUFFIX, _declare
+from .direct import I64, PTR, VectorEmitter, call_in_parallel
 from .loops import for_range
 from .target import TargetInfo
 
@@ -386,8 +385,8 @@ class _Emitter(VectorEmitter):
         that half) of vector u; `live`: each vector's live v5 values (None: all)."""
         b, lanes, rows = self.b, self.rc.lanes, len(starts)
         width = lanes // 2 if isinstance(starts[0], tuple) else lanes
-        mask = None if count == width else ir.Constant(ir.VectorType(ir.IntType(1), width),
-                                                       [i < count for i in range(width)])
+        mask = self.half_mask(count) if width < lanes else None if count == lanes else \
+            ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < count for i in range(lanes)])
         origin = b.add(b.mul(v0, self._i(self.a_coef.get(0, 0))), self._i(self.a_const))
         base = [self.shifted(start, origin) for start in starts]
         init = [ir.Constant(self.vt, None)] * (rows * self.columns) if live is None else self.start_values(live)
@@ -474,15 +473,4 @@ class _Emitter(VectorEmitter):
         """The vector at `at`, or at a pair of addresses its two halves (`mask` then a half's)."""
         if not isinstance(at, tuple):
             return self.vector_load(self.image, at, mask)
-        low, high = (self.half_load(x, mask) for x in at)
-        return self.b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes))))
-
-    def half_load(self, at: ir.Value, mask) -> ir.Value:
-        """Half a vector at image[at], its lanes outside `mask` zero."""
-        t = ir.VectorType(self.t, self.lanes // 2)
-        ptr = self.b.gep(self.image, [at], inbounds=True, source_etype=self.t)
-        if mask is None:
-            return self.b.load(ptr, typ=t, align=self.align)
-        name = f"llvm.masked.load.v{self.lanes // 2}{_SUFFIX[self.dtype]}.p0"
-        fn = _declare(self.module, name, t, [PTR, I32, mask.type, t])
-        return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(t, None)])
+        return self.pair_load(self.image, *at, mask)
