@@ -156,7 +156,7 @@ def test_a_narrow_filter_gradient_runs_along_image_rows_with_a_channel_major_dy(
             lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 2, AVX512))
             schedules = [str(k.schedule) for k in schedule_llvm(2, AVX512)(lp).kernels]
             assert any(s.startswith("direct filter gradient, image rows along 16 lanes, two rows' tails per vector, "
-                                    "3 taps per tile by taps")  # 24-wide rows
+                                    "3 taps per tile, images outside the tiles by taps")  # 24-wide rows
                        for s in schedules), schedules
             grad = next(k for k in lp.kernels if "filter_grad" in k.name)
             copies = {k.stores[0].buffer for k in lp.kernels if k.name == "planar"}
@@ -350,3 +350,21 @@ def test_k_convs_with_paired_tails_equal_numpy(dtype, threads, monkeypatch):
             if host_target().vector_bits == 512 and (dtype == np.float32 or x_shape[2] != 28):
                 assert "image rows along" in text and "two rows' tails per vector" in text, x_shape
             _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_k_conv_runs_the_images_outside_its_tap_blocks_where_their_totals_fit(threads, monkeypatch):
+    """lenet's conv1 filter gradient: the totals of its 9 blocks of 3 taps (9 x 3 x 6 cells of 16
+    float64 lanes, 20 KiB) fit IMAGES_OUTER_BYTES, so each image is read by every block in turn; with
+    no room, each block runs over all the images. Both equal numpy (2 threads: each its own blocks)."""
+    from codegen.llvm import kconv
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    for room, outer in [(kconv.IMAGES_OUTER_BYTES, True), (0, False)]:
+        monkeypatch.setattr(kconv, "IMAGES_OUTER_BYTES", room)
+        with gn.Graph():
+            fetches = _conv_step((3, 28, 28, 1), (5, 5, 1, 6), {}, np.float32)
+            fn = gn.compile(fetches, backend="llvm")
+            if host_target().vector_bits == 512:
+                grad = next(k for k in fn.executable.lp.kernels if "filter_grad" in k.name)
+                assert kconv.marked(grad) and ("images outside the tiles" in str(grad.schedule)) == outer
+            _check(fetches, fn, (3, 28, 28, 1), (5, 5, 1, 6), np.float32, 1e-4)
