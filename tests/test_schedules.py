@@ -124,7 +124,7 @@ def test_a_short_scratch_row_is_written_out(width, written_out):
     x = gn.placeholder("x", (None, 5, width))
     lp = _llvm([gn.sum(x, (0, 1))])
     schedule_llvm(1, AVX2)(lp)
-    (k,) = [k for k in lp.kernels if k.reduce is not None]
+    (k,) = [k for k in lp.kernels if k.reduce is not None and k.name != "row_sums"]  # (row_sums.py widens 6, 8)
     assert k.reduce.scratch is not None and (k.order[-1] in k.schedule.unroll) == written_out
 
 
@@ -176,7 +176,7 @@ def test_llvm_pass_list_ends_with_the_schedule_and_lower_records_it():
     x = gn.placeholder("x", (None, 3))
     prog, _ = run_pipeline(Program([gn.exp(x)]), training=False)
     lp, records = lower(prog, loop_passes=llvm_loop_passes(WORKSPACE, 2, AVX2))
-    assert [r.name for r in records][-2:] == ["choose_loop_order", "schedule_llvm"]
+    assert [r.name for r in records][-3:] == ["choose_loop_order", "widen_row_sums", "schedule_llvm"]
     assert "schedule:" not in records[-2].text and "schedule: parallel over v0" in records[-1].text
 
 

@@ -27,6 +27,7 @@ from ..window import Coord, Inside, Window, border, bordered, guarded_axes, row_
 from . import colconv, igemm, kconv, rowconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
+from .row_sums import widen_row_sums
 from .schedule import gemm_layout, schedule_llvm
 from .target import TargetInfo
 
@@ -273,7 +274,7 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
                 ) -> list[LoopPass]:
     """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
     assignments' copies (codegen/collectives.py) and GEMM routines chosen (conv images bordered first)
-    before the loop order, then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
+    before the loop order, column sums over a few cells widened after it (row_sums.py), then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
@@ -284,4 +285,5 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
     passes.insert(passes.index(gemm), border_conv_images)
     passes.insert(passes.index(border_conv_images), planar_conv_images(target))
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
+    passes.insert(passes.index(choose_loop_order) + 1, widen_row_sums)
     return passes + [schedule_llvm(threads, target)]
