@@ -24,6 +24,7 @@ CASES = [  # (x shape, filter shape, keyword arguments): each has a row conv in 
     ((2, 3, 12, 15), (3, 3, 3, 4), dict(data_format="NCHW", padding="same", dilation_rate=(2, 1))),
     ((2, 10, 17, 2), (3, 4, 2, 3), dict(padding=((1, 2), (2, 0)))),  # uneven padding, 2 input channels
     ((3, 3, 16, 19), (3, 1, 3, 4), dict(data_format="NCHW")),  # a 1-wide filter: rows one run, no copy
+    ((3, 12, 12, 1), (5, 5, 1, 4), dict()),  # 8-wide rows (float32): no whole vector, two rows per vector
 ]
 
 
