@@ -11,8 +11,13 @@ A kernel has one of three forms:
   of the device idle (fewer than BUSY_PER_UNIT per compute unit: a GPU's bias gradients, the loss)
   and the reduction is long or runs over the batch: work-items stride over the reduced elements,
   then combine their partial results in local memory;
-- "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
-  in local memory, each work-item holding a W x W block of sums in registers (`matmul_tile`).
+- "tiled": a GEMM in blocks of the result, slices of both operands staged in local memory, each
+  work-item holding a W x W block of sums in registers. The schedule names the GEMM's roles of the
+  loop vars (`gemm`: rows, columns, depth): a matmul (`reduce.contraction`) is rows v0 x columns v1
+  over v2 (`matmul_tile`); a one-group convolution (codegen/implicit_gemm.py) is the implicit GEMM
+  rows (v0, v1, v2) x columns v4 over (v5, v6, v7), A's tile gathered through its window (zeros
+  outside the image), its tile no wider than its columns need (`conv_tile`). A kernel whose stores
+  write a buffer its sum reads stays flat (work-groups would read what others already rewrote).
 Flat and group kernels use work-groups of `group_size(limits)` work-items.
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..implicit_gemm import COLS, COLUMN, ROWS, operands
 from ..loop_passes import LOOP_PASSES, LoopPass
 from ..loopir import Kernel, LoopProgram
 
@@ -29,6 +35,9 @@ GROUP_SIZE_MAX = 256  # the largest work-group of flat and group kernels (a powe
 TILE_SHAPES = ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1))  # matmul (R, W), largest register block first:
 #   each value a work-item reads from local memory feeds W multiply-adds
 TILE_DEPTH_MAX = 16  # the deepest K slice staged in local memory (TSK = min(this, R * W))
+CONV_TILE_MIN = 8  # the narrowest conv tile (R * W): a conv's tile is as wide as its columns need, at least this
+MATMUL_ROLES = ((0,), (1,), (2,))  # a matmul kernel's GEMM roles (rows, columns, depth)
+CONV_ROLES = (ROWS, (COLUMN,), COLS)  # a one-group conv kernel's (codegen/implicit_gemm.py)
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,14 @@ class OpenCLSchedule:
     local: int  # work-items per work-group (tiled: R * R)
     tile: tuple | None = None  # tiled: (R, W, TSK): R x R work-items of W x W results, TSK-deep slices of K
     serial: tuple = ()  # flat: vars each work-item loops over in ascending order (an accumulating store's)
+    gemm: tuple | None = None  # tiled: the loop vars of the GEMM's (rows, columns, depth), each row-major
 
     def __str__(self) -> str:
         if self.form == "tiled":
             r, w, tsk = self.tile
-            return f"opencl tiled {r * w}x{r * w}: {r}x{r} work-items of {w}x{w} results, K slices of {tsk}"
+            rows, cols, depth = (",".join(f"v{v}" for v in role) for role in self.gemm)
+            return (f"opencl tiled {r * w}x{r * w} of rows {rows} x columns {cols} over {depth}: "
+                    f"{r}x{r} work-items of {w}x{w} results, K slices of {tsk}")
         if self.form == "group":
             return f"opencl group: a work-group of {self.local} per kept element"
         loops = f", each serial over {','.join(f'v{v}' for v in self.serial)}" if self.serial else ""
@@ -75,11 +87,31 @@ def schedule_opencl(limits: Limits) -> LoopPass:
 
 def schedule_kernel(k: Kernel, limits: Limits) -> OpenCLSchedule:
     red = k.reduce
-    if red is not None and red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
-        r, w, tsk = matmul_tile(limits, red.value.dtype.itemsize)
-        return OpenCLSchedule("tiled", r * r, (r, w, tsk))
+    roles = gemm_roles(k)
+    if roles is not None:
+        itemsize = red.value.dtype.itemsize
+        columns = k.domain[COLUMN] if roles == CONV_ROLES else None
+        r, w, tsk = matmul_tile(limits, itemsize) if columns is None else conv_tile(limits, itemsize, columns)
+        return OpenCLSchedule("tiled", r * r, (r, w, tsk), gemm=roles)
     form = "group" if red is not None and not red.scan and _group_reduce(k, limits) else "flat"
     return OpenCLSchedule(form, group_size(limits), serial=k.serial_vars())
+
+
+def gemm_roles(k: Kernel) -> tuple | None:
+    """The GEMM roles of `k`'s loop vars (rows, columns, depth) when it renders tiled: a matmul, or a
+    conv kernel an implicit GEMM computes (`implicit_gemm.operands`), neither storing into a buffer
+    its sum reads; else None."""
+    red = k.reduce
+    if red is None:
+        return None
+    if red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
+        roles = MATMUL_ROLES
+    elif operands(k) is not None:
+        roles = CONV_ROLES
+    else:
+        return None
+    read = {e.buffer for e in red.value.args}
+    return None if any(s.buffer in read for s in k.stores) else roles
 
 
 def _group_reduce(k: Kernel, limits: Limits) -> bool:
@@ -102,8 +134,22 @@ def group_size(limits: Limits) -> int:
 def matmul_tile(limits: Limits, itemsize: int) -> tuple[int, int, int]:
     """Matmul blocking (R, W, TSK): the first of TILE_SHAPES whose R x R work-group fits the device
     and whose two (R*W) x TSK tiles fit local memory."""
-    for r, w in TILE_SHAPES:
+    return _first_fitting(limits, itemsize, TILE_SHAPES)
+
+
+def _first_fitting(limits: Limits, itemsize: int, shapes: tuple) -> tuple[int, int, int]:
+    """The first (R, W) of `shapes` whose R x R work-group and two (R*W) x TSK tiles fit the device, with TSK."""
+    for r, w in shapes:
         tsk = min(TILE_DEPTH_MAX, r * w)
         if r * r <= limits.max_work_group_size and 2 * tsk * r * w * itemsize <= limits.local_mem_size:
             return r, w, tsk
-    raise RuntimeError("the OpenCL device has no room for a matmul tile")
+    raise RuntimeError("the OpenCL device has no room for a GEMM tile")
+
+
+def conv_tile(limits: Limits, itemsize: int, columns: int) -> tuple[int, int, int]:
+    """Conv blocking (R, W, TSK): `matmul_tile`'s rule among the tiles no wider (R * W) than `columns`
+    rounded up to a power of two, and at least CONV_TILE_MIN (a 6-channel conv's 64-wide tile would
+    compute 58 columns for nothing)."""
+    width = max(CONV_TILE_MIN, 1 << max(0, columns - 1).bit_length())
+    shapes = tuple((r, w) for r, w in TILE_SHAPES if r * w <= width)
+    return _first_fitting(limits, itemsize, shapes)
