@@ -236,13 +236,13 @@ def test_opencl_long_reductions_over_few_elements_use_a_work_group_each():
 def test_opencl_matmuls_are_tiled_to_the_device():
     x = gn.placeholder("x", (None, 64))
     w = gn.variable("w", np.ones((64, 32), np.float32))
-    assert _scheduled_opencl([x @ w]) == ["opencl tiled 64x64: 8x8 work-items of 8x8 results, K slices of 16"]
+    assert _scheduled_opencl([x @ w]) == ["opencl tiled 64x64 of rows v0 x columns v1 over v2: 8x8 work-items of 8x8 results, K slices of 16"]
     little_local = Limits(max_work_group_size=1024, local_mem_size=4096, compute_units=4)
     assert _scheduled_opencl([x @ w], little_local) == [
-        "opencl tiled 32x32: 8x8 work-items of 4x4 results, K slices of 16"]
+        "opencl tiled 32x32 of rows v0 x columns v1 over v2: 8x8 work-items of 4x4 results, K slices of 16"]
     little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
     assert _scheduled_opencl([x @ w], little_group) == [
-        "opencl tiled 8x8: 4x4 work-items of 2x2 results, K slices of 8"]
+        "opencl tiled 8x8 of rows v0 x columns v1 over v2: 4x4 work-items of 2x2 results, K slices of 8"]
 
 
 def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large():
