@@ -19,7 +19,7 @@ from codegen.llvm.target import AVX2
 from codegen.loop_passes import LOOP_PASSES
 from codegen.loopir import LoopProgram
 from codegen.lower import Lowering, lower
-from codegen.opencl import render as opencl_render
+from codegen.opencl import render as opencl_render, schedule as opencl_schedule
 from codegen.opencl.schedule import Limits, loop_passes as opencl_loop_passes, schedule_opencl
 from graphnet.passes import run_pipeline
 from graphnet.program import Program
@@ -236,7 +236,8 @@ def test_opencl_long_reductions_over_few_elements_use_a_work_group_each():
 def test_opencl_matmuls_are_tiled_to_the_device():
     x = gn.placeholder("x", (None, 64))
     w = gn.variable("w", np.ones((64, 32), np.float32))
-    assert _scheduled_opencl([x @ w]) == ["opencl tiled 64x64 of rows v0 x columns v1 over v2: 8x8 work-items of 8x8 results, K slices of 16"]
+    assert _scheduled_opencl([x @ w]) == [
+        "opencl tiled 64x64 of rows v0 x columns v1 over v2: 8x8 work-items of 8x8 results, K slices of 16"]
     little_local = Limits(max_work_group_size=1024, local_mem_size=4096, compute_units=4)
     assert _scheduled_opencl([x @ w], little_local) == [
         "opencl tiled 32x32 of rows v0 x columns v1 over v2: 8x8 work-items of 4x4 results, K slices of 16"]
@@ -257,6 +258,71 @@ def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large(
     little = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
     with pytest.raises(ValueError, match="does not fit the device"):
         opencl_render.render(lp, little)
+
+
+CONV_TILED = "opencl tiled {0}x{0} of rows v0,v1,v2 x columns v4 over v5,v6,v7: {1}"
+
+
+def _conv_training(cin: int, cout: int, **conv):
+    """The forward conv, its input gradient and its filter gradient, each its own kernel."""
+    x = gn.placeholder("x", (None, 9, 9, cin))
+    w = gn.variable("w", np.ones((3, 3, cin, cout), np.float32))
+    y = gn.conv2d(x, w, **conv)
+    return [y, *gn.gradients(gn.sum(y * y), [x, w])]
+
+
+@pytest.mark.parametrize("cout, tile", [
+    (6, (8, "4x4 work-items of 2x2 results, K slices of 8")),  # the narrowest conv tile (CONV_TILE_MIN)
+    (16, (16, "8x8 work-items of 2x2 results, K slices of 16")),
+    (32, (32, "8x8 work-items of 4x4 results, K slices of 16")),
+    (70, (64, "8x8 work-items of 8x8 results, K slices of 16")),
+])
+def test_opencl_convs_are_tiled_implicit_gemms_as_wide_as_their_columns(cout, tile):
+    """Forward conv (columns: Cout), input gradient (columns: Cin) and filter gradient (columns: Cout)."""
+    texts = _scheduled_opencl(_conv_training(16, cout, padding="same", strides=2))
+    convs = [t for t in texts if t.startswith("opencl tiled")]
+    assert convs == [CONV_TILED.format(*tile), CONV_TILED.format(16, "8x8 work-items of 2x2 results, K slices of 16"),
+                     CONV_TILED.format(*tile)]
+
+
+def test_opencl_conv_tile_fits_the_device():
+    little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    y = gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 64), np.float32)), dilation_rate=2)
+    assert _scheduled_opencl([y], little_group) == [CONV_TILED.format(8, "4x4 work-items of 2x2 results, "
+                                                                          "K slices of 8")]
+
+
+def test_opencl_grouped_convs_and_pooling_stay_flat():
+    x = gn.placeholder("x", (None, 9, 9, 6))
+    grouped = gn.conv2d(x, gn.variable("w", np.ones((3, 3, 2, 6), np.float32)), groups=3)
+    texts = _scheduled_opencl([grouped, gn.max_pool2d(x, 2)])
+    assert texts == ["opencl flat: a work-item per kept element, work-groups of 256"] * 2
+
+
+def test_opencl_tiled_gemm_never_stores_what_its_sum_reads():
+    """Work-groups of a tiled kernel read operand tiles that other work-groups may already have
+    stored over: a kernel writing a buffer its sum reads stays flat."""
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    lp = _prepared([gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 8), np.float32)))], opencl_loop_passes(DEVICE))
+    (k,) = lp.kernels
+    image = k.reduce.value.args[0].buffer
+    assert opencl_schedule.gemm_roles(k) == opencl_schedule.CONV_ROLES
+    k.stores[0] = dataclasses.replace(k.stores[0], buffer=image)
+    assert opencl_schedule.gemm_roles(k) is None
+    assert str(opencl_schedule.schedule_kernel(k, DEVICE)).startswith("opencl flat")
+
+
+def test_opencl_tiled_conv_source_stages_the_window_and_the_filter():
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    y = gn.relu(gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 8), np.float32)), padding="same"))
+    lp = _prepared([y], opencl_loop_passes(DEVICE))
+    schedule_opencl(DEVICE)(lp)
+    source, (launch,), _ = opencl_render.render(lp, DEVICE)
+    assert launch.shape == "tiled" and launch.local_size == (4, 4)
+    assert launch.dims == (((8, 0), 8, 4), ((81, 1), 8, 4))  # columns: Cout; rows: N x 9 x 9
+    assert "__local float As[8][8];" in source and "__local float Bs[8][8];" in source
+    assert ">= 0" in source  # the window's guarded load (padding reads zeros)
 
 
 def test_opencl_pass_list_ends_with_the_schedule():
