@@ -21,16 +21,19 @@ except RuntimeError as e:
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
-# (name, (H, W, Cin), (KH, KW, Cout), strides, padding, dilation): no extent a multiple of a tile
+# (name, (H, W, Cin), (KH, KW, Cout), strides, padding, dilation, filter gradient tiled): no extent a
+# multiple of a tile; a filter gradient (rows KH x KW x Cin) is tiled where its rows fill one tile (64
+# rows for 33 to 64 columns, 256 for 16, 512 for 8: schedule.conv_tile), else flat
 GEOMETRIES = [
-    ("valid", (11, 13, 3), (3, 3, 5), 1, "valid", 1),
-    ("same", (9, 7, 5), (3, 5, 7), 1, "same", 1),
-    ("explicit", (10, 9, 3), (4, 3, 6), 1, ((2, 1), (0, 3)), 1),
-    ("stride2", (13, 11, 4), (3, 3, 9), 2, "same", 1),
-    ("stride2_valid", (12, 9, 3), (4, 2, 5), (2, 3), "valid", 1),
-    ("dilation2", (12, 11, 3), (3, 3, 6), 1, "same", 2),
-    ("wide", (7, 6, 5), (3, 3, 70), 1, "same", 1),  # 70 channels: two 64-wide column tiles
-    ("deep", (6, 5, 37), (2, 2, 3), 1, "valid", 1),  # depth 148 over 16-deep slices
+    ("valid", (11, 13, 8), (3, 3, 37), 1, "valid", 1, True),
+    ("same", (9, 7, 5), (3, 5, 7), 1, "same", 1, False),  # 7 columns: 512 x 8 tiles
+    ("explicit", (10, 9, 7), (4, 3, 45), 1, ((2, 1), (0, 3)), 1, True),
+    ("stride2", (13, 11, 8), (3, 3, 40), 2, "same", 1, True),
+    ("stride2_valid", (12, 9, 3), (4, 2, 5), (2, 3), "valid", 1, False),
+    ("dilation2", (12, 11, 8), (3, 3, 33), 1, "same", 2, True),
+    ("wide", (7, 6, 9), (3, 3, 70), 1, "same", 1, True),  # 70 columns: two 64-wide column tiles
+    ("deep", (6, 5, 37), (2, 2, 3), 1, "valid", 1, False),  # depth 148 over 16-deep slices
+    ("sixteen", (10, 10, 30), (3, 3, 16), 2, "same", 1, True),  # 256 x 16 tiles
 ]
 BATCHES = (3, 1, 17)
 CONV_OPS = ("conv2d", "conv2d_input_grad", "conv2d_filter_grad")
@@ -53,7 +56,7 @@ def _conv_cases(fmt: str, dtype) -> tuple[list, list]:
     and both its gradients (of sum(y * g)), every one computed by its own conv kernel."""
     rng = np.random.default_rng(0)
     placeholders, fetches = [], []
-    for name, hwc, (kh, kw, cout), strides, padding, dilation in GEOMETRIES:
+    for name, hwc, (kh, kw, cout), strides, padding, dilation, _ in GEOMETRIES:
         x = gn.placeholder(f"{name}/x", _image_shape(hwc, fmt), dtype)
         w = gn.constant(rng.normal(size=(kh, kw, hwc[2], cout)).astype(dtype))
         y = gn.conv2d(x, w, strides, padding, dilation, data_format=fmt)
@@ -74,9 +77,9 @@ def _conv_kernels(fn: gn.Function) -> list:
     return [k for k in fn.executable.lp.kernels if any(op in k.name for op in CONV_OPS)]
 
 
-def _tiled(fn: gn.Function) -> list[str]:
-    """The conv kernels' schedules (each must be the implicit-GEMM tiled form)."""
-    return [str(k.schedule) for k in _conv_kernels(fn)]
+def _is_tiled(kernel) -> bool:
+    return str(kernel.schedule).startswith("opencl tiled") and "rows v0,v1,v2 x columns v4 over v5,v6,v7" in str(
+        kernel.schedule)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -87,9 +90,12 @@ def test_tiled_conv_and_its_gradients_equal_numpy(fmt, dtype):
     with gn.Graph():
         placeholders, fetches = _conv_cases(fmt, dtype)
         ref, fn = (gn.compile(fetches, backend=b) for b in ("numpy", "opencl"))
-    schedules = _tiled(fn)
-    assert len(schedules) == 3 * len(GEOMETRIES)
-    assert all(s.startswith("opencl tiled") and "rows v0,v1,v2 x columns v4 over v5,v6,v7" in s for s in schedules)
+    kernels = _conv_kernels(fn)
+    assert len(kernels) == 3 * len(GEOMETRIES)
+    filter_grads = {k.domain[:5]: k for k in kernels if "conv2d_filter_grad" in k.name}  # (KH, KW, Cin, 1, Cout)
+    assert all(_is_tiled(k) for k in kernels if "conv2d_filter_grad" not in k.name)
+    for name, (_, _, cin), (kh, kw, cout), *_, filter_grad_tiled in GEOMETRIES:
+        assert _is_tiled(filter_grads[kh, kw, cin, 1, cout]) == filter_grad_tiled, name
     for seed, batch in enumerate(BATCHES):  # partial batches: 1 and 17 rows after 3
         feeds = _feeds(placeholders, batch, dtype, seed)
         for got, expected, node in zip(fn(**feeds), ref(**feeds), fetches):
@@ -106,7 +112,7 @@ def test_tiled_conv_with_bias_and_relu_fused():
         y = gn.relu(gn.conv2d(x, w, padding="same") + bias)
         ref, fn = (gn.compile(y, backend=b) for b in ("numpy", "opencl"))
     (kernel,) = _conv_kernels(fn)
-    assert str(kernel.schedule).startswith("opencl tiled") and "relu" in kernel.name
+    assert _is_tiled(kernel) and "relu" in kernel.name
     assert len(fn.executable.lp.kernels) == 1  # bias and relu in the conv's kernel
     for batch in (5, 2):
         feed = rng.normal(size=(batch, 10, 9, 3)).astype(np.float32)
@@ -131,10 +137,12 @@ def test_grouped_conv_stays_flat_and_correct():
 
 # cifar's third step has an activation at a ReLU's kink, which rounding (of the flat form as well)
 # puts on either side: one channel's filter gradient then differs, so two steps
-@pytest.mark.parametrize("net, batch, steps", [("lenet", 21, 3), ("cifar", 13, 2)])
-def test_convnet_training_steps_equal_numpy(net, batch, steps):
+# lenet tiles its forward convs and its input gradient (its filter gradients' 25 and 150 rows fill no
+# tile); cifar every conv kernel but its first filter gradient (27 rows)
+@pytest.mark.parametrize("net, batch, steps, tiled", [("lenet", 21, 3, 3), ("cifar", 13, 2, 10)])
+def test_convnet_training_steps_equal_numpy(net, batch, steps, tiled):
     """A few Adam steps of the benchmark convnets (the filter gradients' kernels update the filters in
-    their epilogue), at a partial batch: losses and every variable after them."""
+    their epilogue, tiled in cifar), at a partial batch: losses and every variable after them."""
     cfg = NETS[net]
     weights = initial_weights(cfg)
     x, y = data(cfg)
@@ -145,8 +153,9 @@ def test_convnet_training_steps_equal_numpy(net, batch, steps):
         runs[backend] = (losses, {n.attrs["name"]: n.attrs["var"].read() for n in fn.program.variables}, fn)
     (ref_losses, ref_vars, _), (losses, got_vars, fn) = runs["numpy"], runs["opencl"]
     kernels = _conv_kernels(fn)
-    assert any("filter_grad" in k.name and len(k.stores) > 1 for k in kernels)  # Adam fused
-    assert all(str(k.schedule).startswith("opencl tiled") for k in kernels)
+    assert sum(map(_is_tiled, kernels)) == tiled
+    adam_fused = [k for k in kernels if "filter_grad" in k.name and len(k.stores) == 3]  # m, v, the filter
+    assert adam_fused and (net == "lenet" or any(map(_is_tiled, adam_fused)))
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     assert got_vars.keys() == ref_vars.keys()
     for name, expected in ref_vars.items():  # Adam moves a weight by about lr (1e-3) whatever its gradient's

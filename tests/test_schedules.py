@@ -260,7 +260,9 @@ def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large(
         opencl_render.render(lp, little)
 
 
-CONV_TILED = "opencl tiled {0}x{0} of rows v0,v1,v2 x columns v4 over v5,v6,v7: {1}"
+def _conv_tiled(tile: str, items: str, results: str = "8x8") -> str:
+    return (f"opencl tiled {tile} of rows v0,v1,v2 x columns v4 over v5,v6,v7: {items} work-items of {results} "
+            "results, K slices of 16")
 
 
 def _conv_training(cin: int, cout: int, **conv):
@@ -271,26 +273,30 @@ def _conv_training(cin: int, cout: int, **conv):
     return [y, *gn.gradients(gn.sum(y * y), [x, w])]
 
 
-@pytest.mark.parametrize("cout, tile", [
-    (6, (8, "4x4 work-items of 2x2 results, K slices of 8")),  # the narrowest conv tile (CONV_TILE_MIN)
-    (16, (16, "8x8 work-items of 2x2 results, K slices of 16")),
-    (32, (32, "8x8 work-items of 4x4 results, K slices of 16")),
-    (70, (64, "8x8 work-items of 8x8 results, K slices of 16")),
+FLAT = "opencl flat: a work-item per kept element, work-groups of 256"
+
+
+@pytest.mark.parametrize("cout, forward, filter_grad", [
+    (6, ("512x8", "64x1"), FLAT),  # 6 columns; the filter gradient's 144 rows fill no 512-row tile
+    (16, ("256x16", "32x2"), FLAT),
+    (32, ("128x32", "16x4"), ("128x32", "16x4")),
+    (70, ("64x64", "8x8"), ("64x64", "8x8")),  # at most the square matmul tile
 ])
-def test_opencl_convs_are_tiled_implicit_gemms_as_wide_as_their_columns(cout, tile):
-    """Forward conv (columns: Cout), input gradient (columns: Cin) and filter gradient (columns: Cout)."""
-    texts = _scheduled_opencl(_conv_training(16, cout, padding="same", strides=2))
-    convs = [t for t in texts if t.startswith("opencl tiled")]
-    assert convs == [CONV_TILED.format(*tile), CONV_TILED.format(16, "8x8 work-items of 2x2 results, K slices of 16"),
-                     CONV_TILED.format(*tile)]
+def test_opencl_convs_are_tiled_implicit_gemms_as_wide_as_their_columns(cout, forward, filter_grad):
+    """Forward conv (columns: Cout), input gradient (columns: Cin = 16) and filter gradient (columns:
+    Cout, rows: 3 x 3 x 16), each kernel's schedule in that order."""
+    lp = schedule_opencl(DEVICE)(_prepared(_conv_training(16, cout, padding="same", strides=2),
+                                           opencl_loop_passes(DEVICE)))
+    convs = [str(k.schedule) for k in lp.kernels if "conv2d" in k.name]
+    assert convs == [_conv_tiled(*forward), _conv_tiled("256x16", "32x2"),
+                     filter_grad if filter_grad == FLAT else _conv_tiled(*filter_grad)]
 
 
 def test_opencl_conv_tile_fits_the_device():
     little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
     x = gn.placeholder("x", (None, 9, 9, 3))
     y = gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 64), np.float32)), dilation_rate=2)
-    assert _scheduled_opencl([y], little_group) == [CONV_TILED.format(8, "4x4 work-items of 2x2 results, "
-                                                                          "K slices of 8")]
+    assert _scheduled_opencl([y], little_group) == [_conv_tiled("8x8", "4x4", "2x2")]
 
 
 def test_opencl_grouped_convs_and_pooling_stay_flat():
@@ -319,9 +325,9 @@ def test_opencl_tiled_conv_source_stages_the_window_and_the_filter():
     lp = _prepared([y], opencl_loop_passes(DEVICE))
     schedule_opencl(DEVICE)(lp)
     source, (launch,), _ = opencl_render.render(lp, DEVICE)
-    assert launch.shape == "tiled" and launch.local_size == (4, 4)
-    assert launch.dims == (((8, 0), 8, 4), ((81, 1), 8, 4))  # columns: Cout; rows: N x 9 x 9
-    assert "__local float As[8][8];" in source and "__local float Bs[8][8];" in source
+    assert launch.shape == "tiled" and launch.local_size == (1, 64)
+    assert launch.dims == (((8, 0), 8, 1), ((81, 1), 512, 64))  # columns: Cout; rows: N x 9 x 9
+    assert "__local float As[16][512];" in source and "__local float Bs[16][8];" in source
     assert ">= 0" in source  # the window's guarded load (padding reads zeros)
 
 

@@ -130,8 +130,8 @@ def _check_fits(k: Kernel, s: OpenCLSchedule, limits: Limits) -> None:
     """Refuse a schedule made for a larger device than this one."""
     local = 0
     if s.form == "tiled":
-        r, w, tsk = s.tile
-        local = 2 * tsk * r * w * k.reduce.value.dtype.itemsize
+        rm, rn, w, tsk = s.tile
+        local = tsk * (rm + rn) * w * k.reduce.value.dtype.itemsize
     if s.local > limits.max_work_group_size or local > limits.local_mem_size:
         raise ValueError(f"kernel {k.name}'s schedule ({s}) does not fit the device: work-groups of at most "
                          f"{limits.max_work_group_size}, {limits.local_mem_size} bytes of local memory")
@@ -424,47 +424,47 @@ class _KernelWriter:
 
     def _tiled(self) -> None:
         """The GEMM of the schedule's roles (rows, columns, depth) over the sum's two factors, A (rows
-        x depth) and B (depth x columns): each work-group computes a TS x TS block of the result
-        (TS = R*W) from TSK-deep slices of A and B staged in local memory, each element's loop vars
-        decomposed from its row, column and depth index (row-major, as `decompose`) and its factor
-        evaluated there (zero past the edges: a window's load is guarded by its own test); each of
-        its R x R work-items accumulates W x W results in registers, strided by R so that
-        neighbouring work-items touch neighbouring columns. The stores (the fused epilogue) run once
-        per result element, any var of no role being 0."""
+        x depth) and B (depth x columns): each work-group computes a TM x TN block of the result
+        (TM = RM*W rows, TN = RN*W columns) from TSK-deep slices of A and B staged in local memory,
+        each element's loop vars decomposed from its row, column and depth index (row-major, as
+        `decompose`) and its factor evaluated there (zero past the edges; a window's load is guarded
+        by its own test); each of its RM x RN work-items accumulates W x W results in registers,
+        strided by RM and RN so that neighbouring work-items touch neighbouring columns. The stores
+        (the fused epilogue) run once per result element, any var of no role being 0."""
         k, red = self.k, self.k.reduce
         a, b = red.value.args
         dtype = red.value.dtype
         t = self.ctype(dtype)
-        r, w, tsk = self.s.tile
-        ts = r * w
+        rm, rn, w, tsk = self.s.tile
+        tm, tn = rm * w, rn * w
         rows, cols, depth = self.s.gemm
         extents = [count(k.domain[v] for v in role) for role in (rows, cols, depth)]
         n_rows, n_cols, n_depth = (_count_text(c) for c in extents)
-        self._set_launch(((extents[1], ts, r), (extents[0], ts, r)))
+        self._set_launch(((extents[1], tn, rn), (extents[0], tm, rm)))
         zero = literal(0, dtype)
         emit = self.emit
-        emit(f"__local {t} As[{tsk}][{ts}];", 1)
-        emit(f"__local {t} Bs[{tsk}][{ts}];", 1)
-        emit(f"const int tx = get_local_id(0), ty = get_local_id(1), lid = ty * {r} + tx;", 1)
-        emit(f"const long row0 = get_group_id(1) * {ts}, col0 = get_group_id(0) * {ts};", 1)
+        emit(f"__local {t} As[{tsk}][{tm}];", 1)
+        emit(f"__local {t} Bs[{tsk}][{tn}];", 1)
+        emit(f"const int tx = get_local_id(0), ty = get_local_id(1), lid = ty * {rn} + tx;", 1)
+        emit(f"const long row0 = get_group_id(1) * {tm}, col0 = get_group_id(0) * {tn};", 1)
         emit(f"{t} accs[{w}][{w}];", 1)
         emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) accs[wm][wn] = {zero};", 1)
         emit(f"for (long k0 = 0; k0 < {n_depth}; k0 += {tsk}) {{", 1)
-        self._stage(f"As[l % {tsk}][l / {tsk}]", a, t, zero,
+        self._stage(f"As[l % {tsk}][l / {tsk}]", tm * tsk, a, t, zero,
                     (("row", f"row0 + l / {tsk}", n_rows, rows), ("kd", f"k0 + l % {tsk}", n_depth, depth)))
-        self._stage(f"Bs[l / {ts}][l % {ts}]", b, t, zero,
-                    (("kd", f"k0 + l / {ts}", n_depth, depth), ("col", f"col0 + l % {ts}", n_cols, cols)))
+        self._stage(f"Bs[l / {tn}][l % {tn}]", tn * tsk, b, t, zero,
+                    (("kd", f"k0 + l / {tn}", n_depth, depth), ("col", f"col0 + l % {tn}", n_cols, cols)))
         emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         emit(f"for (int kk = 0; kk < {tsk}; ++kk) {{", 2)
         emit(f"{t} av[{w}], bv[{w}];", 3)
-        emit(f"for (int i = 0; i < {w}; ++i) {{ av[i] = As[kk][ty + i * {r}]; bv[i] = Bs[kk][tx + i * {r}]; }}", 3)
+        emit(f"for (int i = 0; i < {w}; ++i) {{ av[i] = As[kk][ty + i * {rm}]; bv[i] = Bs[kk][tx + i * {rn}]; }}", 3)
         emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) "
              "accs[wm][wn] += av[wm] * bv[wn];", 3)
         emit("}", 2)
         emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         emit("}", 1)
         emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) {{", 1)
-        emit(f"long row = row0 + ty + wm * {r}, col = col0 + tx + wn * {r};", 2)
+        emit(f"long row = row0 + ty + wm * {rm}, col = col0 + tx + wn * {rn};", 2)
         emit(f"if (row >= {n_rows} || col >= {n_cols}) continue;", 2)
         self.decompose("row", list(rows), 2)
         self.decompose("col", list(cols), 2)
@@ -479,13 +479,11 @@ class _KernelWriter:
             if not any(v in role for role in self.s.gemm):
                 self.emit(f"const long v{v} = 0;", depth)
 
-    def _stage(self, slot: str, factor: Expr, t: str, zero: str, indices: tuple) -> None:
-        """The loop filling one local tile: work-items stride over its elements; element l goes to
-        `slot`, its value `factor` at the loop vars decomposed from each (name, index, extent, vars)
-        of `indices`, or zero where an index passes its extent."""
-        r = self.s.tile[0]
-        ts, tsk = r * self.s.tile[1], self.s.tile[2]
-        self.emit(f"for (int l = lid; l < {ts * tsk}; l += {r * r}) {{", 2)
+    def _stage(self, slot: str, size: int, factor: Expr, t: str, zero: str, indices: tuple) -> None:
+        """The loop filling one local tile of `size` elements: the work-items stride over them;
+        element l goes to `slot`, its value `factor` at the loop vars decomposed from each (name,
+        index, extent, vars) of `indices`, or zero where an index passes its extent."""
+        self.emit(f"for (int l = lid; l < {size}; l += {self.s.local}) {{", 2)
         self.emit(f"long {', '.join(f'{name} = {index}' for name, index, _, _ in indices)};", 3)
         self.emit(f"{t} x = {zero};", 3)
         self.emit(f"if ({' && '.join(f'{name} < {extent}' for name, _, extent, _ in indices)}) {{", 3)

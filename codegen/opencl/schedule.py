@@ -16,8 +16,10 @@ A kernel has one of three forms:
   loop vars (`gemm`: rows, columns, depth): a matmul (`reduce.contraction`) is rows v0 x columns v1
   over v2 (`matmul_tile`); a one-group convolution (codegen/implicit_gemm.py) is the implicit GEMM
   rows (v0, v1, v2) x columns v4 over (v5, v6, v7), A's tile gathered through its window (zeros
-  outside the image), its tile no wider than its columns need (`conv_tile`). A kernel whose stores
-  write a buffer its sum reads stays flat (work-groups would read what others already rewrote).
+  outside the image), its tile no wider than its columns need and as tall as that leaves work-items
+  (`conv_tile`); a conv with fewer rows than one tile (a filter gradient's KH x KW x Cin) is flat or
+  group. A kernel whose stores write a buffer its sum reads is never tiled (work-groups would read
+  what others already rewrote).
 Flat and group kernels use work-groups of `group_size(limits)` work-items.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ GROUP_SIZE_MAX = 256  # the largest work-group of flat and group kernels (a powe
 TILE_SHAPES = ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1))  # matmul (R, W), largest register block first:
 #   each value a work-item reads from local memory feeds W multiply-adds
 TILE_DEPTH_MAX = 16  # the deepest K slice staged in local memory (TSK = min(this, R * W))
-CONV_TILE_MIN = 8  # the narrowest conv tile (R * W): a conv's tile is as wide as its columns need, at least this
+TILE_CONVS = True  # one-group convs render tiled; False keeps them flat (bench/micro/oclconv.py compares the two)
 MATMUL_ROLES = ((0,), (1,), (2,))  # a matmul kernel's GEMM roles (rows, columns, depth)
 CONV_ROLES = (ROWS, (COLUMN,), COLS)  # a one-group conv kernel's (codegen/implicit_gemm.py)
 
@@ -54,17 +56,17 @@ class OpenCLSchedule:
     """One kernel's form and sizes (render.py follows them)."""
 
     form: str  # flat | group | tiled
-    local: int  # work-items per work-group (tiled: R * R)
-    tile: tuple | None = None  # tiled: (R, W, TSK): R x R work-items of W x W results, TSK-deep slices of K
+    local: int  # work-items per work-group (tiled: RM * RN)
+    tile: tuple | None = None  # tiled: (RM, RN, W, TSK): RM x RN work-items of W x W results, TSK-deep slices of K
     serial: tuple = ()  # flat: vars each work-item loops over in ascending order (an accumulating store's)
     gemm: tuple | None = None  # tiled: the loop vars of the GEMM's (rows, columns, depth), each row-major
 
     def __str__(self) -> str:
         if self.form == "tiled":
-            r, w, tsk = self.tile
+            rm, rn, w, tsk = self.tile
             rows, cols, depth = (",".join(f"v{v}" for v in role) for role in self.gemm)
-            return (f"opencl tiled {r * w}x{r * w} of rows {rows} x columns {cols} over {depth}: "
-                    f"{r}x{r} work-items of {w}x{w} results, K slices of {tsk}")
+            return (f"opencl tiled {rm * w}x{rn * w} of rows {rows} x columns {cols} over {depth}: "
+                    f"{rm}x{rn} work-items of {w}x{w} results, K slices of {tsk}")
         if self.form == "group":
             return f"opencl group: a work-group of {self.local} per kept element"
         loops = f", each serial over {','.join(f'v{v}' for v in self.serial)}" if self.serial else ""
@@ -88,11 +90,13 @@ def schedule_opencl(limits: Limits) -> LoopPass:
 def schedule_kernel(k: Kernel, limits: Limits) -> OpenCLSchedule:
     red = k.reduce
     roles = gemm_roles(k)
-    if roles is not None:
-        itemsize = red.value.dtype.itemsize
-        columns = k.domain[COLUMN] if roles == CONV_ROLES else None
-        r, w, tsk = matmul_tile(limits, itemsize) if columns is None else conv_tile(limits, itemsize, columns)
-        return OpenCLSchedule("tiled", r * r, (r, w, tsk), gemm=roles)
+    if roles == MATMUL_ROLES:
+        tile = matmul_tile(limits, red.value.dtype.itemsize)
+        return OpenCLSchedule("tiled", tile[0] * tile[1], tile, gemm=roles)
+    if roles == CONV_ROLES:
+        tile = conv_tile(limits, red.value.dtype.itemsize, k.domain[COLUMN])
+        if _fills_a_tile(k, tile):
+            return OpenCLSchedule("tiled", tile[0] * tile[1], tile, gemm=roles)
     form = "group" if red is not None and not red.scan and _group_reduce(k, limits) else "flat"
     return OpenCLSchedule(form, group_size(limits), serial=k.serial_vars())
 
@@ -106,12 +110,19 @@ def gemm_roles(k: Kernel) -> tuple | None:
         return None
     if red.contraction is not None and len(k.domain) == 3 and red.axes == (2,):
         roles = MATMUL_ROLES
-    elif operands(k) is not None:
+    elif TILE_CONVS and operands(k) is not None:
         roles = CONV_ROLES
     else:
         return None
     read = {e.buffer for e in red.value.args}
     return None if any(s.buffer in read for s in k.stores) else roles
+
+
+def _fills_a_tile(k: Kernel, tile: tuple) -> bool:
+    """A conv kernel has rows (v0, v1, v2) for at least one tile's TM = RM * W (rows over the batch
+    do): a filter gradient's few rows (KH x KW x Cin) and long sum over the batch stay flat or group."""
+    rows = [k.domain[v] for v in ROWS]
+    return None in rows or math.prod(rows) >= tile[0] * tile[2]
 
 
 def _group_reduce(k: Kernel, limits: Limits) -> bool:
@@ -131,25 +142,31 @@ def group_size(limits: Limits) -> int:
     return min(GROUP_SIZE_MAX, 1 << (limits.max_work_group_size.bit_length() - 1))
 
 
-def matmul_tile(limits: Limits, itemsize: int) -> tuple[int, int, int]:
-    """Matmul blocking (R, W, TSK): the first of TILE_SHAPES whose R x R work-group fits the device
+def matmul_tile(limits: Limits, itemsize: int) -> tuple[int, int, int, int]:
+    """Matmul blocking (R, R, W, TSK): the first of TILE_SHAPES whose R x R work-group fits the device
     and whose two (R*W) x TSK tiles fit local memory."""
-    return _first_fitting(limits, itemsize, TILE_SHAPES)
-
-
-def _first_fitting(limits: Limits, itemsize: int, shapes: tuple) -> tuple[int, int, int]:
-    """The first (R, W) of `shapes` whose R x R work-group and two (R*W) x TSK tiles fit the device, with TSK."""
-    for r, w in shapes:
+    for r, w in TILE_SHAPES:
         tsk = min(TILE_DEPTH_MAX, r * w)
-        if r * r <= limits.max_work_group_size and 2 * tsk * r * w * itemsize <= limits.local_mem_size:
-            return r, w, tsk
-    raise RuntimeError("the OpenCL device has no room for a GEMM tile")
+        if _fits(limits, itemsize, r, r, w, tsk):
+            return r, r, w, tsk
+    raise RuntimeError("the OpenCL device has no room for a matmul tile")
 
 
-def conv_tile(limits: Limits, itemsize: int, columns: int) -> tuple[int, int, int]:
-    """Conv blocking (R, W, TSK): `matmul_tile`'s rule among the tiles no wider (R * W) than `columns`
-    rounded up to a power of two, and at least CONV_TILE_MIN (a 6-channel conv's 64-wide tile would
-    compute 58 columns for nothing)."""
-    width = max(CONV_TILE_MIN, 1 << max(0, columns - 1).bit_length())
-    shapes = tuple((r, w) for r, w in TILE_SHAPES if r * w <= width)
-    return _first_fitting(limits, itemsize, shapes)
+def _fits(limits: Limits, itemsize: int, rm: int, rn: int, w: int, tsk: int) -> bool:
+    """An RM x RN work-group fits the device, and its (RM*W) x TSK and (RN*W) x TSK tiles its local memory."""
+    return rm * rn <= limits.max_work_group_size and tsk * (rm + rn) * w * itemsize <= limits.local_mem_size
+
+
+def conv_tile(limits: Limits, itemsize: int, columns: int) -> tuple[int, int, int, int]:
+    """Conv blocking (RM, RN, W, TSK): per shape (R, W) of TILE_SHAPES, R * R work-items of W x W
+    results arranged RM x RN so that the tile's TN = RN * W columns are no more than `columns`
+    rounded up to a power of two (at least one work-item wide): a conv has few columns (its output
+    or input channels) and many rows, so a 6-channel conv gets 8 x 64 work-items, not a 64-wide
+    tile computing 58 columns for nothing; the first that fits the device, TSK = TILE_DEPTH_MAX."""
+    width = 1 << max(0, columns - 1).bit_length()
+    for r, w in TILE_SHAPES:
+        rn = max(1, min(r, width // w))
+        rm = r * r // rn
+        if _fits(limits, itemsize, rm, rn, w, TILE_DEPTH_MAX):
+            return rm, rn, w, TILE_DEPTH_MAX
+    raise RuntimeError("the OpenCL device has no room for a conv tile")
