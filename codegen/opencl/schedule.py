@@ -36,7 +36,7 @@ BUSY_PER_UNIT = 32  # work-items per compute unit below which a flat kernel leav
 GROUP_SIZE_MAX = 256  # the largest work-group of flat and group kernels (a power of two: the tree reduction halves it)
 TILE_SHAPES = ((8, 8), (8, 4), (8, 2), (4, 2), (2, 2), (1, 1))  # matmul (R, W), largest register block first:
 #   each value a work-item reads from local memory feeds W multiply-adds
-TILE_DEPTH_MAX = 16  # the deepest K slice staged in local memory (TSK = min(this, R * W))
+TILE_DEPTH_MAX = 16  # the deepest K slice staged in local memory (matmuls: TSK = min(this, R * W); convs: this)
 TILE_CONVS = True  # one-group convs render tiled; False keeps them flat (bench/micro/oclconv.py compares the two)
 MATMUL_ROLES = ((0,), (1,), (2,))  # a matmul kernel's GEMM roles (rows, columns, depth)
 CONV_ROLES = (ROWS, (COLUMN,), COLS)  # a one-group conv kernel's (codegen/implicit_gemm.py)
@@ -161,8 +161,9 @@ def conv_tile(limits: Limits, itemsize: int, columns: int) -> tuple[int, int, in
     """Conv blocking (RM, RN, W, TSK): per shape (R, W) of TILE_SHAPES, R * R work-items of W x W
     results arranged RM x RN so that the tile's TN = RN * W columns are no more than `columns`
     rounded up to a power of two (at least one work-item wide): a conv has few columns (its output
-    or input channels) and many rows, so a 6-channel conv gets 8 x 64 work-items, not a 64-wide
-    tile computing 58 columns for nothing; the first that fits the device, TSK = TILE_DEPTH_MAX."""
+    or input channels) and many rows, so a 6-channel conv gets a 512 x 8 tile (64 x 1 work-items of
+    8 x 8 results), not a 64-wide one computing 58 columns for nothing; the first that fits the
+    device, TSK = TILE_DEPTH_MAX."""
     width = 1 << max(0, columns - 1).bit_length()
     for r, w in TILE_SHAPES:
         rn = max(1, min(r, width // w))
