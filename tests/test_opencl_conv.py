@@ -161,3 +161,15 @@ def test_convnet_training_steps_equal_numpy(net, batch, steps, tiled):
     for name, expected in ref_vars.items():  # Adam moves a weight by about lr (1e-3) whatever its gradient's
         #                                       size, so a gradient near 0 that rounds differently moves it apart
         np.testing.assert_allclose(got_vars[name], expected, rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_bench_compares_the_flat_and_tiled_forms_of_one_step():
+    """bench/micro/oclconv.py's two compiles of a step: the same conv kernels, flat in one (TILE_CONVS
+    off while it compiles, then on again) and tiled in the other."""
+    from codegen.opencl import schedule
+    from graphnet.bench.micro.oclconv import compiled_step, conv_kernels
+    (_, flat), (_, tiled) = compiled_step(NETS["lenet"], False), compiled_step(NETS["lenet"], True)
+    assert schedule.TILE_CONVS
+    assert conv_kernels(flat) == conv_kernels(tiled)
+    assert [_is_tiled(flat.lp.kernels[i]) for i in conv_kernels(flat).values()] == [False] * 5
+    assert sum(_is_tiled(tiled.lp.kernels[i]) for i in conv_kernels(tiled).values()) == 3
