@@ -100,7 +100,8 @@ def test_tiled_conv_and_its_gradients_equal_numpy(fmt, dtype):
         feeds = _feeds(placeholders, batch, dtype, seed)
         for got, expected, node in zip(fn(**feeds), ref(**feeds), fetches):
             assert got.shape == expected.shape
-            np.testing.assert_allclose(got, expected, **_tolerance(dtype, expected), err_msg=f"{node.name} at batch {batch}")
+            np.testing.assert_allclose(got, expected, **_tolerance(dtype, expected),
+                                       err_msg=f"{node.name} at batch {batch}")
 
 
 def test_tiled_conv_with_bias_and_relu_fused():

@@ -35,7 +35,7 @@ import math
 
 from llvmlite import ir
 
-from ..implicit_gemm import COLS, COLUMN, ROWS, operands  # noqa: F401 (the shared description, used here and via igemm)
+from ..implicit_gemm import COLS, COLUMN, ROWS, operands  # noqa: F401 (shared; callers use igemm.operands)
 from ..loopir import Kernel
 from ..window import guarded_axes, row_strides
 from .gemm import _SUFFIX, Blocking, GemmSpec, _c, _declare, _GemmEmitter, _I32, _PTR, _I64, declare_routine

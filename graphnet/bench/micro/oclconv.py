@@ -2,8 +2,9 @@
 training steps (forward, input gradient, filter gradient with its fused Adam update) timed in the
 same process, rendered flat (a work-item per output element) and tiled (the implicit GEMM of
 codegen/opencl/schedule.py), interleaved, and the whole step. Reports per kernel the median time of
-one launch (min-max over the repeats) and tiled/flat, their sum, and the median step. On pocl (a CPU device) this shows the tiled rendering
-is sane, not what a GPU would gain. pocl's threads: POCL_MAX_PTHREAD_COUNT (default here 1).
+one launch (min-max over the repeats) and tiled/flat, their sum, and the median step. On pocl (a
+CPU device) this shows the tiled rendering is sane, not what a GPU would gain. pocl's threads:
+POCL_MAX_PTHREAD_COUNT (default here 1).
 
     python -m graphnet.bench.micro.oclconv [lenet cifar] [--repeats 7] [--launches 5]
 """
@@ -91,8 +92,8 @@ def main(argv=None) -> dict:
         print(f"  {'all conv kernels':40s} flat {total['flat'] * 1e3:8.2f} ms  tiled {total['tiled'] * 1e3:8.2f} ms  "
               f"tiled/flat {total['tiled'] / total['flat']:.2f}")
         step = {form: float(np.median(times["step", form])) for form in steps}
-        print(f"  {'the whole training step':40s} flat {step['flat'] * 1e3:8.2f} ms  tiled {step['tiled'] * 1e3:8.2f} ms  "
-              f"tiled/flat {step['tiled'] / step['flat']:.2f}")
+        print(f"  {'the whole training step':40s} flat {step['flat'] * 1e3:8.2f} ms  "
+              f"tiled {step['tiled'] * 1e3:8.2f} ms  tiled/flat {step['tiled'] / step['flat']:.2f}")
         results[name] = {"times": times, "total": total}
     return results
 
