@@ -33,6 +33,7 @@ from .losses import LOSS_CLASSES, Loss
 from .metrics import LossSpec
 from .ops import RNG_STEP, placeholder
 from .random import numpy_rng
+from .shuffle import epoch_order
 from .source import source_of
 
 FORMAT = "graphnet.model/1"
@@ -591,7 +592,7 @@ class Model:
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else None
+            order = epoch_order(self.seed, epoch, n) if shuffle else None
             rows, local_n, local_batch = order, n, batch_size
             if shards:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
