@@ -8,6 +8,7 @@ overriding either is called once per batch), `on_test_*` around `evaluate`, `on_
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -59,14 +60,21 @@ class Callback:
 _ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
 
 
+@functools.lru_cache(maxsize=None)
+def _class_overrides(cls: type) -> frozenset[str]:
+    """The hooks whose method `cls` replaces (Callback's hooks that it defines differently), read
+    once per class."""
+    return frozenset(name for name in dir(Callback)
+                     if name.startswith("on_") and getattr(cls, name) is not getattr(Callback, name))
+
+
 def _overrides(cb: Callback, hook: str) -> bool:
     """Whether `cb` does something in `hook`: it overrides it, or (for the train-batch hooks, whose
     defaults forward there) the older name; a method of its class or a function set on the instance
     (LambdaCallback)."""
-    for name in (hook, _ALIASES.get(hook)):
-        if name is not None and (name in vars(cb) or getattr(type(cb), name) is not getattr(Callback, name)):
-            return True
-    return False
+    replaced, own = _class_overrides(type(cb)), vars(cb)
+    alias = _ALIASES.get(hook)
+    return hook in replaced or hook in own or (alias is not None and (alias in replaced or alias in own))
 
 
 class CallbackList:
@@ -79,17 +87,33 @@ class CallbackList:
                 raise TypeError(f"callbacks must be gn.callbacks.Callback instances, got {type(cb).__name__}")
             cb.set_model(model, params)
 
-    def __getattr__(self, hook: str) -> Callable[..., None]:
-        if not hook.startswith("on_") or not hasattr(Callback, hook):
-            raise AttributeError(hook)
+    def _resolve(self, hook: str) -> Callable[..., None]:
+        """One call of `hook` on every callback that overrides it, in order."""
         methods = [getattr(cb, hook) for cb in self.callbacks if _overrides(cb, hook)]
 
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
-        call = _nothing if not methods else methods[0] if len(methods) == 1 else call
-        setattr(self, hook, call)  # resolved once per hook
+        return _nothing if not methods else methods[0] if len(methods) == 1 else call
+
+
+class _Hook:
+    """A hook of CallbackList: resolved on first use, then kept in the instance (which its lookups
+    find first)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, callbacks: CallbackList | None, owner: type | None = None) -> Any:
+        if callbacks is None:
+            return self
+        call = callbacks.__dict__[self.name] = callbacks._resolve(self.name)
         return call
+
+
+for _name in dir(Callback):
+    if _name.startswith("on_"):
+        setattr(CallbackList, _name, _Hook(_name))
 
 
 def _nothing(*args: Any) -> None:
