@@ -596,6 +596,7 @@ class Model:
             rows, local_n, local_batch = order, n, batch_size
             if shards:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
+                rows = np.ascontiguousarray(rows, dtype=np.int64)
             if datasets is not None:
                 live = any(cb.bar is not None for cb in loggers)
                 sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets, live)
@@ -640,13 +641,14 @@ class Model:
         return sums, seen
 
     def _fit_datasets(self, train: Function, xs: list, ys: list, sw: list | None,
-                      cbs: CallbackList) -> dict[str, np.ndarray] | None:
-        """The whole training set as `train.run_steps` takes it, or None where fit goes batch by batch: a
-        callback with a batch-level hook (other than the progress bar, which `_fit_epoch` serves after
-        each chunk)."""
+                      cbs: CallbackList) -> tuple[np.ndarray, ...] | None:
+        """The whole training set checked as `train.run_steps` checks it, one array per placeholder in
+        placeholder order, or None where fit goes batch by batch: a callback with a batch-level hook
+        (other than the progress bar, which `_fit_epoch` serves after each chunk)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
-        return self._datasets(train, xs, ys, sw)
+        sources, _ = train._datasets(self._datasets(train, xs, ys, sw))
+        return tuple(sources.values())
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
@@ -655,10 +657,12 @@ class Model:
         index = fn.feeds.index
         return {name: arr for name, arr in self._named(xs, ys, sw).items() if name in index}
 
-    def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
+    def _fit_epoch(self, train: Function, datasets: tuple[np.ndarray, ...], order: np.ndarray | None, n: int,
                    batch_size: int, steps: int, cbs: CallbackList, offsets: np.ndarray | None = None,
                    live: bool = False) -> tuple[list[float], int]:
-        """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows
+        """One epoch through `train.run_steps` (on `_fit_datasets`' arrays and the epoch's order, a
+        permutation of the samples or under MPI this rank's rows of it, which pass its checks by
+        construction: `_run_checked_steps`): all steps in one call or, while a progress bar shows
         (`live`), in chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end;
         a call also ends where the dropout row offset changes (under MPI, before a short last batch).
         Returns what `_fit_epoch_by_batch` returns."""
@@ -671,7 +675,7 @@ class Model:
             count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
             count = self._set_row_offset(offsets, first, count)
             started = time.perf_counter()
-            values = train.run_steps(datasets, batch_size, order, count, start=first)
+            values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
             elapsed = time.perf_counter() - started
             sizes = _batch_sizes(n, batch_size, first, count)
             running = _running_sums(sums, values, sizes)

@@ -79,8 +79,8 @@ def test_evaluate_and_predict_are_the_same_with_the_native_loop(implementation, 
 
 def _counting_run_steps(monkeypatch) -> list:
     calls = []
-    run_steps = gn.Function.run_steps
-    monkeypatch.setattr(gn.Function, "run_steps", lambda self, *a, **k: (calls.append(a[1]), run_steps(self, *a, **k))[1])
+    run_steps = gn.Function._run_checked_steps
+    monkeypatch.setattr(gn.Function, "_run_checked_steps", lambda self, *a, **k: (calls.append(a[1]), run_steps(self, *a, **k))[1])
     return calls
 
 
