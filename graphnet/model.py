@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -109,6 +110,7 @@ class Model:
         self.history: History | None = None
         self._config: _CompileConfig | None = None
         self._functions: dict[str, Function] = {}
+        self._feeds_checked: weakref.WeakSet[Function] = weakref.WeakSet()  # fit's arrays match their placeholders
         self._built: _Built | None = None
         self._layer: ModelLayer | None = None
 
@@ -642,13 +644,18 @@ class Model:
 
     def _fit_datasets(self, train: Function, xs: list, ys: list, sw: list | None,
                       cbs: CallbackList) -> tuple[np.ndarray, ...] | None:
-        """The whole training set checked as `train.run_steps` checks it, one array per placeholder in
-        placeholder order, or None where fit goes batch by batch: a callback with a batch-level hook
-        (other than the progress bar, which `_fit_epoch` serves after each chunk)."""
+        """The whole training set as `train.run_steps` takes it, one array per placeholder in placeholder
+        order, or None where fit goes batch by batch: a callback with a batch-level hook (other than the
+        progress bar, which `_fit_epoch` serves after each chunk). The arrays are `_check_x`'s,
+        `_check_y`'s and `_check_weights`' (the placeholders' dtypes and row shapes, C-contiguous), so
+        run_steps' checks are made once per function (`_feeds_checked`)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
-        sources, _ = train._datasets(self._datasets(train, xs, ys, sw))
-        return tuple(sources.values())
+        named = self._named(xs, ys, sw)
+        if train not in self._feeds_checked:
+            train._datasets({name: named[name] for name in train.feeds.names if name in named})
+            self._feeds_checked.add(train)
+        return tuple(named[name] for name in train.feeds.names)
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
