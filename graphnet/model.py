@@ -1610,9 +1610,11 @@ def _take(arrays: list | None, order: np.ndarray | None) -> list | None:
 def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
     """Whether a callback needs these batch-level hooks called batch by batch (the progress bar's
     batch end is served after each chunk of a native loop instead)."""
-    return cbs is not None and any(_overrides(cb, hook) and not (type(cb) is ProgressLogger and
-                                                                 hook == "on_train_batch_end")
-                                   for cb in cbs.callbacks for hook in hooks)
+    for cb in cbs.callbacks if cbs is not None else ():
+        for hook in hooks:
+            if _overrides(cb, hook) and not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
+                return True
+    return False
 
 
 def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> float | np.ndarray:
