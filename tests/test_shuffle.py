@@ -1,5 +1,7 @@
 """An epoch's shuffle (graphnet/shuffle.py and its C extension) is numpy's default_rng([seed, epoch])
 permutation, bit for bit; fit draws exactly that order."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -70,11 +72,18 @@ def test_fit_shuffles_by_numpys_permutation(monkeypatch):
         model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
         x, y = rng.normal(size=(50, 3)).astype(np.float32), rng.normal(size=(50, 1)).astype(np.float32)
         history = model.fit(x, y, batch_size=8, epochs=3, verbose=0).history
-        return history, model.get_weights()
+        return history, model.get_weights(), model.predict(x, batch_size=8)
 
     fast = fitted()
     monkeypatch.setattr(gn.model, "epoch_order", shuffle.numpy_order)
     reference = fitted()
     assert fast[0] == reference[0]
-    for a, b in zip(fast[1], reference[1]):
+    for a, b in zip(fast[1] + [fast[2]], reference[1] + [reference[2]]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_without_the_extension_numpy_draws_every_order(monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphnet._shuffle", None)  # its import fails
+    monkeypatch.setattr(shuffle, "_native", None)
+    np.testing.assert_array_equal(shuffle.epoch_order(8, 1, 40), shuffle.numpy_order(8, 1, 40))
+    assert shuffle._native is False
