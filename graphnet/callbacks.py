@@ -98,8 +98,8 @@ class CallbackList:
 
 
 class _Hook:
-    """A hook of CallbackList: resolved on first use, then kept in the instance (which its lookups
-    find first)."""
+    """A hook of CallbackList: resolved on first use into the instance's __dict__, which later
+    lookups find before this (non-data) descriptor."""
 
     def __init__(self, name: str):
         self.name = name

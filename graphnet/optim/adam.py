@@ -11,9 +11,9 @@ from .base import Optimizer, check_number, keras_name, lerp
 
 def bias_correction(beta: float, t: Node) -> Node:
     """1 - beta**t in float64 (PyTorch's), with t capped at the step from which beta**t is below 2**-56:
-    from there on 1 - beta**t is exactly 1.0 (below 2**-54, 1 - x rounds to 1), capped or not, so
-    the values are the same at every step, and pow never reaches its underflow path (beta 0.9 does
-    after about 7,000 steps), whose error handling costs more than the pow."""
+    from there on 1 - beta**t is exactly 1.0 (for x below 2**-54, 1 - x rounds to 1), capped or not,
+    so every step's value is the uncapped one, and pow never reaches its underflow path and libm's
+    error handling there (beta 0.9's powers underflow from t = 6,724)."""
     if beta == 0:
         return 1 - beta ** t
     return 1 - beta ** ops.minimum(t, float(math.ceil(56 / -math.log2(beta))))
