@@ -77,8 +77,23 @@ def _overrides(cb: Callback, hook: str) -> bool:
     return hook in replaced or hook in own or (alias is not None and (alias in replaced or alias in own))
 
 
+HOOKS = frozenset(name for name in dir(Callback) if name.startswith("on_"))
+
+
+def _hooks_used(cb: Callback) -> set[str]:
+    """The hooks `cb` does something in, each as `_overrides` decides it."""
+    own = _class_overrides(type(cb)) | {name for name in vars(cb) if name in HOOKS}
+    return own | {hook for hook, alias in _ALIASES.items() if alias in own}
+
+
+def _nothing(*args: Any) -> None:
+    """A hook no callback overrides."""
+
+
 class CallbackList:
-    """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op."""
+    """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op.
+    The hooks some callback overrides are resolved when the list is made; the others are the class's
+    `_nothing`."""
 
     def __init__(self, callbacks: Sequence[Callback], model: "Model", params: dict):
         self.callbacks = list(callbacks)
@@ -86,6 +101,8 @@ class CallbackList:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be gn.callbacks.Callback instances, got {type(cb).__name__}")
             cb.set_model(model, params)
+        for hook in set().union(*map(_hooks_used, self.callbacks)):
+            setattr(self, hook, self._resolve(hook))
 
     def _resolve(self, hook: str) -> Callable[..., None]:
         """One call of `hook` on every callback that overrides it, in order."""
@@ -94,30 +111,11 @@ class CallbackList:
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
-        return _nothing if not methods else methods[0] if len(methods) == 1 else call
+        return methods[0] if len(methods) == 1 else call
 
 
-class _Hook:
-    """A hook of CallbackList: resolved on first use into the instance's __dict__, which later
-    lookups find before this (non-data) descriptor."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __get__(self, callbacks: CallbackList | None, owner: type | None = None) -> Any:
-        if callbacks is None:
-            return self
-        call = callbacks.__dict__[self.name] = callbacks._resolve(self.name)
-        return call
-
-
-for _name in dir(Callback):
-    if _name.startswith("on_"):
-        setattr(CallbackList, _name, _Hook(_name))
-
-
-def _nothing(*args: Any) -> None:
-    """A hook no callback overrides."""
+for _name in HOOKS:
+    setattr(CallbackList, _name, staticmethod(_nothing))
 
 
 class History(Callback):
