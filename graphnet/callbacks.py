@@ -80,10 +80,20 @@ def _overrides(cb: Callback, hook: str) -> bool:
 HOOKS = frozenset(name for name in dir(Callback) if name.startswith("on_"))
 
 
-def _hooks_used(cb: Callback) -> set[str]:
+def _with_aliases(hooks: frozenset[str]) -> frozenset[str]:
+    """`hooks` and the train-batch hooks whose defaults forward to one of them."""
+    return hooks | {hook for hook, alias in _ALIASES.items() if alias in hooks}
+
+
+@functools.lru_cache(maxsize=None)
+def _class_hooks_used(cls: type) -> frozenset[str]:
+    return _with_aliases(_class_overrides(cls))
+
+
+def _hooks_used(cb: Callback) -> frozenset[str]:
     """The hooks `cb` does something in, each as `_overrides` decides it."""
-    own = _class_overrides(type(cb)) | {name for name in vars(cb) if name in HOOKS}
-    return own | {hook for hook, alias in _ALIASES.items() if alias in own}
+    own = HOOKS.intersection(vars(cb))
+    return _class_hooks_used(type(cb)) if not own else _with_aliases(_class_overrides(type(cb)) | own)
 
 
 def _nothing(*args: Any) -> None:
