@@ -2,9 +2,9 @@
 `np.random.default_rng([seed, epoch]).permutation(n)`, bit for bit.
 
 The C extension `graphnet._shuffle` (setup.py builds it where a C compiler is there) computes it
-without constructing numpy's SeedSequence, PCG64 and Generator. Its first use in a process is
-compared with numpy on that call's arguments and on `CHECKS`; any difference (or no extension)
-makes every call use numpy.
+without constructing numpy's SeedSequence, PCG64 and Generator. On its first use in a process it is
+compared with numpy on `CHECKS` (small orders, so the check costs the same whatever n the call
+asks for); any difference (or no extension) makes every call use numpy.
 """
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ def _native_order(fill, seed: int, epoch: int, n: int) -> np.ndarray:
     return out
 
 
-def _load_native(seed: int, epoch: int, n: int):
-    """The extension's fill where it matches numpy on (seed, epoch, n) and `CHECKS`, else False."""
+def _load_native():
+    """The extension's fill where it matches numpy on `CHECKS`, else False."""
     try:
         from graphnet._shuffle import fill
     except ImportError:
         return False
-    for args in ((seed, epoch, n),) + CHECKS:
+    for args in CHECKS:
         if not np.array_equal(_native_order(fill, *args), numpy_order(*args)):
             return False
     return fill
@@ -57,7 +57,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     if type(seed) is not int or type(epoch) is not int or type(n) is not int or min(seed, epoch, n) < 0:
         return numpy_order(seed, epoch, n)
     if _native is None:
-        _native = _load_native(seed, epoch, n)
+        _native = _load_native()
     if _native is False:
         return numpy_order(seed, epoch, n)
     return _native_order(_native, seed, epoch, n)
