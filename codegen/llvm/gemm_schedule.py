@@ -24,7 +24,7 @@ from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
 from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
-from . import colconv, igemm, kconv, rowconv
+from . import colconv, igemm, kconv, rowconv, tapconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .schedule import gemm_layout, schedule_llvm
@@ -220,8 +220,11 @@ def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: 
     if rowconv.ready(k, target):  # its stores run on each register tile: no scratch C
         k.order = rowconv.ORDER
         return True
+    if tapconv.ready(k, target) and tapconv.forward_form(k):  # the same
+        k.order = tapconv.ORDER
+        return True
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
-    for kind in (kconv, colconv):
+    for kind in (kconv, colconv, tapconv):
         if kind.ready(k, target):
             k.order = kind.ORDER
             return True
