@@ -33,6 +33,7 @@ form's sums run in the float type over its taps, as a GEMM's do.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ class TapConv:
 
     rows: int  # forward: output rows (v1) per tile
     span: int  # forward: positions along the row (v2) per tile
+    spacing: int  # forward: v2 between a tile's positions (their taps then read distinct image elements)
     vectors: int  # columns, in vectors
     lanes: int
     taps: int = 0  # the gradient form's rows of C per tile; 0: the forward form
@@ -78,8 +80,8 @@ class TapConv:
     def __str__(self) -> str:
         if self.taps:
             return f"direct filter gradient, {self.vectors} vectors of columns, {self.taps} taps per tile written out"
-        return (f"direct conv, {self.vectors} vectors of columns, {self.rows} x {self.span} positions per tile, "
-                "taps written out, stores per tile")
+        return (f"direct conv, {self.vectors} vectors of columns, {self.rows} x {self.span} positions "
+                f"{self.spacing} apart per tile, taps written out, stores per tile")
 
 
 def forward_form(k: Kernel) -> bool:
@@ -130,17 +132,52 @@ def marked(k: Kernel) -> bool:
 
 
 def plan(k: Kernel, target: TargetInfo) -> TapConv:
-    """Balanced tiles of at most `most` positions (whole output rows where they fit, else equal
-    segments of one) or, in the gradient form, of taps."""
+    """Balanced tiles of at most `most` positions or, in the gradient form, of taps. A forward tile's
+    positions are `spacing` apart along the row (`spacing`), in equal segments of a row's positions
+    of one phase (v2 mod spacing), or whole rows of them where several fit."""
     lanes = target.lanes(k.reduce.value.dtype.name)
     vectors = k.domain[igemm.COLUMN] // lanes
     limit = most(target, vectors)
     if not forward_form(k):
         taps = math.prod(k.domain[:3])
-        return TapConv(1, 1, vectors, lanes, -(-taps // -(-taps // limit)))
+        return TapConv(1, 1, 1, vectors, lanes, -(-taps // -(-taps // limit)))
     width, height = k.domain[2], k.domain[1]
-    span = -(-width // -(-width // limit))
-    return TapConv(max(1, min(height, limit // span)), span, vectors, lanes)
+    apart = spacing(k, limit)
+    phase = -(-width // apart)  # the most positions of one phase in a row
+    span = -(-phase // -(-phase // limit))
+    rows = max(1, min(height, limit // span))
+    return TapConv(rows if apart == 1 else 1, span, apart, vectors, lanes)
+
+
+def spacing(k: Kernel, limit: int) -> int:
+    """The least v2 spacing (at most the filter's width) at which a tile of up to `limit` positions reads
+    no image element twice per tap group (`_ForwardEmitter.outer`'s iteration): a shared element's
+    broadcast would be kept in a register across taps, and spilled. 1 where none does."""
+    a, _ = rowconv.address(k.reduce.contraction[0])
+    d = k.domain
+    outer = outer_var(d)
+    taps = [sum(a.get(v, 0) * t for v, t in zip(inner_vars(d), values)) for values in tap_values(d)]
+    for apart in range(1, max(1, d[6]) + 1):
+        count = min(limit, -(-d[2] // apart))
+        offsets = [a.get(2, 0) * apart * i + t for i in range(count) for t in taps]
+        if len(set(offsets)) == len(offsets):
+            return apart
+    return 1
+
+
+def outer_var(domain: tuple) -> int:
+    """The K var a forward tile loops over (the first of more than one value), its taps written out."""
+    return next((v for v in igemm.COLS if domain[v] > 1), igemm.COLS[0])
+
+
+def inner_vars(domain: tuple) -> list[int]:
+    """The K vars written out (those after `outer_var`)."""
+    return [v for v in igemm.COLS if v > outer_var(domain)]
+
+
+def tap_values(domain: tuple) -> list[tuple]:
+    """The values of `inner_vars`, one tuple per tap written out."""
+    return list(itertools.product(*(range(domain[v]) for v in inner_vars(domain))))
 
 
 def emit(em, red, tc: TapConv, threads: int) -> None:
@@ -197,8 +234,8 @@ class _ForwardEmitter(_Emitter):
         super().__init__(em.r.module, em.k, tc)
         self.em = em
         d = self.k.domain
-        self.taps = [dict(zip(igemm.COLS, (t5, t6, t7))) for t5 in range(d[5]) for t6 in range(d[6])
-                     for t7 in range(d[7])]
+        self.outer = outer_var(d)
+        self.taps = [dict(zip(inner_vars(d), values)) for values in tap_values(d)]
 
     def function(self, buffers: list) -> ir.Function:
         fn = self.fn = self.open_function(f"{self.k.name}_tapconv", [f"b{buf}" for buf in buffers])
@@ -222,20 +259,29 @@ class _ForwardEmitter(_Emitter):
         return fn
 
     def segments(self, v0: ir.Value, v1: ir.Value, rows: int) -> None:
-        width, span = self.k.domain[2], self.tc.span
-        for start in range(0, width, span):
-            self.tile(v0, v1, start, rows, min(span, width - start))
+        """The tiles of rows from v1: each phase's positions (v2 mod spacing) in segments of `span`."""
+        width, span, apart = self.k.domain[2], self.tc.span, self.tc.spacing
+        for phase in range(min(apart, width)):
+            count = -(-(width - phase) // apart)
+            for first in range(0, count, span):
+                self.tile(v0, v1, phase + first * apart, rows, min(span, count - first))
 
     def tile(self, v0: ir.Value, v1: ir.Value, v2: int, rows: int, span: int) -> None:
-        """rows x span positions from (v1, v2): every tap's FMAs, then the kernel's stores."""
-        b, a = self.b, self.a_coef
+        """rows x span positions from (v1, v2), `spacing` apart: every tap's FMAs, then the kernel's stores."""
+        b, a, apart = self.b, self.a_coef, self.tc.spacing
         base = b.add(b.add(b.mul(v0, self._i(a.get(0, 0))), b.mul(v1, self._i(a.get(1, 0)))),
                      self._i(v2 * a.get(2, 0) + self.a_const))
-        positions = [(r, s) for r in range(rows) for s in range(span)]
-        acc = [ir.Constant(self.vt, None)] * (len(positions) * self.tc.vectors)
-        for tap in self.taps:
-            offsets = [r * a.get(1, 0) + s * a.get(2, 0) + self.offset(a, tap) for r, s in positions]
-            acc = self.step(acc, base, self._i(self.offset(self.b_coef, tap)), offsets)
+        positions = [(r, s * apart) for r in range(rows) for s in range(span)]
+        zero = [ir.Constant(self.vt, None)] * (len(positions) * self.tc.vectors)
+
+        def taps(outer: ir.Value, acc: list) -> list:
+            a_at = b.add(base, b.mul(outer, self._i(a.get(self.outer, 0))))
+            b_at = b.mul(outer, self._i(self.b_coef.get(self.outer, 0)))
+            for tap in self.taps:
+                offsets = [r * a.get(1, 0) + s * a.get(2, 0) + self.offset(a, tap) for r, s in positions]
+                acc = self.step(acc, a_at, b.add(b_at, self._i(self.offset(self.b_coef, tap))), offsets)
+            return acc
+        acc = carried_loop(b, self.k.domain[self.outer], zero, taps, f"v{self.outer}")
         for i, vector in enumerate(acc):  # (position, column) order: a position's columns contiguous
             at = b.gep(self.tile_buffer, [self._i(i * self.lanes)], inbounds=True, source_etype=self.t)
             b.store(vector, at, align=self.align)
@@ -251,8 +297,8 @@ class _ForwardEmitter(_Emitter):
         for r in range(rows):
             with for_range(b, 0, span, 1, "p") as p:
                 with for_range(b, 0, columns, 1, "j") as j:
-                    em.vars = {0: v0, 1: b.add(v1, self._i(r)), 2: b.add(p, self._i(v2)), 3: self._i(0),
-                               igemm.COLUMN: j}
+                    em.vars = {0: v0, 1: b.add(v1, self._i(r)), 2: b.add(b.mul(p, self._i(self.tc.spacing)),
+                                                                         self._i(v2)), 3: self._i(0), igemm.COLUMN: j}
                     at = b.add(b.mul(b.add(p, self._i(r * span)), self._i(columns)), j)
                     em.acc = b.load(b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t), typ=self.t)
                     em.stores()
