@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import colconv, igemm, rowconv
+from codegen.llvm import colconv, igemm, rowconv, tapconv
 from codegen.llvm.target import AVX2
 from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
 from test_schedules import _prepared, _scheduled_llvm
@@ -175,6 +175,7 @@ def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, mo
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))  # a patched constant: an empty cache
     monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs (test_rowconv.py): every conv packs
     monkeypatch.setattr(colconv, "VECTORS", 0)
+    monkeypatch.setattr(tapconv, "MAX_TAPS", 0)
     _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
     for x_shape, w_shape, kwargs in PACKING_CASES:
         with gn.Graph():
