@@ -83,6 +83,7 @@ CASES = [  # (x shape, filter shape, keyword arguments): a tap conv forward and 
     ((2, 12, 17, 3), (2, 3, 3, 32), dict(dilation_rate=(2, 2), padding=((1, 0), (2, 1)))),
     ((2, 7, 30, 1), (1, 5, 1, 32), dict(padding="same")),  # a 1 x 5 filter: the loop over its width
     ((2, 3, 11, 10), (3, 3, 3, 32), dict(data_format="NCHW", padding="same")),  # the filter gradient packs
+    ((2, 7, 5, 16), (1, 1, 16, 32), dict()),  # 1 x 1: positions 1 apart, tiles of 2 rows, a remainder row
 ]
 
 
@@ -144,3 +145,27 @@ def test_a_tap_conv_filter_gradient_sums_each_image_in_float32_and_the_images_in
             want[kh, kw] = np.einsum("nijc,nijf->cf", padded[:, kh:kh + 32, kw:kw + 32], feeds["dy"].astype(np.float64))
     error = np.abs(fn(**feeds)[0] - want) / want
     assert error.max() < 4e-7 and np.median(error) < 6e-8, (error.max(), np.median(error))
+
+
+def test_a_tap_conv_with_a_static_batch(monkeypatch, tmp_path):
+    """A batch fixed by the graph (no N in the loop nests): the forward's images and the gradient's K
+    (v5) are static loops."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    attrs = dict(kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), dilations=(1, 1), groups=1,
+                 data_format="NHWC")
+    x = gn.placeholder("x", (3, 10, 12, 3))
+    w = gn.placeholder("w", (3, 3, 3, 32))
+    dy = gn.placeholder("dy", (3, 10, 12, 32))
+    fetches = [gn.relu(gn.conv2d(x, w, padding="same")), gn.ops.apply("conv2d_filter_grad", [x, dy], **attrs)]
+    fn = gn.compile(fetches, backend="llvm")
+    if AVX512_ONLY:
+        text = fn.executable.lp.to_text()
+        assert "1 x 4 positions 3 apart per tile, taps written out" in text and "14 taps per tile written out" in text
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.normal(size=(3, 10, 12, 3)).astype(np.float32),
+             "w": rng.normal(size=(3, 3, 3, 32)).astype(np.float32),
+             "dy": rng.normal(size=(3, 10, 12, 32)).astype(np.float32)}
+    reference = gn.compile(fetches, backend="numpy")
+    for got, want in zip(fn(**feeds), reference(**feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
