@@ -8,9 +8,10 @@ kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per ba
 the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
 its direct loop nest. `border_conv_images`, run just before, gives such a kernel whose window
 reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py). A narrow
-conv kernel, or one with exactly one vector of columns, goes to a direct conv instead (rowconv.py,
-kconv.py, colconv.py: no routine, no workspace), for which `planar_conv_images`, run first, makes the
-image row or dy contiguous by a channel-major copy.
+conv kernel, one with exactly one vector of columns, or one with a few vectors of columns and few
+taps goes to a direct conv instead (rowconv.py, kconv.py, colconv.py, tapconv.py: no routine, no
+workspace), for which `planar_conv_images`, run first, makes the image row or dy contiguous by a
+channel-major copy.
 `loop_passes` is the LLVM backend's list: LOOP_PASSES with those passes, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
@@ -209,9 +210,10 @@ def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple)
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
     """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
     and large enough (igemm.worth_it); its contraction names the window and the dense operand. A
-    narrow one whose image row is contiguous, or one with one vector of columns, gets a direct conv's
-    loop order (rowconv.ORDER: the output row along the lanes, kconv.ORDER: the reduced image row,
-    colconv.ORDER: the columns) and no packing workspace."""
+    narrow one whose image row is contiguous, or one with one vector of columns, or few taps and a few
+    vectors of columns, gets a direct conv's loop order (rowconv.ORDER: the output row along the lanes,
+    kconv.ORDER: the reduced image row, colconv.ORDER: the columns, tapconv.ORDER: the columns, the
+    taps written out) and no packing workspace; the row conv and the tap conv's forward form no scratch C."""
     found = igemm.operands(k)
     if found is None or not igemm.worth_it(k):
         return False

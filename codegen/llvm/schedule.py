@@ -15,9 +15,10 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
-- direct convs (rowconv.py, kconv.py, colconv.py, marked by their loop order): no routine
+- direct convs (rowconv.py, kconv.py, colconv.py, tapconv.py, marked by their loop order): no routine
   (`Gemm.direct` holds the plan), split over the images or the blocks of taps with threads; a row
-  conv runs its stores per tile, the others' epilogue writes the columns out where they are few;
+  conv and a tap conv's forward form run their stores per tile, the others' epilogue writes the
+  columns out where they are few;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
 - transposes: a copy storing unit-stride along its innermost var x but loading with stride Y there,
@@ -276,7 +277,8 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 
 def direct(k: Kernel) -> bool:
-    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py, colconv.py)?"""
+    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py, colconv.py,
+    tapconv.py)?"""
     return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k) or tapconv.marked(k)
 
 

@@ -8,12 +8,18 @@ a padded one) and the short side of the product is written out, each of its elem
 offset in the image:
 
 Forward form (K = (v5, v6, v7) static, at most MAX_TAPS): a tile of positions, `rows` output rows x
-`span` consecutive positions along the row, holds `vectors` accumulators per position (the columns,
-B's row contiguous); per tap, `vectors` loads of B and one broadcast of the image per position:
+`span` positions along the row `spacing` apart, holds `vectors` accumulators per position (the
+columns, B's row contiguous); per tap, `vectors` loads of B and one broadcast of the image per
+position. The first K var of more than one value (a filter row) is a loop, the taps within it
+written out: B's loads then vary with the loop, so LLVM does not hoist all K x vectors of them out of
+the tiles' loops into spilled registers. `spacing` (the filter's width for a 3 x 3 conv of 3
+channels) keeps a tile's positions from reading one image element twice in one iteration, whose
+broadcast LLVM would otherwise keep across taps, and spill:
 
-    for v0 (split over threads), v1 in steps of `rows`, v2 in segments of `span`:
+    for v0 (split over threads), v1 in steps of `rows`, v2 in phases (v2 mod spacing), segments of `span`:
         acc[p][c] = 0
-        for each tap t (written out):  b[c] = B[t, c..]   acc[p][c] += broadcast(image[at(p) + off(t)]) * b[c]
+        for the outer K var:  for each tap t within it (written out):
+            b[c] = B[t, c..]   acc[p][c] += broadcast(image[at(p) + off(t)]) * b[c]
         the kernel's stores for each position and column, acc from the tile (no C in memory)
 
 Filter-gradient form (rows (v0, v1, v2) static, at most MAX_TAPS: the taps of a filter gradient,
