@@ -56,6 +56,7 @@ ORDER = (3, 0, 1, 2, 4, 5, 6, 7)  # a tap conv kernel's loop order: the columns 
 MAX_TAPS = 32  # taps written out (the forward's K, the gradient's rows of C): code size
 MAX_VECTORS = 4  # columns, in vectors, of the convs this path computes (at least two: one is colconv's)
 MIN_TILE = 4  # positions (or taps) per register tile below which the implicit GEMM's taller tile wins
+MAX_PEELED = 4  # values of a position var at which a tap may leave the image, written out (code size)
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,69 @@ def wants(k: Kernel, target: TargetInfo) -> bool:
 
 
 def ready(k: Kernel, target: TargetInfo) -> bool:
-    """`wants`, and the image unguarded (bordered if need be): a tap conv now."""
-    return wants(k, target) and not any(guarded_axes(igemm.operands(k)[0], k.domain))
+    """`wants`, and the image unguarded (bordered if need be) or its guards read here (`reads_guards`):
+    a tap conv now."""
+    return wants(k, target) and (not any(guarded_axes(igemm.operands(k)[0], k.domain)) or reads_guards(k))
+
+
+def reads_guards(k: Kernel) -> bool:
+    """Can the tap conv read conv kernel `k`'s guarded window in place (no bordered copy)? Each guarded
+    axis's coordinate holds one position var (`position_vars`) and otherwise taps; a forward's column
+    (v2) axis not its looped K var (`outer_var`, whose values are not written out); and at most
+    MAX_PEELED values of each position var let a tap leave the image (`interior`). Where a tap is
+    outside, its element is a zero, as a bordered copy's (0 * inf is NaN, as there)."""
+    w = igemm.operands(k)[0]
+    if not any(guarded_axes(w, k.domain)):
+        return False
+    spans = interior(k)
+    return spans is not None and all(k.domain[p] - (hi - lo) <= MAX_PEELED for p, (lo, hi) in spans.items()
+                                     if not (forward_form(k) and p == 2))
+
+
+def position_vars(k: Kernel) -> tuple:
+    """The vars running over positions in a tile's loops: a forward's output row and column, a
+    filter gradient's image row and column (its taps are the rows of C)."""
+    return (1, 2) if forward_form(k) else (6, 7)
+
+
+def tap_vars(k: Kernel) -> tuple:
+    return igemm.COLS if forward_form(k) else igemm.ROWS
+
+
+def guards(k: Kernel) -> list[tuple[dict, int, int]]:
+    """({var: coefficient}, constant, extent) of each guarded axis of conv kernel k's window."""
+    w = igemm.operands(k)[0]
+    return [(dict(c.terms), c.const, dim) for c, dim, g in zip(w.coords, w.shape, guarded_axes(w, k.domain)) if g]
+
+
+def interior(k: Kernel) -> dict[int, tuple[int, int]] | None:
+    """{position var: [lo, hi)}, the values of each position var a guarded axis reads at which every tap
+    is inside the image; None where the guards do not fit (see `reads_guards`)."""
+    d, positions, taps = k.domain, position_vars(k), tap_vars(k)
+    spans = {}
+    for coefs, const, dim in guards(k):
+        mine = [v for v in coefs if v in positions]
+        if dim is None or len(mine) != 1 or any(v not in positions and v not in taps for v in coefs):
+            return None
+        p = mine[0]
+        if forward_form(k) and p == 2 and outer_var(d) in coefs:
+            return None
+        low = const + sum(min(0, c * (d[v] - 1)) for v, c in coefs.items() if v != p)
+        high = const + sum(max(0, c * (d[v] - 1)) for v, c in coefs.items() if v != p)
+        inside = [x for x in range(d[p]) if coefs[p] * x + low >= 0 and coefs[p] * x + high < dim]
+        lo, hi = spans.get(p, (0, d[p]))
+        if inside:
+            lo, hi = max(lo, inside[0]), min(hi, inside[-1] + 1)
+        spans[p] = (lo, max(lo, hi)) if inside else (0, 0)
+    return spans
+
+
+def inside(axis: tuple[dict, int, int], values: dict) -> bool | None:
+    """Is the element inside guarded `axis` at these static var values (None: a var is not static)?"""
+    coefs, const, dim = axis
+    if any(values.get(v) is None for v in coefs):
+        return None
+    return 0 <= const + sum(c * values[v] for v, c in coefs.items()) < dim
 
 
 def marked(k: Kernel) -> bool:
@@ -218,18 +280,30 @@ class _Emitter(VectorEmitter):
         """The constant offset sum(coef[var] * value) of static var values."""
         return sum(coef.get(var, 0) * value for var, value in values.items())
 
-    def step(self, acc: list, a_at: ir.Value, b_at: ir.Value, offsets: list) -> list:
-        """`vectors` of B at b_at, a broadcast of the image at a_at + each offset, one FMA per pair."""
+    def step(self, acc: list, a_at: ir.Value, b_at: ir.Value, sources: list) -> list:
+        """`vectors` of B at b_at, a broadcast of each source, one FMA per pair. A source is the image
+        element at a_at + an offset, None for a zero (outside the image), or (offset, i1): the element
+        where the i1 holds, else a zero."""
         b, nv = self.b, self.tc.vectors
         bv = [self.vector_load(self.bmat, b.add(b_at, self._i(c * self.lanes)), None) for c in range(nv)]
         out = list(acc)
-        for i, offset in enumerate(offsets):
-            x = b.load(b.gep(self.image, [b.add(a_at, self._i(offset))], inbounds=True, source_etype=self.t),
-                       typ=self.t, align=self.align)
-            splat = self.splat(x)
+        for i, source in enumerate(sources):
+            splat = self.splat(self.element(a_at, source))
             for c in range(nv):
                 out[i * nv + c] = self.fma(splat, bv[c], out[i * nv + c])
         return out
+
+    def element(self, a_at: ir.Value, source) -> ir.Value:
+        """A source's scalar (see `step`); a guarded one reads image[0] where it is outside."""
+        b, zero = self.b, ir.Constant(self.t, 0.0)
+        if source is None:
+            return zero
+        offset, ok = source if isinstance(source, tuple) else (source, None)
+        at = b.add(a_at, self._i(offset))
+        if ok is not None:
+            at = b.select(ok, at, self._i(0))
+        x = b.load(b.gep(self.image, [at], inbounds=True, source_etype=self.t), typ=self.t, align=self.align)
+        return x if ok is None else b.select(ok, x, zero)
 
 
 class _ForwardEmitter(_Emitter):
@@ -242,8 +316,13 @@ class _ForwardEmitter(_Emitter):
         d = self.k.domain
         self.outer = outer_var(d)
         self.taps = [dict(zip(inner_vars(d), values)) for values in tap_values(d)]
+        self.fixed = {v: 0 for v in igemm.COLS if v != self.outer and v not in inner_vars(d)}  # extent-1 K vars
+        self.guards = guards(self.k)
+        self.rows_inside = (interior(self.k) or {}).get(1, (0, d[1])) if self.guards else (0, d[1])
 
     def function(self, buffers: list) -> ir.Function:
+        """Images v0 in [begin, end): the rows where a tap may leave the image written out (peeled, their
+        row guards tested), the others in a loop of `rows`-row tiles."""
         fn = self.fn = self.open_function(f"{self.k.name}_tapconv", [f"b{buf}" for buf in buffers])
         self.n, begin, end = fn.args[:3]
         self.ptrs = dict(zip(buffers, fn.args[3:]))
@@ -252,29 +331,36 @@ class _ForwardEmitter(_Emitter):
         columns, tc = self.k.domain[igemm.COLUMN], self.tc
         self.tile_buffer = self.b.alloca(ir.ArrayType(self.t, tc.rows * tc.span * columns), name="tile")
         self.tile_buffer.align, self.tile_buffer.type = 64, PTR
-        height = self.k.domain[1]
-        full = height // tc.rows * tc.rows
+        height, (lo, hi) = self.k.domain[1], self.rows_inside
+        full = lo + (hi - lo) // tc.rows * tc.rows
         with for_range(self.b, begin, end, 1, "v0") as v0:
-            if full:
-                with for_range(self.b, 0, full, tc.rows, "v1") as v1:
+            for row in range(lo):
+                self.segments(v0, row, 1)
+            if full > lo:
+                with for_range(self.b, lo, full, tc.rows, "v1") as v1:
                     self.segments(v0, v1, tc.rows)
-            if full < height:
-                with for_range(self.b, full, height, 1, "v1r") as v1:
+            if full < hi:
+                with for_range(self.b, full, hi, 1, "v1r") as v1:
                     self.segments(v0, v1, 1)
+            for row in range(hi, height):
+                self.segments(v0, row, 1)
         self.b.ret_void()
         return fn
 
-    def segments(self, v0: ir.Value, v1: ir.Value, rows: int) -> None:
-        """The tiles of rows from v1: each phase's positions (v2 mod spacing) in segments of `span`."""
+    def segments(self, v0: ir.Value, v1: ir.Value | int, rows: int) -> None:
+        """The tiles of rows from v1 (an int: a peeled row): each phase's positions (v2 mod spacing) in
+        segments of `span`."""
         width, span, apart = self.k.domain[2], self.tc.span, self.tc.spacing
         for phase in range(min(apart, width)):
             count = -(-(width - phase) // apart)
             for first in range(0, count, span):
                 self.tile(v0, v1, phase + first * apart, rows, min(span, count - first))
 
-    def tile(self, v0: ir.Value, v1: ir.Value, v2: int, rows: int, span: int) -> None:
+    def tile(self, v0: ir.Value, v1: ir.Value | int, v2: int, rows: int, span: int) -> None:
         """rows x span positions from (v1, v2), `spacing` apart: every tap's FMAs, then the kernel's stores."""
         b, a, apart = self.b, self.a_coef, self.tc.spacing
+        peeled = v1 if isinstance(v1, int) else None
+        v1 = self._i(v1) if peeled is not None else v1
         base = b.add(b.add(b.mul(v0, self._i(a.get(0, 0))), b.mul(v1, self._i(a.get(1, 0)))),
                      self._i(v2 * a.get(2, 0) + self.a_const))
         positions = [(r, s * apart) for r in range(rows) for s in range(span)]
@@ -284,14 +370,39 @@ class _ForwardEmitter(_Emitter):
             a_at = b.add(base, b.mul(outer, self._i(a.get(self.outer, 0))))
             b_at = b.mul(outer, self._i(self.b_coef.get(self.outer, 0)))
             for tap in self.taps:
-                offsets = [r * a.get(1, 0) + s * a.get(2, 0) + self.offset(a, tap) for r, s in positions]
-                acc = self.step(acc, a_at, b.add(b_at, self._i(self.offset(self.b_coef, tap))), offsets)
+                sources = [self.source(r * a.get(1, 0) + s * a.get(2, 0) + self.offset(a, tap),
+                                       {**self.fixed, **tap, 1: None if peeled is None else peeled + r, 2: v2 + s},
+                                       outer) for r, s in positions]
+                acc = self.step(acc, a_at, b.add(b_at, self._i(self.offset(self.b_coef, tap))), sources)
             return acc
         acc = carried_loop(b, self.k.domain[self.outer], zero, taps, f"v{self.outer}")
         for i, vector in enumerate(acc):  # (position, column) order: a position's columns contiguous
             at = b.gep(self.tile_buffer, [self._i(i * self.lanes)], inbounds=True, source_etype=self.t)
             b.store(vector, at, align=self.align)
         self.epilogue(v0, v1, v2, rows, span)
+
+    def source(self, offset: int, values: dict, outer: ir.Value):
+        """`step`'s source of the element at `offset` for these static var values (v1 None: an interior
+        row, inside every row guard): each guard decided here where its vars are static, else tested
+        with the outer K var's value."""
+        tests = []
+        for axis in self.guards:
+            coefs, const, dim = axis
+            if values.get(1) is None and 1 in coefs:
+                continue
+            known = inside(axis, {**values, self.outer: values.get(self.outer)})
+            if known is False:
+                return None
+            if known is None:  # the row guard of a peeled row, at the outer var's value
+                static = const + sum(c * values[v] for v, c in coefs.items() if v != self.outer)
+                at = self.b.add(self._i(static), self.b.mul(outer, self._i(coefs[self.outer])))
+                tests.append(self.b.icmp_unsigned("<", at, self._i(dim)))  # unsigned: a negative one is huge
+        if not tests:
+            return offset
+        ok = tests[0]
+        for test in tests[1:]:
+            ok = self.b.and_(ok, test)
+        return offset, ok
 
     def epilogue(self, v0: ir.Value, v1: ir.Value, v2: int, rows: int, span: int) -> None:
         """The kernel's stores for the tile's positions, acc read from the tile (in L1; a position's
@@ -344,29 +455,50 @@ class _GradientEmitter(_Emitter):
         """Cell (tap, vector)'s float64 totals, one per lane."""
         return self.b.gep(self.totals, [self._i(cell * self.lanes)], inbounds=True, source_etype=ir.DoubleType())
 
-    def tap_offset(self, m: int) -> int:
+    def tap(self, m: int) -> dict:
+        """Tap m's (v0, v1, v2) values."""
         d = self.k.domain
-        return self.offset(self.a_coef, {0: m // (d[1] * d[2]), 1: m // d[2] % d[1], 2: m % d[2]})
+        return {0: m // (d[1] * d[2]), 1: m // d[2] % d[1], 2: m % d[2]}
 
     def image_tile(self, v5: ir.Value, taps: list) -> None:
         """Image v5's sums for `taps` (rows of C), added into their float64 totals."""
-        b, d, nv = self.b, self.k.domain, self.tc.vectors
+        b, nv = self.b, self.tc.vectors
         a, bc = self.a_coef, self.b_coef
-        offsets = [self.tap_offset(m) for m in taps]
+        offsets = [self.offset(a, self.tap(m)) for m in taps]
         base = b.add(b.mul(v5, self._i(a.get(5, 0))), self._i(self.a_const))
         b_base = b.mul(v5, self._i(bc.get(5, 0)))
+        axes = guards(self.k)
+        spans = (interior(self.k) or {}) if axes else {}
 
-        def row(v6: ir.Value, acc: list) -> list:
+        def row(v6: ir.Value, row6: int | None, acc: list) -> list:
             a_row = b.add(base, b.mul(v6, self._i(a.get(6, 0))))
             b_row = b.add(b_base, b.mul(v6, self._i(bc.get(6, 0))))
-            return carried_loop(b, d[7], acc, lambda v7, acc: self.step(
-                acc, b.add(a_row, b.mul(v7, self._i(a.get(7, 0)))), b.add(b_row, b.mul(v7, self._i(bc.get(7, 0)))),
-                offsets), "v7")
-        acc = carried_loop(b, d[6], [ir.Constant(self.vt, None)] * (len(taps) * nv), row, "v6")
+
+            def column(v7: ir.Value, column7: int | None, acc: list) -> list:
+                known = {6: row6, 7: column7}
+                sources = [None if any(inside(axis, {**self.tap(m), **known}) is False for axis in axes) else offset
+                           for m, offset in zip(taps, offsets)]
+                return self.step(acc, b.add(a_row, b.mul(v7, self._i(a.get(7, 0)))),
+                                 b.add(b_row, b.mul(v7, self._i(bc.get(7, 0)))), sources)
+            return self.along(7, spans, acc, column)
+        acc = self.along(6, spans, [ir.Constant(self.vt, None)] * (len(taps) * nv), row)
         for i, vector in enumerate(acc):
             cell = taps[0] * nv + i
             part = vector if self.dtype == "float64" else b.fpext(vector, self.total_type)
             b.store(b.fadd(b.load(self.total(cell), typ=self.total_type, align=8), part), self.total(cell), align=8)
+
+    def along(self, var: int, spans: dict, acc: list, body) -> list:
+        """body(value, static value or None, acc) -> acc over var's values: those where a tap may leave
+        the image (outside `spans`) written out, the others in a loop (carrying acc)."""
+        lo, hi = spans.get(var, (0, self.k.domain[var]))
+        for x in range(lo):
+            acc = body(self._i(x), x, acc)
+        if hi > lo:
+            acc = carried_loop(self.b, hi - lo, acc, lambda i, acc: body(self.b.add(i, self._i(lo)), None, acc),
+                               f"v{var}")
+        for x in range(hi, self.k.domain[var]):
+            acc = body(self._i(x), x, acc)
+        return acc
 
     def write_c(self, taps: list) -> None:
         """C's rows `taps` from their totals."""
