@@ -43,6 +43,41 @@ def test_cifars_first_conv_and_its_filter_gradient_are_tap_convs():
     assert sum(s.startswith("implicit gemm") for s in schedules) == 2
 
 
+def test_tap_convs_read_a_padded_image_in_place_and_a_wide_border_from_a_copy():
+    """cifar's conv1 and its filter gradient read x itself (guards on the 2 peeled rows, and on the
+    gradient's 2 peeled rows and columns of each image): no bordered copy of x. A padding leaving
+    more than MAX_PEELED rows partly outside (5 at the top, 5 at the bottom) gives both a bordered copy."""
+    for pad, copied in ((1, False), (5, True)):
+        with gn.Graph():
+            fetches = _conv_step((2, 32, 32, 3), (3, 3, 3, 32), dict(padding=((pad, pad), (1, 1))), np.float32)
+            lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX512))
+            kernels = [k for k in lp.kernels if len(k.domain) == 8 and tapconv.marked(k)]
+            assert len(kernels) == 2, pad
+            assert all(tapconv.reads_guards(k) != copied for k in kernels)
+            assert ("border" in [k.name for k in lp.kernels]) == copied
+            if not copied:  # rows and columns 1 to 30 read no padding
+                assert [tapconv.interior(k) for k in kernels] == [{1: (1, 31), 2: (1, 31)}, {6: (1, 31), 7: (1, 31)}]
+
+
+def test_a_guarded_tap_conv_propagates_nan_and_inf_as_the_reference(monkeypatch, tmp_path):
+    """The padding's zeros meet an infinite tap (0 * inf: NaN in the reference, as in a bordered copy)
+    and a NaN pixel's windows, on peeled rows and columns and inside."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "1")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    x_shape, w_shape = (2, 12, 14, 3), (3, 3, 3, 32)
+    fetches = _conv_step(x_shape, w_shape, dict(padding="same"), np.float32)
+    fn = gn.compile(fetches, backend="llvm")
+    if AVX512_ONLY:
+        assert "border" not in [k.name for k in fn.executable.lp.kernels]
+    rng = np.random.default_rng(3)
+    for inf_tap, nan_pixel in (((0, 2, 1, 4), (0, 3, 2, 0)), ((2, 0, 0, 31), (1, 0, 13, 2))):
+        feeds = {"x": rng.normal(size=x_shape).astype(np.float32), "w": rng.normal(size=w_shape).astype(np.float32),
+                 "weights": rng.uniform(0.5, 1.5, (2, 12, 14, 32)).astype(np.float32)}
+        feeds["x"][nan_pixel] = np.nan
+        feeds["w"][inf_tap] = np.inf
+        _check(fetches, fn, x_shape, w_shape, np.float32, 1e-4, feeds)
+
+
 @pytest.mark.parametrize("image,filters,kernel,target,expected", [
     ((32, 32, 3), 32, 3, AVX512, True),
     ((32, 32, 3), 64, 3, AVX512, True),  # 4 vectors: 6 positions per tile
