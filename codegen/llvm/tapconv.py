@@ -3,9 +3,15 @@
 
 Such a conv is an implicit GEMM (igemm.py) whose depth K is so short that the routine's per-tile and
 per-block costs (tables, in-place tests, C's rows stored and read back) weigh as much as its FMAs. Here
-the geometry is compiled in, the image is read in place (unguarded: gemm_schedule's bordered copy of
-a padded one) and the short side of the product is written out, each of its elements at a constant
-offset in the image:
+the geometry is compiled in, the image is read in place and the short side of the product is written
+out, each of its elements at a constant offset in the image.
+
+A padded image is read in place too (`reads_guards`; else gemm_schedule's bordered copy): the values
+of a position var at which a tap may leave the image (at most MAX_PEELED: a 3 x 3 "same" conv's first
+and last rows) are written out of its loop, their elements outside the image zeros (0 * inf is NaN,
+as the copy's zeros make it), the others (`interior`) run the loops unguarded. A forward tile's
+columns are static, so are their guards; a peeled row tests its row guard per value of the looped
+K var.
 
 Forward form (K = (v5, v6, v7) static, at most MAX_TAPS): a tile of positions, `rows` output rows x
 `span` positions along the row `spacing` apart, holds `vectors` accumulators per position (the
