@@ -78,7 +78,8 @@ class Gemm:
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
-    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | tapconv.TapConv | None = None  # C by a direct conv (rowconv.py, ...)
+    # C by a direct conv (rowconv.py, ...)
+    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | tapconv.TapConv | None = None
 
     def __str__(self) -> str:
         if self.direct is not None:

@@ -35,7 +35,8 @@ float32 sums are added into per-lane float64 totals (as kconv.py, colconv.py), a
 its share of an image before the next image, so the image's B is read from cache by the later tiles:
 
     for v5 (each image):  for each tile (split over threads):
-        acc[t][c] = 0;  for v6, v7:  b[c] = B[v5, v6, v7, c..]   acc[t][c] += broadcast(image[at(v5, v6, v7) + off(t)]) * b[c]
+        acc[t][c] = 0
+        for v6, v7:  b[c] = B[v5, v6, v7, c..]   acc[t][c] += broadcast(image[at(v5, v6, v7) + off(t)]) * b[c]
         total[t][c] += acc[t][c]                               (per lane, float64)
     C[t, c..] = total[t][c]                                    the epilogue reads C
 
