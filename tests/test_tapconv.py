@@ -68,7 +68,7 @@ def test_a_guarded_tap_conv_propagates_nan_and_inf_as_the_reference(monkeypatch,
     fetches = _conv_step(x_shape, w_shape, dict(padding="same"), np.float32)
     fn = gn.compile(fetches, backend="llvm")
     if AVX512_ONLY:
-        assert "border" not in [k.name for k in fn.executable.lp.kernels]
+        assert not any(k.name.endswith("_border") for k in fn.executable.lp.kernels)
     rng = np.random.default_rng(3)
     for inf_tap, nan_pixel in (((0, 2, 1, 4), (0, 3, 2, 0)), ((2, 0, 0, 31), (1, 0, 13, 2))):
         feeds = {"x": rng.normal(size=x_shape).astype(np.float32), "w": rng.normal(size=w_shape).astype(np.float32),
