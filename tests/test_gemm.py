@@ -185,3 +185,20 @@ def test_workspace_shrinks_with_a_small_static_m():
     small, runtime = GemmSpec("float32", True, True, 8), GemmSpec("float32", True, True)
     assert workspace_bytes(small, HOST) < workspace_bytes(runtime, HOST)
     assert workspace_bytes(small, HOST) % 64 == 0 and workspace_bytes(runtime, HOST) % 64 == 0
+
+
+def test_transposed_pack_emits_one_block_transpose():
+    """A transposed B's packing transposes one w x w block per loop trip: the routine's shuffles do not
+    grow with the register tile's width (nr / w blocks), which keeps its compile time down."""
+    def shuffles(spec: GemmSpec, nr_vectors: int) -> int:
+        module = ir.Module("count")
+        w = AVX2.lanes(spec.dtype)
+        blk = Blocking(mr=4, nr=nr_vectors * w, kc=64, mc=8, nc=nr_vectors * w * 2, pack_a=False)
+        emit_gemm(module, "g", spec, AVX2, blocking=blk)
+        return str(module).count("shufflevector")
+
+    for dtype in ("float32", "float64"):
+        transposed, plain = GemmSpec(dtype, False, True), GemmSpec(dtype, False, False)
+        extra = [shuffles(transposed, n) - shuffles(plain, n) for n in (1, 2, 4)]
+        w = AVX2.lanes(dtype)
+        assert extra == [w * (w.bit_length() - 1)] * 3, extra  # log2(w) stages of w shuffles, once

@@ -333,12 +333,12 @@ class _GemmEmitter:
         b, w = self.b, self.w
         k_vec = self.mul(b.sdiv(kc, _c(w)), w)
         with self.loop(0, k_vec, w, "pt") as k0:
-            for j0 in range(0, width, w):
-                columns = [self.load(self.gep(src, b.add(self.mul(sj, j0 + j), k0)), self.vt)
+            with self.loop(0, width, w, "ptb") as j0:
+                columns = [self.load(self.gep(src, b.add(self.mul(sj, self.add(j0, j)), k0)), self.vt)
                            for j in range(w)]
                 rows = self.transpose(columns)
                 for p, row in enumerate(rows):
-                    self.store(row, self.gep(panel, self.add(self.mul(self.add(k0, p), width), j0)))
+                    self.store(row, self.gep(panel, b.add(self.mul(self.add(k0, p), width), j0)))
         with self.loop(k_vec, kc, 1, "ptk") as kk:
             with self.loop(0, width, 1, "ptj") as j:
                 value = self.load(self.gep(src, b.add(self.mul(sj, j), kk)), self.t)
