@@ -238,3 +238,18 @@ def test_compile_benchmark_children_import_graphnet_from_bytecode(monkeypatch, t
     assert env["GRAPHNET_CACHE_DIR"] == str(tmp_path / "cache")
     subprocess.run([sys.executable, "-c", "import graphnet.bench.micro.compile"], env=env, check=True, timeout=120)
     assert list((tmp_path / "bytecode").rglob("compile.*.pyc"))
+
+
+def test_compile_benchmark_table_shows_cpu_time_beside_wall_time():
+    """The compile benchmark's table gives each state's median CPU time (the child and its workers)
+    in its own column after the wall time; runs from before the column existed count as 0."""
+    from graphnet.bench.micro import compile as compile_bench
+    runs = [{"total": 0.4, "cpu": 0.6, "phases": {"graph passes": 0.01}},
+            {"total": 0.5, "cpu": 0.7, "phases": {"graph passes": 0.02}},
+            {"total": 0.6, "cpu": 0.9, "phases": {"graph passes": 0.03}}]
+    m = compile_bench.medians(runs)
+    assert (m["total"], m["cpu"]) == (0.5, 0.7)
+    assert compile_bench.medians([{"total": 0.1, "phases": {}}])["cpu"] == 0.0
+    text = compile_bench.table({"medium": {"cold": m}}, 3)
+    assert "| config | state | total | cpu | graph passes |" in text
+    assert "| medium | cold | 500 (target 500) | 700 | 20.0 |" in text

@@ -11,8 +11,11 @@ in proportion to the worker jobs' own times. "build" is what no phase covers (gr
 autodiff, the Function's set-up, importing the compiler). Children import graphnet
 from bytecode, as an installed graphnet does: the run keeps its own bytecode folder (filled by a
 warm-up child), so that where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE)
-"build" does not include compiling graphnet's Python sources in every child. Medians over the
-rounds; the machine may be shared.
+"build" does not include compiling graphnet's Python sources in every child. "cpu" is the processor
+time of the compile (the child and the worker processes it forked, user and system): on a shared
+machine wall times grow with the load, CPU time much less, so a saving of CPU time is one that holds
+whatever the load, while the wall time the worker processes save needs a free core. Medians over
+the rounds; the machine may be shared.
 
     python -m graphnet.bench.micro.compile [tiny small medium ...] [--rounds 5]
     graphnet bench --compile [same arguments]
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,12 +47,21 @@ def child(name: str) -> None:
     started = time.perf_counter()
     from ..grid import build_grid_model
     imported = time.perf_counter()
+    cpu = cpu_seconds()
     model = build_grid_model(name)
     total = time.perf_counter() - imported
+    cpu = cpu_seconds() - cpu
     phases = dict(model.step.compile_seconds)
     phases["build"] = total - sum(phases.values())
-    print(json.dumps({"total": total, "import": imported - started, "phases": phases,
+    print(json.dumps({"total": total, "cpu": cpu, "import": imported - started, "phases": phases,
                       "cache_hit": model.step.executable.cache_hit}))
+
+
+def cpu_seconds() -> float:
+    """Processor seconds, user and system, of this process and of its children that have exited
+    (the compile's worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def child_env(cache: str, bytecode: str) -> dict[str, str]:
@@ -86,19 +99,20 @@ def warm_up(name: str, bytecode: str) -> None:
 def medians(runs: list[dict]) -> dict:
     phases = {p for r in runs for p in r["phases"]}
     return {"total": statistics.median(r["total"] for r in runs),
+            "cpu": statistics.median(r.get("cpu", 0.0) for r in runs),
             "phases": {p: statistics.median(r["phases"].get(p, 0.0) for r in runs) for p in phases}}
 
 
 def table(results: dict[str, dict[str, dict]], rounds: int) -> str:
     columns = list(PHASES) + ["build"]
     lines = [f"Compile time in ms (medians of {rounds} rounds, each state in a fresh process)", "",
-             "| config | state | total | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
+             "| config | state | total | cpu | " + " | ".join(columns) + " |", "|---" * (len(columns) + 4) + "|"]
     for name, states in results.items():
         for state, m in states.items():
             target = TARGETS.get(name, {}).get(state)
             total = f"{m['total'] * 1e3:.0f}" + (f" (target {target * 1e3:.0f})" if target else "")
             cells = [f"{m['phases'][p] * 1e3:.1f}" if p in m["phases"] else "-" for p in columns]
-            lines.append(f"| {name} | {state} | {total} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {state} | {total} | {m['cpu'] * 1e3:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
