@@ -202,3 +202,17 @@ def test_transposed_pack_emits_one_block_transpose():
         extra = [shuffles(transposed, n) - shuffles(plain, n) for n in (1, 2, 4)]
         w = AVX2.lanes(dtype)
         assert extra == [w * (w.bit_length() - 1)] * 3, extra  # log2(w) stages of w shuffles, once
+
+
+def test_static_m_in_whole_tiles_emits_no_m_edge_kernels():
+    """A static M that default_blocking splits into whole tiles (10 rows as 5 + 5) never runs an M edge,
+    so its routine holds no edge micro-kernels; one with a partial tile (13 rows as 5 + 5 + 3) and a
+    runtime M do (test_specialised_small_m checks all three give the right results)."""
+    def edge_blocks(m: int | None) -> int:
+        module = ir.Module("edges")
+        emit_gemm(module, "g", GemmSpec("float32", True, False, specialised_m(m)), HOST)
+        return str(module).count("edge.merge")
+
+    assert default_blocking(GemmSpec("float32", True, False, 10), HOST).mr == 5
+    assert edge_blocks(10) == 0 and edge_blocks(5) == 0
+    assert edge_blocks(13) > 0 and edge_blocks(None) > 0

@@ -389,8 +389,11 @@ class _GemmEmitter:
         """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
         ap[r * a_row + k * a_k], or where `a_at` says: see micro_kernel). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
         no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
-        six-row tiles and a 2-row one)."""
+        six-row tiles and a 2-row one). A static M that is a multiple of MR has no M edge: only the
+        whole tile's micro-kernel is emitted."""
         b, blk = self.b, self.blk
+        if not self.m_edges():
+            return self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, a_at=a_at)
         zero = ir.Constant(self.vt, None)
         results = []
         with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
@@ -412,6 +415,12 @@ class _GemmEmitter:
                 edge = self.merge(edge_results + [([[zero] * (blk.nr // self.w)] * blk.mr, dispatch)])
                 results.append((edge, b.block))
         return self.merge(results)
+
+    def m_edges(self) -> bool:
+        """Whether a tile can have fewer than MR rows: every row block (MC, a multiple of MR) and the
+        last one are whole tiles where M is static and a multiple of MR (`default_blocking` splits a
+        small static M into equal tiles, 10 rows as 5 + 5)."""
+        return self.spec.m is None or self.spec.m % self.blk.mr != 0
 
     def merge(self, results: list[tuple[list[list[ir.Value]], ir.Block]]) -> list[list[ir.Value]]:
         """Phis joining the accumulator tiles computed in several predecessor blocks."""
