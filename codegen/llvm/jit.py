@@ -121,9 +121,11 @@ class Compiler:
         return str(self.tm.target_data)
 
     def optimize(self, text: str) -> llvm.ModuleRef:
+        """The module through LLVM's pipeline at `opt`, after merging identical functions (`merge_functions`)."""
         import llvmlite.binding as llvm
         module = llvm.parse_assembly(text)
         module.verify()
+        self.merge_functions(module)
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt)
         pto.loop_vectorization = self.opt >= 2
         pto.slp_vectorization = self.opt >= 2
@@ -131,6 +133,15 @@ class Compiler:
         pb = llvm.create_pass_builder(self.tm, pto)
         pb.getModulePassManager().run(module, pb)
         return module
+
+    def merge_functions(self, module: llvm.ModuleRef) -> None:
+        """Replace each function that is the same code as another by that one (LLVM's MergeFunctions),
+        before the pipeline: kernels that differ only in their buffers (the same loop nest over the same
+        shapes, such as two layers' bias updates) are then optimised, vectorised and emitted once."""
+        import llvmlite.binding as llvm
+        passes = llvm.create_new_module_pass_manager()
+        passes.add_merge_functions_pass()
+        passes.run(module, llvm.create_pass_builder(self.tm, llvm.create_pipeline_tuning_options()))
 
     def object_code(self, text: str, optimize: bool = True) -> bytes:
         """Object code; `optimize=False` skips the IR pipeline (hand-scheduled code such as the
