@@ -161,6 +161,29 @@ def test_a_failed_or_hung_child_s_jobs_run_in_the_parent(monkeypatch, failure):
     assert [obj for obj, _ in results] == [b"aaa", b"bbb", b"ccc"]
 
 
+def test_a_process_takes_the_next_job_when_it_finishes_one(tmp_path):
+    """Jobs come from one queue: while one process is held by a job that takes longer than its cost
+    said, the other runs every other job (a split fixed in advance would have queued one behind it)."""
+    done = tmp_path / "done"
+    done.write_bytes(b"")
+
+    def quick(name: bytes):
+        def job():
+            with open(done, "ab") as f:
+                f.write(b"x")
+            return name, {"LLVM optimisation": 0.0}
+        return job
+
+    def slow():
+        deadline = time.monotonic() + 60
+        while done.stat().st_size < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"slow:%d" % done.stat().st_size, {"LLVM optimisation": 0.0}
+
+    results = workers.run_jobs([slow, quick(b"a"), quick(b"b"), quick(b"c")], [1, 1, 1, 1], processes=2)
+    assert [obj for obj, _ in results] == [b"slow:3", b"a", b"b", b"c"]
+
+
 def test_a_parent_job_s_exception_propagates_and_leaves_no_child(monkeypatch):
     def boom():
         raise KeyError("parent")
