@@ -253,3 +253,20 @@ def test_compile_benchmark_table_shows_cpu_time_beside_wall_time():
     text = compile_bench.table({"medium": {"cold": m}}, 3)
     assert "| config | state | total | cpu | graph passes |" in text
     assert "| medium | cold | 500 (target 500) | 700 | 20.0 |" in text
+
+
+def test_compile_benchmark_compares_two_trees_state_by_state():
+    """With --against, each state shows the other tree's row, this tree's, and this/other ratios."""
+    from graphnet.bench.micro import compile as compile_bench
+    def state(total, cpu):
+        return {"total": total, "cpu": cpu, "phases": {"LLVM IR": total / 10}}
+    this = {"medium": {"cold": state(0.6, 0.9), "cached": state(0.02, 0.02)}}
+    other = {"medium": {"cold": state(0.8, 1.2), "cached": state(0.025, 0.02)}}
+    lines = compile_bench.comparison(this, other, 3).splitlines()
+    rows = [line for line in lines if line.startswith("| medium")]
+    assert [r.split(" | ")[:2] for r in rows] == [
+        ["| medium (other)", "cold"], ["| medium (this)", "cold"], ["| medium this/other", "cold"],
+        ["| medium (other)", "cached"], ["| medium (this)", "cached"], ["| medium this/other", "cached"]]
+    assert rows[1].startswith("| medium (this) | cold | 600 | 900 | ")
+    assert rows[2] == "| medium this/other | cold | 0.750 | 0.750 |"
+    assert rows[5] == "| medium this/other | cached | 0.800 | 1.000 |"
