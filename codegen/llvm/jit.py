@@ -29,12 +29,12 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from ..cache import HOSTS, cache_key
+from .runtime import SERIAL_FLAG
 from .target import TargetInfo
 
 if TYPE_CHECKING:
     import llvmlite.binding as llvm
 
-SERIAL_FLAG = "graphnet_parallel_serial"  # parallel.py's flag: a shared object holds its own copy
 
 
 def host_target(wide: bool | None = None) -> TargetInfo:
@@ -174,7 +174,7 @@ class Library:
 
     def __init__(self, compiler: Compiler, objects: list[bytes]):
         import llvmlite.binding as llvm
-        from .parallel import bind_for_jit
+        from .runtime import bind_for_jit
         bind_for_jit()  # the serial flag, where libgomp was loaded before LLVM was
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), compiler.tm)
         for obj in objects:
@@ -190,13 +190,13 @@ class Library:
 
 class SharedLibrary:
     """A shared object (`link_shared`'s) loaded by the dynamic loader, with its own symbols first and
-    its own copy of the serial flag (set where parallel.py sets the process's); unloaded when collected,
+    its own copy of the serial flag (set where runtime.py sets the process's); unloaded when collected,
     as an engine frees its code."""
 
     def __init__(self, image: bytes, folder: str | None):
         """Load `image` through a temporary file in `folder`, a private directory (else a private
         temporary one); OSError where it does not load (a folder mounted noexec, a missing symbol)."""
-        from . import parallel
+        from . import runtime
         own = folder is None
         folder = tempfile.mkdtemp(prefix="graphnet-so-") if own else folder
         try:
@@ -215,8 +215,8 @@ class SharedLibrary:
         except ValueError:
             _dlclose(self.lib._handle)
             raise OSError(f"{SERIAL_FLAG} missing from the shared object") from None
-        flag.value = parallel.serial_flag()
-        parallel.serial_flags.append(flag)
+        flag.value = runtime.serial_flag()
+        runtime.serial_flags.append(flag)
         weakref.finalize(self, _unload, self.lib._handle, flag).atexit = False  # (the process unmaps it at exit)
 
     def address(self, name: str) -> int:
@@ -227,8 +227,8 @@ class SharedLibrary:
 
 
 def _unload(handle: int, flag: ctypes.c_int32) -> None:
-    from . import parallel
-    parallel.serial_flags.remove(flag)  # before its memory goes
+    from . import runtime
+    runtime.serial_flags.remove(flag)  # before its memory goes
     _dlclose(handle)
 
 
