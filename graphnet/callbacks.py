@@ -8,6 +8,7 @@ overriding either is called once per batch), `on_test_*` around `evaluate`, `on_
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -59,18 +60,50 @@ class Callback:
 _ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
 
 
+@functools.lru_cache(maxsize=None)
+def _class_overrides(cls: type) -> frozenset[str]:
+    """The hooks whose method `cls` replaces (Callback's hooks that it defines differently), read
+    once per class."""
+    return frozenset(name for name in dir(Callback)
+                     if name.startswith("on_") and getattr(cls, name) is not getattr(Callback, name))
+
+
 def _overrides(cb: Callback, hook: str) -> bool:
     """Whether `cb` does something in `hook`: it overrides it, or (for the train-batch hooks, whose
     defaults forward there) the older name; a method of its class or a function set on the instance
     (LambdaCallback)."""
-    for name in (hook, _ALIASES.get(hook)):
-        if name is not None and (name in vars(cb) or getattr(type(cb), name) is not getattr(Callback, name)):
-            return True
-    return False
+    replaced, own = _class_overrides(type(cb)), vars(cb)
+    alias = _ALIASES.get(hook)
+    return hook in replaced or hook in own or (alias is not None and (alias in replaced or alias in own))
+
+
+HOOKS = frozenset(name for name in dir(Callback) if name.startswith("on_"))
+
+
+def _with_aliases(hooks: frozenset[str]) -> frozenset[str]:
+    """`hooks` and the train-batch hooks whose defaults forward to one of them."""
+    return hooks | {hook for hook, alias in _ALIASES.items() if alias in hooks}
+
+
+@functools.lru_cache(maxsize=None)
+def _class_hooks_used(cls: type) -> frozenset[str]:
+    return _with_aliases(_class_overrides(cls))
+
+
+def _hooks_used(cb: Callback) -> frozenset[str]:
+    """The hooks `cb` does something in, each as `_overrides` decides it."""
+    own = HOOKS.intersection(vars(cb))
+    return _class_hooks_used(type(cb)) if not own else _with_aliases(_class_overrides(type(cb)) | own)
+
+
+def _nothing(*args: Any) -> None:
+    """A hook no callback overrides."""
 
 
 class CallbackList:
-    """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op."""
+    """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op.
+    The hooks some callback overrides are resolved when the list is made; the others are the class's
+    `_nothing`."""
 
     def __init__(self, callbacks: Sequence[Callback], model: "Model", params: dict):
         self.callbacks = list(callbacks)
@@ -78,22 +111,21 @@ class CallbackList:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be gn.callbacks.Callback instances, got {type(cb).__name__}")
             cb.set_model(model, params)
+        for hook in set().union(*map(_hooks_used, self.callbacks)):
+            setattr(self, hook, self._resolve(hook))
 
-    def __getattr__(self, hook: str) -> Callable[..., None]:
-        if not hook.startswith("on_") or not hasattr(Callback, hook):
-            raise AttributeError(hook)
+    def _resolve(self, hook: str) -> Callable[..., None]:
+        """One call of `hook` on every callback that overrides it, in order."""
         methods = [getattr(cb, hook) for cb in self.callbacks if _overrides(cb, hook)]
 
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
-        call = _nothing if not methods else methods[0] if len(methods) == 1 else call
-        setattr(self, hook, call)  # resolved once per hook
-        return call
+        return methods[0] if len(methods) == 1 else call
 
 
-def _nothing(*args: Any) -> None:
-    """A hook no callback overrides."""
+for _name in HOOKS:
+    setattr(CallbackList, _name, staticmethod(_nothing))
 
 
 class History(Callback):

@@ -339,8 +339,17 @@ class Function(_CallBase):
         sources, n = self._datasets(feeds_by_name)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"run_steps: batch_size must be a positive integer, got {batch_size!r}")
-        batch_size = int(batch_size)
-        order = _sample_order(order, n)
+        return self._run_checked_steps(tuple(sources.values()), int(batch_size), _sample_order(order, n), steps,
+                                      start=start)
+
+    def _run_checked_steps(self, values: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None = None,
+                          steps: int | None = None, *, start: int = 0) -> Any:
+        """`run_steps` on arguments that already pass its checks: `values` one array per placeholder in
+        placeholder order (as `run_steps` checks them), `batch_size` a positive int, `order` None or a
+        C-contiguous int64 array of sample indices (Model.fit's arrays and shuffles, made to pass
+        them). The native loop checks its arguments again (no memory is read outside them) and the
+        per-batch path checks each batch as a call does."""
+        n = len(values[self._batched.index(True)])
         plan = _StepPlan(n if order is None else len(order), batch_size, start, steps)
         self._require_fixed_batch(plan)
         outs = self._step_outputs(plan.steps, plan.rows)
@@ -348,7 +357,6 @@ class Function(_CallBase):
         native = getattr(self.executable, "run_steps", None)
         fast = getattr(self._call, "run_steps", None)
         native = native if fast is not None and not Variable.any_mirrors else None
-        values = tuple(sources.values())
         k = row = 0  # the next step's row of a stacked fetch, and of a batched one
         for j, count, size in plan.segments():
             if native is not None and size == batch_size:  # a stretch of full batches: one native call
@@ -360,7 +368,8 @@ class Function(_CallBase):
             for b in range(j, j + count):  # else one call of the step per batch
                 rows = slice(b * batch_size, b * batch_size + size)
                 rows = rows if order is None else order[rows]
-                batch = {name: a[rows] if batched else a for (name, a), batched in zip(sources.items(), self._batched)}
+                batch = {name: a[rows] if batched else a for name, a, batched in zip(self.feeds.names, values,
+                                                                                    self._batched)}
                 for out, by_row, value in zip(outs, per_row, self._flat_call(batch)):
                     if by_row:
                         out[row:row + size] = value

@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -33,6 +34,7 @@ from .losses import LOSS_CLASSES, Loss
 from .metrics import LossSpec
 from .ops import RNG_STEP, placeholder
 from .random import numpy_rng
+from .shuffle import epoch_order
 from .source import source_of
 
 FORMAT = "graphnet.model/1"
@@ -108,6 +110,7 @@ class Model:
         self.history: History | None = None
         self._config: _CompileConfig | None = None
         self._functions: dict[str, Function] = {}
+        self._feeds_checked: weakref.WeakSet[Function] = weakref.WeakSet()  # fit's arrays match their placeholders
         self._built: _Built | None = None
         self._layer: ModelLayer | None = None
 
@@ -591,10 +594,11 @@ class Model:
         cbs.on_train_begin({})
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch, {})
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else None
+            order = epoch_order(self.seed, epoch, n) if shuffle else None
             rows, local_n, local_batch = order, n, batch_size
             if shards:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
+                rows = np.ascontiguousarray(rows, dtype=np.int64)
             if datasets is not None:
                 live = any(cb.bar is not None for cb in loggers)
                 sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets, live)
@@ -639,13 +643,19 @@ class Model:
         return sums, seen
 
     def _fit_datasets(self, train: Function, xs: list, ys: list, sw: list | None,
-                      cbs: CallbackList) -> dict[str, np.ndarray] | None:
-        """The whole training set as `train.run_steps` takes it, or None where fit goes batch by batch: a
-        callback with a batch-level hook (other than the progress bar, which `_fit_epoch` serves after
-        each chunk)."""
+                      cbs: CallbackList) -> tuple[np.ndarray, ...] | None:
+        """The whole training set as `train.run_steps` takes it, one array per placeholder in placeholder
+        order, or None where fit goes batch by batch: a callback with a batch-level hook (other than the
+        progress bar, which `_fit_epoch` serves after each chunk). The arrays are `_check_x`'s,
+        `_check_y`'s and `_check_weights`' (the placeholders' dtypes and row shapes, C-contiguous), so
+        run_steps' checks are made once per function (`_feeds_checked`)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
-        return self._datasets(train, xs, ys, sw)
+        named = self._named(xs, ys, sw)
+        if train not in self._feeds_checked:
+            train._datasets({name: named[name] for name in train.feeds.names if name in named})
+            self._feeds_checked.add(train)
+        return tuple(named[name] for name in train.feeds.names)
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
@@ -654,10 +664,12 @@ class Model:
         index = fn.feeds.index
         return {name: arr for name, arr in self._named(xs, ys, sw).items() if name in index}
 
-    def _fit_epoch(self, train: Function, datasets: dict[str, np.ndarray], order: np.ndarray | None, n: int,
+    def _fit_epoch(self, train: Function, datasets: tuple[np.ndarray, ...], order: np.ndarray | None, n: int,
                    batch_size: int, steps: int, cbs: CallbackList, offsets: np.ndarray | None = None,
                    live: bool = False) -> tuple[list[float], int]:
-        """One epoch through `train.run_steps`: all steps in one call or, while a progress bar shows
+        """One epoch through `train.run_steps` (on `_fit_datasets`' arrays and the epoch's order, a
+        permutation of the samples or under MPI this rank's rows of it, which pass its checks by
+        construction: `_run_checked_steps`): all steps in one call or, while a progress bar shows
         (`live`), in chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end;
         a call also ends where the dropout row offset changes (under MPI, before a short last batch).
         Returns what `_fit_epoch_by_batch` returns."""
@@ -670,7 +682,7 @@ class Model:
             count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
             count = self._set_row_offset(offsets, first, count)
             started = time.perf_counter()
-            values = train.run_steps(datasets, batch_size, order, count, start=first)
+            values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
             elapsed = time.perf_counter() - started
             sizes = _batch_sizes(n, batch_size, first, count)
             running = _running_sums(sums, values, sizes)
@@ -1598,9 +1610,11 @@ def _take(arrays: list | None, order: np.ndarray | None) -> list | None:
 def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
     """Whether a callback needs these batch-level hooks called batch by batch (the progress bar's
     batch end is served after each chunk of a native loop instead)."""
-    return cbs is not None and any(_overrides(cb, hook) and not (type(cb) is ProgressLogger and
-                                                                 hook == "on_train_batch_end")
-                                   for cb in cbs.callbacks for hook in hooks)
+    for cb in cbs.callbacks if cbs is not None else ():
+        for hook in hooks:
+            if _overrides(cb, hook) and not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
+                return True
+    return False
 
 
 def _batch_sizes(n: int, batch_size: int, first: int, count: int) -> float | np.ndarray:

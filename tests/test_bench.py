@@ -180,7 +180,8 @@ def test_bench_end_to_end_tiny(tmp_path):
 
 @pytest.mark.parametrize("module", ["graphnet.bench", "graphnet.bench.micro.gemm", "graphnet.bench.micro.parallel",
                                     "graphnet.bench.micro.step", "graphnet.bench.micro.fit", "graphnet.bench.micro.ab",
-                                    "graphnet.bench.micro.cnn", "graphnet.bench.micro.chain"])
+                                    "graphnet.bench.micro.cnn", "graphnet.bench.micro.chain",
+                                    "graphnet.bench.micro.oclconv"])
 def test_bench_modules_run_with_python_m(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -238,3 +239,35 @@ def test_compile_benchmark_children_import_graphnet_from_bytecode(monkeypatch, t
     assert env["GRAPHNET_CACHE_DIR"] == str(tmp_path / "cache")
     subprocess.run([sys.executable, "-c", "import graphnet.bench.micro.compile"], env=env, check=True, timeout=120)
     assert list((tmp_path / "bytecode").rglob("compile.*.pyc"))
+
+
+def test_compile_benchmark_table_shows_cpu_time_beside_wall_time():
+    """The compile benchmark's table gives each state's median CPU time (the child and its workers)
+    in its own column after the wall time; runs from before the column existed count as 0."""
+    from graphnet.bench.micro import compile as compile_bench
+    runs = [{"total": 0.4, "cpu": 0.6, "phases": {"graph passes": 0.01}},
+            {"total": 0.5, "cpu": 0.7, "phases": {"graph passes": 0.02}},
+            {"total": 0.6, "cpu": 0.9, "phases": {"graph passes": 0.03}}]
+    m = compile_bench.medians(runs)
+    assert (m["total"], m["cpu"]) == (0.5, 0.7)
+    assert compile_bench.medians([{"total": 0.1, "phases": {}}])["cpu"] == 0.0
+    text = compile_bench.table({"medium": {"cold": m}}, 3)
+    assert "| config | state | total | cpu | graph passes |" in text
+    assert "| medium | cold | 500 (target 500) | 700 | 20.0 |" in text
+
+
+def test_compile_benchmark_compares_two_trees_state_by_state():
+    """With --against, each state shows the other tree's row, this tree's, and this/other ratios."""
+    from graphnet.bench.micro import compile as compile_bench
+    def state(total, cpu):
+        return {"total": total, "cpu": cpu, "phases": {"LLVM IR": total / 10}}
+    this = {"medium": {"cold": state(0.6, 0.9), "cached": state(0.02, 0.02)}}
+    other = {"medium": {"cold": state(0.8, 1.2), "cached": state(0.025, 0.02)}}
+    lines = compile_bench.comparison(this, other, 3).splitlines()
+    rows = [line for line in lines if line.startswith("| medium")]
+    assert [r.split(" | ")[:2] for r in rows] == [
+        ["| medium (other)", "cold"], ["| medium (this)", "cold"], ["| medium this/other", "cold"],
+        ["| medium (other)", "cached"], ["| medium (this)", "cached"], ["| medium this/other", "cached"]]
+    assert rows[1].startswith("| medium (this) | cold | 600 | 900 | ")
+    assert rows[2] == "| medium this/other | cold | 0.750 | 0.750 |"
+    assert rows[5] == "| medium this/other | cached | 0.800 | 1.000 |"

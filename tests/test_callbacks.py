@@ -150,3 +150,27 @@ def test_callbacks_must_be_callback_objects():
     x, y = data()
     with pytest.raises(TypeError, match="Callback"):
         regression().fit(x, y, verbose=0, callbacks=[lambda: None])
+
+
+def test_callback_list_calls_exactly_the_overridden_hooks_in_order():
+    from graphnet.callbacks import CallbackList, LambdaCallback, _nothing
+    calls = []
+
+    class OldName(Callback):  # the older name: on_train_batch_end's default forwards to it
+        def on_batch_end(self, batch, logs=None):
+            calls.append(("old", batch))
+
+    class Epochs(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            calls.append(("epochs", epoch))
+
+    lam = LambdaCallback(on_batch_end=lambda batch, logs: calls.append(("lambda", batch)),
+                         on_epoch_end=lambda epoch, logs: calls.append(("lambda", epoch)))
+    cbs = CallbackList([OldName(), lam, Epochs()], None, {})
+    cbs.on_train_batch_end(3, {})
+    cbs.on_epoch_end(1, {})
+    cbs.on_batch_begin(0, {})
+    assert calls == [("old", 3), ("lambda", 3), ("lambda", 1), ("epochs", 1)]
+    assert cbs.on_train_begin is _nothing and cbs.on_test_batch_end is _nothing
+    with pytest.raises(AttributeError):
+        cbs.on_no_such_hook

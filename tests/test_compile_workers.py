@@ -4,6 +4,7 @@ same bytes whichever process built them; a child that fails or hangs is a fallba
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -160,6 +161,29 @@ def test_a_failed_or_hung_child_s_jobs_run_in_the_parent(monkeypatch, failure):
     assert [obj for obj, _ in results] == [b"aaa", b"bbb", b"ccc"]
 
 
+def test_a_process_takes_the_next_job_when_it_finishes_one(tmp_path):
+    """Jobs come from one queue: while one process is held by a job that takes longer than its cost
+    said, the other runs every other job (a split fixed in advance would have queued one behind it)."""
+    done = tmp_path / "done"
+    done.write_bytes(b"")
+
+    def quick(name: bytes):
+        def job():
+            with open(done, "ab") as f:
+                f.write(b"x")
+            return name, {"LLVM optimisation": 0.0}
+        return job
+
+    def slow():
+        deadline = time.monotonic() + 60
+        while done.stat().st_size < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"slow:%d" % done.stat().st_size, {"LLVM optimisation": 0.0}
+
+    results = workers.run_jobs([slow, quick(b"a"), quick(b"b"), quick(b"c")], [1, 1, 1, 1], processes=2)
+    assert [obj for obj, _ in results] == [b"slow:3", b"a", b"b", b"c"]
+
+
 def test_a_parent_job_s_exception_propagates_and_leaves_no_child(monkeypatch):
     def boom():
         raise KeyError("parent")
@@ -205,3 +229,65 @@ def test_assign_balances_longest_first_deterministically():
 def test_the_part_count_depends_on_the_module_alone_and_is_even():
     assert [part_count("x" * n) for n in (0, PART_CHARS - 1, PART_CHARS, 5 * PART_CHARS - 1, 5 * PART_CHARS)] == \
         [1, 1, 2, 2, 4]
+
+
+def _twin_step(backend: str):
+    """A step whose hidden layers have the same shapes: their bias updates (and several elementwise
+    kernels) are the same code on other buffers."""
+    rng = np.random.default_rng(3)
+    with gn.Graph():
+        x, y = gn.placeholder("x", (None, 32)), gn.placeholder("y", (None, 8))
+        h = x
+        for i in range(3):
+            w = gn.variable(f"w{i}", rng.standard_normal((32, 32)).astype(np.float32) * 0.2)
+            b = gn.variable(f"b{i}", np.zeros(32, np.float32))
+            h = gn.tanh(h @ w + b)
+        w_out = gn.variable("w_out", rng.standard_normal((32, 8)).astype(np.float32) * 0.2)
+        loss = gn.losses.softmax_cross_entropy(h @ w_out, y)
+        step = gn.compile([loss], updates=gn.optim.Adam(1e-2).minimize(loss), backend=backend)
+    feeds = {"x": rng.standard_normal((16, 32)).astype(np.float32),
+             "y": np.eye(8, dtype=np.float32)[rng.integers(0, 8, 16)]}
+    return step, feeds
+
+
+def test_kernels_differing_only_in_buffers_share_a_part_and_merge_into_one_function(cache_dir):
+    """Twin kernels (the same loop nest on other buffers) go to one part, whose optimised module keeps
+    one copy of their code; the step still gives the numpy backend's numbers."""
+    from codegen.llvm.split import _join_twins, _parse
+    step, feeds = _twin_step("llvm")
+    reference, _ = _twin_step("numpy")
+    text = step.executable.ir_text
+    names = [line.split('"')[1] for line in text.splitlines() if line.startswith('define void @"k')]
+    units = [[n] for n in names] + [["graphnet_step", "graphnet_step_profiled"]]
+    joined, _ = _join_twins(units, _parse(text)[1])
+    twins = [u for u in joined if len(u) > 1 and u[0].startswith("k")]
+    assert twins, "the hidden layers' kernels should have twins"
+    for part in split_module(text, units, 4):
+        defined = {line.split('"')[1] for line in part.splitlines() if line.startswith("define void")}
+        assert all(set(t) <= defined or not set(t) & defined for t in twins)  # a twin group is never split
+    compiler = Compiler(host_target())
+    optimised = str(compiler.optimize(text))
+    defined = set(re.findall(r'^define [^@]*@"?([\w.]+)"?\(', optimised, re.M))
+    ranged = [n for n in names if f'@"{n}_range"' in text]
+    kept = [n for n in ranged if f"{n}_range" in defined]
+    assert ranged and 0 < len(kept) < len(ranged)  # twins' loop nests merged
+    for _ in range(3):
+        np.testing.assert_allclose(step(**feeds)[0], reference(**feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_twin_units_go_to_one_part_and_others_are_balanced_as_before():
+    """Units whose internal functions differ only in names (their own, buffer arguments, metadata) are
+    one unit to the split: two equal twins would otherwise be the two parts' largest units, one each."""
+    def kernel(name: str, buffer: int, scale: str) -> str:
+        return (f'define internal void @"{name}_body"(i64 %"N", ptr noalias %"b{buffer}") {{\n'
+                f'  %".1" = load float, ptr %"b{buffer}"\n  %".2" = fmul float %".1", {scale}\n'
+                f'  store float %".2", ptr %"b{buffer}", !tbaa !{buffer}\n  ret void\n}}\n'
+                f'define void @"{name}"(i64 %".1", ptr %".2") {{\n'
+                f'  call void @"{name}_body"(i64 %".1", ptr %".2")\n  ret void\n}}\n')
+    text = (kernel("k0_scale", 3, "2.0") + kernel("k1_scale", 7, "2.0") + kernel("k2_other", 4, "3.0")
+            + 'define void @"graphnet_step"(i64 %".1", ptr %".2") {\n  ret void\n}\n')
+    units = [["k0_scale"], ["k1_scale"], ["k2_other"], ["graphnet_step"]]
+    parts = split_module(text, units, 2)
+    holding = [[u[0] for u in units if f'define void @"{u[0]}"' in p] for p in parts]
+    assert len(parts) == 2 and any({"k0_scale", "k1_scale"} <= set(h) for h in holding)
+    assert sorted(sum(holding, [])) == sorted(u[0] for u in units)

@@ -79,8 +79,8 @@ def test_evaluate_and_predict_are_the_same_with_the_native_loop(implementation, 
 
 def _counting_run_steps(monkeypatch) -> list:
     calls = []
-    run_steps = gn.Function.run_steps
-    monkeypatch.setattr(gn.Function, "run_steps", lambda self, *a, **k: (calls.append(a[1]), run_steps(self, *a, **k))[1])
+    run_steps = gn.Function._run_checked_steps
+    monkeypatch.setattr(gn.Function, "_run_checked_steps", lambda self, *a, **k: (calls.append(a[1]), run_steps(self, *a, **k))[1])
     return calls
 
 
@@ -130,3 +130,19 @@ def test_batch_level_callbacks_get_exactly_their_calls(monkeypatch, method, hook
     other = gn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)  # no batch hook: native
     getattr(model, method)(*args, batch_size=16, callbacks=[other])
     assert calls == [16]
+
+
+def test_fit_checks_its_arrays_against_the_placeholders_once_per_function(monkeypatch):
+    model = _model(True)
+    checked = []
+    datasets = gn.Function._datasets
+    monkeypatch.setattr(gn.Function, "_datasets", lambda self, feeds: (checked.append(self), datasets(self, feeds))[1])
+    x, y = _data()
+    for _ in range(3):
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert checked == []  # the first fit (in _model) checked the train function
+    model.fit(x, y, batch_size=16, verbose=0, sample_weight=np.ones(len(x)))  # another function: checked once
+    model.fit(x, y, batch_size=16, verbose=0, sample_weight=np.ones(len(x)))
+    assert checked == [model._function("train_weighted")]
+    with pytest.raises(ValueError, match="contains NaN"):  # the data's own checks stay on every call
+        model.fit(np.where(x > 1, np.nan, x), y, batch_size=16, verbose=0)

@@ -185,3 +185,34 @@ def test_workspace_shrinks_with_a_small_static_m():
     small, runtime = GemmSpec("float32", True, True, 8), GemmSpec("float32", True, True)
     assert workspace_bytes(small, HOST) < workspace_bytes(runtime, HOST)
     assert workspace_bytes(small, HOST) % 64 == 0 and workspace_bytes(runtime, HOST) % 64 == 0
+
+
+def test_transposed_pack_emits_one_block_transpose():
+    """A transposed B's packing transposes one w x w block per loop trip: the routine's shuffles do not
+    grow with the register tile's width (nr / w blocks), which keeps its compile time down."""
+    def shuffles(spec: GemmSpec, nr_vectors: int) -> int:
+        module = ir.Module("count")
+        w = AVX2.lanes(spec.dtype)
+        blk = Blocking(mr=4, nr=nr_vectors * w, kc=64, mc=8, nc=nr_vectors * w * 2, pack_a=False)
+        emit_gemm(module, "g", spec, AVX2, blocking=blk)
+        return str(module).count("shufflevector")
+
+    for dtype in ("float32", "float64"):
+        transposed, plain = GemmSpec(dtype, False, True), GemmSpec(dtype, False, False)
+        extra = [shuffles(transposed, n) - shuffles(plain, n) for n in (1, 2, 4)]
+        w = AVX2.lanes(dtype)
+        assert extra == [w * (w.bit_length() - 1)] * 3, extra  # log2(w) stages of w shuffles, once
+
+
+def test_static_m_in_whole_tiles_emits_no_m_edge_kernels():
+    """A static M that default_blocking splits into whole tiles (10 rows as 5 + 5) never runs an M edge,
+    so its routine holds no edge micro-kernels; one with a partial tile (13 rows as 5 + 5 + 3) and a
+    runtime M do (test_specialised_small_m checks all three give the right results)."""
+    def edge_blocks(m: int | None) -> int:
+        module = ir.Module("edges")
+        emit_gemm(module, "g", GemmSpec("float32", True, False, specialised_m(m)), HOST)
+        return str(module).count("edge.merge")
+
+    assert default_blocking(GemmSpec("float32", True, False, 10), HOST).mr == 5
+    assert edge_blocks(10) == 0 and edge_blocks(5) == 0
+    assert edge_blocks(13) > 0 and edge_blocks(None) > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import colconv, igemm, rowconv
+from codegen.llvm import colconv, igemm, rowconv, tapconv
 from codegen.llvm.target import AVX2
 from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
 from test_schedules import _prepared, _scheduled_llvm
@@ -61,7 +61,7 @@ def test_a_grouped_conv_keeps_the_direct_loop():
 
 def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
-    passes = [p for p in loop_passes(lambda *a, **k: 64, 1, AVX2) if p is not border_conv_images]
+    passes = [p for p in loop_passes(lambda *a, **k: 64, 1, AVX2) if p.__name__ != "border_conv_images"]
     lp = _prepared(fetches, passes)  # the guarded form, as without a border
     forward = next(k for k in lp.kernels if k.reduce is not None and k.reduce.workspace is not None)
     d = igemm.descriptor(forward)
@@ -128,11 +128,11 @@ def test_a_border_copy_is_not_shared_across_a_kernel_writing_its_image():
     from codegen.loopir import Affine, Const, Kernel, Store
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(padding="same"), np.float32)
     passes = loop_passes(lambda *a, **k: 64, 1, AVX2)
-    lp = _prepared(fetches, passes[:passes.index(border_conv_images)] + [None])
+    lp = _prepared(fetches, passes[:[p.__name__ for p in passes].index("border_conv_images")] + [None])
     image = next(k.reduce.value.args[0].buffer for k in lp.kernels if k.reduce is not None and "filter" in k.name)
     at = next(i for i, k in enumerate(lp.kernels) if k.reduce is not None and "filter" in k.name)
     lp.kernels.insert(at, Kernel("overwrite", (1,), [Store(image, Affine(), Const(1.0, np.dtype(np.float32)), "x", "")]))
-    border_conv_images(lp)
+    border_conv_images(AVX2)(lp)
     names = [k.name for k in lp.kernels]
     assert names.count("border") == 2  # x for the forward, x again
     assert names.count("planar") == 1  # dy, channel-major and bordered, for the input gradient's row conv
@@ -175,6 +175,7 @@ def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, mo
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))  # a patched constant: an empty cache
     monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs (test_rowconv.py): every conv packs
     monkeypatch.setattr(colconv, "VECTORS", 0)
+    monkeypatch.setattr(tapconv, "MAX_TAPS", 0)
     _on_target(monkeypatch, {"avx2": AVX2, "scalar": SCALAR}[target_name])
     for x_shape, w_shape, kwargs in PACKING_CASES:
         with gn.Graph():

@@ -541,3 +541,24 @@ def test_constructor_arguments_read_back_as_attributes(name):
     assert {k: config[k] for k in hyper} == hyper
     again = cls(**config)
     assert {p: getattr(again, p) for p in arguments if p != "lr"} == {p: config[p] for p in arguments if p != "lr"}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99, 0.999, 0.8])
+def test_capped_bias_correction_equals_the_formula_at_every_step(backend, beta):
+    """Adam's 1 - beta**t with t capped where it becomes exactly 1.0: the same float64 values as the
+    uncapped formula below, at and far beyond the cap; and Python's (PyTorch's) values, exactly where
+    the backend calls libm's pow (numpy's vectorised power may differ in the last bit)."""
+    from graphnet.optim.adam import bias_correction
+    cap = math.ceil(56 / -math.log2(beta)) if beta else 1
+    steps = sorted({1, 2, 3, 100, cap - 2, cap - 1, cap, cap + 1, 2 * cap, 7_000, 7_100, 10_000, 800_000,
+                    2 ** 31 - 1} - {0, -1})
+    t = gn.placeholder("t", (None,), np.float64)
+    capped = gn.compile(bias_correction(beta, t), backend=backend)(t=np.array(steps, np.float64))
+    plain = gn.compile(1 - beta ** t, backend=backend)(t=np.array(steps, np.float64))
+    np.testing.assert_array_equal(capped, plain)
+    python = [1 - math.pow(beta, s) for s in steps]
+    if backend == "llvm":
+        np.testing.assert_array_equal(capped, python)
+    else:
+        np.testing.assert_allclose(capped, python, rtol=1e-14, atol=0)

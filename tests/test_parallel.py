@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from codegen.llvm import parallel
+from codegen.llvm import parallel, runtime
 from codegen.llvm.gemm import GemmSpec, emit_gemm, workspace_bytes
 from codegen.llvm.loops import for_range
 from codegen.llvm.target import TargetInfo
@@ -181,9 +181,9 @@ def test_num_threads_env(monkeypatch):
 
 
 def test_missing_runtime_falls_back_to_serial(monkeypatch):
-    monkeypatch.setattr(parallel, "_LIBRARY", "libgomp-that-does-not-exist.so.9")
-    monkeypatch.setattr(parallel, "_runtime", None)
-    monkeypatch.setattr(parallel, "_failure", None)
+    monkeypatch.setattr(runtime, "_LIBRARY", "libgomp-that-does-not-exist.so.9")
+    monkeypatch.setattr(runtime, "_runtime", None)
+    monkeypatch.setattr(runtime, "_failure", None)
     assert parallel.load_runtime() is False
     assert "libgomp-that-does-not-exist" in parallel.runtime_failure()
     jit = fill_module(2, 1, min_work=0)

@@ -300,8 +300,8 @@ def test_fit_is_the_same_with_the_native_loop(implementation, options):
 
 def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
     calls = []
-    run_steps = gn.Function.run_steps
-    monkeypatch.setattr(gn.Function, "run_steps", lambda self, *a, **k: (calls.append(a[3]), run_steps(self, *a, **k))[1])
+    run_steps = gn.Function._run_checked_steps
+    monkeypatch.setattr(gn.Function, "_run_checked_steps", lambda self, *a, **k: (calls.append(a[3]), run_steps(self, *a, **k))[1])
     _fit(True, batch_size=16, epochs=2)
     assert calls == [4, 4]  # one call per epoch
     ends = []
@@ -351,8 +351,8 @@ def test_the_progress_bar_moves_batch_by_batch_in_chunks(monkeypatch):
     import graphnet.callbacks as callbacks
     monkeypatch.setattr(callbacks, "_tqdm", lambda: _Bar)
     shown, chunks = {}, []
-    run_steps = gn.Function.run_steps
-    monkeypatch.setattr(gn.Function, "run_steps", lambda self, *a, **k: (chunks.append(a[3]), run_steps(self, *a, **k))[1])
+    run_steps = gn.Function._run_checked_steps
+    monkeypatch.setattr(gn.Function, "_run_checked_steps", lambda self, *a, **k: (chunks.append(a[3]), run_steps(self, *a, **k))[1])
     for native in (True, False):
         _Bar.shown = []
         monkeypatch.setattr("sys.stdout", _Terminal())

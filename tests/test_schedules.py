@@ -19,7 +19,7 @@ from codegen.llvm.target import AVX2
 from codegen.loop_passes import LOOP_PASSES
 from codegen.loopir import LoopProgram
 from codegen.lower import Lowering, lower
-from codegen.opencl import render as opencl_render
+from codegen.opencl import render as opencl_render, schedule as opencl_schedule
 from codegen.opencl.schedule import Limits, loop_passes as opencl_loop_passes, schedule_opencl
 from graphnet.passes import run_pipeline
 from graphnet.program import Program
@@ -236,13 +236,14 @@ def test_opencl_long_reductions_over_few_elements_use_a_work_group_each():
 def test_opencl_matmuls_are_tiled_to_the_device():
     x = gn.placeholder("x", (None, 64))
     w = gn.variable("w", np.ones((64, 32), np.float32))
-    assert _scheduled_opencl([x @ w]) == ["opencl tiled 64x64: 8x8 work-items of 8x8 results, K slices of 16"]
+    assert _scheduled_opencl([x @ w]) == [
+        "opencl tiled 64x64 of rows v0 x columns v1 over v2: 8x8 work-items of 8x8 results, K slices of 16"]
     little_local = Limits(max_work_group_size=1024, local_mem_size=4096, compute_units=4)
     assert _scheduled_opencl([x @ w], little_local) == [
-        "opencl tiled 32x32: 8x8 work-items of 4x4 results, K slices of 16"]
+        "opencl tiled 32x32 of rows v0 x columns v1 over v2: 8x8 work-items of 4x4 results, K slices of 16"]
     little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
     assert _scheduled_opencl([x @ w], little_group) == [
-        "opencl tiled 8x8: 4x4 work-items of 2x2 results, K slices of 8"]
+        "opencl tiled 8x8 of rows v0 x columns v1 over v2: 4x4 work-items of 2x2 results, K slices of 8"]
 
 
 def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large():
@@ -257,6 +258,77 @@ def test_opencl_renderer_follows_the_schedule_and_refuses_none_or_one_too_large(
     little = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
     with pytest.raises(ValueError, match="does not fit the device"):
         opencl_render.render(lp, little)
+
+
+def _conv_tiled(tile: str, items: str, results: str = "8x8") -> str:
+    return (f"opencl tiled {tile} of rows v0,v1,v2 x columns v4 over v5,v6,v7: {items} work-items of {results} "
+            "results, K slices of 16")
+
+
+def _conv_training(cin: int, cout: int, **conv):
+    """The forward conv, its input gradient and its filter gradient, each its own kernel."""
+    x = gn.placeholder("x", (None, 9, 9, cin))
+    w = gn.variable("w", np.ones((3, 3, cin, cout), np.float32))
+    y = gn.conv2d(x, w, **conv)
+    return [y, *gn.gradients(gn.sum(y * y), [x, w])]
+
+
+FLAT = "opencl flat: a work-item per kept element, work-groups of 256"
+
+
+@pytest.mark.parametrize("cout, forward, filter_grad", [
+    (6, ("512x8", "64x1"), FLAT),  # 6 columns; the filter gradient's 144 rows fill no 512-row tile
+    (16, ("256x16", "32x2"), FLAT),
+    (32, ("128x32", "16x4"), ("128x32", "16x4")),
+    (70, ("64x64", "8x8"), ("64x64", "8x8")),  # at most the square matmul tile
+])
+def test_opencl_convs_are_tiled_implicit_gemms_as_wide_as_their_columns(cout, forward, filter_grad):
+    """Forward conv (columns: Cout), input gradient (columns: Cin = 16) and filter gradient (columns:
+    Cout, rows: 3 x 3 x 16), each kernel's schedule in that order."""
+    lp = schedule_opencl(DEVICE)(_prepared(_conv_training(16, cout, padding="same", strides=2),
+                                           opencl_loop_passes(DEVICE)))
+    convs = [str(k.schedule) for k in lp.kernels if "conv2d" in k.name]
+    assert convs == [_conv_tiled(*forward), _conv_tiled("256x16", "32x2"),
+                     filter_grad if filter_grad == FLAT else _conv_tiled(*filter_grad)]
+
+
+def test_opencl_conv_tile_fits_the_device():
+    little_group = Limits(max_work_group_size=16, local_mem_size=65536, compute_units=4)
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    y = gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 64), np.float32)), dilation_rate=2)
+    assert _scheduled_opencl([y], little_group) == [_conv_tiled("8x8", "4x4", "2x2")]
+
+
+def test_opencl_grouped_convs_and_pooling_stay_flat():
+    x = gn.placeholder("x", (None, 9, 9, 6))
+    grouped = gn.conv2d(x, gn.variable("w", np.ones((3, 3, 2, 6), np.float32)), groups=3)
+    texts = _scheduled_opencl([grouped, gn.max_pool2d(x, 2)])
+    assert texts == ["opencl flat: a work-item per kept element, work-groups of 256"] * 2
+
+
+def test_opencl_tiled_gemm_never_stores_what_its_sum_reads():
+    """Work-groups of a tiled kernel read operand tiles that other work-groups may already have
+    stored over: a kernel writing a buffer its sum reads stays flat."""
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    lp = _prepared([gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 8), np.float32)))], opencl_loop_passes(DEVICE))
+    (k,) = lp.kernels
+    image = k.reduce.value.args[0].buffer
+    assert opencl_schedule.gemm_roles(k) == opencl_schedule.CONV_ROLES
+    k.stores[0] = dataclasses.replace(k.stores[0], buffer=image)
+    assert opencl_schedule.gemm_roles(k) is None
+    assert str(opencl_schedule.schedule_kernel(k, DEVICE)).startswith("opencl flat")
+
+
+def test_opencl_tiled_conv_source_stages_the_window_and_the_filter():
+    x = gn.placeholder("x", (None, 9, 9, 3))
+    y = gn.relu(gn.conv2d(x, gn.variable("w", np.ones((3, 3, 3, 8), np.float32)), padding="same"))
+    lp = _prepared([y], opencl_loop_passes(DEVICE))
+    schedule_opencl(DEVICE)(lp)
+    source, (launch,), _ = opencl_render.render(lp, DEVICE)
+    assert launch.shape == "tiled" and launch.local_size == (1, 64)
+    assert launch.dims == (((8, 0), 8, 1), ((81, 1), 512, 64))  # columns: Cout; rows: N x 9 x 9
+    assert "__local float As[16][512];" in source and "__local float Bs[16][8];" in source
+    assert ">= 0" in source  # the window's guarded load (padding reads zeros)
 
 
 def test_opencl_pass_list_ends_with_the_schedule():

@@ -14,7 +14,7 @@ import ctypes
 import functools
 import os
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -29,9 +29,10 @@ from .. import cache
 from ..cache import LLVM_OBJECTS, LLVM_SHARED
 from .call import data_pointer, fast_call
 from .jit import Compiler, Library, SharedLibrary, host_target, link_shared, linker, pack_objects, unpack_objects
-from .gemm import GemmSpec, specialised_m
-from .gemm_library import GEMMS, build_object
-from .parallel import load_runtime, num_threads, parallel_workspace_bytes
+from .runtime import load_runtime, num_threads
+
+if TYPE_CHECKING:
+    from .gemm import GemmSpec
 
 _STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
 _PROFILED_STEP = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
@@ -62,6 +63,7 @@ def _gemm_digest() -> str:
 
 
 def _build_gemm(compiler: Compiler, threads: int, spec: GemmSpec) -> tuple[bytes, dict[str, float]]:
+    from .gemm_library import build_object
     start = time.perf_counter()
     return build_object(compiler, threads, spec), {"GEMM routines": time.perf_counter() - start}
 
@@ -76,8 +78,9 @@ def _apportion(seconds: dict[str, float], wall: float, timings: list[dict[str, f
 
 
 class LLVMBackend:
-    # The compiler's modules (lowering, loop passes, the renderer) are imported where a miss uses them:
-    # a compiled-function cache hit (`from_cache`) loads a step without them.
+    # The compiler's modules (lowering, loop passes, the renderer, the GEMM generator and library, so
+    # llvmlite.ir) are imported where a miss uses them: a compiled-function cache hit (`from_cache`)
+    # loads a step without them.
     def __init__(self, program: Program, options):
         from ..collectives import prepare_collectives
         from .render import required_gemms
@@ -167,6 +170,7 @@ class LLVMBackend:
             image = LLVM_SHARED.load(self.key)
         self.cache_hit = image is not None
         if image is None:
+            from .gemm_library import GEMMS
             objects, built = self._compile()
             with timed(self.compile_seconds, "GEMM routines"):  # their objects, linked into the step's
                 routines = {}
@@ -226,6 +230,7 @@ class LLVMBackend:
     def _load(self, objects: list[bytes], lock: StepLock, built: dict | None = None) -> None:
         """Link the step's objects against the GEMM library, load them and bind the buffers. `built`:
         GEMM routines' objects compiled beside the step's (by GEMM)."""
+        from .gemm_library import GEMMS
         built = built or {}
         with timed(self.compile_seconds, "GEMM routines"):
             linked = [(g, GEMMS.link(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest(), built.get(g)))
@@ -271,6 +276,7 @@ class LLVMBackend:
     def _compile(self) -> tuple[list[bytes], dict]:
         """The step's object code, in parts (`split.py`; the GEMM routines are the library's), and the
         objects of the GEMM routines no cache holds, compiled beside them in worker processes (`workers.py`)."""
+        from .gemm_library import GEMMS
         from .split import part_count, split_module
         from .workers import run_jobs
         seconds = self.compile_seconds
@@ -290,10 +296,12 @@ class LLVMBackend:
         return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts):])}
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:
+        from .gemm import GemmSpec, specialised_m
         return GemmSpec(np.dtype(dtype).name, trans_a, trans_b, specialised_m(m), gather)
 
     def _gemm_workspace(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> int:
         from . import igemm
+        from .parallel import parallel_workspace_bytes
         spec = self._gemm_spec(dtype, trans_a, trans_b, m, gather)
         if gather:
             return igemm.parallel_workspace_bytes(spec, self.compiler.target, self.threads)

@@ -1,6 +1,6 @@
-"""What the direct convolutions' emitters share (rowconv.py, kconv.py, colconv.py): the vector type of
-a dtype and lane count, the IR helpers their loops use, and the parallel loop that calls a direct
-conv's function on each thread's share of its outer range."""
+"""What the direct convolutions' emitters share (rowconv.py, kconv.py, colconv.py, tapconv.py): the
+vector type of a dtype and lane count, the IR helpers their loops use, and the parallel loop that
+calls a direct conv's function on each thread's share of its outer range."""
 from __future__ import annotations
 
 from llvmlite import ir

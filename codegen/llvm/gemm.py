@@ -333,12 +333,12 @@ class _GemmEmitter:
         b, w = self.b, self.w
         k_vec = self.mul(b.sdiv(kc, _c(w)), w)
         with self.loop(0, k_vec, w, "pt") as k0:
-            for j0 in range(0, width, w):
-                columns = [self.load(self.gep(src, b.add(self.mul(sj, j0 + j), k0)), self.vt)
+            with self.loop(0, width, w, "ptb") as j0:
+                columns = [self.load(self.gep(src, b.add(self.mul(sj, self.add(j0, j)), k0)), self.vt)
                            for j in range(w)]
                 rows = self.transpose(columns)
                 for p, row in enumerate(rows):
-                    self.store(row, self.gep(panel, self.add(self.mul(self.add(k0, p), width), j0)))
+                    self.store(row, self.gep(panel, b.add(self.mul(self.add(k0, p), width), j0)))
         with self.loop(k_vec, kc, 1, "ptk") as kk:
             with self.loop(0, width, 1, "ptj") as j:
                 value = self.load(self.gep(src, b.add(self.mul(sj, j), kk)), self.t)
@@ -389,8 +389,11 @@ class _GemmEmitter:
         """The MR x NR accumulators of a tile whose first `mr` rows are in C (A[r, k] at
         ap[r * a_row + k * a_k], or where `a_at` says: see micro_kernel). An M edge (mr < MR) runs a micro-kernel of exactly mr rows, reading
         no row past it, and the missing rows are zero: no FMAs on padding (a 128-row batch is 21
-        six-row tiles and a 2-row one)."""
+        six-row tiles and a 2-row one). A static M that is a multiple of MR has no M edge: only the
+        whole tile's micro-kernel is emitted."""
         b, blk = self.b, self.blk
+        if not self.m_edges():
+            return self.micro_kernel(kc, ap, a_row, a_k, bp, b_k, a_at=a_at)
         zero = ir.Constant(self.vt, None)
         results = []
         with b.if_else(b.icmp_signed("==", mr, _c(blk.mr))) as (then, otherwise):
@@ -412,6 +415,12 @@ class _GemmEmitter:
                 edge = self.merge(edge_results + [([[zero] * (blk.nr // self.w)] * blk.mr, dispatch)])
                 results.append((edge, b.block))
         return self.merge(results)
+
+    def m_edges(self) -> bool:
+        """Whether a tile can have fewer than MR rows: every row block (MC, a multiple of MR) and the
+        last one are whole tiles where M is static and a multiple of MR (`default_blocking` splits a
+        small static M into equal tiles, 10 rows as 5 + 5)."""
+        return self.spec.m is None or self.spec.m % self.blk.mr != 0
 
     def merge(self, results: list[tuple[list[list[ir.Value]], ir.Block]]) -> list[list[ir.Value]]:
         """Phis joining the accumulator tiles computed in several predecessor blocks."""

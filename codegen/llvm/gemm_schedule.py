@@ -6,11 +6,12 @@ is large enough is marked to compute its whole (M, N) product with a GEMM routin
 buffer (packing space from `workspace`), its stores reading that product (the epilogue). A conv
 kernel (lower_conv.py) with at least igemm.IGEMM_MIN_STATIC multiply-adds per batch row is marked
 the same way for an implicit GEMM (igemm.py: the packing gathers the image); a smaller one keeps
-its direct loop nest. `border_conv_images`, run just before, gives such a kernel whose window
+its direct loop nest. `border_conv_images(target)`, run just before, gives such a kernel whose window
 reads padding a zero-bordered copy of its image (so the GEMM reads A in place, igemm.py). A narrow
-conv kernel, or one with exactly one vector of columns, goes to a direct conv instead (rowconv.py,
-kconv.py, colconv.py: no routine, no workspace), for which `planar_conv_images`, run first, makes the
-image row or dy contiguous by a channel-major copy.
+conv kernel, one with exactly one vector of columns, or one with a few vectors of columns and few
+taps goes to a direct conv instead (rowconv.py, kconv.py, colconv.py, tapconv.py: no routine, no
+workspace), for which `planar_conv_images`, run first, makes the image row or dy contiguous by a
+channel-major copy.
 `loop_passes` is the LLVM backend's list: LOOP_PASSES with those passes, then `schedule_llvm` (schedule.py).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
 from ..window import Coord, Inside, Window, border, bordered, guarded_axes, row_strides, window
-from . import colconv, igemm, kconv, rowconv
+from . import colconv, igemm, kconv, rowconv, tapconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
 from .row_sums import widen_row_sums
@@ -62,30 +63,34 @@ def use_gemm_routines(workspace: Workspace, target: TargetInfo | None = None) ->
     return use_gemm_routines
 
 
-def border_conv_images(lp: LoopProgram) -> LoopProgram:
-    """Give each implicit-GEMM conv kernel whose window's guarded coordinates leave the image (padding,
-    an input gradient's full border) a zero-bordered copy of the image, written by a kernel of its own
-    just before it, and make its window read that copy unguarded: the GEMM then reads A in place
-    instead of gathering it (igemm.py). The border's zeros take part in the sums as the padding's did.
-    A strided gradient's window (divisors) keeps its guards. A later kernel needing the same border of
-    the same image (a padded conv's filter gradient after its forward) reads the first copy, unless a
-    kernel between them wrote the image."""
-    kernels, copies = [], {}  # (image, shape, shift) -> its bordered copy
-    for k in lp.kernels:
-        found = igemm.operands(k) if k.reduce is not None and not k.order else None
-        geometry = border(found[0], k.domain) if found is not None and igemm.worth_it(k) else None
-        if geometry is not None:
-            w, key = found[0], (found[0].buffer, *geometry)
-            if key not in copies:
-                copies[key] = add_buffer(lp, f"bordered_b{w.buffer}", geometry[0], w.dtype)
-                kernels.append(border_kernel(k, w, copies[key], *geometry))
-            moved = bordered(w, copies[key], geometry[1], geometry[0])
-            rewrite_kernel(k, lambda e: moved if e == w else e)
-        kernels.append(k)
-        written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
-        copies = {key: copy for key, copy in copies.items() if key[0] not in written}
-    lp.kernels = kernels
-    return lp
+def border_conv_images(target: TargetInfo | None = None) -> LoopPass:
+    """The pass giving each implicit-GEMM conv kernel whose window's guarded coordinates leave the image
+    (padding, an input gradient's full border) a zero-bordered copy of the image, written by a kernel of
+    its own just before it, and making its window read that copy unguarded: the GEMM then reads A in
+    place instead of gathering it (igemm.py). The border's zeros take part in the sums as the padding's
+    did. A strided gradient's window (divisors) keeps its guards, and so does a kernel a tap conv
+    computes reading its guards (tapconv.reads_guards, on `target`, default the host). A later kernel
+    needing the same border of the same image (a padded conv's filter gradient after its forward) reads
+    the first copy, unless a kernel between them wrote the image."""
+    def border_conv_images(lp: LoopProgram) -> LoopProgram:
+        chosen = target or host_target()
+        kernels, copies = [], {}  # (image, shape, shift) -> its bordered copy
+        for k in lp.kernels:
+            found = igemm.operands(k) if k.reduce is not None and not k.order else None
+            geometry = border(found[0], k.domain) if found is not None and igemm.worth_it(k) else None
+            if geometry is not None and not (tapconv.wants(k, chosen) and tapconv.reads_guards(k)):
+                w, key = found[0], (found[0].buffer, *geometry)
+                if key not in copies:
+                    copies[key] = add_buffer(lp, f"bordered_b{w.buffer}", geometry[0], w.dtype)
+                    kernels.append(border_kernel(k, w, copies[key], *geometry))
+                moved = bordered(w, copies[key], geometry[1], geometry[0])
+                rewrite_kernel(k, lambda e: moved if e == w else e)
+            kernels.append(k)
+            written = {s.buffer for s in k.stores} | set(k.call.writes() if k.call is not None else ())
+            copies = {key: copy for key, copy in copies.items() if key[0] not in written}
+        lp.kernels = kernels
+        return lp
+    return border_conv_images
 
 
 def border_kernel(k: Kernel, w: Window, copy: int, shape: tuple, shift: tuple, axes: tuple | None = None,
@@ -215,9 +220,10 @@ def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple)
 def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: TargetInfo) -> bool:
     """Mark conv kernel `k` for an implicit GEMM into a scratch C over its kept vars, if it is one
     and large enough (igemm.worth_it); its contraction names the window and the dense operand. A
-    narrow one whose image row is contiguous, or one with one vector of columns, gets a direct conv's
-    loop order (rowconv.ORDER: the output row along the lanes, kconv.ORDER: the reduced image row,
-    colconv.ORDER: the columns) and no packing workspace."""
+    narrow one whose image row is contiguous, or one with one vector of columns, or few taps and a few
+    vectors of columns, gets a direct conv's loop order (rowconv.ORDER: the output row along the lanes,
+    kconv.ORDER: the reduced image row, colconv.ORDER: the columns, tapconv.ORDER: the columns, the
+    taps written out) and no packing workspace; the row conv and the tap conv's forward form no scratch C."""
     found = igemm.operands(k)
     if found is None or not igemm.worth_it(k):
         return False
@@ -226,8 +232,11 @@ def use_implicit_gemm(lp: LoopProgram, k: Kernel, workspace: Workspace, target: 
     if rowconv.ready(k, target):  # its stores run on each register tile: no scratch C
         k.order = rowconv.ORDER
         return True
+    if tapconv.ready(k, target) and tapconv.forward_form(k):  # the same
+        k.order = tapconv.ORDER
+        return True
     red.scratch = add_buffer(lp, f"c_{k.name}", k.domain[:5], red.value.dtype)
-    for kind in (kconv, colconv):
+    for kind in (kconv, colconv, tapconv):
         if kind.ready(k, target):
             k.order = kind.ORDER
             return True
@@ -282,8 +291,9 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
     target = host_target() if target is None else target
     gemm = use_gemm_routines(workspace, target)
     passes.insert(passes.index(choose_loop_order), gemm)
-    passes.insert(passes.index(gemm), border_conv_images)
-    passes.insert(passes.index(border_conv_images), planar_conv_images(target))
+    bordering = border_conv_images(target)
+    passes.insert(passes.index(gemm), bordering)
+    passes.insert(passes.index(bordering), planar_conv_images(target))
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
     passes.insert(passes.index(choose_loop_order) + 1, widen_row_sums)
     return passes + [schedule_llvm(threads, target)]

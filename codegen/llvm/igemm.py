@@ -35,15 +35,15 @@ import math
 
 from llvmlite import ir
 
-from ..loopir import Kernel, Load, Op
-from ..window import Window, guarded_axes, row_strides
+from ..implicit_gemm import COLS, COLUMN, ROWS, operands  # noqa: F401 (shared; callers use igemm.operands)
+from ..loopir import Kernel
+from ..window import guarded_axes, row_strides
 from .gemm import _SUFFIX, Blocking, GemmSpec, _c, _declare, _GemmEmitter, _I32, _PTR, _I64, declare_routine
 from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime, rows_slice_symbol
 from .target import TargetInfo
 
 IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
 IN_PLACE_ROWS = 8  # rows of A read in place per micro-kernel loop: their addresses fit x86-64's registers
-ROWS, COLS, COLUMN = (0, 1, 2), (5, 6, 7), 4  # the conv kernel's GEMM roles of its loop vars
 
 # descriptor layout (i64): row / col decomposition, 4 fields (lin, g1, g2, blin) per var, limits
 R1, R2, K1, K2 = 0, 1, 2, 3
@@ -55,32 +55,6 @@ DESCRIPTOR_SIZE = 40
 LIN, G1, G2, BLIN = 0, 1, 2, 3  # fields: linear offset, guarded coordinates 1 and 2, B's offset (columns)
 ROW_WIDTH, COL_WIDTH = 4, 5  # ... and last the exact geometry's image address part
 ROW_ADDRESS, COL_ADDRESS = ROW_WIDTH - 1, COL_WIDTH - 1
-
-
-def operands(k: Kernel) -> tuple[Window, Load] | None:
-    """(window, other) when `k` is a conv kernel an implicit GEMM can compute, else None: a sum of
-    window * dense load over (v5, v6, v7), one group, float, static strides, two guarded axes at most."""
-    red = k.reduce
-    if red is None or red.op != "sum" or red.scan or len(k.domain) != 8 or red.axes != COLS or k.domain[3] != 1:
-        return None
-    v = red.value
-    if not (isinstance(v, Op) and v.name == "mul" and len(v.args) == 2):
-        return None
-    w, other = v.args
-    if not isinstance(w, Window) or type(other) is not Load or w.dtype.kind != "f" or other.dtype != w.dtype:
-        return None
-    if any(d is None for d in (k.domain[1], k.domain[2], k.domain[4], k.domain[6], k.domain[7])):
-        return None
-    if any(nexp for _, _, nexp in other.offset.terms) or any(nexp for _, nexp in other.offset.base) \
-            or any(var in ROWS for var, _, _ in other.offset.terms):
-        return None
-    guarded = guarded_axes(w, k.domain)
-    if sum(guarded) > 2 or any(c.div != 1 and not g for c, g in zip(w.coords, guarded)):
-        return None
-    for coord, (_, nexp), g in zip(w.coords, row_strides(w.shape), guarded):
-        if any(var == COLUMN for var, _ in coord.terms) or (nexp and (coord.terms or coord.const)):
-            return None
-    return w, other
 
 
 def worth_it(k: Kernel) -> bool:

@@ -29,12 +29,12 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from ..cache import HOSTS, cache_key
+from .runtime import SERIAL_FLAG
 from .target import TargetInfo
 
 if TYPE_CHECKING:
     import llvmlite.binding as llvm
 
-SERIAL_FLAG = "graphnet_parallel_serial"  # parallel.py's flag: a shared object holds its own copy
 
 
 def host_target(wide: bool | None = None) -> TargetInfo:
@@ -121,9 +121,11 @@ class Compiler:
         return str(self.tm.target_data)
 
     def optimize(self, text: str) -> llvm.ModuleRef:
+        """The module through LLVM's pipeline at `opt`, after merging identical functions (`merge_functions`)."""
         import llvmlite.binding as llvm
         module = llvm.parse_assembly(text)
         module.verify()
+        self.merge_functions(module)
         pto = llvm.create_pipeline_tuning_options(speed_level=self.opt)
         pto.loop_vectorization = self.opt >= 2
         pto.slp_vectorization = self.opt >= 2
@@ -131,6 +133,15 @@ class Compiler:
         pb = llvm.create_pass_builder(self.tm, pto)
         pb.getModulePassManager().run(module, pb)
         return module
+
+    def merge_functions(self, module: llvm.ModuleRef) -> None:
+        """Replace each function that is the same code as another by that one (LLVM's MergeFunctions),
+        before the pipeline: kernels that differ only in their buffers (the same loop nest over the same
+        shapes, such as two layers' bias updates) are then optimised, vectorised and emitted once."""
+        import llvmlite.binding as llvm
+        passes = llvm.create_new_module_pass_manager()
+        passes.add_merge_functions_pass()
+        passes.run(module, llvm.create_pass_builder(self.tm, llvm.create_pipeline_tuning_options()))
 
     def object_code(self, text: str, optimize: bool = True) -> bytes:
         """Object code; `optimize=False` skips the IR pipeline (hand-scheduled code such as the
@@ -163,7 +174,7 @@ class Library:
 
     def __init__(self, compiler: Compiler, objects: list[bytes]):
         import llvmlite.binding as llvm
-        from .parallel import bind_for_jit
+        from .runtime import bind_for_jit
         bind_for_jit()  # the serial flag, where libgomp was loaded before LLVM was
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), compiler.tm)
         for obj in objects:
@@ -179,13 +190,13 @@ class Library:
 
 class SharedLibrary:
     """A shared object (`link_shared`'s) loaded by the dynamic loader, with its own symbols first and
-    its own copy of the serial flag (set where parallel.py sets the process's); unloaded when collected,
+    its own copy of the serial flag (set where runtime.py sets the process's); unloaded when collected,
     as an engine frees its code."""
 
     def __init__(self, image: bytes, folder: str | None):
         """Load `image` through a temporary file in `folder`, a private directory (else a private
         temporary one); OSError where it does not load (a folder mounted noexec, a missing symbol)."""
-        from . import parallel
+        from . import runtime
         own = folder is None
         folder = tempfile.mkdtemp(prefix="graphnet-so-") if own else folder
         try:
@@ -204,8 +215,8 @@ class SharedLibrary:
         except ValueError:
             _dlclose(self.lib._handle)
             raise OSError(f"{SERIAL_FLAG} missing from the shared object") from None
-        flag.value = parallel.serial_flag()
-        parallel.serial_flags.append(flag)
+        flag.value = runtime.serial_flag()
+        runtime.serial_flags.append(flag)
         weakref.finalize(self, _unload, self.lib._handle, flag).atexit = False  # (the process unmaps it at exit)
 
     def address(self, name: str) -> int:
@@ -216,8 +227,8 @@ class SharedLibrary:
 
 
 def _unload(handle: int, flag: ctypes.c_int32) -> None:
-    from . import parallel
-    parallel.serial_flags.remove(flag)  # before its memory goes
+    from . import runtime
+    runtime.serial_flags.remove(flag)  # before its memory goes
     _dlclose(handle)
 
 

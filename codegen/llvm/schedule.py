@@ -15,9 +15,10 @@ chose the GEMM kernels and `choose_loop_order` the loop orders). It sets `Kernel
 - GEMM strategy: with threads and a known target a GEMM kernel is one parallel region ("by
   columns": each thread computes a block of C's columns, all meet at a barrier, then each applies
   the epilogue to a block of C's rows), otherwise the routine runs, then the epilogue;
-- direct convs (rowconv.py, kconv.py, colconv.py, marked by their loop order): no routine
+- direct convs (rowconv.py, kconv.py, colconv.py, tapconv.py, marked by their loop order): no routine
   (`Gemm.direct` holds the plan), split over the images or the blocks of taps with threads; a row
-  conv runs its stores per tile, the others' epilogue writes the columns out where they are few;
+  conv and a tap conv's forward form run their stores per tile, the others' epilogue writes the
+  columns out where they are few;
 - epilogue order: C's rows outermost unless every store is contiguous along C's columns;
 - scalar loops: loops whose values call libm are kept from vectorizing;
 - transposes: a copy storing unit-stride along its innermost var x but loading with stride Y there,
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import colconv, kconv, rowconv, vmath
+from . import colconv, kconv, rowconv, tapconv, vmath
 from .gemm import GemmSpec, specialised_m
 from .igemm import COLUMN, ROWS, vectors
 from .jit import host_target
@@ -77,7 +78,8 @@ class Gemm:
     grain: int = 1  # by columns: each thread's columns are a multiple of this (the routine's NR)
     stride: int = 0  # by columns: bytes of the workspace each thread packs into
     epilogue: tuple = (0, 1)  # the epilogue's loop order over C, outermost first
-    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | None = None  # C by a direct conv (rowconv.py, ...)
+    # C by a direct conv (rowconv.py, ...)
+    direct: rowconv.RowConv | kconv.KConv | colconv.ColConv | tapconv.TapConv | None = None
 
     def __str__(self) -> str:
         if self.direct is not None:
@@ -295,7 +297,7 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
     """An implicit GEMM splits C's rows over the threads inside its routine (its N, a channel
     count, is too narrow to split); the epilogue is then an elementwise nest over the kept vars. A row
     conv (rowconv.marked) splits the images (v0), a K conv (kconv.marked) its blocks of taps."""
-    for kind in (rowconv, kconv, colconv):
+    for kind in (rowconv, kconv, colconv, tapconv):
         if kind.marked(k):
             return Gemm(None, threads > 1, epilogue=ROWS + (3, COLUMN), direct=kind.plan(k, target or host_target()))
     routine = (k.reduce.value.dtype.name, False, False, None, vectors(k, target or host_target()))
@@ -303,8 +305,9 @@ def _implicit_gemm(k: Kernel, threads: int, target: TargetInfo | None) -> Gemm:
 
 
 def direct(k: Kernel) -> bool:
-    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py, colconv.py)?"""
-    return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k)
+    """Did gemm_schedule.use_implicit_gemm give conv kernel `k` to a direct conv (rowconv.py, kconv.py, colconv.py,
+    tapconv.py)?"""
+    return rowconv.marked(k) or kconv.marked(k) or colconv.marked(k) or tapconv.marked(k)
 
 
 def epilogue_order(k: Kernel) -> list[int]:

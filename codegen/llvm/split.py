@@ -4,8 +4,11 @@ A part holds the external functions named as its roots, every internal function 
 internal function reached from two parts is defined in both), every top-level line that is not a
 function definition (declarations, private globals, attribute groups, metadata: what a part does
 not use the optimiser drops), and a declaration of each external function another part defines, which
-the engine resolves when it loads the parts' objects together. The number of parts depends on the
-module alone (`part_count`), never on the machine, so the objects are the same wherever they are built.
+the engine resolves when it loads the parts' objects together. Units whose internal functions are the
+same code under other names (`_shape`: kernels that differ only in their buffers) go to one part, where
+the compiler's function merging (`jit.Compiler.merge_functions`) optimises that code once. The number of
+parts depends on the module alone (`part_count`), never on the machine, so the objects are the same
+wherever they are built.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from .workers import assign
 PART_CHARS = 40_000  # IR below this size compiles faster in one process than a worker process costs to use
 _NAME = re.compile(r'@("(?:[^"\\]|\\.)*"|[-\w.$]+)')
 _GLOBAL_DEFINITION = re.compile(r'^@\S+ = (?!(?:private|internal|external)\b)')
+_BUFFER_ARGUMENT = re.compile(r'%"b\d+"')  # the renderer names a kernel body's pointer arguments by buffer
+_METADATA = re.compile(r'!\d+')
 
 
 @dataclass
@@ -43,7 +48,7 @@ def split_module(text: str, units: list[list[str]], parts: int) -> list[str]:
     if (parts <= 1 or len(units) <= 1 or sorted(placed) != sorted(external)
             or any(_GLOBAL_DEFINITION.match(line) for line in header)):
         return [text]
-    sizes = [sum(len(line) for f in _reached(unit, functions) for line in functions[f].lines) for unit in units]
+    units, sizes = _join_twins(units, functions)
     groups = [[name for u in bin_ for name in units[u]] for bin_ in assign(sizes, parts) if bin_]
     parts = []
     for group in groups:
@@ -54,6 +59,39 @@ def split_module(text: str, units: list[list[str]], parts: int) -> list[str]:
             lines += functions[name].lines
         parts.append("\n".join(lines) + "\n")
     return parts
+
+
+def _join_twins(units: list[list[str]], functions: dict[str, _Function]) -> tuple[list[list[str]], list[int]]:
+    """The units, those of the same `_shape` joined into one (at the first one's place), and the
+    characters of IR each compiles: what its first unit reaches, plus only the roots of its twins (whose
+    internal functions merge into the first one's)."""
+    joined: dict[str, int] = {}
+    units_out: list[list[str]] = []
+    sizes: list[int] = []
+    for i, unit in enumerate(units):
+        shape = _shape(unit, functions) or f"unit {i}"
+        if shape in joined:
+            at = joined[shape]
+            units_out[at] = units_out[at] + unit
+            sizes[at] += sum(len(line) for f in unit for line in functions[f].lines)
+        else:
+            joined[shape] = len(units_out)
+            units_out.append(list(unit))
+            sizes.append(sum(len(line) for f in _reached(unit, functions) for line in functions[f].lines))
+    return units_out, sizes
+
+
+def _shape(unit: list[str], functions: dict[str, _Function]) -> str:
+    """The unit's internal functions as text without what names them (the unit's own names, buffer
+    arguments, metadata numbers; comments dropped): equal for kernels that differ only in their buffers.
+    Empty for a unit without internal functions."""
+    lines = []
+    for name in sorted(_reached(unit, functions) - set(unit), key=list(functions).index):
+        lines += [line for line in functions[name].lines if not line.startswith(";")]
+    text = "\n".join(lines)
+    for i, root in enumerate(unit):
+        text = text.replace(root, f"<unit {i}>")
+    return _METADATA.sub("!", _BUFFER_ARGUMENT.sub('%"b"', text))
 
 
 def _parse(text: str) -> tuple[list[str], dict[str, _Function]]:

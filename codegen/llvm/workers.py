@@ -1,10 +1,12 @@
 """Compile jobs in forked worker processes: LLVM holds a global lock, so parallel compilation is by process.
 
 A job is a function returning bytes (an object file) and the seconds it spent by phase. `run_jobs`
-splits a list of jobs over this process and up to `workers() - 1` forked children (longest first,
-each to the least loaded), which send their results back through a pipe; a child that fails, dies
-or takes longer than `CHILD_TIMEOUT` seconds is a fallback, not an error: its jobs run here. The
-results are the same bytes in the same order whichever process ran each job (LLVM is deterministic).
+runs a list of jobs in this process and up to `workers() - 1` forked children, which take them from
+one queue, longest first, each process its next job when it finishes one (so a process on a busy
+core, or whose jobs took longer than their costs said, takes fewer), and send their results back
+through a pipe each; a child that fails, dies or takes longer than `CHILD_TIMEOUT` seconds is a
+fallback, not an error: the jobs it did not return run here. The results are the same bytes in the
+same order whichever process ran each job (LLVM is deterministic).
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
 libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
@@ -13,6 +15,7 @@ the CPUs this process may run on, at most `MAX_WORKERS`.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -55,86 +58,138 @@ def assign(costs: list[float], bins: int) -> list[list[int]]:
 
 
 def run_jobs(jobs: list[Job], costs: list[float], processes: int | None = None) -> list[tuple[bytes, dict]]:
-    """Each job's result, in order; the jobs run in up to `processes` (default `workers()`) processes."""
+    """Each job's result, in order; the jobs run in up to `processes` (default `workers()`) processes,
+    which take them from one queue in order of decreasing cost."""
     processes = min(len(jobs), workers() if processes is None else processes)
     if processes <= 1:
         return [job() for job in jobs]
-    groups = [g for g in assign(costs, processes) if g]
+    queue = _queue(sorted(range(len(jobs)), key=lambda i: (-costs[i], i)))
     results: list = [None] * len(jobs)
-    children = []
+    children: list[_Child] = []
     try:
-        for group in groups[1:]:
-            children.append((_fork(jobs, group), group))
-        for i in groups[0]:
+        for _ in range(processes - 1):
+            children.append(_fork(jobs, queue))
+        while (i := _take(queue)) is not None:
             results[i] = jobs[i]()
-        for (pid, fd), group in children:
-            received = _collect(pid, fd, len(group))
-            for i, result in zip(group, received or [job() for job in (jobs[i] for i in group)]):
+            for child in children:
+                child.drain()
+        for child in children:
+            for i, result in child.collect().items():
                 results[i] = result
         children = []
+        for i in range(len(jobs)):  # those a failed child took
+            if results[i] is None:
+                results[i] = jobs[i]()
     finally:
-        for (pid, fd), _ in children:  # an exception here: no child outlives the call
-            _reap(pid, fd, kill=True)
+        os.close(queue)
+        for child in children:  # an exception here: no child outlives the call
+            _reap(child.pid, child.fd, kill=True)
     return results
 
 
-def _fork(jobs: list[Job], group: list[int]) -> tuple[int, int]:
+_INDEX = struct.Struct("<I")
+_RECORD = struct.Struct("<IQQ")  # job index, object bytes, timing bytes
+_PIPE_BYTES = 1 << 20  # a child's results pipe holds this much, so a child rarely waits for the parent to read
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _queue(order: list[int]) -> int:
+    """A pipe's read end holding the job indices in `order`, its write end closed: every process that
+    reads a record takes that job, and an empty queue reads as its end."""
     read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, _F_SETPIPE_SZ, max(4096, _INDEX.size * len(order)))
+    except OSError:
+        pass  # the default size (64 KiB) holds 16384 jobs
+    os.write(write, b"".join(_INDEX.pack(i) for i in order))
+    os.close(write)
+    return read
+
+
+def _take(queue: int) -> int | None:
+    """The next job's index from the queue, or None when it is empty (a pipe read of one record of
+    a few bytes is not split between readers)."""
+    data = os.read(queue, _INDEX.size)
+    return _INDEX.unpack(data)[0] if len(data) == _INDEX.size else None
+
+
+class _Child:
+    """A forked worker: its pid and results pipe, and what the parent has read of it so far."""
+
+    def __init__(self, pid: int, fd: int):
+        self.pid, self.fd, self.chunks, self.closed = pid, fd, [], False
+
+    def drain(self) -> None:
+        """Read what the child has written so far without waiting."""
+        while not self.closed and select.select([self.fd], [], [], 0)[0]:
+            if not self._read():
+                break
+
+    def _read(self) -> bool:
+        chunk = os.read(self.fd, 1 << 20)
+        if chunk:
+            self.chunks.append(chunk)
+        else:
+            self.closed = True
+        return bool(chunk)
+
+    def collect(self) -> dict[int, tuple[bytes, dict]]:
+        """The child's results by job index once it has exited; none where it failed or timed out (the
+        jobs it took then run in the parent)."""
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        try:
+            while not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    _reap(self.pid, self.fd, kill=True)
+                    return {}
+                self._read()
+        except OSError:
+            _reap(self.pid, self.fd, kill=True)
+            return {}
+        if _reap(self.pid, self.fd) != 0:
+            return {}
+        return _decode(b"".join(self.chunks))
+
+
+def _fork(jobs: list[Job], queue: int) -> _Child:
+    read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, _F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # a smaller pipe: the child waits for the parent to read, nothing else changes
     pid = os.fork()
-    if pid == 0:  # the child: run the group, write its results, exit without running Python's exit handlers
+    if pid == 0:  # the child: jobs from the queue until it is empty, each result written; no exit handlers
         status = 1
         try:
             os.close(read)
-            parts = []
-            for i in group:
-                data, seconds = jobs[i]()
-                timing = ",".join(f"{k}={v!r}" for k, v in seconds.items()).encode()
-                parts += [struct.pack("<QQ", len(data), len(timing)), data, timing]
-            with os.fdopen(write, "wb") as f:
-                f.write(b"".join(parts))
+            with os.fdopen(write, "wb", buffering=0) as out:
+                while (i := _take(queue)) is not None:
+                    data, seconds = jobs[i]()
+                    timing = ",".join(f"{k}={v!r}" for k, v in seconds.items()).encode()
+                    out.write(_RECORD.pack(i, len(data), len(timing)) + data + timing)
             status = 0
         finally:
             os._exit(status)
     os.close(write)
-    return pid, read
+    return _Child(pid, read)
 
 
-def _collect(pid: int, fd: int, count: int) -> list[tuple[bytes, dict]] | None:
-    """The child's results, or None where it failed or timed out (its jobs then run here)."""
-    chunks, deadline = [], time.monotonic() + CHILD_TIMEOUT
+def _decode(data: bytes) -> dict[int, tuple[bytes, dict]]:
+    """The records a child wrote, by job index; none where the data is not whole records."""
+    out, at = {}, 0
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                _reap(pid, fd, kill=True)
-                return None
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except OSError:
-        _reap(pid, fd, kill=True)
-        return None
-    if _reap(pid, fd) != 0:
-        return None
-    return _decode(b"".join(chunks), count)
-
-
-def _decode(data: bytes, count: int) -> list[tuple[bytes, dict]] | None:
-    out, at = [], 0
-    try:
-        for _ in range(count):
-            size, tsize = struct.unpack_from("<QQ", data, at)
-            at += 16
+        while at < len(data):
+            index, size, tsize = _RECORD.unpack_from(data, at)
+            at += _RECORD.size
             obj, timing = data[at:at + size], data[at + size:at + size + tsize].decode()
             at += size + tsize
-            if len(obj) != size:
-                return None
-            seconds = {k: float(v) for k, v in (kv.split("=") for kv in timing.split(",") if kv)}
-            out.append((obj, seconds))
+            if at > len(data):
+                return {}
+            out[index] = (obj, {k: float(v) for k, v in (kv.split("=") for kv in timing.split(",") if kv)})
     except (struct.error, ValueError, UnicodeDecodeError):
-        return None
-    return out if at == len(data) else None
+        return {}
+    return out
 
 
 def _reap(pid: int, fd: int, kill: bool = False) -> int:

@@ -7,9 +7,11 @@ follows; a kernel without one is an error:
   inside the work-item;
 - "group": one work-group per kept element: work-items stride over the reduced elements, then
   combine their partial results in local memory;
-- "tiled": a matmul (`reduce.contraction`) in blocks of the result, slices of both operands staged
-  in local memory, each work-item holding a W x W block of sums in registers; the kernel's stores
-  (bias, activation, optimizer: the fused epilogue) run once per output element.
+- "tiled": a GEMM (a matmul, or a convolution as an implicit GEMM: the schedule names the loop vars
+  of its rows, columns and depth) in blocks of the result, slices of both operands staged in local
+  memory (a conv's image gathered through its window), each work-item holding a W x W block of
+  sums in registers; the kernel's stores (bias, activation, optimizer: the fused epilogue) run once
+  per output element.
 Kernels equal up to which buffers they use share one OpenCL function (pocl compiles each function
 on first launch, 0.1-0.3 s: the optimizer update of same-shaped parameters is compiled once).
 A work-item computes all its values before it stores any, so in-place updates (a kernel reading and
@@ -128,8 +130,8 @@ def _check_fits(k: Kernel, s: OpenCLSchedule, limits: Limits) -> None:
     """Refuse a schedule made for a larger device than this one."""
     local = 0
     if s.form == "tiled":
-        r, w, tsk = s.tile
-        local = 2 * tsk * r * w * k.reduce.value.dtype.itemsize
+        rm, rn, w, tsk = s.tile
+        local = tsk * (rm + rn) * w * k.reduce.value.dtype.itemsize
     if s.local > limits.max_work_group_size or local > limits.local_mem_size:
         raise ValueError(f"kernel {k.name}'s schedule ({s}) does not fit the device: work-groups of at most "
                          f"{limits.max_work_group_size}, {limits.local_mem_size} bytes of local memory")
@@ -421,50 +423,77 @@ class _KernelWriter:
         self.stores(1)
 
     def _tiled(self) -> None:
-        """Each work-group computes a TS x TS block of the result (TS = R*W) from TSK-deep slices
-        of A and B staged in local memory; each of its R x R work-items accumulates W x W results
-        in registers, strided by R so that neighbouring work-items touch neighbouring columns."""
+        """The GEMM of the schedule's roles (rows, columns, depth) over the sum's two factors, A (rows
+        x depth) and B (depth x columns): each work-group computes a TM x TN block of the result
+        (TM = RM*W rows, TN = RN*W columns) from TSK-deep slices of A and B staged in local memory,
+        each element's loop vars decomposed from its row, column and depth index (row-major, as
+        `decompose`) and its factor evaluated there (zero past the edges; a window's load is guarded
+        by its own test); each of its RM x RN work-items accumulates W x W results in registers,
+        strided by RM and RN so that neighbouring work-items touch neighbouring columns. The stores
+        (the fused epilogue) run once per result element, any var of no role being 0."""
         k, red = self.k, self.k.reduce
-        a, b = red.contraction
+        a, b = red.value.args
         dtype = red.value.dtype
         t = self.ctype(dtype)
-        r, w, tsk = self.s.tile
-        ts = r * w
-        rows, cols, depth = (_extent(e) for e in k.domain)
-        self._set_launch(((count([k.domain[1]]), ts, r), (count([k.domain[0]]), ts, r)))
+        rm, rn, w, tsk = self.s.tile
+        tm, tn = rm * w, rn * w
+        rows, cols, depth = self.s.gemm
+        extents = [count(k.domain[v] for v in role) for role in (rows, cols, depth)]
+        n_rows, n_cols, n_depth = (_count_text(c) for c in extents)
+        self._set_launch(((extents[1], tn, rn), (extents[0], tm, rm)))
         zero = literal(0, dtype)
         emit = self.emit
-        emit(f"__local {t} As[{tsk}][{ts}];", 1)
-        emit(f"__local {t} Bs[{tsk}][{ts}];", 1)
-        emit(f"const int tx = get_local_id(0), ty = get_local_id(1), lid = ty * {r} + tx;", 1)
-        emit(f"const long row0 = get_group_id(1) * {ts}, col0 = get_group_id(0) * {ts};", 1)
+        emit(f"__local {t} As[{tsk}][{tm}];", 1)
+        emit(f"__local {t} Bs[{tsk}][{tn}];", 1)
+        emit(f"const int tx = get_local_id(0), ty = get_local_id(1), lid = ty * {rn} + tx;", 1)
+        emit(f"const long row0 = get_group_id(1) * {tm}, col0 = get_group_id(0) * {tn};", 1)
         emit(f"{t} accs[{w}][{w}];", 1)
         emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) accs[wm][wn] = {zero};", 1)
-        emit(f"for (long k0 = 0; k0 < {depth}; k0 += {tsk}) {{", 1)
-        emit(f"for (int l = lid; l < {ts * tsk}; l += {r * r}) {{", 2)
-        emit(f"const long v0 = row0 + l / {tsk}, v2 = k0 + l % {tsk};", 3)
-        emit(f"As[l % {tsk}][l / {tsk}] = (v0 < {rows} && v2 < {depth}) ? "
-             f"{self.param[a.buffer]}[{self.offset(a.offset, _VARS)}] : {zero};", 3)
-        emit("}", 2)
-        emit(f"for (int l = lid; l < {ts * tsk}; l += {r * r}) {{", 2)
-        emit(f"const long v2 = k0 + l / {ts}, v1 = col0 + l % {ts};", 3)
-        emit(f"Bs[l / {ts}][l % {ts}] = (v2 < {depth} && v1 < {cols}) ? "
-             f"{self.param[b.buffer]}[{self.offset(b.offset, _VARS)}] : {zero};", 3)
-        emit("}", 2)
+        emit(f"for (long k0 = 0; k0 < {n_depth}; k0 += {tsk}) {{", 1)
+        self._stage(f"As[l % {tsk}][l / {tsk}]", tm * tsk, a, t, zero,
+                    (("row", f"row0 + l / {tsk}", n_rows, rows), ("kd", f"k0 + l % {tsk}", n_depth, depth)))
+        self._stage(f"Bs[l / {tn}][l % {tn}]", tn * tsk, b, t, zero,
+                    (("kd", f"k0 + l / {tn}", n_depth, depth), ("col", f"col0 + l % {tn}", n_cols, cols)))
         emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         emit(f"for (int kk = 0; kk < {tsk}; ++kk) {{", 2)
-        emit(f"{t} a[{w}], b[{w}];", 3)
-        emit(f"for (int i = 0; i < {w}; ++i) {{ a[i] = As[kk][ty + i * {r}]; b[i] = Bs[kk][tx + i * {r}]; }}", 3)
-        emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) accs[wm][wn] += a[wm] * b[wn];", 3)
+        emit(f"{t} av[{w}], bv[{w}];", 3)
+        emit(f"for (int i = 0; i < {w}; ++i) {{ av[i] = As[kk][ty + i * {rm}]; bv[i] = Bs[kk][tx + i * {rn}]; }}", 3)
+        emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) "
+             "accs[wm][wn] += av[wm] * bv[wn];", 3)
         emit("}", 2)
         emit("barrier(CLK_LOCAL_MEM_FENCE);", 2)
         emit("}", 1)
         emit(f"for (int wm = 0; wm < {w}; ++wm) for (int wn = 0; wn < {w}; ++wn) {{", 1)
-        emit(f"const long v0 = row0 + ty + wm * {r}, v1 = col0 + tx + wn * {r};", 2)
-        emit(f"if (v0 >= {rows} || v1 >= {cols}) continue;", 2)
+        emit(f"long row = row0 + ty + wm * {rm}, col = col0 + tx + wn * {rn};", 2)
+        emit(f"if (row >= {n_rows} || col >= {n_cols}) continue;", 2)
+        self.decompose("row", list(rows), 2)
+        self.decompose("col", list(cols), 2)
+        self._roleless_vars(2)
         emit(f"const {t} acc = accs[wm][wn];", 2)
         self.stores(2)
         emit("}", 1)
+
+    def _roleless_vars(self, depth: int) -> None:
+        """Declare 0 the loop vars of no GEMM role (a one-group conv's group var: its extent is 1)."""
+        for v in range(len(self.k.domain)):
+            if not any(v in role for role in self.s.gemm):
+                self.emit(f"const long v{v} = 0;", depth)
+
+    def _stage(self, slot: str, size: int, factor: Expr, t: str, zero: str, indices: tuple) -> None:
+        """The loop filling one local tile of `size` elements: the work-items stride over them;
+        element l goes to `slot`, its value `factor` at the loop vars decomposed from each (name,
+        index, extent, vars) of `indices`, or zero where an index passes its extent."""
+        self.emit(f"for (int l = lid; l < {size}; l += {self.s.local}) {{", 2)
+        self.emit(f"long {', '.join(f'{name} = {index}' for name, index, _, _ in indices)};", 3)
+        self.emit(f"{t} x = {zero};", 3)
+        self.emit(f"if ({' && '.join(f'{name} < {extent}' for name, _, extent, _ in indices)}) {{", 3)
+        for name, _, _, variables in indices:
+            self.decompose(name, list(variables), 4)
+        self._roleless_vars(4)
+        self.emit(f"x = {self.value(factor, {}, 4)};", 4)
+        self.emit("}", 3)
+        self.emit(f"{slot} = x;", 3)
+        self.emit("}", 2)
 
 
 class _Vars(dict):

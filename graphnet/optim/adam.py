@@ -1,11 +1,22 @@
 """Adam, AMSGrad and AdamW (decoupled weight decay), with PyTorch's bias correction."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from .. import ops
 from ..graph import Node
 from .base import Optimizer, check_number, keras_name, lerp
+
+
+def bias_correction(beta: float, t: Node) -> Node:
+    """1 - beta**t in float64 (PyTorch's), with t capped at the step from which beta**t is below 2**-56:
+    from there on 1 - beta**t is exactly 1.0 (for x below 2**-54, 1 - x rounds to 1), capped or not,
+    so every step's value is the uncapped one, and pow never reaches its underflow path and libm's
+    error handling there (beta 0.9's powers underflow from t = 6,724)."""
+    if beta == 0:
+        return 1 - beta ** t
+    return 1 - beta ** ops.minimum(t, float(math.ceil(56 / -math.log2(beta))))
 
 
 class Adam(Optimizer):
@@ -47,8 +58,8 @@ class Adam(Optimizer):
         second = new["v"]
         if self.amsgrad:
             second = new["vmax"] = ops.maximum(state["vmax"], new["v"])
-        step_size = self.cast(lr / (1 - b1 ** t), p)
-        bias2_sqrt = self.cast(ops.sqrt(1 - b2 ** t), p)
+        step_size = self.cast(lr / bias_correction(b1, t), p)
+        bias2_sqrt = self.cast(ops.sqrt(bias_correction(b2, t)), p)
         denom = ops.sqrt(second) / bias2_sqrt + self.eps
         return p - step_size * (new["m"] / denom), new
 

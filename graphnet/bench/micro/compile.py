@@ -11,10 +11,18 @@ in proportion to the worker jobs' own times. "build" is what no phase covers (gr
 autodiff, the Function's set-up, importing the compiler). Children import graphnet
 from bytecode, as an installed graphnet does: the run keeps its own bytecode folder (filled by a
 warm-up child), so that where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE)
-"build" does not include compiling graphnet's Python sources in every child. Medians over the
-rounds; the machine may be shared.
+"build" does not include compiling graphnet's Python sources in every child. "cpu" is the processor
+time of the compile (the child and the worker processes it forked, user and system): on a shared
+machine wall times grow with the load, CPU time much less, so a saving of CPU time is one that holds
+whatever the load, while the wall time the worker processes save needs a free core. Medians over
+the rounds; the machine may be shared.
 
-    python -m graphnet.bench.micro.compile [tiny small medium ...] [--rounds 5]
+With `--against DIR` (another source tree, such as a `git worktree add --detach DIR main`) each
+round runs the three states from both trees, alternating which goes first, and the table shows both
+and the ratio of this tree's medians to the other's (their children run the same program, `CHILD`,
+on each tree's graphnet).
+
+    python -m graphnet.bench.micro.compile [tiny small medium ...] [--rounds 5] [--against DIR]
     graphnet bench --compile [same arguments]
 """
 from __future__ import annotations
@@ -38,17 +46,22 @@ PHASES = ("graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", 
 TARGETS = {"medium": {"cold": 0.5, "library warm": 0.3, "cached": 0.03}}  # issue #17's, in seconds
 
 
-def child(name: str) -> None:
-    """Build grid model `name` once and print its compile times as JSON (runs in a fresh process)."""
-    started = time.perf_counter()
-    from ..grid import build_grid_model
-    imported = time.perf_counter()
-    model = build_grid_model(name)
-    total = time.perf_counter() - imported
-    phases = dict(model.step.compile_seconds)
-    phases["build"] = total - sum(phases.values())
-    print(json.dumps({"total": total, "import": imported - started, "phases": phases,
-                      "cache_hit": model.step.executable.cache_hit}))
+CHILD = """
+import json, resource, sys, time
+def cpu_seconds():  # this process and its exited children (the compile's workers), user and system
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+started = time.perf_counter()
+from graphnet.bench.grid import build_grid_model
+imported, cpu = time.perf_counter(), cpu_seconds()
+model = build_grid_model(sys.argv[1])
+total, cpu = time.perf_counter() - imported, cpu_seconds() - cpu
+phases = dict(model.step.compile_seconds)
+phases["build"] = total - sum(phases.values())
+print(json.dumps({"total": total, "cpu": cpu, "import": imported - started, "phases": phases,
+                  "cache_hit": model.step.executable.cache_hit}))
+"""
+"""A child's program: build grid model argv[1] once and print its compile times and CPU seconds as JSON."""
 
 
 def child_env(cache: str, bytecode: str) -> dict[str, str]:
@@ -59,47 +72,70 @@ def child_env(cache: str, bytecode: str) -> dict[str, str]:
     return env
 
 
-def run_child(name: str, cache: str, bytecode: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "graphnet.bench.micro.compile", "--child", name],
-                         env=child_env(cache, bytecode), capture_output=True, text=True, check=True)
+def run_child(name: str, cache: str, bytecode: str, tree: str | None = None) -> dict:
+    """One fresh process running `CHILD` on graphnet from `tree` (default: wherever this one's is)."""
+    env, cwd = child_env(cache, bytecode), None
+    if tree is not None:  # its graphnet first on the path, and no other in the working directory
+        env["PYTHONPATH"], cwd = os.path.abspath(tree), tempfile.gettempdir()
+    out = subprocess.run([sys.executable, "-c", CHILD, name], env=env, capture_output=True, text=True,
+                         check=True, cwd=cwd)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def one_round(name: str, bytecode: str) -> dict[str, dict]:
+def one_round(name: str, bytecode: str, tree: str | None = None) -> dict[str, dict]:
     """The three states of one configuration, each in a fresh process, in order cold, library warm, cached."""
     with tempfile.TemporaryDirectory(prefix="graphnet-compile-") as cold, \
             tempfile.TemporaryDirectory(prefix="graphnet-compile-lib-") as library:
-        results = {"cold": run_child(name, cold, bytecode)}
+        results = {"cold": run_child(name, cold, bytecode, tree)}
         if os.path.isdir(os.path.join(cold, "gemm")):
             shutil.copytree(os.path.join(cold, "gemm"), os.path.join(library, "gemm"))
-        results["library warm"] = run_child(name, library, bytecode)
-        results["cached"] = run_child(name, cold, bytecode)
+        results["library warm"] = run_child(name, library, bytecode, tree)
+        results["cached"] = run_child(name, cold, bytecode, tree)
     return results
 
 
-def warm_up(name: str, bytecode: str) -> None:
+def warm_up(name: str, bytecode: str, tree: str | None = None) -> None:
     """One unrecorded compile that writes the bytecode of every module a compile imports."""
     with tempfile.TemporaryDirectory(prefix="graphnet-compile-") as cache:
-        run_child(name, cache, bytecode)
+        run_child(name, cache, bytecode, tree)
 
 
 def medians(runs: list[dict]) -> dict:
     phases = {p for r in runs for p in r["phases"]}
     return {"total": statistics.median(r["total"] for r in runs),
+            "cpu": statistics.median(r.get("cpu", 0.0) for r in runs),
             "phases": {p: statistics.median(r["phases"].get(p, 0.0) for r in runs) for p in phases}}
 
 
 def table(results: dict[str, dict[str, dict]], rounds: int) -> str:
     columns = list(PHASES) + ["build"]
-    lines = [f"Compile time in ms (medians of {rounds} rounds, each state in a fresh process)", "",
-             "| config | state | total | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
+    lines = [f"Compile time in ms (medians of {rounds} rounds, each state in a fresh process; cpu: the "
+             f"compile's processor time, its worker processes included)", "",
+             "| config | state | total | cpu | " + " | ".join(columns) + " |", "|---" * (len(columns) + 4) + "|"]
     for name, states in results.items():
         for state, m in states.items():
             target = TARGETS.get(name, {}).get(state)
             total = f"{m['total'] * 1e3:.0f}" + (f" (target {target * 1e3:.0f})" if target else "")
             cells = [f"{m['phases'][p] * 1e3:.1f}" if p in m["phases"] else "-" for p in columns]
-            lines.append(f"| {name} | {state} | {total} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {state} | {total} | {m['cpu'] * 1e3:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def comparison(results: dict[str, dict[str, dict]], other: dict[str, dict[str, dict]], rounds: int) -> str:
+    """`table`'s rows for this tree (`results`) and the other (`other`), each state followed by the
+    ratios of this tree's medians to the other's."""
+    lines = table({f"{name} (other)": other[name] for name in results} | {
+        f"{name} (this)": states for name, states in results.items()}, rounds).splitlines()
+    head, rows = lines[:4], lines[4:]
+    by_key = {row.split(" | ")[0] + " | " + row.split(" | ")[1]: row for row in rows}
+    out = list(head)
+    for name, states in results.items():
+        for state, m in states.items():
+            o = other[name][state]
+            out += [by_key[f"| {name} (other) | {state}"], by_key[f"| {name} (this) | {state}"],
+                    f"| {name} this/other | {state} | {m['total'] / o['total']:.3f} | "
+                    f"{m['cpu'] / o['cpu'] if o['cpu'] else float('nan'):.3f} |"]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,27 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("configs", nargs="*", default=list(DEFAULT_CONFIGS), help="grid rows (default: tiny small "
                                                                                     "medium)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per configuration (default 5)")
+    parser.add_argument("--against", help="another source tree to measure alternately with this one")
     parser.add_argument("--json", help="write the raw measurements here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        child(args.child)
-        return 0
     unknown = [c for c in args.configs if c not in GRID]
     if unknown or args.rounds < 1:
         parser.error(f"unknown configuration(s) {', '.join(unknown)}" if unknown else "--rounds must be >= 1")
-    runs: dict[str, dict[str, list]] = {name: {s: [] for s in STATES} for name in args.configs}
+    this = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    trees = {"this": None} if args.against is None else {"this": this, "other": args.against}
+    runs = {t: {name: {s: [] for s in STATES} for name in args.configs} for t in trees}
     with tempfile.TemporaryDirectory(prefix="graphnet-bytecode-") as bytecode:
-        warm_up(args.configs[0], bytecode)
-        for _ in range(args.rounds):  # configurations interleaved, so machine drift hits all alike
+        for tree in trees.values():
+            warm_up(args.configs[0], bytecode, tree)
+        for r in range(args.rounds):  # configurations and trees interleaved, so machine drift hits all alike
             for name in args.configs:
-                for state, result in one_round(name, bytecode).items():
-                    runs[name][state].append(result)
-    results = {name: {s: medians(r) for s, r in states.items()} for name, states in runs.items()}
-    print(table(results, args.rounds))
+                for t in (list(trees) if r % 2 == 0 else list(reversed(trees))):
+                    for state, result in one_round(name, bytecode, trees[t]).items():
+                        runs[t][name][state].append(result)
+    results = {t: {name: {s: medians(r) for s, r in states.items()} for name, states in by.items()}
+               for t, by in runs.items()}
+    if args.against is None:
+        print(table(results["this"], args.rounds))
+    else:
+        print(f"this: {this}\nother: {os.path.abspath(args.against)}\n")
+        print(comparison(results["this"], results["other"], args.rounds))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(runs, f, indent=1)
+            json.dump(runs if args.against else runs["this"], f, indent=1)
     return 0
 
 

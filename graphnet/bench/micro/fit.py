@@ -8,8 +8,10 @@ batch by batch (the loop fit used before run_steps); plus, for reference, a bare
 empty native function with six pointer arguments, and the epoch's shuffle alone (the permutation fit
 draws, per step), which with the run_steps time accounts for most of a tiny model's fit. The ratios
 are issue #17's targets, fit/raw and fit/ctypes6, then fit without its shuffle (fit - shuffle) over
-raw. Every grid model by default; the large steps run fewer batches per epoch (`BATCHES`). The
-machine may be shared: read the ratios.
+raw. Every grid model by default; the large steps run fewer batches per epoch (`BATCHES`), and the
+models in `AMORTISED` get a second row with many batches per epoch, where fit's per-call and
+per-epoch costs are amortised (unless --batches is given). The machine may be shared: read the
+ratios.
 
     python -m graphnet.bench.micro.fit [tiny small medium large wide] [--batches N] [--rounds 7]
 """
@@ -24,11 +26,13 @@ import numpy as np
 
 import graphnet as gn
 
+from ...shuffle import epoch_order
 from ..peers import GRID, GridConfig, grid_data
 from .step import empty_native_function
 
 DEFAULT_CONFIGS = tuple(GRID)
 BATCHES = {"tiny": 40, "small": 40, "medium": 10, "large": 6, "wide": 3}  # batches per epoch, by default
+AMORTISED = {"tiny": 1000}  # by default also a row with this many batches per epoch: per-epoch costs amortised
 
 
 def build_model(config: GridConfig) -> gn.Model:
@@ -91,7 +95,7 @@ def measure(name: str, batches: int, rounds: int) -> dict[str, float]:
 
     runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order), "fit": fit(True),
             "fit_unshuffled": fit(True, shuffle=False), "fit_by_batch": fit(False), "ctypes6": bare,
-            "shuffle": lambda: np.random.default_rng([model.seed, 0]).permutation(len(x))}
+            "shuffle": lambda: epoch_order(model.seed, 0, len(x))}
     for fn in runs.values():  # warm-up: compiles, arena layouts, caches
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -113,8 +117,10 @@ def main() -> None:
     print(f"{'config':<8} {'batches':>7} {'raw':>10} {'run_steps':>10} {'fit':>10} {'unshuffled':>11} {'shuffle':>8} "
           f"{'by batch':>10} {'ctypes6':>8} {'fit/raw':>8} {'fit/ctypes6':>12} {'(fit-shuffle)/raw':>18} "
           f"{'steps/raw':>10} {'by batch/raw':>13}")
-    for name in args.configs:
-        batches = args.batches or BATCHES.get(name, 40)
+    rows = [(name, args.batches or BATCHES.get(name, 40)) for name in args.configs]
+    if args.batches is None:
+        rows += [(name, AMORTISED[name]) for name in args.configs if name in AMORTISED]
+    for name, batches in rows:
         t = measure(name, batches, args.rounds)
         us = {k: v * 1e6 for k, v in t.items()}
         print(f"{name:<8} {batches:>7} {us['raw']:10.2f} {us['run_steps']:10.2f} {us['fit']:10.2f} "
