@@ -7,6 +7,11 @@ strided op's gradient, read at the positions a stride skipped), the value is `fi
 read: renderers clamp the address and select (`guarded_axes` says which axes need the test). Its
 `offset` (the Load field) is the affine part of the address over the undivided axes: what loop
 passes read for strides and loop-var ranges; renderers compute the address from `coords`.
+
+A window reading a zero-bordered copy of an image (gemm_schedule's `planar` copies) may say where
+the copy holds the image: `inside`, one `Inside` per axis. Every element outside is a zero, so a
+schedule may skip the products of a tap that reads only zeros (`live`); renderers read every element
+they are told to, in or out.
 """
 from __future__ import annotations
 
@@ -29,17 +34,43 @@ class Coord:
         return f"({text})/{self.div}" if self.div != 1 else text
 
 
+@dataclass(frozen=True)
+class Inside:
+    """Where a zero-bordered copy holds its image along one axis: the indices i with lo <= i < hi
+    (`hi` None: to the axis's end); with `pitch`, the axis is rows `pitch` long, and i holds the image
+    where its row i // pitch is in [lo, hi) and its column i % pitch in [col_lo, col_hi)."""
+
+    lo: int = 0
+    hi: int | None = None
+    pitch: int = 0
+    col_lo: int = 0
+    col_hi: int = 0
+
+    def meets(self, first: int, last: int) -> bool:
+        """Does some index in [first, last] hold the image?"""
+        if not self.pitch:
+            return last >= self.lo and (self.hi is None or first < self.hi)
+        rows = range(max(self.lo, first // self.pitch), min(self.hi, last // self.pitch + 1))
+        return any(first < r * self.pitch + self.col_hi and r * self.pitch + self.col_lo <= last for r in rows)
+
+    def __str__(self) -> str:
+        rows = f"{self.lo}..{'' if self.hi is None else self.hi}"
+        return f"rows {rows} x {self.col_lo}..{self.col_hi} of {self.pitch}" if self.pitch else rows
+
+
 @expr_node
 class Window(Load):
     coords: tuple = ()  # one Coord per axis of the buffer
     shape: tuple = ()  # the buffer's shape (None: N)
     fill: float = 0.0
+    inside: tuple = ()  # one Inside per axis where the buffer is a zero-bordered copy, else empty
 
     def text(self, args: list[str]) -> str:
-        return f"b{self.buffer}<{', '.join(map(str, self.coords))}; else {self.fill!r}>"
+        inside = f"; image at {', '.join(map(str, self.inside))}" if self.inside else ""
+        return f"b{self.buffer}<{', '.join(map(str, self.coords))}; else {self.fill!r}{inside}>"
 
 
-def window(buffer: int, shape: tuple, coords: tuple, dtype, fill: float = 0.0) -> Window:
+def window(buffer: int, shape: tuple, coords: tuple, dtype, fill: float = 0.0, inside: tuple = ()) -> Window:
     """A windowed load of `buffer` (of `shape`), its `offset` the affine part of the address."""
     terms: dict = {}
     for coord, stride in zip(coords, row_strides(shape)):
@@ -48,7 +79,7 @@ def window(buffer: int, shape: tuple, coords: tuple, dtype, fill: float = 0.0) -
                 key = (var, stride[1])
                 terms[key] = terms.get(key, 0) + coef * stride[0]
     offset = Affine(tuple(sorted((v, c, nexp) for (v, nexp), c in terms.items() if c)))
-    return Window(buffer, offset, dtype, tuple(coords), tuple(shape), float(fill))
+    return Window(buffer, offset, dtype, tuple(coords), tuple(shape), float(fill), tuple(inside))
 
 
 def row_strides(shape: tuple) -> list[tuple[int, int]]:

@@ -330,3 +330,30 @@ def test_max_pool2d_grad_of_tiling_windows_is_elementwise_and_equals_numpy(x_sha
         for f in functions:
             for got, expected in zip(f(x=x[:batch]), want):
                 np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [5, 6, 7])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_pools_over_a_few_channels_in_narrow_vectors_equal_numpy(channels, dtype, threads, monkeypatch):
+    """A max pool and its gradient (times relu's, as in lenet) over 5 to 7 NHWC channels: the channel
+    loop in 8-lane vectors (schedule._narrow, on AVX-512 in float32), ties, NaN and Inf, odd batches."""
+    from codegen.llvm.jit import host_target
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    monkeypatch.setattr("codegen.llvm.schedule.PARALLEL_MIN_FAST", 0)  # two threads split even these few images
+    rng = np.random.default_rng(channels)
+    x = rng.integers(-2, 3, (5, 10, 12, channels)).astype(dtype)
+    x[0, 1, 1, 0], x[1, 2, 3, 1], x[4, 9, 11, channels - 1] = np.nan, np.inf, -np.inf
+    px = gn.placeholder("x", (None, 10, 12, channels), dtype)
+    h = gn.relu(px)
+    y = gn.max_pool2d(h, 2)
+    weights = gn.constant(rng.uniform(0.5, 1.5, y.shape[1:]).astype(dtype))
+    fetches = [y, gn.gradients(gn.sum(y * weights), px)]
+    fn = gn.compile(fetches, backend="llvm")
+    if host_target().vector_bits == 512 and dtype == np.float32:
+        pools = [k for k in fn.executable.lp.kernels if "max_pool2d" in k.name]
+        assert len(pools) == 2 and all("v3 in 8-lane vectors" in str(k.schedule) for k in pools)
+    for batch in (5, 2):
+        want = gn.compile(fetches, backend="numpy")(x=x[:batch])
+        for got, expected in zip(fn(x=x[:batch]), want):
+            np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)

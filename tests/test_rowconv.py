@@ -24,6 +24,7 @@ CASES = [  # (x shape, filter shape, keyword arguments): each has a row conv in 
     ((2, 3, 12, 15), (3, 3, 3, 4), dict(data_format="NCHW", padding="same", dilation_rate=(2, 1))),
     ((2, 10, 17, 2), (3, 4, 2, 3), dict(padding=((1, 2), (2, 0)))),  # uneven padding, 2 input channels
     ((3, 3, 16, 19), (3, 1, 3, 4), dict(data_format="NCHW")),  # a 1-wide filter: rows one run, no copy
+    ((3, 12, 12, 1), (5, 5, 1, 4), dict()),  # 8-wide rows (float32): no whole vector, two rows per vector
 ]
 
 
@@ -54,7 +55,8 @@ def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
     fetches = [y, *gn.gradients(gn.sum(y * y), [x, w])]
     schedules = _scheduled_llvm(fetches, threads=2, target=AVX512)
     rows = [s for s in schedules if s.startswith("direct conv, output rows")]
-    assert len(rows) == 1 and "along 16 lanes in 3-row tiles, stores per tile by images" in rows[0]
+    assert len(rows) == 1 and "along 16 lanes in 3-row tiles, stores per tile" in rows[0] and "by images" in rows[0]
+    assert "3 tiles written out, 33 live (vector, v5) pairs of 9 vectors" in rows[0]  # of 45: rows of zeros skipped
     assert not any(s.startswith("implicit gemm") for s in schedules)
     assert sum(s.startswith("direct conv, one vector of columns, 3 x 8 positions per tile by images")
                for s in schedules) == 1
@@ -64,8 +66,8 @@ def test_a_narrow_conv_and_input_gradient_run_along_rows_and_a_wide_one_packs():
         x = gn.placeholder("x", (None, 28, 28, 1))
         w = gn.placeholder("w", (5, 5, 1, 6))
         schedules = _scheduled_llvm([gn.relu(gn.conv2d(x, w))], threads=1, target=AVX512)
-    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles, stores per tile serial")
-               for s in schedules)
+    assert any(s.startswith("direct conv, output rows along 16 lanes in 3-row tiles, stores per tile, two rows' "
+                            "tails per vector serial") for s in schedules)  # 24-wide rows: 1.5 vectors each
 
 
 def test_the_rule_needs_narrow_columns_and_full_enough_rows():
@@ -154,7 +156,8 @@ def test_a_narrow_filter_gradient_runs_along_image_rows_with_a_channel_major_dy(
             fetches = _conv_step(shape, (5, 5, 1, 6), dict(data_format=fmt), np.float32)
             lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 2, AVX512))
             schedules = [str(k.schedule) for k in schedule_llvm(2, AVX512)(lp).kernels]
-            assert any(s.startswith("direct filter gradient, image rows along 16 lanes, 3 taps per tile by taps")
+            assert any(s.startswith("direct filter gradient, image rows along 16 lanes, two rows' tails per vector, "
+                                    "3 taps per tile, images outside the tiles by taps")  # 24-wide rows
                        for s in schedules), schedules
             grad = next(k for k in lp.kernels if "filter_grad" in k.name)
             copies = {k.stores[0].buffer for k in lp.kernels if k.name == "planar"}
@@ -239,3 +242,130 @@ def test_a_filter_gradient_as_a_row_conv_sums_over_the_whole_batch(dtype, thread
                  "dy": rng.normal(size=(batch, 3, 3, 4)).astype(dtype)}
         np.testing.assert_allclose(fn(**feeds)[0], reference(**feeds)[0], rtol=1e-4 if dtype == np.float32 else 1e-11,
                                    atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_inside_meets_the_image_rows_and_columns_of_a_pitched_copy():
+    """Rows 4..12 of 12-long rows hold the image in columns 4..12: indices 52..59 of row 4, not 48..51."""
+    from codegen.window import Inside
+    rows = Inside(4, 12, 12, 4, 12)
+    assert not rows.meets(0, 47) and not rows.meets(48, 51) and rows.meets(48, 52) and rows.meets(59, 60)
+    assert not rows.meets(60, 63) and rows.meets(139, 143) and not rows.meets(144, 203)
+    assert Inside(2, 5).meets(4, 9) and not Inside(2, 5).meets(5, 9) and Inside().meets(7, 7)
+
+
+def test_an_input_gradient_skips_the_filter_rows_that_read_only_the_border():
+    """conv2's input gradient: its 9 vectors of 16 positions (12-wide rows as one run) read dy's rows
+    only for the filter rows v5 that reach dy's 8 rows from theirs: the first vector (rows 0 and 1)
+    at v5 <= 1, the middle ones at every v5, the last (rows 10, 11) at v5 >= 3: 33 of 45."""
+    x = gn.placeholder("x", (None, 12, 12, 6))
+    w = gn.placeholder("w", (5, 5, 6, 16))
+    y = gn.conv2d(x, w)
+    weights = gn.placeholder("weights", (None, 8, 8, 16))
+    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
+    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    assert "image at 0.., 0..16, rows 4..12 x 4..12 of 12" in str(grad.reduce.value)
+    plan = rowconv.plan(grad, AVX512)
+    vectors = [v for tile, count in plan.tiles for v in tile]
+    assert [v.start for v in vectors] == list(range(0, 144, 16)) and [c for _, c in plan.tiles] == [16] * 3
+    assert [v.live for v in vectors] == [(0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 3, 4), (0, 1, 2, 3, 4),
+                                         (0, 1, 2, 3, 4), (1, 2, 3, 4), (2, 3, 4), (3, 4)]
+
+
+def test_an_unbordered_image_or_too_many_tiles_loop_over_the_tiles(monkeypatch):
+    """lenet's conv1 reads its image in place (no border: nothing to skip); with at most one tile
+    written out, the input gradient above loops over its tiles as before."""
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 28, 28, 1))
+        w = gn.placeholder("w", (5, 5, 1, 6))
+        lp = _prepared([gn.conv2d(x, w)], loop_passes(lambda *a, **k: 64, 1, AVX512))
+        conv = next(k for k in lp.kernels if len(k.domain) == 8)
+        assert rowconv.marked(conv) and rowconv.plan(conv, AVX512).tiles == ()
+    monkeypatch.setattr(rowconv, "MAX_STATIC_TILES", 1)
+    with gn.Graph():
+        fetches = _conv_step((2, 11, 13, 4), (5, 5, 4, 9), {}, np.float32)
+        schedules = _scheduled_llvm(fetches, threads=1, target=AVX512)
+        rows = [s for s in schedules if s.startswith("direct conv, output rows")]
+        assert rows and not any("written out" in s for s in rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_skipped_border_taps_still_make_nan_from_an_infinite_or_nan_filter(dtype, threads, monkeypatch):
+    """The products the skipping leaves out are the border's zeros times the filter: 0 * inf and
+    0 * NaN are NaN in the reference, so a vector skipping a filter row with an infinite or NaN tap
+    is NaN too (an input gradient's flat run, and a padded forward conv's rows)."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    for x_shape, w_shape, kwargs, bad in [((2, 11, 13, 4), (5, 5, 4, 9), {}, [(0, 2, 1, 4), (4, 0, 3, 8)]),
+                                          ((2, 10, 17, 2), (3, 4, 2, 3), dict(padding=((1, 2), (2, 0))),
+                                           [(2, 3, 1, 0)])]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            if host_target().vector_bits == 512:
+                assert "written out" in fn.executable.lp.to_text()
+            rng = np.random.default_rng(5)
+            feeds = {"x": rng.normal(size=x_shape).astype(dtype), "w": rng.normal(size=w_shape).astype(dtype),
+                     "weights": rng.uniform(0.5, 1.5, (x_shape[0],) + fetches[0].shape[1:]).astype(dtype)}
+            feeds["w"][bad[0]] = np.inf
+            if len(bad) > 1:
+                feeds["w"][bad[1]] = np.nan
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11, feeds)
+
+
+def test_rows_of_tiles_pair_two_rows_tails_in_one_vector_where_a_tail_fills_at_most_half():
+    """lenet's conv1 (24-wide rows: a whole vector and 8 of 16 lanes) puts rows 2u and 2u + 1's last 8
+    positions in one vector; 26-wide rows' tails (10) would not fit a half, 16-wide rows have none,
+    and a one-row output has no second row; a flat run (rows one run) never pairs."""
+    for image, expected in [((28, 28, 1), True), ((28, 30, 1), False), ((28, 20, 1), False), ((5, 28, 1), False),
+                            ((21, 23, 1), True)]:
+        with gn.Graph():
+            x = gn.placeholder("x", (None, *image))
+            w = gn.placeholder("w", (5, 5, 1, 6))
+            lp = _prepared([gn.conv2d(x, w)], loop_passes(lambda *a, **k: 64, 1, AVX512))
+            conv = next(k for k in lp.kernels if len(k.domain) == 8)
+            if rowconv.marked(conv):
+                assert rowconv.plan(conv, AVX512).paired == expected, image
+            else:
+                assert not expected, image
+    x = gn.placeholder("x", (None, 12, 12, 6))
+    w = gn.placeholder("w", (5, 5, 6, 16))
+    y = gn.conv2d(x, w)
+    weights = gn.placeholder("weights", (None, 8, 8, 16))
+    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
+    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    assert not rowconv.pairs_tails(grad, 16)  # 12-wide rows, but one run of 144 positions
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_k_convs_with_paired_tails_equal_numpy(dtype, threads, monkeypatch):
+    """K convs whose rows' tails share vectors: 24-wide rows (a half exactly), 19-wide rows of 17 (3 of
+    a half, the odd last row's tail alone), NCHW's 17-wide rows (1 of a half), against numpy."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    for x_shape, w_shape, kwargs in [((3, 28, 28, 1), (5, 5, 1, 6), {}), ((2, 19, 21, 1), (3, 3, 1, 3), {}),
+                                     ((3, 3, 16, 19), (3, 1, 3, 4), dict(data_format="NCHW"))]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            text = fn.executable.lp.to_text()
+            if host_target().vector_bits == 512 and (dtype == np.float32 or x_shape[2] != 28):
+                assert "image rows along" in text and "two rows' tails per vector" in text, x_shape
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_k_conv_runs_the_images_outside_its_tap_blocks_where_their_totals_fit(threads, monkeypatch):
+    """lenet's conv1 filter gradient: the totals of its 9 blocks of 3 taps (9 x 3 x 6 cells of 16
+    float64 lanes, 20 KiB) fit IMAGES_OUTER_BYTES, so each image is read by every block in turn; with
+    no room, each block runs over all the images. Both equal numpy (2 threads: each its own blocks)."""
+    from codegen.llvm import kconv
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", threads)
+    for room, outer in [(kconv.IMAGES_OUTER_BYTES, True), (0, False)]:
+        monkeypatch.setattr(kconv, "IMAGES_OUTER_BYTES", room)
+        with gn.Graph():
+            fetches = _conv_step((3, 28, 28, 1), (5, 5, 1, 6), {}, np.float32)
+            fn = gn.compile(fetches, backend="llvm")
+            if host_target().vector_bits == 512:
+                grad = next(k for k in fn.executable.lp.kernels if "filter_grad" in k.name)
+                assert kconv.marked(grad) and ("images outside the tiles" in str(grad.schedule)) == outer
+            _check(fetches, fn, (3, 28, 28, 1), (5, 5, 1, 6), np.float32, 1e-4)

@@ -61,6 +61,27 @@ class VectorEmitter:
         fn = _declare(self.module, name, self.vt, [PTR, I32, mask.type, self.vt])
         return self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(self.vt, None)])
 
+    def pair_load(self, base: ir.Value, low: ir.Value, high: ir.Value, mask) -> ir.Value:
+        """A vector whose low half is base[low..] and high half base[high..] (each half's lanes outside
+        `mask`, a half's mask, zero; all read where mask is None)."""
+        t = ir.VectorType(self.t, self.lanes // 2)
+        halves = []
+        for at in (low, high):
+            ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)
+            if mask is None:
+                halves.append(self.b.load(ptr, typ=t, align=self.align))
+                continue
+            name = f"llvm.masked.load.v{self.lanes // 2}{_SUFFIX[self.dtype]}.p0"
+            fn = _declare(self.module, name, t, [PTR, I32, mask.type, t])
+            halves.append(self.b.call(fn, [ptr, ir.Constant(I32, self.align), mask, ir.Constant(t, None)]))
+        return self.b.shuffle_vector(*halves, ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes))))
+
+    def half_mask(self, count: int):
+        """The mask of a half vector's first `count` lanes (None: all of them)."""
+        half = self.lanes // 2
+        return None if count == half else ir.Constant(ir.VectorType(ir.IntType(1), half),
+                                                      [i < count for i in range(half)])
+
     def loop(self, start, stop, name: str, step: int = 1):
         return for_range(self.b, start, stop, step, name)
 

@@ -24,10 +24,11 @@ import numpy as np
 from ..collectives import overlap_collectives
 from ..loop_passes import LOOP_PASSES, LoopPass, add_buffer, choose_loop_order, copy_assignments, rewrite_kernel
 from ..loopir import Affine, Expr, Index, Kernel, Load, LoopProgram, Store, Var
-from ..window import Coord, Window, border, bordered, guarded_axes, row_strides, window
+from ..window import Coord, Inside, Window, border, bordered, guarded_axes, row_strides, window
 from . import colconv, igemm, kconv, rowconv, tapconv
 from .jit import host_target
 from .parallel import load_runtime, num_threads
+from .row_sums import widen_row_sums
 from .schedule import gemm_layout, schedule_llvm
 from .target import TargetInfo
 
@@ -181,9 +182,11 @@ def planar_operand(lp: LoopProgram, k: Kernel, copies: dict) -> list[Kernel]:
 
 def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple, pitch: int = 0) -> Window:
     """w reading `buffer`, a copy of its image of `shape` (the image's axes) shifted by `shift` per axis,
-    its axes in the order `axes`; with `pitch`, the last two as one axis, rows `pitch` apart (row_pitch)."""
+    its axes in the order `axes`; with `pitch`, the last two as one axis, rows `pitch` apart (row_pitch).
+    A bordered copy's window says where the image lies in it (`Window.inside`)."""
     coords = [Coord(c.terms, c.const + s, c.div) for c, s in zip(w.coords, shift)]
     coords, dims = [coords[a] for a in axes], [shape[a] for a in axes]
+    inside = [Inside() if w.shape[a] is None else Inside(shift[a], shift[a] + w.shape[a]) for a in axes]
     if pitch:
         (h, wd), extent = coords[-2:], (dims[-2] + 1) * pitch
         terms = {}
@@ -191,7 +194,10 @@ def relaid(w: Window, buffer: int, shift: tuple, shape: tuple, axes: tuple, pitc
             terms[var] = terms.get(var, 0) + coef
         coords = coords[:-2] + [Coord(tuple((v, c) for v, c in terms.items() if c), h.const * pitch + wd.const)]
         dims = dims[:-2] + [extent]
-    return window(buffer, tuple(dims), tuple(coords), w.dtype, w.fill)
+        rows, columns = inside[-2:]
+        inside = inside[:-2] + [Inside(rows.lo, rows.hi, pitch, columns.lo, columns.hi)]
+    bordered_copy = any(shift) or tuple(shape) != tuple(w.shape)
+    return window(buffer, tuple(dims), tuple(coords), w.dtype, w.fill, tuple(inside) if bordered_copy else ())
 
 
 def row_pitch(w: Window, domain: tuple, shape: tuple, shift: tuple, axes: tuple) -> int:
@@ -277,7 +283,7 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
                 ) -> list[LoopPass]:
     """The LLVM backend's loop passes: LOOP_PASSES with the collectives placed and bucketed after the
     assignments' copies (codegen/collectives.py) and GEMM routines chosen (conv images bordered first)
-    before the loop order, then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
+    before the loop order, column sums over a few cells widened after it (row_sums.py), then each kernel's schedule for `threads` on `target` (None: what LLVMBackend uses, the
     process's `num_threads()` when libgomp loads, else 1, and `host_target()`)."""
     if threads is None:
         threads = num_threads() if load_runtime() else 1
@@ -289,4 +295,5 @@ def loop_passes(workspace: Workspace, threads: int | None = None, target: Target
     passes.insert(passes.index(gemm), bordering)
     passes.insert(passes.index(bordering), planar_conv_images(target))
     passes.insert(passes.index(copy_assignments) + 1, overlap_collectives())  # the kernel list is final there
+    passes.insert(passes.index(choose_loop_order) + 1, widen_row_sums)
     return passes + [schedule_llvm(threads, target)]

@@ -15,6 +15,14 @@ gemm_schedule.planar_conv_images's channel-major copy), this path vectorises alo
             total[r][c] += acc[r][c]                                  (per lane, float64)
         C[m_r, c] = sum of total[r][c]'s lanes
 
+Where a row's tail (width % lanes positions) fills at most half a vector, the tails of rows v6 and
+v6 + 1 are one vector's halves (`KConv.paired`: two half-vector loads of each operand), after the
+rows' whole vectors; the lanes' sums are the same products, grouped otherwise.
+
+Where every tap block's float64 totals fit IMAGES_OUTER_BYTES, the images are the outer loop
+(`KConv.images_outer`): each image's x and dy are read by all of a thread's tap blocks while they are
+in cache, rather than the whole batch's once per block.
+
 Each lane sums one image's products in the float type, added to the lane's float64 total (as
 schedule.py's blocked sums); the lanes' totals are summed pairwise at the end. C is the scratch the
 kernel's epilogue (an optimizer's update) reads, as after an implicit GEMM.
@@ -35,6 +43,7 @@ from .target import TargetInfo
 
 ORDER = (3, 0, 1, 2, 5, 6, 7, 4)  # a K conv kernel's loop order: tap blocks outer, v7 along the lanes, v4 registers
 LANE = 7  # the var along the lanes
+IMAGES_OUTER_BYTES = 64 * 1024  # the most stack the float64 totals of every tap block may take
 
 
 
@@ -44,6 +53,8 @@ class KConv:
 
     rows: int  # taps (rows of C) per register tile
     lanes: int  # vector width along v7
+    paired: bool = False  # two rows' tails (their last width % lanes positions) per vector
+    images_outer: bool = False  # the images outside the tap blocks (totals for every block on the stack)
     fused = False  # C is written whole, then the epilogue runs
     split = "taps"  # what the threads share (the schedule's text)
 
@@ -52,7 +63,9 @@ class KConv:
         emit(em, red, self, threads)
 
     def __str__(self) -> str:
-        return f"direct filter gradient, image rows along {self.lanes} lanes, {self.rows} taps per tile"
+        paired = ", two rows' tails per vector" if self.paired else ""
+        outer = ", images outside the tiles" if self.images_outer else ""
+        return f"direct filter gradient, image rows along {self.lanes} lanes{paired}, {self.rows} taps per tile{outer}"
 
 
 def wants(k: Kernel, target: TargetInfo) -> bool:
@@ -107,7 +120,10 @@ def plan(k: Kernel, target: TargetInfo) -> KConv:
     """rows x N accumulators plus N vectors of dy and one of x per row in the vector registers."""
     columns, taps = k.domain[igemm.COLUMN], math.prod(k.domain[:3])
     rows = max(1, min(taps, (target.vector_registers - 1 - columns) // (columns + 1)))
-    return KConv(rows, target.lanes(k.reduce.value.dtype.name))
+    lanes = target.lanes(k.reduce.value.dtype.name)
+    tail = k.domain[LANE] % lanes
+    totals = -(-taps // rows) * rows * columns * lanes * 8
+    return KConv(rows, lanes, k.domain[6] >= 2 and 0 < tail <= lanes // 2, totals <= IMAGES_OUTER_BYTES)
 
 
 def emit(em, red, kc: KConv, threads: int) -> None:
@@ -136,30 +152,56 @@ class _Emitter(VectorEmitter):
     def function(self) -> ir.Function:
         fn = self.fn = self.open_function(f"{self.k.name}_kconv", ["image", "B", "C"])
         self.n, begin, end, self.image, self.bmat, self.c = fn.args
-        rows = self.kc.rows
-        self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), rows * self.columns * self.kc.lanes), name="totals")
+        rows, cell = self.kc.rows, self.columns * self.kc.lanes
+        blocks = -(-self.taps // rows) if self.kc.images_outer else 1
+        self.totals = self.b.alloca(ir.ArrayType(ir.DoubleType(), blocks * rows * cell), name="totals")
         self.totals.align, self.totals.type = 64, PTR
-        full, rest = divmod(self.taps, rows)
-        with for_range(self.b, begin, end, 1, "block") as block:
-            m0 = self.b.mul(block, self._i(rows))
-            if not rest:
-                self.block(m0, rows)
-            else:
-                with self.b.if_else(self.b.icmp_signed("<", block, self._i(full))) as (whole, last):
-                    with whole:
-                        self.block(m0, rows)
-                    with last:
-                        self.block(m0, rest)
+        images = self.n if self.k.domain[5] is None else self.k.domain[5]
+        if self.kc.images_outer:
+            self.blocks(begin, end, self.zero)
+            with for_range(self.b, 0, images, 1, "v5") as v5:
+                self.blocks(begin, end, lambda block, taps: self.image_into(v5, block, taps))
+            self.blocks(begin, end, self.write)
+        else:
+            def block(index: ir.Value, taps: int) -> None:
+                self.zero(self._i(0), taps)
+                with for_range(self.b, 0, images, 1, "v5") as v5:
+                    self.image_into(v5, index, taps, self._i(0))
+                self.write(index, taps, self._i(0))
+            self.blocks(begin, end, block)
         self.b.ret_void()
         return fn
 
-    def block(self, m0: ir.Value, rows: int) -> None:
-        """Taps m0 .. m0 + rows: their float64 totals over the images, then C's rows."""
+    def blocks(self, begin: ir.Value, end: ir.Value, body) -> None:
+        """body(block, taps in it) for each tap block in [begin, end) (the last one may hold fewer)."""
+        full, rest = divmod(self.taps, self.kc.rows)
+        with for_range(self.b, begin, end, 1, "block") as block:
+            if not rest:
+                body(block, self.kc.rows)
+            else:
+                with self.b.if_else(self.b.icmp_signed("<", block, self._i(full))) as (whole, last):
+                    with whole:
+                        body(block, self.kc.rows)
+                    with last:
+                        body(block, rest)
+
+    def totals_of(self, slot: ir.Value) -> ir.Value:
+        """The first of tap block slot's float64 totals (rows x N cells of `lanes` each)."""
+        return self.b.mul(slot, self._i(self.kc.rows * self.columns * self.kc.lanes))
+
+    def zero(self, slot: ir.Value, rows: int) -> None:
+        dv = ir.VectorType(ir.DoubleType(), self.kc.lanes)
+        for i in range(rows * self.columns):
+            self.b.store(ir.Constant(dv, None), self.total(i, self.totals_of(slot)), align=8)
+
+    def image_into(self, v5: ir.Value, block: ir.Value, rows: int, slot: ir.Value | None = None) -> None:
+        """Image v5's products for the taps of `block`, each lane's float32 sum added to its float64
+        total in `slot` (the block's own where None)."""
         b, d, f64 = self.b, self.k.domain, ir.DoubleType()
         cells, lanes = rows * self.columns, self.kc.lanes
         dv = ir.VectorType(f64, lanes)
-        for i in range(cells):
-            b.store(ir.Constant(dv, None), self.total(i), align=8)
+        first = self.totals_of(block if slot is None else slot)
+        m0 = b.mul(block, self._i(self.kc.rows))
         tap_at = []
         for r in range(rows):
             m = b.add(m0, self._i(r))
@@ -168,34 +210,66 @@ class _Emitter(VectorEmitter):
             v0 = b.udiv(m, self._i(d[1] * d[2]))
             a = [self._i(self.a_coef.get(var, 0)) for var in (0, 1, 2)]
             tap_at.append(b.add(b.add(b.mul(v0, a[0]), b.mul(v1, a[1])), b.add(b.mul(v2, a[2]), self._i(self.a_const))))
-        with for_range(b, 0, self.n if d[5] is None else d[5], 1, "v5") as v5:
-            a_at = [b.add(t, b.mul(v5, self._i(self.a_coef.get(5, 0)))) for t in tap_at]
-            b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
-            zero = ir.Constant(self.vt, None)
-            acc = self.carried(d[6], [zero] * cells, lambda v6, acc: self.row(v6, acc, a_at, b_at, rows), "v6")
-            for i, vector in enumerate(acc):  # each lane's float32 sum over the image into its float64 total
-                part = vector if self.dtype == "float64" else b.fpext(vector, dv)
-                b.store(b.fadd(b.load(self.total(i), typ=dv, align=8), part), self.total(i), align=8)
+        a_at = [b.add(t, b.mul(v5, self._i(self.a_coef.get(5, 0)))) for t in tap_at]
+        b_at = b.add(b.mul(v5, self._i(self.b_coef.get(5, 0))), self._i(self.b_const))
+        zero = ir.Constant(self.vt, None)
+        acc = self.carried(d[6], [zero] * cells, lambda v6, acc: self.row(v6, acc, a_at, b_at, rows), "v6")
+        if self.kc.paired:
+            acc = self.carried(d[6] // 2, acc, lambda q, acc: self.tails(b.mul(q, self._i(2)), acc, a_at, b_at, rows),
+                               "v6p")
+            if d[6] % 2:
+                acc = self.row(self._i(d[6] - 1), acc, a_at, b_at, rows, whole=False, tail=True)
+        for i, vector in enumerate(acc):  # each lane's float32 sum over the image into its float64 total
+            part = vector if self.dtype == "float64" else b.fpext(vector, dv)
+            b.store(b.fadd(b.load(self.total(i, first), typ=dv, align=8), part), self.total(i, first), align=8)
+
+    def write(self, block: ir.Value, rows: int, slot: ir.Value | None = None) -> None:
+        """C's rows of the taps of `block`: each cell's lanes summed pairwise (totals in `slot`, the
+        block's own where None)."""
+        b, dv = self.b, ir.VectorType(ir.DoubleType(), self.kc.lanes)
+        first, m0 = self.totals_of(block if slot is None else slot), b.mul(block, self._i(self.kc.rows))
         for r in range(rows):
             for j in range(self.columns):
-                value = self.lane_sum(b.load(self.total(r * self.columns + j), typ=dv, align=8))
+                value = self.lane_sum(b.load(self.total(r * self.columns + j, first), typ=dv, align=8))
                 value = value if self.dtype == "float64" else b.fptrunc(value, self.t)
                 at = b.add(b.mul(b.add(m0, self._i(r)), self._i(self.columns)), self._i(j))
                 b.store(value, b.gep(self.c, [at], inbounds=True, source_etype=self.t), align=self.align)
 
-    def row(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int) -> list:
-        """One row v6: its whole vectors along v7, then a masked last one."""
+    def row(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int, whole: bool = True,
+            tail: bool | None = None) -> list:
+        """One row v6: its whole vectors along v7, then (unless its tail is paired) a masked last one."""
         b, lanes, width = self.b, self.kc.lanes, self.k.domain[LANE]
-        a_row = [b.add(a, b.mul(v6, self._i(self.a_coef.get(6, 0)))) for a in a_at]
-        b_row = b.add(b_at, b.mul(v6, self._i(self.b_coef.get(6, 0))))
-        whole = width // lanes
-        if whole:
-            acc = self.carried(whole, acc, lambda t, acc: self.step(acc, a_row, b_row, b.mul(t, self._i(lanes)), rows,
-                                                                    None), "v7")
-        if whole * lanes < width:
-            mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < width - whole * lanes for i in range(lanes)])
-            acc = self.step(acc, a_row, b_row, self._i(whole * lanes), rows, mask)
+        a_row, b_row = self.at_row(v6, a_at, b_at)
+        vectors = width // lanes
+        if vectors and whole:
+            acc = self.carried(vectors, acc, lambda t, acc: self.step(acc, a_row, b_row, b.mul(t, self._i(lanes)), rows,
+                                                                      None), "v7")
+        if vectors * lanes < width and (not self.kc.paired if tail is None else tail):
+            mask = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [i < width - vectors * lanes for i in range(lanes)])
+            acc = self.step(acc, a_row, b_row, self._i(vectors * lanes), rows, mask)
         return acc
+
+    def at_row(self, v6: ir.Value, a_at: list, b_at: ir.Value) -> tuple[list, ir.Value]:
+        """Row v6's addresses: each tap's in the image, and dy's."""
+        b = self.b
+        return ([b.add(a, b.mul(v6, self._i(self.a_coef.get(6, 0)))) for a in a_at],
+                b.add(b_at, b.mul(v6, self._i(self.b_coef.get(6, 0)))))
+
+    def tails(self, v6: ir.Value, acc: list, a_at: list, b_at: ir.Value, rows: int) -> list:
+        """The tails of rows v6 and v6 + 1 as one vector's halves: rows x N FMAs."""
+        b, lanes, width = self.b, self.kc.lanes, self.k.domain[LANE]
+        first = width // lanes * lanes
+        (a_low, b_low), (a_high, b_high) = self.at_row(v6, a_at, b_at), self.at_row(b.add(v6, self._i(1)), a_at, b_at)
+        mask = self.half_mask(width - first)
+        at = self._i(first)
+        bv = [self.pair_load(self.bmat, *(b.add(b.add(x, at), self._i(self.b_coef.get(igemm.COLUMN, 0) * j))
+                                          for x in (b_low, b_high)), mask) for j in range(self.columns)]
+        out = list(acc)
+        for r in range(rows):
+            a = self.pair_load(self.image, b.add(a_low[r], at), b.add(a_high[r], at), mask)
+            for j in range(self.columns):
+                out[r * self.columns + j] = self.fma(a, bv[j], out[r * self.columns + j])
+        return out
 
     def step(self, acc: list, a_row: list, b_row: ir.Value, v7: ir.Value, rows: int, mask) -> list:
         """Vectors of dy (one per column) and x (one per tap) at v7..: rows x N FMAs."""
@@ -210,9 +284,10 @@ class _Emitter(VectorEmitter):
         return out
 
     # -- IR helpers ----------------------------------------------------------------------------
-    def total(self, i: int) -> ir.Value:
-        """Cell i's float64 totals, one per lane."""
-        return self.b.gep(self.totals, [self._i(i * self.kc.lanes)], inbounds=True, source_etype=ir.DoubleType())
+    def total(self, i: int, first: ir.Value) -> ir.Value:
+        """Cell i's float64 totals, one per lane, in a block's totals from element `first`."""
+        at = self.b.add(first, self._i(i * self.kc.lanes))
+        return self.b.gep(self.totals, [at], inbounds=True, source_etype=ir.DoubleType())
 
     def lane_sum(self, v: ir.Value) -> ir.Value:
         """The sum of v's lanes, pairwise (halves added until one lane is left)."""

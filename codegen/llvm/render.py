@@ -50,7 +50,7 @@ _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 # the runtime functions a call kernel may name (graphnet/distributed/native/collectives.c)
 RUNTIME_CALLS = ("allreduce_start", "allreduce_wait", "allreduce_progress")
-_SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.scalar\.\d+", (!\d+) ?\}', re.M)
+_SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.(?:scalar|width)\.\d+", (!\d+(?:, !\d+)*) ?\}', re.M)
 
 
 def value_type(dtype: np.dtype) -> ir.Type:
@@ -127,6 +127,18 @@ class Renderer:
         off = self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.enable"),
                                         ir.Constant(I1, 0)])
         return self.module.add_metadata([ir.MetaDataString(self.module, f"graphnet.scalar.{self._loops}"), off])
+
+    def vector_width_loop_id(self, width: int) -> ir.Value:
+        """Loop metadata vectorizing a loop `width` lanes wide (LLVM's hint: its tail masked off; made
+        `distinct` and self-referencing in the text, as scalar_loop_id's)."""
+        self._loops += 1
+        hints = [self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.width"),
+                                           ir.Constant(ir.IntType(32), width)]),
+                 self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.enable"),
+                                           ir.Constant(I1, 1)]),
+                 self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.predicate.enable"),
+                                           ir.Constant(I1, 1)])]
+        return self.module.add_metadata([ir.MetaDataString(self.module, f"graphnet.width.{self._loops}"), *hints])
 
     # ---- declarations -------------------------------------------------------------------
     def _declare(self, name: str, ret: ir.Type, args: list) -> ir.Function:
@@ -252,6 +264,8 @@ class _KernelEmitter:
         latch = b.branch(head)
         if scalar:
             latch.set_metadata("llvm.loop", self.r.scalar_loop_id())
+        elif self.s.narrow and self.s.narrow[0] == var:
+            latch.set_metadata("llvm.loop", self.r.vector_width_loop_id(self.s.narrow[1]))
         b.position_at_end(done)
 
     def nest(self, variables, body, scalar: bool = False) -> None:

@@ -109,6 +109,7 @@ class LLVMSchedule:
     gemm: Gemm | None = None
     sum_block: tuple = ()  # a blocked float32 sum: (the reduced var run in blocks, its iterations per block)
     transpose: tuple = ()  # a transposing copy in register tiles: (x, y, lanes), see `transpose_tile`
+    narrow: tuple = ()  # (var, width): the innermost loop, shorter than a vector, vectorized `width` wide
 
     def __str__(self) -> str:
         parts = [str(self.gemm)] if self.gemm is not None else []
@@ -129,6 +130,9 @@ class LLVMSchedule:
         if self.transpose:
             x, y, lanes = self.transpose
             parts.append(f"transpose v{x}<->v{y} in tiles of {lanes} v{x} (vector loads, register shuffles)")
+        if self.narrow:
+            var, width = self.narrow
+            parts.append(f"v{var} in {width}-lane vectors")
         return ", ".join(parts)
 
 
@@ -162,6 +166,8 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
     unroll = _unrolled(looped, k.domain, row)
     common = dict(threads=threads, target=target, unroll=unroll, scalar_reduce=scalar_reduce,
                   scalar_stores=scalar_stores, gemm=gemm, sum_block=_sum_block(k, scalar_reduce))
+    if gemm is None and not (red is not None and (red.scratch is not None or red.scan)):
+        common["narrow"] = _narrow(k, unroll, target, scalar_reduce or scalar_stores)
     if gemm is not None and gemm.by_columns and gemm.routine is not None and not gemm.routine[4]:
         return LLVMSchedule(parallel=1, min_work=PARALLEL_MIN_FLOPS, **common)
     if gemm is not None and gemm.direct is not None and gemm.direct.fused:
@@ -174,6 +180,27 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
         return LLVMSchedule(**common)
     slow = scalar_stores or scalar_reduce
     return LLVMSchedule(parallel=looped[0], min_work=PARALLEL_MIN_SLOW if slow else PARALLEL_MIN_FAST, **common)
+
+
+def _narrow(k: Kernel, unroll: tuple, target: TargetInfo | None, scalar: bool) -> tuple:
+    """(var, width) where the innermost loop of the kernel's nest is a kept var (a register reduction's
+    reduced loops all written out), static, shorter than half a vector of the kernel's widest element,
+    and every store is contiguous along it: that loop is vectorized at the narrowest power of two (at
+    least 4) lanes covering it. LLVM would take a whole vector with most lanes masked off, each
+    operation costing a whole vector's (znver4 splits a 512-bit one into two halves). Else ()."""
+    if scalar or target is None or not target.vector_bits or not k.stores:
+        return ()
+    red = k.reduce
+    looped = [v for v in k.order if v not in unroll]
+    if not looped or (red is not None and looped[-1] in red.axes):
+        return ()
+    var, extent = looped[-1], k.domain[looped[-1]]
+    if extent is None or any(st.index is not None or st.offset.stride(var) != (1, 0) for st in k.stores):
+        return ()
+    values = ([red.value] if red is not None else []) + [st.value for st in k.stores]
+    lanes = target.vector_bits // (8 * max(np.dtype(e.dtype).itemsize for e in values))
+    width = max(4, 1 << (extent - 1).bit_length())
+    return (var, width) if 1 < extent and 2 * width <= lanes else ()
 
 
 def transpose_tile(k: Kernel, target: TargetInfo | None) -> tuple:
