@@ -50,7 +50,8 @@ class Inside:
         """Does some index in [first, last] hold the image?"""
         if not self.pitch:
             return last >= self.lo and (self.hi is None or first < self.hi)
-        rows = range(max(self.lo, first // self.pitch), min(self.hi, last // self.pitch + 1))
+        end = last // self.pitch + 1
+        rows = range(max(self.lo, first // self.pitch), end if self.hi is None else min(self.hi, end))
         return any(first < r * self.pitch + self.col_hi and r * self.pitch + self.col_lo <= last for r in rows)
 
     def __str__(self) -> str:

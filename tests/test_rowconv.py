@@ -251,6 +251,8 @@ def test_inside_meets_the_image_rows_and_columns_of_a_pitched_copy():
     assert not rows.meets(0, 47) and not rows.meets(48, 51) and rows.meets(48, 52) and rows.meets(59, 60)
     assert not rows.meets(60, 63) and rows.meets(139, 143) and not rows.meets(144, 203)
     assert Inside(2, 5).meets(4, 9) and not Inside(2, 5).meets(5, 9) and Inside().meets(7, 7)
+    to_end = Inside(4, None, 12, 4, 12)  # rows from 4 to the axis's end
+    assert to_end.meets(1000 * 12 + 4, 1000 * 12 + 4) and not to_end.meets(48, 51)
 
 
 def test_an_input_gradient_skips_the_filter_rows_that_read_only_the_border():
