@@ -64,3 +64,17 @@ def test_widened_sums_equal_numpy(dtype, threads, monkeypatch):
                     feed[1, 2, 3, 1], feed[0, 5, 6, 4] = np.nan, np.inf
                 for got, want in zip(fn(x=feed), ref(x=feed)):
                     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sum_keeping_an_outer_axis_is_left_alone_and_equals_numpy(dtype):
+    """Fuzz 0:20939: the sum over axes (0, 2) of a (6, 3, 3, 2) tensor keeps axis 1 beside the cells;
+    a wide row indexed by the cells alone would mix its rows, so such a sum is not widened."""
+    x = np.random.default_rng(0).normal(size=(6, 3, 3, 2)).astype(dtype)
+    with gn.Graph():
+        x0 = gn.placeholder("x0", (6, 3, 3, 2), dtype)
+        fetch = gn.sum(x0, axis=(0, 2), keepdims=True)
+        assert all(widened_var(k) is None for k in _kernels([fetch]))
+        fn = gn.compile([fetch], backend="llvm")
+        np.testing.assert_allclose(fn(x0=x)[0], x.sum(axis=(0, 2), keepdims=True),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -13,7 +13,7 @@ ROW_TOTALS_MAX), the pass splits the kernel in two:
 The first is a sum into a scratch row of W * C contiguous cells (whole vectors, no shuffles; blocked
 float32 sums into float64 totals, as schedule.py's rules say); the second adds W values per cell
 and runs the kernel's stores (an optimizer's update) as before. Applied where a row of C cells fills
-less than one 64-byte vector (C * itemsize < 64) and W > 1.
+less than one 64-byte vector (C * itemsize < 64), W > 1, and the cells are the only kept var.
 """
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def widened_var(k: Kernel) -> int | None:
     if not isinstance(value, Load) or isinstance(value, Window):
         return None
     inner = k.order[-1]
+    if any(v != inner and v not in red.axes and extent != 1 for v, extent in enumerate(k.domain)):
+        return None  # a kept var beside the cells: the wide row, indexed by the cells alone, would mix its rows
     reduced = [v for v in k.order if v in red.axes]
     cells = k.domain[inner]
     if not reduced or cells is None or cells * value.dtype.itemsize >= VECTOR_BYTES:
