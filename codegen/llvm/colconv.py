@@ -30,7 +30,7 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import guarded_axes
 from . import igemm, rowconv
-from .direct import I64, PTR, VectorEmitter, call_in_parallel
+from .direct import I64, PTR, VectorEmitter, call_in_parallel, kernel_flops
 from .loops import carried_loop, for_range
 from .target import TargetInfo
 
@@ -116,9 +116,7 @@ def emit(em, red, cc: ColConv, threads: int) -> None:
     fn = emitter.gradient() if cc.taps else emitter.function()
     args = [em.N, em.ptrs[window.buffer], em.ptrs[other.buffer], em.ptrs[red.scratch]]
     outer = ir.Constant(I64, -(-math.prod(em.k.domain[:3]) // cc.taps)) if cc.taps else em.extent(0)
-    work = ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None))
-    for _ in range(em.k.domain.count(None)):
-        work = em.b.mul(work, em.N)
+    work = kernel_flops(em)
     call_in_parallel(em, fn, "cols", outer, args, threads, work)
 
 

@@ -3,6 +3,8 @@ vector type of a dtype and lane count, the IR helpers their loops use, and the p
 calls a direct conv's function on each thread's share of its outer range."""
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 
 from .gemm import _SUFFIX, _declare, _intrinsic
@@ -87,6 +89,14 @@ class VectorEmitter:
 
     def carried(self, count: int, init: list, body, name: str) -> list:
         return carried_loop(self.b, count, init, body, name)
+
+
+def kernel_flops(em) -> ir.Value:
+    """At em's builder: 2 x the kernel's whole domain (a multiply-add per point), N for each batch extent."""
+    work = ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None))
+    for _ in range(em.k.domain.count(None)):
+        work = em.b.mul(work, em.N)
+    return work
 
 
 def call_in_parallel(em, fn: ir.Function, name: str, outer: ir.Value, args: list, threads: int,

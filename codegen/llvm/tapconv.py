@@ -55,7 +55,7 @@ from llvmlite import ir
 from ..loopir import Kernel
 from ..window import guarded_axes
 from . import igemm, rowconv
-from .direct import I64, PTR, VectorEmitter, call_in_parallel
+from .direct import I64, PTR, VectorEmitter, call_in_parallel, kernel_flops
 from .loops import carried_loop, for_range
 from .target import TargetInfo
 
@@ -259,9 +259,7 @@ def emit(em, red, tc: TapConv, threads: int) -> None:
     """Tap conv kernel em.k by `tc` at em's builder: the forward form with the kernel's stores, split
     over the images (v0); the gradient form into C (red.scratch), split over its tiles of taps."""
     window, other = red.contraction
-    work = ir.Constant(I64, 2 * math.prod(d for d in em.k.domain if d is not None))
-    for _ in range(em.k.domain.count(None)):
-        work = em.b.mul(work, em.N)
+    work = kernel_flops(em)
     if tc.taps:
         fn = _GradientEmitter(em.r.module, em.k, tc).function()
         tiles = ir.Constant(I64, -(-math.prod(em.k.domain[:3]) // tc.taps))
