@@ -1,5 +1,10 @@
 """The numpy reference backend: evaluates the optimised graph node by node with each op's numpy
-reference. Every other backend is tested against it, so it stays simple and obviously right."""
+reference. Every other backend is tested against it, so it stays simple and obviously right.
+
+`NumpyBackend.rounding` (a float dtype, None by default) rounds every float value the interpreter
+holds (inputs, variables, constants, each node's result) to that dtype's precision, keeping its own
+dtype: a float64 graph then computes correctly rounded float32 arithmetic, op by op (the fuzz
+oracle's rounded twin, graphnet/testing/oracle.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,18 +24,19 @@ class NumpyBackend:
         self.order = program.nodes()
         self.placeholders = sorted(program.placeholders, key=lambda p: p.attrs["name"])
         self.check_numerics = options.check_numerics
+        self.rounding: np.dtype | None = None
         self.lock = step_lock(program)  # held by run: the step reads and writes its variables in place
 
     def evaluate(self, arrays: list[np.ndarray], batch: int) -> dict:
-        env = dict(zip(self.placeholders, arrays))
+        env = {p: self._rounded(a) for p, a in zip(self.placeholders, arrays)}
         for node in self.order:
             if node in env:
                 continue
             name = node.op.name
             if name == "variable":
-                env[node] = node.attrs["var"].array
+                env[node] = self._rounded(node.attrs["var"].array)
             elif name == "constant":
-                env[node] = node.attrs["value"].array
+                env[node] = self._rounded(node.attrs["value"].array)
             elif name == "batch_size":
                 env[node] = np.asarray(batch, node.dtype)
             else:
@@ -41,10 +47,18 @@ class NumpyBackend:
                     value = np.asarray(node.op.numpy(*(env[x] for x in node.inputs), **attrs))
                 if value.dtype != node.dtype:
                     value = value.astype(node.dtype)
+                value = self._rounded(value)
                 if self.check_numerics:
                     self._check(node, value, env)
                 env[node] = value
         return env
+
+    def _rounded(self, value: np.ndarray) -> np.ndarray:
+        """`value` rounded to `rounding`'s precision (where set and coarser than its float dtype)."""
+        if self.rounding is None or value.dtype.kind != "f" or value.dtype.itemsize <= self.rounding.itemsize:
+            return value
+        with np.errstate(all="ignore"):  # beyond the coarser dtype's range: its infinity, as it computes
+            return value.astype(self.rounding).astype(value.dtype)
 
     def run(self, arrays: list[np.ndarray], batch: int) -> list[np.ndarray]:
         with self.lock.hold():

@@ -10,6 +10,15 @@ disagree about finiteness (an overflow near the threshold) or about a bool/int r
 decided by rounding) are unstable and not compared. Where a backend still differs, the reference is
 run again on inputs moved by a few ulps (`Spec.jitter`): how far that moves it widens the estimate in
 the same way, so a result that rounding alone decides (exp(log(x)) != x) is not a failure.
+
+numpy's float32 math is not correctly rounded (its float32 tanh(9.0824757) is 0.99999994, one ulp
+below the correctly rounded 1.0), so a discontinuous op (floor, round, sign, a comparison, argmax)
+can jump on numpy where a backend with correctly rounded float32 math does not, while the float64
+twin jumps with numpy. So at a float32-regime mismatch a third twin runs too, the *rounded twin*: the
+float64 twin with every op's result rounded to float32 (`NumpyBackend.rounding`: correctly rounded
+float32 arithmetic, op by op, with the same feeds, variables and dropout masks as the float32 twin,
+ints and bools untouched). Where it differs from the float64 twin, the estimate widens (and a
+finiteness or bool/int disagreement is unstable) as for the float32 twin.
 """
 from __future__ import annotations
 
@@ -81,9 +90,11 @@ class BackendError(Exception):
 
 
 # ---- running ---------------------------------------------------------------------------------------
-def execute(spec: Spec, backend: str, dtype: str | None = None, uniform: bool = False) -> tuple[dict, float]:
+def execute(spec: Spec, backend: str, dtype: str | None = None, uniform: bool = False,
+            rounding: str | None = None) -> tuple[dict, float]:
     """Compile and call the spec on `backend`: every fetch of every call, and (training) every variable
-    afterwards, by name; and the compile time (CPU seconds of the compiling thread). Raises BackendError."""
+    afterwards, by name; and the compile time (CPU seconds of the compiling thread). `rounding` (numpy
+    backend only): round every float value to this dtype's precision. Raises BackendError."""
     try:
         built = build(spec, dtype, uniform)
     except Exception as e:
@@ -95,6 +106,8 @@ def execute(spec: Spec, backend: str, dtype: str | None = None, uniform: bool = 
     except Exception as e:
         raise BackendError("compile error", e) from e
     compile_s = time.thread_time() - start
+    if rounding is not None:
+        fn.executable.rounding = np.dtype(rounding)
     values = {}
     try:
         for c in range(len(spec.batches)):
@@ -140,16 +153,21 @@ def error_estimate(a: np.ndarray | None, b: np.ndarray | None, shape: tuple,
 
 
 def compare(name: str, got: Any, want: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None,
-            tol: Tol, scale: float, top: float = 1.0, jittered: list | None = None) -> str | None:
+            tol: Tol, scale: float, top: float = 1.0, jittered: list | None = None,
+            rounded: np.ndarray | None = None) -> str | None:
     """None if `got` matches `want` (see the module docstring), else what differs. `top` is the
     largest magnitude among the graph's fetched values (the absolute tolerance's scale); `jittered`
-    are the reference's values on inputs moved by a few ulps (their spread widens the estimate)."""
+    are the reference's values on inputs moved by a few ulps (their spread widens the estimate);
+    `rounded` is the rounded twin's value (its distance from `hi` widens it as `lo`'s does)."""
     got = np.asarray(got)
     if got.shape != want.shape:
         return f"{name}: shape {got.shape}, want {want.shape}"
     if got.dtype != want.dtype:
         return f"{name}: dtype {got.dtype}, want {want.dtype}"
     est, unstable = error_estimate(lo, hi, want.shape, scale)
+    if rounded is not None:
+        e, u = error_estimate(rounded, hi, want.shape, scale)
+        est, unstable = np.maximum(est, e), unstable | u
     for other in jittered or ():
         e, u = error_estimate(want, other, want.shape, 1.0)
         est, unstable = np.maximum(est, e), unstable | u
@@ -184,7 +202,7 @@ def magnitude(values: dict) -> float:
 
 
 def compare_all(got: dict, want: dict, lo: dict | None, hi: dict | None, tol: Tol, scale: float,
-                keys: list | None = None, jittered: list = ()) -> list[str]:
+                keys: list | None = None, jittered: list = (), rounded: dict | None = None) -> list[str]:
     top = magnitude(want)
     problems = []
     for key in keys if keys is not None else want:
@@ -192,7 +210,7 @@ def compare_all(got: dict, want: dict, lo: dict | None, hi: dict | None, tol: To
             problems.append(f"{key}: missing")
             continue
         p = compare(key, got[key], want[key], (lo or {}).get(key), (hi or {}).get(key), tol, scale, top,
-                    [j[key] for j in jittered if key in j])
+                    [j[key] for j in jittered if key in j], (rounded or {}).get(key))
         if p:
             problems.append(p)
     return problems
@@ -216,7 +234,7 @@ def check(spec: Spec, use_torch: bool = True, budget_s: float = COMPILE_BUDGET_S
         return result
     reg = regime(spec)
     scale = 1.0 if reg == "float32" else EPS_RATIO
-    jittered = None  # computed at the first mismatch
+    jittered = rounded = None  # computed at the first mismatch
     for backend in spec.backends:
         progress(backend)
         try:
@@ -228,12 +246,13 @@ def check(spec: Spec, use_torch: bool = True, budget_s: float = COMPILE_BUDGET_S
         problems = compare_all(got, want, lo, hi, TOLERANCE[reg], scale)
         if problems:  # is the reference itself that sensitive? (a comparison of equal values, ...)
             jittered = jittered if jittered is not None else _jittered(spec)
-            problems = compare_all(got, want, lo, hi, TOLERANCE[reg], scale, jittered=jittered)
+            rounded = rounded if rounded is not None else _rounded_twin(spec, reg)
+            problems = compare_all(got, want, lo, hi, TOLERANCE[reg], scale, jittered=jittered, rounded=rounded)
         noise = noise_gradient(spec) if problems else None
         if noise:  # steps after the first follow rounding noise: compare what the first call computed
             result.notes.append(f"training compared before the first update only: {noise}")
             first = [k for k in want if k.startswith("call0/")]
-            problems = compare_all(got, want, lo, hi, TOLERANCE[reg], scale, first, jittered)
+            problems = compare_all(got, want, lo, hi, TOLERANCE[reg], scale, first, jittered, rounded)
         if problems:
             result.failures.append(Failure(backend, "mismatch", "\n".join(problems[:4])))
         if result.compile_s[backend] > budget_s:
@@ -259,6 +278,17 @@ def _jittered(spec: Spec, dtype: str | None = None, uniform: bool = False) -> li
         except BackendError:
             pass
     return runs
+
+
+def _rounded_twin(spec: Spec, reg: str) -> dict:
+    """The rounded twin (see the module docstring): in the float32 regime, the all-float64 reference
+    with every float value rounded to float32; empty in the float64 regime (or where it cannot run)."""
+    if reg != "float32":
+        return {}
+    try:
+        return execute(spec, "numpy", "float64", True, rounding="float32")[0]
+    except BackendError:
+        return {}
 
 
 SCALE_FREE = ("Adam", "AdamW", "RMSProp", "Adagrad")  # optimizers dividing a step by the gradient's size
