@@ -67,6 +67,41 @@ def storage_type(dtype: np.dtype) -> ir.Type:
     return I8 if dtype.kind == "b" else value_type(dtype)
 
 
+def is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
+    """Whether `fn` only sets up and makes calls: no loop (no branch back to an earlier block), no
+    floating-point value, and no call to a function of the module that LLVM would inline into it and
+    that is not glue itself (a serial kernel's body stays inlined into its wrapper). The renderer
+    compiles such functions without optimisation (`optnone`): the kernels' wrappers, a parallel region's
+    set-up, thread entry and slice, which call the outlined loop nests (`_range`, `_rows`, never
+    inlined), the profiled step. Their cost per step is a few instructions around calls, while
+    LLVM's pipeline and instruction selection cost milliseconds per function. `known` memoizes."""
+    if fn not in known:
+        known[fn] = _is_glue(fn, known)
+    return known[fn]
+
+
+def _is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
+    order = {block: i for i, block in enumerate(fn.blocks)}
+    for i, block in enumerate(fn.blocks):
+        for instruction in block.instructions:
+            if _is_float(instruction.type) or any(_is_float(op.type) for op in instruction.operands
+                                                   if not isinstance(op, ir.Block)):
+                return False
+            if any(order.get(op, i + 1) <= i for op in instruction.operands if isinstance(op, ir.Block)):
+                return False
+            callee = getattr(instruction, "callee", None)
+            if isinstance(callee, ir.Function) and callee.blocks and "noinline" not in callee.attributes \
+                    and not is_glue(callee, known):
+                return False
+    return True
+
+
+def _is_float(t: ir.Type) -> bool:
+    if isinstance(t, ir.VectorType):
+        t = t.element
+    return isinstance(t, (ir.HalfType, ir.FloatType, ir.DoubleType))
+
+
 class Renderer:
     def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1,
                  target: TargetInfo | None = None):
@@ -91,6 +126,11 @@ class Renderer:
             b.call(self.module.get_global(name), step.args)
         b.ret_void()
         self._profiled_step(names)
+        glue: dict[ir.Function, bool] = {}
+        for fn in self.module.functions:
+            if fn.blocks and fn is not step and is_glue(fn, glue):
+                fn.attributes.add("noinline")
+                fn.attributes.add("optnone")
         text = str(self.module)
         for k in self.lp.kernels:
             comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
