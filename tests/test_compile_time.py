@@ -186,7 +186,7 @@ def _attributes(ir_text: str) -> dict[str, str]:
 @needs_runtime
 def test_glue_functions_skip_the_optimiser_and_loop_nests_do_not(monkeypatch, tmp_path):
     """The functions that only set up and make calls (a threaded kernel's wrapper and body, its region's
-    thread entry and slice, the profiled step) are `optnone`; the loop nests, a serial kernel (its body
+    thread entry, the profiled step) are `optnone`; the loop nests, a serial kernel (its body
     inlined into its wrapper) and the entry point are optimised."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
@@ -198,7 +198,7 @@ def test_glue_functions_skip_the_optimiser_and_loop_nests_do_not(monkeypatch, tm
     assert threaded and "graphnet_step_profiled" in glue and "graphnet_step" not in glue
     for omp in threaded:
         kernel = omp[:-len(".par.omp")]
-        assert {kernel, kernel + "_body", kernel + ".par.slice", omp} <= glue
+        assert {kernel, kernel + "_body", omp} <= glue
     nests = [name for name in attributes if name.endswith(("_range", "_rows"))]
     assert nests and not glue & set(nests)
     wrappers = [name for name in attributes if re.fullmatch(r"k\d+_\w+", name)
@@ -222,3 +222,45 @@ def test_glue_without_optimisation_keeps_the_steps_bits(monkeypatch, tmp_path):
     assert "optnone" in glue[3] and "optnone" not in whole[3]
     assert [a.tobytes() for a in glue[0]] == [a.tobytes() for a in whole[0]]
     assert glue[1].tobytes() == whole[1].tobytes()
+
+
+def test_is_glue_tells_loops_and_floating_point_from_calls_and_branches():
+    """`is_glue`: a loop (a cycle however its blocks are laid out) or a floating-point value makes a
+    function work, branches that only join do not; a call to an inlinable non-glue function is work."""
+    from llvmlite import ir
+
+    from codegen.llvm.render import is_glue
+    module = ir.Module()
+    i64 = ir.IntType(64)
+
+    def function(name: str, args: list | None = None) -> tuple[ir.Function, ir.IRBuilder]:
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args or [i64]), name)
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    joins, b = function("joins")  # the join block laid out before a block that branches to it
+    join, late = joins.append_basic_block("join"), joins.append_basic_block("late")
+    b.cbranch(b.icmp_signed(">", joins.args[0], ir.Constant(i64, 1)), late, join)
+    b.position_at_end(join)
+    b.ret_void()
+    b.position_at_end(late)
+    b.call(ir.Function(module, ir.FunctionType(ir.VoidType(), []), "external"), [])
+    b.branch(join)
+    loops, b = function("loops")
+    head, done = loops.append_basic_block("head"), loops.append_basic_block("done")
+    b.branch(head)
+    b.position_at_end(head)
+    b.cbranch(b.icmp_signed(">", b.add(loops.args[0], ir.Constant(i64, 1)), ir.Constant(i64, 9)), done, head)
+    b.position_at_end(done)
+    b.ret_void()
+    floats, b = function("floats", [ir.PointerType()])
+    value = b.load(floats.args[0], typ=ir.FloatType())
+    b.store(b.fadd(value, value), floats.args[0])
+    b.ret_void()
+    calls, b = function("calls", [ir.PointerType()])
+    b.call(floats, [calls.args[0]])
+    b.ret_void()
+    known: dict = {}
+    assert is_glue(joins, known) and not is_glue(loops, known) and not is_glue(floats, known)
+    assert not is_glue(calls, known)
+    floats.attributes.add("noinline")
+    assert is_glue(calls, {})

@@ -68,32 +68,52 @@ def storage_type(dtype: np.dtype) -> ir.Type:
 
 
 def is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
-    """Whether `fn` only sets up and makes calls: no loop (no branch back to an earlier block), no
+    """Whether `fn` only sets up and makes calls: no loop (no cycle in its control flow), no
     floating-point value, and no call to a function of the module that LLVM would inline into it and
     that is not glue itself (a serial kernel's body stays inlined into its wrapper). The renderer
     compiles such functions without optimisation (`optnone`): the kernels' wrappers, a parallel region's
-    set-up, thread entry and slice, which call the outlined loop nests (`_range`, `_rows`, never
+    set-up and thread entry, which call the outlined loop nests (`_range`, `_rows`, never
     inlined), the profiled step. Their cost per step is a few instructions around calls, while
     LLVM's pipeline and instruction selection cost milliseconds per function. `known` memoizes."""
     if fn not in known:
+        known[fn] = False  # (a function reached again while deciding it is recursive: not glue)
         known[fn] = _is_glue(fn, known)
     return known[fn]
 
 
 def _is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
-    order = {block: i for i, block in enumerate(fn.blocks)}
-    for i, block in enumerate(fn.blocks):
+    successors: dict[ir.Block, list[ir.Block]] = {}
+    for block in fn.blocks:
+        successors[block] = []
         for instruction in block.instructions:
             if _is_float(instruction.type) or any(_is_float(op.type) for op in instruction.operands
                                                    if not isinstance(op, ir.Block)):
                 return False
-            if any(order.get(op, i + 1) <= i for op in instruction.operands if isinstance(op, ir.Block)):
-                return False
+            successors[block] += [op for op in instruction.operands if isinstance(op, ir.Block)]
             callee = getattr(instruction, "callee", None)
             if isinstance(callee, ir.Function) and callee.blocks and "noinline" not in callee.attributes \
                     and not is_glue(callee, known):
                 return False
-    return True
+    return not _has_cycle(fn.blocks[0], successors)
+
+
+def _has_cycle(entry: ir.Block, successors: dict[ir.Block, list[ir.Block]]) -> bool:
+    """Whether a path from `entry` returns to a block on it (a loop), by depth-first search."""
+    on_path, done = {entry}, set()
+    stack = [(entry, iter(successors[entry]))]
+    while stack:
+        block, rest = stack[-1]
+        following = next(rest, None)
+        if following is None:
+            stack.pop()
+            on_path.discard(block)
+            done.add(block)
+        elif following in on_path:
+            return True
+        elif following not in done:
+            on_path.add(following)
+            stack.append((following, iter(successors[following])))
+    return False
 
 
 def _is_float(t: ir.Type) -> bool:
@@ -339,8 +359,8 @@ class _KernelEmitter:
 
     def range_function(self, name: str, variables: list[int], body, scalar: bool) -> ir.Function:
         """`void name(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers, in `self.ptrs`'
-        order): the nest over `variables`, the outermost one over [begin, end). A parallel region's slice
-        calls it rather than holding the loop itself: the pointers a slice loads from its frame are not
+        order): the nest over `variables`, the outermost one over [begin, end). A parallel region's thread
+        entry calls it rather than holding the loop itself: the pointers it loads from its frame are not
         `noalias`, so LLVM could not hoist a broadcast value's load and arithmetic out of the loop, would
         vectorize it behind run-time alias checks, and its loop vectorizer takes time exponential in the
         depth of such a loop-invariant expression (its uniformity check follows every path through it,
