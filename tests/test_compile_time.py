@@ -185,20 +185,21 @@ def _attributes(ir_text: str) -> dict[str, str]:
 
 @needs_runtime
 def test_glue_functions_skip_the_optimiser_and_loop_nests_do_not(monkeypatch, tmp_path):
-    """The functions that only set up and make calls (a threaded kernel's wrapper and body, its region's
-    thread entry, the profiled step) are `optnone`; the loop nests, a serial kernel (its body
-    inlined into its wrapper) and the entry point are optimised."""
+    """The functions that only set up and make calls (a threaded kernel's wrapper, its region's thread
+    entry, the profiled step) are `optnone`, a threaded kernel's body (its region's set-up) is inlined
+    into its wrapper; the loop nests, a serial kernel (its body inlined into its wrapper) and the entry
+    point are optimised."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
     _, _, schedules, text = _train_twice(np.random.default_rng(0).standard_normal((8192, 64)).astype(np.float32))
     attributes = _attributes(text)
     glue = {name for name, rest in attributes.items() if "optnone" in rest}
-    assert all("noinline" in attributes[name] for name in glue)
+    assert all("noinline" in attributes[name] and "alwaysinline" not in attributes[name] for name in glue)
     threaded = [name for name in attributes if name.endswith(".par.omp")]
     assert threaded and "graphnet_step_profiled" in glue and "graphnet_step" not in glue
     for omp in threaded:
         kernel = omp[:-len(".par.omp")]
-        assert {kernel, kernel + "_body", omp} <= glue
+        assert {kernel, omp} <= glue and "alwaysinline" in attributes[kernel + "_body"]
     nests = [name for name in attributes if name.endswith(("_range", "_rows"))]
     assert nests and not glue & set(nests)
     wrappers = [name for name in attributes if re.fullmatch(r"k\d+_\w+", name)

@@ -160,6 +160,12 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, b
 
 
 def _ceil_div(b: ir.IRBuilder, x: ir.Value, d: int | ir.Value) -> ir.Value:
+    """ceil(x / d), folded where the operands are constants (the region set-up is compiled without
+    optimisation: `render.is_glue`)."""
+    if isinstance(d, int) and d == 1:
+        return x
+    if isinstance(d, int) and isinstance(x, ir.Constant) and isinstance(x.constant, int):
+        return ir.Constant(_I64, -(-x.constant // d))
     d = d if isinstance(d, ir.Value) else ir.Constant(_I64, d)
     return b.sdiv(b.add(x, b.sub(d, ir.Constant(_I64, 1))), d)
 

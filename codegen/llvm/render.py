@@ -71,10 +71,12 @@ def is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
     """Whether `fn` only sets up and makes calls: no loop (no cycle in its control flow), no
     floating-point value, and no call to a function of the module that LLVM would inline into it and
     that is not glue itself (a serial kernel's body stays inlined into its wrapper). The renderer
-    compiles such functions without optimisation (`optnone`): the kernels' wrappers, a parallel region's
-    set-up and thread entry, which call the outlined loop nests (`_range`, `_rows`, never
-    inlined), the profiled step. Their cost per step is a few instructions around calls, while
-    LLVM's pipeline and instruction selection cost milliseconds per function. `known` memoizes."""
+    compiles such functions without optimisation (`optnone`): the kernels' wrappers, the thread
+    entries of parallel regions, which call the outlined loop nests (`_range`, `_rows`, never
+    inlined), the profiled step; a glue kernel body (a region's set-up) is `alwaysinline`, so its
+    wrapper runs its optimised code without a call. Their cost per step is a few instructions around
+    calls, while LLVM's pipeline and instruction selection cost milliseconds per function. `known`
+    memoizes."""
     if fn not in known:
         known[fn] = False  # (a function reached again while deciding it is recursive: not glue)
         known[fn] = _is_glue(fn, known)
@@ -129,6 +131,7 @@ class Renderer:
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._loops = 0
+        self._bodies: set[ir.Function] = set()  # the kernels' bodies, each called by its wrapper only
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
@@ -148,7 +151,11 @@ class Renderer:
         self._profiled_step(names)
         glue: dict[ir.Function, bool] = {}
         for fn in self.module.functions:
-            if fn.blocks and fn is not step and is_glue(fn, glue):
+            if not fn.blocks or fn is step or not is_glue(fn, glue):
+                continue
+            if fn in self._bodies:  # its wrapper is glue too, and gets the body's optimised code
+                fn.attributes.add("alwaysinline")
+            else:
                 fn.attributes.add("noinline")
                 fn.attributes.add("optnone")
         text = str(self.module)
@@ -255,6 +262,7 @@ class Renderer:
         used = k.buffers()
         body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(used)), f"{k.name}_body")
         body.linkage = "internal"
+        self._bodies.add(body)
         body.args[0].name = "N"
         for arg, buf in zip(body.args[1:], used):
             arg.name = f"b{buf}"
