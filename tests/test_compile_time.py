@@ -176,3 +176,92 @@ def test_sharing_a_threaded_nest_keeps_the_steps_bits(monkeypatch, tmp_path):
     assert nest.search(shared[3]) and not nest.search(inlined[3])
     assert [a.tobytes() for a in shared[0]] == [a.tobytes() for a in inlined[0]]
     assert shared[1].tobytes() == inlined[1].tobytes()
+
+
+def _attributes(ir_text: str) -> dict[str, str]:
+    """Each defined function's name and the rest of its `define` line (its attributes)."""
+    return {m.group(1): m.group(2) for m in re.finditer(r'^define [^@]*@"([\w.]+)"\([^)]*\)(.*)$', ir_text, re.M)}
+
+
+@needs_runtime
+def test_glue_functions_skip_the_optimiser_and_loop_nests_do_not(monkeypatch, tmp_path):
+    """The functions that only set up and make calls (a threaded kernel's wrapper, its region's thread
+    entry, the profiled step) are `optnone`, a threaded kernel's body (its region's set-up) is inlined
+    into its wrapper; the loop nests, a serial kernel (its body inlined into its wrapper) and the entry
+    point are optimised."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    _, _, schedules, text = _train_twice(np.random.default_rng(0).standard_normal((8192, 64)).astype(np.float32))
+    attributes = _attributes(text)
+    glue = {name for name, rest in attributes.items() if "optnone" in rest}
+    assert all("noinline" in attributes[name] and "alwaysinline" not in attributes[name] for name in glue)
+    threaded = [name for name in attributes if name.endswith(".par.omp")]
+    assert threaded and "graphnet_step_profiled" in glue and "graphnet_step" not in glue
+    for omp in threaded:
+        kernel = omp[:-len(".par.omp")]
+        assert {kernel, omp} <= glue and "alwaysinline" in attributes[kernel + "_body"]
+    nests = [name for name in attributes if name.endswith(("_range", "_rows"))]
+    assert nests and not glue & set(nests)
+    wrappers = [name for name in attributes if re.fullmatch(r"k\d+_\w+", name)
+                and not name.endswith(("_body", "_range", "_rows"))]
+    serial = [name for name in wrappers if name + ".par.omp" not in attributes]
+    assert serial and not glue & set(serial)
+    assert any("one thread" in s for s in schedules)
+
+
+@needs_runtime
+def test_glue_without_optimisation_keeps_the_steps_bits(monkeypatch, tmp_path):
+    """The step whose glue functions are `optnone` computes the bits of the step optimised whole."""
+    import codegen.llvm.render as render
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    feed = np.random.default_rng(0).standard_normal((8192, 64)).astype(np.float32)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "glue"))
+    glue = _train_twice(feed)
+    monkeypatch.setattr(render, "is_glue", lambda fn, known: False)
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path / "whole"))
+    whole = _train_twice(feed)
+    assert "optnone" in glue[3] and "optnone" not in whole[3]
+    assert [a.tobytes() for a in glue[0]] == [a.tobytes() for a in whole[0]]
+    assert glue[1].tobytes() == whole[1].tobytes()
+
+
+def test_is_glue_tells_loops_and_floating_point_from_calls_and_branches():
+    """`is_glue`: a loop (a cycle however its blocks are laid out) or a floating-point value makes a
+    function work, branches that only join do not; a call to an inlinable non-glue function is work."""
+    from llvmlite import ir
+
+    from codegen.llvm.render import is_glue
+    module = ir.Module()
+    i64 = ir.IntType(64)
+
+    def function(name: str, args: list | None = None) -> tuple[ir.Function, ir.IRBuilder]:
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args or [i64]), name)
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    joins, b = function("joins")  # the join block laid out before a block that branches to it
+    join, late = joins.append_basic_block("join"), joins.append_basic_block("late")
+    b.cbranch(b.icmp_signed(">", joins.args[0], ir.Constant(i64, 1)), late, join)
+    b.position_at_end(join)
+    b.ret_void()
+    b.position_at_end(late)
+    b.call(ir.Function(module, ir.FunctionType(ir.VoidType(), []), "external"), [])
+    b.branch(join)
+    loops, b = function("loops")
+    head, done = loops.append_basic_block("head"), loops.append_basic_block("done")
+    b.branch(head)
+    b.position_at_end(head)
+    b.cbranch(b.icmp_signed(">", b.add(loops.args[0], ir.Constant(i64, 1)), ir.Constant(i64, 9)), done, head)
+    b.position_at_end(done)
+    b.ret_void()
+    floats, b = function("floats", [ir.PointerType()])
+    value = b.load(floats.args[0], typ=ir.FloatType())
+    b.store(b.fadd(value, value), floats.args[0])
+    b.ret_void()
+    calls, b = function("calls", [ir.PointerType()])
+    b.call(floats, [calls.args[0]])
+    b.ret_void()
+    known: dict = {}
+    assert is_glue(joins, known) and not is_glue(loops, known) and not is_glue(floats, known)
+    assert not is_glue(calls, known)
+    floats.attributes.add("noinline")
+    assert is_glue(calls, {})

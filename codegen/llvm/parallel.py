@@ -1,6 +1,6 @@
 """Parallel-for in generated code, on libgomp's persistent thread pool.
 
-`emit_parallel_for` outlines a loop body over [0, total) into a slice function and calls it through
+`emit_parallel_for` outlines a loop body over [0, total) into a thread entry and calls it through
 `GOMP_parallel`, which reuses the pool's threads (no thread start per call). Each thread computes
 its own slice from `omp_get_thread_num`/`omp_get_num_threads`; the calling thread runs slice 0.
 Work below a caller-given size, or a build with one thread, calls the body directly, so small
@@ -34,7 +34,8 @@ Body = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, list], None]
 
 `slice` (i64) is the thread's index, below the `threads` the loop was emitted for (use it to
 pick per-thread scratch memory); `captured` are the loop's captured values as seen inside the body.
-The body must leave the builder in a block without a terminator.
+The body must leave the builder in a block without a terminator. It is emitted twice, in the thread
+entry and on the serial path, so it should be a call of a function holding the work.
 """
 
 
@@ -53,12 +54,9 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
         body(builder, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total, list(captured))
         return
     frame = ir.LiteralStructType([_I64] + [v.type for v in captured])
-    slice_fn = _emit_slice(module, f"{name}.slice", frame, body)
-    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, slice_fn, grain, every_thread)
+    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, body, grain, every_thread)
 
     data = _entry_alloca(builder, frame)
-    for i, value in enumerate([total] + list(captured)):
-        builder.store(value, _field(builder, frame, data, i))
     grains = _ceil_div(builder, total, grain)
     team = builder.select(builder.icmp_signed("<", grains, ir.Constant(_I64, threads)), grains,
                           ir.Constant(_I64, threads))
@@ -69,10 +67,12 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
     team = builder.select(forked, ir.Constant(_I64, 1), team)
     with builder.if_else(builder.icmp_signed(">", team, ir.Constant(_I64, 1))) as (parallel, serial):
         with parallel:
+            for i, value in enumerate([total] + list(captured)):
+                builder.store(value, _field(builder, frame, data, i))
             gomp = _declare(module, "GOMP_parallel", ir.VoidType(), [_PTR, _PTR, _I32, _I32])
             builder.call(gomp, [omp_fn, data, builder.trunc(team, _I32), ir.Constant(_I32, 0)])
         with serial:
-            builder.call(slice_fn, [data, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total])
+            body(builder, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total, list(captured))
 
 
 def emit_parallel_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo, threads: int,
@@ -131,24 +131,11 @@ def parallel_workspace_bytes(spec: GemmSpec, target: TargetInfo, threads: int) -
     return max(1, threads) * workspace_bytes(spec, target)
 
 
-def _emit_slice(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body) -> ir.Function:
-    """`void name(ptr frame, i64 slice, i64 begin, i64 end)`: the body with its captures unpacked."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR, _I64, _I64, _I64]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, arg_name in zip(fn.args, ("frame", "slice", "begin", "end")):
-        arg.name = arg_name
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    captured = [b.load(_field(b, frame, fn.args[0], i), typ=t) for i, t in enumerate(frame.elements) if i > 0]
-    body(b, fn.args[1], fn.args[2], fn.args[3], captured)
-    b.ret_void()
-    return fn
-
-
-def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, slice_fn: ir.Function,
+def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body,
                     grain: int, every_thread: bool) -> ir.Function:
     """`void name(ptr frame)`, run by every thread of the team: thread t takes grains
-    [t*per, (t+1)*per) of ceil(total/grain), per = ceil(grains/team)."""
+    [t*per, (t+1)*per) of ceil(total/grain), per = ceil(grains/team), and runs the body on them with
+    the captures unpacked from the frame."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -162,16 +149,23 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, s
     begin = b.mul(tid, per)
     end = b.add(begin, per)
     end = b.select(b.icmp_signed("<", end, total), end, total)
+    captured = [b.load(_field(b, frame, data, i), typ=t) for i, t in enumerate(frame.elements) if i > 0]
     if every_thread:
-        b.call(slice_fn, [data, tid, b.select(b.icmp_signed("<", begin, end), begin, end), end])
+        body(b, tid, b.select(b.icmp_signed("<", begin, end), begin, end), end, captured)
     else:
         with b.if_then(b.icmp_signed("<", begin, end)):
-            b.call(slice_fn, [data, tid, begin, end])
+            body(b, tid, begin, end, captured)
     b.ret_void()
     return fn
 
 
 def _ceil_div(b: ir.IRBuilder, x: ir.Value, d: int | ir.Value) -> ir.Value:
+    """ceil(x / d), folded where the operands are constants (the region set-up is compiled without
+    optimisation: `render.is_glue`)."""
+    if isinstance(d, int) and d == 1:
+        return x
+    if isinstance(d, int) and isinstance(x, ir.Constant) and isinstance(x.constant, int):
+        return ir.Constant(_I64, -(-x.constant // d))
     d = d if isinstance(d, ir.Value) else ir.Constant(_I64, d)
     return b.sdiv(b.add(x, b.sub(d, ir.Constant(_I64, 1))), d)
 

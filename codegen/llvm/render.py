@@ -67,6 +67,63 @@ def storage_type(dtype: np.dtype) -> ir.Type:
     return I8 if dtype.kind == "b" else value_type(dtype)
 
 
+def is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
+    """Whether `fn` only sets up and makes calls: no loop (no cycle in its control flow), no
+    floating-point value, and no call to a function of the module that LLVM would inline into it and
+    that is not glue itself (a serial kernel's body stays inlined into its wrapper). The renderer
+    compiles such functions without optimisation (`optnone`): the kernels' wrappers, the thread
+    entries of parallel regions, which call the outlined loop nests (`_range`, `_rows`, never
+    inlined), the profiled step; a glue kernel body (a region's set-up) is `alwaysinline`, so its
+    wrapper runs its optimised code without a call. Their cost per step is a few instructions around
+    calls, while LLVM's pipeline and instruction selection cost milliseconds per function. `known`
+    memoizes."""
+    if fn not in known:
+        known[fn] = False  # (a function reached again while deciding it is recursive: not glue)
+        known[fn] = _is_glue(fn, known)
+    return known[fn]
+
+
+def _is_glue(fn: ir.Function, known: dict[ir.Function, bool]) -> bool:
+    successors: dict[ir.Block, list[ir.Block]] = {}
+    for block in fn.blocks:
+        successors[block] = []
+        for instruction in block.instructions:
+            if _is_float(instruction.type) or any(_is_float(op.type) for op in instruction.operands
+                                                   if not isinstance(op, ir.Block)):
+                return False
+            successors[block] += [op for op in instruction.operands if isinstance(op, ir.Block)]
+            callee = getattr(instruction, "callee", None)
+            if isinstance(callee, ir.Function) and callee.blocks and "noinline" not in callee.attributes \
+                    and not is_glue(callee, known):
+                return False
+    return not _has_cycle(fn.blocks[0], successors)
+
+
+def _has_cycle(entry: ir.Block, successors: dict[ir.Block, list[ir.Block]]) -> bool:
+    """Whether a path from `entry` returns to a block on it (a loop), by depth-first search."""
+    on_path, done = {entry}, set()
+    stack = [(entry, iter(successors[entry]))]
+    while stack:
+        block, rest = stack[-1]
+        following = next(rest, None)
+        if following is None:
+            stack.pop()
+            on_path.discard(block)
+            done.add(block)
+        elif following in on_path:
+            return True
+        elif following not in done:
+            on_path.add(following)
+            stack.append((following, iter(successors[following])))
+    return False
+
+
+def _is_float(t: ir.Type) -> bool:
+    if isinstance(t, ir.VectorType):
+        t = t.element
+    return isinstance(t, (ir.HalfType, ir.FloatType, ir.DoubleType))
+
+
 class Renderer:
     def __init__(self, lp: LoopProgram, triple: str = "", datalayout: str = "", threads: int = 1,
                  target: TargetInfo | None = None):
@@ -74,6 +131,7 @@ class Renderer:
         self.module = ir.Module("graphnet")
         self.module.triple, self.module.data_layout = triple, datalayout
         self._loops = 0
+        self._bodies: set[ir.Function] = set()  # the kernels' bodies, each called by its wrapper only
 
     def render(self) -> str:
         """The module as LLVM IR text, each kernel preceded by its loop IR as comments."""
@@ -91,6 +149,15 @@ class Renderer:
             b.call(self.module.get_global(name), step.args)
         b.ret_void()
         self._profiled_step(names)
+        glue: dict[ir.Function, bool] = {}
+        for fn in self.module.functions:
+            if not fn.blocks or fn is step or not is_glue(fn, glue):
+                continue
+            if fn in self._bodies:  # its wrapper is glue too, and gets the body's optimised code
+                fn.attributes.add("alwaysinline")
+            else:
+                fn.attributes.add("noinline")
+                fn.attributes.add("optnone")
         text = str(self.module)
         for k in self.lp.kernels:
             comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
@@ -195,6 +262,7 @@ class Renderer:
         used = k.buffers()
         body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(used)), f"{k.name}_body")
         body.linkage = "internal"
+        self._bodies.add(body)
         body.args[0].name = "N"
         for arg, buf in zip(body.args[1:], used):
             arg.name = f"b{buf}"
@@ -299,8 +367,8 @@ class _KernelEmitter:
 
     def range_function(self, name: str, variables: list[int], body, scalar: bool) -> ir.Function:
         """`void name(i64 N, i64 begin, i64 end, ptr noalias b...)` (the kernel's buffers, in `self.ptrs`'
-        order): the nest over `variables`, the outermost one over [begin, end). A parallel region's slice
-        calls it rather than holding the loop itself: the pointers a slice loads from its frame are not
+        order): the nest over `variables`, the outermost one over [begin, end). A parallel region's thread
+        entry calls it rather than holding the loop itself: the pointers it loads from its frame are not
         `noalias`, so LLVM could not hoist a broadcast value's load and arithmetic out of the loop, would
         vectorize it behind run-time alias checks, and its loop vectorizer takes time exponential in the
         depth of such a loop-invariant expression (its uniformity check follows every path through it,
