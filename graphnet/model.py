@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics as objectives
-from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
+from .callbacks import Callback, CallbackList, History, ProgressLogger, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
@@ -600,7 +600,7 @@ class Model:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
                 rows = np.ascontiguousarray(rows, dtype=np.int64)
             if datasets is not None:
-                live = any(cb.bar is not None for cb in loggers)
+                live = bool(loggers) and any(cb.bar is not None for cb in loggers)
                 sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets, live)
             else:
                 sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs,
@@ -680,18 +680,21 @@ class Model:
         while step < steps:
             first = step % batches
             count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
-            count = self._set_row_offset(offsets, first, count)
-            started = time.perf_counter()
+            if offsets is not None:
+                count = self._set_row_offset(offsets, first, count)
+            started = time.perf_counter() if live else 0.0
             values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
-            elapsed = time.perf_counter() - started
             sizes = _batch_sizes(n, batch_size, first, count)
-            running = _running_sums(sums, values, sizes)
             if live:
+                elapsed = time.perf_counter() - started
+                running = _running_sums(sums, values, sizes)
                 counts = seen + np.cumsum(np.broadcast_to(sizes, (count,))).astype(np.int64)
                 for i in range(count):
                     cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
                 chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
-            sums = [float(r[-1]) for r in running]
+                sums = [float(r[-1]) for r in running]
+            else:
+                sums = _final_sums(sums, values, sizes)
             seen += count * batch_size if first + count < batches else n - first * batch_size
             step += count
         return sums, seen
@@ -1610,9 +1613,10 @@ def _take(arrays: list | None, order: np.ndarray | None) -> list | None:
 def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
     """Whether a callback needs these batch-level hooks called batch by batch (the progress bar's
     batch end is served after each chunk of a native loop instead)."""
-    for cb in cbs.callbacks if cbs is not None else ():
-        for hook in hooks:
-            if _overrides(cb, hook) and not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
+    users = cbs.users if cbs is not None else {}
+    for hook in hooks:
+        for cb in users.get(hook, ()):
+            if not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
                 return True
     return False
 
@@ -1639,6 +1643,17 @@ def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float 
         terms[0] += s
         running.append(np.add.accumulate(terms, out=terms))
     return running
+
+
+def _final_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float | np.ndarray) -> list[float]:
+    """The last of `_running_sums`' running sums (the same float64 additions in the same order)."""
+    out = []
+    for s, v in zip(sums, values):
+        terms = v.astype(np.float64)
+        terms *= sizes
+        terms[0] += s
+        out.append(float(np.add.accumulate(terms, out=terms)[-1]))
+    return out
 
 
 def _head(arrays: list | None, n: int) -> list | None:
