@@ -525,15 +525,19 @@ class _StepPlan:
     `batch_size` (the last one short when it does not divide), `steps` of them from batch `start` on,
     wrapping around (checked here)."""
 
+    __slots__ = ("batch_size", "full", "short", "batches", "start", "steps", "short_steps", "rows")
+
     def __init__(self, length: int, batch_size: int, start: Any, steps: Any):
         self.batch_size, self.full, self.short = batch_size, length // batch_size, length % batch_size
         self.batches = self.full + (self.short > 0)
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < self.batches:
+        if type(start) is not int and (isinstance(start, bool) or not isinstance(start, (int, np.integer))) \
+                or not 0 <= start < self.batches:
             raise ValueError(f"run_steps: start must be a batch index from 0 to {self.batches - 1}, got {start!r}")
         self.start = int(start)
         if steps is None:
             steps = self.batches - self.start
-        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        elif type(steps) is not int and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))) \
+                or steps < 0:
             raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
         self.steps = int(steps)
         # the steps on the short batch: the first at step (full - start) mod batches, then every pass

@@ -415,20 +415,21 @@ class Model:
         if x is None:
             raise ValueError(f"{what}: expected arrays, got None (graphnet trains on numpy arrays)")
         built = self._require_built(what)
-        items = _per_tensor(x, self.inputs, self._multi_in, what)
+        multi = self._multi_in
+        items = _per_tensor(x, self.inputs, multi, what) if multi or type(x) is not np.ndarray else (x,)
         arrays = []
         for t, node, value in zip(self.inputs, built.inputs, items):
-            label = f"{what} (input '{t.layer.name}')" if self._multi_in else what
+            label = f"{what} (input '{t.layer.name}')" if multi else what
             arr = objectives.as_numbers(value, label)
-            want = node.shape[1:]
-            if arr.ndim != node.ndim or arr.shape[1:] != want:
-                detail = (f" (feature width {arr.shape[-1]}, the model expects {want[-1]})"
-                          if arr.ndim == node.ndim and arr.ndim >= 2 else "")
-                raise ValueError(f"{label}: expected shape {node.shape}, got {shape_str(arr.shape)}"
-                                 f"{detail}")
+            shape = node.shape
+            if arr.ndim != len(shape) or arr.shape[1:] != shape[1:]:
+                detail = (f" (feature width {arr.shape[-1]}, the model expects {shape[-1]})"
+                          if arr.ndim == len(shape) and arr.ndim >= 2 else "")
+                raise ValueError(f"{label}: expected shape {shape}, got {shape_str(arr.shape)}{detail}")
             objectives.check_finite(arr, label)
             arrays.append(np.ascontiguousarray(arr, dtype=node.dtype))
-        _same_length(arrays, what)
+        if multi:
+            _same_length(arrays, what)
         return arrays
 
     def _check_y(self, y: Any, n: int, what: str = "y") -> list[np.ndarray | None]:
@@ -1645,14 +1646,23 @@ def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float 
     return running
 
 
+_PYTHON_SUM_STEPS = 64  # up to this many steps, Python floats add them sooner than numpy's calls set up
+
+
 def _final_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float | np.ndarray) -> list[float]:
-    """The last of `_running_sums`' running sums (the same float64 additions in the same order)."""
+    """The last of `_running_sums`' running sums: the same float64 products and additions in the same
+    order, in Python floats for a few steps (tolist gives each value's exact float64)."""
+    if len(values) and len(values[0]) > _PYTHON_SUM_STEPS:
+        return [float(r[-1]) for r in _running_sums(sums, values, sizes)]
     out = []
     for s, v in zip(sums, values):
-        terms = v.astype(np.float64)
-        terms *= sizes
-        terms[0] += s
-        out.append(float(np.add.accumulate(terms, out=terms)[-1]))
+        if type(sizes) is float:
+            for value in v.tolist():
+                s += value * sizes
+        else:
+            for value, size in zip(v.tolist(), sizes.tolist()):
+                s += value * size
+        out.append(s)
     return out
 
 
