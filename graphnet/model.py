@@ -652,11 +652,19 @@ class Model:
         run_steps' checks are made once per function (`_feeds_checked`)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
+        return self._checked_datasets(train, xs, ys, sw)
+
+    def _checked_datasets(self, fn: Function, xs: list, ys: list | None = None,
+                          sw: list | None = None) -> tuple[np.ndarray, ...]:
+        """Checked arrays (`_check_x`, `_check_y`, `_check_weights`: the placeholders' dtypes and row
+        shapes, C-contiguous, not empty) as `fn._run_checked_steps` takes them, one per placeholder in
+        placeholder order: run_steps' checks, which they pass whenever they pass once, are made on the
+        first call for each function (`_feeds_checked`)."""
         named = self._named(xs, ys, sw)
-        if train not in self._feeds_checked:
-            train._datasets({name: named[name] for name in train.feeds.names if name in named})
-            self._feeds_checked.add(train)
-        return tuple(named[name] for name in train.feeds.names)
+        if fn not in self._feeds_checked:
+            fn._datasets({name: named[name] for name in fn.feeds.names if name in named})
+            self._feeds_checked.add(fn)
+        return tuple(named[name] for name in fn.feeds.names)
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
@@ -726,9 +734,10 @@ class Model:
         n = len(xs[0])
         keys = self._built.fetch_keys
         if self._native_fit and not _batch_hooked(cbs, ("on_test_batch_begin", "on_test_batch_end")):
-            values = fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size)
+            values = (fn._run_checked_steps(self._checked_datasets(fn, xs, ys, sw), int(batch_size)) if n else
+                      fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size))  # (empty: run_steps explains)
             sizes = _batch_sizes(n, batch_size, 0, math.ceil(n / batch_size))
-            sums = [float(r[-1]) for r in _running_sums([0.0] * len(keys), values, sizes)]
+            sums = _final_sums([0.0] * len(keys), values, sizes)
         else:
             sums = self._evaluate_by_batch(fn, xs, ys, sw, batch_size, cbs)
         return {k: s / n for k, s in zip(keys, sums)}
@@ -800,7 +809,7 @@ class Model:
         cbs = CallbackList(list(callbacks or []), self, {"steps": batches, "verbose": verbose})
         cbs.on_predict_begin({})
         if self._native_fit and not _batch_hooked(cbs, ("on_predict_batch_begin", "on_predict_batch_end")):
-            outs = list(fn.run_steps(self._datasets(fn, _head(xs, n)), batch_size))
+            outs = list(fn._run_checked_steps(self._checked_datasets(fn, _head(xs, n)), int(batch_size)))
         else:
             outs = self._predict_by_batch(fn, xs, n, batch_size, cbs)
         cbs.on_predict_end({})
