@@ -102,26 +102,33 @@ def _nothing(*args: Any) -> None:
 
 class CallbackList:
     """Calls each hook on every callback, in order, skipping callbacks that leave a hook as the no-op.
-    The hooks some callback overrides are resolved when the list is made; the others are the class's
-    `_nothing`."""
+    The hooks some callback overrides are resolved when the list is made (`users`: hook -> the
+    callbacks that do something in it, in order); the others are the class's `_nothing`."""
 
     def __init__(self, callbacks: Sequence[Callback], model: "Model", params: dict):
         self.callbacks = list(callbacks)
+        users: dict[str, list[Callback]] = {}
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be gn.callbacks.Callback instances, got {type(cb).__name__}")
             cb.set_model(model, params)
-        for hook in set().union(*map(_hooks_used, self.callbacks)):
-            setattr(self, hook, self._resolve(hook))
+            for hook in _hooks_used(cb):
+                users.setdefault(hook, []).append(cb)
+        self.users = users
+        for hook, cbs in users.items():
+            setattr(self, hook, self._resolve(hook, cbs))
 
-    def _resolve(self, hook: str) -> Callable[..., None]:
-        """One call of `hook` on every callback that overrides it, in order."""
-        methods = [getattr(cb, hook) for cb in self.callbacks if _overrides(cb, hook)]
+    @staticmethod
+    def _resolve(hook: str, callbacks: list[Callback]) -> Callable[..., None]:
+        """One call of `hook` on each of `callbacks` (those that override it), in order."""
+        methods = [getattr(cb, hook) for cb in callbacks]
+        if len(methods) == 1:
+            return methods[0]
 
         def call(*args: Any) -> None:
             for method in methods:
                 method(*args)
-        return methods[0] if len(methods) == 1 else call
+        return call
 
 
 for _name in HOOKS:

@@ -349,14 +349,16 @@ class Function(_CallBase):
         C-contiguous int64 array of sample indices (Model.fit's arrays and shuffles, made to pass
         them). The native loop checks its arguments again (no memory is read outside them) and the
         per-batch path checks each batch as a call does."""
-        n = len(values[self._batched.index(True)])
+        n = len(values[self._first_batched])
         plan = _StepPlan(n if order is None else len(order), batch_size, start, steps)
-        self._require_fixed_batch(plan)
+        if self.feeds.fixed is not None:
+            self._require_fixed_batch(plan)
         outs = self._step_outputs(plan.steps, plan.rows)
+        native = self._native_steps if not Variable.any_mirrors else None
+        if native is not None and 0 < plan.steps <= plan.full - plan.start:  # one stretch of full batches
+            native(self._call, values, order, plan.start * batch_size, plan.steps, batch_size, tuple(outs))
+            return self._rebuild(outs)
         per_row = self._per_row  # fetches whose first dimension is the batch: their samples' rows
-        native = getattr(self.executable, "run_steps", None)
-        fast = getattr(self._call, "run_steps", None)
-        native = native if fast is not None and not Variable.any_mirrors else None
         k = row = 0  # the next step's row of a stacked fetch, and of a batched one
         for j, count, size in plan.segments():
             if native is not None and size == batch_size:  # a stretch of full batches: one native call
@@ -390,6 +392,31 @@ class Function(_CallBase):
     def _batched(self) -> list[bool]:
         """Whether each placeholder's first dimension is the batch (run_steps splits those)."""
         return [bool(shape) and shape[0] is None for shape in self.feeds.shapes]
+
+    @functools.cached_property
+    def _first_batched(self) -> int:
+        """The first placeholder whose first dimension is the batch (ValueError where none is)."""
+        return self._batched.index(True)
+
+    @functools.cached_property
+    def _native_steps(self) -> Callable | None:
+        """The backend's `run_steps` (all full batches of a stretch in one native call), where the C
+        extension's per-call path offers it; None: one call per batch."""
+        native = getattr(self.executable, "run_steps", None)
+        return native if getattr(self._call, "run_steps", None) is not None else None
+
+    @functools.cached_property
+    def _output_shapes(self) -> list[tuple[tuple[int, ...], bool, np.dtype]]:
+        """Each fetch's shape without its leading batch dimension where it has one, whether it has
+        one, and its dtype (`_step_outputs`); ValueError for a batch dimension that is not the first."""
+        shapes = []
+        for i, (shape, dtype) in enumerate(self.interface.fetches):
+            if None in shape[1:]:
+                raise ValueError(f"run_steps gathers a batched fetch's rows along its first dimension: fetch {i} "
+                                 f"{shape_str(shape)} has a batch dimension that is not its first")
+            per_row = shape[:1] == (None,)
+            shapes.append((tuple(shape[1:]) if per_row else tuple(shape), per_row, np.dtype(dtype)))
+        return shapes
 
     @functools.cached_property
     def _per_row(self) -> list[bool]:
@@ -434,13 +461,8 @@ class Function(_CallBase):
     def _step_outputs(self, steps: int, rows: int) -> list[np.ndarray]:
         """One array per fetch: a row per step, or for a fetch whose first dimension is the batch, the
         steps' `rows` samples."""
-        outs = []
-        for i, (shape, dtype) in enumerate(self.interface.fetches):
-            if None in shape[1:]:
-                raise ValueError(f"run_steps gathers a batched fetch's rows along its first dimension: fetch {i} "
-                                 f"{shape_str(shape)} has a batch dimension that is not its first")
-            outs.append(np.empty((rows, *shape[1:]) if shape[:1] == (None,) else (steps, *shape), dtype))
-        return outs
+        return [np.empty((rows, *shape) if per_row else (steps, *shape), dtype)
+                for shape, per_row, dtype in self._output_shapes]
 
     def _run_coherent(self, arrays: list, batch: int) -> list:
         """A host backend's step on variables that also live on a device: read the newest values
@@ -503,15 +525,19 @@ class _StepPlan:
     `batch_size` (the last one short when it does not divide), `steps` of them from batch `start` on,
     wrapping around (checked here)."""
 
+    __slots__ = ("batch_size", "full", "short", "batches", "start", "steps", "short_steps", "rows")
+
     def __init__(self, length: int, batch_size: int, start: Any, steps: Any):
         self.batch_size, self.full, self.short = batch_size, length // batch_size, length % batch_size
         self.batches = self.full + (self.short > 0)
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < self.batches:
+        if type(start) is not int and (isinstance(start, bool) or not isinstance(start, (int, np.integer))) \
+                or not 0 <= start < self.batches:
             raise ValueError(f"run_steps: start must be a batch index from 0 to {self.batches - 1}, got {start!r}")
         self.start = int(start)
         if steps is None:
             steps = self.batches - self.start
-        elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        elif type(steps) is not int and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))) \
+                or steps < 0:
             raise ValueError(f"run_steps: steps must be an integer >= 0, got {steps!r}")
         self.steps = int(steps)
         # the steps on the short batch: the first at step (full - start) mod batches, then every pass

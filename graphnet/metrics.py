@@ -245,6 +245,17 @@ def _argmax_hits(output: Node, one_hot: Node) -> Node:
     return ops.mean(ops.cast(ops.equal(ops.sum(beaten, -1), 0.0), dtype))
 
 
+# ndarray.all/min/max without their Python wrappers (numpy's _methods), on 1-d views where that costs
+# no copy (numpy reduces a 1-d array without setting up its iterator): a tiny model's fit checks its
+# data on every call
+_all, _min, _max = np.logical_and.reduce, np.minimum.reduce, np.maximum.reduce
+
+
+def _reduced(reduce: Any, arr: np.ndarray) -> Any:
+    """`reduce(arr, axis=None)`."""
+    return reduce(arr.ravel()) if arr.flags.c_contiguous else reduce(arr, axis=None)
+
+
 def as_numbers(value: object, what: str) -> np.ndarray:
     """`value` as a numeric array, or a ValueError naming `what`."""
     try:
@@ -258,7 +269,7 @@ def as_numbers(value: object, what: str) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
     """The NaN policy of fit/evaluate: non-finite data is rejected, naming its first row."""
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    if arr.dtype.kind == "f" and not _all(np.isfinite(arr).ravel()):
         row = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise ValueError(f"{what}: contains NaN or inf (first at row {row}){note}")
 
@@ -268,7 +279,7 @@ def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndar
     arr = as_numbers(y, what)
     bounded = spec.name in ("binary_crossentropy", "categorical_crossentropy")
     ranged = arr.size > 0 and (bounded or is_sparse(spec))  # labels whose range is checked below
-    low, high = (arr.min(), arr.max()) if ranged else (0, 0)
+    low, high = (_reduced(_min, arr), _reduced(_max, arr)) if ranged else (0, 0)
     if not ranged or not (math.isfinite(low) and math.isfinite(high)):  # NaN and inf show in the extremes
         check_finite(arr, what, "; graphnet rejects non-finite labels")
     if is_sparse(spec):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics as objectives
-from .callbacks import Callback, CallbackList, History, ProgressLogger, _overrides, format_logs
+from .callbacks import Callback, CallbackList, History, ProgressLogger, format_logs
 from .checkpoint import MAX_ELEMENTS, load_npz, save_npz
 from .function import BACKENDS, Function, compile as compile_function
 from .graph import Graph, Node, shape_str
@@ -415,20 +415,21 @@ class Model:
         if x is None:
             raise ValueError(f"{what}: expected arrays, got None (graphnet trains on numpy arrays)")
         built = self._require_built(what)
-        items = _per_tensor(x, self.inputs, self._multi_in, what)
+        multi = self._multi_in
+        items = _per_tensor(x, self.inputs, multi, what) if multi or type(x) is not np.ndarray else (x,)
         arrays = []
         for t, node, value in zip(self.inputs, built.inputs, items):
-            label = f"{what} (input '{t.layer.name}')" if self._multi_in else what
+            label = f"{what} (input '{t.layer.name}')" if multi else what
             arr = objectives.as_numbers(value, label)
-            want = node.shape[1:]
-            if arr.ndim != node.ndim or arr.shape[1:] != want:
-                detail = (f" (feature width {arr.shape[-1]}, the model expects {want[-1]})"
-                          if arr.ndim == node.ndim and arr.ndim >= 2 else "")
-                raise ValueError(f"{label}: expected shape {node.shape}, got {shape_str(arr.shape)}"
-                                 f"{detail}")
+            shape = node.shape
+            if arr.ndim != len(shape) or arr.shape[1:] != shape[1:]:
+                detail = (f" (feature width {arr.shape[-1]}, the model expects {shape[-1]})"
+                          if arr.ndim == len(shape) and arr.ndim >= 2 else "")
+                raise ValueError(f"{label}: expected shape {shape}, got {shape_str(arr.shape)}{detail}")
             objectives.check_finite(arr, label)
             arrays.append(np.ascontiguousarray(arr, dtype=node.dtype))
-        _same_length(arrays, what)
+        if multi:
+            _same_length(arrays, what)
         return arrays
 
     def _check_y(self, y: Any, n: int, what: str = "y") -> list[np.ndarray | None]:
@@ -600,7 +601,7 @@ class Model:
                 (rows, local_n), local_batch = shards.local(order, n), shards.batch
                 rows = np.ascontiguousarray(rows, dtype=np.int64)
             if datasets is not None:
-                live = any(cb.bar is not None for cb in loggers)
+                live = bool(loggers) and any(cb.bar is not None for cb in loggers)
                 sums, seen = self._fit_epoch(train, datasets, rows, local_n, local_batch, steps, cbs, offsets, live)
             else:
                 sums, seen = self._fit_epoch_by_batch(train, (xs, ys, sw), rows, local_n, local_batch, steps, cbs,
@@ -651,11 +652,19 @@ class Model:
         run_steps' checks are made once per function (`_feeds_checked`)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
+        return self._checked_datasets(train, xs, ys, sw)
+
+    def _checked_datasets(self, fn: Function, xs: list, ys: list | None = None,
+                          sw: list | None = None) -> tuple[np.ndarray, ...]:
+        """Checked arrays (`_check_x`, `_check_y`, `_check_weights`: the placeholders' dtypes and row
+        shapes, C-contiguous, not empty) as `fn._run_checked_steps` takes them, one per placeholder in
+        placeholder order: run_steps' checks, which they pass whenever they pass once, are made on the
+        first call for each function (`_feeds_checked`)."""
         named = self._named(xs, ys, sw)
-        if train not in self._feeds_checked:
-            train._datasets({name: named[name] for name in train.feeds.names if name in named})
-            self._feeds_checked.add(train)
-        return tuple(named[name] for name in train.feeds.names)
+        if fn not in self._feeds_checked:
+            fn._datasets({name: named[name] for name in fn.feeds.names if name in named})
+            self._feeds_checked.add(fn)
+        return tuple(named[name] for name in fn.feeds.names)
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,
@@ -680,18 +689,21 @@ class Model:
         while step < steps:
             first = step % batches
             count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
-            count = self._set_row_offset(offsets, first, count)
-            started = time.perf_counter()
+            if offsets is not None:
+                count = self._set_row_offset(offsets, first, count)
+            started = time.perf_counter() if live else 0.0
             values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
-            elapsed = time.perf_counter() - started
             sizes = _batch_sizes(n, batch_size, first, count)
-            running = _running_sums(sums, values, sizes)
             if live:
+                elapsed = time.perf_counter() - started
+                running = _running_sums(sums, values, sizes)
                 counts = seen + np.cumsum(np.broadcast_to(sizes, (count,))).astype(np.int64)
                 for i in range(count):
                     cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
                 chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
-            sums = [float(r[-1]) for r in running]
+                sums = [float(r[-1]) for r in running]
+            else:
+                sums = _final_sums(sums, values, sizes)
             seen += count * batch_size if first + count < batches else n - first * batch_size
             step += count
         return sums, seen
@@ -722,9 +734,10 @@ class Model:
         n = len(xs[0])
         keys = self._built.fetch_keys
         if self._native_fit and not _batch_hooked(cbs, ("on_test_batch_begin", "on_test_batch_end")):
-            values = fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size)
+            values = (fn._run_checked_steps(self._checked_datasets(fn, xs, ys, sw), int(batch_size)) if n else
+                      fn.run_steps(self._datasets(fn, xs, ys, sw), batch_size))  # (empty: run_steps explains)
             sizes = _batch_sizes(n, batch_size, 0, math.ceil(n / batch_size))
-            sums = [float(r[-1]) for r in _running_sums([0.0] * len(keys), values, sizes)]
+            sums = _final_sums([0.0] * len(keys), values, sizes)
         else:
             sums = self._evaluate_by_batch(fn, xs, ys, sw, batch_size, cbs)
         return {k: s / n for k, s in zip(keys, sums)}
@@ -796,7 +809,7 @@ class Model:
         cbs = CallbackList(list(callbacks or []), self, {"steps": batches, "verbose": verbose})
         cbs.on_predict_begin({})
         if self._native_fit and not _batch_hooked(cbs, ("on_predict_batch_begin", "on_predict_batch_end")):
-            outs = list(fn.run_steps(self._datasets(fn, _head(xs, n)), batch_size))
+            outs = list(fn._run_checked_steps(self._checked_datasets(fn, _head(xs, n)), int(batch_size)))
         else:
             outs = self._predict_by_batch(fn, xs, n, batch_size, cbs)
         cbs.on_predict_end({})
@@ -1610,9 +1623,10 @@ def _take(arrays: list | None, order: np.ndarray | None) -> list | None:
 def _batch_hooked(cbs: CallbackList | None, hooks: Sequence[str]) -> bool:
     """Whether a callback needs these batch-level hooks called batch by batch (the progress bar's
     batch end is served after each chunk of a native loop instead)."""
-    for cb in cbs.callbacks if cbs is not None else ():
-        for hook in hooks:
-            if _overrides(cb, hook) and not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
+    users = cbs.users if cbs is not None else {}
+    for hook in hooks:
+        for cb in users.get(hook, ()):
+            if not (type(cb) is ProgressLogger and hook == "on_train_batch_end"):
                 return True
     return False
 
@@ -1639,6 +1653,26 @@ def _running_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float 
         terms[0] += s
         running.append(np.add.accumulate(terms, out=terms))
     return running
+
+
+_PYTHON_SUM_STEPS = 64  # up to this many steps, Python floats add them sooner than numpy's calls set up
+
+
+def _final_sums(sums: list[float], values: Sequence[np.ndarray], sizes: float | np.ndarray) -> list[float]:
+    """The last of `_running_sums`' running sums: the same float64 products and additions in the same
+    order, in Python floats for a few steps (tolist gives each value's exact float64)."""
+    if len(values) and len(values[0]) > _PYTHON_SUM_STEPS:
+        return [float(r[-1]) for r in _running_sums(sums, values, sizes)]
+    out = []
+    for s, v in zip(sums, values):
+        if type(sizes) is float:
+            for value in v.tolist():
+                s += value * sizes
+        else:
+            for value, size in zip(v.tolist(), sizes.tolist()):
+                s += value * size
+        out.append(s)
+    return out
 
 
 def _head(arrays: list | None, n: int) -> list | None:

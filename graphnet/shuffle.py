@@ -34,7 +34,7 @@ def numpy_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 def _native_order(fill, seed: int, epoch: int, n: int) -> np.ndarray:
     out = np.empty(n, dtype=np.int64)
-    fill(entropy_words((seed, epoch)), out)
+    fill((seed, epoch) if seed <= 0xFFFFFFFF and epoch <= 0xFFFFFFFF else entropy_words((seed, epoch)), out)
     return out
 
 

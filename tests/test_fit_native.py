@@ -146,3 +146,22 @@ def test_fit_checks_its_arrays_against_the_placeholders_once_per_function(monkey
     assert checked == [model._function("train_weighted")]
     with pytest.raises(ValueError, match="contains NaN"):  # the data's own checks stay on every call
         model.fit(np.where(x > 1, np.nan, x), y, batch_size=16, verbose=0)
+
+
+def test_repeated_calls_check_their_arrays_each_time():
+    """evaluate and predict make run_steps' checks once per function; every later call's own checks
+    still refuse bad arrays (changing nothing) and an empty validation set still gets run_steps' error."""
+    model = _model(True)
+    x, y = _data()
+    first = model.evaluate(x, y, batch_size=16, return_dict=True)
+    predicted = model.predict(x, batch_size=16)
+    np.testing.assert_array_equal(model.predict(x, batch_size=16), predicted)
+    assert model.evaluate(x, y, batch_size=16, return_dict=True) == first
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.evaluate(bad, y, batch_size=16)
+    with pytest.raises(ValueError, match="feature width"):
+        model.predict(x[:, :4], batch_size=16)
+    with pytest.raises(ValueError, match="empty"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x[:0], y[:0]))

@@ -438,3 +438,40 @@ def test_the_epoch_sums_are_the_batch_loops_additions():
                     expected.append(s)
                 assert [float(x) for x in r] == expected
                 assert [np.signbit(x) for x in r] == [np.signbit(x) for x in expected]
+
+
+
+def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
+    """FastCall.try_run_steps (LLVMBackend.run_steps' path where the arena is laid out already) runs
+    the steps as the batch loop does, runs nothing where the arena is laid out for another batch
+    (False), and releases the step lock when the steps raise."""
+    if NATIVE is None or not hasattr(NATIVE.FastCall, "try_run_steps"):
+        pytest.skip("the C call path was not built")
+    import threading
+    x, labels = _data()
+    (step, variables), (reference, _) = _step("llvm"), _step("llvm")
+    for fn in (step, reference):  # one step each: the arenas laid out for batches of 16
+        fn(x=x[:16], labels=labels[:16])
+    fast = step._call
+    before = _weights(variables)
+    outs = tuple(np.empty((3,), np.float32) for _ in range(2))
+    assert fast.try_run_steps((labels, x), None, 0, 3, 10, outs) is False
+    with pytest.raises(IndexError):
+        fast.try_run_steps((labels, x), np.array([-5] + list(range(47)), np.int64), 0, 3, 16, outs)
+    for got, want in zip(_weights(variables), before):
+        np.testing.assert_array_equal(got, want)
+    taken = []
+
+    def take() -> None:  # from another thread: free only if the error released it
+        lock = step.step_lock.lock
+        taken.append(lock.acquire(timeout=5))
+        if taken[-1]:
+            lock.release()
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    assert taken == [True]
+    assert fast.try_run_steps((labels, x), None, 0, 3, 16, outs) is True
+    want = _batch_by_batch(reference, x[:48], labels[:48], 16)
+    np.testing.assert_array_equal(outs[0], np.array([w[0] for w in want], np.float32))
+    np.testing.assert_array_equal(outs[1], np.array([w[1] for w in want], np.float32))

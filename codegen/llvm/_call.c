@@ -28,6 +28,8 @@
  * the fetched buffers are copied into row s of `outs`. Everything is validated before the first step
  * (dtypes, C-contiguity, row shapes, lengths, every index used, the outputs' sizes), so the loop,
  * which runs with the GIL released, reads and writes only memory it checked.
+ * FastCall.try_run_steps(...) is run_steps taking the step lock as a call does; it runs nothing and
+ * returns False where the arena is laid out for another batch or a merge replaced the lock.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -544,10 +546,61 @@ static PyObject *fastcall_run_steps(FastCall *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* run_steps holding the step lock itself, as a call does: True once the steps ran; False, having run
+ * nothing, when the arena is laid out for another batch or a merge replaced the lock (the caller then
+ * takes the lock in Python and lays the arena out: LLVMBackend.run_steps). */
+static PyObject *fastcall_try_run_steps(FastCall *self, PyObject *args) {
+    PyObject *sources, *order, *outs;
+    Py_ssize_t start, count, batch;
+    if (!PyArg_ParseTuple(args, "O!OnnnO!:try_run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
+                          &PyTuple_Type, &outs))
+        return NULL;
+    /* this call's own references: another thread may replace the remembered lock meanwhile */
+    PyObject *lock = Py_NewRef(self->lock), *acquire = Py_NewRef(self->acquire), *release = Py_NewRef(self->release);
+    PyObject *result = NULL, *held = PyObject_CallNoArgs(acquire);
+    if (held != NULL) {
+        Py_DECREF(held);
+        PyObject *now = PyObject_GetAttr(self->step_lock, s_lock);
+        if (now == lock) {
+            PyObject *current = PyObject_GetAttr(self->backend, s_batch);
+            Py_ssize_t arena_batch = current != NULL ? PyLong_AsSsize_t(current) : -1;
+            Py_XDECREF(current);
+            if (!(arena_batch == -1 && PyErr_Occurred())) {
+                if (arena_batch != batch)
+                    result = Py_NewRef(Py_False);
+                else if ((result = fastcall_run_steps(self, args)) != NULL)
+                    Py_SETREF(result, Py_NewRef(Py_True));
+            }
+        } else if (now != NULL && (now == self->lock || set_lock(self, now) == 0)) {
+            result = Py_NewRef(Py_False);  /* a merge replaced the lock: the caller takes the new one */
+        }
+        Py_XDECREF(now);
+        PyObject *type, *value, *traceback;  /* the steps' error, kept while the lock is released */
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *released = PyObject_CallNoArgs(release);
+        if (released == NULL) {
+            Py_CLEAR(result);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+        } else {
+            PyErr_Restore(type, value, traceback);
+        }
+        Py_XDECREF(released);
+    }
+    Py_DECREF(lock);
+    Py_DECREF(acquire);
+    Py_DECREF(release);
+    return result;
+}
+
 static PyMethodDef fastcall_methods[] = {
     {"run_steps", (PyCFunction)fastcall_run_steps, METH_VARARGS,
      PyDoc_STR("run_steps(sources, order, start, count, batch, outs): the step on `count` batches in one call "
                "(the caller holds the step lock and has laid the arena out for `batch`).")},
+    {"try_run_steps", (PyCFunction)fastcall_try_run_steps, METH_VARARGS,
+     PyDoc_STR("try_run_steps(sources, order, start, count, batch, outs): run_steps holding the step lock; False "
+               "(nothing run) where the arena is laid out for another batch or the lock was replaced.")},
     {NULL},
 };
 

@@ -385,7 +385,12 @@ class LLVMBackend:
     def run_steps(self, fast: Any, sources: tuple, order: np.ndarray | None, start: int, count: int, batch: int,
                   outs: tuple) -> None:
         """`count` steps on consecutive batches of `batch` rows in one native call (`fast.run_steps`,
-        the C `FastCall`'s, which checks its arguments), holding the step lock throughout."""
+        the C `FastCall`'s, which checks its arguments), holding the step lock throughout: taken in C
+        where the arena is laid out for `batch` already (`try_run_steps`; an extension built from an
+        older _call.c lacks it)."""
+        try_run = getattr(fast, "try_run_steps", None)
+        if batch == self.batch and try_run is not None and try_run(sources, order, start, count, batch, outs):
+            return
         with self.lock.hold():
             if batch != self.batch:
                 self._set_batch(batch)
