@@ -124,6 +124,26 @@ def test_implicit_gemm_equals_the_direct_loop_and_numpy(x_shape, w_shape, kwargs
 
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", CASES[:3])
+def test_implicit_gemm_rows_in_chunks_the_threads_claim_equal_numpy(x_shape, w_shape, kwargs, dtype, monkeypatch,
+                                                                    tmp_path):
+    """At two threads with PARALLEL_MIN_FLOPS and MIN_CHUNK_ROWS patched (in an empty cache), every conv
+    kernel is an implicit GEMM whose C rows split into chunks of one or two MR blocks (the last one
+    partial) that the threads claim in turn, each chunk packing its own B; partial batches."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(igemm, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(igemm, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs: every conv kernel packs
+    monkeypatch.setattr(colconv, "VECTORS", 0)
+    monkeypatch.setattr(tapconv, "MAX_TAPS", 0)
+    fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+    fn = gn.compile(fetches, backend="llvm")
+    assert fn.executable.lp.to_text().count("implicit gemm") == 3
+    _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
 def test_a_border_copy_is_not_shared_across_a_kernel_writing_its_image():
     from codegen.loopir import Affine, Const, Kernel, Store
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(padding="same"), np.float32)

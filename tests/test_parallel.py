@@ -112,6 +112,77 @@ def test_regions_inside_a_loop_reuse_one_frame():
     assert np.all(out == 50)
 
 
+def chunk_module(threads: int, grain: int, chunks: int, min_chunk: int) -> Jit:
+    """`chunk(total, out, seen)`: out[i] = the slice (thread) that ran i, seen[i] += 1, and seen[total + s]
+    counts the pieces thread s ran, over [0, total) in chunks the threads claim."""
+    module = ir.Module("chunk")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR]), "chunk")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def body(b: ir.IRBuilder, slice_, begin, end, captured) -> None:
+        out, seen = captured
+        with for_range(b, begin, end) as i:
+            b.store(slice_, b.gep(out, [i], source_etype=I64))
+            cell = b.gep(seen, [i], source_etype=I64)
+            b.store(b.add(b.load(cell, typ=I64), ir.Constant(I64, 1)), cell)
+        pieces = b.gep(seen, [b.add(b.load(b.gep(seen, [ir.Constant(I64, -1)], source_etype=I64), typ=I64), slice_)],
+                       source_etype=I64)
+        b.atomic_rmw("add", pieces, ir.Constant(I64, 1), "monotonic")
+
+    parallel.emit_parallel_for(module, b, "chunk", fn.args[0], body, [fn.args[1], fn.args[2]], threads,
+                               grain=grain, chunks=chunks, min_chunk=min_chunk)
+    b.ret_void()
+    return Jit(module)
+
+
+def run_chunks(jit: Jit, total: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner of each index, times each index ran, pieces each thread ran)."""
+    out = np.full(total, -1, np.int64)
+    seen = np.zeros(1 + total + threads + 8, np.int64)
+    seen[0] = total  # seen[-1] as the body reads it: where the per-thread piece counts start
+    jit.function("chunk", ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p))(
+        total, out.ctypes.data, seen[1:].ctypes.data)
+    assert np.all(seen[1 + total + threads:] == 0), "wrote past the range"
+    return out, seen[1:1 + total], seen[1 + total:1 + total + threads]
+
+
+@needs_runtime
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("total,grain", [(1000, 1), (1000, 14), (130, 64), (65, 16), (1, 1)])
+def test_chunks_cover_range_once_on_grain_boundaries(threads, total, grain):
+    """Every index runs exactly once, pieces start on grain multiples, each on a thread of the team."""
+    jit = chunk_module(threads, grain, chunks=4, min_chunk=1)
+    assert "GOMP_parallel" in jit.text and "atomicrmw add" in jit.text
+    owner, seen, pieces = run_chunks(jit, total, threads)
+    assert np.all(seen == 1) and set(owner.tolist()) <= set(range(threads))
+    grains = -(-total // grain)
+    team = min(threads, grains)
+    share, size = -(-grains // team), -(-grains // (team * 4))
+    lengths = [min(share, grains - t * share) for t in range(team)]
+    assert pieces.sum() == sum(-(-n // size) for n in lengths), "each share cut into chunks of `size` grains"
+    starts = np.flatnonzero(np.diff(owner)) + 1
+    assert np.all(starts % grain == 0)
+
+
+@needs_runtime
+def test_chunks_hold_min_chunk_or_a_thread_share():
+    """A chunk holds at least min_chunk indices, unless that exceeds a thread's even share (a short
+    range then splits as the static slices do, one piece per thread)."""
+    jit = chunk_module(2, 8, chunks=8, min_chunk=200)
+    _, seen, pieces = run_chunks(jit, 2000, 2)
+    assert np.all(seen == 1) and pieces.sum() == 10, "chunks of 25 grains (200), not of 2000 / 16"
+    _, seen, pieces = run_chunks(jit, 160, 2)
+    assert np.all(seen == 1) and pieces.sum() == 2, "a thread's share (80) below min_chunk: two pieces"
+
+
+def test_chunks_refuse_a_body_meeting_a_barrier():
+    module = ir.Module("bad")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64]), "bad")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    with pytest.raises(ValueError, match="barrier"):
+        parallel.emit_parallel_for(module, b, "bad", fn.args[0], lambda *a: None, [], 2, every_thread=True, chunks=2)
+
+
 def gemm_module(spec: GemmSpec, threads: int) -> Jit:
     """`serial` and `parallel` (a team at every size: min_flops=0) versions of one GEMM."""
     module = ir.Module("gemm")

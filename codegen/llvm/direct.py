@@ -1,6 +1,6 @@
 """What the direct convolutions' emitters share (rowconv.py, kconv.py, colconv.py, tapconv.py): the
 vector type of a dtype and lane count, the IR helpers their loops use, and the parallel loop that
-calls a direct conv's function on each thread's share of its outer range."""
+calls a direct conv's function on the chunks of its outer range the threads claim."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from llvmlite import ir
 
 from .gemm import _SUFFIX, _declare, _intrinsic
 from .loops import carried_loop, for_range
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for
+from .parallel import CHUNKS_PER_THREAD, PARALLEL_MIN_FLOPS, emit_parallel_for
 
 I64, I32 = ir.IntType(64), ir.IntType(32)
 PTR = ir.PointerType()
@@ -101,9 +101,9 @@ def kernel_flops(em) -> ir.Value:
 
 def call_in_parallel(em, fn: ir.Function, name: str, outer: ir.Value, args: list, threads: int,
                      work: ir.Value) -> None:
-    """At em's builder: `fn(args[0], begin, end, *args[1:])` on each thread's share [begin, end) of
-    range(outer), in one parallel region where `work` (FLOPs) is worth it, else serially."""
+    """At em's builder: `fn(args[0], begin, end, *args[1:])` on the chunks [begin, end) of range(outer)
+    the threads claim in turn, in one parallel region where `work` (FLOPs) is worth it, else serially."""
     def body(b: ir.IRBuilder, slice_: ir.Value, begin: ir.Value, end: ir.Value, captured: list) -> None:
         b.call(fn, [captured[0], begin, end] + captured[1:])
     emit_parallel_for(em.r.module, em.b, f"{em.k.name}.{name}", outer, body, args, threads, work=work,
-                      min_work=PARALLEL_MIN_FLOPS)
+                      min_work=PARALLEL_MIN_FLOPS, chunks=CHUNKS_PER_THREAD)

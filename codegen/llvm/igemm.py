@@ -39,7 +39,8 @@ from ..implicit_gemm import COLS, COLUMN, ROWS, operands  # noqa: F401 (shared; 
 from ..loopir import Kernel
 from ..window import guarded_axes, row_strides
 from .gemm import _SUFFIX, Blocking, GemmSpec, _c, _declare, _GemmEmitter, _I32, _PTR, _I64, declare_routine
-from .parallel import PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime, rows_slice_symbol
+from .parallel import (CHUNKS_PER_THREAD, MIN_CHUNK_ROWS, PARALLEL_MIN_FLOPS, emit_parallel_for, load_runtime,
+                       rows_slice_symbol)
 from .target import TargetInfo
 
 IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
@@ -131,8 +132,9 @@ def emit_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetI
 
 def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target: TargetInfo,
                             threads: int) -> ir.Function:
-    """`emit_conv_gemm`'s signature, C's rows split across up to `threads` threads in MR-tall
-    blocks (each packs its own B: B is small next to an image). Serial under PARALLEL_MIN_FLOPS."""
+    """`emit_conv_gemm`'s signature, C's rows split across up to `threads` threads in chunks of
+    MR-tall blocks that the threads claim in turn (each chunk packs its own B, so a chunk holds at
+    least MIN_CHUNK_ROWS rows). Serial under PARALLEL_MIN_FLOPS."""
     if threads <= 1 or not load_runtime():
         return emit_conv_gemm(module, name, spec, target)
     kernel = emit_conv_gemm(module, rows_slice_symbol(name), spec, target, rows=True)
@@ -150,7 +152,8 @@ def emit_parallel_conv_gemm(module: ir.Module, name: str, spec: GemmSpec, target
         b.call(kernel, captured[:6] + [ws, captured[7], begin, end])
 
     emit_parallel_for(module, b, name, m, body, list(fn.args), threads, grain=blocking(spec, target).mr,
-                      work=flops, min_work=PARALLEL_MIN_FLOPS)
+                      work=flops, min_work=PARALLEL_MIN_FLOPS, chunks=CHUNKS_PER_THREAD,
+                      min_chunk=MIN_CHUNK_ROWS)
     b.ret_void()
     return fn
 

@@ -2,7 +2,10 @@
 
 `emit_parallel_for` outlines a loop body over [0, total) into a thread entry and calls it through
 `GOMP_parallel`, which reuses the pool's threads (no thread start per call). Each thread computes
-its own slice from `omp_get_thread_num`/`omp_get_num_threads`; the calling thread runs slice 0.
+its own slice from `omp_get_thread_num`/`omp_get_num_threads`; the calling thread runs slice 0. A
+long loop whose body may run any number of times per thread (`chunks`) cuts each slice into chunks
+claimed from a counter, so a thread the OS delays (another process on the core) leaves the rest of
+its slice to the others instead of holding up the whole team.
 Work below a caller-given size, or a build with one thread, calls the body directly, so small
 problems never pay for threads ("no threading cliff"), and a process without libgomp gets serial
 code that does not reference it.
@@ -27,6 +30,15 @@ PARALLEL_MIN_FLOPS = 10_000_000
 """GEMMs below this many flops (2*M*N*K) stay on one thread: waking a team and re-packing A on every
 thread costs more than a second thread saves (graphnet/bench/micro/parallel.py, section "threshold")."""
 
+CHUNKS_PER_THREAD = 8
+"""Chunks per thread of a convolution's parallel loop (`emit_parallel_for(chunks=...)`): enough that a
+thread delayed by another process hands most of its share to the others, few enough that each chunk's
+fixed cost stays small next to its work."""
+MIN_CHUNK_ROWS = 1024
+"""An implicit GEMM's least rows of C per chunk: each chunk packs all of B (K x N), which a filter
+gradient's K (the batch's positions) makes as large as an image, so a short C (its taps) is split
+evenly, one piece per thread."""
+
 _I32, _I64, _PTR = ir.IntType(32), ir.IntType(64), ir.PointerType()
 
 Body = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, list], None]
@@ -41,7 +53,8 @@ entry and on the serial path, so it should be a call of a function holding the w
 
 def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total: ir.Value, body: Body,
                       captured: list[ir.Value], threads: int, *, grain: int = 1,
-                      work: ir.Value | None = None, min_work: int = 0, every_thread: bool = False) -> None:
+                      work: ir.Value | None = None, min_work: int = 0, every_thread: bool = False,
+                      chunks: int = 0, min_chunk: int = 1) -> None:
     """Run `body` over [0, total) split into at most `threads` slices, at the builder's position.
 
     Slice bounds are multiples of `grain` (a GEMM's NR or MR, so only the last slice has edge
@@ -49,12 +62,24 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
     or the range has a single grain. `threads` <= 1, or no libgomp, emits the body inline.
     `name` names the outlined functions; it must be unique in the module. With `every_thread` each
     thread of the team runs `body`, even on an empty range (a body that meets a barrier needs that).
+    With `chunks` > 0 each thread's slice is cut into about `chunks` pieces (grain multiples, at
+    least `min_chunk` long unless that exceeds the slice, which is then the piece) that its thread
+    claims in order, and a thread done with its own claims the pieces left in the others'
+    (`_emit_omp_chunks`): `body` then runs once per claimed piece, with its thread's `slice` (so
+    per-thread scratch stays private), and must not meet a barrier.
     """
+    if chunks and every_thread:
+        raise ValueError("a body that meets a barrier runs once per thread: no chunks")
     if threads <= 1 or not load_runtime():
         body(builder, ir.Constant(_I64, 0), ir.Constant(_I64, 0), total, list(captured))
         return
-    frame = ir.LiteralStructType([_I64] + [v.type for v in captured])
-    omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, body, grain, every_thread)
+    # the frame: total, then (with `chunks`) each share's counter of claimed indices, then the captures
+    head = [_I64, ir.ArrayType(_I64, threads)] if chunks else [_I64]
+    frame = ir.LiteralStructType(head + [v.type for v in captured])
+    if chunks:
+        omp_fn = _emit_omp_chunks(module, f"{name}.omp", frame, body, grain, chunks, min_chunk)
+    else:
+        omp_fn = _emit_omp_entry(module, f"{name}.omp", frame, body, grain, every_thread)
 
     data = _entry_alloca(builder, frame)
     grains = _ceil_div(builder, total, grain)
@@ -67,7 +92,8 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
     team = builder.select(forked, ir.Constant(_I64, 1), team)
     with builder.if_else(builder.icmp_signed(">", team, ir.Constant(_I64, 1))) as (parallel, serial):
         with parallel:
-            for i, value in enumerate([total] + list(captured)):
+            start = [total, ir.Constant(ir.ArrayType(_I64, threads), [0] * threads)] if chunks else [total]
+            for i, value in enumerate(start + list(captured)):
                 builder.store(value, _field(builder, frame, data, i))
             gomp = _declare(module, "GOMP_parallel", ir.VoidType(), [_PTR, _PTR, _I32, _I32])
             builder.call(gomp, [omp_fn, data, builder.trunc(team, _I32), ir.Constant(_I32, 0)])
@@ -157,6 +183,61 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, b
             body(b, tid, begin, end, captured)
     b.ret_void()
     return fn
+
+
+def _emit_omp_chunks(module: ir.Module, name: str, frame: ir.LiteralStructType, body: Body,
+                     grain: int, chunks: int, min_chunk: int) -> ir.Function:
+    """`void name(ptr frame)`, run by every thread of the team. Thread t's even share (the static split's
+    slice t) is cut into chunks that it runs in order, each claimed from the share's counter in the
+    frame (an atomic add); a thread done with its own share claims the chunks left in the others'
+    (t + 1, t + 2, ...). Undisturbed, every thread runs its static slice (the data it wrote in earlier
+    loops stays in its cache); a thread delayed by the OS leaves its last chunks to the others. A
+    chunk is ceil(grains / (team * chunks)) grains, or if more, min(ceil(min_chunk / grain), a share).
+    The body runs on each chunk with the captures unpacked from the frame."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    data = fn.args[0]
+    data.name = "frame"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    total = b.load(_field(b, frame, data, 0), typ=_I64)
+    captured = [b.load(_field(b, frame, data, i), typ=t) for i, t in enumerate(frame.elements) if i > 1]
+    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", _I32, []), []), _I64)
+    team = b.sext(b.call(_declare(module, "omp_get_num_threads", _I32, []), []), _I64)
+    grains = _ceil_div(b, total, grain)
+    share = _ceil_div(b, grains, team)
+    least = _min(b, share, ir.Constant(_I64, -(-min_chunk // grain)))
+    size = _ceil_div(b, grains, b.mul(team, ir.Constant(_I64, chunks)))
+    size = b.mul(b.select(b.icmp_signed("<", size, least), least, size), ir.Constant(_I64, grain))
+    per = b.mul(share, ir.Constant(_I64, grain))
+    entry, shares, claim, run, next_share, done = (b.block, *(fn.append_basic_block(n) for n in
+                                                              ("share", "claim", "run", "next", "done")))
+    b.branch(shares)
+    b.position_at_end(shares)  # shares tid, tid + 1, ... (mod team)
+    step = b.phi(_I64, "step")
+    step.add_incoming(ir.Constant(_I64, 0), entry)
+    owner = b.srem(b.add(tid, step), team)
+    counter = b.gep(data, [ir.Constant(_I32, 0), ir.Constant(_I32, 1), owner], inbounds=True, source_etype=frame)
+    low = b.mul(owner, per)
+    high = _min(b, b.add(low, per), total)
+    b.branch(claim)
+    b.position_at_end(claim)
+    begin = b.add(low, b.atomic_rmw("add", counter, size, "monotonic"))
+    b.cbranch(b.icmp_signed("<", begin, high), run, next_share)
+    b.position_at_end(run)
+    body(b, tid, begin, _min(b, b.add(begin, size), high), captured)
+    b.branch(claim)
+    b.position_at_end(next_share)
+    following = b.add(step, ir.Constant(_I64, 1))
+    step.add_incoming(following, next_share)
+    b.cbranch(b.icmp_signed("<", following, team), shares, done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def _ceil_div(b: ir.IRBuilder, x: ir.Value, d: int | ir.Value) -> ir.Value:
