@@ -181,11 +181,18 @@ def test_bench_end_to_end_tiny(tmp_path):
 @pytest.mark.parametrize("module", ["graphnet.bench", "graphnet.bench.micro.gemm", "graphnet.bench.micro.parallel",
                                     "graphnet.bench.micro.step", "graphnet.bench.micro.fit", "graphnet.bench.micro.ab",
                                     "graphnet.bench.micro.cnn", "graphnet.bench.micro.chain",
-                                    "graphnet.bench.micro.oclconv"])
+                                    "graphnet.bench.micro.oclconv", "graphnet.bench.micro.abprofile"])
 def test_bench_modules_run_with_python_m(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:")
+
+
+def test_abprofile_matches_kernels_by_what_they_compute_and_sums_the_border_copies():
+    from graphnet.bench.micro.abprofile import roles
+    got = roles({"step": 9.0, "k3_conv2d_relu": 1.0, "k4_border": 0.5, "k5_conv2d_relu": 2.0, "k6_zero_border": 0.25,
+                 "k7_zero_border": 0.25})
+    assert got == {"step": 9.0, "borders (all)": 1.0, "conv2d_relu#1": 1.0, "conv2d_relu#2": 2.0}
 
 
 def test_conv_configurations_count_the_flops_of_benchmarks_md():
