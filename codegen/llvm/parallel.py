@@ -162,15 +162,7 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, b
     """`void name(ptr frame)`, run by every thread of the team: thread t takes grains
     [t*per, (t+1)*per) of ceil(total/grain), per = ceil(grains/team), and runs the body on them with
     the captures unpacked from the frame."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    data = fn.args[0]
-    data.name = "frame"
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    total = b.load(_field(b, frame, data, 0), typ=_I64)
-    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", _I32, []), []), _I64)
-    team = b.sext(b.call(_declare(module, "omp_get_num_threads", _I32, []), []), _I64)
+    fn, b, data, total, tid, team = _omp_function(module, name, frame)
     per = b.mul(_ceil_div(b, _ceil_div(b, total, grain), team), ir.Constant(_I64, grain))
     begin = b.mul(tid, per)
     end = b.add(begin, per)
@@ -194,16 +186,8 @@ def _emit_omp_chunks(module: ir.Module, name: str, frame: ir.LiteralStructType, 
     loops stays in its cache); a thread delayed by the OS leaves its last chunks to the others. A
     chunk is ceil(grains / (team * chunks)) grains, or if more, min(ceil(min_chunk / grain), a share).
     The body runs on each chunk with the captures unpacked from the frame."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    data = fn.args[0]
-    data.name = "frame"
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    total = b.load(_field(b, frame, data, 0), typ=_I64)
+    fn, b, data, total, tid, team = _omp_function(module, name, frame)
     captured = [b.load(_field(b, frame, data, i), typ=t) for i, t in enumerate(frame.elements) if i > 1]
-    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", _I32, []), []), _I64)
-    team = b.sext(b.call(_declare(module, "omp_get_num_threads", _I32, []), []), _I64)
     grains = _ceil_div(b, total, grain)
     share = _ceil_div(b, grains, team)
     least = _min(b, share, ir.Constant(_I64, -(-min_chunk // grain)))
@@ -234,6 +218,21 @@ def _emit_omp_chunks(module: ir.Module, name: str, frame: ir.LiteralStructType, 
     b.position_at_end(done)
     b.ret_void()
     return fn
+
+
+def _omp_function(module: ir.Module, name: str, frame: ir.LiteralStructType) -> tuple:
+    """A thread entry `void name(ptr frame)` begun: the function, its builder, the frame, the frame's
+    total (field 0), and the thread's number and the team's size (i64)."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    data = fn.args[0]
+    data.name = "frame"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    total = b.load(_field(b, frame, data, 0), typ=_I64)
+    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", _I32, []), []), _I64)
+    team = b.sext(b.call(_declare(module, "omp_get_num_threads", _I32, []), []), _I64)
+    return fn, b, data, total, tid, team
 
 
 def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
