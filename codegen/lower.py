@@ -39,8 +39,8 @@ from graphnet.program import Program
 
 from .loop_passes import LOOP_PASSES, LoopPass, verify_loops
 from .lower_conv import WINDOW_INPUTS, place_window
-from .loopir import (Acc, Affine, Buffer, Collective, Const, Expr, ExprBuilder, Kernel, Load, LoadAt, LoopProgram, Op, Reduce,
-                     Size, Store, Var, affine, as_lin)
+from .loopir import (Acc, Affine, Buffer, Collective, Const, Expr, ExprBuilder, Index, Kernel, Load, LoadAt, LoopProgram,
+                     Op, Reduce, Size, Store, Var, affine, as_lin, walk_unique)
 
 I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
@@ -230,7 +230,10 @@ class Lowering:
         (whose computed coordinates their gather rule has clamped)."""
         if all(_affine_form(f) for f in forms):
             return Load(buffer, affine(forms, shape), dtype)
-        return LoadAt(buffer, _flat_index(forms, shape), dtype)
+        index = _flat_index(forms, shape)
+        if any(isinstance(e, (Acc, Index)) for e in walk_unique(index)):  # a gather at a reduction's result:
+            raise NotFusable(buffer)  # the index is known once the reduction is stored, in a kernel after it
+        return LoadAt(buffer, index, dtype)
 
     def _define(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:
         name = n.op.name

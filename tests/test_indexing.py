@@ -280,3 +280,16 @@ def test_flip_and_slice_of_a_scalar_keep_its_shape():
                          (gn.ops.apply("flip", [c], axes=()), {})]:
         (got,) = _all_backends([fetch], feeds)
         assert got.shape == ()
+
+
+def test_take_at_a_reductions_result_reads_it_from_memory():
+    """Fuzz finding 0:24187: a take whose index is an argmin fused into the argmin's kernel read its
+    table at the running accumulator (the loop IR refuses an index that uses `acc`); it joins a kernel of
+    its own, after the reduction's result is stored."""
+    x = gn.placeholder("x", (None, 3))
+    table = gn.placeholder("table", (4,))
+    picked = gn.take(table, gn.argmin(x, axis=1), axis=0)
+    xs = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0], [1.0, 1.0, 4.0]], np.float32)
+    values = np.array([10.0, 20.0, 30.0, 40.0], np.float32)
+    for got in _all_backends([picked], {"x": xs, "table": values}):
+        np.testing.assert_array_equal(got, values[np.argmin(xs, axis=1)])
