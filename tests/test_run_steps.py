@@ -440,7 +440,6 @@ def test_the_epoch_sums_are_the_batch_loops_additions():
                 assert [np.signbit(x) for x in r] == [np.signbit(x) for x in expected]
 
 
-
 def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
     """FastCall.try_run_steps (LLVMBackend.run_steps' path where the arena is laid out already) runs
     the steps as the batch loop does, runs nothing where the arena is laid out for another batch

@@ -4,7 +4,8 @@ round (in reversed order every other round) so machine drift hits them alike; pr
 median, min and max and its ratio to the first tree's.
 
 Kernels are matched by what they compute (`k12_conv2d_relu` -> `conv2d_relu#2`, the second such kernel),
-as kernel numbers differ between trees; border copies (`border`, `zero_border`) are summed.
+as kernel numbers differ between trees; the kernels copying into or zeroing borders (names ending in
+`border`) are summed.
 
     python -m graphnet.bench.micro.abprofile /tmp/before . --config cifar --threads 2 --rounds 8
 """
