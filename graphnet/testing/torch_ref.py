@@ -13,6 +13,7 @@ import numpy as np
 
 import graphnet as gn
 
+from ..ops.elementwise import GELU_C, GELU_K
 from .spec import Spec, build, concrete, float_outputs, resolve_attrs
 
 
@@ -26,6 +27,13 @@ def _ops() -> dict[str, Callable]:
 
     def reduce(fn):
         return lambda x, axes, keepdims, out: x if not axes else fn(x, dim=tuple(axes), keepdim=keepdims)
+
+    def gelu(x, approximate, out):
+        """torch's gelu; the tanh form as x sigmoid(2u), graphnet's way of writing the same function: torch's
+        0.5 x (1 + tanh(u)) cancels to zero in the negative tail (-1e-162 at x = -17 becomes -0.0)."""
+        if approximate != "tanh":
+            return F.gelu(x)
+        return x * torch.sigmoid(2 * GELU_C * (x + GELU_K * x * x * x))
 
     def mean(x, axes=(), keepdims=False, out=None):
         return x if not axes else x.mean(dim=tuple(axes), keepdim=keepdims)
@@ -60,7 +68,7 @@ def _ops() -> dict[str, Callable]:
     table.update({
         "leaky_relu": lambda x, alpha, out: F.leaky_relu(x, alpha),
         "elu": lambda x, alpha, out: F.elu(x, alpha),
-        "gelu": lambda x, approximate, out: F.gelu(x, approximate=approximate),
+        "gelu": gelu,
         "clip": lambda x, lo, hi, out: torch.clamp(x, lo, hi),
         "cast": lambda x, dtype, out: x.to(torch_dtype(dtype)),
         "where": lambda c, a, b, out: torch.where(c, a, b),
