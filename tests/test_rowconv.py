@@ -28,16 +28,22 @@ CASES = [  # (x shape, filter shape, keyword arguments): each has a row conv in 
 ]
 
 
-def test_an_input_gradient_reads_rows_as_one_run_from_a_copy_with_overlapping_borders():
-    """conv2's input gradient (dy 8 x 8 x 16 -> 12 x 12 x 6, 5 x 5): its channel-major copy of dy has rows
-    12 apart (the output row's width) with their 4-wide zero borders overlapping, so the row conv runs
-    the 144 positions as one run (9 vectors) instead of 12 rows of 16 lanes with 4 idle."""
+def _lenet_conv2_input_gradient():
+    """lenet's conv2 (12 x 12 x 6 -> 8 x 8 x 16, 5 x 5) input gradient, prepared for AVX-512 at one
+    thread: the loop program and the gradient's kernel."""
     x = gn.placeholder("x", (None, 12, 12, 6))
     w = gn.placeholder("w", (5, 5, 6, 16))
     y = gn.conv2d(x, w)
     weights = gn.placeholder("weights", (None, 8, 8, 16))
     lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
-    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    return lp, next(k for k in lp.kernels if "input_grad" in k.name)
+
+
+def test_an_input_gradient_reads_rows_as_one_run_from_a_copy_with_overlapping_borders():
+    """conv2's input gradient (dy 8 x 8 x 16 -> 12 x 12 x 6, 5 x 5): its channel-major copy of dy has rows
+    12 apart (the output row's width) with their 4-wide zero borders overlapping, so the row conv runs
+    the 144 positions as one run (9 vectors) instead of 12 rows of 16 lanes with 4 idle."""
+    lp, grad = _lenet_conv2_input_gradient()
     image = grad.reduce.contraction[0]
     assert rowconv.marked(grad) and lp.buffers[image.buffer].shape == (None, 16, 17 * 12)
     assert str(image.coords[2]) == "12*v1 + -12*v5 + v2 + -1*v6 + 52"  # (v1 - v5 + 4) * 12 + v2 - v6 + 4
@@ -259,12 +265,7 @@ def test_an_input_gradient_skips_the_filter_rows_that_read_only_the_border():
     """conv2's input gradient: its 9 vectors of 16 positions (12-wide rows as one run) read dy's rows
     only for the filter rows v5 that reach dy's 8 rows from theirs: the first vector (rows 0 and 1)
     at v5 <= 1, the middle ones at every v5, the last (rows 10, 11) at v5 >= 3: 33 of 45."""
-    x = gn.placeholder("x", (None, 12, 12, 6))
-    w = gn.placeholder("w", (5, 5, 6, 16))
-    y = gn.conv2d(x, w)
-    weights = gn.placeholder("weights", (None, 8, 8, 16))
-    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
-    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    _, grad = _lenet_conv2_input_gradient()
     assert "image at 0.., 0..16, rows 4..12 x 4..12 of 12" in str(grad.reduce.value)
     plan = rowconv.plan(grad, AVX512)
     vectors = [v for tile, count in plan.tiles for v in tile]
@@ -329,12 +330,7 @@ def test_rows_of_tiles_pair_two_rows_tails_in_one_vector_where_a_tail_fills_at_m
                 assert rowconv.plan(conv, AVX512).paired == expected, image
             else:
                 assert not expected, image
-    x = gn.placeholder("x", (None, 12, 12, 6))
-    w = gn.placeholder("w", (5, 5, 6, 16))
-    y = gn.conv2d(x, w)
-    weights = gn.placeholder("weights", (None, 8, 8, 16))
-    lp = _prepared([y, *gn.gradients(gn.sum(y * weights), [x])], loop_passes(lambda *a, **k: 64, 1, AVX512))
-    grad = next(k for k in lp.kernels if "input_grad" in k.name)
+    _, grad = _lenet_conv2_input_gradient()
     assert not rowconv.pairs_tails(grad, 16)  # 12-wide rows, but one run of 144 positions
 
 
