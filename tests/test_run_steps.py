@@ -422,22 +422,26 @@ def test_an_order_of_any_integer_type_is_taken():
 def test_the_epoch_sums_are_the_batch_loops_additions():
     """fit's sums over a run_steps call: s + v0*size0 + v1*size1 ..., in float64, in step order, from
     the running sum so far (bit for bit what the batch-by-batch loop adds)."""
-    from graphnet.model import _batch_sizes, _running_sums
+    from graphnet.model import _PYTHON_SUM_STEPS, _batch_sizes, _final_sums, _running_sums
     rng = np.random.default_rng(6)
-    for n, batch_size, first, count in [(50, 16, 0, 4), (50, 16, 1, 2), (48, 16, 0, 3), (7, 10, 0, 1), (203, 8, 3, 22)]:
+    long = (8 * (_PYTHON_SUM_STEPS + 9), 8, 2, _PYTHON_SUM_STEPS + 5)  # _final_sums' numpy path
+    for n, batch_size, first, count in [(50, 16, 0, 4), (50, 16, 1, 2), (48, 16, 0, 3), (7, 10, 0, 1), (203, 8, 3, 22),
+                                        long]:
         sizes = _batch_sizes(n, batch_size, first, count)
         want_sizes = [min(batch_size, n - j * batch_size) for j in range(first, first + count)]
         np.testing.assert_array_equal(np.broadcast_to(sizes, (count,)), want_sizes)
         values = [rng.standard_normal(count).astype(np.float32), np.full(count, -0.0, np.float32)]
         for start in ([0.0, 0.0], [1.0 / 3.0, 0.0], [-2.5e7, -0.0]):
             running = _running_sums(start, values, sizes)
-            for s, v, r in zip(start, values, running):
+            final = _final_sums(start, values, sizes)
+            for s, v, r, last in zip(start, values, running, final):
                 expected = []
                 for value, size in zip(v, want_sizes):
                     s = s + float(value) * size
                     expected.append(s)
                 assert [float(x) for x in r] == expected
                 assert [np.signbit(x) for x in r] == [np.signbit(x) for x in expected]
+                assert last == expected[-1] and np.signbit(last) == np.signbit(expected[-1])
 
 
 def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
