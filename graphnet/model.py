@@ -66,6 +66,7 @@ class _Built:
     plain: _Objective | None = None
     weighted: _Objective | None = None  # built on the first use of sample or class weights
     feed_positions: dict[str, tuple[int, int]] | None = None  # Model._feed_positions
+    targeted: list[int] | None = None  # Model._targeted
 
     @property
     def fetches(self) -> list[Node]:
@@ -439,28 +440,30 @@ class Model:
         a list (one per output, or one per output that takes targets) or a dict by output name."""
         if y is None:
             raise ValueError(f"{what}: the targets are missing (fit and evaluate take x and y arrays)")
-        wanted = self._target_tensors()
+        targeted = self._targeted()
+        wanted = [self.outputs[k] for k in targeted]
         if isinstance(y, dict):
             y = {k: v for k, v in y.items() if k not in {t.layer.name for t in self.outputs} - {t.layer.name
                                                                                                    for t in wanted}}
         elif isinstance(y, (list, tuple)) and self._multi_out and len(y) == len(self.outputs) != len(wanted):
             y = [v for t, v in zip(self.outputs, y) if t in wanted]
-        items = dict(zip(wanted, _per_tensor(y, wanted, len(wanted) > 1, what)))
-        arrays: list[np.ndarray | None] = []
-        for k, (t, out) in enumerate(zip(self.outputs, self._built.outputs)):
-            if t not in items:
-                arrays.append(None)
-                continue
-            label = f"{what} (output '{t.layer.name}')" if self._multi_out else what
-            arr = objectives.check_targets(items[t], self._config.losses[k] or LossSpec(None), out, label)
+        arrays: list[np.ndarray | None] = [None] * len(self.outputs)
+        for k, item in zip(targeted, _per_tensor(y, wanted, len(wanted) > 1, what)):
+            label = f"{what} (output '{self.outputs[k].layer.name}')" if self._multi_out else what
+            spec = self._config.losses[k] or LossSpec(None)
+            arr = objectives.check_targets(item, spec, self._built.outputs[k], label)
             if len(arr) != n:
                 raise ValueError(f"{what} has {len(arr)} samples but x has {n}")
-            arrays.append(arr)
+            arrays[k] = arr
         return arrays
 
-    def _target_tensors(self) -> list[SymbolicTensor]:
-        """The outputs that take targets (those with a loss or a metric)."""
-        return [t for t, target in zip(self.outputs, self._built.targets) if target is not None]
+    def _targeted(self) -> list[int]:
+        """The outputs that take targets (those with a loss or a metric), by index; made once per
+        compiled graph."""
+        b = self._built
+        if b.targeted is None:
+            b.targeted = [k for k, target in enumerate(b.targets) if target is not None]
+        return b.targeted
 
     def _check_weights(self, sample_weight: Any, class_weight: Any, ys: list[np.ndarray | None], n: int,
                        what: str = "sample_weight") -> list[np.ndarray | None] | None:
