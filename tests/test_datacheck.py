@@ -2,6 +2,7 @@
 whose elements are all finite, within the bounds and (integral) whole; everything else goes to numpy's
 checks, which raise the same errors with the extension, without it, or with one that disagrees."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -95,6 +96,13 @@ def test_within_uses_the_extension_once_it_agrees(monkeypatch):
     monkeypatch.setattr(datacheck, "_native", None)
     assert datacheck.within(np.ones(3), 0.0, 1.0)
     assert datacheck._native is native.within
+
+
+def test_without_the_extension_nothing_is_accepted(monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphnet._datacheck", None)  # as if it was never built
+    monkeypatch.setattr(datacheck, "_native", None)
+    assert not datacheck.within(np.ones(3), 0.0, 1.0)
+    assert datacheck._native is datacheck._never
 
 
 def test_a_disagreeing_extension_is_never_used(monkeypatch):
