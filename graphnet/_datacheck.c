@@ -45,7 +45,8 @@ enum { GIL_FREE_BYTES = 1 << 16 };     /* larger buffers are scanned with the GI
 
 /* A float is finite when x - x is 0 (NaN and infinities give NaN), and NaN fails every comparison. */
 #define SCAN_FLOAT(NAME, TYPE, NEXT)                                                                      \
-    CLONES static int NAME(const TYPE *p, Py_ssize_t n, double low, double high, int integral) {          \
+    CLONES static int NAME(const void *buf, Py_ssize_t n, double low, double high, int integral) {        \
+        const TYPE *p = buf;                                                                              \
         TYPE lo = (TYPE)low, hi = (TYPE)high;                                                             \
         if ((double)lo < low)                                                                             \
             lo = NEXT(lo, INFINITY);                                                                      \
@@ -63,7 +64,8 @@ enum { GIL_FREE_BYTES = 1 << 16 };     /* larger buffers are scanned with the GI
 /* Integers are finite and whole: the test is lo <= x <= hi for the whole numbers [ceil(low),
  * floor(high)] clamped to the type (`UPPER` the type's exclusive upper limit, 2^bits or 2^(bits-1)). */
 #define SCAN_INT(NAME, TYPE, MIN, MAX, UPPER)                                                             \
-    CLONES static int NAME(const TYPE *p, Py_ssize_t n, double low, double high, int integral) {          \
+    CLONES static int NAME(const void *buf, Py_ssize_t n, double low, double high, int integral) {        \
+        const TYPE *p = buf;                                                                              \
         (void)integral;                                                                                   \
         double first = ceil(low), last = floor(high);                                                     \
         if (n == 0)                                                                                       \
@@ -94,18 +96,18 @@ static Scan scan_for(const char *format, Py_ssize_t itemsize) {
         return NULL;
     int is_signed = 0;
     switch (format[0]) {
-    case 'f': return itemsize == 4 ? (Scan)scan_f32 : NULL;
-    case 'd': return itemsize == 8 ? (Scan)scan_f64 : NULL;
-    case '?': return itemsize == 1 ? (Scan)scan_u8 : NULL;
+    case 'f': return itemsize == 4 ? scan_f32 : NULL;
+    case 'd': return itemsize == 8 ? scan_f64 : NULL;
+    case '?': return itemsize == 1 ? scan_u8 : NULL;
     case 'b': case 'h': case 'i': case 'l': case 'q': is_signed = 1; break;
     case 'B': case 'H': case 'I': case 'L': case 'Q': break;
     default: return NULL;
     }
     switch (itemsize) {
-    case 1: return is_signed ? (Scan)scan_i8 : (Scan)scan_u8;
-    case 2: return is_signed ? (Scan)scan_i16 : (Scan)scan_u16;
-    case 4: return is_signed ? (Scan)scan_i32 : (Scan)scan_u32;
-    case 8: return is_signed ? (Scan)scan_i64 : (Scan)scan_u64;
+    case 1: return is_signed ? scan_i8 : scan_u8;
+    case 2: return is_signed ? scan_i16 : scan_u16;
+    case 4: return is_signed ? scan_i32 : scan_u32;
+    case 8: return is_signed ? scan_i64 : scan_u64;
     default: return NULL;
     }
 }
@@ -115,8 +117,11 @@ static PyObject *datacheck_within(PyObject *module, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "within(array, low, high, integral) takes 4 arguments");
         return NULL;
     }
-    double low = PyFloat_AsDouble(args[1]), high = PyFloat_AsDouble(args[2]);
-    if ((low == -1.0 || high == -1.0) && PyErr_Occurred())
+    double low = PyFloat_AsDouble(args[1]);
+    if (low == -1.0 && PyErr_Occurred())
+        return NULL;
+    double high = PyFloat_AsDouble(args[2]);
+    if (high == -1.0 && PyErr_Occurred())
         return NULL;
     int integral = PyObject_IsTrue(args[3]);
     if (integral < 0)
