@@ -121,9 +121,9 @@ class CallbackList:
     @staticmethod
     def _resolve(hook: str, callbacks: list[Callback]) -> Callable[..., None]:
         """One call of `hook` on each of `callbacks` (those that override it), in order."""
+        if len(callbacks) == 1:
+            return getattr(callbacks[0], hook)
         methods = [getattr(cb, hook) for cb in callbacks]
-        if len(methods) == 1:
-            return methods[0]
 
         def call(*args: Any) -> None:
             for method in methods:

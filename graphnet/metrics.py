@@ -23,6 +23,7 @@ import numpy as np
 
 from . import losses as loss_fns
 from . import ops
+from .datacheck import within
 from .graph import Graph, Node, shape_str
 
 LOSSES = ("mse", "mae", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "huber",
@@ -269,18 +270,33 @@ def as_numbers(value: object, what: str) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, what: str, note: str = "") -> None:
     """The NaN policy of fit/evaluate: non-finite data is rejected, naming its first row."""
-    if arr.dtype.kind == "f" and not _all(np.isfinite(arr).ravel()):
+    if arr.dtype.kind == "f" and not within(arr, -math.inf, math.inf) and not _all(np.isfinite(arr).ravel()):
         row = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise ValueError(f"{what}: contains NaN or inf (first at row {row}){note}")
 
 
+_UNIT_LABELS = ("binary_crossentropy", "categorical_crossentropy")  # labels in [0, 1]
+
+
+def _label_range(spec: LossSpec, output: Node) -> tuple[float, float]:
+    """The values `check_targets` admits: [0, 1] for binary and categorical labels, the class ids for
+    sparse ones (whole numbers), any finite number otherwise."""
+    if is_sparse(spec):
+        return 0.0, float(output.shape[1] - 1)
+    return (0.0, 1.0) if spec.name in _UNIT_LABELS else (-math.inf, math.inf)
+
+
 def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndarray:
-    """Validate one output's target array and return it in the placeholder's dtype and shape."""
+    """Validate one output's target array and return it in the placeholder's dtype and shape. Where
+    one pass (`datacheck.within`) shows every value admitted, only the shape is left to check; else
+    numpy's checks find the first problem."""
     arr = as_numbers(y, what)
-    bounded = spec.name in ("binary_crossentropy", "categorical_crossentropy")
-    ranged = arr.size > 0 and (bounded or is_sparse(spec))  # labels whose range is checked below
+    bounded = spec.name in _UNIT_LABELS
+    admitted = within(arr, *_label_range(spec, output), is_sparse(spec))
+    ranged = not admitted and arr.size > 0 and (bounded or is_sparse(spec))  # labels whose range is checked below
     low, high = (_reduced(_min, arr), _reduced(_max, arr)) if ranged else (0, 0)
-    if not ranged or not (math.isfinite(low) and math.isfinite(high)):  # NaN and inf show in the extremes
+    # (NaN and inf show in the extremes)
+    if not admitted and (not ranged or not (math.isfinite(low) and math.isfinite(high))):
         check_finite(arr, what, "; graphnet rejects non-finite labels")
     if is_sparse(spec):
         classes = output.shape[1]
@@ -288,7 +304,7 @@ def check_targets(y: object, spec: LossSpec, output: Node, what: str) -> np.ndar
             arr = arr[:, 0]
         if arr.ndim != 1:
             raise ValueError(f"{what}: sparse labels must be class ids of shape (N,), got {shape_str(arr.shape)}")
-        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+        if not admitted and arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
             raise ValueError(f"{what}: sparse labels must be integer class ids, got non-integral values")
         if ranged and (low < 0 or high >= classes):
             bad = arr[(arr < 0) | (arr >= classes)][0]

@@ -65,6 +65,8 @@ class _Built:
     loss_keys: dict[str, int | None] = field(default_factory=dict)  # "loss" -> None, "<out>_loss" -> output index
     plain: _Objective | None = None
     weighted: _Objective | None = None  # built on the first use of sample or class weights
+    feed_positions: dict[str, tuple[int, int]] | None = None  # Model._feed_positions
+    targeted: list[int] | None = None  # Model._targeted
 
     @property
     def fetches(self) -> list[Node]:
@@ -110,7 +112,8 @@ class Model:
         self.history: History | None = None
         self._config: _CompileConfig | None = None
         self._functions: dict[str, Function] = {}
-        self._feeds_checked: weakref.WeakSet[Function] = weakref.WeakSet()  # fit's arrays match their placeholders
+        # per function: where each placeholder's array sits in fit's checked arrays (`_checked_datasets`)
+        self._feed_layouts: weakref.WeakKeyDictionary[Function, tuple] = weakref.WeakKeyDictionary()
         self._built: _Built | None = None
         self._layer: ModelLayer | None = None
 
@@ -437,28 +440,30 @@ class Model:
         a list (one per output, or one per output that takes targets) or a dict by output name."""
         if y is None:
             raise ValueError(f"{what}: the targets are missing (fit and evaluate take x and y arrays)")
-        wanted = self._target_tensors()
+        targeted = self._targeted()
+        wanted = [self.outputs[k] for k in targeted]
         if isinstance(y, dict):
             y = {k: v for k, v in y.items() if k not in {t.layer.name for t in self.outputs} - {t.layer.name
                                                                                                    for t in wanted}}
         elif isinstance(y, (list, tuple)) and self._multi_out and len(y) == len(self.outputs) != len(wanted):
             y = [v for t, v in zip(self.outputs, y) if t in wanted]
-        items = dict(zip(wanted, _per_tensor(y, wanted, len(wanted) > 1, what)))
-        arrays: list[np.ndarray | None] = []
-        for k, (t, out) in enumerate(zip(self.outputs, self._built.outputs)):
-            if t not in items:
-                arrays.append(None)
-                continue
-            label = f"{what} (output '{t.layer.name}')" if self._multi_out else what
-            arr = objectives.check_targets(items[t], self._config.losses[k] or LossSpec(None), out, label)
+        arrays: list[np.ndarray | None] = [None] * len(self.outputs)
+        for k, item in zip(targeted, _per_tensor(y, wanted, len(wanted) > 1, what)):
+            label = f"{what} (output '{self.outputs[k].layer.name}')" if self._multi_out else what
+            spec = self._config.losses[k] or LossSpec(None)
+            arr = objectives.check_targets(item, spec, self._built.outputs[k], label)
             if len(arr) != n:
                 raise ValueError(f"{what} has {len(arr)} samples but x has {n}")
-            arrays.append(arr)
+            arrays[k] = arr
         return arrays
 
-    def _target_tensors(self) -> list[SymbolicTensor]:
-        """The outputs that take targets (those with a loss or a metric)."""
-        return [t for t, target in zip(self.outputs, self._built.targets) if target is not None]
+    def _targeted(self) -> list[int]:
+        """The outputs that take targets (those with a loss or a metric), by index; made once per
+        compiled graph."""
+        b = self._built
+        if b.targeted is None:
+            b.targeted = [k for k, target in enumerate(b.targets) if target is not None]
+        return b.targeted
 
     def _check_weights(self, sample_weight: Any, class_weight: Any, ys: list[np.ndarray | None], n: int,
                        what: str = "sample_weight") -> list[np.ndarray | None] | None:
@@ -515,14 +520,21 @@ class Model:
     def _named(self, xs: list[np.ndarray], ys: list[np.ndarray | None] | None = None,
                sw: list[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
         """The arrays by the name of the placeholder each feeds (inputs, targets, sample weights)."""
-        feeds = {t.layer.name: arr for t, arr in zip(self.inputs, xs)}
-        for t, arr in zip(self.outputs, ys or []):
-            if arr is not None:
-                feeds[f"{t.layer.name}/target"] = arr
-        for t, arr in zip(self.outputs, sw or []):
-            if arr is not None:
-                feeds[f"{t.layer.name}/sample_weight"] = arr
-        return feeds
+        groups = (xs, ys or (), sw or ())
+        return {name: groups[g][i] for name, (g, i) in self._feed_positions().items()
+                if i < len(groups[g]) and groups[g][i] is not None}
+
+    def _feed_positions(self) -> dict[str, tuple[int, int]]:
+        """Where the array each placeholder takes sits, by the placeholder's name: (0, i) input i,
+        (1, k) output k's targets, (2, k) output k's sample weights (in `xs`, `ys`, `sw`); made once
+        per built graph, whose placeholders took these names."""
+        b = self._built
+        if b.feed_positions is None:
+            positions = {t.layer.name: (0, i) for i, t in enumerate(self.inputs)}
+            positions.update({f"{t.layer.name}/target": (1, k) for k, t in enumerate(self.outputs)})
+            positions.update({f"{t.layer.name}/sample_weight": (2, k) for k, t in enumerate(self.outputs)})
+            b.feed_positions = positions
+        return b.feed_positions
 
     # ---- training -----------------------------------------------------------------------
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
@@ -649,7 +661,7 @@ class Model:
         order, or None where fit goes batch by batch: a callback with a batch-level hook (other than the
         progress bar, which `_fit_epoch` serves after each chunk). The arrays are `_check_x`'s,
         `_check_y`'s and `_check_weights`' (the placeholders' dtypes and row shapes, C-contiguous), so
-        run_steps' checks are made once per function (`_feeds_checked`)."""
+        run_steps' checks are made once per function (`_feed_layouts`)."""
         if not self._native_fit or _batch_hooked(cbs, ("on_train_batch_begin", "on_train_batch_end")):
             return None
         return self._checked_datasets(train, xs, ys, sw)
@@ -659,12 +671,16 @@ class Model:
         """Checked arrays (`_check_x`, `_check_y`, `_check_weights`: the placeholders' dtypes and row
         shapes, C-contiguous, not empty) as `fn._run_checked_steps` takes them, one per placeholder in
         placeholder order: run_steps' checks, which they pass whenever they pass once, are made on the
-        first call for each function (`_feeds_checked`)."""
-        named = self._named(xs, ys, sw)
-        if fn not in self._feeds_checked:
+        first call for each function, which records where each placeholder's array sits
+        (`_feed_layouts`; the same for every call, as the model and the function fix it)."""
+        layout = self._feed_layouts.get(fn)
+        if layout is None:
+            named = self._named(xs, ys, sw)
             fn._datasets({name: named[name] for name in fn.feeds.names if name in named})
-            self._feeds_checked.add(fn)
-        return tuple(named[name] for name in fn.feeds.names)
+            positions = self._feed_positions()
+            layout = self._feed_layouts[fn] = tuple(positions[name] for name in fn.feeds.names)
+        groups = (xs, ys, sw)
+        return tuple([groups[g][i] for g, i in layout])
 
     def _datasets(self, fn: Function, xs: list, ys: list | None = None, sw: list | None = None) -> dict[str, np.ndarray]:
         """Whole arrays as `fn.run_steps` takes them: the checked arrays (`_check_x`, `_check_y`,

@@ -306,9 +306,9 @@ def test_the_function_call_passes_keyword_arguments_as_one_dict(base):
 def test_the_c_extension_is_built_where_there_is_a_c_compiler():
     """setup.py marks it optional, so a compile error would only print a warning at install time and
     leave every call on the Python path: this is where it shows. Function's base class and the LLVM
-    fast path live in one module; the only other extension is fit's epoch shuffle (graphnet/_shuffle.c,
-    checked likewise); the benchmarks' and the MPI runtime's C files are compiled when first used, not
-    installed."""
+    fast path live in one module; the only other extensions are fit's epoch shuffle (graphnet/_shuffle.c)
+    and fit's data check (graphnet/_datacheck.c), checked likewise; the benchmarks' and the MPI runtime's
+    C files are compiled when first used, not installed."""
     import shutil
     import sysconfig
 
@@ -323,7 +323,9 @@ def test_the_c_extension_is_built_where_there_is_a_c_compiler():
     sources = [p.relative_to(root).as_posix() for d in ("graphnet", "codegen") for p in (root / d).rglob("*.c")]
     runtime_built = ("graphnet/bench/", "graphnet/distributed/native/")  # compiled when used (cc, mpicc)
     assert sorted(s for s in sources if not s.startswith(runtime_built)) == ["codegen/llvm/_call.c",
+                                                                          "graphnet/_datacheck.c",
                                                                           "graphnet/_shuffle.c"]
+    import graphnet._datacheck  # noqa: F401 (it built)
     import graphnet._shuffle  # noqa: F401 (it built)
 
 

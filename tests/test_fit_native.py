@@ -165,3 +165,34 @@ def test_repeated_calls_check_their_arrays_each_time():
         model.predict(x[:, :4], batch_size=16)
     with pytest.raises(ValueError, match="empty"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x[:0], y[:0]))
+
+
+def test_later_calls_feed_their_own_arrays_to_each_placeholder():
+    """Where each placeholder's array sits is recorded on a function's first call; later calls, with
+    other arrays for two inputs, two outputs and their sample weights, train as the batch-by-batch
+    loop does on the same arrays."""
+    rng = np.random.default_rng(2)
+
+    def data(n):
+        a, b = rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 2)).astype(np.float32)
+        return [a, b], [rng.integers(0, CLASSES, n), a[:, :1] - b[:, 1:]], [rng.random(n), rng.random(n)]
+
+    calls = [data(40), data(37), data(40)]
+    results = []
+    for native in (True, False):
+        gn.reset_default_graph()
+        gn.set_seed(0)
+        a, b = gn.layers.Input((3,), name="a"), gn.layers.Input((2,), name="b")
+        h = gn.layers.Dense(6, activation="relu")(gn.layers.Concatenate()([a, b]))
+        model = gn.Model([a, b], [gn.layers.Dense(CLASSES, activation="softmax", name="classes")(h),
+                                  gn.layers.Dense(1, name="value")(h)])
+        model.compile("adam", ["sparse_categorical_crossentropy", "mse"], ["accuracy"])
+        model._native_fit = native
+        histories = []
+        for k, (x, y, w) in enumerate(calls):
+            histories.append(model.fit(x, y, batch_size=8, verbose=0, sample_weight=w if k == 1 else None).history)
+            histories.append(model.evaluate(x, y, batch_size=8, return_dict=True))
+        results.append((histories, model.get_weights()))
+    assert results[0][0] == results[1][0]
+    for wa, wb in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(wa, wb)
