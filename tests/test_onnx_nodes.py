@@ -25,6 +25,22 @@ MUST_TRANSLATE_BY_OP = """
     Abs: abs
     Add: add add_bcast add_int16 add_int8 add_uint16 add_uint32 add_uint64 add_uint8 operator_add_broadcast
         operator_add_size1_broadcast operator_add_size1_right_broadcast operator_add_size1_singleton_broadcast
+    ArgMax: argmax_default_axis_example argmax_default_axis_example_select_last_index argmax_default_axis_random
+        argmax_default_axis_random_select_last_index argmax_keepdims_example
+        argmax_keepdims_example_select_last_index argmax_keepdims_random
+        argmax_keepdims_random_select_last_index argmax_negative_axis_keepdims_example
+        argmax_negative_axis_keepdims_example_select_last_index argmax_negative_axis_keepdims_random
+        argmax_negative_axis_keepdims_random_select_last_index argmax_no_keepdims_example
+        argmax_no_keepdims_example_select_last_index argmax_no_keepdims_random
+        argmax_no_keepdims_random_select_last_index
+    ArgMin: argmin_default_axis_example argmin_default_axis_example_select_last_index argmin_default_axis_random
+        argmin_default_axis_random_select_last_index argmin_keepdims_example
+        argmin_keepdims_example_select_last_index argmin_keepdims_random
+        argmin_keepdims_random_select_last_index argmin_negative_axis_keepdims_example
+        argmin_negative_axis_keepdims_example_select_last_index argmin_negative_axis_keepdims_random
+        argmin_negative_axis_keepdims_random_select_last_index argmin_no_keepdims_example
+        argmin_no_keepdims_example_select_last_index argmin_no_keepdims_random
+        argmin_no_keepdims_random_select_last_index
     AveragePool: AvgPool2d AvgPool2d_stride averagepool_1d_default averagepool_2d_ceil
         averagepool_2d_ceil_last_window_starts_on_pad averagepool_2d_default averagepool_2d_pads
         averagepool_2d_pads_count_include_pad averagepool_2d_precomputed_pads
@@ -32,7 +48,8 @@ MUST_TRANSLATE_BY_OP = """
         averagepool_2d_precomputed_strides averagepool_2d_same_lower averagepool_2d_same_upper
         averagepool_2d_strides
     BatchNormalization: BatchNorm1d_3d_input_eval BatchNorm2d_eval BatchNorm2d_momentum_eval BatchNorm3d_eval
-        BatchNorm3d_momentum_eval batchnorm_epsilon batchnorm_example
+        BatchNorm3d_momentum_eval batchnorm_epsilon batchnorm_epsilon_training_mode batchnorm_example
+        batchnorm_example_training_mode
     Cast: cast_DOUBLE_to_FLOAT cast_FLOAT_to_DOUBLE
     Ceil: ceil ceil_example
     Clip: clip clip_default_inbounds clip_default_int8_inbounds clip_default_int8_max clip_default_int8_min
@@ -48,9 +65,12 @@ MUST_TRANSLATE_BY_OP = """
         Conv2d_padding Conv2d_strided basic_conv_with_padding basic_conv_without_padding conv_with_autopad_same
         conv_with_strides_and_asymmetric_padding conv_with_strides_no_padding conv_with_strides_padding
         operator_conv
+    CumSum: cumsum_1d cumsum_1d_exclusive cumsum_1d_int32_exclusive cumsum_1d_reverse
+        cumsum_1d_reverse_exclusive cumsum_2d_axis_0 cumsum_2d_axis_1 cumsum_2d_int32 cumsum_2d_negative_axis
     Div: div div_bcast div_example div_int16 div_int32_trunc div_int8 div_uint16 div_uint32 div_uint64 div_uint8
     Dropout: dropout_default dropout_default_old dropout_default_ratio dropout_random_old
     Elu: ELU elu elu_default elu_example
+    Equal: equal equal_bcast equal_int16 equal_int8 equal_uint16 equal_uint32 equal_uint64 equal_uint8
     Erf: erf
     Exp: exp exp_example operator_exp
     Expand: expand_dim_changed expand_dim_unchanged expand_shape_model1 expand_shape_model2 expand_shape_model3
@@ -65,10 +85,17 @@ MUST_TRANSLATE_BY_OP = """
         gemm_default_zero_bias gemm_transposeA gemm_transposeB
     GlobalAveragePool: globalaveragepool globalaveragepool_precomputed
     GlobalMaxPool: globalmaxpool globalmaxpool_precomputed
+    Greater: greater greater_bcast greater_int16 greater_int8 greater_uint16 greater_uint32 greater_uint64
+        greater_uint8
+    GreaterOrEqual: greater_equal greater_equal_bcast greater_equal_int16 greater_equal_int8
+        greater_equal_uint16 greater_equal_uint32 greater_equal_uint64 greater_equal_uint8
     HardSigmoid: hardsigmoid hardsigmoid_default hardsigmoid_example
     HardSwish: hardswish
     Identity: identity
     LeakyRelu: LeakyReLU LeakyReLU_with_negval leakyrelu leakyrelu_default leakyrelu_example
+    Less: less less_bcast less_int16 less_int8 less_uint16 less_uint32 less_uint64 less_uint8
+    LessOrEqual: less_equal less_equal_bcast less_equal_int16 less_equal_int8 less_equal_uint16
+        less_equal_uint32 less_equal_uint64 less_equal_uint8
     Log: log log_example
     LogSoftmax: LogSoftmax log_softmax_dim3 log_softmax_lastdim logsoftmax_axis_0 logsoftmax_axis_1
         logsoftmax_axis_2 logsoftmax_default_axis logsoftmax_example_1 logsoftmax_large_number
@@ -83,6 +110,9 @@ MUST_TRANSLATE_BY_OP = """
     Mean: mean_example mean_one_input mean_two_inputs
     Min: min_example min_float32 min_float64 min_int16 min_int32 min_int64 min_int8 min_one_input min_two_inputs
         min_uint16 min_uint32 min_uint64 min_uint8 operator_min
+    Mod: mod_broadcast mod_float32_mixed_sign_fmod_0 mod_float64_mixed_sign_fmod_0
+        mod_float_edge_cases_fmod_0_float32 mod_float_edge_cases_fmod_0_float64 mod_mixed_sign_int16
+        mod_mixed_sign_int32 mod_mixed_sign_int64 mod_mixed_sign_int8 mod_uint16 mod_uint32 mod_uint64 mod_uint8
     Mul: mul mul_bcast mul_example mul_int16 mul_int8 mul_uint16 mul_uint32 mul_uint64 mul_uint8
     Neg: neg neg_example
     PRelu: PReLU_1d PReLU_1d_multiparam PReLU_2d PReLU_2d_multiparam PReLU_3d PReLU_3d_multiparam
@@ -92,6 +122,21 @@ MUST_TRANSLATE_BY_OP = """
     Pow: operator_pow pow pow_bcast_array pow_bcast_scalar pow_example pow_types_float32_int32
         pow_types_float32_int64 pow_types_float32_uint32 pow_types_float32_uint64
     Reciprocal: reciprocal reciprocal_example
+    ReduceL1: reduce_l1_default_axes_keepdims_example reduce_l1_default_axes_keepdims_random
+        reduce_l1_do_not_keepdims_example reduce_l1_do_not_keepdims_random reduce_l1_empty_set
+        reduce_l1_keep_dims_example reduce_l1_keep_dims_random reduce_l1_negative_axes_keep_dims_example
+        reduce_l1_negative_axes_keep_dims_random
+    ReduceL2: reduce_l2_default_axes_keepdims_example reduce_l2_default_axes_keepdims_random
+        reduce_l2_do_not_keepdims_example reduce_l2_do_not_keepdims_random reduce_l2_empty_set
+        reduce_l2_keep_dims_example reduce_l2_keep_dims_random reduce_l2_negative_axes_keep_dims_example
+        reduce_l2_negative_axes_keep_dims_random
+    ReduceLogSum: reduce_log_sum_asc_axes reduce_log_sum_default reduce_log_sum_desc_axes
+        reduce_log_sum_empty_set reduce_log_sum_negative_axes
+    ReduceLogSumExp: reduce_log_sum_exp_default_axes_keepdims_example
+        reduce_log_sum_exp_default_axes_keepdims_random reduce_log_sum_exp_do_not_keepdims_example
+        reduce_log_sum_exp_do_not_keepdims_random reduce_log_sum_exp_empty_set
+        reduce_log_sum_exp_keepdims_example reduce_log_sum_exp_keepdims_random
+        reduce_log_sum_exp_negative_axes_keepdims_example reduce_log_sum_exp_negative_axes_keepdims_random
     ReduceMax: reduce_max_default_axes_keepdim_example reduce_max_default_axes_keepdims_random
         reduce_max_do_not_keepdims_example reduce_max_do_not_keepdims_random reduce_max_empty_set
         reduce_max_keepdims_example reduce_max_keepdims_random reduce_max_negative_axes_keepdims_example
@@ -104,12 +149,21 @@ MUST_TRANSLATE_BY_OP = """
         reduce_min_do_not_keepdims_example reduce_min_do_not_keepdims_random reduce_min_empty_set
         reduce_min_keepdims_example reduce_min_keepdims_random reduce_min_negative_axes_keepdims_example
         reduce_min_negative_axes_keepdims_random
+    ReduceProd: reduce_prod_default_axes_keepdims_example reduce_prod_default_axes_keepdims_random
+        reduce_prod_do_not_keepdims_example reduce_prod_do_not_keepdims_random reduce_prod_empty_set
+        reduce_prod_keepdims_example reduce_prod_keepdims_random reduce_prod_negative_axes_keepdims_example
+        reduce_prod_negative_axes_keepdims_random
     ReduceSum: operator_reduced_sum operator_reduced_sum_keepdim reduce_sum_default_axes_keepdims_example
         reduce_sum_default_axes_keepdims_random reduce_sum_do_not_keepdims_example
         reduce_sum_do_not_keepdims_random reduce_sum_empty_axes_input_noop
         reduce_sum_empty_axes_input_noop_example reduce_sum_empty_set reduce_sum_empty_set_non_reduced_axis_zero
         reduce_sum_keepdims_example reduce_sum_keepdims_random reduce_sum_negative_axes_keepdims_example
         reduce_sum_negative_axes_keepdims_random
+    ReduceSumSquare: reduce_sum_square_default_axes_keepdims_example
+        reduce_sum_square_default_axes_keepdims_random reduce_sum_square_do_not_keepdims_example
+        reduce_sum_square_do_not_keepdims_random reduce_sum_square_empty_set reduce_sum_square_keepdims_example
+        reduce_sum_square_keepdims_random reduce_sum_square_negative_axes_keepdims_example
+        reduce_sum_square_negative_axes_keepdims_random
     Relu: ReLU relu single_relu_model
     Reshape: reshape_allowzero_reordered reshape_extended_dims reshape_negative_dim
         reshape_negative_extended_dims reshape_one_dim reshape_reduced_dims reshape_reordered_all_dims
@@ -148,11 +202,13 @@ MUST_TRANSLATE_BY_OP = """
     Where: where_example where_long_example
     composite: AvgPool1d AvgPool1d_stride GLU GLU_dim Linear_no_bias PixelShuffle PoissonNLLLLoss_no_reduce
         Softmin Softsign castlike_DOUBLE_to_FLOAT_expanded castlike_FLOAT_to_DOUBLE_expanded
-        clip_default_inbounds_expanded clip_default_int8_inbounds_expanded hardswish_expanded
-        logsoftmax_axis_0_expanded logsoftmax_axis_0_expanded_ver18 logsoftmax_axis_1_expanded
-        logsoftmax_axis_1_expanded_ver18 logsoftmax_axis_2_expanded logsoftmax_axis_2_expanded_ver18
-        logsoftmax_default_axis_expanded logsoftmax_default_axis_expanded_ver18 logsoftmax_example_1_expanded
-        logsoftmax_example_1_expanded_ver18 logsoftmax_large_number_expanded
+        clip_default_inbounds_expanded clip_default_int8_inbounds_expanded clip_default_int8_max_expanded
+        clip_default_int8_min_expanded clip_default_max_expanded clip_default_min_expanded clip_example_expanded
+        clip_expanded clip_inbounds_expanded clip_min_greater_than_max_expanded clip_outbounds_expanded
+        clip_splitbounds_expanded hardswish_expanded logsoftmax_axis_0_expanded logsoftmax_axis_0_expanded_ver18
+        logsoftmax_axis_1_expanded logsoftmax_axis_1_expanded_ver18 logsoftmax_axis_2_expanded
+        logsoftmax_axis_2_expanded_ver18 logsoftmax_default_axis_expanded logsoftmax_default_axis_expanded_ver18
+        logsoftmax_example_1_expanded logsoftmax_example_1_expanded_ver18 logsoftmax_large_number_expanded
         logsoftmax_large_number_expanded_ver18 logsoftmax_negative_axis_expanded
         logsoftmax_negative_axis_expanded_ver18 mish_expanded mvn_expanded mvn_expanded_ver18
         operator_addconstant operator_addmm operator_basic operator_index operator_mm operator_non_float_params
@@ -207,15 +263,40 @@ def _collect() -> dict[str, on.Case]:
 CASES = _collect()
 
 
-def _outputs(case: on.Case, backend: str) -> None:
-    """Run every data set of `case` on `backend` and compare with ONNX's expected outputs."""
-    for inputs, expected in case.data_sets:
-        try:
-            got = on.run(case.model, inputs, backend)
-        except on.Unsupported as e:
-            if case.name in MUST_TRANSLATE:
-                pytest.fail(f"{case.name} is in MUST_TRANSLATE but does not translate: {e}")
-            pytest.skip(str(e))
+def _group(case: on.Case) -> tuple:
+    return tuple(sorted(set(case.op_types)))
+
+
+GROUPS: dict[tuple, list[str]] = {}
+for _name, _case in sorted(CASES.items()):
+    GROUPS.setdefault(_group(_case), []).append(_name)
+_RESULTS: dict[tuple[str, str], list] = {}
+
+
+def _results(name: str, backend: str) -> list:
+    """The case's outputs (or exception) per data set. The cases of one op type (on OpenCL, its listed
+    cases) are compiled together, on first use: a compile per case would take most of the file's time."""
+    if (name, backend) not in _RESULTS:
+        names = OPENCL_CASES if backend == "opencl" else GROUPS[_group(CASES[name])]
+        runs = [(n, CASES[n].model, inputs) for n in names for inputs, _ in CASES[n].data_sets]
+        results = on.run_many([(model, inputs) for _, model, inputs in runs], backend)
+        for n in names:
+            _RESULTS[n, backend] = []
+        for (n, _, _), result in zip(runs, results):
+            _RESULTS[n, backend].append(result)
+    return _RESULTS[name, backend]
+
+
+def _check(name: str, backend: str) -> None:
+    """The case's outputs on `backend` equal ONNX's expected outputs, data set by data set."""
+    case = CASES[name]
+    for (_, expected), got in zip(case.data_sets, _results(name, backend)):
+        if isinstance(got, on.Unsupported):
+            if name in MUST_TRANSLATE:
+                pytest.fail(f"{name} is in MUST_TRANSLATE but does not translate: {got}")
+            pytest.skip(str(got))
+        if isinstance(got, Exception):
+            raise got
         assert len(got) == len(expected)
         for i, (g, e) in enumerate(zip(got, expected)):
             e = np.asarray(on.to_array(e))
@@ -227,14 +308,14 @@ def _outputs(case: on.Case, backend: str) -> None:
 @pytest.mark.parametrize("backend", ["numpy", "llvm"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_onnx_case(name, backend):
-    _outputs(CASES[name], backend)
+    _check(name, backend)
 
 
 @pytest.mark.parametrize("name", OPENCL_CASES)
 def test_onnx_case_opencl(name):
     if not opencl_available():
         pytest.skip("no OpenCL platform (pyopencl and a device)")
-    _outputs(CASES[name], "opencl")
+    _check(name, "opencl")
 
 
 def test_must_translate_names_are_cases():

@@ -50,27 +50,30 @@ class OnnxNode:
 class Rule:
     build: Callable[[OnnxNode, list], Any]
     static: tuple[int, ...] = ()  # input slots known while building: shapes, bounds, widths, axes
+    training: Callable[[OnnxNode], bool] | None = None  # the node computes its training form
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, static: tuple[int, ...] = ()) -> Callable:
+def rule(*op_types: str, static: tuple[int, ...] = (), training: Callable[[OnnxNode], bool] | None = None
+         ) -> Callable:
     def register(fn: Callable) -> Callable:
         for op_type in op_types:
-            RULES[op_type] = Rule(fn, static)
+            RULES[op_type] = Rule(fn, static, training)
         return fn
     return register
 
 
 @dataclass
 class Translation:
-    """A model as a graphnet graph: its feeds (placeholder name -> the data set's value) and its
-    outputs (nodes, or arrays where an output is a constant)."""
+    """A model as a graphnet graph: its feeds (placeholder name -> the data set's value), its
+    outputs (nodes, or arrays where an output is a constant) and the mode to compile it in."""
 
     graph: gn.Graph
     feeds: dict[str, np.ndarray]
     outputs: list
+    training: bool = False  # compile in training (batch statistics)
 
 
 # ---- translation ------------------------------------------------------------------------------
@@ -115,9 +118,11 @@ def _attributes(node: Any) -> dict:
     return {a.name: _decode(helper.get_attribute_value(a)) for a in node.attribute}
 
 
-def translate(model: Any, inputs: Sequence[np.ndarray]) -> Translation:
-    """Build `model`'s graph in a new graphnet graph; `inputs` (the graph inputs' values, in order)
-    give the placeholders' shapes and the values of inputs used where a constant is needed."""
+def translate(model: Any, inputs: Sequence[np.ndarray], graph: gn.Graph | None = None,
+              prefix: str = "") -> Translation:
+    """Build `model`'s graph in `graph` (default: a new one), its placeholders named `prefix` +
+    "input<i>"; `inputs` (the graph inputs' values, in order) give the placeholders' shapes and the
+    values of inputs used where a constant is needed."""
     graph_proto = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     initialized = {t.name for t in graph_proto.initializer}
@@ -134,7 +139,11 @@ def translate(model: Any, inputs: Sequence[np.ndarray]) -> Translation:
         if node.op_type not in RULES:
             raise Unsupported(f"no rule for ONNX op {node.op_type}")
         static.update(node.input[i] for i in RULES[node.op_type].static if i < len(node.input))
-    graph = gn.Graph()
+    modes = {bool(RULES[node.op_type].training(_onnx_node(node, opset)))
+             for node in graph_proto.node if RULES[node.op_type].training}
+    if len(modes) > 1:
+        raise Unsupported("nodes in training mode beside nodes in inference mode (graphnet compiles one mode)")
+    graph = gn.Graph() if graph is None else graph
     env: dict[str, Any] = {"": None}
     feeds = {}
     with graph:
@@ -145,35 +154,74 @@ def translate(model: Any, inputs: Sequence[np.ndarray]) -> Translation:
             if name in static:
                 env[name] = value
             else:
-                feeds[f"input{i}"] = value
-                env[name] = gn.placeholder(f"input{i}", value.shape, value.dtype)
+                feeds[f"{prefix}input{i}"] = value
+                env[name] = gn.placeholder(f"{prefix}input{i}", value.shape, value.dtype)
         for node in graph_proto.node:
             r = RULES[node.op_type]
             ins = [env[name] for name in node.input]
             for slot in r.static:
                 if slot < len(ins) and isinstance(ins[slot], Node):
                     raise Unsupported(f"{node.op_type}: input {slot} must be a constant (graphnet's shapes are static)")
-            outputs = [o for o in node.output]
-            result = r.build(OnnxNode(node.op_type, _attributes(node), opset, len(outputs)), ins)
+            outputs = list(node.output)
+            result = r.build(_onnx_node(node, opset), ins)
             result = list(result) if isinstance(result, (list, tuple)) else [result]
             if len(result) < len(outputs):
                 raise Unsupported(f"{node.op_type}: output {len(result)} ({outputs[len(result)]!r})")
             env.update((name, value) for name, value in zip(outputs, result) if name)
-    return Translation(graph, feeds, [env[o.name] for o in graph_proto.output])
+    return Translation(graph, feeds, [env[o.name] for o in graph_proto.output], modes == {True})
+
+
+def _onnx_node(node: Any, opset: int) -> OnnxNode:
+    return OnnxNode(node.op_type, _attributes(node), opset, len(node.output))
 
 
 def run(model: Any, inputs: Sequence[np.ndarray], backend: str) -> list[np.ndarray]:
     """`model`'s outputs on `inputs`, computed by graphnet's `backend` ("numpy", "llvm", "opencl")."""
-    t = translate(model, inputs)
-    fetched = [i for i, out in enumerate(t.outputs) if isinstance(out, Node)]
-    results = [np.asarray(out) if not isinstance(out, Node) else None for out in t.outputs]
-    if fetched:
-        with t.graph:
-            fn = gn.compile([t.outputs[i] for i in fetched], backend=backend)
-            values = fn(**t.feeds)
-        for i, value in zip(fetched, values):
-            results[i] = np.asarray(value)
+    return _run_together([translate(model, inputs)], backend)[0]
+
+
+def run_many(runs: Sequence[tuple[Any, Sequence[np.ndarray]]], backend: str) -> list:
+    """Each (model, inputs) pair's outputs, as `run` gives them, or the exception it raised. The
+    translations of one mode share one graph and one compiled function (a compile per model would
+    cost more than the models' code); where that compile or call fails, each runs alone."""
+    results: list = [None] * len(runs)
+    modes: dict[bool, list] = {}
+    graph = {False: gn.Graph(), True: gn.Graph()}
+    for k, (model, inputs) in enumerate(runs):
+        try:
+            probe = translate(model, inputs)  # the mode, and Unsupported before touching a shared graph
+            modes.setdefault(probe.training, []).append((k, translate(model, inputs, graph[probe.training],
+                                                                          f"m{k}_")))
+        except Unsupported as e:
+            results[k] = e
+    for group in modes.values():
+        try:
+            outputs = _run_together([t for _, t in group], backend)
+        except Exception:
+            outputs = [_run_alone(runs[k], backend) for k, _ in group]
+        for (k, _), out in zip(group, outputs):
+            results[k] = out
     return results
+
+
+def _run_alone(model_inputs: tuple[Any, Sequence[np.ndarray]], backend: str) -> Any:
+    try:
+        return run(*model_inputs, backend)
+    except Exception as e:  # the caller reports it with the model's name
+        return e
+
+
+def _run_together(translations: Sequence[Translation], backend: str) -> list[list[np.ndarray]]:
+    """The outputs of translations built in one graph (of one mode), from one compiled function."""
+    fetches = [out for t in translations for out in t.outputs if isinstance(out, Node)]
+    values = iter([])
+    if fetches:
+        feeds = {name: value for t in translations for name, value in t.feeds.items()}
+        with translations[0].graph:
+            fn = gn.compile(fetches, backend=backend, training=translations[0].training)
+            values = iter(fn(**feeds))
+    return [[np.asarray(next(values)) if isinstance(out, Node) else np.asarray(out) for out in t.outputs]
+            for t in translations]
 
 
 # ---- the ONNX node test cases ------------------------------------------------------------------
@@ -388,18 +436,20 @@ def _global_max_pool(n: OnnxNode, ins: list) -> Node:
     return gn.max(x, tuple(range(2, x.ndim)), keepdims=True)
 
 
-@rule("BatchNormalization")
-def _batch_norm(n: OnnxNode, ins: list) -> Node:
-    """The inference form: the given mean and variance normalize (graphnet's batch_norm outside
-    training)."""
-    if n.get("training_mode", 0) or n.outputs > 1:
-        raise Unsupported("BatchNormalization in training mode (graphnet's batch_norm updates its moving "
-                          "statistics as variables, not outputs)")
+@rule("BatchNormalization", training=lambda n: bool(n.get("training_mode", 0)))
+def _batch_norm(n: OnnxNode, ins: list) -> Any:
+    """graphnet's batch_norm: outside training the given mean and variance normalize; in training
+    (`training_mode=1`) the batch's statistics do, and the running mean and variance outputs are
+    its moving-statistic updates (momentum * given + (1 - momentum) * batch statistic, the
+    variance biased: ONNX's rule too)."""
     if not n.get("spatial", 1):
         raise Unsupported("BatchNormalization with spatial=0 (per-element statistics)")
+    if n.outputs > 3 or (n.outputs > 1 and not n.get("training_mode", 0)):
+        raise Unsupported("BatchNormalization's saved mean and variance outputs (opset < 14)")
     x, scale, bias, mean, var = (_node(v) for v in ins[:5])
-    y, _ = gn.batch_norm(_float(n, x), scale, bias, mean, var, epsilon=float(n.get("epsilon", 1e-5)), axis=1)
-    return y
+    y, updates = gn.batch_norm(_float(n, x), scale, bias, mean, var, momentum=float(n.get("momentum", 0.9)),
+                               epsilon=float(n.get("epsilon", 1e-5)), axis=1)
+    return [y] + [new for _, new in updates]
 
 
 # ---- matrix products -------------------------------------------------------------------------
@@ -436,8 +486,18 @@ def _binary(fn: Callable) -> Callable:
     return build
 
 
-for _op_type, _fn in (("Add", gn.add), ("Sub", gn.subtract), ("Mul", gn.multiply), ("Div", gn.divide)):
+for _op_type, _fn in (("Add", gn.add), ("Sub", gn.subtract), ("Mul", gn.multiply), ("Div", gn.divide),
+                      ("Equal", gn.equal), ("Greater", gn.greater), ("Less", gn.less),
+                      ("GreaterOrEqual", gn.greater_equal), ("LessOrEqual", gn.less_equal)):
     rule(_op_type)(_binary(_fn))
+
+
+@rule("Mod")
+def _mod(n: OnnxNode, ins: list) -> Node:
+    """fmod=0 (integers) is the floor modulo, gn.mod's; fmod=1 is C's fmod, which graphnet lacks."""
+    if n.get("fmod", 0):
+        raise Unsupported("Mod with fmod=1 (graphnet's mod is the floor modulo)")
+    return _binary(gn.mod)(n, ins)
 
 
 def _variadic(fn: Callable, mean: bool = False) -> Callable:
@@ -600,6 +660,44 @@ def _reduce(fn: Callable, axes_input_from: int) -> Callable:
 
 
 rule("ReduceSum", static=(1,))(_reduce(gn.sum, 13))
+rule("ReduceProd", static=(1,))(_reduce(gn.prod, 18))
+rule("ReduceLogSumExp", static=(1,))(_reduce(gn.logsumexp, 18))
+rule("ReduceL1", static=(1,))(_reduce(lambda x, axes, keepdims: gn.sum(gn.abs(x), axes, keepdims), 18))
+rule("ReduceL2", static=(1,))(_reduce(lambda x, axes, keepdims: gn.sqrt(gn.sum(x * x, axes, keepdims)), 18))
+rule("ReduceSumSquare", static=(1,))(_reduce(lambda x, axes, keepdims: gn.sum(x * x, axes, keepdims), 18))
+rule("ReduceLogSum", static=(1,))(_reduce(lambda x, axes, keepdims: gn.log(gn.sum(x, axes, keepdims)), 18))
+
+
+def _arg_reduce(fn: Callable) -> Callable:
+    """select_last_index: the first hit of x reversed along the axis, counted from the end."""
+    def build(n: OnnxNode, ins: list) -> Node:
+        x = _node(ins[0])
+        if x.dtype == np.bool_:
+            raise Unsupported(f"{n.op_type} of a bool tensor (graphnet reduces numbers)")
+        axis, keep = int(n.get("axis", 0)) % x.ndim, bool(n.get("keepdims", 1))
+        if not n.get("select_last_index", 0):
+            return fn(x, axis, keepdims=keep)
+        return (x.shape[axis] - 1) - fn(gn.flip(x, axis), axis, keepdims=keep)
+    return build
+
+
+rule("ArgMax")(_arg_reduce(gn.argmax))
+rule("ArgMin")(_arg_reduce(gn.argmin))
+
+
+@rule("CumSum", static=(1,))
+def _cumsum(n: OnnxNode, ins: list) -> Node:
+    """exclusive=1: the running sum of x shifted one element along the axis (a zero coming in)."""
+    x = _node(ins[0])
+    axis = int(np.asarray(ins[1]).reshape(-1)[0]) % x.ndim
+    reverse = bool(n.get("reverse", 0))
+    if n.get("exclusive", 0):
+        key = [slice(None)] * x.ndim
+        key[axis] = slice(1, None) if reverse else slice(None, -1)
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, 1) if reverse else (1, 0)
+        x = gn.pad(x[tuple(key)], widths)
+    return gn.cumsum(x, axis, reverse=reverse)
 rule("ReduceMean", static=(1,))(_reduce(gn.mean, 18))
 rule("ReduceMax", static=(1,))(_reduce(gn.max, 18))
 rule("ReduceMin", static=(1,))(_reduce(gn.min, 18))
