@@ -263,21 +263,16 @@ def _collect() -> dict[str, on.Case]:
 CASES = _collect()
 
 
-def _group(case: on.Case) -> tuple:
-    return tuple(sorted(set(case.op_types)))
-
-
-GROUPS: dict[tuple, list[str]] = {}
-for _name, _case in sorted(CASES.items()):
-    GROUPS.setdefault(_group(_case), []).append(_name)
 _RESULTS: dict[tuple[str, str], list] = {}
 
 
 def _results(name: str, backend: str) -> list:
-    """The case's outputs (or exception) per data set. The cases of one op type (on OpenCL, its listed
-    cases) are compiled together, on first use: a compile per case would take most of the file's time."""
+    """The case's outputs (or exception) per data set. All cases (on OpenCL, the listed ones) are
+    compiled together, as one function, on first use: a compile per case costs twice the file's time
+    (`on.run(case.model, inputs, backend)` runs one alone; a case that fails only beside the others
+    shows a compiler bug too)."""
     if (name, backend) not in _RESULTS:
-        names = OPENCL_CASES if backend == "opencl" else GROUPS[_group(CASES[name])]
+        names = OPENCL_CASES if backend == "opencl" else sorted(CASES)
         runs = [(n, CASES[n].model, inputs) for n in names for inputs, _ in CASES[n].data_sets]
         results = on.run_many([(model, inputs) for _, model, inputs in runs], backend)
         for n in names:
