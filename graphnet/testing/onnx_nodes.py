@@ -104,10 +104,7 @@ def to_array(value: Any) -> Any:
 
 
 def _input(name: str, value: Any) -> np.ndarray:
-    import onnx
-    from onnx import numpy_helper
-    if isinstance(value, onnx.TensorProto):
-        value = numpy_helper.to_array(value)
+    value = to_array(value)
     if not isinstance(value, (np.ndarray, np.generic)):
         raise Unsupported(f"input {name!r} is a {type(value).__name__}, not a tensor")
     return _array(np.asarray(value))
@@ -299,10 +296,6 @@ def _float(n: OnnxNode, x: Node) -> Node:
 
 def _ints(v: Any) -> list[int]:
     return [int(i) for i in np.asarray(v).reshape(-1)]
-
-
-def _static_shape(x: Node) -> tuple:
-    return tuple(x.shape)
 
 
 def _spatial_pads(n: OnnxNode, size: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
