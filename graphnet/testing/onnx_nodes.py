@@ -22,6 +22,7 @@ import numpy as np
 
 import graphnet as gn
 from graphnet.graph import Node
+from graphnet.ops.elementwise import SELU_ALPHA, SELU_SCALE
 
 # dtypes graphnet computes in (float16 and the narrow ONNX types it does not)
 DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
@@ -556,7 +557,7 @@ def _selu(n: OnnxNode, ins: list) -> Node:
     """graphnet's selu where the attributes are its constants (as float32), else gamma * elu(x, alpha)."""
     x = _node(ins[0])
     alpha, gamma = n.get("alpha", 1.67326319217681884765625), n.get("gamma", 1.05070102214813232421875)
-    if np.float32(alpha) == np.float32(1.6732632423543772) and np.float32(gamma) == np.float32(1.0507009873554805):
+    if np.float32(alpha) == np.float32(SELU_ALPHA) and np.float32(gamma) == np.float32(SELU_SCALE):
         return gn.selu(x)
     return float(gamma) * gn.elu(x, float(alpha))
 
