@@ -196,3 +196,15 @@ def test_integer_division_by_zero_does_not_trap(cache_dir):
     fn = gn.compile(gn.divide(a, b), backend="llvm")
     out = fn(a=np.array([7, -7, 5, np.iinfo(np.int32).min], np.int32), b=np.array([2, 2, 0, -1], np.int32))
     assert out[:2].tolist() == [3, -3]
+
+
+def test_each_kernel_body_is_preceded_by_its_loop_ir(cache_dir):
+    x = gn.placeholder("x", (None, 8))
+    fn = gn.compile([gn.sum(gn.exp(x), 1), gn.max(x, 0), gn.softmax(x)], backend="llvm")
+    text = fn.executable.ir_text
+    kernels = fn.executable.lp.kernels
+    assert len(kernels) >= 3
+    for k in kernels:
+        head = f'define internal void @"{k.name}_body"'
+        comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
+        assert text.count(head) == 1 and comment + head in text

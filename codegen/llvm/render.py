@@ -50,6 +50,7 @@ _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "=="}
 _ICMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 # the runtime functions a call kernel may name (graphnet/distributed/native/collectives.c)
 RUNTIME_CALLS = ("allreduce_start", "allreduce_wait", "allreduce_progress")
+_DEFINE = re.compile(r'^define internal void @"([^"]+)"', re.M)  # a kernel body's definition, its loop IR goes before
 _SCALAR_LOOP = re.compile(r'^(!\d+) = !\{ ?!"graphnet\.(?:scalar|width)\.\d+", (!\d+(?:, !\d+)*) ?\}', re.M)
 
 
@@ -158,11 +159,10 @@ class Renderer:
             else:
                 fn.attributes.add("noinline")
                 fn.attributes.add("optnone")
-        text = str(self.module)
-        for k in self.lp.kernels:
-            comment = "".join(f"; {line}\n" for line in k.to_text().splitlines())
-            head = f'define internal void @"{k.name}_body"'
-            text = text.replace(head, comment + head, 1)
+        comments = {f"{k.name}_body": "".join(f"; {line}\n" for line in k.to_text().splitlines())
+                    for k in self.lp.kernels}
+        # one pass over the text: a search of the whole module per kernel grows as kernels squared
+        text = _DEFINE.sub(lambda m: comments.get(m.group(1), "") + m.group(0), str(self.module))
         return _SCALAR_LOOP.sub(r"\1 = distinct !{\1, \2}", text)
 
     def _profiled_step(self, names: list[str]) -> None:
