@@ -86,3 +86,15 @@ def test_clipnorm_with_a_scalar_parameter(backend):
     step = gn.compile([loss], updates=gn.optim.SGD(lr=0.5, clipnorm=1.0).minimize(loss), backend=backend)
     step()
     np.testing.assert_allclose(w.value, 3.0 - 0.5 * 1.0, rtol=1e-5)  # grad 6 clipped to norm 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_over_an_empty_axis_is_empty(backend):
+    """Fuzz finding 0:28196: softmax and log_softmax of a constant with an empty axis failed to compile
+    (constant folding took numpy's max of no elements); they are empty, as torch's, also on a fed batch."""
+    c = gn.constant(np.zeros((1, 0, 1)))
+    x = gn.placeholder("x", (None, 0))
+    fn = gn.compile([gn.log_softmax(c, axis=1), gn.softmax(c, axis=1), gn.softmax(x), gn.log_softmax(x)],
+                    backend=backend)
+    outs = fn(x=np.zeros((3, 0), np.float32))
+    assert [o.shape for o in outs] == [(1, 0, 1), (1, 0, 1), (3, 0), (3, 0)]

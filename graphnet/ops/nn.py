@@ -26,7 +26,7 @@ class Softmax(AxisOp):
     name = "softmax"
 
     def numpy(self, x, axis):
-        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True, initial=-np.inf))  # initial: an empty axis
         return e / np.sum(e, axis=axis, keepdims=True)
 
     def grad(self, node, g):
@@ -44,8 +44,9 @@ class LogSoftmax(AxisOp):
     name = "log_softmax"
 
     def numpy(self, x, axis):
-        z = x - np.max(x, axis=axis, keepdims=True)
-        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+        z = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # initial: an empty axis,
+        with np.errstate(divide="ignore"):  # whose sum, 0, has log -inf (a sum over others is at least 1)
+            return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
     def grad(self, node, g):
         axis = node.attrs["axis"]
