@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -382,38 +383,66 @@ def _pad_widths(x: Node, pads: Any) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in widths]
 
 
+_PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
+
+
 def pad(x: Any, pads: Any, mode: str = "constant", value: float = 0.0) -> Node:
     """numpy.pad: `pads` an int, a (before, after) pair, or one pair per axis. mode "constant" fills
-    with `value`; "reflect" mirrors the elements next to each edge, the edge not repeated (each pad
-    shorter than its axis). The batch axis is not padded."""
+    with `value`; "edge" repeats the edge element; "reflect" mirrors the elements next to each edge,
+    the edge not repeated; "symmetric" mirrors them, the edge repeated; "wrap" continues from the
+    other end. Pads longer than the axis repeat the pattern exactly as numpy does. Torch's
+    padding_mode "replicate" and "circular" are "edge" and "wrap". Padding an empty axis in any mode
+    but "constant" is a ShapeError (numpy raises too); the batch axis is not padded."""
     (x,) = promote([x])
     widths = _pad_widths(x, pads)
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {', '.join(map(repr, _PAD_MODES))}, got {mode!r} "
+                         f"(torch's 'replicate' is 'edge', 'circular' is 'wrap') (at {user_location()})")
     for axis, (d, w) in enumerate(zip(x.shape, widths)):
         if d is None and w != (0, 0):
             raise _where_error("pad", f"cannot pad axis {axis} of {shape_str(x.shape)}: it is the batch axis")
+        if d == 0 and w != (0, 0) and mode != "constant":
+            raise _where_error("pad", f"{mode} pads {w} of axis {axis} of {shape_str(x.shape)}: the axis is "
+                                      f"empty, only mode 'constant' can pad it")
     if mode == "constant":
         return pad_interior(x, [(a, b, 0) for a, b in widths], value)
-    if mode != "reflect":
-        raise ValueError(f"pad: mode must be 'constant' or 'reflect', got {mode!r} (at {user_location()})")
-    for axis, (d, (a, b)) in enumerate(zip(x.shape, widths)):
-        if (a or b) and builtins.max(a, b) >= d:
-            raise _where_error("pad", f"reflect pads {(a, b)} of axis {axis} need at most {d - 1} (its length "
-                                      f"less one) in {shape_str(x.shape)}")
+    for axis, (a, b) in enumerate(widths):
         if a or b:
-            x = _reflect(x, axis, a, b)
+            x = _pad_axis(x, axis, a, b, mode)
     return x
 
 
-def _reflect(x: Node, axis: int, before: int, after: int) -> Node:
-    """x with `before` and `after` mirrored elements on `axis`: flips of slices, joined."""
+def _pad_axis(x: Node, axis: int, before: int, after: int, mode: str) -> Node:
+    """x with `before` and `after` elements on `axis` in a mode other than "constant": slices of x,
+    flipped where mirrored, joined. "edge" broadcasts the end elements; the other modes extend x
+    periodically, one period a list of (start, stop, flipped) ranges of x: wrap x, symmetric x and
+    x reversed, reflect x and x reversed without its ends (numpy's result for any width)."""
     d = x.shape[axis]
 
-    def part(start: int, stop: int) -> Node:
+    def part(start: int, stop: int, flipped: bool = False) -> Node:
         slices = [(0, e, 1) for e in x.shape]
         slices[axis] = (start, stop, 1)
-        return flip(strided_slice(x, slices), axis)
-    pieces = ([part(1, before + 1)] if before else []) + [x] + ([part(d - 1 - after, d - 1)] if after else [])
-    return concat(pieces, axis)
+        piece = strided_slice(x, slices)
+        return flip(piece, axis) if flipped else piece
+    if mode == "edge":
+        def edge(i: int, n: int) -> list[Node]:
+            return [broadcast_to(part(i, i + 1), x.shape[:axis] + (n,) + x.shape[axis + 1:])] if n else []
+        return concat(edge(0, before) + [x] + edge(d - 1, after), axis)
+    period = {"wrap": [(0, d, False)], "symmetric": [(0, d, False), (0, d, True)],
+              "reflect": [(0, d, False), (1, d - 1, True)]}[mode]
+    period = [r for r in period if r[1] > r[0]]
+    offset, left = -before % builtins.sum(b - a for a, b, _ in period), before + d + after
+    pieces = []
+    for start, stop, flipped in itertools.cycle(period):
+        if offset >= stop - start:
+            offset -= stop - start
+            continue
+        n = builtins.min(stop - start - offset, left)
+        pieces.append(part(stop - offset - n, stop - offset, True) if flipped else
+                      part(start + offset, start + offset + n))
+        offset, left = 0, left - n
+        if not left:
+            return concat(pieces, axis)
 
 
 def take(x: Any, indices: Any, axis: int | None = None) -> Node:

@@ -792,8 +792,8 @@ def _pad(n: OnnxNode, ins: list) -> Node:
     widths = [(0, 0)] * x.ndim
     for i, axis in enumerate(axes):
         widths[axis % x.ndim] = (pads[i], pads[i + len(axes)])
-    if mode not in ("constant", "reflect"):
-        raise Unsupported(f"Pad: mode {mode!r} (graphnet pads with a constant or by reflection)")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise Unsupported(f"Pad: mode {mode!r}")
     return gn.pad(x, widths, mode, float(np.asarray(value)))
 
 
