@@ -255,6 +255,8 @@ class Lowering:
         if name == "broadcast_to":
             return self._expr(x, _broadcast_forms(forms, x.shape, n.shape), kb)
         if name == "reshape":
+            if x.op.name == "constant" and x not in self.buffer_of:  # one element, inlined: read at every index
+                return self._define(x, (), kb)
             if _unit_reshape(x.shape, n.shape):
                 return self._expr(x, _reshape_forms(forms, x.shape, n.shape), kb)
             if x not in self.buffer_of:

@@ -98,3 +98,21 @@ def test_softmax_over_an_empty_axis_is_empty(backend):
                     backend=backend)
     outs = fn(x=np.zeros((3, 0), np.float32))
     assert [o.shape for o in outs] == [(1, 0, 1), (1, 0, 1), (3, 0), (3, 0)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concat_with_a_one_row_tensor_differentiates_on_every_backend(backend):
+    """Fuzz finding 0:30089: concatenating batch placeholders with a (1, 1) tensor fixes the batch to 1,
+    and the gradient reshaped a one-element constant to the batch's shape, which the LLVM and OpenCL
+    lowerings could not read (an inlined constant has no buffer: it is its value at every index)."""
+    x0 = gn.placeholder("x0", (None, 1), np.float32)
+    x1 = gn.placeholder("x1", (1, 1), np.float32)
+    x2 = gn.placeholder("x2", (None, 1), np.float32)
+    y = gn.concat([x2, x0, x1], axis=1)
+    loss = gn.cast(gn.sum(y), np.float64)
+    fn = gn.compile([y, loss, *gn.gradients(loss, [x0, x1, x2])], backend=backend)
+    got = fn(x0=np.array([[1.0]], np.float32), x1=np.array([[2.0]], np.float32), x2=np.array([[3.0]], np.float32))
+    np.testing.assert_array_equal(got[0], [[3.0, 1.0, 2.0]])
+    assert got[1] == 6.0
+    for g in got[2:]:
+        np.testing.assert_array_equal(g, [[1.0]])
