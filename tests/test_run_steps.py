@@ -23,8 +23,10 @@ def implementation(request, monkeypatch):
     return request.param
 
 
-def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_dict: bool = False):
-    """A two-layer classifier's training step (fetches: loss and a metric) and its weight variables."""
+def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_dict: bool = False,
+          summed: bool = False, fetch_logits: bool = False):
+    """A two-layer classifier's training step (fetches: loss and a metric; `summed`: instead three
+    scalars, float32 and float64; `fetch_logits`: the logits too) and its weight variables."""
     rng = np.random.default_rng(0)
     with gn.Graph():
         x = gn.placeholder("x", (None, FEATURES))
@@ -39,6 +41,10 @@ def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_di
         accuracy = gn.mean(gn.abs(logits))  # a second scalar fetch, as a metric is
         opt = gn.optim.Adam(lr=0.05) if optimizer == "adam" else gn.optim.SGD(lr=0.1)
         fetches = {"loss": loss, "accuracy": accuracy} if fetch_dict else [loss, accuracy]
+        if summed:
+            fetches = [loss, gn.cast(accuracy, np.float64) / 3.0, gn.mean(logits) * -1e-3]
+        if fetch_logits:
+            fetches.append(logits)
         step = gn.compile(fetches, updates=opt.minimize(loss), backend=backend)
     return step, [w1, w2]
 
@@ -484,22 +490,6 @@ def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
     np.testing.assert_array_equal(outs[1], np.array([w[1] for w in want], np.float32))
 
 
-def _summed_step(fetch_batch: bool = False):
-    """_step's classifier with three scalar fetches, float32 and float64 (or, with `fetch_batch`, its
-    logits too, a fetch the native sums do not take)."""
-    rng = np.random.default_rng(0)
-    with gn.Graph():
-        x = gn.placeholder("x", (None, FEATURES))
-        labels = gn.placeholder("labels", (None,), np.int32)
-        w1 = gn.variable("w1", rng.standard_normal((FEATURES, 8)).astype(np.float32) * 0.5)
-        w2 = gn.variable("w2", rng.standard_normal((8, CLASSES)).astype(np.float32) * 0.5)
-        logits = gn.relu(x @ w1) @ w2
-        loss = gn.losses.softmax_cross_entropy(logits, labels)
-        fetches = [loss, gn.cast(gn.mean(gn.abs(logits)), np.float64) / 3.0, gn.mean(logits) * -1e-3]
-        step = gn.compile(fetches + [logits] if fetch_batch else fetches,
-                          updates=gn.optim.Adam(lr=0.05).minimize(loss), backend="llvm")
-    return step, [w1, w2]
-
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("batch_size, start, steps", [(7, 0, 7), (7, 2, 3), (16, 0, 3), (1, 5, 40)])
@@ -510,7 +500,7 @@ def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementatio
     from graphnet.model import _final_sums
     x, labels = _data()
     order = np.random.default_rng(3).permutation(N) if shuffle else None
-    (step, variables), (reference, reference_variables) = _summed_step(), _summed_step()
+    (step, variables), (reference, reference_variables) = _step("llvm", summed=True), _step("llvm", summed=True)
     for sums in ([0.0, 0.0, 0.0], [1.0 / 3.0, -2.5e7, -0.0]):
         got = step._sum_checked_steps((labels, x), batch_size, order, steps, start, sums)
         if implementation == "python":
@@ -529,8 +519,8 @@ def test_the_native_sums_run_nothing_where_the_c_loop_does_not_take_them():
     if NATIVE is None:
         pytest.skip("the C call path was not built")
     x, labels = _data()
-    step, variables = _summed_step()
-    batched, batched_variables = _summed_step(fetch_batch=True)
+    step, variables = _step("llvm", summed=True)
+    batched, batched_variables = _step("llvm", summed=True, fetch_logits=True)
     before = _weights(variables)
     for batch_size, start, steps in [(16, 0, 4), (16, 2, 2), (7, 6, 2), (16, 0, 0), (16, 3, 1)]:
         assert step._sum_checked_steps((labels, x), batch_size, None, steps, start, [0.0] * 3) is None
