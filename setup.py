@@ -6,7 +6,9 @@ import numpy
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("codegen.llvm._call", ["codegen/llvm/_call.c"], include_dirs=[numpy.get_include()], optional=True),
+    # no floating-point contraction: run_steps' sums must round each product and each sum as Python does
+    Extension("codegen.llvm._call", ["codegen/llvm/_call.c"], include_dirs=[numpy.get_include()],
+              extra_compile_args=["-ffp-contract=off"], optional=True),
     Extension("graphnet._shuffle", ["graphnet/_shuffle.c"], optional=True),
     Extension("graphnet._datacheck", ["graphnet/_datacheck.c"], optional=True),
 ])

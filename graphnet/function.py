@@ -380,6 +380,30 @@ class Function(_CallBase):
                 k, row = k + 1, row + size
         return self._rebuild(outs)
 
+    def _sum_checked_steps(self, values: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
+                           steps: int, start: int, sums: list[float]) -> list[float] | None:
+        """`_run_checked_steps` on one stretch of full batches of a function whose fetches are each one
+        float32 or float64 number, in the native loop, returning each fetch's sum instead of its values:
+        `sums` plus value times batch_size, step by step, in float64 (the same products and additions, in
+        the same order, as adding the stacked values: Model.fit's epoch sums, bit for bit). None, having
+        run nothing, where the native loop does not take them (no C extension, device mirrors, other
+        fetches, a short batch or a wrap-around among the steps, another fixed batch size): the caller
+        runs `_run_checked_steps` instead."""
+        fixed = self.feeds.fixed
+        length = len(values[self._first_batched]) if order is None else len(order)
+        if not self._summable or Variable.any_mirrors or (fixed is not None and fixed.size != batch_size) \
+                or not 0 <= start < start + steps <= length // batch_size:
+            return None
+        totals = np.array(sums, dtype=np.float64)
+        self._native_steps(self._call, values, order, start * batch_size, steps, batch_size, totals)
+        return totals.tolist()
+
+    @functools.cached_property
+    def _summable(self) -> bool:
+        """Whether the native loop takes `_sum_checked_steps`: each fetch one float32 or float64 number."""
+        return self._native_steps is not None and all(
+            shape == () and np.dtype(dtype) in (np.float32, np.float64) for shape, dtype in self.interface.fetches)
+
     def _require_fixed_batch(self, plan: "_StepPlan") -> None:
         """run_steps' batch sizes against the program's fixed batch (if any), all before the first step."""
         fixed = self.feeds.fixed

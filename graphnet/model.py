@@ -696,30 +696,35 @@ class Model:
         permutation of the samples or under MPI this rank's rows of it, which pass its checks by
         construction: `_run_checked_steps`): all steps in one call or, while a progress bar shows
         (`live`), in chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end;
-        a call also ends where the dropout row offset changes (under MPI, before a short last batch).
+        a call also ends before the short last batch (the full ones' sums come from the native loop:
+        `_sum_checked_steps`) and where the dropout row offset changes (under MPI).
         Returns what `_fit_epoch_by_batch` returns."""
-        batches = -(-n // batch_size)
+        full, batches = n // batch_size, -(-n // batch_size)
         keys = self._built.fetch_keys
         sums = [0.0] * len(keys)
         seen, step, chunk = 0, 0, 1 if live else steps
         while step < steps:
             first = step % batches
-            count = min(chunk, steps - step, batches - first)  # a chunk does not wrap around
+            # a chunk does not wrap around, and the short batch is a chunk of its own
+            count = min(chunk, steps - step, (full if first < full else batches) - first)
             if offsets is not None:
                 count = self._set_row_offset(offsets, first, count)
-            started = time.perf_counter() if live else 0.0
-            values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
-            sizes = _batch_sizes(n, batch_size, first, count)
-            if live:
+            if not live:  # the steps' sums: added up in the native loop, else from their stacked values
+                summed = train._sum_checked_steps(datasets, int(batch_size), order, count, first, sums)
+                sums = summed if summed is not None else _final_sums(
+                    sums, train._run_checked_steps(datasets, int(batch_size), order, count, start=first),
+                    _batch_sizes(n, batch_size, first, count))
+            else:
+                started = time.perf_counter()
+                values = train._run_checked_steps(datasets, int(batch_size), order, count, start=first)
                 elapsed = time.perf_counter() - started
+                sizes = _batch_sizes(n, batch_size, first, count)
                 running = _running_sums(sums, values, sizes)
                 counts = seen + np.cumsum(np.broadcast_to(sizes, (count,))).astype(np.int64)
                 for i in range(count):
                     cbs.on_train_batch_end(step + i, {k: float(r[i]) / int(counts[i]) for k, r in zip(keys, running)})
                 chunk = max(1, int(count * _CHUNK_SECONDS / max(elapsed, 1e-9)))
                 sums = [float(r[-1]) for r in running]
-            else:
-                sums = _final_sums(sums, values, sizes)
             seen += count * batch_size if first + count < batches else n - first * batch_size
             step += count
         return sums, seen

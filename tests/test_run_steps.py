@@ -23,8 +23,10 @@ def implementation(request, monkeypatch):
     return request.param
 
 
-def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_dict: bool = False):
-    """A two-layer classifier's training step (fetches: loss and a metric) and its weight variables."""
+def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_dict: bool = False,
+          summed: bool = False, fetch_logits: bool = False):
+    """A two-layer classifier's training step (fetches: loss and a metric; `summed`: instead three
+    scalars, float32 and float64; `fetch_logits`: the logits too) and its weight variables."""
     rng = np.random.default_rng(0)
     with gn.Graph():
         x = gn.placeholder("x", (None, FEATURES))
@@ -39,6 +41,10 @@ def _step(backend: str, optimizer: str = "adam", dropout: bool = False, fetch_di
         accuracy = gn.mean(gn.abs(logits))  # a second scalar fetch, as a metric is
         opt = gn.optim.Adam(lr=0.05) if optimizer == "adam" else gn.optim.SGD(lr=0.1)
         fetches = {"loss": loss, "accuracy": accuracy} if fetch_dict else [loss, accuracy]
+        if summed:
+            fetches = [loss, gn.cast(accuracy, np.float64) / 3.0, gn.mean(logits) * -1e-3]
+        if fetch_logits:
+            fetches.append(logits)
         step = gn.compile(fetches, updates=opt.minimize(loss), backend=backend)
     return step, [w1, w2]
 
@@ -300,10 +306,14 @@ def test_fit_is_the_same_with_the_native_loop(implementation, options):
 
 def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
     calls = []
-    run_steps = gn.Function._run_checked_steps
-    monkeypatch.setattr(gn.Function, "_run_checked_steps", lambda self, *a, **k: (calls.append(a[3]), run_steps(self, *a, **k))[1])
+    for name in ("_run_checked_steps", "_sum_checked_steps"):
+        method = getattr(gn.Function, name)
+        monkeypatch.setattr(gn.Function, name, lambda self, *a, _name=name, _method=method, **k: (
+            calls.append((_name[1:4], a[3])), _method(self, *a, **k))[1])
     _fit(True, batch_size=16, epochs=2)
-    assert calls == [4, 4]  # one call per epoch
+    # per epoch, one native call summing the full batches, then the short one (not summed natively)
+    native = [("sum", 3), ("sum", 1), ("run", 1)] * 2
+    assert calls == native
     ends = []
     calls.clear()
     hooked = _fit(True, batch_size=16, epochs=2, callbacks=[gn.callbacks.LambdaCallback(
@@ -312,7 +322,7 @@ def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
     _assert_same_fit(hooked, _fit(False, batch_size=16, epochs=2))
     weights = np.random.default_rng(5).uniform(0, 2, N)
     weighted = _fit(True, batch_size=16, epochs=2, sample_weight=weights)  # sample weights go natively too
-    assert calls == [4, 4]
+    assert calls == native
     _assert_same_fit(weighted, _fit(False, batch_size=16, epochs=2, sample_weight=weights))
 
 
@@ -478,3 +488,53 @@ def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
     want = _batch_by_batch(reference, x[:48], labels[:48], 16)
     np.testing.assert_array_equal(outs[0], np.array([w[0] for w in want], np.float32))
     np.testing.assert_array_equal(outs[1], np.array([w[1] for w in want], np.float32))
+
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("batch_size, start, steps", [(7, 0, 7), (7, 2, 3), (16, 0, 3), (1, 5, 40)])
+def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementation, shuffle, batch_size, start, steps):
+    """Function._sum_checked_steps (the C loop adding each step's fetches times the batch size) gives
+    bit for bit `_final_sums` of `_run_checked_steps`' stacked values and trains the same; without the
+    C loop it runs nothing and returns None."""
+    from graphnet.model import _final_sums
+    x, labels = _data()
+    order = np.random.default_rng(3).permutation(N) if shuffle else None
+    (step, variables), (reference, reference_variables) = _step("llvm", summed=True), _step("llvm", summed=True)
+    for sums in ([0.0, 0.0, 0.0], [1.0 / 3.0, -2.5e7, -0.0]):
+        got = step._sum_checked_steps((labels, x), batch_size, order, steps, start, sums)
+        if implementation == "python":
+            assert got is None
+            return
+        want = _final_sums(sums, reference._run_checked_steps((labels, x), batch_size, order, steps, start=start),
+                           float(batch_size))
+        assert got == want and [np.signbit(v) for v in got] == [np.signbit(v) for v in want]
+        for a, b in zip(_weights(variables), _weights(reference_variables)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_native_sums_run_nothing_where_the_c_loop_does_not_take_them():
+    """A short batch or a wrap-around among the steps, or a fetch that is not one number: None, and no
+    step runs (the caller runs `_run_checked_steps`); the C loop refuses sums it cannot make."""
+    if NATIVE is None:
+        pytest.skip("the C call path was not built")
+    x, labels = _data()
+    step, variables = _step("llvm", summed=True)
+    batched, batched_variables = _step("llvm", summed=True, fetch_logits=True)
+    before = _weights(variables)
+    for batch_size, start, steps in [(16, 0, 4), (16, 2, 2), (7, 6, 2), (16, 0, 0), (16, 3, 1)]:
+        assert step._sum_checked_steps((labels, x), batch_size, None, steps, start, [0.0] * 3) is None
+    assert batched._sum_checked_steps((labels, x), 16, None, 3, 0, [0.0] * 4) is None
+    for got, want in zip(_weights(variables), before):
+        np.testing.assert_array_equal(got, want)
+    before = _weights(batched_variables)
+    backend, fast = batched.executable, batched._call
+    with pytest.raises(ValueError, match="not one float32 or float64 number"):
+        backend.run_steps(fast, (labels, x), None, 0, 3, 16, np.zeros(4))
+    for sums in (np.zeros(4, np.float32), np.zeros((4, 1)), [0.0] * 4):
+        with pytest.raises(TypeError, match="float64 array of sums"):
+            backend.run_steps(fast, (labels, x), None, 0, 3, 16, sums)
+    with pytest.raises(ValueError, match="one output per fetch"):
+        step.executable.run_steps(step._call, (labels, x), None, 0, 3, 16, np.zeros(2))
+    for got, want in zip(_weights(batched_variables), before):
+        np.testing.assert_array_equal(got, want)

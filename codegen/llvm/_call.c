@@ -25,9 +25,14 @@
  * placeholder (in placeholder order; a placeholder without a leading batch dimension is fed whole to
  * every step). Batch s reads rows order[start + s*batch ...] (consecutive rows from `start` when
  * order is None): gathered by memcpy into staging buffers, or pointed at in place. After each step
- * the fetched buffers are copied into row s of `outs`. Everything is validated before the first step
- * (dtypes, C-contiguity, row shapes, lengths, every index used, the outputs' sizes), so the loop,
- * which runs with the GIL released, reads and writes only memory it checked.
+ * the fetched buffers are copied into row s of `outs` (a tuple, one array per fetch); or, where `outs`
+ * is a float64 array of one running sum per fetch (each fetch one float32 or float64 number), each
+ * fetch times `batch` is added to its sum in float64 after each step (Model.fit's epoch sums: the
+ * same products and additions, in the same order, as adding the stacked values in Python; this file
+ * is compiled without floating-point contraction so that a product and its sum stay two roundings).
+ * Everything is validated before the first step (dtypes, C-contiguity, row shapes, lengths, every
+ * index used, the outputs' sizes), so the loop, which runs with the GIL released, reads and writes
+ * only memory it checked.
  * FastCall.try_run_steps(...) is run_steps taking the step lock as a call does; it runs nothing and
  * returns False where the arena is laid out for another batch or a merge replaced the lock.
  */
@@ -296,8 +301,10 @@ typedef struct {
 
 typedef struct {
     const char *src;    /* the fetched buffer in the arena */
-    char *dst;          /* row 0 of its output */
+    char *dst;          /* row 0 of its output; NULL where the fetch is added to *sum */
     size_t nbytes;
+    double *sum;        /* the fetch's running sum (one float32 or float64 number, `single` for float32) */
+    int single;
 } StepFetch;
 
 /* Feed i's array checked against its placeholder's shape: 1 when it has the leading batch dimension
@@ -385,8 +392,15 @@ static void step_loop(FastCall *self, StepFeed *feeds, StepFetch *fetches, Py_ss
             self->slot_table[f->slot] = f->stage;
         }
         self->step((int64_t)batch, self->slot_table);
-        for (Py_ssize_t k = 0; k < n_fetches; k++)
-            memcpy(fetches[k].dst + (size_t)s * fetches[k].nbytes, fetches[k].src, fetches[k].nbytes);
+        for (Py_ssize_t k = 0; k < n_fetches; k++) {
+            StepFetch *f = &fetches[k];
+            if (f->dst != NULL) {
+                memcpy(f->dst + (size_t)s * f->nbytes, f->src, f->nbytes);
+                continue;
+            }
+            double value = f->single ? (double)*(const float *)f->src : *(const double *)f->src;
+            *f->sum += value * (double)batch;
+        }
     }
 }
 
@@ -466,21 +480,50 @@ static int check_order(PyObject *order, Py_ssize_t start, Py_ssize_t end, Py_ssi
     return 0;
 }
 
+/* The number of outputs `outs` stands for: a tuple's length, or a float64 array of sums' length; -1
+ * with an exception for anything else. */
+static Py_ssize_t output_count(PyObject *outs) {
+    if (PyTuple_Check(outs))
+        return PyTuple_GET_SIZE(outs);
+    PyArrayObject *o = (PyArrayObject *)outs;
+    if (PyArray_CheckExact(outs) && PyArray_TYPE(o) == NPY_FLOAT64 && PyArray_NDIM(o) == 1 &&
+        PyArray_IS_C_CONTIGUOUS(o) && PyArray_ISWRITEABLE(o))
+        return PyArray_DIM(o, 0);
+    PyErr_SetString(PyExc_TypeError, "run_steps: outs must be a tuple of arrays or a writeable 1-d float64 array of sums");
+    return -1;
+}
+
 /* The fetched buffers (backend.fetch_views, laid out for `batch`) and their outputs, `count` rows
- * each: 0, or -1 with an exception. */
+ * each, or their sums (`outs` a float64 array: each fetch one float32 or float64 number): 0, or -1
+ * with an exception. */
 static int check_fetches(FastCall *self, PyObject *views, PyObject *outs, Py_ssize_t count, StepFetch *fetches) {
-    Py_ssize_t n = PyTuple_GET_SIZE(outs);
+    Py_ssize_t n = output_count(outs);
+    if (n < 0)
+        return -1;
     if (!PyList_CheckExact(views) || PyList_GET_SIZE(views) != n) {
         PyErr_Format(PyExc_ValueError, "run_steps: one output per fetch (%zd given)", n);
         return -1;
     }
+    int summed = !PyTuple_Check(outs);
     for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *view = PyList_GET_ITEM(views, k), *out = PyTuple_GET_ITEM(outs, k);
+        PyObject *view = PyList_GET_ITEM(views, k);
         if (!PyArray_Check(view) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)view)) {
             PyErr_SetString(PyExc_TypeError, "run_steps: a fetched buffer is not a contiguous array");
             return -1;
         }
-        PyArrayObject *v = (PyArrayObject *)view, *o = (PyArrayObject *)out;
+        PyArrayObject *v = (PyArrayObject *)view;
+        if (summed) {
+            int type = PyArray_TYPE(v);
+            if (PyArray_SIZE(v) != 1 || (type != NPY_FLOAT32 && type != NPY_FLOAT64) || !PyArray_ISNOTSWAPPED(v)) {
+                PyErr_Format(PyExc_ValueError, "run_steps: fetch %zd is not one float32 or float64 number to sum", k);
+                return -1;
+            }
+            fetches[k] = (StepFetch){.src = PyArray_BYTES(v), .sum = (double *)PyArray_DATA((PyArrayObject *)outs) + k,
+                                     .single = type == NPY_FLOAT32};
+            continue;
+        }
+        PyObject *out = PyTuple_GET_ITEM(outs, k);
+        PyArrayObject *o = (PyArrayObject *)out;
         if (!PyArray_CheckExact(out) || !PyArray_IS_C_CONTIGUOUS(o) || !PyArray_ISWRITEABLE(o) ||
             !PyArray_EquivTypes(PyArray_DESCR(o), PyArray_DESCR(v)) ||
             PyArray_NBYTES(o) != (npy_intp)count * PyArray_NBYTES(v)) {
@@ -496,15 +539,17 @@ static int check_fetches(FastCall *self, PyObject *views, PyObject *outs, Py_ssi
 static PyObject *fastcall_run_steps(FastCall *self, PyObject *args) {
     PyObject *sources, *order, *outs;
     Py_ssize_t start, count, batch, rows = 0;
-    if (!PyArg_ParseTuple(args, "O!OnnnO!:run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
-                          &PyTuple_Type, &outs))
+    if (!PyArg_ParseTuple(args, "O!OnnnO:run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
+                          &outs))
         return NULL;
     if (PyTuple_GET_SIZE(sources) != self->n || start < 0 || count < 0 || batch < 1 ||
         (count > 0 && (count > PY_SSIZE_T_MAX / batch || start > PY_SSIZE_T_MAX - count * batch))) {
         PyErr_SetString(PyExc_ValueError, "run_steps: one source per placeholder, start >= 0, count >= 0, batch >= 1");
         return NULL;
     }
-    Py_ssize_t n_fetches = PyTuple_GET_SIZE(outs), end = start + count * batch;
+    Py_ssize_t n_fetches = output_count(outs), end = start + count * batch;
+    if (n_fetches < 0)
+        return NULL;
     StepFeed *feeds = PyMem_Calloc(self->n ? self->n : 1, sizeof(StepFeed));
     StepFetch *fetches = PyMem_Calloc(n_fetches ? n_fetches : 1, sizeof(StepFetch));
     PyObject *views = NULL, *current = NULL;
@@ -552,8 +597,8 @@ static PyObject *fastcall_run_steps(FastCall *self, PyObject *args) {
 static PyObject *fastcall_try_run_steps(FastCall *self, PyObject *args) {
     PyObject *sources, *order, *outs;
     Py_ssize_t start, count, batch;
-    if (!PyArg_ParseTuple(args, "O!OnnnO!:try_run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
-                          &PyTuple_Type, &outs))
+    if (!PyArg_ParseTuple(args, "O!OnnnO:try_run_steps", &PyTuple_Type, &sources, &order, &start, &count, &batch,
+                          &outs))
         return NULL;
     /* this call's own references: another thread may replace the remembered lock meanwhile */
     PyObject *lock = Py_NewRef(self->lock), *acquire = Py_NewRef(self->acquire), *release = Py_NewRef(self->release);
@@ -597,7 +642,8 @@ static PyObject *fastcall_try_run_steps(FastCall *self, PyObject *args) {
 static PyMethodDef fastcall_methods[] = {
     {"run_steps", (PyCFunction)fastcall_run_steps, METH_VARARGS,
      PyDoc_STR("run_steps(sources, order, start, count, batch, outs): the step on `count` batches in one call "
-               "(the caller holds the step lock and has laid the arena out for `batch`).")},
+               "(the caller holds the step lock and has laid the arena out for `batch`); `outs` a tuple of "
+               "per-step outputs, or a float64 array of sums, each fetch times `batch` added per step.")},
     {"try_run_steps", (PyCFunction)fastcall_try_run_steps, METH_VARARGS,
      PyDoc_STR("try_run_steps(sources, order, start, count, batch, outs): run_steps holding the step lock; False "
                "(nothing run) where the arena is laid out for another batch or the lock was replaced.")},
