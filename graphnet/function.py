@@ -361,8 +361,8 @@ class Function(_CallBase):
         per_row = self._per_row  # fetches whose first dimension is the batch: their samples' rows
         k = row = 0  # the next step's row of a stacked fetch, and of a batched one
         for j, count, size in plan.segments():
-            if native is not None and size == batch_size:  # a stretch of full batches: one native call
-                native(self._call, values, order, j * batch_size, count, batch_size,
+            if native is not None:  # a stretch of full batches, or the short batch: one native call
+                native(self._call, values, order, j * batch_size, count, size,
                        tuple(out[row:row + count * size] if rows else out[k:k + count]
                              for out, rows in zip(outs, per_row)))
                 k, row = k + count, row + count * size
@@ -382,20 +382,22 @@ class Function(_CallBase):
 
     def _sum_checked_steps(self, values: tuple[np.ndarray, ...], batch_size: int, order: np.ndarray | None,
                            steps: int, start: int, sums: list[float]) -> list[float] | None:
-        """`_run_checked_steps` on one stretch of full batches of a function whose fetches are each one
-        float32 or float64 number, in the native loop, returning each fetch's sum instead of its values:
-        `sums` plus value times batch_size, step by step, in float64 (the same products and additions, in
-        the same order, as adding the stacked values: Model.fit's epoch sums, bit for bit). None, having
-        run nothing, where the native loop does not take them (no C extension, device mirrors, other
-        fetches, a short batch or a wrap-around among the steps, another fixed batch size): the caller
-        runs `_run_checked_steps` instead."""
-        fixed = self.feeds.fixed
+        """`_run_checked_steps` on one stretch of full batches, or on the short last batch alone, of a
+        function whose fetches are each one float32 or float64 number, in the native loop, returning each
+        fetch's sum instead of its values: `sums` plus value times the batch's size, step by step, in
+        float64 (the same products and additions, in the same order, as adding the stacked values:
+        Model.fit's epoch sums, bit for bit). None, having run nothing, where the native loop does not
+        take them (no C extension, device mirrors, other fetches, a wrap-around or a short batch among
+        full ones, another fixed batch size): the caller runs `_run_checked_steps` instead."""
         length = len(values[self._first_batched]) if order is None else len(order)
-        if not self._summable or Variable.any_mirrors or (fixed is not None and fixed.size != batch_size) \
-                or not 0 <= start < start + steps <= length // batch_size:
+        full = length // batch_size
+        size = batch_size if 0 <= start < start + steps <= full else \
+            length - full * batch_size if start == full and steps == 1 else 0  # 0: neither (or no short batch)
+        fixed = self.feeds.fixed
+        if not size or not self._summable or Variable.any_mirrors or (fixed is not None and fixed.size != size):
             return None
         totals = np.array(sums, dtype=np.float64)
-        self._native_steps(self._call, values, order, start * batch_size, steps, batch_size, totals)
+        self._native_steps(self._call, values, order, start * batch_size, steps, size, totals)
         return totals.tolist()
 
     @functools.cached_property

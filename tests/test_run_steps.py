@@ -131,7 +131,7 @@ def test_the_c_loop_is_used(monkeypatch):
     monkeypatch.setattr(type(step.executable), "run_steps",
                         lambda self, *a: (calls.append(a[4]), native_run(self, *a))[1])
     step.run_steps({"x": x, "labels": labels}, 16)
-    assert calls == [3]  # the three full batches in one native call; the short one an ordinary call
+    assert calls == [3, 1]  # the three full batches in one native call, the short one in another
 
 
 def test_numpy_backend_agrees_with_llvm_within_rounding():
@@ -311,8 +311,8 @@ def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
         monkeypatch.setattr(gn.Function, name, lambda self, *a, _name=name, _method=method, **k: (
             calls.append((_name[1:4], a[3])), _method(self, *a, **k))[1])
     _fit(True, batch_size=16, epochs=2)
-    # per epoch, one native call summing the full batches, then the short one (not summed natively)
-    native = [("sum", 3), ("sum", 1), ("run", 1)] * 2
+    # per epoch, one native call summing the full batches, then one summing the short batch
+    native = [("sum", 3), ("sum", 1)] * 2
     assert calls == native
     ends = []
     calls.clear()
@@ -492,12 +492,13 @@ def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("batch_size, start, steps", [(7, 0, 7), (7, 2, 3), (16, 0, 3), (1, 5, 40)])
+@pytest.mark.parametrize("batch_size, start, steps", [(7, 0, 7), (7, 2, 3), (16, 0, 3), (1, 5, 40), (16, 3, 1),
+                                                     (7, 7, 1)])
 def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementation, shuffle, batch_size, start, steps):
-    """Function._sum_checked_steps (the C loop adding each step's fetches times the batch size) gives
-    bit for bit `_final_sums` of `_run_checked_steps`' stacked values and trains the same; without the
-    C loop it runs nothing and returns None."""
-    from graphnet.model import _final_sums
+    """Function._sum_checked_steps (the C loop adding each step's fetches times the batch's size) gives
+    bit for bit `_final_sums` of `_run_checked_steps`' stacked values and trains the same, on full
+    batches and on the short last batch alone; without the C loop it runs nothing and returns None."""
+    from graphnet.model import _batch_sizes, _final_sums
     x, labels = _data()
     order = np.random.default_rng(3).permutation(N) if shuffle else None
     (step, variables), (reference, reference_variables) = _step("llvm", summed=True), _step("llvm", summed=True)
@@ -507,22 +508,22 @@ def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementatio
             assert got is None
             return
         want = _final_sums(sums, reference._run_checked_steps((labels, x), batch_size, order, steps, start=start),
-                           float(batch_size))
+                           _batch_sizes(N, batch_size, start, steps))
         assert got == want and [np.signbit(v) for v in got] == [np.signbit(v) for v in want]
         for a, b in zip(_weights(variables), _weights(reference_variables)):
             np.testing.assert_array_equal(a, b)
 
 
 def test_the_native_sums_run_nothing_where_the_c_loop_does_not_take_them():
-    """A short batch or a wrap-around among the steps, or a fetch that is not one number: None, and no
-    step runs (the caller runs `_run_checked_steps`); the C loop refuses sums it cannot make."""
+    """A short batch among full ones, a wrap-around among the steps, or a fetch that is not one number:
+    None, and no step runs (the caller runs `_run_checked_steps`); the C loop refuses sums it cannot make."""
     if NATIVE is None:
         pytest.skip("the C call path was not built")
     x, labels = _data()
     step, variables = _step("llvm", summed=True)
     batched, batched_variables = _step("llvm", summed=True, fetch_logits=True)
     before = _weights(variables)
-    for batch_size, start, steps in [(16, 0, 4), (16, 2, 2), (7, 6, 2), (16, 0, 0), (16, 3, 1)]:
+    for batch_size, start, steps in [(16, 0, 4), (16, 2, 2), (7, 6, 2), (16, 0, 0), (16, 3, 2), (10, 5, 1)]:
         assert step._sum_checked_steps((labels, x), batch_size, None, steps, start, [0.0] * 3) is None
     assert batched._sum_checked_steps((labels, x), 16, None, 3, 0, [0.0] * 4) is None
     for got, want in zip(_weights(variables), before):
