@@ -696,8 +696,8 @@ class Model:
         permutation of the samples or under MPI this rank's rows of it, which pass its checks by
         construction: `_run_checked_steps`): all steps in one call or, while a progress bar shows
         (`live`), in chunks of about `_CHUNK_SECONDS`, after each of which the bar gets each batch's end;
-        a call also ends before the short last batch (the full ones' sums come from the native loop:
-        `_sum_checked_steps`) and where the dropout row offset changes (under MPI).
+        a call also ends before the short last batch (the native loop sums a stretch of full batches or
+        the short one: `_sum_checked_steps`) and where the dropout row offset changes (under MPI).
         Returns what `_fit_epoch_by_batch` returns."""
         full, batches = n // batch_size, -(-n // batch_size)
         keys = self._built.fetch_keys
