@@ -398,18 +398,24 @@ class Kernel:
             [s.index for s in self.stores if s.index is not None]
 
     def serial_vars(self) -> tuple:
-        """The loop vars an accumulating store's computed index reads through loads (scatter_add's
-        index axes): two iterations apart on them may add into one element, so every backend runs
-        them serially, in ascending order. A var the index uses directly is an output coordinate:
-        distinct values address distinct elements, so threads and work-items may split it."""
+        """The loop vars of an accumulating store's computed index that two iterations apart on may
+        add into one element, so every backend runs them serially, in ascending order: those the index
+        reads through loads (scatter_add's index axes), and those it does not use at all (every value
+        addresses the same elements: an index clamped into an axis of one element is a constant). A
+        var the index uses directly is an output coordinate: distinct values address distinct
+        elements, so threads and work-items may split it."""
         found: set = set()
         for s in self.stores:
             if s.accumulate and s.index is not None:
+                direct = set()
                 for e in walk_unique(s.index):
                     if isinstance(e, Load):
                         found.update(v for v, _, _ in e.offset.terms)
                     elif isinstance(e, LoadAt):
                         found.update(x.var for x in walk_unique(e.index) if isinstance(x, Var))
+                    elif isinstance(e, Var):
+                        direct.add(e.var)
+                found.update(v for v, extent in enumerate(self.domain) if extent != 1 and v not in direct)
         return tuple(sorted(found))
 
     def loads(self) -> list[Load | LoadAt]:

@@ -293,3 +293,18 @@ def test_take_at_a_reductions_result_reads_it_from_memory():
     values = np.array([10.0, 20.0, 30.0, 40.0], np.float32)
     for got in _all_backends([picked], {"x": xs, "table": values}):
         np.testing.assert_array_equal(got, values[np.argmin(xs, axis=1)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_take_along_an_axis_of_one_element_adds_every_gradient(backend):
+    """Fuzz finding 0:32110: take's indices on an axis of one element clamp to 0, so the gradient's
+    scatter index does not use the indices' axis at all; every value of that loop var adds into the
+    same elements, which must run serially (OpenCL's work-items lost all but one of the additions)."""
+    x = gn.placeholder("x", (None, 3, 1), np.float64)
+    w = gn.placeholder("w", (None, 3, 5), np.float64)
+    (g,) = gn.gradients(gn.sum(gn.take(x, np.array([0, 0, 0, 0, 0], np.int32), axis=2) * w), [x])
+    kernel = next(k for k in lower(Program([g]))[0].kernels if any(s.accumulate for s in k.stores))
+    assert 2 in kernel.serial_vars()
+    weights = np.random.default_rng(0).uniform(0.5, 1.5, (4, 3, 5))
+    got = gn.compile(g, backend=backend)(x=np.ones((4, 3, 1)), w=weights)
+    np.testing.assert_allclose(got, weights.sum(axis=2, keepdims=True), rtol=1e-14)
