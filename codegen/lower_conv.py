@@ -12,10 +12,12 @@ after the op joins its kernel as after a matmul.
     conv2d_input_grad   over (n, h, w, group, in channel, kh, kw, out channel), dy read at ((h + top
                         - kh*dh) / sh, (w + left - kw*dw) / sw)
     conv2d_filter_grad  over (kh, kw, in channel, group, out channel, n, i, j)
-    max_pool2d          over (n, i, j, c, kh, kw), max, padding reads -inf
+    max_pool2d          over (n, i, j, c, kh, kw), x read at (i*sh + kh*dh - top, j*sw + kw*dw - left),
+                        max, padding reads -inf
     max_pool2d_grad     a kernel counting each window's maxima, then over (n, h, w, c, kh, kw): dy / count
-                        of every window whose maximum x[n, h, w, c] equals; windows that tile the image
-                        (stride = window, no padding) over (n, i, j, c, kh, kw) instead, no reduction:
+                        of every window whose maximum x[n, h, w, c] equals, read at ((h + top - kh*dh) / sh,
+                        (w + left - kw*dw) / sw); windows that tile the image (stride = window, no padding,
+                        no dilation) over (n, i, j, c, kh, kw) instead, no reduction:
                         each element's one window, stored at (i * kh + kh', j * kw + kw'), its count of
                         maxima a sum over the window written out in the same kernel (at most
                         TILE_COUNT_MAX elements; a larger window's counts are a kernel of their own)
@@ -148,11 +150,11 @@ def _conv2d_filter_grad(low, r: Node):
 
 def _pool_window(low, x: Node, pooled: tuple, attrs: dict, fill: float):
     """The (n, i, j, c, kh, kw) domain of pooling x into shape `pooled`, and x's window load there."""
-    fmt, sh, sw, _, _, top, left = _geometry_of(attrs)
+    fmt, sh, sw, dh, dw, top, left = _geometry_of(attrs)
     ho, wo, c = image_dims(pooled, fmt)
     domain = (x.shape[0], ho, wo, c, *attrs["ksize"])
-    image = window(_buffer(low, x), x.shape, _image(fmt, _coord((0, 1)), _coord((1, sh), (4, 1), const=-top),
-                                                     _coord((2, sw), (5, 1), const=-left), _coord((3, 1))), x.dtype,
+    image = window(_buffer(low, x), x.shape, _image(fmt, _coord((0, 1)), _coord((1, sh), (4, dh), const=-top),
+                                                     _coord((2, sw), (5, dw), const=-left), _coord((3, 1))), x.dtype,
                    fill)
     return domain, image
 
@@ -194,13 +196,13 @@ def _max_pool2d_grad(low, r: Node):
     if _tiling(r):
         return _tiled_max_pool2d_grad(low, r)
     x = r.inputs[0]
-    fmt, sh, sw, _, _, top, left = _geometry(r)
+    fmt, sh, sw, dh, dw, top, left = _geometry(r)
     counts = _window_maxima(low, r)
     h, wd, c = image_dims(r.shape, fmt)
     kh, kw = r.attrs["ksize"]
     domain = (x.shape[0], h, wd, c, kh, kw)
-    pooled = _image(fmt, _coord((0, 1)), _coord((1, 1), (4, -1), const=top, div=sh),
-                    _coord((2, 1), (5, -1), const=left, div=sw), _coord((3, 1)))
+    pooled = _image(fmt, _coord((0, 1)), _coord((1, 1), (4, -dh), const=top, div=sh),
+                    _coord((2, 1), (5, -dw), const=left, div=sw), _coord((3, 1)))
     return _sum(low, r, domain, _image(fmt, 0, 1, 2, 3), (4, 5),
                 lambda kb: _share_of_maximum(low, r, kb, _image(fmt, 0, 1, 2, 3), pooled,
                                              window(counts, r.inputs[1].shape, pooled, r.dtype, 1.0)))
@@ -222,11 +224,14 @@ def _pooled(low, r: Node, n: Node, pooled: tuple, fill: float) -> Expr:
 
 def _tiling(r: Node) -> bool:
     """Do max_pool2d_grad's windows tile its image (stride = window, no padding, no rows or columns
-    left over), so that each element lies in exactly one window?"""
-    fmt, sh, sw, _, _, _, _ = _geometry(r)
+    left over, no dilation: a dilated window's gaps belong to other windows, which overlap it), so
+    that each element lies in exactly one window?"""
+    fmt, sh, sw, dh, dw, _, _ = _geometry(r)
     (h, w, _), (ho, wo, _) = image_dims(r.shape, fmt), image_dims(r.inputs[1].shape, fmt)
-    padding = r.attrs["padding"]
-    return (sh, sw) == tuple(r.attrs["ksize"]) and padding == ((0, 0), (0, 0)) and (h, w) == (ho * sh, wo * sw)
+    kh, kw = r.attrs["ksize"]
+    undilated = (dh == 1 or kh == 1) and (dw == 1 or kw == 1)
+    return (undilated and (sh, sw) == (kh, kw) and r.attrs["padding"] == ((0, 0), (0, 0))
+            and (h, w) == (ho * sh, wo * sw))
 
 
 def _tiled_max_pool2d_grad(low, r: Node):

@@ -72,27 +72,28 @@ def conv2d_filter_grad(x, dy, kernel_size, strides, padding, dilations, groups, 
     return dw.astype(x.dtype)
 
 
-def _pool_windows(x, ksize, strides, padding):
+def _pool_windows(x, ksize, strides, padding, dilations):
     """For each output position, the list of input positions its window covers."""
     n, h, wd, c = x.shape
-    ho, wo = _out(h, ksize[0], strides[0], 1, padding[0]), _out(wd, ksize[1], strides[1], 1, padding[1])
-    return {(i, j): [(hi, wj) for _, hi in _taps(i, ksize[0], strides[0], 1, padding[0][0], h)
-                     for _, wj in _taps(j, ksize[1], strides[1], 1, padding[1][0], wd)]
+    (kh, kw), (sh, sw), (dh, dw) = ksize, strides, dilations
+    ho, wo = _out(h, kh, sh, dh, padding[0]), _out(wd, kw, sw, dw, padding[1])
+    return {(i, j): [(hi, wj) for _, hi in _taps(i, kh, sh, dh, padding[0][0], h)
+                     for _, wj in _taps(j, kw, sw, dw, padding[1][0], wd)]
             for i in range(ho) for j in range(wo)}, (n, ho, wo, c)
 
 
-def max_pool2d(x, ksize, strides, padding, data_format):
+def max_pool2d(x, ksize, strides, padding, data_format, dilations=(1, 1)):
     x = _nhwc(x, data_format)
-    windows, shape = _pool_windows(x, ksize, strides, padding)
+    windows, shape = _pool_windows(x, ksize, strides, padding, dilations)
     y = np.empty(shape, x.dtype)
     for (i, j), taps in windows.items():
         y[:, i, j] = np.max([x[:, hi, wj] for hi, wj in taps], axis=0)
     return _back(y, data_format)
 
 
-def max_pool2d_grad(x, y, dy, ksize, strides, padding, data_format):
+def max_pool2d_grad(x, y, dy, ksize, strides, padding, data_format, dilations=(1, 1)):
     x, y, dy = (_nhwc(a, data_format) for a in (x, y, dy))
-    windows, _ = _pool_windows(x, ksize, strides, padding)
+    windows, _ = _pool_windows(x, ksize, strides, padding, dilations)
     dx = np.zeros(x.shape, np.float64)
     for (i, j), taps in windows.items():
         hits = [x[:, hi, wj] == y[:, i, j] for hi, wj in taps]

@@ -42,7 +42,8 @@ MUST_TRANSLATE_BY_OP = """
         argmin_no_keepdims_example_select_last_index argmin_no_keepdims_random
         argmin_no_keepdims_random_select_last_index
     AveragePool: AvgPool2d AvgPool2d_stride averagepool_1d_default averagepool_2d_ceil
-        averagepool_2d_ceil_last_window_starts_on_pad averagepool_2d_default averagepool_2d_pads
+        averagepool_2d_ceil_last_window_starts_on_pad averagepool_2d_default averagepool_2d_dilations
+        averagepool_2d_pads
         averagepool_2d_pads_count_include_pad averagepool_2d_precomputed_pads
         averagepool_2d_precomputed_pads_count_include_pad averagepool_2d_precomputed_same_upper
         averagepool_2d_precomputed_strides averagepool_2d_same_lower averagepool_2d_same_upper
@@ -103,8 +104,9 @@ MUST_TRANSLATE_BY_OP = """
     MatMul: matmul_1d_1d matmul_1d_3d matmul_2d matmul_3d matmul_4d matmul_4d_1d matmul_bcast
     Max: max_example max_float32 max_float64 max_int16 max_int32 max_int64 max_int8 max_one_input max_two_inputs
         max_uint16 max_uint32 max_uint64 max_uint8 operator_max
-    MaxPool: MaxPool1d MaxPool1d_stride MaxPool2d maxpool_1d_default maxpool_2d_ceil
-        maxpool_2d_ceil_output_size_reduce_by_one maxpool_2d_default maxpool_2d_pads maxpool_2d_precomputed_pads
+    MaxPool: MaxPool1d MaxPool1d_stride MaxPool1d_stride_padding_dilation MaxPool2d
+        MaxPool2d_stride_padding_dilation maxpool_1d_default maxpool_2d_ceil maxpool_2d_ceil_output_size_reduce_by_one
+        maxpool_2d_default maxpool_2d_dilations maxpool_2d_pads maxpool_2d_precomputed_pads
         maxpool_2d_precomputed_same_upper maxpool_2d_precomputed_strides maxpool_2d_same_lower
         maxpool_2d_same_upper maxpool_2d_strides operator_maxpool
     Mean: mean_example mean_one_input mean_two_inputs
@@ -244,7 +246,8 @@ MUST_TRANSLATE = set().union(*_by_op(MUST_TRANSLATE_BY_OP).values())
 # OpenCL runs these image cases too (its conv and pooling kernels; the whole list would take minutes)
 OPENCL_CASES = ["test_Conv2d_groups", "test_Conv2d_depthwise_strided", "test_conv_with_autopad_same",
                 "test_conv_with_strides_and_asymmetric_padding", "test_maxpool_2d_same_lower", "test_maxpool_2d_ceil",
-                "test_averagepool_2d_pads_count_include_pad", "test_averagepool_2d_precomputed_same_upper",
+                "test_MaxPool2d_stride_padding_dilation", "test_averagepool_2d_pads_count_include_pad",
+                "test_averagepool_2d_precomputed_same_upper",
                 "test_globalmaxpool", "test_concat_3d_axis_negative_2"]
 
 
@@ -323,13 +326,13 @@ def test_must_translate_names_are_cases():
 def test_unsupported_names_its_reason():
     """What graphnet lacks is refused with the reason, never approximated."""
     reasons = {}
-    for name in ("test_maxpool_2d_dilations", "test_maxpool_with_argmax_2d_precomputed_pads", "test_Conv3d",
+    for name in ("test_maxpool_2d_uint8", "test_maxpool_with_argmax_2d_precomputed_pads", "test_Conv3d",
                  "test_max_float16", "test_resize_upsample_scales_linear"):
         case = CASES[name]
         with pytest.raises(on.Unsupported) as info:
             on.translate(case.model, case.data_sets[0][0])
         reasons[name] = str(info.value)
-    assert "dilations" in reasons["test_maxpool_2d_dilations"]
+    assert "uint8" in reasons["test_maxpool_2d_uint8"]
     assert "Indices" in reasons["test_maxpool_with_argmax_2d_precomputed_pads"]
     assert "3-D" in reasons["test_Conv3d"]
     assert "float16" in reasons["test_max_float16"]

@@ -10,7 +10,8 @@ conv2d's gradients with respect to its input and its filter are ops of their own
 each other's gradients (each is linear in both operands), so derivatives of any order stay in the
 family. Max pooling shares a window's gradient evenly between the elements equal to its maximum
 (as gn.max does at ties). Average pooling is a depthwise conv2d with a filter of ones, scaled by
-each window's count of real (unpadded) elements, as Keras counts them. The ops' kind "window" is
+each window's count of real (unpadded) elements, as Keras counts them. Pooling windows dilate as
+conv2d's (torch's `dilation`); no pooling window may cover only padding. The ops' kind "window" is
 lowered by codegen/lower_conv.py.
 """
 from __future__ import annotations
@@ -55,6 +56,11 @@ def _filter(w) -> None:
         raise ShapeError(f"the filter must be a static 4-D (KH, KW, Cin/groups, Cout) array, got {shape_str(w.shape)}")
 
 
+def _span(k: int, dilation: int) -> int:
+    """The extent of a dilated window along one axis."""
+    return dilation * (k - 1) + 1
+
+
 def _check_geometry(attrs: dict, window: tuple, pooling: bool = False) -> None:
     if attrs["data_format"] not in FORMATS:
         raise ShapeError(f"data_format must be one of {FORMATS}, got {attrs['data_format']!r}")
@@ -63,8 +69,10 @@ def _check_geometry(attrs: dict, window: tuple, pooling: bool = False) -> None:
             raise ShapeError(f"{name} must be positive integers, got {attrs[name]}")
     if any(p < 0 for pair in attrs["padding"] for p in pair):
         raise ShapeError(f"padding must not be negative, got {attrs['padding']}")
-    if pooling and any(p >= k for pair, k in zip(attrs["padding"], window) for p in pair):
-        raise ShapeError(f"padding {attrs['padding']} must be smaller than the window {window}")
+    dil = attrs.get("dilations", (1, 1))
+    if pooling and any(p >= _span(k, d) for pair, k, d in zip(attrs["padding"], window, dil) for p in pair):
+        dilated = f" (dilation {dil})" if dil != (1, 1) else ""
+        raise ShapeError(f"padding {attrs['padding']} must be smaller than the window {window}{dilated}")
 
 
 def _output_hw(h: Any, w: Any, window: tuple, attrs: dict, x_shape: tuple) -> tuple[int, int]:
@@ -79,6 +87,24 @@ def _output_hw(h: Any, w: Any, window: tuple, attrs: dict, x_shape: tuple) -> tu
         raise ShapeError(f"window {window[0]}x{window[1]} (dilation {dil}) is larger than the padded input "
                          f"{h}x{w} (padding {attrs['padding']}) of {shape_str(x_shape)}")
     return ho, wo
+
+
+def _check_pool_windows(size: tuple, window: tuple, attrs: dict, x_shape: tuple) -> None:
+    """ShapeError where a pooling window covers only padding (a dilated window can step over the
+    whole input, its span smaller than the padding on either side or not)."""
+    dil = attrs.get("dilations", (1, 1))
+    for axis, n, k, s, d, pad in zip(("row", "column"), size, window, attrs["strides"], dil, attrs["padding"]):
+        empty = np.flatnonzero(_window_counts(n, k, s, pad, d) == 0)
+        if empty.size:
+            raise ShapeError(f"the window {window} (dilation {dil}) at output {axis} {empty[0]} covers only padding "
+                             f"(padding {attrs['padding']}) of {shape_str(x_shape)}")
+
+
+def _window_counts(size: int, k: int, stride: int, pad: tuple, dilation: int = 1) -> np.ndarray:
+    """How many real (unpadded) elements each window along one axis covers."""
+    starts = np.arange(out_size(size, k, stride, dilation, pad)) * stride - pad[0]
+    taps = starts[:, None] + dilation * np.arange(k)[None, :]
+    return ((taps >= 0) & (taps < size)).sum(axis=1)
 
 
 def _image(x: Node, what: str, data_format: str) -> None:
@@ -167,19 +193,19 @@ def conv2d_filter_grad_reference(x, dy, kernel_size, strides, padding, dilations
     return np.ascontiguousarray(dw.reshape(*kernel_size, c // groups, cout).astype(x.dtype))
 
 
-def max_pool2d_reference(x, ksize, strides, padding, data_format) -> np.ndarray:
-    win = _windows(_pad(_to_nhwc(x, data_format), padding, -np.inf), ksize, strides)
+def max_pool2d_reference(x, ksize, strides, padding, data_format, dilations=(1, 1)) -> np.ndarray:
+    win = _windows(_pad(_to_nhwc(x, data_format), padding, -np.inf), ksize, strides, dilations)
     return _from_nhwc(win.max(axis=(4, 5)), data_format)
 
 
-def max_pool2d_grad_reference(x, y, dy, ksize, strides, padding, data_format) -> np.ndarray:
+def max_pool2d_grad_reference(x, y, dy, ksize, strides, padding, data_format, dilations=(1, 1)) -> np.ndarray:
     x, y, dy = (_to_nhwc(a, data_format) for a in (x, y, dy))
     xp = _pad(x, padding, -np.inf)
-    hit = _windows(xp, ksize, strides) == y[..., None, None]
+    hit = _windows(xp, ksize, strides, dilations) == y[..., None, None]
     with np.errstate(all="ignore"):
         share = dy / hit.sum(axis=(4, 5))
     dx = _scatter_windows(lambda i, j: np.where(hit[..., i, j], share, 0), dy.shape, xp.shape[1:3], ksize, strides,
-                          (1, 1), padding, x.dtype)
+                          dilations, padding, x.dtype)
     return _from_nhwc(dx, data_format)
 
 
@@ -189,9 +215,9 @@ def _geometry(strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1), groups
                 groups=groups, data_format=data_format)
 
 
-def _pool_geometry(ksize, strides, padding=((0, 0), (0, 0)), data_format="NHWC") -> dict:
+def _pool_geometry(ksize, strides, padding=((0, 0), (0, 0)), data_format="NHWC", dilations=(1, 1)) -> dict:
     return dict(ksize=tuple(ksize), strides=tuple(strides), padding=tuple(tuple(p) for p in padding),
-                data_format=data_format)
+                dilations=tuple(dilations), data_format=data_format)
 
 
 class Window(Op):
@@ -325,7 +351,9 @@ class MaxPool2D(Window):
 
     name = "max_pool2d"
     examples = (Example([(None, 4, 4, 2)], _pool_geometry((2, 2), (2, 2)), smooth=False),
-                Example([(None, 2, 5, 5)], _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW"), smooth=False))
+                Example([(None, 2, 5, 5)], _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW"), smooth=False),
+                Example([(None, 2, 7, 7)], _pool_geometry((2, 2), (2, 1), ((1, 0), (1, 1)), "NCHW", (2, 3)),
+                        smooth=False))
 
     def infer(self, inputs, attrs):
         (x,) = inputs
@@ -333,7 +361,9 @@ class MaxPool2D(Window):
         _check_geometry(attrs, attrs["ksize"], pooling=True)
         _image(x, "input", fmt)
         h, wd, c = image_dims(x.shape, fmt)
-        return image_shape(x.shape[0], *_output_hw(h, wd, attrs["ksize"], attrs, x.shape), c, fmt), x.dtype
+        hw = _output_hw(h, wd, attrs["ksize"], attrs, x.shape)
+        _check_pool_windows((h, wd), attrs["ksize"], attrs, x.shape)
+        return image_shape(x.shape[0], *hw, c, fmt), x.dtype
 
     def numpy(self, x, **attrs):
         return max_pool2d_reference(x, **attrs)
@@ -351,7 +381,9 @@ class MaxPool2DGrad(Window):
     differentiable = False
     examples = (Example([(None, 4, 4, 2), (None, 2, 2, 2), (None, 2, 2, 2)], _pool_geometry((2, 2), (2, 2))),
                 Example([(None, 2, 5, 5), (None, 2, 3, 3), (None, 2, 3, 3)],
-                        _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW")))
+                        _pool_geometry((3, 3), (2, 2), ((1, 1), (1, 1)), "NCHW")),
+                Example([(None, 7, 7, 2), (None, 3, 6, 2), (None, 3, 6, 2)],
+                        _pool_geometry((2, 2), (2, 1), ((1, 0), (1, 1)), "NHWC", (2, 3))))
 
     def infer(self, inputs, attrs):
         x, y, dy = inputs
@@ -458,41 +490,46 @@ def depthwise_conv2d(x: Any, filters: Any, strides: Any = 1, padding: Any = "val
     return conv2d(x, ops.reshape(filters, (kh, kw, 1, c * m)), strides, padding, dilation_rate, c, data_format)
 
 
-def _pool_args(x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str, op: str):
+def _pool_args(x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str, dilation_rate: Any, op: str):
     (x,) = promote([x])
     fmt = _format(data_format, op)
     window = _pair(pool_size, "pool_size", op)
     st = window if strides is None else _pair(strides, "strides", op)
-    return x, fmt, window, st, _padding(padding, x, window, st, (1, 1), fmt, op)
+    dil = _pair(dilation_rate, "dilation_rate", op)
+    return x, fmt, window, st, dil, _padding(padding, x, window, st, dil, fmt, op)
 
 
 def max_pool2d(x: Any, pool_size: Any = 2, strides: Any = None, padding: Any = "valid",
-               data_format: str = "NHWC") -> Node:
-    """The maximum of each window (strides default to the window, as Keras)."""
-    x, fmt, window, st, pad = _pool_args(x, pool_size, strides, padding, data_format, "max_pool2d")
-    return apply("max_pool2d", [x], **_pool_geometry(window, st, pad, fmt))
+               data_format: str = "NHWC", dilation_rate: Any = 1) -> Node:
+    """The maximum of each window (strides default to the window, as Keras); `dilation_rate` spaces
+    the window's elements as conv2d's (torch's MaxPool2d `dilation`)."""
+    x, fmt, window, st, dil, pad = _pool_args(x, pool_size, strides, padding, data_format, dilation_rate,
+                                              "max_pool2d")
+    return apply("max_pool2d", [x], **_pool_geometry(window, st, pad, fmt, dil))
 
 
 def avg_pool2d(x: Any, pool_size: Any = 2, strides: Any = None, padding: Any = "valid",
-               data_format: str = "NHWC") -> Node:
-    """The mean of each window's real elements (padding is not counted, as Keras)."""
-    x, fmt, window, st, pad = _pool_args(x, pool_size, strides, padding, data_format, "avg_pool2d")
+               data_format: str = "NHWC", dilation_rate: Any = 1) -> Node:
+    """The mean of each window's real elements (padding is not counted, as Keras); `dilation_rate`
+    spaces the window's elements as conv2d's."""
+    x, fmt, window, st, dil, pad = _pool_args(x, pool_size, strides, padding, data_format, dilation_rate,
+                                              "avg_pool2d")
     if x.ndim != 4:
         raise ShapeError(f"avg_pool2d: input must be a 4-D {fmt} image batch, got {shape_str(x.shape)} "
                          f"(at {user_location()})")
     h, w, c = image_dims(x.shape, fmt)
     ones = ops.constant(np.ones((*window, 1, c), x.dtype), graph=x.graph)
-    total = apply("conv2d", [x, ones], **_geometry(st, pad, (1, 1), c, fmt))
-    counts = [_window_counts(size, k, s, p) for size, k, s, p in zip((h, w), window, st, pad)]
+    attrs = _pool_geometry(window, st, pad, fmt, dil)
+    try:
+        _output_hw(h, w, window, attrs, x.shape)
+        _check_pool_windows((h, w), window, attrs, x.shape)
+    except ShapeError as e:
+        raise ShapeError(f"avg_pool2d: {e} (at {user_location()})") from None
+    total = apply("conv2d", [x, ones], **_geometry(st, pad, dil, c, fmt))
+    counts = [_window_counts(size, k, s, p, d) for size, k, s, p, d in zip((h, w), window, st, pad, dil)]
     inverse = 1.0 / np.outer(*counts)
     shape = inverse.shape + (1,) if fmt == "NHWC" else (1,) + inverse.shape
     return total * ops.constant(inverse.reshape(shape).astype(x.dtype), graph=x.graph)
-
-
-def _window_counts(size: int, k: int, stride: int, pad: tuple) -> np.ndarray:
-    """How many real (unpadded) elements each window along one axis covers."""
-    starts = np.arange(out_size(size, k, stride, 1, pad)) * stride - pad[0]
-    return np.minimum(starts + k, size) - np.maximum(starts, 0)
 
 
 def global_avg_pool(x: Any, data_format: str = "NHWC", keepdims: bool = False) -> Node:

@@ -357,27 +357,28 @@ def _conv(n: OnnxNode, ins: list) -> Node:
     return _from_2d(y, lifted)
 
 
-def _pool_geometry(n: OnnxNode, x: Node) -> tuple[list, list, list]:
+def _pool_geometry(n: OnnxNode, x: Node) -> tuple[list, list, list, list]:
+    """kernel, strides, (begin, end) pads and dilations per spatial axis."""
     kernel = list(n.get("kernel_shape"))
     nd = len(kernel)
     strides = list(n.get("strides", [1] * nd))
-    if any(d != 1 for d in n.get("dilations", [1] * nd)):
-        raise Unsupported(f"{n.op_type}: dilations {n.get('dilations')} (graphnet's pooling has none)")
-    pads = _spatial_pads(n, x.shape[2:], kernel, strides, [1] * nd)
+    dilations = [int(d) for d in n.get("dilations", [1] * nd)]
+    pads = _spatial_pads(n, x.shape[2:], kernel, strides, dilations)
     if n.get("ceil_mode", 0):
-        pads = [_ceil_pads(n, d, k, s, pad) for d, k, s, pad in zip(x.shape[2:], kernel, strides, pads)]
-    return kernel, strides, pads
+        pads = [_ceil_pads(n, d, (k - 1) * dil + 1, s, pad)
+                for d, k, s, dil, pad in zip(x.shape[2:], kernel, strides, dilations, pads)]
+    return kernel, strides, pads, dilations
 
 
-def _ceil_pads(n: OnnxNode, size: int, k: int, stride: int, pad: tuple[int, int]) -> tuple[int, int]:
+def _ceil_pads(n: OnnxNode, size: int, span: int, stride: int, pad: tuple[int, int]) -> tuple[int, int]:
     """ceil_mode=1 as padding: the last window's elements past the end padding are padding too
     (excluded from a max and from an average's count), and a window starting in the end padding is
-    dropped (ONNX's and PyTorch's rule)."""
+    dropped (ONNX's and PyTorch's rule). `span`: the (dilated) window's extent."""
     begin, end = pad
-    out = -(-(size + begin + end - k) // stride) + 1
+    out = -(-(size + begin + end - span) // stride) + 1
     if (out - 1) * stride >= size + begin:
         out -= 1
-    extra = max((out - 1) * stride + k - (size + begin + end), 0)
+    extra = max((out - 1) * stride + span - (size + begin + end), 0)
     if extra and n.get("count_include_pad", 0):
         raise Unsupported(f"{n.op_type}: ceil_mode=1 with count_include_pad=1 where a window passes the "
                           f"padding (counted neither as padding nor as input)")
@@ -389,12 +390,13 @@ def _max_pool(n: OnnxNode, ins: list) -> Node:
     if n.outputs > 1:
         raise Unsupported("MaxPool: the Indices output (graphnet's max_pool2d gives the maxima only)")
     x = _float(n, _node(ins[0]))
-    kernel, strides, pads = _pool_geometry(n, x)
-    if any(p >= k for (a, b), k in zip(pads, kernel) for p in (a, b)):
-        raise Unsupported(f"MaxPool: padding {pads} as large as the window {kernel}")
+    kernel, strides, pads, dilations = _pool_geometry(n, x)
+    if any(p >= (k - 1) * d + 1 for (a, b), k, d in zip(pads, kernel, dilations) for p in (a, b)):
+        raise Unsupported(f"MaxPool: padding {pads} as large as the window {kernel} (dilations {dilations})")
     x, lifted = _as_2d(n, x)
     y = gn.max_pool2d(x, tuple(_hw(kernel, lifted, 1)), tuple(_hw(strides, lifted, 1)),
-                      tuple(_hw(pads, lifted, (0, 0))), data_format="NCHW")
+                      tuple(_hw(pads, lifted, (0, 0))), data_format="NCHW",
+                      dilation_rate=tuple(_hw(dilations, lifted, 1)))
     return _from_2d(y, lifted)
 
 
@@ -403,16 +405,17 @@ def _avg_pool(n: OnnxNode, ins: list) -> Node:
     """count_include_pad=0 is graphnet's rule (padding is not counted); with 1, the zeros are
     explicit padding that the window counts."""
     x = _float(n, _node(ins[0]))
-    kernel, strides, pads = _pool_geometry(n, x)
+    kernel, strides, pads, dilations = _pool_geometry(n, x)
     x, lifted = _as_2d(n, x)
     pads = _hw(pads, lifted, (0, 0))
     if n.get("count_include_pad", 0):
         x = gn.pad(x, [(0, 0), (0, 0), *pads])
         pads = [(0, 0), (0, 0)]
-    if any(p >= k for (a, b), k in zip(pads, _hw(kernel, lifted, 1)) for p in (a, b)):
-        raise Unsupported(f"AveragePool: padding {pads} as large as the window {kernel}")
+    spans = [(k - 1) * d + 1 for k, d in zip(_hw(kernel, lifted, 1), _hw(dilations, lifted, 1))]
+    if any(p >= span for (a, b), span in zip(pads, spans) for p in (a, b)):
+        raise Unsupported(f"AveragePool: padding {pads} as large as the window {kernel} (dilations {dilations})")
     y = gn.avg_pool2d(x, tuple(_hw(kernel, lifted, 1)), tuple(_hw(strides, lifted, 1)), tuple(pads),
-                      data_format="NCHW")
+                      data_format="NCHW", dilation_rate=tuple(_hw(dilations, lifted, 1)))
     return _from_2d(y, lifted)
 
 
