@@ -305,6 +305,7 @@ def test_fit_is_the_same_with_the_native_loop(implementation, options):
 
 
 def test_fit_uses_run_steps_unless_a_callback_has_a_batch_hook(monkeypatch):
+    monkeypatch.setattr(gn.graph.Variable, "any_mirrors", False)  # as in test_the_c_loop_is_used
     calls = []
     for name in ("_run_checked_steps", "_sum_checked_steps"):
         method = getattr(gn.Function, name)
@@ -494,11 +495,13 @@ def test_the_c_loop_takes_the_step_lock_itself_and_releases_it_on_errors():
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("batch_size, start, steps", [(7, 0, 7), (7, 2, 3), (16, 0, 3), (1, 5, 40), (16, 3, 1),
                                                      (7, 7, 1)])
-def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementation, shuffle, batch_size, start, steps):
+def test_the_native_sums_are_the_stacked_values_summed_bit_for_bit(implementation, shuffle, batch_size, start, steps,
+                                                                   monkeypatch):
     """Function._sum_checked_steps (the C loop adding each step's fetches times the batch's size) gives
     bit for bit `_final_sums` of `_run_checked_steps`' stacked values and trains the same, on full
     batches and on the short last batch alone; without the C loop it runs nothing and returns None."""
     from graphnet.model import _batch_sizes, _final_sums
+    monkeypatch.setattr(gn.graph.Variable, "any_mirrors", False)  # as in test_the_c_loop_is_used
     x, labels = _data()
     order = np.random.default_rng(3).permutation(N) if shuffle else None
     (step, variables), (reference, reference_variables) = _step("llvm", summed=True), _step("llvm", summed=True)
