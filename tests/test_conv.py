@@ -13,6 +13,7 @@ from codegen.window import Coord, window
 from graphnet.program import Program
 from codegen.opencl import runtime
 from helpers import check_grad, run
+from test_pool_dilation import POOLS as DILATED_POOLS
 
 BACKENDS = ["numpy", "llvm"]
 
@@ -65,7 +66,7 @@ POOLS = [((2, 6, 6, 3), dict(pool_size=2)),
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("x_shape,kwargs", POOLS)
+@pytest.mark.parametrize("x_shape,kwargs", POOLS + DILATED_POOLS)
 def test_max_pool2d_value_and_gradient_match_torch(x_shape, kwargs, backend):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
@@ -79,7 +80,8 @@ def test_max_pool2d_value_and_gradient_match_torch(x_shape, kwargs, backend):
     tx, tx_nchw = _torch_nchw(torch, x, fmt)
     (pt, pb), (pl, pr) = y.attrs["padding"]
     padded = torch.nn.functional.pad(tx_nchw, (pl, pr, pt, pb), value=-np.inf)
-    out = _from_nchw(torch.nn.functional.max_pool2d(padded, y.attrs["ksize"], y.attrs["strides"]), fmt)
+    out = _from_nchw(torch.nn.functional.max_pool2d(padded, y.attrs["ksize"], y.attrs["strides"],
+                                                    dilation=y.attrs["dilations"]), fmt)
     (out * torch.tensor(weights)).sum().backward()
     np.testing.assert_allclose(value, out.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)

@@ -1,6 +1,6 @@
 """Dilated pooling (max_pool2d / avg_pool2d `dilation_rate`, issue #15): values and gradients against
-PyTorch's max_pool2d(dilation=...), against plain loops on every backend, by finite differences, and
-the errors of windows that do not fit or cover only padding."""
+plain loops on every backend, by finite differences, and the errors of windows that do not fit or
+cover only padding (against PyTorch's max_pool2d(dilation=...): test_conv.py, over POOLS here too)."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,29 +51,6 @@ def _avg_pool_loops(x, dy, ksize, strides, padding, dilations, data_format):
 def _conv_of(y: gn.Node) -> gn.Node:
     """The conv2d of avg_pool2d's graph (its window sum)."""
     return next(n for n in y.inputs if n.op.name == "conv2d")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("x_shape,kwargs", POOLS)
-def test_dilated_max_pool2d_value_and_gradient_match_torch(x_shape, kwargs, backend):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=x_shape)  # no ties: torch gives a tie's gradient to one element, graphnet shares it
-    fmt = kwargs.get("data_format", "NHWC")
-    px = gn.placeholder("x", x_shape, np.float64)
-    y = gn.max_pool2d(px, **kwargs)
-    weights = rng.uniform(0.5, 1.5, y.shape)
-    value, gx = run([y, gn.gradients(gn.sum(y * weights), px)], {"x": x}, backend)
-
-    tx = torch.tensor(x, requires_grad=True)
-    t_nchw = tx if fmt == "NCHW" else tx.permute(0, 3, 1, 2)
-    (pt, pb), (pl, pr) = y.attrs["padding"]
-    padded = torch.nn.functional.pad(t_nchw, (pl, pr, pt, pb), value=-np.inf)
-    out = torch.nn.functional.max_pool2d(padded, y.attrs["ksize"], y.attrs["strides"], dilation=y.attrs["dilations"])
-    out = out if fmt == "NCHW" else out.permute(0, 2, 3, 1)
-    (out * torch.tensor(weights)).sum().backward()
-    np.testing.assert_allclose(value, out.detach().numpy(), rtol=1e-12)
-    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -386,10 +386,8 @@ class LLVMBackend:
                   outs: tuple) -> None:
         """`count` steps on consecutive batches of `batch` rows in one native call (`fast.run_steps`,
         the C `FastCall`'s, which checks its arguments), holding the step lock throughout: taken in C
-        where the arena is laid out for `batch` already (`try_run_steps`; an extension built from an
-        older _call.c lacks it)."""
-        try_run = getattr(fast, "try_run_steps", None)
-        if batch == self.batch and try_run is not None and try_run(sources, order, start, count, batch, outs):
+        where the arena is laid out for `batch` already (`try_run_steps`)."""
+        if batch == self.batch and fast.try_run_steps(sources, order, start, count, batch, outs):
             return
         with self.lock.hold():
             if batch != self.batch:

@@ -12,8 +12,8 @@ from .loops import carried_loop, for_range
 from .parallel import CHUNKS_PER_THREAD, PARALLEL_MIN_FLOPS, emit_parallel_for
 
 MIN_CHUNK_FLOPS = 4_000_000
-"""A direct conv's least work per chunk of images (about 35 us of one core's FMAs): each chunk is a call
-of its own, whose fixed cost a small conv's few images (lenet's first: 0.17 MFLOP per image) do not hide."""
+"""A direct conv's least work per chunk of images: each chunk is a call of its own, whose fixed cost a
+small conv's few images (lenet's first: 0.17 MFLOP per image) do not hide."""
 
 I64, I32 = ir.IntType(64), ir.IntType(32)
 PTR = ir.PointerType()

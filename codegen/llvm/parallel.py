@@ -83,8 +83,7 @@ def emit_parallel_for(module: ir.Module, builder: ir.IRBuilder, name: str, total
 
     data = _entry_alloca(builder, frame)
     grains = _ceil_div(builder, total, grain)
-    team = builder.select(builder.icmp_signed("<", grains, ir.Constant(_I64, threads)), grains,
-                          ir.Constant(_I64, threads))
+    team = _min(builder, grains, ir.Constant(_I64, threads))
     if min_work > 0:
         small = builder.icmp_signed("<", total if work is None else work, ir.Constant(_I64, min_work))
         team = builder.select(small, ir.Constant(_I64, 1), team)
@@ -165,11 +164,10 @@ def _emit_omp_entry(module: ir.Module, name: str, frame: ir.LiteralStructType, b
     fn, b, data, total, tid, team = _omp_function(module, name, frame)
     per = b.mul(_ceil_div(b, _ceil_div(b, total, grain), team), ir.Constant(_I64, grain))
     begin = b.mul(tid, per)
-    end = b.add(begin, per)
-    end = b.select(b.icmp_signed("<", end, total), end, total)
+    end = _min(b, b.add(begin, per), total)
     captured = [b.load(_field(b, frame, data, i), typ=t) for i, t in enumerate(frame.elements) if i > 0]
     if every_thread:
-        body(b, tid, b.select(b.icmp_signed("<", begin, end), begin, end), end, captured)
+        body(b, tid, _min(b, begin, end), end, captured)
     else:
         with b.if_then(b.icmp_signed("<", begin, end)):
             body(b, tid, begin, end, captured)
@@ -192,7 +190,7 @@ def _emit_omp_chunks(module: ir.Module, name: str, frame: ir.LiteralStructType, 
     share = _ceil_div(b, grains, team)
     least = _min(b, share, ir.Constant(_I64, -(-min_chunk // grain)))
     size = _ceil_div(b, grains, b.mul(team, ir.Constant(_I64, chunks)))
-    size = b.mul(b.select(b.icmp_signed("<", size, least), least, size), ir.Constant(_I64, grain))
+    size = b.mul(_max(b, size, least), ir.Constant(_I64, grain))
     per = b.mul(share, ir.Constant(_I64, grain))
     entry, shares, claim, run, next_share, done = (b.block, *(fn.append_basic_block(n) for n in
                                                               ("share", "claim", "run", "next", "done")))
@@ -237,6 +235,10 @@ def _omp_function(module: ir.Module, name: str, frame: ir.LiteralStructType) -> 
 
 def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), y, x)
 
 
 def _ceil_div(b: ir.IRBuilder, x: ir.Value, d: int | ir.Value) -> ir.Value:
