@@ -4,6 +4,8 @@ geometry (rows not a multiple of a tile, phases of unequal length, padding, stri
 filter, NCHW), partial batches, float32 and float64, one and two threads, AVX-512 and AVX2."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,25 @@ def test_a_forward_tile_spaces_its_positions_so_no_element_is_read_twice_per_tap
             (k,) = kernels.values()
             assert tapconv.marked(k), w_shape
             assert tapconv.plan(k, AVX512).spacing == spacing and tapconv.outer_var(k.domain) == outer, w_shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_a_forward_tile_prefetches_each_line_of_its_outputs_once(dtype, data_format, monkeypatch, tmp_path):
+    """Before its FMAs a forward tile prefetches, for writing, each cache line its stores will write:
+    with 32 filters a position's columns are as many lines as vectors (float32: 2 of 16 lanes, float64:
+    4 of 8), one prefetch per vector the tile keeps. NCHW's columns are an image apart: none."""
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    if not AVX512_ONLY:
+        _on_target(monkeypatch, AVX512)
+    x_shape = (2, 32, 32, 3) if data_format == "NHWC" else (2, 3, 32, 32)
+    fetches = _conv_step(x_shape, (3, 3, 3, 32), dict(padding="same", data_format=data_format), dtype)
+    ir_text = gn.compile(fetches, backend="llvm").executable.ir_text
+    start = ir_text.index('_tapconv"(i64 %"N", i64 %"begin"')
+    body = ir_text[start:ir_text.index("\n}\n", start)]
+    tile_vectors = len(re.findall(r"store <\d+ x (?:float|double)>", body))
+    assert tile_vectors > 0
+    assert body.count('call void @"llvm.prefetch.p0"(') == (tile_vectors if data_format == "NHWC" else 0)
 
 
 CASES = [  # (x shape, filter shape, keyword arguments): a tap conv forward and filter gradient on AVX-512

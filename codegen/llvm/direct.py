@@ -58,6 +58,12 @@ class VectorEmitter:
         name = f"llvm.fma.v{self.lanes}{_SUFFIX[self.dtype]}"
         return self.b.call(_intrinsic(self.module, name, self.vt, 3), [x, y, acc])
 
+    def prefetch_for_write(self, at: ir.Value) -> None:
+        """Asks for the cache line at pointer `at` in L1, writable (a hint: no fault, no effect on
+        values), so a store that comes later does not wait for memory."""
+        fn = _declare(self.module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        self.b.call(fn, [at, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])  # write, keep, data
+
     def vector_load(self, base: ir.Value, at: ir.Value, mask) -> ir.Value:
         """The vector at base[at], its lanes outside `mask` zero (all read where mask is None)."""
         ptr = self.b.gep(base, [at], inbounds=True, source_etype=self.t)

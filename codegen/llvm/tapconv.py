@@ -46,6 +46,7 @@ form's sums run in the float type over its taps, as a GEMM's do.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ MAX_TAPS = 32  # taps written out (the forward's K, the gradient's rows of C): c
 MAX_VECTORS = 4  # columns, in vectors, of the convs this path computes (at least two: one is colconv's)
 MIN_TILE = 4  # positions (or taps) per register tile below which the implicit GEMM's taller tile wins
 MAX_PEELED = 4  # values of a position var at which a tap may leave the image, written out (code size)
+LINE_BYTES = 64  # a cache line: the forward tile prefetches each line of its outputs once
 
 
 @dataclass(frozen=True)
@@ -380,6 +382,7 @@ class _ForwardEmitter(_Emitter):
                                        outer) for r, s in positions]
                 acc = self.step(acc, a_at, b.add(b_at, self._i(self.offset(self.b_coef, tap))), sources)
             return acc
+        self.prefetch_outputs(v0, v1, v2, rows, span)
         acc = carried_loop(b, self.k.domain[self.outer], zero, taps, f"v{self.outer}")
         for i, vector in enumerate(acc):  # (position, column) order: a position's columns contiguous
             at = b.gep(self.tile_buffer, [self._i(i * self.lanes)], inbounds=True, source_etype=self.t)
@@ -409,22 +412,47 @@ class _ForwardEmitter(_Emitter):
             ok = self.b.and_(ok, test)
         return offset, ok
 
+    def prefetch_outputs(self, v0: ir.Value, v1: ir.Value, v2: int, rows: int, span: int) -> None:
+        """Each cache line the tile's stores will write, prefetched for writing before its FMAs, which
+        then hide the line's trip from memory (K is short: the stores would otherwise wait for it). The
+        stores whose columns are contiguous (one prefetch per line of a position's columns); not those
+        with a computed index, known only with their values."""
+        b, columns = self.b, self.k.domain[igemm.COLUMN]
+        with self._renderer_here() as em:
+            for st in self.k.stores:
+                if st.index is not None or (igemm.COLUMN, 1, 0) not in st.offset.terms:
+                    continue
+                for r, p in itertools.product(range(rows), range(span)):
+                    for j in range(0, columns, max(1, LINE_BYTES // st.value.dtype.itemsize)):
+                        em.vars = {0: v0, 1: b.add(v1, self._i(r)), 2: self._i(v2 + p * self.tc.spacing),
+                                   3: self._i(0), igemm.COLUMN: self._i(j)}
+                        self.prefetch_for_write(em.element(st.buffer, em.offset(st.offset), st.value.dtype))
+
     def epilogue(self, v0: ir.Value, v1: ir.Value, v2: int, rows: int, span: int) -> None:
         """The kernel's stores for the tile's positions, acc read from the tile (in L1; a position's
-        columns contiguous: the loop over them vectorizes): the renderer's `stores` with its builder,
-        buffers and vars pointed here."""
-        em, b, columns = self.em, self.b, self.k.domain[igemm.COLUMN]
+        columns contiguous: the loop over them vectorizes): the renderer's `stores`."""
+        b, columns = self.b, self.k.domain[igemm.COLUMN]
+        with self._renderer_here() as em:
+            for r in range(rows):
+                with for_range(b, 0, span, 1, "p") as p:
+                    with for_range(b, 0, columns, 1, "j") as j:
+                        em.vars = {0: v0, 1: b.add(v1, self._i(r)), 2: b.add(b.mul(p, self._i(self.tc.spacing)),
+                                                                             self._i(v2)), 3: self._i(0), igemm.COLUMN: j}
+                        at = b.add(b.mul(b.add(p, self._i(r * span)), self._i(columns)), j)
+                        em.acc = b.load(b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t), typ=self.t)
+                        em.stores()
+
+    @contextlib.contextmanager
+    def _renderer_here(self):
+        """The kernel's renderer with its builder, buffers and N pointed into this function (its vars
+        set by the caller), restored after."""
+        em = self.em
         saved = (em.b, em.fn, em.N, em.ptrs, em.vars)
-        em.b, em.fn, em.N, em.ptrs = b, self.fn, self.n, self.ptrs
-        for r in range(rows):
-            with for_range(b, 0, span, 1, "p") as p:
-                with for_range(b, 0, columns, 1, "j") as j:
-                    em.vars = {0: v0, 1: b.add(v1, self._i(r)), 2: b.add(b.mul(p, self._i(self.tc.spacing)),
-                                                                         self._i(v2)), 3: self._i(0), igemm.COLUMN: j}
-                    at = b.add(b.mul(b.add(p, self._i(r * span)), self._i(columns)), j)
-                    em.acc = b.load(b.gep(self.tile_buffer, [at], inbounds=True, source_etype=self.t), typ=self.t)
-                    em.stores()
-        em.b, em.fn, em.N, em.ptrs, em.vars = saved
+        em.b, em.fn, em.N, em.ptrs = self.b, self.fn, self.n, self.ptrs
+        try:
+            yield em
+        finally:
+            em.b, em.fn, em.N, em.ptrs, em.vars = saved
 
 
 class _GradientEmitter(_Emitter):
