@@ -217,15 +217,15 @@ class GlobalAveragePooling2D(Layer):
 
 
 class UpSampling2D(Layer):
-    """Each pixel repeated `size` = (rows, cols) times (nearest neighbour, Keras's default; "bilinear"
-    is not supported)."""
+    """Each image `size` = (rows, cols) times as tall and wide: "nearest" repeats each pixel (Keras's
+    default), "bilinear" interpolates as tf.image.resize does (half-pixel centres: gn.resize)."""
 
     def __init__(self, size: Any = (2, 2), data_format: str | None = None, interpolation: str = "nearest",
                  name: str | None = None, input_shape: Sequence[int] | None = None):
         super().__init__(name, input_shape)
-        if interpolation != "nearest":
-            raise ValueError(f"UpSampling2D: interpolation must be 'nearest' (the only one graphnet has), "
-                             f"got {interpolation!r}")
+        if interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"UpSampling2D: interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        self.interpolation = interpolation
         self.size = _pair(size, "size", "UpSampling2D")
         self.data_format = data_format or "channels_last"
         self.fmt = _format(data_format, "UpSampling2D")
@@ -236,11 +236,14 @@ class UpSampling2D(Layer):
         return image_shape(None, h * self.size[0], w * self.size[1], c, self.fmt)
 
     def build(self, graph: Graph, inputs: list[Node]) -> Node:
-        return ops.upsample2d(inputs[0], self.size, self.fmt)
+        if self.interpolation == "nearest":
+            return ops.upsample2d(inputs[0], self.size, self.fmt)
+        h, w, _ = image_dims(inputs[0].shape, self.fmt)
+        return ops.resize(inputs[0], (h * self.size[0], w * self.size[1]), "bilinear", self.fmt)
 
     def get_config(self) -> dict:
         return {"name": self.name, "size": list(self.size), "data_format": self.data_format,
-                "interpolation": "nearest"}
+                "interpolation": self.interpolation}
 
 
 class ZeroPadding2D(Layer):

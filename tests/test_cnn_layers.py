@@ -118,7 +118,7 @@ def test_config_round_trip_rebuilds_the_layers():
     (lambda: L.Conv2D(4, 3, padding="full"), "padding must be 'valid' or 'same'"),
     (lambda: L.MaxPooling2D(2, data_format="NHCW"), "data_format must be"),
     (lambda: L.BatchNormalization(momentum=1.5), "momentum must be in"),
-    (lambda: L.UpSampling2D(2, interpolation="bilinear"), "interpolation must be 'nearest'"),
+    (lambda: L.UpSampling2D(2, interpolation="bicubic"), "interpolation must be 'nearest' or 'bilinear'"),
     (lambda: L.UpSampling2D(0), "size must be a positive integer"),
 ])
 def test_bad_arguments_are_value_errors(make, message):

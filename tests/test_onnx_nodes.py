@@ -170,8 +170,24 @@ MUST_TRANSLATE_BY_OP = """
     Reshape: reshape_allowzero_reordered reshape_extended_dims reshape_negative_dim
         reshape_negative_extended_dims reshape_one_dim reshape_reduced_dims reshape_reordered_all_dims
         reshape_reordered_last_dims reshape_zero_and_negative_dim reshape_zero_dim
-    Resize: resize_upsample_scales_nearest resize_upsample_scales_nearest_axes_2_3
-        resize_upsample_scales_nearest_axes_3_2
+    Resize: resize_downsample_scales_cubic resize_downsample_scales_cubic_A_n0p5_exclude_outside
+        resize_downsample_scales_cubic_align_corners resize_downsample_scales_cubic_antialias
+        resize_downsample_scales_linear resize_downsample_scales_linear_align_corners
+        resize_downsample_scales_linear_antialias resize_downsample_scales_linear_half_pixel_symmetric
+        resize_downsample_scales_nearest resize_downsample_sizes_cubic resize_downsample_sizes_cubic_antialias
+        resize_downsample_sizes_linear_antialias resize_downsample_sizes_linear_pytorch_half_pixel
+        resize_downsample_sizes_nearest resize_downsample_sizes_nearest_not_larger
+        resize_downsample_sizes_nearest_not_smaller resize_tf_crop_and_resize resize_tf_crop_and_resize_axes_2_3
+        resize_tf_crop_and_resize_axes_3_2 resize_tf_crop_and_resize_extrapolation_value
+        resize_upsample_scales_cubic resize_upsample_scales_cubic_A_n0p5_exclude_outside
+        resize_upsample_scales_cubic_align_corners resize_upsample_scales_cubic_asymmetric
+        resize_upsample_scales_linear resize_upsample_scales_linear_align_corners
+        resize_upsample_scales_linear_half_pixel_symmetric resize_upsample_scales_nearest
+        resize_upsample_scales_nearest_axes_2_3 resize_upsample_scales_nearest_axes_3_2 resize_upsample_sizes_cubic
+        resize_upsample_sizes_nearest resize_upsample_sizes_nearest_axes_2_3 resize_upsample_sizes_nearest_axes_3_2
+        resize_upsample_sizes_nearest_ceil_half_pixel resize_upsample_sizes_nearest_floor_align_corners
+        resize_upsample_sizes_nearest_not_larger resize_upsample_sizes_nearest_not_smaller
+        resize_upsample_sizes_nearest_round_prefer_ceil_asymmetric
     Round: round
     Selu: SELU operator_selu selu selu_default selu_example
     Sigmoid: Sigmoid sigmoid sigmoid_example
@@ -248,6 +264,7 @@ OPENCL_CASES = ["test_Conv2d_groups", "test_Conv2d_depthwise_strided", "test_con
                 "test_conv_with_strides_and_asymmetric_padding", "test_maxpool_2d_same_lower", "test_maxpool_2d_ceil",
                 "test_MaxPool2d_stride_padding_dilation", "test_averagepool_2d_pads_count_include_pad",
                 "test_averagepool_2d_precomputed_same_upper",
+                "test_resize_downsample_scales_cubic_antialias", "test_resize_tf_crop_and_resize_extrapolation_value",
                 "test_globalmaxpool", "test_concat_3d_axis_negative_2"]
 
 
@@ -327,7 +344,7 @@ def test_unsupported_names_its_reason():
     """What graphnet lacks is refused with the reason, never approximated."""
     reasons = {}
     for name in ("test_maxpool_2d_uint8", "test_maxpool_with_argmax_2d_precomputed_pads", "test_Conv3d",
-                 "test_max_float16", "test_resize_upsample_scales_linear"):
+                 "test_max_float16"):
         case = CASES[name]
         with pytest.raises(on.Unsupported) as info:
             on.translate(case.model, case.data_sets[0][0])
@@ -336,4 +353,3 @@ def test_unsupported_names_its_reason():
     assert "Indices" in reasons["test_maxpool_with_argmax_2d_precomputed_pads"]
     assert "3-D" in reasons["test_Conv3d"]
     assert "float16" in reasons["test_max_float16"]
-    assert "linear" in reasons["test_resize_upsample_scales_linear"]

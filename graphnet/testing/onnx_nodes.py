@@ -23,6 +23,7 @@ import numpy as np
 import graphnet as gn
 from graphnet.graph import Node
 from graphnet.ops.elementwise import SELU_ALPHA, SELU_SCALE
+from graphnet.ops.resize import COORDINATE_MODES, axis_taps, resample
 
 # dtypes graphnet computes in (float16 and the narrow ONNX types it does not)
 DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
@@ -843,55 +844,81 @@ def _cast(n: OnnxNode, ins: list) -> Node:
 
 
 # ---- resizing ----------------------------------------------------------------------------------
-# (coordinate_transformation_mode, nearest_mode) pairs that, at an integer scale s, read input
-# element floor(x / s) for output x: a repeat, graphnet's upsample2d.
-REPEATING = {("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
-             ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil"),
-             ("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor")}
-
-
-def _upsample(n: OnnxNode, x: Node, scales: Sequence[float]) -> Node:
-    if x.ndim != 4 or any(s != 1 for s in scales[:2]):
-        raise Unsupported(f"{n.op_type}: scales {list(scales)} of a {x.ndim}-D tensor (graphnet upsamples the "
-                          f"height and width of NCHW images)")
-    if any(s < 1 or s != int(s) for s in scales[2:]):
-        raise Unsupported(f"{n.op_type}: scales {list(scales)} (graphnet repeats pixels an integer number of times)")
-    return gn.upsample2d(x, (int(scales[2]), int(scales[3])), data_format="NCHW")
+def _resized(n: OnnxNode, x: Node, scales: Sequence[float], sizes: Sequence[int], *, method: str,
+             coordinate_mode: str, roi: Sequence[float] | None = None, **options: Any) -> Node:
+    """x resized along each axis whose size, scale or crop is not the identity, in axis order as in
+    ONNX's reference (graphnet.ops.resize: ONNX's rule along one axis)."""
+    if method not in ("nearest", "linear", "cubic"):
+        raise Unsupported(f"{n.op_type}: mode {method!r}")
+    if coordinate_mode not in COORDINATE_MODES:
+        raise Unsupported(f"{n.op_type}: coordinate_transformation_mode {coordinate_mode!r}")
+    if x.dtype not in (np.float32, np.float64):
+        raise Unsupported(f"{n.op_type} of {x.dtype} (graphnet interpolates float32 and float64)")
+    if None in x.shape:
+        raise Unsupported(f"{n.op_type} of a tensor of unknown size")
+    for axis, (scale, size) in enumerate(zip(scales, sizes)):
+        crop = (float(roi[axis]), float(roi[axis + x.ndim])) if roi is not None else (0.0, 1.0)
+        if size == x.shape[axis] and math.isclose(scale, 1.0) and crop == (0.0, 1.0):
+            continue
+        if size < 1:
+            raise Unsupported(f"{n.op_type}: an output axis of {size} elements")
+        taps = axis_taps(x.shape[axis], size, method, scale=scale, coordinate_transformation_mode=coordinate_mode,
+                         roi=crop, **options)
+        x = resample(x, axis, *taps)
+    return x
 
 
 @rule("Resize", static=(1, 2, 3))
 def _resize(n: OnnxNode, ins: list) -> Node:
+    """Every mode and coordinate transformation, scales or sizes (with keep_aspect_ratio_policy),
+    axes, antialias, exclude_outside, cubic_coeff_a, and tf_crop_and_resize's roi."""
     x = _node(ins[0])
     mode = n.get("mode", "nearest")
     ctm = n.get("coordinate_transformation_mode", "half_pixel" if n.opset >= 11 else "asymmetric")
-    nearest = n.get("nearest_mode", "round_prefer_floor")
-    if mode != "nearest":
-        raise Unsupported(f"Resize: mode {mode!r} (graphnet's upsample2d is nearest-neighbour)")
-    if (ctm, nearest) not in REPEATING:
-        raise Unsupported(f"Resize: coordinate_transformation_mode {ctm!r} with nearest_mode {nearest!r} "
-                          f"does not repeat pixels")
-    axes = list(n.get("axes", range(x.ndim)))
-    axes = [a % x.ndim for a in axes]
+    axes = [a % x.ndim for a in n.get("axes", range(x.ndim))]
+    roi = ins[1] if n.opset >= 11 and len(ins) > 1 and ins[1] is not None and np.asarray(ins[1]).size else None
     scales_in = ins[2] if n.opset >= 11 and len(ins) > 2 else (ins[1] if n.opset < 11 else None)
-    sizes = ins[3] if len(ins) > 3 and ins[3] is not None else None
-    scales = [1.0] * x.ndim
-    if sizes is not None:
-        ratios = [s / x.shape[a] for s, a in zip(_ints(sizes), axes)]
-        if n.get("keep_aspect_ratio_policy", "stretch") != "stretch" and len(set(ratios)) > 1:
-            raise Unsupported(f"Resize: keep_aspect_ratio_policy {n.get('keep_aspect_ratio_policy')!r}")
+    sizes_in = ins[3] if len(ins) > 3 and ins[3] is not None and np.asarray(ins[3]).size else None
+    scales, sizes = [1.0] * x.ndim, list(x.shape)
+    if sizes_in is not None:  # the scale the coordinates use: size over input size, or one per policy
+        wanted = dict(zip(axes, _ints(sizes_in)))
+        ratios = {a: wanted[a] / x.shape[a] for a in axes}
+        policy = n.get("keep_aspect_ratio_policy", "stretch")
+        if policy in ("not_larger", "not_smaller"):
+            common = (min if policy == "not_larger" else max)(ratios.values())
+            ratios = {a: common for a in axes}
+            wanted = {a: int(common * x.shape[a] + 0.5) for a in axes}  # rounded half up
+        elif policy != "stretch":
+            raise Unsupported(f"Resize: keep_aspect_ratio_policy {policy!r}")
+        for a in axes:
+            scales[a], sizes[a] = ratios[a], wanted[a]
     elif scales_in is not None and np.asarray(scales_in).size:
-        ratios = [float(s) for s in np.asarray(scales_in).reshape(-1)]
+        for a, scale in zip(axes, np.asarray(scales_in, dtype=np.float64).reshape(-1)):
+            scales[a], sizes[a] = float(scale), int(scale * x.shape[a])
     else:
         raise Unsupported("Resize without scales or sizes")
-    for a, r in zip(axes, ratios):
-        scales[a] = r
-    return _upsample(n, x, scales)
+    if roi is not None and ctm == "tf_crop_and_resize":  # starts, then ends, of the given axes
+        full = [0.0] * x.ndim + [1.0] * x.ndim
+        flat = np.asarray(roi, dtype=np.float64).reshape(-1)
+        for i, a in enumerate(axes):
+            full[a], full[a + x.ndim] = float(flat[i]), float(flat[i + len(axes)])
+        roi = full
+    else:
+        roi = None
+    antialias = bool(n.get("antialias", 0))
+    if antialias and mode == "nearest":
+        raise Unsupported("Resize: antialias with mode 'nearest'")
+    return _resized(n, x, scales, sizes, method=mode, coordinate_mode=ctm, roi=roi,
+                    nearest_mode=n.get("nearest_mode", "round_prefer_floor"),
+                    cubic_coeff_a=float(n.get("cubic_coeff_a", -0.75)),
+                    exclude_outside=bool(n.get("exclude_outside", 0)), antialias=antialias,
+                    extrapolation_value=float(n.get("extrapolation_value", 0.0)))
 
 
 @rule("Upsample", static=(1,))
 def _upsample_op(n: OnnxNode, ins: list) -> Node:
-    """Upsample's nearest mode reads floor(x / scale): a repeat at integer scales."""
-    if n.get("mode", "nearest") != "nearest":
-        raise Unsupported(f"Upsample: mode {n.get('mode')!r}")
-    scales = ins[1] if len(ins) > 1 else n.get("scales")
-    return _upsample(n, _node(ins[0]), [float(s) for s in np.asarray(scales).reshape(-1)])
+    """Upsample (deprecated): Resize with "asymmetric" coordinates, nearest rounding down."""
+    x = _node(ins[0])
+    scales = [float(s) for s in np.asarray(ins[1] if len(ins) > 1 else n.get("scales")).reshape(-1)]
+    return _resized(n, x, scales, [int(s * d) for s, d in zip(scales, x.shape)], method=n.get("mode", "nearest"),
+                    coordinate_mode="asymmetric", nearest_mode="floor")
