@@ -60,10 +60,14 @@ def recording() -> Iterator[list[int]]:
 
 
 def one_extent(fixed: list[int]) -> int | None:
-    """The batch one shape rule fixed (None: it fixed none); ShapeError if it fixed two."""
+    """The batch one shape rule fixed (None: it fixed none); ShapeError if it fixed two, or 0 (a batch
+    holds at least one sample: the feed checks refuse an empty one, so no call could run)."""
     sizes = sorted(set(fixed))
     if len(sizes) > 1:
         raise ShapeError(f"the batch N would be {' and '.join(map(str, sizes))} at once")
+    if sizes == [0]:
+        raise ShapeError("the batch N would be 0 (it meets an empty static axis), but a batch holds at least one "
+                         "sample")
     return sizes[0] if sizes else None
 
 

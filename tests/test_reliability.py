@@ -100,6 +100,23 @@ def test_softmax_over_an_empty_axis_is_empty(backend):
     assert [o.shape for o in outs] == [(1, 0, 1), (1, 0, 1), (3, 0), (3, 0)]
 
 
+def test_a_batch_fixed_to_zero_is_a_shape_error_at_the_op():
+    """Fuzz finding 0:42313: comparing a (2, 0, 2) tensor with a (None, 2) placeholder fixed the batch
+    N to 0 (TF1's rule: N meeting a static extent takes it), and every call then failed at the feed
+    check, which refuses an empty batch. A batch holds at least one sample: the op that would fix it
+    to 0 is a ShapeError naming it and the user's line; an empty axis beside the batch stays legal."""
+    empty = gn.placeholder("empty", (2, 0, 2))
+    x = gn.placeholder("x", (None, 2))
+    with pytest.raises(gn.ShapeError) as info:
+        gn.not_equal(gn.relu(empty), x)
+    message = str(info.value)
+    assert message.startswith("not_equal: ") and "batch N would be 0" in message and "test_reliability.py" in message
+    with pytest.raises(gn.ShapeError, match="batch N would be 0"):
+        gn.concat([gn.placeholder("rows", (None, 3)), gn.placeholder("none", (0, 3))], axis=1)
+    y = gn.placeholder("y", (None, 1)) + gn.placeholder("e", (1, 0))  # an empty axis beside the batch
+    assert y.shape == (None, 0) and y.fixes_batch is None
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concat_with_a_one_row_tensor_differentiates_on_every_backend(backend):
     """Fuzz finding 0:30089: concatenating batch placeholders with a (1, 1) tensor fixes the batch to 1,
