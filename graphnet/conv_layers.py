@@ -1,4 +1,4 @@
-"""Keras-style layers for images: Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D,
+"""Keras-style layers for images: Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPooling2D, AveragePooling2D,
 GlobalAveragePooling2D, UpSampling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
 
 Shapes, defaults and weight layouts are Keras's: images (batch, height, width, channels) unless
@@ -128,6 +128,50 @@ class Conv2D(Layer):
                 "dilation_rate": list(self.dilation_rate), "groups": self.groups,
                 "activation": activation_name(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
+
+
+class Conv2DTranspose(Conv2D):
+    """activation(conv2d_transpose(x, kernel) + bias), a (KH, KW, filters, Cin) kernel (Keras's
+    layout); output sizes as Keras's (gn.conv2d_transpose), `output_padding` None or per axis."""
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = (1, 1), padding: str = "valid",
+                 output_padding: Any = None, data_format: str | None = None, dilation_rate: Any = (1, 1),
+                 activation: str | Callable | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 name: str | None = None, input_shape: Sequence[int] | None = None, trainable: bool = True):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1, activation, use_bias,
+                         kernel_initializer, bias_initializer, name, input_shape, trainable)
+        self.output_padding = None if output_padding is None else _pair_from_zero(output_padding, "Conv2DTranspose")
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        self.weight_shapes(input_shapes)
+        h, w, _ = _image_input(shape, "Conv2DTranspose", self.fmt)
+        with Graph():  # the op's own size rule, on a placeholder of the input's shape
+            x = ops.placeholder("x", (None, h, w, 1) if self.fmt == "NHWC" else (None, 1, h, w))
+            y = self._convolve(x, ops.constant(np.zeros((*self.kernel_size, self.filters, 1), np.float32)))
+        return (None,) + y.shape[1:]
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        c = _image_input(shape, "Conv2DTranspose", self.fmt)[2]
+        return {"kernel": (*self.kernel_size, self.filters, c), **({"bias": (self.filters,)} if self.use_bias else {})}
+
+    def _convolve(self, x: Node, kernel: Node) -> Node:
+        return ops.conv2d_transpose(x, kernel, self.strides, self.padding, self.output_padding, self.dilation_rate,
+                                    1, self.fmt)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        del config["groups"]
+        return {**config, "output_padding": None if self.output_padding is None else list(self.output_padding)}
+
+
+def _pair_from_zero(value: Any, layer: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in pair):
+        raise ValueError(f"{layer}: output_padding must be a non-negative integer or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
 
 
 class DepthwiseConv2D(Conv2D):
@@ -326,6 +370,6 @@ class BatchNormalization(Layer):
                 "center": self.center, "scale": self.scale}
 
 
-for _layer in (Conv2D, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D,
+for _layer in (Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D,
                ZeroPadding2D, BatchNormalization):
     register(_layer)

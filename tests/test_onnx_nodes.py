@@ -66,6 +66,9 @@ MUST_TRANSLATE_BY_OP = """
         Conv2d_padding Conv2d_strided basic_conv_with_padding basic_conv_without_padding conv_with_autopad_same
         conv_with_strides_and_asymmetric_padding conv_with_strides_no_padding conv_with_strides_padding
         operator_conv
+    ConvTranspose: ConvTranspose2d ConvTranspose2d_no_bias convtranspose convtranspose_1d convtranspose_autopad_same
+        convtranspose_dilations convtranspose_group_2 convtranspose_group_2_image_3 convtranspose_kernel_shape
+        convtranspose_output_shape convtranspose_pad convtranspose_pads operator_convtranspose
     CumSum: cumsum_1d cumsum_1d_exclusive cumsum_1d_int32_exclusive cumsum_1d_reverse
         cumsum_1d_reverse_exclusive cumsum_2d_axis_0 cumsum_2d_axis_1 cumsum_2d_int32 cumsum_2d_negative_axis
     Div: div div_bcast div_example div_int16 div_int32_trunc div_int8 div_uint16 div_uint32 div_uint64 div_uint8
@@ -264,6 +267,7 @@ OPENCL_CASES = ["test_Conv2d_groups", "test_Conv2d_depthwise_strided", "test_con
                 "test_conv_with_strides_and_asymmetric_padding", "test_maxpool_2d_same_lower", "test_maxpool_2d_ceil",
                 "test_MaxPool2d_stride_padding_dilation", "test_averagepool_2d_pads_count_include_pad",
                 "test_averagepool_2d_precomputed_same_upper",
+                "test_convtranspose_group_2", "test_convtranspose_output_shape",
                 "test_resize_downsample_scales_cubic_antialias", "test_resize_tf_crop_and_resize_extrapolation_value",
                 "test_globalmaxpool", "test_concat_3d_axis_negative_2"]
 

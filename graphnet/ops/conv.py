@@ -478,6 +478,59 @@ def conv2d(x: Any, filters: Any, strides: Any = 1, padding: Any = "valid", dilat
     return apply("conv2d", [x, filters], **_geometry(st, pad, dil, int(groups), fmt))
 
 
+def conv2d_transpose(x: Any, filters: Any, strides: Any = 1, padding: Any = "valid", output_padding: Any = None,
+                     dilation_rate: Any = 1, groups: int = 1, data_format: str = "NHWC") -> Node:
+    """The transposed convolution (Keras's Conv2DTranspose, torch's conv_transpose2d, ONNX's
+    ConvTranspose): conv2d's gradient with respect to its input, applied to x. `filters` is Keras's
+    (KH, KW, Cout / groups, Cin). Output size per axis, with the dilated window span k', as Keras:
+    "valid" (H - 1) * s + max(k', s), "same" H * s, and with output_padding (H - 1) * s + k' + output_padding,
+    less 2 * (k' // 2) for "same" ("same" places the output as the conv's "same" padding of that size
+    does, as TensorFlow). Explicit padding is the conv's ((top, bottom), (left, right)), torch's
+    `padding` and ONNX's `pads`, taken off the full output: (H - 1) * s + k' - top - bottom +
+    output_padding. output_padding (an int or a pair) is less than the stride or the dilation."""
+    x, filters = promote([x, filters])
+    fmt = _format(data_format, "conv2d_transpose")
+    where = f"(at {user_location()})"
+    st = _pair(strides, "strides", "conv2d_transpose")
+    dil = _pair(dilation_rate, "dilation_rate", "conv2d_transpose")
+    if x.ndim != 4 or filters.ndim != 4 or None in filters.shape:
+        raise ShapeError(f"conv2d_transpose: expects a 4-D {fmt} image batch and a static (KH, KW, Cout/groups, Cin) "
+                         f"filter, got {shape_str(x.shape)} and {shape_str(filters.shape)} {where}")
+    h, w, c = image_dims(x.shape, fmt)
+    if None in (h, w):
+        raise ShapeError(f"conv2d_transpose: the spatial size must be static, got {shape_str(x.shape)} {where}")
+    if filters.shape[3] != c:
+        raise ShapeError(f"conv2d_transpose: the filter {shape_str(filters.shape)} (KH, KW, Cout/groups, Cin) must "
+                         f"end in the input's {c} channels {where}")
+    spans = [_span(k, d) for k, d in zip(filters.shape[:2], dil)]
+    extra = (0, 0) if output_padding is None else tuple(
+        int(v) for v in (output_padding if isinstance(output_padding, (list, tuple)) else (output_padding,) * 2))
+    if len(extra) != 2 or any(v < 0 or v >= max(s, d) for v, s, d in zip(extra, st, dil)):
+        raise ShapeError(f"conv2d_transpose: output_padding must be non-negative and less than the stride or the "
+                         f"dilation, got {output_padding!r} with strides {st} {where}")
+    name = padding.lower() if isinstance(padding, str) else None
+    if name in ("valid", "same"):  # Keras's output sizes; "same" places them as the conv's "same" padding would
+        if output_padding is None:
+            sizes = [n * s + max(k - s, 0) if name == "valid" else n * s for n, k, s in zip((h, w), spans, st)]
+        else:
+            sizes = [(n - 1) * s + k - (2 * (k // 2) if name == "same" else 0) + e
+                     for n, k, s, e in zip((h, w), spans, st, extra)]
+        pads = tuple((0, 0) if name == "valid" else same_padding(size, k, s, d)
+                     for size, k, s, d in zip(sizes, filters.shape[:2], st, dil))
+    else:
+        pads = _padding(padding, x, filters.shape[:2], st, dil, fmt, "conv2d_transpose")
+        sizes = [(n - 1) * s + k - p[0] - p[1] + e for n, k, s, p, e in zip((h, w), spans, st, pads, extra)]
+    if min(sizes) < 1:
+        raise ShapeError(f"conv2d_transpose: padding {padding!r} leaves an output of {sizes[0]}x{sizes[1]} from "
+                         f"{shape_str(x.shape)} {where}")
+    back = [out_size(size, k, s, d, p) for size, k, s, d, p in zip(sizes, filters.shape[:2], st, dil, pads)]
+    if back != [h, w]:  # (Keras's "same" with an output_padding, a kernel narrower than the stride)
+        raise ShapeError(f"conv2d_transpose: padding {padding!r} and output_padding {output_padding!r} give an output "
+                         f"of {sizes[0]}x{sizes[1]}, which the strided conv maps to {back[0]}x{back[1]}, not the "
+                         f"input's {h}x{w} {where}")
+    return apply("conv2d_input_grad", [x, filters], input_size=tuple(sizes), **_geometry(st, pads, dil, int(groups), fmt))
+
+
 def depthwise_conv2d(x: Any, filters: Any, strides: Any = 1, padding: Any = "valid", dilation_rate: Any = 1,
                      data_format: str = "NHWC") -> Node:
     """Each input channel convolved with its own (KH, KW) filters: `filters` is (KH, KW, C, multiplier)
@@ -597,5 +650,5 @@ def batch_norm(x: Any, scale: Any, offset: Any, moving_mean: Node, moving_varian
     return y, updates
 
 
-PUBLIC = ["conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "upsample2d", "moments",
+PUBLIC = ["conv2d", "conv2d_transpose", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "upsample2d", "moments",
           "batch_norm"]

@@ -358,6 +358,52 @@ def _conv(n: OnnxNode, ins: list) -> Node:
     return _from_2d(y, lifted)
 
 
+@rule("ConvTranspose")
+def _conv_transpose(n: OnnxNode, ins: list) -> Node:
+    """gn.conv2d_transpose: the output size from output_shape (pads then derived as ONNX's reference:
+    SAME_UPPER puts the odd one at the end, else at the start) or from pads / auto_pad and
+    output_padding; the end padding graphnet is given makes that size (rows past it: output_padding)."""
+    x, w = _float(n, _node(ins[0])), _node(ins[1])
+    b = ins[2] if len(ins) > 2 else None
+    nd = x.ndim - 2
+    strides, dil = list(n.get("strides", [1] * nd)), list(n.get("dilations", [1] * nd))
+    extra = list(n.get("output_padding", [0] * nd))
+    spans = [(k - 1) * d + 1 for k, d in zip(w.shape[2:], dil)]
+    auto, shape = n.get("auto_pad", "NOTSET"), n.get("output_shape")
+    if shape is not None:
+        shape = list(shape)[-nd:]
+    if n.get("pads") is None and auto in ("SAME_UPPER", "SAME_LOWER"):
+        shape = shape or [size * s for size, s in zip(x.shape[2:], strides)]
+        totals = [s * (size - 1) + e + span - out for size, s, e, span, out in zip(x.shape[2:], strides, extra, spans, shape)]
+        pads = [(t // 2, t - t // 2) if auto == "SAME_UPPER" else (t - t // 2, t // 2) for t in totals]
+    else:
+        flat = [0] * 2 * nd if auto == "VALID" else list(n.get("pads", [0] * 2 * nd))
+        pads = [(flat[i], flat[i + nd]) for i in range(nd)]
+        shape = shape or [s * (size - 1) + e + span - p0 - p1
+                          for size, s, e, span, (p0, p1) in zip(x.shape[2:], strides, extra, spans, pads)]
+    padding, output_padding = [], []
+    for size, s, span, (begin, _), out in zip(x.shape[2:], strides, spans, pads, shape):
+        end = s * (size - 1) + span - begin - out  # the end padding that gives `out` rows
+        padding.append((begin, max(end, 0)))
+        output_padding.append(max(-end, 0))
+    if any(p < 0 for pair in padding for p in pair):
+        raise Unsupported("ConvTranspose: negative pads")
+    x, lifted = _as_2d(n, x)
+    if lifted:
+        w = gn.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
+    try:
+        y = gn.conv2d_transpose(x, gn.transpose(w, (2, 3, 1, 0)), strides=tuple(_hw(strides, lifted, 1)),
+                                padding=tuple(_hw(padding, lifted, (0, 0))),
+                                output_padding=tuple(_hw(output_padding, lifted, 0)),
+                                dilation_rate=tuple(_hw(dil, lifted, 1)), groups=int(n.get("group", 1)),
+                                data_format="NCHW")
+    except gn.ShapeError as e:
+        raise Unsupported(f"ConvTranspose: {e}") from None
+    if b is not None:
+        y = y + gn.reshape(_node(b), (1, -1, 1, 1))
+    return _from_2d(y, lifted)
+
+
 def _pool_geometry(n: OnnxNode, x: Node) -> tuple[list, list, list, list]:
     """kernel, strides, (begin, end) pads and dilations per spatial axis."""
     kernel = list(n.get("kernel_shape"))
