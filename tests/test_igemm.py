@@ -9,6 +9,7 @@ import pytest
 import graphnet as gn
 from codegen.llvm import colconv, igemm, rowconv, tapconv
 from codegen.llvm.target import AVX2
+from graphnet.passes import pipeline
 from codegen.llvm.gemm_schedule import border_conv_images, loop_passes
 from test_schedules import _prepared, _scheduled_llvm
 
@@ -74,7 +75,11 @@ def test_the_descriptor_folds_unguarded_axes_into_the_linear_offset():
 
 
 def test_padded_windows_read_a_bordered_copy_and_strided_gradients_keep_their_guards(monkeypatch):
+    """(The strided input gradient is split into stride-1 phases by the graph pass
+    split_strided_input_grads unless dilated; without that pass, as a dilated one, it keeps its guards.)"""
     monkeypatch.setattr(colconv, "VECTORS", 0)  # the forward's 8 columns: an implicit GEMM's here, not colconv's
+    monkeypatch.setattr(pipeline, "DEFAULT_PASSES",
+                        [p for p in pipeline.DEFAULT_PASSES if p is not pipeline.split_strided_input_grads])
     fetches = _conv_step((2, 10, 10, 3), (3, 3, 3, 8), dict(strides=2, padding="same"), np.float32)
     lp = _prepared(fetches, loop_passes(lambda *a, **k: 64, 1, AVX2))
     names = [k.name for k in lp.kernels]

@@ -283,13 +283,14 @@ FLAT = "opencl flat: a work-item per kept element, work-groups of 256"
     (70, ("64x64", "8x8"), ("64x64", "8x8")),  # at most the square matmul tile
 ])
 def test_opencl_convs_are_tiled_implicit_gemms_as_wide_as_their_columns(cout, forward, filter_grad):
-    """Forward conv (columns: Cout), input gradient (columns: Cin = 16) and filter gradient (columns:
-    Cout, rows: 3 x 3 x 16), each kernel's schedule in that order."""
+    """Forward conv (columns: Cout), input gradient (columns: Cin = 16; strided: four stride-1
+    phases, split_strided_input_grads) and filter gradient (columns: Cout, rows: 3 x 3 x 16), each
+    kernel's schedule in that order."""
     lp = schedule_opencl(DEVICE)(_prepared(_conv_training(16, cout, padding="same", strides=2),
                                            opencl_loop_passes(DEVICE)))
     convs = [str(k.schedule) for k in lp.kernels if "conv2d" in k.name]
-    assert convs == [_conv_tiled(*forward), _conv_tiled("256x16", "32x2"),
-                     filter_grad if filter_grad == FLAT else _conv_tiled(*filter_grad)]
+    assert convs == [_conv_tiled(*forward)] + [_conv_tiled("256x16", "32x2")] * 4 + [
+        filter_grad if filter_grad == FLAT else _conv_tiled(*filter_grad)]
 
 
 def test_opencl_conv_tile_fits_the_device():

@@ -13,12 +13,13 @@ from .fold import fold_constants
 from .fuse_optimizer import fuse_optimizer
 from .simplify import simplify
 from .stabilize import stabilize
+from .strided_grads import split_strided_input_grads
 from .training import strip_dropout
 
 Pass = Callable[[Program], Program]
 
-DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, expand_composites, cse, dce,
-                              fuse_optimizer]
+DEFAULT_PASSES: list[Pass] = [stabilize, simplify, fold_constants, simplify, split_strided_input_grads,
+                              expand_composites, cse, dce, fuse_optimizer]
 
 
 @dataclass
