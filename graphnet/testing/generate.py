@@ -65,6 +65,14 @@ API_EXAMPLES: dict[str, Sequence[Example]] = {
     "api:bce": (Example([(None, 3), (None, 3)], low=0.05, high=0.95),),
     "api:softmax_ce": (Example([(None, 4), (None,)], int_inputs={1: (np.int64, 4)}),),
     "api:matmul_t": (Example([(None, 3), (4, 3)]), Example([(2, 5), (1, 5)])),
+    "api:resize": (Example([(None, 4, 5, 2)], dict(size=(7, 3), method="bilinear")),
+                   Example([(None, 2, 3, 4)], dict(size=(5, 2), method="bicubic", data_format="NCHW", antialias=True)),
+                   Example([(None, 5, 4, 1)], dict(size=(2, 9), method="nearest",
+                                                   coordinate_transformation_mode="asymmetric"))),
+    "api:conv2d_transpose": (Example([(None, 3, 4, 2), (3, 3, 5, 2)], dict(strides=2, padding="same")),
+                             Example([(None, 2, 3, 4), (2, 3, 3, 4)], dict(strides=(3, 2), padding=((1, 0), (0, 1)),
+                                                                          output_padding=1)),
+                             Example([(None, 4, 2, 3), (3, 2, 2, 4)], dict(strides=2, groups=2, data_format="NCHW"))),
 }
 
 

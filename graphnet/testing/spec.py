@@ -168,6 +168,8 @@ API_OPS: dict[str, Callable[..., gn.Node]] = {
     "api:bce": lambda p, y: gn.losses.binary_cross_entropy(p, y),
     "api:softmax_ce": _softmax_ce_ids,
     "api:matmul_t": lambda a, b: a @ b.T,
+    "api:resize": lambda x, **options: gn.resize(x, **options),
+    "api:conv2d_transpose": lambda x, w, **options: gn.conv2d_transpose(x, w, **options),
 }
 
 
