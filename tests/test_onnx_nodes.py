@@ -52,6 +52,25 @@ MUST_TRANSLATE_BY_OP = """
         BatchNorm3d_momentum_eval batchnorm_epsilon batchnorm_epsilon_training_mode batchnorm_example
         batchnorm_example_training_mode
     Cast: cast_DOUBLE_to_FLOAT cast_FLOAT_to_DOUBLE
+    CastLike: castlike_DOUBLE_to_FLOAT castlike_FLOAT_to_DOUBLE celu_expanded elu_default_expanded_ver18
+        elu_example_expanded_ver18 elu_expanded_ver18 gelu_default_1_expanded gelu_default_2_expanded
+        gelu_tanh_1_expanded gelu_tanh_2_expanded hardsigmoid_default_expanded_ver18
+        hardsigmoid_example_expanded_ver18 hardsigmoid_expanded_ver18 leakyrelu_default_expanded
+        leakyrelu_example_expanded leakyrelu_expanded prelu_broadcast_expanded prelu_example_expanded
+        reduce_l2_default_axes_keepdims_example_expanded reduce_l2_default_axes_keepdims_random_expanded
+        reduce_l2_do_not_keepdims_example_expanded reduce_l2_do_not_keepdims_random_expanded
+        reduce_l2_empty_set_expanded reduce_l2_keep_dims_example_expanded reduce_l2_keep_dims_random_expanded
+        reduce_l2_negative_axes_keep_dims_example_expanded reduce_l2_negative_axes_keep_dims_random_expanded
+        reduce_log_sum_exp_default_axes_keepdims_example_expanded
+        reduce_log_sum_exp_default_axes_keepdims_random_expanded reduce_log_sum_exp_do_not_keepdims_example_expanded
+        reduce_log_sum_exp_do_not_keepdims_random_expanded reduce_log_sum_exp_empty_set_expanded
+        reduce_log_sum_exp_keepdims_example_expanded reduce_log_sum_exp_keepdims_random_expanded
+        reduce_log_sum_exp_negative_axes_keepdims_example_expanded
+        reduce_log_sum_exp_negative_axes_keepdims_random_expanded relu_expanded_ver18 selu_default_expanded_ver18
+        selu_example_expanded_ver18 selu_expanded_ver18 shrink_hard_expanded_ver18 shrink_soft_expanded_ver18
+        softplus_example_expanded_ver18 softplus_expanded_ver18 softsign_example_expanded_ver18
+        softsign_expanded_ver18 swish_expanded thresholdedrelu_default_expanded_ver18
+        thresholdedrelu_example_expanded_ver18 thresholdedrelu_expanded_ver18
     Ceil: ceil ceil_example
     Clip: clip clip_default_inbounds clip_default_int8_inbounds clip_default_int8_max clip_default_int8_min
         clip_default_max clip_default_min clip_example clip_inbounds clip_min_greater_than_max clip_outbounds
@@ -193,6 +212,8 @@ MUST_TRANSLATE_BY_OP = """
         resize_upsample_sizes_nearest_round_prefer_ceil_asymmetric
     Round: round
     Selu: SELU operator_selu selu selu_default selu_example
+    Shape: shape shape_clip_end shape_clip_start shape_end_1 shape_end_negative_1 shape_example shape_start_1
+        shape_start_1_end_2 shape_start_1_end_negative_1 shape_start_greater_than_end shape_start_negative_1
     Sigmoid: Sigmoid sigmoid sigmoid_example
     Sign: sign sign_model
     Slice: slice slice_default_axes slice_default_steps slice_end_out_of_bounds slice_neg slice_neg_steps

@@ -164,10 +164,19 @@ def translate(model: Any, inputs: Sequence[np.ndarray], graph: gn.Graph | None =
             outputs = list(node.output)
             result = r.build(_onnx_node(node, opset), ins)
             result = list(result) if isinstance(result, (list, tuple)) else [result]
+            if static.intersection(outputs) and not any(isinstance(v, Node) for v in ins):
+                result = [_folded(v) for v in result]  # a shape computed from constants, where one is needed
             if len(result) < len(outputs):
                 raise Unsupported(f"{node.op_type}: output {len(result)} ({outputs[len(result)]!r})")
             env.update((name, value) for name, value in zip(outputs, result) if name)
     return Translation(graph, feeds, [env[o.name] for o in graph_proto.output], modes == {True})
+
+
+def _folded(value: Any) -> Any:
+    """A node of constants as its value (the numpy backend evaluates it): a later node needs it static."""
+    if not isinstance(value, Node):
+        return value
+    return _array(np.asarray(gn.compile(value, backend="numpy")()))
 
 
 def _onnx_node(node: Any, opset: int) -> OnnxNode:
@@ -887,6 +896,24 @@ def _cast(n: OnnxNode, ins: list) -> Node:
     if to not in DTYPES:
         raise Unsupported(f"Cast to {to}")
     return gn.cast(_node(ins[0]), to)
+
+
+@rule("CastLike")
+def _cast_like(n: OnnxNode, ins: list) -> Node:
+    """Cast to the dtype of the second input."""
+    to = ins[1].dtype if isinstance(ins[1], Node) else np.asarray(ins[1]).dtype
+    if to not in DTYPES:
+        raise Unsupported(f"CastLike to {to}")
+    return gn.cast(_node(ins[0]), to)
+
+
+@rule("Shape")
+def _shape(n: OnnxNode, ins: list) -> np.ndarray:
+    """The static shape, [start:end] (a constant: the graph's shapes are known when it is built)."""
+    shape = ins[0].shape if isinstance(ins[0], Node) else np.shape(ins[0])
+    if None in shape:
+        raise Unsupported("Shape of a tensor with a batch dimension")
+    return np.asarray(shape, np.int64)[n.get("start", 0):n.get("end", len(shape))]
 
 
 # ---- resizing ----------------------------------------------------------------------------------
