@@ -181,7 +181,8 @@ def test_bench_end_to_end_tiny(tmp_path):
 @pytest.mark.parametrize("module", ["graphnet.bench", "graphnet.bench.micro.gemm", "graphnet.bench.micro.parallel",
                                     "graphnet.bench.micro.step", "graphnet.bench.micro.fit", "graphnet.bench.micro.ab",
                                     "graphnet.bench.micro.cnn", "graphnet.bench.micro.chain",
-                                    "graphnet.bench.micro.oclconv", "graphnet.bench.micro.abprofile"])
+                                    "graphnet.bench.micro.oclconv", "graphnet.bench.micro.abprofile",
+                                    "graphnet.bench.micro.convops"])
 def test_bench_modules_run_with_python_m(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
