@@ -10,7 +10,7 @@ from .function import Function, compile
 from .graph import Graph, Node, get_default_graph, reset_default_graph
 from .ops import *  # noqa: F401,F403  (the public op functions: graphnet.ops.__all__, from the registry)
 from .random import set_seed
-from . import callbacks, layers, conv_layers, conv1d_layers  # noqa: E402  (they register their layers in layers)
+from . import callbacks, layers, conv_layers, conv1d_layers, normalization_layers  # noqa: E402  (they register their layers in layers)
 from .model import Model, Sequential, load_model  # noqa: E402
 from . import losses, optim  # noqa: E402  (after the ops they build on)
 from .init import random_normal, random_uniform, truncated_normal  # noqa: E402  (TF1's initial values)

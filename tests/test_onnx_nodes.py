@@ -115,6 +115,15 @@ MUST_TRANSLATE_BY_OP = """
     HardSigmoid: hardsigmoid hardsigmoid_default hardsigmoid_example
     HardSwish: hardswish
     Identity: identity
+    LayerNormalization: layer_normalization_2d_axis0 layer_normalization_2d_axis1
+        layer_normalization_2d_axis_negative_1 layer_normalization_2d_axis_negative_2
+        layer_normalization_3d_axis0_epsilon layer_normalization_3d_axis1_epsilon
+        layer_normalization_3d_axis2_epsilon layer_normalization_3d_axis_negative_1_epsilon
+        layer_normalization_3d_axis_negative_2_epsilon layer_normalization_3d_axis_negative_3_epsilon
+        layer_normalization_4d_axis0 layer_normalization_4d_axis1 layer_normalization_4d_axis2
+        layer_normalization_4d_axis3 layer_normalization_4d_axis_negative_1 layer_normalization_4d_axis_negative_2
+        layer_normalization_4d_axis_negative_3 layer_normalization_4d_axis_negative_4
+        layer_normalization_default_axis
     LeakyRelu: LeakyReLU LeakyReLU_with_negval leakyrelu leakyrelu_default leakyrelu_example
     Less: less less_bcast less_int16 less_int8 less_uint16 less_uint32 less_uint64 less_uint8
     LessOrEqual: less_equal less_equal_bcast less_equal_int16 less_equal_int8 less_equal_uint16

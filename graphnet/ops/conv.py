@@ -1,4 +1,4 @@
-"""Convolution and pooling over 2-D images, and batch normalization.
+"""Convolution and pooling over 2-D images, and batch and layer normalization.
 
 Images are NHWC (Keras's layout) or NCHW (`data_format`); a filter is (KH, KW, Cin / groups, Cout),
 Keras's HWIO. Every window op keeps its geometry in normalized attrs: `strides` (sh, sw), `padding`
@@ -624,6 +624,26 @@ def moments(x: Any, axes: Sequence[int], keepdims: bool = False) -> tuple[Node, 
     return (mean if keepdims else ops.mean(x, axes)), variance
 
 
+def layer_norm(x: Any, scale: Any = None, offset: Any = None, axis: Any = -1, epsilon: float = 1e-3) -> Node:
+    """Layer normalization, as Keras's LayerNormalization and torch's F.layer_norm: each sample
+    normalized over `axis` (an int or a sequence of them; not the batch), (x - mean) / sqrt(variance +
+    epsilon) with the biased variance, then times `scale` and plus `offset` (shaped as those axes;
+    None: 1 and 0). Composed of reductions and elementwise ops: differentiable to any order."""
+    (x,) = promote([x])
+    axes = sorted({a % x.ndim for a in (axis if isinstance(axis, (list, tuple)) else (axis,))}) if x.ndim else []
+    if not axes or 0 in axes and x.shape[0] is None or not epsilon > 0:
+        raise ShapeError(f"layer_norm: axis {axis!r} must name axes of {shape_str(x.shape)} other than the batch, "
+                         f"and epsilon be positive (got {epsilon}) (at {user_location()})")
+    mean, variance = moments(x, axes, keepdims=True)
+    y = (x - mean) / ops.sqrt(variance + epsilon)
+    shape = tuple(d if i in axes else 1 for i, d in enumerate(x.shape))
+    if scale is not None:
+        y = y * ops.reshape(promote([x, scale])[1], shape)
+    if offset is not None:
+        y = y + ops.reshape(promote([x, offset])[1], shape)
+    return y
+
+
 def batch_norm(x: Any, scale: Any, offset: Any, moving_mean: Node, moving_variance: Node, momentum: float = 0.99,
                epsilon: float = 1e-3, axis: int = -1) -> tuple[Node, list]:
     """Batch normalization along `axis` (the channels), as Keras's BatchNormalization: in training,
@@ -651,4 +671,4 @@ def batch_norm(x: Any, scale: Any, offset: Any, moving_mean: Node, moving_varian
 
 
 PUBLIC = ["conv2d", "conv2d_transpose", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "upsample2d", "moments",
-          "batch_norm"]
+          "batch_norm", "layer_norm"]

@@ -506,6 +506,26 @@ def _batch_norm(n: OnnxNode, ins: list) -> Any:
 
 
 # ---- matrix products -------------------------------------------------------------------------
+@rule("LayerNormalization")
+def _layer_norm(n: OnnxNode, ins: list) -> list:
+    """gn.layer_norm over the axes from `axis` on; the optional Mean and InvStdDev outputs keep those
+    axes as ones. stash_type=1 (float32 statistics) is the input's type for float32 inputs; graphnet
+    computes float64 inputs' statistics in float64."""
+    x = _node(ins[0])
+    if x.dtype not in FLOATS:
+        raise Unsupported(f"LayerNormalization on {x.dtype}")
+    if x.dtype == np.float64 and n.get("stash_type", 1) == 1:
+        raise Unsupported("LayerNormalization of float64 with float32 statistics (stash_type 1)")
+    axes = list(range(int(n.get("axis", -1)) % x.ndim, x.ndim))
+    epsilon = float(n.get("epsilon", 1e-5))
+    shape = x.shape[axes[0]:]
+    scale = gn.reshape(_node(ins[1]), shape)
+    offset = gn.reshape(_node(ins[2]), shape) if len(ins) > 2 and ins[2] is not None else None
+    y = gn.layer_norm(x, scale, offset, axes, epsilon)
+    mean, variance = gn.moments(x, axes, keepdims=True)
+    return [y, mean, 1.0 / gn.sqrt(variance + epsilon)]
+
+
 @rule("Gemm")
 def _gemm(n: OnnxNode, ins: list) -> Node:
     a, b = _node(ins[0]), _node(ins[1])
