@@ -1,4 +1,5 @@
-"""Keras-style layers for images: Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPooling2D, AveragePooling2D,
+"""Keras-style layers for images: Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, Cropping2D,
+MaxPooling2D, AveragePooling2D,
 GlobalAveragePooling2D, UpSampling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
 
 Shapes, defaults and weight layouts are Keras's: images (batch, height, width, channels) unless
@@ -290,19 +291,24 @@ class UpSampling2D(Layer):
                 "interpolation": self.interpolation}
 
 
+def _edges(value: Any, what: str, layer: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An int, (rows, cols) or ((top, bottom), (left, right)) of non-negative integers."""
+    pairs = value if isinstance(value, (list, tuple)) else (value, value)
+    pairs = tuple(tuple(p) if isinstance(p, (list, tuple)) else (p, p) for p in pairs)
+    if len(pairs) != 2 or any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                                 or v < 0 for v in p) for p in pairs):
+        raise ValueError(f"{layer}: {what} must be an int, (rows, cols) or ((top, bottom), (left, right)) "
+                         f"of non-negative integers, got {value!r}")
+    return tuple((int(a), int(b)) for a, b in pairs)
+
+
 class ZeroPadding2D(Layer):
     """Zeros around each image: `padding` an int, (rows, cols) or ((top, bottom), (left, right))."""
 
     def __init__(self, padding: Any = (1, 1), data_format: str | None = None, name: str | None = None,
                  input_shape: Sequence[int] | None = None):
         super().__init__(name, input_shape)
-        pairs = padding if isinstance(padding, (list, tuple)) else (padding, padding)
-        pairs = tuple(tuple(p) if isinstance(p, (list, tuple)) else (p, p) for p in pairs)
-        if len(pairs) != 2 or any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                                                     or v < 0 for v in p) for p in pairs):
-            raise ValueError(f"ZeroPadding2D: padding must be an int, (rows, cols) or ((top, bottom), (left, right)) "
-                             f"of non-negative integers, got {padding!r}")
-        self.padding = tuple((int(a), int(b)) for a, b in pairs)
+        self.padding = _edges(padding, "padding", "ZeroPadding2D")
         self.data_format = data_format or "channels_last"
         self.fmt = _format(data_format, "ZeroPadding2D")
 
@@ -320,6 +326,81 @@ class ZeroPadding2D(Layer):
 
     def get_config(self) -> dict:
         return {"name": self.name, "padding": [list(p) for p in self.padding], "data_format": self.data_format}
+
+
+class Cropping2D(Layer):
+    """Each image without `cropping` rows and columns at its edges: an int, (rows, cols) or
+    ((top, bottom), (left, right))."""
+
+    def __init__(self, cropping: Any = ((0, 0), (0, 0)), data_format: str | None = None, name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name, input_shape)
+        self.cropping = _edges(cropping, "cropping", "Cropping2D")
+        self.data_format = data_format or "channels_last"
+        self.fmt = _format(data_format, "Cropping2D")
+
+    def compute_output_shape(self, input_shapes: list[tuple]) -> tuple:
+        (shape,) = self._single(input_shapes)
+        h, w, c = _image_input(shape, "Cropping2D", self.fmt)
+        rows, cols = h - sum(self.cropping[0]), w - sum(self.cropping[1])
+        if rows < 1 or cols < 1:
+            raise ValueError(f"Cropping2D: cropping {self.cropping} leaves nothing of {shape_str(shape)}")
+        return image_shape(None, rows, cols, c, self.fmt)
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        (x,) = inputs
+        h, w, _ = image_dims(x.shape, self.fmt)
+        (top, bottom), (left, right) = self.cropping
+        rows, cols = slice(top, h - bottom), slice(left, w - right)
+        return x[:, rows, cols] if self.fmt == "NHWC" else x[:, :, rows, cols]
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "cropping": [list(p) for p in self.cropping], "data_format": self.data_format}
+
+
+class SeparableConv2D(Conv2D):
+    """A depthwise conv (each channel with `depth_multiplier` (KH, KW) filters, strides, padding and
+    dilation) then a pointwise 1x1 conv into `filters`, plus the bias: weights depthwise_kernel (KH, KW,
+    C, depth_multiplier), pointwise_kernel (1, 1, C * depth_multiplier, filters) and bias, as Keras."""
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = (1, 1), padding: str = "valid",
+                 data_format: str | None = None, dilation_rate: Any = (1, 1), depth_multiplier: int = 1,
+                 activation: str | Callable | None = None, use_bias: bool = True,
+                 depthwise_initializer: str = "glorot_uniform", pointwise_initializer: str = "glorot_uniform",
+                 bias_initializer: str = "zeros", name: str | None = None, input_shape: Sequence[int] | None = None,
+                 trainable: bool = True):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1, activation, use_bias,
+                         depthwise_initializer, bias_initializer, name, input_shape, trainable)
+        _check_initializer("SeparableConv2D", pointwise_initializer=pointwise_initializer)
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, np.integer)) or depth_multiplier < 1:
+            raise ValueError(f"SeparableConv2D: depth_multiplier must be a positive integer, got {depth_multiplier!r}")
+        self.depth_multiplier, self.pointwise_initializer = int(depth_multiplier), pointwise_initializer
+
+    def weight_shapes(self, input_shapes: list[tuple]) -> dict[str, tuple]:
+        (shape,) = self._single(input_shapes)
+        c = _image_input(shape, "SeparableConv2D", self.fmt)[2]
+        return {"depthwise_kernel": (*self.kernel_size, c, self.depth_multiplier),
+                "pointwise_kernel": (1, 1, c * self.depth_multiplier, self.filters),
+                **({"bias": (self.filters,)} if self.use_bias else {})}
+
+    def build(self, graph: Graph, inputs: list[Node]) -> Node:
+        (x,) = inputs
+        shapes = self.weight_shapes([x.shape])
+        depthwise = self._weight(graph, "depthwise_kernel",
+                                 lambda: init.BY_NAME[self.kernel_initializer](shapes["depthwise_kernel"]))
+        pointwise = self._weight(graph, "pointwise_kernel",
+                                 lambda: init.BY_NAME[self.pointwise_initializer](shapes["pointwise_kernel"]))
+        z = ops.depthwise_conv2d(x, depthwise, self.strides, self.padding, self.dilation_rate, self.fmt)
+        z = ops.conv2d(z, pointwise, 1, "valid", 1, 1, self.fmt)
+        if self.use_bias:
+            bias = self._weight(graph, "bias", lambda: init.BY_NAME[self.bias_initializer](shapes["bias"]))
+            z = z + (bias if self.fmt == "NHWC" else ops.reshape(bias, (-1, 1, 1)))
+        return self.act(z)
+
+    def get_config(self) -> dict:
+        config = {k: v for k, v in super().get_config().items() if k not in ("groups", "kernel_initializer")}
+        return {**config, "depth_multiplier": self.depth_multiplier, "depthwise_initializer": self.kernel_initializer,
+                "pointwise_initializer": self.pointwise_initializer}
 
 
 class BatchNormalization(Layer):
@@ -370,6 +451,6 @@ class BatchNormalization(Layer):
                 "center": self.center, "scale": self.scale}
 
 
-for _layer in (Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D,
+for _layer in (Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, Cropping2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D,
                ZeroPadding2D, BatchNormalization):
     register(_layer)

@@ -162,3 +162,31 @@ def test_upsampling2d_shape_and_values_in_a_model():
     before = model.get_weights()[0].copy()
     model.fit(x, np.ones((5, 4, 6, 3), np.float32), epochs=1, verbose=0)
     assert not np.array_equal(model.get_weights()[0], before)
+
+
+def test_separable_conv2d_and_cropping2d():
+    """SeparableConv2D's weights and parameter count as Keras (depthwise (KH, KW, C, m), pointwise (1, 1,
+    C * m, filters), bias) and its values against PyTorch's depthwise then pointwise conv; Cropping2D's
+    shape and values, both layouts."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for fmt in ("channels_last", "channels_first"):
+        first = fmt == "channels_first"
+        shape = (3, 10, 9) if first else (10, 9, 3)
+        sep = L.SeparableConv2D(8, 3, padding="same", depth_multiplier=2, data_format=fmt)
+        crop = L.Cropping2D(((1, 2), (0, 3)), data_format=fmt)
+        model = gn.Sequential([L.Input(shape), sep, crop])
+        assert model.count_params() == 3 * 3 * 3 * 2 + 6 * 8 + 8
+        assert model.output_shape == ((None, 8, 7, 6) if first else (None, 7, 6, 8))
+        assert sep.get_config()["depth_multiplier"] == 2 and "pointwise_initializer" in sep.get_config()
+        depthwise, pointwise, bias = (w.value for w in sep.weights)
+        assert depthwise.shape == (3, 3, 3, 2) and pointwise.shape == (1, 1, 6, 8)
+        a = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
+        t = torch.tensor(a if first else np.transpose(a, (0, 3, 1, 2)))
+        dw = torch.tensor(np.transpose(depthwise, (2, 3, 0, 1)).reshape(6, 1, 3, 3))  # (C * m, 1, KH, KW)
+        pw = torch.tensor(np.transpose(pointwise, (3, 2, 0, 1)))
+        want = F.conv2d(F.conv2d(t, dw, padding=1, groups=3), pw, torch.tensor(bias))[:, :, 1:8, 0:6].numpy()
+        np.testing.assert_allclose(model.predict(a), want if first else np.transpose(want, (0, 2, 3, 1)),
+                                   rtol=1e-4, atol=1e-5, err_msg=fmt)
+    with pytest.raises(ValueError, match="leaves nothing"):
+        gn.Sequential([L.Input((4, 4, 1)), L.Cropping2D(2)])
