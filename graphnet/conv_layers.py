@@ -1,6 +1,6 @@
 """Keras-style layers for images: Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, Cropping2D,
-MaxPooling2D, AveragePooling2D,
-GlobalAveragePooling2D, UpSampling2D, ZeroPadding2D and BatchNormalization, registered in graphnet.layers on import.
+MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, UpSampling2D, ZeroPadding2D and
+BatchNormalization, registered in graphnet.layers on import.
 
 Shapes, defaults and weight layouts are Keras's: images (batch, height, width, channels) unless
 `data_format="channels_first"`, kernels (KH, KW, Cin, Cout), a depthwise kernel (KH, KW, C,

@@ -63,7 +63,8 @@ def test_keras_layer_normalization():
 
 def test_errors():
     x = gn.placeholder("x", (None, 3))
-    with pytest.raises(gn.ShapeError, match="layer_norm: axis 0 must name axes of .* other than the batch"):
-        gn.layer_norm(x, axis=0)
+    for axis in (0, 2, [1, -3]):
+        with pytest.raises(gn.ShapeError, match="layer_norm: axis .* must name axes of .* other than the batch"):
+            gn.layer_norm(x, axis=axis)
     with pytest.raises(ValueError, match="LayerNormalization: axis 0 is not a feature axis"):
         gn.Sequential([gn.layers.Input((3,)), gn.layers.LayerNormalization(axis=0)])

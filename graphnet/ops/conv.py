@@ -630,7 +630,8 @@ def layer_norm(x: Any, scale: Any = None, offset: Any = None, axis: Any = -1, ep
     epsilon) with the biased variance, then times `scale` and plus `offset` (shaped as those axes;
     None: 1 and 0). Composed of reductions and elementwise ops: differentiable to any order."""
     (x,) = promote([x])
-    axes = sorted({a % x.ndim for a in (axis if isinstance(axis, (list, tuple)) else (axis,))}) if x.ndim else []
+    given = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    axes = sorted({int(a) % x.ndim for a in given}) if all(-x.ndim <= int(a) < x.ndim for a in given) else []
     if not axes or 0 in axes and x.shape[0] is None or not epsilon > 0:
         raise ShapeError(f"layer_norm: axis {axis!r} must name axes of {shape_str(x.shape)} other than the batch, "
                          f"and epsilon be positive (got {epsilon}) (at {user_location()})")
