@@ -359,3 +359,16 @@ def test_pools_over_a_few_channels_in_narrow_vectors_equal_numpy(channels, dtype
         want = gn.compile(fetches, backend="numpy")(x=x[:batch])
         for got, expected in zip(fn(x=x[:batch]), want):
             np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-12, equal_nan=True)
+
+
+def test_a_depthwise_multiplier_of_two_compiles_without_llvm_warnings(capfd, monkeypatch, tmp_path):
+    """The multiplier loop (2 elements) is not forced into 4-lane vectors, which LLVM could not do and
+    said so on stderr (its remark and warning) at every compile."""
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))  # a compile, not a cache hit
+    x = gn.placeholder("x", (None, 10, 9, 3))
+    y = gn.depthwise_conv2d(x, np.arange(54, dtype=np.float32).reshape(3, 3, 3, 2))
+    fn = gn.compile(y, backend="llvm")
+    assert "lane vectors" not in fn.executable.lp.to_text()
+    assert "not vectorized" not in capfd.readouterr().err
+    a = np.random.default_rng(0).normal(size=(2, 10, 9, 3)).astype(np.float32)
+    np.testing.assert_allclose(fn(x=a), gn.compile(y, backend="numpy")(x=a), rtol=1e-5, atol=1e-4)

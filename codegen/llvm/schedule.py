@@ -184,10 +184,12 @@ def schedule_kernel(k: Kernel, threads: int, target: TargetInfo | None) -> LLVMS
 
 def _narrow(k: Kernel, unroll: tuple, target: TargetInfo | None, scalar: bool) -> tuple:
     """(var, width) where the innermost loop of the kernel's nest is a kept var (a register reduction's
-    reduced loops all written out), static, shorter than half a vector of the kernel's widest element,
-    and every store is contiguous along it: that loop is vectorized at the narrowest power of two (at
-    least 4) lanes covering it. LLVM would take a whole vector with most lanes masked off, each
-    operation costing a whole vector's (znver4 splits a 512-bit one into two halves). Else ()."""
+    reduced loops all written out), static, of 3 elements to less than half a vector of the kernel's
+    widest element, and every store is contiguous along it: that loop is vectorized at the narrowest
+    power of two (at least 4) lanes covering it. LLVM would take a whole vector with most lanes masked
+    off, each operation costing a whole vector's (znver4 splits a 512-bit one into two halves). Two
+    elements are left to LLVM: they gain little in 4 lanes, and LLVM could not vectorize every such
+    loop (a depthwise conv's multiplier of 2), printing a warning where it was asked to. Else ()."""
     if scalar or target is None or not target.vector_bits or not k.stores:
         return ()
     red = k.reduce
@@ -200,7 +202,7 @@ def _narrow(k: Kernel, unroll: tuple, target: TargetInfo | None, scalar: bool) -
     values = ([red.value] if red is not None else []) + [st.value for st in k.stores]
     lanes = target.vector_bits // (8 * max(np.dtype(e.dtype).itemsize for e in values))
     width = max(4, 1 << (extent - 1).bit_length())
-    return (var, width) if 1 < extent and 2 * width <= lanes else ()
+    return (var, width) if 2 < extent and 2 * width <= lanes else ()
 
 
 def transpose_tile(k: Kernel, target: TargetInfo | None) -> tuple:
