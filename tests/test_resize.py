@@ -1,4 +1,4 @@
-"""gn.resize (graphnet/ops/resize.py): each axis's taps against ONNX's reference Resize for every mode,
+"""gn.resize (graphnet/ops/resizing.py): each axis's taps against ONNX's reference Resize for every mode,
 coordinate transformation, rounding, exclude_outside and antialias; images against PyTorch's
 F.interpolate (nearest, bilinear and bicubic, align_corners either way, antialias) with gradients;
 every backend against numpy, float32 and float64, partial batches; central-difference first and
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from graphnet.ops.resize import COORDINATE_MODES, NEAREST_MODES, axis_taps, source_coordinates
+from graphnet.ops.resizing import COORDINATE_MODES, NEAREST_MODES, axis_taps, source_coordinates
 from helpers import check_grad, run
 from test_reliability import BACKENDS
 
@@ -137,6 +137,42 @@ def test_every_backend_resizes_nhwc_batches_as_numpy(backend, dtype):
             assert got.dtype == dtype and got.shape == (batch, *size, 3)
             np.testing.assert_allclose(got, _numpy_resize(a, size, **options), rtol=1e-5 if dtype == np.float32 else 1e-12,
                                        atol=1e-6 if dtype == np.float32 else 1e-13, err_msg=f"{size} {options}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_antialiased_shrink_with_hundreds_of_taps_is_a_matmul(backend):
+    """Fuzz finding 0:47831: 512 columns shrunk to 2 by antialiased bicubic take 512 taps each; as
+    takes summed one after another the LLVM lowering recursed past Python's limit. Past MAX_TAPS the
+    axis is multiplied by the matrix of weights: values equal numpy's taps, gradients too."""
+    a = RNG.normal(size=(2, 3, 2, 512))
+    x = gn.placeholder("x", (None, 3, 2, 512), np.float64)
+    options = dict(method="bicubic", data_format="NCHW", antialias=True)
+    y = gn.resize(x, (5, 2), **options)
+    got, grad = run([y, gn.gradients(gn.sum(y * y), [x])[0]], {"x": a}, backend=backend)
+    want = _numpy_resize(a, (5, 2), axes=(2, 3), method="bicubic", antialias=True)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    indices, weights, _ = axis_taps(512, 2, "bicubic", antialias=True)
+    assert indices.shape[1] > 16  # (the matmul path)
+    upstream = 2 * want  # d sum(y^2) / dx: the resize's transpose applied to 2y
+    np.testing.assert_allclose(grad, _resize_transpose(upstream, (2, 512), **options), rtol=1e-9, atol=1e-11)
+
+
+def _resize_transpose(g: np.ndarray, size, method, data_format, antialias) -> np.ndarray:
+    """The gradient of the separable resize: each axis's weights transposed, the last axis first."""
+    for axis, before in reversed(list(zip((2, 3), size))):
+        indices, weights, _ = axis_taps(before, g.shape[axis], method, antialias=antialias)
+        out_shape = list(g.shape)
+        out_shape[axis] = before
+        back = np.zeros(out_shape)
+        for t in range(indices.shape[1]):
+            for i in range(len(indices)):
+                src = [slice(None)] * g.ndim
+                src[axis] = i
+                dst = [slice(None)] * g.ndim
+                dst[axis] = indices[i, t]
+                back[tuple(dst)] += weights[i, t] * g[tuple(src)]
+        g = back
+    return g
 
 
 @pytest.mark.parametrize("method", ["nearest", "bilinear", "bicubic"])

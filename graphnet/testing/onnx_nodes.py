@@ -23,7 +23,7 @@ import numpy as np
 import graphnet as gn
 from graphnet.graph import Node
 from graphnet.ops.elementwise import SELU_ALPHA, SELU_SCALE
-from graphnet.ops.resize import COORDINATE_MODES, axis_taps, resample
+from graphnet.ops.resizing import COORDINATE_MODES, axis_taps, resample
 
 # dtypes graphnet computes in (float16 and the narrow ONNX types it does not)
 DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
@@ -940,7 +940,7 @@ def _shape(n: OnnxNode, ins: list) -> np.ndarray:
 def _resized(n: OnnxNode, x: Node, scales: Sequence[float], sizes: Sequence[int], *, method: str,
              coordinate_mode: str, roi: Sequence[float] | None = None, **options: Any) -> Node:
     """x resized along each axis whose size, scale or crop is not the identity, in axis order as in
-    ONNX's reference (graphnet.ops.resize: ONNX's rule along one axis)."""
+    ONNX's reference (graphnet.ops.resizing: ONNX's rule along one axis)."""
     if method not in ("nearest", "linear", "cubic"):
         raise Unsupported(f"{n.op_type}: mode {method!r}")
     if coordinate_mode not in COORDINATE_MODES:

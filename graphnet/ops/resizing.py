@@ -137,18 +137,30 @@ def axis_taps(in_size: int, out_size: int, method: str = "linear", *, scale: flo
     return indices, weights, offsets
 
 
+MAX_TAPS = 16  # taps per output element applied as takes; more (an antialiased shrink): a matmul
+
+
 def resample(x: Node, axis: int, indices: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None = None) -> Node:
     """`axis_taps`' interpolation applied to x along `axis`: per tap, take(x, indices[:, t]) times
     weights[:, t] (in x's dtype, broadcast along the other axes), summed in tap order; a tap whose
-    weights are all one is its take alone."""
+    weights are all one is its take alone. Past MAX_TAPS taps (shrinking 512 elements to 2 with
+    antialiasing takes hundreds), the axis moved last times the (input, output) matrix of weights."""
     shape = [1] * x.ndim
     shape[axis] = len(indices)
-    out = None
-    for t in range(indices.shape[1]):
-        term = ops.take(x, indices[:, t], axis=axis)
-        if not np.all(weights[:, t] == 1):
-            term = term * ops.constant(weights[:, t].reshape(shape), dtype=x.dtype, graph=x.graph)
-        out = term if out is None else out + term
+    if indices.shape[1] > MAX_TAPS:
+        matrix = np.zeros((x.shape[axis], len(indices)))
+        for t in range(indices.shape[1]):
+            np.add.at(matrix, (indices[:, t], np.arange(len(indices))), weights[:, t])
+        order = [a for a in range(x.ndim) if a != axis] + [axis]
+        moved = ops.transpose(x, order) @ ops.constant(matrix, dtype=x.dtype, graph=x.graph)
+        out = ops.transpose(moved, list(np.argsort(order)))
+    else:
+        out = None
+        for t in range(indices.shape[1]):
+            term = ops.take(x, indices[:, t], axis=axis)
+            if not np.all(weights[:, t] == 1):
+                term = term * ops.constant(weights[:, t].reshape(shape), dtype=x.dtype, graph=x.graph)
+            out = term if out is None else out + term
     if offsets is not None:
         out = out + ops.constant(offsets.reshape(shape), dtype=x.dtype, graph=x.graph)
     return out
