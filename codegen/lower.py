@@ -12,7 +12,8 @@ Fusion rules (one kernel = one loop nest):
   selects (an accumulating store at a computed index), which nothing joins.
 - A node is materialized (a "root") when it is fetched or assigned, is a reduction, matmul or
   scatter, has several consumers, feeds a broadcast into a larger shape, or feeds a matmul, a
-  gather or a general reshape.
+  gather or a general reshape; and an elementwise node every MAX_INLINE_DEPTH inlined elementwise
+  nodes (expressions are built and rendered recursively).
 - A root joins the latest kernel it reads from when it has that kernel's output shape and reads its
   members only at the same element: bias, activation and its derivative join the matmul that feeds
   them. An optimizer update joins the loop that produces its gradient only where the
@@ -46,6 +47,8 @@ I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
 ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective", "window")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
+MAX_INLINE_DEPTH = 64  # elementwise nodes inlined one into the next before the next is materialized: building
+# and rendering an expression recurses through them (a Python sum of hundreds of terms passed Python's limit)
 
 
 class NotFusable(Exception):
@@ -211,7 +214,17 @@ class Lowering:
                 if any(c.inputs[i] is n for i in WINDOW_INPUTS.get(c.op.name, ())):  # read through windows
                     roots.add(n)
         roots.update(n for n in wanted if n.op.kind != "source")
-        return {r for r in roots if r.op.kind != "source"}
+        roots = {r for r in roots if r.op.kind != "source"}
+        depth: dict[Node, int] = {}  # elementwise nodes inlined below each node, up to MAX_INLINE_DEPTH
+        for n in self.nodes:
+            if n in roots or n.op.kind not in ("elementwise", "movement"):
+                depth[n] = 0
+                continue
+            depth[n] = max((depth.get(x, 0) for x in n.inputs), default=0) + (n.op.kind == "elementwise")
+            if depth[n] > MAX_INLINE_DEPTH and n.op.kind == "elementwise":
+                roots.add(n)
+                depth[n] = 0
+        return roots
 
     # ---- expressions --------------------------------------------------------------------
     def _expr(self, n: Node, forms: tuple, kb: _KernelBuild) -> Expr:

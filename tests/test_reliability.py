@@ -100,6 +100,22 @@ def test_softmax_over_an_empty_axis_is_empty(backend):
     assert [o.shape for o in outs] == [(1, 0, 1), (1, 0, 1), (3, 0), (3, 0)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_python_sum_of_hundreds_of_terms_compiles(backend):
+    """A sum of 400 terms built with Python's sum() is a chain of 400 adds, all inlined into one
+    expression; building and rendering it recursed past Python's limit (RecursionError) on LLVM and
+    OpenCL. Every MAX_INLINE_DEPTH inlined elementwise nodes one is materialized."""
+    x = gn.placeholder("x", (None, 4))
+    y = sum(gn.exp(x * float(i) * 1e-3) for i in range(400))
+    fn = gn.compile([y, gn.gradients(gn.sum(y), [x])[0]], backend=backend)
+    a = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    scales = np.arange(400) * 1e-3
+    want = np.exp(a[..., None] * scales).sum(-1)
+    got, grad = fn(x=a)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(grad, (np.exp(a[..., None] * scales) * scales).sum(-1), rtol=1e-4)
+
+
 def test_a_batch_fixed_to_zero_is_a_shape_error_at_the_op():
     """Fuzz finding 0:42313: comparing a (2, 0, 2) tensor with a (None, 2) placeholder fixed the batch
     N to 0 (TF1's rule: N meeting a static extent takes it), and every call then failed at the feed
