@@ -48,7 +48,7 @@ S = ExprBuilder(Affine())  # builds the integer index expressions
 ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective", "window")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
 MAX_INLINE_DEPTH = 64  # elementwise nodes inlined one into the next before the next is materialized: building
-# and rendering an expression recurses through them (a Python sum of hundreds of terms passed Python's limit)
+# and rendering an expression recurses through them, and Python bounds its recursion
 
 
 class NotFusable(Exception):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import init, ops
-from .conv_layers import _check_initializer, _format
+from .conv_layers import _check_initializer, _format, _padding_name
 from .graph import Graph, Node, shape_str
 from .layers import Layer, activation_name, register, resolve_activation
 from .ops.conv import out_size, same_padding
@@ -46,10 +46,17 @@ def _as_sequence(y: Node, fmt: str) -> Node:
     return ops.reshape(y, (n, y.shape[2], y.shape[3]) if fmt == "NHWC" else (n, y.shape[1], y.shape[3]))
 
 
+def _pad(steps: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
+    """(before, after) steps of Keras's "valid", "same" or "causal" padding of a window of k
+    (dilation d, stride s)."""
+    if padding == "same":
+        return same_padding(steps, k, s, d)
+    return (d * (k - 1), 0) if padding == "causal" else (0, 0)
+
+
 def _steps(layer: str, steps: int, k: int, s: int, d: int, padding: str) -> int:
     """The output steps of a window of k (dilation d, stride s) over `steps` with Keras's padding."""
-    pad = same_padding(steps, k, s, d) if padding == "same" else ((d * (k - 1), 0) if padding == "causal" else (0, 0))
-    out = out_size(steps, k, s, d, pad)
+    out = out_size(steps, k, s, d, _pad(steps, k, s, d, padding))
     if out < 1:
         raise ValueError(f"{layer}: the window {k} (dilation {d}) is longer than the input's {steps} steps")
     return out
@@ -105,10 +112,7 @@ class Conv1D(Layer):
         kernel = self._weight(graph, "kernel", lambda: init.BY_NAME[self.kernel_initializer](shapes["kernel"]))
         steps, _ = _sequence(x.shape, "Conv1D", self.fmt)
         k, d = self.kernel_size, self.dilation_rate
-        if self.padding == "causal":
-            padding = ((0, 0), (d * (k - 1), 0))
-        else:
-            padding = ((0, 0), same_padding(steps, k, self.strides, d) if self.padding == "same" else (0, 0))
+        padding = ((0, 0), _pad(steps, k, self.strides, d, self.padding))
         z = _as_sequence(ops.conv2d(_as_image(x, self.fmt), ops.reshape(kernel, (1, *shapes["kernel"])),
                                     (1, self.strides), padding, (1, d), self.groups, self.fmt), self.fmt)
         if self.use_bias:
@@ -131,9 +135,7 @@ class _Pooling1D(Layer):
         kind = type(self).__name__
         self.pool_size = _positive(pool_size, "pool_size", kind)
         self.strides = self.pool_size if strides is None else _positive(strides, "strides", kind)
-        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
-            raise ValueError(f"{kind}: padding must be 'valid' or 'same', got {padding!r}")
-        self.padding = padding.lower()
+        self.padding = _padding_name(padding, kind)
         self.data_format = data_format or "channels_last"
         self.fmt = _format(data_format, kind)
 

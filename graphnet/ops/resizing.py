@@ -143,8 +143,9 @@ MAX_TAPS = 16  # taps per output element applied as takes; more (an antialiased 
 def resample(x: Node, axis: int, indices: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None = None) -> Node:
     """`axis_taps`' interpolation applied to x along `axis`: per tap, take(x, indices[:, t]) times
     weights[:, t] (in x's dtype, broadcast along the other axes), summed in tap order; a tap whose
-    weights are all one is its take alone. Past MAX_TAPS taps (shrinking 512 elements to 2 with
-    antialiasing takes hundreds), the axis moved last times the (input, output) matrix of weights."""
+    weights are all one is its take alone. Past MAX_TAPS taps (an antialiased shrink by a large factor
+    reads a long window per output), the axis moved last times the (input, output) matrix of weights:
+    a sum of that many takes is one expression too deep and too wide for a kernel."""
     shape = [1] * x.ndim
     shape[axis] = len(indices)
     if indices.shape[1] > MAX_TAPS:
