@@ -192,6 +192,25 @@ def _check(fetches, fn, x_shape, w_shape, dtype, tol, feeds=None):
             np.testing.assert_allclose(got[finite] / scale, expected[finite] / scale, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_gemm_over_several_k_blocks_of_balanced_depth_equals_numpy(dtype, monkeypatch, tmp_path):
+    """KC_MAX patched to 8 (in an empty cache): each conv's K (45, 63, ... and the filter gradients'
+    batch x positions) runs in blocks of a depth computed at run time, the last one shorter; C
+    accumulates over them, the first block storing; partial batches, two threads."""
+    monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
+    monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(igemm.KC_MAX, np.dtype(dtype).name, 8)
+    monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs: every conv kernel packs
+    monkeypatch.setattr(colconv, "VECTORS", 0)
+    monkeypatch.setattr(tapconv, "MAX_TAPS", 0)
+    for x_shape, w_shape, kwargs in CASES[:4]:
+        with gn.Graph():
+            fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
+            fn = gn.compile(fetches, backend="llvm")
+            assert fn.executable.lp.to_text().count("implicit gemm") == 3
+            _check(fetches, fn, x_shape, w_shape, dtype, 1e-4 if dtype == np.float32 else 1e-11)
+
+
 @pytest.mark.parametrize("target_name", ["avx2", "scalar"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_implicit_gemm_packing_on_avx2_and_scalar_targets(target_name, dtype, monkeypatch, tmp_path):

@@ -220,9 +220,18 @@ class _GemmEmitter:
         suffix = "f32" if self.spec.dtype == "float32" else "f64"
         return self.b.call(_intrinsic(self.fn.module, f"llvm.fma.v{self.w}{suffix}", self.vt, 3), [x, y, acc])
 
-    def loop(self, start: ir.Value | int, stop: ir.Value | int, step: int = 1, name: str = "i",
+    def loop(self, start: ir.Value | int, stop: ir.Value | int, step: ir.Value | int = 1, name: str = "i",
              at_least_once: bool = False):
         return for_range(self.b, start, stop, step, name, at_least_once)
+
+    def k_block_depth(self, k: ir.Value) -> ir.Value:
+        """The depth of the K loop's blocks at run time: K in the fewest blocks of at most `blk.kc`,
+        all of one depth but the last, shorter by less than the number of blocks (K = 288 with kc 256:
+        144 + 144, not 256 and a thin 32 that reloads the whole C tile for a few k)."""
+        b, kc = self.b, self.blk.kc
+        blocks = b.sdiv(b.add(k, _c(kc - 1)), _c(kc))
+        blocks = b.select(self.less(blocks, 1), _c(1), blocks)  # K = 0: one empty block
+        return b.sdiv(b.add(k, b.sub(blocks, _c(1))), blocks)
 
     # -- the loop nest ----------------------------------------------------------------------
 

@@ -45,6 +45,11 @@ from .target import TargetInfo
 
 IGEMM_MIN_STATIC = 4096  # multiply-adds per batch row below which the direct loop nest beats packing
 IN_PLACE_ROWS = 8  # rows of A read in place per micro-kernel loop: their addresses fit x86-64's registers
+# The deepest K block, by dtype: a 3x3 conv over 32 channels (K = 288) or 64 (576, two blocks of 288)
+# accumulates each C tile in one or two passes; B's packed panel (kc x nc, NC_MAX columns at most, the
+# channels of a conv) stays 4 MiB. The blocks' depth is balanced at run time (`k_block_depth`).
+KC_MAX = {"float32": 512, "float64": 256}
+NC_MAX = 2048
 
 # descriptor layout (i64): row / col decomposition, 4 fields (lin, g1, g2, blin) per var, limits
 R1, R2, K1, K2 = 0, 1, 2, 3
@@ -75,8 +80,8 @@ def blocking(spec: GemmSpec, target: TargetInfo) -> Blocking:
     w, nv = target.lanes(spec.dtype), spec.gather
     regs = target.vector_registers if target.vector_bits else 16
     mr = max(1, min(24, (regs - nv - 2) // nv))
-    kc = 256 if spec.dtype == "float32" else 128
-    return Blocking(mr=mr, nr=nv * w, kc=kc, mc=max(1, 96 // mr) * mr, nc=4096 // (nv * w) * (nv * w))
+    kc = KC_MAX[spec.dtype]
+    return Blocking(mr=mr, nr=nv * w, kc=kc, mc=max(1, 96 // mr) * mr, nc=NC_MAX // (nv * w) * (nv * w))
 
 
 def workspace_bytes(spec: GemmSpec, target: TargetInfo) -> int:
@@ -193,8 +198,9 @@ class _GatherEmitter(_GemmEmitter):
         self.n_dim = n
         with self.loop(0, n, blk.nc, "jc") as jc:
             nc = self.min(b.sub(n, jc), blk.nc)
-            with self.loop(0, k, blk.kc, "pc", at_least_once=True) as pc:
-                kc = self.min(b.sub(k, pc), blk.kc)
+            depth = self.k_block_depth(k)
+            with self.loop(0, k, depth, "pc", at_least_once=True) as pc:
+                kc = self.min(b.sub(k, pc), depth)
                 first = b.icmp_signed("==", pc, _c(0))
                 self.tabulate(self.col_table, pc, kc, g[K1], g[K2], COL_FIELDS, COL_WIDTH, const=True)
                 col_bounds = self.bounds(self.col_table, self.guarded(kc), COL_WIDTH)

@@ -14,7 +14,7 @@ def i64(value: ir.Value | int) -> ir.Value:
 
 
 @contextmanager
-def for_range(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1, name: str = "i",
+def for_range(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: ir.Value | int = 1, name: str = "i",
               at_least_once: bool = False) -> Iterator[ir.Value]:
     """for i in range(start, stop, step) as an SSA (phi) loop; `at_least_once` makes it a do-while.
 
