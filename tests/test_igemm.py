@@ -195,15 +195,16 @@ def _check(fetches, fn, x_shape, w_shape, dtype, tol, feeds=None):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_implicit_gemm_over_several_k_blocks_of_balanced_depth_equals_numpy(dtype, monkeypatch, tmp_path):
     """KC_MAX patched to 8 (in an empty cache): each conv's K (45, 63, ... and the filter gradients'
-    batch x positions) runs in blocks of a depth computed at run time, the last one shorter; C
-    accumulates over them, the first block storing; partial batches, two threads."""
+    batch x positions) runs in blocks of an even depth computed at run time, the last one shorter; C
+    accumulates over them, the first block storing; partial batches, two threads. The last case is
+    narrow, its k in adjacent pairs (igemm's paired blocks): K = 10 as 6 + 4, not 5 + 5."""
     monkeypatch.setenv("GRAPHNET_NUM_THREADS", "2")
     monkeypatch.setenv("GRAPHNET_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(igemm.KC_MAX, np.dtype(dtype).name, 8)
     monkeypatch.setattr(rowconv, "MIN_ROW_SHARE", 2.0)  # no direct convs: every conv kernel packs
     monkeypatch.setattr(colconv, "VECTORS", 0)
     monkeypatch.setattr(tapconv, "MAX_TAPS", 0)
-    for x_shape, w_shape, kwargs in CASES[:4]:
+    for x_shape, w_shape, kwargs in CASES[:4] + [((2, 12, 12, 2), (1, 5, 2, 4), dict(padding="same"))]:
         with gn.Graph():
             fetches = _conv_step(x_shape, w_shape, kwargs, dtype)
             fn = gn.compile(fetches, backend="llvm")

@@ -226,12 +226,14 @@ class _GemmEmitter:
 
     def k_block_depth(self, k: ir.Value) -> ir.Value:
         """The depth of the K loop's blocks at run time: K in the fewest blocks of at most `blk.kc`,
-        all of one depth but the last, shorter by less than the number of blocks (K = 288 with kc 256:
-        144 + 144, not 256 and a thin 32 that reloads the whole C tile for a few k)."""
+        all of one even depth but the last (K = 288 with kc 256: 144 + 144, not 256 and a thin 32 that
+        reloads the whole C tile for a few k). Even, so that a block of an even K can run its k in
+        pairs (igemm's `pair_columns`): K = 514 is 258 + 256, not 257 + 257."""
         b, kc = self.b, self.blk.kc
         blocks = b.sdiv(b.add(k, _c(kc - 1)), _c(kc))
         blocks = b.select(self.less(blocks, 1), _c(1), blocks)  # K = 0: one empty block
-        return b.sdiv(b.add(k, b.sub(blocks, _c(1))), blocks)
+        depth = b.sdiv(b.add(k, b.sub(blocks, _c(1))), blocks)
+        return depth if kc % 2 else b.and_(b.add(depth, _c(1)), _c(-2))
 
     # -- the loop nest ----------------------------------------------------------------------
 
