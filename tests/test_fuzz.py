@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import graphnet as gn
 from graphnet.ops import REGISTRY
 from graphnet.ops.base import Example, Op, register
 from graphnet.testing import fuzz, generate, oracle, shrink
@@ -310,3 +311,54 @@ def test_torch_is_compared_on_gelus_well_conditioned_form():
     gelu as x sigmoid(2u), as graphnet does, so its negative tail does not cancel to zero."""
     pytest.importorskip("torch")
     assert oracle.check(Spec.from_json(FINDING_25104)).failures == []
+
+
+def test_the_convs_profile_draws_convolutions_the_native_conv_kernels_take():
+    """The default profile's convolutions rarely reach the implicit GEMM's threshold (the ops' examples
+    have a few elements per axis); the convs profile starts from CONV_EXAMPLES (each a valid op), so
+    that many of its graphs hold a conv2d of at least IGEMM_MIN_STATIC multiply-adds per image."""
+    from codegen.llvm.igemm import IGEMM_MIN_STATIC
+    from graphnet.testing.spec import apply_op, build
+
+    for name, example in generate.CONV_EXAMPLES:
+        with gn.Graph():
+            apply_op(name, [gn.placeholder(f"x{i}", shape, np.float32) for i, shape in enumerate(example.shapes)],
+                     example.attrs)
+
+    def big_convs(profile: str) -> int:
+        count = 0
+        for i in range(150):
+            spec = generate.generate(5, i, generate.PROFILES[profile])
+            if not any(n.op == "conv2d" for n in spec.nodes):
+                continue
+            with gn.Graph():
+                built = build(spec)
+                count += any(v.op.name == "conv2d" and np.prod(v.shape[1:]) * np.prod(v.inputs[1].shape[:3])
+                             >= IGEMM_MIN_STATIC for v in built.values if isinstance(v.op, Op))
+        return count
+
+    default, convs = big_convs("default"), big_convs("convs")
+    assert convs >= 10 and convs >= 5 * default, (default, convs)
+
+
+def test_torch_rules_of_the_image_ops_equal_the_numpy_references():
+    """torch_ref's conv2d, its input and filter gradients, max_pool2d and max_pool2d_grad (NHWC and
+    NCHW, strides, padding, dilation, groups) against graphnet's numpy references, pooling on values
+    with ties (which both share evenly)."""
+    pytest.importorskip("torch")
+    import torch
+    from graphnet.testing import torch_ref
+
+    table = torch_ref.table()
+    rng = np.random.default_rng(0)
+    names = ("conv2d", "conv2d_input_grad", "conv2d_filter_grad", "max_pool2d", "max_pool2d_grad")
+    cases = [(name, ex) for name in names for ex in REGISTRY[name].examples]
+    cases += [(name, ex) for name, ex in generate.CONV_EXAMPLES if name in names]
+    for name, ex in cases:
+        shapes = [tuple(3 if d is None else d for d in s) for s in ex.shapes]
+        args = [rng.normal(size=s).round(1) for s in shapes]  # rounded: pooling windows with ties
+        if name == "max_pool2d_grad":
+            args[1] = REGISTRY["max_pool2d"].numpy(args[0], **ex.attrs)
+        want = REGISTRY[name].numpy(*args, **ex.attrs)
+        got = table[name](*[torch.from_numpy(a) for a in args], **ex.attrs, out=want.shape).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{name} {ex.attrs}")

@@ -48,12 +48,44 @@ class Profile:
     float64_p: float = 0.4
     modes: tuple = (("forward", 0.35), ("grad", 0.35), ("train", 0.3))
     threads: tuple = (1, 2)
+    kinds: tuple = ()  # op kinds drawn first, with probability kinds_p (else any op)
+    kinds_p: float = 0.0
+    examples: tuple = ()  # (op name, Example): the profile's own starting points, instead of the op's
 
+
+def _conv(strides=1, padding=0, dilations=1, groups=1, data_format="NHWC") -> dict:
+    """A conv's geometry attrs (each of strides, padding, dilations the same on both axes)."""
+    return dict(strides=(strides, strides), padding=((padding, padding), (padding, padding)),
+                dilations=(dilations, dilations), groups=groups, data_format=data_format)
+
+
+# Convolutions at the sizes that reach the native conv kernels, which the ops' own examples (a few
+# elements per axis) stay below: the implicit GEMM (at least 4,096 multiply-adds per image), the tap
+# conv (3 channels into 32), the one-vector conv (16 filters), the narrow row conv (1 channel into
+# 6), strided, dilated, NCHW and grouped forms; `grad` and `train` graphs add their gradients.
+CONV_EXAMPLES = (
+    ("conv2d", Example([(None, 12, 12, 16), (3, 3, 16, 32)], _conv(padding=1))),
+    ("conv2d", Example([(None, 16, 16, 3), (3, 3, 3, 32)], _conv(padding=1))),
+    ("conv2d", Example([(None, 14, 14, 6), (5, 5, 6, 16)], _conv())),
+    ("conv2d", Example([(None, 20, 20, 1), (5, 5, 1, 6)], _conv())),
+    ("conv2d", Example([(None, 11, 11, 8), (3, 3, 8, 24)], _conv(strides=2, padding=1))),
+    ("conv2d", Example([(None, 12, 12, 8), (3, 3, 8, 16)], _conv(padding=2, dilations=2))),
+    ("conv2d", Example([(None, 16, 10, 10), (3, 3, 16, 16)], _conv(padding=1, data_format="NCHW"))),
+    ("conv2d", Example([(None, 10, 10, 16), (3, 3, 8, 16)], _conv(padding=1, groups=2))),
+    ("conv2d_input_grad", Example([(None, 12, 12, 32), (3, 3, 16, 32)], dict(input_size=(12, 12), **_conv(padding=1)))),
+    ("conv2d_filter_grad", Example([(None, 12, 12, 16), (None, 12, 12, 32)], dict(kernel_size=(3, 3),
+                                                                                 **_conv(padding=1)))),
+    ("max_pool2d", Example([(None, 12, 12, 16)], dict(ksize=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)),
+                                                      dilations=(1, 1), data_format="NHWC"), smooth=False)),
+    ("api:conv2d_transpose", Example([(None, 6, 6, 16), (3, 3, 8, 16)], dict(strides=2, padding="same"))),
+)
 
 PROFILES = {
     "default": Profile(),
     "small": Profile(name="small", max_ops=5, max_dim=4, big_dim_p=0.03, max_elements=512, max_batch=5, large_p=0.0),
     "deep": Profile(name="deep", max_ops=16, max_elements=2048),
+    "convs": Profile(name="convs", max_ops=6, big_dims=(8, 12, 16, 24, 32), big_dim_p=0.2, max_elements=1 << 15,
+                     max_batch=4, large_p=0.0, kinds=("window",), kinds_p=0.5, examples=CONV_EXAMPLES),
 }
 
 
@@ -83,11 +115,16 @@ class Entry:
     kind: str
 
 
-def catalogue() -> list[Entry]:
-    """Every op the generator draws: the registry's (sources excluded) and the API composites."""
+def catalogue(profile: Profile | None = None) -> list[Entry]:
+    """Every op the generator draws: the registry's (sources excluded) and the API composites, each
+    with its examples, or the profile's where it has some for the op."""
+    own: dict[str, tuple] = {}
+    for name, example in profile.examples if profile is not None else ():
+        own[name] = own.get(name, ()) + (example,)
     ops = [Entry(name, tuple(op.examples), op.kind) for name, op in REGISTRY.items()
            if op.kind != "source" and op.examples]
-    return ops + [Entry(name, tuple(API_EXAMPLES[name]), "api") for name in API_OPS]
+    ops += [Entry(name, tuple(API_EXAMPLES[name]), "api") for name in API_OPS]
+    return [Entry(e.name, own.get(e.name, e.examples), e.kind) for e in ops]
 
 
 # Inputs whose values an API function checks (a cross-entropy's constant targets must be probabilities).
@@ -139,7 +176,7 @@ def generate(seed: int, index: int, profile: Profile = PROFILES["default"],
     rng = np.random.default_rng([seed, index])
     base = "float64" if rng.random() < profile.float64_p else "float32"
     st = _State(rng, profile, base, large=bool(rng.random() < profile.large_p), scratch=gn.Graph())
-    entries = catalogue()
+    entries = catalogue(profile)
     target = int(rng.integers(1, profile.max_ops + 1))
     added = 0
     for _ in range(target * 4):
@@ -159,7 +196,9 @@ def _next_entry(st: _State, entries: list[Entry]) -> Entry:
     transpose-reshape chain), so that lowerings which fuse neighbours meet each other."""
     last = next((item.op for item in reversed(st.items) if isinstance(item, OpNode)), None)
     kind = next((e.kind for e in entries if e.name == last), None)
-    if kind is not None and st.rng.random() < 0.25:
+    if st.profile.kinds and st.rng.random() < st.profile.kinds_p:
+        entries = [e for e in entries if e.kind in st.profile.kinds]
+    elif kind is not None and st.rng.random() < 0.25:
         entries = [e for e in entries if e.kind == kind]
     return entries[int(st.rng.integers(len(entries)))]
 

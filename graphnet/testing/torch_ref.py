@@ -7,6 +7,7 @@ An op without an entry in TORCH_OPS is not compared with torch (the spec's note 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -53,6 +54,63 @@ def _ops() -> dict[str, Callable]:
     def softmax_ce(z, labels):
         return -torch.sum(one_hot(labels, z.shape[-1], z.dtype) * torch.log_softmax(z, -1), -1)
 
+    def nchw(x, data_format):  # (contiguous: torch's CPU conv gradients refuse strided views)
+        return x.permute(0, 3, 1, 2).contiguous() if data_format == "NHWC" else x.contiguous()
+
+    def back(y, data_format):
+        return y.permute(0, 2, 3, 1) if data_format == "NHWC" else y
+
+    def padded(x, padding, value=0.0):
+        (top, bottom), (left, right) = padding
+        return F.pad(x, (left, right, top, bottom), value=value)
+
+    def conv(x, w, strides, padding, dilations, groups):
+        """NCHW x, torch's (cout, cin / groups, kh, kw) filter (graphnet's is (kh, kw, cin / groups, cout))."""
+        return F.conv2d(padded(x, padding), w, stride=tuple(strides), dilation=tuple(dilations), groups=groups)
+
+    def conv2d(x, w, strides, padding, dilations, groups, data_format, out):
+        return back(conv(nchw(x, data_format), w.permute(3, 2, 0, 1).contiguous(), strides, padding, dilations,
+                         groups), data_format)
+
+    def conv2d_input_grad(dy, w, input_size, strides, padding, dilations, groups, data_format, out):
+        """The gradient of the conv at an image of input_size, by torch.autograd (create_graph: it is
+        differentiable again in dy and w)."""
+        x = torch.zeros((dy.shape[0], w.shape[2] * groups, *input_size), dtype=dy.dtype, requires_grad=True)
+        y = conv(x, w.permute(3, 2, 0, 1).contiguous(), strides, padding, dilations, groups)
+        (dx,) = torch.autograd.grad(y, x, nchw(dy, data_format), create_graph=True)
+        return back(dx, data_format)
+
+    def conv2d_filter_grad(x, dy, kernel_size, strides, padding, dilations, groups, data_format, out):
+        x, dy = nchw(x, data_format), nchw(dy, data_format)
+        w = torch.zeros((dy.shape[1], x.shape[1] // groups, *kernel_size), dtype=x.dtype, requires_grad=True)
+        y = conv(x, w, strides, padding, dilations, groups)
+        (dw,) = torch.autograd.grad(y, w, dy, create_graph=True)
+        return dw.permute(2, 3, 1, 0)
+
+    def max_pool2d(x, ksize, strides, padding, dilations, data_format, out):
+        """Each window's maximum as torch.amax over the unfolded windows, whose gradient (unlike
+        F.max_pool2d's, which picks one element) is shared evenly by ties, as graphnet's."""
+        x = padded(nchw(x, data_format), padding, -math.inf)
+        n, c = x.shape[:2]
+        windows = F.unfold(x.reshape(n * c, 1, *x.shape[2:]), tuple(ksize), dilation=tuple(dilations),
+                           stride=tuple(strides))
+        height, width = (out[1:3] if data_format == "NHWC" else out[2:4])
+        return back(windows.amax(dim=1).reshape(n, c, height, width), data_format)
+
+    def max_pool2d_grad(x, y, dy, ksize, strides, padding, dilations, data_format, out):
+        """Each window's dy shared evenly by its elements equal to the window's y (graphnet's rule,
+        written out: unfolded windows, then F.fold adding the shares of overlapping windows)."""
+        x = padded(nchw(x, data_format), padding, -math.inf)
+        n, c, height, width = x.shape
+        geometry = dict(kernel_size=tuple(ksize), dilation=tuple(dilations), stride=tuple(strides))
+        windows = F.unfold(x.reshape(n * c, 1, height, width), **geometry)
+        ties = (windows == nchw(y, data_format).reshape(n * c, 1, -1)).to(x.dtype)
+        count = ties.sum(dim=1, keepdim=True)
+        share = nchw(dy, data_format).reshape(n * c, 1, -1) / torch.where(count > 0, count, 1.0) * ties
+        dx = F.fold(share, (height, width), **geometry).reshape(n, c, height, width)
+        (top, bottom), (left, right) = padding
+        return back(dx[:, :, top:height - bottom, left:width - right], data_format)
+
     unary = {"negative": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
              "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
              "softplus": lambda x: torch.logaddexp(torch.zeros_like(x), x), "stop_gradient": lambda x: x.detach(),
@@ -93,6 +151,11 @@ def _ops() -> dict[str, Callable]:
         "api:bce": lambda p, y, out: bce(p, y),
         "api:softmax_ce": lambda z, labels, out: softmax_ce(z, labels),
         "api:matmul_t": lambda a, b, out: a @ b.T,
+        "conv2d": conv2d,
+        "conv2d_input_grad": conv2d_input_grad,
+        "conv2d_filter_grad": conv2d_filter_grad,
+        "max_pool2d": max_pool2d,
+        "max_pool2d_grad": max_pool2d_grad,
     })
     return table
 
