@@ -362,3 +362,27 @@ def test_torch_rules_of_the_image_ops_equal_the_numpy_references():
         want = REGISTRY[name].numpy(*args, **ex.attrs)
         got = table[name](*[torch.from_numpy(a) for a in args], **ex.attrs, out=want.shape).detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{name} {ex.attrs}")
+
+
+def test_torch_rules_of_the_index_ops_equal_the_numpy_references():
+    """torch_ref's take and scatter_add (indices out of range and negative: wrapped once, then
+    clamped; duplicates summed) and argmax/argmin (the first of ties) against the numpy references."""
+    pytest.importorskip("torch")
+    import torch
+    from graphnet.testing import torch_ref
+
+    rng = np.random.default_rng(1)
+    for name in ("take", "scatter_add", "argmax", "argmin"):
+        for ex in REGISTRY[name].examples:
+            shapes = [tuple(3 if d is None else d for d in s) for s in ex.shapes]
+            args = [rng.normal(size=s).round(0) for s in shapes]  # rounded: ties
+            for i, (dtype, bound) in ex.int_inputs.items():  # indices past both ends
+                args[i] = rng.integers(-bound - 2, bound + 2, size=shapes[i]).astype(dtype)
+            extra = {}
+            if name == "scatter_add":
+                axis, k = ex.attrs["axis"], len(shapes[1])
+                extra["out_shape"] = shapes[0][:axis] + (ex.attrs["size"] or 3,) + shapes[0][axis + k:]
+            want = REGISTRY[name].numpy(*args, **ex.attrs, **extra)
+            got = torch_ref.table()[name](*[torch.from_numpy(a) for a in args], **ex.attrs, out=want.shape).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {ex.attrs}")
+

@@ -111,6 +111,19 @@ def _ops() -> dict[str, Callable]:
         (top, bottom), (left, right) = padding
         return back(dx[:, :, top:height - bottom, left:width - right], data_format)
 
+    def clamped(indices, size):  # graphnet's index rule: negative ones wrap once, then clamp into the axis
+        i = indices.long()
+        return torch.clamp(torch.where(i < 0, i + size, i), 0, size - 1)
+
+    def take(x, indices, axis, out):
+        at = clamped(indices, x.shape[axis])
+        return torch.index_select(x, axis, at.reshape(-1)).reshape(out)
+
+    def scatter_add(updates, indices, axis, size, out):  # index_add_: duplicates summed
+        lead, trail = updates.shape[:axis], updates.shape[axis + indices.ndim:]
+        flat = updates.reshape(*lead, indices.numel(), *trail)
+        return torch.zeros(out, dtype=updates.dtype).index_add(axis, clamped(indices, out[axis]).reshape(-1), flat)
+
     unary = {"negative": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
              "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
              "softplus": lambda x: torch.logaddexp(torch.zeros_like(x), x), "stop_gradient": lambda x: x.detach(),
@@ -156,6 +169,10 @@ def _ops() -> dict[str, Callable]:
         "conv2d_filter_grad": conv2d_filter_grad,
         "max_pool2d": max_pool2d,
         "max_pool2d_grad": max_pool2d_grad,
+        "argmax": lambda x, axis, out: torch.argmax(x, dim=axis),  # the first of ties, as numpy
+        "argmin": lambda x, axis, out: torch.argmin(x, dim=axis),
+        "take": take,
+        "scatter_add": scatter_add,
     })
     return table
 
