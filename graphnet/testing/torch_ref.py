@@ -124,6 +124,11 @@ def _ops() -> dict[str, Callable]:
         flat = updates.reshape(*lead, indices.numel(), *trail)
         return torch.zeros(out, dtype=updates.dtype).index_add(axis, clamped(indices, out[axis]).reshape(-1), flat)
 
+    def pad(x, pads, value, out):
+        """`value` around and between the elements: x's element k of an axis at lo + k (interior + 1)."""
+        at = torch.meshgrid(*[torch.arange(d) * (i + 1) + lo for d, (lo, _, i) in zip(x.shape, pads)], indexing="ij")
+        return torch.full(out, value, dtype=x.dtype).index_put(at, x)
+
     unary = {"negative": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
              "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
              "softplus": lambda x: torch.logaddexp(torch.zeros_like(x), x), "stop_gradient": lambda x: x.detach(),
@@ -172,6 +177,7 @@ def _ops() -> dict[str, Callable]:
         "argmax": lambda x, axis, out: torch.argmax(x, dim=axis),  # the first of ties, as numpy
         "argmin": lambda x, axis, out: torch.argmin(x, dim=axis),
         "take": take,
+        "pad": pad,
         "scatter_add": scatter_add,
     })
     return table
@@ -194,7 +200,7 @@ def torch_dtype(dtype: Any):
 
 def unsupported(spec: Spec) -> str | None:
     """Why torch cannot check this spec, or None."""
-    missing = sorted({n.op for n in spec.nodes} - set(table()))
+    missing = sorted({n.op for n in spec.nodes} - set(table()) - {"in_training"})
     if missing:
         return f"no torch rule for {', '.join(missing)}"
     if spec.has_special():
@@ -256,8 +262,12 @@ def _forward(spec: Spec, built, leaves: dict, feeds: dict, batch: int, call: int
             values.append(leaves[i])
     for k, n in enumerate(spec.nodes):
         node = built.values[len(spec.leaves) + k]
+        inputs = [values[i] for i in n.inputs]
+        if n.op == "in_training":  # gn.compile trains (picks the first) exactly when given updates
+            values.append(inputs[0] if spec.mode == "train" else inputs[1])
+            continue
         attrs = resolve_attrs(n.attrs, "float64", True)
-        values.append(table()[n.op](*[values[i] for i in n.inputs], **attrs, out=concrete(node.shape, batch)))
+        values.append(table()[n.op](*inputs, **attrs, out=concrete(node.shape, batch)))
     return values
 
 
