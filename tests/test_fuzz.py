@@ -386,22 +386,3 @@ def test_torch_rules_of_the_index_ops_equal_the_numpy_references():
             want = REGISTRY[name].numpy(*args, **ex.attrs, **extra)
             got = torch_ref.table()[name](*[torch.from_numpy(a) for a in args], **ex.attrs, out=want.shape).numpy()
             np.testing.assert_array_equal(got, want, err_msg=f"{name} {ex.attrs}")
-
-
-# A trainable variable reaching the loss only through in_training's inference input, trained with weight decay.
-FINDING_54380 = '{"id": "0:54380", "dtype": "float64", "leaves": [{"kind": "variable", "shape": [], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 4, "special": 0.0}], "nodes": [{"op": "in_training", "inputs": [1, 0], "attrs": {}}], "outputs": [2], "mode": "train", "loss": "sum", "optimizer": {"name": "RMSProp", "kwargs": {"lr": 0.1, "weight_decay": 0.01}}, "batches": [1], "data_seed": 1962227148, "threads": 1, "backends": [], "jitter": 0}'
-
-
-def test_a_variable_used_only_outside_training_is_a_known_difference_from_torch():
-    """Fuzz finding 0:54380 (open, in known.py): the training step updates such a variable with a zero
-    gradient (weight decay moves it), while torch.optim skips a parameter whose gradient is None. The
-    entry explains exactly that: not the same variable used in training."""
-    pytest.importorskip("torch")
-    from graphnet.testing import known
-
-    spec = Spec.from_json(FINDING_54380)
-    failures = oracle.check(spec).failures
-    assert failures and all(f.kind == "torch mismatch" and known.explain(spec, f) for f in failures), failures
-    spec.nodes[0].inputs = (0, 1)  # the variable is the training input now
-    assert not known.KNOWN_BUGS[0].matches(spec)
-

@@ -327,6 +327,26 @@ def test_minimize_rejects_non_scalar_loss_and_unconnected_variables():
         gn.optim.SGD(0.1).minimize(gn.sum(x * w), var_list=[x])
 
 
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_a_variable_only_functions_without_updates_use_is_not_trained(backend):
+    """in_training(a, b) is `a` in the training step: a variable reaching the loss only through `b`
+    (fuzz finding 0:54380) gets no update, no state and no weight decay, as torch.optim skips a
+    parameter its forward pass did not use; a variable on both sides trains on its training path."""
+    x = gn.placeholder("x", (None, 2))
+    used = gn.variable("used", np.full(2, 2.0, np.float32))
+    inference_only = gn.variable("inference_only", np.full(2, 3.0, np.float32))
+    both = gn.variable("both", np.full(2, 4.0, np.float32))
+    loss = gn.sum(gn.ops.apply("in_training", [x * used * both, x * inference_only * both]))
+    updates = gn.optim.RMSProp(0.1, weight_decay=0.1).minimize(loss)
+    assert set(updates.gradients) == {used, both}
+    step = gn.compile([loss], updates=updates, backend=backend)
+    step(x=np.ones((3, 2), np.float32))
+    np.testing.assert_array_equal(inference_only.value, [3.0, 3.0])
+    assert not np.allclose(used.value, 2.0) and not np.allclose(both.value, 4.0)
+    with pytest.raises(ValueError, match="no trainable variable"):
+        gn.optim.SGD(0.1).minimize(gn.sum(gn.ops.apply("in_training", [x, x * inference_only])))
+
+
 def test_var_list_limits_what_is_trained():
     a = gn.variable("a", np.ones(2))
     b = gn.variable("b", np.ones(2))

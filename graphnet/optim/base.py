@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import ops
 from ..autodiff import gradients
-from ..graph import Graph, Node, ancestors, get_default_graph
+from ..graph import Graph, Node, get_default_graph
 
 Pair = tuple[Node, Node]
 # Set by graphnet.distributed.init: applied to every optimizer's (gradient, parameter) pairs before the
@@ -109,7 +109,8 @@ class Optimizer:
     def minimize(self, loss: Node, var_list: Sequence[Node] | None = None) -> Updates:
         """Differentiate `loss` with respect to `var_list` (default: every trainable variable it
         depends on) and return the parameter, state and step updates. A variable with no
-        differentiable path to the loss gets no update and no state (a warning if var_list names it)."""
+        differentiable path to the loss in the training step (`in_training(a, b)` is `a` there) gets
+        no update and no state (a warning if var_list names it)."""
         if not isinstance(loss, Node):
             raise TypeError(f"minimize: loss must be a graph node, got {type(loss).__name__}")
         if loss.shape != ():
@@ -176,7 +177,7 @@ class Optimizer:
         return ops.cast(x, p.dtype)
 
     def _connected_params(self, loss: Node, var_list: Sequence[Node] | None) -> list[Node]:
-        reachable = set(ancestors([loss]))
+        reachable = _used_in_training(loss)
         if var_list is None:
             params = [n for n in reachable if n.op.name == "variable" and n.trainable and n.dtype.kind == "f"]
             params.sort(key=lambda n: n.id)
@@ -256,3 +257,17 @@ def _unique_name(graph: Graph, base: str) -> str:
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def _used_in_training(loss: Node) -> set[Node]:
+    """The nodes a training step computes `loss` from: its ancestors, an `in_training` node taking its
+    first input only (a function compiled with updates trains), so that a variable only the other
+    functions use gets no update, as torch.optim skips a parameter the forward pass did not use."""
+    seen: set[Node] = set()
+    stack = [loss]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.inputs[:1] if node.op.name == "in_training" else node.inputs)
+    return seen

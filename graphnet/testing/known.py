@@ -25,39 +25,10 @@ class KnownBug:
         return failure.backend in self.backends and failure.kind in self.kinds and self.matches(spec)
 
 
-def _trained_only_outside_training(spec: Spec) -> bool:
-    """A train-mode spec with a trainable variable that reaches an output only through in_training's
-    second input (the value functions compiled without updates use): in the training step its
-    gradient is zero, where torch's autograd, seeing no path, leaves it None."""
-    if spec.mode != "train":
-        return False
-    nleaves = len(spec.leaves)
-
-    def reached(training: bool) -> set[int]:
-        seen, stack = set(), list(spec.outputs)
-        while stack:
-            v = stack.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            if v >= nleaves:
-                node = spec.nodes[v - nleaves]
-                stack.extend(node.inputs[:1] if training and node.op == "in_training" else node.inputs)
-        return seen
-
-    variables = {i for i, leaf in enumerate(spec.leaves) if leaf.kind == "variable"}
-    return bool(variables & reached(False) - reached(True))
-
-
-# An entry looks like
+# No open entries. An entry looks like
 #   KnownBug("mean of (N, N) divides by N", "#19 item 2", ("numpy", "llvm", "opencl"), ("torch mismatch",),
 #            lambda spec: any(n.op == "api:mean" for n in spec.nodes))
-KNOWN_BUGS: list[KnownBug] = [
-    # torch.optim skips a parameter whose gradient is None; graphnet's training step updates it with a
-    # zero gradient, which weight decay (or AdamW's decoupled decay) turns into a change.
-    KnownBug("a variable used only outside training is updated with a zero gradient", "fuzz finding 0:54380 (session 12 note)",
-             ("numpy", "llvm", "opencl"), ("torch mismatch",), _trained_only_outside_training),
-]
+KNOWN_BUGS: list[KnownBug] = []
 
 
 @dataclass(frozen=True)
