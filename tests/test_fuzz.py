@@ -386,3 +386,26 @@ def test_torch_rules_of_the_index_ops_equal_the_numpy_references():
             want = REGISTRY[name].numpy(*args, **ex.attrs, **extra)
             got = torch_ref.table()[name](*[torch.from_numpy(a) for a in args], **ex.attrs, out=want.shape).numpy()
             np.testing.assert_array_equal(got, want, err_msg=f"{name} {ex.attrs}")
+
+
+# convs profile: a padded conv's gradient over 32-row images into 4 filters, its row conv's tiles written out.
+FINDING_3596 = '{"id": "0:3596", "dtype": "float64", "leaves": [{"kind": "placeholder", "shape": [null, 2, 2, 4], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null, 2, 2, 2], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [1, 2, 2], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [2, 32, 32, 3], "dtype": "float", "low": -0.001, "high": 0.001, "bound": 0, "special": 0.0}, {"kind": "variable", "shape": [2, 32, 32, 4], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [null, 1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "placeholder", "shape": [1], "dtype": "float", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "conv2d_filter_grad", "inputs": [0, 1], "attrs": {"kernel_size": [3, 3], "strides": [1, 1], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 1, "data_format": "NHWC"}}, {"op": "max_pool2d", "inputs": [7], "attrs": {"ksize": [2, 2], "strides": [2, 2], "padding": [[0, 0], [0, 0]], "dilations": [1, 1], "data_format": "NHWC"}}, {"op": "greater", "inputs": [8, 2], "attrs": {}}, {"op": "conv2d_filter_grad", "inputs": [3, 4], "attrs": {"kernel_size": [3, 3], "strides": [1, 1], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 1, "data_format": "NHWC"}}, {"op": "greater_equal", "inputs": [5, 6], "attrs": {}}], "outputs": [9, 10, 11], "mode": "train", "loss": "sum", "optimizer": {"name": "RMSProp", "kwargs": {"lr": 0.01, "alpha": 0.99, "weight_decay": 0.01, "momentum": 0.9, "centered": true}}, "batches": [2, 2, 1], "data_seed": 1117147958, "threads": 2, "backends": ["llvm"], "jitter": 0}'
+# convs profile: exp of a filter gradient overflows float64 in the second call; the updates spread inf and NaN.
+FINDING_4046 = '{"id": "0:4046", "dtype": "float64", "leaves": [{"kind": "variable", "shape": [5, 4, 4, 2], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}, {"kind": "constant", "shape": [5, 2, 2, 4], "dtype": "other", "low": -2.0, "high": 2.0, "bound": 0, "special": 0.0}], "nodes": [{"op": "max_pool2d", "inputs": [0], "attrs": {"ksize": [2, 2], "strides": [2, 2], "padding": [[0, 0], [0, 0]], "dilations": [1, 1], "data_format": "NHWC"}}, {"op": "conv2d_filter_grad", "inputs": [2, 1], "attrs": {"kernel_size": [3, 3], "strides": [1, 1], "padding": [[1, 1], [1, 1]], "dilations": [1, 1], "groups": 1, "data_format": "NHWC"}}, {"op": "exp", "inputs": [3], "attrs": {}}], "outputs": [4], "mode": "train", "loss": "weighted", "optimizer": {"name": "Momentum", "kwargs": {"lr": 0.1, "nesterov": false, "weight_decay": 0.01}}, "batches": [1, 2, 2], "data_seed": 1964252544, "threads": 1, "backends": ["llvm"], "jitter": 0}'
+
+
+def test_a_tall_padded_narrow_conv_compiles_within_the_budget():
+    """Fuzz finding 0:3596 (convs profile): 7 s of LLVM for a row conv with 376 written-out (vector, v5)
+    pairs, now a loop over its tiles (rowconv.MAX_LIVE_PAIRS; tests/test_rowconv.py); values on LLVM."""
+    spec = Spec.from_json(FINDING_3596)
+    assert oracle.check(spec, use_torch=False).failures == []
+
+
+def test_torch_is_compared_up_to_the_call_whose_float64_values_overflowed():
+    """Fuzz finding 0:4046 (a false alarm of the torch comparison): after a call whose float64 values
+    hold inf, a training update spreads inf and NaN by its operations' order (inf - inf, 0 * inf),
+    which torch's formulation does not share; the calls up to it are still compared."""
+    pytest.importorskip("torch")
+    result = oracle.check(Spec.from_json(FINDING_4046), use_torch=True)
+    assert result.failures == [] and any("compared up to call 1" in note for note in result.notes), result.notes
+

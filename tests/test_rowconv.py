@@ -291,6 +291,16 @@ def test_an_unbordered_image_or_too_many_tiles_loop_over_the_tiles(monkeypatch):
         assert rows and not any("written out" in s for s in rows)
 
 
+def test_a_tall_padded_narrow_conv_loops_over_its_tiles():
+    """Fuzz finding 0:3596: a padded 3x3 conv of 32-row images into 4 filters had 32 tiles (376 live
+    (vector, v5) pairs) written out, each with its own (v6, v7) loops: 7 s of LLVM. Past
+    MAX_LIVE_PAIRS the kernel loops over its tiles instead (skipping nothing); lenet's conv2 input
+    gradient (33 pairs, test above) still skips."""
+    fetches = _conv_step((2, 32, 32, 3), (3, 3, 3, 4), dict(padding="same"), np.float32)
+    rows = [s for s in _scheduled_llvm(fetches, threads=2, target=AVX512) if s.startswith("direct conv, output rows")]
+    assert rows and not any("written out" in s for s in rows)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_skipped_border_taps_still_make_nan_from_an_infinite_or_nan_filter(dtype, threads, monkeypatch):

@@ -48,7 +48,8 @@ ORDER = (0, 1, 3, 4, 5, 6, 7, 2)  # a row conv kernel's loop order: v2, the row,
 ROW, MAX_ROWS = 2, 4  # the var along the lanes; at most this many output rows per register tile
 MAX_COLUMN_SHARE = 0.5  # a conv whose columns fill at most this share of a vector is narrow ...
 MIN_ROW_SHARE = 0.5  # ... and a row conv's when its output row fills at least this share of its vectors
-MAX_STATIC_TILES = 64  # tiles written out where the border's zeros are skipped (the code grows with them)
+MAX_STATIC_TILES = 64  # tiles written out where the border's zeros are skipped (the code grows with them) ...
+MAX_LIVE_PAIRS = 64  # ... and their live (vector, v5) pairs, each its own (v6, v7) loops: about 15 ms of LLVM each
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def tile_positions(k: Kernel, rows: int, lanes: int) -> list[tuple[tuple, int]]:
 def skipping_tiles(k: Kernel, rows: int, lanes: int) -> tuple:
     """RowConv.tiles: the tiles with each vector's live v5 values, where the image is a bordered copy
     saying where the image lies (Window.inside), v5 is static, there are at most MAX_STATIC_TILES tiles
-    and some vector reads only zeros at some v5; else ()."""
+    with at most MAX_LIVE_PAIRS live (vector, v5) pairs, and some vector reads only zeros at some v5;
+    else ()."""
     w = igemm.operands(k)[0]
     first = igemm.COLS[0]
     if not w.inside or k.domain[first] is None:
@@ -185,7 +187,8 @@ def skipping_tiles(k: Kernel, rows: int, lanes: int) -> tuple:
     out = tuple((tuple(Vector(start, tuple(v5 for v5 in range(k.domain[first]) if _reads_image(k, w, start, count, v5)))
                        for start in starts), count) for starts, count in tiles)
     every = sum(len(starts) for starts, _ in tiles) * k.domain[first]
-    return out if sum(len(v.live) for tile, _ in out for v in tile) < every else ()
+    live = sum(len(v.live) for tile, _ in out for v in tile)
+    return out if live < every and live <= MAX_LIVE_PAIRS else ()
 
 
 def _reads_image(k: Kernel, w: Window, start: int, count: int, v5: int) -> bool:
