@@ -331,10 +331,13 @@ def _check_torch(spec: Spec, hi: dict, lo: dict, result: Result) -> None:
         result.failures.append(Failure("torch", "run error", f"{type(e).__name__}: {e}\n{_tail(e)}"))
         return
     keys = sorted(got)
-    overflow = _first_overflow(hi, len(spec.batches))
-    if overflow is not None and spec.mode == "train":
-        result.notes.append(f"torch: compared up to call {overflow}, whose float64 values overflowed")
-        keys = [k for k in keys if k.startswith("call") and int(k[4:k.index("/")]) <= overflow]
+    overflowed = _overflowed_calls(hi, len(spec.batches))
+    if overflowed and spec.mode == "train":
+        result.notes.append(f"torch: compared up to call {overflowed[0]}, whose float64 values overflowed")
+        keys = [k for k in keys if k.startswith("call") and _call_of(k) <= overflowed[0]]
+    elif overflowed and spec.mode == "grad":
+        result.notes.append(f"torch: gradients of calls {overflowed} not compared: their float64 values overflowed")
+        keys = [k for k in keys if not (_call_of(k) in overflowed and k.split("/")[1].startswith("d"))]
     problems = compare_all(got, hi, lo, hi, TORCH_TOLERANCE, EPS_RATIO, keys=keys)
     jittered = _jittered(spec, "float64", True) if problems else []
     if problems:
@@ -348,16 +351,18 @@ def _check_torch(spec: Spec, hi: dict, lo: dict, result: Result) -> None:
         result.failures.append(Failure("numpy", "torch mismatch", "\n".join(problems[:4])))
 
 
-def _first_overflow(hi: dict, calls: int) -> int | None:
-    """The first call whose float64 reference values hold an inf or NaN (the feeds are finite: specs
-    with NaN/Inf feeds skip torch), or None. A training step's update from such a call spreads them
-    by the order of its operations, which two correct formulations do not share (inf - inf, 0 * inf)."""
-    for c in range(calls):
-        prefix = f"call{c}/"
-        if any(k.startswith(prefix) and np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()
-               for k, v in hi.items()):
-            return c
-    return None
+def _overflowed_calls(hi: dict, calls: int) -> list[int]:
+    """The calls whose float64 reference values hold an inf or NaN (the feeds are finite: specs with
+    NaN/Inf feeds skip torch). A gradient through such values, and a training step's update from
+    them, spread inf and NaN by the order of their operations, which two correct formulations do not
+    share (inf - inf, 0 * inf)."""
+    return [c for c in range(calls) if any(_call_of(k) == c and np.asarray(v).dtype.kind == "f"
+                                           and not np.isfinite(v).all() for k, v in hi.items())]
+
+
+def _call_of(key: str) -> int:
+    """The call a fetched value's key names (`call2/d x0` -> 2; -1 for `final/...`)."""
+    return int(key[4:key.index("/")]) if key.startswith("call") else -1
 
 
 def _tail(exc: BaseException, lines: int = 6) -> str:
