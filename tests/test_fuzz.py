@@ -395,8 +395,8 @@ FINDING_4046 = '{"id": "0:4046", "dtype": "float64", "leaves": [{"kind": "variab
 
 
 def test_a_tall_padded_narrow_conv_compiles_within_the_budget():
-    """Fuzz finding 0:3596 (convs profile): 7 s of LLVM for a row conv with 376 written-out (vector, v5)
-    pairs, now a loop over its tiles (rowconv.MAX_LIVE_PAIRS; tests/test_rowconv.py); values on LLVM."""
+    """Fuzz finding 0:3596 (convs profile): a row conv with 376 written-out (vector, v5) pairs compiled past
+    the budget; now a loop over its tiles (rowconv.MAX_LIVE_PAIRS; tests/test_rowconv.py); values on LLVM."""
     spec = Spec.from_json(FINDING_3596)
     assert oracle.check(spec, use_torch=False).failures == []
 

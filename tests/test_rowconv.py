@@ -293,7 +293,7 @@ def test_an_unbordered_image_or_too_many_tiles_loop_over_the_tiles(monkeypatch):
 
 def test_a_tall_padded_narrow_conv_loops_over_its_tiles():
     """Fuzz finding 0:3596: a padded 3x3 conv of 32-row images into 4 filters had 32 tiles (376 live
-    (vector, v5) pairs) written out, each with its own (v6, v7) loops: 7 s of LLVM. Past
+    (vector, v5) pairs) written out, each with its own (v6, v7) loops: past the fuzzer's compile budget. Past
     MAX_LIVE_PAIRS the kernel loops over its tiles instead (skipping nothing); lenet's conv2 input
     gradient (33 pairs, test above) still skips."""
     fetches = _conv_step((2, 32, 32, 3), (3, 3, 3, 4), dict(padding="same"), np.float32)

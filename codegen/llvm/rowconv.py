@@ -49,7 +49,7 @@ ROW, MAX_ROWS = 2, 4  # the var along the lanes; at most this many output rows p
 MAX_COLUMN_SHARE = 0.5  # a conv whose columns fill at most this share of a vector is narrow ...
 MIN_ROW_SHARE = 0.5  # ... and a row conv's when its output row fills at least this share of its vectors
 MAX_STATIC_TILES = 64  # tiles written out where the border's zeros are skipped (the code grows with them) ...
-MAX_LIVE_PAIRS = 64  # ... and their live (vector, v5) pairs, each its own (v6, v7) loops: about 15 ms of LLVM each
+MAX_LIVE_PAIRS = 64  # ... and their live (vector, v5) pairs, each its own (v6, v7) loops: LLVM's time grows with them
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,7 @@ def _overflowed_calls(hi: dict, calls: int) -> list[int]:
 
 
 def _call_of(key: str) -> int:
-    """The call a fetched value's key names (`call2/d x0` -> 2; -1 for `final/...`)."""
+    """The call a fetched value's key names (`call2/dx0` -> 2; -1 for `final/...`)."""
     return int(key[4:key.index("/")]) if key.startswith("call") else -1
 
 
