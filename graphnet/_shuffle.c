@@ -120,15 +120,66 @@ static inline uint64_t draw_at_most(Pcg64 *g, uint64_t max) {
     return value;
 }
 
+enum { DRAW_BLOCK = 64, SWAP_BLOCK = 256 };
+
+typedef struct {  /* 32-bit draws in pcg_next32's order (low half, then high half), made DRAW_BLOCK at a time */
+    uint32_t half[2 * DRAW_BLOCK];
+    int used;
+} DrawBuffer;
+
+static inline uint32_t next_buffered32(Pcg64 *g, DrawBuffer *b) {
+    if (b->used == 2 * DRAW_BLOCK) {
+        for (int k = 0; k < DRAW_BLOCK; k++) {
+            uint64_t draw = pcg_next64(g);
+            b->half[2 * k] = (uint32_t)draw;
+            b->half[2 * k + 1] = (uint32_t)(draw >> 32);
+        }
+        b->used = 0;
+    }
+    return b->half[b->used++];
+}
+
+/* Fisher-Yates from i = top down to 1, every i within 32 bits, drawing exactly what `draw_at_most` draws
+ * (`g` holds no spare half: only 64-bit draws came before it, and it is not used after). Per block of
+ * SWAP_BLOCK positions, first the j's: within a power-of-two range of i the mask is fixed, and a draw
+ * over i is rejected by `i -= value <= i` keeping i (no branch to mispredict: an epoch's rejections are
+ * random); then the block's swaps. */
+static void permute32(Pcg64 *g, int64_t *out, uint64_t top) {
+    DrawBuffer draws = {.used = 2 * DRAW_BLOCK};
+    uint32_t js[SWAP_BLOCK];
+    uint64_t i = top;
+    while (i > 0) {
+        uint64_t first = i, stop = i > SWAP_BLOCK ? i - SWAP_BLOCK : 0;  /* this block: i = first .. stop + 1 */
+        while (i > stop) {
+            uint32_t mask = 0xffffffffu >> __builtin_clz((uint32_t)i);
+            uint64_t end = stop > (mask >> 1) ? stop : (mask >> 1);  /* the mask covers i down to mask / 2 + 1 */
+            while (i > end) {
+                uint32_t value = next_buffered32(g, &draws) & mask;
+                js[first - i] = value;
+                i -= value <= i;
+            }
+        }
+        for (uint64_t k = first; k > stop; k--) {
+            uint64_t j = js[first - k];
+            int64_t held = out[j];
+            out[j] = out[k];
+            out[k] = held;
+        }
+    }
+}
+
 static void permute(Pcg64 *g, int64_t *out, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = i;
-    for (Py_ssize_t i = n - 1; i > 0; i--) {
+    Py_ssize_t i = n - 1;
+    for (; i > 0 && (uint64_t)i > 0xffffffffull; i--) {
         uint64_t j = draw_at_most(g, (uint64_t)i);
         int64_t held = out[j];
         out[j] = out[i];
         out[i] = held;
     }
+    if (i > 0)
+        permute32(g, out, (uint64_t)i);
 }
 
 static int read_words(PyObject *entropy, uint32_t **words, Py_ssize_t *count) {

@@ -12,7 +12,7 @@ native = pytest.importorskip("graphnet._shuffle", reason="the C extension is not
 
 SEEDS = [0, 1, 2, 12345, 2 ** 31 - 1, 2 ** 32 - 1, 2 ** 32, 2 ** 63 + 11, 3 ** 70]
 EPOCHS = [0, 1, 2, 9, 1000, 2 ** 32 - 1, 2 ** 32 + 3]
-SIZES = [0, 1, 2, 3, 5, 31, 32, 33, 64, 100, 1280, 4097]
+SIZES = [0, 1, 2, 3, 5, 31, 32, 33, 64, 100, 255, 256, 257, 258, 513, 1280, 4097, 65537]  # blocks of 256 j's
 
 
 @pytest.mark.parametrize("seed", SEEDS)
