@@ -189,6 +189,24 @@ def test_bench_modules_run_with_python_m(module):
     assert done.stdout.startswith("usage:")
 
 
+def test_the_fit_benchmark_trains_new_epochs_in_each_call(monkeypatch):
+    """micro.fit: every fit call takes the next epochs (new shuffles, as a training run draws them),
+    `epochs_per_call` of them, and every measurement is a time per step."""
+    import graphnet as gn
+    from graphnet.bench.micro import fit as fit_bench
+    calls, fit = [], gn.Model.fit
+
+    def recorded(model, *args, **kwargs):
+        calls.append((kwargs["initial_epoch"], kwargs["epochs"]))
+        return fit(model, *args, **kwargs)
+    monkeypatch.setattr(gn.Model, "fit", recorded)
+    times = fit_bench.measure("tiny", batches=2, rounds=1, epochs_per_call=3)
+    assert set(times) == {"raw", "run_steps", "fit", "fit_unshuffled", "fit_by_batch", "ctypes6", "shuffle"}
+    assert all(0 < t < 1 for t in times.values())
+    starts = [start for start, _ in calls]
+    assert all(end == start + 3 for start, end in calls) and len(set(starts)) == len(starts) == 6
+
+
 def test_abprofile_matches_kernels_by_what_they_compute_and_sums_the_border_copies():
     from graphnet.bench.micro.abprofile import roles
     got = roles({"step": 9.0, "k3_conv2d_relu": 1.0, "k4_border": 0.5, "k5_conv2d_relu": 2.0, "k6_zero_border": 0.25,

@@ -6,18 +6,20 @@ For each grid configuration, a Keras-style model of the grid's layers, and in in
 `model.fit(verbose=0)` for one epoch of that dataset, the same fit without shuffling, and forced
 batch by batch (the loop fit used before run_steps); plus, for reference, a bare ctypes call of an
 empty native function with six pointer arguments, and the epoch's shuffle alone (the permutation fit
-draws, per step), which with the run_steps time accounts for most of a tiny model's fit. The ratios
-are issue #17's targets, fit/raw and fit/ctypes6, then fit without its shuffle (fit - shuffle) over
-raw. Every grid model by default; the large steps run fewer batches per epoch (`BATCHES`), and the
-models in `AMORTISED` get a second row with many batches per epoch, where fit's per-call and
-per-epoch costs are amortised (unless --batches is given). The machine may be shared: read the
-ratios.
+draws, per step), which with the run_steps time accounts for most of a tiny model's fit. Each fit
+call (and each shuffle alone) takes the next epoch (fit's `initial_epoch`), so each draws a new
+permutation, as a training run's epochs do. The ratios are issue #17's targets, fit/raw and
+fit/ctypes6, then fit without its shuffle (fit - shuffle) over raw. Every grid model by default; the
+large steps run fewer batches per epoch (`BATCHES`), and the models in `AMORTISED` get more rows:
+many batches per epoch, where fit's per-call and per-epoch costs are amortised, and many epochs per
+fit call, where its per-call costs are (unless --batches or --epochs is given). The machine may be shared: read the ratios.
 
-    python -m graphnet.bench.micro.fit [tiny small medium large wide] [--batches N] [--rounds 7]
+    python -m graphnet.bench.micro.fit [tiny small medium large wide] [--batches N] [--epochs E] [--rounds 7]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from typing import Callable
@@ -32,7 +34,9 @@ from .step import empty_native_function
 
 DEFAULT_CONFIGS = tuple(GRID)
 BATCHES = {"tiny": 40, "small": 40, "medium": 10, "large": 6, "wide": 3}  # batches per epoch, by default
-AMORTISED = {"tiny": 1000}  # by default also a row with this many batches per epoch: per-epoch costs amortised
+# by default also rows with (batches per epoch, epochs per fit call) where fit's costs are amortised:
+# per epoch over many batches, or per call over the epochs of one fit call (as a training run calls it)
+AMORTISED = {"tiny": ((1000, 1), (40, 20))}
 
 
 def build_model(config: GridConfig) -> gn.Model:
@@ -67,8 +71,9 @@ def timed(fn: Callable[[], object], steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(name: str, batches: int, rounds: int) -> dict[str, float]:
-    """Median seconds per step of each way to train `name` (interleaved rounds after a warm-up)."""
+def measure(name: str, batches: int, rounds: int, epochs_per_call: int = 1) -> dict[str, float]:
+    """Median seconds per step of each way to train `name` (interleaved rounds after a warm-up), the
+    fits running `epochs_per_call` epochs of `batches` batches per call, the rest as many steps."""
     config = GRID[name]
     model = build_model(config)
     x, y = dataset(config, batches)
@@ -79,29 +84,41 @@ def measure(name: str, batches: int, rounds: int) -> dict[str, float]:
     empty, engine = empty_native_function(6)
     pointers = [a.ctypes.data for a in (x, y, x, y, x, y)]
 
+    steps = batches * epochs_per_call
+
     def raw() -> None:
-        for _ in range(batches):
+        for _ in range(steps):
             train(**batch)
 
     def bare() -> None:
-        for _ in range(batches):
+        for _ in range(steps):
             empty(*pointers)
+
+    epochs = itertools.count()  # each call trains the next epochs, each with its own shuffle, as training does
 
     def fit(native: bool, shuffle: bool = True) -> Callable[[], object]:
         def run() -> None:
             model._native_fit = native
-            model.fit(x, y, batch_size=config.batch, epochs=1, verbose=0, shuffle=shuffle)
+            first = next(epochs)
+            for _ in range(epochs_per_call - 1):
+                next(epochs)
+            model.fit(x, y, batch_size=config.batch, epochs=first + epochs_per_call, initial_epoch=first, verbose=0,
+                      shuffle=shuffle)
         return run
 
-    runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order), "fit": fit(True),
+    def shuffles() -> None:
+        for _ in range(epochs_per_call):
+            epoch_order(model.seed, next(epochs), len(x))
+
+    runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order, steps), "fit": fit(True),
             "fit_unshuffled": fit(True, shuffle=False), "fit_by_batch": fit(False), "ctypes6": bare,
-            "shuffle": lambda: epoch_order(model.seed, 0, len(x))}
+            "shuffle": shuffles}
     for fn in runs.values():  # warm-up: compiles, arena layouts, caches
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for key, fn in runs.items():
-            times[key].append(timed(fn, batches))
+            times[key].append(timed(fn, steps))
     del engine
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -111,19 +128,20 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--batches", type=int, default=None,
                         help=f"batches per epoch (default: {', '.join(f'{k} {v}' for k, v in BATCHES.items())})")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per fit call (default 1)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     args = parser.parse_args()
     print(f"us per step (medians of {args.rounds} interleaved rounds)")
-    print(f"{'config':<8} {'batches':>7} {'raw':>10} {'run_steps':>10} {'fit':>10} {'unshuffled':>11} {'shuffle':>8} "
+    print(f"{'config':<8} {'batches':>7} {'epochs':>6} {'raw':>10} {'run_steps':>10} {'fit':>10} {'unshuffled':>11} {'shuffle':>8} "
           f"{'by batch':>10} {'ctypes6':>8} {'fit/raw':>8} {'fit/ctypes6':>12} {'(fit-shuffle)/raw':>18} "
           f"{'steps/raw':>10} {'by batch/raw':>13}")
-    rows = [(name, args.batches or BATCHES.get(name, 40)) for name in args.configs]
-    if args.batches is None:
-        rows += [(name, AMORTISED[name]) for name in args.configs if name in AMORTISED]
-    for name, batches in rows:
-        t = measure(name, batches, args.rounds)
+    rows = [(name, args.batches or BATCHES.get(name, 40), args.epochs) for name in args.configs]
+    if args.batches is None and args.epochs == 1:
+        rows += [(name, batches, epochs) for name in args.configs for batches, epochs in AMORTISED.get(name, ())]
+    for name, batches, epochs in rows:
+        t = measure(name, batches, args.rounds, epochs)
         us = {k: v * 1e6 for k, v in t.items()}
-        print(f"{name:<8} {batches:>7} {us['raw']:10.2f} {us['run_steps']:10.2f} {us['fit']:10.2f} "
+        print(f"{name:<8} {batches:>7} {epochs:>6} {us['raw']:10.2f} {us['run_steps']:10.2f} {us['fit']:10.2f} "
               f"{us['fit_unshuffled']:11.2f} {us['shuffle']:8.2f} {us['fit_by_batch']:10.2f} {us['ctypes6']:8.2f} "
               f"{t['fit'] / t['raw']:8.2f} {t['fit'] / t['ctypes6']:12.2f} "
               f"{(t['fit'] - t['shuffle']) / t['raw']:18.2f} {t['run_steps'] / t['raw']:10.2f} "
