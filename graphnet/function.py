@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import itertools
 import operator
@@ -144,6 +145,23 @@ def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
         seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def objects_before_frozen() -> Iterator[None]:
+    """The objects the garbage collector tracks when the block starts are left out of its collections
+    until the block ends (`gc.freeze`, then `gc.unfreeze`), unless something froze objects already.
+    A compile allocates hundreds of thousands of objects, enough to set off full collections, and
+    each full collection walks every object of the process (the compile's own and all the rest: numpy,
+    llvmlite, the user's data); the compile's garbage is still collected as it goes."""
+    if gc.get_freeze_count():  # the process (or another compile) froze objects: leave them as they are
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     backend: str = "llvm"
@@ -161,6 +179,12 @@ def compile(fetches: Any, updates: Any = None, backend: str = "llvm", training: 
     `fuse_optimizer=False` leaves out the optimizer-fusion pass: each update becomes a kernel of its
     own that reads the gradient from memory (same numbers; for comparisons and debugging).
     """
+    with objects_before_frozen():
+        return _compile(fetches, updates, backend, training, check_numerics, passes, fuse_optimizer)
+
+
+def _compile(fetches: Any, updates: Any, backend: str, training: bool | None, check_numerics: bool,
+             passes: Sequence[Pass] | None, fuse_optimizer: bool) -> "Function":
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     training = updates is not None if training is None else bool(training)
