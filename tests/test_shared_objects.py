@@ -61,6 +61,34 @@ def test_a_hit_in_a_fresh_process_loads_the_shared_object_without_llvm(cache_dir
     assert hit["values"] == miss["values"]
 
 
+_KERAS_PROCESS = textwrap.dedent("""
+    import json, sys, numpy as np, graphnet as gn
+    gn.set_seed(0)
+    model = gn.Sequential([gn.layers.Input((4,)), gn.layers.Dense(8, activation="relu"), gn.layers.Dense(3)])
+    model.compile("adam", gn.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.linspace(-1, 1, 64 * 4, dtype=np.float32).reshape(64, 4)
+    history = model.fit(x, np.arange(64) % 3, batch_size=16, epochs=2, verbose=0)
+    print(json.dumps({"hit": model.train_function.from_cache, "binding": "llvmlite.binding" in sys.modules,
+                      "loss": history.history["loss"]}))
+""")
+
+
+def test_a_cached_keras_model_fits_without_llvm_in_a_fresh_process(cache_dir):
+    """fit's first call imports graphnet.distributed (its hook under MPI), which needs LLVM only under
+    MPI: a model served from the compiled-function cache trains without importing llvmlite.binding."""
+    env = dict(os.environ, GRAPHNET_CACHE_DIR=str(cache_dir))
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _KERAS_PROCESS], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    miss, hit = runs
+    assert not miss["hit"] and miss["binding"]
+    assert hit["hit"] and not hit["binding"]
+    assert hit["loss"] == miss["loss"]
+
+
 def _step():
     with gn.Graph():
         x = gn.placeholder("x", (None, 8))

@@ -10,10 +10,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-import llvmlite.binding as llvm
-
 from codegen import cache
-from codegen.llvm.render import RUNTIME_CALLS
 
 SOURCE = os.path.join(os.path.dirname(__file__), "native", "collectives.c")
 BUILD_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")  # -O3: the reduction's loops vectorised
@@ -35,7 +32,10 @@ def progress_thread_microseconds() -> float:
 
 def load(world: Any) -> ctypes.CDLL:
     """Build (or find in the cache), load and configure the runtime for `world`'s communicator."""
+    import llvmlite.binding as llvm  # (here: every first fit imports this package, which needs LLVM only under MPI)
     from mpi4py import MPI
+
+    from codegen.llvm.render import RUNTIME_CALLS
     thread = progress_thread_microseconds()
     if thread and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
         raise RuntimeError("GRAPHNET_MPI_PROGRESS_THREAD needs MPI initialised with MPI_THREAD_MULTIPLE "
