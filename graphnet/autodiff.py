@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import networkx as nx
-
 from . import ops
 from .graph import Node, ancestors
 from .source import source_of
@@ -95,13 +93,13 @@ def _seeds(ys: list[Node], grad_ys: Any) -> list[Node]:
 
 
 def _between(xs: list[Node], ys: list[Node]) -> set[Node]:
-    """Nodes on some path from an x to a y (the only ones whose gradients are needed)."""
-    g = ys[0].graph.to_networkx(ys)
-    found: set[Node] = set()
-    for x in xs:
-        if x in g:
-            found |= (nx.descendants(g, x) | {x})
-    return found & set(g.nodes)
+    """Nodes on some path from an x to a y (the only ones whose gradients are needed): the ys'
+    ancestors that are an x or read one of these (ancestors are in topological order, inputs first)."""
+    targets, found = set(xs), set()
+    for n in ancestors(ys):
+        if n in targets or any(x in found for x in n.inputs):
+            found.add(n)
+    return found
 
 
 def _add_n(terms: list[Node]) -> Node:

@@ -14,7 +14,6 @@ import threading
 import unicodedata
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import networkx as nx
 import numpy as np
 
 from .batchdim import one_extent, recording
@@ -22,6 +21,8 @@ from .errors import ShapeError
 from .source import user_location
 
 if TYPE_CHECKING:
+    import networkx as nx
+
     from .ops.base import Op
 
 Shape = tuple  # tuple[int | None, ...]; None is the batch dimension
@@ -318,6 +319,7 @@ class Graph:
 
     def to_networkx(self, outputs: Iterable[Node] | None = None) -> nx.DiGraph:
         """A networkx DiGraph of the nodes (all, or those `outputs` depend on); edges point to consumers."""
+        import networkx as nx  # (here: importing networkx takes longer than importing the rest of graphnet)
         nodes = self.nodes if outputs is None else ancestors(outputs)
         g = nx.DiGraph()
         for n in nodes:

@@ -210,3 +210,33 @@ def test_relu_gradient_reads_the_output_so_the_pre_activation_is_not_kept():
     xs = np.array([[1.0, -2.0, 0.0, np.nan], [-0.0, 0.0, 0.0, 0.0], [2.0, 2.0, -1.0, 0.0]], np.float32)
     for got, want in zip(fn(x=xs), gn.compile([loss, *grads], backend="numpy")(x=xs)):
         np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+
+
+def test_the_nodes_between_xs_and_ys_are_networkxs_descendants_among_the_ancestors():
+    """autodiff._between walks the ys' ancestors once; it keeps exactly what networkx's descendants of
+    each x within those ancestors gave (a graph with fan-out, a dead branch and an x no y reads)."""
+    import networkx as nx
+
+    from graphnet.autodiff import _between
+    with gn.Graph():
+        a, b, c = gn.placeholder("a", (None, 3)), gn.placeholder("b", (None, 3)), gn.placeholder("c", (None, 3))
+        h = gn.tanh(a) * b
+        dead = gn.exp(h) + c  # no y reads it
+        ys = [gn.sum(h * h + gn.relu(b)), gn.mean(gn.sigmoid(h) - a)]
+        g = a.graph.to_networkx(ys)
+        for xs in ([a], [b], [a, b], [c], [h], [a, dead]):
+            want = set().union(*(nx.descendants(g, x) | {x} for x in xs if x in g)) & set(g.nodes)
+            assert _between(xs, ys) == want
+            assert dead not in _between(xs, ys)
+
+
+def test_importing_graphnet_imports_no_networkx():
+    """networkx (about 90 ms to import) is imported where `Graph.to_networkx` is called, not by `import
+    graphnet`: a training script never needs it."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, graphnet as gn\n"
+            "x = gn.placeholder('x', (None, 2)); w = gn.variable('w', np.ones((2, 1), np.float32))\n"
+            "gn.gradients(gn.mean(x @ w), [w])\n"
+            "assert 'networkx' not in sys.modules, 'networkx imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
