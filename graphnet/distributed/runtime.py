@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from codegen import collectives
-
 from ..ops import collective
 from ..optim import base
 from . import digest, native
@@ -40,6 +38,7 @@ def init(timeout: float | None = None) -> World:
     except ImportError as e:
         raise ImportError("graphnet.distributed needs mpi4py and an MPI library: pip install 'graphnet[mpi]' "
                           "(mpi4py and the Open MPI wheel)") from e
+    from codegen import collectives  # (here: every first fit imports this package, and needs no compiler)
     world = World(MPI.COMM_WORLD.Dup(), DEFAULT_TIMEOUT if timeout is None else float(timeout))
     base.GRADIENT_REDUCTION = world.reduce_gradients
     collective.HOST_ALLREDUCE = lambda x: world.allreduce(x, "an allreduce in the numpy step")
