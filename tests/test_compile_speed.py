@@ -162,19 +162,19 @@ def test_a_compile_leaves_the_objects_before_it_out_of_full_collections():
         seen.append(gc.get_freeze_count())
         return program
 
-    x = gn.placeholder("x", (None, 3))
-    gn.compile([gn.mean(x * 2.0)], backend="numpy", passes=[probe])
-    assert seen[0] > 0 and gc.get_freeze_count() == 0
-
     def failing(program):
         raise RuntimeError("pass failed")
-    with pytest.raises(RuntimeError, match="pass failed"):
-        gn.compile([gn.mean(x * 3.0)], backend="numpy", passes=[failing])
-    assert gc.get_freeze_count() == 0
 
-    gc.freeze()
-    try:
-        gn.compile([gn.mean(x * 4.0)], backend="numpy", passes=[probe])
-        assert seen[-1] > 0 and gc.get_freeze_count() > 0  # (a freed object leaves the count)
-    finally:
-        gc.unfreeze()
+    with gn.Graph():
+        x = gn.placeholder("x", (None, 3))
+        gn.compile([gn.mean(x * 2.0)], backend="numpy", passes=[probe])
+        assert seen[0] > 0 and gc.get_freeze_count() == 0
+        with pytest.raises(RuntimeError, match="pass failed"):
+            gn.compile([gn.mean(x * 3.0)], backend="numpy", passes=[failing])
+        assert gc.get_freeze_count() == 0
+        gc.freeze()
+        try:
+            gn.compile([gn.mean(x * 4.0)], backend="numpy", passes=[probe])
+            assert seen[-1] > 0 and gc.get_freeze_count() > 0  # (a freed object leaves the count)
+        finally:
+            gc.unfreeze()

@@ -12,7 +12,8 @@ permutation, as a training run's epochs do. The ratios are issue #17's targets, 
 fit/ctypes6, then fit without its shuffle (fit - shuffle) over raw. Every grid model by default; the
 large steps run fewer batches per epoch (`BATCHES`), and the models in `AMORTISED` get more rows:
 many batches per epoch, where fit's per-call and per-epoch costs are amortised, and many epochs per
-fit call, where its per-call costs are (unless --batches or --epochs is given). The machine may be shared: read the ratios.
+fit call, where its per-call costs are (unless --batches or --epochs is given). The machine may be
+shared: read the ratios.
 
     python -m graphnet.bench.micro.fit [tiny small medium large wide] [--batches N] [--epochs E] [--rounds 7]
 """
