@@ -47,8 +47,6 @@ I64 = np.dtype(np.int64)
 S = ExprBuilder(Affine())  # builds the integer index expressions
 ROOT_KINDS = ("reduce", "matmul", "scan", "scatter", "collective", "window")  # always a kernel of their own
 GATHER_KINDS = ("gather", "scatter")  # ops whose inputs are materialized
-RECOMPUTED_OPS = ("add", "subtract", "multiply", "negative")  # cheap enough to compute in each consumer
-MAX_RECOMPUTED_OPS = 2  # at most this many elementwise ops in the expression a consumer computes again
 MAX_INLINE_DEPTH = 64  # elementwise nodes inlined one into the next before the next is materialized: building
 # and rendering an expression recurses through them, and Python bounds its recursion
 
@@ -196,28 +194,6 @@ class Lowering:
     def _roots(self) -> set:
         roots = set()
         wanted = list(self.prog.fetches) + [v for _, v in self.prog.updates]
-        fetched = {n for n in wanted if n.op.kind != "source"}
-
-        def inlined_ops(n: Node, limit: int) -> int:
-            """The elementwise ops of `n`'s expression down to the roots decided so far (0 for a root or a
-            source), or limit + 1 where they exceed `limit` or one of them is not in RECOMPUTED_OPS."""
-            kind = n.op.kind
-            if n in roots or kind == "source":
-                return 0
-            if kind not in ("elementwise", "movement") or (kind == "elementwise" and n.op.name not in RECOMPUTED_OPS):
-                return limit + 1
-            total = int(kind == "elementwise")
-            for x in n.inputs:
-                if total > limit:
-                    break
-                total += inlined_ops(x, limit - total)
-            return min(total, limit + 1)
-
-        def recomputed(n: Node) -> bool:
-            """Whether `n`, read by several consumers, is computed again in each instead of stored."""
-            return n.op.kind == "elementwise" and n not in fetched and \
-                inlined_ops(n, MAX_RECOMPUTED_OPS) <= MAX_RECOMPUTED_OPS
-
         for n in self.nodes:
             kind = n.op.kind
             if kind == "source":
@@ -225,11 +201,11 @@ class Lowering:
             if kind in ROOT_KINDS or not self.fuse:
                 roots.add(n)
             consumers = self.consumers[n]
-            if kind == "elementwise" and len(consumers) != 1 and not recomputed(n):
+            if kind == "elementwise" and len(consumers) != 1:
                 roots.add(n)
             for c in consumers:
                 base = _movement_base(n)
-                if (len(consumers) > 1 and not recomputed(base)) or c.op.kind in ("matmul",) + GATHER_KINDS or (
+                if len(consumers) > 1 or c.op.kind in ("matmul",) + GATHER_KINDS or (
                         c.op.kind in ("elementwise", "movement") and c.op.name != "strided_slice"
                         and _numel(c.shape) != _numel(n.shape)):  # a slice reads each element once at most
                     roots.add(base)
@@ -237,7 +213,7 @@ class Lowering:
                     roots.add(n)
                 if any(c.inputs[i] is n for i in WINDOW_INPUTS.get(c.op.name, ())):  # read through windows
                     roots.add(n)
-        roots.update(fetched)
+        roots.update(n for n in wanted if n.op.kind != "source")
         roots = {r for r in roots if r.op.kind != "source"}
         depth: dict[Node, int] = {}  # elementwise nodes inlined below each node, up to MAX_INLINE_DEPTH
         for n in self.nodes:
