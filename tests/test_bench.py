@@ -1,5 +1,6 @@
 """The benchmark harness: peers train and agree, statistics helpers, tables, and one end-to-end run."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,21 @@ def test_compile_benchmark_compares_two_trees_state_by_state():
     assert rows[1].startswith("| medium (this) | cold | 600 | 900 | ")
     assert rows[2] == "| medium this/other | cold | 0.750 | 0.750 |"
     assert rows[5] == "| medium this/other | cached | 0.800 | 1.000 |"
+
+
+def test_the_library_warm_compile_keeps_only_the_machines_cache_entries(monkeypatch):
+    """micro.compile's `library warm` state: the cold run's GEMM library and host CPU description (what the
+    first compile on a machine leaves for every later model), none of the model's own entries."""
+    from graphnet.bench.micro import compile as compile_bench
+    seen = []
+
+    def child(name, cache, bytecode, tree=None):
+        if not seen:  # the cold run fills its cache
+            for folder in ("gemm", "host", "llvm", "steps"):
+                os.makedirs(os.path.join(cache, folder))
+        seen.append(sorted(os.listdir(cache)))
+        return {"total": 0.0, "phases": {}}
+    monkeypatch.setattr(compile_bench, "run_child", child)
+    states = compile_bench.one_round("medium", "unused")
+    assert list(states) == ["cold", "library warm", "cached"]
+    assert seen == [["gemm", "host", "llvm", "steps"], ["gemm", "host"], ["gemm", "host", "llvm", "steps"]]

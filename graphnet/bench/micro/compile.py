@@ -3,8 +3,9 @@
 For each grid configuration and round, three child processes each build the model
 (`bench/grid.py`: graph construction, autodiff, Adam, then `gn.compile`) and report the seconds and
 `Function.compile_seconds`, the breakdown by phase: `cold` with an empty cache directory,
-`library warm` with a cache holding only the GEMM library (the cache's `gemm` folder, copied from
-the cold run), and `cached` with the cold run's whole cache. "shared object" is linking the step's
+`library warm` with a cache holding only what the first compile on a machine leaves for every later
+model (`MACHINE_FOLDERS`, copied from the cold run: the GEMM library and the host CPU's description,
+written together by that first compile), and `cached` with the cold run's whole cache. "shared object" is linking the step's
 objects and GEMM routines into a shared object (where a linker exists); in the cold and warm states
 the parallel section's wall time is split over LLVM optimisation, object emission and GEMM routines
 in proportion to the worker jobs' own times. "build" is what no phase covers (graph construction,
@@ -44,6 +45,7 @@ STATES = ("cold", "library warm", "cached")
 PHASES = ("graph passes", "lowering", "loop passes", "cache lookup", "LLVM IR", "LLVM optimisation",
           "object emission", "GEMM routines", "shared object", "loading")
 TARGETS = {"medium": {"cold": 0.5, "library warm": 0.3, "cached": 0.03}}  # issue #17's, in seconds
+MACHINE_FOLDERS = ("gemm", "host")  # the cache's entries for the machine, not for one model
 
 
 CHILD = """
@@ -87,8 +89,9 @@ def one_round(name: str, bytecode: str, tree: str | None = None) -> dict[str, di
     with tempfile.TemporaryDirectory(prefix="graphnet-compile-") as cold, \
             tempfile.TemporaryDirectory(prefix="graphnet-compile-lib-") as library:
         results = {"cold": run_child(name, cold, bytecode, tree)}
-        if os.path.isdir(os.path.join(cold, "gemm")):
-            shutil.copytree(os.path.join(cold, "gemm"), os.path.join(library, "gemm"))
+        for folder in MACHINE_FOLDERS:
+            if os.path.isdir(os.path.join(cold, folder)):
+                shutil.copytree(os.path.join(cold, folder), os.path.join(library, folder))
         results["library warm"] = run_child(name, library, bytecode, tree)
         results["cached"] = run_child(name, cold, bytecode, tree)
     return results
