@@ -238,3 +238,20 @@ def test_a_composite_that_fixes_the_batch_keeps_its_shape_when_expanded():
         for backend in ("numpy", "llvm"):
             got = gn.compile([out], backend=backend)(x=np.full((1, 1), 2.0, np.float32))[0]
             np.testing.assert_array_equal(got, [[2.0, 1.0, 0.0]])
+
+
+def test_a_composite_that_fixes_the_batch_on_an_axis_of_n_created_inside_the_graph():
+    """Fuzz finding 0:65085: scatter_add with size=None gives (N, N, 1), and its concat with (N, 1, 1)
+    along the last axis fixes N = 1: (N, 1, 3). The expansion (N, N, 3) could not be reshaped to that
+    (no reshape turns N x N into N x 1); the axis of N the composite made static is taken at 0 .. k-1."""
+    with gn.Graph():
+        index = gn.placeholder("i", (), np.int64)
+        x1, x2 = gn.placeholder("x1", (None, 1, 1)), gn.placeholder("x2", (None, 1))
+        spread = gn.ops.apply("scatter_add", [x2, index], axis=1, size=None)
+        out = gn.ops.apply("concat", [spread, spread, x1], axis=2)
+        assert out.shape == (None, 1, 3)
+        feeds = {"i": np.array(2, np.int64), "x1": np.full((1, 1, 1), 1.5, np.float32),
+                 "x2": np.full((1, 1), 0.25, np.float32)}
+        for backend in ("numpy", "llvm"):
+            got = gn.compile([out], backend=backend)(**feeds)[0]
+            np.testing.assert_array_equal(got, [[[0.25, 0.25, 1.5]]])  # index 2 clamped into the one column
