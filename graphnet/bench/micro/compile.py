@@ -5,8 +5,9 @@ For each grid configuration and round, three child processes each build the mode
 `Function.compile_seconds`, the breakdown by phase: `cold` with an empty cache directory,
 `library warm` with a cache holding only what the first compile on a machine leaves for every later
 model (`MACHINE_FOLDERS`, copied from the cold run: the GEMM library and the host CPU's description,
-written together by that first compile), and `cached` with the cold run's whole cache. "shared object" is linking the step's
-objects and GEMM routines into a shared object (where a linker exists); in the cold and warm states
+written together by that first compile), and `cached` with the cold run's whole cache. "shared
+object" is linking the step's objects and GEMM routines into a shared object (where a linker
+exists); in the cold and warm states
 the parallel section's wall time is split over LLVM optimisation, object emission and GEMM routines
 in proportion to the worker jobs' own times. "build" is what no phase covers (graph construction,
 autodiff, the Function's set-up, importing the compiler). Children import graphnet
