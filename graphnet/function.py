@@ -149,8 +149,8 @@ def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
 def objects_before_frozen() -> Iterator[None]:
     """The objects the garbage collector tracks when the block starts are left out of its collections
     until the block ends (`gc.freeze`, then `gc.unfreeze`), unless something froze objects already.
-    A compile allocates hundreds of thousands of objects, enough to set off full collections, and
-    each full collection walks every object of the process (the compile's own and all the rest: numpy,
+    A compile allocates enough objects to set off full collections, and each full collection walks
+    every object of the process (the compile's own and all the rest: numpy,
     llvmlite, the user's data); the compile's garbage is still collected as it goes."""
     if gc.get_freeze_count():  # the process (or another compile) froze objects: leave them as they are
         yield

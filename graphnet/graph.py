@@ -319,7 +319,7 @@ class Graph:
 
     def to_networkx(self, outputs: Iterable[Node] | None = None) -> nx.DiGraph:
         """A networkx DiGraph of the nodes (all, or those `outputs` depend on); edges point to consumers."""
-        import networkx as nx  # (here: importing networkx takes longer than importing the rest of graphnet)
+        import networkx as nx  # (here: importing it is slow, and graphnet's own walks do without it)
         nodes = self.nodes if outputs is None else ancestors(outputs)
         g = nx.DiGraph()
         for n in nodes:

@@ -231,7 +231,7 @@ def test_the_nodes_between_xs_and_ys_are_networkxs_descendants_among_the_ancesto
 
 
 def test_importing_graphnet_imports_no_networkx():
-    """networkx (about 90 ms to import) is imported where `Graph.to_networkx` is called, not by `import
+    """networkx (slow to import) is imported where `Graph.to_networkx` is called, not by `import
     graphnet`: a training script never needs it."""
     import subprocess
     import sys

@@ -152,9 +152,8 @@ def test_a_compile_prints_no_pass_records_that_a_dump_reads(cache_dir, monkeypat
 
 def test_a_compile_leaves_the_objects_before_it_out_of_full_collections():
     """gn.compile freezes the objects the garbage collector tracks when it starts (a full collection
-    set off by the compile's allocations walks every object of the process: 25-30 ms of a medium
-    compile in a bare process) and unfreezes them at its end, even when it fails; objects frozen
-    before it (by the user) are left frozen."""
+    set off by the compile's allocations walks every object of the process) and unfreezes them at its
+    end, even when it fails; objects frozen before it (by the user) are left frozen."""
     import gc
     seen = []
 

@@ -25,7 +25,7 @@ def expand_composites(prog: Program) -> Program:
 def _fixed_extents(out: Node, shape: tuple) -> Node:
     """`out`, whose axes of extent N (the batch) are static extents k in `shape` because the composite
     fixed N == k, with those axes made static: each taken at 0 .. k-1 (the whole axis, as N == k when it
-    runs); a reshape could not say that of two axes of N (fuzz finding 0:65085: (N, N, 3) -> (N, 1, 3))."""
+    runs): a reshape cannot, where two axes are N, turn N x N into N x k."""
     for axis, (got, want) in enumerate(zip(out.shape, shape)):
         if got is None and want is not None:
             out = ops.take(out, np.arange(want), axis)

@@ -60,7 +60,7 @@ def _conv(strides=1, padding=0, dilations=1, groups=1, data_format="NHWC") -> di
 
 
 # Convolutions at the sizes that reach the native conv kernels, which the ops' own examples (a few
-# elements per axis) stay below: the implicit GEMM (at least 4,096 multiply-adds per image), the tap
+# elements per axis) stay below: the implicit GEMM (igemm.IGEMM_MIN_STATIC multiply-adds per image), the tap
 # conv (3 channels into 32), the one-vector conv (16 filters), the narrow row conv (1 channel into
 # 6), strided, dilated, NCHW and grouped forms; `grad` and `train` graphs add their gradients.
 CONV_EXAMPLES = (

@@ -7,9 +7,8 @@ For each grid configuration and round, three child processes each build the mode
 model (`MACHINE_FOLDERS`, copied from the cold run: the GEMM library and the host CPU's description,
 written together by that first compile), and `cached` with the cold run's whole cache. "shared
 object" is linking the step's objects and GEMM routines into a shared object (where a linker
-exists); in the cold and warm states
-the parallel section's wall time is split over LLVM optimisation, object emission and GEMM routines
-in proportion to the worker jobs' own times. "build" is what no phase covers (graph construction,
+exists); in the cold and warm states the parallel section's wall time is split over LLVM
+optimisation, object emission and GEMM routines in proportion to the worker jobs' own times. "build" is what no phase covers (graph construction,
 autodiff, the Function's set-up, importing the compiler). Children import graphnet
 from bytecode, as an installed graphnet does: the run keeps its own bytecode folder (filled by a
 warm-up child), so that where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE)

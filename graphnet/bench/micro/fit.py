@@ -95,21 +95,20 @@ def measure(name: str, batches: int, rounds: int, epochs_per_call: int = 1) -> d
         for _ in range(steps):
             empty(*pointers)
 
-    epochs = itertools.count()  # each call trains the next epochs, each with its own shuffle, as training does
+    starts = itertools.count(0, epochs_per_call)  # each call trains new epochs, each its own shuffle, as training does
 
     def fit(native: bool, shuffle: bool = True) -> Callable[[], object]:
         def run() -> None:
             model._native_fit = native
-            first = next(epochs)
-            for _ in range(epochs_per_call - 1):
-                next(epochs)
+            first = next(starts)
             model.fit(x, y, batch_size=config.batch, epochs=first + epochs_per_call, initial_epoch=first, verbose=0,
                       shuffle=shuffle)
         return run
 
     def shuffles() -> None:
-        for _ in range(epochs_per_call):
-            epoch_order(model.seed, next(epochs), len(x))
+        first = next(starts)
+        for epoch in range(first, first + epochs_per_call):
+            epoch_order(model.seed, epoch, len(x))
 
     runs = {"raw": raw, "run_steps": lambda: train.run_steps(feeds, config.batch, order, steps), "fit": fit(True),
             "fit_unshuffled": fit(True, shuffle=False), "fit_by_batch": fit(False), "ctypes6": bare,
