@@ -219,11 +219,12 @@ def _compile(fetches: Any, updates: Any, backend: str, training: bool | None, ch
         fn = Function(None, executable, rebuild, None, options, user_placeholders, fixed_batch(written.nodes()),
                       interface=interface, optimise=optimise)
     else:
-        with timed(seconds, "graph passes"):
-            program, records = optimise()
+        with _compile_workers(backend_class, options):
+            with timed(seconds, "graph passes"):
+                program, records = optimise()
+            executable = backend_class(program, options)
         # The user's nodes name the op that fixed the batch; a pass may have folded it away.
         fixed = fixed_batch([*written.nodes(), *program.nodes()])
-        executable = backend_class(program, options)
         fn = Function(program, executable, rebuild, records, options, user_placeholders, fixed)
         if keyed and (fixed is None) == (fixed_batch(written.nodes()) is None):  # else a hit could not tell it
             _store_step(keyed, executable, fn.interface)
@@ -234,6 +235,13 @@ def _compile(fetches: Any, updates: Any, backend: str, training: bool | None, ch
         from .dump import dump_numbered
         dump_numbered(fn, os.environ["GRAPHNET_DUMP"])
     return fn
+
+
+def _compile_workers(backend_class: Any, options: CompileOptions) -> contextlib.AbstractContextManager:
+    """A backend's context for a compile's graph passes and its own work (the LLVM backend's: worker
+    processes that warm LLVM up meanwhile, codegen/llvm/workers.py)."""
+    start = getattr(backend_class, "compile_workers", None)
+    return start(options) if start is not None else contextlib.nullcontext()
 
 
 def _step_key(written: Program, backend_class: Any, options: CompileOptions, passes: Any,

@@ -3,6 +3,7 @@ forked worker processes with the GEMM routines it needs (codegen/llvm/workers.py
 same bytes whichever process built them; a child that fails or hangs is a fallback, not an error."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -134,16 +135,18 @@ def test_pack_objects_round_trips_and_rejects_a_truncated_list():
         unpack_objects(pack_objects(objects)[:-1])
 
 
-def _job(value: bytes, fail_in_child: str = ""):
-    parent = os.getpid()
+def _tripled(value: bytes, fail_in_child: str = "", parent: int = 0):
+    if os.getpid() != parent and fail_in_child == "raise":
+        raise RuntimeError("a child's failure")
+    if os.getpid() != parent and fail_in_child == "hang":
+        time.sleep(60)
+    return value * 3, {"LLVM optimisation": 0.001}
 
-    def job():
-        if os.getpid() != parent and fail_in_child == "raise":
-            raise RuntimeError("a child's failure")
-        if os.getpid() != parent and fail_in_child == "hang":
-            time.sleep(60)
-        return value * 3, {"LLVM optimisation": 0.001}
-    return job
+
+def _job(value: bytes, fail_in_child: str = ""):
+    """A job (data: a module-level function and its arguments) tripling `value`, failing as told in
+    any process but this one."""
+    return _tripled, (value, fail_in_child, os.getpid())
 
 
 def test_run_jobs_returns_results_in_order_whichever_process_ran_them():
@@ -161,41 +164,109 @@ def test_a_failed_or_hung_child_s_jobs_run_in_the_parent(monkeypatch, failure):
     assert [obj for obj, _ in results] == [b"aaa", b"bbb", b"ccc"]
 
 
+def _note(done: str, name: bytes):
+    with open(done, "ab") as f:
+        f.write(b"x")
+    return name, {"LLVM optimisation": 0.0}
+
+
+def _wait_for_three(done: str):
+    deadline = time.monotonic() + 60
+    while os.stat(done).st_size < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return b"slow:%d" % os.stat(done).st_size, {"LLVM optimisation": 0.0}
+
+
 def test_a_process_takes_the_next_job_when_it_finishes_one(tmp_path):
-    """Jobs come from one queue: while one process is held by a job that takes longer than its cost
-    said, the other runs every other job (a split fixed in advance would have queued one behind it)."""
-    done = tmp_path / "done"
-    done.write_bytes(b"")
-
-    def quick(name: bytes):
-        def job():
-            with open(done, "ab") as f:
-                f.write(b"x")
-            return name, {"LLVM optimisation": 0.0}
-        return job
-
-    def slow():
-        deadline = time.monotonic() + 60
-        while done.stat().st_size < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return b"slow:%d" % done.stat().st_size, {"LLVM optimisation": 0.0}
-
-    results = workers.run_jobs([slow, quick(b"a"), quick(b"b"), quick(b"c")], [1, 1, 1, 1], processes=2)
+    """Each idle worker is sent the next job: while one is held by a job that takes longer than its
+    cost said, the other runs every other job (a split fixed in advance would have queued one behind it)."""
+    done = str(tmp_path / "done")
+    open(done, "wb").close()
+    jobs = [(_wait_for_three, (done,))] + [(_note, (done, name)) for name in (b"a", b"b", b"c")]
+    results = workers.run_jobs(jobs, [1, 1, 1, 1], processes=2)
     assert [obj for obj, _ in results] == [b"slow:3", b"a", b"b", b"c"]
 
 
-def test_a_parent_job_s_exception_propagates_and_leaves_no_child(monkeypatch):
-    def boom():
-        raise KeyError("parent")
+def _boom():
+    raise KeyError("everywhere")
+
+
+def test_a_job_failing_everywhere_raises_here_and_leaves_no_child(monkeypatch):
+    monkeypatch.setattr(workers, "CHILD_TIMEOUT", 30.0)
     children_before = _children()
     with pytest.raises(KeyError):
-        workers.run_jobs([boom, _job(b"x", "hang")], [10, 1], processes=2)
+        workers.run_jobs([(_boom, ()), _job(b"x", "hang")], [10, 1], processes=2)
     assert _children() == children_before
 
 
 def _children() -> set[str]:
     path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
     return set(open(path).read().split()) if os.path.exists(path) else set()
+
+
+def _pid_file_job(folder: str):
+    return str(os.getpid()).encode(), {"LLVM optimisation": 0.0}
+
+
+def _warmed(folder: str) -> None:
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+def test_early_workers_warm_up_before_the_jobs_exist_and_run_them(monkeypatch, tmp_path):
+    """`early` forks the workers at once, each running its warm-up; the next `run_jobs` in its context
+    sends them its jobs (the compiling process runs none), and no worker outlives the context."""
+    monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
+    monkeypatch.setattr(workers, "_started_early", False)  # this process's first compile
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    children_before = _children()
+    with workers.early(functools.partial(_warmed, str(tmp_path))):
+        deadline = time.monotonic() + 60
+        while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        warmed = set(os.listdir(tmp_path))
+        assert len(warmed) == 2 and str(os.getpid()) not in warmed  # before any job was known
+        ran = {obj.decode() for obj, _ in workers.run_jobs([(_pid_file_job, ("",))] * 6, [1] * 6)}
+        assert ran <= warmed
+        assert workers.run_jobs([_job(b"z")], [1]) == [(b"zzz", {"LLVM optimisation": 0.001})]  # used: here
+    assert _children() == children_before
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+def test_early_workers_are_for_a_process_s_first_compile_where_llvm_is_not_loaded(monkeypatch):
+    """A later compile warms up in its own process instead (LLVM loaded once, inherited by the workers
+    it forks later); nothing starts where LLVM is loaded or one process compiles."""
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    ran_here = []
+    monkeypatch.setattr(workers, "llvm_loaded", lambda: True)
+    monkeypatch.setattr(workers, "_started_early", False)
+    with workers.early(lambda: ran_here.append("loaded")):
+        assert workers._EARLY.get() is None and not ran_here
+    monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
+    monkeypatch.setattr(workers, "_started_early", True)  # a compile started workers early before
+    with workers.early(lambda: ran_here.append("later")):
+        assert workers._EARLY.get() is None and ran_here == ["later"]
+    monkeypatch.setattr(workers, "_started_early", False)
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "1")
+    with workers.early(lambda: ran_here.append("serial")):
+        assert workers._EARLY.get() is None and ran_here == ["later"]
+    assert workers._started_early is False
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+def test_early_workers_of_a_failed_compile_are_killed(monkeypatch):
+    monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
+    monkeypatch.setattr(workers, "_started_early", False)
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    children_before = _children()
+    with pytest.raises(ValueError), workers.early(functools.partial(time.sleep, 60)):
+        assert len(_children() - children_before) == 2
+        raise ValueError("a graph pass failed")
+    assert _children() == children_before
 
 
 def test_workers_is_serial_where_forking_is_unsafe_or_turned_off(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import graphnet as gn
-from codegen.llvm import jit, parallel
+from codegen.llvm import jit, parallel, workers
 from codegen.llvm.jit import SharedLibrary, linker
 
 pytestmark = pytest.mark.skipif(linker() is None, reason="no linker here: steps load into MCJIT engines")
@@ -40,9 +41,12 @@ _PROCESS = textwrap.dedent("""
         again = fn(x=feed)
         os._exit(0 if all(np.array_equal(a, b) for a, b in zip(got, again)) else 3)
     child = os.waitpid(pid, 0)[1]
-    print(json.dumps({"hit": fn.from_cache, "library": type(fn.executable.library).__name__,
-                      "binding": "llvmlite.binding" in sys.modules, "ir": "llvmlite.ir" in sys.modules, "child": child,
-                      "values": [a.tobytes().hex() for a in got]}))
+    out = {"hit": fn.from_cache, "library": type(fn.executable.library).__name__,
+           "binding": "llvmlite.binding" in sys.modules, "ir": "llvmlite.ir" in sys.modules, "child": child,
+           "values": [a.tobytes().hex() for a in got]}
+    with gn.Graph():
+        gn.compile(gn.exp(gn.placeholder("z", (None, 3))), backend="llvm")
+    print(json.dumps(out | {"second_binding": "llvmlite.binding" in sys.modules}))
 """)
 
 
@@ -59,6 +63,22 @@ def test_a_hit_in_a_fresh_process_loads_the_shared_object_without_llvm(cache_dir
     assert hit["hit"] and hit["library"] == "SharedLibrary" and not hit["binding"] and not hit["ir"]
     assert miss["child"] == hit["child"] == 0  # a forked child's regions ran serially, same numbers
     assert hit["values"] == miss["values"]
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here: one process compiles")
+def test_a_miss_compiles_in_workers_that_load_llvm_while_the_process_runs_its_graph_passes(cache_dir):
+    """Where the disk cache holds what the first compile on a machine writes (the GEMM library, the
+    host's description), a compile in a fresh process starts its worker processes first; they load LLVM
+    while it runs the graph passes (codegen/llvm/workers.py: `early`), and it never loads LLVM itself."""
+    from graphnet.bench.micro.compile import MACHINE_FOLDERS
+    cold = _fresh(cache_dir)
+    for entry in os.listdir(cache_dir):
+        if entry not in MACHINE_FOLDERS:
+            shutil.rmtree(cache_dir / entry)
+    warm = _fresh(cache_dir)
+    assert not warm["hit"] and warm["library"] == "SharedLibrary" and not warm["binding"]
+    assert warm["child"] == 0 and warm["values"] == cold["values"]
+    assert warm["second_binding"]  # a later compile loads LLVM here, for the workers it forks to inherit
 
 
 _KERAS_PROCESS = textwrap.dedent("""
@@ -99,7 +119,7 @@ def _step():
 
 
 def test_a_step_that_fails_to_link_loads_into_an_engine(cache_dir, monkeypatch):
-    monkeypatch.setattr("codegen.llvm.backend.link_shared", lambda compiler, objects: None)
+    monkeypatch.setattr("codegen.llvm.backend.link_shared", lambda objects: None)
     fn, feed, w = _step()
     assert not fn.executable.shared and not isinstance(fn.executable.library, SharedLibrary)
     np.testing.assert_allclose(fn(x=feed), np.maximum(feed @ w.value, 0) + 1.0, rtol=1e-6)
@@ -141,6 +161,23 @@ def test_the_host_cpu_is_remembered_per_machine(cache_dir, monkeypatch):
     monkeypatch.setattr(jit.TargetInfo, "host", classmethod(lambda cls: pytest.fail("asked LLVM again")))
     assert jit.host_cpu() == first  # read back from the disk cache
     jit._host_of.cache_clear()
+
+
+def test_the_target_triple_and_data_layout_are_remembered_per_machine(cache_dir, monkeypatch):
+    """A step's IR names them in its header; read from the disk cache, rendering needs no LLVM."""
+    if jit.cpu_identity() is None:
+        pytest.skip("no /proc/cpuinfo")
+    jit._strings_of.cache_clear()
+    try:
+        first = jit.target_strings()  # asks LLVM, stores the answer in this cache folder
+        tm = jit.host_cpu().target_machine()
+        assert first == (tm.triple, str(tm.target_data))
+        jit._strings_of.cache_clear()
+        monkeypatch.setattr(jit, "_ask_target_strings", lambda: pytest.fail("asked LLVM again"))
+        assert jit.target_strings() == first
+        assert jit.Compiler(jit.host_target()).triple == first[0]
+    finally:
+        jit._strings_of.cache_clear()
 
 
 def test_graphnet_shared_objects_0_turns_shared_objects_off(monkeypatch):

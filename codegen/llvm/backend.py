@@ -10,6 +10,7 @@ checking each result.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -28,7 +29,8 @@ from ..memory import StepLayout, allocate, plan_arena
 from .. import cache
 from ..cache import LLVM_OBJECTS, LLVM_SHARED
 from .call import data_pointer, fast_call
-from .jit import Compiler, Library, SharedLibrary, host_target, link_shared, linker, pack_objects, unpack_objects
+from .jit import (Compiler, Library, SharedLibrary, host_target, link_shared, linker, pack_objects, serial_flag_ir,
+                  unpack_objects, warm_up)
 from .runtime import load_runtime, num_threads
 
 if TYPE_CHECKING:
@@ -118,6 +120,14 @@ class LLVMBackend:
             self._ir_text = None
 
     @staticmethod
+    def compile_workers(options) -> contextlib.AbstractContextManager:
+        """The context of a compile's graph passes and backend: the compile's worker processes, started
+        at its beginning to load and warm LLVM up beside them (`workers.early`)."""
+        from .workers import early
+        compiler = Compiler(host_target(), reloc="pic" if linker() is not None else "default")
+        return early(functools.partial(warm_up, compiler))
+
+    @staticmethod
     def cache_context() -> tuple:
         """What a step's code depends on besides its program and graphnet's source (the compiled-function
         cache's key, graphnet/step_cache.py): the target CPU and features, the thread count."""
@@ -171,7 +181,7 @@ class LLVMBackend:
         self.cache_hit = image is not None
         if image is None:
             from .gemm_library import GEMMS
-            objects, built = self._compile()
+            objects, built = self._compile(serial_flag_ir(self.compiler))
             with timed(self.compile_seconds, "GEMM routines"):  # their objects, linked into the step's
                 routines = {}
                 for g in self.gemms:
@@ -180,7 +190,7 @@ class LLVMBackend:
                 objects += [GEMMS.object(self.compiler, self.threads, spec, _gemm_digest(), built.get(g))
                             for spec, g in routines.values()]
             with timed(self.compile_seconds, "shared object"):
-                image = link_shared(self.compiler, objects)
+                image = link_shared(objects)
             if image is None:
                 return False
             LLVM_SHARED.store(self.key, image)
@@ -273,9 +283,10 @@ class LLVMBackend:
         LLVM_OBJECTS.store(self.key, pack_objects(objects))
         return objects, built
 
-    def _compile(self) -> tuple[list[bytes], dict]:
-        """The step's object code, in parts (`split.py`; the GEMM routines are the library's), and the
-        objects of the GEMM routines no cache holds, compiled beside them in worker processes (`workers.py`)."""
+    def _compile(self, *unoptimised: str) -> tuple[list[bytes], dict]:
+        """The step's object code, in parts (`split.py`; the GEMM routines are the library's), then the
+        objects of the modules `unoptimised` (compiled without the IR pipeline), and the objects of the
+        GEMM routines no cache holds, compiled beside them in worker processes (`workers.py`)."""
         from .gemm_library import GEMMS
         from .split import part_count, split_module
         from .workers import run_jobs
@@ -286,14 +297,15 @@ class LLVMBackend:
             parts = split_module(text, units, part_count(text))
         missing = [g for g in dict.fromkeys(self.gemms)
                    if GEMMS.needs_build(self.compiler, self.threads, self._gemm_spec(*g), _gemm_digest())]
-        jobs = [functools.partial(self.compiler.compile_timed, part) for part in parts]
-        jobs += [functools.partial(_build_gemm, self.compiler, self.threads, self._gemm_spec(*g)) for g in missing]
-        costs = [len(part) for part in parts] + [GEMM_BUILD_COST] * len(missing)
+        jobs = [(self.compiler.compile_timed, (part,)) for part in parts]
+        jobs += [(self.compiler.compile_timed, (text, False)) for text in unoptimised]
+        jobs += [(_build_gemm, (self.compiler, self.threads, self._gemm_spec(*g))) for g in missing]
+        costs = [len(part) for part in parts] + [0] * len(unoptimised) + [GEMM_BUILD_COST] * len(missing)
         start = time.perf_counter()
         results = run_jobs(jobs, costs)
         _apportion(seconds, time.perf_counter() - start, [timing for _, timing in results])
-        objects = [obj for obj, _ in results[:len(parts)]]
-        return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts):])}
+        objects = [obj for obj, _ in results[:len(parts) + len(unoptimised)]]
+        return objects, {g: obj for g, (obj, _) in zip(missing, results[len(parts) + len(unoptimised):])}
 
     def _gemm_spec(self, dtype: np.dtype, trans_a: bool, trans_b: bool, m: int | None, gather: int = 0) -> GemmSpec:
         from .gemm import GemmSpec, specialised_m

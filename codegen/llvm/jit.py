@@ -114,11 +114,22 @@ class Compiler:
 
     @property
     def triple(self) -> str:
-        return self.tm.triple
+        """The default target triple (every target machine here is made for it), without LLVM where
+        the disk cache remembers it (`target_strings`)."""
+        return target_strings()[0]
 
     @property
     def data_layout(self) -> str:
-        return str(self.tm.target_data)
+        return target_strings()[1]
+
+    @property
+    def settings(self) -> tuple:
+        """What makes this compiler: `compiler_for(*settings)` makes an equal one."""
+        return self.target, self.opt, self.unroll, self.reloc
+
+    def __reduce__(self):
+        # A worker process (`workers.py`) makes each compiler once, with its target machine.
+        return compiler_for, self.settings
 
     def optimize(self, text: str) -> llvm.ModuleRef:
         """The module through LLVM's pipeline at `opt`, after merging identical functions (`merge_functions`)."""
@@ -146,17 +157,13 @@ class Compiler:
     def object_code(self, text: str, optimize: bool = True) -> bytes:
         """Object code; `optimize=False` skips the IR pipeline (hand-scheduled code such as the
         GEMM compiles ~10x faster and runs as fast without it)."""
-        if optimize:
-            return self.emit(self.optimize(text))
-        import llvmlite.binding as llvm
-        module = llvm.parse_assembly(text)
-        module.verify()
-        return self.emit(module)
+        return self.emit(self.optimize(text) if optimize else _parsed(text))
 
-    def compile_timed(self, text: str) -> tuple[bytes, dict[str, float]]:
-        """Optimised object code and the seconds spent optimising and emitting (a `workers.py` job)."""
+    def compile_timed(self, text: str, optimize: bool = True) -> tuple[bytes, dict[str, float]]:
+        """Object code, optimised unless `optimize=False`, and the seconds spent optimising and
+        emitting (a `workers.py` job)."""
         start = time.perf_counter()
-        module = self.optimize(text)
+        module = self.optimize(text) if optimize else _parsed(text)
         optimised = time.perf_counter()
         obj = self.emit(module)
         return obj, {"LLVM optimisation": optimised - start, "object emission": time.perf_counter() - optimised}
@@ -167,6 +174,80 @@ class Compiler:
 
     def assembly(self, text: str) -> str:
         return self.tm.emit_assembly(self.optimize(text))
+
+
+def _parsed(text: str) -> llvm.ModuleRef:
+    import llvmlite.binding as llvm
+    module = llvm.parse_assembly(text)
+    module.verify()
+    return module
+
+
+@functools.cache
+def compiler_for(target: TargetInfo, opt: int = 3, unroll: bool = False, reloc: str = "default") -> Compiler:
+    """One compiler per setting in this process (a worker's: it makes the target machine once)."""
+    return Compiler(target, opt, unroll, reloc)
+
+
+_WARM_UP_IR = """
+define void @warm_up(ptr noalias %a, ptr noalias %b, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %loop]
+  %p = getelementptr float, ptr %a, i64 %i
+  %x = load float, ptr %p
+  %y = call float @llvm.fma.f32(float %x, float 2.0, float 1.0)
+  %q = getelementptr float, ptr %b, i64 %i
+  store float %y, ptr %q
+  %next = add i64 %i, 1
+  %more = icmp slt i64 %next, %n
+  br i1 %more, label %loop, label %exit
+exit:
+  ret void
+}
+declare float @llvm.fma.f32(float, float, float)
+"""
+
+
+def warm_up(compiler: Compiler) -> None:
+    """What a process's first compile pays once, paid now: LLVM loaded, the target machine of
+    `compiler_for(*compiler.settings)` made, a small loop optimised and emitted (a compile worker's
+    warm-up, `workers.early`)."""
+    compiler_for(*compiler.settings).compile_timed(_WARM_UP_IR)
+
+
+def target_strings() -> tuple[str, str]:
+    """The default target triple and its data layout (a module's header), remembered in the disk cache
+    per machine as `host_cpu` is, so that rendering a step's IR needs no LLVM."""
+    identity = cpu_identity()
+    return _strings_of(identity) if identity is not None else _ask_target_strings()
+
+
+@functools.cache
+def _strings_of(identity: str) -> tuple[str, str]:
+    key = cache_key("target strings", identity)
+    payload = HOSTS.load(key)
+    if payload is not None:
+        try:
+            triple, layout = json.loads(payload)
+            if isinstance(triple, str) and isinstance(layout, str):
+                return triple, layout
+        except (ValueError, TypeError):
+            pass
+    strings = _ask_target_strings()
+    HOSTS.store(key, json.dumps(list(strings)).encode())
+    return strings
+
+
+def _ask_target_strings() -> tuple[str, str]:
+    tm = host_cpu().target_machine()
+    return tm.triple, str(tm.target_data)
+
+
+def serial_flag_ir(compiler: Compiler) -> str:
+    """A module defining the serial flag: a step's shared object holds one (`link_shared`)."""
+    return f'target triple = "{compiler.triple}"\n@"{SERIAL_FLAG}" = global i32 0\n'
 
 
 class Library:
@@ -249,15 +330,13 @@ def linker() -> tuple[str, ...] | None:
     return (cc, "-shared", "-nostdlib", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack") if cc else None
 
 
-def link_shared(compiler: Compiler, objects: list[bytes]) -> bytes | None:
-    """Position-independent objects and a definition of the serial flag linked into one shared object
-    whose own definitions bind first (-Bsymbolic; libm and libgomp resolve from the process when it
-    loads), or None where there is no linker or linking fails."""
+def link_shared(objects: list[bytes]) -> bytes | None:
+    """Position-independent objects, one of them defining the serial flag (`serial_flag_ir`), linked
+    into one shared object whose own definitions bind first (-Bsymbolic; libm and libgomp resolve from
+    the process when it loads), or None where there is no linker or linking fails."""
     command = linker()
     if command is None:
         return None
-    flag = f'target triple = "{compiler.triple}"\n@"{SERIAL_FLAG}" = global i32 0\n'
-    objects = objects + [compiler.object_code(flag, optimize=False)]
     with tempfile.TemporaryDirectory(prefix="graphnet-link-") as folder:
         paths = []
         for i, obj in enumerate(objects):

@@ -1,34 +1,48 @@
 """Compile jobs in forked worker processes: LLVM holds a global lock, so parallel compilation is by process.
 
-A job is a function returning bytes (an object file) and the seconds it spent by phase. `run_jobs`
-runs a list of jobs in this process and up to `workers() - 1` forked children, which take them from
-one queue, longest first, each process its next job when it finishes one (so a process on a busy
-core, or whose jobs took longer than their costs said, takes fewer), and send their results back
-through a pipe each; a child that fails, dies or takes longer than `CHILD_TIMEOUT` seconds is a
-fallback, not an error: the jobs it did not return run here. The results are the same bytes in the
-same order whichever process ran each job (LLVM is deterministic).
+A job is data: a function and its arguments, pickled to the worker that runs it (a function defined at
+a module's top level, or a method of a picklable object such as `jit.Compiler`), whose result is bytes
+(an object file) and the seconds it spent by phase. `Workers.start` forks the worker processes; each
+first runs an optional warm-up, then runs the jobs it is sent until the compiling process has none
+left for it. `Workers.run` sends each idle worker the costliest job left, so a worker on a busy core,
+or whose jobs took longer than their costs said, takes fewer, and returns the results in order. A
+worker that fails, dies or takes longer than `CHILD_TIMEOUT` seconds for a job is a fallback, not an
+error: the jobs it did not return run in the compiling process. The results are the same bytes
+whichever process ran each job (LLVM is deterministic).
+
+A process's first compile starts its workers before its graph passes (`early`): their warm-up
+(importing llvmlite.binding and loading LLVM, making the target machine, compiling a small module
+once: some 40 ms a process) then runs beside the compiling process's graph passes, lowering and IR
+rendering, and the compiling process itself does not load LLVM where the step becomes a shared
+object. A later compile loads LLVM in the compiling process (once), and `run_jobs` forks its workers
+when the jobs are ready: they inherit it, and a single job runs in the compiling process.
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
 libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
-none of `FORK_AVERSE` imported: an MPI job, or JAX, whose runtime warns that a fork may deadlock it). `GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial); the default is
-the CPUs this process may run on, at most `MAX_WORKERS`.
+none of `FORK_AVERSE` imported: an MPI job, or JAX, whose runtime warns that a fork may deadlock it).
+`GRAPHNET_COMPILE_WORKERS` sets the number of processes (1: serial, in the compiling process); the
+default is the CPUs this process may run on, at most `MAX_WORKERS`.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fcntl
 import os
+import pickle
 import select
 import signal
 import struct
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-Job = Callable[[], "tuple[bytes, dict[str, float]]"]
+Result = "tuple[bytes, dict[str, float]]"
+Job = "tuple[Callable[..., Result], tuple]"  # a function and its arguments, both picklable
 MAX_WORKERS = 4
 FORK_AVERSE = ("mpi4py", "jax")  # modules whose presence makes compiles serial
-CHILD_TIMEOUT = 300.0  # seconds; a child past it is killed and its jobs run in this process
+CHILD_TIMEOUT = 300.0  # seconds a worker may take for one job; past it, it is killed and the job runs here
 
 
 def workers() -> int:
@@ -57,154 +71,239 @@ def assign(costs: list[float], bins: int) -> list[list[int]]:
     return out
 
 
-def run_jobs(jobs: list[Job], costs: list[float], processes: int | None = None) -> list[tuple[bytes, dict]]:
-    """Each job's result, in order; the jobs run in up to `processes` (default `workers()`) processes,
-    which take them from one queue in order of decreasing cost."""
+def llvm_loaded() -> bool:
+    """Whether this process has loaded LLVM (then workers forked late inherit it, warm)."""
+    return "llvmlite.binding" in sys.modules
+
+
+_EARLY: contextvars.ContextVar["Workers | None"] = contextvars.ContextVar("graphnet_early_workers", default=None)
+
+
+_started_early = False  # whether a compile in this process has started workers early
+
+
+@contextlib.contextmanager
+def early(warm: Callable[[], Any] | None = None) -> Iterator[None]:
+    """For a process's first compile: workers started now, each running `warm` first, for the next
+    `run_jobs` in this context (the compile's, once its IR is rendered); those still running when the
+    context ends are killed. For a later compile, `warm` runs in this process where LLVM is not loaded
+    yet, once, so that the workers it forks when its jobs are ready inherit LLVM (warming two fresh
+    workers for every compile would cost a process that compiles many small steps more than it
+    saves). Nothing where LLVM is loaded here already or one process compiles."""
+    global _started_early
+    pool = None
+    if workers() > 1 and not llvm_loaded():
+        if not _started_early:
+            _started_early = True
+            pool = Workers.start(warm=warm)
+        elif warm is not None:
+            warm()
+    token = _EARLY.set(pool)
+    try:
+        yield
+    finally:
+        _EARLY.reset(token)
+        if pool is not None:
+            pool.close()
+
+
+def run_jobs(jobs: list[Job], costs: list[float], processes: int | None = None) -> list[Result]:
+    """Each job's result, in order: on the workers `early` started where there are some, else on up
+    to `processes` (default `workers()`) workers forked now, or in this process where that is one."""
+    pool = _EARLY.get()
+    if pool is not None and not pool.used:
+        return pool.run(jobs, costs)
     processes = min(len(jobs), workers() if processes is None else processes)
     if processes <= 1:
-        return [job() for job in jobs]
-    queue = _queue(sorted(range(len(jobs)), key=lambda i: (-costs[i], i)))
-    results: list = [None] * len(jobs)
-    children: list[_Child] = []
+        return [_call(job) for job in jobs]
+    pool = Workers.start(processes)
     try:
-        for _ in range(processes - 1):
-            children.append(_fork(jobs, queue))
-        while (i := _take(queue)) is not None:
-            results[i] = jobs[i]()
-            for child in children:
-                child.drain()
-        for child in children:
-            for i, result in child.collect().items():
-                results[i] = result
-        children = []
-        for i in range(len(jobs)):  # those a failed child took
-            if results[i] is None:
-                results[i] = jobs[i]()
+        return pool.run(jobs, costs)
     finally:
-        os.close(queue)
-        for child in children:  # an exception here: no child outlives the call
-            _reap(child.pid, child.fd, kill=True)
-    return results
+        pool.close()
 
 
-_INDEX = struct.Struct("<I")
-_RECORD = struct.Struct("<IQQ")  # job index, object bytes, timing bytes
-_PIPE_BYTES = 1 << 20  # a child's results pipe holds this much, so a child rarely waits for the parent to read
+def _call(job: Job) -> Result:
+    function, args = job
+    return function(*args)
+
+
+_HEADER = struct.Struct("<IQ")  # a job's or a result's index, then its pickle's bytes
+_PIPE_BYTES = 1 << 20  # a pipe holds this much, so that neither end usually waits for the other to read
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def _queue(order: list[int]) -> int:
-    """A pipe's read end holding the job indices in `order`, its write end closed: every process that
-    reads a record takes that job, and an empty queue reads as its end."""
-    read, write = os.pipe()
-    try:
-        fcntl.fcntl(write, _F_SETPIPE_SZ, max(4096, _INDEX.size * len(order)))
-    except OSError:
-        pass  # the default size (64 KiB) holds 16384 jobs
-    os.write(write, b"".join(_INDEX.pack(i) for i in order))
-    os.close(write)
-    return read
+class Workers:
+    """Forked worker processes, used for one list of jobs (`run`)."""
 
+    def __init__(self, children: list[_Worker]):
+        self.children, self.used = children, False
 
-def _take(queue: int) -> int | None:
-    """The next job's index from the queue, or None when it is empty (a pipe read of one record of
-    a few bytes is not split between readers)."""
-    data = os.read(queue, _INDEX.size)
-    return _INDEX.unpack(data)[0] if len(data) == _INDEX.size else None
+    @classmethod
+    def start(cls, processes: int | None = None, warm: Callable[[], Any] | None = None) -> "Workers":
+        """`processes` (default `workers()`) workers forked now, each running `warm` before its jobs."""
+        children: list[_Worker] = []
+        for _ in range(workers() if processes is None else processes):
+            children.append(_fork(warm, [fd for child in children for fd in (child.jobs, child.results)]))
+        return cls(children)
 
+    def run(self, jobs: list[Job], costs: list[float]) -> list[Result]:
+        """Each job's result, in order; the workers take the costliest job left each time they are idle,
+        and a job a worker did not return runs in this process at once (so its exception, if it raises
+        here too, is raised without waiting for the other workers)."""
+        self.used = True
+        order = sorted(range(len(jobs)), key=lambda i: (-costs[i], i))
+        results: list = [None] * len(jobs)
+        busy: dict[_Worker, int] = {}
 
-class _Child:
-    """A forked worker: its pid and results pipe, and what the parent has read of it so far."""
+        def here(i: int) -> None:  # a job a worker did not return
+            results[i] = _call(jobs[i])
 
-    def __init__(self, pid: int, fd: int):
-        self.pid, self.fd, self.chunks, self.closed = pid, fd, [], False
+        def dispatch(child: _Worker) -> None:  # its next job, or the end of its jobs
+            if not order:
+                return child.finish()
+            i = order.pop(0)
+            if child.send(i, pickle.dumps(jobs[i], protocol=pickle.HIGHEST_PROTOCOL)):
+                busy[child] = i
+            else:
+                self._drop(child)
+                here(i)
 
-    def drain(self) -> None:
-        """Read what the child has written so far without waiting."""
-        while not self.closed and select.select([self.fd], [], [], 0)[0]:
-            if not self._read():
-                break
-
-    def _read(self) -> bool:
-        chunk = os.read(self.fd, 1 << 20)
-        if chunk:
-            self.chunks.append(chunk)
-        else:
-            self.closed = True
-        return bool(chunk)
-
-    def collect(self) -> dict[int, tuple[bytes, dict]]:
-        """The child's results by job index once it has exited; none where it failed or timed out (the
-        jobs it took then run in the parent)."""
-        deadline = time.monotonic() + CHILD_TIMEOUT
         try:
-            while not self.closed:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                    _reap(self.pid, self.fd, kill=True)
-                    return {}
-                self._read()
+            for child in list(self.children):
+                dispatch(child)
+            while busy:
+                deadline = min(child.sent for child in busy) + CHILD_TIMEOUT
+                ready = select.select([child.results for child in busy], [], [], max(0.0, deadline - time.monotonic()))[0]
+                if not ready:  # the oldest job's worker is past its time
+                    late = min(busy, key=lambda child: child.sent)
+                    self._drop(late)
+                    here(busy.pop(late))
+                    continue
+                for child in [c for c in busy if c.results in ready]:
+                    done = child.receive()
+                    if done is None:  # it died or sent what is not a result
+                        self._drop(child)
+                        here(busy.pop(child))
+                    elif done:
+                        results[busy.pop(child)] = done[1]
+                        dispatch(child)
+            for i in sorted(order):  # no worker left to run them
+                here(i)
+        finally:
+            self.close()
+        return results
+
+    def _drop(self, child: _Worker) -> None:
+        child.reap(kill=True)
+        self.children.remove(child)
+
+    def close(self) -> None:
+        """Kill and reap the workers still running."""
+        for child in self.children:
+            child.reap(kill=True)
+        self.children = []
+
+
+class _Worker:
+    """A forked worker: its pid, the pipe its jobs go down and the pipe its results come up."""
+
+    def __init__(self, pid: int, jobs: int, results: int):
+        self.pid, self.jobs, self.results = pid, jobs, results
+        self.buffer, self.sent = bytearray(), 0.0
+
+    def send(self, index: int, payload: bytes) -> bool:
+        """Write a job (False where the worker is gone)."""
+        data = memoryview(_HEADER.pack(index, len(payload)) + payload)
+        try:
+            while data:
+                data = data[os.write(self.jobs, data):]
         except OSError:
-            _reap(self.pid, self.fd, kill=True)
-            return {}
-        if _reap(self.pid, self.fd) != 0:
-            return {}
-        return _decode(b"".join(self.chunks))
+            return False
+        self.sent = time.monotonic()
+        return True
+
+    def finish(self) -> None:
+        """No more jobs: the worker exits once it has sent its last result."""
+        if self.jobs >= 0:
+            os.close(self.jobs)
+            self.jobs = -1
+
+    def receive(self) -> tuple[int, Result] | tuple | None:
+        """What the results pipe holds now: a whole result (its index and value), `()` where it is not
+        whole yet, None where the worker has closed the pipe or sent what is not a result."""
+        try:
+            chunk = os.read(self.results, 1 << 20)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        self.buffer += chunk
+        if len(self.buffer) < _HEADER.size:
+            return ()
+        index, size = _HEADER.unpack_from(self.buffer)
+        end = _HEADER.size + size
+        if len(self.buffer) < end:
+            return ()
+        try:
+            result = pickle.loads(self.buffer[_HEADER.size:end])
+        except Exception:
+            return None
+        del self.buffer[:end]
+        return index, result
+
+    def reap(self, kill: bool = False) -> int:
+        """Close the pipes and wait for the worker (killed first if `kill`); its exit status."""
+        self.finish()
+        with contextlib.suppress(OSError):
+            os.close(self.results)
+        if kill:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return -1
+        return os.waitstatus_to_exitcode(status)
 
 
-def _fork(jobs: list[Job], queue: int) -> _Child:
-    read, write = os.pipe()
-    try:
-        fcntl.fcntl(write, _F_SETPIPE_SZ, _PIPE_BYTES)
-    except OSError:
-        pass  # a smaller pipe: the child waits for the parent to read, nothing else changes
+def _fork(warm: Callable[[], Any] | None, siblings: list[int]) -> _Worker:
+    """A worker running `warm`, then its jobs; `siblings`: the other workers' pipes, which it closes
+    (a worker sees the end of its jobs when the compiling process closes its pipe, the last one open)."""
+    jobs_read, jobs_write = os.pipe()
+    results_read, results_write = os.pipe()
+    for fd in (jobs_write, results_write):
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:
+            pass  # a smaller pipe: one end waits for the other to read, nothing else changes
     pid = os.fork()
-    if pid == 0:  # the child: jobs from the queue until it is empty, each result written; no exit handlers
+    if pid == 0:  # the child: no exit handlers, no return into the parent's code
         status = 1
         try:
-            os.close(read)
-            with os.fdopen(write, "wb", buffering=0) as out:
-                while (i := _take(queue)) is not None:
-                    data, seconds = jobs[i]()
-                    timing = ",".join(f"{k}={v!r}" for k, v in seconds.items()).encode()
-                    out.write(_RECORD.pack(i, len(data), len(timing)) + data + timing)
+            for fd in (jobs_write, results_read, *siblings):
+                os.close(fd)
+            _serve(jobs_read, results_write, warm)
             status = 0
         finally:
             os._exit(status)
-    os.close(write)
-    return _Child(pid, read)
+    os.close(jobs_read)
+    os.close(results_write)
+    return _Worker(pid, jobs_write, results_read)
 
 
-def _decode(data: bytes) -> dict[int, tuple[bytes, dict]]:
-    """The records a child wrote, by job index; none where the data is not whole records."""
-    out, at = {}, 0
-    try:
-        while at < len(data):
-            index, size, tsize = _RECORD.unpack_from(data, at)
-            at += _RECORD.size
-            obj, timing = data[at:at + size], data[at + size:at + size + tsize].decode()
-            at += size + tsize
-            if at > len(data):
-                return {}
-            out[index] = (obj, {k: float(v) for k, v in (kv.split("=") for kv in timing.split(",") if kv)})
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return {}
-    return out
-
-
-def _reap(pid: int, fd: int, kill: bool = False) -> int:
-    """Close the pipe and wait for the child (killed first if `kill`); its exit status."""
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    if kill:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return -1
-    return os.waitstatus_to_exitcode(status)
+def _serve(jobs: int, results: int, warm: Callable[[], Any] | None) -> None:
+    """A worker's life: the warm-up (its failure is not the jobs'), then each job read and its result
+    written, until the jobs pipe closes."""
+    if warm is not None:
+        with contextlib.suppress(Exception):
+            warm()
+    with os.fdopen(jobs, "rb") as into, os.fdopen(results, "wb") as out:
+        while len(header := into.read(_HEADER.size)) == _HEADER.size:
+            index, size = _HEADER.unpack(header)
+            payload = into.read(size)
+            if len(payload) != size:
+                return
+            data = pickle.dumps(_call(pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
+            out.write(_HEADER.pack(index, len(data)) + data)
+            out.flush()
