@@ -199,13 +199,21 @@ def test_a_job_failing_everywhere_raises_here_and_leaves_no_child(monkeypatch):
     assert _children() == children_before
 
 
-def _children() -> set[str]:
-    path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
-    return set(open(path).read().split()) if os.path.exists(path) else set()
+def _children(pid: int | None = None) -> set[str]:
+    pid = os.getpid() if pid is None else pid
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        return set(open(path).read().split())
+    except OSError:
+        return set()
 
 
-def _pid_file_job(folder: str):
-    return str(os.getpid()).encode(), {"LLVM optimisation": 0.0}
+def _pids_job():
+    return f"{os.getpid()} {os.getppid()}".encode(), {"LLVM optimisation": 0.0}
+
+
+def _pids(ran: set[str]) -> list[str]:
+    return [line.split()[0] for line in ran]
 
 
 def _warmed(folder: str) -> None:
@@ -215,8 +223,9 @@ def _warmed(folder: str) -> None:
 
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
 def test_early_workers_warm_up_before_the_jobs_exist_and_run_them(monkeypatch, tmp_path):
-    """`early` forks the workers at once, each running its warm-up; the next `run_jobs` in its context
-    sends them its jobs (the compiling process runs none), and no worker outlives the context."""
+    """`early` forks a worker at once, which runs the warm-up and then forks the other (which inherits
+    what it loaded); the next `run_jobs` in its context sends them its jobs (the compiling process
+    runs none), and no worker outlives the context."""
     monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
     monkeypatch.setattr(workers, "_started_early", False)  # this process's first compile
     monkeypatch.setattr(workers, "FORK_AVERSE", ())
@@ -224,12 +233,12 @@ def test_early_workers_warm_up_before_the_jobs_exist_and_run_them(monkeypatch, t
     children_before = _children()
     with workers.early(functools.partial(_warmed, str(tmp_path))):
         deadline = time.monotonic() + 60
-        while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        while not os.listdir(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.01)
-        warmed = set(os.listdir(tmp_path))
-        assert len(warmed) == 2 and str(os.getpid()) not in warmed  # before any job was known
-        ran = {obj.decode() for obj, _ in workers.run_jobs([(_pid_file_job, ("",))] * 6, [1] * 6)}
-        assert ran <= warmed
+        warmed = os.listdir(tmp_path)
+        assert len(warmed) == 1 and warmed[0] != str(os.getpid())  # before any job was known
+        ran = {obj.decode() for obj, _ in workers.run_jobs([(_pids_job, ())] * 6, [1] * 6)}
+        assert ran == {f"{warmed[0]} {os.getpid()}", f"{next(p for p in _pids(ran) if p != warmed[0])} {warmed[0]}"}
         assert workers.run_jobs([_job(b"z")], [1]) == [(b"zzz", {"LLVM optimisation": 0.001})]  # used: here
     assert _children() == children_before
 
@@ -257,16 +266,36 @@ def test_early_workers_are_for_a_process_s_first_compile_where_llvm_is_not_loade
 
 
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
-def test_early_workers_of_a_failed_compile_are_killed(monkeypatch):
+def test_early_workers_of_a_failed_compile_are_killed(monkeypatch, tmp_path):
+    """The warm worker is killed when the context ends without its jobs (a graph pass raised), and
+    the worker it forked dies with it."""
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc/PID/task/PID/children here")
     monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
     monkeypatch.setattr(workers, "_started_early", False)
     monkeypatch.setattr(workers, "FORK_AVERSE", ())
     monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
     children_before = _children()
-    with pytest.raises(ValueError), workers.early(functools.partial(time.sleep, 60)):
-        assert len(_children() - children_before) == 2
+    with pytest.raises(ValueError), workers.early(functools.partial(_warmed, str(tmp_path))):
+        (first,) = _children() - children_before
+        deadline = time.monotonic() + 60
+        while not _children(int(first)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (second,) = _children(int(first))
         raise ValueError("a graph pass failed")
     assert _children() == children_before
+    deadline = time.monotonic() + 10
+    while _alive(second) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(second)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
 
 
 def test_workers_is_serial_where_forking_is_unsafe_or_turned_off(monkeypatch):

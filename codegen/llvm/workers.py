@@ -2,20 +2,20 @@
 
 A job is data: a function and its arguments, pickled to the worker that runs it (a function defined at
 a module's top level, or a method of a picklable object such as `jit.Compiler`), whose result is bytes
-(an object file) and the seconds it spent by phase. `Workers.start` forks the worker processes; each
-first runs an optional warm-up, then runs the jobs it is sent until the compiling process has none
-left for it. `Workers.run` sends each idle worker the costliest job left, so a worker on a busy core,
+(an object file) and the seconds it spent by phase. `Workers.start` forks the worker processes, which
+run the jobs they are sent until the compiling process has none left for them. `Workers.run` sends each idle worker the costliest job left, so a worker on a busy core,
 or whose jobs took longer than their costs said, takes fewer, and returns the results in order. A
 worker that fails, dies or takes longer than `CHILD_TIMEOUT` seconds for a job is a fallback, not an
 error: the jobs it did not return run in the compiling process. The results are the same bytes
 whichever process ran each job (LLVM is deterministic).
 
-A process's first compile starts its workers before its graph passes (`early`): their warm-up
-(importing llvmlite.binding and loading LLVM, making the target machine, compiling a small module
-once: some 40 ms a process) then runs beside the compiling process's graph passes, lowering and IR
-rendering, and the compiling process itself does not load LLVM where the step becomes a shared
-object. A later compile loads LLVM in the compiling process (once), and `run_jobs` forks its workers
-when the jobs are ready: they inherit it, and a single job runs in the compiling process.
+A process's first compile starts its workers before its graph passes (`early`): one worker is forked
+and warms up (imports llvmlite.binding and loads LLVM, makes the target machine, compiles a small
+module once: some 40 ms), then forks the others, which inherit what it loaded and die with it. The
+warm-up runs beside the compiling process's graph passes, lowering and IR rendering, and the
+compiling process itself does not load LLVM where the step becomes a shared object. A later compile
+loads LLVM in the compiling process (once), and `run_jobs` forks its workers when the jobs are ready:
+they inherit it, and a single job runs in the compiling process.
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
 libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
@@ -43,6 +43,7 @@ Job = "tuple[Callable[..., Result], tuple]"  # a function and its arguments, bot
 MAX_WORKERS = 4
 FORK_AVERSE = ("mpi4py", "jax")  # modules whose presence makes compiles serial
 CHILD_TIMEOUT = 300.0  # seconds a worker may take for one job; past it, it is killed and the job runs here
+EXIT_GRACE = 5.0  # seconds a worker that has sent its last result may take to exit before it is killed
 
 
 def workers() -> int:
@@ -84,12 +85,12 @@ _started_early = False  # whether a compile in this process has started workers 
 
 @contextlib.contextmanager
 def early(warm: Callable[[], Any] | None = None) -> Iterator[None]:
-    """For a process's first compile: workers started now, each running `warm` first, for the next
+    """For a process's first compile: workers started now (`Workers.start` with `warm`) for the next
     `run_jobs` in this context (the compile's, once its IR is rendered); those still running when the
     context ends are killed. For a later compile, `warm` runs in this process where LLVM is not loaded
-    yet, once, so that the workers it forks when its jobs are ready inherit LLVM (warming two fresh
-    workers for every compile would cost a process that compiles many small steps more than it
-    saves). Nothing where LLVM is loaded here already or one process compiles."""
+    yet, once, so that the workers it forks when its jobs are ready inherit LLVM (a fresh warm-up for
+    every compile would cost a process that compiles many small steps more than it saves). Nothing
+    where LLVM is loaded here already or one process compiles."""
     global _started_early
     pool = None
     if workers() > 1 and not llvm_loaded():
@@ -141,11 +142,14 @@ class Workers:
 
     @classmethod
     def start(cls, processes: int | None = None, warm: Callable[[], Any] | None = None) -> "Workers":
-        """`processes` (default `workers()`) workers forked now, each running `warm` before its jobs."""
-        children: list[_Worker] = []
-        for _ in range(workers() if processes is None else processes):
-            children.append(_fork(warm, [fd for child in children for fd in (child.jobs, child.results)]))
-        return cls(children)
+        """`processes` (default `workers()`) workers. With `warm`, one is forked now, runs `warm` and
+        then forks the others, which inherit what it loaded (one warm-up for all, its CPU time spent
+        once); without, each is forked now from this process."""
+        pipes = [_Pipes() for _ in range(workers() if processes is None else processes)]
+        if warm is not None:
+            first = _fork(pipes[0], pipes[1:], warm)
+            return cls([first] + [_Worker(None, p) for p in pipes[1:]])
+        return cls([_fork(p, [q for q in pipes if q is not p]) for p in pipes])  # (closed ends: -1)
 
     def run(self, jobs: list[Job], costs: list[float]) -> list[Result]:
         """Each job's result, in order; the workers take the costliest job left each time they are idle,
@@ -190,6 +194,9 @@ class Workers:
                         dispatch(child)
             for i in sorted(order):  # no worker left to run them
                 here(i)
+            for child in self.children:  # each has its last job's end: it exits, and a warm one waits for those it forked
+                child.reap()
+            self.children = []
         finally:
             self.close()
         return results
@@ -199,18 +206,53 @@ class Workers:
         self.children.remove(child)
 
     def close(self) -> None:
-        """Kill and reap the workers still running."""
+        """Kill and reap the workers still running (the workers a worker forked die with it)."""
         for child in self.children:
             child.reap(kill=True)
         self.children = []
 
 
-class _Worker:
-    """A forked worker: its pid, the pipe its jobs go down and the pipe its results come up."""
+class _Pipes:
+    """A worker's two pipes: its jobs go down one, its results come up the other. Each process closes
+    the ends it does not use (`close`); a closed end reads as -1."""
 
-    def __init__(self, pid: int, jobs: int, results: int):
-        self.pid, self.jobs, self.results = pid, jobs, results
+    def __init__(self) -> None:
+        self.jobs_read, self.jobs_write = os.pipe()
+        self.results_read, self.results_write = os.pipe()
+        for fd in (self.jobs_write, self.results_write):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # a smaller pipe: one end waits for the other to read, nothing else changes
+
+    def worker_ends(self) -> tuple[int, int]:
+        return self.jobs_read, self.results_write
+
+    def parent_ends(self) -> tuple[int, int]:
+        return self.jobs_write, self.results_read
+
+    def close(self, worker: bool = True, parent: bool = True) -> None:
+        """Close the worker's ends and/or the compiling process's ends, where still open here."""
+        if worker:
+            for fd in self.worker_ends():
+                if fd >= 0:
+                    os.close(fd)
+            self.jobs_read = self.results_write = -1
+        if parent:
+            for fd in self.parent_ends():
+                if fd >= 0:
+                    os.close(fd)
+            self.jobs_write = self.results_read = -1
+
+
+class _Worker:
+    """A worker as the compiling process sees it: its pid (None for one a worker forked, which dies
+    with that worker), the pipe its jobs go down and the pipe its results come up."""
+
+    def __init__(self, pid: int | None, pipes: _Pipes):
+        self.pid, (self.jobs, self.results) = pid, pipes.parent_ends()
         self.buffer, self.sent = bytearray(), 0.0
+        pipes.close(parent=False)
 
     def send(self, index: int, payload: bytes) -> bool:
         """Write a job (False where the worker is gone)."""
@@ -252,52 +294,83 @@ class _Worker:
         del self.buffer[:end]
         return index, result
 
-    def reap(self, kill: bool = False) -> int:
-        """Close the pipes and wait for the worker (killed first if `kill`); its exit status."""
+    def reap(self, kill: bool = False) -> None:
+        """Close the pipes and wait for the worker where it is this process's child: killed at once if
+        `kill`, else once it has had `EXIT_GRACE` seconds to exit."""
         self.finish()
         with contextlib.suppress(OSError):
             os.close(self.results)
-        if kill:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            return -1
-        return os.waitstatus_to_exitcode(status)
+        if self.pid is None:
+            return
+        deadline = time.monotonic() + (0.0 if kill else EXIT_GRACE)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(OSError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    return
+                time.sleep(0.0005)
 
 
-def _fork(warm: Callable[[], Any] | None, siblings: list[int]) -> _Worker:
-    """A worker running `warm`, then its jobs; `siblings`: the other workers' pipes, which it closes
-    (a worker sees the end of its jobs when the compiling process closes its pipe, the last one open)."""
-    jobs_read, jobs_write = os.pipe()
-    results_read, results_write = os.pipe()
-    for fd in (jobs_write, results_write):
-        try:
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        except OSError:
-            pass  # a smaller pipe: one end waits for the other to read, nothing else changes
+def _fork(own: _Pipes, others: list[_Pipes], warm: Callable[[], Any] | None = None) -> _Worker:
+    """A worker serving `own`'s pipes. Without `warm`, it closes the `others`' (the other workers': a
+    worker sees the end of its jobs only when every copy of its jobs pipe's write end is closed). With
+    `warm`, it runs `warm`, then forks a worker for each of `others`, which inherits what `warm` loaded
+    and dies with it."""
     pid = os.fork()
     if pid == 0:  # the child: no exit handlers, no return into the parent's code
         status = 1
         try:
-            for fd in (jobs_write, results_read, *siblings):
-                os.close(fd)
-            _serve(jobs_read, results_write, warm)
+            own.close(worker=False)
+            for pipes in others:
+                pipes.close(worker=warm is None)
+            if warm is not None:
+                with contextlib.suppress(Exception):  # a failed warm-up is not the jobs' failure
+                    warm()
+                spawned = [_spawn(pipes, [own, *others]) for pipes in others]
+            _serve(*own.worker_ends())
+            if warm is not None:
+                for child in spawned:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(child, 0)
             status = 0
         finally:
             os._exit(status)
-    os.close(jobs_read)
-    os.close(results_write)
-    return _Worker(pid, jobs_write, results_read)
+    return _Worker(pid, own)
 
 
-def _serve(jobs: int, results: int, warm: Callable[[], Any] | None) -> None:
-    """A worker's life: the warm-up (its failure is not the jobs'), then each job read and its result
-    written, until the jobs pipe closes."""
-    if warm is not None:
-        with contextlib.suppress(Exception):
-            warm()
+def _spawn(own: _Pipes, every: list[_Pipes]) -> int:
+    """In a warm worker: a worker serving `own`'s worker ends, killed when the warm worker dies (`every`:
+    all the workers' pipes, whose other ends it closes); its pid."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            _die_with(parent)
+            for pipes in every:
+                if pipes is not own:
+                    pipes.close()
+            _serve(*own.worker_ends())
+            status = 0
+        finally:
+            os._exit(status)
+    own.close()
+    return pid
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux for SIGKILL when the forking process dies (PR_SET_PDEATHSIG), and exit where it already has."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _serve(jobs: int, results: int) -> None:
+    """A worker's jobs: each read, run and its result written, until the jobs pipe closes."""
     with os.fdopen(jobs, "rb") as into, os.fdopen(results, "wb") as out:
         while len(header := into.read(_HEADER.size)) == _HEADER.size:
             index, size = _HEADER.unpack(header)
