@@ -150,10 +150,12 @@ def _job(value: bytes, fail_in_child: str = ""):
 
 
 def test_run_jobs_returns_results_in_order_whichever_process_ran_them():
+    children_before = _children()
     jobs = [_job(bytes([i])) for i in range(5)]
     results = workers.run_jobs(jobs, [1, 5, 2, 4, 3], processes=2)
     assert [obj for obj, _ in results] == [bytes([i]) * 3 for i in range(5)]
     assert all(timing == {"LLVM optimisation": 0.001} for _, timing in results)
+    assert _children() == children_before and not workers._exiting
 
 
 @pytest.mark.parametrize("failure", ["raise", "hang"])
@@ -200,7 +202,10 @@ def test_a_job_failing_everywhere_raises_here_and_leaves_no_child(monkeypatch):
 
 
 def _children(pid: int | None = None) -> set[str]:
-    pid = os.getpid() if pid is None else pid
+    """The live children of `pid` (default: this process, once the workers exiting on their own have)."""
+    if pid is None:
+        workers.reap_exited(wait=True)
+        pid = os.getpid()
     path = f"/proc/{pid}/task/{pid}/children"
     try:
         return set(open(path).read().split())
@@ -240,7 +245,7 @@ def test_early_workers_warm_up_before_the_jobs_exist_and_run_them(monkeypatch, t
         ran = {obj.decode() for obj, _ in workers.run_jobs([(_pids_job, ())] * 6, [1] * 6)}
         assert ran == {f"{warmed[0]} {os.getpid()}", f"{next(p for p in _pids(ran) if p != warmed[0])} {warmed[0]}"}
         assert workers.run_jobs([_job(b"z")], [1]) == [(b"zzz", {"LLVM optimisation": 0.001})]  # used: here
-    assert _children() == children_before
+    assert _children() == children_before and not workers._exiting  # they exit on their own
 
 
 @pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")

@@ -43,7 +43,6 @@ Job = "tuple[Callable[..., Result], tuple]"  # a function and its arguments, bot
 MAX_WORKERS = 4
 FORK_AVERSE = ("mpi4py", "jax")  # modules whose presence makes compiles serial
 CHILD_TIMEOUT = 300.0  # seconds a worker may take for one job; past it, it is killed and the job runs here
-EXIT_GRACE = 5.0  # seconds a worker that has sent its last result may take to exit before it is killed
 
 
 def workers() -> int:
@@ -124,6 +123,20 @@ def run_jobs(jobs: list[Job], costs: list[float], processes: int | None = None) 
         pool.close()
 
 
+_exiting: list[int] = []  # workers that had the end of their jobs and exit on their own
+
+
+def reap_exited(wait: bool = False) -> None:
+    """Reap the workers that have exited on their own (with `wait`, wait for each of them)."""
+    for pid in list(_exiting):
+        try:
+            done = os.waitpid(pid, 0 if wait else os.WNOHANG)[0]
+        except ChildProcessError:
+            done = pid
+        if done:
+            _exiting.remove(pid)
+
+
 def _call(job: Job) -> Result:
     function, args = job
     return function(*args)
@@ -145,6 +158,7 @@ class Workers:
         """`processes` (default `workers()`) workers. With `warm`, one is forked now, runs `warm` and
         then forks the others, which inherit what it loaded (one warm-up for all, its CPU time spent
         once); without, each is forked now from this process."""
+        reap_exited()
         pipes = [_Pipes() for _ in range(workers() if processes is None else processes)]
         if warm is not None:
             first = _fork(pipes[0], pipes[1:], warm)
@@ -194,7 +208,7 @@ class Workers:
                         dispatch(child)
             for i in sorted(order):  # no worker left to run them
                 here(i)
-            for child in self.children:  # each has its last job's end: it exits, and a warm one waits for those it forked
+            for child in self.children:  # each has had the end of its jobs: it exits (a warm one once those it forked have)
                 child.reap()
             self.children = []
         finally:
@@ -295,22 +309,21 @@ class _Worker:
         return index, result
 
     def reap(self, kill: bool = False) -> None:
-        """Close the pipes and wait for the worker where it is this process's child: killed at once if
-        `kill`, else once it has had `EXIT_GRACE` seconds to exit."""
+        """Close the pipes; where the worker is this process's child, kill it and wait for it if `kill`,
+        else let it exit on its own (it has its last job's end) and reap it later (`reap_exited`): a
+        process that loaded LLVM takes milliseconds to tear down."""
         self.finish()
         with contextlib.suppress(OSError):
             os.close(self.results)
         if self.pid is None:
             return
-        deadline = time.monotonic() + (0.0 if kill else EXIT_GRACE)
+        if not kill:
+            _exiting.append(self.pid)
+            return
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() >= deadline:
-                    with contextlib.suppress(OSError):
-                        os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    return
-                time.sleep(0.0005)
+            os.waitpid(self.pid, 0)
 
 
 def _fork(own: _Pipes, others: list[_Pipes], warm: Callable[[], Any] | None = None) -> _Worker:
