@@ -140,6 +140,8 @@ def _tripled(value: bytes, fail_in_child: str = "", parent: int = 0):
         raise RuntimeError("a child's failure")
     if os.getpid() != parent and fail_in_child == "hang":
         time.sleep(60)
+    if os.getpid() != parent and fail_in_child == "die":
+        os._exit(3)
     return value * 3, {"LLVM optimisation": 0.001}
 
 
@@ -288,6 +290,32 @@ def test_early_workers_of_a_failed_compile_are_killed(monkeypatch, tmp_path):
             time.sleep(0.01)
         (second,) = _children(int(first))
         raise ValueError("a graph pass failed")
+    assert _children() == children_before
+    deadline = time.monotonic() + 10
+    while _alive(second) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(second)
+
+
+@pytest.mark.skipif(workers.workers() < 2, reason="one CPU, or forking is unsafe here")
+@pytest.mark.parametrize("failure", ["die", "hang"])
+def test_early_workers_that_die_or_hang_leave_their_jobs_to_this_process_and_no_process_behind(monkeypatch, failure):
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc/PID/task/PID/children here")
+    monkeypatch.setattr(workers, "llvm_loaded", lambda: False)
+    monkeypatch.setattr(workers, "_started_early", False)
+    monkeypatch.setattr(workers, "FORK_AVERSE", ())
+    monkeypatch.setattr(workers, "CHILD_TIMEOUT", 2.0)
+    monkeypatch.setenv("GRAPHNET_COMPILE_WORKERS", "2")
+    children_before = _children()
+    with workers.early(lambda: None):
+        (first,) = _children() - children_before
+        deadline = time.monotonic() + 60
+        while not _children(int(first)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (second,) = _children(int(first))
+        jobs = [_job(b"a", failure), _job(b"b", failure), _job(b"c")]
+        assert [obj for obj, _ in workers.run_jobs(jobs, [3, 2, 1])] == [b"aaa", b"bbb", b"ccc"]
     assert _children() == children_before
     deadline = time.monotonic() + 10
     while _alive(second) and time.monotonic() < deadline:

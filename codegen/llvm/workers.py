@@ -151,7 +151,7 @@ class Workers:
     """Forked worker processes, used for one list of jobs (`run`)."""
 
     def __init__(self, children: list[_Worker]):
-        self.children, self.used = children, False
+        self.children, self.used, self.dropped = children, False, False
 
     @classmethod
     def start(cls, processes: int | None = None, warm: Callable[[], Any] | None = None) -> "Workers":
@@ -208,16 +208,19 @@ class Workers:
                         dispatch(child)
             for i in sorted(order):  # no worker left to run them
                 here(i)
-            for child in self.children:  # each has had the end of its jobs: it exits (a warm one once those it forked have)
-                child.reap()
-            self.children = []
+            if not self.dropped:  # each has had the end of its jobs: it exits (a warm one once those it forked have)
+                for child in self.children:
+                    child.reap()
+                self.children = []
         finally:
             self.close()
         return results
 
     def _drop(self, child: _Worker) -> None:
+        """Kill a worker that failed (one a worker forked dies with that one: all are killed at the end)."""
         child.reap(kill=True)
         self.children.remove(child)
+        self.dropped = True
 
     def close(self) -> None:
         """Kill and reap the workers still running (the workers a worker forked die with it)."""
