@@ -7,7 +7,9 @@ explicit vectors (`TargetInfo.lanes`) do. Where the system has a linker (`linker
 position-independent objects and its GEMM routines are linked into a shared object (`link_shared`)
 that the dynamic loader loads (`SharedLibrary`) without LLVM: a compiled-function cache hit then
 imports no llvmlite.binding (about 30 ms) and builds no engine; the host's CPU name and features are
-remembered per machine in the disk cache (`host_cpu`) for the same reason. Elsewhere objects load
+remembered per machine in the disk cache (`host_cpu`) for the same reason, and so are the target triple
+and data layout a module's header names (`target_strings`), so that a compile renders its IR without
+LLVM while its worker processes load it (`workers.early`). Elsewhere objects load
 into an MCJIT engine (`Library`; libm symbols such as log1pf resolve from the process), which needs no
 linker. (MCJIT does not load large-code-model position-independent objects that call each other, and
 the small code model's 32-bit offsets are only safe where one linker lays out the code.)

@@ -13,7 +13,8 @@ autodiff, the Function's set-up, importing the compiler). Children import graphn
 from bytecode, as an installed graphnet does: the run keeps its own bytecode folder (filled by a
 warm-up child), so that where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE)
 "build" does not include compiling graphnet's Python sources in every child. "cpu" is the processor
-time of the compile (the child and the worker processes it forked, user and system): on a shared
+time of the compile (the child and the worker processes it forked, user and system; the child waits
+for the workers, which exit on their own after the compile, before reading it): on a shared
 machine wall times grow with the load, CPU time much less, so a saving of CPU time is one that holds
 whatever the load, while the wall time the worker processes save needs a free core. Medians over
 the rounds; the machine may be shared.
