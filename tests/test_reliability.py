@@ -149,3 +149,29 @@ def test_concat_with_a_one_row_tensor_differentiates_on_every_backend(backend):
     assert got[1] == 6.0
     for g in got[2:]:
         np.testing.assert_array_equal(g, [[1.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_silu_and_gelu_keep_their_tiny_values_below_the_overflow_of_exp(backend, dtype):
+    """Fuzz graph 0:69541: sign(sigmoid(x)) was 0 for x below about -88 in float32, where the
+    lowering's 1 / (1 + exp(-x)) divides by infinity while the sigmoid is exp(x), a subnormal number.
+    The lowering now computes numpy's reference formula (exp(-|x|) on both sides of 0)."""
+    edge = 88.0 if dtype == np.float32 else 709.0
+    values = np.array([-edge + 1, -edge - 1, -edge - 8, -edge - 14, -edge - 40, -3.0, 0.0, 2.5, edge + 5,
+                       -np.inf, np.inf, np.nan], dtype)
+    x = gn.placeholder("x", (None,), dtype)
+    fetches = [gn.sigmoid(x), gn.sign(gn.sigmoid(x)), gn.silu(x), gn.sign(gn.silu(x)),
+               gn.gelu(x, approximate="tanh")]
+    got = gn.compile(fetches, backend=backend)(x=values)
+    with np.errstate(all="ignore"):
+        e = np.exp(-np.abs(values))
+        sigmoid = np.where(values >= 0, 1 / (1 + e), e / (1 + e))
+        u2 = 2 * np.sqrt(2 / np.pi) * (values + 0.044715 * values ** 3)
+        e2 = np.exp(-np.abs(u2))
+        gelu = values * np.where(u2 >= 0, 1 / (1 + e2), e2 / (1 + e2))
+        want = [sigmoid, np.sign(sigmoid), values * sigmoid, np.sign(values * sigmoid), gelu]
+    tiny = np.finfo(dtype).smallest_subnormal
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=4 * tiny)
+    assert got[1][2] == 1 and got[0][2] > 0  # exp(-edge - 8) is a subnormal number, not 0

@@ -48,6 +48,20 @@ def _stable_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _sigmoid_scalar(s, x):
+    """`_stable_sigmoid` in scalar instructions, one division: (x >= 0 ? 1 : e) / (1 + e) with
+    e = exp(-|x|). (1 / (1 + exp(-x)) gives 0 where exp(-x) overflows, x below about -88 in float32,
+    where the sigmoid is exp(x), a subnormal number, and sign(sigmoid(x)) is 1.)"""
+    e = s.exp(s.neg(s.abs(x)))
+    return s.div(s.select(s.ge(x, 0), 1, e), s.add(1, e))
+
+
+def _times_sigmoid_scalar(s, x, z):
+    """x sigmoid(z) as `_sigmoid_scalar` computes it, one division: (z >= 0 ? x : x e) / (1 + e)."""
+    e = s.exp(s.neg(s.abs(z)))
+    return s.div(s.select(s.ge(z, 0), x, s.mul(x, e)), s.add(1, e))
+
+
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848, 1.0507009873554804934  # Klambauer et al., 2017
 GELU_C, GELU_K = float(np.sqrt(2 / np.pi)), 0.044715  # tanh approximation of x * Phi(x)
 
@@ -91,7 +105,7 @@ def _gelu_scalar(s, x, approximate):
     if approximate != "tanh":
         return s.mul(s.mul(x, 0.5), s.add(1, s.erf(s.mul(x, SQRT_HALF))))
     two_u = s.mul(s.add(x, s.mul(s.mul(s.mul(x, x), x), GELU_K)), 2 * GELU_C)
-    return s.div(x, s.add(1, s.exp(s.neg(two_u))))
+    return _times_sigmoid_scalar(s, x, two_u)
 
 
 def _zero_grad(x, y, g):
@@ -116,8 +130,7 @@ UNARY = [
     Unary("sign", np.sign, lambda x, y, g: ops.zeros_like(g),  # zero, not None: torch's sign has a gradient
           lambda s, x: s.select(s.gt(x, 0), 1, s.select(s.lt(x, 0), -1, s.mul(x, 0))), smooth=False),
     Unary("tanh", np.tanh, lambda x, y, g: g * (1 - y * y), lambda s, x: s.tanh(x)),
-    Unary("sigmoid", _stable_sigmoid, lambda x, y, g: g * y * (1 - y),
-          lambda s, x: s.div(1, s.add(1, s.exp(s.neg(x))))),
+    Unary("sigmoid", _stable_sigmoid, lambda x, y, g: g * y * (1 - y), _sigmoid_scalar),
     # relu's gradient tests its output: y > 0 exactly where x > 0 (NaN, -0.0 included), and y is kept anyway
     Unary("relu", lambda x: np.maximum(x, 0), lambda x, y, g: ops.where(y > 0, g, 0),
           lambda s, x: s.select(s.lt(x, 0), 0, x), smooth=False),
@@ -136,7 +149,7 @@ UNARY = [
           lambda x, y, g: ops.where(x > 0, g * SELU_SCALE, g * (y + SELU_SCALE * SELU_ALPHA)),
           lambda s, x: s.mul(_elu_scalar(s, x, SELU_ALPHA), SELU_SCALE)),
     Unary("gelu", _gelu_ref, _gelu_grad, _gelu_scalar),
-    Unary("silu", lambda x: x * _stable_sigmoid(x), _silu_grad, lambda s, x: s.div(x, s.add(1, s.exp(s.neg(x))))),
+    Unary("silu", lambda x: x * _stable_sigmoid(x), _silu_grad, lambda s, x: _times_sigmoid_scalar(s, x, x)),
     # Keras 3's (and torch's hardsigmoid): relu6(x + 3) / 6; Keras 2 had clip(0.2 x + 0.5, 0, 1).
     Unary("hard_sigmoid", lambda x: np.clip(x / 6 + 0.5, 0, 1),
           lambda x, y, g: ops.where(x > -3, ops.where(x < 3, g * (1 / 6), 0), 0),
