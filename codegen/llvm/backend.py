@@ -79,6 +79,11 @@ def _apportion(seconds: dict[str, float], wall: float, timings: list[dict[str, f
             seconds[phase] = seconds.get(phase, 0.0) + (wall * value / total if total > 0 else 0.0)
 
 
+def _host_compiler(shared: bool) -> Compiler:
+    """The host's compiler for a step's code: position-independent where it becomes a shared object."""
+    return Compiler(host_target(), reloc="pic" if shared else "default")
+
+
 class LLVMBackend:
     # The compiler's modules (lowering, loop passes, the renderer, the GEMM generator and library, so
     # llvmlite.ir) are imported where a miss uses them: a compiled-function cache hit (`from_cache`)
@@ -108,7 +113,7 @@ class LLVMBackend:
         self.check = options.check_numerics
         self.compile_seconds: dict[str, float] = {}  # by phase (Function.compile_seconds)
         self.shared = linker() is not None if shared is None else shared  # a shared object, else MCJIT
-        self.compiler = Compiler(host_target(), reloc="pic" if self.shared else "default")
+        self.compiler = _host_compiler(self.shared)
         self.threads = num_threads() if load_runtime() else 1  # GEMMs split columns over libgomp's pool
         self._ir_text: str | None = None
         self._loop_records: list | None = None
@@ -124,8 +129,7 @@ class LLVMBackend:
         """The context of a compile's graph passes and backend: the compile's worker processes, started
         at its beginning to load and warm LLVM up beside them (`workers.early`)."""
         from .workers import early
-        compiler = Compiler(host_target(), reloc="pic" if linker() is not None else "default")
-        return early(functools.partial(warm_up, compiler))
+        return early(functools.partial(warm_up, _host_compiler(linker() is not None)))
 
     @staticmethod
     def cache_context() -> tuple:

@@ -3,19 +3,20 @@
 A job is data: a function and its arguments, pickled to the worker that runs it (a function defined at
 a module's top level, or a method of a picklable object such as `jit.Compiler`), whose result is bytes
 (an object file) and the seconds it spent by phase. `Workers.start` forks the worker processes, which
-run the jobs they are sent until the compiling process has none left for them. `Workers.run` sends each idle worker the costliest job left, so a worker on a busy core,
-or whose jobs took longer than their costs said, takes fewer, and returns the results in order. A
-worker that fails, dies or takes longer than `CHILD_TIMEOUT` seconds for a job is a fallback, not an
-error: the jobs it did not return run in the compiling process. The results are the same bytes
-whichever process ran each job (LLVM is deterministic).
+run the jobs they are sent until the compiling process has none left for them. `Workers.run` sends
+each idle worker the costliest job left, so a worker on a busy core, or whose jobs took longer than
+their costs said, takes fewer, and returns the results in order. A worker that fails, dies or takes
+longer than `CHILD_TIMEOUT` seconds for a job is a fallback, not an error: the jobs it did not return
+run in the compiling process. The results are the same bytes whichever process ran each job (LLVM is
+deterministic).
 
 A process's first compile starts its workers before its graph passes (`early`): one worker is forked
-and warms up (imports llvmlite.binding and loads LLVM, makes the target machine, compiles a small
-module once: some 40 ms), then forks the others, which inherit what it loaded and die with it. The
-warm-up runs beside the compiling process's graph passes, lowering and IR rendering, and the
-compiling process itself does not load LLVM where the step becomes a shared object. A later compile
-loads LLVM in the compiling process (once), and `run_jobs` forks its workers when the jobs are ready:
-they inherit it, and a single job runs in the compiling process.
+and pays a process's one-time costs (imports llvmlite.binding and loads LLVM, makes the target
+machine, compiles a small module once), then forks the others, which inherit what it loaded and die
+with it. The warm-up runs beside the compiling process's graph passes, lowering and IR rendering,
+and the compiling process itself does not load LLVM where the step becomes a shared object. A later
+compile loads LLVM in the compiling process (once), and `run_jobs` forks its workers when the jobs
+are ready: they inherit it, and a single job runs in the compiling process.
 
 Forking is safe only where no other thread might hold a lock the child needs (one Python thread;
 libgomp's pool is not Python's and the child never enters it) and where the process allows it (Linux,
